@@ -1,0 +1,114 @@
+"""mlpx.backends: the thin array layer under the engine.
+
+Pick a backend by name and hand it to a model; everything the model does to arrays
+goes through that object::
+
+    from mlpx.backends import get_backend
+    be = get_backend("cpu")        # NumPy + the installed BLAS
+    be = get_backend("gpu")        # CuPy + cuBLAS on device 0 ("gpu:1" for device 1)
+    be = get_backend("auto")       # GPU when usable, else CPU (and it says which)
+    be = get_backend("array_api_strict")   # any Array API namespace, by import name
+
+This package imports nothing from the rest of mlpx, and imports CuPy only when a GPU
+backend is built.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .array_api_backend import ArrayAPIBackend
+from .base import Backend, BackendError, BackendUnavailableError, DeviceMismatchError
+from .cupy_backend import CupyBackend, cuda_available
+from .kernel import Kernel, kernel
+from .numpy_backend import NumpyBackend
+
+__all__ = [
+    "ArrayAPIBackend",
+    "Backend",
+    "BackendError",
+    "BackendUnavailableError",
+    "CupyBackend",
+    "DeviceMismatchError",
+    "Kernel",
+    "NumpyBackend",
+    "available_backends",
+    "cuda_available",
+    "get_backend",
+    "kernel",
+]
+
+log = logging.getLogger("mlpx")
+
+BACKEND_NAMES = ("cpu", "gpu", "gpu:N", "auto", "array_api_strict", "array-api:<module>")
+
+_CPU = NumpyBackend()  # stateless: one shared instance is enough
+_GPU_CACHE: dict[int, CupyBackend] = {}
+
+
+def get_backend(spec: Any = "cpu") -> Backend:
+    """Resolve a backend name (or instance) to a :class:`Backend`.
+
+    Parameters
+    ----------
+    spec : str or Backend
+        ``"cpu"``/``"numpy"``, ``"gpu"``/``"cuda"``/``"gpu:N"``, ``"auto"``,
+        ``"array_api_strict"`` or ``"array-api:<module>"``, or a Backend instance
+        (returned as is).
+
+    Raises
+    ------
+    BackendUnavailableError
+        ``"gpu"`` without CuPy or without a visible CUDA device.
+    ValueError
+        An unknown name (the message lists the valid ones).
+    """
+    if isinstance(spec, Backend):
+        return spec
+    if spec is None:
+        return _CPU
+    if not isinstance(spec, str):
+        raise TypeError(
+            f"backend must be a name or a Backend instance, not {type(spec).__name__}; "
+            f"valid names: {', '.join(BACKEND_NAMES)}"
+        )
+    name = spec.strip().lower()
+    if name in ("cpu", "numpy"):
+        return _CPU
+    if name in ("gpu", "cuda", "cupy") or name.startswith(("gpu:", "cuda:")):
+        device_id = 0
+        if ":" in name:
+            try:
+                device_id = int(name.split(":", 1)[1])
+            except ValueError:
+                raise ValueError(f"bad GPU backend name {spec!r}; use 'gpu' or 'gpu:N'") from None
+        if device_id not in _GPU_CACHE:
+            _GPU_CACHE[device_id] = CupyBackend(device_id)
+        return _GPU_CACHE[device_id]
+    if name == "auto":
+        if cuda_available():
+            be = get_backend("gpu")
+            log.info("backend='auto' chose %s (%s)", be.name, be.describe()["device"])
+        else:
+            be = _CPU
+            log.info("backend='auto' chose cpu: CuPy or a CUDA device is not available")
+        return be
+    if name in ("array_api_strict", "array-api-strict"):
+        return ArrayAPIBackend("array_api_strict")
+    if name.startswith("array-api:"):
+        return ArrayAPIBackend(spec.split(":", 1)[1])
+    raise ValueError(f"unknown backend {spec!r}; valid names: {', '.join(BACKEND_NAMES)}")
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that can run on this machine, CPU first."""
+    names = ["cpu"]
+    if cuda_available():
+        names.append("gpu")
+    try:
+        ArrayAPIBackend("array_api_strict")
+        names.append("array_api_strict")
+    except BackendError:
+        pass
+    return names

@@ -1,0 +1,69 @@
+"""Kernels: one generic definition of an array operation, plus optional fast variants.
+
+A :class:`Kernel` is a plain Python function written against an array namespace
+``xp`` with operators and Array API functions only. That generic definition runs on
+every backend (NumPy, CuPy, any Array API namespace such as ``array-api-strict``)
+and is the reference that the fast variants are tested against.
+
+A backend may register faster variants of the same kernel under its *kind*:
+``"numpy"`` variants use ufuncs with ``out=`` to avoid temporaries (and run
+unchanged on CuPy, whose ufuncs accept ``out=`` too); ``"cupy"`` variants compile
+the work into a single GPU launch. The backend picks the most specific variant it
+has (:meth:`backends.base.Backend.run`), so model code never branches on device.
+
+This module knows nothing of layers or models: kernels are array math.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+__all__ = ["Kernel", "kernel"]
+
+
+class Kernel:
+    """A named array operation with a generic definition and per-kind variants.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(xp, *arrays, **scalars)``; the generic definition. It may return a
+        new array or write into arrays it was given (with ``a[...] = value``).
+    name : str, optional
+        Defaults to ``fn.__name__``.
+    """
+
+    def __init__(self, fn: Callable[..., Any], name: str | None = None) -> None:
+        self.generic = fn
+        self.name = name or fn.__name__
+        self.variants: dict[str, Callable[..., Any]] = {}
+        self.__doc__ = fn.__doc__
+
+    def register(self, kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: register ``fn`` as the variant used by backends of ``kind``.
+
+        A variant must take the same arguments as the generic definition and
+        produce the same result (the test suite checks each against it).
+        """
+
+        def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.variants[kind] = fn
+            return fn
+
+        return deco
+
+    def resolve(self, kinds: tuple[str, ...]) -> Callable[..., Any]:
+        """The first registered variant among ``kinds``, else the generic one."""
+        for kind in kinds:
+            fn = self.variants.get(kind)
+            if fn is not None:
+                return fn
+        return self.generic
+
+    def __repr__(self) -> str:
+        return f"Kernel({self.name!r}, variants={sorted(self.variants)})"
+
+
+def kernel(fn: Callable[..., Any]) -> Kernel:
+    """Decorator turning a generic function into a :class:`Kernel`."""
+    return Kernel(fn)

@@ -1,0 +1,90 @@
+"""The CPU backend: NumPy arrays, matrix products on the installed BLAS."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from .base import Array, Backend, DeviceMismatchError
+
+__all__ = ["NumpyBackend"]
+
+
+class NumpyBackend(Backend):
+    """NumPy on the host CPU.
+
+    ``gemm`` is ``numpy.matmul`` with ``out=``: NumPy hands transposed views to BLAS
+    as transpose flags, so no copy is made, and the product lands in a buffer the
+    caller allocated once. Kernels use their ``"numpy"`` variants (ufuncs with
+    ``out=``), which avoid the temporaries of the generic definitions.
+    """
+
+    kinds = ("numpy",)
+    is_gpu = False
+
+    def __init__(self) -> None:
+        super().__init__(np, device=None, name="cpu")
+
+    def describe(self) -> dict[str, str]:
+        info = super().describe()
+        info["device"] = f"cpu ({os.cpu_count()} logical cores)"
+        return info
+
+    def asarray(self, x: Any, dtype: Any = None) -> Array:
+        self.check(x)
+        return np.asarray(x, dtype=None if dtype is None else self.dtype(dtype))
+
+    def to_numpy(self, x: Array) -> np.ndarray:
+        self.check(x)
+        return np.asarray(x)
+
+    def zeros(self, shape: Any, dtype: Any = "float32") -> Array:
+        return np.zeros(shape, dtype=self.dtype(dtype))
+
+    def empty(self, shape: Any, dtype: Any = "float32") -> Array:
+        return np.empty(shape, dtype=self.dtype(dtype))
+
+    def copy(self, src: Array, out: Array) -> Array:
+        np.copyto(out, src)
+        return out
+
+    def gemm(
+        self,
+        a: Array,
+        b: Array,
+        trans_a: bool = False,
+        trans_b: bool = False,
+        out: Array | None = None,
+    ) -> Array:
+        if trans_a:
+            a = a.T
+        if trans_b:
+            b = b.T
+        return np.matmul(a, b, out=out)
+
+    def sum(self, x: Array, axis: int | None = None, out: Array | None = None) -> Array:
+        return np.sum(x, axis=axis, out=out)
+
+    def take_rows(self, x: Array, idx: Array, out: Array | None = None) -> Array:
+        return np.take(x, idx, axis=0, out=out)
+
+    def to_float(self, x: Array) -> float:
+        return float(x)
+
+    def check(self, x: Any) -> None:
+        mod = type(x).__module__.split(".")[0]
+        if mod in ("numpy", "builtins"):
+            return
+        if mod == "cupy":
+            raise DeviceMismatchError(
+                "a CuPy (GPU) array was handed to the CPU backend; move it to the host "
+                "with cupy.asnumpy(x) or backend.to_numpy(x), or use backend='gpu'"
+            )
+        if hasattr(x, "__array__") or hasattr(x, "__array_interface__"):
+            return  # e.g. pandas objects, memoryviews: NumPy converts them on the host
+        raise DeviceMismatchError(
+            f"the CPU backend cannot use a {type(x).__module__}.{type(x).__name__}; "
+            "convert it to a NumPy array first"
+        )

@@ -1,0 +1,54 @@
+"""mlpx: multi-layer perceptrons on the CPU (NumPy/BLAS) and NVIDIA GPUs (CuPy/cuBLAS).
+
+One model code, two devices: pick ``backend="cpu"``, ``"gpu"`` or ``"auto"``.
+
+>>> import mlpx
+>>> model = mlpx.MLP([64, 128, 64, 32, 10], activation="relu", output="softmax", seed=0)
+>>> history = model.fit(X, y, epochs=20, batch_size=64)        # doctest: +SKIP
+>>> model.save("digits.npz"); mlpx.load("digits.npz", backend="gpu")  # doctest: +SKIP
+"""
+
+from mlpx.activations import ACTIVATIONS
+from mlpx.backends import available_backends, get_backend
+from mlpx.callbacks import Callback, EarlyStopping, ProgressBar
+from mlpx.layers import GELU, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from mlpx.losses import LOSSES
+from mlpx.model import MLP, Sequential
+from mlpx.optimizers import SGD, Adam, AdamW, RMSprop
+from mlpx.saving import load
+from mlpx.schedules import Constant, Cosine, InverseScaling, StepDecay
+from mlpx.training import History, TrainingDivergedError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "GELU",
+    "LOSSES",
+    "MLP",
+    "SGD",
+    "Adam",
+    "AdamW",
+    "Callback",
+    "Constant",
+    "Cosine",
+    "Dense",
+    "Dropout",
+    "EarlyStopping",
+    "History",
+    "Identity",
+    "InverseScaling",
+    "LeakyReLU",
+    "ProgressBar",
+    "RMSprop",
+    "ReLU",
+    "Sequential",
+    "Sigmoid",
+    "Softmax",
+    "StepDecay",
+    "Tanh",
+    "TrainingDivergedError",
+    "available_backends",
+    "get_backend",
+    "load",
+]

@@ -1,0 +1,283 @@
+"""Activation functions and their derivatives, as backend kernels.
+
+Each activation is an :class:`Activation` with a forward kernel ``g`` and a
+backward kernel that turns ``dH = dL/dH`` into ``dZ = dH ⊙ g'(Z)`` without ever
+forming a Jacobian. The generic definitions are plain Array API code (they are the
+reference, and what runs on ``array-api-strict``); the ``"numpy"`` variants write
+through ``out=`` and run unchanged on CuPy.
+
+=============  ==========================================  ======================  ===========
+name           g(z)                                        g'(z) written from      in place
+=============  ==========================================  ======================  ===========
+identity       z                                           -                       yes
+relu           max(z, 0)                                   output H                yes
+leaky_relu     z if z > 0 else a·z  (a = 0.01)             output H                yes
+logistic       1 / (1 + exp(-z))   (alias: sigmoid)        output H: H(1-H)        yes
+tanh           tanh z                                      output H: 1 - H²        yes
+gelu           z/2 · (1 + tanh(√(2/π)(z + 0.044715 z³)))   input Z                 no
+softmax        exp(z_i) / Σ_j exp(z_j)   (rows)            output H                yes
+exp            exp z    (Poisson output)                   output H                yes
+=============  ==========================================  ======================  ===========
+
+"In place" activations derive ``g'`` from the output, so the forward pass may
+overwrite ``Z`` with ``H`` and keep one buffer per layer instead of two.
+GELU uses the tanh approximation (as PyTorch's ``approximate="tanh"``) because the
+Array API standard has no ``erf``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from mlpx.backends import Kernel, kernel
+
+__all__ = ["ACTIVATIONS", "Activation", "get_activation"]
+
+Array = Any
+
+
+class Activation:
+    """An elementwise (or row-wise, for softmax) activation and its derivative.
+
+    Parameters
+    ----------
+    name : str
+    forward : Kernel
+        ``forward(xp, Z, out) -> out``: ``out = g(Z)``; ``out`` may be ``Z``.
+    backward : Kernel or None
+        ``backward(xp, dH, Z, H, out) -> out``: ``out = dH ⊙ g'(Z)``; ``out`` may
+        be ``dH``. ``None`` for identity (``dZ = dH``).
+    from_output : bool
+        True when ``backward`` needs only ``H`` (so ``forward`` may run in place).
+    """
+
+    def __init__(
+        self, name: str, forward: Kernel, backward: Kernel | None, from_output: bool
+    ) -> None:
+        self.name = name
+        self.forward_kernel = forward
+        self.backward_kernel = backward
+        self.from_output = from_output
+
+    def forward(self, be: Any, Z: Array, out: Array) -> Array:
+        """``out = g(Z)``, shape (n, units); ``out`` may be ``Z``."""
+        return be.run(self.forward_kernel, Z, out)
+
+    def backward(self, be: Any, dH: Array, Z: Array | None, H: Array, out: Array) -> Array:
+        """``out = dH ⊙ g'(Z)``, shape (n, units); ``out`` may be ``dH``.
+
+        ``Z`` may be ``None`` (or already overwritten) when ``from_output`` is True.
+        """
+        if self.backward_kernel is None:
+            if out is not dH:
+                be.copy(dH, out)
+            return out
+        return be.run(self.backward_kernel, dH, Z, H, out)
+
+    def __repr__(self) -> str:
+        return f"Activation({self.name!r})"
+
+
+# ----------------------------------------------------------------- identity
+@kernel
+def identity_forward(xp: Any, Z: Array, out: Array) -> Array:
+    if out is not Z:
+        out[...] = Z
+    return out
+
+
+# --------------------------------------------------------------------- relu
+@kernel
+def relu_forward(xp: Any, Z: Array, out: Array) -> Array:
+    out[...] = xp.where(Z > 0, Z, xp.zeros_like(Z))
+    return out
+
+
+@relu_forward.register("numpy")
+def _relu_forward_np(xp: Any, Z: Array, out: Array) -> Array:
+    return xp.maximum(Z, 0, out=out)
+
+
+@kernel
+def relu_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
+    out[...] = xp.where(H > 0, dH, xp.zeros_like(dH))
+    return out
+
+
+@relu_backward.register("numpy")
+def _relu_backward_np(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
+    return xp.multiply(dH, H > 0, out=out)
+
+
+# --------------------------------------------------------------- leaky relu
+LEAKY_SLOPE = 0.01
+
+
+@kernel
+def leaky_relu_forward(xp: Any, Z: Array, out: Array) -> Array:
+    out[...] = xp.where(Z > 0, Z, Z * LEAKY_SLOPE)
+    return out
+
+
+@leaky_relu_forward.register("numpy")
+def _leaky_relu_forward_np(xp: Any, Z: Array, out: Array) -> Array:
+    # max(z, a·z) equals leaky ReLU for 0 < a < 1.
+    return xp.maximum(Z, Z * LEAKY_SLOPE, out=out)
+
+
+@kernel
+def leaky_relu_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
+    # sign(H) == sign(Z) for a > 0, so the output suffices.
+    out[...] = xp.where(H > 0, dH, dH * LEAKY_SLOPE)
+    return out
+
+
+# ----------------------------------------------------------------- logistic
+@kernel
+def logistic_forward(xp: Any, Z: Array, out: Array) -> Array:
+    # exp(-|z|) never overflows; the two branches are the same function.
+    e = xp.exp(-xp.abs(Z))
+    out[...] = xp.where(Z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return out
+
+
+@logistic_forward.register("numpy")
+def _logistic_forward_np(xp: Any, Z: Array, out: Array) -> Array:
+    e = xp.exp(-xp.abs(Z))
+    pos = Z >= 0
+    xp.add(e, 1.0, out=out)
+    xp.divide(xp.where(pos, 1.0, e), out, out=out)
+    return out
+
+
+@kernel
+def logistic_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
+    out[...] = dH * H * (1.0 - H)
+    return out
+
+
+@logistic_backward.register("numpy")
+def _logistic_backward_np(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
+    g = H * (1.0 - H)
+    return xp.multiply(dH, g, out=out)
+
+
+# --------------------------------------------------------------------- tanh
+@kernel
+def tanh_forward(xp: Any, Z: Array, out: Array) -> Array:
+    out[...] = xp.tanh(Z)
+    return out
+
+
+@tanh_forward.register("numpy")
+def _tanh_forward_np(xp: Any, Z: Array, out: Array) -> Array:
+    return xp.tanh(Z, out=out)
+
+
+@kernel
+def tanh_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
+    out[...] = dH * (1.0 - H * H)
+    return out
+
+
+@tanh_backward.register("numpy")
+def _tanh_backward_np(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
+    g = H * H
+    xp.subtract(1.0, g, out=g)
+    return xp.multiply(dH, g, out=out)
+
+
+# --------------------------------------------------------------------- gelu
+_GELU_C = math.sqrt(2.0 / math.pi)
+_GELU_A = 0.044715
+
+
+@kernel
+def gelu_forward(xp: Any, Z: Array, out: Array) -> Array:
+    t = xp.tanh(_GELU_C * (Z + _GELU_A * Z * Z * Z))
+    out[...] = 0.5 * Z * (1.0 + t)
+    return out
+
+
+@kernel
+def gelu_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
+    Z2 = Z * Z
+    t = xp.tanh(_GELU_C * Z * (1.0 + _GELU_A * Z2))
+    g = 0.5 * (1.0 + t) + 0.5 * Z * (1.0 - t * t) * _GELU_C * (1.0 + 3.0 * _GELU_A * Z2)
+    out[...] = dH * g
+    return out
+
+
+# ------------------------------------------------------------------ softmax
+@kernel
+def softmax_forward(xp: Any, Z: Array, out: Array) -> Array:
+    E = xp.exp(Z - xp.max(Z, axis=1, keepdims=True))
+    out[...] = E / xp.sum(E, axis=1, keepdims=True)
+    return out
+
+
+@softmax_forward.register("numpy")
+def _softmax_forward_np(xp: Any, Z: Array, out: Array) -> Array:
+    m = xp.max(Z, axis=1, keepdims=True)
+    xp.subtract(Z, m, out=out)
+    xp.exp(out, out=out)
+    s = xp.sum(out, axis=1, keepdims=True)
+    return xp.divide(out, s, out=out)
+
+
+@kernel
+def softmax_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
+    # dZ = H ⊙ (dH − Σ_j dH_j H_j): the Jacobian-vector product, row by row.
+    out[...] = H * (dH - xp.sum(dH * H, axis=1, keepdims=True))
+    return out
+
+
+# ---------------------------------------------------------------------- exp
+@kernel
+def exp_forward(xp: Any, Z: Array, out: Array) -> Array:
+    out[...] = xp.exp(Z)
+    return out
+
+
+@exp_forward.register("numpy")
+def _exp_forward_np(xp: Any, Z: Array, out: Array) -> Array:
+    return xp.exp(Z, out=out)
+
+
+@kernel
+def exp_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
+    out[...] = dH * H
+    return out
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "identity": Activation("identity", identity_forward, None, from_output=True),
+    "relu": Activation("relu", relu_forward, relu_backward, from_output=True),
+    "leaky_relu": Activation("leaky_relu", leaky_relu_forward, leaky_relu_backward, True),
+    "logistic": Activation("logistic", logistic_forward, logistic_backward, True),
+    "tanh": Activation("tanh", tanh_forward, tanh_backward, from_output=True),
+    "gelu": Activation("gelu", gelu_forward, gelu_backward, from_output=False),
+    "softmax": Activation("softmax", softmax_forward, softmax_backward, True),
+    "exp": Activation("exp", exp_forward, exp_backward, from_output=True),
+}
+_ALIASES = {"sigmoid": "logistic", "linear": "identity", "none": "identity"}
+
+
+def get_activation(name: str | Activation | None) -> Activation:
+    """Look up an activation by name (``None`` means identity).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name; the message lists the valid ones.
+    """
+    if isinstance(name, Activation):
+        return name
+    if name is None:
+        return ACTIVATIONS["identity"]
+    key = _ALIASES.get(str(name).lower(), str(name).lower())
+    if key not in ACTIVATIONS:
+        valid = sorted(ACTIVATIONS) + sorted(_ALIASES)
+        raise ValueError(f"unknown activation {name!r}; valid: {', '.join(valid)}")
+    return ACTIVATIONS[key]

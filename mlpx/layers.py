@@ -1,0 +1,322 @@
+"""Layers: ``forward(X, train) -> Y`` and ``backward(dY) -> dX``.
+
+The layer protocol (what :class:`~mlpx.model.Sequential` relies on):
+
+``build(backend, dtype, n_in) -> n_out``
+    Fix the input width and return the output width.
+``param_shapes() -> list[(name, shape, kind)]``
+    Parameters the layer owns; ``kind`` is ``"weight"`` (L2-penalised) or ``"bias"``.
+``init_params(rng) -> dict[name, ndarray]``
+    Host (NumPy, float64) starting values, drawn from ``rng``.
+``bind(params, grads)``
+    Views into the model's flat parameter and gradient buffers.
+``forward(X, train) -> Y`` and ``backward(dY, need_dX) -> dX``
+    The dL/dZ interface: ``backward`` receives dL/dY, writes its parameter
+    gradients into the bound gradient views, and returns dL/dX. It never forms a
+    Jacobian. It may overwrite ``dY`` (the model only hands it buffers it owns).
+
+Layers allocate their output and gradient workspaces once per batch size and reuse
+them, so a training step allocates nothing but what the array library does inside
+its own operations. Consequence: the array ``forward`` returns is overwritten by the
+next ``forward`` of the same batch size; copy it if you keep it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mlpx.activations import Activation, get_activation
+from mlpx.backends import Backend, kernel
+from mlpx.initializers import get_initializer
+
+__all__ = [
+    "GELU",
+    "LAYERS",
+    "ActivationLayer",
+    "Dense",
+    "Dropout",
+    "Identity",
+    "Layer",
+    "LeakyReLU",
+    "ReLU",
+    "Sigmoid",
+    "Softmax",
+    "Tanh",
+    "layer_from_config",
+]
+
+Array = Any
+_MAX_WORKSPACES = 4  # batch sizes kept: the full batch, the last partial one, predict chunks
+
+
+@kernel
+def add_bias(xp: Any, Z: Array, b: Array) -> Array:
+    """``Z += b`` row by row; Z shape (n, units), b shape (units,)."""
+    Z[...] = Z + b
+    return Z
+
+
+@add_bias.register("numpy")
+def _add_bias_np(xp: Any, Z: Array, b: Array) -> Array:
+    return xp.add(Z, b, out=Z)
+
+
+@kernel
+def multiply(xp: Any, a: Array, b: Array, out: Array) -> Array:
+    """``out = a ⊙ b`` (same shapes)."""
+    out[...] = a * b
+    return out
+
+
+@multiply.register("numpy")
+def _multiply_np(xp: Any, a: Array, b: Array, out: Array) -> Array:
+    return xp.multiply(a, b, out=out)
+
+
+class Layer:
+    """Base class: a parameter-free layer that passes its input through."""
+
+    be: Backend
+    dtype: str
+    n_in: int
+    n_out: int
+
+    def build(self, be: Backend, dtype: str, n_in: int) -> int:
+        self.be, self.dtype, self.n_in = be, dtype, n_in
+        self.n_out = n_in
+        self._ws: dict[tuple[str, int], Array] = {}
+        return self.n_out
+
+    def param_shapes(self) -> list[tuple[str, tuple[int, ...], str]]:
+        return []
+
+    def init_params(self, rng: Any) -> dict[str, np.ndarray]:
+        return {}
+
+    def bind(self, params: dict[str, Array], grads: dict[str, Array]) -> None:
+        self.params, self.grads = params, grads
+
+    def forward(self, X: Array, train: bool = False) -> Array:
+        return X
+
+    def backward(self, dY: Array, need_dX: bool = True) -> Array | None:
+        return dY if need_dX else None
+
+    def get_config(self) -> dict[str, Any]:
+        return {"type": type(self).__name__}
+
+    def _workspace(self, tag: str, n: int, width: int) -> Array:
+        """A reusable (n, width) buffer, allocated on first use for this batch size."""
+        key = (tag, n)
+        buf = self._ws.get(key)
+        if buf is None:
+            if len(self._ws) >= 3 * _MAX_WORKSPACES:
+                self._ws.clear()  # unusual batch sizes (predict chunks) must not pile up
+            buf = self._ws[key] = self.be.empty((n, width), self.dtype)
+        return buf
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "type")
+        return f"{type(self).__name__}({args})"
+
+
+class Dense(Layer):
+    """Fully connected layer ``H = g(X W + b)``.
+
+    Parameters
+    ----------
+    n_in : int
+        Input width (features).
+    n_out : int
+        Output width (units).
+    activation : str, default "identity"
+        Fused into the layer (see :mod:`mlpx.activations`).
+    init : {"glorot", "he"}, default "glorot"
+        Glorot uniform as scikit-learn draws it (factor 2 for logistic, else 6),
+        or He uniform.
+
+    Attributes
+    ----------
+    W : array, shape (n_in, n_out)
+        View into the model's flat parameter buffer (samples are rows, so the
+        forward pass is ``X @ W``, as in scikit-learn's ``coefs_``).
+    b : array, shape (n_out,)
+    dW, db : arrays of the same shapes, views into the flat gradient buffer.
+    """
+
+    def __init__(
+        self, n_in: int, n_out: int, activation: str | None = "identity", init: str = "glorot"
+    ) -> None:
+        for name, v in (("n_in", n_in), ("n_out", n_out)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"Dense: {name} must be a positive integer, got {v!r}")
+        self.n_in, self.n_out = int(n_in), int(n_out)
+        self.activation: Activation = get_activation(activation)
+        self.init = init
+        get_initializer(init)  # fail early on an unknown name
+
+    def build(self, be: Backend, dtype: str, n_in: int) -> int:
+        if n_in != self.n_in:
+            raise ValueError(f"Dense expects {self.n_in} inputs but the previous layer gives {n_in}")
+        n_out = self.n_out
+        super().build(be, dtype, n_in)
+        self.n_out = n_out
+        return n_out
+
+    def param_shapes(self) -> list[tuple[str, tuple[int, ...], str]]:
+        return [("W", (self.n_in, self.n_out), "weight"), ("b", (self.n_out,), "bias")]
+
+    def init_params(self, rng: Any) -> dict[str, np.ndarray]:
+        W, b = get_initializer(self.init)(rng, self.n_in, self.n_out, self.activation.name)
+        return {"W": W, "b": b}
+
+    def bind(self, params: dict[str, Array], grads: dict[str, Array]) -> None:
+        super().bind(params, grads)
+        self.W, self.b = params["W"], params["b"]
+        self.dW, self.db = grads["W"], grads["b"]
+
+    def forward(self, X: Array, train: bool = False) -> Array:
+        """``H = g(X W + b)``; X shape (n, n_in) -> H shape (n, n_out)."""
+        be, act = self.be, self.activation
+        n = X.shape[0]
+        Z = be.gemm(X, self.W, out=self._workspace("Z", n, self.n_out))
+        be.run(add_bias, Z, self.b)
+        if act.from_output:
+            H = act.forward(be, Z, out=Z)  # g' is read off H, so Z need not survive
+            Z = None
+        else:
+            H = act.forward(be, Z, out=self._workspace("H", n, self.n_out))
+        if train:
+            self._X, self._Z, self._H = X, Z, H
+        return H
+
+    def backward(self, dY: Array, need_dX: bool = True) -> Array | None:
+        """From dL/dH (n, n_out): fill ``dW``, ``db`` and return dL/dX (n, n_in).
+
+        ``dZ = dH ⊙ g'(Z)`` overwrites ``dY``; then ``dW = Xᵀ dZ``,
+        ``db = Σ_rows dZ`` and ``dX = dZ Wᵀ``.
+        """
+        be = self.be
+        dZ = self.activation.backward(be, dY, self._Z, self._H, out=dY)
+        be.gemm(self._X, dZ, trans_a=True, out=self.dW)
+        be.sum(dZ, axis=0, out=self.db)
+        if not need_dX:
+            return None
+        return be.gemm(dZ, self.W, trans_b=True, out=self._workspace("dX", dZ.shape[0], self.n_in))
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "type": "Dense",
+            "n_in": self.n_in,
+            "n_out": self.n_out,
+            "activation": self.activation.name,
+            "init": self.init,
+        }
+
+
+class ActivationLayer(Layer):
+    """A standalone activation ``H = g(X)`` (same shape in and out)."""
+
+    def __init__(self, activation: str) -> None:
+        self.activation = get_activation(activation)
+
+    def forward(self, X: Array, train: bool = False) -> Array:
+        # Own output buffer: X may be the previous Dense's output, which that layer
+        # still needs for its backward pass.
+        H = self.activation.forward(self.be, X, out=self._workspace("H", X.shape[0], self.n_out))
+        if train:
+            self._X, self._H = X, H
+        return H
+
+    def backward(self, dY: Array, need_dX: bool = True) -> Array | None:
+        if not need_dX:
+            return None
+        return self.activation.backward(self.be, dY, self._X, self._H, out=dY)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"type": "ActivationLayer", "activation": self.activation.name}
+
+
+def _fixed(name: str, doc: str) -> type[ActivationLayer]:
+    def __init__(self: ActivationLayer) -> None:
+        ActivationLayer.__init__(self, name)
+
+    return type(doc.split()[0], (ActivationLayer,), {"__init__": __init__, "__doc__": doc})
+
+
+Identity = _fixed("identity", "Identity activation layer.")
+ReLU = _fixed("relu", "ReLU activation layer.")
+Sigmoid = _fixed("logistic", "Sigmoid (logistic) activation layer.")
+Tanh = _fixed("tanh", "Tanh activation layer.")
+GELU = _fixed("gelu", "GELU activation layer (tanh approximation).")
+Softmax = _fixed("softmax", "Softmax activation layer (rows).")
+
+
+class LeakyReLU(ActivationLayer):
+    """Leaky ReLU activation layer (slope 0.01 for negative inputs)."""
+
+    def __init__(self) -> None:
+        super().__init__("leaky_relu")
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, zero each input with probability ``p`` and
+    scale the rest by ``1 / (1 - p)``; identity at inference.
+
+    The mask is drawn on the host from the layer's seeded generator and moved to
+    the device, so the same seed drops the same units on every backend.
+
+    Parameters
+    ----------
+    p : float in [0, 1)
+    seed : int, optional
+        Seed of the mask generator (the model passes its own seed when None).
+    """
+
+    def __init__(self, p: float = 0.5, seed: int | None = None) -> None:
+        if not 0.0 <= float(p) < 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
+        self.p = float(p)
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+
+    def reseed(self, seed: int | None) -> None:
+        if self.seed is None:
+            self._rng = np.random.default_rng(seed)
+
+    def forward(self, X: Array, train: bool = False) -> Array:
+        if not train or self.p == 0.0:
+            self._mask = None
+            return X
+        n, width = X.shape
+        keep = (self._rng.random((n, width)) >= self.p) / (1.0 - self.p)
+        self._mask = self.be.asarray(keep, dtype=self.dtype)
+        return self.be.run(multiply, X, self._mask, self._workspace("H", n, width))
+
+    def backward(self, dY: Array, need_dX: bool = True) -> Array | None:
+        if not need_dX:
+            return None
+        if self._mask is None:
+            return dY
+        return self.be.run(multiply, dY, self._mask, dY)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"type": "Dropout", "p": self.p, "seed": self.seed}
+
+
+LAYERS: dict[str, type[Layer]] = {
+    "Dense": Dense,
+    "ActivationLayer": ActivationLayer,
+    "Dropout": Dropout,
+}
+
+
+def layer_from_config(config: dict[str, Any]) -> Layer:
+    """Rebuild a layer from :meth:`Layer.get_config` output (used by ``mlpx.load``)."""
+    config = dict(config)
+    kind = config.pop("type")
+    if kind not in LAYERS:
+        raise ValueError(f"unknown layer type {kind!r} in saved model; known: {sorted(LAYERS)}")
+    return LAYERS[kind](**config)

@@ -1,0 +1,231 @@
+"""Losses, each paired with the output activation whose canonical link it is.
+
+For each pair the derivative of the loss with respect to the *logits* Z of the last
+layer collapses to the same simple form, so the loss returns the output delta
+directly and no softmax Jacobian is ever formed:
+
+=====================  ==========  =============================================  ==========================
+loss                   output      per-sample loss  l_i                           delta dL/dZ
+=====================  ==========  =============================================  ==========================
+cross_entropy          softmax     logsumexp(z_i) − Σ_j y_ij z_ij                 w_i (Ŷ − Y) / d
+binary_cross_entropy   logistic    Σ_j softplus(z_ij) − y_ij z_ij                 w_i (Ŷ − Y) / d
+squared_error          identity    ½ Σ_j (z_ij − y_ij)²                           w_i (Ŷ − Y) / d
+poisson                exp         Σ_j y log(y/ŷ) − y + ŷ                         w_i (Ŷ − Y) / d
+=====================  ==========  =============================================  ==========================
+
+``L = Σ_i w_i l_i / d`` with ``w_i = 1`` and ``d = n`` by default; with sample weights
+``d = Σ_i w_i``, the scaling scikit-learn uses. Cross-entropies are computed from
+the logits (log-sum-exp, softplus), so they stay finite where probabilities round
+to 0 or 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlpx.backends import kernel
+
+__all__ = ["LOSSES", "OUTPUT_LOSS", "Loss", "get_loss"]
+
+Array = Any
+
+
+def _weighted_total(xp: Any, per_row: Array, w: Array | None, denom: float) -> Array:
+    """``Σ_i w_i l_i / d`` as a 0-d device array (no host synchronisation)."""
+    if w is not None:
+        per_row = per_row * w
+    return xp.sum(per_row) / denom
+
+
+def _scale_delta(xp: Any, dZ: Array, w: Array | None, denom: float) -> None:
+    if w is None:
+        dZ[...] = dZ * (1.0 / denom)
+    else:
+        dZ[...] = dZ * (xp.reshape(w, (-1, 1)) * (1.0 / denom))
+
+
+# ------------------------------------------------------------ cross-entropy
+@kernel
+def cross_entropy(xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None, denom: float) -> Array:
+    m = xp.max(Z, axis=1, keepdims=True)
+    E = xp.exp(Z - m)
+    s = xp.sum(E, axis=1, keepdims=True)
+    lse = xp.log(s) + m
+    per_row = xp.sum(Y * (lse - Z), axis=1)
+    if dZ is not None:
+        dZ[...] = E / s - Y
+        _scale_delta(xp, dZ, w, denom)
+    return _weighted_total(xp, per_row, w, denom)
+
+
+@cross_entropy.register("numpy")
+def _cross_entropy_np(xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None, denom: float) -> Array:
+    m = xp.max(Z, axis=1, keepdims=True)
+    E = xp.subtract(Z, m, out=dZ) if dZ is not None else Z - m
+    # Σ_j y_ij (lse_i − z_ij) = lse_i Σ_j y_ij − Σ_j y_ij z_ij, with z shifted by m
+    yz = xp.einsum("ij,ij->i", Y, E)
+    xp.exp(E, out=E)
+    s = xp.sum(E, axis=1, keepdims=True)
+    per_row = xp.log(s[:, 0]) * xp.sum(Y, axis=1) - yz
+    if dZ is not None:
+        xp.divide(E, s, out=dZ)
+        xp.subtract(dZ, Y, out=dZ)
+        _scale_delta_np(xp, dZ, w, denom)
+    return _weighted_total_np(xp, per_row, w, denom)
+
+
+def _scale_delta_np(xp: Any, dZ: Array, w: Array | None, denom: float) -> None:
+    if w is None:
+        xp.multiply(dZ, 1.0 / denom, out=dZ)
+    else:
+        xp.multiply(dZ, w[:, None], out=dZ)
+        xp.multiply(dZ, 1.0 / denom, out=dZ)
+
+
+def _weighted_total_np(xp: Any, per_row: Array, w: Array | None, denom: float) -> Array:
+    total = xp.sum(per_row) if w is None else xp.dot(per_row, w)
+    return total / denom
+
+
+# ----------------------------------------------------- binary cross-entropy
+@kernel
+def binary_cross_entropy(
+    xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None, denom: float
+) -> Array:
+    e = xp.exp(-xp.abs(Z))  # softplus(z) = max(z, 0) + log1p(exp(-|z|)), never overflows
+    softplus = xp.where(Z > 0, Z, xp.zeros_like(Z)) + xp.log1p(e)
+    per_row = xp.sum(softplus - Y * Z, axis=1)
+    if dZ is not None:
+        dZ[...] = xp.where(Z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)) - Y
+        _scale_delta(xp, dZ, w, denom)
+    return _weighted_total(xp, per_row, w, denom)
+
+
+# ------------------------------------------------------------ squared error
+@kernel
+def squared_error(xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None, denom: float) -> Array:
+    R = Z - Y
+    per_row = 0.5 * xp.sum(R * R, axis=1)
+    if dZ is not None:
+        dZ[...] = R
+        _scale_delta(xp, dZ, w, denom)
+    return _weighted_total(xp, per_row, w, denom)
+
+
+@squared_error.register("numpy")
+def _squared_error_np(xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None, denom: float) -> Array:
+    R = xp.subtract(Z, Y, out=dZ) if dZ is not None else Z - Y
+    per_row = 0.5 * xp.einsum("ij,ij->i", R, R)
+    total = _weighted_total_np(xp, per_row, w, denom)
+    if dZ is not None:
+        _scale_delta_np(xp, dZ, w, denom)
+    return total
+
+
+# ------------------------------------------------------------------ poisson
+@kernel
+def poisson(xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None, denom: float) -> Array:
+    P = xp.exp(Z)
+    pos = Y > 0
+    ylogy = xp.where(pos, Y * xp.log(xp.where(pos, Y, xp.ones_like(Y))), xp.zeros_like(Y))
+    per_row = xp.sum(ylogy - Y * Z - Y + P, axis=1)
+    if dZ is not None:
+        dZ[...] = P - Y
+        _scale_delta(xp, dZ, w, denom)
+    return _weighted_total(xp, per_row, w, denom)
+
+
+class Loss:
+    """A loss paired with its output activation.
+
+    Parameters
+    ----------
+    name : str
+    output : str
+        Name of the output activation this loss is the canonical link of.
+    fn : Kernel
+        ``fn(xp, Z, Y, dZ, w, denom) -> 0-d array``; writes the delta into ``dZ``
+        unless it is None.
+    """
+
+    def __init__(self, name: str, output: str, fn: Any) -> None:
+        self.name, self.output, self.kernel = name, output, fn
+
+    def __call__(
+        self,
+        be: Any,
+        Z: Array,
+        Y: Array,
+        dZ: Array | None = None,
+        sample_weight: Array | None = None,
+        denom: float | None = None,
+    ) -> Array:
+        """Loss of logits ``Z`` against targets ``Y`` (both shape (n, k)).
+
+        Parameters
+        ----------
+        be : Backend
+        Z : array, shape (n, k)
+            Logits (pre-activation output of the last layer).
+        Y : array, shape (n, k)
+            Targets: one-hot rows for cross-entropy, {0, 1} (or probabilities)
+            for binary cross-entropy, real values for squared error.
+        dZ : array, shape (n, k), optional
+            Receives the delta ``w_i (Ŷ − Y) / d``; may be ``Z`` itself.
+        sample_weight : array, shape (n,), optional
+        denom : float, optional
+            ``d``; defaults to n (or Σ w when weights are given).
+
+        Returns
+        -------
+        0-d array on the backend (read it with ``be.to_float`` once per epoch).
+        """
+        if denom is None:
+            denom = float(Z.shape[0]) if sample_weight is None else be.to_float(be.sum(sample_weight))
+        return be.run(self.kernel, Z, Y, dZ, sample_weight, denom)
+
+    def __repr__(self) -> str:
+        return f"Loss({self.name!r}, output={self.output!r})"
+
+
+LOSSES: dict[str, Loss] = {
+    "cross_entropy": Loss("cross_entropy", "softmax", cross_entropy),
+    "binary_cross_entropy": Loss("binary_cross_entropy", "logistic", binary_cross_entropy),
+    "squared_error": Loss("squared_error", "identity", squared_error),
+    "poisson": Loss("poisson", "exp", poisson),
+}
+_ALIASES = {
+    "log_loss": "cross_entropy",
+    "categorical_crossentropy": "cross_entropy",
+    "bce": "binary_cross_entropy",
+    "binary_log_loss": "binary_cross_entropy",
+    "mse": "squared_error",
+}
+#: The loss each output activation is paired with by default.
+OUTPUT_LOSS = {loss.output: name for name, loss in LOSSES.items()}
+
+
+def get_loss(name: str | Loss) -> Loss:
+    """Look up a loss by name (or pass a :class:`Loss` through)."""
+    if isinstance(name, Loss):
+        return name
+    key = _ALIASES.get(str(name).lower(), str(name).lower())
+    if key not in LOSSES:
+        valid = sorted(LOSSES) + sorted(_ALIASES)
+        raise ValueError(f"unknown loss {name!r}; valid: {', '.join(valid)}")
+    return LOSSES[key]
+
+
+# ------------------------------------------------------------ L2 penalty
+@kernel
+def l2_penalty(xp: Any, W: Array, dW: Array, coef: float, tmp: Array) -> Array:
+    """``dW += coef · W`` and return ``Σ W²`` (W, dW: the flat weight prefix)."""
+    dW[...] = dW + coef * W
+    return xp.sum(W * W)
+
+
+@l2_penalty.register("numpy")
+def _l2_penalty_np(xp: Any, W: Array, dW: Array, coef: float, tmp: Array) -> Array:
+    xp.multiply(W, coef, out=tmp)
+    xp.add(dW, tmp, out=dW)
+    return xp.dot(W, W)

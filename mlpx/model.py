@@ -1,0 +1,503 @@
+"""The model: a stack of layers on one backend, with one flat parameter buffer.
+
+``Sequential`` owns the parameters of all its layers in a single contiguous 1-D
+buffer (weights of every layer first, then every bias) and the gradients in a
+second buffer of the same layout. Layers see ``(n_in, n_out)`` and ``(n_out,)``
+views into them. Consequences: an optimizer step is a few whole-buffer operations,
+the L2 penalty is one operation on the weight prefix, save/load and CPU↔GPU moves
+are one transfer, and a data-parallel all-reduce is one call.
+
+The last activation of the stack is the *output* activation. It is kept apart from
+the layers during training: the last layer produces logits ``Z`` and the loss paired
+with the output activation (:mod:`mlpx.losses`) turns them into the loss and the
+output delta ``(Ŷ − Y)/n`` in one step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from mlpx.activations import Activation, get_activation
+from mlpx.backends import Backend, get_backend
+from mlpx.layers import ActivationLayer, Dense, Dropout, Layer
+from mlpx.losses import OUTPUT_LOSS, Loss, get_loss, l2_penalty
+from mlpx.metrics import correct_count, r2_score
+from mlpx.validation import check_sample_weight, check_X, encode_targets
+
+__all__ = ["MLP", "Sequential"]
+
+Array = Any
+PREDICT_CHUNK = 8192  # rows per forward pass in predict: bounds workspace memory
+
+
+def _check_dtype(dtype: Any) -> str:
+    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if name not in ("float32", "float64"):
+        raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return name
+
+
+class Sequential:
+    """Layers applied in order, trained as one network.
+
+    Parameters
+    ----------
+    layers : sequence of Layer
+        The first parameterised layer must be a :class:`~mlpx.layers.Dense` (it fixes
+        the input width). The last activation (a fused Dense activation or a trailing
+        activation layer) is the output activation.
+    backend : str or Backend, default "cpu"
+        ``"cpu"``, ``"gpu"``, ``"gpu:N"``, ``"auto"``, ``"array_api_strict"`` or an
+        instance (see :func:`mlpx.backends.get_backend`).
+    dtype : {"float32", "float64"}, default "float32"
+        Dtype of parameters, gradients, optimizer state and computation.
+    seed : int, optional
+        Seeds the host generator for initial weights (and dropout masks); the same
+        seed gives the same starting weights on every backend.
+
+    Attributes
+    ----------
+    params : array, shape (n_params,)
+        Flat parameter buffer on the backend.
+    grads : array, shape (n_params,)
+        Flat gradient buffer, same layout.
+    n_weights : int
+        Length of the weight prefix of ``params`` (biases follow).
+    output : Activation
+        The output activation.
+    n_features_in_ : int
+    n_outputs_ : int
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[Layer],
+        backend: str | Backend = "cpu",
+        dtype: str = "float32",
+        seed: int | None = None,
+    ) -> None:
+        layers = list(layers)
+        if not layers:
+            raise ValueError("Sequential needs at least one layer")
+        for layer in layers:
+            if not isinstance(layer, Layer):
+                raise TypeError(f"not a layer: {layer!r}")
+        self.backend = get_backend(backend)
+        self.dtype = _check_dtype(dtype)
+        self.seed = seed
+        self.layers, self.output = _split_output(layers)
+        self.stop_training = False
+        self.history: Any = None
+        self._ws: dict[tuple[str, int], Array] = {}
+        self._build()
+        self.initialize(seed)
+
+    # ------------------------------------------------------------------ build
+    def _build(self) -> None:
+        be, dtype = self.backend, self.dtype
+        first = next((l for l in self.layers if isinstance(l, Dense)), None)
+        if first is None:
+            raise ValueError("Sequential needs at least one Dense layer")
+        self.n_features_in_ = n = first.n_in
+        for layer in self.layers:
+            n = layer.build(be, dtype, n)
+        self.n_outputs_ = n
+        # Flat layout: all weights, then all biases, so the L2 term touches a prefix.
+        specs = [(i, name, shape, kind) for i, l in enumerate(self.layers) for name, shape, kind in l.param_shapes()]
+        ordered = [s for s in specs if s[3] == "weight"] + [s for s in specs if s[3] != "weight"]
+        self._slots: list[tuple[int, str, tuple[int, ...], int, int]] = []
+        offset = 0
+        for i, name, shape, _kind in ordered:
+            size = int(np.prod(shape))
+            self._slots.append((i, name, shape, offset, offset + size))
+            offset += size
+        self.n_params = offset
+        self.n_weights = sum(int(np.prod(s[2])) for s in ordered if s[3] == "weight")
+        self.params = be.zeros(offset, dtype)
+        self.grads = be.zeros(offset, dtype)
+        views: dict[int, tuple[dict[str, Array], dict[str, Array]]] = {}
+        for i, name, shape, a, b in self._slots:
+            pv, gv = views.setdefault(i, ({}, {}))
+            pv[name] = be.xp.reshape(self.params[a:b], shape)
+            gv[name] = be.xp.reshape(self.grads[a:b], shape)
+        for i, layer in enumerate(self.layers):
+            layer.bind(*views.get(i, ({}, {})))
+
+    def initialize(self, seed: int | None = None) -> None:
+        """Draw fresh starting weights on the host from ``seed`` and move them once."""
+        rng = np.random.default_rng(seed)
+        host = np.zeros(self.n_params)
+        drawn = {i: layer.init_params(rng) for i, layer in enumerate(self.layers)}
+        for i, name, _shape, a, b in self._slots:
+            host[a:b] = np.ravel(drawn[i][name])
+        self.set_flat_params(host)
+        for k, layer in enumerate(self.layers):
+            if isinstance(layer, Dropout):
+                layer.reseed(None if seed is None else seed + 1 + k)
+
+    # ------------------------------------------------------------ parameters
+    def parameters(self) -> dict[str, Array]:
+        """Parameter views on the backend, named ``"<layer>.<name>"`` (e.g. ``"0.W"``)."""
+        return {f"{i}.{name}": self.layers[i].params[name] for i, name, *_ in self._layer_order()}
+
+    def gradients(self) -> dict[str, Array]:
+        """Gradient views on the backend, same names as :meth:`parameters`."""
+        return {f"{i}.{name}": self.layers[i].grads[name] for i, name, *_ in self._layer_order()}
+
+    def _layer_order(self) -> list[tuple[int, str, tuple[int, ...], int, int]]:
+        return sorted(self._slots, key=lambda s: (s[0], s[1] != "W"))
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Host copies of the parameters in layer order: ``[W0, b0, W1, b1, ...]``."""
+        flat = self.get_flat_params()
+        return [flat[a:b].reshape(shape).copy() for _i, _n, shape, a, b in self._layer_order()]
+
+    def set_weights(self, weights: Iterable[Any]) -> None:
+        """Set all parameters from host arrays in the order of :meth:`get_weights`."""
+        weights = list(weights)
+        order = self._layer_order()
+        if len(weights) != len(order):
+            raise ValueError(f"expected {len(order)} arrays, got {len(weights)}")
+        flat = np.empty(self.n_params)
+        for w, (i, name, shape, a, b) in zip(weights, order):
+            w = np.asarray(w)
+            if w.shape != shape:
+                raise ValueError(f"layer {i} {name}: expected shape {shape}, got {w.shape}")
+            flat[a:b] = w.ravel()
+        self.set_flat_params(flat)
+
+    def get_flat_params(self) -> np.ndarray:
+        """A host copy of the flat parameter buffer, shape (n_params,)."""
+        return np.array(self.backend.to_numpy(self.params), copy=True)
+
+    def set_flat_params(self, flat: Any) -> None:
+        """Overwrite the flat parameter buffer from a host array (one transfer)."""
+        flat = np.asarray(flat)
+        if flat.shape != (self.n_params,):
+            raise ValueError(f"expected shape ({self.n_params},), got {flat.shape}")
+        if not np.isfinite(flat).all():
+            raise ValueError("parameters contain NaN or infinity")
+        be = self.backend
+        be.copy(be.asarray(flat.astype(self.dtype), dtype=self.dtype), self.params)
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, X: Array, train: bool = False) -> Array:
+        """Logits of the last layer for a batch already on the backend.
+
+        Parameters
+        ----------
+        X : array, shape (n, n_features_in_), on the backend, in the model dtype.
+
+        Returns
+        -------
+        array, shape (n, n_outputs_): a workspace overwritten by the next call.
+        """
+        H = X
+        for layer in self.layers:
+            H = layer.forward(H, train)
+        return H
+
+    def _workspace(self, tag: str, n: int, width: int) -> Array:
+        key = (tag, n)
+        buf = self._ws.get(key)
+        if buf is None:
+            if len(self._ws) > 8:
+                self._ws.clear()
+            buf = self._ws[key] = self.backend.empty((n, width), self.dtype)
+        return buf
+
+    def _predict_raw(self, X: Any, apply_output: bool = True) -> np.ndarray:
+        """Host array (n, n_outputs_) of outputs, computed in chunks."""
+        X = check_X(X, self.backend, self.n_features_in_)
+        be = self.backend
+        n = X.shape[0]
+        result = np.empty((n, self.n_outputs_), dtype=self.dtype)
+        with be.activated():
+            for start in range(0, n, PREDICT_CHUNK):
+                Xc = be.asarray(X[start : start + PREDICT_CHUNK], dtype=self.dtype)
+                Z = self.forward(Xc, train=False)
+                if apply_output:
+                    Z = self.output.forward(be, Z, out=Z)
+                result[start : start + Z.shape[0]] = be.to_numpy(Z)
+        return result
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Output activation values (class probabilities for softmax / logistic).
+
+        Returns
+        -------
+        ndarray, shape (n, n_outputs_), host.
+        """
+        return self._predict_raw(X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predictions on the host.
+
+        softmax: class indices, shape (n,); logistic: 0/1 labels, shape (n,) for one
+        output or (n, k); identity/exp: values, shape (n,) for one output or (n, k).
+        """
+        out = self.output.name
+        if out == "softmax":
+            return np.argmax(self._predict_raw(X, apply_output=False), axis=1)
+        if out == "logistic":
+            labels = (self._predict_raw(X, apply_output=False) > 0).astype(np.int64)
+            return labels[:, 0] if labels.shape[1] == 1 else labels
+        P = self._predict_raw(X)
+        return P[:, 0] if P.shape[1] == 1 else P
+
+    # ------------------------------------------------------------- gradients
+    def default_loss(self) -> Loss:
+        """The loss paired with the output activation."""
+        name = OUTPUT_LOSS.get(self.output.name)
+        if name is None:
+            raise ValueError(
+                f"no loss is paired with output activation {self.output.name!r}; end the "
+                f"network with one of: {', '.join(sorted(OUTPUT_LOSS))}"
+            )
+        return get_loss(name)
+
+    def resolve_loss(self, loss: str | Loss | None) -> Loss:
+        """Check that ``loss`` matches the output activation and return it."""
+        if loss is None:
+            return self.default_loss()
+        loss = get_loss(loss)
+        if loss.output != self.output.name:
+            raise ValueError(
+                f"loss {loss.name!r} needs a {loss.output!r} output, but this model ends in "
+                f"{self.output.name!r}; pairs: "
+                + ", ".join(f"{o}+{n}" for o, n in sorted(OUTPUT_LOSS.items()))
+            )
+        return loss
+
+    def _forward_backward(
+        self,
+        X: Array,
+        Y: Array,
+        loss: Loss,
+        w: Array | None = None,
+        denom: float | None = None,
+        l2: float = 0.0,
+    ) -> Array:
+        """Loss of one batch (0-d device array); fills ``self.grads``.
+
+        Parameters
+        ----------
+        X : array, shape (n, n_features_in_)
+        Y : array, shape (n, n_outputs_), encoded targets
+        w : array, shape (n,), optional sample weights
+        denom : float, optional
+            Normaliser d (n, or Σ w); computed on the host by the caller.
+        l2 : float
+            Adds ``½ l2 Σ‖W‖² / d`` to the loss and ``l2 W / d`` to dW.
+        """
+        be = self.backend
+        n = X.shape[0]
+        if denom is None:
+            denom = float(n)
+        Z = self._logits = self.forward(X, train=True)
+        dZ = self._workspace("dZ", n, self.n_outputs_)
+        value = loss(be, Z, Y, dZ, w, denom)
+        dH: Array | None = dZ
+        last = len(self.layers) - 1
+        first_param = next(i for i, l in enumerate(self.layers) if l.param_shapes())
+        for i in range(last, -1, -1):
+            dH = self.layers[i].backward(dH, need_dX=i > first_param)
+            if dH is None:
+                break
+        if l2:
+            nw = self.n_weights
+            if "l2" not in self._ws:
+                self._ws["l2"] = be.empty(nw, self.dtype)  # type: ignore[index]
+            sq = be.run(l2_penalty, self.params[:nw], self.grads[:nw], l2 / denom, self._ws["l2"])  # type: ignore[index]
+            value = value + (0.5 * l2 / denom) * sq
+        return value
+
+    def loss_and_grads(
+        self,
+        X: Any,
+        y: Any,
+        sample_weight: Any = None,
+        loss: str | Loss | None = None,
+        l2: float = 0.0,
+    ) -> tuple[float, dict[str, np.ndarray]]:
+        """Loss and every parameter's gradient for one batch (custom loops, checks).
+
+        Parameters
+        ----------
+        X : array_like, shape (n, n_features_in_)
+        y : array_like
+            Targets as :meth:`fit` takes them.
+        sample_weight : array_like, shape (n,), optional
+        loss : str or Loss, optional
+            Defaults to the loss paired with the output activation.
+        l2 : float
+            L2 penalty strength (``alpha`` in scikit-learn's scaling).
+
+        Returns
+        -------
+        loss : float
+        grads : dict of name -> ndarray
+            Host copies, named as in :meth:`parameters`.
+        """
+        be = self.backend
+        X = check_X(X, be, self.n_features_in_)
+        Y = encode_targets(y, self.output.name, self.n_outputs_, X.shape[0])
+        w = check_sample_weight(sample_weight, X.shape[0])
+        lossfn = self.resolve_loss(loss)
+        with be.activated():
+            Xd = be.asarray(X, dtype=self.dtype)
+            Yd = be.asarray(Y, dtype=self.dtype)
+            wd = None if w is None else be.asarray(w, dtype=self.dtype)
+            denom = float(X.shape[0]) if w is None else float(w.sum())
+            value = self._forward_backward(Xd, Yd, lossfn, wd, denom, l2)
+            grads = {k: np.array(be.to_numpy(v), copy=True) for k, v in self.gradients().items()}
+            return be.to_float(value), grads
+
+    def evaluate(self, X: Any, y: Any, sample_weight: Any = None) -> dict[str, float]:
+        """Mean loss and a metric on ``(X, y)``: accuracy (classifiers) or R² (regressors)."""
+        be = self.backend
+        X = check_X(X, be, self.n_features_in_)
+        Y = encode_targets(y, self.output.name, self.n_outputs_, X.shape[0])
+        w = check_sample_weight(sample_weight, X.shape[0])
+        lossfn = self.default_loss()
+        denom = float(X.shape[0]) if w is None else float(w.sum())
+        total = 0.0
+        hits = 0.0
+        with be.activated():
+            for a in range(0, X.shape[0], PREDICT_CHUNK):
+                b = min(a + PREDICT_CHUNK, X.shape[0])
+                Z = self.forward(be.asarray(X[a:b], dtype=self.dtype))
+                Yd = be.asarray(Y[a:b], dtype=self.dtype)
+                wd = None if w is None else be.asarray(w[a:b], dtype=self.dtype)
+                total += be.to_float(lossfn(be, Z, Yd, None, wd, denom))
+                if self.output.name in ("softmax", "logistic") and w is None:
+                    hits += be.to_float(be.run(correct_count, Z, Yd, self.output.name))
+        result = {"loss": total}
+        if self.output.name in ("softmax", "logistic"):
+            if w is None:
+                result["accuracy"] = hits / X.shape[0]
+            else:
+                pred = self.predict(X).reshape(len(Y), -1)
+                truth = Y.argmax(1) if self.output.name == "softmax" else (Y > 0.5)
+                pred = pred[:, 0] if self.output.name == "softmax" else pred
+                match = (pred.reshape(truth.shape) == truth).reshape(len(Y), -1).all(1)
+                result["accuracy"] = float(np.average(match, weights=w))
+        else:
+            result["r2"] = r2_score(Y, self.predict_proba(X), w)
+        return result
+
+    # --------------------------------------------------------------- training
+    def fit(self, X: Any, y: Any, **kwargs: Any) -> Any:
+        """Train on ``(X, y)``; see :func:`mlpx.training.fit` for the arguments.
+
+        Returns
+        -------
+        History
+            ``history.history`` maps "loss", "accuracy" (classifiers) and the
+            "val_" versions to per-epoch lists.
+        """
+        from mlpx.training import fit
+
+        return fit(self, X, y, **kwargs)
+
+    # ------------------------------------------------------------- save/load
+    def get_config(self) -> dict[str, Any]:
+        """Architecture record (JSON-serialisable) that :func:`mlpx.load` rebuilds from."""
+        layers = [l.get_config() for l in self.layers]
+        if self.output.name != "identity" or not layers or layers[-1]["type"] != "Dense":
+            out_cfg = {"type": "ActivationLayer", "activation": self.output.name}
+            if layers and layers[-1]["type"] == "Dense" and layers[-1]["activation"] == "identity":
+                layers[-1] = {**layers[-1], "activation": self.output.name}
+            else:
+                layers.append(out_cfg)
+        return {"layers": layers, "dtype": self.dtype, "seed": self.seed}
+
+    def save(self, path: Any) -> None:
+        """Write the model to ``path`` (``.npz``: architecture JSON + host parameters).
+
+        The write is atomic (temporary file, then rename): a crash never leaves a
+        half-written model behind.
+        """
+        from mlpx.saving import save
+
+        save(self, path)
+
+    def to(self, backend: str | Backend) -> "Sequential":
+        """A copy of this model on another backend (parameters moved once)."""
+        from mlpx.saving import from_config
+
+        return from_config(self.get_config(), self.get_flat_params(), backend)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from mlpx.saving import from_config
+
+        return (from_config, (self.get_config(), self.get_flat_params(), self.backend.name))
+
+    def summary(self) -> str:
+        """A short text table of layers, shapes and parameter counts."""
+        rows = [f"Sequential on {self.backend.name} ({self.dtype}), {self.n_params} parameters"]
+        for i, layer in enumerate(self.layers):
+            n = sum(int(np.prod(s)) for _, s, _ in layer.param_shapes())
+            rows.append(f"  {i}: {layer!r}  params={n}")
+        rows.append(f"  output: {self.output.name}")
+        return "\n".join(rows)
+
+    def __repr__(self) -> str:
+        return f"<Sequential {self.n_features_in_}->{self.n_outputs_} on {self.backend.name}, {self.dtype}>"
+
+
+def _split_output(layers: list[Layer]) -> tuple[list[Layer], Activation]:
+    """Separate the output activation from the stack (the last layer yields logits)."""
+    last = layers[-1]
+    if isinstance(last, ActivationLayer):
+        return layers[:-1], last.activation
+    if isinstance(last, Dense):
+        output = last.activation
+        last.activation = get_activation("identity")
+        return layers, output
+    return layers, get_activation("identity")
+
+
+def MLP(
+    sizes: Sequence[int],
+    activation: str = "relu",
+    output: str = "softmax",
+    backend: str | Backend = "cpu",
+    dtype: str = "float32",
+    seed: int | None = None,
+    dropout: float = 0.0,
+    init: str = "glorot",
+) -> Sequential:
+    """A multi-layer perceptron from its layer widths.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        ``[n_features, hidden_1, ..., n_outputs]``, e.g. ``[64, 128, 64, 32, 10]``.
+    activation : str, default "relu"
+        Hidden activation (identity, relu, leaky_relu, logistic/sigmoid, tanh, gelu).
+    output : str, default "softmax"
+        Output activation: softmax (multiclass), logistic (binary / multilabel),
+        identity (regression) or exp (Poisson).
+    dropout : float, default 0
+        Dropout rate after each hidden layer.
+
+    Examples
+    --------
+    >>> import mlpx
+    >>> model = mlpx.MLP([64, 128, 64, 32, 10], activation="relu", output="softmax", seed=0)
+    >>> model.n_params
+    19754
+    """
+    sizes = [int(s) for s in sizes]
+    if len(sizes) < 2:
+        raise ValueError("sizes needs at least [n_features, n_outputs]")
+    layers: list[Layer] = []
+    for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        is_last = k == len(sizes) - 2
+        layers.append(Dense(a, b, activation=output if is_last else activation, init=init))
+        if dropout and not is_last:
+            layers.append(Dropout(dropout))
+    return Sequential(layers, backend=backend, dtype=dtype, seed=seed)

@@ -1,0 +1,329 @@
+"""Optimizers: in-place updates over the model's flat parameter buffer.
+
+The model keeps every parameter in one contiguous 1-D buffer (weights first, then
+biases) and every gradient in a second one. An optimizer step is therefore a few
+whole-buffer operations, one kernel launch on the GPU, not a loop over layers.
+Scalars (learning rate, bias corrections) are computed on the host as Python floats.
+
+==========  =======================================================================
+SGD         ``v ← μ v − η g``;  ``p ← p + v``  (Nesterov: ``p ← p + μ v − η g``)
+Adam        ``m ← β₁m + (1−β₁)g``; ``v ← β₂v + (1−β₂)g²``;
+            ``p ← p − η_t m / (√v + ε)``, ``η_t = η √(1−β₂ᵗ) / (1−β₁ᵗ)``
+AdamW       Adam, then decoupled decay of the weights: ``W ← W − η λ W``
+RMSprop     ``s ← ρ s + (1−ρ) g²``;  ``p ← p − η g / (√s + ε)``
+==========  =======================================================================
+
+SGD and Adam follow scikit-learn's update rules exactly (including where ε sits and
+the bias correction folded into ``η_t``), so results are interchangeable with it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from mlpx.backends import Backend, kernel
+from mlpx.schedules import Schedule, get_schedule
+
+__all__ = ["OPTIMIZERS", "SGD", "Adam", "AdamW", "Optimizer", "RMSprop", "get_optimizer"]
+
+Array = Any
+
+
+# ------------------------------------------------------------------ kernels
+@kernel
+def sgd_update(
+    xp: Any, p: Array, g: Array, v: Array, tmp: Array, lr: float, momentum: float, nesterov: bool
+) -> None:
+    v[...] = momentum * v - lr * g
+    if nesterov:
+        p[...] = p + (momentum * v - lr * g)
+    else:
+        p[...] = p + v
+
+
+@sgd_update.register("numpy")
+def _sgd_update_np(
+    xp: Any, p: Array, g: Array, v: Array, tmp: Array, lr: float, momentum: float, nesterov: bool
+) -> None:
+    xp.multiply(g, lr, out=tmp)
+    xp.multiply(v, momentum, out=v)
+    xp.subtract(v, tmp, out=v)
+    if nesterov:
+        # p += μ v − η g, with tmp still holding η g
+        xp.subtract(p, tmp, out=p)
+        xp.multiply(v, momentum, out=tmp)
+        xp.add(p, tmp, out=p)
+    else:
+        xp.add(p, v, out=p)
+
+
+@kernel
+def adam_update(
+    xp: Any,
+    p: Array,
+    g: Array,
+    m: Array,
+    v: Array,
+    tmp: Array,
+    lr_t: float,
+    beta_1: float,
+    beta_2: float,
+    epsilon: float,
+) -> None:
+    m[...] = beta_1 * m + (1.0 - beta_1) * g
+    v[...] = beta_2 * v + (1.0 - beta_2) * (g * g)
+    p[...] = p + (-lr_t * m / (xp.sqrt(v) + epsilon))
+
+
+@adam_update.register("numpy")
+def _adam_update_np(
+    xp: Any,
+    p: Array,
+    g: Array,
+    m: Array,
+    v: Array,
+    tmp: Array,
+    lr_t: float,
+    beta_1: float,
+    beta_2: float,
+    epsilon: float,
+) -> None:
+    xp.multiply(m, beta_1, out=m)
+    xp.multiply(g, 1.0 - beta_1, out=tmp)
+    xp.add(m, tmp, out=m)
+    xp.multiply(v, beta_2, out=v)
+    xp.multiply(g, g, out=tmp)
+    xp.multiply(tmp, 1.0 - beta_2, out=tmp)
+    xp.add(v, tmp, out=v)
+    xp.sqrt(v, out=tmp)
+    xp.add(tmp, epsilon, out=tmp)
+    xp.divide(m, tmp, out=tmp)
+    xp.multiply(tmp, -lr_t, out=tmp)
+    xp.add(p, tmp, out=p)
+
+
+@kernel
+def rmsprop_update(
+    xp: Any, p: Array, g: Array, s: Array, tmp: Array, lr: float, rho: float, epsilon: float
+) -> None:
+    s[...] = rho * s + (1.0 - rho) * (g * g)
+    p[...] = p - lr * g / (xp.sqrt(s) + epsilon)
+
+
+@rmsprop_update.register("numpy")
+def _rmsprop_update_np(
+    xp: Any, p: Array, g: Array, s: Array, tmp: Array, lr: float, rho: float, epsilon: float
+) -> None:
+    xp.multiply(s, rho, out=s)
+    xp.multiply(g, g, out=tmp)
+    xp.multiply(tmp, 1.0 - rho, out=tmp)
+    xp.add(s, tmp, out=s)
+    xp.sqrt(s, out=tmp)
+    xp.add(tmp, epsilon, out=tmp)
+    xp.divide(g, tmp, out=tmp)
+    xp.multiply(tmp, lr, out=tmp)
+    xp.subtract(p, tmp, out=p)
+
+
+@kernel
+def scale_(xp: Any, a: Array, factor: float) -> None:
+    """``a *= factor`` in place."""
+    a[...] = a * factor
+
+
+@scale_.register("numpy")
+def _scale_np(xp: Any, a: Array, factor: float) -> None:
+    xp.multiply(a, factor, out=a)
+
+
+# --------------------------------------------------------------- optimizers
+class Optimizer:
+    """Base class.
+
+    Parameters
+    ----------
+    lr : float
+        Initial learning rate ``η``.
+    schedule : str or Schedule, optional
+        How ``η`` changes from epoch to epoch (:mod:`mlpx.schedules`).
+
+    Attributes
+    ----------
+    lr : float
+        The rate in force now.
+    t : int
+        Number of steps taken.
+    """
+
+    def __init__(self, lr: float, schedule: str | Schedule | None = None) -> None:
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"learning rate must be a positive number, got {lr!r}")
+        self.lr0 = self.lr = float(lr)
+        self.schedule = get_schedule(schedule)
+        self.t = 0
+        self._bound: tuple[Any, ...] | None = None
+
+    def bind(self, be: Backend, params: Array, grads: Array, n_weights: int) -> None:
+        """Attach to a model's flat buffers and allocate state (once per model).
+
+        Parameters
+        ----------
+        params, grads : arrays, shape (n_params,)
+            The model's flat parameter and gradient buffers.
+        n_weights : int
+            Length of the weight prefix ``params[:n_weights]`` (biases follow).
+        """
+        if self._bound is not None and self._bound[1] is params:
+            return
+        self.be, self.params, self.grads, self.n_weights = be, params, grads, n_weights
+        self.dtype = params.dtype
+        self._tmp = be.zeros(params.shape, params.dtype)
+        self._init_state()
+        self._bound = (be, params)
+
+    def _init_state(self) -> None:
+        pass
+
+    def _zeros(self) -> Array:
+        return self.be.zeros(self.params.shape, self.params.dtype)
+
+    def set_epoch(self, epoch: int, samples_seen: int) -> None:
+        """Update ``lr`` from the schedule (called by ``fit`` before each epoch)."""
+        self.lr = self.schedule(self.lr0, epoch, samples_seen)
+
+    def step(self) -> None:
+        """Update the bound parameters in place from the bound gradients."""
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        return {"lr": self.lr0}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with (Nesterov) momentum, as scikit-learn's."""
+
+    def __init__(
+        self,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        nesterov: bool = False,
+        schedule: str | Schedule | None = None,
+    ) -> None:
+        super().__init__(lr, schedule)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+
+    def _init_state(self) -> None:
+        self.velocity = self._zeros()
+
+    def step(self) -> None:
+        self.t += 1
+        self.be.run(
+            sgd_update, self.params, self.grads, self.velocity, self._tmp,
+            self.lr, self.momentum, self.nesterov,
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        return {"lr": self.lr0, "momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba), with scikit-learn's placement of ε and bias correction."""
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        schedule: str | Schedule | None = None,
+    ) -> None:
+        super().__init__(lr, schedule)
+        for name, b in (("beta_1", beta_1), ("beta_2", beta_2)):
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {b!r}")
+        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+
+    def _init_state(self) -> None:
+        self.m, self.v = self._zeros(), self._zeros()
+
+    def step(self) -> None:
+        self.t += 1
+        lr_t = self.lr * math.sqrt(1 - self.beta_2**self.t) / (1 - self.beta_1**self.t)
+        self.be.run(
+            adam_update, self.params, self.grads, self.m, self.v, self._tmp,
+            lr_t, self.beta_1, self.beta_2, self.epsilon,
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        return {"lr": self.lr0, "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter) on the weights only.
+
+    Biases are not decayed: they sit after the weights in the flat buffer, so the
+    decay is one operation on the weight prefix.
+    """
+
+    def __init__(self, lr: float = 1e-3, weight_decay: float = 0.01, **kwargs: Any) -> None:
+        super().__init__(lr, **kwargs)
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        self.weight_decay = float(weight_decay)
+
+    def step(self) -> None:
+        if self.weight_decay:
+            self.be.run(scale_, self.params[: self.n_weights], 1.0 - self.lr * self.weight_decay)
+        super().step()
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "weight_decay": self.weight_decay}
+
+
+class RMSprop(Optimizer):
+    """RMSprop (Hinton): per-parameter rates from a running mean of g²."""
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        rho: float = 0.9,
+        epsilon: float = 1e-8,
+        schedule: str | Schedule | None = None,
+    ) -> None:
+        super().__init__(lr, schedule)
+        if not 0.0 <= rho < 1.0:
+            raise ValueError(f"rho must be in [0, 1), got {rho!r}")
+        self.rho, self.epsilon = float(rho), float(epsilon)
+
+    def _init_state(self) -> None:
+        self.s = self._zeros()
+
+    def step(self) -> None:
+        self.t += 1
+        self.be.run(
+            rmsprop_update, self.params, self.grads, self.s, self._tmp,
+            self.lr, self.rho, self.epsilon,
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        return {"lr": self.lr0, "rho": self.rho, "epsilon": self.epsilon}
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
+
+
+def get_optimizer(spec: str | Optimizer, **kwargs: Any) -> Optimizer:
+    """An optimizer from a name (with keyword settings) or an instance."""
+    if isinstance(spec, Optimizer):
+        return spec
+    key = str(spec).lower()
+    if key not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {spec!r}; valid: {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[key](**kwargs)
