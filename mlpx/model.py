@@ -125,9 +125,17 @@ class Sequential:
         for i, layer in enumerate(self.layers):
             layer.bind(*views.get(i, ({}, {})))
 
-    def initialize(self, seed: int | None = None) -> None:
-        """Draw fresh starting weights on the host from ``seed`` and move them once."""
-        rng = np.random.default_rng(seed)
+    def initialize(self, seed: Any = None) -> None:
+        """Draw fresh starting weights on the host and move them once.
+
+        Parameters
+        ----------
+        seed : int, None, or a generator
+            An int/None seeds ``numpy.random.default_rng``; an object with
+            ``uniform(low, high, size)`` (a ``RandomState``, as scikit-learn uses)
+            is drawn from directly, layer by layer, W before b.
+        """
+        rng = seed if hasattr(seed, "uniform") else np.random.default_rng(seed)
         host = np.zeros(self.n_params)
         drawn = {i: layer.init_params(rng) for i, layer in enumerate(self.layers)}
         for i, name, _shape, a, b in self._slots:
@@ -135,7 +143,7 @@ class Sequential:
         self.set_flat_params(host)
         for k, layer in enumerate(self.layers):
             if isinstance(layer, Dropout):
-                layer.reseed(None if seed is None else seed + 1 + k)
+                layer.reseed(seed + 1 + k if isinstance(seed, int) else None)
 
     # ------------------------------------------------------------ parameters
     def parameters(self) -> dict[str, Array]:
@@ -290,7 +298,7 @@ class Sequential:
         denom : float, optional
             Normaliser d (n, or Σ w); computed on the host by the caller.
         l2 : float
-            Adds ``½ l2 Σ‖W‖² / d`` to the loss and ``l2 W / d`` to dW.
+            Adds the L2 term (:meth:`_add_l2`) after the data term.
         """
         be = self.backend
         n = X.shape[0]
@@ -300,19 +308,27 @@ class Sequential:
         dZ = self._workspace("dZ", n, self.n_outputs_)
         value = loss(be, Z, Y, dZ, w, denom)
         dH: Array | None = dZ
-        last = len(self.layers) - 1
         first_param = next(i for i, l in enumerate(self.layers) if l.param_shapes())
-        for i in range(last, -1, -1):
+        for i in range(len(self.layers) - 1, -1, -1):
             dH = self.layers[i].backward(dH, need_dX=i > first_param)
             if dH is None:
                 break
         if l2:
-            nw = self.n_weights
-            if "l2" not in self._ws:
-                self._ws["l2"] = be.empty(nw, self.dtype)  # type: ignore[index]
-            sq = be.run(l2_penalty, self.params[:nw], self.grads[:nw], l2 / denom, self._ws["l2"])  # type: ignore[index]
-            value = value + (0.5 * l2 / denom) * sq
+            value = value + self._add_l2(l2, denom)
         return value
+
+    def _add_l2(self, l2: float, denom: float) -> Array:
+        """Add ``l2 W / d`` to the weight gradients; return the loss term ``½ l2 Σ‖W‖² / d``.
+
+        Kept apart from the data term so a data-parallel step can all-reduce the data
+        gradients first and add the penalty once, with the global ``d``.
+        """
+        be, nw = self.backend, self.n_weights
+        tmp = self._ws.get(("l2", nw))
+        if tmp is None:
+            tmp = self._ws[("l2", nw)] = be.empty(nw, self.dtype)
+        sq = be.run(l2_penalty, self.params[:nw], self.grads[:nw], l2 / denom, tmp)
+        return (0.5 * l2 / denom) * sq
 
     def loss_and_grads(
         self,

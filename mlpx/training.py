@@ -93,6 +93,7 @@ def fit(
     sample_weight: Any = None,
     l2: float = 0.0,
     lr: float | None = None,
+    comm: Any = None,
 ) -> History:
     """Train ``model`` on ``(X, y)`` with minibatch gradient descent.
 
@@ -126,6 +127,9 @@ def fit(
         L2 penalty, scaled as scikit-learn's ``alpha``: ``½ l2 Σ‖W‖² / n``.
     lr : float, optional
         Learning rate when ``optimizer`` is given by name.
+    comm : mpi4py communicator or "nccl", optional
+        Train data-parallel across ranks (see :mod:`mlpx.distributed`); each rank
+        passes its own shard of the data.
 
     Returns
     -------
@@ -136,6 +140,15 @@ def fit(
     TrainingDivergedError
         The loss became non-finite; the weights from the start of that epoch are kept.
     """
+    if comm is not None:
+        from mlpx.distributed import fit_distributed
+
+        return fit_distributed(
+            model, X, y, comm=comm, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+            loss=loss, validation_data=validation_data, validation_split=validation_split,
+            shuffle=shuffle, callbacks=callbacks, verbose=verbose, sample_weight=sample_weight,
+            l2=l2, lr=lr,
+        )
     be = model.backend
     epochs = _check_positive_int("epochs", epochs)
     batch_size = _check_positive_int("batch_size", batch_size)
