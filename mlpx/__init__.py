@@ -8,6 +8,14 @@ One model code, two devices: pick ``backend="cpu"``, ``"gpu"`` or ``"auto"``.
 >>> model.save("digits.npz"); mlpx.load("digits.npz", backend="gpu")  # doctest: +SKIP
 """
 
+import importlib.util as _importlib_util
+import os as _os
+
+# backends/ is installed as mlpx.backends (pyproject maps it). When mlpx is imported
+# straight from a source checkout without installing, find it beside mlpx/ instead.
+if _importlib_util.find_spec("mlpx.backends") is None:  # pragma: no cover - uninstalled checkout
+    __path__.append(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
+
 from mlpx.activations import ACTIVATIONS
 from mlpx.backends import available_backends, get_backend
 from mlpx.callbacks import Callback, EarlyStopping, ProgressBar
