@@ -112,10 +112,16 @@ class ArrayAPIBackend(Backend):
                 f"an array of {theirs} was handed to backend {self.name!r} ({own}); "
                 "move it with backend.asarray(backend_of_x.to_numpy(x))"
             )
-        if self.device is not None and compat.device(x) != self.device:
+        # A backend without an explicit device lives on the namespace's default one.
+        want = self.device
+        if want is None and hasattr(self.xp, "__array_namespace_info__"):
+            want = self.xp.__array_namespace_info__().default_device()
+        if want is not None and compat.device(x) != want:
             raise DeviceMismatchError(
                 f"an array on device {compat.device(x)} was handed to backend "
-                f"{self.name!r}; move it with backend.asarray(x) or use a backend on that device"
+                f"{self.name!r} (device {want}); move it with x.to_device(backend.device) "
+                "or backend.asarray(backend.to_numpy(x)) from the host, or use a backend on "
+                "that device"
             )
 
     def describe(self) -> dict[str, str]:

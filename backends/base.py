@@ -176,6 +176,9 @@ class Backend:
         array, shape (m, n)
         """
         xp = self.xp
+        if type(a) is np.ndarray or type(b) is np.ndarray:
+            self.check(a)  # a host array here is a placement error: say how to move it
+            self.check(b)
         if trans_a:
             a = xp.matrix_transpose(a)
         if trans_b:

@@ -224,7 +224,8 @@ class Sequential:
         result = np.empty((n, self.n_outputs_), dtype=self.dtype)
         with be.activated():
             for start in range(0, n, PREDICT_CHUNK):
-                Xc = be.asarray(X[start : start + PREDICT_CHUNK], dtype=self.dtype)
+                stop = min(start + PREDICT_CHUNK, n)  # strict namespaces reject out-of-range stops
+                Xc = be.asarray(X[start:stop, :], dtype=self.dtype)
                 Z = self.forward(Xc, train=False)
                 if apply_output:
                     Z = self.output.forward(be, Z, out=Z)
@@ -384,7 +385,7 @@ class Sequential:
         with be.activated():
             for a in range(0, X.shape[0], PREDICT_CHUNK):
                 b = min(a + PREDICT_CHUNK, X.shape[0])
-                Z = self.forward(be.asarray(X[a:b], dtype=self.dtype))
+                Z = self.forward(be.asarray(X[a:b, :], dtype=self.dtype))
                 Yd = be.asarray(Y[a:b], dtype=self.dtype)
                 wd = None if w is None else be.asarray(w[a:b], dtype=self.dtype)
                 total += be.to_float(lossfn(be, Z, Yd, None, wd, denom))

@@ -192,7 +192,9 @@ def fit(
     if verbose:
         callbacks.append(ProgressBar(verbose))
 
-    with be.activated():
+    # Overflow inside a step is not an error here: a non-finite epoch loss is caught
+    # below and turned into TrainingDivergedError (with the last finite weights kept).
+    with be.activated(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         # One transfer of the training set; minibatches are cut on the device.
         Xd = be.asarray(X, dtype=model.dtype)
         Yd = be.asarray(Y, dtype=model.dtype)
@@ -234,7 +236,8 @@ def fit(
                 b = min(a + batch_size, n)
                 rows = b - a
                 if idx is None:
-                    Xb, Yb = Xd[a:b], Yd[a:b]
+                    # `, :` keeps 2-D slicing valid on strict Array API namespaces
+                    Xb, Yb = Xd[a:b, :], Yd[a:b, :]
                     wb = None if wd is None else wd[a:b]
                     denom = float(rows) if w is None else float(w[a:b].sum())
                 else:
@@ -297,12 +300,12 @@ def _validation_logs(model: Any, lossfn: Loss, vald: tuple[Any, ...]) -> dict[st
     chunk = 8192
     for a in range(0, n, chunk):
         b = min(a + chunk, n)
-        Z = model.forward(Xv[a:b])
+        Z = model.forward(Xv[a:b, :])
         wb = None if wv is None else wv[a:b]
-        total = total + lossfn(be, Z, Yv[a:b], None, wb, denom)
+        total = total + lossfn(be, Z, Yv[a:b, :], None, wb, denom)
         if out in ("softmax", "logistic"):
             if wv is None:
-                hits = hits + be.run(correct_count, Z, Yv[a:b], out)
+                hits = hits + be.run(correct_count, Z, Yv[a:b, :], out)
             else:
                 preds.append(be.to_numpy(Z).copy())
         else:
