@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .base import Array, Backend, DeviceMismatchError
+from .jit import numba_enabled
 
 __all__ = ["NumpyBackend"]
 
@@ -26,6 +27,15 @@ class NumpyBackend(Backend):
 
     def __init__(self) -> None:
         super().__init__(np, device=None, name="cpu")
+
+    def run(self, k: Any, *args: Any, **kwargs: Any) -> Any:
+        fn = self._kernel_cache.get(k)
+        if fn is None:
+            # numba variants (one multi-threaded pass) first, when numba is usable;
+            # decided on first use so that importing mlpx never imports numba.
+            kinds = ("numba",) + self.kinds if numba_enabled() else self.kinds
+            fn = self._kernel_cache[k] = k.resolve(kinds)
+        return fn(self.xp, *args, **kwargs)
 
     def describe(self) -> dict[str, str]:
         info = super().describe()

@@ -31,6 +31,7 @@ import math
 from typing import Any
 
 from mlpx.backends import Kernel, kernel
+from mlpx.backends.cuda import lazy_elementwise
 
 __all__ = ["ACTIVATIONS", "Activation", "get_activation"]
 
@@ -50,15 +51,24 @@ class Activation:
         be ``dH``. ``None`` for identity (``dZ = dH``).
     from_output : bool
         True when ``backward`` needs only ``H`` (so ``forward`` may run in place).
+    cuda_forward : str, optional
+        CUDA expression of ``g`` in the variable ``x`` (type ``T``), used by the GPU's
+        fused bias + activation kernel (:func:`mlpx.layers.bias_activation`).
     """
 
     def __init__(
-        self, name: str, forward: Kernel, backward: Kernel | None, from_output: bool
+        self,
+        name: str,
+        forward: Kernel,
+        backward: Kernel | None,
+        from_output: bool,
+        cuda_forward: str | None = None,
     ) -> None:
         self.name = name
         self.forward_kernel = forward
         self.backward_kernel = backward
         self.from_output = from_output
+        self.cuda_forward = cuda_forward
 
     def forward(self, be: Any, Z: Array, out: Array) -> Array:
         """``out = g(Z)``, shape (n, units); ``out`` may be ``Z``."""
@@ -251,15 +261,66 @@ def exp_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
     return out
 
 
+# ------------------------------------------------------- CUDA variants
+# One launch per backward pass (the NumPy variants are two or three on CuPy).
+# Each expression must match the generic definition above; tests/test_gpu.py checks.
+_GELU_PREAMBLE = f"""
+template <typename T> __device__ T mlpx_gelu_grad(T z) {{
+    const T c = {_GELU_C!r}, a = {_GELU_A!r};
+    T z2 = z * z;
+    T t = tanh(c * z * ((T)1 + a * z2));
+    return (T)0.5 * ((T)1 + t) + (T)0.5 * z * ((T)1 - t * t) * c * ((T)1 + (T)3 * a * z2);
+}}
+"""
+
+
+def _cuda_backward_from_output(expr: str, name: str) -> Any:
+    k = lazy_elementwise("T dh, T h", "T dz", f"dz = {expr};", f"mlpx_{name}_backward")
+
+    def variant(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
+        k(dH, H, out)
+        return out
+
+    return variant
+
+
+relu_backward.register("cupy")(_cuda_backward_from_output("h > (T)0 ? dh : (T)0", "relu"))
+leaky_relu_backward.register("cupy")(
+    _cuda_backward_from_output(f"h > (T)0 ? dh : dh * (T){LEAKY_SLOPE!r}", "leaky_relu")
+)
+logistic_backward.register("cupy")(_cuda_backward_from_output("dh * h * ((T)1 - h)", "logistic"))
+tanh_backward.register("cupy")(_cuda_backward_from_output("dh * ((T)1 - h * h)", "tanh"))
+exp_backward.register("cupy")(_cuda_backward_from_output("dh * h", "exp"))
+
+_gelu_backward_cuda = lazy_elementwise(
+    "T dh, T z", "T dz", "dz = dh * mlpx_gelu_grad(z);", "mlpx_gelu_backward", preamble=_GELU_PREAMBLE
+)
+
+
+@gelu_backward.register("cupy")
+def _gelu_backward_cupy(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
+    _gelu_backward_cuda(dH, Z, out)
+    return out
+
+
 ACTIVATIONS: dict[str, Activation] = {
-    "identity": Activation("identity", identity_forward, None, from_output=True),
-    "relu": Activation("relu", relu_forward, relu_backward, from_output=True),
-    "leaky_relu": Activation("leaky_relu", leaky_relu_forward, leaky_relu_backward, True),
-    "logistic": Activation("logistic", logistic_forward, logistic_backward, True),
-    "tanh": Activation("tanh", tanh_forward, tanh_backward, from_output=True),
-    "gelu": Activation("gelu", gelu_forward, gelu_backward, from_output=False),
-    "softmax": Activation("softmax", softmax_forward, softmax_backward, True),
-    "exp": Activation("exp", exp_forward, exp_backward, from_output=True),
+    "identity": Activation("identity", identity_forward, None, True, "x"),
+    "relu": Activation("relu", relu_forward, relu_backward, True, "x > (T)0 ? x : (T)0"),
+    "leaky_relu": Activation(
+        "leaky_relu", leaky_relu_forward, leaky_relu_backward, True,
+        f"x > (T)0 ? x : x * (T){LEAKY_SLOPE!r}",
+    ),
+    "logistic": Activation(
+        "logistic", logistic_forward, logistic_backward, True,
+        "x >= (T)0 ? (T)1 / ((T)1 + exp(-x)) : exp(x) / ((T)1 + exp(x))",
+    ),
+    "tanh": Activation("tanh", tanh_forward, tanh_backward, True, "tanh(x)"),
+    "gelu": Activation(
+        "gelu", gelu_forward, gelu_backward, False,
+        f"(T)0.5 * x * ((T)1 + tanh((T){_GELU_C!r} * (x + (T){_GELU_A!r} * x * x * x)))",
+    ),
+    "softmax": Activation("softmax", softmax_forward, softmax_backward, True),  # row-wise
+    "exp": Activation("exp", exp_forward, exp_backward, True, "exp(x)"),
 }
 _ALIASES = {"sigmoid": "logistic", "linear": "identity", "none": "identity"}
 

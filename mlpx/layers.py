@@ -29,6 +29,7 @@ import numpy as np
 
 from mlpx.activations import Activation, get_activation
 from mlpx.backends import Backend, kernel
+from mlpx.backends.cuda import lazy_elementwise
 from mlpx.initializers import get_initializer
 
 __all__ = [
@@ -61,6 +62,39 @@ def add_bias(xp: Any, Z: Array, b: Array) -> Array:
 @add_bias.register("numpy")
 def _add_bias_np(xp: Any, Z: Array, b: Array) -> Array:
     return xp.add(Z, b, out=Z)
+
+
+@kernel
+def bias_activation(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> Array:
+    """``out = g(Z + b)``: Z shape (n, units) (bias added in place), b shape (units,).
+
+    ``out`` may be ``Z``. The generic and NumPy versions run the bias and the
+    activation as two kernels; the CUDA version is one launch.
+    """
+    add_bias.generic(xp, Z, b)
+    return act.forward_kernel.generic(xp, Z, out)
+
+
+@bias_activation.register("numpy")
+def _bias_activation_np(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> Array:
+    xp.add(Z, b, out=Z)
+    return act.forward_kernel.resolve(("numpy",))(xp, Z, out)
+
+
+_BIAS_ACT_CUDA: dict[str, Any] = {}
+
+
+@bias_activation.register("cupy")
+def _bias_activation_cupy(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> Array:
+    if act.cuda_forward is None:  # softmax is row-wise: no elementwise expression
+        return _bias_activation_np(xp, Z, b, act, out)
+    k = _BIAS_ACT_CUDA.get(act.name)
+    if k is None:
+        k = _BIAS_ACT_CUDA[act.name] = lazy_elementwise(
+            "T z, T b", "T y", f"T x = z + b; y = {act.cuda_forward};", f"mlpx_bias_{act.name}"
+        )
+    k(Z, b, out)  # b broadcasts over rows
+    return out
 
 
 @kernel
@@ -182,12 +216,11 @@ class Dense(Layer):
         be, act = self.be, self.activation
         n = X.shape[0]
         Z = be.gemm(X, self.W, out=self._workspace("Z", n, self.n_out))
-        be.run(add_bias, Z, self.b)
         if act.from_output:
-            H = act.forward(be, Z, out=Z)  # g' is read off H, so Z need not survive
+            H = be.run(bias_activation, Z, self.b, act, Z)  # g' is read off H: Z may go
             Z = None
         else:
-            H = act.forward(be, Z, out=self._workspace("H", n, self.n_out))
+            H = be.run(bias_activation, Z, self.b, act, self._workspace("H", n, self.n_out))
         if train:
             self._X, self._Z, self._H = X, Z, H
         return H

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from mlpx.backends import kernel
+from mlpx.backends.cuda import lazy_elementwise
 
 __all__ = ["LOSSES", "OUTPUT_LOSS", "Loss", "get_loss"]
 
@@ -85,6 +86,45 @@ def _scale_delta_np(xp: Any, dZ: Array, w: Array | None, denom: float) -> None:
 def _weighted_total_np(xp: Any, per_row: Array, w: Array | None, denom: float) -> Array:
     total = xp.sum(per_row) if w is None else xp.dot(per_row, w)
     return total / denom
+
+
+# CUDA: softmax, cross-entropy and the output delta in one launch, one thread per
+# row (rows are short: one per class), plus one reduction for the total.
+_cross_entropy_cuda = lazy_elementwise(
+    "raw T Z, raw T Y, raw T W, int32 k, T inv_d, bool has_w, bool has_dz",
+    "raw T dZ, T loss_row",
+    """
+    const ptrdiff_t r = (ptrdiff_t)i * k;
+    T m = Z[r];
+    for (int j = 1; j < k; ++j) m = max(m, (T)Z[r + j]);
+    T s = 0;
+    for (int j = 0; j < k; ++j) s += exp((T)Z[r + j] - m);
+    const T lse = log(s) + m;
+    const T scale = (has_w ? (T)W[i] : (T)1) * inv_d;
+    T l = 0;
+    for (int j = 0; j < k; ++j) {
+        const T z = Z[r + j], y = Y[r + j];
+        l += y * (lse - z);
+        if (has_dz) dZ[r + j] = (exp(z - m) / s - y) * scale;
+    }
+    loss_row = l * scale;
+    """,
+    "mlpx_softmax_cross_entropy",
+)
+
+
+@cross_entropy.register("cupy")
+def _cross_entropy_cupy(
+    xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None, denom: float
+) -> Array:
+    Z = xp.ascontiguousarray(Z)
+    Y = xp.ascontiguousarray(Y)
+    loss_row = xp.empty(Z.shape[0], dtype=Z.dtype)
+    _cross_entropy_cuda(
+        Z, Y, Z if w is None else w, Z.shape[1], 1.0 / denom, w is not None, dZ is not None,
+        Z if dZ is None else dZ, loss_row,
+    )
+    return xp.sum(loss_row)
 
 
 # ----------------------------------------------------- binary cross-entropy
