@@ -1,0 +1,1108 @@
+"""scikit-learn compatible estimators: ``MLPClassifier`` and ``MLPRegressor``.
+
+Drop-in replacements for :class:`sklearn.neural_network.MLPClassifier` and
+:class:`sklearn.neural_network.MLPRegressor` (scikit-learn 1.9): the same
+constructor parameters, defaults, methods and fitted attributes, and the same
+mathematics, plus two parameters:
+
+``backend``
+    ``"cpu"`` (default, NumPy + BLAS), ``"gpu"`` / ``"gpu:N"`` (CuPy + cuBLAS),
+    ``"auto"`` (GPU when usable) or a :class:`mlpx.backends.Backend` instance. It is
+    resolved at ``fit``, not at construction, so ``clone``/``get_params`` work on a
+    machine without a GPU; ``fit`` then raises the backend layer's
+    :class:`~mlpx.backends.BackendUnavailableError`.
+``dtype``
+    ``None`` (default): float32 when ``X`` is float32 on any backend; otherwise
+    float64 on the CPU (as scikit-learn computes) and float32 on the GPU. Or
+    ``"float32"`` / ``"float64"`` explicitly. Fixed at the first fit.
+
+How the work is done
+--------------------
+* The network is an engine :class:`~mlpx.model.Sequential` of
+  :class:`~mlpx.layers.Dense` layers on the backend. Its flat parameter buffer
+  (all weights, then all biases) has exactly the layout of scikit-learn's packed
+  ``coefs_ + intercepts_`` vector.
+* Initial weights are drawn from scikit-learn's ``RandomState`` in its order
+  (layer by layer, W then b, Glorot bound with factor 2 for a logistic hidden
+  activation on *every* layer, as scikit-learn does), then moved once. Minibatch
+  order (``sklearn.utils.shuffle`` of the index vector every epoch) and the
+  early-stopping split (``train_test_split``, stratified for single-output
+  classifiers) draw from the same generator in the same order, so a float64 CPU
+  fit follows scikit-learn's to rounding.
+* SGD (momentum / Nesterov, constant / invscaling / adaptive learning rate) and
+  Adam are the engine optimizers, whose update rules are scikit-learn's.
+* ``fit`` moves the data to the backend once; every epoch moves one index vector;
+  minibatches are gathered on the device into buffers allocated once; the loss is
+  summed on the device and read back once per epoch.
+* Sparse ``X`` (CSR/CSC) stays sparse on the backend (``scipy.sparse`` on the CPU,
+  ``cupyx.scipy.sparse`` on the GPU): each minibatch's rows are sliced from the
+  sparse matrix and densified on the device (``batch_size x n_features``), and
+  prediction / L-BFGS work through row chunks the same way, so memory stays
+  bounded by the chunk size rather than the dense data set.
+* L-BFGS runs ``scipy.optimize.minimize(method="L-BFGS-B")`` with the arguments
+  scikit-learn passes. SciPy works on host arrays, so on every function evaluation
+  the parameter vector is copied to the backend and the loss and gradient are
+  copied back (one transfer of ``n_params`` values each way); the forward and
+  backward passes themselves run on the backend.
+* ``coefs_`` and ``intercepts_`` are host NumPy arrays. They are copied from the
+  device at the end of every ``fit``/``partial_fit`` and copied to the device at
+  the start of every ``fit``/``partial_fit``/``predict``, so assigning them (or
+  editing them in place) takes effect exactly.
+
+Loss scaling follows scikit-learn: mean loss over samples (``Σ w_i l_i / Σ w_i``
+with sample weights), plus ``alpha/2 · Σ‖W‖² / n`` (``n`` replaced by ``Σ w_i``),
+and the squared-error loss divided by ``n_outputs`` (its gradient is not).
+"""
+
+from __future__ import annotations
+
+import warnings
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+import scipy.optimize
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context, is_classifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import LabelBinarizer
+from sklearn.utils import check_random_state, column_or_1d, gen_batches
+from sklearn.utils import shuffle as sk_shuffle
+from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from mlpx.backends import Backend, get_backend
+from mlpx.layers import Dense
+from mlpx.losses import get_loss
+from mlpx.model import Sequential
+from mlpx.optimizers import SGD, Adam, Optimizer
+
+__all__ = ["MLPClassifier", "MLPRegressor"]
+
+Array = Any
+_STOCHASTIC_SOLVERS = ("sgd", "adam")
+_CHUNK = 8192  # rows per forward pass in predict / full-batch L-BFGS with sparse X
+# The loss paired with each output activation (its canonical link).
+_OUTPUT_LOSS = {"softmax": "cross_entropy", "logistic": "binary_cross_entropy",
+                "identity": "squared_error", "exp": "poisson"}
+
+
+# ---------------------------------------------------------------- helpers
+def _is_device_array(x: Any) -> bool:
+    """A CuPy array or cupyx sparse matrix (data the caller already put on a GPU)."""
+    return type(x).__module__.split(".")[0] in ("cupy", "cupyx")
+
+
+def _to_host(x: Any) -> Any:
+    if _is_device_array(x):
+        return x.get()
+    return x
+
+
+def _glorot_draws(rng: np.random.RandomState, layer_units: list[int], activation: str
+                  ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Initial ``coefs_``/``intercepts_`` drawn exactly as scikit-learn's ``_init_coef``.
+
+    scikit-learn uses the *hidden* activation's factor (2 for logistic, else 6) on
+    every layer, the output layer included, and draws W then b per layer.
+    """
+    factor = 2.0 if activation == "logistic" else 6.0
+    coefs, intercepts = [], []
+    for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:]):
+        bound = np.sqrt(factor / (fan_in + fan_out))
+        coefs.append(rng.uniform(-bound, bound, (fan_in, fan_out)))
+        intercepts.append(rng.uniform(-bound, bound, fan_out))
+    return coefs, intercepts
+
+
+class _Runtime:
+    """What lives on the backend between calls: the network and the optimizer.
+
+    Not pickled as such: :meth:`to_host` turns it into host arrays, from which the
+    estimator rebuilds it (on whatever backend it is then asked for).
+    """
+
+    def __init__(self, be: Backend, dtype: str, layer_units: list[int], activation: str,
+                 out_activation: str) -> None:
+        self.be, self.dtype = be, dtype
+        layers = [
+            Dense(a, b, activation=out_activation if i == len(layer_units) - 2 else activation)
+            for i, (a, b) in enumerate(zip(layer_units[:-1], layer_units[1:]))
+        ]
+        self.model = Sequential(layers, backend=be, dtype=dtype, seed=0)
+        self.optimizer: Optimizer | None = None
+        self.best: Array | None = None  # device copy of the best parameters (early stopping)
+
+    def push(self, coefs: list[np.ndarray], intercepts: list[np.ndarray]) -> None:
+        """Copy host ``coefs``/``intercepts`` into the flat device buffer (one transfer)."""
+        model = self.model
+        shapes = [s[2] for s in model._slots]
+        arrays = list(coefs) + list(intercepts)
+        if len(arrays) != len(shapes) or any(np.shape(a) != s for a, s in zip(arrays, shapes)):
+            raise ValueError(
+                "coefs_/intercepts_ do not match the network's layer sizes "
+                f"{[s for s in shapes[: len(shapes) // 2]]}; assign arrays of the same shapes"
+            )
+        flat = np.concatenate([np.ravel(a) for a in arrays])
+        self.set_flat(flat)
+
+    def set_flat(self, flat: np.ndarray) -> None:
+        be = self.be
+        be.copy(be.asarray(np.asarray(flat, dtype=self.dtype), dtype=self.dtype), self.model.params)
+
+    def pull(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Host copies of the parameters as scikit-learn's ``coefs_``, ``intercepts_``."""
+        flat = np.array(self.be.to_numpy(self.model.params), copy=True)
+        arrays = [flat[a:b].reshape(shape) for _i, _n, shape, a, b in self.model._slots]
+        half = len(arrays) // 2
+        return arrays[:half], arrays[half:]
+
+    def to_host(self) -> dict[str, Any]:
+        be = self.be
+        state: dict[str, Any] = {"dtype": self.dtype, "optimizer": None, "best": None}
+        if self.best is not None:
+            state["best"] = np.array(be.to_numpy(self.best), copy=True)
+        opt = self.optimizer
+        if opt is not None:
+            names = ("velocity",) if isinstance(opt, SGD) else ("m", "v")
+            arrays = {k: np.array(be.to_numpy(getattr(opt, k)), copy=True)
+                      for k in names if getattr(opt, "_bound", None) is not None}
+            state["optimizer"] = {"class": type(opt), "config": opt.get_config(), "lr": opt.lr,
+                                  "t": opt.t, "momentum": getattr(opt, "momentum", None),
+                                  "arrays": arrays}
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        be, model = self.be, self.model
+        if state.get("best") is not None:
+            self.best = be.asarray(state["best"].astype(self.dtype), dtype=self.dtype)
+        o = state.get("optimizer")
+        if o is not None:
+            config = dict(o["config"])
+            if o["class"] is SGD:
+                config["momentum"] = 0.0  # sklearn allows momentum=1, the engine's check does not
+            opt = o["class"](**config)
+            if o["momentum"] is not None:
+                opt.momentum = o["momentum"]
+            opt.lr, opt.t = o["lr"], o["t"]
+            if o["arrays"]:
+                opt.bind(be, model.params, model.grads, model.n_weights)
+                for k, v in o["arrays"].items():
+                    be.copy(be.asarray(v.astype(self.dtype), dtype=self.dtype), getattr(opt, k))
+            self.optimizer = opt
+
+
+class _DeviceData:
+    """A training set on the backend, cut into minibatches there.
+
+    ``X`` is dense (a device array) or sparse (scipy / cupyx CSR on the backend);
+    ``Y`` dense ``(n, n_outputs)``; ``w`` optional ``(n,)``. Gather buffers are
+    allocated once per minibatch length (at most two: the full and the last one).
+    """
+
+    def __init__(self, be: Backend, dtype: str, X: Any, Y: np.ndarray, w: np.ndarray | None
+                 ) -> None:
+        self.be, self.dtype = be, dtype
+        self.n = X.shape[0]
+        self.sparse = sp.issparse(X) or _is_sparse_device(X)
+        self.X = _sparse_to_backend(be, X, dtype) if self.sparse else be.asarray(X, dtype=dtype)
+        self.Y = be.asarray(np.asarray(Y), dtype=dtype) if not _is_device_array(Y) else Y.astype(dtype)
+        self.w_host = w
+        self.w = None if w is None else be.asarray(np.asarray(w), dtype=dtype)
+        self._buf: dict[tuple[str, int], Array] = {}
+        self.idx = None  # device index vector of the current epoch
+        self.idx_host: np.ndarray | None = None
+
+    def set_order(self, idx: np.ndarray | None) -> None:
+        """The epoch's sample order (host ints), moved to the device in one transfer."""
+        self.idx_host = idx
+        self.idx = None if idx is None else self.be.asarray(idx)
+
+    def _buffer(self, tag: str, shape: tuple[int, ...]) -> Array:
+        key = (tag, shape[0])
+        buf = self._buf.get(key)
+        if buf is None:
+            buf = self._buf[key] = self.be.empty(shape, self.dtype)
+        return buf
+
+    def batch(self, a: int, b: int) -> tuple[Array, Array, Array | None]:
+        """Rows ``a:b`` of the current order: ``(X_batch, Y_batch, w_batch)`` on the device."""
+        be, nb = self.be, b - a
+        if self.idx is None:  # no shuffling: contiguous slices are views
+            Xb = _densify(be, self.X[a:b], self.dtype) if self.sparse else self.X[a:b]
+            return Xb, self.Y[a:b], None if self.w is None else self.w[a:b]
+        ib = self.idx[a:b]
+        if self.sparse:
+            # scipy.sparse rows are taken with host indices, cupyx rows with device ones
+            rows = self.X[ib] if be.is_gpu else self.X[self.idx_host[a:b]]
+            Xb = _densify(be, rows, self.dtype)
+        else:
+            Xb = be.take_rows(self.X, ib, out=self._buffer("X", (nb, self.X.shape[1])))
+        Yb = be.take_rows(self.Y, ib, out=self._buffer("Y", (nb, self.Y.shape[1])))
+        wb = None if self.w is None else be.take_rows(self.w, ib, out=self._buffer("w", (nb,)))
+        return Xb, Yb, wb
+
+    def denom(self, a: int, b: int) -> float:
+        """scikit-learn's per-batch normaliser: the batch size, or the batch's Σ w (host)."""
+        if self.w_host is None:
+            return float(b - a)
+        w = self.w_host[a:b] if self.idx_host is None else self.w_host[self.idx_host[a:b]]
+        return float(w.sum())
+
+
+def _is_sparse_device(X: Any) -> bool:
+    return type(X).__module__.startswith("cupyx.scipy.sparse")
+
+
+def _sparse_to_backend(be: Backend, X: Any, dtype: str) -> Any:
+    """CSR on the backend: scipy.sparse on the host backends, cupyx on the GPU."""
+    if be.is_gpu:
+        import cupyx.scipy.sparse as csp
+
+        with be.activated():
+            X = X if _is_sparse_device(X) else csp.csr_matrix(sp.csr_matrix(X))
+            return X.tocsr().astype(dtype)
+    if _is_sparse_device(X):
+        X = X.get()
+    return sp.csr_matrix(X).astype(dtype)
+
+
+def _densify(be: Backend, Xs: Any, dtype: str) -> Array:
+    """Dense device rows from a sparse block (the sparse path's per-batch cost)."""
+    D = Xs.toarray()
+    return D if be.is_gpu or type(be).__name__ == "NumpyBackend" else be.asarray(D, dtype=dtype)
+
+
+# ------------------------------------------------------------------- base
+class _BaseMLP(BaseEstimator):
+    """Shared machinery of :class:`MLPClassifier` and :class:`MLPRegressor`."""
+
+    _parameter_constraints: dict = {
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
+        "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "power_t": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state"],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+        "momentum": [Interval(Real, 0, 1, closed="both")],
+        "nesterovs_momentum": ["boolean"],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "beta_1": [Interval(Real, 0, 1, closed="left")],
+        "beta_2": [Interval(Real, 0, 1, closed="left")],
+        "epsilon": [Interval(Real, 0, None, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), Options(Real, {np.inf})],
+        "max_fun": [Interval(Integral, 1, None, closed="left")],
+        "backend": [str, Backend],
+        "dtype": [StrOptions({"float32", "float64"}), type, np.dtype, None],
+    }
+    _loss_name = "log_loss"
+
+    # ------------------------------------------------------------ plumbing
+    def _get_backend(self) -> Backend:
+        return get_backend(self.backend)
+
+    def _resolve_dtype(self, be: Backend, X: Any) -> str:
+        if self.dtype is not None:
+            name = np.dtype(self.dtype).name
+            if name not in ("float32", "float64"):
+                raise ValueError(f"dtype must be 'float32', 'float64' or None, got {self.dtype!r}")
+            return name
+        if np.dtype(X.dtype) == np.float32:
+            return "float32"
+        return "float32" if be.is_gpu else "float64"
+
+    def _runtime(self) -> _Runtime:
+        """The device runtime on the backend asked for now (rebuilt after unpickling
+        or after ``set_params(backend=...)``), holding the current ``coefs_``."""
+        be = self._get_backend()
+        rt = getattr(self, "_rt", None)
+        if rt is not None and rt.be is be:
+            return rt
+        state = rt.to_host() if rt is not None else getattr(self, "_rt_host", None) or {}
+        dtype = state.get("dtype") or self._dtype
+        layer_units = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
+        rt = _Runtime(be, dtype, layer_units, self.activation, self.out_activation_)
+        rt.push(self.coefs_, self.intercepts_)
+        rt.restore(state)
+        self._rt, self._rt_host = rt, None
+        return rt
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        rt = state.pop("_rt", None)
+        if rt is not None:
+            state["_rt_host"] = rt.to_host()
+        return state
+
+    def _loss_fn(self) -> Any:
+        return get_loss(_OUTPUT_LOSS[self.out_activation_])
+
+    # ----------------------------------------------------- input checking
+    def _validate_X_predict(self, X: Any) -> Any:
+        if _is_device_array(X):
+            return self._check_device_X(X, reset=False)
+        return validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
+
+    def _check_device_X(self, X: Any, reset: bool) -> Any:
+        """Checks for data already on the GPU (kept there: no host round trip)."""
+        if X.ndim != 2:
+            raise ValueError(f"Expected 2D array, got array with shape {X.shape}")
+        if X.shape[0] < 1 or X.shape[1] < 1:
+            raise ValueError(f"Found array with shape {X.shape}; a minimum of 1 is required.")
+        import cupy
+
+        if X.dtype.kind != "f":
+            X = X.astype(np.float64)
+        values = X.data if _is_sparse_device(X) else X
+        if not bool(cupy.isfinite(values).all()):  # one synchronisation per call
+            raise ValueError("Input X contains NaN or infinity.")
+        if reset:
+            self.n_features_in_ = X.shape[1]
+            if hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
+        elif X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input."
+            )
+        return X
+
+    def _validate_Xy(self, X: Any, y: Any, reset: bool, y_numeric: bool) -> tuple[Any, Any]:
+        if _is_device_array(X):
+            X = self._check_device_X(X, reset=reset)
+            y = np.asarray(_to_host(y))
+            if y.shape[0] != X.shape[0]:
+                raise ValueError(
+                    f"Found input variables with inconsistent numbers of samples: "
+                    f"[{X.shape[0]}, {y.shape[0]}]"
+                )
+            if y_numeric and y.dtype.kind == "O":
+                y = y.astype(np.float64)
+            return X, y
+        return validate_data(
+            self, X, y, accept_sparse=["csr", "csc"], multi_output=True, y_numeric=y_numeric,
+            dtype=(np.float64, np.float32), reset=reset,
+        )
+
+    # ------------------------------------------------------------- fitting
+    def _fit(self, X: Any, y: Any, sample_weight: Any = None, incremental: bool = False) -> Any:
+        hidden_layer_sizes = self.hidden_layer_sizes
+        if not hasattr(hidden_layer_sizes, "__iter__"):
+            hidden_layer_sizes = [hidden_layer_sizes]
+        hidden_layer_sizes = list(hidden_layer_sizes)
+        if np.any(np.array(hidden_layer_sizes) <= 0):
+            raise ValueError("hidden_layer_sizes must be > 0, got %s." % hidden_layer_sizes)
+        first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+
+        X, y = self._validate_input(X, y, incremental, reset=first_pass)
+        be = self._get_backend()  # BackendUnavailableError here, not at construction
+        if sample_weight is not None:
+            host_X = X if not _is_device_array(X) else np.empty((X.shape[0], 0), np.float64)
+            sample_weight = _check_sample_weight(
+                _to_host(sample_weight), host_X,
+                dtype=None if not _is_device_array(X) else np.float64,
+            )
+        if y.ndim == 1:
+            y = y.reshape((-1, 1))
+        self.n_outputs_ = y.shape[1]
+        layer_units = [X.shape[1]] + hidden_layer_sizes + [self.n_outputs_]
+        self._random_state = check_random_state(self.random_state)
+
+        if first_pass:
+            self._initialize(be, X, y, layer_units)
+            rt = self._rt
+        else:
+            units = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
+            if units != layer_units:
+                raise ValueError(
+                    f"warm_start/partial_fit: the network has layer sizes {units} but this "
+                    f"call needs {layer_units} (hidden_layer_sizes or the targets changed)"
+                )
+            rt = self._runtime()
+            rt.push(self.coefs_, self.intercepts_)
+
+        with be.activated(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            if self.solver in _STOCHASTIC_SOLVERS:
+                self._fit_stochastic(rt, X, y, sample_weight, incremental)
+            else:
+                self._fit_lbfgs(rt, X, y, sample_weight)
+        self.coefs_, self.intercepts_ = rt.pull()
+        if not all(np.isfinite(w).all() for w in self.coefs_ + self.intercepts_):
+            raise ValueError(
+                "Solver produced non-finite parameter weights. The input data may"
+                " contain large values and need to be preprocessed."
+            )
+        return self
+
+    def _initialize(self, be: Backend, X: Any, y: np.ndarray, layer_units: list[int]) -> None:
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.n_outputs_ = y.shape[1]
+        self.n_layers_ = len(layer_units)
+        if not is_classifier(self):
+            self.out_activation_ = "exp" if self.loss == "poisson" else "identity"
+        elif self._label_binarizer.y_type_ == "multiclass":
+            self.out_activation_ = "softmax"
+        else:
+            self.out_activation_ = "logistic"
+        self._dtype = self._resolve_dtype(be, X)
+        coefs, intercepts = _glorot_draws(self._random_state, layer_units, self.activation)
+        self.coefs_ = [c.astype(self._dtype) for c in coefs]
+        self.intercepts_ = [b.astype(self._dtype) for b in intercepts]
+        self._rt_host = None
+        rt = self._rt = _Runtime(be, self._dtype, layer_units, self.activation, self.out_activation_)
+        rt.push(self.coefs_, self.intercepts_)
+        rt.best = be.zeros(rt.model.n_params, self._dtype)
+        be.copy(rt.model.params, rt.best)
+
+        if self.solver in _STOCHASTIC_SOLVERS:
+            self.loss_curve_ = []
+            self._no_improvement_count = 0
+            if self.early_stopping:
+                self.validation_scores_ = []
+                self.best_validation_score_ = -np.inf
+                self.best_loss_ = None
+            else:
+                self.best_loss_ = np.inf
+                self.validation_scores_ = None
+                self.best_validation_score_ = None
+
+    def _step_loss(self, rt: _Runtime, Xb: Array, Yb: Array, wb: Array | None, denom: float,
+                   lossfn: Any, scale: float) -> Array:
+        """One forward/backward pass; fills the gradient buffer; returns the 0-d loss."""
+        model = rt.model
+        value = model._forward_backward(Xb, Yb, lossfn, wb, denom)
+        if scale != 1.0:
+            value = value * scale  # scikit-learn's squared loss is averaged over outputs
+        if self.alpha:
+            value = value + model._add_l2(self.alpha, denom)
+        return value
+
+    def _fit_stochastic(self, rt: _Runtime, X: Any, y: np.ndarray, sample_weight: Any,
+                        incremental: bool) -> None:
+        be, model = rt.be, rt.model
+        if not incremental or rt.optimizer is None:
+            if self.solver == "sgd":
+                opt: Optimizer = SGD(lr=self.learning_rate_init, momentum=0.0,
+                                     nesterov=self.nesterovs_momentum)
+                opt.momentum = float(self.momentum)  # scikit-learn allows momentum=1
+            else:
+                opt = Adam(lr=self.learning_rate_init, beta_1=self.beta_1, beta_2=self.beta_2,
+                           epsilon=self.epsilon)
+            rt.optimizer = opt
+        opt = rt.optimizer
+        opt.bind(be, model.params, model.grads, model.n_weights)
+
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        early_stopping = self.early_stopping
+        n_all = X.shape[0]
+        if early_stopping:
+            # Split indices with the same draws train_test_split makes on (X, y).
+            stratify = y if (is_classifier(self) and self.n_outputs_ == 1) else None
+            train_idx, val_idx = train_test_split(
+                np.arange(n_all), random_state=self._random_state,
+                test_size=self.validation_fraction, stratify=stratify,
+            )
+            if val_idx.shape[0] < 2:
+                raise ValueError(
+                    "The validation set is too small. Increase 'validation_fraction' "
+                    "or the size of your dataset."
+                )
+            X_train, X_val = _rows(X, train_idx), _rows(X, val_idx)
+            y_train, y_val = y[train_idx], y[val_idx]
+            sw_train = None if sample_weight is None else sample_weight[train_idx]
+            sw_val = None if sample_weight is None else sample_weight[val_idx]
+            if is_classifier(self):
+                y_val = self._label_binarizer.inverse_transform(y_val)
+        else:
+            X_train, y_train, sw_train = X, y, sample_weight
+            X_val = y_val = sw_val = None
+
+        data = _DeviceData(be, rt.dtype, X_train, y_train, sw_train)
+        val_X = None if X_val is None else self._device_X(be, rt.dtype, X_val)
+        n_samples = data.n
+        sample_idx = np.arange(n_samples, dtype=int)
+        if self.batch_size == "auto":
+            batch_size = min(200, n_samples)
+        else:
+            if self.batch_size > n_samples:
+                warnings.warn(
+                    "Got `batch_size` less than 1 or larger than "
+                    "sample size. It is going to be clipped"
+                )
+            batch_size = int(np.clip(self.batch_size, 1, n_samples))
+        batches = [(s.start, s.stop) for s in gen_batches(n_samples, batch_size)]
+        lossfn = self._loss_fn()
+        scale = 1.0 / self.n_outputs_ if self.out_activation_ == "identity" else 1.0
+        sgd = isinstance(opt, SGD)
+
+        try:
+            self.n_iter_ = 0
+            for _ in range(self.max_iter):
+                if self.shuffle:
+                    sample_idx = sk_shuffle(sample_idx, random_state=self._random_state)
+                    data.set_order(sample_idx)
+                total = None
+                for a, b in batches:
+                    Xb, Yb, wb = data.batch(a, b)
+                    value = self._step_loss(rt, Xb, Yb, wb, data.denom(a, b), lossfn, scale)
+                    opt.step()
+                    # Summed on the device (no synchronisation); read once per epoch.
+                    term = value * (b - a)
+                    total = term if total is None else total + term
+                self.n_iter_ += 1
+                self.loss_ = be.to_float(total) / n_samples
+                self.t_ += n_samples
+                self.loss_curve_.append(self.loss_)
+                if self.verbose:
+                    print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+
+                self._update_no_improvement_count(rt, early_stopping, val_X, y_val, sw_val)
+                if sgd and self.learning_rate == "invscaling":
+                    opt.lr = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
+
+                if self._no_improvement_count > self.n_iter_no_change:
+                    if early_stopping:
+                        msg = ("Validation score did not improve more than tol=%f for %d "
+                               "consecutive epochs." % (self.tol, self.n_iter_no_change))
+                    else:
+                        msg = ("Training loss did not improve more than tol=%f for %d "
+                               "consecutive epochs." % (self.tol, self.n_iter_no_change))
+                    if self._trigger_stopping(opt, msg):
+                        break
+                    self._no_improvement_count = 0
+
+                if incremental:
+                    break
+                if self.n_iter_ == self.max_iter:
+                    warnings.warn(
+                        "Stochastic Optimizer: Maximum iterations (%d) reached and the "
+                        "optimization hasn't converged yet." % self.max_iter,
+                        ConvergenceWarning,
+                    )
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.")
+
+        if early_stopping:
+            be.copy(rt.best, model.params)  # restore the best weights
+
+    def _trigger_stopping(self, opt: Optimizer, msg: str) -> bool:
+        """scikit-learn's rule: stop, unless SGD with an adaptive rate that can still shrink."""
+        if not (isinstance(opt, SGD) and self.learning_rate == "adaptive"):
+            if self.verbose:
+                print(msg + " Stopping.")
+            return True
+        if opt.lr <= 1e-6:
+            if self.verbose:
+                print(msg + " Learning rate too small. Stopping.")
+            return True
+        opt.lr /= 5.0
+        if self.verbose:
+            print(msg + " Setting learning rate to %f" % opt.lr)
+        return False
+
+    def _update_no_improvement_count(self, rt: _Runtime, early_stopping: bool, X_val: Any,
+                                     y_val: Any, sw_val: Any) -> None:
+        if early_stopping:
+            val_score = self._score_device(rt, X_val, y_val, sw_val)
+            self.validation_scores_.append(val_score)
+            if self.verbose:
+                print("Validation score: %f" % self.validation_scores_[-1])
+            last = self.validation_scores_[-1]
+            if last < (self.best_validation_score_ + self.tol):
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if last > self.best_validation_score_:
+                self.best_validation_score_ = last
+                rt.be.copy(rt.model.params, rt.best)  # on the device, no host round trip
+        else:
+            if self.loss_curve_[-1] > self.best_loss_ - self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if self.loss_curve_[-1] < self.best_loss_:
+                self.best_loss_ = self.loss_curve_[-1]
+
+    def _fit_lbfgs(self, rt: _Runtime, X: Any, y: np.ndarray, sample_weight: Any) -> None:
+        be, model = rt.be, rt.model
+        data = _DeviceData(be, rt.dtype, X, y, sample_weight)
+        n = data.n
+        denom = float(n) if sample_weight is None else float(sample_weight.sum())
+        lossfn = self._loss_fn()
+        scale = 1.0 / self.n_outputs_ if self.out_activation_ == "identity" else 1.0
+        chunks = [(0, n)] if not data.sparse else [(a, min(a + _CHUNK, n)) for a in range(0, n, _CHUNK)]
+        acc = be.empty(model.n_params, rt.dtype) if len(chunks) > 1 else None
+
+        def loss_grad(packed: np.ndarray) -> tuple[float, np.ndarray]:
+            # SciPy works on the host: parameters in, loss and gradient out.
+            rt.set_flat(packed)
+            total = None
+            for a, b in chunks:
+                Xb, Yb, wb = data.batch(a, b)
+                value = model._forward_backward(Xb, Yb, lossfn, wb, denom)
+                if acc is not None:
+                    if total is None:
+                        be.copy(model.grads, acc)
+                    else:
+                        acc[...] += model.grads
+                total = value if total is None else total + value
+            if acc is not None:
+                be.copy(acc, model.grads)
+            if scale != 1.0:
+                total = total * scale
+            if self.alpha:
+                total = total + model._add_l2(self.alpha, denom)
+            grad = np.array(be.to_numpy(model.grads), dtype=np.float64, copy=True)
+            return be.to_float(total), grad
+
+        iprint = 1 if (self.verbose is True or self.verbose >= 1) else -1
+        try:
+            from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
+
+            extra = _get_additional_lbfgs_options_dict("iprint", iprint)
+        except ImportError:  # pragma: no cover - older/newer scikit-learn
+            extra = {}
+        x0 = np.array(be.to_numpy(model.params), dtype=np.float64, copy=True)
+        opt_res = scipy.optimize.minimize(
+            loss_grad, x0, method="L-BFGS-B", jac=True,
+            options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol, **extra},
+        )
+        try:
+            from sklearn.utils.optimize import _check_optimize_result
+
+            self.n_iter_ = _check_optimize_result("lbfgs", opt_res, self.max_iter)
+        except ImportError:  # pragma: no cover
+            self.n_iter_ = int(opt_res.nit)
+        self.loss_ = float(opt_res.fun)
+        rt.set_flat(opt_res.x)
+
+    # ---------------------------------------------------------- prediction
+    @staticmethod
+    def _device_X(be: Backend, dtype: str, X: Any) -> Any:
+        """Prediction input on the backend: dense device array or sparse CSR there."""
+        if sp.issparse(X) or _is_sparse_device(X):
+            return _sparse_to_backend(be, X, dtype)
+        return X  # dense host data moves chunk by chunk in _forward_out
+
+    def _forward_out(self, rt: _Runtime, X: Any) -> np.ndarray:
+        """Output-activation values, host array (n, n_outputs_), computed in row chunks."""
+        be, model = rt.be, rt.model
+        n = X.shape[0]
+        sparse = sp.issparse(X) or _is_sparse_device(X)
+        result = np.empty((n, model.n_outputs_), dtype=rt.dtype)
+        with be.activated(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for a in range(0, n, _CHUNK):
+                b = min(a + _CHUNK, n)
+                if sparse:
+                    Xc = _densify(be, X[a:b], rt.dtype)
+                    if Xc.dtype != np.dtype(rt.dtype):
+                        Xc = Xc.astype(rt.dtype)
+                else:
+                    Xc = be.asarray(X[a:b], dtype=rt.dtype)
+                Z = model.forward(Xc, train=False)
+                Z = model.output.forward(be, Z, out=Z)
+                result[a:b] = be.to_numpy(Z)
+        return result
+
+    def _forward_pass_fast(self, X: Any, check_input: bool = True) -> np.ndarray:
+        if check_input:
+            X = self._validate_X_predict(X)
+        rt = self._runtime()
+        rt.push(self.coefs_, self.intercepts_)  # coefs_ may have been reassigned
+        if sp.issparse(X) or _is_sparse_device(X):
+            X = _sparse_to_backend(rt.be, X, rt.dtype)
+        return self._forward_out(rt, X)
+
+    def _score_device(self, rt: _Runtime, X_val: Any, y_val: Any, sw_val: Any) -> float:
+        """Validation score during fit, from the parameters on the device."""
+        y_pred = self._output_to_prediction(self._forward_out(rt, X_val))
+        if np.issubdtype(y_pred.dtype, np.floating) and not np.isfinite(y_pred).all():
+            return np.nan
+        return float(self._score_function(y_val, y_pred, sample_weight=sw_val))
+
+    def _check_solver(self) -> bool:
+        if self.solver not in _STOCHASTIC_SOLVERS:
+            raise AttributeError(
+                "partial_fit is only available for stochastic optimizers. "
+                "%s is not stochastic." % self.solver
+            )
+        return True
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
+
+def _rows(X: Any, idx: np.ndarray) -> Any:
+    """Rows of host dense/sparse or device data by host indices."""
+    if _is_device_array(X):
+        import cupy
+
+        return X[cupy.asarray(idx)]
+    return X[idx]
+
+
+# ------------------------------------------------------------- classifier
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    """Multi-layer perceptron classifier: scikit-learn's, on the CPU or a GPU.
+
+    A drop-in replacement for :class:`sklearn.neural_network.MLPClassifier`
+    (scikit-learn 1.9): same parameters, defaults, methods and fitted attributes
+    (see its documentation), log-loss with a logistic output for binary and
+    multilabel targets and a softmax output for multiclass targets.
+
+    Parameters
+    ----------
+    hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate,
+    learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose,
+    warm_start, momentum, nesterovs_momentum, early_stopping, validation_fraction,
+    beta_1, beta_2, epsilon, n_iter_no_change, max_fun
+        As in scikit-learn.
+    backend : str or Backend, default="cpu"
+        ``"cpu"``, ``"gpu"``, ``"gpu:N"``, ``"auto"`` or a Backend instance;
+        resolved at ``fit``.
+    dtype : {"float32", "float64"} or None, default=None
+        Compute dtype. None: float32 for float32 ``X``; otherwise float64 on the
+        CPU, float32 on the GPU.
+
+    Attributes
+    ----------
+    classes_, loss_, best_loss_, loss_curve_, validation_scores_,
+    best_validation_score_, t_, coefs_, intercepts_, n_features_in_,
+    feature_names_in_, n_iter_, n_layers_, n_outputs_, out_activation_
+        As in scikit-learn; ``coefs_[i]`` has shape (n_units_i, n_units_{i+1}) and
+        ``intercepts_[i]`` shape (n_units_{i+1},), host NumPy arrays.
+
+    Examples
+    --------
+    >>> from mlpx import MLPClassifier
+    >>> from sklearn.datasets import load_digits
+    >>> X, y = load_digits(return_X_y=True)
+    >>> clf = MLPClassifier(max_iter=50, random_state=0).fit(X / 16, y)  # doctest: +SKIP
+    >>> clf.score(X / 16, y) > 0.95                                         # doctest: +SKIP
+    True
+    """
+
+    _parameter_constraints: dict = dict(_BaseMLP._parameter_constraints)
+
+    def __init__(
+        self,
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        max_fun=15000,
+        backend="cpu",
+        dtype=None,
+    ):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
+        self.backend = backend
+        self.dtype = dtype
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model to data matrix X and target(s) y.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Host data (NumPy, pandas, scipy.sparse CSR/CSC) or, on the GPU backend,
+            CuPy arrays / cupyx sparse matrices.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Class labels (any hashable type), or a label indicator matrix.
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        self
+        """
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
+
+    def _validate_input(self, X: Any, y: Any, incremental: bool, reset: bool) -> tuple[Any, Any]:
+        X, y = self._validate_Xy(X, y, reset=reset, y_numeric=False)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        # Same label bookkeeping as scikit-learn (warm_start / partial_fit rules).
+        if (not hasattr(self, "classes_")) or (not self.warm_start and not incremental):
+            self._label_binarizer = LabelBinarizer()
+            self._label_binarizer.fit(y)
+            self.classes_ = self._label_binarizer.classes_
+        else:
+            classes = unique_labels(y)
+            if self.warm_start:
+                if set(classes) != set(self.classes_):
+                    raise ValueError(
+                        "warm_start can only be used where `y` has the same "
+                        "classes as in the previous call to fit. Previously "
+                        f"got {self.classes_}, `y` has {classes}"
+                    )
+            elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
+                raise ValueError(
+                    "`y` has classes not in `self.classes_`. "
+                    f"`self.classes_` has {self.classes_}. 'y' has {classes}."
+                )
+        y = self._label_binarizer.transform(y).astype(bool)
+        return X, y
+
+    def _output_to_prediction(self, y_out: np.ndarray) -> np.ndarray:
+        if self.n_outputs_ == 1:
+            y_out = y_out.ravel()
+        return self._label_binarizer.inverse_transform(y_out)
+
+    @staticmethod
+    def _score_function(y_true: Any, y_pred: Any, sample_weight: Any = None) -> float:
+        return accuracy_score(y_true, y_pred, sample_weight=sample_weight)
+
+    def predict(self, X):
+        """Predict class labels.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+
+        Returns
+        -------
+        y : ndarray, shape (n_samples,) or (n_samples, n_classes)
+            The predicted classes.
+        """
+        check_is_fitted(self)
+        return self._output_to_prediction(self._forward_pass_fast(X))
+
+    @available_if(lambda est: est._check_solver())
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """Update the model with a single iteration over the given data.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        sample_weight : array-like of shape (n_samples,), default=None
+        classes : array of shape (n_classes,), default=None
+            All classes across calls; required on the first call.
+
+        Returns
+        -------
+        self
+        """
+        if _check_partial_fit_first_call(self, classes):
+            self._label_binarizer = LabelBinarizer()
+            if type_of_target(_to_host(y)).startswith("multilabel"):
+                self._label_binarizer.fit(_to_host(y))
+            else:
+                self._label_binarizer.fit(classes)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
+
+    def predict_proba(self, X):
+        """Probability estimates.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            Ordered as ``classes_``.
+        """
+        check_is_fitted(self)
+        y_pred = self._forward_pass_fast(X)
+        if self.n_outputs_ == 1:
+            y_pred = y_pred.ravel()
+        if y_pred.ndim == 1:
+            return np.vstack([1 - y_pred, y_pred]).T
+        return y_pred
+
+    def predict_log_proba(self, X):
+        """Log of :meth:`predict_proba`, shape (n_samples, n_classes)."""
+        y_prob = self.predict_proba(X)
+        return np.log(y_prob, out=y_prob)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+
+# -------------------------------------------------------------- regressor
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    """Multi-layer perceptron regressor: scikit-learn's, on the CPU or a GPU.
+
+    A drop-in replacement for :class:`sklearn.neural_network.MLPRegressor`
+    (scikit-learn 1.9): same parameters, defaults, methods and fitted attributes.
+    ``loss="squared_error"`` (identity output; reported loss ``½·mean squared
+    error`` averaged over outputs) or ``"poisson"`` (exp output, half Poisson
+    deviance). ``backend`` and ``dtype`` as in :class:`MLPClassifier`.
+
+    Notes
+    -----
+    ``partial_fit`` is available for the stochastic solvers only (scikit-learn's
+    regressor exposes it for L-BFGS too, where it runs a full L-BFGS fit).
+    """
+
+    _parameter_constraints: dict = {
+        **_BaseMLP._parameter_constraints,
+        "loss": [StrOptions({"squared_error", "poisson"})],
+    }
+
+    def __init__(
+        self,
+        loss="squared_error",
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        max_fun=15000,
+        backend="cpu",
+        dtype=None,
+    ):
+        self.loss = loss
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
+        self.backend = backend
+        self.dtype = dtype
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model to data matrix X and target(s) y.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        self
+        """
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
+
+    def _validate_input(self, X: Any, y: Any, incremental: bool, reset: bool) -> tuple[Any, Any]:
+        X, y = self._validate_Xy(X, y, reset=reset, y_numeric=True)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        if self.loss == "poisson" and np.any(np.asarray(y) < 0):
+            raise ValueError("Some value(s) of y are negative which is not allowed for Poisson regression.")
+        return X, y
+
+    def _output_to_prediction(self, y_out: np.ndarray) -> np.ndarray:
+        return y_out.ravel() if y_out.shape[1] == 1 else y_out
+
+    @staticmethod
+    def _score_function(y_true: Any, y_pred: Any, sample_weight: Any = None) -> float:
+        return r2_score(y_true, y_pred, sample_weight=sample_weight)
+
+    def predict(self, X):
+        """Predict using the multi-layer perceptron model.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) or (n_samples, n_outputs)
+        """
+        check_is_fitted(self)
+        return self._output_to_prediction(self._forward_pass_fast(X))
+
+    @available_if(lambda est: est._check_solver())
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y, sample_weight=None):
+        """Update the model with a single iteration over the given data.
+
+        Returns
+        -------
+        self
+        """
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
