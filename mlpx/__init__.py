@@ -55,8 +55,20 @@ __all__ = [
     "Softmax",
     "StepDecay",
     "Tanh",
+    "MLPClassifier",
+    "MLPRegressor",
     "TrainingDivergedError",
     "available_backends",
     "get_backend",
     "load",
 ]
+
+
+def __getattr__(name: str):
+    # The scikit-learn estimators import scikit-learn: load them on first access so
+    # that ``import mlpx`` works without it.
+    if name in ("MLPClassifier", "MLPRegressor"):
+        from mlpx import estimators
+
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'mlpx' has no attribute {name!r}")
