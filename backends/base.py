@@ -227,6 +227,13 @@ class Backend:
         """Context in which this backend's device is the current one (fit, predict)."""
         return contextlib.nullcontext()
 
+    def blas_threads(self, gemm_flops: float) -> contextlib.AbstractContextManager[Any]:
+        """Context with a thread count suited to matrix products of ``gemm_flops`` each.
+
+        The generic backend leaves threading to the array library.
+        """
+        return contextlib.nullcontext()
+
     def synchronize(self) -> None:
         """Wait for queued device work to finish (no-op on synchronous backends)."""
 

@@ -40,6 +40,9 @@ def numba_enabled() -> bool:
     return _ENABLED
 
 
+PARALLEL_MIN_SIZE = 1 << 15  # below this many elements, waking threads costs more than it saves
+
+
 def lazy_njit(parallel: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: compile ``fn`` with ``numba.njit`` on its first call.
 
@@ -48,20 +51,29 @@ def lazy_njit(parallel: bool = True) -> Callable[[Callable[..., Any]], Callable[
 
     Write the loop with ``prange`` (import it from this module): it is plain
     ``range`` for Python, and is rebound to ``numba.prange`` when compiling, so the
-    module defining the loop never imports numba itself.
+    module defining the loop never imports numba itself. With ``parallel=True`` a
+    serial build is kept too and used when the first argument has fewer than
+    :data:`PARALLEL_MIN_SIZE` elements (an MLP on small batches lives there).
     """
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        compiled: list[Any] = []
+        compiled: dict[bool, Any] = {}
+
+        def build(par: bool) -> Any:
+            import numba
+
+            glb = {**fn.__globals__, "prange": numba.prange if par else range}
+            src = types.FunctionType(fn.__code__, glb, fn.__name__, fn.__defaults__, fn.__closure__)
+            # distinct names keep the parallel and serial builds apart in numba's disk cache
+            src.__qualname__ = f"{fn.__qualname__}_{'parallel' if par else 'serial'}"
+            return numba.njit(parallel=par, fastmath=False, cache=True)(src)
 
         def call(*args: Any) -> Any:
-            if not compiled:
-                import numba
-
-                glb = {**fn.__globals__, "prange": numba.prange}
-                src = types.FunctionType(fn.__code__, glb, fn.__name__, fn.__defaults__, fn.__closure__)
-                compiled.append(numba.njit(parallel=parallel, fastmath=False, cache=True)(src))
-            return compiled[0](*args)
+            par = parallel and args[0].size >= PARALLEL_MIN_SIZE
+            f = compiled.get(par)
+            if f is None:
+                f = compiled[par] = build(par)
+            return f(*args)
 
         call.__name__ = fn.__name__
         call.__doc__ = fn.__doc__

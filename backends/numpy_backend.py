@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -10,7 +11,14 @@ import numpy as np
 from .base import Array, Backend, DeviceMismatchError
 from .jit import numba_enabled
 
-__all__ = ["NumpyBackend"]
+__all__ = ["NumpyBackend", "SMALL_GEMM_FLOPS"]
+
+#: Products below this many flops (2·m·n·k) run on one BLAS thread. Measured on a
+#: 2-core machine: at the digits network's shapes (64×64×128, ~1 MFLOP) two OpenBLAS
+#: threads gain nothing when the machine is idle and are up to 100× slower when another
+#: process holds a core (the threads spin waiting for each other); from ~10 MFLOP up,
+#: two threads are 1.4-1.8× faster. See benchmarks (section gemm, threads).
+SMALL_GEMM_FLOPS = 4e6
 
 
 class NumpyBackend(Backend):
@@ -41,6 +49,21 @@ class NumpyBackend(Backend):
         info = super().describe()
         info["device"] = f"cpu ({os.cpu_count()} logical cores)"
         return info
+
+    def blas_threads(self, gemm_flops: float) -> contextlib.AbstractContextManager[Any]:
+        """One BLAS thread for small products (see :data:`SMALL_GEMM_FLOPS`).
+
+        Needs threadpoolctl (``pip install "mlpx[fast]"``); without it, BLAS keeps its
+        own default. ``MLPX_BLAS_THREADS=N`` forces N threads for every size.
+        """
+        forced = os.environ.get("MLPX_BLAS_THREADS")
+        if forced is None and gemm_flops >= SMALL_GEMM_FLOPS:
+            return contextlib.nullcontext()
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            return contextlib.nullcontext()
+        return threadpool_limits(limits=int(forced or 1), user_api="blas")
 
     def asarray(self, x: Any, dtype: Any = None) -> Array:
         self.check(x)

@@ -30,8 +30,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from mlpx.backends import Kernel, kernel
 from mlpx.backends.cuda import lazy_elementwise
+from mlpx.backends.jit import lazy_njit, prange
 
 __all__ = ["ACTIVATIONS", "Activation", "get_activation"]
 
@@ -301,6 +304,44 @@ _gelu_backward_cuda = lazy_elementwise(
 def _gelu_backward_cupy(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
     _gelu_backward_cuda(dH, Z, out)
     return out
+
+
+# ------------------------------------------------------ numba variants
+# One pass, no boolean temporaries; multi-threaded on large batches.
+@lazy_njit()
+def _relu_backward_loop(dH, H, out):  # pragma: no cover - compiled
+    for i in prange(dH.shape[0]):
+        for j in range(dH.shape[1]):
+            out[i, j] = dH[i, j] if H[i, j] > 0 else dH[i, j] * 0
+
+
+@lazy_njit()
+def _tanh_backward_loop(dH, H, out):  # pragma: no cover - compiled
+    for i in prange(dH.shape[0]):
+        for j in range(dH.shape[1]):
+            h = H[i, j]
+            out[i, j] = dH[i, j] * (1 - h * h)
+
+
+@lazy_njit()
+def _logistic_backward_loop(dH, H, out):  # pragma: no cover - compiled
+    for i in prange(dH.shape[0]):
+        for j in range(dH.shape[1]):
+            h = H[i, j]
+            out[i, j] = dH[i, j] * h * (1 - h)
+
+
+def _numba_backward_from_output(loop: Any) -> Any:
+    def variant(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
+        loop(dH, H, out)  # (n, units) arrays, as every layer passes
+        return out
+
+    return variant
+
+
+relu_backward.register("numba")(_numba_backward_from_output(_relu_backward_loop))
+tanh_backward.register("numba")(_numba_backward_from_output(_tanh_backward_loop))
+logistic_backward.register("numba")(_numba_backward_from_output(_logistic_backward_loop))
 
 
 ACTIVATIONS: dict[str, Activation] = {

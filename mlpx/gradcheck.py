@@ -179,6 +179,20 @@ def check_gradients(
     lossfn = twin.resolve_loss(loss)
     denom = float(Xh.shape[0]) if w is None else float(w.sum())
     start = twin.get_flat_params()
+    nw = twin.n_weights
+    with be.activated():
+        Xd = be.asarray(Xh, dtype="float64")
+        Yd = be.asarray(Y, dtype="float64")
+        wd = None if w is None else be.asarray(w, dtype="float64")
+
+    def loss_at(Xdev: Any, theta: np.ndarray) -> float:
+        # Forward pass and loss value only; the L2 term is written out here on the
+        # host (½ l2 Σ W² / d), independently of the engine's own L2 kernel.
+        with be.activated():
+            logits = twin.forward(Xdev, train=True)
+            value = be.to_float(lossfn(be, logits, Yd, None, wd, denom))
+        return value + 0.5 * l2 * float(np.dot(theta[:nw], theta[:nw])) / denom
+
     analytic: dict[str, np.ndarray] = {}
     numeric: dict[str, np.ndarray] = {}
     try:
@@ -186,16 +200,16 @@ def check_gradients(
             reset()
             value, grads = twin.loss_and_grads(Xh, y, sample_weight=sample_weight, loss=lossfn, l2=l2)
             if params:
-                # Name every slice of the flat buffer as parameters() names it.
                 flat = start.copy()
 
                 def f_params(theta: np.ndarray) -> float:
                     twin.set_flat_params(theta)
                     reset()
-                    return twin.loss_and_grads(Xh, y, sample_weight=sample_weight, loss=lossfn, l2=l2)[0]
+                    return loss_at(Xd, theta)
 
                 g_flat = numerical_grad(f_params, flat, eps)
                 twin.set_flat_params(start)
+                # Name every slice of the flat buffer as parameters() names it.
                 for i, name, shape, a, b in twin._layer_order():
                     key = f"{i}.{name}"
                     analytic[key] = np.asarray(grads[key], dtype=np.float64)
@@ -203,13 +217,12 @@ def check_gradients(
             if inputs:
                 reset()
                 analytic["X"] = _input_grad(twin, Xh, Y, w, lossfn, denom)
-                Xp = Xh.copy()
 
                 def f_inputs(x: np.ndarray) -> float:
                     reset()
-                    return twin.loss_and_grads(x, y, sample_weight=sample_weight, loss=lossfn, l2=l2)[0]
+                    return loss_at(be.asarray(x, dtype="float64"), start)
 
-                numeric["X"] = numerical_grad(f_inputs, Xp, eps)
+                numeric["X"] = numerical_grad(f_inputs, Xh.copy(), eps)
     finally:
         twin.set_flat_params(start)
     errors = {k: relative_error(analytic[k], numeric[k]) for k in analytic}

@@ -207,6 +207,10 @@ class Sequential:
             H = layer.forward(H, train)
         return H
 
+    def gemm_flops(self, n: int) -> float:
+        """Flops (2·n·n_in·n_out) of the largest matrix product for a batch of n rows."""
+        return max((2.0 * n * l.n_in * l.n_out for l in self.layers if isinstance(l, Dense)), default=0.0)
+
     def _workspace(self, tag: str, n: int, width: int) -> Array:
         key = (tag, n)
         buf = self._ws.get(key)
@@ -222,7 +226,7 @@ class Sequential:
         be = self.backend
         n = X.shape[0]
         result = np.empty((n, self.n_outputs_), dtype=self.dtype)
-        with be.activated():
+        with be.activated(), be.blas_threads(self.gemm_flops(min(n, PREDICT_CHUNK))):
             for start in range(0, n, PREDICT_CHUNK):
                 stop = min(start + PREDICT_CHUNK, n)  # strict namespaces reject out-of-range stops
                 Xc = be.asarray(X[start:stop, :], dtype=self.dtype)
