@@ -194,7 +194,11 @@ def fit(
 
     # Overflow inside a step is not an error here: a non-finite epoch loss is caught
     # below and turned into TrainingDivergedError (with the last finite weights kept).
-    with be.activated(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+    with (
+        be.activated(),
+        be.blas_threads(model.gemm_flops(batch_size)),
+        np.errstate(over="ignore", invalid="ignore", divide="ignore"),
+    ):
         # One transfer of the training set; minibatches are cut on the device.
         Xd = be.asarray(X, dtype=model.dtype)
         Yd = be.asarray(Y, dtype=model.dtype)
@@ -209,6 +213,7 @@ def fit(
                 val[2],
             )
         opt.bind(be, model.params, model.grads, model.n_weights)
+        model.optimizer_ = opt  # callbacks (mlpx.distributed.ModelCheckpoint) save its state
         snapshot = be.empty(model.params.shape, model.dtype)
         samples_seen = getattr(model, "samples_seen_", 0)
         epoch0 = getattr(model, "epochs_done_", 0)
@@ -267,6 +272,8 @@ def fit(
             if vald is not None:
                 logs.update(_validation_logs(model, lossfn, vald))
             history.append(logs)
+            # Counters current before callbacks, so a checkpoint written now resumes exactly.
+            model.samples_seen_, model.epochs_done_ = samples_seen, epoch0 + history.epochs
             for cb in callbacks:
                 cb.on_epoch_end(model, epoch0 + epoch, logs)
             if model.stop_training:
