@@ -23,8 +23,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from mlpx.backends import kernel
 from mlpx.backends.cuda import lazy_elementwise
+from mlpx.backends.jit import lazy_njit, prange
 
 __all__ = ["LOSSES", "OUTPUT_LOSS", "Loss", "get_loss"]
 
@@ -125,6 +128,43 @@ def _cross_entropy_cupy(
         Z if dZ is None else dZ, loss_row,
     )
     return xp.sum(loss_row)
+
+
+# numba: the same row loop on the CPU, one pass instead of about ten NumPy calls.
+@lazy_njit()
+def _cross_entropy_loop(Z, Y, dZ, w, inv_d, has_w, has_dz, loss_row):  # pragma: no cover
+    n, k = Z.shape
+    for i in prange(n):
+        m = Z[i, 0]
+        for j in range(1, k):
+            if Z[i, j] > m:
+                m = Z[i, j]
+        s = Z[i, 0] * 0
+        for j in range(k):
+            s += np.exp(Z[i, j] - m)
+        lse = np.log(s) + m
+        scale = (w[i] if has_w else 1) * inv_d
+        acc = s * 0
+        for j in range(k):
+            z = Z[i, j]
+            y = Y[i, j]
+            acc += y * (lse - z)
+            if has_dz:
+                dZ[i, j] = (np.exp(z - m) / s - y) * scale
+        loss_row[i] = acc * scale
+
+
+@cross_entropy.register("numba")
+def _cross_entropy_numba(
+    xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None, denom: float
+) -> Array:
+    loss_row = np.empty(Z.shape[0], dtype=Z.dtype)
+    t = Z.dtype.type
+    _cross_entropy_loop(
+        Z, Y, Z if dZ is None else dZ, loss_row if w is None else w, t(1.0 / denom),
+        w is not None, dZ is not None, loss_row,
+    )
+    return loss_row.sum(dtype=Z.dtype)
 
 
 # ----------------------------------------------------- binary cross-entropy

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from mlpx.backends import kernel
+from mlpx.backends.jit import lazy_njit, prange
 
 __all__ = ["correct_count", "r2_score"]
 
@@ -25,6 +26,34 @@ def correct_count(xp: Any, Z: Array, Y: Array, output: str) -> Array:
     else:
         hit = xp.all((Z > 0) == (Y > 0.5), axis=1)
     return xp.sum(xp.astype(hit, Z.dtype))
+
+
+@lazy_njit(parallel=False)  # a few thousand elements a step: threads would cost more
+def _correct_count_loop(Z, Y, softmax):  # pragma: no cover - compiled
+    n, k = Z.shape
+    hits = 0
+    for i in prange(n):
+        if softmax:
+            zi = 0
+            yi = 0
+            for j in range(1, k):
+                if Z[i, j] > Z[i, zi]:
+                    zi = j
+                if Y[i, j] > Y[i, yi]:
+                    yi = j
+            hits += zi == yi
+        else:
+            ok = True
+            for j in range(k):
+                if (Z[i, j] > 0) != (Y[i, j] > 0.5):
+                    ok = False
+            hits += ok
+    return hits
+
+
+@correct_count.register("numba")
+def _correct_count_numba(xp: Any, Z: Array, Y: Array, output: str) -> Array:
+    return Z.dtype.type(_correct_count_loop(Z, Y, output == "softmax"))
 
 
 def r2_score(y_true: np.ndarray, y_pred: np.ndarray, sample_weight: np.ndarray | None = None) -> float:
