@@ -674,7 +674,13 @@ def fit_distributed(
     if verbose and reducer.is_root:
         callbacks.append(ProgressBar(verbose))
 
-    with be.activated():
+    # As in the single-process loop: overflow inside a step is caught as a non-finite
+    # epoch loss (TrainingDivergedError), and BLAS threads suit the product size.
+    with (
+        be.activated(),
+        be.blas_threads(model.gemm_flops(batch_size)),
+        np.errstate(over="ignore", invalid="ignore", divide="ignore"),
+    ):
         reducer.broadcast_params(model.params)  # rank 0's weights everywhere
         Xd = None if Xh is None else be.asarray(Xh, dtype=model.dtype)
         Yd = None if Y is None else be.asarray(Y, dtype=model.dtype)
