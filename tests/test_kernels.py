@@ -1,0 +1,249 @@
+"""Every kernel's fast ``"numpy"`` variant against its generic definition.
+
+The fast variants write through ``out=`` and are what runs on the CPU (and, unchanged,
+on CuPy); the generic definitions are what runs on array-api-strict. thinc's history
+shows how CPU and GPU paths drift apart silently when nobody compares them, so each
+variant is run here on the same inputs as the generic definition, in float32 and
+float64, for every argument combination and every documented aliasing (``out is Z``,
+``out is dH``, ``dZ is Z``), and every mutated buffer and returned value must agree.
+"""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+import mlpx.activations as activations
+import mlpx.layers as layers
+import mlpx.losses as losses
+import mlpx.metrics as metrics
+import mlpx.optimizers as optimizers
+from mlpx.backends import Kernel
+
+MODULES = (activations, losses, optimizers, layers, metrics)
+
+
+def all_kernels() -> dict[str, Kernel]:
+    found: dict[str, Kernel] = {}
+    for mod in MODULES:
+        for obj in vars(mod).values():
+            if isinstance(obj, Kernel):
+                found[obj.name] = obj
+    return found
+
+
+def numpy_variants() -> list[str]:
+    return sorted(name for name, k in all_kernels().items() if "numpy" in k.variants)
+
+
+# --------------------------------------------------------------- case builders
+# A case builder takes (rng, dtype) and returns a list of (label, args, kwargs):
+# the arrays among ``args`` are the buffers a kernel may read and write. Aliasing is
+# expressed by passing the *same* object twice; `_run` preserves that identity when
+# it copies the inputs for the two runs.
+
+
+def _act_forward(rng: np.random.Generator, dtype: str, scale: float = 3.0) -> list:
+    Z = (rng.standard_normal((7, 5)) * scale).astype(dtype)
+    Z[0, :3] = [0.0, -0.0, 1e-30]  # the kinks and signs
+    out = np.empty_like(Z)
+    return [("out", (Z, out), {}), ("in-place out is Z", (Z, Z), {})]
+
+
+def _act_backward(forward: Kernel, needs_Z: bool = False) -> Callable[..., list]:
+    def build(rng: np.random.Generator, dtype: str) -> list:
+        Z = (rng.standard_normal((7, 5)) * 3).astype(dtype)
+        H = forward.generic(np, Z, np.empty_like(Z))
+        dH = rng.standard_normal(Z.shape).astype(dtype)
+        out = np.empty_like(Z)
+        return [
+            ("out", (dH, Z, H, out), {}),
+            ("in-place out is dH", (dH, Z, H, dH), {}),
+            ("Z is None", (dH, None if not needs_Z else Z, H, out), {}),
+        ]
+
+    return build
+
+
+def _loss_cases(kind: str) -> Callable[..., list]:
+    def build(rng: np.random.Generator, dtype: str) -> list:
+        n, k = 9, 4
+        Z = (rng.standard_normal((n, k)) * 4).astype(dtype)
+        Z[0] = [800.0, -800.0, 0.0, 1.0]  # stability: huge logits must stay finite
+        if kind == "cross_entropy":
+            Y = np.eye(k, dtype=dtype)[rng.integers(0, k, n)]
+            Y[1] = [0.25, 0.25, 0.5, 0.0]  # soft targets
+        else:
+            Y = rng.standard_normal((n, k)).astype(dtype)
+        w = rng.uniform(0.1, 3.0, n).astype(dtype)
+        cases = []
+        for weighted, denom in ((False, float(n)), (True, float(w.sum())), (False, 3.5)):
+            ww = w if weighted else None
+            tag = f"w={weighted},d={denom:g}"
+            cases.append((f"{tag},dZ", (Z, Y, np.empty_like(Z), ww, denom), {}))
+            cases.append((f"{tag},dZ is Z", (Z, Y, Z, ww, denom), {}))
+            cases.append((f"{tag},no dZ", (Z, Y, None, ww, denom), {}))
+        return cases
+
+    return build
+
+
+def _optimizer_state(rng: np.random.Generator, dtype: str, n_state: int) -> tuple:
+    p = rng.standard_normal(30).astype(dtype)
+    g = rng.standard_normal(30).astype(dtype)
+    state = [rng.uniform(0.0, 1.0, 30).astype(dtype) for _ in range(n_state)]
+    tmp = np.full(30, np.nan, dtype=dtype)  # scratch: must be written before it is read
+    return p, g, state, tmp
+
+
+def _sgd(rng: np.random.Generator, dtype: str) -> list:
+    cases = []
+    for momentum, nesterov in itertools.product((0.0, 0.9), (False, True)):
+        p, g, (v,), tmp = _optimizer_state(rng, dtype, 1)
+        cases.append((f"mu={momentum},nesterov={nesterov}", (p, g, v, tmp, 0.05, momentum, nesterov), {}))
+    return cases
+
+
+def _adam(rng: np.random.Generator, dtype: str) -> list:
+    p, g, (m, v), tmp = _optimizer_state(rng, dtype, 2)
+    return [("adam", (p, g, m, v, tmp, 0.01, 0.9, 0.999, 1e-8), {}),
+            ("adam big eps", (p, g, m, v, tmp, 0.3, 0.5, 0.6, 1e-2), {})]
+
+
+def _rmsprop(rng: np.random.Generator, dtype: str) -> list:
+    p, g, (s,), tmp = _optimizer_state(rng, dtype, 1)
+    return [("rmsprop", (p, g, s, tmp, 0.01, 0.9, 1e-8), {})]
+
+
+def _scale(rng: np.random.Generator, dtype: str) -> list:
+    a = rng.standard_normal(30).astype(dtype)
+    return [("scale", (a[:17], 0.97), {})]  # a prefix view, as AdamW uses it
+
+
+def _l2(rng: np.random.Generator, dtype: str) -> list:
+    W = rng.standard_normal(40).astype(dtype)
+    dW = rng.standard_normal(40).astype(dtype)
+    return [("l2", (W, dW, 0.3, np.full(40, np.nan, dtype=dtype)), {})]
+
+
+def _add_bias(rng: np.random.Generator, dtype: str) -> list:
+    Z = rng.standard_normal((6, 4)).astype(dtype)
+    return [("add_bias", (Z, rng.standard_normal(4).astype(dtype)), {})]
+
+
+def _multiply(rng: np.random.Generator, dtype: str) -> list:
+    a = rng.standard_normal((6, 4)).astype(dtype)
+    b = rng.standard_normal((6, 4)).astype(dtype)
+    return [("out", (a, b, np.empty_like(a)), {}), ("out is a", (a, b, a), {})]
+
+
+CASES: dict[str, Callable[..., list]] = {
+    "relu_forward": _act_forward,
+    "relu_backward": _act_backward(activations.relu_forward),
+    "leaky_relu_forward": _act_forward,
+    "logistic_forward": lambda rng, dt: _act_forward(rng, dt, scale=40.0),  # exp(-z) overflow region
+    "logistic_backward": _act_backward(activations.logistic_forward),
+    "tanh_forward": _act_forward,
+    "tanh_backward": _act_backward(activations.tanh_forward),
+    "softmax_forward": lambda rng, dt: _act_forward(rng, dt, scale=200.0),
+    "exp_forward": _act_forward,
+    "cross_entropy": _loss_cases("cross_entropy"),
+    "squared_error": _loss_cases("squared_error"),
+    "l2_penalty": _l2,
+    "sgd_update": _sgd,
+    "adam_update": _adam,
+    "rmsprop_update": _rmsprop,
+    "scale_": _scale,
+    "add_bias": _add_bias,
+    "multiply": _multiply,
+}
+
+
+def test_every_numpy_variant_has_a_case() -> None:
+    """A new fast variant without a comparison case here fails the suite."""
+    missing = sorted(set(numpy_variants()) - set(CASES))
+    assert not missing, f"kernels with a 'numpy' variant but no test case: {missing}"
+    # and the table names no kernel that has lost its variant
+    assert set(CASES) <= set(numpy_variants())
+
+
+def _copy_preserving_aliases(args: tuple) -> tuple:
+    memo: dict[int, Any] = {}
+    out = []
+    for a in args:
+        if isinstance(a, np.ndarray):
+            if id(a) not in memo:
+                memo[id(a)] = a.copy()
+            out.append(memo[id(a)])
+        else:
+            out.append(a)
+    return tuple(out)
+
+
+def _run(fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[Any, list]:
+    call_args = _copy_preserving_aliases(args)
+    with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
+        ret = fn(np, *call_args, **kwargs)
+    buffers = [a for a in call_args if isinstance(a, np.ndarray)]
+    return ret, buffers
+
+
+def _close(a: Any, b: Any, dtype: str, what: str) -> None:
+    rtol, atol = (2e-6, 1e-6) if dtype == "float32" else (1e-12, 1e-12)
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=what)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_numpy_variant_matches_generic(name: str, dtype: str) -> None:
+    k = all_kernels()[name]
+    fast = k.variants["numpy"]
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    for label, args, kwargs in CASES[name](rng, dtype):
+        # A NaN "scratch" buffer is scratch only: compare everything else.
+        ret_g, bufs_g = _run(k.generic, args, kwargs)
+        ret_f, bufs_f = _run(fast, args, kwargs)
+        what = f"{name} [{label}] {dtype}"
+        for i, (bg, bf, orig) in enumerate(zip(bufs_g, bufs_f, [a for a in args if isinstance(a, np.ndarray)])):
+            if name in ("sgd_update", "adam_update", "rmsprop_update", "l2_penalty") and i == len(bufs_g) - 1:
+                continue  # tmp: the generic definitions leave it alone
+            assert bf.dtype == orig.dtype, f"{what}: buffer {i} changed dtype"
+            _close(bf, bg, dtype, f"{what}: buffer {i}")
+        if ret_g is not None and not (isinstance(ret_g, np.ndarray) and any(ret_g is b for b in bufs_g)):
+            _close(ret_f, ret_g, dtype, f"{what}: returned value")
+        # values must be finite even for the extreme inputs
+        for b in bufs_f:
+            if b.dtype.kind == "f" and name not in ("sgd_update", "adam_update", "rmsprop_update", "l2_penalty"):
+                assert np.isfinite(b).all(), f"{what}: non-finite output"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", ["relu_forward", "tanh_forward", "logistic_forward", "softmax_forward", "exp_forward", "leaky_relu_forward"])
+def test_forward_variant_returns_its_out_buffer(name: str, dtype: str) -> None:
+    """Layers rely on the returned array being the ``out`` they passed (it is a workspace)."""
+    k = all_kernels()[name]
+    Z = np.linspace(-2, 2, 12, dtype=dtype).reshape(3, 4)
+    out = np.empty_like(Z)
+    assert k.variants["numpy"](np, Z, out) is out
+    assert k.generic(np, Z.copy(), out) is out
+
+
+def test_correct_count_generic_against_sklearn_accuracy() -> None:
+    """correct_count has no variant; its generic definition against an independent count."""
+    from sklearn.metrics import accuracy_score
+
+    rng = np.random.default_rng(3)
+    Z = rng.standard_normal((50, 4))
+    y = rng.integers(0, 4, 50)
+    Y = np.eye(4)[y]
+    got = float(metrics.correct_count.generic(np, Z, Y, "softmax"))
+    assert got == accuracy_score(y, Z.argmax(1)) * 50
+    Yml = (rng.random((50, 3)) > 0.5).astype(float)
+    Zml = rng.standard_normal((50, 3))
+    got = float(metrics.correct_count.generic(np, Zml, Yml, "logistic"))
+    assert got == accuracy_score(Yml.astype(int), (Zml > 0).astype(int)) * 50
