@@ -27,7 +27,9 @@ import mlpx
 from mlpx.distributed import shard_indices
 
 WORKER = Path(__file__).with_name("_mpi_worker.py")
-MPIEXEC = shutil.which("mpiexec") or shutil.which("mpirun")
+# The launcher next to this Python (the mpich wheel installs it there) matches its mpi4py.
+_SIBLING = Path(sys.executable).with_name("mpiexec")
+MPIEXEC = str(_SIBLING) if _SIBLING.exists() else (shutil.which("mpiexec") or shutil.which("mpirun"))
 try:
     import mpi4py  # noqa: F401
 
