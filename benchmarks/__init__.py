@@ -1,0 +1,25 @@
+"""mlpx benchmark suite: BLAS vs cuBLAS, and mlpx against its peers.
+
+Run it from the repository root::
+
+    python -m benchmarks                 # --quick: every section at small sizes (~2 min, 2 cores)
+    python -m benchmarks --full          # the real sizes (tens of minutes on a small CPU)
+    python -m benchmarks --only gemm,train --backend cpu
+    python -m benchmarks --compare old/results.json new/results.json
+
+Sections: ``gemm`` (:mod:`benchmarks.gemm`), ``transfer`` (:mod:`benchmarks.transfer`),
+``train`` (:mod:`benchmarks.train`) and ``scaling`` (:mod:`benchmarks.scaling`). Results
+land in ``benchmarks/results/<machine-tag>/`` as ``report.md``, ``results.json``
+(schema: :mod:`benchmarks.schema`) and PNG plots.
+
+Python API (used by the tests)::
+
+    from benchmarks import run_suite, make_config
+    doc = run_suite(make_config("tiny"), out_dir="/tmp/bench")
+"""
+
+from benchmarks.config import Config, make_config
+from benchmarks.runner import run_suite
+from benchmarks.schema import SCHEMA_VERSION, validate
+
+__all__ = ["SCHEMA_VERSION", "Config", "make_config", "run_suite", "validate"]

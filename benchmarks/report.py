@@ -1,0 +1,351 @@
+"""Write a run's results: ``results.json``, ``report.md`` and PNG plots.
+
+Plots need matplotlib (the Agg backend, no display); without it the report says so
+and the JSON and Markdown are written anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["markdown", "plots", "write_outputs"]
+
+
+def _ms(s: float) -> str:
+    if s >= 1.0:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.3g} ms"
+    return f"{s * 1e6:.3g} µs"
+
+
+def _spread(t: dict[str, float]) -> str:
+    return f"{_ms(t['median'])} [{_ms(t['min'])}–{_ms(t['max'])}]"
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return out + [""]
+
+
+def _skip_line(what: str, part: dict[str, Any]) -> list[str]:
+    return [f"*{what}: skipped: {part.get('reason')}*", ""]
+
+
+# ------------------------------------------------------------------ markdown
+def markdown(doc: dict[str, Any], plot_files: dict[str, str], plot_note: str | None) -> str:
+    m = doc["machine"]
+    L: list[str] = [f"# mlpx benchmarks ({doc['mode']})", ""]
+    gpu = m.get("gpu")
+    pools = "; ".join(
+        f"{p.get('internal_api')} {p.get('version')} ({p.get('user_api')}, {p.get('num_threads')} threads"
+        + (f", {p.get('architecture')}" if p.get("architecture") else "") + ")"
+        for p in m.get("thread_pools", [])
+    )
+    v = m.get("versions", {})
+    L += _table(["", ""], [
+        ["command", f"`{m['command']}`"],
+        ["date (UTC)", m["date"]],
+        ["wall time", f"{doc['wall_s']:.0f} s"],
+        ["load average (1/5/15 min)", f"start {m.get('load_avg_start')}, end {m.get('load_avg_end')} "
+         f"(on {m['cpu_cores']} cores; above the core count, other work was competing)"],
+        ["CPU", f"{m['cpu_model']}, {m['cpu_cores']} cores usable"],
+        ["BLAS / thread pools", pools or "unknown"],
+        ["BLAS threads used", str(doc["config"]["threads"])],
+        ["GPU", f"{gpu['name']}, {gpu['memory_gib']} GiB, cc {gpu['compute_capability']}, CUDA runtime {gpu['cuda_runtime']}"
+         if gpu else f"none ({doc['gpu_status']['reason']})"],
+        ["versions", ", ".join(f"{k} {val}" for k, val in v.items() if val) + f"; Python {m['python']}"],
+        ["not installed", ", ".join(k for k, val in v.items() if not val) or "—"],
+        ["git", f"{m['git'].get('commit')}" + (" (engine modified)" if m["git"].get("engine_modified") else "")],
+    ])
+    L += ["Times are medians over repeats, with [min–max]. Ratios are time ratios (< 1: the first is faster).", ""]
+    secs = doc["sections"]
+    L += _summary(secs)
+    L += _gemm(secs["gemm"], plot_files)
+    L += _transfer(secs["transfer"])
+    L += _train(secs["train"], plot_files)
+    L += _scaling(secs["scaling"], plot_files)
+    if plot_note:
+        L += [f"*Plots: {plot_note}*", ""]
+    if doc.get("validation_errors"):
+        L += ["## Schema problems", ""] + [f"- {e}" for e in doc["validation_errors"]] + [""]
+    return "\n".join(L)
+
+
+def _summary(secs: dict[str, Any]) -> list[str]:
+    L = ["## Summary", ""]
+    g = secs["gemm"]
+    if g["status"] not in ("skipped", "error"):
+        rows = []
+        for dev, part in g["parts"].items():
+            for dt, rate in part.get("peak_gflops", {}).items():
+                rows.append([dev, dt, f"{rate:.1f}"])
+        if rows:
+            L += ["Best GEMM rate measured (GFLOP/s):", ""] + _table(["device", "dtype", "GFLOP/s"], rows)
+    t = secs["train"]
+    if t["status"] == "ok":
+        names: list[str] = []
+        for wl in t["workloads"]:
+            for r in wl.get("implementations", []):
+                if r["name"] not in names:
+                    names.append(r["name"])
+        rows = []
+        for wl in t["workloads"]:
+            by = {r["name"]: r for r in wl.get("implementations", [])}
+            row = [f"{wl['name']} ({wl.get('n_train')} samples)"]
+            for n in names:
+                r = by.get(n)
+                row.append(f"{r['s_per_epoch']:.3g} s ({100 * r['accuracy']:.1f} %)" if r and "s_per_epoch" in r else "—")
+            rows.append(row)
+        L += ["Training, seconds per epoch (test accuracy):", ""] + _table(["workload"] + names, rows)
+        rows = []
+        for wl in t["workloads"]:
+            for q in wl.get("ratios", []):
+                if "target" in q:
+                    rows.append([wl["name"], f"{q['numerator']} / {q['denominator']}", f"{q['ratio']:.2f}",
+                                 f"≤ {q['target']}", "yes" if q["met"] else "**no**",
+                                 f"{q['accuracy_delta_pp']:+.1f}" if "accuracy_delta_pp" in q else "—"])
+        if rows:
+            L += ["Issue 5 targets (time ratios from this run; quick mode trains on fewer samples):", ""]
+            L += _table(["workload", "ratio", "measured", "target", "met", "Δ accuracy (pp)"], rows)
+    return L
+
+
+def _gemm(s: dict[str, Any], plots: dict[str, str]) -> list[str]:
+    L = ["## GEMM: backend.gemm (BLAS / cuBLAS)", ""]
+    if s["status"] in ("skipped", "error"):
+        return L + [f"*{s['status']}: {s.get('reason')}*", ""]
+    L += ["Each product was checked once against a float64 reference (sampled 16×64 block, no BLAS) before timing; "
+          "`err` is the max error relative to |A||B|. `% peak`: of the best rate for that dtype on that device.", ""]
+    if "gemm" in plots:
+        L += [f"![GEMM GFLOP/s]({plots['gemm']})", ""]
+    for dev, part in s["parts"].items():
+        if part["status"] != "ok":
+            L += _skip_line(f"GEMM {dev}", part)
+            continue
+        sq = [r for r in part["records"] if r["kind"] == "square"]
+        st = [r for r in part["records"] if r["kind"] == "step"]
+        L += [f"### {dev}: square n×n×n", ""]
+        L += _table(["n", "dtype", "threads", "time", "GFLOP/s", "% peak", "err"], [_gemm_row(r, [r["m"]]) for r in sq])
+        L += [f"### {dev}: the products of an MLP step", ""]
+        L += _table(["network", "batch", "op", "m×n×k", "dtype", "threads", "time", "GFLOP/s", "% peak", "err"],
+                    [_gemm_row(r, [r["network"], r["batch"], f"{r['op']} L{r['layer']}", f"{r['m']}×{r['n']}×{r['k']}"]) for r in st])
+    c = s.get("crossover", {})
+    L += ["### GPU/CPU crossover", ""]
+    if c.get("status") != "ok":
+        L += [f"*skipped: {c.get('reason')}*", ""]
+    else:
+        L += [f"Step GEMMs of {c['network']} in float32, data resident on each device. GPU faster from batch "
+              f"**{c['crossover_batch']}**." if c["crossover_batch"] else "The GPU was never faster.", ""]
+        L += _table(["batch", "CPU step GEMMs", "GPU step GEMMs", "GPU speed-up"],
+                    [[r["batch"], _ms(r["cpu_time_s"]["median"]), _ms(r["gpu_time_s"]["median"]), f"{r['gpu_speedup']:.1f}×"]
+                     for r in c["records"]])
+    return L
+
+
+def _gemm_row(r: dict[str, Any], lead: list[Any]) -> list[Any]:
+    t = "—" if r["threads"] is None else r["threads"]
+    if r["status"] != "ok":
+        return lead + [r["dtype"], t, r["status"], r.get("reason", ""), "", ""]
+    return lead + [r["dtype"], t, _spread(r["time_s"]), f"{r['gflops']:.1f}", f"{100 * r['fraction_of_peak']:.0f}",
+                   f"{r['verify']['max_rel_error']:.1e}"]
+
+
+def _transfer(s: dict[str, Any]) -> list[str]:
+    L = ["## Host↔device transfer", ""]
+    part = s.get("parts", {}).get("gpu", {})
+    if s["status"] != "ok" or part.get("status") != "ok":
+        return L + [f"*skipped: {s.get('reason') or part.get('reason')}*", ""]
+    L += _table(["direction", "host memory", "MiB", "time", "GB/s"],
+                [[r["direction"], r["memory"], r["bytes"] // 2**20, _spread(r["time_s"]), f"{r['gb_per_s']:.1f}"]
+                 for r in part["records"]])
+    return L
+
+
+def _train(s: dict[str, Any], plots: dict[str, str]) -> list[str]:
+    L = ["## Training throughput", ""]
+    if s["status"] != "ok":
+        return L + [f"*{s['status']}: {s.get('reason')}*", ""]
+    L += ["Same network, data, batch, Adam (lr 1e-3), epochs; fresh model per run; runs interleaved in the order "
+          "listed; one `fit` call timed end to end. ×floor: over the GEMM-bound floor (epoch matmul FLOPs / best float32 "
+          "GEMM rate of the device); ×GEMMs: over the measured time of the step's GEMMs alone.", ""]
+    if "train" in plots:
+        L += [f"![samples/s]({plots['train']})", ""]
+    for wl in s["workloads"]:
+        L += [f"### {wl['name']}: {wl.get('label', '')}", ""]
+        if wl["status"] != "ok":
+            L += [f"*skipped: {wl.get('reason')}*", ""]
+            continue
+        L += [f"{wl['data']} data, {wl['n_train']} training / {wl['n_test']} test samples, {wl['epochs']} epoch(s) "
+              f"per run ({wl['steps_per_epoch']} steps), {wl['repeats']} interleaved repeats.", ""]
+        rows = []
+        for r in wl["implementations"]:
+            if r["status"] != "ok" or "s_per_epoch" not in r:
+                rows.append([r["name"], r["device"], "", f"{r['status']}: {r.get('reason')}", "", "", "", ""])
+                continue
+            rows.append([r["name"], r["device"], r["threads"] or "—", _spread(r["time_s"]), f"{r['samples_per_s']:,.0f}",
+                         f"{r['ratio_to_floor']:.2f}" if "ratio_to_floor" in r else "—",
+                         f"{r['ratio_to_gemms_alone']:.2f}" if "ratio_to_gemms_alone" in r else "—",
+                         f"{100 * r['accuracy']:.2f} %"])
+        L += _table(["implementation", "device", "threads", "s/epoch", "samples/s", "×floor", "×GEMMs", "accuracy"], rows)
+        for dev, f in wl["floors"].items():
+            if f["status"] == "ok":
+                L += [f"- {dev} floor {_ms(f['floor_s_per_epoch'])}/epoch at {f['peak_gflops']:.1f} GFLOP/s "
+                      f"({f['peak_source']}); GEMMs alone {_ms(f['gemms_alone_s_per_epoch'])}/epoch "
+                      f"({f['gemms_alone_gflops']:.1f} GFLOP/s)."]
+            else:
+                L += [f"- {dev} floor: skipped: {f.get('reason')}"]
+        mem = wl.get("memory", {})
+        if mem.get("status") == "ok":
+            L += [f"- mlpx cpu peak host memory allocated in one epoch on {mem['n_samples']} samples: "
+                  f"{mem['peak_traced_mib']:.1f} MiB (data {mem['data_mib']:.1f}, parameters {mem['params_mib']:.2f}, "
+                  f"one batch of activations {mem['batch_activations_mib']:.2f} MiB)."]
+        L += [""]
+        rows = [[f"{q['numerator']} / {q['denominator']}", f"{q['ratio']:.2f}",
+                 f"{q['round_range'][0]:.2f}–{q['round_range'][1]:.2f}" if q.get("round_range") else "—",
+                 f"{q['accuracy_delta_pp']:+.1f}" if "accuracy_delta_pp" in q else "—",
+                 f"≤ {q['target']} ({'met' if q['met'] else 'not met'})" if "target" in q else ""]
+                for q in wl["ratios"]]
+        if rows:
+            L += _table(["time ratio", "median", "range over rounds", "Δ accuracy (pp)", "issue 5 target"], rows)
+    return L
+
+
+def _scaling(s: dict[str, Any], plots: dict[str, str]) -> list[str]:
+    L = ["## Scaling: mlpx time per training step", ""]
+    if s["status"] != "ok":
+        return L + [f"*{s['status']}: {s.get('reason')}*", ""]
+    if "scaling" in plots:
+        L += [f"![step time]({plots['scaling']})", ""]
+    for dev, part in s["parts"].items():
+        if part["status"] != "ok":
+            L += _skip_line(f"scaling {dev}", part)
+            continue
+        for curve, head in (("batch", "batch (784-512-512-10)"), ("width", "width w (784-w-w-10)")):
+            recs = [r for r in part["records"] if r["curve"] == curve]
+            if not recs:
+                continue
+            L += [f"### {dev}: step time against {head}", ""]
+            L += _table([curve if curve == "batch" else "w", "batch", "step", "samples/s", "GFLOP/s", "GEMM floor"],
+                        [[r["x"], r["batch"], _spread(r["time_s"]), f"{r['samples_per_s']:,.0f}", f"{r['gflops']:.1f}",
+                          _ms(r["floor_s"]) if "floor_s" in r else "—"] for r in recs])
+    return L
+
+
+# --------------------------------------------------------------------- plots
+def plots(doc: dict[str, Any], out: Path, stem: str) -> tuple[dict[str, str], str | None]:
+    """Draw the PNGs; returns ({name: file name}, a note when plots were skipped)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return {}, "skipped: matplotlib not installed"
+    files: dict[str, str] = {}
+    secs = doc["sections"]
+    for name, fn in (("gemm", _plot_gemm), ("train", _plot_train), ("scaling", _plot_scaling)):
+        fig = fn(plt, secs.get(name, {}))
+        if fig is None:
+            continue
+        fname = f"{name}{stem}.png"
+        fig.savefig(out / fname, dpi=80)
+        plt.close(fig)
+        files[name] = fname
+    return files, None
+
+
+def _plot_gemm(plt: Any, s: dict[str, Any]) -> Any:
+    parts = [(d, p) for d, p in s.get("parts", {}).items() if p.get("status") == "ok"]
+    if s.get("status") in (None, "skipped", "error") or not parts:
+        return None
+    fig, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 4), squeeze=False)
+    for ax, (dev, part) in zip(axes[0], parts):
+        series: dict[str, list[tuple[int, float]]] = {}
+        for r in part["records"]:
+            if r["kind"] == "square" and r["status"] == "ok":
+                lab = r["dtype"] + ("" if r["threads"] is None else f", {r['threads']} thr")
+                series.setdefault(lab, []).append((r["m"], r["gflops"]))
+        for lab, pts in series.items():
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=lab)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("n (n×n×n product)")
+        ax.set_ylabel("GFLOP/s")
+        ax.set_title(f"GEMM on {dev} ({'cuBLAS' if dev == 'gpu' else 'BLAS'})")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _plot_train(plt: Any, s: dict[str, Any]) -> Any:
+    wls = [w for w in s.get("workloads", []) if w.get("status") == "ok"]
+    if s.get("status") != "ok" or not wls:
+        return None
+    fig, axes = plt.subplots(1, len(wls), figsize=(4.5 * len(wls), 4), squeeze=False)
+    for ax, wl in zip(axes[0], wls):
+        recs = [r for r in wl["implementations"] if "samples_per_s" in r]
+        ax.barh([r["name"] for r in recs], [r["samples_per_s"] for r in recs],
+                color=["C0" if r["name"].startswith("mlpx") else "C7" for r in recs])
+        ax.invert_yaxis()
+        ax.set_xlabel("samples/s (higher is better)")
+        ax.set_title(f"{wl['name']} (batch {wl['batch']})", fontsize=10)
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _plot_scaling(plt: Any, s: dict[str, Any]) -> Any:
+    parts = [(d, p) for d, p in s.get("parts", {}).items() if p.get("status") == "ok"]
+    if s.get("status") != "ok" or not parts:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, curve, xlabel in ((axes[0], "batch", "batch size (784-512-512-10)"), (axes[1], "width", "width w (784-w-w-10)")):
+        for i, (dev, part) in enumerate(parts):
+            recs = sorted((r for r in part["records"] if r["curve"] == curve), key=lambda r: r["x"])
+            if not recs:
+                continue
+            xs = [r["x"] for r in recs]
+            ax.plot(xs, [r["time_s"]["median"] for r in recs], marker="o", color=f"C{i}", label=f"mlpx {dev}")
+            if all("floor_s" in r for r in recs):
+                ax.plot(xs, [r["floor_s"] for r in recs], ls="--", color=f"C{i}", label=f"{dev} GEMM floor")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("seconds per step")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------- write
+def write_outputs(doc: dict[str, Any], out: Path, make_plots: bool = True) -> dict[str, Path]:
+    """Write ``results{stem}.json``, ``report{stem}.md`` and the plots into ``out``.
+
+    ``stem`` is empty for quick mode (the README's command) and ``-full`` / ``-tiny``
+    otherwise, so quick and full results of one machine live side by side.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "" if doc["mode"] == "quick" else f"-{doc['mode']}"
+    plot_files, note = plots(doc, out, stem) if make_plots else ({}, "not drawn (--no-plots)")
+    paths = {"json": out / f"results{stem}.json", "markdown": out / f"report{stem}.md"}
+    paths["json"].write_text(json.dumps(doc, indent=1, default=_jsonable) + "\n")
+    paths["markdown"].write_text(markdown(doc, plot_files, note) + "\n")
+    for name, f in plot_files.items():
+        paths[name] = out / f
+    return paths
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -1,0 +1,200 @@
+"""The results file (``results.json``): its schema, version and validator.
+
+Schema version 1.0. Times are seconds, rates GFLOP/s (1e9 FLOP/s) or GB/s (1e9 B/s).
+A *stats* object summarises repeated timings of one thing::
+
+    {"median", "min", "max", "q1", "q3": per-call seconds, "repeats": int, "number": calls per repeat}
+
+Top level::
+
+    schema_version  "1.0"
+    suite           "mlpx-benchmarks"
+    mode            "quick" | "full" | "tiny"
+    machine         cpu_model, cpu_cores, thread_pools (threadpoolctl), numpy_blas, versions
+                    {numpy, scipy, scikit-learn, torch, cupy, ...: str or null}, gpu (null or
+                    {name, memory_gib, compute_capability, cuda_runtime, ...}), date, command, git,
+                    load_avg_start / load_avg_end (1/5/15-minute load: other work skews timings)
+    config          the mode's sizes (benchmarks.config.Config as a dict)
+    started_at      ISO date;  wall_s  seconds for the whole run
+    gpu_status      {"used": bool, "reason": null or why not ("no CUDA device", "--backend cpu")}
+    sections        {"gemm", "transfer", "train", "scaling"}: each has "status"
+                    ("ok" | "skipped" | "failed" | "error") and, unless ok, a "reason".
+
+Sections:
+
+- ``gemm.parts.{cpu,gpu}`` = part ``{"status", "reason", "records", "peak_gflops": {dtype: GFLOP/s}}``;
+  record: key, device, kind ("square" | "step"), network, batch, op ("square" | "forward" |
+  "dW" | "dX"), layer, m, n, k, trans_a, trans_b, dtype ("float64" | "float32" | "tf32" |
+  "float16" | "bfloat16"), threads (CPU BLAS threads; null on the GPU), flops (2mnk),
+  status ("ok" | "failed" | "skipped"), verify {max_rel_error, tolerance, ok}, time_s
+  (stats), gflops, fraction_of_peak (of the best rate for that dtype on that device).
+  ``gemm.crossover``: {status, network, dtype, crossover_batch (null: GPU never faster),
+  records [{key, batch, flops, cpu_time_s, gpu_time_s, gpu_speedup}]}; ``failed_checks``.
+- ``transfer.parts.gpu``: records {key, direction ("h2d" | "d2h"), memory ("pageable" |
+  "pinned"), bytes, time_s, gb_per_s}.
+- ``train.workloads``: [{name, status, label, sizes, batch, data, n_train, n_test, epochs,
+  repeats, steps_per_epoch, order, implementations, floors, ratios, memory}];
+  implementation: {name, device, status, reason, key, threads, dtype, time_s (stats of
+  seconds per epoch), s_per_epoch, samples_per_s, accuracy, accuracy_runs,
+  ratio_to_floor, ratio_to_gemms_alone}; floors.{cpu,gpu}: {status, epoch_flops,
+  peak_gflops, peak_source, floor_s_per_epoch, gemms_alone_s_per_epoch,
+  gemms_alone_step_s (stats), gemms_alone_gflops}; ratios: [{numerator, denominator,
+  ratio (time ratio: < 1 means the numerator is faster), round_range, accuracy_delta_pp,
+  target, met}]; memory: {peak_traced_mib, data_mib, params_mib, batch_activations_mib}.
+- ``scaling.parts.{cpu,gpu}``: records {key, device, curve ("batch" | "width"), x, sizes,
+  batch, threads, time_s (stats, seconds per step), samples_per_s, step_flops, gflops,
+  floor_s}.
+
+Every record that was measured has a unique ``key`` (``python -m benchmarks --compare``
+matches records of two files by it) and a ``time_s`` stats object. Every number in
+the file is finite and positive, except ``max_rel_error``, ``layer`` and the load averages (>= 0), accuracies (in
+[0, 1]) and ``accuracy_delta_pp`` (any sign).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator
+
+__all__ = ["SCHEMA_VERSION", "SECTIONS", "iter_records", "validate"]
+
+SCHEMA_VERSION = "1.0"
+SECTIONS = ("gemm", "transfer", "train", "scaling")
+STATUSES = ("ok", "skipped", "failed", "error")
+_STATS = ("median", "min", "max", "q1", "q3", "repeats", "number")
+_NONNEG = {"max_rel_error", "layer", "load_avg_start", "load_avg_end"}  # can be 0
+_UNIT = {"accuracy", "accuracy_runs"}
+_ANY_SIGN = {"accuracy_delta_pp"}
+
+
+def iter_records(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(section, record) for every measured record that has a key."""
+    secs = doc.get("sections", {})
+    for name in ("gemm", "transfer", "scaling"):
+        for part in secs.get(name, {}).get("parts", {}).values():
+            for r in part.get("records", []):
+                yield name, r
+    for r in secs.get("gemm", {}).get("crossover", {}).get("records", []):
+        yield "gemm", r
+    for wl in secs.get("train", {}).get("workloads", []):
+        for r in wl.get("implementations", []):
+            yield "train", r
+
+
+def _numbers(obj: Any, path: str, problems: list[str], key: str = "") -> None:
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _numbers(v, f"{path}.{k}", problems, k)
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _numbers(v, f"{path}[{i}]", problems, key)
+        return
+    if not isinstance(obj, (int, float)):
+        problems.append(f"{path}: not JSON data ({type(obj).__name__})")
+        return
+    if not math.isfinite(obj):
+        problems.append(f"{path}: not finite ({obj})")
+    elif key in _ANY_SIGN:
+        pass
+    elif key in _UNIT:
+        if not 0.0 <= obj <= 1.0:
+            problems.append(f"{path}: accuracy outside [0, 1] ({obj})")
+    elif key in _NONNEG:
+        if obj < 0:
+            problems.append(f"{path}: negative ({obj})")
+    elif obj <= 0:
+        problems.append(f"{path}: not positive ({obj})")
+
+
+def _stats(s: Any, path: str, problems: list[str]) -> None:
+    if not isinstance(s, dict) or any(k not in s for k in _STATS):
+        problems.append(f"{path}: stats object needs {_STATS}")
+        return
+    if not s["min"] <= s["median"] <= s["max"]:
+        problems.append(f"{path}: min <= median <= max violated")
+
+
+def _part(part: Any, path: str, problems: list[str]) -> None:
+    if not isinstance(part, dict) or part.get("status") not in STATUSES:
+        problems.append(f"{path}: part needs a status in {STATUSES}")
+        return
+    if part["status"] == "skipped" and not part.get("reason"):
+        problems.append(f"{path}: skipped without a reason")
+    if not isinstance(part.get("records"), list):
+        problems.append(f"{path}: records must be a list")
+
+
+def validate(doc: Any) -> list[str]:
+    """Problems found in a results document (an empty list: it is valid).
+
+    Checks the structure above, that every measured record has a key and a stats
+    ``time_s``, that keys are unique, that skipped parts say why, that every
+    verified GEMM passed its check, and that every number is finite and positive
+    (with the exceptions listed in the module docstring).
+    """
+    p: list[str] = []
+    if not isinstance(doc, dict):
+        return ["document is not an object"]
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        p.append(f"schema_version must be {SCHEMA_VERSION!r}, got {doc.get('schema_version')!r}")
+    if doc.get("suite") != "mlpx-benchmarks":
+        p.append("suite must be 'mlpx-benchmarks'")
+    if doc.get("mode") not in ("quick", "full", "tiny"):
+        p.append(f"mode must be quick, full or tiny, got {doc.get('mode')!r}")
+    for k in ("machine", "config", "sections", "gpu_status"):
+        if not isinstance(doc.get(k), dict):
+            p.append(f"{k} must be an object")
+    if p:
+        return p
+    for k in ("cpu_model", "cpu_cores", "thread_pools", "versions", "date", "command"):
+        if k not in doc["machine"]:
+            p.append(f"machine.{k} missing")
+    secs = doc["sections"]
+    for name in SECTIONS:
+        s = secs.get(name)
+        if not isinstance(s, dict) or s.get("status") not in STATUSES:
+            p.append(f"sections.{name}: needs a status in {STATUSES}")
+            continue
+        if s["status"] != "ok" and not s.get("reason") and name != "gemm":
+            p.append(f"sections.{name}: status {s['status']} without a reason")
+        if s["status"] in ("skipped", "error"):
+            continue
+        if name in ("gemm", "transfer", "scaling"):
+            for dev, part in s.get("parts", {}).items():
+                _part(part, f"sections.{name}.parts.{dev}", p)
+        if name == "gemm":
+            for dev, part in s["parts"].items():
+                for i, r in enumerate(part.get("records", [])):
+                    v = r.get("verify")
+                    if r.get("status") in ("ok", "failed") and not isinstance(v, dict):
+                        p.append(f"gemm {dev} record {i}: no correctness check recorded")
+                    if r.get("status") == "ok" and not (v or {}).get("ok"):
+                        p.append(f"gemm {r.get('key')}: timed without passing its check")
+            if not isinstance(s.get("crossover"), dict) or s["crossover"].get("status") not in STATUSES:
+                p.append("sections.gemm.crossover needs a status")
+        if name == "train":
+            for wl in s.get("workloads", []):
+                for r in wl.get("implementations", []):
+                    if r.get("status") == "skipped" and not r.get("reason"):
+                        p.append(f"train {wl.get('name')} {r.get('name')}: skipped without a reason")
+    seen: set[str] = set()
+    for sec, r in iter_records(doc):
+        if r.get("status", "ok") != "ok":
+            continue
+        key = r.get("key")
+        if not isinstance(key, str):
+            p.append(f"{sec}: a measured record has no key")
+            continue
+        if key in seen:
+            p.append(f"duplicate key {key}")
+        seen.add(key)
+        for tk in ("time_s", "cpu_time_s", "gpu_time_s"):
+            if tk in r:
+                _stats(r[tk], key + "." + tk, p)
+        if not any(tk in r for tk in ("time_s", "cpu_time_s")):
+            p.append(f"{key}: no time_s")
+    _numbers(doc, "$", p)
+    return p
