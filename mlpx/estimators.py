@@ -233,8 +233,9 @@ class _DeviceData:
         """Rows ``a:b`` of the current order: ``(X_batch, Y_batch, w_batch)`` on the device."""
         be, nb = self.be, b - a
         if self.idx is None:  # no shuffling: contiguous slices are views
-            Xb = _densify(be, self.X[a:b], self.dtype) if self.sparse else self.X[a:b]
-            return Xb, self.Y[a:b], None if self.w is None else self.w[a:b]
+            # (a:b, ...) rather than a:b: the Array API (array-api-strict) wants every axis
+            Xb = _densify(be, self.X[a:b], self.dtype) if self.sparse else self.X[a:b, ...]
+            return Xb, self.Y[a:b, ...], None if self.w is None else self.w[a:b]
         ib = self.idx[a:b]
         if self.sparse:
             # scipy.sparse rows are taken with host indices, cupyx rows with device ones
@@ -709,9 +710,7 @@ class _BaseMLP(BaseEstimator):
             for a in range(0, n, _CHUNK):
                 b = min(a + _CHUNK, n)
                 if sparse:
-                    Xc = _densify(be, X[a:b], rt.dtype)
-                    if Xc.dtype != np.dtype(rt.dtype):
-                        Xc = Xc.astype(rt.dtype)
+                    Xc = _densify(be, X[a:b], rt.dtype)  # X already in rt.dtype
                 else:
                     Xc = be.asarray(X[a:b], dtype=rt.dtype)
                 Z = model.forward(Xc, train=False)
