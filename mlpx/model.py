@@ -515,6 +515,7 @@ def MLP(
     sizes = [int(s) for s in sizes]
     if len(sizes) < 2:
         raise ValueError("sizes needs at least [n_features, n_outputs]")
+    get_activation(activation)  # an unknown name fails even when there is no hidden layer
     layers: list[Layer] = []
     for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         is_last = k == len(sizes) - 2

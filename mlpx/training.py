@@ -260,6 +260,10 @@ def fit(
                 denom_sum += denom
             samples_seen += n
             epoch_loss = be.to_float(total) / denom_sum
+            # The epoch's last step can overflow the weights after a finite loss: check
+            # them too (inf·0 is NaN), so the weights kept are always finite ones.
+            if math.isfinite(epoch_loss) and not math.isfinite(be.to_float(be.sum(model.params * 0.0))):
+                epoch_loss = math.nan
             if not math.isfinite(epoch_loss):
                 be.copy(snapshot, model.params)
                 for cb in callbacks:
