@@ -726,7 +726,7 @@ def fit_distributed(
                     try:
                         b = min(a + batch_size, n)
                         if idx is None:
-                            Xb, Yb = Xd[a:b], Yd[a:b]
+                            Xb, Yb = Xd[a:b, ...], Yd[a:b, ...]  # explicit trailing axes for strict Array API
                             wb = None if wd is None else wd[a:b]
                             d = float(b - a) if w is None else float(w[a:b].sum())
                         else:

@@ -10,7 +10,10 @@ Usage: python tests/_mpi_worker.py SCENARIO OUTDIR
 
 from __future__ import annotations
 
+import os
 import pickle
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,10 +38,11 @@ def make_data(n: int = N_ROWS, seed: int = 0) -> tuple[np.ndarray, np.ndarray, n
     return X, y, w
 
 
-def make_model(seed: int = 0) -> Any:
+def make_model(seed: int = 0, backend: str = "cpu") -> Any:
     import mlpx
 
-    return mlpx.MLP([N_FEATURES, 8, N_CLASSES], activation="tanh", output="softmax", dtype="float64", seed=seed)
+    return mlpx.MLP([N_FEATURES, 8, N_CLASSES], activation="tanh", output="softmax", dtype="float64",
+                    seed=seed, backend=backend)
 
 
 def uneven_sizes(size: int) -> list[int]:
@@ -50,6 +54,40 @@ def make_optimizer(name: str) -> Any:
     import mlpx
 
     return {"sgd": mlpx.SGD, "adam": mlpx.Adam}[name](**OPTIMIZERS[name])
+
+
+# ---------------------------------------------------------------- launching
+SKIP_REASON = 'needs mpi4py and an mpiexec launcher: pip install "mlpx[mpi]" (mpi4py + the mpich wheel)'
+
+
+def has_mpi4py() -> bool:
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def find_mpiexec() -> str | None:
+    """The launcher next to this Python (where the mpich wheel puts it), else one on PATH."""
+    sibling = Path(sys.executable).with_name("mpiexec")
+    if sibling.exists():
+        return str(sibling)
+    return shutil.which("mpiexec") or shutil.which("mpirun")
+
+
+def launch(size: int, scenario: str, outdir: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``mpiexec -n size python _mpi_worker.py scenario outdir``, killed after ``timeout`` seconds."""
+    env = dict(os.environ)
+    # One thread per rank: the ranks already share the cores.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[var] = "1"
+    # Harmless for MPICH; lets Open MPI run as root and with more ranks than cores.
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1", PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe")
+    cmd = [find_mpiexec() or "mpiexec", "-n", str(size), sys.executable, str(Path(__file__).resolve()),
+           scenario, str(outdir)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 # ---------------------------------------------------------------- scenarios
@@ -72,6 +110,13 @@ def run_batch(comm: Any, out: dict[str, Any]) -> None:
                 shuffle=False, comm=comm, **kw,
             )
             out[f"exact_{opt}_{case}"] = {"weights": model.get_weights(), "history": hist.history}
+
+    # Non-NumPy buffers (Array API strict): the all-reduce is staged through host memory,
+    # as for GPU buffers without a CUDA-aware MPI.
+    model = make_model(backend="array_api_strict")
+    model.fit(X[idx], y[idx], epochs=2, batch_size=BATCH, optimizer=make_optimizer("adam"),
+              shuffle=False, l2=L2, sample_weight=w[idx], comm=comm)
+    out["exact_strict"] = {"weights": model.get_weights()}
 
     # 2. Uneven contiguous shards (one rank may hold no rows), L2 and sample weights.
     sizes = uneven_sizes(size)
@@ -170,6 +215,32 @@ def run_crash_outside(comm: Any) -> None:
     make_model().fit(X, y, epochs=5, comm=comm)
 
 
+def run_gpu(comm: Any, outdir: Path, use_nccl: bool) -> None:
+    """Block shards on the GPU (float64), MPI (staged through the host) or NCCL all-reduce."""
+    from mlpx.distributed import local_gpu_backend, shard_indices
+
+    rank, size = comm.Get_rank(), comm.Get_size()
+    X, y, w = make_data()
+    idx = shard_indices(len(X), rank, size, block=BATCH)
+    out: dict[str, Any] = {}
+    try:
+        import mlpx
+
+        backend = local_gpu_backend(comm) if use_nccl else "gpu"
+        for opt in OPTIMIZERS:
+            model = mlpx.MLP([N_FEATURES, 8, N_CLASSES], activation="tanh", output="softmax",
+                             dtype="float64", seed=0, backend=backend)
+            hist = model.fit(
+                X[idx], y[idx], epochs=3, batch_size=BATCH, optimizer=make_optimizer(opt), shuffle=False,
+                l2=L2, sample_weight=w[idx], comm="nccl" if use_nccl else comm,
+            )
+            out[opt] = {"weights": model.get_weights(), "history": hist.history, "backend": backend}
+    except Exception as exc:  # reported to the test, which decides what is acceptable
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    with open(outdir / f"gpu.rank{rank}.pkl", "wb") as fh:
+        pickle.dump(out, fh)
+
+
 def main() -> None:
     from mpi4py import MPI
 
@@ -182,6 +253,8 @@ def main() -> None:
             pickle.dump(out, fh)
     elif scenario == "fail_step":
         run_fail_step(comm)
+    elif scenario in ("gpu_mpi", "gpu_nccl"):
+        run_gpu(comm, outdir, use_nccl=scenario == "gpu_nccl")
     elif scenario == "crash_outside":
         run_crash_outside(comm)
     else:
