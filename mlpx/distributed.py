@@ -341,17 +341,23 @@ class NcclReducer(GradientReducer):
 
     def __init__(self, comm: Any, backend: str | Backend) -> None:
         super().__init__(comm, backend)
-        if not self.backend.is_gpu:
-            raise ValueError(
-                "comm='nccl' needs a model on the GPU; build it with "
-                "backend=mlpx.distributed.local_gpu_backend()"
-            )
-        from cupy.cuda import nccl
+        error: BaseException | None = None
+        uid = None
+        try:  # a rank that cannot set up must not leave the others waiting in bcast
+            if not self.backend.is_gpu:
+                raise ValueError(
+                    "comm='nccl' needs a model on the GPU; build it with "
+                    "backend=mlpx.distributed.local_gpu_backend()"
+                )
+            from cupy.cuda import nccl
 
-        self._nccl_mod = nccl
-        uid = nccl.get_unique_id() if self.is_root else None
+            self._nccl_mod = nccl
+            if self.is_root:
+                uid = nccl.get_unique_id()
+        except Exception as exc:
+            error = exc
+        self.check_errors(error, "NCCL set-up")
         uid = comm.bcast(uid, root=0)
-        error = None
         try:
             with self.backend.device:
                 self.nccl = nccl.NcclCommunicator(self.size, uid, self.rank)
@@ -436,7 +442,7 @@ def shard_indices(n: int, rank: int, size: int, block: int | None = None) -> np.
 
 
 def local_gpu_backend(comm: Any = None) -> str:
-    """``"gpu:<node-local rank % n_gpus>"``: the GPU this rank should use."""
+    """``"gpu:<node-local rank % n_gpus>"``: the GPU this rank should use (collective)."""
     from mlpx.backends.cupy_backend import import_cupy
 
     cupy = import_cupy()
@@ -667,6 +673,7 @@ def fit_distributed(
     out = model.output.name
     track_acc = out in ("softmax", "logistic")
 
+    _decorrelate_dropout(model, reducer.rank)
     history = History()
     model.history = history
     model.stop_training = False
@@ -802,6 +809,21 @@ def fit_distributed(
             pending = exc
         reducer.check_errors(pending, "on_train_end")
     return history
+
+
+def _decorrelate_dropout(model: Any, rank: int) -> None:
+    """Give each rank its own dropout masks (same seed would drop the same units everywhere).
+
+    Rank 0 keeps its generator, so a one-rank run matches a plain fit. Done once per model.
+    """
+    from mlpx.layers import Dropout
+
+    if rank == 0 or getattr(model, "_dropout_rank", None) == rank:
+        return
+    for layer in model.layers:
+        if isinstance(layer, Dropout):
+            layer._rng = np.random.default_rng([int(layer._rng.integers(2**62)), rank])
+    model._dropout_rank = rank
 
 
 def _root_only(cb: Callback) -> bool:

@@ -135,6 +135,9 @@ def run_batch(comm: Any, out: dict[str, Any]) -> None:
     model = make_model()
     model.fit(X[idx], y[idx], epochs=2, batch_size=BATCH, comm=comm, l2=L2)
     out["shuffled"] = {"weights": model.get_weights()}
+    model = mlpx.MLP([N_FEATURES, 8, N_CLASSES], dropout=0.3, dtype="float64", seed=0)  # per-rank masks
+    model.fit(X[idx], y[idx], epochs=2, batch_size=BATCH, comm=comm)
+    out["dropout"] = {"weights": model.get_weights()}
 
     # 4. Early stopping on the global val_loss (validation shards), and a stop asked by one rank.
     Xv, yv, _ = make_data(n=30, seed=1)

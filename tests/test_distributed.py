@@ -162,6 +162,7 @@ def test_uneven_shards_match_numpy_reference(size: int, opt: str) -> None:
 def test_shuffled_training_keeps_ranks_identical(size: int) -> None:
     results = batch_results(size)
     assert_same_on_all_ranks([r["shuffled"]["weights"] for r in results])
+    assert_same_on_all_ranks([r["dropout"]["weights"] for r in results])
 
 
 @needs_mpi
