@@ -116,7 +116,7 @@ class Config:
     scaling_batches: tuple[int, ...] = (16, 64, 256, 1024)
     scaling_widths: tuple[int, ...] = (64, 256, 1024)
     scaling_width_batch: int = 256
-    scaling_min_time: float = 0.15
+    scaling_min_time: float = 0.1
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -136,11 +136,13 @@ def make_config(mode: str = "quick", **overrides: Any) -> Config:
     if mode == "quick":
         cfg = Config(
             mode="quick",
+            repeats=3,
+            min_time=0.015,
             workloads=_workloads({
                 # n_train, n_test, epochs, repeats
-                "digits": (1437, 360, 10, 3),
-                "mlp512": (4096, 2000, 1, 3),
-                "wide2048": (3072, 2000, 1, 2),
+                "digits": (1437, 360, 5, 3),
+                "mlp512": (2048, 2000, 1, 3),
+                "wide2048": (2048, 2000, 1, 2),
             }),
         )
     elif mode == "full":

@@ -332,6 +332,8 @@ def gemm_section(ctx: Context) -> dict[str, Any]:
         parts[device]["records"].append(rec)
     # Fraction of the best rate measured on the device for that dtype (any shape, threads).
     for device, part in parts.items():
+        if part["status"] != "ok":
+            continue
         best: dict[str, float] = {}
         for r in part["records"]:
             if r["status"] == "ok":

@@ -280,7 +280,7 @@ def _workload(ctx: Context, wl: Workload) -> dict[str, Any]:
             ctx.progress.note(f"train {wl.name} {impl.name}: skipped: {reason}")
 
     # Warm-up: one untimed short run each (imports, allocator, kernel compilation).
-    n_warm = min(n, 2 * wl.batch)
+    n_warm = min(n, wl.batch)
     warm = (data[0][:n_warm], data[1][:n_warm], data[2][:64], data[3][:64])
     for impl in impls:
         ctx.progress.step(f"train {wl.name} warm-up {impl.name}")
@@ -452,7 +452,7 @@ def _memory(ctx: Context, wl: Workload, data: tuple[np.ndarray, ...]) -> dict[st
         return {"status": "skipped", "reason": "--backend gpu"}
     import mlpx
 
-    n = min(data[0].shape[0], 8 * wl.batch)
+    n = min(data[0].shape[0], 2 * wl.batch)
     X, y = data[0][:n], data[1][:n]
     model = mlpx.MLP(list(wl.sizes), activation="relu", output="softmax", backend="cpu", dtype="float32", seed=0)
     tracemalloc.start()
