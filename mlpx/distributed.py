@@ -666,9 +666,12 @@ def fit_distributed(
 
     # ---- agreed sizes: steps per epoch (max over ranks), global row count.
     n_steps = reducer.allreduce_max(-(-n // batch_size))
-    n_global = int(reducer.allreduce_sum([n])[0])
+    n_global, w_global = reducer.allreduce_sum([n, n if w is None else float(w.sum())])
+    n_global = int(n_global)
     if n_global == 0:
         raise ValueError("no rank holds any training rows")
+    if w_global <= 0:
+        raise ValueError("sample_weight sums to zero over all ranks: nothing to train on")
     has_val = reducer.agree_any(val is not None)
     out = model.output.name
     track_acc = out in ("softmax", "logistic")
@@ -689,12 +692,17 @@ def fit_distributed(
         np.errstate(over="ignore", invalid="ignore", divide="ignore"),
     ):
         reducer.broadcast_params(model.params)  # rank 0's weights everywhere
-        Xd = None if Xh is None else be.asarray(Xh, dtype=model.dtype)
-        Yd = None if Y is None else be.asarray(Y, dtype=model.dtype)
-        wd = None if w is None else be.asarray(w, dtype=model.dtype)
-        opt.bind(be, model.params, model.grads, model.n_weights)
-        model.optimizer_ = opt
-        snapshot = be.empty(model.params.shape, model.dtype)
+        pending: BaseException | None = None
+        try:  # device memory can run out on one rank only
+            Xd = None if Xh is None else be.asarray(Xh, dtype=model.dtype)
+            Yd = None if Y is None else be.asarray(Y, dtype=model.dtype)
+            wd = None if w is None else be.asarray(w, dtype=model.dtype)
+            opt.bind(be, model.params, model.grads, model.n_weights)
+            model.optimizer_ = opt
+            snapshot = be.empty(model.params.shape, model.dtype)
+        except Exception as exc:
+            pending = exc
+        reducer.check_errors(pending, "moving the shard to the device")
         samples_seen = getattr(model, "samples_seen_", 0)
         epoch0 = getattr(model, "epochs_done_", 0)
         ws: dict[tuple[str, int], Array] = {}
@@ -705,7 +713,6 @@ def fit_distributed(
                 ws[key] = be.empty((rows,) + tuple(like.shape[1:]), model.dtype)
             return ws[key]
 
-        pending: BaseException | None = None
         try:
             for cb in callbacks:
                 cb.on_train_begin(model, epochs)
