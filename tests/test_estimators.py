@@ -309,7 +309,7 @@ def test_real_datasets_reach_sklearn_quality(name):
     if name == "digits":
         X, y = load_digits(return_X_y=True)
         ours64, ours32, theirs = _quality_pair(MLPClassifier, SkClassifier, X, y,
-                                               hidden_layer_sizes=(64,), max_iter=60, random_state=0)
+                                               hidden_layer_sizes=(32,), max_iter=40, random_state=0)
     elif name == "breast_cancer":
         X, y = load_breast_cancer(return_X_y=True)
         ours64, ours32, theirs = _quality_pair(MLPClassifier, SkClassifier, X, y,
