@@ -342,7 +342,7 @@ class _BaseMLP(BaseEstimator):
         return rt
 
     def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # a copy: the live estimator keeps its runtime
         rt = state.pop("_rt", None)
         if rt is not None:
             state["_rt_host"] = rt.to_host()
@@ -359,7 +359,7 @@ class _BaseMLP(BaseEstimator):
 
     def _check_device_X(self, X: Any, reset: bool) -> Any:
         """Checks for data already on the GPU (kept there: no host round trip)."""
-        if X.ndim != 2:
+        if len(X.shape) != 2:
             raise ValueError(f"Expected 2D array, got array with shape {X.shape}")
         if X.shape[0] < 1 or X.shape[1] < 1:
             raise ValueError(f"Found array with shape {X.shape}; a minimum of 1 is required.")

@@ -257,6 +257,10 @@ def test_pickle_round_trip_continues_like_sklearn(digits):
     ours2.partial_fit(X, y)
     theirs2.partial_fit(X, y)
     _same_params(ours2, theirs2)
+    # Pickling does not disturb the original either.
+    ours.partial_fit(X, y)
+    theirs.partial_fit(X, y)
+    _same_params(ours, theirs)
 
 
 def test_assigned_weights_continue_exactly_with_partial_fit_and_warm_start(digits):
