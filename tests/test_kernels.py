@@ -1,7 +1,8 @@
-"""Every kernel's fast ``"numpy"`` variant against its generic definition.
+"""Every kernel's host variants (``"numpy"``, and ``"numba"`` when numba is installed)
+against its generic definition.
 
-The fast variants write through ``out=`` and are what runs on the CPU (and, unchanged,
-on CuPy); the generic definitions are what runs on array-api-strict. thinc's history
+The fast variants are what runs on the CPU (the ``"numpy"`` ones also, unchanged, on
+CuPy); the generic definitions are what runs on array-api-strict. thinc's history
 shows how CPU and GPU paths drift apart silently when nobody compares them, so each
 variant is run here on the same inputs as the generic definition, in float32 and
 float64, for every argument combination and every documented aliasing (``out is Z``,
@@ -36,8 +37,15 @@ def all_kernels() -> dict[str, Kernel]:
     return found
 
 
+HOST_KINDS = ("numpy", "numba")  # variants that run on NumPy arrays
+
+
+def host_variants() -> list[tuple[str, str]]:
+    return sorted((name, kind) for name, k in all_kernels().items() for kind in HOST_KINDS if kind in k.variants)
+
+
 def numpy_variants() -> list[str]:
-    return sorted(name for name, k in all_kernels().items() if "numpy" in k.variants)
+    return sorted({name for name, _ in host_variants()})
 
 
 # --------------------------------------------------------------- case builders
@@ -141,6 +149,36 @@ def _multiply(rng: np.random.Generator, dtype: str) -> list:
     return [("out", (a, b, np.empty_like(a)), {}), ("out is a", (a, b, a), {})]
 
 
+def _bias_activation(rng: np.random.Generator, dtype: str) -> list:
+    cases = []
+    for act in sorted(activations.ACTIVATIONS.values(), key=lambda a: a.name):
+        Z = (rng.standard_normal((6, 5)) * 3).astype(dtype)
+        b = rng.standard_normal(5).astype(dtype)
+        cases.append((f"{act.name}: out is Z", (Z, b, act, Z), {}))
+        if not act.from_output:  # Dense keeps Z + b apart only where g' needs Z
+            cases.append((f"{act.name}: own out", (Z, b, act, np.empty_like(Z)), {}))
+    return cases
+
+
+def _correct_count(rng: np.random.Generator, dtype: str) -> list:
+    Z = rng.standard_normal((40, 4)).astype(dtype)
+    Y = np.eye(4, dtype=dtype)[rng.integers(0, 4, 40)]
+    Yml = (rng.random((40, 4)) > 0.5).astype(dtype)
+    return [("softmax", (Z, Y, "softmax"), {}), ("logistic", (Z, Yml, "logistic"), {})]
+
+
+def _large(build: Callable[..., list], n: int = 40_000) -> Callable[..., list]:
+    """Also a buffer above the size where the numba loops go multi-threaded."""
+
+    def wrapped(rng: np.random.Generator, dtype: str) -> list:
+        cases = build(rng, dtype)
+        label, args, kw = cases[0]
+        big = tuple(np.resize(a, n) if isinstance(a, np.ndarray) else a for a in args)
+        return cases + [(label + " (large)", big, kw)]
+
+    return wrapped
+
+
 CASES: dict[str, Callable[..., list]] = {
     "relu_forward": _act_forward,
     "relu_backward": _act_backward(activations.relu_forward),
@@ -154,9 +192,11 @@ CASES: dict[str, Callable[..., list]] = {
     "cross_entropy": _loss_cases("cross_entropy"),
     "squared_error": _loss_cases("squared_error"),
     "l2_penalty": _l2,
-    "sgd_update": _sgd,
-    "adam_update": _adam,
-    "rmsprop_update": _rmsprop,
+    "sgd_update": _large(_sgd),
+    "adam_update": _large(_adam),
+    "rmsprop_update": _large(_rmsprop),
+    "bias_activation": _bias_activation,
+    "correct_count": _correct_count,
     "scale_": _scale,
     "add_bias": _add_bias,
     "multiply": _multiply,
@@ -166,7 +206,7 @@ CASES: dict[str, Callable[..., list]] = {
 def test_every_numpy_variant_has_a_case() -> None:
     """A new fast variant without a comparison case here fails the suite."""
     missing = sorted(set(numpy_variants()) - set(CASES))
-    assert not missing, f"kernels with a 'numpy' variant but no test case: {missing}"
+    assert not missing, f"kernels with a host variant but no test case: {missing}"
     # and the table names no kernel that has lost its variant
     assert set(CASES) <= set(numpy_variants())
 
@@ -199,16 +239,18 @@ def _close(a: Any, b: Any, dtype: str, what: str) -> None:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_numpy_variant_matches_generic(name: str, dtype: str) -> None:
+@pytest.mark.parametrize("name, kind", host_variants())
+def test_host_variant_matches_generic(name: str, kind: str, dtype: str) -> None:
+    if kind == "numba":
+        pytest.importorskip("numba")
     k = all_kernels()[name]
-    fast = k.variants["numpy"]
+    fast = k.variants[kind]
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     for label, args, kwargs in CASES[name](rng, dtype):
         # A NaN "scratch" buffer is scratch only: compare everything else.
         ret_g, bufs_g = _run(k.generic, args, kwargs)
         ret_f, bufs_f = _run(fast, args, kwargs)
-        what = f"{name} [{label}] {dtype}"
+        what = f"{name}/{kind} [{label}] {dtype}"
         for i, (bg, bf, orig) in enumerate(zip(bufs_g, bufs_f, [a for a in args if isinstance(a, np.ndarray)])):
             if name in ("sgd_update", "adam_update", "rmsprop_update", "l2_penalty") and i == len(bufs_g) - 1:
                 continue  # tmp: the generic definitions leave it alone
