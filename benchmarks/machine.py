@@ -13,6 +13,7 @@ import platform
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,33 @@ def machine_info(argv: list[str] | None = None) -> dict[str, Any]:
         "git": _git(),
     }
     return info
+
+
+def busy_probe(threads: int) -> dict[str, Any]:
+    """Is the CPU shared right now? Time a 256^3 float32 GEMM on 1 and on ``threads`` threads.
+
+    On an idle machine the multi-threaded product is faster; when other processes
+    hold the cores, each BLAS thread waits for a scheduler time slice and the
+    multi-threaded product becomes many times slower (tens of ms). Timings of such
+    a run say more about the neighbours than about the code: the report flags it.
+    """
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    a = np.random.default_rng(0).standard_normal((256, 256), dtype=np.float32)
+    out: dict[str, Any] = {}
+    for t in sorted({1, threads}):
+        with threadpool_limits(limits=t, user_api="blas"):
+            a @ a
+            best = float("inf")
+            for _ in range(5):
+                t0 = time.perf_counter()
+                a @ a
+                best = min(best, time.perf_counter() - t0)
+        out[f"gemm256_{t}t_s"] = max(best, 1e-9)
+    ratio = out[f"gemm256_{threads}t_s"] / out["gemm256_1t_s"]
+    out["busy"] = bool(threads > 1 and ratio > 3.0)
+    return out
 
 
 def loadavg() -> list[float] | None:

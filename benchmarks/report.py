@@ -62,6 +62,14 @@ def markdown(doc: dict[str, Any], plot_files: dict[str, str], plot_note: str | N
         ["not installed", ", ".join(k for k, val in v.items() if not val) or "—"],
         ["git", f"{m['git'].get('commit')}" + (" (engine modified)" if m["git"].get("engine_modified") else "")],
     ])
+    busy = [k for k in ("busy_probe_start", "busy_probe_end") if (m.get(k) or {}).get("busy")]
+    if busy:
+        t = doc["config"]["threads"]
+        probes = ", ".join(
+            f"{k.split('_')[-1]}: {1e3 * m[k]['gemm256_1t_s']:.2f} ms on 1 thread, {1e3 * m[k][f'gemm256_{t}t_s']:.2f} ms on {t}"
+            for k in busy)
+        L += [f"**Warning: the CPU was shared with other work during this run** (256³ GEMM probe, {probes}). "
+              "Multi-threaded timings wait for scheduler time slices and are unreliable; re-run on a quiet machine.", ""]
     L += ["Times are medians over repeats, with [min–max]. Ratios are time ratios (< 1: the first is faster).", ""]
     secs = doc["sections"]
     L += _summary(secs)
@@ -181,7 +189,11 @@ def _train(s: dict[str, Any], plots: dict[str, str]) -> list[str]:
             L += [f"*skipped: {wl.get('reason')}*", ""]
             continue
         L += [f"{wl['data']} data, {wl['n_train']} training / {wl['n_test']} test samples, {wl['epochs']} epoch(s) "
-              f"per run ({wl['steps_per_epoch']} steps), {wl['repeats']} interleaved repeats.", ""]
+              f"per run ({wl['steps_per_epoch']} steps each), {wl['repeats']} interleaved repeats.", ""]
+        if wl["steps_per_epoch"] * wl["epochs"] < 100:
+            L += [f"*Only {wl['steps_per_epoch'] * wl['epochs']} optimizer steps per run: accuracies still depend "
+                  "on each library's own initialisation (PyTorch's differs from the Glorot scheme mlpx and "
+                  "scikit-learn share); compare accuracy in a `--full` run.*", ""]
         rows = []
         for r in wl["implementations"]:
             if r["status"] != "ok" or "s_per_epoch" not in r:
@@ -230,8 +242,9 @@ def _scaling(s: dict[str, Any], plots: dict[str, str]) -> list[str]:
             if not recs:
                 continue
             L += [f"### {dev}: step time against {head}", ""]
-            L += _table([curve if curve == "batch" else "w", "batch", "step", "samples/s", "GFLOP/s", "GEMM floor"],
-                        [[r["x"], r["batch"], _spread(r["time_s"]), f"{r['samples_per_s']:,.0f}", f"{r['gflops']:.1f}",
+            L += _table(["batch" if curve == "batch" else "w (batch)", "step", "samples/s", "GFLOP/s", "GEMM floor"],
+                        [[r["x"] if curve == "batch" else f"{r['x']} ({r['batch']})", _spread(r["time_s"]),
+                          f"{r['samples_per_s']:,.0f}", f"{r['gflops']:.1f}",
                           _ms(r["floor_s"]) if "floor_s" in r else "—"] for r in recs])
     return L
 

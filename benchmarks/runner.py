@@ -11,7 +11,7 @@ from typing import Any, Callable
 from benchmarks import gemm, scaling, train, transfer
 from benchmarks.config import Config
 from benchmarks.context import NO_CUDA, Context, Progress
-from benchmarks.machine import loadavg, machine_info, machine_tag
+from benchmarks.machine import busy_probe, loadavg, machine_info, machine_tag
 from benchmarks.report import write_outputs
 from benchmarks.schema import SCHEMA_VERSION, SECTIONS, validate
 
@@ -71,6 +71,7 @@ def run_suite(
     t0 = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     machine = machine_info(argv)
+    machine["busy_probe_start"] = busy_probe(cfg.threads)
     gpu_reason = _gpu_reason(cfg)
     ctx = Context(cfg=cfg, gpu_reason=gpu_reason, progress=Progress(0, enabled=False))
     total = sum(_RUNNERS[s][0](ctx) for s in SECTIONS if s in cfg.sections)
@@ -92,6 +93,7 @@ def run_suite(
     finally:
         ctx.progress.close()
     machine["load_avg_end"] = loadavg()
+    machine["busy_probe_end"] = busy_probe(cfg.threads)
     doc: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "suite": "mlpx-benchmarks",
