@@ -698,7 +698,7 @@ class _BaseMLP(BaseEstimator):
         """Prediction input on the backend: dense device array or sparse CSR there."""
         if sp.issparse(X) or _is_sparse_device(X):
             return _sparse_to_backend(be, X, dtype)
-        return X  # dense host data moves chunk by chunk in _forward_out
+        return be.asarray(X, dtype=dtype)  # once per fit, not once per epoch
 
     def _forward_out(self, rt: _Runtime, X: Any) -> np.ndarray:
         """Output-activation values, host array (n, n_outputs_), computed in row chunks."""
@@ -712,7 +712,7 @@ class _BaseMLP(BaseEstimator):
                 if sparse:
                     Xc = _densify(be, X[a:b], rt.dtype)  # X already in rt.dtype
                 else:
-                    Xc = be.asarray(X[a:b], dtype=rt.dtype)
+                    Xc = be.asarray(X[a:b, ...], dtype=rt.dtype)  # no copy if already there
                 Z = model.forward(Xc, train=False)
                 Z = model.output.forward(be, Z, out=Z)
                 result[a:b] = be.to_numpy(Z)
