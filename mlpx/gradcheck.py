@@ -5,6 +5,7 @@ computes (parameters, and optionally the network input) is compared with central
 finite differences of the loss, evaluated in float64 so that the differences are
 accurate to about ``eps²``.
 
+>>> import numpy as np
 >>> import mlpx
 >>> from mlpx.gradcheck import check_gradients
 >>> model = mlpx.MLP([4, 6, 3], activation="tanh", dtype="float64", seed=0)
@@ -20,9 +21,8 @@ compares exactly.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
-
 import contextlib
+from typing import Any, Callable, Iterator
 
 import numpy as np
 

@@ -105,6 +105,8 @@ def test_non_numeric_input(data) -> None:
     X, y = data
     model = mlpx.MLP([4, 5, 3], seed=0)
     _fit_must_fail(model, X.astype(str), y, TypeError, "numeric")
+    _fit_must_fail(model, X * 1j, y, TypeError, "X must be numeric, got dtype complex128")
+    _fit_must_fail(model, X.astype(object), y, TypeError, "numeric")
     _fit_must_fail(model, X, np.array(["a", "b"] * 10), TypeError, "y must be numeric")
     _fit_must_fail(model, [[1, 2, 3, 4], [1, 2]], y[:2], TypeError, "numeric 2-D")
 
