@@ -75,7 +75,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from mlpx.backends import Backend, get_backend
+from mlpx.backends import Backend, NumpyBackend, get_backend
 from mlpx.layers import Dense
 from mlpx.losses import get_loss
 from mlpx.model import Sequential
@@ -274,8 +274,8 @@ def _sparse_to_backend(be: Backend, X: Any, dtype: str) -> Any:
 
 def _densify(be: Backend, Xs: Any, dtype: str) -> Array:
     """Dense device rows from a sparse block (the sparse path's per-batch cost)."""
-    D = Xs.toarray()
-    return D if be.is_gpu or type(be).__name__ == "NumpyBackend" else be.asarray(D, dtype=dtype)
+    D = Xs.toarray()  # NumPy for scipy.sparse, CuPy for cupyx: already on the device
+    return D if be.is_gpu or isinstance(be, NumpyBackend) else be.asarray(D, dtype=dtype)
 
 
 # ------------------------------------------------------------------- base
@@ -382,6 +382,7 @@ class _BaseMLP(BaseEstimator):
         return X
 
     def _validate_Xy(self, X: Any, y: Any, reset: bool, y_numeric: bool) -> tuple[Any, Any]:
+        y = _to_host(y)  # targets are small; label encoding happens on the host
         if _is_device_array(X):
             X = self._check_device_X(X, reset=reset)
             y = np.asarray(_to_host(y))
@@ -788,6 +789,17 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         As in scikit-learn; ``coefs_[i]`` has shape (n_units_i, n_units_{i+1}) and
         ``intercepts_[i]`` shape (n_units_{i+1},), host NumPy arrays.
 
+    Notes
+    -----
+    * With the same ``random_state``, a float64 CPU fit follows scikit-learn's fit
+      to rounding (same initial draw, minibatch order and early-stopping split).
+    * ``solver="lbfgs"`` runs SciPy's L-BFGS-B on the host: each function
+      evaluation copies the parameter vector to the backend and the loss and
+      gradient back; forward and backward passes run on the backend.
+    * Sparse ``X`` stays sparse on the backend; each minibatch (or prediction
+      chunk) is densified there before the first layer's product.
+    * ``partial_fit`` exists for the stochastic solvers only.
+
     Examples
     --------
     >>> from mlpx import MLPClassifier
@@ -968,7 +980,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def predict_log_proba(self, X):
         """Log of :meth:`predict_proba`, shape (n_samples, n_classes)."""
         y_prob = self.predict_proba(X)
-        return np.log(y_prob, out=y_prob)
+        with np.errstate(divide="ignore"):  # log(0) = -inf, as scikit-learn returns
+            return np.log(y_prob, out=y_prob)
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
