@@ -179,23 +179,43 @@ def _large(build: Callable[..., list], n: int = 40_000) -> Callable[..., list]:
     return wrapped
 
 
+def _large_rows(build: Callable[..., list], rows: int = 300, cols: int = 128) -> Callable[..., list]:
+    """Also (rows, cols) matrices, above the size where the numba loops go multi-threaded."""
+
+    def wrapped(rng: np.random.Generator, dtype: str) -> list:
+        cases = build(rng, dtype)
+        big = []
+        for label, args, kw in cases:
+            memo: dict[int, Any] = {}
+            new = []
+            for a in args:
+                if isinstance(a, np.ndarray) and id(a) not in memo:
+                    shape = (rows, cols) if a.ndim == 2 else (rows,) if a.shape[0] != args[0].shape[-1] else (cols,)
+                    memo[id(a)] = np.resize(a, shape)
+                new.append(memo.get(id(a), a) if isinstance(a, np.ndarray) else a)
+            big.append((label + " (large)", tuple(new), kw))
+        return cases + big
+
+    return wrapped
+
+
 CASES: dict[str, Callable[..., list]] = {
     "relu_forward": _act_forward,
-    "relu_backward": _act_backward(activations.relu_forward),
+    "relu_backward": _large_rows(_act_backward(activations.relu_forward)),
     "leaky_relu_forward": _act_forward,
     "logistic_forward": lambda rng, dt: _act_forward(rng, dt, scale=40.0),  # exp(-z) overflow region
-    "logistic_backward": _act_backward(activations.logistic_forward),
+    "logistic_backward": _large_rows(_act_backward(activations.logistic_forward)),
     "tanh_forward": _act_forward,
-    "tanh_backward": _act_backward(activations.tanh_forward),
+    "tanh_backward": _large_rows(_act_backward(activations.tanh_forward)),
     "softmax_forward": lambda rng, dt: _act_forward(rng, dt, scale=200.0),
     "exp_forward": _act_forward,
-    "cross_entropy": _loss_cases("cross_entropy"),
+    "cross_entropy": _large_rows(_loss_cases("cross_entropy")),
     "squared_error": _loss_cases("squared_error"),
     "l2_penalty": _l2,
     "sgd_update": _large(_sgd),
     "adam_update": _large(_adam),
     "rmsprop_update": _large(_rmsprop),
-    "bias_activation": _bias_activation,
+    "bias_activation": _large_rows(_bias_activation),
     "correct_count": _correct_count,
     "scale_": _scale,
     "add_bias": _add_bias,
