@@ -125,7 +125,9 @@ _BIAS_ACT_NUMBA = {
 @bias_activation.register("numba")
 def _bias_activation_numba(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> Array:
     loop = _BIAS_ACT_NUMBA.get(act.name)
-    if loop is None:
+    if loop is None or out is not Z:
+        # The loops leave Z untouched; with a separate out the caller keeps Z + b
+        # (the contract above), which the two-kernel version provides.
         return _bias_activation_np(xp, Z, b, act, out)
     loop(Z, b, out)
     return out
