@@ -799,6 +799,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     * Sparse ``X`` stays sparse on the backend; each minibatch (or prediction
       chunk) is densified there before the first layer's product.
     * ``partial_fit`` exists for the stochastic solvers only.
+    * ``warm_start=True`` with ``early_stopping=True``: a fit whose epochs never beat
+      ``best_validation_score_`` (kept from earlier fits) ends on the best weights
+      seen so far. scikit-learn 1.9 ends on the last epoch's weights instead, because
+      after a restore its best-weights list is the same object as ``coefs_`` and is
+      trained in place; this is the one place the two are meant to differ.
 
     Examples
     --------

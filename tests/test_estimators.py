@@ -334,3 +334,20 @@ def test_real_datasets_reach_sklearn_quality(name):
     tol = 0.03 if name == "diabetes" else 0.015
     assert abs(ours32 - theirs) <= tol, (ours32, theirs)
     assert theirs > (0.3 if name == "diabetes" else 0.9)  # a meaningful fit, not noise
+
+
+def test_warm_start_early_stopping_keeps_best_weights():
+    """A warm-started fit that never beats the best validation score ends on the best
+    weights (documented difference: scikit-learn's aliasing ends on the last epoch)."""
+    rng = np.random.RandomState(0)
+    X = rng.rand(120, 4)
+    y = (X[:, 0] + X[:, 1] > 1).astype(int)
+    est = MLPClassifier(early_stopping=True, warm_start=True, max_iter=5, random_state=0,
+                        hidden_layer_sizes=(7,))
+    est.fit(X, y)
+    best = [c.copy() for c in est.coefs_]
+    scores = list(est.validation_scores_)
+    est.fit(X, y)
+    assert max(est.validation_scores_[len(scores):]) <= max(scores)  # no improvement
+    for a, b in zip(est.coefs_, best):
+        np.testing.assert_array_equal(a, b)
