@@ -176,7 +176,16 @@ def run_batch(comm: Any, out: dict[str, Any]) -> None:
         "epochs_done": resumed_model.epochs_done_,
     }
 
-    # 6. A bad shard on the last rank: every rank raises instead of hanging.
+    # 6. Divergence is detected on the global loss: every rank raises in the same epoch.
+    t = X @ np.array([1.0, 2.0, 3.0, 0.0, 0.0]) * 100
+    model = mlpx.MLP([N_FEATURES, 4, 1], output="identity", dtype="float64", seed=0)
+    try:
+        model.fit(X[idx], t[idx], epochs=20, batch_size=BATCH, optimizer=mlpx.SGD(lr=1.0), shuffle=False, comm=comm)
+        out["diverged"] = {"epoch": None}
+    except mlpx.TrainingDivergedError as exc:
+        out["diverged"] = {"epoch": exc.epoch, "weights": model.get_weights()}
+
+    # 7. A bad shard on the last rank: every rank raises instead of hanging.
     model = make_model()
     Xbad = X[idx][:, :4] if rank == size - 1 else X[idx]
     try:

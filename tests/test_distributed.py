@@ -204,6 +204,20 @@ def test_checkpoint_written_by_rank0_and_resume_is_exact(size: int) -> None:
 
 @needs_mpi
 @pytest.mark.parametrize("size", [2, 3])
+def test_divergence_detected_on_every_rank_in_the_same_epoch(size: int) -> None:
+    results = batch_results(size)
+    X, _, _ = W.make_data()
+    t = X @ np.array([1.0, 2.0, 3.0, 0.0, 0.0]) * 100
+    ref = mlpx.MLP([W.N_FEATURES, 4, 1], output="identity", dtype="float64", seed=0)
+    with pytest.raises(mlpx.TrainingDivergedError) as info:
+        ref.fit(X, t, epochs=20, batch_size=size * W.BATCH, optimizer=mlpx.SGD(lr=1.0), shuffle=False)
+    assert [r["diverged"]["epoch"] for r in results] == [info.value.epoch] * size
+    assert_same_on_all_ranks([r["diverged"]["weights"] for r in results])
+    assert all(np.isfinite(a).all() for a in results[0]["diverged"]["weights"])  # last finite weights kept
+
+
+@needs_mpi
+@pytest.mark.parametrize("size", [2, 3])
 def test_bad_shard_on_one_rank_fails_every_rank(size: int) -> None:
     results = batch_results(size)
     assert results[-1]["bad_shard"]["type"] == "ValueError"
