@@ -409,8 +409,9 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("hidden_layer_sizes must be > 0, got %s." % hidden_layer_sizes)
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
 
+        # BackendUnavailableError here (not at construction), before any fitted state is set
+        be = self._get_backend()
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
-        be = self._get_backend()  # BackendUnavailableError here, not at construction
         if sample_weight is not None:
             host_X = X if not _is_device_array(X) else np.empty((X.shape[0], 0), np.float64)
             sample_weight = _check_sample_weight(

@@ -129,6 +129,8 @@ def test_gpu_backend_without_gpu_fails_at_fit_only():
     with pytest.raises(BackendUnavailableError) as direct:
         get_backend("gpu")
     assert str(info.value) == str(direct.value)  # the backend layer's own message
+    with pytest.raises(NotFittedError):  # the failed fit left no fitted state behind
+        est.predict(np.zeros((1, 2)))
 
 
 def test_dtype_policy(digits):
