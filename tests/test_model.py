@@ -84,6 +84,17 @@ class _Recorder(mlpx.Callback):
         self.logs.append(dict(logs))
 
 
+def test_multi_output_r2_against_sklearn() -> None:
+    from sklearn.metrics import r2_score
+
+    X, _ = _blobs()
+    T = np.stack([X @ np.array([1.0, -2.0, 0.5, 0.0]), np.sin(X[:, 1])], axis=1)
+    model = mlpx.MLP([4, 6, 2], output="identity", dtype="float64", seed=0)
+    model.fit(X, T, epochs=3)
+    assert model.predict(X).shape == (len(X), 2)
+    assert model.evaluate(X, T)["r2"] == pytest.approx(r2_score(T, model.predict(X)), rel=1e-10)
+
+
 def test_early_stopping_restores_the_best_weights(backend) -> None:
     X, y = _blobs(n=60, seed=2)
     Xv, yv = _blobs(n=60, seed=3)
