@@ -62,12 +62,12 @@ def markdown(doc: dict[str, Any], plot_files: dict[str, str], plot_note: str | N
         ["not installed", ", ".join(k for k, val in v.items() if not val) or "—"],
         ["git", f"{m['git'].get('commit')}" + (" (engine modified)" if m["git"].get("engine_modified") else "")],
     ])
-    busy = [k for k in ("busy_probe_start", "busy_probe_end") if (m.get(k) or {}).get("busy")]
+    busy = [p for p in m.get("busy_probes", []) if p.get("busy")]
     if busy:
         t = doc["config"]["threads"]
-        probes = ", ".join(
-            f"{k.split('_')[-1]}: {1e3 * m[k]['gemm256_1t_s']:.2f} ms on 1 thread, {1e3 * m[k][f'gemm256_{t}t_s']:.2f} ms on {t}"
-            for k in busy)
+        probes = "; ".join(
+            f"{p['when']}: {1e3 * p['gemm256_1t_s']:.2f} ms on 1 thread, {1e3 * p[f'gemm256_{t}t_s']:.2f} ms on {t}"
+            for p in busy)
         L += [f"**Warning: the CPU was shared with other work during this run** (256³ GEMM probe, {probes}). "
               "Multi-threaded timings wait for scheduler time slices and are unreliable; re-run on a quiet machine.", ""]
     L += ["Times are medians over repeats, with [min–max]. Ratios are time ratios (< 1: the first is faster).", ""]
@@ -238,7 +238,7 @@ def _scaling(s: dict[str, Any], plots: dict[str, str]) -> list[str]:
             L += _skip_line(f"scaling {dev}", part)
             continue
         for curve, head in (("batch", "batch (784-512-512-10)"), ("width", "width w (784-w-w-10)")):
-            recs = [r for r in part["records"] if r["curve"] == curve]
+            recs = [r for r in part["records"] if r["curve"] == curve and r["status"] == "ok"]
             if not recs:
                 continue
             L += [f"### {dev}: step time against {head}", ""]
@@ -321,7 +321,7 @@ def _plot_scaling(plt: Any, s: dict[str, Any]) -> Any:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, curve, xlabel in ((axes[0], "batch", "batch size (784-512-512-10)"), (axes[1], "width", "width w (784-w-w-10)")):
         for i, (dev, part) in enumerate(parts):
-            recs = sorted((r for r in part["records"] if r["curve"] == curve), key=lambda r: r["x"])
+            recs = sorted((r for r in part["records"] if r["curve"] == curve and r["status"] == "ok"), key=lambda r: r["x"])
             if not recs:
                 continue
             xs = [r["x"] for r in recs]

@@ -71,7 +71,7 @@ def run_suite(
     t0 = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     machine = machine_info(argv)
-    machine["busy_probe_start"] = busy_probe(cfg.threads)
+    probes = [{"when": "start", **busy_probe(cfg.threads)}]
     gpu_reason = _gpu_reason(cfg)
     ctx = Context(cfg=cfg, gpu_reason=gpu_reason, progress=Progress(0, enabled=False))
     total = sum(_RUNNERS[s][0](ctx) for s in SECTIONS if s in cfg.sections)
@@ -90,10 +90,12 @@ def run_suite(
                 ctx.progress.note(f"section {name} failed: {exc}\n{tb}")
                 sections[name] = {"status": "error", "reason": f"{type(exc).__name__}: {exc}"[:500]}
             sections[name]["wall_s"] = max(time.perf_counter() - t1, 1e-9)
+            probes.append({"when": f"after {name}", **busy_probe(cfg.threads)})
     finally:
         ctx.progress.close()
     machine["load_avg_end"] = loadavg()
-    machine["busy_probe_end"] = busy_probe(cfg.threads)
+    machine["busy_probes"] = probes
+    machine["busy"] = any(p["busy"] for p in probes)
     doc: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "suite": "mlpx-benchmarks",

@@ -85,8 +85,14 @@ def scaling_section(ctx: Context) -> dict[str, Any]:
         records = []
         for curve, sizes, batch, x in points(ctx.cfg):
             ctx.progress.step(f"scaling {device} {'-'.join(map(str, sizes))} batch {batch}")
-            with blas_threads(threads):
-                res = _point(ctx, device, sizes, batch)
+            try:
+                with blas_threads(threads):
+                    res = _point(ctx, device, sizes, batch)
+            except Exception as exc:  # e.g. a GPU failure: keep the other device's curves
+                records.append({"key": f"scaling/{device}/{curve}/{x}", "status": "error", "device": device,
+                                "curve": curve, "x": x, "reason": f"{type(exc).__name__}: {exc}"[:300]})
+                ctx.progress.note(f"scaling {device} {curve} {x}: error: {exc}")
+                continue
             flops = float(sum(2.0 * s["m"] * s["n"] * s["k"] for s in step_shapes(sizes, batch)))
             rec = {
                 "key": f"scaling/{device}/{curve}/{x}",
@@ -105,6 +111,8 @@ def scaling_section(ctx: Context) -> dict[str, Any]:
             if peak:
                 rec["floor_s"] = flops / peak
             records.append(rec)
-        parts[device] = {"status": "ok", "reason": None, "records": records}
+        ok = [r for r in records if r["status"] == "ok"]
+        bad = [r["reason"] for r in records if r["status"] != "ok"]
+        parts[device] = {"status": "ok" if ok else "error", "reason": bad[0] if bad else None, "records": records}
     status = "ok" if any(p["status"] == "ok" for p in parts.values()) else "skipped"
     return {"status": status, "reason": None, "parts": parts}

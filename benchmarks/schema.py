@@ -14,7 +14,8 @@ Top level::
                     {numpy, scipy, scikit-learn, torch, cupy, ...: str or null}, gpu (null or
                     {name, memory_gib, compute_capability, cuda_runtime, ...}), date, command, git,
                     load_avg_start / load_avg_end (1/5/15-minute load: other work skews timings),
-                    busy_probe_start / busy_probe_end {gemm256_1t_s, gemm256_<N>t_s, busy}
+                    busy_probes [{when ("start", "after <section>"), gemm256_1t_s, gemm256_<N>t_s,
+                    busy}], busy (any probe saw the N-thread GEMM > 3x slower than 1 thread)
     config          the mode's sizes (benchmarks.config.Config as a dict)
     started_at      ISO date;  wall_s  seconds for the whole run
     gpu_status      {"used": bool, "reason": null or why not ("no CUDA device", "--backend cpu")}

@@ -215,3 +215,128 @@ def test_only_and_backend_select_sections(tmp_path):
     assert doc["sections"]["transfer"]["status"] == "skipped"
     assert doc["gpu_status"]["reason"] == "--backend cpu"
     assert validate(doc) == []
+
+
+# ---------------------------------------------------------------------------
+# The GPU code paths, exercised on a NumPy stand-in for CuPy. This checks the
+# suite's own GPU plumbing (operands, checks, CUDA-event timing, TF32 switch,
+# transfers, crossover, skips for unsupported dtypes) on machines without a GPU;
+# it says nothing about GPU speed, and the engine's CUDA kernels are not involved.
+class _FakeArray(np.ndarray):
+    def set(self, host):
+        np.copyto(np.asarray(self).view(np.ndarray), host)
+
+    def get(self, out=None):
+        if out is None:
+            return np.array(self).view(np.ndarray)
+        np.copyto(out, self)
+        return out
+
+
+def _fake_cupy():
+    import time
+    import types
+
+    def wrap(a):
+        return np.asarray(a).view(_FakeArray)
+
+    class Device:
+        def __init__(self, i=0):
+            self.id = i
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def synchronize(self):
+            pass
+
+    class Event:
+        def record(self, stream=None):
+            self.t = time.perf_counter()
+
+        def synchronize(self):
+            pass
+
+    class RandomState:
+        def __init__(self, seed):
+            self.rng = np.random.default_rng(seed)
+
+        def standard_normal(self, size, dtype=np.float64):
+            return wrap(self.rng.standard_normal(size, dtype=dtype))
+
+    compute = {"float32": 1}
+    cp = types.ModuleType("cupy")
+    cp.__version__ = "0.0-fake"
+    cp.ndarray = _FakeArray
+    cp.float32, cp.float64 = np.float32, np.float64
+    cp.empty = lambda shape, dtype=np.float32: wrap(np.empty(shape, dtype))
+    cp.zeros = lambda shape, dtype=np.float32: wrap(np.zeros(shape, dtype))
+    cp.asarray = lambda x, dtype=None: wrap(np.asarray(x, dtype))
+    cp.asnumpy = lambda x: np.array(x).view(np.ndarray)
+    cp.matmul = lambda a, b, out=None: np.matmul(a, b, out=out)
+    cp.random = types.SimpleNamespace(RandomState=RandomState)
+    runtime = types.SimpleNamespace(
+        getDeviceCount=lambda: 1,
+        getDeviceProperties=lambda i: {"name": b"Fake GPU", "totalGlobalMem": 2**34, "major": 9, "minor": 0,
+                                       "multiProcessorCount": 1},
+        runtimeGetVersion=lambda: 12000,
+        driverGetVersion=lambda: 12000,
+    )
+    stream = types.SimpleNamespace(synchronize=lambda: None)
+    cp.cuda = types.SimpleNamespace(
+        runtime=runtime, Device=Device, Event=Event, get_current_stream=lambda: stream,
+        get_elapsed_time=lambda a, b: max((b.t - a.t) * 1e3, 1e-6),
+        cublas=types.SimpleNamespace(), device=types.SimpleNamespace(),
+    )
+    core = types.ModuleType("cupy._core")
+    core.get_compute_type = lambda dt: compute["float32"]
+    core.set_compute_type = lambda dt, ct: compute.__setitem__("float32", ct)
+    linalg = types.ModuleType("cupy._core._routines_linalg")
+    linalg.COMPUTE_TYPE_TF32 = 7
+    cp._core = core
+    cupyx = types.ModuleType("cupyx")
+    cupyx.empty_pinned = lambda shape, dtype=np.float32: np.empty(shape, dtype)
+    return {"cupy": cp, "cupy._core": core, "cupy._core._routines_linalg": linalg, "cupyx": cupyx}, compute
+
+
+def test_gpu_code_paths_on_a_numpy_stand_in(monkeypatch):
+    import sys
+
+    import mlpx.backends as B
+    from benchmarks import make_config, run_suite
+    from benchmarks.config import Workload
+    from benchmarks.context import Context, Progress
+    from benchmarks.train import _floor
+
+    mods, compute = _fake_cupy()
+    for name, mod in mods.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)  # bfloat16 unsupported here: must be skipped, not crash
+    monkeypatch.setattr(B, "_GPU_CACHE", {})
+    cfg = make_config("tiny", sections=("gemm", "transfer"), gemm_gpu_dtypes=("float32", "tf32", "float16", "bfloat16"))
+    doc = run_suite(cfg, progress=False, write=False)
+    assert doc["gpu_status"] == {"used": True, "reason": None}
+    assert doc["machine"]["gpu"]["name"] == "Fake GPU"
+    g = doc["sections"]["gemm"]
+    assert g["status"] == "ok", g
+    recs = g["parts"]["gpu"]["records"]
+    by_dtype = {r["dtype"]: r for r in recs if r["kind"] == "square"}
+    for dt in ("float32", "tf32", "float16"):
+        assert by_dtype[dt]["status"] == "ok" and by_dtype[dt]["verify"]["ok"], by_dtype[dt]
+        assert by_dtype[dt]["threads"] is None
+    assert by_dtype["bfloat16"]["status"] == "skipped" and "bfloat16" in by_dtype["bfloat16"]["reason"]
+    assert compute["float32"] == 1  # the TF32 compute type was restored after use
+    assert g["crossover"]["status"] == "ok" and len(g["crossover"]["records"]) == len(cfg.crossover_batches)
+    t = doc["sections"]["transfer"]
+    assert t["status"] == "ok"
+    kinds = {(r["direction"], r["memory"]) for r in t["parts"]["gpu"]["records"]}
+    assert kinds == {("h2d", "pageable"), ("h2d", "pinned"), ("d2h", "pageable"), ("d2h", "pinned")}
+    assert validate(doc) == []
+    # the train section's GPU floor: peak from the gemm records, GEMMs alone timed on the device
+    ctx = Context(cfg=cfg, gpu_reason=None, progress=Progress(0, enabled=False))
+    wl = Workload("digits", (64, 128, 64, 32, 10), 64, "digits", 150, 10, 1, 1)
+    fl = _floor(ctx, wl, 150, "gpu")
+    assert fl["status"] == "ok" and fl["floor_s_per_epoch"] > 0 and fl["gemms_alone_s_per_epoch"] > 0
