@@ -138,7 +138,9 @@ _BIAS_ACT_CUDA: dict[str, Any] = {}
 
 @bias_activation.register("cupy")
 def _bias_activation_cupy(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> Array:
-    if act.cuda_forward is None:  # softmax is row-wise: no elementwise expression
+    if act.cuda_forward is None or out is not Z:
+        # softmax is row-wise: no elementwise expression. With a separate out (gelu,
+        # whose g' reads Z), Z must keep Z + b, which the one-launch kernel does not write.
         return _bias_activation_np(xp, Z, b, act, out)
     k = _BIAS_ACT_CUDA.get(act.name)
     if k is None:
