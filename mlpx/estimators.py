@@ -309,7 +309,6 @@ class _BaseMLP(BaseEstimator):
         "backend": [str, Backend],
         "dtype": [StrOptions({"float32", "float64"}), type, np.dtype, None],
     }
-    _loss_name = "log_loss"
 
     # ------------------------------------------------------------ plumbing
     def _get_backend(self) -> Backend:
