@@ -242,6 +242,12 @@ class StepGemms:
         self.shapes = step_shapes(sizes, batch)
         with be.activated():
             self.ops = [_Operands(be, s, dtype, seed=i) for i, s in enumerate(self.shapes)]
+            # Every timed product is checked once against the float64 reference first.
+            checks = [_check(op, dtype) for op in self.ops]
+        bad = [(s, c) for s, c in zip(self.shapes, checks) if not c["ok"]]
+        if bad:
+            raise RuntimeError(f"GEMM differs from the float64 reference: {bad[0]}")
+        self.max_rel_error = max(c["max_rel_error"] for c in checks)
         self.flops = float(sum(2.0 * s["m"] * s["n"] * s["k"] for s in self.shapes))
 
     def __call__(self) -> None:

@@ -308,6 +308,7 @@ def _plot_train(plt: Any, s: dict[str, Any]) -> Any:
                 color=["C0" if r["name"].startswith("mlpx") else "C7" for r in recs])
         ax.invert_yaxis()
         ax.set_xlabel("samples/s (higher is better)")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(nbins=4))
         ax.set_title(f"{wl['name']} (batch {wl['batch']})", fontsize=10)
         ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
