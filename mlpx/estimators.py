@@ -69,7 +69,6 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state, column_or_1d, gen_batches
-from sklearn.utils import shuffle as sk_shuffle
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
@@ -538,6 +537,7 @@ class _BaseMLP(BaseEstimator):
         val_X = None if X_val is None else self._device_X(be, rt.dtype, X_val)
         n_samples = data.n
         sample_idx = np.arange(n_samples, dtype=int)
+        identity, order, perm = sample_idx.copy(), np.empty_like(sample_idx), np.empty_like(sample_idx)
         if self.batch_size == "auto":
             batch_size = min(200, n_samples)
         else:
@@ -556,7 +556,12 @@ class _BaseMLP(BaseEstimator):
             self.n_iter_ = 0
             for _ in range(self.max_iter):
                 if self.shuffle:
-                    sample_idx = sk_shuffle(sample_idx, random_state=self._random_state)
+                    # sklearn.utils.shuffle(sample_idx, random_state) draws exactly this
+                    # (arange, RandomState.shuffle, gather) without its validation overhead.
+                    np.copyto(perm, identity)
+                    self._random_state.shuffle(perm)
+                    np.take(sample_idx, perm, out=order)
+                    sample_idx, order = order, sample_idx
                     data.set_order(sample_idx)
                 total = None
                 for a, b in batches:
