@@ -353,3 +353,19 @@ def test_warm_start_early_stopping_keeps_best_weights():
     assert max(est.validation_scores_[len(scores):]) <= max(scores)  # no improvement
     for a, b in zip(est.coefs_, best):
         np.testing.assert_array_equal(a, b)
+
+
+def test_changing_backend_after_fit_moves_model_and_optimizer_state(digits):
+    """set_params(backend=...) on a fitted estimator: predictions and continued
+    partial_fit (optimizer state moved along) still follow scikit-learn."""
+    X, y = digits
+    X, y = X[:300], y[:300]
+    params = dict(hidden_layer_sizes=(16,), solver="sgd", learning_rate_init=0.05, random_state=0)
+    ours, theirs = MLPClassifier(**params), SkClassifier(**params)
+    for est in (ours, theirs):
+        est.partial_fit(X, y, classes=np.arange(10))
+    ours.set_params(backend="array_api_strict")
+    np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), rtol=1e-9)
+    ours.partial_fit(X, y)
+    theirs.partial_fit(X, y)
+    _same_params(ours, theirs, rtol=1e-9, atol=1e-12)
