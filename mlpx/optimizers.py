@@ -461,8 +461,17 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": Ada
 
 
 def get_optimizer(spec: str | Optimizer, **kwargs: Any) -> Optimizer:
-    """An optimizer from a name (with keyword settings) or an instance."""
+    """An optimizer from a name (with keyword settings) or an instance.
+
+    Settings given with an instance are an error, not silently dropped: configure
+    the instance itself (``Adam(lr=0.01)``).
+    """
     if isinstance(spec, Optimizer):
+        if kwargs:
+            raise ValueError(
+                f"settings {sorted(kwargs)} were given with an optimizer instance {spec!r}; "
+                f"set them on the instance instead, e.g. {type(spec).__name__}(lr=...)"
+            )
         return spec
     key = str(spec).lower()
     if key not in OPTIMIZERS:

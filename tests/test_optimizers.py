@@ -249,3 +249,16 @@ def test_one_fit_epoch_with_sgd_is_the_formula() -> None:
     names = ["0.W", "0.b", "1.W", "1.b"]
     for w0, w1, k in zip(before, model.get_weights(), names):
         np.testing.assert_allclose(w1, w0 - 0.3 * g[k], rtol=1e-12, atol=1e-15, err_msg=k)
+
+
+def test_settings_with_an_optimizer_instance_are_rejected_not_dropped():
+    import numpy as np
+
+    import mlpx
+
+    model = mlpx.MLP([3, 4, 2], seed=0)
+    before = model.get_flat_params()
+    X = np.zeros((4, 3))
+    with pytest.raises(ValueError, match="optimizer instance"):
+        model.fit(X, [0, 1, 0, 1], optimizer=mlpx.Adam(lr=0.1), lr=0.5)
+    np.testing.assert_array_equal(model.get_flat_params(), before)
