@@ -74,10 +74,19 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from mlpx.backends import Backend, NumpyBackend, get_backend
-from mlpx.layers import Dense
+from mlpx._estimator_runtime import (
+    _DeviceData,
+    _glorot_draws,
+    _is_device_array,
+    _is_sparse_device,
+    _rows,
+    _Runtime,
+    _densify,
+    _sparse_to_backend,
+    _to_host,
+)
+from mlpx.backends import Backend, get_backend
 from mlpx.losses import get_loss
-from mlpx.model import Sequential
 from mlpx.optimizers import SGD, Adam, Optimizer
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
@@ -88,193 +97,6 @@ _CHUNK = 8192  # rows per forward pass in predict / full-batch L-BFGS with spars
 # The loss paired with each output activation (its canonical link).
 _OUTPUT_LOSS = {"softmax": "cross_entropy", "logistic": "binary_cross_entropy",
                 "identity": "squared_error", "exp": "poisson"}
-
-
-# ---------------------------------------------------------------- helpers
-def _is_device_array(x: Any) -> bool:
-    """A CuPy array or cupyx sparse matrix (data the caller already put on a GPU)."""
-    return type(x).__module__.split(".")[0] in ("cupy", "cupyx")
-
-
-def _to_host(x: Any) -> Any:
-    if _is_device_array(x):
-        return x.get()
-    return x
-
-
-def _glorot_draws(rng: np.random.RandomState, layer_units: list[int], activation: str
-                  ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Initial ``coefs_``/``intercepts_`` drawn exactly as scikit-learn's ``_init_coef``.
-
-    scikit-learn uses the *hidden* activation's factor (2 for logistic, else 6) on
-    every layer, the output layer included, and draws W then b per layer.
-    """
-    factor = 2.0 if activation == "logistic" else 6.0
-    coefs, intercepts = [], []
-    for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:]):
-        bound = np.sqrt(factor / (fan_in + fan_out))
-        coefs.append(rng.uniform(-bound, bound, (fan_in, fan_out)))
-        intercepts.append(rng.uniform(-bound, bound, fan_out))
-    return coefs, intercepts
-
-
-class _Runtime:
-    """What lives on the backend between calls: the network and the optimizer.
-
-    Not pickled as such: :meth:`to_host` turns it into host arrays, from which the
-    estimator rebuilds it (on whatever backend it is then asked for).
-    """
-
-    def __init__(self, be: Backend, dtype: str, layer_units: list[int], activation: str,
-                 out_activation: str) -> None:
-        self.be, self.dtype = be, dtype
-        layers = [
-            Dense(a, b, activation=out_activation if i == len(layer_units) - 2 else activation)
-            for i, (a, b) in enumerate(zip(layer_units[:-1], layer_units[1:]))
-        ]
-        self.model = Sequential(layers, backend=be, dtype=dtype, seed=0)
-        self.optimizer: Optimizer | None = None
-        self.best: Array | None = None  # device copy of the best parameters (early stopping)
-
-    def push(self, coefs: list[np.ndarray], intercepts: list[np.ndarray]) -> None:
-        """Copy host ``coefs``/``intercepts`` into the flat device buffer (one transfer)."""
-        model = self.model
-        shapes = [s[2] for s in model._slots]
-        arrays = list(coefs) + list(intercepts)
-        if len(arrays) != len(shapes) or any(np.shape(a) != s for a, s in zip(arrays, shapes)):
-            raise ValueError(
-                "coefs_/intercepts_ do not match the network's layer sizes "
-                f"{[s for s in shapes[: len(shapes) // 2]]}; assign arrays of the same shapes"
-            )
-        flat = np.concatenate([np.ravel(a) for a in arrays])
-        self.set_flat(flat)
-
-    def set_flat(self, flat: np.ndarray) -> None:
-        be = self.be
-        be.copy(be.asarray(np.asarray(flat, dtype=self.dtype), dtype=self.dtype), self.model.params)
-
-    def pull(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Host copies of the parameters as scikit-learn's ``coefs_``, ``intercepts_``."""
-        flat = np.array(self.be.to_numpy(self.model.params), copy=True)
-        arrays = [flat[a:b].reshape(shape) for _i, _n, shape, a, b in self.model._slots]
-        half = len(arrays) // 2
-        return arrays[:half], arrays[half:]
-
-    def to_host(self) -> dict[str, Any]:
-        be = self.be
-        state: dict[str, Any] = {"dtype": self.dtype, "optimizer": None, "best": None}
-        if self.best is not None:
-            state["best"] = np.array(be.to_numpy(self.best), copy=True)
-        opt = self.optimizer
-        if opt is not None:
-            names = ("velocity",) if isinstance(opt, SGD) else ("m", "v")
-            arrays = {k: np.array(be.to_numpy(getattr(opt, k)), copy=True)
-                      for k in names if getattr(opt, "_bound", None) is not None}
-            state["optimizer"] = {"class": type(opt), "config": opt.get_config(), "lr": opt.lr,
-                                  "t": opt.t, "momentum": getattr(opt, "momentum", None),
-                                  "arrays": arrays}
-        return state
-
-    def restore(self, state: dict[str, Any]) -> None:
-        be, model = self.be, self.model
-        if state.get("best") is not None:
-            self.best = be.asarray(state["best"].astype(self.dtype), dtype=self.dtype)
-        o = state.get("optimizer")
-        if o is not None:
-            config = dict(o["config"])
-            if o["class"] is SGD:
-                config["momentum"] = 0.0  # sklearn allows momentum=1, the engine's check does not
-            opt = o["class"](**config)
-            if o["momentum"] is not None:
-                opt.momentum = o["momentum"]
-            opt.lr, opt.t = o["lr"], o["t"]
-            if o["arrays"]:
-                opt.bind(be, model.params, model.grads, model.n_weights)
-                for k, v in o["arrays"].items():
-                    be.copy(be.asarray(v.astype(self.dtype), dtype=self.dtype), getattr(opt, k))
-            self.optimizer = opt
-
-
-class _DeviceData:
-    """A training set on the backend, cut into minibatches there.
-
-    ``X`` is dense (a device array) or sparse (scipy / cupyx CSR on the backend);
-    ``Y`` dense ``(n, n_outputs)``; ``w`` optional ``(n,)``. Gather buffers are
-    allocated once per minibatch length (at most two: the full and the last one).
-    """
-
-    def __init__(self, be: Backend, dtype: str, X: Any, Y: np.ndarray, w: np.ndarray | None
-                 ) -> None:
-        self.be, self.dtype = be, dtype
-        self.n = X.shape[0]
-        self.sparse = sp.issparse(X) or _is_sparse_device(X)
-        self.X = _sparse_to_backend(be, X, dtype) if self.sparse else be.asarray(X, dtype=dtype)
-        self.Y = be.asarray(np.asarray(Y), dtype=dtype) if not _is_device_array(Y) else Y.astype(dtype)
-        self.w_host = w
-        self.w = None if w is None else be.asarray(np.asarray(w), dtype=dtype)
-        self._buf: dict[tuple[str, int], Array] = {}
-        self.idx = None  # device index vector of the current epoch
-        self.idx_host: np.ndarray | None = None
-
-    def set_order(self, idx: np.ndarray | None) -> None:
-        """The epoch's sample order (host ints), moved to the device in one transfer."""
-        self.idx_host = idx
-        self.idx = None if idx is None else self.be.asarray(idx)
-
-    def _buffer(self, tag: str, shape: tuple[int, ...]) -> Array:
-        key = (tag, shape[0])
-        buf = self._buf.get(key)
-        if buf is None:
-            buf = self._buf[key] = self.be.empty(shape, self.dtype)
-        return buf
-
-    def batch(self, a: int, b: int) -> tuple[Array, Array, Array | None]:
-        """Rows ``a:b`` of the current order: ``(X_batch, Y_batch, w_batch)`` on the device."""
-        be, nb = self.be, b - a
-        if self.idx is None:  # no shuffling: contiguous slices are views
-            # (a:b, ...) rather than a:b: the Array API (array-api-strict) wants every axis
-            Xb = _densify(be, self.X[a:b], self.dtype) if self.sparse else self.X[a:b, ...]
-            return Xb, self.Y[a:b, ...], None if self.w is None else self.w[a:b]
-        ib = self.idx[a:b]
-        if self.sparse:
-            # scipy.sparse rows are taken with host indices, cupyx rows with device ones
-            rows = self.X[ib] if be.is_gpu else self.X[self.idx_host[a:b]]
-            Xb = _densify(be, rows, self.dtype)
-        else:
-            Xb = be.take_rows(self.X, ib, out=self._buffer("X", (nb, self.X.shape[1])))
-        Yb = be.take_rows(self.Y, ib, out=self._buffer("Y", (nb, self.Y.shape[1])))
-        wb = None if self.w is None else be.take_rows(self.w, ib, out=self._buffer("w", (nb,)))
-        return Xb, Yb, wb
-
-    def denom(self, a: int, b: int) -> float:
-        """scikit-learn's per-batch normaliser: the batch size, or the batch's Σ w (host)."""
-        if self.w_host is None:
-            return float(b - a)
-        w = self.w_host[a:b] if self.idx_host is None else self.w_host[self.idx_host[a:b]]
-        return float(w.sum())
-
-
-def _is_sparse_device(X: Any) -> bool:
-    return type(X).__module__.startswith("cupyx.scipy.sparse")
-
-
-def _sparse_to_backend(be: Backend, X: Any, dtype: str) -> Any:
-    """CSR on the backend: scipy.sparse on the host backends, cupyx on the GPU."""
-    if be.is_gpu:
-        import cupyx.scipy.sparse as csp
-
-        with be.activated():
-            X = X if _is_sparse_device(X) else csp.csr_matrix(sp.csr_matrix(X))
-            return X.tocsr().astype(dtype)
-    if _is_sparse_device(X):
-        X = X.get()
-    return sp.csr_matrix(X).astype(dtype)
-
-
-def _densify(be: Backend, Xs: Any, dtype: str) -> Array:
-    """Dense device rows from a sparse block (the sparse path's per-batch cost)."""
-    D = Xs.toarray()  # NumPy for scipy.sparse, CuPy for cupyx: already on the device
-    return D if be.is_gpu or isinstance(be, NumpyBackend) else be.asarray(D, dtype=dtype)
 
 
 # ------------------------------------------------------------------- base
@@ -752,15 +574,6 @@ class _BaseMLP(BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
         return tags
-
-
-def _rows(X: Any, idx: np.ndarray) -> Any:
-    """Rows of host dense/sparse or device data by host indices."""
-    if _is_device_array(X):
-        import cupy
-
-        return X[cupy.asarray(idx)]
-    return X[idx]
 
 
 # ------------------------------------------------------------- classifier
