@@ -1,8 +1,11 @@
 """Lazily compiled CPU loops (numba), an optional accelerator for the NumPy backend.
 
-NumPy runs every elementwise operation on one thread and makes one pass over memory
-per ufunc; an Adam step over the flat parameter buffer is a dozen such passes. A
-numba ``prange`` loop does the whole update in one pass on every core. numba is an
+NumPy makes one pass over memory, and one Python-level call, per ufunc; a bias add
+followed by a ReLU is two passes plus a boolean temporary in the backward pass, and a
+softmax cross-entropy about ten calls. On the small matrices of an MLP step those
+calls, not the arithmetic, are the cost; a compiled loop does each in one. Only
+operations where the loop measured faster than NumPy get one (NumPy's SIMD ``exp``
+and ``tanh`` beat numba's scalar ones, so those stay with NumPy). numba is an
 optional dependency (``pip install "mlpx[fast]"``): without it, or with the
 environment variable ``MLPX_NUMBA=0``, the NumPy variants run instead.
 
@@ -14,12 +17,9 @@ the CPU never pays for it.
 from __future__ import annotations
 
 import os
-import types
 from typing import Any, Callable
 
-__all__ = ["lazy_njit", "numba_enabled", "prange"]
-
-prange = range  # rebound to numba.prange inside compiled loops
+__all__ = ["lazy_njit", "numba_enabled"]
 
 _ENABLED: bool | None = None
 
@@ -40,44 +40,24 @@ def numba_enabled() -> bool:
     return _ENABLED
 
 
-PARALLEL_MIN_SIZE = 1 << 15  # below this many elements, waking threads costs more than it saves
-
-
-def lazy_njit(parallel: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def lazy_njit(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Decorator: compile ``fn`` with ``numba.njit`` on its first call.
 
     ``fastmath`` stays off so the loop performs the same IEEE operations, in the same
-    order, as the NumPy definition it replaces (results agree to the last bit or two).
-
-    Write the loop with ``prange`` (import it from this module): it is plain
-    ``range`` for Python, and is rebound to ``numba.prange`` when compiling, so the
-    module defining the loop never imports numba itself. With ``parallel=True`` a
-    serial build is kept too and used when the first argument has fewer than
-    :data:`PARALLEL_MIN_SIZE` elements (an MLP on small batches lives there).
+    order, as the NumPy definition it replaces. Loops are serial: on a 2-core machine
+    numba's parallel loops lost to NumPy whenever OpenBLAS's threads (which spin for a
+    while after each product) or another process held a core, by up to 10x.
     """
+    compiled: list[Any] = []
 
-    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        compiled: dict[bool, Any] = {}
-
-        def build(par: bool) -> Any:
+    def call(*args: Any) -> Any:
+        if not compiled:
             import numba
 
-            glb = {**fn.__globals__, "prange": numba.prange if par else range}
-            src = types.FunctionType(fn.__code__, glb, fn.__name__, fn.__defaults__, fn.__closure__)
-            # distinct names keep the parallel and serial builds apart in numba's disk cache
-            src.__qualname__ = f"{fn.__qualname__}_{'parallel' if par else 'serial'}"
-            return numba.njit(parallel=par, fastmath=False, cache=True)(src)
+            compiled.append(numba.njit(fastmath=False, cache=True)(fn))
+        return compiled[0](*args)
 
-        def call(*args: Any) -> Any:
-            par = parallel and args[0].size >= PARALLEL_MIN_SIZE
-            f = compiled.get(par)
-            if f is None:
-                f = compiled[par] = build(par)
-            return f(*args)
-
-        call.__name__ = fn.__name__
-        call.__doc__ = fn.__doc__
-        call.py_func = fn  # type: ignore[attr-defined]
-        return call
-
-    return deco
+    call.__name__ = fn.__name__
+    call.__doc__ = fn.__doc__
+    call.py_func = fn  # type: ignore[attr-defined]
+    return call

@@ -30,11 +30,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-
 from mlpx.backends import Kernel, kernel
 from mlpx.backends.cuda import lazy_elementwise
-from mlpx.backends.jit import lazy_njit, prange
+from mlpx.backends.jit import lazy_njit
 
 __all__ = ["ACTIVATIONS", "Activation", "get_activation"]
 
@@ -307,28 +305,12 @@ def _gelu_backward_cupy(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> A
 
 
 # ------------------------------------------------------ numba variants
-# One pass, no boolean temporaries; multi-threaded on large batches.
-@lazy_njit()
+# One pass, no boolean temporary (NumPy's exp/tanh are faster than numba's: kept).
+@lazy_njit
 def _relu_backward_loop(dH, H, out):  # pragma: no cover - compiled
-    for i in prange(dH.shape[0]):
+    for i in range(dH.shape[0]):
         for j in range(dH.shape[1]):
             out[i, j] = dH[i, j] if H[i, j] > 0 else dH[i, j] * 0
-
-
-@lazy_njit()
-def _tanh_backward_loop(dH, H, out):  # pragma: no cover - compiled
-    for i in prange(dH.shape[0]):
-        for j in range(dH.shape[1]):
-            h = H[i, j]
-            out[i, j] = dH[i, j] * (1 - h * h)
-
-
-@lazy_njit()
-def _logistic_backward_loop(dH, H, out):  # pragma: no cover - compiled
-    for i in prange(dH.shape[0]):
-        for j in range(dH.shape[1]):
-            h = H[i, j]
-            out[i, j] = dH[i, j] * h * (1 - h)
 
 
 def _numba_backward_from_output(loop: Any) -> Any:
@@ -340,8 +322,6 @@ def _numba_backward_from_output(loop: Any) -> Any:
 
 
 relu_backward.register("numba")(_numba_backward_from_output(_relu_backward_loop))
-tanh_backward.register("numba")(_numba_backward_from_output(_tanh_backward_loop))
-logistic_backward.register("numba")(_numba_backward_from_output(_logistic_backward_loop))
 
 
 ACTIVATIONS: dict[str, Activation] = {

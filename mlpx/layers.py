@@ -30,7 +30,7 @@ import numpy as np
 from mlpx.activations import Activation, get_activation
 from mlpx.backends import Backend, kernel
 from mlpx.backends.cuda import lazy_elementwise
-from mlpx.backends.jit import lazy_njit, prange
+from mlpx.backends.jit import lazy_njit
 from mlpx.initializers import get_initializer
 
 __all__ = [
@@ -82,43 +82,25 @@ def _bias_activation_np(xp: Any, Z: Array, b: Array, act: Activation, out: Array
     return act.forward_kernel.resolve(("numpy",))(xp, Z, out)
 
 
-# numba: bias and activation in one pass over Z (NumPy needs two, each single-threaded).
-@lazy_njit()
+# numba: bias and activation in one pass over Z (NumPy needs two calls and passes).
+@lazy_njit
 def _bias_relu_loop(Z, b, out):  # pragma: no cover - compiled
-    for i in prange(Z.shape[0]):
+    for i in range(Z.shape[0]):
         for j in range(Z.shape[1]):
             x = Z[i, j] + b[j]
             out[i, j] = x if x > 0 else x * 0
 
 
-@lazy_njit()
+@lazy_njit
 def _bias_identity_loop(Z, b, out):  # pragma: no cover - compiled
-    for i in prange(Z.shape[0]):
+    for i in range(Z.shape[0]):
         for j in range(Z.shape[1]):
             out[i, j] = Z[i, j] + b[j]
-
-
-@lazy_njit()
-def _bias_tanh_loop(Z, b, out):  # pragma: no cover - compiled
-    for i in prange(Z.shape[0]):
-        for j in range(Z.shape[1]):
-            out[i, j] = np.tanh(Z[i, j] + b[j])
-
-
-@lazy_njit()
-def _bias_logistic_loop(Z, b, out):  # pragma: no cover - compiled
-    for i in prange(Z.shape[0]):
-        for j in range(Z.shape[1]):
-            x = Z[i, j] + b[j]
-            e = np.exp(-np.abs(x))
-            out[i, j] = 1 / (1 + e) if x >= 0 else e / (1 + e)
 
 
 _BIAS_ACT_NUMBA = {
     "relu": _bias_relu_loop,
     "identity": _bias_identity_loop,
-    "tanh": _bias_tanh_loop,
-    "logistic": _bias_logistic_loop,
 }
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from mlpx.backends import kernel
 from mlpx.backends.cuda import lazy_elementwise
-from mlpx.backends.jit import lazy_njit, prange
+from mlpx.backends.jit import lazy_njit
 
 __all__ = ["LOSSES", "OUTPUT_LOSS", "Loss", "get_loss"]
 
@@ -131,10 +131,10 @@ def _cross_entropy_cupy(
 
 
 # numba: the same row loop on the CPU, one pass instead of about ten NumPy calls.
-@lazy_njit()
+@lazy_njit
 def _cross_entropy_loop(Z, Y, dZ, w, inv_d, has_w, has_dz, loss_row):  # pragma: no cover
     n, k = Z.shape
-    for i in prange(n):
+    for i in range(n):
         m = Z[i, 0]
         for j in range(1, k):
             if Z[i, j] > m:

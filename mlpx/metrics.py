@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from mlpx.backends import kernel
-from mlpx.backends.jit import lazy_njit, prange
+from mlpx.backends.jit import lazy_njit
 
 __all__ = ["correct_count", "r2_score"]
 
@@ -28,11 +28,11 @@ def correct_count(xp: Any, Z: Array, Y: Array, output: str) -> Array:
     return xp.sum(xp.astype(hit, Z.dtype))
 
 
-@lazy_njit(parallel=False)  # a few thousand elements a step: threads would cost more
+@lazy_njit
 def _correct_count_loop(Z, Y, softmax):  # pragma: no cover - compiled
     n, k = Z.shape
     hits = 0
-    for i in prange(n):
+    for i in range(n):
         if softmax:
             zi = 0
             yi = 0

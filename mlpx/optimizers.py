@@ -22,11 +22,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-
 from mlpx.backends import Backend, kernel
 from mlpx.backends.cuda import lazy_elementwise
-from mlpx.backends.jit import lazy_njit, prange
 from mlpx.schedules import Schedule, get_schedule
 
 __all__ = ["OPTIMIZERS", "SGD", "Adam", "AdamW", "Optimizer", "RMSprop", "get_optimizer"]
@@ -139,73 +136,6 @@ def scale_(xp: Any, a: Array, factor: float) -> None:
 @scale_.register("numpy")
 def _scale_np(xp: Any, a: Array, factor: float) -> None:
     xp.multiply(a, factor, out=a)
-
-
-# numba variants: the whole update in one pass over memory, on every core. Scalars
-# are cast to the buffer's dtype so float32 updates stay float32 inside the loop.
-@lazy_njit()
-def _sgd_loop(p, g, v, lr, momentum, nesterov):  # pragma: no cover - compiled
-    for i in prange(p.shape[0]):
-        vi = momentum * v[i] - lr * g[i]
-        v[i] = vi
-        if nesterov:
-            p[i] = p[i] + (momentum * vi - lr * g[i])
-        else:
-            p[i] = p[i] + vi
-
-
-@sgd_update.register("numba")
-def _sgd_update_numba(
-    xp: Any, p: Array, g: Array, v: Array, tmp: Array, lr: float, momentum: float, nesterov: bool
-) -> None:
-    t = p.dtype.type
-    _sgd_loop(p, g, v, t(lr), t(momentum), bool(nesterov))
-
-
-@lazy_njit()
-def _adam_loop(p, g, m, v, lr_t, beta_1, c_1, beta_2, c_2, epsilon):  # pragma: no cover
-    for i in prange(p.shape[0]):
-        gi = g[i]
-        mi = beta_1 * m[i] + c_1 * gi
-        vi = beta_2 * v[i] + c_2 * (gi * gi)
-        m[i] = mi
-        v[i] = vi
-        p[i] = p[i] + (-lr_t * mi / (np.sqrt(vi) + epsilon))
-
-
-@adam_update.register("numba")
-def _adam_update_numba(
-    xp: Any,
-    p: Array,
-    g: Array,
-    m: Array,
-    v: Array,
-    tmp: Array,
-    lr_t: float,
-    beta_1: float,
-    beta_2: float,
-    epsilon: float,
-) -> None:
-    t = p.dtype.type
-    # 1 − β computed in double on the host, as NumPy does with Python scalars
-    _adam_loop(p, g, m, v, t(lr_t), t(beta_1), t(1.0 - beta_1), t(beta_2), t(1.0 - beta_2), t(epsilon))
-
-
-@lazy_njit()
-def _rmsprop_loop(p, g, s, lr, rho, c_rho, epsilon):  # pragma: no cover - compiled
-    for i in prange(p.shape[0]):
-        gi = g[i]
-        si = rho * s[i] + c_rho * (gi * gi)
-        s[i] = si
-        p[i] = p[i] - lr * gi / (np.sqrt(si) + epsilon)
-
-
-@rmsprop_update.register("numba")
-def _rmsprop_update_numba(
-    xp: Any, p: Array, g: Array, s: Array, tmp: Array, lr: float, rho: float, epsilon: float
-) -> None:
-    t = p.dtype.type
-    _rmsprop_loop(p, g, s, t(lr), t(rho), t(1.0 - rho), t(epsilon))
 
 
 # CUDA variants: one launch over the whole flat buffer. Scalars arrive as Python

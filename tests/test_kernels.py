@@ -168,7 +168,7 @@ def _correct_count(rng: np.random.Generator, dtype: str) -> list:
 
 
 def _large(build: Callable[..., list], n: int = 40_000) -> Callable[..., list]:
-    """Also a buffer above the size where the numba loops go multi-threaded."""
+    """Also a large buffer (many SIMD blocks and cache lines, not just one)."""
 
     def wrapped(rng: np.random.Generator, dtype: str) -> list:
         cases = build(rng, dtype)
@@ -180,7 +180,7 @@ def _large(build: Callable[..., list], n: int = 40_000) -> Callable[..., list]:
 
 
 def _large_rows(build: Callable[..., list], rows: int = 300, cols: int = 128) -> Callable[..., list]:
-    """Also (rows, cols) matrices, above the size where the numba loops go multi-threaded."""
+    """Also larger (rows, cols) matrices."""
 
     def wrapped(rng: np.random.Generator, dtype: str) -> list:
         cases = build(rng, dtype)
