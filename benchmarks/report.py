@@ -350,11 +350,22 @@ def write_outputs(doc: dict[str, Any], out: Path, make_plots: bool = True) -> di
     stem = "" if doc["mode"] == "quick" else f"-{doc['mode']}"
     plot_files, note = plots(doc, out, stem) if make_plots else ({}, "not drawn (--no-plots)")
     paths = {"json": out / f"results{stem}.json", "markdown": out / f"report{stem}.md"}
-    paths["json"].write_text(json.dumps(doc, indent=1, default=_jsonable) + "\n")
+    paths["json"].write_text(json.dumps(_rounded(doc), indent=1, default=_jsonable) + "\n")
     paths["markdown"].write_text(markdown(doc, plot_files, note) + "\n")
     for name, f in plot_files.items():
         paths[name] = out / f
     return paths
+
+
+def _rounded(obj: Any) -> Any:
+    """Floats to 5 significant digits: timing noise is far larger, and the file stays small."""
+    if isinstance(obj, float):
+        return float(f"{obj:.5g}") if math.isfinite(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _rounded(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_rounded(v) for v in obj]
+    return obj
 
 
 def _jsonable(obj: Any) -> Any:

@@ -130,7 +130,7 @@ def test_gemm_records_were_verified_before_timing(tiny_run):
     for r in recs:
         assert r["status"] == "ok"
         assert r["verify"]["ok"] and r["verify"]["max_rel_error"] <= r["verify"]["tolerance"]
-        assert r["gflops"] == pytest.approx(r["flops"] / r["time_s"]["median"] / 1e9)
+        assert r["gflops"] == pytest.approx(r["flops"] / r["time_s"]["median"] / 1e9, rel=1e-3)
         assert 0 < r["fraction_of_peak"] <= 1
     # the step products are exactly the engine's shapes at the workloads' batch sizes
     digits = [(r["op"], r["m"], r["n"], r["k"]) for r in recs if r["network"] == "digits" and r["dtype"] == "float32"
