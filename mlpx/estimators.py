@@ -257,7 +257,12 @@ class _BaseMLP(BaseEstimator):
             rt = self._runtime()
             rt.push(self.coefs_, self.intercepts_)
 
-        with be.activated(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        if self.solver in _STOCHASTIC_SOLVERS:
+            rows = 200 if self.batch_size == "auto" else int(self.batch_size)
+        else:
+            rows = _CHUNK  # L-BFGS evaluates the loss in chunks of this many rows
+        threads = be.blas_threads(rt.model.gemm_flops(min(rows, X.shape[0])))
+        with be.activated(), threads, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             if self.solver in _STOCHASTIC_SOLVERS:
                 self._fit_stochastic(rt, X, y, sample_weight, incremental)
             else:
@@ -534,7 +539,8 @@ class _BaseMLP(BaseEstimator):
         n = X.shape[0]
         sparse = sp.issparse(X) or _is_sparse_device(X)
         result = np.empty((n, model.n_outputs_), dtype=rt.dtype)
-        with be.activated(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        threads = be.blas_threads(model.gemm_flops(min(n, _CHUNK)))
+        with be.activated(), threads, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for a in range(0, n, _CHUNK):
                 b = min(a + _CHUNK, n)
                 if sparse:
