@@ -67,7 +67,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -498,11 +497,8 @@ def save_checkpoint(path: str | os.PathLike[str], model: Any, optimizer: Optimiz
     state and the epoch and sample counters added, so :func:`load_checkpoint`
     resumes training exactly.
     """
-    from mlpx.saving import FORMAT, FORMAT_VERSION
+    from mlpx.saving import write_model_file
 
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_name(path.name + ".npz")
     be = model.backend
     arrays: dict[str, np.ndarray] = {"params": model.get_flat_params()}
     train_state: dict[str, Any] = {
@@ -516,23 +512,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: Any, optimizer: Optimiz
         }
         for k, v in _optimizer_state(optimizer).items():
             arrays[f"opt_{k}"] = np.array(be.to_numpy(v), copy=True)
-    record = {"format": FORMAT, "version": FORMAT_VERSION, **model.get_config(), "train_state": train_state}
-    folder = path.parent if str(path.parent) else Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, config=np.array(json.dumps(record)), **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return write_model_file(path, {**model.get_config(), "train_state": train_state}, arrays)
 
 
 def load_checkpoint(
@@ -843,7 +823,6 @@ def _local_setup(
     sample_weight: Any, l2: float, lr: float | None,
 ) -> dict[str, Any]:
     """Check and encode this rank's shard (host arrays); raises on bad input."""
-    be = model.backend
     epochs = _check_positive_int("epochs", epochs)
     batch_size = _check_positive_int("batch_size", batch_size)
     if not 0.0 <= float(validation_split) < 1.0:
@@ -852,7 +831,6 @@ def _local_setup(
         raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
     lossfn = model.resolve_loss(loss)
     opt = get_optimizer(optimizer, **({} if lr is None else {"lr": lr}))
-    out = model.output.name
     # Each rank shuffles its own shard; seeded per rank so runs repeat.
     seed = None if model.seed is None else [model.seed, 1, reducer.rank]
     rng = np.random.default_rng(seed)

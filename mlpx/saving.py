@@ -19,7 +19,7 @@ import numpy as np
 from mlpx.backends import Backend
 from mlpx.layers import layer_from_config
 
-__all__ = ["FORMAT_VERSION", "from_config", "load", "save"]
+__all__ = ["FORMAT_VERSION", "from_config", "load", "save", "write_model_file"]
 
 FORMAT = "mlpx"
 FORMAT_VERSION = 1
@@ -32,17 +32,26 @@ def save(model: Any, path: str | os.PathLike[str]) -> Path:
     folder, is flushed to disk, and then renamed over ``path``: readers see the old
     file or the new one, never a partial one.
     """
+    return write_model_file(path, model.get_config(), {"params": model.get_flat_params()})
+
+
+def write_model_file(
+    path: str | os.PathLike[str], config: dict[str, Any], arrays: dict[str, np.ndarray]
+) -> Path:
+    """Atomically write an mlpx ``.npz``: ``config`` as JSON beside host ``arrays``.
+
+    Used by :func:`save` and by training checkpoints, which add optimizer state.
+    """
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
-    record = {"format": FORMAT, "version": FORMAT_VERSION, **model.get_config()}
-    params = model.get_flat_params()
+    record = {"format": FORMAT, "version": FORMAT_VERSION, **config}
     folder = path.parent if str(path.parent) else Path(".")
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, config=np.array(json.dumps(record)), params=params)
+            np.savez(fh, config=np.array(json.dumps(record)), **arrays)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
