@@ -213,3 +213,92 @@ def _rows(X: Any, idx: np.ndarray) -> Any:
 
         return X[cupy.asarray(idx)]
     return X[idx]
+
+
+# ------------------------------------------------------------- data parallel
+class _Dist:
+    """The estimators' side of data-parallel training (``fit(..., comm=...)``).
+
+    Wraps a :mod:`mlpx.distributed` reducer (see its module docstring for the
+    contract) and adds the few collectives the estimators' loops need. Every
+    method is collective: all ranks call it, in the same order.
+
+    Parameters
+    ----------
+    comm : mpi4py communicator, "mpi", "nccl" or GradientReducer
+    be : Backend
+        Where the estimator's network lives.
+    """
+
+    def __init__(self, comm: Any, be: Backend) -> None:
+        from mlpx.distributed import make_reducer
+
+        self.reducer = make_reducer(comm, be)
+        if self.reducer.backend.name != be.name:
+            raise ValueError(
+                f"the communicator's reducer works on {self.reducer.backend.name}, "
+                f"the estimator on {be.name}"
+            )
+        self.comm = self.reducer.comm  # MPI (also under NCCL): small host collectives
+        self.rank, self.size, self.is_root = self.reducer.rank, self.reducer.size, self.reducer.is_root
+
+    def agreed(self, where: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn`` locally; if it raised on any rank, raise on every rank.
+
+        The failing rank re-raises its own exception, the others
+        :class:`mlpx.distributed.RankFailedError`, so no rank waits forever in
+        the next collective for one that has stopped.
+        """
+        error: BaseException | None = None
+        result = None
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            error = exc
+        self.reducer.check_errors(error, where)
+        return result
+
+    def allgather(self, obj: Any) -> list[Any]:
+        return self.comm.allgather(obj)
+
+    def allreduce_sum(self, values: list[float]) -> list[float]:
+        return self.reducer.allreduce_sum(values)
+
+    def from_root(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (decisions taken on identical numbers)."""
+        return self.comm.bcast(obj, root=0)
+
+
+def _agreed(dist: _Dist | None, where: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, with the failure agreed across ranks when ``dist`` is set."""
+    if dist is None:
+        return fn(*args, **kwargs)
+    return dist.agreed(where, fn, *args, **kwargs)
+
+
+def _global_step_rows(sizes: list[tuple[int, int]]) -> list[int]:
+    """Rows of every global step from each rank's ``(n_rows, batch_size)``.
+
+    Every rank runs ``max_r ceil(n_r / b_r)`` steps per epoch; step ``j`` holds
+    rank ``r``'s rows ``[j b_r, min((j+1) b_r, n_r))`` (none once they run out).
+
+    Returns
+    -------
+    list of int, length n_steps
+    """
+    n_steps = max((-(-n // b) for n, b in sizes if n > 0), default=0)
+    return [sum(max(0, min((j + 1) * b, n) - j * b) for n, b in sizes) for j in range(n_steps)]
+
+
+def _r2_from_sums(ss_res: np.ndarray, ss_tot: np.ndarray) -> float:
+    """scikit-learn's ``r2_score`` (uniform average, ``force_finite=True``) from its sums.
+
+    Parameters
+    ----------
+    ss_res, ss_tot : ndarray, shape (n_outputs,)
+        ``Σ w (y - ŷ)²`` and ``Σ w (y - ȳ_w)²`` per output.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = np.where(ss_tot > 0, 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, 1.0),
+                      np.where(ss_res > 0, 0.0, 1.0))
+    return float(np.mean(r2))

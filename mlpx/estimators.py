@@ -56,6 +56,7 @@ and the squared-error loss divided by ``n_outputs`` (its gradient is not).
 
 from __future__ import annotations
 
+import math
 import warnings
 from numbers import Integral, Real
 from typing import Any
@@ -75,7 +76,11 @@ from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_targ
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from mlpx._estimator_runtime import (
+    _agreed,
     _DeviceData,
+    _Dist,
+    _global_step_rows,
+    _r2_from_sums,
     _glorot_draws,
     _is_device_array,
     _is_sparse_device,
@@ -97,6 +102,22 @@ _CHUNK = 8192  # rows per forward pass in predict / full-batch L-BFGS with spars
 # The loss paired with each output activation (its canonical link).
 _OUTPUT_LOSS = {"softmax": "cross_entropy", "logistic": "binary_cross_entropy",
                 "identity": "squared_error", "exp": "poisson"}
+
+
+def _union_labels(infos: list[tuple[bool, Any]]) -> np.ndarray | None:
+    """The labels of all ranks together, from each rank's ``(multilabel, labels or n_columns)``.
+
+    Returns None for multilabel targets (every rank's indicator matrix already
+    names every column). The same gathered list on every rank gives the same
+    result, or the same error, everywhere.
+    """
+    if len({multi for multi, _ in infos}) > 1:
+        raise ValueError("with comm, either every rank or no rank must pass multilabel targets")
+    if infos[0][0]:
+        if len({cols for _, cols in infos}) > 1:
+            raise ValueError("with comm, every rank's multilabel y must have the same columns")
+        return None
+    return unique_labels(*[labels for _, labels in infos])
 
 
 # ------------------------------------------------------------------- base
@@ -220,7 +241,8 @@ class _BaseMLP(BaseEstimator):
         )
 
     # ------------------------------------------------------------- fitting
-    def _fit(self, X: Any, y: Any, sample_weight: Any = None, incremental: bool = False) -> Any:
+    def _fit(self, X: Any, y: Any, sample_weight: Any = None, incremental: bool = False,
+             comm: Any = None) -> Any:
         hidden_layer_sizes = self.hidden_layer_sizes
         if not hasattr(hidden_layer_sizes, "__iter__"):
             hidden_layer_sizes = [hidden_layer_sizes]
@@ -231,7 +253,43 @@ class _BaseMLP(BaseEstimator):
 
         # BackendUnavailableError here (not at construction), before any fitted state is set
         be = self._get_backend()
-        X, y = self._validate_input(X, y, incremental, reset=first_pass)
+        dist = comm if isinstance(comm, _Dist) or comm is None else _Dist(comm, be)
+        X, y = self._validate_input(X, y, incremental, reset=first_pass, dist=dist)
+        # Everything up to the first collective is local: a failure on one rank is
+        # agreed (raised on every rank) instead of leaving the others waiting.
+        X, y, sample_weight, rt = _agreed(
+            dist, "setting up the network", self._prepare, be, X, y, sample_weight,
+            hidden_layer_sizes, first_pass,
+        )
+
+        if self.solver in _STOCHASTIC_SOLVERS:
+            rows = 200 if self.batch_size == "auto" else int(self.batch_size)
+        else:
+            rows = _CHUNK  # L-BFGS evaluates the loss in chunks of this many rows
+        threads = be.blas_threads(rt.model.gemm_flops(min(rows, X.shape[0])))
+        with be.activated(), threads, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            if dist is not None:
+                # Rank 0's weights (initial draw, or coefs_ as rank 0 holds them) everywhere.
+                dist.reducer.broadcast_params(rt.model.params)
+                if first_pass:
+                    be.copy(rt.model.params, rt.best)
+            if self.solver not in _STOCHASTIC_SOLVERS:
+                self._fit_lbfgs(rt, X, y, sample_weight, dist)
+            elif dist is not None:
+                self._fit_stochastic_dist(rt, X, y, sample_weight, incremental, dist)
+            else:
+                self._fit_stochastic(rt, X, y, sample_weight, incremental)
+        self.coefs_, self.intercepts_ = rt.pull()
+        if not all(np.isfinite(w).all() for w in self.coefs_ + self.intercepts_):
+            raise ValueError(
+                "Solver produced non-finite parameter weights. The input data may"
+                " contain large values and need to be preprocessed."
+            )
+        return self
+
+    def _prepare(self, be: Backend, X: Any, y: np.ndarray, sample_weight: Any,
+                 hidden_layer_sizes: list[int], first_pass: bool) -> tuple[Any, np.ndarray, Any, _Runtime]:
+        """Check ``sample_weight``, build (or check) the network; the local part of ``_fit``."""
         if sample_weight is not None:
             host_X = X if not _is_device_array(X) else np.empty((X.shape[0], 0), np.float64)
             sample_weight = _check_sample_weight(
@@ -256,24 +314,7 @@ class _BaseMLP(BaseEstimator):
                 )
             rt = self._runtime()
             rt.push(self.coefs_, self.intercepts_)
-
-        if self.solver in _STOCHASTIC_SOLVERS:
-            rows = 200 if self.batch_size == "auto" else int(self.batch_size)
-        else:
-            rows = _CHUNK  # L-BFGS evaluates the loss in chunks of this many rows
-        threads = be.blas_threads(rt.model.gemm_flops(min(rows, X.shape[0])))
-        with be.activated(), threads, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            if self.solver in _STOCHASTIC_SOLVERS:
-                self._fit_stochastic(rt, X, y, sample_weight, incremental)
-            else:
-                self._fit_lbfgs(rt, X, y, sample_weight)
-        self.coefs_, self.intercepts_ = rt.pull()
-        if not all(np.isfinite(w).all() for w in self.coefs_ + self.intercepts_):
-            raise ValueError(
-                "Solver produced non-finite parameter weights. The input data may"
-                " contain large values and need to be preprocessed."
-            )
-        return self
+        return X, y, sample_weight, rt
 
     def _initialize(self, be: Backend, X: Any, y: np.ndarray, layer_units: list[int]) -> None:
         self.n_iter_ = 0
@@ -322,17 +363,7 @@ class _BaseMLP(BaseEstimator):
     def _fit_stochastic(self, rt: _Runtime, X: Any, y: np.ndarray, sample_weight: Any,
                         incremental: bool) -> None:
         be, model = rt.be, rt.model
-        if not incremental or rt.optimizer is None:
-            if self.solver == "sgd":
-                opt: Optimizer = SGD(lr=self.learning_rate_init, momentum=0.0,
-                                     nesterov=self.nesterovs_momentum)
-                opt.momentum = float(self.momentum)  # scikit-learn allows momentum=1
-            else:
-                opt = Adam(lr=self.learning_rate_init, beta_1=self.beta_1, beta_2=self.beta_2,
-                           epsilon=self.epsilon)
-            rt.optimizer = opt
-        opt = rt.optimizer
-        opt.bind(be, model.params, model.grads, model.n_weights)
+        opt = self._bind_optimizer(rt, incremental)
 
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
@@ -434,27 +465,243 @@ class _BaseMLP(BaseEstimator):
         if early_stopping:
             be.copy(rt.best, model.params)  # restore the best weights
 
-    def _trigger_stopping(self, opt: Optimizer, msg: str) -> bool:
-        """scikit-learn's rule: stop, unless SGD with an adaptive rate that can still shrink."""
+    # ------------------------------------------------------ data parallel
+    def _fit_stochastic_dist(self, rt: _Runtime, X: Any, y: np.ndarray, sample_weight: Any,
+                             incremental: bool, dist: _Dist) -> None:
+        """``_fit_stochastic`` across ranks: each rank holds a shard, weights stay identical.
+
+        Each step every rank runs forward/backward on its own minibatch (``batch_size``
+        rows *per rank*), one all-reduce combines the gradients weighted by each
+        rank's rows (or Σ sample weights), the L2 term is added with the global
+        denominator, and every rank applies the same update. Steps per epoch are the
+        maximum over ranks; a rank whose rows have run out contributes nothing.
+        The epoch loss, the validation score (from summed sufficient statistics over
+        the ranks' validation rows) and so every stopping decision are global.
+        """
+        be, model, reducer = rt.be, rt.model, dist.reducer
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        early_stopping = self.early_stopping
+        opt, data, val, batch_size = dist.agreed(
+            "splitting the shard", self._local_shard, rt, X, y, sample_weight, incremental,
+        )
+        X_val, y_val, sw_val = val
+        n_val = 0 if X_val is None else X_val.shape[0]
+        sizes = dist.allgather((data.n, batch_size, n_val))
+        if early_stopping and sum(s[2] for s in sizes) < 2:
+            raise ValueError(
+                "The validation set is too small. Increase 'validation_fraction' "
+                "or the size of your dataset."
+            )
+        step_rows = _global_step_rows([(s[0], s[1]) for s in sizes])
+        n_samples = sum(s[0] for s in sizes)  # training rows over all ranks
+        n = data.n
+        sample_idx = np.arange(n, dtype=int)
+        identity, order, perm = sample_idx.copy(), np.empty_like(sample_idx), np.empty_like(sample_idx)
+        lossfn = self._loss_fn()
+        scale = 1.0 / self.n_outputs_ if self.out_activation_ == "identity" else 1.0
+        sgd = isinstance(opt, SGD)
+        talk = bool(self.verbose) and dist.is_root
+        pending: BaseException | None = None
+
+        self.n_iter_ = 0
+        for _ in range(self.max_iter):
+            where = f"epoch {self.n_iter_ + 1}"
+            if self.shuffle:  # each rank shuffles its own shard (same draws as fit)
+                np.copyto(perm, identity)
+                self._random_state.shuffle(perm)
+                np.take(sample_idx, perm, out=order)
+                sample_idx, order = order, sample_idx
+                data.set_order(sample_idx)
+            data_total = 0.0  # host: Σ_steps global data loss · global rows
+            l2_total = None  # device: Σ_steps L2 term · global rows
+            for j, rows in enumerate(step_rows):
+                a, value, d = j * batch_size, 0.0, 0.0
+                if pending is None and a < n:
+                    try:
+                        b = min(a + batch_size, n)
+                        Xb, Yb, wb = data.batch(a, b)
+                        d = data.denom(a, b)
+                        # L2 waits for the global denominator (added after the all-reduce).
+                        value = model._forward_backward(Xb, Yb, lossfn, wb, d if d > 0 else 1.0)
+                        if scale != 1.0:
+                            value = value * scale
+                    except Exception as exc:
+                        pending, d = exc, 0.0
+                gloss, D = reducer.allreduce_gradients(
+                    model.grads, value, d, error=pending, where=f"{where}, step {j + 1}"
+                )
+                if D <= 0:
+                    continue  # no rows (or only zero weights) on any rank: every rank skips
+                try:
+                    if self.alpha:
+                        term = model._add_l2(self.alpha, D) * rows
+                        l2_total = term if l2_total is None else l2_total + term
+                    opt.step()
+                except Exception as exc:  # reported at the next collective
+                    pending = exc
+                data_total += gloss * rows
+
+            def epoch_end() -> float:
+                if pending is not None:
+                    raise pending
+                return 0.0 if l2_total is None else be.to_float(l2_total)
+
+            l2_sum = dist.agreed(where, epoch_end)
+            score = self._score_agreed(rt, dist, X_val, y_val, sw_val) if early_stopping else None
+            # Rank 0's numbers decide for everyone, so no rank can stop alone.
+            loss, score = dist.from_root(((data_total + l2_sum) / n_samples, score))
+            self.n_iter_ += 1
+            self.loss_ = loss
+            self.t_ += n_samples
+            self.loss_curve_.append(self.loss_)
+            if talk:
+                print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+
+            self._update_no_improvement_count(rt, early_stopping, None, None, None,
+                                              val_score=score, talk=dist.is_root)
+            if sgd and self.learning_rate == "invscaling":
+                opt.lr = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
+
+            if self._no_improvement_count > self.n_iter_no_change:
+                if early_stopping:
+                    msg = ("Validation score did not improve more than tol=%f for %d "
+                           "consecutive epochs." % (self.tol, self.n_iter_no_change))
+                else:
+                    msg = ("Training loss did not improve more than tol=%f for %d "
+                           "consecutive epochs." % (self.tol, self.n_iter_no_change))
+                if self._trigger_stopping(opt, msg, talk=dist.is_root):
+                    break
+                self._no_improvement_count = 0
+
+            if incremental:
+                break
+            if self.n_iter_ == self.max_iter:
+                warnings.warn(
+                    "Stochastic Optimizer: Maximum iterations (%d) reached and the "
+                    "optimization hasn't converged yet." % self.max_iter,
+                    ConvergenceWarning,
+                )
+
+        if early_stopping:
+            be.copy(rt.best, model.params)  # the best (global) weights, identical on every rank
+
+    def _local_shard(self, rt: _Runtime, X: Any, y: np.ndarray, sample_weight: Any,
+                     incremental: bool) -> tuple[Optimizer, _DeviceData, tuple[Any, Any, Any], int]:
+        """This rank's optimizer, training rows on the device, validation split and batch size.
+
+        With early stopping each rank splits its own shard (stratified for
+        single-output classifiers), drawing from ``random_state`` as ``fit`` does.
+        """
+        be = rt.be
+        opt = self._bind_optimizer(rt, incremental)
+        X_val = y_val = sw_val = None
+        X_train, y_train, sw_train = X, y, sample_weight
+        if self.early_stopping:
+            stratify = y if (is_classifier(self) and self.n_outputs_ == 1) else None
+            train_idx, val_idx = train_test_split(
+                np.arange(X.shape[0]), random_state=self._random_state,
+                test_size=self.validation_fraction, stratify=stratify,
+            )
+            X_train, X_val = _rows(X, train_idx), _rows(X, val_idx)
+            y_train, y_val = y[train_idx], y[val_idx]
+            sw_train = None if sample_weight is None else sample_weight[train_idx]
+            sw_val = None if sample_weight is None else sample_weight[val_idx]
+            if is_classifier(self):
+                y_val = self._label_binarizer.inverse_transform(y_val)
+            X_val = self._device_X(be, rt.dtype, X_val)
+        data = _DeviceData(be, rt.dtype, X_train, y_train, sw_train)
+        if self.batch_size == "auto":
+            batch_size = min(200, data.n)
+        else:
+            if self.batch_size > data.n:
+                warnings.warn(
+                    "Got `batch_size` less than 1 or larger than "
+                    "sample size. It is going to be clipped"
+                )
+            batch_size = int(np.clip(self.batch_size, 1, data.n))
+        return opt, data, (X_val, y_val, sw_val), batch_size
+
+    def _score_agreed(self, rt: _Runtime, dist: _Dist, X_val: Any, y_val: Any, sw_val: Any) -> float:
+        """The validation score over every rank's validation rows (collective).
+
+        Accuracy is ``Σ w·correct / Σ w``; R² comes from summed statistics in two
+        passes (global weighted mean, then ``Σ w (y - ȳ)²``), as ``r2_score``
+        computes it on the union. NaN when any rank predicts a non-finite value.
+        """
+        def local() -> dict[str, Any]:
+            if X_val is None or X_val.shape[0] == 0:
+                return {"n": 0}
+            y_pred = self._output_to_prediction(self._forward_out(rt, X_val))
+            bad = np.issubdtype(y_pred.dtype, np.floating) and not np.isfinite(y_pred).all()
+            n = y_pred.shape[0]
+            w = np.ones(n) if sw_val is None else np.asarray(sw_val, dtype=np.float64)
+            return {"n": n, "bad": float(bad), "w": w, "pred": np.asarray(y_pred).reshape(n, -1),
+                    "true": np.asarray(y_val).reshape(n, -1)}
+
+        part = dist.agreed("validation score", local)
+        have = part["n"] > 0
+        w = part["w"] if have else np.zeros(0)
+        if is_classifier(self):
+            hits = float(w @ (part["pred"] == part["true"]).all(1)) if have else 0.0
+            bad, wsum, hits = dist.allreduce_sum([part["bad"] if have else 0.0, float(w.sum()), hits])
+            return math.nan if bad > 0 or wsum <= 0 else hits / wsum
+        k = self.n_outputs_
+        T = part["true"].astype(np.float64) if have else np.zeros((0, k))
+        P = part["pred"].astype(np.float64) if have else np.zeros((0, k))
+        sums = dist.allreduce_sum([part["bad"] if have else 0.0, float(w.sum()), *(w @ T),
+                                   *(w @ (T - P) ** 2)])
+        mean = np.asarray(sums[2 : 2 + k]) / sums[1] if sums[1] > 0 else np.zeros(k)
+        ss_res = np.asarray(sums[2 + k :])
+        ss_tot = np.asarray(dist.allreduce_sum(list(w @ (T - mean) ** 2)))  # second pass
+        if sums[0] > 0 or sums[1] <= 0:
+            return math.nan
+        return _r2_from_sums(ss_res, ss_tot)
+
+    def _bind_optimizer(self, rt: _Runtime, incremental: bool) -> Optimizer:
+        """The solver's optimizer (kept across partial_fit calls), bound to the network."""
+        be, model = rt.be, rt.model
+        if not incremental or rt.optimizer is None:
+            if self.solver == "sgd":
+                opt: Optimizer = SGD(lr=self.learning_rate_init, momentum=0.0,
+                                     nesterov=self.nesterovs_momentum)
+                opt.momentum = float(self.momentum)  # scikit-learn allows momentum=1
+            else:
+                opt = Adam(lr=self.learning_rate_init, beta_1=self.beta_1, beta_2=self.beta_2,
+                           epsilon=self.epsilon)
+            rt.optimizer = opt
+        opt = rt.optimizer
+        opt.bind(be, model.params, model.grads, model.n_weights)
+        return opt
+
+    def _trigger_stopping(self, opt: Optimizer, msg: str, talk: bool = True) -> bool:
+        """scikit-learn's rule: stop, unless SGD with an adaptive rate that can still shrink.
+
+        ``talk``: print when verbose (False on ranks other than 0 in data-parallel fits).
+        """
+        talk = bool(self.verbose) and talk
         if not (isinstance(opt, SGD) and self.learning_rate == "adaptive"):
-            if self.verbose:
+            if talk:
                 print(msg + " Stopping.")
             return True
         if opt.lr <= 1e-6:
-            if self.verbose:
+            if talk:
                 print(msg + " Learning rate too small. Stopping.")
             return True
         opt.lr /= 5.0
-        if self.verbose:
+        if talk:
             print(msg + " Setting learning rate to %f" % opt.lr)
         return False
 
     def _update_no_improvement_count(self, rt: _Runtime, early_stopping: bool, X_val: Any,
-                                     y_val: Any, sw_val: Any) -> None:
+                                     y_val: Any, sw_val: Any, val_score: float | None = None,
+                                     talk: bool = True) -> None:
+        """scikit-learn's bookkeeping; ``val_score`` given: the (global) score already agreed."""
         if early_stopping:
-            val_score = self._score_device(rt, X_val, y_val, sw_val)
+            if val_score is None:
+                val_score = self._score_device(rt, X_val, y_val, sw_val)
             self.validation_scores_.append(val_score)
-            if self.verbose:
+            if self.verbose and talk:
                 print("Validation score: %f" % self.validation_scores_[-1])
             last = self.validation_scores_[-1]
             if last < (self.best_validation_score_ + self.tol):
@@ -472,9 +719,17 @@ class _BaseMLP(BaseEstimator):
             if self.loss_curve_[-1] < self.best_loss_:
                 self.best_loss_ = self.loss_curve_[-1]
 
-    def _fit_lbfgs(self, rt: _Runtime, X: Any, y: np.ndarray, sample_weight: Any) -> None:
+    def _fit_lbfgs(self, rt: _Runtime, X: Any, y: np.ndarray, sample_weight: Any,
+                   dist: _Dist | None = None) -> None:
+        """SciPy's L-BFGS-B on the full-batch loss.
+
+        With ``dist`` the loss and gradient are global: each rank evaluates its shard,
+        one all-reduce per evaluation combines them (weighted by rows or Σ sample
+        weights) and the L2 term is added with the global denominator, so every rank
+        hands SciPy identical numbers and runs identical iterations.
+        """
         be, model = rt.be, rt.model
-        data = _DeviceData(be, rt.dtype, X, y, sample_weight)
+        data = _agreed(dist, "moving the shard", _DeviceData, be, rt.dtype, X, y, sample_weight)
         n = data.n
         denom = float(n) if sample_weight is None else float(sample_weight.sum())
         lossfn = self._loss_fn()
@@ -482,7 +737,7 @@ class _BaseMLP(BaseEstimator):
         chunks = [(0, n)] if not data.sparse else [(a, min(a + _CHUNK, n)) for a in range(0, n, _CHUNK)]
         acc = be.empty(model.n_params, rt.dtype) if len(chunks) > 1 else None
 
-        def loss_grad(packed: np.ndarray) -> tuple[float, np.ndarray]:
+        def local_loss_grad(packed: np.ndarray) -> Array:
             # SciPy works on the host: parameters in, loss and gradient out.
             rt.set_flat(packed)
             total = None
@@ -499,12 +754,28 @@ class _BaseMLP(BaseEstimator):
                 be.copy(acc, model.grads)
             if scale != 1.0:
                 total = total * scale
-            if self.alpha:
-                total = total + model._add_l2(self.alpha, denom)
+            return total
+
+        def loss_grad(packed: np.ndarray) -> tuple[float, np.ndarray]:
+            if dist is None:
+                total, d = local_loss_grad(packed), denom
+            else:
+                value, error = 0.0, None
+                try:
+                    value = local_loss_grad(packed)
+                except Exception as exc:  # raised on every rank by the all-reduce
+                    error = exc
+                total, d = dist.reducer.allreduce_gradients(
+                    model.grads, value, denom, error=error, where="L-BFGS evaluation"
+                )
+            if self.alpha and (dist is None or d > 0):
+                total = total + model._add_l2(self.alpha, d)
             grad = np.array(be.to_numpy(model.grads), dtype=np.float64, copy=True)
-            return be.to_float(total), grad
+            return (total if isinstance(total, float) else be.to_float(total)), grad
 
         iprint = 1 if (self.verbose is True or self.verbose >= 1) else -1
+        if dist is not None and not dist.is_root:
+            iprint = -1  # only rank 0 prints
         try:
             from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
 
@@ -697,35 +968,49 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         self.dtype = dtype
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y, sample_weight=None, comm=None):
         """Fit the model to data matrix X and target(s) y.
 
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
             Host data (NumPy, pandas, scipy.sparse CSR/CSC) or, on the GPU backend,
-            CuPy arrays / cupyx sparse matrices.
+            CuPy arrays / cupyx sparse matrices. With ``comm``: this rank's shard.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Class labels (any hashable type), or a label indicator matrix.
         sample_weight : array-like of shape (n_samples,), default=None
+        comm : mpi4py communicator, "mpi", "nccl" or None, default=None
+            Data-parallel training: every rank calls ``fit`` with its own shard
+            and ends with the same weights (see :class:`MLPClassifier` Notes).
+            ``classes_`` is the union of the labels of all ranks.
 
         Returns
         -------
         self
         """
-        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False, comm=comm)
 
-    def _validate_input(self, X: Any, y: Any, incremental: bool, reset: bool) -> tuple[Any, Any]:
-        X, y = self._validate_Xy(X, y, reset=reset, y_numeric=False)
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = column_or_1d(y, warn=True)
+    def _validate_input(self, X: Any, y: Any, incremental: bool, reset: bool,
+                        dist: _Dist | None = None) -> tuple[Any, Any]:
+        def local() -> tuple[Any, Any, Any]:
+            X_, y_ = self._validate_Xy(X, y, reset=reset, y_numeric=False)
+            if y_.ndim == 2 and y_.shape[1] == 1:
+                y_ = column_or_1d(y_, warn=True)
+            if dist is None:
+                return X_, y_, None
+            multilabel = type_of_target(y_).startswith("multilabel")
+            return X_, y_, ((True, y_.shape[1]) if multilabel else (False, unique_labels(y_)))
+
+        X, y, info = _agreed(dist, "checking X and y", local)
+        # With comm the labels are those of all ranks together (a shard may miss a class).
+        labels = None if dist is None else _union_labels(dist.allgather(info))
         # Same label bookkeeping as scikit-learn (warm_start / partial_fit rules).
         if (not hasattr(self, "classes_")) or (not self.warm_start and not incremental):
             self._label_binarizer = LabelBinarizer()
-            self._label_binarizer.fit(y)
+            self._label_binarizer.fit(y if labels is None else labels)
             self.classes_ = self._label_binarizer.classes_
         else:
-            classes = unique_labels(y)
+            classes = unique_labels(y if labels is None else labels)
             if self.warm_start:
                 if set(classes) != set(self.classes_):
                     raise ValueError(
@@ -738,7 +1023,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                     "`y` has classes not in `self.classes_`. "
                     f"`self.classes_` has {self.classes_}. 'y' has {classes}."
                 )
-        y = self._label_binarizer.transform(y).astype(bool)
+        y = _agreed(dist, "encoding y", self._label_binarizer.transform, y).astype(bool)
         return X, y
 
     def _output_to_prediction(self, y_out: np.ndarray) -> np.ndarray:
@@ -767,7 +1052,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     @available_if(lambda est: est._check_solver())
     @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y, sample_weight=None, classes=None):
+    def partial_fit(self, X, y, sample_weight=None, classes=None, comm=None):
         """Update the model with a single iteration over the given data.
 
         Parameters
@@ -776,19 +1061,34 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         y : array-like of shape (n_samples,)
         sample_weight : array-like of shape (n_samples,), default=None
         classes : array of shape (n_classes,), default=None
-            All classes across calls; required on the first call.
+            All classes across calls; required on the first call. With ``comm``
+            the union of every rank's ``classes``.
+        comm : mpi4py communicator, "mpi", "nccl" or None, default=None
+            One epoch over every rank's shard together (see ``fit``).
 
         Returns
         -------
         self
         """
-        if _check_partial_fit_first_call(self, classes):
+        dist = None if comm is None else _Dist(comm, self._get_backend())
+
+        def first_call() -> tuple[bool, bool]:
+            first = _check_partial_fit_first_call(self, classes)
+            return first, first and type_of_target(_to_host(y)).startswith("multilabel")
+
+        first, multilabel = _agreed(dist, "checking classes", first_call)
+        if dist is not None and first and not multilabel:
+            # Every rank builds the same output layer from the union of the classes given.
+            gathered = dist.allgather(np.asarray(classes))
+            self.classes_ = _agreed(dist, "merging classes", unique_labels, *gathered)
+            classes = self.classes_
+        if first:
             self._label_binarizer = LabelBinarizer()
-            if type_of_target(_to_host(y)).startswith("multilabel"):
+            if multilabel:
                 self._label_binarizer.fit(_to_host(y))
             else:
                 self._label_binarizer.fit(classes)
-        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True, comm=dist)
 
     def predict_proba(self, X):
         """Probability estimates.
@@ -897,7 +1197,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         self.dtype = dtype
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y, sample_weight=None, comm=None):
         """Fit the model to data matrix X and target(s) y.
 
         Parameters
@@ -905,14 +1205,21 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
         sample_weight : array-like of shape (n_samples,), default=None
+        comm : mpi4py communicator, "mpi", "nccl" or None, default=None
+            Data-parallel training over this rank's shard (see
+            :class:`MLPClassifier`'s ``fit`` and Notes).
 
         Returns
         -------
         self
         """
-        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False, comm=comm)
 
-    def _validate_input(self, X: Any, y: Any, incremental: bool, reset: bool) -> tuple[Any, Any]:
+    def _validate_input(self, X: Any, y: Any, incremental: bool, reset: bool,
+                        dist: _Dist | None = None) -> tuple[Any, Any]:
+        return _agreed(dist, "checking X and y", self._validate_regression, X, y, reset)
+
+    def _validate_regression(self, X: Any, y: Any, reset: bool) -> tuple[Any, Any]:
         X, y = self._validate_Xy(X, y, reset=reset, y_numeric=True)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
@@ -939,11 +1246,13 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     @available_if(lambda est: est._check_solver())
     @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y, sample_weight=None):
+    def partial_fit(self, X, y, sample_weight=None, comm=None):
         """Update the model with a single iteration over the given data.
+
+        ``comm``: one epoch over every rank's shard together (see ``fit``).
 
         Returns
         -------
         self
         """
-        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True, comm=comm)
