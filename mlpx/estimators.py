@@ -261,6 +261,14 @@ class _BaseMLP(BaseEstimator):
             dist, "setting up the network", self._prepare, be, X, y, sample_weight,
             hidden_layer_sizes, first_pass,
         )
+        if dist is not None:
+            # The buffers all-reduced below must have one layout on every rank.
+            shapes = dist.allgather(([c.shape for c in self.coefs_], rt.dtype))
+            if any(s != shapes[0] for s in shapes[1:]):
+                raise ValueError(
+                    "with comm, every rank must build the same network (features, outputs, "
+                    f"dtype); per rank (coefs_ shapes, dtype): {shapes}"
+                )
 
         if self.solver in _STOCHASTIC_SOLVERS:
             rows = 200 if self.batch_size == "auto" else int(self.batch_size)

@@ -275,3 +275,189 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ------------------------------------------------ scikit-learn estimators with comm
+# Run by tests/test_distributed_estimators.py as
+#   mpiexec -n K python -c "import _mpi_worker as W; W.run_estimators_main(OUTDIR)"
+EST_BATCH = 4  # per-rank batch of the exactness cases
+EST_UNEVEN_BATCH = 5
+EST_EPOCHS = 4
+EST_ALPHA = 0.01
+EST_HIDDEN = (7,)
+EST_ES_ROWS = 60  # early stopping: equal shards of 60 / K rows
+EST_ES_FRACTION = 0.2
+
+
+def est_kwargs(solver: str, **over: Any) -> dict[str, Any]:
+    """Constructor arguments shared by the ranks and the single-process references."""
+    lr = {"sgd": 0.1, "adam": 0.02, "lbfgs": 0.001}[solver]
+    kw = dict(hidden_layer_sizes=EST_HIDDEN, activation="tanh", solver=solver, alpha=EST_ALPHA,
+              learning_rate_init=lr, max_iter=EST_EPOCHS, shuffle=False, tol=0.0,
+              n_iter_no_change=1000, momentum=0.9)
+    kw.update(over)
+    return kw
+
+
+def est_data(kind: str, n: int = N_ROWS, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(X, y, w)``: 3-class labels ("clf") or two regression targets ("reg")."""
+    X, y, w = make_data(n, seed)
+    if kind == "reg":
+        y = np.c_[X[:, 0] - 2 * X[:, 1], np.tanh(X[:, 2]) + 0.3 * X[:, 3]]
+    return X, y, w
+
+
+def est_missing_class(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """3-class data whose class 2 lives only in rank 0's block shard."""
+    X, y, w = make_data()
+    owner = np.zeros(len(y), dtype=int)
+    for r in range(size):
+        owner[shard_rows(r, size)] = r
+    y = np.where((owner > 0) & (y == 2), 1, y)
+    return X, y, w
+
+
+def shard_rows(rank: int, size: int) -> np.ndarray:
+    from mlpx.distributed import shard_indices
+
+    return shard_indices(N_ROWS, rank, size, block=EST_BATCH)
+
+
+def est_uneven_sizes(size: int) -> list[int]:
+    return [23, 7] if size == 2 else [23, 7, 12]
+
+
+def est_es_split(n_rows: int, y_rank: np.ndarray | None, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """The split one rank makes with early stopping, drawn by hand (random_state=0).
+
+    The estimator first draws the initial weights (per layer: W then b, uniform)
+    from its RandomState, then calls ``train_test_split`` on the row indices with
+    the same generator (stratified only for single-output classifiers: not here,
+    3 classes give 3 outputs).
+    """
+    from sklearn.model_selection import train_test_split
+
+    rs = np.random.RandomState(0)
+    n_out = N_CLASSES if kind == "clf" else 2
+    units = [N_FEATURES, *EST_HIDDEN, n_out]
+    for fan_in, fan_out in zip(units[:-1], units[1:]):
+        rs.uniform(-1, 1, (fan_in, fan_out))
+        rs.uniform(-1, 1, fan_out)
+    tr, va = train_test_split(np.arange(n_rows), random_state=rs, test_size=EST_ES_FRACTION)
+    return tr, va
+
+
+def _fitted(est: Any) -> dict[str, Any]:
+    keys = ("coefs_", "intercepts_", "loss_curve_", "n_iter_", "t_", "loss_", "classes_",
+            "validation_scores_", "best_validation_score_", "best_loss_")
+    return {k: getattr(est, k) for k in keys if hasattr(est, k)}
+
+
+def run_estimators(comm: Any, out: dict[str, Any]) -> None:
+    """Every estimator scenario on this rank's shard; results keyed by case."""
+    import contextlib
+    import io
+    import warnings
+
+    from mlpx import MLPClassifier, MLPRegressor
+    from mlpx.distributed import RankFailedError, shard_indices
+
+    warnings.simplefilter("ignore")  # ConvergenceWarning: the cases stop at max_iter on purpose
+    rank, size = comm.Get_rank(), comm.Get_size()
+    Est = {"clf": MLPClassifier, "reg": MLPRegressor}
+    idx = shard_rows(rank, size)
+
+    # 1. Block shards, shuffle=False: K ranks with batch b == one process with batch K*b.
+    #    Ranks other than 0 start from other weights: rank 0's broadcast must win.
+    for kind in ("clf", "reg"):
+        X, y, w = est_data(kind)
+        for solver in ("sgd", "adam"):
+            est = Est[kind](batch_size=EST_BATCH, random_state=0 if rank == 0 else 10 + rank,
+                            **est_kwargs(solver))
+            est.fit(X[idx], y[idx], sample_weight=w[idx], comm=comm)
+            out[f"exact_{kind}_{solver}"] = _fitted(est)
+
+    # 2. Uneven contiguous shards (23, 7[, 12] rows, batch 5): small shards run out first.
+    sizes = est_uneven_sizes(size)
+    start = sum(sizes[:rank])
+    sl = slice(start, start + sizes[rank])
+    X, y, w = est_data("clf")
+    for solver in ("sgd", "adam"):
+        est = MLPClassifier(batch_size=EST_UNEVEN_BATCH, random_state=0, **est_kwargs(solver, max_iter=2))
+        est.fit(X[sl], y[sl], sample_weight=w[sl], comm=comm)
+        out[f"uneven_{solver}"] = _fitted(est)
+
+    # 3. A shard missing a class; a binary problem where one rank sees a single class.
+    X, y, w = est_missing_class(size)
+    est = MLPClassifier(batch_size=EST_BATCH, random_state=0, **est_kwargs("adam"))
+    est.fit(X[idx], y[idx], sample_weight=w[idx], comm=comm)
+    out["missing_class"] = _fitted(est)
+    yb = (X[:, 0] > 0).astype(int)
+    if rank == size - 1:
+        yb_r = np.zeros(len(idx), dtype=int)
+    else:
+        yb_r = yb[idx]
+    est = MLPClassifier(batch_size=EST_BATCH, random_state=0, **est_kwargs("sgd"))
+    est.fit(X[idx], yb_r, comm=comm)
+    out["binary_one_class"] = _fitted(est)
+
+    # 4. Early stopping: equal contiguous shards, each rank splits its own.
+    for kind in ("clf", "reg"):
+        X, y, w = est_data(kind, n=EST_ES_ROWS, seed=3)
+        es_idx = shard_indices(EST_ES_ROWS, rank, size)
+        est = Est[kind](batch_size=EST_BATCH, random_state=0, early_stopping=True,
+                        validation_fraction=EST_ES_FRACTION,
+                        **est_kwargs("sgd", max_iter=60, n_iter_no_change=2, tol=1e-3))
+        est.fit(X[es_idx], y[es_idx], sample_weight=w[es_idx], comm=comm)
+        out[f"early_{kind}"] = _fitted(est)
+
+    # 5. partial_fit: three one-epoch calls.
+    for kind in ("clf", "reg"):
+        X, y, w = est_data(kind)
+        est = Est[kind](batch_size=EST_BATCH, random_state=0, **est_kwargs("adam"))
+        for _ in range(3):
+            extra = {"classes": np.arange(N_CLASSES)} if kind == "clf" else {}
+            est.partial_fit(X[idx], y[idx], sample_weight=w[idx], comm=comm, **extra)
+        out[f"partial_{kind}"] = _fitted(est)
+
+    # 6. L-BFGS: global loss and gradient in every SciPy evaluation.
+    for kind in ("clf", "reg"):
+        X, y, w = est_data(kind)
+        est = Est[kind](random_state=0, **est_kwargs("lbfgs", max_iter=25))
+        est.fit(X[idx], y[idx], sample_weight=w[idx], comm=comm)
+        out[f"lbfgs_{kind}"] = _fitted(est)
+
+    # 7. verbose: only rank 0 prints.
+    X, y, w = est_data("clf")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        MLPClassifier(batch_size=EST_BATCH, random_state=0, verbose=True,
+                      **est_kwargs("sgd", max_iter=2)).fit(X[idx], y[idx], comm=comm)
+    out["verbose"] = buf.getvalue()
+
+    # 8. Failures are agreed: NaN in the last rank's shard; a shard with other features.
+    for case in ("nan", "features"):
+        Xbad = X[idx].copy()
+        if rank == size - 1:
+            if case == "nan":
+                Xbad[0, 0] = np.nan
+            else:
+                Xbad = Xbad[:, :4]
+        try:
+            MLPClassifier(random_state=0, **est_kwargs("adam")).fit(Xbad, y[idx], comm=comm)
+            out[f"fail_{case}"] = {"type": None}
+        except RankFailedError as exc:
+            out[f"fail_{case}"] = {"type": "RankFailedError", "rank": exc.rank, "message": str(exc)}
+        except ValueError as exc:
+            out[f"fail_{case}"] = {"type": "ValueError", "message": str(exc)}
+
+
+def run_estimators_main(outdir: str) -> None:
+    """Entry point for the estimator scenarios (one pickle per rank)."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    out: dict[str, Any] = {}
+    run_estimators(comm, out)
+    with open(Path(outdir) / f"estimators.rank{comm.Get_rank()}.pkl", "wb") as fh:
+        pickle.dump(out, fh)
