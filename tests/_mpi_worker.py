@@ -377,6 +377,16 @@ def run_estimators(comm: Any, out: dict[str, Any]) -> None:
             est.fit(X[idx], y[idx], sample_weight=w[idx], comm=comm)
             out[f"exact_{kind}_{solver}"] = _fitted(est)
 
+    #    The learning-rate rules that read agreed numbers: adaptive (divided by 5 when the
+    #    global loss stalls; tol=0.5 makes it stall) and invscaling (global samples seen).
+    X, y, w = est_data("clf")
+    for rule, extra in (("adaptive", {"tol": 0.5, "n_iter_no_change": 1, "max_iter": 6}),
+                        ("invscaling", {"power_t": 0.3})):
+        est = MLPClassifier(batch_size=EST_BATCH, random_state=0,
+                            **est_kwargs("sgd", learning_rate=rule, **extra))
+        est.fit(X[idx], y[idx], sample_weight=w[idx], comm=comm)
+        out[f"lr_{rule}"] = {**_fitted(est), "lr": est._rt.optimizer.lr}
+
     # 2. Uneven contiguous shards (23, 7[, 12] rows, batch 5): small shards run out first.
     sizes = est_uneven_sizes(size)
     start = sum(sizes[:rank])
@@ -460,4 +470,32 @@ def run_estimators_main(outdir: str) -> None:
     out: dict[str, Any] = {}
     run_estimators(comm, out)
     with open(Path(outdir) / f"estimators.rank{comm.Get_rank()}.pkl", "wb") as fh:
+        pickle.dump(out, fh)
+
+
+def run_estimators_gpu_main(outdir: str, use_nccl: bool) -> None:
+    """Block shards on the GPU (float64): MPI staged through the host, or NCCL."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    out: dict[str, Any] = {}
+    try:
+        import warnings
+
+        from mlpx import MLPClassifier
+        from mlpx.distributed import local_gpu_backend
+
+        warnings.simplefilter("ignore")
+        backend = local_gpu_backend(comm) if use_nccl else "gpu"
+        idx = shard_rows(rank, size)
+        X, y, w = est_data("clf")
+        for solver in ("sgd", "adam"):
+            est = MLPClassifier(batch_size=EST_BATCH, random_state=0, backend=backend, dtype="float64",
+                                **est_kwargs(solver))
+            est.fit(X[idx], y[idx], sample_weight=w[idx], comm="nccl" if use_nccl else comm)
+            out[solver] = {**_fitted(est), "backend": backend}
+    except Exception as exc:  # reported to the test
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    with open(Path(outdir) / f"estimators_gpu.rank{rank}.pkl", "wb") as fh:
         pickle.dump(out, fh)

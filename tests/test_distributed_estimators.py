@@ -44,15 +44,15 @@ EST = {"clf": (MLPClassifier, SkClassifier), "reg": (MLPRegressor, SkRegressor)}
 ATOL = 1e-10
 
 
-def _launch(size: int, outdir: Path, timeout: float) -> subprocess.CompletedProcess[str]:
-    """``mpiexec -n size python -c 'W.run_estimators_main(outdir)'``, killed after ``timeout`` s."""
+def _launch(size: int, call: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``mpiexec -n size python -c 'W.<call>'``, killed after ``timeout`` seconds."""
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         env[var] = "1"  # the ranks already share the cores
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_rmaps_base_oversubscribe="1", PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe")
     tests = str(Path(__file__).resolve().parent)
-    code = f"import sys; sys.path.insert(0, {tests!r}); import _mpi_worker as W; W.run_estimators_main({str(outdir)!r})"
+    code = f"import sys; sys.path.insert(0, {tests!r}); import _mpi_worker as W; W.{call}"
     cmd = [W.find_mpiexec() or "mpiexec", "-n", str(size), sys.executable, "-c", code]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -61,7 +61,7 @@ def _launch(size: int, outdir: Path, timeout: float) -> subprocess.CompletedProc
 def _results(size: int) -> tuple[dict[str, Any], ...]:
     outdir = Path(tempfile.mkdtemp(prefix=f"mlpx-est-mpi{size}-"))
     try:
-        proc = _launch(size, outdir, timeout=150)
+        proc = _launch(size, f"run_estimators_main({str(outdir)!r})", timeout=150)
         if proc.returncode != 0:  # cached too: one failed launch, not one per test
             return ({"failed": f"mpiexec failed:\n{proc.stdout}\n{proc.stderr}"},)
         out = []
@@ -123,6 +123,26 @@ def test_k_ranks_batch_b_equal_one_process_batch_kb(size: int, kind: str, solver
         ref = single_process(kind, which, X, y, w, batch_size=size * W.EST_BATCH, **W.est_kwargs(solver))
         assert_matches(got[0], ref)
     assert all(g["t_"] == W.N_ROWS * W.EST_EPOCHS for g in got)  # samples seen: global
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("rule", ["adaptive", "invscaling"])
+def test_learning_rate_rules_read_global_numbers(size: int, rule: str) -> None:
+    # adaptive: the rate is divided when the *global* loss stalls, on every rank at once;
+    # invscaling: the rate follows the global count of samples seen.
+    got = results(size, f"lr_{rule}")
+    assert_identical_on_ranks(got)
+    assert len({g["lr"] for g in got}) == 1
+    X, y, w = W.est_data("clf")
+    extra = {"tol": 0.5, "n_iter_no_change": 1, "max_iter": 6} if rule == "adaptive" else {"power_t": 0.3}
+    kw = W.est_kwargs("sgd", learning_rate=rule, **extra)
+    ours = single_process("clf", 0, X, y, w, batch_size=size * W.EST_BATCH, **kw)
+    sk = single_process("clf", 1, X, y, w, batch_size=size * W.EST_BATCH, **kw)
+    for ref in (ours, sk):
+        assert_matches(got[0], ref)
+    assert got[0]["lr"] == pytest.approx(sk._optimizer.learning_rate, rel=1e-12)
+    if rule == "adaptive":
+        assert got[0]["lr"] == pytest.approx(kw["learning_rate_init"] / 25)  # divided twice
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -287,3 +307,40 @@ def test_comm_self_equals_plain_fit() -> None:
         np.testing.assert_allclose(q, p, rtol=0, atol=1e-12)
     np.testing.assert_allclose(b.validation_scores_, a.validation_scores_, rtol=1e-12)
     assert b.n_iter_ == a.n_iter_
+
+
+# ------------------------------------------------------------------------ GPU
+def _gpu_results(size: int, use_nccl: bool, outdir: Path) -> list[dict[str, Any]]:
+    proc = _launch(size, f"run_estimators_gpu_main({str(outdir)!r}, {use_nccl})", timeout=300)
+    assert proc.returncode == 0, f"mpiexec failed:\n{proc.stdout}\n{proc.stderr}"
+    out = []
+    for r in range(size):
+        with open(outdir / f"estimators_gpu.rank{r}.pkl", "rb") as fh:
+            out.append(pickle.load(fh))
+    for r in out:
+        assert "error" not in r, r.get("error")
+    return out
+
+
+def _check_gpu_against_cpu(got: list[dict[str, Any]], size: int) -> None:
+    X, y, w = W.est_data("clf")
+    for solver in ("sgd", "adam"):
+        assert_identical_on_ranks([g[solver] for g in got])
+        ref = single_process("clf", 1, X, y, w, batch_size=size * W.EST_BATCH, **W.est_kwargs(solver))
+        # GPU reductions sum in another order than BLAS on the CPU: float64 rounding only.
+        assert_matches(got[0][solver], ref, atol=1e-9, curve_rtol=1e-9)
+
+
+@pytest.mark.gpu
+def test_gpu_two_ranks_share_one_gpu_over_mpi(tmp_path: Path) -> None:
+    _check_gpu_against_cpu(_gpu_results(2, False, tmp_path), 2)
+
+
+@pytest.mark.gpu
+def test_gpu_nccl_one_rank_per_gpu(tmp_path: Path) -> None:
+    import cupy
+
+    size = min(2, int(cupy.cuda.runtime.getDeviceCount()))  # NCCL refuses two ranks on one GPU
+    got = _gpu_results(size, True, tmp_path)
+    _check_gpu_against_cpu(got, size)
+    assert [g["sgd"]["backend"] for g in got] == [f"gpu:{k}" for k in range(size)]
