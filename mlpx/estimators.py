@@ -49,6 +49,48 @@ How the work is done
   the start of every ``fit``/``partial_fit``/``predict``, so assigning them (or
   editing them in place) takes effect exactly.
 
+Data-parallel training (``comm``)
+--------------------------------
+``fit(X, y, sample_weight=None, comm=None)`` and ``partial_fit(..., comm=None)``
+take an mpi4py communicator, ``"mpi"`` (``MPI.COMM_WORLD``) or ``"nccl"`` (CuPy's
+NCCL over MPI, model on :func:`mlpx.distributed.local_gpu_backend`). Launch
+``mpirun -n K python train.py``; every rank builds the same estimator and passes
+its own shard. Without ``comm`` nothing changes (the scikit-learn signature).
+
+* Rank 0's initial weights (or, with ``warm_start`` / ``partial_fit``, its
+  ``coefs_``) are broadcast; every rank ends with identical fitted attributes.
+* ``batch_size`` is *per rank* (``"auto"``: ``min(200, shard rows)``). Each step,
+  every rank computes the gradient of its minibatch normalised by its own rows (or
+  Σ sample weights) ``d_r``; one all-reduce gives ``Σ d_r g_r / Σ d_r``, the
+  ``alpha`` term is added after it with ``Σ d_r``, and every rank steps the
+  optimizer. Steps per epoch are the maximum over ranks; a rank whose rows have
+  run out contributes ``d_r = 0``. With block shards
+  (:func:`mlpx.distributed.shard_indices` with ``block=b``) and ``shuffle=False``,
+  K ranks with ``batch_size=b`` train exactly like one process with ``K·b``.
+  With ``shuffle=True`` each rank shuffles its own shard every epoch.
+* ``loss_curve_``, ``t_`` (samples seen over all ranks), the ``tol`` /
+  ``n_iter_no_change`` rule, the adaptive learning-rate division and early
+  stopping use global numbers; rank 0's epoch loss and validation score are
+  broadcast so every rank takes the same decision and no rank stops alone.
+* ``early_stopping``: each rank splits its own shard (``validation_fraction``,
+  drawn from ``random_state``, stratified as scikit-learn does); the score is the
+  accuracy / R² of all ranks' validation rows together, from summed statistics
+  (``Σ w·correct``, ``Σ w``; for R² two passes: weighted mean, then the sums of
+  squares). The best weights are restored on every rank.
+* ``classes_`` (classifier) is the union of every rank's labels (of every rank's
+  ``classes`` in ``partial_fit``), so a shard that lacks a class builds the same
+  output layer. Ranks whose shards imply different networks (features, outputs,
+  dtype) are refused with one error on every rank.
+* ``solver="lbfgs"`` is supported: each SciPy evaluation computes the shard's
+  loss and gradient, one all-reduce makes them global (L2 added after it), so
+  every rank hands SciPy identical numbers and runs identical iterations.
+* Failures: an exception on one rank before or during training (bad shard, out
+  of memory) is raised on every rank at the next collective (that rank its own,
+  the others :class:`mlpx.distributed.RankFailedError`), instead of a hang.
+  Ctrl-C is left to the MPI launcher. Every rank needs at least one row (the
+  input checks are scikit-learn's). Only rank 0 prints when ``verbose``;
+  warnings are raised on every rank.
+
 Loss scaling follows scikit-learn: mean loss over samples (``Σ w_i l_i / Σ w_i``
 with sample weights), plus ``alpha/2 · Σ‖W‖² / n`` (``n`` replaced by ``Σ w_i``),
 and the squared-error loss divided by ``n_outputs`` (its gradient is not).
@@ -902,6 +944,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     * Sparse ``X`` stays sparse on the backend; each minibatch (or prediction
       chunk) is densified there before the first layer's product.
     * ``partial_fit`` exists for the stochastic solvers only.
+    * ``fit(..., comm=...)`` / ``partial_fit(..., comm=...)``: data-parallel training
+      across MPI ranks (or NCCL), each rank passing its shard; see the module
+      docstring of :mod:`mlpx.estimators` ("Data-parallel training").
     * ``warm_start=True`` with ``early_stopping=True``: a fit whose epochs never beat
       ``best_validation_score_`` (kept from earlier fits) ends on the best weights
       seen so far. scikit-learn 1.9 ends on the last epoch's weights instead, because
@@ -1140,6 +1185,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     -----
     ``partial_fit`` is available for the stochastic solvers only (scikit-learn's
     regressor exposes it for L-BFGS too, where it runs a full L-BFGS fit).
+    ``fit`` / ``partial_fit`` take ``comm`` for data-parallel training, as
+    :class:`MLPClassifier` does.
     """
 
     _parameter_constraints: dict = {
