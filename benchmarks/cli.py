@@ -46,6 +46,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="output directory (default benchmarks/results/<machine-tag>/)")
     p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
                    help="print the ratios B/A between two results files and exit")
+    p.add_argument("--render", metavar="RESULTS.json",
+                   help="rewrite the report and plots of an existing results file (no measuring) and exit")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -66,6 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = parser()
     args = p.parse_args(argv)
+    if args.render:
+        import json
+        from pathlib import Path
+
+        from benchmarks.report import write_outputs
+
+        path = Path(args.render)
+        paths = write_outputs(json.loads(path.read_text()), path.parent, make_plots=not args.no_plots)
+        print("\n".join(f"{k}: {v}" for k, v in paths.items()))
+        return 0
     if args.compare:
         from benchmarks.compare import compare_files
 

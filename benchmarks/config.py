@@ -161,7 +161,7 @@ def make_config(mode: str = "quick", **overrides: Any) -> Config:
             workloads=_workloads({
                 "digits": (1437, 360, 50, 5),
                 "mlp512": (60000, 10000, 2, 3),
-                "wide2048": (60000, 10000, 1, 2),
+                "wide2048": (60000, 10000, 1, 3),
             }),
             scaling_batches=(8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
             scaling_widths=(32, 64, 128, 256, 512, 1024, 2048, 4096),
