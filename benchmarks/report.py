@@ -351,11 +351,29 @@ def write_outputs(doc: dict[str, Any], out: Path, make_plots: bool = True) -> di
     stem = "" if doc["mode"] == "quick" else f"-{doc['mode']}"
     plot_files, note = plots(doc, out, stem) if make_plots else ({}, "not drawn (--no-plots)")
     paths = {"json": out / f"results{stem}.json", "markdown": out / f"report{stem}.md"}
-    paths["json"].write_text(json.dumps(_rounded(doc), indent=1, default=_jsonable) + "\n")
+    paths["json"].write_text(_dump(_rounded(doc)) + "\n")
     paths["markdown"].write_text(markdown(doc, plot_files, note) + "\n")
     for name, f in plot_files.items():
         paths[name] = out / f
     return paths
+
+
+def _compact(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), default=_jsonable)
+
+
+def _dump(obj: Any, ind: str = "") -> str:
+    """JSON with one record per line: small, and a re-run's diff shows what changed."""
+    flat = _compact(obj)
+    if len(flat) <= 120 or not isinstance(obj, (dict, list)):
+        return flat
+    inner = ind + " "
+    if isinstance(obj, dict):
+        items = [f"{inner}{json.dumps(k)}:{_dump(v, inner)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + ind + "}"
+    if all(isinstance(v, dict) for v in obj):  # a list of records: one per line
+        return "[\n" + ",\n".join(inner + _compact(v) for v in obj) + "\n" + ind + "]"
+    return "[\n" + ",\n".join(inner + _dump(v, inner) for v in obj) + "\n" + ind + "]"
 
 
 def _rounded(obj: Any) -> Any:
