@@ -727,7 +727,7 @@ def fit_distributed(
                             ib = idx[a:b]
                             Xb = be.take_rows(Xd, ib, out=workspace("X", b - a, Xd))
                             Yb = be.take_rows(Yd, ib, out=workspace("Y", b - a, Yd))
-                            wb = None if wd is None else be.take_rows(wd, ib)
+                            wb = None if wd is None else be.take_rows(wd, ib, out=workspace("w", b - a, wd))
                             d = float(b - a) if w is None else float(w[perm[a:b]].sum())
                         # L2 waits for the global denominator (added after the all-reduce).
                         value = model._forward_backward(Xb, Yb, lossfn, wb, d if d > 0 else 1.0, 0.0)

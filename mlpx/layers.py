@@ -78,7 +78,7 @@ def bias_activation(xp: Any, Z: Array, b: Array, act: Activation, out: Array) ->
 
 @bias_activation.register("numpy")
 def _bias_activation_np(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> Array:
-    xp.add(Z, b, out=Z)
+    _add_bias_np(xp, Z, b)
     return act.forward_kernel.resolve(("numpy",))(xp, Z, out)
 
 

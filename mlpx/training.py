@@ -249,7 +249,7 @@ def fit(
                     ib = idx[a:b]
                     Xb = be.take_rows(Xd, ib, out=workspace("X", rows, Xd))
                     Yb = be.take_rows(Yd, ib, out=workspace("Y", rows, Yd))
-                    wb = None if wd is None else be.take_rows(wd, ib)
+                    wb = None if wd is None else be.take_rows(wd, ib, out=workspace("w", rows, wd))
                     denom = float(rows) if w is None else float(w[perm[a:b]].sum())
                 value = model._forward_backward(Xb, Yb, lossfn, wb, denom, l2)
                 if track_acc:
