@@ -11,6 +11,8 @@ reductions             ``sum``, ``to_float``
 indexing               ``take_rows``, ``arange``
 elementwise            ``run`` (a :class:`~backends.kernel.Kernel`)
 device                 ``synchronize``, ``check``, ``describe``, ``dtype``
+host-to-device stream  ``empty_pinned``, ``upload``, ``copy_stream``, ``record_event``,
+                       ``wait_event``, ``synchronize_event``, ``device_free_bytes``
 =====================  =====================================================
 
 Everything here is written against the Python Array API standard, so it runs on
@@ -46,6 +48,7 @@ class DeviceMismatchError(BackendError, TypeError):
 
 
 _FLOAT_DTYPES = ("float32", "float64")
+_LOW_DTYPES = ("float16", "bfloat16")  # compute-only dtypes of mixed precision
 
 
 class Backend:
@@ -84,19 +87,35 @@ class Backend:
         return f"<{type(self).__name__} {self.name}>"
 
     def dtype(self, dtype: Any) -> Any:
-        """The namespace's floating dtype for ``dtype`` ("float32", "float64", or a dtype).
+        """The namespace's floating dtype for ``dtype``.
+
+        ``"float32"`` and ``"float64"`` are the dtypes parameters live in;
+        ``"float16"`` and ``"bfloat16"`` are accepted as *compute* dtypes of the
+        mixed-precision modes (:mod:`mlpx.precision`), where the namespace has them.
 
         Raises
         ------
         TypeError
-            For anything other than float32 or float64.
+            For any other dtype, or a low-precision one the namespace lacks.
         """
         name = _dtype_name(dtype)
-        if name not in _FLOAT_DTYPES:
-            raise TypeError(
-                f"unsupported dtype {dtype!r}: mlpx computes in float32 or float64"
-            )
-        return getattr(self.xp, name)
+        if name in _FLOAT_DTYPES:
+            return getattr(self.xp, name)
+        if name in _LOW_DTYPES:
+            return self._low_dtype(name)
+        raise TypeError(f"unsupported dtype {dtype!r}: mlpx computes in float32 or float64")
+
+    def _low_dtype(self, name: str) -> Any:
+        lib = getattr(self.xp, "__name__", "").split(".")[0]
+        if name == "float16" and lib in ("numpy", "cupy"):
+            return self.xp.float16
+        if name == "bfloat16" and lib in ("numpy", "cupy"):
+            try:
+                import ml_dtypes  # NumPy's (and CuPy >= 14's) bfloat16
+            except ImportError:
+                raise TypeError("bfloat16 needs the ml_dtypes package: pip install ml_dtypes") from None
+            return ml_dtypes.bfloat16
+        raise TypeError(f"backend {self.name!r} has no {name} arrays (the Array API standard has none)")
 
     def describe(self) -> dict[str, str]:
         """Backend name, array library and version, device: for logs and benchmarks."""
@@ -149,8 +168,12 @@ class Backend:
         return self.xp.arange(n, **self._dev())
 
     def copy(self, src: Array, out: Array) -> Array:
-        """Copy ``src`` into the preallocated ``out`` (same shape) and return ``out``."""
-        out[...] = src
+        """Copy ``src`` into the preallocated ``out`` (same shape) and return ``out``.
+
+        A different dtype of ``out`` converts (e.g. float32 master weights into their
+        bfloat16 compute copy).
+        """
+        out[...] = src if src.dtype == out.dtype else self.xp.astype(src, out.dtype)
         return out
 
     # ---------------------------------------------------------------- matmul
@@ -191,7 +214,10 @@ class Backend:
 
     # ------------------------------------------------------------ reductions
     def sum(self, x: Array, axis: int | None = None, out: Array | None = None) -> Array:
-        """Sum of ``x`` over ``axis`` (all axes if ``None``), into ``out`` if given."""
+        """Sum of ``x`` over ``axis`` (all axes if ``None``), into ``out`` if given.
+
+        Half-precision input accumulates in float32 (backends override accordingly).
+        """
         result = self.xp.sum(x, axis=axis)
         if out is None:
             return result
@@ -234,6 +260,13 @@ class Backend:
         """
         return contextlib.nullcontext()
 
+    def tf32_matmul(self) -> contextlib.AbstractContextManager[Any]:
+        """Context in which float32 products may use TF32 tensor cores (GPU backends).
+
+        Elsewhere a no-op: there is no TF32 outside NVIDIA tensor cores.
+        """
+        return contextlib.nullcontext()
+
     def synchronize(self) -> None:
         """Wait for queued device work to finish (no-op on synchronous backends)."""
 
@@ -251,6 +284,67 @@ class Backend:
             f"matches the array's library"
         )
 
+    # ------------------------------------------------ host-to-device streams
+    # Used by mlpx.streaming to feed minibatches from host memory. The defaults
+    # describe a synchronous backend: staging buffers are plain host memory, a copy
+    # has finished when it returns, and there are no streams or events (None), so
+    # recording one is free and waiting on one returns at once. GPU backends override
+    # all seven to overlap copies with computation.
+
+    def empty_pinned(self, shape: Shape, dtype: Any) -> np.ndarray:
+        """A host (NumPy) staging buffer to upload from.
+
+        Parameters
+        ----------
+        shape : int or tuple of int
+        dtype : NumPy dtype or name
+            Any NumPy dtype (float16, ml_dtypes' bfloat16, ...).
+
+        Returns
+        -------
+        numpy.ndarray
+            Page-locked on GPU backends, so copies from it can run asynchronously;
+            ordinary host memory here.
+        """
+        return np.empty(shape, dtype=dtype)
+
+    def upload(self, src: np.ndarray, out: Array, stream: Any = None) -> Array:
+        """Copy the host array ``src`` into the device array ``out`` (same shape and dtype).
+
+        On backends with streams the copy is queued on ``stream`` (from
+        :meth:`copy_stream`; ``None``: the current stream) and this returns before it
+        ran: ``src`` must not change, nor ``out`` be read, until an event recorded on
+        ``stream`` after it has completed. Here the copy is done when this returns.
+        """
+        out[...] = self.asarray(src)
+        return out
+
+    def copy_stream(self) -> Any:
+        """A new stream for uploads that runs beside the compute stream; ``None`` here."""
+        return None
+
+    def record_event(self, stream: Any = None) -> Any:
+        """An event that completes when the work queued so far on ``stream`` has run.
+
+        ``stream=None`` is the current (compute) stream. ``None`` here: on a
+        synchronous backend all work queued so far has already run.
+        """
+        return None
+
+    def wait_event(self, event: Any, stream: Any = None) -> None:
+        """Make ``stream`` (``None``: the current one) wait for ``event`` on the device.
+
+        Work queued on ``stream`` later starts only after ``event`` completed; the host
+        does not block. A no-op for ``event=None``.
+        """
+
+    def synchronize_event(self, event: Any) -> None:
+        """Block the host until ``event`` has completed (a no-op for ``None``)."""
+
+    def device_free_bytes(self) -> int | None:
+        """Device memory available for new arrays, in bytes; ``None`` for host memory."""
+        return None
+
     def _dev(self) -> dict[str, Any]:
         return {} if self.device is None else {"device": self.device}
 
@@ -263,7 +357,7 @@ def _dtype_name(dtype: Any) -> str:
     except TypeError:
         pass
     text = str(dtype)
-    for name in _FLOAT_DTYPES + ("float16", "int32", "int64"):
+    for name in _FLOAT_DTYPES + _LOW_DTYPES + ("int32", "int64"):
         if text.endswith(name):
             return name
     return text

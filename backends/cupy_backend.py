@@ -124,8 +124,27 @@ class CupyBackend(Backend):
             return self.xp.arange(n)
 
     def copy(self, src: Array, out: Array) -> Array:
-        self.xp.copyto(out, src)
+        self.xp.copyto(out, src, casting="unsafe")  # dtype conversions (mixed precision) too
         return out
+
+    @contextlib.contextmanager
+    def tf32_matmul(self) -> Iterator[None]:
+        """float32 products on TF32 tensor cores inside the block (compute capability >= 8.0).
+
+        CuPy picks cuBLAS's compute type per dtype; ``cupy._core.set_compute_type``
+        switches it for the process (the ``CUPY_TF32=1`` environment variable only
+        sets the initial default), so the previous setting is restored on exit.
+        """
+        from cupy import _core
+        from cupy._core import _routines_linalg as linalg
+
+        tf32 = getattr(linalg, "COMPUTE_TYPE_TF32", 7)
+        old = _core.get_compute_type(np.float32)
+        _core.set_compute_type(np.float32, tf32)
+        try:
+            yield
+        finally:
+            _core.set_compute_type(np.float32, old)
 
     def gemm(
         self,
@@ -146,6 +165,14 @@ class CupyBackend(Backend):
         return self.xp.matmul(a, b, out=out)
 
     def sum(self, x: Array, axis: int | None = None, out: Array | None = None) -> Array:
+        if x.dtype.itemsize < 4:
+            # Half precision (mixed-precision bias gradients): accumulate in float32,
+            # then store into out's dtype.
+            total = self.xp.sum(x, axis=axis, dtype=self.xp.float32)
+            if out is None:
+                return total.astype(x.dtype)
+            self.xp.copyto(out, total, casting="unsafe")
+            return out
         return self.xp.sum(x, axis=axis, out=out)
 
     def take_rows(self, x: Array, idx: Array, out: Array | None = None) -> Array:
@@ -156,6 +183,55 @@ class CupyBackend(Backend):
 
     def synchronize(self) -> None:
         self.device.synchronize()
+
+    # ------------------------------------------------ host-to-device streams
+    # See Backend: these let mlpx.streaming overlap host->device copies with kernels.
+
+    def empty_pinned(self, shape: Any, dtype: Any) -> np.ndarray:
+        # Page-locked memory: the copy engine reads it by DMA while the host goes on.
+        # From pageable memory the driver first stages the data itself, synchronously.
+        # Allocated with this device current, so its context registers the pages.
+        import cupyx
+
+        with self.device:
+            return cupyx.empty_pinned(shape, dtype=dtype)
+
+    def upload(self, src: np.ndarray, out: Array, stream: Any = None) -> Array:
+        # cudaMemcpyAsync on `stream`: returns at once when `src` is page-locked.
+        # `out` must be C-contiguous (a whole buffer or its leading rows).
+        out.set(src, stream=stream)
+        return out
+
+    def copy_stream(self) -> Any:
+        # non_blocking: no implicit synchronisation with the legacy default stream,
+        # where CuPy launches kernels unless told otherwise; the order between the two
+        # streams is then exactly the events the caller records and waits on.
+        with self.device:
+            return self.xp.cuda.Stream(non_blocking=True)
+
+    def record_event(self, stream: Any = None) -> Any:
+        with self.device:
+            # Without timing the event is a pure ordering marker (cheaper to record and wait on).
+            event = self.xp.cuda.Event(disable_timing=True)
+            event.record(stream if stream is not None else self.xp.cuda.get_current_stream())
+        return event
+
+    def wait_event(self, event: Any, stream: Any = None) -> None:
+        if event is None:
+            return
+        with self.device:
+            (stream if stream is not None else self.xp.cuda.get_current_stream()).wait_event(event)
+
+    def synchronize_event(self, event: Any) -> None:
+        if event is not None:
+            event.synchronize()
+
+    def device_free_bytes(self) -> int | None:
+        with self.device:
+            free, _total = self.xp.cuda.runtime.memGetInfo()
+            # Blocks cached by CuPy's memory pool count as used for the driver, but new
+            # CuPy arrays reuse them.
+            return int(free) + int(self.xp.get_default_memory_pool().free_bytes())
 
     def check(self, x: Any) -> None:
         if isinstance(x, np.ndarray):

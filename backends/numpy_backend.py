@@ -35,14 +35,19 @@ class NumpyBackend(Backend):
 
     def __init__(self) -> None:
         super().__init__(np, device=None, name="cpu")
+        self._low_cache: dict[Any, Any] = {}
 
     def run(self, k: Any, *args: Any, **kwargs: Any) -> Any:
-        fn = self._kernel_cache.get(k)
+        # numba compiles no half-precision loops: float16/bfloat16 operands (mixed
+        # precision) take the NumPy variants, resolved into a cache of their own.
+        low = bool(args) and getattr(getattr(args[0], "dtype", None), "itemsize", 4) < 4
+        cache = self._low_cache if low else self._kernel_cache
+        fn = cache.get(k)
         if fn is None:
-            # numba variants (one multi-threaded pass) first, when numba is usable;
-            # decided on first use so that importing mlpx never imports numba.
-            kinds = ("numba",) + self.kinds if numba_enabled() else self.kinds
-            fn = self._kernel_cache[k] = k.resolve(kinds)
+            # numba variants (one compiled pass) first, when numba is usable; decided
+            # on first use so that importing mlpx never imports numba.
+            kinds = ("numba",) + self.kinds if numba_enabled() and not low else self.kinds
+            fn = cache[k] = k.resolve(kinds)
         return fn(self.xp, *args, **kwargs)
 
     def describe(self) -> dict[str, str]:
@@ -80,7 +85,8 @@ class NumpyBackend(Backend):
         return np.empty(shape, dtype=self.dtype(dtype))
 
     def copy(self, src: Array, out: Array) -> Array:
-        np.copyto(out, src)
+        # unsafe: float32 -> bfloat16 is not a "same kind" cast to ml_dtypes
+        np.copyto(out, src, casting="unsafe")
         return out
 
     def gemm(
@@ -98,7 +104,10 @@ class NumpyBackend(Backend):
         return np.matmul(a, b, out=out)
 
     def sum(self, x: Array, axis: int | None = None, out: Array | None = None) -> Array:
-        return np.sum(x, axis=axis, out=out)
+        # Half-precision sums (bias gradients over a batch) accumulate in float32:
+        # float16's 11-bit mantissa stops counting past 2048 equal terms.
+        acc = np.float32 if x.dtype.itemsize < 4 else None
+        return np.sum(x, axis=axis, out=out, dtype=acc)
 
     def take_rows(self, x: Array, idx: Array, out: Array | None = None) -> Array:
         return np.take(x, idx, axis=0, out=out)

@@ -80,7 +80,7 @@ from mlpx.losses import Loss
 from mlpx.metrics import correct_count
 from mlpx.optimizers import Optimizer, get_optimizer
 from mlpx.training import History, TrainingDivergedError, _check_positive_int
-from mlpx.validation import check_X, encode_targets
+from mlpx.validation import encode_targets
 
 __all__ = [
     "GradientReducer",
@@ -667,14 +667,13 @@ def fit_distributed(
     # As in the single-process loop: overflow inside a step is caught as a non-finite
     # epoch loss (TrainingDivergedError), and BLAS threads suit the product size.
     with (
-        be.activated(),
-        be.blas_threads(model.gemm_flops(batch_size)),
+        model.compute_context(batch_size),
         np.errstate(over="ignore", invalid="ignore", divide="ignore"),
     ):
         reducer.broadcast_params(model.params)  # rank 0's weights everywhere
         pending: BaseException | None = None
         try:  # device memory can run out on one rank only
-            Xd = None if Xh is None else be.asarray(Xh, dtype=model.dtype)
+            Xd = None if Xh is None else be.asarray(Xh, dtype=model.compute_dtype)
             Yd = None if Y is None else be.asarray(Y, dtype=model.dtype)
             wd = None if w is None else be.asarray(w, dtype=model.dtype)
             opt.bind(be, model.params, model.grads, model.n_weights)
@@ -690,7 +689,7 @@ def fit_distributed(
         def workspace(tag: str, rows: int, like: Array) -> Array:
             key = (tag, rows)
             if key not in ws:
-                ws[key] = be.empty((rows,) + tuple(like.shape[1:]), model.dtype)
+                ws[key] = be.empty((rows,) + tuple(like.shape[1:]), like.dtype)
             return ws[key]
 
         try:
@@ -743,7 +742,8 @@ def fit_distributed(
                 try:
                     if l2:
                         l2_total = l2_total + model._add_l2(l2, D) * D
-                    opt.step()
+                    # fp16: every rank holds the same reduced gradients, so all skip alike
+                    model._apply_update(opt)
                 except Exception as exc:  # reported at the next collective
                     pending = exc
                 data_total += gloss * D
@@ -865,7 +865,7 @@ def _local_arrays(model: Any, X: Any, y: Any, sample_weight: Any, name: str = "X
         if shape[1] != model.n_features_in_:
             raise ValueError(f"{name} has {shape[1]} features, but the model expects {model.n_features_in_}")
         return None, None, None
-    X = check_X(X, be, model.n_features_in_, name=name)
+    X = model._check_X(X, name=name)
     X = X if isinstance(X, np.ndarray) else be.to_numpy(X)
     Y = encode_targets(y, model.output.name, model.n_outputs_, X.shape[0])
     w = None
@@ -899,7 +899,7 @@ def _validation_parts(model: Any, lossfn: Loss, val: Any) -> dict[str, Any]:
     preds = []
     for a in range(0, n, 8192):
         b = min(a + 8192, n)
-        Z = model.forward(be.asarray(Xv[a:b], dtype=model.dtype))
+        Z = model._logits_master(model.forward(be.asarray(Xv[a:b], dtype=model.compute_dtype)))
         wb = be.asarray(w[a:b], dtype=model.dtype)
         loss_sum += be.to_float(lossfn(be, Z, be.asarray(Yv[a:b], dtype=model.dtype), None, wb, 1.0))
         if not classifier:

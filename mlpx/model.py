@@ -15,6 +15,7 @@ output delta ``(Ŷ − Y)/n`` in one step.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -24,6 +25,7 @@ from mlpx.backends import Backend, get_backend
 from mlpx.layers import ActivationLayer, Dense, Dropout, Layer
 from mlpx.losses import OUTPUT_LOSS, Loss, get_loss, l2_penalty
 from mlpx.metrics import correct_count, r2_score
+from mlpx.precision import all_finite, check_range, get_precision, scale_cast
 from mlpx.validation import check_sample_weight, check_X, encode_targets
 
 __all__ = ["MLP", "Sequential"]
@@ -56,6 +58,11 @@ class Sequential:
     seed : int, optional
         Seeds the host generator for initial weights (and dropout masks); the same
         seed gives the same starting weights on every backend.
+    precision : {None, "float32", "tf32", "bf16", "fp16"}, optional
+        How a step computes (:mod:`mlpx.precision`): None computes in ``dtype``;
+        "tf32" uses TF32 tensor cores for the float32 products (GPU); "bf16" and
+        "fp16" run activations and products in that dtype with float32 master
+        weights and optimizer state (fp16 with dynamic loss scaling).
 
     Attributes
     ----------
@@ -65,6 +72,8 @@ class Sequential:
         Flat gradient buffer, same layout.
     n_weights : int
         Length of the weight prefix of ``params`` (biases follow).
+    precision_ : Precision
+        The resolved precision mode; ``compute_dtype`` is its compute dtype.
     output : Activation
         The output activation.
     n_features_in_ : int
@@ -77,6 +86,7 @@ class Sequential:
         backend: str | Backend = "cpu",
         dtype: str = "float32",
         seed: int | None = None,
+        precision: str | None = None,
     ) -> None:
         layers = list(layers)
         if not layers:
@@ -86,6 +96,8 @@ class Sequential:
                 raise TypeError(f"not a layer: {layer!r}")
         self.backend = get_backend(backend)
         self.dtype = _check_dtype(dtype)
+        self.precision_ = get_precision(precision, self.dtype, self.backend)
+        self.compute_dtype = self.precision_.compute_dtype
         self.seed = seed
         self.layers, self.output = _split_output(layers)
         self.stop_training = False
@@ -97,12 +109,13 @@ class Sequential:
     # ------------------------------------------------------------------ build
     def _build(self) -> None:
         be, dtype = self.backend, self.dtype
+        mixed = self.precision_.mixed
         first = next((l for l in self.layers if isinstance(l, Dense)), None)
         if first is None:
             raise ValueError("Sequential needs at least one Dense layer")
         self.n_features_in_ = n = first.n_in
         for layer in self.layers:
-            n = layer.build(be, dtype, n)
+            n = layer.build(be, self.compute_dtype, n)
         self.n_outputs_ = n
         # Flat layout: all weights, then all biases, so the L2 term touches a prefix.
         specs = [(i, name, shape, kind) for i, l in enumerate(self.layers) for name, shape, kind in l.param_shapes()]
@@ -117,11 +130,16 @@ class Sequential:
         self.n_weights = sum(int(np.prod(s[2])) for s in ordered if s[3] == "weight")
         self.params = be.zeros(offset, dtype)
         self.grads = be.zeros(offset, dtype)
+        # Mixed precision: layers compute with low-precision copies (refreshed from the
+        # master weights by every forward pass) and write low-precision gradients,
+        # which the step converts into the master gradient buffer.
+        self._params_c = be.zeros(offset, self.compute_dtype) if mixed else self.params
+        self._grads_c = be.zeros(offset, self.compute_dtype) if mixed else self.grads
         views: dict[int, tuple[dict[str, Array], dict[str, Array]]] = {}
         for i, name, shape, a, b in self._slots:
             pv, gv = views.setdefault(i, ({}, {}))
-            pv[name] = be.xp.reshape(self.params[a:b], shape)
-            gv[name] = be.xp.reshape(self.grads[a:b], shape)
+            pv[name] = be.xp.reshape(self._params_c[a:b], shape)
+            gv[name] = be.xp.reshape(self._grads_c[a:b], shape)
         for i, layer in enumerate(self.layers):
             layer.bind(*views.get(i, ({}, {})))
 
@@ -147,12 +165,19 @@ class Sequential:
 
     # ------------------------------------------------------------ parameters
     def parameters(self) -> dict[str, Array]:
-        """Parameter views on the backend, named ``"<layer>.<name>"`` (e.g. ``"0.W"``)."""
-        return {f"{i}.{name}": self.layers[i].params[name] for i, name, *_ in self._layer_order()}
+        """Parameter views on the backend, named ``"<layer>.<name>"`` (e.g. ``"0.W"``).
+
+        Views of the master buffer ``params`` (in ``dtype``, whatever the precision).
+        """
+        return self._views(self.params)
 
     def gradients(self) -> dict[str, Array]:
         """Gradient views on the backend, same names as :meth:`parameters`."""
-        return {f"{i}.{name}": self.layers[i].grads[name] for i, name, *_ in self._layer_order()}
+        return self._views(self.grads)
+
+    def _views(self, flat: Array) -> dict[str, Array]:
+        reshape = self.backend.xp.reshape
+        return {f"{i}.{name}": reshape(flat[a:b], shape) for i, name, shape, a, b in self._layer_order()}
 
     def _layer_order(self) -> list[tuple[int, str, tuple[int, ...], int, int]]:
         return sorted(self._slots, key=lambda s: (s[0], s[1] != "W"))
@@ -201,7 +226,12 @@ class Sequential:
         Returns
         -------
         array, shape (n, n_outputs_): a workspace overwritten by the next call.
+        In mixed precision, X and the logits are in ``compute_dtype``.
         """
+        if self.precision_.mixed:
+            # One conversion of the whole flat buffer per pass: the compute copy can
+            # never be stale, whoever last wrote the master weights.
+            self.backend.copy(self.params, self._params_c)
         H = X
         for layer in self.layers:
             H = layer.forward(H, train)
@@ -211,30 +241,58 @@ class Sequential:
         """Flops (2·n·n_in·n_out) of the largest matrix product for a batch of n rows."""
         return max((2.0 * n * l.n_in * l.n_out for l in self.layers if isinstance(l, Dense)), default=0.0)
 
-    def _workspace(self, tag: str, n: int, width: int) -> Array:
+    def _check_X(self, X: Any, name: str = "X") -> Any:
+        """:func:`~mlpx.validation.check_X`, plus the compute dtype's range (fp16)."""
+        X = check_X(X, self.backend, self.n_features_in_, name=name)
+        check_range(X, self.compute_dtype, name)
+        return X
+
+    def _workspace(self, tag: str, n: int, width: int, dtype: str | None = None) -> Array:
         key = (tag, n)
         buf = self._ws.get(key)
         if buf is None:
             if len(self._ws) > 8:
                 self._ws.clear()
-            buf = self._ws[key] = self.backend.empty((n, width), self.dtype)
+            buf = self._ws[key] = self.backend.empty((n, width), dtype or self.dtype)
         return buf
 
-    def _predict_raw(self, X: Any, apply_output: bool = True) -> np.ndarray:
-        """Host array (n, n_outputs_) of outputs, computed in chunks."""
-        X = check_X(X, self.backend, self.n_features_in_)
+    def _predict_raw(self, X: Any, apply_output: bool = True, argmax: bool = False) -> np.ndarray:
+        """Host array (n, n_outputs_) of outputs, computed in chunks of PREDICT_CHUNK rows.
+
+        With ``argmax`` the class index of each row is taken on the device and only
+        the (n,) indices come back: no per-chunk transfer beyond the result.
+        """
+        X = self._check_X(X)
         be = self.backend
         n = X.shape[0]
-        result = np.empty((n, self.n_outputs_), dtype=self.dtype)
-        with be.activated(), be.blas_threads(self.gemm_flops(min(n, PREDICT_CHUNK))):
+        result = np.empty((n,) if argmax else (n, self.n_outputs_), dtype=np.int64 if argmax else self.dtype)
+        with self.compute_context(min(n, PREDICT_CHUNK)):
             for start in range(0, n, PREDICT_CHUNK):
                 stop = min(start + PREDICT_CHUNK, n)  # strict namespaces reject out-of-range stops
-                Xc = be.asarray(X[start:stop, :], dtype=self.dtype)
-                Z = self.forward(Xc, train=False)
-                if apply_output:
+                Xc = be.asarray(X[start:stop, :], dtype=self.compute_dtype)
+                Z = self._logits_master(self.forward(Xc, train=False))
+                if argmax:
+                    Z = be.xp.argmax(Z, axis=1)
+                elif apply_output:
                     Z = self.output.forward(be, Z, out=Z)
-                result[start : start + Z.shape[0]] = be.to_numpy(Z)
+                result[start:stop] = be.to_numpy(Z)
         return result
+
+    def compute_context(self, batch: int) -> contextlib.ExitStack:
+        """Device, BLAS threads and GEMM precision for passes over ``batch`` rows."""
+        be = self.backend
+        stack = contextlib.ExitStack()
+        stack.enter_context(be.activated())
+        stack.enter_context(be.blas_threads(self.gemm_flops(batch)))
+        if self.precision_.tf32:
+            stack.enter_context(be.tf32_matmul())
+        return stack
+
+    def _logits_master(self, Z: Array) -> Array:
+        """Logits in the master dtype (a converted workspace copy in mixed precision)."""
+        if not self.precision_.mixed:
+            return Z
+        return self.backend.copy(Z, self._workspace("Z", Z.shape[0], self.n_outputs_))
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Output activation values (class probabilities for softmax / logistic).
@@ -253,7 +311,7 @@ class Sequential:
         """
         out = self.output.name
         if out == "softmax":
-            return np.argmax(self._predict_raw(X, apply_output=False), axis=1)
+            return self._predict_raw(X, argmax=True)
         if out == "logistic":
             labels = (self._predict_raw(X, apply_output=False) > 0).astype(np.int64)
             return labels[:, 0] if labels.shape[1] == 1 else labels
@@ -309,18 +367,44 @@ class Sequential:
         n = X.shape[0]
         if denom is None:
             denom = float(n)
-        Z = self._logits = self.forward(X, train=True)
+        prec = self.precision_
+        Z = self._logits = self._logits_master(self.forward(X, train=True))
         dZ = self._workspace("dZ", n, self.n_outputs_)
         value = loss(be, Z, Y, dZ, w, denom)
+        if prec.mixed:
+            # The output delta goes back in the compute dtype, multiplied by the loss
+            # scale (fp16) so small gradients do not flush to zero on the way.
+            scale = prec.scaler.scale if prec.scaler is not None else 1.0
+            dZ = be.run(scale_cast, dZ, scale, self._workspace("dZc", n, self.n_outputs_, self.compute_dtype))
         dH: Array | None = dZ
         first_param = next(i for i, l in enumerate(self.layers) if l.param_shapes())
         for i in range(len(self.layers) - 1, -1, -1):
             dH = self.layers[i].backward(dH, need_dX=i > first_param)
             if dH is None:
                 break
+        if prec.mixed:
+            scale = prec.scaler.scale if prec.scaler is not None else 1.0
+            be.run(scale_cast, self._grads_c, 1.0 / scale, self.grads)
         if l2:
             value = value + self._add_l2(l2, denom)
         return value
+
+    def _apply_update(self, opt: Any) -> bool:
+        """Apply ``opt`` to the master weights; False if the step was skipped.
+
+        With fp16 loss scaling, a step whose gradients overflowed is skipped and the
+        scale lowered (one flag read back from the device per step, as in
+        ``torch.amp.GradScaler``); every other mode always applies the step.
+        """
+        scaler = self.precision_.scaler
+        if scaler is None:
+            opt.step()
+            return True
+        found_inf = not bool(self.backend.run(all_finite, self.grads))
+        scaler.update(found_inf)
+        if not found_inf:
+            opt.step()
+        return not found_inf
 
     def _add_l2(self, l2: float, denom: float) -> Array:
         """Add ``l2 W / d`` to the weight gradients; return the loss term ``½ l2 Σ‖W‖² / d``.
@@ -363,33 +447,40 @@ class Sequential:
             Host copies, named as in :meth:`parameters`.
         """
         be = self.backend
-        X = check_X(X, be, self.n_features_in_)
+        X = self._check_X(X)
         Y = encode_targets(y, self.output.name, self.n_outputs_, X.shape[0])
         w = check_sample_weight(sample_weight, X.shape[0])
         lossfn = self.resolve_loss(loss)
-        with be.activated():
-            Xd = be.asarray(X, dtype=self.dtype)
+        with self.compute_context(X.shape[0]):
+            Xd = be.asarray(X, dtype=self.compute_dtype)
             Yd = be.asarray(Y, dtype=self.dtype)
             wd = None if w is None else be.asarray(w, dtype=self.dtype)
             denom = float(X.shape[0]) if w is None else float(w.sum())
-            value = self._forward_backward(Xd, Yd, lossfn, wd, denom, l2)
+            scaler = self.precision_.scaler
+            with np.errstate(over="ignore", invalid="ignore"):
+                value = self._forward_backward(Xd, Yd, lossfn, wd, denom, l2)
+                # fp16: lower the loss scale until the scaled gradients fit float16
+                # (here a caller wants the gradients, so retrying beats skipping).
+                while scaler is not None and scaler.scale > 1.0 and not bool(be.run(all_finite, self.grads)):
+                    scaler.update(found_inf=True)
+                    value = self._forward_backward(Xd, Yd, lossfn, wd, denom, l2)
             grads = {k: np.array(be.to_numpy(v), copy=True) for k, v in self.gradients().items()}
             return be.to_float(value), grads
 
     def evaluate(self, X: Any, y: Any, sample_weight: Any = None) -> dict[str, float]:
         """Mean loss and a metric on ``(X, y)``: accuracy (classifiers) or R² (regressors)."""
         be = self.backend
-        X = check_X(X, be, self.n_features_in_)
+        X = self._check_X(X)
         Y = encode_targets(y, self.output.name, self.n_outputs_, X.shape[0])
         w = check_sample_weight(sample_weight, X.shape[0])
         lossfn = self.default_loss()
         denom = float(X.shape[0]) if w is None else float(w.sum())
         total = 0.0
         hits = 0.0
-        with be.activated():
+        with self.compute_context(min(X.shape[0], PREDICT_CHUNK)):
             for a in range(0, X.shape[0], PREDICT_CHUNK):
                 b = min(a + PREDICT_CHUNK, X.shape[0])
-                Z = self.forward(be.asarray(X[a:b, :], dtype=self.dtype))
+                Z = self._logits_master(self.forward(be.asarray(X[a:b, :], dtype=self.compute_dtype)))
                 Yd = be.asarray(Y[a:b], dtype=self.dtype)
                 wd = None if w is None else be.asarray(w[a:b], dtype=self.dtype)
                 total += be.to_float(lossfn(be, Z, Yd, None, wd, denom))
@@ -433,7 +524,10 @@ class Sequential:
                 layers[-1] = {**layers[-1], "activation": self.output.name}
             else:
                 layers.append(out_cfg)
-        return {"layers": layers, "dtype": self.dtype, "seed": self.seed}
+        cfg: dict[str, Any] = {"layers": layers, "dtype": self.dtype, "seed": self.seed}
+        if self.precision_.name != self.dtype:
+            cfg["precision"] = self.precision_.name
+        return cfg
 
     def save(self, path: Any) -> None:
         """Write the model to ``path`` (``.npz``: architecture JSON + host parameters).
@@ -466,7 +560,8 @@ class Sequential:
         return "\n".join(rows)
 
     def __repr__(self) -> str:
-        return f"<Sequential {self.n_features_in_}->{self.n_outputs_} on {self.backend.name}, {self.dtype}>"
+        prec = "" if self.precision_.name == self.dtype else f", precision={self.precision_.name}"
+        return f"<Sequential {self.n_features_in_}->{self.n_outputs_} on {self.backend.name}, {self.dtype}{prec}>"
 
 
 def _split_output(layers: list[Layer]) -> tuple[list[Layer], Activation]:
@@ -490,6 +585,7 @@ def MLP(
     seed: int | None = None,
     dropout: float = 0.0,
     init: str = "glorot",
+    precision: str | None = None,
 ) -> Sequential:
     """A multi-layer perceptron from its layer widths.
 
@@ -504,6 +600,8 @@ def MLP(
         identity (regression) or exp (Poisson).
     dropout : float, default 0
         Dropout rate after each hidden layer.
+    precision : {None, "float32", "tf32", "bf16", "fp16"}, optional
+        See :class:`Sequential` and :mod:`mlpx.precision`.
 
     Examples
     --------
@@ -522,4 +620,4 @@ def MLP(
         layers.append(Dense(a, b, activation=output if is_last else activation, init=init))
         if dropout and not is_last:
             layers.append(Dropout(dropout))
-    return Sequential(layers, backend=backend, dtype=dtype, seed=seed)
+    return Sequential(layers, backend=backend, dtype=dtype, seed=seed, precision=precision)

@@ -91,6 +91,9 @@ def from_config(config: dict[str, Any], params: np.ndarray, backend: Any = "cpu"
     from mlpx.model import Sequential
 
     layers = [layer_from_config(c) for c in config["layers"]]
-    model = Sequential(layers, backend=backend, dtype=config["dtype"], seed=config.get("seed"))
+    model = Sequential(
+        layers, backend=backend, dtype=config["dtype"], seed=config.get("seed"),
+        precision=config.get("precision"),
+    )
     model.set_flat_params(params)
     return model

@@ -115,7 +115,7 @@ def test_transfer_round_trip_and_creation(backend) -> None:
     assert be.to_float(be.asarray(np.array(2.5), "float64")) == 2.5
 
 
-@pytest.mark.parametrize("bad", ["float16", "int32", "int64", "complex64", np.int8, "nonsense"])
+@pytest.mark.parametrize("bad", ["int32", "int64", "complex64", np.int8, "nonsense"])
 def test_dtype_errors(backend, bad) -> None:
     be = backend
     with pytest.raises(TypeError, match="float32 or float64"):
@@ -124,6 +124,29 @@ def test_dtype_errors(backend, bad) -> None:
         be.zeros(3, bad)
     with pytest.raises(TypeError, match="float32 or float64"):
         be.asarray(np.ones(3), dtype=bad)
+
+
+def test_half_precision_compute_dtypes(backend) -> None:
+    """float16 / bfloat16 exist where the library has them (mixed precision), else a clear error."""
+    be = backend
+    lib = be.xp.__name__.split(".")[0]
+    if lib in ("numpy", "cupy"):
+        assert be.dtype("float16") == be.xp.float16
+        with np.errstate(over="ignore"):
+            x = be.asarray(np.array([1.0, 2.0**-20, 70000.0]), dtype="float16")
+        np.testing.assert_array_equal(_host(be, x), np.array([1.0, 2.0**-20, np.inf], np.float16))
+        # sums of half-precision arrays accumulate in float32: 4096 ones make 4096, where a
+        # float16 running sum stops at 2048
+        assert float(_host(be, be.sum(be.asarray(np.ones((4096, 1)), "float16"), axis=0))[0]) == 4096.0
+    else:
+        with pytest.raises(TypeError, match="no float16"):
+            be.dtype("float16")
+    if lib in ("numpy", "cupy"):
+        ml_dtypes = pytest.importorskip("ml_dtypes")
+        assert be.dtype("bfloat16") == ml_dtypes.bfloat16
+    else:
+        with pytest.raises(TypeError, match="no bfloat16"):
+            be.dtype("bfloat16")
 
 
 def test_dtype_accepts_names_and_dtypes(backend) -> None:
