@@ -2,9 +2,10 @@
 
 Data moves to the backend once per ``fit``. Each epoch draws a permutation on the
 host (seeded, so runs repeat), moves those n indices to the device in one transfer,
-and gathers every minibatch on the device into a preallocated buffer. The loss is
-accumulated on the device and read back once per epoch, so a GPU step never waits
-for the host.
+and gathers every minibatch on the device into a preallocated buffer. A training set
+too large for the GPU is streamed instead, through pinned double buffers
+(:mod:`mlpx.streaming`). The loss is accumulated on the device and read back once
+per epoch, so a GPU step never waits for the host.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from mlpx.callbacks import Callback, ProgressBar
 from mlpx.losses import Loss
 from mlpx.metrics import correct_count, r2_score
 from mlpx.optimizers import Optimizer, get_optimizer
-from mlpx.validation import check_sample_weight, check_X, encode_targets
+from mlpx.streaming import make_batches
+from mlpx.validation import check_sample_weight, encode_targets
 
 __all__ = ["History", "TrainingDivergedError", "fit"]
 
@@ -94,6 +96,7 @@ def fit(
     l2: float = 0.0,
     lr: float | None = None,
     comm: Any = None,
+    stream_data: bool | None = None,
 ) -> History:
     """Train ``model`` on ``(X, y)`` with minibatch gradient descent.
 
@@ -130,6 +133,11 @@ def fit(
     comm : mpi4py communicator or "nccl", optional
         Train data-parallel across ranks (see :mod:`mlpx.distributed`); each rank
         passes its own shard of the data.
+    stream_data : bool, optional
+        Keep the training set in host memory and stream minibatches to the device
+        through pinned, double-buffered copies (:mod:`mlpx.streaming`). ``None``
+        (default) streams only on a GPU whose free memory the data would more than
+        half fill; ``False`` moves it to the device once.
 
     Returns
     -------
@@ -141,6 +149,8 @@ def fit(
         The loss became non-finite; the weights from the start of that epoch are kept.
     """
     if comm is not None:
+        if stream_data:
+            raise ValueError("stream_data is not supported with comm= (each rank's shard is moved once)")
         from mlpx.distributed import fit_distributed
 
         return fit_distributed(
@@ -160,7 +170,7 @@ def fit(
     opt = get_optimizer(optimizer, **({} if lr is None else {"lr": lr}))
     out = model.output.name
 
-    X = check_X(X, be, model.n_features_in_)
+    X = model._check_X(X)
     Y = encode_targets(y, out, model.n_outputs_, X.shape[0])
     w = check_sample_weight(sample_weight, X.shape[0])
     rng = _shuffle_rng(model)
@@ -169,7 +179,7 @@ def fit(
     if validation_data is not None:
         if len(validation_data) not in (2, 3):
             raise ValueError("validation_data must be (X_val, y_val) or (X_val, y_val, w_val)")
-        Xv = check_X(validation_data[0], be, model.n_features_in_, name="X_val")
+        Xv = model._check_X(validation_data[0], name="X_val")
         Yv = encode_targets(validation_data[1], out, model.n_outputs_, Xv.shape[0])
         wv = check_sample_weight(validation_data[2], Xv.shape[0]) if len(validation_data) == 3 else None
         val = (Xv, Yv, wv)
@@ -195,18 +205,18 @@ def fit(
     # Overflow inside a step is not an error here: a non-finite epoch loss is caught
     # below and turned into TrainingDivergedError (with the last finite weights kept).
     with (
-        be.activated(),
-        be.blas_threads(model.gemm_flops(batch_size)),
+        model.compute_context(batch_size),
         np.errstate(over="ignore", invalid="ignore", divide="ignore"),
     ):
-        # One transfer of the training set; minibatches are cut on the device.
-        Xd = be.asarray(X, dtype=model.dtype)
-        Yd = be.asarray(Y, dtype=model.dtype)
-        wd = None if w is None else be.asarray(w, dtype=model.dtype)
+        # One transfer of the training set (minibatches are cut on the device), or,
+        # for a set too large for the device, minibatches streamed from the host.
+        batches = make_batches(
+            be, X, Y, w, batch_size, model.compute_dtype, stream_data, target_dtype=model.dtype
+        )
         vald = None
         if val is not None:
             vald = (
-                be.asarray(val[0], dtype=model.dtype),
+                be.asarray(val[0], dtype=model.compute_dtype),
                 be.asarray(val[1], dtype=model.dtype),
                 None if val[2] is None else be.asarray(val[2], dtype=model.dtype),
                 val[1],
@@ -218,14 +228,6 @@ def fit(
         samples_seen = getattr(model, "samples_seen_", 0)
         epoch0 = getattr(model, "epochs_done_", 0)
         track_acc = out in ("softmax", "logistic")
-        ws: dict[tuple[str, int], Array] = {}
-
-        def workspace(tag: str, rows: int, like: Array) -> Array:
-            key = (tag, rows)
-            if key not in ws:
-                shape = (rows,) + tuple(like.shape[1:])
-                ws[key] = be.empty(shape, model.dtype)
-            return ws[key]
 
         for cb in callbacks:
             cb.on_train_begin(model, epochs)
@@ -233,29 +235,19 @@ def fit(
             opt.set_epoch(epoch0 + epoch, samples_seen)
             be.copy(model.params, snapshot)
             perm = rng.permutation(n) if shuffle else None
-            idx = be.asarray(perm) if perm is not None else None
             total: Any = 0.0
             hits: Any = 0.0
             denom_sum = 0.0
-            for a in range(0, n, batch_size):
-                b = min(a + batch_size, n)
-                rows = b - a
-                if idx is None:
-                    # `, :` keeps 2-D slicing valid on strict Array API namespaces
-                    Xb, Yb = Xd[a:b, :], Yd[a:b, :]
-                    wb = None if wd is None else wd[a:b]
-                    denom = float(rows) if w is None else float(w[a:b].sum())
+            for Xb, Yb, wb, a, b in batches.epoch(perm):
+                if w is None:
+                    denom = float(b - a)
                 else:
-                    ib = idx[a:b]
-                    Xb = be.take_rows(Xd, ib, out=workspace("X", rows, Xd))
-                    Yb = be.take_rows(Yd, ib, out=workspace("Y", rows, Yd))
-                    wb = None if wd is None else be.take_rows(wd, ib, out=workspace("w", rows, wd))
-                    denom = float(rows) if w is None else float(w[perm[a:b]].sum())
+                    denom = float((w[a:b] if perm is None else w[perm[a:b]]).sum())
                 value = model._forward_backward(Xb, Yb, lossfn, wb, denom, l2)
                 if track_acc:
                     # The last layer's output (logits) is still intact after backward.
                     hits = hits + be.run(correct_count, model._logits, Yb, out)
-                opt.step()
+                model._apply_update(opt)
                 total = total + value * denom
                 denom_sum += denom
             samples_seen += n
@@ -311,7 +303,7 @@ def _validation_logs(model: Any, lossfn: Loss, vald: tuple[Any, ...]) -> dict[st
     chunk = 8192
     for a in range(0, n, chunk):
         b = min(a + chunk, n)
-        Z = model.forward(Xv[a:b, :])
+        Z = model._logits_master(model.forward(Xv[a:b, :]))
         wb = None if wv is None else wv[a:b]
         total = total + lossfn(be, Z, Yv[a:b, :], None, wb, denom)
         if out in ("softmax", "logistic"):

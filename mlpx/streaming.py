@@ -1,0 +1,461 @@
+"""Minibatch sources for the fit loop: device-resident data, or data streamed from the host.
+
+``fit`` asks a batch source for one epoch of minibatches at a time::
+
+    batches = make_batches(be, X, Y, w, batch_size, dtype)
+    for Xb, Yb, wb, a, b in batches.epoch(perm):   # perm: host permutation, or None
+        ...                                        # denominator: w[perm[a:b]].sum()
+
+:class:`ResidentBatches` moves the training set to the device once and cuts every
+minibatch there (a gather from a device copy of the permutation into a workspace
+reused across steps). :class:`StreamedBatches` is for training sets that do not fit
+on the device: the data stays in host memory, the host gathers each minibatch's rows
+into a page-locked staging buffer, and a separate copy stream uploads them into one
+of two device buffers while the GPU computes on the other (double buffering).
+:func:`make_batches` picks one: streaming when, on a GPU, the training set would take
+more than half of the free device memory.
+
+The streaming pipeline, for minibatch ``i`` in slot ``s = i % 2``::
+
+    host:          gather i+1 -> staging[1-s]  | yield i | gather i+2 -> staging[s] | ...
+    copy stream:   upload i+1 -> device[1-s] (after step i-1 released it) | upload i+2 ...
+    compute:       ... step i-1 | step i on device[s] | step i+1 on device[1-s] | ...
+
+so the host gather of batch i+1 overlaps the GPU's step i-1 and its upload overlaps
+step i: the period of one step is about max(GPU step, host gather, upload), not the
+sum. On the NumPy and Array API backends the same code runs with plain host buffers,
+synchronous copies and no events, which is what lets the CPU tests check it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator
+
+import numpy as np
+
+__all__ = ["ResidentBatches", "StreamedBatches", "make_batches", "resident_nbytes"]
+
+log = logging.getLogger("mlpx")
+
+Array = Any
+Batch = tuple[Array, Array, Array | None, int, int]  # Xb, Yb, wb, a, b
+
+
+# ---------------------------------------------------------------- checks
+def _dtype_name(dtype: Any) -> str:
+    """"float32", "float64", "float16" or "bfloat16" for a name or any library's dtype."""
+    if isinstance(dtype, str):
+        name = dtype
+    else:
+        try:
+            name = np.dtype(dtype).name  # NumPy, CuPy and ml_dtypes dtypes
+        except TypeError:
+            name = str(dtype).rsplit(".", 1)[-1]  # e.g. array_api_strict.float32
+    if name not in ("float16", "bfloat16", "float32", "float64"):
+        raise TypeError(f"unsupported dtype {dtype!r}: choose float32, float64, float16 or bfloat16")
+    return name
+
+
+def _host_dtype(name: str) -> np.dtype:
+    """The NumPy dtype the host gather converts into."""
+    if name == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise TypeError("dtype bfloat16 needs the ml_dtypes package: pip install ml_dtypes") from None
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _check_batch_size(batch_size: Any) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def _check_rows(X: Any, Y: Any, w: Any) -> int:
+    """The number of samples; a clear error when X, Y and w disagree."""
+    if len(X.shape) != 2:
+        raise ValueError(f"X must be 2-D (n_samples, n_features), got shape {tuple(X.shape)}")
+    if len(Y.shape) != 2:
+        raise ValueError(f"Y must be 2-D (n_samples, n_outputs), got shape {tuple(Y.shape)}")
+    n = int(X.shape[0])
+    if int(Y.shape[0]) != n:
+        raise ValueError(
+            f"X and Y have different numbers of rows: X {tuple(X.shape)}, Y {tuple(Y.shape)}; "
+            "every sample needs one target row"
+        )
+    if w is not None and tuple(w.shape) != (n,):
+        raise ValueError(
+            f"sample weights must have shape ({n},) to match X {tuple(X.shape)}, got {tuple(w.shape)}"
+        )
+    return n
+
+
+def _check_perm(perm: Any, n: int) -> np.ndarray | None:
+    """Validate the host permutation once per epoch (O(n), negligible beside the epoch).
+
+    After this check the streamed gather can use ``np.take(mode="clip")``: with
+    ``mode="raise"`` NumPy gathers into a temporary and copies it into ``out``.
+    """
+    if perm is None:
+        return None
+    perm = np.asarray(perm)
+    if perm.shape != (n,) or perm.dtype.kind not in "iu":
+        raise ValueError(
+            f"perm must be integer indices of shape ({n},), got {perm.dtype} of shape {perm.shape}"
+        )
+    if n and (perm.min() < 0 or perm.max() >= n):
+        raise ValueError(f"perm has indices outside 0..{n - 1}")
+    return perm
+
+
+def _bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    return [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
+
+
+def _head(x: Array, rows: int) -> Array:
+    """The first ``rows`` rows of a buffer (``, :`` keeps strict Array API slicing valid)."""
+    return x[:rows, :] if len(x.shape) == 2 else x[:rows]
+
+
+def _is_host(x: Any) -> bool:
+    return isinstance(x, np.ndarray)
+
+
+def resident_nbytes(X: Any, Y: Any, w: Any, dtype: str, target_dtype: str | None = None) -> int:
+    """Bytes that X, Y and w take on the device in ``dtype`` (Y, w in ``target_dtype``).
+
+    Parameters
+    ----------
+    X : array, shape (n, f)
+    Y : array, shape (n, k)
+    w : array, shape (n,), or None
+    """
+    x_size = _host_dtype(_dtype_name(dtype)).itemsize
+    y_size = _host_dtype(_dtype_name(target_dtype or dtype)).itemsize
+    n, f = (int(d) for d in X.shape)
+    k = int(Y.shape[1])
+    return n * (f * x_size + (k + (w is not None)) * y_size)
+
+
+# ---------------------------------------------------------- resident data
+class ResidentBatches:
+    """Minibatches cut on the device from a training set moved there once.
+
+    Parameters
+    ----------
+    be : Backend
+    X : array, shape (n, f)
+        Host (NumPy) array, or already an array of ``be``.
+    Y : array, shape (n, k)
+    w : array, shape (n,), or None
+    batch_size : int
+        Clipped to n.
+    dtype : str
+        Device dtype of X ("float32", "float64", "float16" or "bfloat16" where the
+        backend holds it).
+    target_dtype : str, optional, keyword-only
+        Device dtype of Y and w; defaults to ``dtype`` (mixed precision keeps targets
+        and weights in the parameters' dtype while X is in the compute dtype).
+
+    Attributes
+    ----------
+    n, batch_size, n_batches : int
+    X, Y, w : device arrays (w None when no weights were given)
+    """
+
+    def __init__(
+        self, be: Any, X: Any, Y: Any, w: Any, batch_size: int, dtype: str, *, target_dtype: str | None = None
+    ) -> None:
+        self.n = _check_rows(X, Y, w)
+        self.batch_size = max(1, min(_check_batch_size(batch_size), self.n))
+        self.be = be
+        self.dtype = _dtype_name(dtype)
+        self.target_dtype = _dtype_name(target_dtype or dtype)
+        # One transfer of the training set; minibatches are cut on the device.
+        self.X = be.asarray(X, dtype=self.dtype)
+        self.Y = be.asarray(Y, dtype=self.target_dtype)
+        self.w = None if w is None else be.asarray(w, dtype=self.target_dtype)
+        self._ws: dict[tuple[str, int], Array] = {}
+
+    @property
+    def n_batches(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def _workspace(self, tag: str, rows: int, like: Array) -> Array:
+        # One gather buffer per array and batch length (the full size and at most one
+        # shorter last batch), allocated on first use and reused every step.
+        key = (tag, rows)
+        if key not in self._ws:
+            self._ws[key] = self.be.empty((rows,) + tuple(like.shape[1:]), like.dtype)
+        return self._ws[key]
+
+    def epoch(self, perm: np.ndarray | None) -> Iterator[Batch]:
+        """One pass over the data in minibatches.
+
+        Parameters
+        ----------
+        perm : ndarray of int, shape (n,), or None
+            Host permutation of ``range(n)``; ``None`` takes contiguous slices.
+
+        Yields
+        ------
+        Xb : device array, shape (rows, f)
+        Yb : device array, shape (rows, k)
+        wb : device array, shape (rows,), or None
+        a, b : int
+            The minibatch is ``perm[a:b]`` (rows ``a:b`` without ``perm``).
+
+        Notes
+        -----
+        With ``perm`` the arrays are workspaces overwritten by the next minibatch of
+        the same length: use them within the loop body that receives them.
+        """
+        perm = _check_perm(perm, self.n)
+        return self._batches(perm)
+
+    def _batches(self, perm: np.ndarray | None) -> Iterator[Batch]:
+        be, X, Y, w = self.be, self.X, self.Y, self.w
+        idx = None if perm is None else be.asarray(perm)  # one transfer per epoch
+        for a, b in _bounds(self.n, self.batch_size):
+            if idx is None:
+                yield X[a:b, :], Y[a:b, :], None if w is None else w[a:b], a, b
+                continue
+            rows = b - a
+            ib = idx[a:b]
+            Xb = be.take_rows(X, ib, out=self._workspace("X", rows, X))
+            Yb = be.take_rows(Y, ib, out=self._workspace("Y", rows, Y))
+            wb = None if w is None else be.take_rows(w, ib, out=self._workspace("w", rows, w))
+            yield Xb, Yb, wb, a, b
+
+
+# ---------------------------------------------------------- streamed data
+class _Channel:
+    """One array's path: host source -> 2 staging buffers -> 2 device buffers."""
+
+    def __init__(self, be: Any, src: np.ndarray, rows: int, name: str) -> None:
+        self.src = src
+        shape = (rows,) + src.shape[1:]
+        host = _host_dtype(name)
+        try:
+            self.device = [be.empty(shape, name) for _ in range(2)]
+        except (TypeError, ValueError) as exc:  # e.g. CuPy < 14 has no bfloat16 arrays
+            raise TypeError(f"backend {be.name!r} cannot hold {name} arrays: {exc}") from exc
+        self.staging = [be.empty_pinned(shape, host) for _ in range(2)]
+        # np.take's out= refuses widening casts (and buffers internally for the others),
+        # so rows in another dtype are gathered into `raw` and converted in one copyto.
+        self.raw = None if src.dtype == host else np.empty(shape, src.dtype)
+
+    def gather(self, slot: int, perm: np.ndarray | None, a: int, b: int) -> None:
+        """Rows ``perm[a:b]`` (``a:b`` without perm) of the source into ``staging[slot]``."""
+        out = self.staging[slot][: b - a]
+        if perm is None:
+            np.copyto(out, self.src[a:b], casting="unsafe")  # the dtype conversion is intended
+        elif self.raw is None:
+            np.take(self.src, perm[a:b], axis=0, out=out, mode="clip")  # indices checked per epoch
+        else:
+            raw = self.raw[: b - a]
+            np.take(self.src, perm[a:b], axis=0, out=raw, mode="clip")
+            np.copyto(out, raw, casting="unsafe")
+
+
+class StreamedBatches:
+    """Minibatches gathered on the host and streamed to the device, double-buffered.
+
+    Same interface as :class:`ResidentBatches`; the training set stays in host memory
+    (a ``numpy.memmap`` works), and the device holds only two minibatches per array.
+
+    Parameters
+    ----------
+    be : Backend
+    X : host array, shape (n, f)
+        Any NumPy dtype (e.g. uint8 images): rows convert to ``dtype`` as they are
+        gathered. A device array is copied to the host once.
+    Y : host array, shape (n, k)
+    w : host array, shape (n,), or None
+    batch_size : int
+        Clipped to n.
+    dtype : str
+        Device dtype of X: "float32", "float64", "float16", "bfloat16".
+    target_dtype : str, optional, keyword-only
+        Device dtype of Y and w; defaults to ``dtype``.
+
+    Notes
+    -----
+    Memory: per array two page-locked host buffers and two device buffers of
+    ``batch_size`` rows. The yielded arrays are (views of) the device buffers and are
+    overwritten two minibatches later: use them within the loop body that receives
+    them, as the fit loop does. Only one epoch may run at a time.
+
+    The order between host, copy stream and compute (current) stream rests on three
+    rules, each an event (see :meth:`_stage` and :meth:`_batches`):
+
+    1. A staging buffer is rewritten only after the upload that read it finished:
+       the host waits (``synchronize_event``) on that upload's event. DMA reads
+       page-locked memory while the host goes on, so without the wait the host would
+       change rows that are still being copied.
+    2. A device buffer is overwritten only after the compute stream finished using
+       the minibatch it holds: the copy stream waits, on the device, for an event
+       recorded on the compute stream when the generator is resumed after yielding
+       that minibatch (by then the loop body has queued all its work on it).
+    3. A minibatch is used only after its upload finished: the compute stream waits,
+       on the device, for the event recorded on the copy stream after the upload.
+    """
+
+    def __init__(
+        self, be: Any, X: Any, Y: Any, w: Any, batch_size: int, dtype: str, *, target_dtype: str | None = None
+    ) -> None:
+        X, Y = self._host(be, X), self._host(be, Y)
+        w = None if w is None else self._host(be, w)
+        self.n = _check_rows(X, Y, w)
+        self.batch_size = max(1, min(_check_batch_size(batch_size), self.n))
+        self.be = be
+        self.dtype = _dtype_name(dtype)
+        self.target_dtype = _dtype_name(target_dtype or dtype)
+        rows = self.batch_size
+        self._channels = [_Channel(be, X, rows, self.dtype), _Channel(be, Y, rows, self.target_dtype)]
+        if w is not None:
+            self._channels.append(_Channel(be, w, rows, self.target_dtype))
+        self._has_w = w is not None
+        self._copy_stream = be.copy_stream()
+        # Per slot: the event after its last upload (rules 1 and 3) and the event after
+        # the compute stream's last use of its device buffer (rule 2). They outlive an
+        # epoch: the next epoch's first uploads must wait for the last steps.
+        self._uploaded: list[Any] = [None, None]
+        self._released: list[Any] = [None, None]
+        self._running = False
+
+    @staticmethod
+    def _host(be: Any, x: Any) -> np.ndarray:
+        return x if _is_host(x) else np.asarray(be.to_numpy(x))
+
+    @property
+    def n_batches(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def epoch(self, perm: np.ndarray | None) -> Iterator[Batch]:
+        """One pass over the data in minibatches; see :meth:`ResidentBatches.epoch`.
+
+        Raises
+        ------
+        RuntimeError
+            When iterated while another epoch of this object is still running (the
+            two would share the buffers).
+        """
+        perm = _check_perm(perm, self.n)
+        return self._batches(perm)
+
+    def _gather(self, slot: int, perm: np.ndarray | None, a: int, b: int) -> None:
+        for ch in self._channels:
+            ch.gather(slot, perm, a, b)
+
+    def _stage(self, slot: int, perm: np.ndarray | None, a: int, b: int) -> None:
+        """Gather minibatch ``a:b`` into ``slot`` on the host and queue its upload."""
+        be, rows = self.be, b - a
+        # Rule 1: the previous upload from staging[slot] must have finished reading it.
+        be.synchronize_event(self._uploaded[slot])
+        self._gather(slot, perm, a, b)
+        # Rule 2: the copy stream (not the host) waits until the compute stream is done
+        # with the minibatch still in device[slot].
+        be.wait_event(self._released[slot], stream=self._copy_stream)
+        for ch in self._channels:
+            if rows == self.batch_size:
+                be.upload(ch.staging[slot], ch.device[slot], stream=self._copy_stream)
+            else:
+                src, dst = _head(ch.staging[slot], rows), _head(ch.device[slot], rows)
+                be.upload(src, dst, stream=self._copy_stream)
+        self._uploaded[slot] = be.record_event(self._copy_stream)
+
+    def _batches(self, perm: np.ndarray | None) -> Iterator[Batch]:
+        if self._running:
+            raise RuntimeError(
+                "another epoch of this StreamedBatches is still running; finish or close it first"
+            )
+        self._running = True
+        be = self.be
+        bounds = _bounds(self.n, self.batch_size)
+        handed_out: int | None = None  # slot yielded whose release is not recorded yet
+        try:
+            if bounds:
+                self._stage(0, perm, *bounds[0])
+            for i, (a, b) in enumerate(bounds):
+                slot = i % 2
+                if i + 1 < len(bounds):
+                    # Prefetch: batch i+1 goes into the other slot, which held batch i-1;
+                    # its release was recorded when this generator was resumed for i.
+                    self._stage(1 - slot, perm, *bounds[i + 1])
+                # Rule 3: the compute stream waits (on the device) for batch i's upload.
+                be.wait_event(self._uploaded[slot])
+                rows = b - a
+                bufs = [ch.device[slot] if rows == self.batch_size else _head(ch.device[slot], rows)
+                        for ch in self._channels]
+                handed_out = slot
+                yield bufs[0], bufs[1], bufs[2] if self._has_w else None, a, b
+                # Resumed: the loop body has queued all its work on batch i. Recording
+                # here, not later, lets the upload of batch i+2 into this slot overlap
+                # step i+1; an event recorded after step i+1 would serialise them.
+                self._released[slot] = be.record_event()
+                handed_out = None
+        finally:
+            if handed_out is not None:  # left early (break, exception): release conservatively now
+                self._released[handed_out] = be.record_event()
+            # An upload queued but never consumed (the loop was left early) still reads
+            # its staging buffer and writes its device buffer: let none outlive the epoch.
+            for event in self._uploaded:
+                be.synchronize_event(event)
+            self._running = False
+
+
+# ----------------------------------------------------------------- choice
+def make_batches(
+    be: Any,
+    X: Any,
+    Y: Any,
+    w: Any,
+    batch_size: int,
+    dtype: str,
+    stream: bool | None = None,
+    *,
+    target_dtype: str | None = None,
+) -> ResidentBatches | StreamedBatches:
+    """The batch source for ``fit``: resident on the device, or streamed from the host.
+
+    Parameters
+    ----------
+    be : Backend
+    X : array, shape (n, f)
+    Y : array, shape (n, k)
+    w : array, shape (n,), or None
+    batch_size : int
+    dtype : str
+        Device dtype of X.
+    stream : bool, optional
+        ``None`` (automatic): stream only on a GPU backend, for host data, when X, Y
+        and w would take more than half of the device's free memory (the rest is left
+        to parameters, activations and the allocator). ``True`` forces streaming (on
+        any backend: the CPU tests use it), ``False`` forces the resident path.
+    target_dtype : str, optional, keyword-only
+        Device dtype of Y and w; defaults to ``dtype``.
+    """
+    if stream is None:
+        stream = _should_stream(be, X, Y, w, dtype, target_dtype)
+    cls = StreamedBatches if stream else ResidentBatches
+    return cls(be, X, Y, w, batch_size, dtype, target_dtype=target_dtype)
+
+
+def _should_stream(be: Any, X: Any, Y: Any, w: Any, dtype: str, target_dtype: str | None) -> bool:
+    if not be.is_gpu or not _is_host(X):
+        return False  # host memory is the device, or X is already on the device
+    free = be.device_free_bytes()
+    if free is None:
+        return False
+    need = resident_nbytes(X, Y, w, dtype, target_dtype)
+    if 2 * need <= free:
+        return False
+    log.info(
+        "training set needs %.2f GiB on %s, %.2f GiB free: streaming minibatches from host memory",
+        need / 2**30, be.name, free / 2**30,
+    )
+    return True
