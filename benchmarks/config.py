@@ -12,7 +12,13 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-__all__ = ["Config", "Workload", "WORKLOADS", "make_config", "cpu_cores"]
+__all__ = ["Config", "Workload", "WORKLOADS", "GPU_PRECISIONS", "make_config", "cpu_cores"]
+
+# The engine's reduced-precision training modes (``mlpx.MLP(..., precision=P)``), each
+# benchmarked on the GPU beside the float32 "mlpx-gpu" row: TF32 tensor-core GEMMs,
+# and bf16 / fp16 mixed precision (low-precision GEMMs, float32 master weights; fp16
+# with dynamic loss scaling).
+GPU_PRECISIONS = ("tf32", "bf16", "fp16")
 
 
 def cpu_cores() -> int:
@@ -112,6 +118,8 @@ class Config:
     transfer_mib: tuple[int, ...] = (1, 16, 64)
     # --- train
     workloads: tuple[Workload, ...] = ()
+    # precision modes added as "mlpx-gpu-<mode>" rows to every workload (subset of GPU_PRECISIONS)
+    train_gpu_precisions: tuple[str, ...] = GPU_PRECISIONS
     # --- scaling: time per training step
     scaling_batches: tuple[int, ...] = (16, 64, 256, 1024)
     scaling_widths: tuple[int, ...] = (64, 256, 1024)
@@ -192,4 +200,8 @@ def make_config(mode: str = "quick", **overrides: Any) -> Config:
         )
     else:
         raise ValueError(f"unknown mode {mode!r}; use quick, full or tiny")
-    return replace(cfg, **overrides) if overrides else cfg
+    cfg = replace(cfg, **overrides) if overrides else cfg
+    bad = [p for p in cfg.train_gpu_precisions if p not in GPU_PRECISIONS]
+    if bad:
+        raise ValueError(f"unknown GPU precision(s) {bad}; choose from {GPU_PRECISIONS}")
+    return cfg

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -87,28 +87,11 @@ def _storage_dtype(dtype: str) -> Any:
     return np.dtype(dtype)
 
 
-@contextlib.contextmanager
-def _compute_mode(be: Any, dtype: str) -> Iterator[None]:
-    """TF32 tensor-core math for float32 products inside the block (GPU only).
-
-    CuPy picks the cuBLAS compute type per dtype: ``cupy._core.set_compute_type``
-    (``COMPUTE_TYPE_TF32`` = 7, needs compute capability >= 8.0) switches it for
-    the process; the ``CUPY_TF32=1`` environment variable only sets the initial
-    default. The previous setting is restored on exit.
-    """
+def _compute_mode(be: Any, dtype: str) -> contextlib.AbstractContextManager[Any]:
+    """TF32 tensor-core math for float32 products inside the block (GPU "tf32" rows only)."""
     if dtype != "tf32" or not be.is_gpu:
-        yield
-        return
-    from cupy import _core
-    from cupy._core import _routines_linalg as linalg
-
-    tf32 = getattr(linalg, "COMPUTE_TYPE_TF32", 7)
-    old = _core.get_compute_type(np.float32)
-    _core.set_compute_type(np.float32, tf32)
-    try:
-        yield
-    finally:
-        _core.set_compute_type(np.float32, old)
+        return contextlib.nullcontext()
+    return be.tf32_matmul()
 
 
 class _Operands:

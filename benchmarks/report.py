@@ -121,6 +121,11 @@ def _summary(secs: dict[str, Any], mode: str) -> list[str]:
             note = "" if mode == "full" else "; this mode trains on fewer samples than `--full`, which the targets are stated for"
             L += [f"Issue 5 targets (time ratios measured side by side in this run{note}):", ""]
             L += _table(["workload", "ratio", "measured", "target", "met", "Δ accuracy (pp)"], rows)
+        rows = [[wl["name"], m["precision"], f"{m['speedup_vs_float32']:.2f}×", f"{m['accuracy_delta_pp']:+.2f}"]
+                for wl in t["workloads"] for m in wl.get("precision_modes", []) if m["status"] == "ok"]
+        if rows:
+            L += ["GPU precision modes against float32 mlpx-gpu (speed-up > 1: faster; test accuracy difference):", ""]
+            L += _table(["workload", "mode", "speed-up", "Δ accuracy (pp)"], rows)
     return L
 
 
@@ -225,7 +230,38 @@ def _train(s: dict[str, Any], plots: dict[str, str]) -> list[str]:
                 for q in wl["ratios"]]
         if rows:
             L += _table(["time ratio", "median", "range over rounds", "Δ accuracy (pp)", "issue 5 target"], rows)
+        L += _precision(wl)
     return L
+
+
+def _precision(wl: dict[str, Any]) -> list[str]:
+    """The workload's "GPU precision modes" table (nothing for a 1.0 results file)."""
+    modes = wl.get("precision_modes")
+    if not modes:
+        return []
+    L = [f"#### {wl['name']}: GPU precision modes", ""]
+    if all(m["status"] != "ok" for m in modes) and len({(m["status"], m.get("reason")) for m in modes}) == 1:
+        return L + [f"*{', '.join(m['name'] for m in modes)}: {modes[0]['status']}: {modes[0].get('reason')}*", ""]
+    L += ["`mlpx.MLP(..., precision=P)` against the float32 row mlpx-gpu, both trained from the same seed in each "
+          "round. Speed-up: float32 time / mode time, median of the rounds (> 1: the mode is faster). "
+          "Δ accuracy: mode − float32 test accuracy in percentage points, medians and [per-round range].", ""]
+    rows = []
+    for m in modes:
+        if m["status"] != "ok":
+            rows.append([m["precision"], m["name"], f"{m['status']}: {m.get('reason')}", "", "", "", "", ""])
+            continue
+        lo, hi = m["round_range"]  # of the time ratio: the speed-up's range is its inverse
+        a, b = m["accuracy_delta_range_pp"]
+        rows.append([
+            m["precision"], m["name"], _ms(m["s_per_epoch"]),
+            f"**{m['speedup_vs_float32']:.2f}×** ({'faster' if m['faster_than_float32'] else 'not faster'})",
+            f"{1 / hi:.2f}–{1 / lo:.2f}×",
+            f"{m['ratio_to_torch_cuda']:.2f}" if "ratio_to_torch_cuda" in m else "—",
+            f"{100 * m['accuracy']:.2f} % ({100 * m['accuracy_float32']:.2f} %)",
+            f"{m['accuracy_delta_pp']:+.2f} [{a:+.2f}, {b:+.2f}]",
+        ])
+    return L + _table(["mode", "implementation", "s/epoch", "speed-up vs float32", "speed-up over rounds",
+                       "time ratio to torch-cuda", "accuracy (float32)", "Δ accuracy (pp)"], rows)
 
 
 def _scaling(s: dict[str, Any], plots: dict[str, str]) -> list[str]:

@@ -1,13 +1,15 @@
 """The results file (``results.json``): its schema, version and validator.
 
-Schema version 1.0. Times are seconds, rates GFLOP/s (1e9 FLOP/s) or GB/s (1e9 B/s).
+Schema version 1.1 (1.0 plus the GPU precision modes of the train section: the
+``precision`` of mlpx implementations and each workload's ``precision_modes``; a 1.0
+document, which has neither, still validates). Times are seconds, rates GFLOP/s (1e9 FLOP/s) or GB/s (1e9 B/s).
 A *stats* object summarises repeated timings of one thing::
 
     {"median", "min", "max", "q1", "q3": per-call seconds, "repeats": int, "number": calls per repeat}
 
 Top level::
 
-    schema_version  "1.0"
+    schema_version  "1.1" (written; "1.0" documents are read and validated too)
     suite           "mlpx-benchmarks"
     mode            "quick" | "full" | "tiny"
     machine         cpu_model, cpu_cores, thread_pools (threadpoolctl), numpy_blas, versions
@@ -35,14 +37,25 @@ Sections:
 - ``transfer.parts.gpu``: records {key, direction ("h2d" | "d2h"), memory ("pageable" |
   "pinned"), bytes, time_s, gb_per_s}.
 - ``train.workloads``: [{name, status, label, sizes, batch, data, n_train, n_test, epochs,
-  repeats, steps_per_epoch, order, implementations, floors, ratios, memory}];
-  implementation: {name, device, status, reason, key, threads, dtype, time_s (stats of
-  seconds per epoch), s_per_epoch, samples_per_s, accuracy, accuracy_runs,
-  ratio_to_floor, ratio_to_gemms_alone}; floors.{cpu,gpu}: {status, epoch_flops,
+  repeats, steps_per_epoch, order, implementations, floors, ratios, precision_modes,
+  memory}];
+  implementation: {name, device, status, reason, precision (mlpx rows only: "float32" |
+  "tf32" | "bf16" | "fp16"; the parameters' dtype stays float32), key, threads, dtype,
+  time_s (stats of seconds per epoch), s_per_epoch, samples_per_s, accuracy,
+  accuracy_runs, ratio_to_floor, ratio_to_gemms_alone (both against the float32 floors,
+  also for the precision rows)}; floors.{cpu,gpu}: {status, epoch_flops,
   peak_gflops, peak_source, floor_s_per_epoch, gemms_alone_s_per_epoch,
   gemms_alone_step_s (stats), gemms_alone_gflops}; ratios: [{numerator, denominator,
   ratio (time ratio: < 1 means the numerator is faster), round_range, accuracy_delta_pp,
-  target, met}]; memory: {peak_traced_mib, data_mib, params_mib, batch_activations_mib}.
+  target, met}]; memory: {peak_traced_mib, data_mib, params_mib, batch_activations_mib};
+  precision_modes (1.1, required when the workload ran): one per "mlpx-gpu-<precision>"
+  row, {precision ("tf32" | "bf16" | "fp16"), name, reference ("mlpx-gpu", the float32
+  row), status, reason} and, when status is "ok" (both rows measured): s_per_epoch,
+  ratio_to_float32 (median per-round time ratio mode / float32), round_range,
+  speedup_vs_float32 (= 1 / ratio_to_float32), faster_than_float32 (bool), accuracy,
+  accuracy_float32, accuracy_delta_pp (100 x (accuracy - accuracy_float32)),
+  accuracy_delta_range_pp ([min, max] of the same-seed per-round differences), and, when
+  torch-cuda ran, ratio_to_torch_cuda and torch_round_range.
 - ``scaling.parts.{cpu,gpu}``: records {key, device, curve ("batch" | "width"), x, sizes,
   batch, threads, time_s (stats, seconds per step), samples_per_s, step_flops, gflops,
   floor_s}.
@@ -50,7 +63,7 @@ Sections:
 Every record that was measured has a unique ``key`` (``python -m benchmarks --compare``
 matches records of two files by it) and a ``time_s`` stats object. Every number in
 the file is finite and positive, except ``max_rel_error``, ``layer`` and the load averages (>= 0), accuracies (in
-[0, 1]) and ``accuracy_delta_pp`` (any sign).
+[0, 1]) and ``accuracy_delta_pp`` / ``accuracy_delta_range_pp`` (any sign).
 """
 
 from __future__ import annotations
@@ -58,15 +71,22 @@ from __future__ import annotations
 import math
 from typing import Any, Iterator
 
-__all__ = ["SCHEMA_VERSION", "SECTIONS", "iter_records", "validate"]
+from benchmarks.config import GPU_PRECISIONS
 
-SCHEMA_VERSION = "1.0"
+__all__ = ["SCHEMA_VERSION", "READABLE_VERSIONS", "SECTIONS", "iter_records", "validate"]
+
+SCHEMA_VERSION = "1.1"
+# Versions validate() accepts: 1.1 only adds fields, so 1.0 files (committed results)
+# stay valid, and the 1.1 requirements apply to 1.1 documents only.
+READABLE_VERSIONS = ("1.0", "1.1")
 SECTIONS = ("gemm", "transfer", "train", "scaling")
 STATUSES = ("ok", "skipped", "failed", "error")
 _STATS = ("median", "min", "max", "q1", "q3", "repeats", "number")
 _NONNEG = {"max_rel_error", "layer", "load_avg_start", "load_avg_end"}  # can be 0
-_UNIT = {"accuracy", "accuracy_runs"}
-_ANY_SIGN = {"accuracy_delta_pp"}
+_UNIT = {"accuracy", "accuracy_runs", "accuracy_float32"}
+_ANY_SIGN = {"accuracy_delta_pp", "accuracy_delta_range_pp"}
+_PRECISION_OK = ("s_per_epoch", "ratio_to_float32", "round_range", "speedup_vs_float32", "faster_than_float32",
+                 "accuracy", "accuracy_float32", "accuracy_delta_pp", "accuracy_delta_range_pp")
 
 
 def iter_records(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -129,6 +149,43 @@ def _part(part: Any, path: str, problems: list[str]) -> None:
         problems.append(f"{path}: records must be a list")
 
 
+def _precision_modes(wl: dict[str, Any], problems: list[str]) -> None:
+    """The 1.1 ``precision_modes`` of one workload that ran: structure and arithmetic."""
+    where = f"train {wl.get('name')}"
+    modes = wl.get("precision_modes")
+    if not isinstance(modes, list):
+        problems.append(f"{where}: precision_modes must be a list")
+        return
+    impls = {r.get("name"): r for r in wl.get("implementations", [])}
+    for m in modes:
+        p = m.get("precision") if isinstance(m, dict) else None
+        if p not in GPU_PRECISIONS:
+            problems.append(f"{where}: precision mode {p!r} not in {GPU_PRECISIONS}")
+            continue
+        at = f"{where} precision {p}"
+        if m.get("name") != f"mlpx-gpu-{p}" or m["name"] not in impls:
+            problems.append(f"{at}: name must be mlpx-gpu-{p}, an implementation of the workload")
+        if m.get("status") not in STATUSES:
+            problems.append(f"{at}: needs a status in {STATUSES}")
+            continue
+        if m["status"] != "ok":
+            if not m.get("reason"):
+                problems.append(f"{at}: status {m['status']} without a reason")
+            continue
+        if impls.get(m.get("name"), {}).get("status") != "ok":
+            problems.append(f"{at}: ok, but its implementation was not measured")
+        missing = [k for k in _PRECISION_OK if k not in m]
+        if missing:
+            problems.append(f"{at}: missing {missing}")
+            continue
+        if not math.isclose(m["speedup_vs_float32"] * m["ratio_to_float32"], 1.0, rel_tol=1e-3):
+            problems.append(f"{at}: speedup_vs_float32 is not 1 / ratio_to_float32")
+        if m["faster_than_float32"] != (m["ratio_to_float32"] < 1.0):
+            problems.append(f"{at}: faster_than_float32 disagrees with ratio_to_float32")
+        if abs(m["accuracy_delta_pp"] - 100.0 * (m["accuracy"] - m["accuracy_float32"])) > 1e-2:
+            problems.append(f"{at}: accuracy_delta_pp is not 100 x (accuracy - accuracy_float32)")
+
+
 def validate(doc: Any) -> list[str]:
     """Problems found in a results document (an empty list: it is valid).
 
@@ -140,8 +197,9 @@ def validate(doc: Any) -> list[str]:
     p: list[str] = []
     if not isinstance(doc, dict):
         return ["document is not an object"]
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        p.append(f"schema_version must be {SCHEMA_VERSION!r}, got {doc.get('schema_version')!r}")
+    version = doc.get("schema_version")
+    if version not in READABLE_VERSIONS:
+        p.append(f"schema_version must be one of {READABLE_VERSIONS}, got {version!r}")
     if doc.get("suite") != "mlpx-benchmarks":
         p.append("suite must be 'mlpx-benchmarks'")
     if doc.get("mode") not in ("quick", "full", "tiny"):
@@ -182,6 +240,10 @@ def validate(doc: Any) -> list[str]:
                 for r in wl.get("implementations", []):
                     if r.get("status") == "skipped" and not r.get("reason"):
                         p.append(f"train {wl.get('name')} {r.get('name')}: skipped without a reason")
+                    if "precision" in r and r["precision"] not in ("float32",) + GPU_PRECISIONS:
+                        p.append(f"train {wl.get('name')} {r.get('name')}: unknown precision {r['precision']!r}")
+                if version != "1.0" and wl.get("status") == "ok":
+                    _precision_modes(wl, p)
     seen: set[str] = set()
     for sec, r in iter_records(doc):
         if r.get("status", "ok") != "ok":

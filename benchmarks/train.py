@@ -16,7 +16,11 @@ Per workload the section also reports:
   measured on that device (the gemm section's, or measured here if it did not run);
 - "GEMMs alone": the measured time of the step's exact products (with
   preallocated operands, through ``backend.gemm``) times the steps of an epoch;
-- each implementation's ratio to both, and the ratios issue 5 sets targets for.
+- each implementation's ratio to both, and the ratios issue 5 sets targets for;
+- the GPU precision modes (``mlpx.MLP(..., precision=P)``, P in tf32 / bf16 / fp16,
+  rows "mlpx-gpu-<P>"): each one's time against the float32 "mlpx-gpu" row (the
+  speed-up) and against "torch-cuda", and its test accuracy against the float32
+  row's, run by run (every round trains all implementations from the same seed).
 """
 
 from __future__ import annotations
@@ -29,18 +33,27 @@ from typing import Any, Callable
 
 import numpy as np
 
-from benchmarks.config import Workload
+from benchmarks.config import GPU_PRECISIONS, Workload
 from benchmarks.context import NO_CUDA, Context
 from benchmarks.gemm import StepGemms, measure, step_shapes
 from benchmarks.machine import torch_status
 from benchmarks.timing import blas_threads, summarize
 
-__all__ = ["IMPLEMENTATIONS", "TARGETS", "count", "train_section"]
+__all__ = ["IMPLEMENTATIONS", "TARGETS", "count", "precision_modes", "train_section"]
 
 LR = 1e-3
+# The float32 GPU row every precision mode is compared with.
+FLOAT32_GPU = "mlpx-gpu"
+# Tensor cores each mode needs (compute capability x 10): TF32 and bf16 arrived with
+# Ampere (8.0), fp16 with Volta (7.0). On older GPUs the row would not time the mode
+# (TF32 is plain float32 arithmetic there; bf16 / fp16 GEMMs run without tensor cores,
+# if at all), so it is skipped with that reason.
+_MIN_CC = {"tf32": 80, "bf16": 80, "fp16": 70}
 
 # Issue 5's targets: time ratio numerator / denominator must be <= the bound.
 # "gemms-<dev>" is the GEMMs-alone time, "floor-<dev>" the GEMM-bound floor.
+# TF32 and bf16 must each be faster than float32 (bound 1.0; the report states the
+# margin) on the workloads with GPU targets; digits' tiny products are launch-bound.
 TARGETS: dict[str, list[tuple[str, str, float]]] = {
     "digits": [("mlpx-cpu", "sklearn-f64", 0.35), ("mlpx-cpu", "torch-cpu", 0.35)],
     "mlp512": [
@@ -48,12 +61,16 @@ TARGETS: dict[str, list[tuple[str, str, float]]] = {
         ("mlpx-cpu", "torch-cpu", 0.9),
         ("mlpx-cpu", "gemms-cpu", 1.4),
         ("mlpx-gpu", "torch-cuda", 1.0),
+        ("mlpx-gpu-tf32", FLOAT32_GPU, 1.0),
+        ("mlpx-gpu-bf16", FLOAT32_GPU, 1.0),
     ],
     "wide2048": [
         ("mlpx-cpu", "torch-cpu", 1.0),
         ("mlpx-cpu", "gemms-cpu", 1.2),
         ("mlpx-gpu", "torch-cuda", 1.0),
         ("mlpx-gpu", "floor-gpu", 1.25),
+        ("mlpx-gpu-tf32", FLOAT32_GPU, 1.0),
+        ("mlpx-gpu-bf16", FLOAT32_GPU, 1.0),
     ],
 }
 # Ratios reported for every workload, with or without a target.
@@ -66,7 +83,7 @@ _ALWAYS = [
     ("mlpx-gpu", "torch-cuda"),
     ("mlpx-gpu", "gemms-gpu"),
     ("mlpx-gpu", "floor-gpu"),
-]
+] + [(f"mlpx-gpu-{p}", ref) for p in GPU_PRECISIONS for ref in (FLOAT32_GPU, "torch-cuda")]
 
 
 # ------------------------------------------------------------ implementations
@@ -85,6 +102,7 @@ class Impl:
     device = "cpu"
     threads: int | None = None
     dtype = "float32"
+    precision: str | None = None  # mlpx's training precision mode; None for the peers
 
     def unavailable(self, ctx: Context) -> str | None:
         """Why it cannot run here, or None."""
@@ -99,23 +117,88 @@ class Impl:
 
 
 class MlpxImpl(Impl):
-    def __init__(self, device: str, threads: int | None = None) -> None:
-        self.device, self.threads = device, threads
-        self.name = f"mlpx-{device}" + (f"-{threads}t" if threads else "")
+    """mlpx on one device; on the GPU optionally in a reduced-precision mode.
+
+    Parameters
+    ----------
+    device : {"cpu", "gpu"}
+    threads : int, optional
+        Pin the CPU run to this many BLAS threads.
+    precision : {"float32", "tf32", "bf16", "fp16"}
+        ``mlpx.MLP``'s ``precision``; the modes other than float32 are GPU-only and
+        named ``mlpx-gpu-<precision>`` (parameters stay float32: ``dtype`` is float32).
+    """
+
+    def __init__(self, device: str, threads: int | None = None, precision: str = "float32") -> None:
+        if precision != "float32" and (device != "gpu" or precision not in GPU_PRECISIONS):
+            raise ValueError(f"precision {precision!r} on {device!r}: modes {GPU_PRECISIONS} are GPU-only")
+        self.device, self.threads, self.precision = device, threads, precision
+        self.name = f"mlpx-{device}" + (f"-{threads}t" if threads else "") + (
+            f"-{precision}" if precision != "float32" else "")
         self.last_model: Any = None
+
+    def unavailable(self, ctx):
+        reason = super().unavailable(ctx)
+        if reason is None and self.precision in _MIN_CC:
+            cc = _compute_capability()
+            if cc is not None and cc < _MIN_CC[self.precision]:
+                need = _MIN_CC[self.precision]
+                reason = (f"{self.precision} needs tensor cores of compute capability >= {need // 10}.{need % 10}; "
+                          f"this GPU has {cc // 10}.{cc % 10}")
+        return reason
 
     def run(self, data, wl, epochs, seed):
         import mlpx
 
         X, y, Xt, yt = data
         be = "gpu" if self.device == "gpu" else "cpu"
-        model = mlpx.MLP(list(wl.sizes), activation="relu", output="softmax", backend=be, dtype="float32", seed=seed)
+        # float32 is the engine's default: the float32 rows omit the keyword, so they
+        # time exactly what they timed before precision modes existed.
+        kw = {} if self.precision == "float32" else {"precision": self.precision}
+        before = _float32_compute_type() if self.device == "gpu" else None
+        model = mlpx.MLP(list(wl.sizes), activation="relu", output="softmax", backend=be, dtype="float32", seed=seed,
+                         **kw)
         t0 = time.perf_counter()
         model.fit(X, y, epochs=epochs, batch_size=wl.batch, optimizer="adam", lr=LR, shuffle=True)
         model.backend.synchronize()
         dt = time.perf_counter() - t0
         self.last_model = model
-        return dt, float(np.mean(model.predict(Xt) == yt))
+        acc = float(np.mean(model.predict(Xt) == yt))
+        after = _float32_compute_type() if self.device == "gpu" else None
+        if before != after:
+            # CuPy's compute type is process-wide: a mode that leaves TF32 switched on
+            # would silently turn every later float32 row into a TF32 row.
+            _set_float32_compute_type(before)
+            raise RuntimeError(f"precision={self.precision!r} left cuBLAS's float32 compute type changed "
+                               f"({before} -> {after}); restored")
+        return dt, acc
+
+
+def _compute_capability() -> int | None:
+    """The current CUDA device's compute capability x 10 (86 for 8.6), None if unknown."""
+    try:
+        import cupy
+
+        return int(cupy.cuda.Device().compute_capability)
+    except Exception:  # unknown: let the run itself decide
+        return None
+
+
+def _float32_compute_type() -> int | None:
+    """CuPy's cuBLAS compute type for float32 (process-wide), None if unknown."""
+    try:
+        from cupy import _core
+
+        return int(_core.get_compute_type(np.float32))
+    except Exception:  # not CuPy >= 13, or no CuPy: nothing to guard
+        return None
+
+
+def _set_float32_compute_type(value: int | None) -> None:
+    if value is not None:
+        from cupy import _core
+
+        _core.set_compute_type(np.float32, value)
 
 
 class SklearnImpl(Impl):
@@ -208,7 +291,9 @@ def IMPLEMENTATIONS(wl: Workload, cfg: Any) -> list[Impl]:
     impls: list[Impl] = [MlpxImpl("cpu")]
     if wl.name == "digits" and cfg.threads > 1:
         impls.append(MlpxImpl("cpu", threads=1))  # small matrices: 1 thread may win
-    impls += [MlpxImpl("gpu"), SklearnImpl("float64"), SklearnImpl("float32"), TorchImpl("cpu"), TorchImpl("gpu")]
+    impls.append(MlpxImpl("gpu"))  # float32: the reference of the precision modes
+    impls += [MlpxImpl("gpu", precision=p) for p in cfg.train_gpu_precisions]
+    impls += [SklearnImpl("float64"), SklearnImpl("float32"), TorchImpl("cpu"), TorchImpl("gpu")]
     return impls
 
 
@@ -274,6 +359,8 @@ def _workload(ctx: Context, wl: Workload) -> dict[str, Any]:
         reason = impl.unavailable(ctx)
         results[impl.name] = {"name": impl.name, "device": impl.device, "status": "ok" if reason is None else "skipped",
                               "reason": reason}
+        if impl.precision is not None:
+            results[impl.name]["precision"] = impl.precision
         if reason is None:
             active.append(impl)
         else:
@@ -342,6 +429,7 @@ def _workload(ctx: Context, wl: Workload) -> dict[str, Any]:
         "implementations": list(results.values()),
         "floors": floors,
         "ratios": _ratios(wl, results, times, refs),
+        "precision_modes": precision_modes(results, times),
         "memory": memory,
     }
 
@@ -426,9 +514,7 @@ def _ratios(wl: Workload, results: dict, times: dict, refs: dict[str, float]) ->
             ratio = ra["s_per_epoch"] / refs[b]
             spread = None
         elif rb is not None and rb.get("status") == "ok" and "s_per_epoch" in rb:
-            rounds = [x / y for x, y in zip(times[a], times[b])]
-            ratio = statistics.median(rounds)
-            spread = [min(rounds), max(rounds)]
+            ratio, spread = _round_ratio(times[a], times[b])
         else:
             continue
         rec: dict[str, Any] = {"numerator": a, "denominator": b, "ratio": ratio, "round_range": spread}
@@ -438,6 +524,82 @@ def _ratios(wl: Workload, results: dict, times: dict, refs: dict[str, float]) ->
             rec["target"] = targets[(a, b)]
             rec["met"] = bool(ratio <= targets[(a, b)])
         out.append(rec)
+    return out
+
+
+def _round_ratio(ta: list[float], tb: list[float]) -> tuple[float, list[float]]:
+    """Median and [min, max] of the per-round time ratios ta[r] / tb[r].
+
+    Ratios are taken within a round (the two runs were neighbours in time), so drift
+    between rounds cancels.
+    """
+    rounds = [x / y for x, y in zip(ta, tb)]
+    return statistics.median(rounds), [min(rounds), max(rounds)]
+
+
+def _measured(rec: dict[str, Any] | None) -> bool:
+    return rec is not None and rec.get("status") == "ok" and "s_per_epoch" in rec
+
+
+def precision_modes(results: dict[str, dict[str, Any]], times: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """Each GPU precision row compared with the float32 row and with torch-cuda.
+
+    Parameters
+    ----------
+    results : dict
+        Implementation records by name (``status``, ``reason``, ``s_per_epoch``,
+        ``accuracy``, ``accuracy_runs`` once measured).
+    times : dict
+        Seconds per epoch of every round, by name; round r of every implementation
+        trained from the same seed.
+
+    Returns
+    -------
+    list of dict
+        One per ``mlpx-gpu-<mode>`` row in ``results``: ``{precision, name,
+        reference, status, reason}``, and when both rows were measured (status
+        "ok"): ``s_per_epoch``, ``ratio_to_float32`` (median per-round time ratio
+        mode / float32; < 1: the mode is faster), ``round_range``,
+        ``speedup_vs_float32`` (1 / ratio_to_float32), ``faster_than_float32``,
+        ``accuracy``, ``accuracy_float32``, ``accuracy_delta_pp`` (100 x the
+        difference of the median test accuracies) and ``accuracy_delta_range_pp``
+        (min and max over rounds of the same-seed differences), plus
+        ``ratio_to_torch_cuda`` and ``torch_round_range`` when torch-cuda ran.
+    """
+    ref = results.get(FLOAT32_GPU)
+    torch = results.get("torch-cuda")
+    out = []
+    for name, rec in results.items():
+        p = rec.get("precision")
+        if rec.get("device") != "gpu" or p not in GPU_PRECISIONS:
+            continue
+        row: dict[str, Any] = {"precision": p, "name": name, "reference": FLOAT32_GPU,
+                               "status": rec["status"], "reason": rec.get("reason")}
+        out.append(row)
+        if rec["status"] != "ok":
+            continue
+        if not _measured(rec):
+            row.update(status="error", reason="no completed timed run")
+            continue
+        if not _measured(ref):
+            why = f"{ref['status']}: {ref.get('reason')}" if ref else "not run"
+            row.update(status="skipped", reason=f"no float32 reference ({FLOAT32_GPU} {why})")
+            continue
+        ratio, spread = _round_ratio(times[name], times[FLOAT32_GPU])
+        acc_rounds = [100.0 * (a - b) for a, b in zip(rec["accuracy_runs"], ref["accuracy_runs"])]
+        row.update({
+            "s_per_epoch": rec["s_per_epoch"],
+            "ratio_to_float32": ratio,
+            "round_range": spread,
+            "speedup_vs_float32": 1.0 / ratio,
+            "faster_than_float32": bool(ratio < 1.0),
+            "accuracy": rec["accuracy"],
+            "accuracy_float32": ref["accuracy"],
+            "accuracy_delta_pp": 100.0 * (rec["accuracy"] - ref["accuracy"]),
+            "accuracy_delta_range_pp": [min(acc_rounds), max(acc_rounds)],
+        })
+        if _measured(torch):
+            row["ratio_to_torch_cuda"], row["torch_round_range"] = _round_ratio(times[name], times["torch-cuda"])
     return out
 
 

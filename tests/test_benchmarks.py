@@ -54,7 +54,8 @@ def test_schema_valid_and_every_section_ran(tiny_run):
 
 def test_every_number_finite_and_positive(tiny_run):
     _, _, doc = tiny_run
-    allowed_zero = {"max_rel_error", "layer", "load_avg_start", "load_avg_end", "accuracy", "accuracy_runs"}
+    allowed_zero = {"max_rel_error", "layer", "load_avg_start", "load_avg_end", "accuracy", "accuracy_runs",
+                    "accuracy_float32"}
 
     def walk(obj, key=""):
         if isinstance(obj, dict):
@@ -70,7 +71,7 @@ def test_every_number_finite_and_positive(tiny_run):
     assert len(numbers) > 200
     for key, x in numbers:
         assert math.isfinite(x), key
-        if key == "accuracy_delta_pp":
+        if key in ("accuracy_delta_pp", "accuracy_delta_range_pp"):
             continue
         assert x >= 0 if key in allowed_zero else x > 0, (key, x)
     # measured records all carry a key and a median time
@@ -93,7 +94,23 @@ def test_gpu_parts_marked_skipped_without_cuda(tiny_run):
         assert by["mlpx-gpu"]["status"] == "skipped" and by["mlpx-gpu"]["reason"] == "no CUDA device"
         assert by["torch-cuda"]["status"] == "skipped"
         assert wl["floors"]["gpu"]["status"] == "skipped"
-    assert "skipped: no CUDA device" in (out / "report-tiny.md").read_text()
+        # the precision rows are there, skipped for the same reason as the float32 GPU row
+        for p in ("tf32", "bf16", "fp16"):
+            r = by[f"mlpx-gpu-{p}"]
+            assert r == {"name": f"mlpx-gpu-{p}", "device": "gpu", "status": "skipped", "reason": "no CUDA device",
+                         "precision": p}
+        assert by["mlpx-gpu"]["precision"] == "float32" and by["mlpx-cpu"]["precision"] == "float32"
+        assert "precision" not in by["sklearn-f64"]
+        modes = {m["precision"]: m for m in wl["precision_modes"]}
+        assert set(modes) == {"tf32", "bf16", "fp16"}
+        for p, m in modes.items():
+            assert m == {"precision": p, "name": f"mlpx-gpu-{p}", "reference": "mlpx-gpu", "status": "skipped",
+                         "reason": "no CUDA device"}
+        assert not any(q["numerator"].startswith("mlpx-gpu") for q in wl["ratios"])
+    report = (out / "report-tiny.md").read_text()
+    assert "skipped: no CUDA device" in report
+    assert "#### digits: GPU precision modes" in report and "#### mlp512: GPU precision modes" in report
+    assert "*mlpx-gpu-tf32, mlpx-gpu-bf16, mlpx-gpu-fp16: skipped: no CUDA device*" in report
 
 
 def test_train_section_reports_peers_and_ratios(tiny_run):
@@ -165,6 +182,324 @@ def test_verify_product_accepts_right_and_rejects_wrong_products(dtype):
     assert err <= tolerance(dtype, k)
     wrong = (a.T @ b.T[::-1]).astype(dtype)  # rows of op(B) shuffled: a plausible bug
     assert verify_product(a, b, wrong[np.ix_(rows, cols)], True, True, rows, cols) > 100 * tolerance(dtype, k)
+
+
+# ---------------------------------------------------------------------------
+# GPU precision modes: rows, keyword, ratios and accuracy differences, schema, report.
+def test_precision_rows_in_every_workload():
+    from benchmarks import make_config
+    from benchmarks.train import IMPLEMENTATIONS, MlpxImpl
+
+    for mode in ("tiny", "quick", "full"):
+        cfg = make_config(mode)
+        for wl in cfg.workloads:
+            impls = IMPLEMENTATIONS(wl, cfg)
+            names = [i.name for i in impls]
+            assert {"mlpx-gpu", "mlpx-gpu-tf32", "mlpx-gpu-bf16", "mlpx-gpu-fp16", "torch-cuda"} <= set(names)
+            by = {i.name: i for i in impls}
+            assert by["mlpx-gpu"].precision == "float32"
+            assert [(by[f"mlpx-gpu-{p}"].device, by[f"mlpx-gpu-{p}"].precision) for p in ("tf32", "bf16", "fp16")] \
+                == [("gpu", "tf32"), ("gpu", "bf16"), ("gpu", "fp16")]
+    assert "mlpx-gpu-bf16" not in [i.name for i in IMPLEMENTATIONS(cfg.workloads[0], make_config(
+        "tiny", train_gpu_precisions=("tf32",)))]
+    with pytest.raises(ValueError):
+        make_config("tiny", train_gpu_precisions=("fp8",))
+    with pytest.raises(ValueError):
+        MlpxImpl("cpu", precision="bf16")  # the modes are GPU-only
+
+
+def _gpu_ctx():
+    from benchmarks import make_config
+    from benchmarks.context import Context, Progress
+
+    return Context(cfg=make_config("tiny"), gpu_reason=None, progress=Progress(0, enabled=False))
+
+
+def test_precision_rows_skip_gpus_without_their_tensor_cores(monkeypatch):
+    import benchmarks.train as T
+
+    monkeypatch.setattr(T, "_compute_capability", lambda: 75)  # a Turing GPU: fp16 tensor cores only
+    ctx = _gpu_ctx()
+    reasons = {p: T.MlpxImpl("gpu", precision=p).unavailable(ctx) for p in ("tf32", "bf16", "fp16")}
+    assert reasons["fp16"] is None
+    assert reasons["tf32"] == "tf32 needs tensor cores of compute capability >= 8.0; this GPU has 7.5"
+    assert reasons["bf16"].startswith("bf16 needs tensor cores")
+    assert T.MlpxImpl("gpu").unavailable(ctx) is None
+    monkeypatch.setattr(T, "_compute_capability", lambda: 90)
+    assert all(T.MlpxImpl("gpu", precision=p).unavailable(ctx) is None for p in ("tf32", "bf16", "fp16"))
+    monkeypatch.setattr(T, "_compute_capability", lambda: None)  # unknown: the run decides
+    assert T.MlpxImpl("gpu", precision="bf16").unavailable(ctx) is None
+
+
+class _RecordingMLP:
+    """Stands in for mlpx.MLP: records its keywords, predicts class 0, may flip the compute type."""
+
+    calls: list = []
+    on_fit = None
+
+    def __init__(self, sizes, **kw):
+        type(self).calls.append(kw)
+        self.backend = type("B", (), {"synchronize": lambda self: None})()
+
+    def fit(self, X, y, **kw):
+        if type(self).on_fit:
+            type(self).on_fit()
+
+    def predict(self, X):
+        return np.zeros(len(X), dtype=np.int64)
+
+
+def test_mlpx_impl_passes_the_precision_keyword(monkeypatch):
+    import mlpx
+    from benchmarks.config import Workload
+    from benchmarks.train import MlpxImpl
+
+    monkeypatch.setattr(mlpx, "MLP", _RecordingMLP)
+    _RecordingMLP.calls = []
+    wl = Workload("t", (4, 3, 2), 2, "synthetic", 4, 4, 1, 1)
+    data = (np.zeros((4, 4), np.float32), np.zeros(4, np.int64), np.zeros((4, 4), np.float32),
+            np.array([0, 0, 1, 1]))
+    for impl in (MlpxImpl("cpu"), MlpxImpl("gpu"), MlpxImpl("gpu", precision="tf32"), MlpxImpl("gpu", precision="fp16")):
+        dt, acc = impl.run(data, wl, 1, seed=3)
+        assert acc == 0.5 and dt >= 0
+    common = {"activation": "relu", "output": "softmax", "dtype": "float32", "seed": 3}
+    assert _RecordingMLP.calls == [
+        {**common, "backend": "cpu"},
+        {**common, "backend": "gpu"},  # float32: the engine default, keyword left out
+        {**common, "backend": "gpu", "precision": "tf32"},
+        {**common, "backend": "gpu", "precision": "fp16"},
+    ]
+
+
+def test_mlpx_impl_rejects_a_mode_that_leaks_tf32(monkeypatch):
+    """CuPy's compute type is process-wide: a leak would turn later float32 rows into TF32."""
+    import sys
+    import types
+
+    import mlpx
+    from benchmarks.config import Workload
+    from benchmarks.train import MlpxImpl
+
+    state = {"float32": 1}
+    core = types.ModuleType("cupy._core")
+    core.get_compute_type = lambda dt: state["float32"]
+    core.set_compute_type = lambda dt, ct: state.__setitem__("float32", ct)
+    cp = types.ModuleType("cupy")
+    cp._core = core
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    monkeypatch.setitem(sys.modules, "cupy._core", core)
+    monkeypatch.setattr(mlpx, "MLP", _RecordingMLP)
+    monkeypatch.setattr(_RecordingMLP, "on_fit", staticmethod(lambda: state.__setitem__("float32", 7)))
+    wl = Workload("t", (4, 3, 2), 2, "synthetic", 4, 4, 1, 1)
+    data = (np.zeros((4, 4), np.float32), np.zeros(4, np.int64), np.zeros((4, 4), np.float32), np.zeros(4, np.int64))
+    with pytest.raises(RuntimeError, match="compute type"):
+        MlpxImpl("gpu", precision="tf32").run(data, wl, 1, seed=0)
+    assert state["float32"] == 1  # restored
+    monkeypatch.setattr(_RecordingMLP, "on_fit", None)
+    assert MlpxImpl("gpu", precision="tf32").run(data, wl, 1, seed=0)[1] == 1.0
+
+
+def _hand_results():
+    """Three rounds of made-up timings and accuracies, and what they must give (by hand).
+
+    tf32 / float32 per round: 0.05/0.10 = 0.5, 0.04/0.12 = 1/3, 0.055/0.11 = 0.5 -> median 0.5,
+    range [1/3, 0.5], speed-up 2. tf32 / torch-cuda: 0.05/0.08 = 0.625, 0.04/0.08 = 0.5,
+    0.055/0.10 = 0.55 -> median 0.55. Accuracy: median 0.92 vs 0.91 -> +1 pp; per round
+    0.89-0.90, 0.92-0.92, 0.93-0.91 -> -1, 0, +2 pp. bf16 / float32: 0.15/0.10, 0.12/0.12,
+    0.132/0.11 = 1.5, 1.0, 1.2 -> median 1.2 (slower), speed-up 1/1.2; accuracy 0.90 -> -1 pp.
+    """
+    times = {
+        "mlpx-gpu": [0.10, 0.12, 0.11],
+        "mlpx-gpu-tf32": [0.05, 0.04, 0.055],
+        "mlpx-gpu-bf16": [0.15, 0.12, 0.132],
+        "torch-cuda": [0.08, 0.08, 0.10],
+    }
+    accs = {
+        "mlpx-gpu": [0.90, 0.92, 0.91],
+        "mlpx-gpu-tf32": [0.89, 0.92, 0.93],
+        "mlpx-gpu-bf16": [0.90, 0.90, 0.89],
+        "torch-cuda": [0.80, 0.80, 0.80],
+    }
+    med_t = {"mlpx-gpu": 0.11, "mlpx-gpu-tf32": 0.05, "mlpx-gpu-bf16": 0.132, "torch-cuda": 0.08}
+    med_a = {"mlpx-gpu": 0.91, "mlpx-gpu-tf32": 0.92, "mlpx-gpu-bf16": 0.90, "torch-cuda": 0.80}
+    results = {}
+    for name in times:
+        results[name] = {"name": name, "device": "gpu", "status": "ok", "reason": None,
+                         "s_per_epoch": med_t[name], "accuracy": med_a[name], "accuracy_runs": accs[name]}
+        if name.startswith("mlpx"):
+            results[name]["precision"] = name.rsplit("-", 1)[1] if name != "mlpx-gpu" else "float32"
+    results["mlpx-gpu-fp16"] = {"name": "mlpx-gpu-fp16", "device": "gpu", "status": "error",
+                                "reason": "RuntimeError: boom", "precision": "fp16"}
+    return results, times
+
+
+def test_precision_modes_ratios_and_accuracy_differences():
+    from benchmarks.config import Workload
+    from benchmarks.train import _ratios, precision_modes
+
+    results, times = _hand_results()
+    modes = {m["precision"]: m for m in precision_modes(results, times)}
+    assert list(modes) == ["tf32", "bf16", "fp16"]
+    tf = modes["tf32"]
+    assert tf["status"] == "ok" and tf["reason"] is None and tf["reference"] == "mlpx-gpu"
+    assert tf["s_per_epoch"] == 0.05
+    assert tf["ratio_to_float32"] == pytest.approx(0.5)
+    assert tf["round_range"] == pytest.approx([1 / 3, 0.5])
+    assert tf["speedup_vs_float32"] == pytest.approx(2.0)
+    assert tf["faster_than_float32"] is True
+    assert tf["ratio_to_torch_cuda"] == pytest.approx(0.55)
+    assert tf["torch_round_range"] == pytest.approx([0.5, 0.625])
+    assert (tf["accuracy"], tf["accuracy_float32"]) == (0.92, 0.91)
+    assert tf["accuracy_delta_pp"] == pytest.approx(1.0)
+    assert tf["accuracy_delta_range_pp"] == pytest.approx([-1.0, 2.0])
+    bf = modes["bf16"]
+    assert bf["ratio_to_float32"] == pytest.approx(1.2)
+    assert bf["speedup_vs_float32"] == pytest.approx(1 / 1.2)
+    assert bf["faster_than_float32"] is False
+    assert bf["accuracy_delta_pp"] == pytest.approx(-1.0)
+    assert bf["accuracy_delta_range_pp"] == pytest.approx([-2.0, 0.0])
+    assert modes["fp16"] == {"precision": "fp16", "name": "mlpx-gpu-fp16", "reference": "mlpx-gpu",
+                             "status": "error", "reason": "RuntimeError: boom"}
+    # the same pairs in the workload's ratio list, with the mlp512 targets (<= 1.0)
+    wl = Workload("mlp512", (784, 512, 512, 10), 256, "synthetic", 10, 10, 1, 3)
+    q = {(r["numerator"], r["denominator"]): r for r in _ratios(wl, results, times, refs={})}
+    assert q[("mlpx-gpu-tf32", "mlpx-gpu")]["ratio"] == pytest.approx(0.5)
+    assert q[("mlpx-gpu-tf32", "mlpx-gpu")]["met"] is True and q[("mlpx-gpu-tf32", "mlpx-gpu")]["target"] == 1.0
+    assert q[("mlpx-gpu-bf16", "mlpx-gpu")]["met"] is False
+    assert q[("mlpx-gpu-tf32", "torch-cuda")]["ratio"] == pytest.approx(0.55)
+    assert q[("mlpx-gpu-tf32", "torch-cuda")]["accuracy_delta_pp"] == pytest.approx(12.0)
+    assert "target" not in q[("mlpx-gpu-tf32", "torch-cuda")]
+    assert not any(a == "mlpx-gpu-fp16" for a, _ in q)
+    # no float32 reference: the comparison is skipped, and says why
+    results["mlpx-gpu"].update(status="error", reason="RuntimeError: out of memory")
+    for m in precision_modes(results, times)[:2]:
+        assert m["status"] == "skipped"
+        assert m["reason"] == "no float32 reference (mlpx-gpu error: RuntimeError: out of memory)"
+        assert "ratio_to_float32" not in m
+
+
+def _with_hand_modes(doc):
+    """``doc`` with its first workload's precision rows and modes replaced by _hand_results'."""
+    from benchmarks.train import precision_modes
+
+    doc = copy.deepcopy(doc)
+    wl = doc["sections"]["train"]["workloads"][0]
+    results, times = _hand_results()
+    stats = {"median": 0.1, "min": 0.1, "max": 0.1, "q1": 0.1, "q3": 0.1, "repeats": 3, "number": 1}
+    by = {r["name"]: r for r in wl["implementations"]}
+    for name, rec in results.items():
+        if rec["status"] == "ok":
+            rec.update(key=f"train/{wl['name']}/{name}", time_s=stats, samples_per_s=1.0, dtype="float32",
+                       threads=None)
+        by[name] = rec
+    wl["implementations"] = list(by.values())
+    wl["precision_modes"] = precision_modes(results, times)
+    return doc
+
+
+def test_schema_accepts_precision_modes_and_checks_them(tiny_run):
+    _, _, doc = tiny_run
+    good = _with_hand_modes(doc)
+    assert validate(good) == []
+
+    def broken(change):
+        bad = copy.deepcopy(good)
+        change(bad["sections"]["train"]["workloads"][0])
+        return validate(bad)
+
+    def mode(wl, p):
+        return next(m for m in wl["precision_modes"] if m["precision"] == p)
+
+    assert any("not 1 / ratio_to_float32" in e for e in broken(lambda wl: mode(wl, "tf32").update(
+        speedup_vs_float32=1.5)))
+    assert any("accuracy_delta_pp" in e for e in broken(lambda wl: mode(wl, "tf32").update(accuracy_delta_pp=3.0)))
+    assert any("faster_than_float32" in e for e in broken(lambda wl: mode(wl, "bf16").update(
+        faster_than_float32=True)))
+    assert any("without a reason" in e for e in broken(lambda wl: mode(wl, "fp16").update(reason=None)))
+    assert any("missing" in e for e in broken(lambda wl: mode(wl, "tf32").pop("accuracy_float32")))
+    assert any("not in" in e for e in broken(lambda wl: mode(wl, "tf32").update(precision="fp8")))
+    assert any("precision_modes must be a list" in e for e in broken(lambda wl: wl.pop("precision_modes")))
+    assert any("accuracy outside" in e for e in broken(lambda wl: mode(wl, "tf32").update(accuracy_float32=91.0)))
+    assert any("unknown precision" in e for e in broken(lambda wl: wl["implementations"][0].update(precision="x")))
+    # the per-round accuracy range may be negative (like accuracy_delta_pp)
+    assert mode(good["sections"]["train"]["workloads"][0], "bf16")["accuracy_delta_range_pp"][0] < 0
+    # a 1.0 document (no precision fields) still validates; an unknown version does not
+    old = copy.deepcopy(doc)
+    old["schema_version"] = "1.0"
+    for wl in old["sections"]["train"]["workloads"]:
+        del wl["precision_modes"]
+    assert validate(old) == []
+    old["schema_version"] = "0.9"
+    assert any("schema_version" in e for e in validate(old))
+    assert SCHEMA_VERSION == "1.1"
+
+
+def test_report_shows_precision_modes(tiny_run):
+    from benchmarks.report import markdown
+
+    _, _, doc = tiny_run
+    text = markdown(_with_hand_modes(doc), {}, None)
+    name = doc["sections"]["train"]["workloads"][0]["name"]
+    section = text.split(f"#### {name}: GPU precision modes")[1].split("###")[0]
+    rows = {line.split(" | ")[0].strip("| "): line for line in section.splitlines() if line.startswith("| ")}
+    # speed-up 2.00 (rounds: 1 / 0.5 = 2.00 to 1 / (1/3) = 3.00), 0.55 to torch, accuracy +1.00 [-1, +2]
+    assert rows["tf32"] == ("| tf32 | mlpx-gpu-tf32 | 50 ms | **2.00×** (faster) | 2.00–3.00× | 0.55 | "
+                            "92.00 % (91.00 %) | +1.00 [-1.00, +2.00] |")
+    assert "**0.83×** (not faster)" in rows["bf16"] and "-1.00 [-2.00, +0.00]" in rows["bf16"]
+    assert "error: RuntimeError: boom" in rows["fp16"]
+    summary = text.split("## GEMM")[0]
+    assert f"| {name} | tf32 | 2.00× | +1.00 |" in summary
+    # a 1.0 results file (no precision_modes) still renders, without the table
+    old = copy.deepcopy(doc)
+    for wl in old["sections"]["train"]["workloads"]:
+        del wl["precision_modes"]
+    assert "GPU precision modes" not in markdown(old, {}, None)
+
+
+@pytest.mark.gpu
+def test_precision_modes_train_on_the_gpu():
+    """The precision rows on a real GPU: they run, their accuracy tracks float32 run by run.
+
+    Same seed per round, so each mode and float32 start from the same weights and see the
+    same batches: their test accuracies must agree within a few points (a broken loss
+    scaler or a wrong cast shows up as a large gap). Nothing is asserted about speed.
+    """
+    import cupy
+    from cupy import _core
+
+    from benchmarks import make_config, run_suite
+    from benchmarks.config import Workload
+    from benchmarks.train import _MIN_CC, _compute_capability
+
+    wl = Workload("mlp512", (784, 512, 512, 10), 256, "synthetic", 4096, 1000, 2, 2)  # 32 Adam steps per run
+    cfg = make_config("tiny", sections=("train",), devices=("gpu",), workloads=(wl,))
+    compute_before = _core.get_compute_type(cupy.float32)
+    doc = run_suite(cfg, progress=False, write=False)
+    assert _core.get_compute_type(cupy.float32) == compute_before  # no mode left TF32 switched on
+    assert validate(doc) == []
+    w = doc["sections"]["train"]["workloads"][0]
+    by = {r["name"]: r for r in w["implementations"]}
+    f32 = by["mlpx-gpu"]
+    assert f32["status"] == "ok", f32.get("reason")
+    assert f32["accuracy"] > 0.5  # the reference itself learned something
+    modes = {m["precision"]: m for m in w["precision_modes"]}
+    cc = _compute_capability()
+    for p in ("tf32", "bf16", "fp16"):
+        m, r = modes[p], by[f"mlpx-gpu-{p}"]
+        if cc is not None and cc < _MIN_CC[p]:
+            assert m["status"] == "skipped" and "compute capability" in m["reason"]
+            continue
+        assert r["status"] == "ok" and m["status"] == "ok", (r.get("reason"), m.get("reason"))
+        delta = 100.0 * (r["accuracy"] - f32["accuracy"])
+        per_round = [100.0 * (a - b) for a, b in zip(r["accuracy_runs"], f32["accuracy_runs"])]
+        assert m["accuracy_delta_pp"] == pytest.approx(delta)
+        assert m["accuracy_delta_range_pp"] == pytest.approx([min(per_round), max(per_round)])
+        assert abs(delta) <= 3.0 and max(abs(d) for d in per_round) <= 5.0, (p, per_round)
+        assert m["speedup_vs_float32"] * m["ratio_to_float32"] == pytest.approx(1.0)
+        lo, hi = m["round_range"]
+        assert lo <= m["ratio_to_float32"] <= hi
+        assert ("ratio_to_torch_cuda" in m) == (by["torch-cuda"]["status"] == "ok")
+        assert any(q["numerator"] == f"mlpx-gpu-{p}" and q["denominator"] == "mlpx-gpu" for q in w["ratios"])
 
 
 def test_validate_catches_bad_documents(tiny_run):
