@@ -309,3 +309,26 @@ def test_correct_count_generic_against_sklearn_accuracy() -> None:
     Zml = rng.standard_normal((50, 3))
     got = float(metrics.correct_count.generic(np, Zml, Yml, "logistic"))
     assert got == accuracy_score(Yml.astype(int), (Zml > 0).astype(int)) * 50
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", ["sgd_update", "adam_update", "rmsprop_update"])
+def test_numba_optimizer_updates_give_the_numpy_variants_bits(name: str, dtype: str) -> None:
+    """The compiled loops repeat the NumPy variants' operations in order, with the
+    scalars in the buffers' dtype: 50 steps later the parameters are bit for bit equal
+    (so scikit-learn parity does not depend on whether numba is installed)."""
+    pytest.importorskip("numba")
+    k = all_kernels()[name]
+    rng = np.random.default_rng(7)
+    n = 1003
+    p0 = rng.standard_normal(n).astype(dtype)
+    state = {kind: [p0.copy()] + [np.zeros(n, dtype) for _ in range(2 if name == "adam_update" else 1)] + [np.empty(n, dtype)]
+             for kind in ("numpy", "numba")}
+    scalars = {"sgd_update": (0.05, 0.9, True), "adam_update": (0.01, 0.9, 0.999, 1e-8), "rmsprop_update": (0.01, 0.9, 1e-8)}[name]
+    for step in range(50):
+        g = (rng.standard_normal(n) * 10.0 ** rng.integers(-6, 3)).astype(dtype)
+        for kind, bufs in state.items():
+            p, *rest = bufs
+            k.variants[kind](np, p, g, *rest, *scalars)
+    for a, b in zip(state["numpy"][:-1], state["numba"][:-1]):
+        np.testing.assert_array_equal(a, b)
