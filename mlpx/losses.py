@@ -134,6 +134,7 @@ def _cross_entropy_cupy(
 @lazy_njit
 def _cross_entropy_loop(Z, Y, dZ, w, inv_d, has_w, has_dz, loss_row):  # pragma: no cover
     n, k = Z.shape
+    ex = np.empty(k, dtype=Z.dtype)
     for i in range(n):
         m = Z[i, 0]
         for j in range(1, k):
@@ -141,7 +142,9 @@ def _cross_entropy_loop(Z, Y, dZ, w, inv_d, has_w, has_dz, loss_row):  # pragma:
                 m = Z[i, j]
         s = Z[i, 0] * 0
         for j in range(k):
-            s += np.exp(Z[i, j] - m)
+            e = np.exp(Z[i, j] - m)
+            s += e
+            ex[j] = e  # kept for the delta (dZ may be Z): exp is the loop's costly part
         lse = np.log(s) + m
         scale = (w[i] if has_w else 1) * inv_d
         acc = s * 0
@@ -150,7 +153,7 @@ def _cross_entropy_loop(Z, Y, dZ, w, inv_d, has_w, has_dz, loss_row):  # pragma:
             y = Y[i, j]
             acc += y * (lse - z)
             if has_dz:
-                dZ[i, j] = (np.exp(z - m) / s - y) * scale
+                dZ[i, j] = (ex[j] / s - y) * scale
         loss_row[i] = acc * scale
 
 
