@@ -16,6 +16,7 @@ backend is built.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from .array_api_backend import ArrayAPIBackend
@@ -96,6 +97,9 @@ def get_backend(spec: Any = "cpu") -> Backend:
         return be
     if name in ("array_api_strict", "array-api-strict"):
         return ArrayAPIBackend("array_api_strict")
+    on_device = re.fullmatch(r"(?:array-api:)?([\w.]+)\[(.+)\]", spec.strip())
+    if on_device:  # an ArrayAPIBackend's own name, "<module>[<device>]" (pickles, model files)
+        return ArrayAPIBackend(on_device.group(1), device=on_device.group(2))
     if name.startswith("array-api:"):
         return ArrayAPIBackend(spec.split(":", 1)[1])
     raise ValueError(f"unknown backend {spec!r}; valid names: {', '.join(BACKEND_NAMES)}")

@@ -94,6 +94,22 @@ def test_pickle_round_trip(trained, strict_backend) -> None:
     np.testing.assert_allclose(again.predict_proba(X), model.predict_proba(X), rtol=1e-12, atol=1e-15)
 
 
+def test_pickle_keeps_an_array_api_device(trained) -> None:
+    """A model on array-api-strict's second device unpickles onto that device."""
+    xp = pytest.importorskip("array_api_strict")
+    from mlpx.backends import ArrayAPIBackend, get_backend
+
+    model, X, _ = trained
+    dev = xp.__array_namespace_info__().devices()[1]
+    on_dev = model.to(ArrayAPIBackend("array_api_strict", device=dev))
+    again = pickle.loads(pickle.dumps(on_dev))
+    assert again.backend.device == dev and again.params.device == dev
+    np.testing.assert_allclose(again.predict_proba(X), model.predict_proba(X), rtol=1e-12, atol=1e-15)
+    assert get_backend(on_dev.backend.name).device == dev  # its name is a valid spec
+    with pytest.raises(Exception, match="not found"):
+        get_backend("array_api_strict[no-such-device]")
+
+
 def test_atomic_write_keeps_the_old_file_on_a_crash(trained, tmp_path, monkeypatch) -> None:
     model, X, _ = trained
     path = tmp_path / "model.npz"
