@@ -80,6 +80,11 @@ class CupyBackend(Backend):
         super().__init__(cupy, device=cupy.cuda.Device(device_id), name=f"gpu:{device_id}")
         self.device_id = device_id
 
+    @property
+    def compute_capability(self) -> int:
+        """The device's compute capability as an int, e.g. 80 for an A100, 90 for an H100."""
+        return int(self.device.compute_capability)
+
     def describe(self) -> dict[str, str]:
         cupy = self.xp
         props = cupy.cuda.runtime.getDeviceProperties(self.device_id)
@@ -135,16 +140,23 @@ class CupyBackend(Backend):
         switches it for the process (the ``CUPY_TF32=1`` environment variable only
         sets the initial default), so the previous setting is restored on exit.
         """
-        from cupy import _core
-        from cupy._core import _routines_linalg as linalg
+        try:
+            from cupy import _core
+            from cupy._core import _routines_linalg as linalg
 
+            get, set_ = _core.get_compute_type, _core.set_compute_type
+        except (ImportError, AttributeError):
+            raise BackendUnavailableError(
+                f"TF32 needs CuPy's compute-type switch, which CuPy {self.xp.__version__} lacks; "
+                "upgrade CuPy or use precision='float32'"
+            ) from None
         tf32 = getattr(linalg, "COMPUTE_TYPE_TF32", 7)
-        old = _core.get_compute_type(np.float32)
-        _core.set_compute_type(np.float32, tf32)
+        old = get(np.float32)
+        set_(np.float32, tf32)
         try:
             yield
         finally:
-            _core.set_compute_type(np.float32, old)
+            set_(np.float32, old)
 
     def gemm(
         self,

@@ -216,6 +216,12 @@ def get_precision(spec: str | None, dtype: str, backend: Any) -> Precision:
         )
     compute, tf32 = PRECISIONS[spec]
     backend.dtype(compute)  # fails early, with the reason, where the dtype does not exist
+    cc = getattr(backend, "compute_capability", None) if backend.is_gpu else None
+    if cc is not None and spec in ("tf32", "bf16") and cc < 80:
+        raise ValueError(
+            f"precision={spec!r} needs tensor cores of compute capability >= 8.0 (Ampere or "
+            f"newer); {backend.name} has {cc // 10}.{cc % 10}. Use 'fp16' or 'float32'"
+        )
     if not backend.is_gpu and spec != "float32":
         what = (
             "CPUs have no TF32, so it computes in plain float32"

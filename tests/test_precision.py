@@ -340,3 +340,19 @@ def test_gpu_fp16_overflow_skip() -> None:
     m.fit(X, y, epochs=1, batch_size=64, optimizer=opt)
     assert m.precision_.scaler.skipped == 1 and opt.t == 0
     np.testing.assert_array_equal(m.get_flat_params(), before)
+
+
+def test_tf32_and_bf16_need_an_ampere_gpu() -> None:
+    """Checked on a stand-in GPU backend: the rule is about the device, not CuPy."""
+    from mlpx.backends import NumpyBackend
+
+    class OldGPU(NumpyBackend):
+        is_gpu = True
+        compute_capability = 75
+
+    for mode in ("tf32", "bf16"):
+        if mode == "bf16":
+            _needs(mode)
+        with pytest.raises(ValueError, match="compute capability >= 8.0.*has 7.5"):
+            get_precision(mode, "float32", OldGPU())
+    assert get_precision("fp16", "float32", OldGPU()).compute_dtype == "float16"
