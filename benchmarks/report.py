@@ -222,6 +222,9 @@ def _train(s: dict[str, Any], plots: dict[str, str]) -> list[str]:
             L += [f"- mlpx cpu peak host memory allocated in one epoch on {mem['n_samples']} samples: "
                   f"{mem['peak_traced_mib']:.1f} MiB (data {mem['data_mib']:.1f}, parameters {mem['params_mib']:.2f}, "
                   f"one batch of activations {mem['batch_activations_mib']:.2f} MiB)."]
+        if mem.get("gpu", {}).get("status") == "ok":
+            L += [f"- mlpx gpu: CuPy memory pool peak in one epoch on {mem['n_samples']} samples: "
+                  f"{mem['gpu']['pool_peak_mib']:.1f} MiB."]
         L += [""]
         rows = [[f"{q['numerator']} / {q['denominator']}", f"{q['ratio']:.2f}",
                  f"{q['round_range'][0]:.2f}–{q['round_range'][1]:.2f}" if q.get("round_range") else "—",

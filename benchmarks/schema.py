@@ -47,7 +47,8 @@ Sections:
   peak_gflops, peak_source, floor_s_per_epoch, gemms_alone_s_per_epoch,
   gemms_alone_step_s (stats), gemms_alone_gflops}; ratios: [{numerator, denominator,
   ratio (time ratio: < 1 means the numerator is faster), round_range, accuracy_delta_pp,
-  target, met}]; memory: {peak_traced_mib, data_mib, params_mib, batch_activations_mib};
+  target, met}]; memory: {peak_traced_mib, data_mib, params_mib, batch_activations_mib,
+  gpu: {status, pool_peak_mib (CuPy pool after one GPU epoch) | reason}};
   precision_modes (1.1, required when the workload ran): one per "mlpx-gpu-<precision>"
   row, {precision ("tf32" | "bf16" | "fp16"), name, reference ("mlpx-gpu", the float32
   row), status, reason} and, when status is "ok" (both rows measured): s_per_epoch,

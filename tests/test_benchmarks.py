@@ -478,6 +478,10 @@ def test_precision_modes_train_on_the_gpu():
     assert _core.get_compute_type(cupy.float32) == compute_before  # no mode left TF32 switched on
     assert validate(doc) == []
     w = doc["sections"]["train"]["workloads"][0]
+    pool = w["memory"]["gpu"]
+    params_mib = sum(a * b + b for a, b in zip(wl.sizes[:-1], wl.sizes[1:])) * 4 / 2**20
+    # params, grads, Adam's two moments and its scratch at least; far below a GiB here
+    assert pool["status"] == "ok" and 5 * params_mib <= pool["pool_peak_mib"] < 1024, pool
     by = {r["name"]: r for r in w["implementations"]}
     f32 = by["mlpx-gpu"]
     assert f32["status"] == "ok", f32.get("reason")
