@@ -679,3 +679,16 @@ def test_gpu_code_paths_on_a_numpy_stand_in(monkeypatch):
     wl = Workload("digits", (64, 128, 64, 32, 10), 64, "digits", 150, 10, 1, 1)
     fl = _floor(ctx, wl, 150, "gpu")
     assert fl["status"] == "ok" and fl["floor_s_per_epoch"] > 0 and fl["gemms_alone_s_per_epoch"] > 0
+
+
+def test_kernel_variants_table(capsys):
+    """``python -m benchmarks.kernels`` times every case and prints one row per kernel."""
+    pytest.importorskip("numba")
+    from benchmarks.kernels import cases, main
+
+    main(["--rounds", "1", "--reps", "2"])
+    rows = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| ") and "µs" in l]
+    assert len(rows) == len(cases(np.random.default_rng(0)))
+    for row in rows:
+        numpy_us = float(row.split("|")[2].split()[0])
+        assert numpy_us > 0
