@@ -505,6 +505,9 @@ def save_checkpoint(path: str | os.PathLike[str], model: Any, optimizer: Optimiz
         "epochs_done": int(getattr(model, "epochs_done_", 0)),
         "samples_seen": int(getattr(model, "samples_seen_", 0)),
     }
+    scaler = model.precision_.scaler
+    if scaler is not None:  # fp16: resume with the scale reached, not from 2**16 again
+        train_state["loss_scaler"] = scaler.get_state()
     if optimizer is not None:
         train_state["optimizer"] = {
             "name": type(optimizer).__name__.lower(), "config": optimizer.get_config(),
@@ -547,6 +550,8 @@ def load_checkpoint(
     model.set_flat_params(data["params"])
     model.epochs_done_ = int(state.get("epochs_done", 0))
     model.samples_seen_ = int(state.get("samples_seen", 0))
+    if "loss_scaler" in state and model.precision_.scaler is not None:
+        model.precision_.scaler.set_state(state["loss_scaler"])
     saved = state.get("optimizer")
     if saved is None:
         return optimizer

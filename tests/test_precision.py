@@ -356,3 +356,26 @@ def test_tf32_and_bf16_need_an_ampere_gpu() -> None:
         with pytest.raises(ValueError, match="compute capability >= 8.0.*has 7.5"):
             get_precision(mode, "float32", OldGPU())
     assert get_precision("fp16", "float32", OldGPU()).compute_dtype == "float16"
+
+
+def test_fp16_checkpoint_resumes_with_the_scale_reached(tmp_path) -> None:
+    """A resumed fp16 run continues exactly: weights, Adam state and the loss scale."""
+    from mlpx.distributed import ModelCheckpoint, load_checkpoint
+
+    X, y = _blobs(128)
+    kw = dict(batch_size=32, shuffle=False)
+    straight = _model("fp16")
+    straight.precision_.scaler.scale = 2.0**24  # overflows: the first steps back it off
+    straight.fit(X, y, epochs=3, optimizer=mlpx.Adam(lr=1e-2), **kw)
+    first = _model("fp16")
+    first.precision_.scaler.scale = 2.0**24
+    first.fit(X, y, epochs=2, optimizer=mlpx.Adam(lr=1e-2), callbacks=[ModelCheckpoint(tmp_path / "ck.npz")], **kw)
+    assert first.precision_.scaler.skipped > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        resumed = mlpx.load(tmp_path / "ck.npz")
+    opt = load_checkpoint(tmp_path / "ck.npz", resumed)
+    assert resumed.precision_.scaler.get_state() == first.precision_.scaler.get_state()
+    resumed.fit(X, y, epochs=1, optimizer=opt, **kw)
+    np.testing.assert_array_equal(resumed.get_flat_params(), straight.get_flat_params())
+    assert resumed.precision_.scaler.get_state() == straight.precision_.scaler.get_state()
