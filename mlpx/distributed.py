@@ -79,6 +79,7 @@ from mlpx.callbacks import Callback, ProgressBar
 from mlpx.losses import Loss
 from mlpx.metrics import correct_count
 from mlpx.optimizers import Optimizer, get_optimizer
+from mlpx.streaming import ResidentBatches, batch_denominator
 from mlpx.training import History, TrainingDivergedError, _check_positive_int
 from mlpx.validation import encode_targets
 
@@ -677,10 +678,10 @@ def fit_distributed(
     ):
         reducer.broadcast_params(model.params)  # rank 0's weights everywhere
         pending: BaseException | None = None
+        batches = None
         try:  # device memory can run out on one rank only
-            Xd = None if Xh is None else be.asarray(Xh, dtype=model.compute_dtype)
-            Yd = None if Y is None else be.asarray(Y, dtype=model.dtype)
-            wd = None if w is None else be.asarray(w, dtype=model.dtype)
+            if Xh is not None:  # an empty shard has no batches, but joins every collective
+                batches = ResidentBatches(be, Xh, Y, w, batch_size, model.compute_dtype, target_dtype=model.dtype)
             opt.bind(be, model.params, model.grads, model.n_weights)
             model.optimizer_ = opt
             snapshot = be.empty(model.params.shape, model.dtype)
@@ -689,13 +690,6 @@ def fit_distributed(
         reducer.check_errors(pending, "moving the shard to the device")
         samples_seen = getattr(model, "samples_seen_", 0)
         epoch0 = getattr(model, "epochs_done_", 0)
-        ws: dict[tuple[str, int], Array] = {}
-
-        def workspace(tag: str, rows: int, like: Array) -> Array:
-            key = (tag, rows)
-            if key not in ws:
-                ws[key] = be.empty((rows,) + tuple(like.shape[1:]), like.dtype)
-            return ws[key]
 
         try:
             for cb in callbacks:
@@ -708,31 +702,20 @@ def fit_distributed(
             where = f"epoch {epoch0 + epoch + 1}"
             opt.set_epoch(epoch0 + epoch, samples_seen)
             be.copy(model.params, snapshot)
-            perm = idx = None
-            if shuffle and n:
-                perm = rng.permutation(n)
-                idx = be.asarray(perm)
+            perm = rng.permutation(n) if shuffle and n else None
+            local_batches = iter(batches.epoch(perm) if batches is not None else ())
             l2_total: Any = 0.0  # device: Σ_steps (½ l2 ΣW² / D) · D
             data_total = 0.0  # host: Σ_steps global_loss · D
             denom_sum = 0.0
             hits: Any = 0.0
             for step in range(n_steps):
-                a = step * batch_size
                 value: Any = 0.0
                 d = 0.0
-                if pending is None and a < n:
+                batch = next(local_batches, None) if pending is None else None
+                if batch is not None:  # this rank's shard may run out before n_steps
                     try:
-                        b = min(a + batch_size, n)
-                        if idx is None:
-                            Xb, Yb = Xd[a:b, ...], Yd[a:b, ...]  # explicit trailing axes for strict Array API
-                            wb = None if wd is None else wd[a:b]
-                            d = float(b - a) if w is None else float(w[a:b].sum())
-                        else:
-                            ib = idx[a:b]
-                            Xb = be.take_rows(Xd, ib, out=workspace("X", b - a, Xd))
-                            Yb = be.take_rows(Yd, ib, out=workspace("Y", b - a, Yd))
-                            wb = None if wd is None else be.take_rows(wd, ib, out=workspace("w", b - a, wd))
-                            d = float(b - a) if w is None else float(w[perm[a:b]].sum())
+                        Xb, Yb, wb, a, b = batch
+                        d = batch_denominator(w, perm, a, b)
                         # L2 waits for the global denominator (added after the all-reduce).
                         value = model._forward_backward(Xb, Yb, lossfn, wb, d if d > 0 else 1.0, 0.0)
                         if track_acc:

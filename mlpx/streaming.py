@@ -34,7 +34,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ["ResidentBatches", "StreamedBatches", "make_batches", "resident_nbytes"]
+__all__ = ["ResidentBatches", "StreamedBatches", "batch_denominator", "make_batches", "resident_nbytes"]
 
 log = logging.getLogger("mlpx")
 
@@ -109,6 +109,19 @@ def _check_perm(perm: Any, n: int) -> np.ndarray | None:
     if n and (perm.min() < 0 or perm.max() >= n):
         raise ValueError(f"perm has indices outside 0..{n - 1}")
     return perm
+
+
+def batch_denominator(w: np.ndarray | None, perm: np.ndarray | None, a: int, b: int) -> float:
+    """The loss normaliser of minibatch ``a:b``: its row count, or its weights' sum.
+
+    Parameters
+    ----------
+    w : host array, shape (n,), or None
+    perm : host permutation, shape (n,), or None (contiguous rows)
+    """
+    if w is None:
+        return float(b - a)
+    return float((w[a:b] if perm is None else w[perm[a:b]]).sum())
 
 
 def _bounds(n: int, batch_size: int) -> list[tuple[int, int]]:

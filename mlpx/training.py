@@ -19,7 +19,7 @@ from mlpx.callbacks import Callback, ProgressBar
 from mlpx.losses import Loss
 from mlpx.metrics import correct_count, r2_score
 from mlpx.optimizers import Optimizer, get_optimizer
-from mlpx.streaming import make_batches
+from mlpx.streaming import batch_denominator, make_batches
 from mlpx.validation import check_sample_weight, encode_targets
 
 __all__ = ["History", "TrainingDivergedError", "fit"]
@@ -239,10 +239,7 @@ def fit(
             hits: Any = 0.0
             denom_sum = 0.0
             for Xb, Yb, wb, a, b in batches.epoch(perm):
-                if w is None:
-                    denom = float(b - a)
-                else:
-                    denom = float((w[a:b] if perm is None else w[perm[a:b]]).sum())
+                denom = batch_denominator(w, perm, a, b)
                 value = model._forward_backward(Xb, Yb, lossfn, wb, denom, l2)
                 if track_acc:
                     # The last layer's output (logits) is still intact after backward.
