@@ -175,11 +175,11 @@ class MlpxImpl(Impl):
 
 
 def _compute_capability() -> int | None:
-    """The current CUDA device's compute capability x 10 (86 for 8.6), None if unknown."""
-    try:
-        import cupy
+    """Compute capability x 10 of the GPU the rows run on (86 for 8.6), None if unknown."""
+    from mlpx.backends import get_backend
 
-        return int(cupy.cuda.Device().compute_capability)
+    try:
+        return get_backend("gpu").compute_capability
     except Exception:  # unknown: let the run itself decide
         return None
 

@@ -374,8 +374,8 @@ class Sequential:
         if prec.mixed:
             # The output delta goes back in the compute dtype, multiplied by the loss
             # scale (fp16) so small gradients do not flush to zero on the way.
-            scale = prec.scaler.scale if prec.scaler is not None else 1.0
-            dZ = be.run(scale_cast, dZ, scale, self._workspace("dZc", n, self.n_outputs_, self.compute_dtype))
+            dZc = self._workspace("dZc", n, self.n_outputs_, self.compute_dtype)
+            dZ = be.run(scale_cast, dZ, prec.loss_scale, dZc)
         dH: Array | None = dZ
         first_param = next(i for i, l in enumerate(self.layers) if l.param_shapes())
         for i in range(len(self.layers) - 1, -1, -1):
@@ -383,8 +383,7 @@ class Sequential:
             if dH is None:
                 break
         if prec.mixed:
-            scale = prec.scaler.scale if prec.scaler is not None else 1.0
-            be.run(scale_cast, self._grads_c, 1.0 / scale, self.grads)
+            be.run(scale_cast, self._grads_c, 1.0 / prec.loss_scale, self.grads)
         if l2:
             value = value + self._add_l2(l2, denom)
         return value

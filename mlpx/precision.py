@@ -87,8 +87,6 @@ def check_range(X: Any, compute_dtype: str, name: str = "X") -> None:
     """
     if compute_dtype != "float16" or getattr(X, "size", 0) == 0:
         return
-    if hasattr(X, "toarray"):  # sparse: its stored values
-        X = X.data
     peak = float(abs(X).max())
     if peak > 65504.0:
         raise ValueError(
@@ -185,6 +183,11 @@ class Precision:
     def mixed(self) -> bool:
         """Whether the step computes in a dtype other than the master one."""
         return self.compute_dtype != self.master_dtype
+
+    @property
+    def loss_scale(self) -> float:
+        """The factor on the output delta (fp16's current scale; 1 otherwise)."""
+        return 1.0 if self.scaler is None else self.scaler.scale
 
 
 def get_precision(spec: str | None, dtype: str, backend: Any) -> Precision:
