@@ -42,10 +42,18 @@ __all__ = [
 
 log = logging.getLogger("mlpx")
 
-BACKEND_NAMES = ("cpu", "gpu", "gpu:N", "auto", "array_api_strict", "array-api:<module>")
+BACKEND_NAMES = ("cpu", "cpu:<blas>", "gpu", "gpu:N", "auto", "array_api_strict", "array-api:<module>")
 
-_CPU = NumpyBackend()  # stateless: one shared instance is enough
+# One shared CPU backend per BLAS provider (they hold no model state); built on first
+# use, so that importing mlpx never loads a BLAS library or reads MLPX_CPU_BLAS.
+_CPU_CACHE: dict[str | None, NumpyBackend] = {}
 _GPU_CACHE: dict[int, CupyBackend] = {}
+
+
+def _cpu(blas: str | None = None) -> NumpyBackend:
+    if blas not in _CPU_CACHE:
+        _CPU_CACHE[blas] = NumpyBackend(blas)
+    return _CPU_CACHE[blas]
 
 
 def get_backend(spec: Any = "cpu") -> Backend:
@@ -54,21 +62,24 @@ def get_backend(spec: Any = "cpu") -> Backend:
     Parameters
     ----------
     spec : str or Backend
-        ``"cpu"``/``"numpy"``, ``"gpu"``/``"cuda"``/``"gpu:N"``, ``"auto"``,
+        ``"cpu"``/``"numpy"``, ``"cpu:<blas>"`` (``"cpu:mkl"``, ``"cpu:blis"``: the
+        library for the matrix products, see :mod:`mlpx.backends.blas`),
+        ``"gpu"``/``"cuda"``/``"gpu:N"``, ``"auto"``,
         ``"array_api_strict"`` or ``"array-api:<module>"``, or a Backend instance
         (returned as is).
 
     Raises
     ------
     BackendUnavailableError
-        ``"gpu"`` without CuPy or without a visible CUDA device.
+        ``"gpu"`` without CuPy or without a visible CUDA device; a CPU BLAS that is
+        not installed.
     ValueError
         An unknown name (the message lists the valid ones).
     """
     if isinstance(spec, Backend):
         return spec
     if spec is None:
-        return _CPU
+        return _cpu()
     if not isinstance(spec, str):
         raise TypeError(
             f"backend must be a name or a Backend instance, not {type(spec).__name__}; "
@@ -76,7 +87,9 @@ def get_backend(spec: Any = "cpu") -> Backend:
         )
     name = spec.strip().lower()
     if name in ("cpu", "numpy"):
-        return _CPU
+        return _cpu()
+    if name.startswith("cpu:"):
+        return _cpu(name.split(":", 1)[1])
     if name in ("gpu", "cuda", "cupy") or name.startswith(("gpu:", "cuda:")):
         device_id = 0
         if ":" in name:
@@ -92,7 +105,7 @@ def get_backend(spec: Any = "cpu") -> Backend:
             be = get_backend("gpu")
             log.info("backend='auto' chose %s (%s)", be.name, be.describe()["device"])
         else:
-            be = _CPU
+            be = _cpu()
             log.info("backend='auto' chose cpu: CuPy or a CUDA device is not available")
         return be
     if name in ("array_api_strict", "array-api-strict"):

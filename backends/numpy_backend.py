@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from .base import Array, Backend, DeviceMismatchError
+from .blas import BLAS_PROVIDERS, describe_provider, load_provider
 from .jit import numba_enabled
 
 __all__ = ["NumpyBackend", "SMALL_GEMM_FLOPS"]
@@ -28,14 +29,28 @@ class NumpyBackend(Backend):
     as transpose flags, so no copy is made, and the product lands in a buffer the
     caller allocated once. Kernels use their ``"numpy"`` variants (ufuncs with
     ``out=``), which avoid the temporaries of the generic definitions.
+
+    Parameters
+    ----------
+    blas : {"numpy", "mkl", "blis"}, optional
+        Which library computes the matrix products (see :mod:`mlpx.backends.blas`).
+        Default: the environment variable ``MLPX_CPU_BLAS``, else ``"numpy"``. The
+        choice changes speed only: the model, its saved files and the backend's
+        name (``"cpu"``) are the same whichever computes the products.
     """
 
     kinds = ("numpy",)
     is_gpu = False
 
-    def __init__(self) -> None:
+    def __init__(self, blas: str | None = None) -> None:
         super().__init__(np, device=None, name="cpu")
         self._low_cache: dict[Any, Any] = {}
+        source = "" if blas is not None else " (from MLPX_CPU_BLAS)"
+        blas = blas if blas is not None else os.environ.get("MLPX_CPU_BLAS") or "numpy"
+        if str(blas).strip().lower() not in BLAS_PROVIDERS:
+            raise ValueError(f"unknown CPU BLAS {blas!r}{source}; choose one of {', '.join(BLAS_PROVIDERS)}")
+        self._gemm = load_provider(blas)
+        self.blas = blas.strip().lower()
 
     def run(self, k: Any, *args: Any, **kwargs: Any) -> Any:
         # numba compiles no half-precision loops: float16/bfloat16 operands (mixed
@@ -53,6 +68,7 @@ class NumpyBackend(Backend):
     def describe(self) -> dict[str, str]:
         info = super().describe()
         info["device"] = f"cpu ({os.cpu_count()} logical cores)"
+        info["blas"] = describe_provider(self.blas)
         return info
 
     def blas_threads(self, gemm_flops: float) -> contextlib.AbstractContextManager[Any]:
@@ -97,11 +113,7 @@ class NumpyBackend(Backend):
         trans_b: bool = False,
         out: Array | None = None,
     ) -> Array:
-        if trans_a:
-            a = a.T
-        if trans_b:
-            b = b.T
-        return np.matmul(a, b, out=out)
+        return self._gemm(a, b, trans_a, trans_b, out)
 
     def sum(self, x: Array, axis: int | None = None, out: Array | None = None) -> Array:
         # Half-precision sums (bias gradients over a batch) accumulate in float32:

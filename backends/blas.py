@@ -1,0 +1,197 @@
+"""CPU matrix-product providers: NumPy's BLAS, and optional alternatives from PyPI.
+
+The CPU backend's ``gemm`` calls one provider for every product of a process:
+
+========  =====================================================  ==================
+name      what runs the product                                  install
+========  =====================================================  ==================
+numpy     ``numpy.matmul`` on the BLAS NumPy was built with       always present
+          (OpenBLAS in the PyPI wheels)
+mkl       Intel oneMKL's ``cblas_?gemm`` through ctypes           ``pip install mkl``
+blis      the BLIS library of the ``blis`` package (thinc's),     ``pip install blis``
+          float32 only (float64 goes to NumPy)
+========  =====================================================  ==================
+
+Pick one with ``get_backend("cpu:mkl")``, ``NumpyBackend(blas="mkl")`` or the
+environment variable ``MLPX_CPU_BLAS=mkl`` (read when the default CPU backend is
+first built). NumPy is the default: it was the fastest on the machine the project is
+benchmarked on (``python -m benchmarks --only gemm`` measures every installed provider
+on the products of an MLP step, so run it to decide on yours).
+
+One provider per process, never one per shape: each library keeps its own pool of
+worker threads that spin for a while after a product, and alternating libraries
+makes the two pools fight over the cores (measured: one epoch 40 % slower).
+
+Every provider computes ``op(A) @ op(B)`` into a preallocated ``out``; a product a
+provider cannot take as it is (a dtype other than float32/float64, strided rows,
+operands overlapping ``out``) goes to ``numpy.matmul``, so a provider never changes
+what is computed, only how fast.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import sys
+from typing import Callable
+
+import numpy as np
+
+from .base import BackendUnavailableError
+
+__all__ = ["BLAS_PROVIDERS", "available_providers", "describe_provider", "load_provider", "numpy_gemm"]
+
+BLAS_PROVIDERS = ("numpy", "mkl", "blis")
+
+#: gemm(a, b, trans_a, trans_b, out) -> out, with out preallocated (m, n).
+GemmFn = Callable[[np.ndarray, np.ndarray, bool, bool, np.ndarray], np.ndarray]
+
+
+def numpy_gemm(a: np.ndarray, b: np.ndarray, trans_a: bool, trans_b: bool, out: np.ndarray | None) -> np.ndarray:
+    """``op(a) @ op(b)`` by ``numpy.matmul``: transposed views reach BLAS as flags, not copies."""
+    return np.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
+
+
+def _blas_ready(a: np.ndarray, b: np.ndarray, out: np.ndarray | None) -> bool:
+    """True when a row-major BLAS call can take the operands as they are.
+
+    Needs one float dtype (float32 or float64) throughout, unit stride along rows
+    (the row stride becomes the leading dimension), a C-contiguous ``out`` and no
+    overlap between ``out`` and the inputs (BLAS, unlike ``numpy.matmul``, does not
+    guard against it).
+    """
+    if out is None or a.dtype not in (np.float32, np.float64):
+        return False
+    if b.dtype != a.dtype or out.dtype != a.dtype or not out.flags.c_contiguous:
+        return False
+    for x in (a, b):
+        if x.ndim != 2 or x.strides[1] != x.itemsize or x.strides[0] < x.shape[1] * x.itemsize:
+            return False
+    return not (np.may_share_memory(out, a) or np.may_share_memory(out, b))
+
+
+def _dims(a: np.ndarray, b: np.ndarray, trans_a: bool, trans_b: bool, out: np.ndarray) -> tuple[int, int, int] | None:
+    """(m, n, k) of ``op(a) @ op(b)``, or None when the shapes disagree with each other or ``out``."""
+    m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    kb, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    return (m, n, k) if kb == k and out.shape == (m, n) else None
+
+
+def _mkl_library() -> ctypes.CDLL:
+    """oneMKL's single dynamic library, as the ``mkl`` wheel installs it (``<prefix>/lib``)."""
+    names: list[str] = []
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix, os.environ.get("CONDA_PREFIX") or sys.prefix)):
+        names += sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")), reverse=True)
+    names += ["libmkl_rt.so.2", "libmkl_rt.so"]  # on the loader's path (a system install)
+    for name in names:
+        try:
+            # RTLD_GLOBAL: libmkl_rt loads its threading and core libraries itself and
+            # they look its symbols up globally.
+            return ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            continue
+    raise BackendUnavailableError(
+        "the 'mkl' CPU BLAS needs Intel oneMKL's libmkl_rt: pip install mkl"
+    )
+
+
+def _mkl_gemm() -> GemmFn:
+    lib = _mkl_library()
+    i, vp = ctypes.c_int, ctypes.c_void_p
+    sgemm, dgemm = lib.cblas_sgemm, lib.cblas_dgemm
+    sgemm.argtypes = [i] * 6 + [ctypes.c_float, vp, i, vp, i, ctypes.c_float, vp, i]
+    dgemm.argtypes = [i] * 6 + [ctypes.c_double, vp, i, vp, i, ctypes.c_double, vp, i]
+    sgemm.restype = dgemm.restype = None
+    row_major, no_trans, trans = 101, 111, 112  # CBLAS enum values
+
+    def gemm(a, b, trans_a, trans_b, out):
+        dims = _dims(a, b, trans_a, trans_b, out) if _blas_ready(a, b, out) else None
+        if dims is None:  # includes bad shapes: NumPy raises its usual error
+            return numpy_gemm(a, b, trans_a, trans_b, out)
+        m, n, k = dims
+        fn = sgemm if a.dtype == np.float32 else dgemm
+        fn(row_major, trans if trans_a else no_trans, trans if trans_b else no_trans, m, n, k, 1.0,
+           a.ctypes.data, a.strides[0] // a.itemsize, b.ctypes.data, b.strides[0] // b.itemsize,
+           0.0, out.ctypes.data, n)
+        return out
+
+    return gemm
+
+
+def _blis_gemm() -> GemmFn:
+    try:
+        import blis.py as blis_py
+    except ImportError:
+        raise BackendUnavailableError("the 'blis' CPU BLAS needs the blis package: pip install blis") from None
+
+    def gemm(a, b, trans_a, trans_b, out):
+        # blis.py.gemm takes C-contiguous operands and transpose flags. Only float32:
+        # its float64 branch (blis 1.3) sizes the product from the untransposed shapes,
+        # and neither branch checks ``out``'s shape, so both are checked here.
+        if not (_blas_ready(a, b, out) and a.dtype == np.float32 and a.flags.c_contiguous
+                and b.flags.c_contiguous and _dims(a, b, trans_a, trans_b, out) is not None):
+            return numpy_gemm(a, b, trans_a, trans_b, out)
+        return blis_py.gemm(a, b, out=out, trans1=trans_a, trans2=trans_b, alpha=1.0, beta=0.0)
+
+    return gemm
+
+
+_LOADERS: dict[str, Callable[[], GemmFn]] = {
+    "numpy": lambda: numpy_gemm,
+    "mkl": _mkl_gemm,
+    "blis": _blis_gemm,
+}
+_LOADED: dict[str, GemmFn] = {}
+
+
+def load_provider(name: str) -> GemmFn:
+    """The gemm function of provider ``name`` (loaded once per process).
+
+    Raises
+    ------
+    ValueError
+        An unknown name.
+    BackendUnavailableError
+        The provider's library is not installed (the message says what to install).
+    """
+    key = str(name).strip().lower()
+    if key not in _LOADERS:
+        raise ValueError(f"unknown CPU BLAS {name!r}; choose one of {', '.join(BLAS_PROVIDERS)}")
+    if key not in _LOADED:
+        _LOADED[key] = _LOADERS[key]()
+    return _LOADED[key]
+
+
+def available_providers() -> list[str]:
+    """The providers that load on this machine, ``"numpy"`` first."""
+    names = []
+    for name in BLAS_PROVIDERS:
+        try:
+            load_provider(name)
+        except BackendUnavailableError:
+            continue
+        names.append(name)
+    return names
+
+
+def provider_version(name: str) -> str:
+    """The installed version of a provider's package ("" when unknown)."""
+    if name == "numpy":
+        try:  # the BLAS NumPy was built with, e.g. "numpy 2.4.6 (scipy-openblas 0.3.31.188.0)"
+            dep = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+            return f"{np.__version__} ({dep['name']} {dep['version']})"
+        except Exception:  # noqa: BLE001 - older NumPy: no dict mode
+            return np.__version__
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:  # noqa: BLE001 - a version is for reports only
+        return ""
+
+
+def describe_provider(name: str) -> str:
+    """One line for logs and reports, e.g. ``"mkl 2026.2.0"``."""
+    v = provider_version(name)
+    return f"{name} {v}".strip()
