@@ -158,6 +158,31 @@ def _gemm(s: dict[str, Any], plots: dict[str, str]) -> list[str]:
         L += _table(["batch", "CPU step GEMMs", "GPU step GEMMs", "GPU speed-up"],
                     [[r["batch"], _ms(r["cpu_time_s"]["median"]), _ms(r["gpu_time_s"]["median"]), f"{r['gpu_speedup']:.1f}×"]
                      for r in c["records"]])
+    L += _blas(s.get("blas"))
+    return L
+
+
+def _blas(b: dict[str, Any] | None) -> list[str]:
+    """The CPU BLAS providers on each network's step products."""
+    L = ['### CPU BLAS providers (`backend="cpu:<blas>"`)', ""]
+    if not b:
+        return L + ["*not measured (results file older than schema 1.2)*", ""]
+    if b["status"] != "ok":
+        return L + [f"*{b['status']}: {b.get('reason')}*", ""]
+    provs = ", ".join(f"{p['name']} {p['version']}".strip() for p in b["providers"])
+    L += [f"All products of one float32 training step at the network's batch size, {b['threads']} threads, "
+          f"providers interleaved round by round; median over rounds [min–max]. Measured: {provs}."
+          + (f" Not installed: {', '.join(b['not_installed'])}." if b.get("not_installed") else ""), ""]
+    rows = []
+    for r in b["records"]:
+        if r["status"] != "ok":
+            rows.append([r["network"], r["batch"], r["provider"], r["status"], r.get("reason", ""), "", ""])
+            continue
+        best = b["fastest"].get(r["network"]) == r["provider"]
+        rows.append([r["network"], r["batch"], f"**{r['provider']}**" if best else r["provider"], _spread(r["time_s"]),
+                     f"{r['gflops']:.1f}", f"{r.get('ratio_to_numpy', float('nan')):.2f}", f"{r['max_rel_error']:.1e}"])
+    L += _table(["network", "batch", "provider", "step GEMMs", "GFLOP/s", "× numpy", "err"], rows)
+    L += ["Fastest (bold) per network: " + ", ".join(f"{k} → {v}" for k, v in b["fastest"].items()) + ".", ""]
     return L
 
 

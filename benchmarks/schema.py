@@ -1,15 +1,16 @@
 """The results file (``results.json``): its schema, version and validator.
 
-Schema version 1.1 (1.0 plus the GPU precision modes of the train section: the
-``precision`` of mlpx implementations and each workload's ``precision_modes``; a 1.0
-document, which has neither, still validates). Times are seconds, rates GFLOP/s (1e9 FLOP/s) or GB/s (1e9 B/s).
+Schema version 1.2 (1.0 plus, in 1.1, the GPU precision modes of the train section:
+the ``precision`` of mlpx implementations and each workload's ``precision_modes``;
+plus, in 1.2, ``gemm.blas``, the CPU BLAS providers compared on the step products;
+1.0 and 1.1 documents, which lack them, still validate). Times are seconds, rates GFLOP/s (1e9 FLOP/s) or GB/s (1e9 B/s).
 A *stats* object summarises repeated timings of one thing::
 
     {"median", "min", "max", "q1", "q3": per-call seconds, "repeats": int, "number": calls per repeat}
 
 Top level::
 
-    schema_version  "1.1" (written; "1.0" documents are read and validated too)
+    schema_version  "1.2" (written; "1.0" and "1.1" documents are read and validated too)
     suite           "mlpx-benchmarks"
     mode            "quick" | "full" | "tiny"
     machine         cpu_model, cpu_cores, thread_pools (threadpoolctl), numpy_blas, versions
@@ -34,6 +35,11 @@ Sections:
   (stats), gflops, fraction_of_peak (of the best rate for that dtype on that device).
   ``gemm.crossover``: {status, network, dtype, crossover_batch (null: GPU never faster),
   records [{key, batch, flops, cpu_time_s, gpu_time_s, gpu_speedup}]}; ``failed_checks``.
+  ``gemm.blas`` (1.2, required when the CPU was measured): {status, providers [{name,
+  version}], not_installed [names], threads, fastest {network: provider}, records
+  [{key, provider, network, batch, dtype, threads, status ("ok" | "failed"), flops,
+  max_rel_error (of the step's products against the float64 reference), time_s (stats
+  over interleaved rounds of seconds per step), gflops, ratio_to_numpy | reason}]}.
 - ``transfer.parts.gpu``: records {key, direction ("h2d" | "d2h"), memory ("pageable" |
   "pinned"), bytes, time_s, gb_per_s}.
 - ``train.workloads``: [{name, status, label, sizes, batch, data, n_train, n_test, epochs,
@@ -76,10 +82,10 @@ from benchmarks.config import GPU_PRECISIONS
 
 __all__ = ["SCHEMA_VERSION", "READABLE_VERSIONS", "SECTIONS", "iter_records", "validate"]
 
-SCHEMA_VERSION = "1.1"
-# Versions validate() accepts: 1.1 only adds fields, so 1.0 files (committed results)
-# stay valid, and the 1.1 requirements apply to 1.1 documents only.
-READABLE_VERSIONS = ("1.0", "1.1")
+SCHEMA_VERSION = "1.2"
+# Versions validate() accepts: 1.1 and 1.2 only add fields, so older files (committed
+# results) stay valid, and each version's requirements apply from that version on.
+READABLE_VERSIONS = ("1.0", "1.1", "1.2")
 SECTIONS = ("gemm", "transfer", "train", "scaling")
 STATUSES = ("ok", "skipped", "failed", "error")
 _STATS = ("median", "min", "max", "q1", "q3", "repeats", "number")
@@ -97,8 +103,9 @@ def iter_records(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         for part in secs.get(name, {}).get("parts", {}).values():
             for r in part.get("records", []):
                 yield name, r
-    for r in secs.get("gemm", {}).get("crossover", {}).get("records", []):
-        yield "gemm", r
+    for sub in ("crossover", "blas"):
+        for r in secs.get("gemm", {}).get(sub, {}).get("records", []):
+            yield "gemm", r
     for wl in secs.get("train", {}).get("workloads", []):
         for r in wl.get("implementations", []):
             yield "train", r
@@ -187,6 +194,30 @@ def _precision_modes(wl: dict[str, Any], problems: list[str]) -> None:
             problems.append(f"{at}: accuracy_delta_pp is not 100 x (accuracy - accuracy_float32)")
 
 
+def _blas(b: Any, cpu_ran: bool, problems: list[str]) -> None:
+    """The 1.2 ``gemm.blas`` comparison: present when the CPU ran, consistent when ok."""
+    if not isinstance(b, dict) or b.get("status") not in STATUSES:
+        problems.append("sections.gemm.blas needs a status")
+        return
+    if b["status"] != "ok":
+        if cpu_ran or not b.get("reason"):
+            problems.append(f"sections.gemm.blas: status {b['status']} without a reason, or the CPU ran")
+        return
+    names = [pr.get("name") for pr in b.get("providers", [])]
+    if "numpy" not in names:
+        problems.append("sections.gemm.blas: the numpy provider is always measured")
+    ok = [r for r in b.get("records", []) if r.get("status") == "ok"]
+    for r in b.get("records", []):
+        if r.get("provider") not in names:
+            problems.append(f"{r.get('key')}: provider {r.get('provider')!r} not listed")
+        if r.get("status") == "failed" and not r.get("reason"):
+            problems.append(f"{r.get('key')}: failed without a reason")
+    for net, prov in (b.get("fastest") or {}).items():
+        times = {r["provider"]: r["time_s"]["median"] for r in ok if r.get("network") == net and "time_s" in r}
+        if not times or min(times, key=times.get) != prov:
+            problems.append(f"sections.gemm.blas.fastest[{net}]: {prov!r} is not the fastest measured")
+
+
 def validate(doc: Any) -> list[str]:
     """Problems found in a results document (an empty list: it is valid).
 
@@ -236,6 +267,8 @@ def validate(doc: Any) -> list[str]:
                         p.append(f"gemm {r.get('key')}: timed without passing its check")
             if not isinstance(s.get("crossover"), dict) or s["crossover"].get("status") not in STATUSES:
                 p.append("sections.gemm.crossover needs a status")
+            if version not in ("1.0", "1.1"):
+                _blas(s.get("blas"), s["parts"].get("cpu", {}).get("status") == "ok", p)
         if name == "train":
             for wl in s.get("workloads", []):
                 for r in wl.get("implementations", []):

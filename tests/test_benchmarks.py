@@ -431,7 +431,7 @@ def test_schema_accepts_precision_modes_and_checks_them(tiny_run):
     assert validate(old) == []
     old["schema_version"] = "0.9"
     assert any("schema_version" in e for e in validate(old))
-    assert SCHEMA_VERSION == "1.1"
+    assert SCHEMA_VERSION == "1.2"
 
 
 def test_report_shows_precision_modes(tiny_run):
@@ -692,3 +692,38 @@ def test_kernel_variants_table(capsys):
     for row in rows:
         numpy_us = float(row.split("|")[2].split()[0])
         assert numpy_us > 0
+
+
+def test_cpu_blas_providers_compared_on_the_step_products(tiny_run):
+    """gemm.blas: every installed provider, checked before timing, the fastest named right."""
+    from mlpx.backends import blas
+
+    _, out, doc = tiny_run
+    b = doc["sections"]["gemm"]["blas"]
+    assert b["status"] == "ok"
+    installed = blas.available_providers()
+    assert [p["name"] for p in b["providers"]] == installed and installed[0] == "numpy"
+    assert set(b["not_installed"]) == set(blas.BLAS_PROVIDERS) - set(installed)
+    nets = doc["config"]["gemm_step_networks"]
+    got = {(r["network"], r["provider"]) for r in b["records"] if r["status"] == "ok"}
+    assert got == {(n, p) for n in nets for p in installed}
+    for net in nets:
+        recs = [r for r in b["records"] if r["network"] == net]
+        numpy_t = next(r for r in recs if r["provider"] == "numpy")["time_s"]["median"]
+        for r in recs:
+            assert r["max_rel_error"] < 1e-5  # float32 step products against the float64 reference
+            assert r["ratio_to_numpy"] == pytest.approx(r["time_s"]["median"] / numpy_t, rel=2e-3)  # JSON rounds
+        assert b["fastest"][net] == min(recs, key=lambda r: r["time_s"]["median"])["provider"]
+    report = (out / "report-tiny.md").read_text()
+    assert "### CPU BLAS providers" in report and f"{nets[0]} → {b['fastest'][nets[0]]}" in report
+    # the validator checks the comparison
+    bad = copy.deepcopy(doc)
+    recs = bad["sections"]["gemm"]["blas"]["records"]
+    slowest = max((r for r in recs if r["network"] == nets[0]), key=lambda r: r["time_s"]["median"])
+    bad["sections"]["gemm"]["blas"]["fastest"][nets[0]] = slowest["provider"]
+    if len(installed) > 1:
+        assert any("is not the fastest measured" in p for p in validate(bad))
+    del bad["sections"]["gemm"]["blas"]
+    assert any("gemm.blas needs a status" in p for p in validate(bad))
+    bad["schema_version"] = "1.1"  # older files have no comparison and stay valid
+    assert not any("blas" in p for p in validate(bad))
