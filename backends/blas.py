@@ -40,7 +40,8 @@ import numpy as np
 
 from .base import BackendUnavailableError
 
-__all__ = ["BLAS_PROVIDERS", "available_providers", "describe_provider", "load_provider", "numpy_gemm"]
+__all__ = ["BLAS_PROVIDERS", "available_providers", "describe_provider", "installed_providers", "load_provider",
+           "numpy_gemm"]
 
 BLAS_PROVIDERS = ("numpy", "mkl", "blis")
 
@@ -78,12 +79,17 @@ def _dims(a: np.ndarray, b: np.ndarray, trans_a: bool, trans_b: bool, out: np.nd
     return (m, n, k) if kb == k and out.shape == (m, n) else None
 
 
-def _mkl_library() -> ctypes.CDLL:
-    """oneMKL's single dynamic library, as the ``mkl`` wheel installs it (``<prefix>/lib``)."""
+def _mkl_files() -> list[str]:
+    """libmkl_rt files where the ``mkl`` wheel (or conda) installs them: ``<prefix>/lib``."""
     names: list[str] = []
     for prefix in dict.fromkeys((sys.prefix, sys.base_prefix, os.environ.get("CONDA_PREFIX") or sys.prefix)):
         names += sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")), reverse=True)
-    names += ["libmkl_rt.so.2", "libmkl_rt.so"]  # on the loader's path (a system install)
+    return names
+
+
+def _mkl_library() -> ctypes.CDLL:
+    """oneMKL's single dynamic library."""
+    names = _mkl_files() + ["libmkl_rt.so.2", "libmkl_rt.so"]  # or on the loader's path (a system install)
     for name in names:
         try:
             # RTLD_GLOBAL: libmkl_rt loads its threading and core libraries itself and
@@ -172,6 +178,22 @@ def available_providers() -> list[str]:
         except BackendUnavailableError:
             continue
         names.append(name)
+    return names
+
+
+def installed_providers() -> list[str]:
+    """The providers that look installed, found without loading any library.
+
+    For callers that must not load a BLAS into their process (the benchmark suite);
+    :func:`available_providers` is the authoritative answer.
+    """
+    import importlib.util
+
+    names = ["numpy"]
+    if _mkl_files():
+        names.append("mkl")
+    if importlib.util.find_spec("blis") is not None:
+        names.append("blis")
     return names
 
 

@@ -13,7 +13,8 @@ On the CPU, ``blas`` compares the installed BLAS providers of the CPU backend
 products of one training step of each network at its training batch size, in
 float32, each provider's products checked against the float64 reference first. The
 providers run in interleaved rounds (A B C A B C ...), and each one's time is the
-median over the rounds; the report names the fastest per network.
+median over the rounds; the report names the fastest per network. That comparison
+lives in :mod:`benchmarks.blas` and runs in a child process (see there why).
 
 The step shapes of a layer ``(n_in -> n_out)`` at batch ``B`` are those of
 :class:`mlpx.layers.Dense`: forward ``Z = X W`` (B x n_in times n_in x n_out),
@@ -31,7 +32,7 @@ import numpy as np
 
 from benchmarks.config import WORKLOADS
 from benchmarks.context import Context, skipped
-from benchmarks.timing import blas_threads, summarize, time_call, time_cuda
+from benchmarks.timing import blas_threads, time_call, time_cuda
 
 __all__ = [
     "StepGemms",
@@ -301,7 +302,7 @@ def count(ctx: Context) -> int:
     if ctx.use_cpu:
         from mlpx.backends import blas
 
-        n += len(ctx.cfg.gemm_step_networks) * len(blas.available_providers())
+        n += len(ctx.cfg.gemm_step_networks) * len(blas.installed_providers())
     return n
 
 
@@ -350,62 +351,14 @@ def gemm_section(ctx: Context) -> dict[str, Any]:
         "failed_checks": failed,
         "parts": parts,
         "crossover": _crossover(ctx),
-        "blas": _blas_providers(ctx),
+        "blas": _blas(ctx),
     }
 
 
-def _blas_providers(ctx: Context) -> dict[str, Any]:
-    """The CPU backend's BLAS providers on each network's step products (float32)."""
-    from mlpx.backends import NumpyBackend, blas
+def _blas(ctx: Context) -> dict[str, Any]:
+    from benchmarks.blas import blas_section  # it imports StepGemms from here
 
-    if not ctx.use_cpu:
-        return {"status": "skipped", "reason": "--backend gpu", "providers": [], "records": []}
-    cfg = ctx.cfg
-    names = blas.available_providers()
-    providers = [{"name": n, "version": blas.provider_version(n)} for n in names]
-    missing = [n for n in blas.BLAS_PROVIDERS if n not in names]
-    records: list[dict[str, Any]] = []
-    fastest: dict[str, str] = {}
-    for net in cfg.gemm_step_networks:
-        sizes, batch, _ = WORKLOADS[net]
-        steps = {}
-        for name in names:
-            ctx.progress.step(f"gemm cpu blas {name} {net} step")
-            try:
-                steps[name] = StepGemms(NumpyBackend(blas=name), sizes, batch)
-            except RuntimeError as exc:  # a provider whose products are wrong: report, never time
-                records.append({"key": f"gemm/cpu/blas/{name}/{net}/b{batch}/float32", "provider": name,
-                                "network": net, "batch": batch, "status": "failed", "reason": str(exc)[:300]})
-        per: dict[str, list[float]] = {n: [] for n in steps}
-        rounds = max(3, cfg.repeats // 2)
-        for _ in range(rounds):  # interleaved, so drift hits every provider alike
-            for name, sg in steps.items():
-                per[name].append(sg.time(ctx, cfg.threads)["median"])
-        for name, sg in steps.items():
-            t = summarize(per[name], number=1)  # one sample per round, each a median
-            records.append({
-                "key": f"gemm/cpu/blas/{name}/{net}/b{batch}/float32",
-                "provider": name, "network": net, "batch": batch, "dtype": "float32",
-                "threads": cfg.threads, "status": "ok", "flops": sg.flops,
-                "max_rel_error": sg.max_rel_error, "time_s": t,
-                "gflops": sg.flops / t["median"] / 1e9,
-            })
-        base = next((r for r in records if r["network"] == net and r["provider"] == "numpy"), None)
-        ok = [r for r in records if r["network"] == net and r["status"] == "ok"]
-        for r in ok:
-            if base is not None:
-                r["ratio_to_numpy"] = r["time_s"]["median"] / base["time_s"]["median"]
-        if ok:
-            fastest[net] = min(ok, key=lambda r: r["time_s"]["median"])["provider"]
-        del steps
-    return {
-        "status": "ok",
-        "providers": providers,
-        "not_installed": missing,
-        "threads": cfg.threads,
-        "fastest": fastest,
-        "records": records,
-    }
+    return blas_section(ctx)
 
 
 def _crossover(ctx: Context) -> dict[str, Any]:

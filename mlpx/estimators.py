@@ -6,7 +6,8 @@ constructor parameters, defaults, methods and fitted attributes, and the same
 mathematics, plus two parameters:
 
 ``backend``
-    ``"cpu"`` (default, NumPy + BLAS), ``"gpu"`` / ``"gpu:N"`` (CuPy + cuBLAS),
+    ``"cpu"`` (default, NumPy + BLAS; ``"cpu:mkl"`` / ``"cpu:blis"`` for another
+    BLAS), ``"gpu"`` / ``"gpu:N"`` (CuPy + cuBLAS),
     ``"auto"`` (GPU when usable) or a :class:`mlpx.backends.Backend` instance. It is
     resolved at ``fit``, not at construction, so ``clone``/``get_params`` work on a
     machine without a GPU; ``fit`` then raises the backend layer's
@@ -920,8 +921,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     beta_1, beta_2, epsilon, n_iter_no_change, max_fun
         As in scikit-learn.
     backend : str or Backend, default="cpu"
-        ``"cpu"``, ``"gpu"``, ``"gpu:N"``, ``"auto"`` or a Backend instance;
-        resolved at ``fit``.
+        ``"cpu"``, ``"cpu:mkl"``, ``"cpu:blis"``, ``"gpu"``, ``"gpu:N"``, ``"auto"``
+        or a Backend instance; resolved at ``fit``.
     dtype : {"float32", "float64"} or None, default=None
         Compute dtype. None: float32 for float32 ``X``; otherwise float64 on the
         CPU, float32 on the GPU.

@@ -9,6 +9,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -727,3 +730,34 @@ def test_cpu_blas_providers_compared_on_the_step_products(tiny_run):
     assert any("gemm.blas needs a status" in p for p in validate(bad))
     bad["schema_version"] = "1.1"  # older files have no comparison and stay valid
     assert not any("blas" in p for p in validate(bad))
+
+
+def test_the_suite_process_never_loads_another_blas():
+    """The providers are compared in a child: the suite's own process keeps NumPy's BLAS only.
+
+    (With oneMKL's OpenMP runtime loaded, the later train rows measured differently.)
+    """
+    from mlpx.backends import blas
+
+    if blas.installed_providers() == ["numpy"]:
+        pytest.skip("no other CPU BLAS installed (pip install mkl blis)")
+    code = textwrap.dedent("""
+        import sys
+        from benchmarks import make_config, run_suite
+        doc = run_suite(make_config("tiny", sections=("gemm",), gemm_step_networks=("digits",)),
+                        progress=False, make_plots=False, write=False)
+        b = doc["sections"]["gemm"]["blas"]
+        assert b["status"] == "ok", b
+        assert len(b["providers"]) > 1, b["providers"]
+        maps = open("/proc/self/maps").read()
+        assert "libmkl_rt" not in maps and "blis" not in sys.modules, "a provider was loaded in the suite"
+        print("isolated")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and "isolated" in out.stdout, out.stderr[-2000:]
+
+
+def test_installed_providers_agree_with_loading():
+    from mlpx.backends import blas
+
+    assert blas.installed_providers() == blas.available_providers()

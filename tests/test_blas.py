@@ -168,3 +168,20 @@ def test_importing_mlpx_loads_no_blas_and_reads_no_environment() -> None:
     env = {**os.environ, "MLPX_CPU_BLAS": "bogus"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert "raised: unknown CPU BLAS 'bogus' (from MLPX_CPU_BLAS)" in out.stdout
+
+
+@pytest.mark.parametrize("name", ["mkl", "blis"])
+def test_estimator_takes_a_blas_by_name(name) -> None:
+    """backend="cpu:<blas>" reaches the estimators; float64 products (the estimator default)."""
+    _provider_or_skip(name)
+    pytest.importorskip("sklearn")
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = X[:400] / 16.0
+    kw = dict(hidden_layer_sizes=(32,), max_iter=20, random_state=0)
+    ref = mlpx.MLPClassifier(backend="cpu", **kw).fit(X, y[:400])
+    other = mlpx.MLPClassifier(backend=f"cpu:{name}", **kw).fit(X, y[:400])
+    for a, b in zip(ref.coefs_, other.coefs_):
+        np.testing.assert_allclose(b, a, rtol=1e-7, atol=1e-9)  # float64: rounding order only
+    assert (other.predict(X) == ref.predict(X)).mean() == 1.0
