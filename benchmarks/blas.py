@@ -7,10 +7,10 @@ interleaved round by round (A B C A B C ...) so drift hits them alike; a provide
 time is the median over the rounds.
 
 It runs in a child process. Loading oneMKL brings Intel's OpenMP runtime into the
-process, and with it there the later sections measured differently (mlpx's digits
-epoch 20-40 % slower, PyTorch's CPU rows slower: two OpenMP runtimes in one
-process), although nothing else called MKL. The suite's own process never loads a
-provider other than NumPy's.
+process, and with it loaded, mlpx's digits epoch measured slower although nothing
+called MKL any more (two paired runs on the 2-core EPYC: 8.5 and 7.1 ms without it,
+9.1 and 10.1 ms with it). So the suite's own process never loads a provider other
+than NumPy's, and the train rows measure what a user of the default backend gets.
 
 Standalone: ``python -m benchmarks.blas [--threads N]`` prints the comparison.
 """
