@@ -170,6 +170,7 @@ def test_importing_mlpx_loads_no_blas_and_reads_no_environment() -> None:
     assert "raised: unknown CPU BLAS 'bogus' (from MLPX_CPU_BLAS)" in out.stdout
 
 
+@pytest.mark.filterwarnings("ignore:Stochastic Optimizer:UserWarning")  # 20 iterations on purpose
 @pytest.mark.parametrize("name", ["mkl", "blis"])
 def test_estimator_takes_a_blas_by_name(name) -> None:
     """backend="cpu:<blas>" reaches the estimators; float64 products (the estimator default)."""
