@@ -40,8 +40,8 @@ import numpy as np
 
 from .base import BackendUnavailableError
 
-__all__ = ["BLAS_PROVIDERS", "available_providers", "describe_provider", "installed_providers", "load_provider",
-           "numpy_gemm"]
+__all__ = ["BLAS_PROVIDERS", "available_providers", "installed_providers", "load_provider", "numpy_gemm",
+           "provider_version"]
 
 BLAS_PROVIDERS = ("numpy", "mkl", "blis")
 
@@ -211,9 +211,3 @@ def provider_version(name: str) -> str:
         return version(name)
     except Exception:  # noqa: BLE001 - a version is for reports only
         return ""
-
-
-def describe_provider(name: str) -> str:
-    """One line for logs and reports, e.g. ``"mkl 2026.2.0"``."""
-    v = provider_version(name)
-    return f"{name} {v}".strip()

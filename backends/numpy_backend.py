@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .base import Array, Backend, DeviceMismatchError
-from .blas import BLAS_PROVIDERS, describe_provider, load_provider
+from .blas import BLAS_PROVIDERS, load_provider, provider_version
 from .jit import numba_enabled
 
 __all__ = ["NumpyBackend", "SMALL_GEMM_FLOPS"]
@@ -68,7 +68,7 @@ class NumpyBackend(Backend):
     def describe(self) -> dict[str, str]:
         info = super().describe()
         info["device"] = f"cpu ({os.cpu_count()} logical cores)"
-        info["blas"] = describe_provider(self.blas)
+        info["blas"] = f"{self.blas} {provider_version(self.blas)}".strip()
         return info
 
     def blas_threads(self, gemm_flops: float) -> contextlib.AbstractContextManager[Any]:
