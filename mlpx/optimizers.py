@@ -64,15 +64,7 @@ def _sgd_update_np(
 
 @kernel
 def adam_update(
-    xp: Any,
-    p: Array,
-    g: Array,
-    m: Array,
-    v: Array,
-    tmp: Array,
-    lr_t: float,
-    beta_1: float,
-    beta_2: float,
+    xp: Any, p: Array, g: Array, m: Array, v: Array, tmp: Array, lr_t: float, beta_1: float, beta_2: float,
     epsilon: float,
 ) -> None:
     m[...] = beta_1 * m + (1.0 - beta_1) * g
@@ -82,15 +74,7 @@ def adam_update(
 
 @adam_update.register("numpy")
 def _adam_update_np(
-    xp: Any,
-    p: Array,
-    g: Array,
-    m: Array,
-    v: Array,
-    tmp: Array,
-    lr_t: float,
-    beta_1: float,
-    beta_2: float,
+    xp: Any, p: Array, g: Array, m: Array, v: Array, tmp: Array, lr_t: float, beta_1: float, beta_2: float,
     epsilon: float,
 ) -> None:
     xp.multiply(m, beta_1, out=m)
@@ -172,15 +156,7 @@ def _adam_loop(
 
 @adam_update.register("numba")
 def _adam_update_numba(
-    xp: Any,
-    p: Array,
-    g: Array,
-    m: Array,
-    v: Array,
-    tmp: Array,
-    lr_t: float,
-    beta_1: float,
-    beta_2: float,
+    xp: Any, p: Array, g: Array, m: Array, v: Array, tmp: Array, lr_t: float, beta_1: float, beta_2: float,
     epsilon: float,
 ) -> None:
     t = p.dtype.type
@@ -252,15 +228,7 @@ _adam_cuda = lazy_elementwise(
 
 @adam_update.register("cupy")
 def _adam_update_cupy(
-    xp: Any,
-    p: Array,
-    g: Array,
-    m: Array,
-    v: Array,
-    tmp: Array,
-    lr_t: float,
-    beta_1: float,
-    beta_2: float,
+    xp: Any, p: Array, g: Array, m: Array, v: Array, tmp: Array, lr_t: float, beta_1: float, beta_2: float,
     epsilon: float,
 ) -> None:
     _adam_cuda(g, lr_t, beta_1, 1.0 - beta_1, beta_2, 1.0 - beta_2, epsilon, p, m, v)
