@@ -233,7 +233,7 @@ def test_early_stopping_agreed_and_equal_to_one_process(size: int, kind: str,
         # The single process gets the ranks' global split (its own draw would differ).
         return [a[i] for a in arrays for i in (order, val)]
 
-    monkeypatch.setattr(mlpx.estimators, "train_test_split", same_split)
+    monkeypatch.setattr(mlpx.estimators._base, "train_test_split", same_split)
     monkeypatch.setattr(sk_mlp, "train_test_split", same_split)
     kw = W.est_kwargs("sgd", max_iter=60, n_iter_no_change=2, tol=1e-3)
     for which in (0, 1):

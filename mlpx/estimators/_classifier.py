@@ -1,0 +1,286 @@
+"""``MLPClassifier``: scikit-learn's multi-layer perceptron classifier on mlpx."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.base import ClassifierMixin, _fit_context
+from sklearn.metrics import accuracy_score
+from sklearn.preprocessing import LabelBinarizer
+from sklearn.utils import column_or_1d
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
+from sklearn.utils.validation import check_is_fitted
+
+from mlpx.estimators._base import _BaseMLP, _union_labels
+from mlpx.estimators._runtime import _agreed, _Dist, _to_host
+
+__all__ = ["MLPClassifier"]
+
+
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    """Multi-layer perceptron classifier: scikit-learn's, on the CPU or a GPU.
+
+    A drop-in replacement for :class:`sklearn.neural_network.MLPClassifier`
+    (scikit-learn 1.9): same parameters, defaults, methods and fitted attributes
+    (see its documentation), log-loss with a logistic output for binary and
+    multilabel targets and a softmax output for multiclass targets.
+
+    Parameters
+    ----------
+    hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate,
+    learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose,
+    warm_start, momentum, nesterovs_momentum, early_stopping, validation_fraction,
+    beta_1, beta_2, epsilon, n_iter_no_change, max_fun
+        As in scikit-learn.
+    backend : str or Backend, default="cpu"
+        ``"cpu"``, ``"cpu:mkl"``, ``"cpu:blis"``, ``"gpu"``, ``"gpu:N"``, ``"auto"``
+        or a Backend instance; resolved at ``fit``.
+    dtype : {"float32", "float64"} or None, default=None
+        Compute dtype. None: float32 for float32 ``X``; otherwise float64 on the
+        CPU, float32 on the GPU.
+
+    Attributes
+    ----------
+    classes_, loss_, best_loss_, loss_curve_, validation_scores_,
+    best_validation_score_, t_, coefs_, intercepts_, n_features_in_,
+    feature_names_in_, n_iter_, n_layers_, n_outputs_, out_activation_
+        As in scikit-learn; ``coefs_[i]`` has shape (n_units_i, n_units_{i+1}) and
+        ``intercepts_[i]`` shape (n_units_{i+1},), host NumPy arrays.
+
+    Notes
+    -----
+    * With the same ``random_state``, a float64 CPU fit follows scikit-learn's fit
+      to rounding (same initial draw, minibatch order and early-stopping split).
+    * ``solver="lbfgs"`` runs SciPy's L-BFGS-B on the host: each function
+      evaluation copies the parameter vector to the backend and the loss and
+      gradient back; forward and backward passes run on the backend.
+    * Sparse ``X`` stays sparse on the backend; each minibatch (or prediction
+      chunk) is densified there before the first layer's product.
+    * ``partial_fit`` exists for the stochastic solvers only.
+    * ``fit(..., comm=...)`` / ``partial_fit(..., comm=...)``: data-parallel training
+      across MPI ranks (or NCCL), each rank passing its shard; see the module
+      docstring of :mod:`mlpx.estimators` ("Data-parallel training").
+    * ``warm_start=True`` with ``early_stopping=True``: a fit whose epochs never beat
+      ``best_validation_score_`` (kept from earlier fits) ends on the best weights
+      seen so far. scikit-learn 1.9 ends on the last epoch's weights instead, because
+      after a restore its best-weights list is the same object as ``coefs_`` and is
+      trained in place; this is the one place the two are meant to differ.
+
+    Examples
+    --------
+    >>> from mlpx import MLPClassifier
+    >>> from sklearn.datasets import load_digits
+    >>> X, y = load_digits(return_X_y=True)
+    >>> clf = MLPClassifier(max_iter=50, random_state=0).fit(X / 16, y)  # doctest: +SKIP
+    >>> clf.score(X / 16, y) > 0.95                                         # doctest: +SKIP
+    True
+    """
+
+    _parameter_constraints: dict = dict(_BaseMLP._parameter_constraints)
+
+    def __init__(
+        self,
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        max_fun=15000,
+        backend="cpu",
+        dtype=None,
+    ):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
+        self.backend = backend
+        self.dtype = dtype
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, sample_weight=None, comm=None):
+        """Fit the model to data matrix X and target(s) y.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Host data (NumPy, pandas, scipy.sparse CSR/CSC) or, on the GPU backend,
+            CuPy arrays / cupyx sparse matrices. With ``comm``: this rank's shard.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Class labels (any hashable type), or a label indicator matrix.
+        sample_weight : array-like of shape (n_samples,), default=None
+        comm : mpi4py communicator, "mpi", "nccl" or None, default=None
+            Data-parallel training: every rank calls ``fit`` with its own shard
+            and ends with the same weights (see :class:`MLPClassifier` Notes).
+            ``classes_`` is the union of the labels of all ranks.
+
+        Returns
+        -------
+        self
+        """
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False, comm=comm)
+
+    def _validate_input(self, X: Any, y: Any, incremental: bool, reset: bool,
+                        dist: _Dist | None = None) -> tuple[Any, Any]:
+        def local() -> tuple[Any, Any, Any]:
+            X_, y_ = self._validate_Xy(X, y, reset=reset, y_numeric=False)
+            if y_.ndim == 2 and y_.shape[1] == 1:
+                y_ = column_or_1d(y_, warn=True)
+            if dist is None:
+                return X_, y_, None
+            multilabel = type_of_target(y_).startswith("multilabel")
+            return X_, y_, ((True, y_.shape[1]) if multilabel else (False, unique_labels(y_)))
+
+        X, y, info = _agreed(dist, "checking X and y", local)
+        # With comm the labels are those of all ranks together (a shard may miss a class).
+        labels = None if dist is None else _union_labels(dist.allgather(info))
+        # Same label bookkeeping as scikit-learn (warm_start / partial_fit rules).
+        if (not hasattr(self, "classes_")) or (not self.warm_start and not incremental):
+            self._label_binarizer = LabelBinarizer()
+            self._label_binarizer.fit(y if labels is None else labels)
+            self.classes_ = self._label_binarizer.classes_
+        else:
+            classes = unique_labels(y if labels is None else labels)
+            if self.warm_start:
+                if set(classes) != set(self.classes_):
+                    raise ValueError(
+                        "warm_start can only be used where `y` has the same "
+                        "classes as in the previous call to fit. Previously "
+                        f"got {self.classes_}, `y` has {classes}"
+                    )
+            elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
+                raise ValueError(
+                    "`y` has classes not in `self.classes_`. "
+                    f"`self.classes_` has {self.classes_}. 'y' has {classes}."
+                )
+        y = _agreed(dist, "encoding y", self._label_binarizer.transform, y).astype(bool)
+        return X, y
+
+    def _output_to_prediction(self, y_out: np.ndarray) -> np.ndarray:
+        if self.n_outputs_ == 1:
+            y_out = y_out.ravel()
+        return self._label_binarizer.inverse_transform(y_out)
+
+    @staticmethod
+    def _score_function(y_true: Any, y_pred: Any, sample_weight: Any = None) -> float:
+        return accuracy_score(y_true, y_pred, sample_weight=sample_weight)
+
+    def predict(self, X):
+        """Predict class labels.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+
+        Returns
+        -------
+        y : ndarray, shape (n_samples,) or (n_samples, n_classes)
+            The predicted classes.
+        """
+        check_is_fitted(self)
+        return self._output_to_prediction(self._forward_pass_fast(X))
+
+    @available_if(lambda est: est._check_solver())
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y, sample_weight=None, classes=None, comm=None):
+        """Update the model with a single iteration over the given data.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        sample_weight : array-like of shape (n_samples,), default=None
+        classes : array of shape (n_classes,), default=None
+            All classes across calls; required on the first call. With ``comm``
+            the union of every rank's ``classes``.
+        comm : mpi4py communicator, "mpi", "nccl" or None, default=None
+            One epoch over every rank's shard together (see ``fit``).
+
+        Returns
+        -------
+        self
+        """
+        dist = None if comm is None else _Dist(comm, self._get_backend())
+
+        def first_call() -> tuple[bool, bool]:
+            first = _check_partial_fit_first_call(self, classes)
+            return first, first and type_of_target(_to_host(y)).startswith("multilabel")
+
+        first, multilabel = _agreed(dist, "checking classes", first_call)
+        if dist is not None and first and not multilabel:
+            # Every rank builds the same output layer from the union of the classes given.
+            gathered = dist.allgather(np.asarray(classes))
+            self.classes_ = _agreed(dist, "merging classes", unique_labels, *gathered)
+            classes = self.classes_
+        if first:
+            self._label_binarizer = LabelBinarizer()
+            if multilabel:
+                self._label_binarizer.fit(_to_host(y))
+            else:
+                self._label_binarizer.fit(classes)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True, comm=dist)
+
+    def predict_proba(self, X):
+        """Probability estimates.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            Ordered as ``classes_``.
+        """
+        check_is_fitted(self)
+        y_pred = self._forward_pass_fast(X)
+        if self.n_outputs_ == 1:
+            y_pred = y_pred.ravel()
+        if y_pred.ndim == 1:
+            return np.vstack([1 - y_pred, y_pred]).T
+        return y_pred
+
+    def predict_log_proba(self, X):
+        """Log of :meth:`predict_proba`, shape (n_samples, n_classes)."""
+        y_prob = self.predict_proba(X)
+        with np.errstate(divide="ignore"):  # log(0) = -inf, as scikit-learn returns
+            return np.log(y_prob, out=y_prob)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags

@@ -1,0 +1,159 @@
+"""``MLPRegressor``: scikit-learn's multi-layer perceptron regressor on mlpx."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.base import RegressorMixin, _fit_context
+from sklearn.metrics import r2_score
+from sklearn.utils import column_or_1d
+from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.validation import check_is_fitted
+
+from mlpx.estimators._base import _BaseMLP
+from mlpx.estimators._runtime import _agreed, _Dist
+
+__all__ = ["MLPRegressor"]
+
+
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    """Multi-layer perceptron regressor: scikit-learn's, on the CPU or a GPU.
+
+    A drop-in replacement for :class:`sklearn.neural_network.MLPRegressor`
+    (scikit-learn 1.9): same parameters, defaults, methods and fitted attributes.
+    ``loss="squared_error"`` (identity output; reported loss ``½·mean squared
+    error`` averaged over outputs) or ``"poisson"`` (exp output, half Poisson
+    deviance). ``backend`` and ``dtype`` as in :class:`MLPClassifier`.
+
+    Notes
+    -----
+    ``partial_fit`` is available for the stochastic solvers only (scikit-learn's
+    regressor exposes it for L-BFGS too, where it runs a full L-BFGS fit).
+    ``fit`` / ``partial_fit`` take ``comm`` for data-parallel training, as
+    :class:`MLPClassifier` does.
+    """
+
+    _parameter_constraints: dict = {
+        **_BaseMLP._parameter_constraints,
+        "loss": [StrOptions({"squared_error", "poisson"})],
+    }
+
+    def __init__(
+        self,
+        loss="squared_error",
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        max_fun=15000,
+        backend="cpu",
+        dtype=None,
+    ):
+        self.loss = loss
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
+        self.backend = backend
+        self.dtype = dtype
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, sample_weight=None, comm=None):
+        """Fit the model to data matrix X and target(s) y.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        sample_weight : array-like of shape (n_samples,), default=None
+        comm : mpi4py communicator, "mpi", "nccl" or None, default=None
+            Data-parallel training over this rank's shard (see
+            :class:`MLPClassifier`'s ``fit`` and Notes).
+
+        Returns
+        -------
+        self
+        """
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False, comm=comm)
+
+    def _validate_input(self, X: Any, y: Any, incremental: bool, reset: bool,
+                        dist: _Dist | None = None) -> tuple[Any, Any]:
+        return _agreed(dist, "checking X and y", self._validate_regression, X, y, reset)
+
+    def _validate_regression(self, X: Any, y: Any, reset: bool) -> tuple[Any, Any]:
+        X, y = self._validate_Xy(X, y, reset=reset, y_numeric=True)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        if self.loss == "poisson" and np.any(np.asarray(y) < 0):
+            raise ValueError("Some value(s) of y are negative which is not allowed for Poisson regression.")
+        return X, y
+
+    def _output_to_prediction(self, y_out: np.ndarray) -> np.ndarray:
+        return y_out.ravel() if y_out.shape[1] == 1 else y_out
+
+    @staticmethod
+    def _score_function(y_true: Any, y_pred: Any, sample_weight: Any = None) -> float:
+        return r2_score(y_true, y_pred, sample_weight=sample_weight)
+
+    def predict(self, X):
+        """Predict using the multi-layer perceptron model.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) or (n_samples, n_outputs)
+        """
+        check_is_fitted(self)
+        return self._output_to_prediction(self._forward_pass_fast(X))
+
+    @available_if(lambda est: est._check_solver())
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y, sample_weight=None, comm=None):
+        """Update the model with a single iteration over the given data.
+
+        ``comm``: one epoch over every rank's shard together (see ``fit``).
+
+        Returns
+        -------
+        self
+        """
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True, comm=comm)
