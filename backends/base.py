@@ -5,7 +5,7 @@ Layers, losses and optimizers receive it when they are built and touch arrays on
 through it. The interface is deliberately small:
 
 =====================  =====================================================
-transfer / creation    ``asarray``, ``to_numpy``, ``zeros``, ``empty``, ``copy``
+transfer / creation    ``asarray``, ``to_numpy``, ``zeros``, ``empty``, ``copy``, ``astype``
 matmul                 ``gemm`` (the single entry point to BLAS / cuBLAS)
 reductions             ``sum``, ``to_float``
 indexing               ``take_rows``, ``arange``
@@ -175,6 +175,11 @@ class Backend:
         """
         out[...] = src if src.dtype == out.dtype else self.xp.astype(src, out.dtype)
         return out
+
+    def astype(self, x: Array, dtype: Any) -> Array:
+        """``x`` in ``dtype`` on this backend: ``x`` itself when it already is."""
+        want = self.dtype(dtype)
+        return x if x.dtype == want else self.xp.astype(x, want)
 
     # ---------------------------------------------------------------- matmul
     def gemm(

@@ -100,6 +100,9 @@ class NumpyBackend(Backend):
     def empty(self, shape: Any, dtype: Any = "float32") -> Array:
         return np.empty(shape, dtype=self.dtype(dtype))
 
+    def astype(self, x: Array, dtype: Any) -> Array:
+        return x.astype(self.dtype(dtype), copy=False)
+
     def copy(self, src: Array, out: Array) -> Array:
         # unsafe: float32 -> bfloat16 is not a "same kind" cast to ml_dtypes
         np.copyto(out, src, casting="unsafe")

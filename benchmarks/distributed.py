@@ -106,7 +106,7 @@ def measure(
         if best is None or elapsed < best[0]:
             best = (elapsed, share, reducer.allreduce_calls)
     elapsed, share, steps = best
-    bare = _bare_allreduce(comm, model.n_params + 3, "float32") if k > 1 else 0.0
+    bare = _bare_allreduce(comm, model.n_params + 2, "float32") if k > 1 else 0.0
     return {
         "ranks": k, "threads_per_rank": threads, "per_rank_batch": batch, "global_batch": batch * k,
         "n_params": model.n_params, "steps": steps, "seconds": elapsed,

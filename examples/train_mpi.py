@@ -21,13 +21,8 @@ import numpy as np
 from mpi4py import MPI
 
 import mlpx
-from mlpx.distributed import (
-    ModelCheckpoint,
-    abort_on_exception,
-    load_checkpoint,
-    local_gpu_backend,
-    shard_indices,
-)
+from mlpx.distributed import abort_on_exception, local_gpu_backend, shard_indices
+from mlpx.saving import ModelCheckpoint, load_checkpoint
 
 
 def load_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -74,10 +69,10 @@ def main() -> None:
     if os.path.exists(args.checkpoint):
         # Every rank calls it: rank 0 reads the file and broadcasts weights and optimizer state.
         optimizer = load_checkpoint(args.checkpoint, model, optimizer, comm=comm)
-    remaining = args.epochs - getattr(model, "epochs_done_", 0)
+    remaining = args.epochs - model.epochs_done_
     if rank == 0:
         print(f"{size} ranks on {model.backend.name}; {len(y)} training rows, "
-              f"{remaining} epochs to go (done: {getattr(model, 'epochs_done_', 0)})", flush=True)
+              f"{remaining} epochs to go (done: {model.epochs_done_})", flush=True)
     if remaining > 0:
         model.fit(
             X[idx], y[idx], epochs=remaining, batch_size=args.batch_size, optimizer=optimizer,

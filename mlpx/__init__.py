@@ -21,16 +21,17 @@ from mlpx.backends import available_backends, get_backend
 from mlpx.callbacks import Callback, EarlyStopping, ProgressBar
 from mlpx.layers import GELU, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from mlpx.losses import LOSSES
-from mlpx.model import MLP, Sequential
+from mlpx.model import MLP, Sequential, load
 from mlpx.optimizers import SGD, Adam, AdamW, RMSprop
-from mlpx.saving import load
-from mlpx.schedules import Constant, Cosine, InverseScaling, StepDecay
+from mlpx.saving import ModelCheckpoint, load_checkpoint, save_checkpoint
+from mlpx.schedules import Adaptive, Constant, Cosine, InverseScaling, StepDecay
 from mlpx.training import History, TrainingDivergedError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS",
+    "Adaptive",
     "GELU",
     "LOSSES",
     "MLP",
@@ -47,6 +48,7 @@ __all__ = [
     "Identity",
     "InverseScaling",
     "LeakyReLU",
+    "ModelCheckpoint",
     "ProgressBar",
     "RMSprop",
     "ReLU",
@@ -61,6 +63,8 @@ __all__ = [
     "available_backends",
     "get_backend",
     "load",
+    "load_checkpoint",
+    "save_checkpoint",
 ]
 
 

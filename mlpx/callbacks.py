@@ -10,11 +10,19 @@ import math
 import sys
 from typing import Any
 
-__all__ = ["Callback", "EarlyStopping", "ProgressBar"]
+__all__ = ["Callback", "EarlyStopping", "ProgressBar", "check_callbacks"]
 
 
 class Callback:
-    """Base class; every hook is optional."""
+    """Base class; every hook is optional.
+
+    Attributes
+    ----------
+    root_only : bool
+        In data-parallel training, run on rank 0 only (printing, writing files).
+    """
+
+    root_only = False
 
     def on_train_begin(self, model: Any, epochs: int) -> None:
         pass
@@ -90,7 +98,8 @@ class EarlyStopping(Callback):
                 be = model.backend
                 if self._best_params is None:
                     self._best_params = be.empty(model.params.shape, model.dtype)
-                be.copy(model.params, self._best_params)
+                with model.parameter_lock.read():
+                    be.copy(model.params, self._best_params)
         else:
             self.wait += 1
             if self.wait > self.patience:
@@ -99,13 +108,15 @@ class EarlyStopping(Callback):
 
     def on_train_end(self, model: Any) -> None:
         if self.restore_best_weights and self._best_params is not None:
-            model.backend.copy(self._best_params, model.params)
+            model.assign_params(self._best_params)
         if self._key is not None:
             self.best = self._sign(self._key) * self.best
 
 
 class ProgressBar(Callback):
     """Epoch progress on stderr: a tqdm bar when tqdm is installed, else one line an epoch."""
+
+    root_only = True
 
     def __init__(self, verbose: int = 1) -> None:
         self.verbose = verbose
@@ -130,3 +141,22 @@ class ProgressBar(Callback):
     def on_train_end(self, model: Any) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def check_callbacks(callbacks: Any) -> list[Callback]:
+    """The callbacks as a list; a ``TypeError`` naming :class:`Callback` for anything else."""
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, Callback):
+        return [callbacks]
+    try:
+        items = list(callbacks)
+    except TypeError:
+        raise TypeError(f"callbacks must be a sequence of mlpx.Callback, got {callbacks!r}") from None
+    for cb in items:
+        if not isinstance(cb, Callback):
+            raise TypeError(
+                f"callbacks must be mlpx.Callback instances (subclass mlpx.Callback and override "
+                f"on_epoch_end), got {cb!r}"
+            )
+    return items

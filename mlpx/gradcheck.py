@@ -88,11 +88,11 @@ def _frozen_dropout(model: Any) -> Iterator[Callable[[], None]]:
     from mlpx.layers import Dropout
 
     drops = [l for l in model.layers if isinstance(l, Dropout)]
-    states = [d._rng.bit_generator.state for d in drops]
+    states = [d.get_rng_state() for d in drops]
 
     def reset() -> None:
         for d, s in zip(drops, states):
-            d._rng.bit_generator.state = s
+            d.set_rng_state(s)
 
     try:
         yield reset
@@ -104,11 +104,9 @@ def _float64_twin(model: Any) -> Any:
     """The model itself if it computes in float64, else a float64 copy on its backend."""
     if model.dtype == "float64":
         return model
-    from mlpx.saving import from_config
-
     config = {**model.get_config(), "dtype": "float64"}
-    twin = from_config(config, model.get_flat_params().astype(np.float64), model.backend)
-    return twin
+    config.pop("precision", None)
+    return type(model).from_config(config, model.get_flat_params().astype(np.float64), model.backend)
 
 
 def _input_grad(model: Any, X: np.ndarray, Y: np.ndarray, w: Any, lossfn: Any, denom: float) -> np.ndarray:
@@ -120,7 +118,7 @@ def _input_grad(model: Any, X: np.ndarray, Y: np.ndarray, w: Any, lossfn: Any, d
         wd = None if w is None else be.asarray(w, dtype=model.dtype)
         Z = model.forward(Xd, train=True)
         dZ = be.empty(tuple(Z.shape), model.dtype)
-        lossfn(be, Z, Yd, dZ, wd, denom)
+        lossfn.delta(be, Z, Yd, dZ, wd, denom, be.empty(tuple(Z.shape), model.dtype))
         dH = dZ
         for layer in reversed(model.layers):
             dH = layer.backward(dH, need_dX=True)
@@ -190,7 +188,8 @@ def check_gradients(
         # host (½ l2 Σ W² / d), independently of the engine's own L2 kernel.
         with be.activated():
             logits = twin.forward(Xdev, train=True)
-            value = be.to_float(lossfn(be, logits, Yd, None, wd, denom))
+            P = twin.output.forward(be, logits, out=be.empty(tuple(logits.shape), "float64"))
+            value = be.to_float(lossfn.value(be, logits, P, Yd, wd, denom))
         return value + 0.5 * l2 * float(np.dot(theta[:nw], theta[:nw])) / denom
 
     analytic: dict[str, np.ndarray] = {}
@@ -210,8 +209,7 @@ def check_gradients(
                 g_flat = numerical_grad(f_params, flat, eps)
                 twin.set_flat_params(start)
                 # Name every slice of the flat buffer as parameters() names it.
-                for i, name, shape, a, b in twin._layer_order():
-                    key = f"{i}.{name}"
+                for key, (a, b, shape) in twin.layout().items():
                     analytic[key] = np.asarray(grads[key], dtype=np.float64)
                     numeric[key] = g_flat[a:b].reshape(shape)
             if inputs:

@@ -10,7 +10,7 @@ The layer protocol (what :class:`~mlpx.model.Sequential` relies on):
     Host (NumPy, float64) starting values, drawn from ``rng``.
 ``bind(params, grads)``
     Views into the model's flat parameter and gradient buffers.
-``forward(X, train) -> Y`` and ``backward(dY, need_dX) -> dX``
+``forward(X, train, workspace) -> Y`` and ``backward(dY, need_dX) -> dX``
     The dL/dZ interface: ``backward`` receives dL/dY, writes its parameter
     gradients into the bound gradient views, and returns dL/dX. It never forms a
     Jacobian. It may overwrite ``dY`` (the model only hands it buffers it owns).
@@ -18,7 +18,10 @@ The layer protocol (what :class:`~mlpx.model.Sequential` relies on):
 Layers allocate their output and gradient workspaces once per batch size and reuse
 them, so a training step allocates nothing but what the array library does inside
 its own operations. Consequence: the array ``forward`` returns is overwritten by the
-next ``forward`` of the same batch size; copy it if you keep it.
+next ``forward`` of the same batch size; copy it if you keep it. Inference passes
+its own ``workspace`` dict (one per thread, :meth:`mlpx.model.Sequential.infer`), so
+predictions in several threads never share a buffer with each other or with
+training.
 """
 
 from __future__ import annotations
@@ -168,7 +171,8 @@ class Layer:
     def bind(self, params: dict[str, Array], grads: dict[str, Array]) -> None:
         self.params, self.grads = params, grads
 
-    def forward(self, X: Array, train: bool = False) -> Array:
+    def forward(self, X: Array, train: bool = False, workspace: dict | None = None) -> Array:
+        """``H`` for input ``X`` (n, n_in); ``workspace``: buffers to use instead of the layer's."""
         return X
 
     def backward(self, dY: Array, need_dX: bool = True) -> Array | None:
@@ -177,14 +181,18 @@ class Layer:
     def get_config(self) -> dict[str, Any]:
         return {"type": type(self).__name__}
 
-    def _workspace(self, tag: str, n: int, width: int) -> Array:
-        """A reusable (n, width) buffer, allocated on first use for this batch size."""
+    def _workspace(self, tag: str, n: int, width: int, workspace: dict | None = None) -> Array:
+        """A reusable (n, width) buffer, allocated on first use for this batch size.
+
+        ``workspace`` is a caller's dict of buffers (inference); None: the layer's own.
+        """
+        ws = self._ws if workspace is None else workspace
         key = (tag, n)
-        buf = self._ws.get(key)
+        buf = ws.get(key)
         if buf is None:
-            if len(self._ws) >= 3 * _MAX_WORKSPACES:
-                self._ws.clear()  # unusual batch sizes (predict chunks) must not pile up
-            buf = self._ws[key] = self.be.empty((n, width), self.dtype)
+            if len(ws) >= 3 * _MAX_WORKSPACES:
+                ws.clear()  # unusual batch sizes (predict chunks) must not pile up
+            buf = ws[key] = self.be.empty((n, width), self.dtype)
         return buf
 
     def __repr__(self) -> str:
@@ -247,16 +255,16 @@ class Dense(Layer):
         self.W, self.b = params["W"], params["b"]
         self.dW, self.db = grads["W"], grads["b"]
 
-    def forward(self, X: Array, train: bool = False) -> Array:
+    def forward(self, X: Array, train: bool = False, workspace: dict | None = None) -> Array:
         """``H = g(X W + b)``; X shape (n, n_in) -> H shape (n, n_out)."""
         be, act = self.be, self.activation
         n = X.shape[0]
-        Z = be.gemm(X, self.W, out=self._workspace("Z", n, self.n_out))
+        Z = be.gemm(X, self.W, out=self._workspace("Z", n, self.n_out, workspace))
         if act.from_output:
             H = be.run(bias_activation, Z, self.b, act, Z)  # g' is read off H: Z may go
             Z = None
         else:
-            H = be.run(bias_activation, Z, self.b, act, self._workspace("H", n, self.n_out))
+            H = be.run(bias_activation, Z, self.b, act, self._workspace("H", n, self.n_out, workspace))
         if train:
             self._X, self._Z, self._H = X, Z, H
         return H
@@ -291,10 +299,10 @@ class ActivationLayer(Layer):
     def __init__(self, activation: str) -> None:
         self.activation = get_activation(activation)
 
-    def forward(self, X: Array, train: bool = False) -> Array:
+    def forward(self, X: Array, train: bool = False, workspace: dict | None = None) -> Array:
         # Own output buffer: X may be the previous Dense's output, which that layer
         # still needs for its backward pass.
-        H = self.activation.forward(self.be, X, out=self._workspace("H", X.shape[0], self.n_out))
+        H = self.activation.forward(self.be, X, out=self._workspace("H", X.shape[0], self.n_out, workspace))
         if train:
             self._X, self._H = X, H
         return H
@@ -352,12 +360,25 @@ class Dropout(Layer):
         self._rng = np.random.default_rng(seed)
 
     def reseed(self, seed: int | None) -> None:
+        """Seed the mask generator from the model's seed (unless the layer has its own)."""
         if self.seed is None:
             self._rng = np.random.default_rng(seed)
 
-    def forward(self, X: Array, train: bool = False) -> Array:
+    def get_rng_state(self) -> dict:
+        """The mask generator's state (to replay the same masks)."""
+        return self._rng.bit_generator.state
+
+    def set_rng_state(self, state: dict) -> None:
+        self._rng.bit_generator.state = state
+
+    def fork(self, rank: int) -> None:
+        """A mask generator of its own for data-parallel rank ``rank``, derived from this one."""
+        self._rng = np.random.default_rng([int(self._rng.integers(2**62)), rank])
+
+    def forward(self, X: Array, train: bool = False, workspace: dict | None = None) -> Array:
         if not train or self.p == 0.0:
-            self._mask = None
+            if train:
+                self._mask = None
             return X
         n, width = X.shape
         keep = (self._rng.random((n, width)) >= self.p) / (1.0 - self.p)

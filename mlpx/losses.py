@@ -17,6 +17,25 @@ poisson                exp         Σ_j y log(y/ŷ) − y + ŷ                  
 ``d = Σ_i w_i``, the scaling scikit-learn uses. Cross-entropies are computed from
 the logits (log-sum-exp, softplus), so they stay finite where probabilities round
 to 0 or 1.
+
+Any loss also works on any output activation whose values lie in its domain, by
+the chain rule: the loss is computed on the outputs ``Ŷ = g(Z)``, its derivative
+``∂L/∂Ŷ`` is formed, and the activation's backward turns it into
+``dZ = ∂L/∂Ŷ ⊙ g'(Z)`` (:class:`OutputLoss`; e.g. a sigmoid output trained with
+squared error). The canonical pairs above keep their one-kernel shortcut.
+
+=====================  ============================  ==================================
+loss on outputs Ŷ      per-sample loss l_i           ∂l_i/∂ŷ_ij, outputs allowed
+=====================  ============================  ==================================
+squared_error          ½ Σ_j (ŷ_ij − y_ij)²          ŷ − y; any output
+cross_entropy          −Σ_j y_ij log ŷ_ij            −y/ŷ; softmax, logistic, exp
+binary_cross_entropy   −Σ_j y log ŷ + (1−y) log(1−ŷ)  (ŷ − y)/(ŷ(1 − ŷ)); logistic, softmax
+poisson                Σ_j ŷ − y log ŷ + y log y − y  1 − y/ŷ; exp, softmax, logistic
+=====================  ============================  ==================================
+
+Where the output reaches a boundary of the domain (a probability that rounds to
+0), the logarithm's argument is clipped to the dtype's smallest normal number, so
+the loss stays finite.
 """
 
 from __future__ import annotations
@@ -29,7 +48,7 @@ from mlpx.backends import kernel
 from mlpx.backends.cuda import lazy_elementwise
 from mlpx.backends.jit import lazy_njit
 
-__all__ = ["LOSSES", "OUTPUT_LOSS", "Loss", "get_loss"]
+__all__ = ["LOSSES", "OUTPUT_LOSS", "Loss", "OutputLoss", "get_loss", "pair"]
 
 Array = Any
 
@@ -218,6 +237,64 @@ def poisson(xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None, deno
     return _weighted_total(xp, per_row, w, denom)
 
 
+# ------------------------------------------------- losses on the outputs Ŷ
+# Each writes ∂L/∂Ŷ = w_i ∂l_i/∂ŷ / d into dP (unless None) and returns L.
+def _clip(xp: Any, P: Array) -> Array:
+    tiny = xp.finfo(P.dtype).smallest_normal
+    return xp.where(P > tiny, P, xp.full_like(P, tiny))
+
+
+@kernel
+def squared_error_on_outputs(
+    xp: Any, P: Array, Y: Array, dP: Array | None, w: Array | None, denom: float
+) -> Array:
+    R = P - Y
+    per_row = 0.5 * xp.sum(R * R, axis=1)
+    if dP is not None:
+        dP[...] = R
+        _scale_delta(xp, dP, w, denom)
+    return _weighted_total(xp, per_row, w, denom)
+
+
+@kernel
+def cross_entropy_on_outputs(
+    xp: Any, P: Array, Y: Array, dP: Array | None, w: Array | None, denom: float
+) -> Array:
+    Pc = _clip(xp, P)
+    per_row = -xp.sum(Y * xp.log(Pc), axis=1)
+    if dP is not None:
+        dP[...] = -Y / Pc
+        _scale_delta(xp, dP, w, denom)
+    return _weighted_total(xp, per_row, w, denom)
+
+
+@kernel
+def binary_cross_entropy_on_outputs(
+    xp: Any, P: Array, Y: Array, dP: Array | None, w: Array | None, denom: float
+) -> Array:
+    Pc = _clip(xp, P)
+    Qc = _clip(xp, 1.0 - P)
+    per_row = -xp.sum(Y * xp.log(Pc) + (1.0 - Y) * xp.log(Qc), axis=1)
+    if dP is not None:
+        dP[...] = (P - Y) / (Pc * Qc)
+        _scale_delta(xp, dP, w, denom)
+    return _weighted_total(xp, per_row, w, denom)
+
+
+@kernel
+def poisson_on_outputs(
+    xp: Any, P: Array, Y: Array, dP: Array | None, w: Array | None, denom: float
+) -> Array:
+    Pc = _clip(xp, P)
+    pos = Y > 0
+    ylogy = xp.where(pos, Y * xp.log(xp.where(pos, Y, xp.ones_like(Y))), xp.zeros_like(Y))
+    per_row = xp.sum(P - Y * xp.log(Pc) + ylogy - Y, axis=1)
+    if dP is not None:
+        dP[...] = 1.0 - Y / Pc
+        _scale_delta(xp, dP, w, denom)
+    return _weighted_total(xp, per_row, w, denom)
+
+
 class Loss:
     """A loss paired with its output activation.
 
@@ -229,10 +306,18 @@ class Loss:
     fn : Kernel
         ``fn(xp, Z, Y, dZ, w, denom) -> 0-d array``; writes the delta into ``dZ``
         unless it is None.
+    on_outputs : Kernel
+        The same loss on the outputs: ``fn(xp, P, Y, dP, w, denom) -> 0-d array``,
+        writing ``∂L/∂Ŷ`` into ``dP``.
+    outputs : tuple of str
+        The output activations whose values lie in the loss's domain ("*": all).
     """
 
-    def __init__(self, name: str, output: str, fn: Any) -> None:
+    def __init__(self, name: str, output: str, fn: Any, on_outputs: Any = None,
+                 outputs: tuple[str, ...] = ()) -> None:
         self.name, self.output, self.kernel = name, output, fn
+        self.on_outputs = on_outputs
+        self.outputs = outputs  # output activations whose values lie in the domain
 
     def __call__(
         self,
@@ -272,10 +357,12 @@ class Loss:
 
 
 LOSSES: dict[str, Loss] = {
-    "cross_entropy": Loss("cross_entropy", "softmax", cross_entropy),
-    "binary_cross_entropy": Loss("binary_cross_entropy", "logistic", binary_cross_entropy),
-    "squared_error": Loss("squared_error", "identity", squared_error),
-    "poisson": Loss("poisson", "exp", poisson),
+    "cross_entropy": Loss("cross_entropy", "softmax", cross_entropy, cross_entropy_on_outputs,
+                          ("softmax", "logistic", "exp")),
+    "binary_cross_entropy": Loss("binary_cross_entropy", "logistic", binary_cross_entropy,
+                                 binary_cross_entropy_on_outputs, ("logistic", "softmax")),
+    "squared_error": Loss("squared_error", "identity", squared_error, squared_error_on_outputs, ("*",)),
+    "poisson": Loss("poisson", "exp", poisson, poisson_on_outputs, ("exp", "softmax", "logistic")),
 }
 _ALIASES = {
     "log_loss": "cross_entropy",
@@ -286,6 +373,82 @@ _ALIASES = {
 }
 #: The loss each output activation is paired with by default.
 OUTPUT_LOSS = {loss.output: name for name, loss in LOSSES.items()}
+
+
+class OutputLoss:
+    """A loss bound to a model's output activation: the logits' delta either way.
+
+    For the canonical pair (:data:`OUTPUT_LOSS`) the loss kernel turns logits into
+    the delta ``w (Ŷ − Y) / d`` in one step. For any other pair the loss is taken
+    on ``Ŷ = g(Z)`` and the chain rule gives ``dZ = ∂L/∂Ŷ ⊙ g'(Z)``.
+
+    Parameters
+    ----------
+    loss : Loss
+    activation : Activation
+        The model's output activation.
+
+    Attributes
+    ----------
+    canonical : bool
+    name : str
+    """
+
+    def __init__(self, loss: Loss, activation: Any) -> None:
+        self.loss, self.activation = loss, activation
+        self.name = loss.name
+        self.canonical = loss.output == activation.name
+
+    def delta(self, be: Any, Z: Array, Y: Array, dZ: Array, w: Array | None, denom: float,
+              P: Array | None = None) -> Array:
+        """Loss of logits ``Z`` (n, k) and its delta into ``dZ`` (n, k), a 0-d array.
+
+        ``P`` (n, k) is a workspace for the outputs of a non-canonical pair; ``dZ``
+        must not be ``Z`` then (``g'`` may read ``Z``).
+        """
+        if self.canonical:
+            return be.run(self.loss.kernel, Z, Y, dZ, w, denom)
+        act = self.activation
+        P = act.forward(be, Z, out=P)
+        value = be.run(self.loss.on_outputs, P, Y, dZ, w, denom)
+        act.backward(be, dZ, Z, P, out=dZ)
+        return value
+
+    def value(self, be: Any, Z: Array, P: Array, Y: Array, w: Array | None, denom: float) -> Array:
+        """The loss (0-d array) from logits ``Z`` and outputs ``P = g(Z)``, no delta."""
+        if self.canonical:
+            return be.run(self.loss.kernel, Z, Y, None, w, denom)
+        return be.run(self.loss.on_outputs, P, Y, None, w, denom)
+
+    def __repr__(self) -> str:
+        return f"OutputLoss({self.name!r} on {self.activation.name!r})"
+
+
+def pair(loss: str | Loss | None, activation: Any) -> OutputLoss:
+    """Bind ``loss`` (default: the activation's canonical loss) to an output activation.
+
+    Raises
+    ------
+    ValueError
+        No loss is paired with the activation by default, or the activation's values
+        leave the loss's domain (e.g. cross-entropy on a tanh output).
+    """
+    if loss is None:
+        name = OUTPUT_LOSS.get(activation.name)
+        if name is None:
+            raise ValueError(
+                f"no loss is paired with output activation {activation.name!r} by default; pass "
+                f"loss= explicitly (squared_error works on any output), or end the network with "
+                f"one of: {', '.join(sorted(OUTPUT_LOSS))}"
+            )
+        return OutputLoss(LOSSES[name], activation)
+    loss = get_loss(loss)
+    if "*" not in loss.outputs and activation.name not in loss.outputs:
+        raise ValueError(
+            f"loss {loss.name!r} needs outputs in its domain, which a {activation.name!r} output "
+            f"does not guarantee; it works on: {', '.join(loss.outputs)}"
+        )
+    return OutputLoss(loss, activation)
 
 
 def get_loss(name: str | Loss) -> Loss:

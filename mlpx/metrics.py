@@ -1,35 +1,62 @@
-"""Metrics computed alongside training, on the device, and their host versions."""
+"""Held-out scores from sufficient statistics, on the device and across ranks.
+
+One scorer serves ``Sequential.evaluate``, the validation logs of ``fit``, the
+estimators' ``score`` and their early stopping, on every backend and under
+``comm=``. It sums per chunk, on the device, the statistics a score needs:
+
+==============  ================================================================
+statistic       meaning
+==============  ================================================================
+loss            ``Σ w_i l_i`` (the data term of the loss)
+weight          ``Σ w_i``
+correct         ``Σ w_i [prediction_i = target_i]`` (classifiers)
+nonfinite       number of non-finite outputs (R² is NaN then, as in scikit-learn)
+y_sum           ``Σ w_i y_i`` per output (regressors)
+ss_res          ``Σ w_i (y_i − ŷ_i)²`` per output
+==============  ================================================================
+
+Sums add across chunks and across ranks, so one all-reduce gives the scores of
+all ranks' rows together. R² needs one more pass, after the global weighted mean
+``ȳ = Σ w y / Σ w`` is known: ``ss_tot = Σ w (y − ȳ)²``, as scikit-learn's
+``r2_score`` computes it (two passes, not the cancelling one-pass formula).
+
+Predictions follow scikit-learn's ``predict``: the arg-max of the softmax
+probabilities, or each logistic probability ``> 0.5``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from mlpx.backends import kernel
 from mlpx.backends.jit import lazy_njit
 
-__all__ = ["correct_count", "r2_score"]
+__all__ = ["Chunk", "correct_count", "hit_vector", "holdout_scores", "iter_chunks", "r2_from_sums"]
 
 Array = Any
+Chunk = tuple[Array, Array, Array | None]  # X (n, f), Y (n, k), w (n,) or None, on the backend
 
 
 @kernel
-def correct_count(xp: Any, Z: Array, Y: Array, output: str) -> Array:
-    """Number of rows of logits ``Z`` (n, k) whose prediction matches targets ``Y``.
+def correct_count(xp: Any, Z: Array, Y: Array, output: str, threshold: float = 0.0) -> Array:
+    """Number of rows of ``Z`` (n, k) whose prediction matches targets ``Y`` (n, k).
 
-    softmax: arg-max agrees; logistic: every label's ``z > 0`` agrees with ``y > 0.5``
-    (exact match, as scikit-learn's multilabel accuracy). Returns a 0-d array.
+    softmax: arg-max agrees; logistic: every label's ``z > threshold`` agrees with
+    ``y > 0.5`` (exact match, as scikit-learn's multilabel accuracy). ``Z`` holds
+    logits (threshold 0) or probabilities (threshold 0.5). Returns a 0-d array.
     """
     if output == "softmax":
         hit = xp.argmax(Z, axis=1) == xp.argmax(Y, axis=1)
     else:
-        hit = xp.all((Z > 0) == (Y > 0.5), axis=1)
+        hit = xp.all((Z > threshold) == (Y > 0.5), axis=1)
     return xp.sum(xp.astype(hit, Z.dtype))
 
 
 @lazy_njit
-def _correct_count_loop(Z, Y, softmax):  # pragma: no cover - compiled
+def _correct_count_loop(Z, Y, softmax, threshold):  # pragma: no cover - compiled
     n, k = Z.shape
     hits = 0
     for i in range(n):
@@ -45,25 +72,137 @@ def _correct_count_loop(Z, Y, softmax):  # pragma: no cover - compiled
         else:
             ok = True
             for j in range(k):
-                if (Z[i, j] > 0) != (Y[i, j] > 0.5):
+                if (Z[i, j] > threshold) != (Y[i, j] > 0.5):
                     ok = False
             hits += ok
     return hits
 
 
 @correct_count.register("numba")
-def _correct_count_numba(xp: Any, Z: Array, Y: Array, output: str) -> Array:
-    return Z.dtype.type(_correct_count_loop(Z, Y, output == "softmax"))
+def _correct_count_numba(xp: Any, Z: Array, Y: Array, output: str, threshold: float = 0.0) -> Array:
+    return Z.dtype.type(_correct_count_loop(Z, Y, output == "softmax", Z.dtype.type(threshold)))
 
 
-def r2_score(y_true: np.ndarray, y_pred: np.ndarray, sample_weight: np.ndarray | None = None) -> float:
-    """Coefficient of determination, averaged uniformly over outputs (host arrays)."""
-    y_true = y_true.reshape(len(y_true), -1)
-    y_pred = y_pred.reshape(len(y_pred), -1)
-    w = np.ones(len(y_true)) if sample_weight is None else sample_weight
-    mean = np.average(y_true, axis=0, weights=w)
-    ss_res = (w[:, None] * (y_true - y_pred) ** 2).sum(axis=0)
-    ss_tot = (w[:, None] * (y_true - mean) ** 2).sum(axis=0)
+@kernel
+def hit_vector(xp: Any, P: Array, Y: Array, output: str) -> Array:
+    """Per-row 1.0/0.0: does the prediction from probabilities ``P`` (n, k) match ``Y``?"""
+    if output == "softmax":
+        hit = xp.argmax(P, axis=1) == xp.argmax(Y, axis=1)
+    else:
+        hit = xp.all((P > 0.5) == (Y > 0.5), axis=1)
+    return xp.astype(hit, P.dtype)
+
+
+def r2_from_sums(ss_res: np.ndarray, ss_tot: np.ndarray) -> float:
+    """scikit-learn's ``r2_score`` (uniform average, ``force_finite=True``) from its sums.
+
+    Parameters
+    ----------
+    ss_res, ss_tot : ndarray, shape (n_outputs,)
+        ``Σ w (y − ŷ)²`` and ``Σ w (y − ȳ_w)²`` per output.
+    """
+    ss_res, ss_tot = np.asarray(ss_res, dtype=np.float64), np.asarray(ss_tot, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        r2 = np.where(ss_tot > 0, 1 - ss_res / ss_tot, np.where(ss_res > 0, 0.0, 1.0))
+        r2 = np.where(ss_tot > 0, 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, 1.0),
+                      np.where(ss_res > 0, 0.0, 1.0))
     return float(np.mean(r2))
+
+
+def holdout_scores(
+    model: Any,
+    chunks: Callable[[], Iterable[Chunk]],
+    reducer: Any,
+    loss: Any,
+    *,
+    need_loss: bool = True,
+) -> dict[str, float]:
+    """Loss and score of a held-out set, over every rank's rows (collective).
+
+    Parameters
+    ----------
+    model : Sequential
+        Computes the outputs (:meth:`~mlpx.model.Sequential.infer`); the caller
+        holds its parameter lock for reading, so all chunks see the same weights.
+    chunks : callable
+        Returns an iterable of ``(X, Y, w)`` chunks on the backend: X in the
+        compute dtype, Y and w in the model dtype (w None for unit weights).
+        Called twice for regressors (the second pass needs Y and w only). A rank
+        without held-out rows returns no chunks but still takes part.
+    reducer : Reducer
+        Sums the statistics over ranks (:mod:`mlpx.distributed`).
+    loss : OutputLoss
+        The model's loss on its output (:meth:`~mlpx.model.Sequential.resolve_loss`).
+
+    Returns
+    -------
+    dict
+        ``loss`` (``Σ w l / Σ w``, NaN when there are no rows), ``weight``
+        (``Σ w``), and ``accuracy`` (softmax / logistic outputs) or ``r2``;
+        a score is NaN when any output is not finite. ``loss`` is left out with
+        ``need_loss=False`` (the loss is then not computed).
+    """
+    be = model.backend
+    out = model.output.name
+    classifier = out in ("softmax", "logistic")
+    k = model.n_outputs_
+    xp = be.xp
+    f64 = be.dtype("float64")
+    loss_sum: Any = 0.0
+    weight: Any = 0.0
+    correct: Any = 0.0
+    nonfinite: Any = 0.0
+    y_sum: Any = 0.0
+    ss_res: Any = 0.0
+    for X, Y, w in chunks():
+        n = X.shape[0]
+        Z, P = model.infer(X)
+        if need_loss:
+            loss_sum = loss_sum + loss.value(be, Z, P, Y, w, 1.0)
+        weight = weight + (float(n) if w is None else xp.sum(w))
+        if classifier:
+            # Labels as scikit-learn's predict gives them, even from non-finite outputs.
+            hits = be.run(hit_vector, P, Y, out)
+            correct = correct + (xp.sum(hits) if w is None else xp.sum(hits * w))
+        else:
+            # Regression sums in float64 whatever the model dtype: R² cancels digits.
+            P64, Y64 = be.astype(P, "float64"), be.astype(Y, "float64")
+            W = 1.0 if w is None else xp.reshape(be.astype(w, "float64"), (n, 1))
+            nonfinite = nonfinite + xp.sum(xp.astype(~xp.isfinite(P64), f64))
+            R = Y64 - P64
+            y_sum = y_sum + xp.sum(W * Y64, axis=0)
+            ss_res = ss_res + xp.sum(W * (R * R), axis=0)
+    # One read back of everything, then one all-reduce of a short host vector.
+    local = [_host(be, loss_sum, 1), _host(be, weight, 1)]
+    local += [_host(be, correct, 1)] if classifier else [_host(be, nonfinite, 1), _host(be, y_sum, k), _host(be, ss_res, k)]
+    sums = np.asarray(reducer.allreduce_sum(np.concatenate(local).tolist()))
+    total_loss, total_w = sums[0], sums[1]
+    result: dict[str, float] = {"weight": float(total_w)}
+    if need_loss:
+        result["loss"] = float(total_loss / total_w) if total_w > 0 else math.nan
+    if classifier:
+        result["accuracy"] = float(sums[2] / total_w) if total_w > 0 else math.nan
+        return result
+    bad, g_y_sum, g_ss_res = sums[2], sums[3 : 3 + k], sums[3 + k :]
+    mean = g_y_sum / total_w if total_w > 0 else np.zeros(k)
+    dev_mean = be.asarray(mean, dtype="float64")
+    ss_tot_local: Any = 0.0
+    for _X, Y, w in chunks():
+        D = be.astype(Y, "float64") - dev_mean
+        W = 1.0 if w is None else xp.reshape(be.astype(w, "float64"), (Y.shape[0], 1))
+        ss_tot_local = ss_tot_local + xp.sum(W * (D * D), axis=0)
+    ss_tot = np.asarray(reducer.allreduce_sum(_host(be, ss_tot_local, k).tolist()))
+    result["r2"] = r2_from_sums(g_ss_res, ss_tot) if total_w > 0 and bad == 0 else math.nan
+    return result
+
+
+def _host(be: Any, value: Any, size: int) -> np.ndarray:
+    """A float64 host vector of ``size`` from a device sum (or the 0.0 it started as)."""
+    if isinstance(value, float):
+        return np.full(size, value)
+    return np.asarray(be.to_numpy(value), dtype=np.float64).reshape(size)
+
+
+def iter_chunks(n: int, chunk: int) -> Iterator[tuple[int, int]]:
+    """``(a, b)`` bounds of consecutive row chunks of at most ``chunk`` rows."""
+    for a in range(0, n, chunk):
+        yield a, min(a + chunk, n)

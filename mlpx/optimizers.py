@@ -20,6 +20,7 @@ the bias correction folded into ``η_t``), so results are interchangeable with i
 from __future__ import annotations
 
 import math
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ import numpy as np
 from mlpx.backends import Backend, kernel
 from mlpx.backends.cuda import lazy_elementwise
 from mlpx.backends.jit import lazy_njit
-from mlpx.schedules import Schedule, get_schedule
+from mlpx.schedules import Constant, Schedule, get_schedule, get_schedule_from_state
 
 __all__ = ["OPTIMIZERS", "SGD", "Adam", "AdamW", "Optimizer", "RMSprop", "get_optimizer"]
 
@@ -255,14 +256,16 @@ def _rmsprop_update_cupy(
 
 # --------------------------------------------------------------- optimizers
 class Optimizer:
-    """Base class.
+    """Base class: a rule that updates a flat parameter buffer from its gradient.
 
     Parameters
     ----------
     lr : float
         Initial learning rate ``η``.
     schedule : str or Schedule, optional
-        How ``η`` changes from epoch to epoch (:mod:`mlpx.schedules`).
+        The rate policy (:mod:`mlpx.schedules`): the rate for the next epoch is
+        set by :meth:`iteration_ends` after each epoch, and :meth:`trigger_stopping`
+        asks the policy what to do when training stops improving.
 
     Attributes
     ----------
@@ -270,15 +273,26 @@ class Optimizer:
         The rate in force now.
     t : int
         Number of steps taken.
+    state : dict of str -> array
+        Per-parameter state on the backend (``velocity``; ``m``, ``v``; ``s``), each
+        of shape (n_params,), allocated by :meth:`bind`. :meth:`state_dict` and
+        :meth:`load_state_dict` turn it, with ``t``, ``lr`` and the schedule's own
+        state, into plain data and back (checkpoints, pickling, backend moves,
+        divergence rollback).
     """
 
+    #: Names of the per-parameter state buffers.
+    state_names: tuple[str, ...] = ()
+
     def __init__(self, lr: float, schedule: str | Schedule | None = None) -> None:
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        if isinstance(lr, bool) or not isinstance(lr, Real) or not (math.isfinite(lr) and lr > 0):
             raise ValueError(f"learning rate must be a positive number, got {lr!r}")
         self.lr0 = self.lr = float(lr)
         self.schedule = get_schedule(schedule)
         self.t = 0
+        self.state: dict[str, Array] = {}
         self._bound: tuple[Any, ...] | None = None
+        self._pending: dict[str, Any] | None = None
 
     def bind(self, be: Backend, params: Array, grads: Array, n_weights: int) -> None:
         """Attach to a model's flat buffers and allocate state (once per model).
@@ -295,33 +309,155 @@ class Optimizer:
         self.be, self.params, self.grads, self.n_weights = be, params, grads, n_weights
         self.dtype = params.dtype
         self._tmp = be.zeros(params.shape, params.dtype)
-        self._init_state()
+        # Bound to another model, the optimizer starts from zero state; state saved
+        # with state_dict() and loaded before bind() is copied in now.
+        self.state = {name: be.zeros(params.shape, params.dtype) for name in self.state_names}
         self._bound = (be, params)
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._copy_in(pending["state"])
 
-    def _init_state(self) -> None:
-        pass
+    @property
+    def bound(self) -> bool:
+        """Whether :meth:`bind` has attached the optimizer to a model's buffers."""
+        return self._bound is not None
 
-    def _zeros(self) -> Array:
-        return self.be.zeros(self.params.shape, self.params.dtype)
+    # ----------------------------------------------------------- rate policy
+    def iteration_ends(self, epochs_done: int, samples_seen: int) -> None:
+        """Set the rate for the next epoch from the schedule (called after each epoch).
 
-    def set_epoch(self, epoch: int, samples_seen: int) -> None:
-        """Update ``lr`` from the schedule (called by ``fit`` before each epoch)."""
-        self.lr = self.schedule(self.lr0, epoch, samples_seen)
+        Parameters
+        ----------
+        epochs_done : int
+            Epochs completed by the model so far.
+        samples_seen : int
+            Samples the model has trained on so far (scikit-learn's ``t_``).
+        """
+        self.lr = self.schedule(self.lr0, epochs_done, samples_seen)
 
+    def trigger_stopping(self, message: str = "", verbose: bool = False) -> bool:
+        """Training stopped improving: True to stop, False when the policy lowered the rate.
+
+        As scikit-learn's optimizers: only an adaptive schedule continues (dividing
+        the rate by 5) until the rate falls to 1e-6.
+        """
+        lr = self.schedule.on_plateau(self.lr)
+        if lr is None:
+            if verbose:
+                print(message + (" Learning rate too small. Stopping." if self.schedule.adaptive else " Stopping."))
+            return True
+        self.lr = lr
+        if verbose:
+            print(message + " Setting learning rate to %f" % self.lr)
+        return False
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self, to_host: bool = True) -> dict[str, Any]:
+        """The optimizer's whole state as data.
+
+        Parameters
+        ----------
+        to_host : bool, default True
+            Host (NumPy) copies of the state buffers; False keeps device copies
+            (a cheap snapshot for rollback).
+
+        Returns
+        -------
+        dict
+            ``{"optimizer": class name, "config": get_config(), "t", "lr",
+            "schedule": schedule state, "state": {name: array (n_params,)}}``;
+            ``state`` is empty before :meth:`bind`.
+        """
+        arrays: dict[str, Any] = {}
+        for name, buf in self.state.items():
+            if to_host:
+                arrays[name] = np.array(self.be.to_numpy(buf), copy=True)
+            else:
+                arrays[name] = self.be.copy(buf, self.be.empty(buf.shape, buf.dtype))
+        if not arrays and self._pending is not None:
+            arrays = dict(self._pending["state"])
+        return {
+            "optimizer": type(self).__name__,
+            "config": self.get_config(),
+            "t": int(self.t),
+            "lr": float(self.lr),
+            "schedule": self.schedule.state_dict(),
+            "state": arrays,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (host or device arrays).
+
+        Before :meth:`bind` the buffers are kept and copied in when the optimizer
+        is bound. Raises ValueError when the state belongs to another optimizer
+        class or another parameter count.
+        """
+        if state.get("optimizer") != type(self).__name__:
+            raise ValueError(f"state of {state.get('optimizer')!r} cannot be loaded into {type(self).__name__}")
+        arrays = state.get("state", {})
+        unknown = set(arrays) - set(self.state_names)
+        if unknown:
+            raise ValueError(f"{type(self).__name__} has no state named {sorted(unknown)}")
+        self.t = int(state["t"])
+        self.lr = float(state["lr"])
+        self.schedule.load_state_dict(state.get("schedule", {}))
+        if self._bound is None:
+            self._pending = {"state": dict(arrays)}
+            return
+        self._copy_in(arrays)
+
+    def _copy_in(self, arrays: dict[str, Any]) -> None:
+        be = self.be
+        for name, value in arrays.items():
+            buf = self.state[name]
+            if tuple(value.shape) != tuple(buf.shape):
+                raise ValueError(f"state {name!r} has shape {tuple(value.shape)}, the optimizer {tuple(buf.shape)}")
+            be.copy(be.asarray(value, dtype=buf.dtype) if isinstance(value, np.ndarray) else value, buf)
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "Optimizer":
+        """A new optimizer of the saved class and settings, holding the saved state."""
+        kind = OPTIMIZERS.get(str(state.get("optimizer", "")).lower())
+        if kind is None:
+            raise ValueError(f"unknown optimizer {state.get('optimizer')!r} in saved state")
+        config = dict(state.get("config", {}))
+        schedule = config.pop("schedule", None)
+        opt = kind(**config, schedule=get_schedule_from_state(schedule))
+        opt.load_state_dict(state)
+        return opt
+
+    # ------------------------------------------------------------------ step
     def step(self) -> None:
         """Update the bound parameters in place from the bound gradients."""
         raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:
-        return {"lr": self.lr0}
+        return {"lr": self.lr0, "schedule": self.schedule.get_config()}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Device buffers do not pickle portably: pickle the state as host data.
+        return {"config": self.get_config(), "saved": self.state_dict()}
+
+    def __setstate__(self, data: dict[str, Any]) -> None:
+        config = dict(data["config"])
+        schedule = get_schedule_from_state(config.pop("schedule", None))
+        self.__init__(**config, schedule=schedule)  # type: ignore[misc]
+        self.load_state_dict(data["saved"])
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "schedule")
+        if not isinstance(self.schedule, Constant):
+            args += f", schedule={self.schedule!r}"
         return f"{type(self).__name__}({args})"
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent with (Nesterov) momentum, as scikit-learn's."""
+    """Stochastic gradient descent with (Nesterov) momentum, as scikit-learn's.
+
+    ``momentum`` may be 1, as scikit-learn allows.
+    """
+
+    state_names = ("velocity",)
 
     def __init__(
         self,
@@ -331,26 +467,25 @@ class SGD(Optimizer):
         schedule: str | Schedule | None = None,
     ) -> None:
         super().__init__(lr, schedule)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        if isinstance(momentum, bool) or not isinstance(momentum, Real) or not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
-
-    def _init_state(self) -> None:
-        self.velocity = self._zeros()
 
     def step(self) -> None:
         self.t += 1
         self.be.run(
-            sgd_update, self.params, self.grads, self.velocity, self._tmp,
+            sgd_update, self.params, self.grads, self.state["velocity"], self._tmp,
             self.lr, self.momentum, self.nesterov,
         )
 
     def get_config(self) -> dict[str, Any]:
-        return {"lr": self.lr0, "momentum": self.momentum, "nesterov": self.nesterov}
+        return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
 
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba), with scikit-learn's placement of ε and bias correction."""
+
+    state_names = ("m", "v")
 
     def __init__(
         self,
@@ -362,23 +497,20 @@ class Adam(Optimizer):
     ) -> None:
         super().__init__(lr, schedule)
         for name, b in (("beta_1", beta_1), ("beta_2", beta_2)):
-            if not 0.0 <= b < 1.0:
+            if isinstance(b, bool) or not isinstance(b, Real) or not 0.0 <= b < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {b!r}")
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
-
-    def _init_state(self) -> None:
-        self.m, self.v = self._zeros(), self._zeros()
 
     def step(self) -> None:
         self.t += 1
         lr_t = self.lr * math.sqrt(1 - self.beta_2**self.t) / (1 - self.beta_1**self.t)
         self.be.run(
-            adam_update, self.params, self.grads, self.m, self.v, self._tmp,
+            adam_update, self.params, self.grads, self.state["m"], self.state["v"], self._tmp,
             lr_t, self.beta_1, self.beta_2, self.epsilon,
         )
 
     def get_config(self) -> dict[str, Any]:
-        return {"lr": self.lr0, "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
 
 
 class AdamW(Adam):
@@ -406,6 +538,8 @@ class AdamW(Adam):
 class RMSprop(Optimizer):
     """RMSprop (Hinton): per-parameter rates from a running mean of g²."""
 
+    state_names = ("s",)
+
     def __init__(
         self,
         lr: float = 1e-3,
@@ -414,22 +548,19 @@ class RMSprop(Optimizer):
         schedule: str | Schedule | None = None,
     ) -> None:
         super().__init__(lr, schedule)
-        if not 0.0 <= rho < 1.0:
+        if isinstance(rho, bool) or not isinstance(rho, Real) or not 0.0 <= rho < 1.0:
             raise ValueError(f"rho must be in [0, 1), got {rho!r}")
         self.rho, self.epsilon = float(rho), float(epsilon)
-
-    def _init_state(self) -> None:
-        self.s = self._zeros()
 
     def step(self) -> None:
         self.t += 1
         self.be.run(
-            rmsprop_update, self.params, self.grads, self.s, self._tmp,
+            rmsprop_update, self.params, self.grads, self.state["s"], self._tmp,
             self.lr, self.rho, self.epsilon,
         )
 
     def get_config(self) -> dict[str, Any]:
-        return {"lr": self.lr0, "rho": self.rho, "epsilon": self.epsilon}
+        return {**super().get_config(), "rho": self.rho, "epsilon": self.epsilon}
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}

@@ -1,7 +1,10 @@
 """Learning-rate schedules, evaluated on the host once per epoch.
 
 A schedule maps the initial rate ``lr0``, the number of finished epochs and the
-number of samples seen so far to the rate for the next epoch. The result is a Python
+number of samples seen so far to the rate for the next epoch; the optimizer asks it
+after every epoch (:meth:`mlpx.optimizers.Optimizer.iteration_ends`). When training
+stops improving, :meth:`Schedule.on_plateau` decides whether to stop or to go on at a
+lower rate (scikit-learn's ``learning_rate="adaptive"``). The result is a Python
 float handed to the optimizer's update kernel, so changing it costs no device work.
 
 ==============  ====================================================================
@@ -9,6 +12,7 @@ constant        ``lr0``
 step            ``lr0 · gamma^floor(epoch / step_size)``
 invscaling      ``lr0 / (t + 1)^power_t``, t = samples seen (scikit-learn's rule)
 cosine          ``eta_min + (lr0 − eta_min)(1 + cos(π · min(epoch, T_max) / T_max)) / 2``
+adaptive        the current rate, divided by 5 on each plateau until it falls to 1e-6
 ==============  ====================================================================
 """
 
@@ -17,17 +21,53 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["SCHEDULES", "Constant", "Cosine", "InverseScaling", "Schedule", "StepDecay", "get_schedule"]
+__all__ = [
+    "SCHEDULES",
+    "Adaptive",
+    "Constant",
+    "Cosine",
+    "InverseScaling",
+    "Schedule",
+    "StepDecay",
+    "get_schedule",
+    "get_schedule_from_state",
+]
 
 
 class Schedule:
-    """Base class: the constant schedule."""
+    """Base class: the constant schedule.
+
+    Attributes
+    ----------
+    adaptive : bool
+        Whether :meth:`on_plateau` lowers the rate instead of stopping.
+    """
+
+    adaptive = False
 
     def __call__(self, lr0: float, epoch: int, samples_seen: int) -> float:
         return lr0
 
+    def on_plateau(self, lr: float) -> float | None:
+        """The rate to continue with after a plateau, or None to stop training."""
+        return None
+
+    def get_config(self) -> dict[str, Any]:
+        """Name and settings, from which :func:`get_schedule_from_state` rebuilds it."""
+        return {"name": _NAMES.get(type(self), type(self).__name__), **self._settings()}
+
+    def _settings(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What changes during training (empty for the stateless schedules)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        args = ", ".join(f"{k}={v!r}" for k, v in self._settings().items())
         return f"{type(self).__name__}({args})"
 
 
@@ -70,12 +110,46 @@ class Cosine(Schedule):
         return self.eta_min + (lr0 - self.eta_min) * (1 + math.cos(math.pi * e / self.T_max)) / 2
 
 
+class Adaptive(Schedule):
+    """scikit-learn's adaptive rate: keep the rate, divide it by 5 on each plateau.
+
+    Training stops on a plateau once the rate is at or below ``min_lr``.
+    """
+
+    adaptive = True
+
+    def __init__(self, factor: float = 5.0, min_lr: float = 1e-6) -> None:
+        if not factor > 1 or not min_lr >= 0:
+            raise ValueError("Adaptive needs factor > 1 and min_lr >= 0")
+        self.factor, self.min_lr = float(factor), float(min_lr)
+        self._lr: float | None = None
+
+    def __call__(self, lr0: float, epoch: int, samples_seen: int) -> float:
+        return lr0 if self._lr is None else self._lr
+
+    def on_plateau(self, lr: float) -> float | None:
+        if lr <= self.min_lr:
+            return None
+        # Divided in place, step by step, so the rate has scikit-learn's exact bits.
+        self._lr = lr / self.factor
+        return self._lr
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lr": self._lr}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        lr = state.get("lr")
+        self._lr = None if lr is None else float(lr)
+
+
 SCHEDULES: dict[str, type[Schedule]] = {
     "constant": Constant,
     "step": StepDecay,
     "invscaling": InverseScaling,
     "cosine": Cosine,
+    "adaptive": Adaptive,
 }
+_NAMES = {kind: name for name, kind in SCHEDULES.items()}
 
 
 def get_schedule(spec: Any) -> Schedule:
@@ -87,3 +161,14 @@ def get_schedule(spec: Any) -> Schedule:
     if isinstance(spec, str) and spec in SCHEDULES:
         return SCHEDULES[spec]()
     raise ValueError(f"unknown schedule {spec!r}; valid: {', '.join(SCHEDULES)}")
+
+
+def get_schedule_from_state(config: dict[str, Any] | None) -> Schedule:
+    """Rebuild a schedule from :meth:`Schedule.get_config` (None: constant)."""
+    if config is None:
+        return Constant()
+    config = dict(config)
+    name = config.pop("name", "constant")
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r} in saved state; valid: {', '.join(SCHEDULES)}")
+    return SCHEDULES[name](**config)

@@ -1,34 +1,57 @@
-"""The training loop: shuffled minibatches, cut on the device.
+"""The training loop: one epoch function for every way mlpx trains.
 
-Data moves to the backend once per ``fit``. Each epoch draws a permutation on the
-host (seeded, so runs repeat), moves those n indices to the device in one transfer,
-and gathers every minibatch on the device into a preallocated buffer. A training set
-too large for the GPU is streamed instead, through pinned double buffers
-(:mod:`mlpx.streaming`). The loss is accumulated on the device and read back once
-per epoch, so a GPU step never waits for the host.
+Single-process training is the one-rank case of data-parallel training: :func:`train`
+runs on a reducer (:mod:`mlpx.distributed`), the identity one for a single process.
+``Sequential.fit`` (with or without ``comm=``) and the scikit-learn estimators' SGD
+and Adam solvers all run this loop; what differs between them is parameters and
+callbacks (how the epoch loss is averaged, whether divergence raises, the stopping
+rules), never a copy of the loop.
+
+Per epoch:
+
+1. the rate policy was set by the optimizer at the end of the last epoch
+   (:meth:`~mlpx.optimizers.Optimizer.iteration_ends`);
+2. each rank draws its minibatch order on the host; the ranks agree on every
+   step's global denominator (rows, or Σ sample weights, of all ranks' batches) in
+   one small all-reduce, so a step needs no other host round trip;
+3. every step is :meth:`~mlpx.model.Sequential.train_step`: forward and backward
+   on the rank's minibatch, one all-reduce, L2 penalty, update. Ranks whose rows
+   ran out join with nothing. The loss is summed on the device;
+4. at the end: the loss is read back once, failures and divergence are agreed,
+   the held-out set is scored (:func:`mlpx.metrics.holdout_scores`), callbacks run
+   and a stop asked on any rank stops every rank.
+
+Data moves to the backend once per ``fit`` (or is streamed, :mod:`mlpx.data`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from mlpx.callbacks import Callback, ProgressBar
+from mlpx.callbacks import Callback, ProgressBar, check_callbacks
+from mlpx.data import Batch, is_sparse, make_batches, to_host
+from mlpx.distributed import Reducer, is_agreed, make_reducer, mark_agreed
 from mlpx.losses import Loss
-from mlpx.metrics import correct_count, r2_score
+from mlpx.metrics import Chunk, holdout_scores, iter_chunks
 from mlpx.optimizers import Optimizer, get_optimizer
-from mlpx.streaming import batch_denominator, make_batches
 from mlpx.validation import check_sample_weight, encode_targets
 
-__all__ = ["History", "TrainingDivergedError", "fit"]
+__all__ = ["History", "Holdout", "TrainingDivergedError", "fit", "train"]
 
 Array = Any
+CHUNK = 8192  # rows per forward pass when scoring a held-out set
 
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the model holds the last finite weights.
+
+    The weights, the optimizer's state (moments, step count, rate) and the fp16
+    loss scale are those from the start of the diverging epoch, so a retry with the
+    same optimizer at a lower rate trains as a fresh optimizer would from them.
 
     Attributes
     ----------
@@ -40,8 +63,8 @@ class TrainingDivergedError(RuntimeError):
         self.epoch = epoch
         super().__init__(
             f"training diverged in epoch {epoch + 1}: the loss is not finite. The model keeps "
-            f"the weights from the start of that epoch. Try a lower learning rate "
-            f"(now {lr:g}), standardised inputs, or an L2 penalty."
+            f"the weights (and the optimizer its state) from the start of that epoch. Try a "
+            f"lower learning rate (now {lr:g}), standardised inputs, or an L2 penalty."
         )
 
 
@@ -73,10 +96,302 @@ class History:
         return f"History(epochs={self.epochs}, last={last})"
 
 
+@dataclass
+class Holdout:
+    """A held-out set on the device, scored after every epoch.
+
+    Attributes
+    ----------
+    X, Y : arrays on the backend, shapes (n, f) and (n, k), or None on a rank without rows
+    w : array, shape (n,), or None
+    dense : callable, optional
+        Turns a chunk of X into dense device rows (sparse X).
+    """
+
+    X: Any = None
+    Y: Any = None
+    w: Any = None
+    dense: Callable[[Any], Any] | None = None
+
+    def chunks(self) -> Iterable[Chunk]:
+        if self.X is None:
+            return
+        n = self.X.shape[0]
+        for a, b in iter_chunks(n, CHUNK):
+            X = self.X[a:b] if self.dense is not None else self.X[a:b, :]
+            yield (self.dense(X) if self.dense is not None else X, self.Y[a:b, :],
+                   None if self.w is None else self.w[a:b])
+
+
+@dataclass
+class _Epoch:
+    """What the steps of one epoch add up (device sums where they live on the device)."""
+
+    total: Any = 0.0
+    weight: float = 0.0
+    hits: Any = 0.0
+    pending: BaseException | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def train(
+    model: Any,
+    source: Any,
+    *,
+    optimizer: Optimizer,
+    loss: Any,
+    reducer: Reducer,
+    epochs: int,
+    broadcast: bool = True,
+    l2: float = 0.0,
+    order: Callable[[], np.ndarray | None] | None = None,
+    callbacks: Sequence[Callback] = (),
+    holdout: Holdout | None = None,
+    history: History | None = None,
+    count_correct: bool = False,
+    loss_weights: str = "denom",
+    loss_scale: float = 1.0,
+    raise_on_divergence: bool = True,
+) -> History:
+    """Run ``epochs`` epochs of minibatch training: the one loop of mlpx (collective).
+
+    Parameters
+    ----------
+    model : Sequential
+        Built on the reducer's backend; ``optimizer`` is bound to it here.
+    source : batch source or None
+        This rank's minibatches (:mod:`mlpx.data`); None for a rank without rows.
+    optimizer : Optimizer
+    loss : OutputLoss
+        From ``model.resolve_loss``.
+    reducer : Reducer
+        :class:`~mlpx.distributed.LocalReducer` for one process.
+    epochs : int
+    broadcast : bool
+        Start from rank 0's weights (False: the caller has broadcast them).
+    l2 : float
+        L2 penalty (scikit-learn's ``alpha`` scaling).
+    order : callable, optional
+        Returns this rank's permutation for the next epoch (None: contiguous).
+    callbacks : sequence of Callback
+        Run on every rank, except those marked ``root_only`` (rank 0 only).
+    holdout : Holdout, optional
+        Scored after every epoch: ``val_loss`` and ``val_accuracy`` / ``val_r2``.
+    count_correct : bool
+        Log the training ``accuracy`` (softmax / logistic outputs).
+    loss_weights : {"denom", "rows"}
+        Average the steps' losses over the epoch weighted by each step's
+        denominator (Σ w: the weighted mean loss) or by its rows (scikit-learn's
+        ``loss_curve_``).
+    loss_scale : float
+        Factor on the data term of the logged loss (scikit-learn reports the
+        squared error averaged over outputs; its gradient is not).
+    raise_on_divergence : bool
+        A non-finite epoch loss (or weights) restores the start of the epoch and
+        raises :class:`TrainingDivergedError` on every rank; False goes on, as
+        scikit-learn does.
+
+    Returns
+    -------
+    History
+    """
+    be = model.backend
+    history = history if history is not None else History()
+    try:
+        return _train(model, source, optimizer, loss, reducer, int(epochs), broadcast, float(l2), order,
+                      list(callbacks), holdout, history, count_correct, loss_weights, loss_scale,
+                      raise_on_divergence)
+    except BaseException as exc:
+        if reducer.size > 1 and not is_agreed(exc):
+            reducer.abort(exc)  # escaped the failure agreement: end every rank now
+        raise
+    finally:
+        be.synchronize()
+
+
+def _train(model: Any, source: Any, optimizer: Optimizer, loss: Any, reducer: Reducer, epochs: int,
+           broadcast: bool, l2: float, order: Callable[[], np.ndarray | None] | None, callbacks: list[Callback],
+           holdout: Holdout | None, history: History, count_correct: bool, loss_weights: str,
+           loss_scale: float, raise_on_divergence: bool) -> History:
+    be = model.backend
+    if loss_weights not in ("denom", "rows"):
+        raise ValueError(f"loss_weights must be 'denom' or 'rows', got {loss_weights!r}")
+    root = reducer.is_root
+    callbacks = [cb for cb in callbacks if root or not getattr(cb, "root_only", False)]
+    # Sizes every rank agrees on: steps per epoch (the most over ranks) and the
+    # rows of every step over all ranks.
+    local_steps = 0 if source is None else source.n_batches
+    n_steps = reducer.allreduce_max(local_steps)
+    local_rows = np.zeros(n_steps)
+    if source is not None:
+        local_rows[:local_steps] = [b - a for a, b in source.bounds()]
+    step_rows = np.asarray(reducer.allreduce_sum(local_rows.tolist())) if reducer.size > 1 else local_rows
+    n_global = int(round(float(step_rows.sum())))
+
+    reducer.agreed("binding the optimizer", optimizer.bind, be, model.params, model.grads, model.n_weights)
+    model.optimizer_ = optimizer
+    model.loss_ = loss
+    model.history = history
+    model.stop_training = False
+    model.decorrelate_dropout(reducer.rank)
+    if broadcast and reducer.size > 1:
+        with model.parameter_lock.write():
+            reducer.broadcast_params(model.params)  # rank 0's weights everywhere
+    epoch0 = model.epochs_done_
+    reducer.agreed("on_train_begin", _each, callbacks, "on_train_begin", model, epochs)
+
+    for e in range(epochs):
+        epoch = epoch0 + e
+        where = f"epoch {epoch + 1}"
+        snapshot = _snapshot(model, optimizer) if raise_on_divergence else None
+        state = _Epoch()
+        perm = reducer.agreed(f"{where}: ordering the shard", _order, order, source)
+        denoms = np.zeros(n_steps)
+        if source is not None:
+            denoms[:local_steps] = source.denominators(perm)
+        D = np.asarray(reducer.allreduce_sum(denoms.tolist())) if reducer.size > 1 else denoms
+        weights = D if loss_weights == "denom" else step_rows
+        batches = iter(source.epoch(perm)) if source is not None else iter(())
+        for j in range(n_steps):
+            batch: Batch | None = None
+            if state.pending is None:
+                try:
+                    batch = next(batches, None)
+                except BaseException as exc:
+                    if reducer.size == 1:
+                        raise
+                    state.pending = exc
+            if D[j] <= 0:
+                continue  # no rows (or only zero weights) on any rank: nothing to learn
+            res = model.train_step(
+                None if batch is None else batch.X, None if batch is None else batch.Y,
+                None if batch is None else batch.w, denom=float(D[j]), loss=loss, optimizer=optimizer,
+                l2=l2, reducer=reducer, count_correct=count_correct, pending=state.pending,
+                where=f"{where}, step {j + 1}",
+            )
+            state.pending = res.error
+            data = res.loss if loss_scale == 1.0 else res.loss * loss_scale
+            term = data + res.penalty if l2 else data
+            state.total = state.total + term * float(weights[j])
+            state.weight += float(weights[j])
+            if res.correct is not None:
+                state.hits = state.hits + res.correct
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()  # an epoch left early (a failure) must release a streamed source
+        logs = _epoch_end(model, reducer, state, where, n_global, count_correct, holdout, loss)
+        model.samples_seen_ += n_global
+        diverged = raise_on_divergence and reducer.agree_any(
+            not math.isfinite(logs["loss"]) or not _finite_params(model))
+        if diverged:
+            _restore(model, optimizer, snapshot)
+            model.samples_seen_ -= n_global
+            reducer.agreed("on_train_end", _each, [c for c in callbacks if isinstance(c, ProgressBar)],
+                    "on_train_end", model)
+            raise mark_agreed(TrainingDivergedError(epoch, optimizer.lr))
+        history.append(logs)
+        # Counters current before callbacks, so a checkpoint written now resumes exactly.
+        model.epochs_done_ = epoch0 + history.epochs
+        reducer.agreed(f"{where}: callbacks", _each, callbacks, "on_epoch_end", model, epoch, logs)
+        optimizer.iteration_ends(model.epochs_done_, model.samples_seen_)
+        model.stop_training = reducer.agree_any(model.stop_training)
+        if model.stop_training:
+            break
+    reducer.agreed("on_train_end", _each, callbacks, "on_train_end", model)
+    return history
+
+
+def _each(callbacks: list[Callback], hook: str, *args: Any) -> None:
+    for cb in callbacks:
+        getattr(cb, hook)(*args)
+
+
+def _order(order: Callable[[], np.ndarray | None] | None, source: Any) -> np.ndarray | None:
+    if order is None or source is None:
+        return None
+    return order()
+
+
+def _epoch_end(model: Any, reducer: Reducer, state: _Epoch, where: str, n_global: int,
+               count_correct: bool, holdout: Holdout | None, loss: Any) -> dict[str, float]:
+    """The epoch's logs, identical on every rank (collective)."""
+    be = model.backend
+
+    def local() -> list[float]:
+        if state.pending is not None:
+            raise state.pending
+        total = state.total if isinstance(state.total, float) else be.to_float(state.total)
+        hits = state.hits if isinstance(state.hits, float) else be.to_float(state.hits)
+        return [total, hits]
+
+    total, hits = reducer.agreed(where, local)
+    logs = {"loss": total / state.weight if state.weight > 0 else math.nan}
+    if count_correct:
+        logs["accuracy"] = reducer.allreduce_sum([hits])[0] / n_global if n_global else math.nan
+    if holdout is not None:
+        with model.parameter_lock.read():
+            scores = holdout_scores(model, holdout.chunks, reducer, loss)
+        logs["val_loss"] = scores["loss"]
+        logs.update({f"val_{k}": v for k, v in scores.items() if k in ("accuracy", "r2")})
+    # Rank 0's numbers decide for everyone: no rank can stop (or log) alone.
+    return reducer.bcast(logs)
+
+
+def _finite_params(model: Any) -> bool:
+    """The epoch's last step can overflow the weights after a finite loss (inf·0 is NaN)."""
+    be = model.backend
+    return math.isfinite(be.to_float(be.sum(model.params * 0.0)))
+
+
+def _snapshot(model: Any, optimizer: Optimizer) -> dict[str, Any]:
+    """Device copies of the weights and optimizer state; the loss scale (rollback)."""
+    be = model.backend
+    scaler = model.precision_.scaler
+    return {
+        "params": be.copy(model.params, be.empty(model.params.shape, model.dtype)),
+        "optimizer": optimizer.state_dict(to_host=False),
+        "scaler": None if scaler is None else scaler.get_state(),
+    }
+
+
+def _restore(model: Any, optimizer: Optimizer, snapshot: dict[str, Any] | None) -> None:
+    if snapshot is None:
+        return
+    model.assign_params(snapshot["params"])
+    optimizer.load_state_dict(snapshot["optimizer"])
+    if snapshot["scaler"] is not None:
+        model.precision_.scaler.set_state(snapshot["scaler"])
+
+
+# ------------------------------------------------------------------- fit
 def _check_positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def _check_l2(l2: Any) -> float:
+    if isinstance(l2, bool) or not isinstance(l2, (int, float, np.integer, np.floating)):
+        raise TypeError(f"l2 must be a number, got {l2!r}")
+    l2 = float(l2)
+    if l2 < 0 or not math.isfinite(l2):
+        raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
+    return l2
+
+
+@dataclass
+class _Setup:
+    """One rank's checked inputs for ``fit``."""
+
+    source: Any
+    holdout: Holdout | None
+    optimizer: Optimizer
+    loss: Any
+    epochs: int
+    batch_size: int
+    l2: float
+    order: Callable[[], np.ndarray | None] | None
+    callbacks: list[Callback]
 
 
 def fit(
@@ -98,229 +413,152 @@ def fit(
     comm: Any = None,
     stream_data: bool | None = None,
 ) -> History:
-    """Train ``model`` on ``(X, y)`` with minibatch gradient descent.
+    """Train ``model`` on ``(X, y)``: see :meth:`mlpx.model.Sequential.fit`.
 
-    Parameters
-    ----------
-    model : Sequential
-    X : array_like, shape (n_samples, n_features)
-    y : array_like
-        Class labels (n,) or one-hot (n, k) for softmax; 0/1 (n,) or (n, k) for
-        logistic; values (n,) or (n, k) for identity/exp outputs.
-    epochs : int
-    batch_size : int
-        Clipped to n_samples.
-    optimizer : str or Optimizer, default "adam"
-        "sgd", "adam", "adamw", "rmsprop" or an instance (its state carries over
-        between ``fit`` calls when the same instance is passed again).
-    loss : str or Loss, optional
-        Must match the output activation; defaults to its paired loss.
-    validation_data : (X_val, y_val) or (X_val, y_val, w_val), optional
-    validation_split : float in [0, 1)
-        Hold out this fraction (a seeded random subset) when ``validation_data``
-        is not given.
-    shuffle : bool
-        Reshuffle the training samples every epoch.
-    callbacks : sequence of Callback
-        e.g. :class:`~mlpx.callbacks.EarlyStopping`.
-    verbose : int
-        0 silent; 1 a progress bar (tqdm if installed) with the epoch's logs.
-    sample_weight : array_like, shape (n_samples,), optional
-    l2 : float
-        L2 penalty, scaled as scikit-learn's ``alpha``: ``½ l2 Σ‖W‖² / n``.
-    lr : float, optional
-        Learning rate when ``optimizer`` is given by name.
-    comm : mpi4py communicator or "nccl", optional
-        Train data-parallel across ranks (see :mod:`mlpx.distributed`); each rank
-        passes its own shard of the data.
-    stream_data : bool, optional
-        Keep the training set in host memory and stream minibatches to the device
-        through pinned, double-buffered copies (:mod:`mlpx.streaming`). ``None``
-        (default) streams only on a GPU whose free memory the data would more than
-        half fill; ``False`` moves it to the device once.
-
-    Returns
-    -------
-    History
-
-    Raises
-    ------
-    TrainingDivergedError
-        The loss became non-finite; the weights from the start of that epoch are kept.
+    With ``comm`` every rank passes its own shard (``X`` may have no rows), and:
+    ``batch_size`` is per rank (the effective batch is the sum over ranks);
+    ``validation_split`` holds out that fraction of each rank's shard; logs are
+    global and identical on every rank, and so are callback decisions; only rank 0
+    shows progress and runs callbacks marked ``root_only``. Every rank must pass the
+    same settings (architecture, dtype, precision, loss, optimizer and its
+    settings, epochs, batch size, l2, shuffle, validation, callbacks): a mismatch
+    raises ``ValueError`` on every rank.
     """
-    if comm is not None:
-        if stream_data:
-            raise ValueError("stream_data is not supported with comm= (each rank's shard is moved once)")
-        from mlpx.distributed import fit_distributed
-
-        return fit_distributed(
-            model, X, y, comm=comm, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
-            loss=loss, validation_data=validation_data, validation_split=validation_split,
-            shuffle=shuffle, callbacks=callbacks, verbose=verbose, sample_weight=sample_weight,
-            l2=l2, lr=lr,
+    be = model.backend
+    reducer = make_reducer(comm, be)
+    if reducer.backend.name != be.name:
+        raise ValueError(f"the reducer works on {reducer.backend.name}, the model on {be.name}")
+    setup: _Setup = reducer.agreed(
+        "setup", _prepare, model, reducer, X, y, epochs, batch_size, optimizer, loss,
+        validation_data, validation_split, shuffle, callbacks, sample_weight, l2, lr, stream_data,
+    )
+    fingerprint = {
+        "architecture": model.get_config()["layers"],
+        "dtype": model.dtype,
+        "precision": model.precision_.name,
+        "loss": setup.loss.name,
+        "optimizer": [type(setup.optimizer).__name__, setup.optimizer.get_config()],
+        "optimizer_state": [setup.optimizer.t, setup.optimizer.lr],
+        "epochs": setup.epochs,
+        "batch_size": int(batch_size),
+        "l2": setup.l2,
+        "shuffle": bool(shuffle),
+        "validation": [validation_data is not None, float(validation_split)],
+        "callbacks": sorted(type(cb).__name__ for cb in setup.callbacks if not getattr(cb, "root_only", False)),
+        "epochs_done": model.epochs_done_,
+        "sample_weight": sample_weight is not None,
+    }
+    reducer.agree_settings(fingerprint)
+    if reducer.size > 1:
+        n_local = 0 if setup.source is None else setup.source.n
+        if reducer.allreduce_max(n_local) == 0:
+            raise mark_agreed(ValueError("no rank holds any training rows"))
+        w_local = 0.0 if setup.source is None or setup.source.w_host is None else float(setup.source.w_host.sum())
+        if sample_weight is not None and reducer.allreduce_sum([w_local])[0] <= 0:
+            raise mark_agreed(ValueError("sample_weight sums to zero over all ranks: nothing to train on"))
+    callbacks_run = list(setup.callbacks)
+    if verbose and reducer.is_root:
+        callbacks_run.append(ProgressBar(verbose))
+    with (
+        model.compute_context(setup.batch_size),
+        # Overflow inside a step is not an error here: a non-finite epoch loss is
+        # turned into TrainingDivergedError (with the last finite state kept).
+        np.errstate(over="ignore", invalid="ignore", divide="ignore"),
+    ):
+        return train(
+            model, setup.source, optimizer=setup.optimizer, loss=setup.loss, reducer=reducer,
+            epochs=setup.epochs, l2=setup.l2, order=setup.order, callbacks=callbacks_run,
+            holdout=setup.holdout, count_correct=model.output.name in ("softmax", "logistic"),
         )
+
+
+def _prepare(model: Any, reducer: Reducer, X: Any, y: Any, epochs: Any, batch_size: Any,
+             optimizer: Any, loss: Any, validation_data: Any, validation_split: Any, shuffle: bool,
+             callbacks: Sequence[Callback], sample_weight: Any, l2: Any, lr: Any,
+             stream_data: bool | None) -> _Setup:
+    """Check this rank's arguments and shard; move it to the device (raises on bad input)."""
     be = model.backend
     epochs = _check_positive_int("epochs", epochs)
     batch_size = _check_positive_int("batch_size", batch_size)
     if not 0.0 <= float(validation_split) < 1.0:
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
-    if l2 < 0 or not math.isfinite(l2):
-        raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
+    l2 = _check_l2(l2)
+    callbacks = check_callbacks(callbacks)
     lossfn = model.resolve_loss(loss)
     opt = get_optimizer(optimizer, **({} if lr is None else {"lr": lr}))
-    out = model.output.name
+    rng = model.shuffle_generator(reducer.rank)
+    shard = _shard(model, X, y, sample_weight, "X", allow_empty=reducer.size > 1)
 
-    X = model._check_X(X)
-    Y = encode_targets(y, out, model.n_outputs_, X.shape[0])
-    w = check_sample_weight(sample_weight, X.shape[0])
-    rng = _shuffle_rng(model)
-
-    val = None
+    holdout = None
     if validation_data is not None:
-        if len(validation_data) not in (2, 3):
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
             raise ValueError("validation_data must be (X_val, y_val) or (X_val, y_val, w_val)")
-        Xv = model._check_X(validation_data[0], name="X_val")
-        Yv = encode_targets(validation_data[1], out, model.n_outputs_, Xv.shape[0])
-        wv = check_sample_weight(validation_data[2], Xv.shape[0]) if len(validation_data) == 3 else None
-        val = (Xv, Yv, wv)
+        wv = validation_data[2] if len(validation_data) == 3 else None
+        Xv, Yv, wv = _shard(model, validation_data[0], validation_data[1], wv, "X_val",
+                            allow_empty=reducer.size > 1)
+        holdout = _holdout(model, Xv, Yv, wv)
     elif validation_split:
-        n_val = int(round(X.shape[0] * validation_split))
-        if n_val < 1 or n_val >= X.shape[0]:
+        Xh, Yh, wh = shard
+        n = 0 if Xh is None else Xh.shape[0]
+        n_val = int(round(n * float(validation_split)))
+        if reducer.size == 1 and (n_val < 1 or n_val >= n):
             raise ValueError(f"validation_split={validation_split} leaves no training or validation samples")
-        order = rng.permutation(X.shape[0])
-        vi, ti = order[:n_val], order[n_val:]
-        X = be.to_numpy(X) if not isinstance(X, np.ndarray) else X
-        val = (X[vi], Y[vi], None if w is None else w[vi])
-        X, Y, w = X[ti], Y[ti], None if w is None else w[ti]
+        if n_val >= n and n:
+            raise ValueError(f"validation_split={validation_split} leaves no training samples on rank {reducer.rank}")
+        if n_val:
+            idx = rng.permutation(n)
+            vi, ti = idx[:n_val], idx[n_val:]
+            Xh = Xh if isinstance(Xh, np.ndarray) else be.to_numpy(Xh)
+            holdout = _holdout(model, Xh[vi], Yh[vi], None if wh is None else wh[vi])
+            shard = (Xh[ti], Yh[ti], None if wh is None else wh[ti])
+        else:
+            holdout = Holdout()
+    Xh, Yh, wh = shard
+    source = None
+    if Xh is not None:
+        source = make_batches(be, Xh, Yh, wh, batch_size, model.compute_dtype, stream_data,
+                              target_dtype=model.dtype)
+    order = None
+    if shuffle and source is not None:
+        n = source.n
+        order = lambda: rng.permutation(n)  # noqa: E731
+    return _Setup(source, holdout, opt, lossfn, epochs, batch_size, l2, order, callbacks)
 
-    n = X.shape[0]
-    batch_size = min(batch_size, n)
-    history = History()
-    model.history = history
-    model.stop_training = False
-    callbacks = list(callbacks)
-    if verbose:
-        callbacks.append(ProgressBar(verbose))
 
-    # Overflow inside a step is not an error here: a non-finite epoch loss is caught
-    # below and turned into TrainingDivergedError (with the last finite weights kept).
-    with (
-        model.compute_context(batch_size),
-        np.errstate(over="ignore", invalid="ignore", divide="ignore"),
-    ):
-        # One transfer of the training set (minibatches are cut on the device), or,
-        # for a set too large for the device, minibatches streamed from the host.
-        batches = make_batches(
-            be, X, Y, w, batch_size, model.compute_dtype, stream_data, target_dtype=model.dtype
+def _shard(model: Any, X: Any, y: Any, sample_weight: Any, name: str,
+           allow_empty: bool) -> tuple[Any, np.ndarray | None, np.ndarray | None]:
+    """Host ``(X, Y, w)`` of this rank's data (X may stay on the device); Nones if empty."""
+    if is_sparse(X):
+        raise TypeError(
+            f"{name} is a sparse matrix: Sequential.fit takes dense arrays (use X.toarray() when "
+            "it fits in memory), or use mlpx.MLPClassifier / MLPRegressor, which keep sparse "
+            "input sparse on the device"
         )
-        vald = None
-        if val is not None:
-            vald = (
-                be.asarray(val[0], dtype=model.compute_dtype),
-                be.asarray(val[1], dtype=model.dtype),
-                None if val[2] is None else be.asarray(val[2], dtype=model.dtype),
-                val[1],
-                val[2],
-            )
-        opt.bind(be, model.params, model.grads, model.n_weights)
-        model.optimizer_ = opt  # callbacks (mlpx.distributed.ModelCheckpoint) save its state
-        snapshot = be.empty(model.params.shape, model.dtype)
-        samples_seen = getattr(model, "samples_seen_", 0)
-        epoch0 = getattr(model, "epochs_done_", 0)
-        track_acc = out in ("softmax", "logistic")
-
-        for cb in callbacks:
-            cb.on_train_begin(model, epochs)
-        for epoch in range(epochs):
-            opt.set_epoch(epoch0 + epoch, samples_seen)
-            be.copy(model.params, snapshot)
-            perm = rng.permutation(n) if shuffle else None
-            total: Any = 0.0
-            hits: Any = 0.0
-            denom_sum = 0.0
-            for Xb, Yb, wb, a, b in batches.epoch(perm):
-                denom = batch_denominator(w, perm, a, b)
-                value = model._forward_backward(Xb, Yb, lossfn, wb, denom, l2)
-                if track_acc:
-                    # The last layer's output (logits) is still intact after backward.
-                    hits = hits + be.run(correct_count, model._logits, Yb, out)
-                model._apply_update(opt)
-                total = total + value * denom
-                denom_sum += denom
-            samples_seen += n
-            epoch_loss = be.to_float(total) / denom_sum
-            # The epoch's last step can overflow the weights after a finite loss: check
-            # them too (inf·0 is NaN), so the weights kept are always finite ones.
-            if math.isfinite(epoch_loss) and not math.isfinite(be.to_float(be.sum(model.params * 0.0))):
-                epoch_loss = math.nan
-            if not math.isfinite(epoch_loss):
-                be.copy(snapshot, model.params)
-                for cb in callbacks:
-                    if isinstance(cb, ProgressBar):
-                        cb.on_train_end(model)
-                raise TrainingDivergedError(epoch0 + epoch, opt.lr)
-            logs = {"loss": epoch_loss}
-            if track_acc:
-                logs["accuracy"] = be.to_float(hits) / n
-            if vald is not None:
-                logs.update(_validation_logs(model, lossfn, vald))
-            history.append(logs)
-            # Counters current before callbacks, so a checkpoint written now resumes exactly.
-            model.samples_seen_, model.epochs_done_ = samples_seen, epoch0 + history.epochs
-            for cb in callbacks:
-                cb.on_epoch_end(model, epoch0 + epoch, logs)
-            if model.stop_training:
-                break
-        model.samples_seen_ = samples_seen
-        model.epochs_done_ = epoch0 + history.epochs
-        model.optimizer_ = opt
-        for cb in callbacks:
-            cb.on_train_end(model)
-    return history
-
-
-def _shuffle_rng(model: Any) -> np.random.Generator:
-    rng = getattr(model, "_shuffle_rng", None)
-    if rng is None:
-        seed = None if model.seed is None else [model.seed, 1]
-        rng = model._shuffle_rng = np.random.default_rng(seed)
-    return rng
-
-
-def _validation_logs(model: Any, lossfn: Loss, vald: tuple[Any, ...]) -> dict[str, float]:
-    """Validation loss and metric, computed on the device-resident validation set."""
-    be = model.backend
-    Xv, Yv, wv, Yv_host, wv_host = vald
-    n = Xv.shape[0]
-    denom = float(n) if wv_host is None else float(wv_host.sum())
-    total: Any = 0.0
-    hits: Any = 0.0
-    preds = []
-    out = model.output.name
-    chunk = 8192
-    for a in range(0, n, chunk):
-        b = min(a + chunk, n)
-        Z = model._logits_master(model.forward(Xv[a:b, :]))
-        wb = None if wv is None else wv[a:b]
-        total = total + lossfn(be, Z, Yv[a:b, :], None, wb, denom)
-        if out in ("softmax", "logistic"):
-            if wv is None:
-                hits = hits + be.run(correct_count, Z, Yv[a:b, :], out)
-            else:
-                preds.append(be.to_numpy(Z).copy())
-        else:
-            preds.append(be.to_numpy(model.output.forward(be, Z, out=Z)).copy())
-    logs = {"val_loss": be.to_float(total)}
-    if out in ("softmax", "logistic"):
-        if wv is None:
-            logs["val_accuracy"] = be.to_float(hits) / n
-        else:
-            Z = np.concatenate(preds)
-            if out == "softmax":
-                match = Z.argmax(1) == Yv_host.argmax(1)
-            else:
-                match = ((Z > 0) == (Yv_host > 0.5)).all(1)
-            logs["val_accuracy"] = float(np.average(match, weights=wv_host))
+    shape = getattr(X, "shape", None)
+    if allow_empty and shape is not None and len(shape) == 2 and shape[0] == 0:
+        if shape[1] != model.n_features_in_:
+            raise ValueError(f"{name} has {shape[1]} features, but the model expects {model.n_features_in_}")
+        return None, None, None
+    X = model.check_input(X, name=name)
+    Y = encode_targets(y, model.output.name, model.n_outputs_, X.shape[0])
+    if allow_empty:
+        # A shard's weights may sum to zero (other ranks carry the weight).
+        w = None
+        if sample_weight is not None:
+            w = np.asarray(to_host(sample_weight), dtype=np.float64)
+            if w.shape != (X.shape[0],):
+                raise ValueError(f"sample_weight must have shape ({X.shape[0]},), got {w.shape}")
+            if not (np.isfinite(w).all() and (w >= 0).all()):
+                raise ValueError("sample_weight must be finite and non-negative")
     else:
-        logs["val_r2"] = r2_score(Yv_host, np.concatenate(preds), wv_host)
-    return logs
+        w = check_sample_weight(to_host(sample_weight), X.shape[0])
+    return X, Y, w
+
+
+def _holdout(model: Any, X: Any, Y: np.ndarray | None, w: np.ndarray | None) -> Holdout:
+    """A held-out set moved to the device once (an empty one for a rank without rows)."""
+    if X is None:
+        return Holdout()
+    be = model.backend
+    return Holdout(be.asarray(X, dtype=model.compute_dtype), be.asarray(Y, dtype=model.dtype),
+                   None if w is None else be.asarray(w, dtype=model.dtype))

@@ -94,7 +94,8 @@ def launch(size: int, scenario: str, outdir: Path, timeout: float) -> subprocess
 def run_batch(comm: Any, out: dict[str, Any]) -> None:
     """The exactness, uneven, early-stopping, checkpoint and set-up-failure checks."""
     import mlpx
-    from mlpx.distributed import ModelCheckpoint, RankFailedError, load_checkpoint, shard_indices
+    from mlpx.distributed import RankFailedError, shard_indices
+    from mlpx.saving import ModelCheckpoint, load_checkpoint
 
     rank, size = comm.Get_rank(), comm.Get_size()
     X, y, w = make_data()
@@ -201,7 +202,7 @@ def run_fail_step(comm: Any) -> None:
     X, y, _ = make_data()
     model = make_model()
     calls = {"n": 0}
-    original = model._forward_backward
+    original = model.forward_backward
 
     def failing(*args: Any, **kwargs: Any) -> Any:
         calls["n"] += 1
@@ -209,7 +210,7 @@ def run_fail_step(comm: Any) -> None:
             raise ValueError("injected failure on rank 1")
         return original(*args, **kwargs)
 
-    model._forward_backward = failing
+    model.forward_backward = failing
     from mlpx.distributed import shard_indices
 
     idx = shard_indices(len(X), comm.Get_rank(), comm.Get_size())

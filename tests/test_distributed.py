@@ -265,21 +265,22 @@ def test_shard_indices_partition_the_rows(size: int, block: int | None) -> None:
 def test_reducer_contract_on_one_rank() -> None:
     from mpi4py import MPI
 
-    from mlpx.distributed import RankFailedError, make_reducer
+    from mlpx.distributed import LocalReducer, RankFailedError, make_reducer
 
-    red = make_reducer(MPI.COMM_SELF, "cpu")
-    assert (red.rank, red.size, red.is_root) == (0, 1, True)
-    g = np.array([1.0, -2.0, 4.0])
-    loss, denom = red.allreduce_gradients(g, 0.5, 3.0)
-    assert (loss, denom) == (0.5, 3.0)
-    np.testing.assert_array_equal(g, [1.0, -2.0, 4.0])
-    g = np.array([np.nan, 1.0, 2.0])  # contents ignored without rows
-    assert red.allreduce_gradients(g, np.nan, 0.0) == (0.0, 0.0)
-    np.testing.assert_array_equal(g, 0.0)
-    assert red.allreduce_sum([1.5, 2.0]) == [1.5, 2.0]
-    assert red.agree_any(True) and not red.agree_any(False)
-    with pytest.raises(KeyError, match="boom"):
-        red.allreduce_gradients(np.zeros(3), 0.0, 1.0, error=KeyError("boom"))
+    for red in (make_reducer(MPI.COMM_SELF, "cpu"), make_reducer(None, "cpu")):
+        assert (red.rank, red.size, red.is_root) == (0, 1, True)
+        g = np.array([1.0, -2.0, 4.0])
+        assert float(red.allreduce_gradients(g, 0.5)) == 0.5  # a sum over one rank
+        np.testing.assert_array_equal(g, [1.0, -2.0, 4.0])
+        assert red.allreduce_sum([1.5, 2.0]) == [1.5, 2.0]
+        assert red.agree_any(True) and not red.agree_any(False)
+        assert red.allgather("x") == ["x"] and red.bcast(3) == 3 and red.allreduce_max(4) == 4
+        with pytest.raises(KeyError, match="boom"):
+            red.allreduce_gradients(np.zeros(3), 0.0, error=KeyError("boom"))
+        with pytest.raises(KeyError, match="boom"):
+            red.check_errors(KeyError("boom"))
+        red.agree_settings({"lr": 0.1})  # one rank always agrees with itself
+    assert isinstance(make_reducer(None, "cpu"), LocalReducer)
     assert issubclass(RankFailedError, RuntimeError)
 
 
@@ -313,7 +314,7 @@ def test_regression_val_r2_matches_single_process() -> None:
 
 
 def test_checkpoint_round_trip_without_mpi(tmp_path: Path) -> None:
-    from mlpx.distributed import ModelCheckpoint, load_checkpoint
+    from mlpx.saving import ModelCheckpoint, load_checkpoint
 
     X, y, _ = W.make_data()
     straight = W.make_model()

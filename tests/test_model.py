@@ -225,7 +225,7 @@ def test_one_dtype_everywhere(backend, dtype: str) -> None:
     model = mlpx.MLP([4, 5, 3], backend=backend, dtype=dtype, seed=0)
     model.fit(X, y, epochs=1, optimizer="adam")
     want = backend.dtype(dtype)
-    arrays = [model.params, model.grads, model.optimizer_.m, model.optimizer_.v]
+    arrays = [model.params, model.grads, model.optimizer_.state["m"], model.optimizer_.state["v"]]
     arrays += list(model.parameters().values()) + list(model.gradients().values())
     for a in arrays:
         assert a.dtype == want
@@ -321,8 +321,9 @@ def test_sequential_with_trailing_activation_layer() -> None:
     assert model.output.name == "softmax" and len(model.layers) == 3
     assert model.n_features_in_ == 3 and model.n_outputs_ == 2
     assert "Sequential on cpu" in model.summary() and "3->2" in repr(model)
-    with pytest.raises(ValueError, match="at least one layer"):
-        mlpx.Sequential([])
+    empty = mlpx.Sequential([])  # built later, layer by layer (add)
+    with pytest.raises(ValueError, match="no Dense layer"):
+        empty.predict(np.zeros((2, 3)))
     with pytest.raises(TypeError, match="not a layer"):
         mlpx.Sequential([Dense(2, 2), "relu"])
     with pytest.raises(ValueError, match="Dense"):

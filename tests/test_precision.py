@@ -360,7 +360,7 @@ def test_tf32_and_bf16_need_an_ampere_gpu() -> None:
 
 def test_fp16_checkpoint_resumes_with_the_scale_reached(tmp_path) -> None:
     """A resumed fp16 run continues exactly: weights, Adam state and the loss scale."""
-    from mlpx.distributed import ModelCheckpoint, load_checkpoint
+    from mlpx.saving import ModelCheckpoint, load_checkpoint
 
     X, y = _blobs(128)
     kw = dict(batch_size=32, shuffle=False)

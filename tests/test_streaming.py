@@ -1,4 +1,4 @@
-"""Minibatch sources (mlpx.streaming): resident and streamed batches against NumPy.
+"""Minibatch sources (mlpx.data): resident and streamed batches against NumPy.
 
 Every batch is compared with an independent reference, ``X[perm[a:b]]`` computed by
 NumPy fancy indexing and ``astype``. The streamed path's GPU synchronisation (events
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mlpx.backends import NumpyBackend, get_backend
-from mlpx.streaming import ResidentBatches, StreamedBatches, make_batches, resident_nbytes
+from mlpx.data import ResidentBatches, StreamedBatches, make_batches, resident_nbytes
 
 CLASSES = [pytest.param(ResidentBatches, id="resident"), pytest.param(StreamedBatches, id="streamed")]
 
@@ -574,12 +574,21 @@ def test_fit_with_streamed_data_follows_the_resident_path(shuffle, weighted) -> 
     np.testing.assert_array_equal(out[0][1], out[1][1])
 
 
-def test_fit_refuses_streaming_with_comm() -> None:
+def test_streamed_fit_on_one_mpi_rank_equals_plain_streamed_fit() -> None:
+    """Streaming is a batch source like any other: it runs under comm= too."""
     import mlpx
 
-    m = mlpx.MLP([2, 2], seed=0)
-    with pytest.raises(ValueError, match="stream_data"):
-        m.fit(np.zeros((4, 2)), [0, 1, 0, 1], comm=object(), stream_data=True)
+    MPI = pytest.importorskip("mpi4py.MPI", reason='needs mpi4py: pip install "mlpx[mpi]"')
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(41, 5)), rng.integers(0, 3, 41)
+    out = []
+    for comm in (None, MPI.COMM_SELF):
+        m = mlpx.MLP([5, 6, 3], dtype="float64", seed=0)
+        m.fit(X, y, epochs=2, batch_size=8, stream_data=True, comm=comm)
+        out.append(m.get_flat_params())
+    np.testing.assert_array_equal(out[0], out[1])
+    with pytest.raises(TypeError, match="comm must be"):
+        mlpx.MLP([2, 2], seed=0).fit(np.zeros((4, 2)), [0, 1, 0, 1], comm=object(), stream_data=True)
 
 
 @pytest.mark.gpu

@@ -1,147 +1,63 @@
-"""scikit-learn compatible estimators: ``MLPClassifier`` and ``MLPRegressor``.
+"""What :class:`MLPClassifier` and :class:`MLPRegressor` share.
 
-Drop-in replacements for :class:`sklearn.neural_network.MLPClassifier` and
-:class:`sklearn.neural_network.MLPRegressor` (scikit-learn 1.9): the same
-constructor parameters, defaults, methods and fitted attributes, and the same
-mathematics, plus two parameters:
+The estimators are scikit-learn 1.9's ``MLPClassifier``/``MLPRegressor`` (same
+parameters, defaults, fitted attributes and mathematics) on an mlpx network, plus
+``backend`` and ``dtype`` and ``comm`` for data-parallel training.
 
-``backend``
-    ``"cpu"`` (default, NumPy + BLAS; ``"cpu:mkl"`` / ``"cpu:blis"`` for another
-    BLAS), ``"gpu"`` / ``"gpu:N"`` (CuPy + cuBLAS),
-    ``"auto"`` (GPU when usable) or a :class:`mlpx.backends.Backend` instance. It is
-    resolved at ``fit``, not at construction, so ``clone``/``get_params`` work on a
-    machine without a GPU; ``fit`` then raises the backend layer's
-    :class:`~mlpx.backends.BackendUnavailableError`.
-``dtype``
-    ``None`` (default): float32 when ``X`` is float32 on any backend; otherwise
-    float64 on the CPU (as scikit-learn computes) and float32 on the GPU. Or
-    ``"float32"`` / ``"float64"`` explicitly. Fixed at the first fit.
-
-How the work is done
---------------------
-* The network is an engine :class:`~mlpx.model.Sequential` of
-  :class:`~mlpx.layers.Dense` layers on the backend. Its flat parameter buffer
-  (all weights, then all biases) has exactly the layout of scikit-learn's packed
-  ``coefs_ + intercepts_`` vector.
-* Initial weights are drawn from scikit-learn's ``RandomState`` in its order
-  (layer by layer, W then b, Glorot bound with factor 2 for a logistic hidden
-  activation on *every* layer, as scikit-learn does), then moved once. Minibatch
-  order (``sklearn.utils.shuffle`` of the index vector every epoch) and the
-  early-stopping split (``train_test_split``, stratified for single-output
-  classifiers) draw from the same generator in the same order, so a float64 CPU
-  fit follows scikit-learn's to rounding.
-* SGD (momentum / Nesterov, constant / invscaling / adaptive learning rate) and
-  Adam are the engine optimizers, whose update rules are scikit-learn's.
-* ``fit`` moves the data to the backend once; every epoch moves one index vector;
-  minibatches are gathered on the device into buffers allocated once; the loss is
-  summed on the device and read back once per epoch.
-* Sparse ``X`` (CSR/CSC) stays sparse on the backend (``scipy.sparse`` on the CPU,
-  ``cupyx.scipy.sparse`` on the GPU): each minibatch's rows are sliced from the
-  sparse matrix and densified on the device (``batch_size x n_features``), and
-  prediction / L-BFGS work through row chunks the same way, so memory stays
-  bounded by the chunk size rather than the dense data set.
-* L-BFGS runs ``scipy.optimize.minimize(method="L-BFGS-B")`` with the arguments
-  scikit-learn passes. SciPy works on host arrays, so on every function evaluation
-  the parameter vector is copied to the backend and the loss and gradient are
-  copied back (one transfer of ``n_params`` values each way); the forward and
-  backward passes themselves run on the backend.
-* ``coefs_`` and ``intercepts_`` are host NumPy arrays. They are copied from the
-  device at the end of every ``fit``/``partial_fit`` and copied to the device at
-  the start of every ``fit``/``partial_fit``/``predict``, so assigning them (or
-  editing them in place) takes effect exactly.
-
-Data-parallel training (``comm``)
---------------------------------
-``fit(X, y, sample_weight=None, comm=None)`` and ``partial_fit(..., comm=None)``
-take an mpi4py communicator, ``"mpi"`` (``MPI.COMM_WORLD``) or ``"nccl"`` (CuPy's
-NCCL over MPI, model on :func:`mlpx.distributed.local_gpu_backend`). Launch
-``mpirun -n K python train.py``; every rank builds the same estimator and passes
-its own shard. Without ``comm`` nothing changes (the scikit-learn signature).
-
-* Rank 0's initial weights (or, with ``warm_start`` / ``partial_fit``, its
-  ``coefs_``) are broadcast; every rank ends with identical fitted attributes.
-* ``batch_size`` is *per rank* (``"auto"``: ``min(200, shard rows)``). Each step,
-  every rank computes the gradient of its minibatch normalised by its own rows (or
-  Σ sample weights) ``d_r``; one all-reduce gives ``Σ d_r g_r / Σ d_r``, the
-  ``alpha`` term is added after it with ``Σ d_r``, and every rank steps the
-  optimizer. Steps per epoch are the maximum over ranks; a rank whose rows have
-  run out contributes ``d_r = 0``. With block shards
-  (:func:`mlpx.distributed.shard_indices` with ``block=b``) and ``shuffle=False``,
-  K ranks with ``batch_size=b`` train exactly like one process with ``K·b``.
-  With ``shuffle=True`` each rank shuffles its own shard every epoch.
-* ``loss_curve_``, ``t_`` (samples seen over all ranks), the ``tol`` /
-  ``n_iter_no_change`` rule, the adaptive learning-rate division and early
-  stopping use global numbers; rank 0's epoch loss and validation score are
-  broadcast so every rank takes the same decision and no rank stops alone.
-* ``early_stopping``: each rank splits its own shard (``validation_fraction``,
-  drawn from ``random_state``, stratified as scikit-learn does); the score is the
-  accuracy / R² of all ranks' validation rows together, from summed statistics
-  (``Σ w·correct``, ``Σ w``; for R² two passes: weighted mean, then the sums of
-  squares). The best weights are restored on every rank.
-* ``classes_`` (classifier) is the union of every rank's labels (of every rank's
-  ``classes`` in ``partial_fit``), so a shard that lacks a class builds the same
-  output layer. Ranks whose shards imply different networks (features, outputs,
-  dtype) are refused with one error on every rank.
-* ``solver="lbfgs"`` is supported: each SciPy evaluation computes the shard's
-  loss and gradient, one all-reduce makes them global (L2 added after it), so
-  every rank hands SciPy identical numbers and runs identical iterations.
-* Failures: an exception on one rank before or during training (bad shard, out
-  of memory) is raised on every rank at the next collective (that rank its own,
-  the others :class:`mlpx.distributed.RankFailedError`), instead of a hang.
-  Ctrl-C is left to the MPI launcher. Every rank needs at least one row (the
-  input checks are scikit-learn's). Only rank 0 prints when ``verbose``;
-  warnings are raised on every rank.
-
-Loss scaling follows scikit-learn: mean loss over samples (``Σ w_i l_i / Σ w_i``
-with sample weights), plus ``alpha/2 · Σ‖W‖² / n`` (``n`` replaced by ``Σ w_i``),
-and the squared-error loss divided by ``n_outputs`` (its gradient is not).
+* The network is an engine :class:`~mlpx.model.Sequential` whose flat parameter
+  buffer (all weights, then all biases) has the layout of scikit-learn's packed
+  ``coefs_ + intercepts_``. Initial weights, minibatch order and the
+  early-stopping split draw from scikit-learn's ``RandomState`` in its order, so a
+  float64 CPU fit follows scikit-learn's to rounding.
+* SGD and Adam train through the one training loop of mlpx
+  (:func:`mlpx.training.train`); scikit-learn's policy is parameters and a
+  callback of that loop (:class:`_Policy`): its loss curve (rows-weighted, the
+  squared error averaged over outputs), ``tol``/``n_iter_no_change``, early
+  stopping on the validation score, its warnings. The optimizer owns its rate
+  policy (``invscaling``, ``adaptive``: :mod:`mlpx.schedules`).
+* L-BFGS keeps SciPy's driver; each evaluation is the model's forward/backward
+  pass, the reducer's all-reduce and the L2 term.
+* ``coefs_``/``intercepts_`` are host arrays, copied from the device at the end of
+  every fit and to it whenever they changed, so assigning them (or the other fitted
+  attributes, as scikit-learn's own tests do) takes effect.
+* ``comm``: every rank passes its shard; the settings must agree on every rank;
+  ``batch_size`` is per rank; the loss, the stopping rules, the validation score
+  and ``classes_`` are global. See :mod:`mlpx.distributed`.
 """
 
 from __future__ import annotations
 
-import math
+import threading
 import warnings
 from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 import scipy.optimize
-import scipy.sparse as sp
 from sklearn.base import BaseEstimator, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
-from sklearn.utils import check_random_state, gen_batches
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.multiclass import unique_labels
 from sklearn.utils.validation import _check_sample_weight, validate_data
 
-from mlpx.estimators._runtime import (
-    _agreed,
-    _DeviceData,
-    _Dist,
-    _global_step_rows,
-    _r2_from_sums,
-    _glorot_draws,
-    _is_device_array,
-    _is_sparse_device,
-    _rows,
-    _Runtime,
-    _densify,
-    _sparse_to_backend,
-    _to_host,
-)
 from mlpx.backends import Backend, get_backend
-from mlpx.losses import get_loss
+from mlpx.callbacks import Callback
+from mlpx.data import densify, is_device_array, is_sparse, make_batches, sparse_to_backend, take_host_rows, to_host
+from mlpx.distributed import Reducer, make_reducer
+from mlpx.estimators._runtime import Runtime, glorot_draws
+from mlpx.metrics import holdout_scores, iter_chunks
+from mlpx.model import PREDICT_CHUNK
 from mlpx.optimizers import SGD, Adam, Optimizer
+from mlpx.schedules import Adaptive, InverseScaling
+from mlpx.training import Holdout, train
 
 __all__: list[str] = []
 
 Array = Any
 _STOCHASTIC_SOLVERS = ("sgd", "adam")
-_CHUNK = 8192  # rows per forward pass in predict / full-batch L-BFGS with sparse X
-# The loss paired with each output activation (its canonical link).
-_OUTPUT_LOSS = {"softmax": "cross_entropy", "logistic": "binary_cross_entropy",
-                "identity": "squared_error", "exp": "poisson"}
+_RUNTIME_LOCK = threading.Lock()
 
 
 def _union_labels(infos: list[tuple[bool, Any]]) -> np.ndarray | None:
@@ -160,7 +76,63 @@ def _union_labels(infos: list[tuple[bool, Any]]) -> np.ndarray | None:
     return unique_labels(*[labels for _, labels in infos])
 
 
-# ------------------------------------------------------------------- base
+class _Policy(Callback):
+    """scikit-learn's bookkeeping at the end of every epoch, as a callback of the loop."""
+
+    def __init__(self, est: "_BaseMLP", rt: Runtime, optimizer: Optimizer, early_stopping: bool,
+                 talk: bool, incremental: bool) -> None:
+        self.est, self.rt, self.optimizer = est, rt, optimizer
+        self.early_stopping, self.talk, self.incremental = early_stopping, talk, incremental
+
+    def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> None:
+        est = self.est
+        est.n_iter_ += 1
+        est.loss_ = logs["loss"]
+        est.t_ = model.samples_seen_
+        est.loss_curve_.append(est.loss_)
+        if self.talk and est.verbose:
+            print("Iteration %d, loss = %.8f" % (est.n_iter_, est.loss_))
+        self._update_no_improvement_count(logs)
+        if est._no_improvement_count > est.n_iter_no_change:
+            what = "Validation score" if self.early_stopping else "Training loss"
+            msg = "%s did not improve more than tol=%f for %d consecutive epochs." % (
+                what, est.tol, est.n_iter_no_change)
+            if self.optimizer.trigger_stopping(msg, bool(est.verbose) and self.talk):
+                model.stop_training = True
+                return
+            est._no_improvement_count = 0
+        if self.incremental:
+            return
+        if est.n_iter_ == est.max_iter:
+            warnings.warn(
+                "Stochastic Optimizer: Maximum iterations (%d) reached and the optimization "
+                "hasn't converged yet." % est.max_iter,
+                ConvergenceWarning,
+            )
+
+    def _update_no_improvement_count(self, logs: dict[str, float]) -> None:
+        est = self.est
+        if self.early_stopping:
+            score = logs["val_accuracy"] if "val_accuracy" in logs else logs["val_r2"]
+            est.validation_scores_.append(score)
+            if self.talk and est.verbose:
+                print("Validation score: %f" % score)
+            if score < est.best_validation_score_ + est.tol:
+                est._no_improvement_count += 1
+            else:
+                est._no_improvement_count = 0
+            if score > est.best_validation_score_:
+                est.best_validation_score_ = score
+                self.rt.keep_best()
+        else:
+            if est.loss_curve_[-1] > est.best_loss_ - est.tol:
+                est._no_improvement_count += 1
+            else:
+                est._no_improvement_count = 0
+            if est.loss_curve_[-1] < est.best_loss_:
+                est.best_loss_ = est.loss_curve_[-1]
+
+
 class _BaseMLP(BaseEstimator):
     """Shared machinery of :class:`MLPClassifier` and :class:`MLPRegressor`."""
 
@@ -206,35 +178,51 @@ class _BaseMLP(BaseEstimator):
             return "float32"
         return "float32" if be.is_gpu else "float64"
 
-    def _runtime(self) -> _Runtime:
-        """The device runtime on the backend asked for now (rebuilt after unpickling
-        or after ``set_params(backend=...)``), holding the current ``coefs_``."""
+    def _model_dtype(self) -> str:
+        """The network's dtype: fixed at the first fit, or that of hand-set ``coefs_``."""
+        dtype = getattr(self, "_dtype", None)
+        if dtype is None:
+            if self.dtype is not None:
+                dtype = np.dtype(self.dtype).name
+            else:
+                found = np.result_type(*[np.asarray(c) for c in self.coefs_])
+                dtype = "float32" if found == np.float32 else "float64"
+        return dtype
+
+    def _runtime(self) -> Runtime:
+        """The network on the backend asked for now, holding the current ``coefs_``.
+
+        Rebuilt after unpickling, after ``set_params(backend=...)``, or from fitted
+        attributes assigned by hand; thread-safe.
+        """
         be = self._get_backend()
         rt = getattr(self, "_rt", None)
         if rt is not None and rt.be is be:
+            rt.push(self.coefs_, self.intercepts_)
             return rt
-        state = rt.to_host() if rt is not None else getattr(self, "_rt_host", None) or {}
-        dtype = state.get("dtype") or self._dtype
-        layer_units = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
-        rt = _Runtime(be, dtype, layer_units, self.activation, self.out_activation_)
-        rt.push(self.coefs_, self.intercepts_)
-        rt.restore(state)
-        self._rt, self._rt_host = rt, None
+        with _RUNTIME_LOCK:
+            rt = getattr(self, "_rt", None)
+            if rt is None or rt.be is not be:
+                state = rt.state() if rt is not None else getattr(self, "_rt_host", None) or {}
+                dtype = state.get("dtype") or self._model_dtype()
+                layer_units = [self.coefs_[0].shape[0]] + [np.shape(c)[1] for c in self.coefs_]
+                rt = Runtime(be, dtype, layer_units, self.activation, self.out_activation_)
+                rt.push(self.coefs_, self.intercepts_)
+                rt.restore(state)
+                self._rt, self._rt_host = rt, None
+        rt.push(self.coefs_, self.intercepts_)  # assigned or edited in place since
         return rt
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())  # a copy: the live estimator keeps its runtime
         rt = state.pop("_rt", None)
         if rt is not None:
-            state["_rt_host"] = rt.to_host()
+            state["_rt_host"] = rt.state()
         return state
-
-    def _loss_fn(self) -> Any:
-        return get_loss(_OUTPUT_LOSS[self.out_activation_])
 
     # ----------------------------------------------------- input checking
     def _validate_X_predict(self, X: Any) -> Any:
-        if _is_device_array(X):
+        if is_device_array(X):
             return self._check_device_X(X, reset=False)
         return validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
 
@@ -248,7 +236,7 @@ class _BaseMLP(BaseEstimator):
 
         if X.dtype.kind != "f":
             X = X.astype(np.float64)
-        values = X.data if _is_sparse_device(X) else X
+        values = X.data if is_sparse(X) else X
         if not bool(cupy.isfinite(values).all()):  # one synchronisation per call
             raise ValueError("Input X contains NaN or infinity.")
         if reset:
@@ -263,10 +251,10 @@ class _BaseMLP(BaseEstimator):
         return X
 
     def _validate_Xy(self, X: Any, y: Any, reset: bool, y_numeric: bool) -> tuple[Any, Any]:
-        y = _to_host(y)  # targets are small; label encoding happens on the host
-        if _is_device_array(X):
+        y = to_host(y)  # targets are small; label encoding happens on the host
+        if is_device_array(X):
             X = self._check_device_X(X, reset=reset)
-            y = np.asarray(_to_host(y))
+            y = np.asarray(to_host(y))
             if y.shape[0] != X.shape[0]:
                 raise ValueError(
                     f"Found input variables with inconsistent numbers of samples: "
@@ -293,40 +281,37 @@ class _BaseMLP(BaseEstimator):
 
         # BackendUnavailableError here (not at construction), before any fitted state is set
         be = self._get_backend()
-        dist = comm if isinstance(comm, _Dist) or comm is None else _Dist(comm, be)
-        X, y = self._validate_input(X, y, incremental, reset=first_pass, dist=dist)
+        reducer = make_reducer(comm, be)
+        if reducer.backend.name != be.name:
+            raise ValueError(
+                f"the communicator's reducer works on {reducer.backend.name}, the estimator on {be.name}"
+            )
+        X, y = self._validate_input(X, y, incremental, reset=first_pass, reducer=reducer)
         # Everything up to the first collective is local: a failure on one rank is
         # agreed (raised on every rank) instead of leaving the others waiting.
-        X, y, sample_weight, rt = _agreed(
-            dist, "setting up the network", self._prepare, be, X, y, sample_weight,
-            hidden_layer_sizes, first_pass,
+        X, y, sample_weight, rt = reducer.agreed(
+            "setting up the network", self._prepare, be, X, y, sample_weight, hidden_layer_sizes,
+            first_pass,
         )
-        if dist is not None:
-            # The buffers all-reduced below must have one layout on every rank.
-            shapes = dist.allgather(([c.shape for c in self.coefs_], rt.dtype))
-            if any(s != shapes[0] for s in shapes[1:]):
-                raise ValueError(
-                    "with comm, every rank must build the same network (features, outputs, "
-                    f"dtype); per rank (coefs_ shapes, dtype): {shapes}"
-                )
+        if reducer.size > 1:
+            reducer.agree_settings(self._fingerprint(rt, incremental))
 
         if self.solver in _STOCHASTIC_SOLVERS:
             rows = 200 if self.batch_size == "auto" else int(self.batch_size)
         else:
-            rows = _CHUNK  # L-BFGS evaluates the loss in chunks of this many rows
+            rows = PREDICT_CHUNK  # L-BFGS evaluates the loss in chunks of this many rows
         threads = be.blas_threads(rt.model.gemm_flops(min(rows, X.shape[0])))
         with be.activated(), threads, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            if dist is not None:
+            if reducer.size > 1:
                 # Rank 0's weights (initial draw, or coefs_ as rank 0 holds them) everywhere.
-                dist.reducer.broadcast_params(rt.model.params)
-                if first_pass:
-                    be.copy(rt.model.params, rt.best)
+                with rt.model.parameter_lock.write():
+                    reducer.broadcast_params(rt.model.params)
+            if first_pass:
+                rt.keep_best()
             if self.solver not in _STOCHASTIC_SOLVERS:
-                self._fit_lbfgs(rt, X, y, sample_weight, dist)
-            elif dist is not None:
-                self._fit_stochastic_dist(rt, X, y, sample_weight, incremental, dist)
+                self._fit_lbfgs(rt, X, y, sample_weight, reducer)
             else:
-                self._fit_stochastic(rt, X, y, sample_weight, incremental)
+                self._fit_stochastic(rt, X, y, sample_weight, incremental, reducer)
         self.coefs_, self.intercepts_ = rt.pull()
         if not all(np.isfinite(w).all() for w in self.coefs_ + self.intercepts_):
             raise ValueError(
@@ -335,14 +320,27 @@ class _BaseMLP(BaseEstimator):
             )
         return self
 
+    def _fingerprint(self, rt: Runtime, incremental: bool) -> dict[str, Any]:
+        """The settings every rank must share (random_state and verbose may differ)."""
+        params = {k: v for k, v in self.get_params().items()
+                  if k not in ("backend", "verbose", "random_state")}
+        return {
+            **{f"param {k}": v for k, v in params.items()},
+            "call": "partial_fit" if incremental else "fit",
+            "layers": [list(np.shape(c)) for c in self.coefs_],
+            "dtype": rt.dtype,
+            "out_activation": self.out_activation_,
+            "t_": int(getattr(self, "t_", 0)),
+        }
+
     def _prepare(self, be: Backend, X: Any, y: np.ndarray, sample_weight: Any,
-                 hidden_layer_sizes: list[int], first_pass: bool) -> tuple[Any, np.ndarray, Any, _Runtime]:
+                 hidden_layer_sizes: list[int], first_pass: bool) -> tuple[Any, np.ndarray, Any, Runtime]:
         """Check ``sample_weight``, build (or check) the network; the local part of ``_fit``."""
         if sample_weight is not None:
-            host_X = X if not _is_device_array(X) else np.empty((X.shape[0], 0), np.float64)
+            host_X = X if not is_device_array(X) else np.empty((X.shape[0], 0), np.float64)
             sample_weight = _check_sample_weight(
-                _to_host(sample_weight), host_X,
-                dtype=None if not _is_device_array(X) else np.float64,
+                to_host(sample_weight), host_X,
+                dtype=None if not is_device_array(X) else np.float64,
             )
         if y.ndim == 1:
             y = y.reshape((-1, 1))
@@ -354,14 +352,15 @@ class _BaseMLP(BaseEstimator):
             self._initialize(be, X, y, layer_units)
             rt = self._rt
         else:
-            units = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
+            units = [self.coefs_[0].shape[0]] + [np.shape(c)[1] for c in self.coefs_]
             if units != layer_units:
                 raise ValueError(
                     f"warm_start/partial_fit: the network has layer sizes {units} but this "
                     f"call needs {layer_units} (hidden_layer_sizes or the targets changed)"
                 )
             rt = self._runtime()
-            rt.push(self.coefs_, self.intercepts_)
+            self._ensure_fit_state()
+        _check_dtype_range(X, rt.dtype)
         return X, y, sample_weight, rt
 
     def _initialize(self, be: Backend, X: Any, y: np.ndarray, layer_units: list[int]) -> None:
@@ -376,15 +375,12 @@ class _BaseMLP(BaseEstimator):
         else:
             self.out_activation_ = "logistic"
         self._dtype = self._resolve_dtype(be, X)
-        coefs, intercepts = _glorot_draws(self._random_state, layer_units, self.activation)
+        coefs, intercepts = glorot_draws(self._random_state, layer_units, self.activation)
         self.coefs_ = [c.astype(self._dtype) for c in coefs]
         self.intercepts_ = [b.astype(self._dtype) for b in intercepts]
         self._rt_host = None
-        rt = self._rt = _Runtime(be, self._dtype, layer_units, self.activation, self.out_activation_)
-        rt.push(self.coefs_, self.intercepts_)
-        rt.best = be.zeros(rt.model.n_params, self._dtype)
-        be.copy(rt.model.params, rt.best)
-
+        self._rt = Runtime(be, self._dtype, layer_units, self.activation, self.out_activation_)
+        self._rt.push(self.coefs_, self.intercepts_)
         if self.solver in _STOCHASTIC_SOLVERS:
             self.loss_curve_ = []
             self._no_improvement_count = 0
@@ -397,432 +393,194 @@ class _BaseMLP(BaseEstimator):
                 self.validation_scores_ = None
                 self.best_validation_score_ = None
 
-    def _step_loss(self, rt: _Runtime, Xb: Array, Yb: Array, wb: Array | None, denom: float,
-                   lossfn: Any, scale: float) -> Array:
-        """One forward/backward pass; fills the gradient buffer; returns the 0-d loss."""
+    def _ensure_fit_state(self) -> None:
+        """Defaults for the bookkeeping attributes a hand-built estimator may lack."""
+        if not hasattr(self, "n_iter_"):
+            self.n_iter_ = 0
+        if not hasattr(self, "t_"):
+            self.t_ = 0
+        if not hasattr(self, "n_layers_"):
+            self.n_layers_ = len(self.coefs_) + 1
+        if self.solver in _STOCHASTIC_SOLVERS:
+            if getattr(self, "loss_curve_", None) is None:
+                self.loss_curve_ = []
+            if not hasattr(self, "_no_improvement_count"):
+                self._no_improvement_count = 0
+            if self.early_stopping:
+                if getattr(self, "validation_scores_", None) is None:
+                    self.validation_scores_ = []
+                if getattr(self, "best_validation_score_", None) is None:
+                    self.best_validation_score_ = -np.inf
+            elif getattr(self, "best_loss_", None) is None:
+                self.best_loss_ = np.inf
+
+    def _optimizer(self, rt: Runtime, incremental: bool) -> Optimizer:
+        """The solver's optimizer (kept across partial_fit calls), bound to the network.
+
+        The optimizer owns scikit-learn's rate policy: ``invscaling`` and
+        ``adaptive`` are its schedule (:mod:`mlpx.schedules`).
+        """
         model = rt.model
-        value = model._forward_backward(Xb, Yb, lossfn, wb, denom)
-        if scale != 1.0:
-            value = value * scale  # scikit-learn's squared loss is averaged over outputs
-        if self.alpha:
-            value = value + model._add_l2(self.alpha, denom)
-        return value
+        if not incremental or rt.optimizer is None:
+            if self.solver == "sgd":
+                schedule = {"constant": None, "invscaling": InverseScaling(float(self.power_t)),
+                            "adaptive": Adaptive()}[self.learning_rate]
+                rt.optimizer = SGD(lr=float(self.learning_rate_init), momentum=float(self.momentum),
+                                   nesterov=self.nesterovs_momentum, schedule=schedule)
+            else:
+                rt.optimizer = Adam(lr=float(self.learning_rate_init), beta_1=float(self.beta_1),
+                                    beta_2=float(self.beta_2), epsilon=float(self.epsilon))
+        rt.optimizer.bind(rt.be, model.params, model.grads, model.n_weights)
+        return rt.optimizer
 
-    def _fit_stochastic(self, rt: _Runtime, X: Any, y: np.ndarray, sample_weight: Any,
-                        incremental: bool) -> None:
-        be, model = rt.be, rt.model
-        opt = self._bind_optimizer(rt, incremental)
+    def _batch_size(self, n: int) -> int:
+        if self.batch_size == "auto":
+            return min(200, n)
+        if self.batch_size > n:
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
+        return int(np.clip(self.batch_size, 1, n))
 
+    def _split(self, rt: Runtime, X: Any, y: np.ndarray, sample_weight: Any) -> tuple[Any, ...]:
+        """This rank's training rows and early-stopping holdout (with the same draws
+        ``train_test_split`` makes on ``(X, y)``, stratified for single-output classifiers)."""
+        if not self.early_stopping:
+            return X, y, sample_weight, None
+        stratify = y if (is_classifier(self) and self.n_outputs_ == 1) else None
+        train_idx, val_idx = train_test_split(
+            np.arange(X.shape[0]), random_state=self._random_state,
+            test_size=self.validation_fraction, stratify=stratify,
+        )
+        Xv = take_host_rows(X, val_idx)
+        holdout = self._holdout(rt, Xv, np.asarray(y[val_idx], dtype=np.float64),
+                                None if sample_weight is None else sample_weight[val_idx])
+        return (take_host_rows(X, train_idx), y[train_idx],
+                None if sample_weight is None else sample_weight[train_idx], holdout)
+
+    @staticmethod
+    def _holdout(rt: Runtime, X: Any, Y: np.ndarray, w: np.ndarray | None) -> Holdout:
+        """A held-out set on the device: sparse X stays sparse, densified per chunk."""
+        be, dtype = rt.be, rt.dtype
+        if X is None or X.shape[0] == 0:
+            return Holdout()
+        Yd = be.asarray(Y, dtype=dtype)
+        wd = None if w is None else be.asarray(np.asarray(w, dtype=np.float64), dtype=dtype)
+        if is_sparse(X):
+            return Holdout(sparse_to_backend(be, X, dtype), Yd, wd, dense=lambda rows: densify(be, rows, dtype))
+        return Holdout(be.asarray(X, dtype=dtype), Yd, wd)
+
+    def _fit_stochastic(self, rt: Runtime, X: Any, y: np.ndarray, sample_weight: Any,
+                        incremental: bool, reducer: Reducer) -> None:
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
-        early_stopping = self.early_stopping
-        n_all = X.shape[0]
-        if early_stopping:
-            # Split indices with the same draws train_test_split makes on (X, y).
-            stratify = y if (is_classifier(self) and self.n_outputs_ == 1) else None
-            train_idx, val_idx = train_test_split(
-                np.arange(n_all), random_state=self._random_state,
-                test_size=self.validation_fraction, stratify=stratify,
-            )
-            if val_idx.shape[0] < 2:
+        opt = reducer.agreed("binding the optimizer", self._optimizer, rt, incremental)
+        X_train, y_train, sw_train, holdout = reducer.agreed(
+            "splitting the shard", self._split, rt, X, y, sample_weight)
+        if self.early_stopping:
+            n_val = reducer.allreduce_sum([0.0 if holdout.X is None else float(holdout.X.shape[0])])[0]
+            if n_val < 2:
                 raise ValueError(
                     "The validation set is too small. Increase 'validation_fraction' "
                     "or the size of your dataset."
                 )
-            X_train, X_val = _rows(X, train_idx), _rows(X, val_idx)
-            y_train, y_val = y[train_idx], y[val_idx]
-            sw_train = None if sample_weight is None else sample_weight[train_idx]
-            sw_val = None if sample_weight is None else sample_weight[val_idx]
-            if is_classifier(self):
-                y_val = self._label_binarizer.inverse_transform(y_val)
-        else:
-            X_train, y_train, sw_train = X, y, sample_weight
-            X_val = y_val = sw_val = None
-
-        data = _DeviceData(be, rt.dtype, X_train, y_train, sw_train)
-        val_X = None if X_val is None else self._device_X(be, rt.dtype, X_val)
-        n_samples = data.n
-        sample_idx = np.arange(n_samples, dtype=int)
-        identity, order, perm = sample_idx.copy(), np.empty_like(sample_idx), np.empty_like(sample_idx)
-        if self.batch_size == "auto":
-            batch_size = min(200, n_samples)
-        else:
-            if self.batch_size > n_samples:
-                warnings.warn(
-                    "Got `batch_size` less than 1 or larger than "
-                    "sample size. It is going to be clipped"
-                )
-            batch_size = int(np.clip(self.batch_size, 1, n_samples))
-        batches = [(s.start, s.stop) for s in gen_batches(n_samples, batch_size)]
-        lossfn = self._loss_fn()
-        scale = 1.0 / self.n_outputs_ if self.out_activation_ == "identity" else 1.0
-        sgd = isinstance(opt, SGD)
-
-        try:
-            self.n_iter_ = 0
-            for _ in range(self.max_iter):
-                if self.shuffle:
-                    # sklearn.utils.shuffle(sample_idx, random_state) draws exactly this
-                    # (arange, RandomState.shuffle, gather) without its validation overhead.
-                    np.copyto(perm, identity)
-                    self._random_state.shuffle(perm)
-                    np.take(sample_idx, perm, out=order)
-                    sample_idx, order = order, sample_idx
-                    data.set_order(sample_idx)
-                total = None
-                for a, b in batches:
-                    Xb, Yb, wb = data.batch(a, b)
-                    value = self._step_loss(rt, Xb, Yb, wb, data.denom(a, b), lossfn, scale)
-                    opt.step()
-                    # Summed on the device (no synchronisation); read once per epoch.
-                    term = value * (b - a)
-                    total = term if total is None else total + term
-                self.n_iter_ += 1
-                self.loss_ = be.to_float(total) / n_samples
-                self.t_ += n_samples
-                self.loss_curve_.append(self.loss_)
-                if self.verbose:
-                    print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
-
-                self._update_no_improvement_count(rt, early_stopping, val_X, y_val, sw_val)
-                if sgd and self.learning_rate == "invscaling":
-                    opt.lr = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
-
-                if self._no_improvement_count > self.n_iter_no_change:
-                    if early_stopping:
-                        msg = ("Validation score did not improve more than tol=%f for %d "
-                               "consecutive epochs." % (self.tol, self.n_iter_no_change))
-                    else:
-                        msg = ("Training loss did not improve more than tol=%f for %d "
-                               "consecutive epochs." % (self.tol, self.n_iter_no_change))
-                    if self._trigger_stopping(opt, msg):
-                        break
-                    self._no_improvement_count = 0
-
-                if incremental:
-                    break
-                if self.n_iter_ == self.max_iter:
-                    warnings.warn(
-                        "Stochastic Optimizer: Maximum iterations (%d) reached and the "
-                        "optimization hasn't converged yet." % self.max_iter,
-                        ConvergenceWarning,
-                    )
-        except KeyboardInterrupt:
-            warnings.warn("Training interrupted by user.")
-
-        if early_stopping:
-            be.copy(rt.best, model.params)  # restore the best weights
-
-    # ------------------------------------------------------ data parallel
-    def _fit_stochastic_dist(self, rt: _Runtime, X: Any, y: np.ndarray, sample_weight: Any,
-                             incremental: bool, dist: _Dist) -> None:
-        """``_fit_stochastic`` across ranks: each rank holds a shard, weights stay identical.
-
-        Each step every rank runs forward/backward on its own minibatch (``batch_size``
-        rows *per rank*), one all-reduce combines the gradients weighted by each
-        rank's rows (or Σ sample weights), the L2 term is added with the global
-        denominator, and every rank applies the same update. Steps per epoch are the
-        maximum over ranks; a rank whose rows have run out contributes nothing.
-        The epoch loss, the validation score (from summed sufficient statistics over
-        the ranks' validation rows) and so every stopping decision are global.
-        """
-        be, model, reducer = rt.be, rt.model, dist.reducer
-        if self.early_stopping and incremental:
-            raise ValueError("partial_fit does not support early_stopping=True")
-        early_stopping = self.early_stopping
-        opt, data, val, batch_size = dist.agreed(
-            "splitting the shard", self._local_shard, rt, X, y, sample_weight, incremental,
-        )
-        X_val, y_val, sw_val = val
-        n_val = 0 if X_val is None else X_val.shape[0]
-        sizes = dist.allgather((data.n, batch_size, n_val))
-        if early_stopping and sum(s[2] for s in sizes) < 2:
-            raise ValueError(
-                "The validation set is too small. Increase 'validation_fraction' "
-                "or the size of your dataset."
-            )
-        step_rows = _global_step_rows([(s[0], s[1]) for s in sizes])
-        n_samples = sum(s[0] for s in sizes)  # training rows over all ranks
-        n = data.n
-        sample_idx = np.arange(n, dtype=int)
-        identity, order, perm = sample_idx.copy(), np.empty_like(sample_idx), np.empty_like(sample_idx)
-        lossfn = self._loss_fn()
-        scale = 1.0 / self.n_outputs_ if self.out_activation_ == "identity" else 1.0
-        sgd = isinstance(opt, SGD)
-        talk = bool(self.verbose) and dist.is_root
-        pending: BaseException | None = None
-
+        source, order = reducer.agreed("moving the shard", self._source, rt, X_train, y_train, sw_train)
+        rt.model.samples_seen_ = int(self.t_)
+        policy = _Policy(self, rt, opt, self.early_stopping, reducer.is_root, incremental)
         self.n_iter_ = 0
-        for _ in range(self.max_iter):
-            where = f"epoch {self.n_iter_ + 1}"
-            if self.shuffle:  # each rank shuffles its own shard (same draws as fit)
-                np.copyto(perm, identity)
-                self._random_state.shuffle(perm)
-                np.take(sample_idx, perm, out=order)
-                sample_idx, order = order, sample_idx
-                data.set_order(sample_idx)
-            data_total = 0.0  # host: Σ_steps global data loss · global rows
-            l2_total = None  # device: Σ_steps L2 term · global rows
-            for j, rows in enumerate(step_rows):
-                a, value, d = j * batch_size, 0.0, 0.0
-                if pending is None and a < n:
-                    try:
-                        b = min(a + batch_size, n)
-                        Xb, Yb, wb = data.batch(a, b)
-                        d = data.denom(a, b)
-                        # L2 waits for the global denominator (added after the all-reduce).
-                        value = model._forward_backward(Xb, Yb, lossfn, wb, d if d > 0 else 1.0)
-                        if scale != 1.0:
-                            value = value * scale
-                    except Exception as exc:
-                        pending, d = exc, 0.0
-                gloss, D = reducer.allreduce_gradients(
-                    model.grads, value, d, error=pending, where=f"{where}, step {j + 1}"
-                )
-                if D <= 0:
-                    continue  # no rows (or only zero weights) on any rank: every rank skips
-                try:
-                    if self.alpha:
-                        term = model._add_l2(self.alpha, D) * rows
-                        l2_total = term if l2_total is None else l2_total + term
-                    opt.step()
-                except Exception as exc:  # reported at the next collective
-                    pending = exc
-                data_total += gloss * rows
-
-            def epoch_end() -> float:
-                if pending is not None:
-                    raise pending
-                return 0.0 if l2_total is None else be.to_float(l2_total)
-
-            l2_sum = dist.agreed(where, epoch_end)
-            score = self._score_agreed(rt, dist, X_val, y_val, sw_val) if early_stopping else None
-            # Rank 0's numbers decide for everyone, so no rank can stop alone.
-            loss, score = dist.from_root(((data_total + l2_sum) / n_samples, score))
-            self.n_iter_ += 1
-            self.loss_ = loss
-            self.t_ += n_samples
-            self.loss_curve_.append(self.loss_)
-            if talk:
-                print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
-
-            self._update_no_improvement_count(rt, early_stopping, None, None, None,
-                                              val_score=score, talk=dist.is_root)
-            if sgd and self.learning_rate == "invscaling":
-                opt.lr = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
-
-            if self._no_improvement_count > self.n_iter_no_change:
-                if early_stopping:
-                    msg = ("Validation score did not improve more than tol=%f for %d "
-                           "consecutive epochs." % (self.tol, self.n_iter_no_change))
-                else:
-                    msg = ("Training loss did not improve more than tol=%f for %d "
-                           "consecutive epochs." % (self.tol, self.n_iter_no_change))
-                if self._trigger_stopping(opt, msg, talk=dist.is_root):
-                    break
-                self._no_improvement_count = 0
-
-            if incremental:
-                break
-            if self.n_iter_ == self.max_iter:
-                warnings.warn(
-                    "Stochastic Optimizer: Maximum iterations (%d) reached and the "
-                    "optimization hasn't converged yet." % self.max_iter,
-                    ConvergenceWarning,
-                )
-
-        if early_stopping:
-            be.copy(rt.best, model.params)  # the best (global) weights, identical on every rank
-
-    def _local_shard(self, rt: _Runtime, X: Any, y: np.ndarray, sample_weight: Any,
-                     incremental: bool) -> tuple[Optimizer, _DeviceData, tuple[Any, Any, Any], int]:
-        """This rank's optimizer, training rows on the device, validation split and batch size.
-
-        With early stopping each rank splits its own shard (stratified for
-        single-output classifiers), drawing from ``random_state`` as ``fit`` does.
-        """
-        be = rt.be
-        opt = self._bind_optimizer(rt, incremental)
-        X_val = y_val = sw_val = None
-        X_train, y_train, sw_train = X, y, sample_weight
-        if self.early_stopping:
-            stratify = y if (is_classifier(self) and self.n_outputs_ == 1) else None
-            train_idx, val_idx = train_test_split(
-                np.arange(X.shape[0]), random_state=self._random_state,
-                test_size=self.validation_fraction, stratify=stratify,
+        try:
+            train(
+                rt.model, source, optimizer=opt, loss=rt.loss, reducer=reducer,
+                epochs=1 if incremental else self.max_iter, broadcast=False, l2=float(self.alpha),
+                order=order, callbacks=[policy], holdout=holdout, loss_weights="rows",
+                loss_scale=1.0 / self.n_outputs_ if self.out_activation_ == "identity" else 1.0,
+                raise_on_divergence=False,
             )
-            X_train, X_val = _rows(X, train_idx), _rows(X, val_idx)
-            y_train, y_val = y[train_idx], y[val_idx]
-            sw_train = None if sample_weight is None else sample_weight[train_idx]
-            sw_val = None if sample_weight is None else sample_weight[val_idx]
-            if is_classifier(self):
-                y_val = self._label_binarizer.inverse_transform(y_val)
-            X_val = self._device_X(be, rt.dtype, X_val)
-        data = _DeviceData(be, rt.dtype, X_train, y_train, sw_train)
-        if self.batch_size == "auto":
-            batch_size = min(200, data.n)
-        else:
-            if self.batch_size > data.n:
-                warnings.warn(
-                    "Got `batch_size` less than 1 or larger than "
-                    "sample size. It is going to be clipped"
-                )
-            batch_size = int(np.clip(self.batch_size, 1, data.n))
-        return opt, data, (X_val, y_val, sw_val), batch_size
+        except KeyboardInterrupt:
+            if reducer.size > 1:
+                raise
+            warnings.warn("Training interrupted by user.")
+        if self.early_stopping:
+            rt.model.assign_params(rt.best)  # restore the best weights
 
-    def _score_agreed(self, rt: _Runtime, dist: _Dist, X_val: Any, y_val: Any, sw_val: Any) -> float:
-        """The validation score over every rank's validation rows (collective).
+    def _source(self, rt: Runtime, X: Any, y: np.ndarray, sample_weight: Any) -> tuple[Any, Any]:
+        """This rank's batch source on the device and its minibatch order (scikit-learn's)."""
+        n = X.shape[0]
+        source = make_batches(rt.be, X, np.asarray(y, dtype=np.float64), sample_weight,
+                              self._batch_size(n), rt.dtype, stream=False)
+        if not self.shuffle:
+            return source, None
+        random_state = self._random_state
+        sample_idx = np.arange(n, dtype=int)
+        identity, perm, spare = sample_idx.copy(), np.empty_like(sample_idx), np.empty_like(sample_idx)
+        current = [sample_idx, spare]
 
-        Accuracy is ``Σ w·correct / Σ w``; R² comes from summed statistics in two
-        passes (global weighted mean, then ``Σ w (y - ȳ)²``), as ``r2_score``
-        computes it on the union. NaN when any rank predicts a non-finite value.
-        """
-        def local() -> dict[str, Any]:
-            if X_val is None or X_val.shape[0] == 0:
-                return {"n": 0}
-            y_pred = self._output_to_prediction(self._forward_out(rt, X_val))
-            bad = np.issubdtype(y_pred.dtype, np.floating) and not np.isfinite(y_pred).all()
-            n = y_pred.shape[0]
-            w = np.ones(n) if sw_val is None else np.asarray(sw_val, dtype=np.float64)
-            return {"n": n, "bad": float(bad), "w": w, "pred": np.asarray(y_pred).reshape(n, -1),
-                    "true": np.asarray(y_val).reshape(n, -1)}
+        def order() -> np.ndarray:
+            # sklearn.utils.shuffle(sample_idx, random_state) draws exactly this
+            # (arange, RandomState.shuffle, gather), without its validation overhead.
+            np.copyto(perm, identity)
+            random_state.shuffle(perm)
+            np.take(current[0], perm, out=current[1])
+            current.reverse()
+            return current[0]
 
-        part = dist.agreed("validation score", local)
-        have = part["n"] > 0
-        w = part["w"] if have else np.zeros(0)
-        if is_classifier(self):
-            hits = float(w @ (part["pred"] == part["true"]).all(1)) if have else 0.0
-            bad, wsum, hits = dist.allreduce_sum([part["bad"] if have else 0.0, float(w.sum()), hits])
-            return math.nan if bad > 0 or wsum <= 0 else hits / wsum
-        k = self.n_outputs_
-        T = part["true"].astype(np.float64) if have else np.zeros((0, k))
-        P = part["pred"].astype(np.float64) if have else np.zeros((0, k))
-        sums = dist.allreduce_sum([part["bad"] if have else 0.0, float(w.sum()), *(w @ T),
-                                   *(w @ (T - P) ** 2)])
-        mean = np.asarray(sums[2 : 2 + k]) / sums[1] if sums[1] > 0 else np.zeros(k)
-        ss_res = np.asarray(sums[2 + k :])
-        ss_tot = np.asarray(dist.allreduce_sum(list(w @ (T - mean) ** 2)))  # second pass
-        if sums[0] > 0 or sums[1] <= 0:
-            return math.nan
-        return _r2_from_sums(ss_res, ss_tot)
+        return source, order
 
-    def _bind_optimizer(self, rt: _Runtime, incremental: bool) -> Optimizer:
-        """The solver's optimizer (kept across partial_fit calls), bound to the network."""
-        be, model = rt.be, rt.model
-        if not incremental or rt.optimizer is None:
-            if self.solver == "sgd":
-                opt: Optimizer = SGD(lr=self.learning_rate_init, momentum=0.0,
-                                     nesterov=self.nesterovs_momentum)
-                opt.momentum = float(self.momentum)  # scikit-learn allows momentum=1
-            else:
-                opt = Adam(lr=self.learning_rate_init, beta_1=self.beta_1, beta_2=self.beta_2,
-                           epsilon=self.epsilon)
-            rt.optimizer = opt
-        opt = rt.optimizer
-        opt.bind(be, model.params, model.grads, model.n_weights)
-        return opt
-
-    def _trigger_stopping(self, opt: Optimizer, msg: str, talk: bool = True) -> bool:
-        """scikit-learn's rule: stop, unless SGD with an adaptive rate that can still shrink.
-
-        ``talk``: print when verbose (False on ranks other than 0 in data-parallel fits).
-        """
-        talk = bool(self.verbose) and talk
-        if not (isinstance(opt, SGD) and self.learning_rate == "adaptive"):
-            if talk:
-                print(msg + " Stopping.")
-            return True
-        if opt.lr <= 1e-6:
-            if talk:
-                print(msg + " Learning rate too small. Stopping.")
-            return True
-        opt.lr /= 5.0
-        if talk:
-            print(msg + " Setting learning rate to %f" % opt.lr)
-        return False
-
-    def _update_no_improvement_count(self, rt: _Runtime, early_stopping: bool, X_val: Any,
-                                     y_val: Any, sw_val: Any, val_score: float | None = None,
-                                     talk: bool = True) -> None:
-        """scikit-learn's bookkeeping; ``val_score`` given: the (global) score already agreed."""
-        if early_stopping:
-            if val_score is None:
-                val_score = self._score_device(rt, X_val, y_val, sw_val)
-            self.validation_scores_.append(val_score)
-            if self.verbose and talk:
-                print("Validation score: %f" % self.validation_scores_[-1])
-            last = self.validation_scores_[-1]
-            if last < (self.best_validation_score_ + self.tol):
-                self._no_improvement_count += 1
-            else:
-                self._no_improvement_count = 0
-            if last > self.best_validation_score_:
-                self.best_validation_score_ = last
-                rt.be.copy(rt.model.params, rt.best)  # on the device, no host round trip
-        else:
-            if self.loss_curve_[-1] > self.best_loss_ - self.tol:
-                self._no_improvement_count += 1
-            else:
-                self._no_improvement_count = 0
-            if self.loss_curve_[-1] < self.best_loss_:
-                self.best_loss_ = self.loss_curve_[-1]
-
-    def _fit_lbfgs(self, rt: _Runtime, X: Any, y: np.ndarray, sample_weight: Any,
-                   dist: _Dist | None = None) -> None:
+    def _fit_lbfgs(self, rt: Runtime, X: Any, y: np.ndarray, sample_weight: Any, reducer: Reducer) -> None:
         """SciPy's L-BFGS-B on the full-batch loss.
 
-        With ``dist`` the loss and gradient are global: each rank evaluates its shard,
-        one all-reduce per evaluation combines them (weighted by rows or Σ sample
-        weights) and the L2 term is added with the global denominator, so every rank
-        hands SciPy identical numbers and runs identical iterations.
+        Each evaluation runs every chunk of this rank's rows (one for dense X,
+        ``PREDICT_CHUNK`` rows each for sparse X) through the model's
+        forward/backward pass, one all-reduce combines the ranks, and the L2 term is
+        added with the global denominator: every rank hands SciPy identical numbers.
         """
         be, model = rt.be, rt.model
-        data = _agreed(dist, "moving the shard", _DeviceData, be, rt.dtype, X, y, sample_weight)
-        n = data.n
-        denom = float(n) if sample_weight is None else float(sample_weight.sum())
-        lossfn = self._loss_fn()
-        scale = 1.0 / self.n_outputs_ if self.out_activation_ == "identity" else 1.0
-        chunks = [(0, n)] if not data.sparse else [(a, min(a + _CHUNK, n)) for a in range(0, n, _CHUNK)]
-        acc = be.empty(model.n_params, rt.dtype) if len(chunks) > 1 else None
+        sparse = is_sparse(X)
 
-        def local_loss_grad(packed: np.ndarray) -> Array:
-            # SciPy works on the host: parameters in, loss and gradient out.
-            rt.set_flat(packed)
-            total = None
-            for a, b in chunks:
-                Xb, Yb, wb = data.batch(a, b)
-                value = model._forward_backward(Xb, Yb, lossfn, wb, denom)
+        def local_source() -> Any:
+            n = X.shape[0]
+            return make_batches(be, X, np.asarray(y, dtype=np.float64), sample_weight,
+                                PREDICT_CHUNK if sparse else n, rt.dtype, stream=False)
+
+        source = reducer.agreed("moving the shard", local_source)
+        local_denom = float(source.n) if sample_weight is None else float(np.sum(sample_weight))
+        denom = reducer.allreduce_sum([local_denom])[0] if reducer.size > 1 else local_denom
+        scale = 1.0 / self.n_outputs_ if self.out_activation_ == "identity" else 1.0
+        acc = be.empty(model.n_params, rt.dtype) if source.n_batches > 1 else None
+        alpha = float(self.alpha)
+
+        def local_loss_grad() -> Any:
+            total: Any = None
+            for k, batch in enumerate(source.epoch(None)):
+                value = model.forward_backward(batch.X, batch.Y, batch.w, loss=rt.loss, denom=denom)
                 if acc is not None:
-                    if total is None:
+                    if k == 0:
                         be.copy(model.grads, acc)
                     else:
                         acc[...] += model.grads
                 total = value if total is None else total + value
             if acc is not None:
                 be.copy(acc, model.grads)
-            if scale != 1.0:
-                total = total * scale
             return total
 
         def loss_grad(packed: np.ndarray) -> tuple[float, np.ndarray]:
-            if dist is None:
-                total, d = local_loss_grad(packed), denom
-            else:
-                value, error = 0.0, None
-                try:
-                    value = local_loss_grad(packed)
-                except Exception as exc:  # raised on every rank by the all-reduce
-                    error = exc
-                total, d = dist.reducer.allreduce_gradients(
-                    model.grads, value, denom, error=error, where="L-BFGS evaluation"
-                )
-            if self.alpha and (dist is None or d > 0):
-                total = total + model._add_l2(self.alpha, d)
+            # SciPy works on the host: parameters in, loss and gradient out.
+            rt.set_flat(packed)
+            value, error = 0.0, None
+            try:
+                value = local_loss_grad()
+            except BaseException as exc:  # raised on every rank by the all-reduce
+                if reducer.size == 1:
+                    raise
+                error = exc
+            total = reducer.allreduce_gradients(model.grads, value, error=error, where="L-BFGS evaluation")
+            if scale != 1.0:
+                total = total * scale
+            if alpha:
+                total = total + model.add_l2_penalty(alpha, denom)
             grad = np.array(be.to_numpy(model.grads), dtype=np.float64, copy=True)
             return (total if isinstance(total, float) else be.to_float(total)), grad
 
         iprint = 1 if (self.verbose is True or self.verbose >= 1) else -1
-        if dist is not None and not dist.is_root:
+        if not reducer.is_root:
             iprint = -1  # only rank 0 prints
         try:
             from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
@@ -830,7 +588,7 @@ class _BaseMLP(BaseEstimator):
             extra = _get_additional_lbfgs_options_dict("iprint", iprint)
         except ImportError:  # pragma: no cover - older/newer scikit-learn
             extra = {}
-        x0 = np.array(be.to_numpy(model.params), dtype=np.float64, copy=True)
+        x0 = model.get_flat_params().astype(np.float64)
         opt_res = scipy.optimize.minimize(
             loss_grad, x0, method="L-BFGS-B", jac=True,
             options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol, **extra},
@@ -845,47 +603,44 @@ class _BaseMLP(BaseEstimator):
         rt.set_flat(opt_res.x)
 
     # ---------------------------------------------------------- prediction
-    @staticmethod
-    def _device_X(be: Backend, dtype: str, X: Any) -> Any:
-        """Prediction input on the backend: dense device array or sparse CSR there."""
-        if sp.issparse(X) or _is_sparse_device(X):
-            return _sparse_to_backend(be, X, dtype)
-        return be.asarray(X, dtype=dtype)  # once per fit, not once per epoch
-
-    def _forward_out(self, rt: _Runtime, X: Any) -> np.ndarray:
-        """Output-activation values, host array (n, n_outputs_), computed in row chunks."""
-        be, model = rt.be, rt.model
-        n = X.shape[0]
-        sparse = sp.issparse(X) or _is_sparse_device(X)
-        result = np.empty((n, model.n_outputs_), dtype=rt.dtype)
-        threads = be.blas_threads(model.gemm_flops(min(n, _CHUNK)))
-        with be.activated(), threads, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            for a in range(0, n, _CHUNK):
-                b = min(a + _CHUNK, n)
-                if sparse:
-                    Xc = _densify(be, X[a:b], rt.dtype)  # X already in rt.dtype
-                else:
-                    Xc = be.asarray(X[a:b, ...], dtype=rt.dtype)  # no copy if already there
-                Z = model.forward(Xc, train=False)
-                Z = model.output.forward(be, Z, out=Z)
-                result[a:b] = be.to_numpy(Z)
-        return result
-
     def _forward_pass_fast(self, X: Any, check_input: bool = True) -> np.ndarray:
+        """Output-activation values, host array (n, n_outputs_), computed in row chunks.
+
+        Thread-safe: one set of weights for the whole call (the model's parameter
+        lock), this thread's own workspaces.
+        """
         if check_input:
             X = self._validate_X_predict(X)
         rt = self._runtime()
-        rt.push(self.coefs_, self.intercepts_)  # coefs_ may have been reassigned
-        if sp.issparse(X) or _is_sparse_device(X):
-            X = _sparse_to_backend(rt.be, X, rt.dtype)
-        return self._forward_out(rt, X)
+        be, model = rt.be, rt.model
+        _check_dtype_range(X, rt.dtype)
+        n = X.shape[0]
+        result = np.empty((n, model.n_outputs_), dtype=rt.dtype)
+        threads = be.blas_threads(model.gemm_flops(min(n, PREDICT_CHUNK)))
+        with (be.activated(), threads, np.errstate(over="ignore", invalid="ignore", divide="ignore"),
+              model.parameter_lock.read()):
+            for a, b in iter_chunks(n, PREDICT_CHUNK):
+                _, P = model.infer(_dense_rows(be, X, a, b, rt.dtype))
+                result[a:b] = be.to_numpy(P)
+        return result
 
-    def _score_device(self, rt: _Runtime, X_val: Any, y_val: Any, sw_val: Any) -> float:
-        """Validation score during fit, from the parameters on the device."""
-        y_pred = self._output_to_prediction(self._forward_out(rt, X_val))
-        if np.issubdtype(y_pred.dtype, np.floating) and not np.isfinite(y_pred).all():
-            return np.nan
-        return float(self._score_function(y_val, y_pred, sample_weight=sw_val))
+    def _score_holdout(self, X: Any, Y: np.ndarray, sample_weight: Any) -> dict[str, float]:
+        """Scores of ``(X, Y)`` (Y encoded as the network's targets) by the one scorer."""
+        rt = self._runtime()
+        be, model = rt.be, rt.model
+        _check_dtype_range(X, rt.dtype)
+        n = X.shape[0]
+        w = None if sample_weight is None else np.asarray(to_host(sample_weight), dtype=np.float64)
+
+        def chunks() -> Any:
+            for a, b in iter_chunks(n, PREDICT_CHUNK):
+                yield (_dense_rows(be, X, a, b, rt.dtype), be.asarray(Y[a:b], dtype=rt.dtype),
+                       None if w is None else be.asarray(w[a:b], dtype=rt.dtype))
+
+        threads = be.blas_threads(model.gemm_flops(min(n, PREDICT_CHUNK)))
+        with (be.activated(), threads, np.errstate(over="ignore", invalid="ignore", divide="ignore"),
+              model.parameter_lock.read()):
+            return holdout_scores(model, chunks, make_reducer(None, be), rt.loss, need_loss=False)
 
     def _check_solver(self) -> bool:
         if self.solver not in _STOCHASTIC_SOLVERS:
@@ -899,3 +654,24 @@ class _BaseMLP(BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
         return tags
+
+
+def _dense_rows(be: Backend, X: Any, a: int, b: int, dtype: str) -> Array:
+    """Rows ``a:b`` of host or device, dense or sparse ``X`` as dense device rows."""
+    if is_sparse(X):
+        return densify(be, X[a:b], dtype)
+    return be.asarray(X[a:b, ...], dtype=dtype)  # no copy if already there
+
+
+def _check_dtype_range(X: Any, dtype: str) -> None:
+    """Values finite in float64 may overflow the network's float32: refuse them."""
+    if dtype != "float32" or is_device_array(X):
+        return
+    values = X.data if is_sparse(X) else np.asarray(X)
+    if values.size and values.dtype.kind == "f" and values.dtype.itemsize > 4:
+        peak = float(np.max(np.abs(values)))
+        if peak > float(np.finfo(np.float32).max):
+            raise ValueError(
+                f"Input X holds values up to {peak:g}, beyond float32's largest "
+                f"({float(np.finfo(np.float32).max):g}); scale the data or use dtype='float64'"
+            )

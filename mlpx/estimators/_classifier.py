@@ -6,15 +6,15 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import ClassifierMixin, _fit_context
-from sklearn.metrics import accuracy_score
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import column_or_1d
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _check_sample_weight, check_consistent_length, check_is_fitted
 
+from mlpx.data import take_host_rows, to_host
+from mlpx.distributed import Reducer, make_reducer
 from mlpx.estimators._base import _BaseMLP, _union_labels
-from mlpx.estimators._runtime import _agreed, _Dist, _to_host
 
 __all__ = ["MLPClassifier"]
 
@@ -159,19 +159,21 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self._fit(X, y, sample_weight=sample_weight, incremental=False, comm=comm)
 
     def _validate_input(self, X: Any, y: Any, incremental: bool, reset: bool,
-                        dist: _Dist | None = None) -> tuple[Any, Any]:
+                        reducer: Reducer) -> tuple[Any, Any]:
+        distributed = reducer.size > 1
+
         def local() -> tuple[Any, Any, Any]:
             X_, y_ = self._validate_Xy(X, y, reset=reset, y_numeric=False)
             if y_.ndim == 2 and y_.shape[1] == 1:
                 y_ = column_or_1d(y_, warn=True)
-            if dist is None:
+            if not distributed:
                 return X_, y_, None
             multilabel = type_of_target(y_).startswith("multilabel")
             return X_, y_, ((True, y_.shape[1]) if multilabel else (False, unique_labels(y_)))
 
-        X, y, info = _agreed(dist, "checking X and y", local)
+        X, y, info = reducer.agreed("checking X and y", local)
         # With comm the labels are those of all ranks together (a shard may miss a class).
-        labels = None if dist is None else _union_labels(dist.allgather(info))
+        labels = _union_labels(reducer.allgather(info)) if distributed else None
         # Same label bookkeeping as scikit-learn (warm_start / partial_fit rules).
         if (not hasattr(self, "classes_")) or (not self.warm_start and not incremental):
             self._label_binarizer = LabelBinarizer()
@@ -191,7 +193,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                     "`y` has classes not in `self.classes_`. "
                     f"`self.classes_` has {self.classes_}. 'y' has {classes}."
                 )
-        y = _agreed(dist, "encoding y", self._label_binarizer.transform, y).astype(bool)
+        y = reducer.agreed("encoding y", self._label_binarizer.transform, y).astype(bool)
         return X, y
 
     def _output_to_prediction(self, y_out: np.ndarray) -> np.ndarray:
@@ -199,9 +201,36 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             y_out = y_out.ravel()
         return self._label_binarizer.inverse_transform(y_out)
 
-    @staticmethod
-    def _score_function(y_true: Any, y_pred: Any, sample_weight: Any = None) -> float:
-        return accuracy_score(y_true, y_pred, sample_weight=sample_weight)
+    def score(self, X, y, sample_weight=None):
+        """Mean accuracy on ``(X, y)``, as scikit-learn's, computed on the device.
+
+        Labels are compared as ``predict`` gives them; a label the classifier has
+        never seen counts as wrong. Thread-safe.
+
+        Returns
+        -------
+        float
+        """
+        check_is_fitted(self)
+        X = self._validate_X_predict(X)
+        y = np.asarray(to_host(y.to_numpy() if hasattr(y, "to_numpy") else y))
+        check_consistent_length(X, y)
+        n = X.shape[0]
+        w = None if sample_weight is None else _check_sample_weight(
+            to_host(sample_weight), np.empty((n, 0)), dtype=np.float64)
+        total = float(n) if w is None else float(w.sum())
+        if self._label_binarizer.y_type_.startswith("multilabel"):
+            return self._score_holdout(X, self._label_binarizer.transform(y), w)["accuracy"]
+        y = column_or_1d(y) if y.ndim == 2 and y.shape[1] == 1 else y
+        known = np.isin(y, self.classes_)
+        if known.all():
+            return self._score_holdout(X, self._label_binarizer.transform(y), w)["accuracy"]
+        if not known.any() or total <= 0:
+            return 0.0
+        idx = np.flatnonzero(known)
+        wk = None if w is None else w[idx]
+        part = self._score_holdout(take_host_rows(X, idx), self._label_binarizer.transform(y[idx]), wk)
+        return part["accuracy"] * part["weight"] / total
 
     def predict(self, X):
         """Predict class labels.
@@ -238,25 +267,25 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         -------
         self
         """
-        dist = None if comm is None else _Dist(comm, self._get_backend())
+        reducer = make_reducer(comm, self._get_backend())
 
         def first_call() -> tuple[bool, bool]:
             first = _check_partial_fit_first_call(self, classes)
-            return first, first and type_of_target(_to_host(y)).startswith("multilabel")
+            return first, first and type_of_target(to_host(y)).startswith("multilabel")
 
-        first, multilabel = _agreed(dist, "checking classes", first_call)
-        if dist is not None and first and not multilabel:
+        first, multilabel = reducer.agreed("checking classes", first_call)
+        if reducer.size > 1 and first and not multilabel:
             # Every rank builds the same output layer from the union of the classes given.
-            gathered = dist.allgather(np.asarray(classes))
-            self.classes_ = _agreed(dist, "merging classes", unique_labels, *gathered)
+            gathered = reducer.allgather(np.asarray(classes))
+            self.classes_ = reducer.agreed("merging classes", unique_labels, *gathered)
             classes = self.classes_
         if first:
             self._label_binarizer = LabelBinarizer()
             if multilabel:
-                self._label_binarizer.fit(_to_host(y))
+                self._label_binarizer.fit(to_host(y))
             else:
                 self._label_binarizer.fit(classes)
-        return self._fit(X, y, sample_weight=sample_weight, incremental=True, comm=dist)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True, comm=reducer)
 
     def predict_proba(self, X):
         """Probability estimates.

@@ -6,14 +6,14 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import RegressorMixin, _fit_context
-from sklearn.metrics import r2_score
 from sklearn.utils import column_or_1d
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _check_sample_weight, check_consistent_length, check_is_fitted
 
+from mlpx.data import to_host
+from mlpx.distributed import Reducer
 from mlpx.estimators._base import _BaseMLP
-from mlpx.estimators._runtime import _agreed, _Dist
 
 __all__ = ["MLPRegressor"]
 
@@ -117,8 +117,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return self._fit(X, y, sample_weight=sample_weight, incremental=False, comm=comm)
 
     def _validate_input(self, X: Any, y: Any, incremental: bool, reset: bool,
-                        dist: _Dist | None = None) -> tuple[Any, Any]:
-        return _agreed(dist, "checking X and y", self._validate_regression, X, y, reset)
+                        reducer: Reducer) -> tuple[Any, Any]:
+        return reducer.agreed("checking X and y", self._validate_regression, X, y, reset)
 
     def _validate_regression(self, X: Any, y: Any, reset: bool) -> tuple[Any, Any]:
         X, y = self._validate_Xy(X, y, reset=reset, y_numeric=True)
@@ -131,9 +131,31 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _output_to_prediction(self, y_out: np.ndarray) -> np.ndarray:
         return y_out.ravel() if y_out.shape[1] == 1 else y_out
 
-    @staticmethod
-    def _score_function(y_true: Any, y_pred: Any, sample_weight: Any = None) -> float:
-        return r2_score(y_true, y_pred, sample_weight=sample_weight)
+    def score(self, X, y, sample_weight=None):
+        """R² of ``predict(X)`` against ``y``, as scikit-learn's, computed on the device.
+
+        Uniform average over outputs; thread-safe.
+
+        Returns
+        -------
+        float
+        """
+        check_is_fitted(self)
+        X = self._validate_X_predict(X)
+        y = np.asarray(to_host(y.to_numpy() if hasattr(y, "to_numpy") else y), dtype=np.float64)
+        check_consistent_length(X, y)
+        n = X.shape[0]
+        Y = y.reshape(n, -1)
+        if Y.shape[1] != self.n_outputs_:
+            raise ValueError(f"y has {Y.shape[1]} output(s), but the model predicts {self.n_outputs_}")
+        if not np.isfinite(Y).all():
+            raise ValueError("Input y contains NaN or infinity.")
+        w = None if sample_weight is None else _check_sample_weight(
+            to_host(sample_weight), np.empty((n, 0)), dtype=np.float64)
+        r2 = self._score_holdout(X, Y, w)["r2"]
+        if np.isnan(r2):
+            raise ValueError("Input contains NaN: the model's predictions are not finite.")
+        return r2
 
     def predict(self, X):
         """Predict using the multi-layer perceptron model.

@@ -1,19 +1,26 @@
-"""Minibatch sources for the fit loop: device-resident data, or data streamed from the host.
+"""Minibatch sources for the training loop: one interface, three ways to feed the device.
 
-``fit`` asks a batch source for one epoch of minibatches at a time::
+The loop asks a batch source for one epoch of minibatches at a time::
 
-    batches = make_batches(be, X, Y, w, batch_size, dtype)
-    for Xb, Yb, wb, a, b in batches.epoch(perm):   # perm: host permutation, or None
-        ...                                        # denominator: w[perm[a:b]].sum()
+    source = make_batches(be, X, Y, w, batch_size, dtype)
+    for Xb, Yb, wb, a, b in source.epoch(perm):   # perm: host permutation, or None
+        ...                                       # Xb rows are perm[a:b] (a:b without perm)
+    source.denominators(perm)                     # every minibatch's row count or Σ w
 
-:class:`ResidentBatches` moves the training set to the device once and cuts every
-minibatch there (a gather from a device copy of the permutation into a workspace
-reused across steps). :class:`StreamedBatches` is for training sets that do not fit
-on the device: the data stays in host memory, the host gathers each minibatch's rows
-into a page-locked staging buffer, and a separate copy stream uploads them into one
-of two device buffers while the GPU computes on the other (double buffering).
-:func:`make_batches` picks one: streaming when, on a GPU, the training set would take
-more than half of the free device memory.
+=====================  ===========================================================
+:class:`ResidentBatches`  the training set is moved to the device once; every
+                          minibatch is gathered there into a workspace reused across
+                          steps (a gather from a device copy of the permutation)
+:class:`SparseBatches`    CSR ``X`` kept sparse on the backend (scipy.sparse on the
+                          host backends, cupyx on the GPU); each minibatch's rows are
+                          sliced and densified on the device
+:class:`StreamedBatches`  the training set stays in host memory; the host gathers each
+                          minibatch into page-locked staging buffers and a second CUDA
+                          stream uploads it while the GPU computes on the previous one
+=====================  ===========================================================
+
+:func:`make_batches` picks one: sparse for sparse ``X``; streamed when, on a GPU, the
+training set would take more than half of the free device memory; else resident.
 
 The streaming pipeline, for minibatch ``i`` in slot ``s = i % 2``::
 
@@ -30,16 +37,76 @@ synchronous copies and no events, which is what lets the CPU tests check it.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
-__all__ = ["ResidentBatches", "StreamedBatches", "batch_denominator", "make_batches", "resident_nbytes"]
+__all__ = [
+    "Batch",
+    "ResidentBatches",
+    "SparseBatches",
+    "StreamedBatches",
+    "batch_denominator",
+    "densify",
+    "is_device_array",
+    "is_sparse",
+    "make_batches",
+    "resident_nbytes",
+    "sparse_to_backend",
+    "take_host_rows",
+    "to_host",
+]
 
 log = logging.getLogger("mlpx")
 
 Array = Any
-Batch = tuple[Array, Array, Array | None, int, int]  # Xb, Yb, wb, a, b
+
+
+class Batch(NamedTuple):
+    """One minibatch on the device.
+
+    Attributes
+    ----------
+    X : array, shape (rows, f)
+    Y : array, shape (rows, k)
+    w : array, shape (rows,), or None
+    a, b : int
+        Its rows are ``perm[a:b]`` of the epoch's permutation (``a:b`` without one).
+    """
+
+    X: Array
+    Y: Array
+    w: Array | None
+    a: int
+    b: int
+
+
+# ------------------------------------------------------- arrays of any kind
+def is_sparse(X: Any) -> bool:
+    """A scipy.sparse or cupyx.scipy.sparse matrix."""
+    mod = type(X).__module__
+    return mod.startswith(("scipy.sparse", "cupyx.scipy.sparse"))
+
+
+def is_device_array(x: Any) -> bool:
+    """A CuPy array or cupyx sparse matrix (data the caller already put on a GPU)."""
+    return type(x).__module__.split(".")[0] in ("cupy", "cupyx")
+
+
+def to_host(x: Any) -> Any:
+    """A GPU array's host copy (an explicit transfer); anything else unchanged."""
+    if is_device_array(x):
+        return x.get()
+    return x
+
+
+def take_host_rows(X: Any, idx: np.ndarray) -> Any:
+    """Rows ``idx`` (host ints) of host dense/sparse data or of GPU data."""
+    if is_device_array(X):
+        import cupy
+
+        return X[cupy.asarray(idx)]
+    return X[idx]
 
 
 # ---------------------------------------------------------------- checks
@@ -154,7 +221,32 @@ def resident_nbytes(X: Any, Y: Any, w: Any, dtype: str, target_dtype: str | None
 
 
 # ---------------------------------------------------------- resident data
-class ResidentBatches:
+class _Source:
+    """What every batch source shares: sizes, and the denominators of an epoch."""
+
+    n: int
+    batch_size: int
+    w_host: np.ndarray | None
+
+    @property
+    def n_batches(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def bounds(self) -> list[tuple[int, int]]:
+        """``(a, b)`` of every minibatch of an epoch."""
+        return _bounds(self.n, self.batch_size)
+
+    def denominators(self, perm: np.ndarray | None) -> np.ndarray:
+        """Each minibatch's loss normaliser: its row count, or its weights' sum (host).
+
+        Returns
+        -------
+        ndarray, shape (n_batches,), float64
+        """
+        return np.array([batch_denominator(self.w_host, perm, a, b) for a, b in self.bounds()])
+
+
+class ResidentBatches(_Source):
     """Minibatches cut on the device from a training set moved there once.
 
     Parameters
@@ -177,6 +269,7 @@ class ResidentBatches:
     ----------
     n, batch_size, n_batches : int
     X, Y, w : device arrays (w None when no weights were given)
+    w_host : host array of w, or None
     """
 
     def __init__(
@@ -187,15 +280,12 @@ class ResidentBatches:
         self.be = be
         self.dtype = _dtype_name(dtype)
         self.target_dtype = _dtype_name(target_dtype or dtype)
+        self.w_host = None if w is None else np.asarray(to_host(w), dtype=np.float64)
         # One transfer of the training set; minibatches are cut on the device.
         self.X = be.asarray(X, dtype=self.dtype)
         self.Y = be.asarray(Y, dtype=self.target_dtype)
         self.w = None if w is None else be.asarray(w, dtype=self.target_dtype)
         self._ws: dict[tuple[str, int], Array] = {}
-
-    @property
-    def n_batches(self) -> int:
-        return -(-self.n // self.batch_size)
 
     def _workspace(self, tag: str, rows: int, like: Array) -> Array:
         # One gather buffer per array and batch length (the full size and at most one
@@ -215,11 +305,9 @@ class ResidentBatches:
 
         Yields
         ------
-        Xb : device array, shape (rows, f)
-        Yb : device array, shape (rows, k)
-        wb : device array, shape (rows,), or None
-        a, b : int
-            The minibatch is ``perm[a:b]`` (rows ``a:b`` without ``perm``).
+        Batch
+            ``X`` (rows, f), ``Y`` (rows, k), ``w`` (rows,) or None on the device, and
+            the bounds ``a, b``.
 
         Notes
         -----
@@ -232,16 +320,81 @@ class ResidentBatches:
     def _batches(self, perm: np.ndarray | None) -> Iterator[Batch]:
         be, X, Y, w = self.be, self.X, self.Y, self.w
         idx = None if perm is None else be.asarray(perm)  # one transfer per epoch
-        for a, b in _bounds(self.n, self.batch_size):
+        for a, b in self.bounds():
             if idx is None:
-                yield X[a:b, :], Y[a:b, :], None if w is None else w[a:b], a, b
+                yield Batch(X[a:b, :], Y[a:b, :], None if w is None else w[a:b], a, b)
                 continue
             rows = b - a
             ib = idx[a:b]
             Xb = be.take_rows(X, ib, out=self._workspace("X", rows, X))
             Yb = be.take_rows(Y, ib, out=self._workspace("Y", rows, Y))
             wb = None if w is None else be.take_rows(w, ib, out=self._workspace("w", rows, w))
-            yield Xb, Yb, wb, a, b
+            yield Batch(Xb, Yb, wb, a, b)
+
+
+# ------------------------------------------------------------ sparse data
+class SparseBatches(_Source):
+    """Minibatches from a CSR matrix kept sparse on the backend, densified per batch.
+
+    Memory stays bounded by ``batch_size × n_features`` dense values, not by the
+    data set. Same interface and parameters as :class:`ResidentBatches`; ``X`` is a
+    scipy.sparse matrix (any format) or, on the GPU, a cupyx one.
+    """
+
+    def __init__(
+        self, be: Any, X: Any, Y: Any, w: Any, batch_size: int, dtype: str, *, target_dtype: str | None = None
+    ) -> None:
+        self.n = _check_rows(X, Y, w)
+        self.batch_size = max(1, min(_check_batch_size(batch_size), self.n))
+        self.be = be
+        self.dtype = _dtype_name(dtype)
+        self.target_dtype = _dtype_name(target_dtype or dtype)
+        self.w_host = None if w is None else np.asarray(to_host(w), dtype=np.float64)
+        self.X = sparse_to_backend(be, X, self.dtype)
+        self.Y = be.asarray(Y, dtype=self.target_dtype)
+        self.w = None if w is None else be.asarray(w, dtype=self.target_dtype)
+        self._ws: dict[tuple[str, int], Array] = {}
+
+    def epoch(self, perm: np.ndarray | None) -> Iterator[Batch]:
+        """One pass over the data in minibatches; see :meth:`ResidentBatches.epoch`."""
+        perm = _check_perm(perm, self.n)
+        return self._batches(perm)
+
+    def _batches(self, perm: np.ndarray | None) -> Iterator[Batch]:
+        be = self.be
+        idx = None if perm is None else be.asarray(perm)
+        for a, b in self.bounds():
+            if perm is None:
+                rows = self.X[a:b]
+                yield Batch(densify(be, rows, self.dtype), self.Y[a:b, :],
+                            None if self.w is None else self.w[a:b], a, b)
+                continue
+            # scipy.sparse takes rows by host indices, cupyx by device ones
+            rows = self.X[idx[a:b]] if be.is_gpu else self.X[perm[a:b]]
+            ib = idx[a:b]
+            Yb = be.take_rows(self.Y, ib)
+            wb = None if self.w is None else be.take_rows(self.w, ib)
+            yield Batch(densify(be, rows, self.dtype), Yb, wb, a, b)
+
+
+def sparse_to_backend(be: Any, X: Any, dtype: str) -> Any:
+    """CSR on the backend: scipy.sparse on the host backends, cupyx on the GPU."""
+    if be.is_gpu:
+        import cupyx.scipy.sparse as csp
+        import scipy.sparse as sp
+
+        with be.activated():
+            X = X if is_device_array(X) else csp.csr_matrix(sp.csr_matrix(X))
+            return X.tocsr().astype(dtype)
+    import scipy.sparse as sp
+
+    return sp.csr_matrix(to_host(X)).astype(_host_dtype(_dtype_name(dtype)))
+
+
+def densify(be: Any, Xs: Any, dtype: str) -> Array:
+    """Dense device rows from a sparse block (the sparse path's per-batch cost)."""
+    D = Xs.toarray()  # NumPy for scipy.sparse, CuPy for cupyx: already on the device
+    return be.asarray(D, dtype=dtype)
 
 
 # ---------------------------------------------------------- streamed data
@@ -274,7 +427,7 @@ class _Channel:
             np.copyto(out, raw, casting="unsafe")
 
 
-class StreamedBatches:
+class StreamedBatches(_Source):
     """Minibatches gathered on the host and streamed to the device, double-buffered.
 
     Same interface as :class:`ResidentBatches`; the training set stays in host memory
@@ -332,21 +485,21 @@ class StreamedBatches:
         if w is not None:
             self._channels.append(_Channel(be, w, rows, self.target_dtype))
         self._has_w = w is not None
+        self.w_host = None if w is None else np.asarray(w, dtype=np.float64)
         self._copy_stream = be.copy_stream()
         # Per slot: the event after its last upload (rules 1 and 3) and the event after
         # the compute stream's last use of its device buffer (rule 2). They outlive an
-        # epoch: the next epoch's first uploads must wait for the last steps.
+        # epoch: the next epoch's first uploads must wait for the last steps. The
+        # device buffers were allocated on the compute stream, whose pool may hand out
+        # memory that work queued there still reads: the first upload into each slot
+        # waits for the compute stream as it is now.
         self._uploaded: list[Any] = [None, None]
-        self._released: list[Any] = [None, None]
+        self._released: list[Any] = [be.record_event(), be.record_event()]
         self._running = False
 
     @staticmethod
     def _host(be: Any, x: Any) -> np.ndarray:
         return x if _is_host(x) else np.asarray(be.to_numpy(x))
-
-    @property
-    def n_batches(self) -> int:
-        return -(-self.n // self.batch_size)
 
     def epoch(self, perm: np.ndarray | None) -> Iterator[Batch]:
         """One pass over the data in minibatches; see :meth:`ResidentBatches.epoch`.
@@ -405,7 +558,7 @@ class StreamedBatches:
                 bufs = [ch.device[slot] if rows == self.batch_size else _head(ch.device[slot], rows)
                         for ch in self._channels]
                 handed_out = slot
-                yield bufs[0], bufs[1], bufs[2] if self._has_w else None, a, b
+                yield Batch(bufs[0], bufs[1], bufs[2] if self._has_w else None, a, b)
                 # Resumed: the loop body has queued all its work on batch i. Recording
                 # here, not later, lets the upload of batch i+2 into this slot overlap
                 # step i+1; an event recorded after step i+1 would serialise them.
@@ -432,8 +585,8 @@ def make_batches(
     stream: bool | None = None,
     *,
     target_dtype: str | None = None,
-) -> ResidentBatches | StreamedBatches:
-    """The batch source for ``fit``: resident on the device, or streamed from the host.
+) -> ResidentBatches | SparseBatches | StreamedBatches:
+    """The batch source for a training set: resident, sparse, or streamed from the host.
 
     Parameters
     ----------
@@ -449,9 +602,14 @@ def make_batches(
         and w would take more than half of the device's free memory (the rest is left
         to parameters, activations and the allocator). ``True`` forces streaming (on
         any backend: the CPU tests use it), ``False`` forces the resident path.
+        Sparse ``X`` always takes :class:`SparseBatches`.
     target_dtype : str, optional, keyword-only
         Device dtype of Y and w; defaults to ``dtype``.
     """
+    if is_sparse(X):
+        if stream:
+            raise ValueError("sparse X cannot be streamed; it stays sparse on the device instead")
+        return SparseBatches(be, X, Y, w, batch_size, dtype, target_dtype=target_dtype)
     if stream is None:
         stream = _should_stream(be, X, Y, w, dtype, target_dtype)
     cls = StreamedBatches if stream else ResidentBatches
