@@ -172,9 +172,9 @@ def check_gradients(
     twin = _float64_twin(model)
     be = twin.backend
     Xh = np.array(be.to_numpy(check_X(X, be, twin.n_features_in_)), dtype=np.float64, copy=True)
-    Y = encode_targets(y, twin.output.name, twin.n_outputs_, Xh.shape[0])
-    w = check_sample_weight(sample_weight, Xh.shape[0])
     lossfn = twin.resolve_loss(loss)
+    Y = encode_targets(y, twin.output.name, twin.n_outputs_, Xh.shape[0], loss=lossfn.name)
+    w = check_sample_weight(sample_weight, Xh.shape[0])
     denom = float(Xh.shape[0]) if w is None else float(w.sum())
     start = twin.get_flat_params()
     nw = twin.n_weights

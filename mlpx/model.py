@@ -685,9 +685,9 @@ class Sequential:
         """
         be = self.backend
         X = self.check_input(X)
-        Y = encode_targets(y, self.output.name, self.n_outputs_, X.shape[0])
-        w = check_sample_weight(sample_weight, X.shape[0])
         lossfn = self.resolve_loss(loss)
+        Y = encode_targets(y, self.output.name, self.n_outputs_, X.shape[0], loss=lossfn.name)
+        w = check_sample_weight(sample_weight, X.shape[0])
         with self.compute_context(X.shape[0]):
             Xd = be.asarray(X, dtype=self.compute_dtype)
             Yd = be.asarray(Y, dtype=self.dtype)
@@ -724,9 +724,9 @@ class Sequential:
         """
         be = self.backend
         X = self.check_input(X)
-        Y = encode_targets(y, self.output.name, self.n_outputs_, X.shape[0])
-        w = check_sample_weight(sample_weight, X.shape[0])
         lossfn = self.resolve_loss(loss if loss is not None else self.loss_)
+        Y = encode_targets(y, self.output.name, self.n_outputs_, X.shape[0], loss=lossfn.name)
+        w = check_sample_weight(sample_weight, X.shape[0])
         n = X.shape[0]
 
         def chunks() -> Iterable[tuple[Array, Array, Array | None]]:

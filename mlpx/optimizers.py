@@ -285,9 +285,7 @@ class Optimizer:
     state_names: tuple[str, ...] = ()
 
     def __init__(self, lr: float, schedule: str | Schedule | None = None) -> None:
-        if isinstance(lr, bool) or not isinstance(lr, Real) or not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"learning rate must be a positive number, got {lr!r}")
-        self.lr0 = self.lr = float(lr)
+        self.lr = lr  # the base rate and the rate in force
         self.schedule = get_schedule(schedule)
         self.t = 0
         self.state: dict[str, Array] = {}
@@ -318,6 +316,18 @@ class Optimizer:
             self._copy_in(pending["state"])
 
     @property
+    def lr(self) -> float:
+        """The rate in force now. Setting it sets the base rate ``lr0`` too (e.g. to
+        retry at a lower rate after :class:`~mlpx.training.TrainingDivergedError`)."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, Real) or not (math.isfinite(value) and value > 0):
+            raise ValueError(f"learning rate must be a positive number, got {value!r}")
+        self.lr0 = self._lr = float(value)
+
+    @property
     def bound(self) -> bool:
         """Whether :meth:`bind` has attached the optimizer to a model's buffers."""
         return self._bound is not None
@@ -333,7 +343,7 @@ class Optimizer:
         samples_seen : int
             Samples the model has trained on so far (scikit-learn's ``t_``).
         """
-        self.lr = self.schedule(self.lr0, epochs_done, samples_seen)
+        self._lr = self.schedule(self.lr0, epochs_done, samples_seen)
 
     def trigger_stopping(self, message: str = "", verbose: bool = False) -> bool:
         """Training stopped improving: True to stop, False when the policy lowered the rate.
@@ -341,12 +351,12 @@ class Optimizer:
         As scikit-learn's optimizers: only an adaptive schedule continues (dividing
         the rate by 5) until the rate falls to 1e-6.
         """
-        lr = self.schedule.on_plateau(self.lr)
+        lr = self.schedule.on_plateau(self._lr)
         if lr is None:
             if verbose:
                 print(message + (" Learning rate too small. Stopping." if self.schedule.adaptive else " Stopping."))
             return True
-        self.lr = lr
+        self._lr = lr
         if verbose:
             print(message + " Setting learning rate to %f" % self.lr)
         return False
@@ -399,7 +409,7 @@ class Optimizer:
         if unknown:
             raise ValueError(f"{type(self).__name__} has no state named {sorted(unknown)}")
         self.t = int(state["t"])
-        self.lr = float(state["lr"])
+        self._lr = float(state["lr"])
         self.schedule.load_state_dict(state.get("schedule", {}))
         if self._bound is None:
             self._pending = {"state": dict(arrays)}

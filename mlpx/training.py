@@ -487,7 +487,7 @@ def _prepare(model: Any, reducer: Reducer, X: Any, y: Any, epochs: Any, batch_si
     lossfn = model.resolve_loss(loss)
     opt = get_optimizer(optimizer, **({} if lr is None else {"lr": lr}))
     rng = model.shuffle_generator(reducer.rank)
-    shard = _shard(model, X, y, sample_weight, "X", allow_empty=reducer.size > 1)
+    shard = _shard(model, X, y, sample_weight, "X", allow_empty=reducer.size > 1, loss=lossfn.name)
 
     holdout = None
     if validation_data is not None:
@@ -495,7 +495,7 @@ def _prepare(model: Any, reducer: Reducer, X: Any, y: Any, epochs: Any, batch_si
             raise ValueError("validation_data must be (X_val, y_val) or (X_val, y_val, w_val)")
         wv = validation_data[2] if len(validation_data) == 3 else None
         Xv, Yv, wv = _shard(model, validation_data[0], validation_data[1], wv, "X_val",
-                            allow_empty=reducer.size > 1)
+                            allow_empty=reducer.size > 1, loss=lossfn.name)
         holdout = _holdout(model, Xv, Yv, wv)
     elif validation_split:
         Xh, Yh, wh = shard
@@ -525,8 +525,8 @@ def _prepare(model: Any, reducer: Reducer, X: Any, y: Any, epochs: Any, batch_si
     return _Setup(source, holdout, opt, lossfn, epochs, batch_size, l2, order, callbacks)
 
 
-def _shard(model: Any, X: Any, y: Any, sample_weight: Any, name: str,
-           allow_empty: bool) -> tuple[Any, np.ndarray | None, np.ndarray | None]:
+def _shard(model: Any, X: Any, y: Any, sample_weight: Any, name: str, allow_empty: bool,
+           loss: str) -> tuple[Any, np.ndarray | None, np.ndarray | None]:
     """Host ``(X, Y, w)`` of this rank's data (X may stay on the device); Nones if empty."""
     if is_sparse(X):
         raise TypeError(
@@ -540,7 +540,7 @@ def _shard(model: Any, X: Any, y: Any, sample_weight: Any, name: str,
             raise ValueError(f"{name} has {shape[1]} features, but the model expects {model.n_features_in_}")
         return None, None, None
     X = model.check_input(X, name=name)
-    Y = encode_targets(y, model.output.name, model.n_outputs_, X.shape[0])
+    Y = encode_targets(y, model.output.name, model.n_outputs_, X.shape[0], loss=loss)
     if allow_empty:
         # A shard's weights may sum to zero (other ranks carry the weight).
         w = None

@@ -66,7 +66,10 @@ def check_X(X: Any, be: Any, n_features: int | None = None, name: str = "X") -> 
     return X
 
 
-def encode_targets(y: Any, output: str, n_outputs: int, n_samples: int) -> np.ndarray:
+_CANONICAL = {"softmax": "cross_entropy", "logistic": "binary_cross_entropy", "exp": "poisson"}
+
+
+def encode_targets(y: Any, output: str, n_outputs: int, n_samples: int, loss: str | None = None) -> np.ndarray:
     """Turn user targets into the (n, n_outputs) float matrix the loss compares with.
 
     Parameters
@@ -79,6 +82,10 @@ def encode_targets(y: Any, output: str, n_outputs: int, n_samples: int) -> np.nd
         Name of the model's output activation.
     n_outputs : int
         Width of the output layer.
+    loss : str, optional
+        The loss the targets are compared with (default: the output's canonical
+        one); it sets their range: [0, 1] for the cross-entropies, ≥ 0 for Poisson,
+        any real value for squared error.
 
     Returns
     -------
@@ -123,13 +130,14 @@ def encode_targets(y: Any, output: str, n_outputs: int, n_samples: int) -> np.nd
             f"y has {Y.shape[1]} column(s) but the output layer has {n_outputs} unit(s)"
         )
     Y = Y.astype(np.float64, copy=False)
-    if output in ("softmax", "logistic") and (Y.min() < 0 or Y.max() > 1):
+    kind = loss if loss is not None else _CANONICAL.get(output)
+    if kind in ("cross_entropy", "binary_cross_entropy") and (Y.min() < 0 or Y.max() > 1):
         raise ValueError(
-            f"targets for a {output} output must lie in [0, 1] (labels or probabilities), "
+            f"targets for {kind} on a {output} output must lie in [0, 1] (labels or probabilities), "
             f"got values in [{Y.min()}, {Y.max()}]"
         )
-    if output == "exp" and Y.min() < 0:
-        raise ValueError("targets for a Poisson (exp) output must be non-negative")
+    if kind == "poisson" and Y.min() < 0:
+        raise ValueError(f"targets for a Poisson loss (on a {output} output) must be non-negative")
     return Y
 
 

@@ -60,7 +60,7 @@ _STOCHASTIC_SOLVERS = ("sgd", "adam")
 _RUNTIME_LOCK = threading.Lock()
 
 
-def _union_labels(infos: list[tuple[bool, Any]]) -> np.ndarray | None:
+def union_labels(infos: list[tuple[bool, Any]]) -> np.ndarray | None:
     """The labels of all ranks together, from each rank's ``(multilabel, labels or n_columns)``.
 
     Returns None for multilabel targets (every rank's indicator matrix already
@@ -79,7 +79,7 @@ def _union_labels(infos: list[tuple[bool, Any]]) -> np.ndarray | None:
 class _Policy(Callback):
     """scikit-learn's bookkeeping at the end of every epoch, as a callback of the loop."""
 
-    def __init__(self, est: "_BaseMLP", rt: Runtime, optimizer: Optimizer, early_stopping: bool,
+    def __init__(self, est: "BaseMLP", rt: Runtime, optimizer: Optimizer, early_stopping: bool,
                  talk: bool, incremental: bool) -> None:
         self.est, self.rt, self.optimizer = est, rt, optimizer
         self.early_stopping, self.talk, self.incremental = early_stopping, talk, incremental
@@ -133,7 +133,7 @@ class _Policy(Callback):
                 est.best_loss_ = est.loss_curve_[-1]
 
 
-class _BaseMLP(BaseEstimator):
+class BaseMLP(BaseEstimator):
     """Shared machinery of :class:`MLPClassifier` and :class:`MLPRegressor`."""
 
     _parameter_constraints: dict = {
@@ -484,6 +484,8 @@ class _BaseMLP(BaseEstimator):
                 )
         source, order = reducer.agreed("moving the shard", self._source, rt, X_train, y_train, sw_train)
         rt.model.samples_seen_ = int(self.t_)
+        if self.early_stopping and rt.best is None:
+            rt.keep_best()  # warm start from weights set by hand: they are the best so far
         policy = _Policy(self, rt, opt, self.early_stopping, reducer.is_root, incremental)
         self.n_iter_ = 0
         try:

@@ -14,12 +14,12 @@ from sklearn.utils.validation import _check_sample_weight, check_consistent_leng
 
 from mlpx.data import take_host_rows, to_host
 from mlpx.distributed import Reducer, make_reducer
-from mlpx.estimators._base import _BaseMLP, _union_labels
+from mlpx.estimators._base import BaseMLP, union_labels
 
 __all__ = ["MLPClassifier"]
 
 
-class MLPClassifier(ClassifierMixin, _BaseMLP):
+class MLPClassifier(ClassifierMixin, BaseMLP):
     """Multi-layer perceptron classifier: scikit-learn's, on the CPU or a GPU.
 
     A drop-in replacement for :class:`sklearn.neural_network.MLPClassifier`
@@ -78,7 +78,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     True
     """
 
-    _parameter_constraints: dict = dict(_BaseMLP._parameter_constraints)
+    _parameter_constraints: dict = dict(BaseMLP._parameter_constraints)
 
     def __init__(
         self,
@@ -173,7 +173,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
         X, y, info = reducer.agreed("checking X and y", local)
         # With comm the labels are those of all ranks together (a shard may miss a class).
-        labels = _union_labels(reducer.allgather(info)) if distributed else None
+        labels = union_labels(reducer.allgather(info)) if distributed else None
         # Same label bookkeeping as scikit-learn (warm_start / partial_fit rules).
         if (not hasattr(self, "classes_")) or (not self.warm_start and not incremental):
             self._label_binarizer = LabelBinarizer()

@@ -13,12 +13,12 @@ from sklearn.utils.validation import _check_sample_weight, check_consistent_leng
 
 from mlpx.data import to_host
 from mlpx.distributed import Reducer
-from mlpx.estimators._base import _BaseMLP
+from mlpx.estimators._base import BaseMLP
 
 __all__ = ["MLPRegressor"]
 
 
-class MLPRegressor(RegressorMixin, _BaseMLP):
+class MLPRegressor(RegressorMixin, BaseMLP):
     """Multi-layer perceptron regressor: scikit-learn's, on the CPU or a GPU.
 
     A drop-in replacement for :class:`sklearn.neural_network.MLPRegressor`
@@ -36,7 +36,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     """
 
     _parameter_constraints: dict = {
-        **_BaseMLP._parameter_constraints,
+        **BaseMLP._parameter_constraints,
         "loss": [StrOptions({"squared_error", "poisson"})],
     }
 
