@@ -113,6 +113,12 @@ _cross_entropy_cuda = lazy_elementwise(
     loss_row = l * scale;
     """,
     "mlpx_softmax_cross_entropy",
+    scalars=("k", "inv_d", "has_w", "has_dz"),
+    # Z, Y, dZ: (n, k) C-contiguous; W: the (n,) sample weights, or Z again when there are none.
+    layouts=[
+        {"Z": (2, True), "Y": (2, True), "W": (2, True), "dZ": (2, True)},
+        {"Z": (2, True), "Y": (2, True), "W": (1, True), "dZ": (2, True)},
+    ],
 )
 
 
