@@ -286,7 +286,8 @@ def _cuda_backward_from_output(expr: str, name: str) -> Any:
 
 relu_backward.register("cupy")(_cuda_backward_from_output("h > (T)0 ? dh : (T)0", "relu"))
 leaky_relu_backward.register("cupy")(
-    _cuda_backward_from_output(f"h > (T)0 ? dh : dh * (T){LEAKY_SLOPE!r}", "leaky_relu")
+    # (T)(...): in half precision T * T is a float, and `c ? T : float` is ambiguous.
+    _cuda_backward_from_output(f"h > (T)0 ? dh : (T)(dh * (T){LEAKY_SLOPE!r})", "leaky_relu")
 )
 logistic_backward.register("cupy")(_cuda_backward_from_output("dh * h * ((T)1 - h)", "logistic"))
 tanh_backward.register("cupy")(_cuda_backward_from_output("dh * ((T)1 - h * h)", "tanh"))
@@ -313,7 +314,7 @@ ACTIVATIONS: dict[str, Activation] = {
     "relu": Activation("relu", relu_forward, relu_backward, True, "x > (T)0 ? x : (T)0"),
     "leaky_relu": Activation(
         "leaky_relu", leaky_relu_forward, leaky_relu_backward, True,
-        f"x > (T)0 ? x : x * (T){LEAKY_SLOPE!r}",
+        f"x > (T)0 ? x : (T)(x * (T){LEAKY_SLOPE!r})",
     ),
     "logistic": Activation(
         "logistic", logistic_forward, logistic_backward, True,
