@@ -166,3 +166,25 @@ def test_gpu_1_gemm_runs_on_device_1(install) -> None:
     b = np.ones((3, 4), np.float32).view(DeviceArray)
     out = be.gemm(a, b)
     assert state.launches == [("matmul", 1)] and out.shape == (2, 4)
+
+
+# ------------------------------------------------------------------- NCCL
+def test_nccl_without_libnccl_says_how_to_install_it(install, monkeypatch: pytest.MonkeyPatch) -> None:
+    MPI = pytest.importorskip("mpi4py.MPI")
+    from mlpx.distributed import NcclReducer
+
+    cupy, _ = fake_cupy(n_devices=1)
+    nccl = types.ModuleType("cupy.cuda.nccl")
+    nccl.available = False
+    cupy.cuda.nccl = nccl
+    install(cupy)
+    monkeypatch.setitem(sys.modules, "cupy.cuda.nccl", nccl)
+    with pytest.raises(BackendUnavailableError, match=r'pip install "mlpx\[nccl\]"'):
+        NcclReducer(MPI.COMM_SELF, CupyBackend(0))
+    # with the library present the same set-up goes through to the communicator
+    made = []
+    nccl.available = True
+    nccl.get_unique_id = lambda: b"uid"
+    nccl.NcclCommunicator = lambda size, uid, rank: made.append((size, uid, rank)) or object()
+    NcclReducer(MPI.COMM_SELF, CupyBackend(0))
+    assert made == [(1, b"uid", 0)]
