@@ -82,6 +82,8 @@ class GpuStatus:
     ----------
     cupy_version : str or None
         Installed CuPy's version (None when it does not import).
+    cupy_package : str or None
+        The pip name of its wheel (``cupy-cuda12x``, ...), read with ``details``.
     cupy_error : str or None
         Why CuPy is unusable: not importable, or older than :data:`MIN_CUPY` (the
         :class:`BackendUnavailableError` message, with the fix).
@@ -97,6 +99,7 @@ class GpuStatus:
     """
 
     cupy_version: str | None = None
+    cupy_package: str | None = None
     cupy_error: str | None = None
     driver_version: int | None = None
     runtime_version: int | None = None
@@ -140,6 +143,7 @@ def gpu_status(details: bool = False) -> GpuStatus:
     except Exception as exc:  # noqa: BLE001 - no driver, no device, broken driver
         st.device_error = f"{type(exc).__name__}: {exc}"
     if details:
+        st.cupy_package = _cupy_distribution()
         for attr, fn in (("driver_version", "driverGetVersion"), ("runtime_version", "runtimeGetVersion")):
             try:
                 setattr(st, attr, int(getattr(cupy.cuda.runtime, fn)()))
