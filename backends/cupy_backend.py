@@ -1,31 +1,69 @@
 """The GPU backend: CuPy arrays, matrix products on cuBLAS.
 
 CuPy is imported when a GPU backend is first built, never at ``import mlpx``, so the
-package works on machines with NumPy alone.
+package works on machines with NumPy alone. CuPy 14 or newer is required: CuPy 13
+lacks ``cupy.astype`` (which the engine's Array API code calls), and its bfloat16
+support is too incomplete for ``precision="bf16"``.
+
+:func:`gpu_status` is the one probe of CuPy, the CUDA driver and the devices:
+:func:`cuda_available` (and so ``mlpx.available_backends()`` and ``backend="auto"``)
+and ``python -m mlpx.doctor`` both read it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import re
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
 
 from .base import Array, Backend, BackendUnavailableError, DeviceMismatchError
 
-__all__ = ["CupyBackend", "cuda_available", "import_cupy"]
+__all__ = ["MIN_CUPY", "CupyBackend", "GpuStatus", "cuda_available", "gpu_status", "import_cupy"]
+
+#: Oldest CuPy the GPU backend runs on (major, minor).
+MIN_CUPY = (14, 0)
 
 _INSTALL_HINT = 'install CuPy with: pip install "mlpx[gpu]" (or the cupy-cudaXXx wheel matching your CUDA)'
 
 
+def _cupy_distribution() -> str:
+    """The pip name of the installed CuPy wheel (``cupy-cuda12x``, ``cupy-cuda13x``, ...)."""
+    try:
+        for dist in importlib.metadata.distributions():
+            name = (dist.metadata.get("Name") or "").lower()
+            if name == "cupy" or name.startswith("cupy-cuda") or name.startswith("cupy-rocm"):
+                return name
+    except Exception:  # broken metadata must not hide the real message
+        pass
+    return "cupy-cuda12x"
+
+
+def _version_tuple(version: str) -> tuple[int, int] | None:
+    m = re.match(r"(\d+)\.(\d+)", version)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
 def import_cupy() -> Any:
-    """Import CuPy, turning its absence into a clear :class:`BackendUnavailableError`."""
+    """Import CuPy (>= :data:`MIN_CUPY`), turning its absence into a clear :class:`BackendUnavailableError`."""
     try:
         import cupy
     except ImportError as exc:  # not installed, or its CUDA libraries are missing
         raise BackendUnavailableError(
             f"backend 'gpu' needs CuPy, which could not be imported ({exc}); {_INSTALL_HINT}"
         ) from exc
+    version = str(getattr(cupy, "__version__", "unknown"))
+    parsed = _version_tuple(version)
+    if parsed is None or parsed < MIN_CUPY:
+        dist = _cupy_distribution()
+        raise BackendUnavailableError(
+            f"backend 'gpu' needs CuPy >= {MIN_CUPY[0]}, but CuPy {version} ({dist}) is installed; "
+            f'upgrade with: pip install -U "{dist}[ctk]>={MIN_CUPY[0]}" (or pip install -e ".[gpu]" '
+            "in an mlpx checkout)"
+        )
     return cupy
 
 
@@ -36,13 +74,98 @@ def _device_count(cupy: Any) -> int:
         return 0
 
 
-def cuda_available() -> bool:
-    """True when CuPy imports and at least one CUDA device is visible."""
+@dataclass
+class GpuStatus:
+    """What :func:`gpu_status` found.
+
+    Attributes
+    ----------
+    cupy_version : str or None
+        Installed CuPy's version (None when it does not import).
+    cupy_package : str or None
+        The pip name of its wheel (``cupy-cuda12x``, ...), read with ``details``.
+    cupy_error : str or None
+        Why CuPy is unusable: not importable, or older than :data:`MIN_CUPY` (the
+        :class:`BackendUnavailableError` message, with the fix).
+    driver_version : int or None
+        The CUDA driver's API version (12080 for 12.8); 0 when no driver is loaded.
+    runtime_version : int or None
+        The CUDA runtime CuPy was built for.
+    device_count : int
+    device_error : str or None
+        Why no device is visible (the driver's error), when none is.
+    devices : list of dict
+        Per device: ``name``, ``compute_capability`` (e.g. ``"9.0"``), ``memory_gib``.
+    """
+
+    cupy_version: str | None = None
+    cupy_package: str | None = None
+    cupy_error: str | None = None
+    driver_version: int | None = None
+    runtime_version: int | None = None
+    device_count: int = 0
+    device_error: str | None = None
+    devices: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def usable(self) -> bool:
+        """CuPy is importable and new enough, and at least one device is visible."""
+        return self.cupy_error is None and self.device_count > 0
+
+
+def gpu_status(details: bool = False) -> GpuStatus:
+    """Probe CuPy, the CUDA driver and the devices; never raises.
+
+    Parameters
+    ----------
+    details : bool
+        Also read the driver and runtime versions and each device's properties
+        (for ``mlpx.doctor``; the usable/not-usable answer is the same).
+    """
+    st = GpuStatus()
     try:
         cupy = import_cupy()
-    except BackendUnavailableError:
-        return False
-    return _device_count(cupy) > 0
+    except BackendUnavailableError as exc:
+        st.cupy_error = str(exc)
+        try:  # report the version of a CuPy that imports but is too old
+            import cupy as old
+
+            st.cupy_version = str(getattr(old, "__version__", "unknown"))
+        except Exception:  # noqa: BLE001 - any import failure means no version to show
+            pass
+        return st
+    except Exception as exc:  # noqa: BLE001 - a broken install must read as "unusable", not crash
+        st.cupy_error = f"CuPy failed to import: {type(exc).__name__}: {exc}"
+        return st
+    st.cupy_version = str(cupy.__version__)
+    try:
+        st.device_count = int(cupy.cuda.runtime.getDeviceCount())
+    except Exception as exc:  # noqa: BLE001 - no driver, no device, broken driver
+        st.device_error = f"{type(exc).__name__}: {exc}"
+    if details:
+        st.cupy_package = _cupy_distribution()
+        for attr, fn in (("driver_version", "driverGetVersion"), ("runtime_version", "runtimeGetVersion")):
+            try:
+                setattr(st, attr, int(getattr(cupy.cuda.runtime, fn)()))
+            except Exception:  # noqa: BLE001 - reported as unknown
+                pass
+        for i in range(st.device_count):
+            try:
+                props = cupy.cuda.runtime.getDeviceProperties(i)
+                name = props["name"]
+                st.devices.append({
+                    "name": name.decode() if isinstance(name, bytes) else str(name),
+                    "compute_capability": f"{props['major']}.{props['minor']}",
+                    "memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
+                })
+            except Exception as exc:  # noqa: BLE001
+                st.devices.append({"name": f"unreadable ({type(exc).__name__}: {exc})"})
+    return st
+
+
+def cuda_available() -> bool:
+    """True when CuPy (>= 14) imports and at least one CUDA device is visible."""
+    return gpu_status().usable
 
 
 class CupyBackend(Backend):
@@ -128,8 +251,15 @@ class CupyBackend(Backend):
         with self.device:
             return self.xp.arange(n)
 
+    # CuPy launches on the *current* device. Every method that launches work enters
+    # this backend's, so "gpu:1" computes on device 1 even outside activated().
+    def run(self, k: Any, *args: Any, **kwargs: Any) -> Any:
+        with self.device:
+            return super().run(k, *args, **kwargs)
+
     def copy(self, src: Array, out: Array) -> Array:
-        self.xp.copyto(out, src, casting="unsafe")  # dtype conversions (mixed precision) too
+        with self.device:
+            self.xp.copyto(out, src, casting="unsafe")  # dtype conversions (mixed precision) too
         return out
 
     @contextlib.contextmanager
@@ -174,21 +304,24 @@ class CupyBackend(Backend):
         if trans_b:
             b = b.T
         # cupy.matmul passes transposed views to cuBLAS as transpose flags.
-        return self.xp.matmul(a, b, out=out)
+        with self.device:
+            return self.xp.matmul(a, b, out=out)
 
     def sum(self, x: Array, axis: int | None = None, out: Array | None = None) -> Array:
-        if x.dtype.itemsize < 4:
-            # Half precision (mixed-precision bias gradients): accumulate in float32,
-            # then store into out's dtype.
-            total = self.xp.sum(x, axis=axis, dtype=self.xp.float32)
-            if out is None:
-                return total.astype(x.dtype)
-            self.xp.copyto(out, total, casting="unsafe")
-            return out
-        return self.xp.sum(x, axis=axis, out=out)
+        with self.device:
+            if x.dtype.itemsize < 4:
+                # Half precision (mixed-precision bias gradients): accumulate in float32,
+                # then store into out's dtype.
+                total = self.xp.sum(x, axis=axis, dtype=self.xp.float32)
+                if out is None:
+                    return total.astype(x.dtype)
+                self.xp.copyto(out, total, casting="unsafe")
+                return out
+            return self.xp.sum(x, axis=axis, out=out)
 
     def take_rows(self, x: Array, idx: Array, out: Array | None = None) -> Array:
-        return self.xp.take(x, idx, axis=0, out=out)
+        with self.device:
+            return self.xp.take(x, idx, axis=0, out=out)
 
     def to_float(self, x: Array) -> float:
         return float(x)  # one device->host copy, which synchronises

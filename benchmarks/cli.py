@@ -9,6 +9,7 @@ Examples
     python -m benchmarks --only gemm --only train --backend cpu
     python -m benchmarks --only train,scaling --out /tmp/bench
     python -m benchmarks --compare old/results.json new/results.json
+    python -m benchmarks --gpu-check           # first run on a GPU machine: GPU tests + GPU rows, <= 8 min
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ def parser() -> argparse.ArgumentParser:
                    help="print the ratios B/A between two results files and exit")
     p.add_argument("--render", metavar="RESULTS.json",
                    help="rewrite the report and plots of an existing results file (no measuring) and exit")
+    p.add_argument("--gpu-check", action="store_true",
+                   help="the first command on a GPU machine: pytest -m gpu, then the GPU rows at reduced sizes, "
+                   "in at most 8 minutes; writes benchmarks/results/<gpu-tag>/ (or --out); exit 1 if a GPU test "
+                   "failed, 2 if a benchmark check failed, 3 if there is no usable GPU (see benchmarks/gpu_check.py)")
+    p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                   help="--gpu-check's total time (default 480)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -68,6 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = parser()
     args = p.parse_args(argv)
+    if args.gpu_check:
+        if args.only or args.compare or args.render or args.threads is not None:
+            p.error("--gpu-check takes only --out and --budget")
+        from benchmarks.gpu_check import TOTAL_BUDGET_S, run_gpu_check
+
+        budget = TOTAL_BUDGET_S if args.budget is None else args.budget
+        if budget <= 0:
+            p.error("--budget must be > 0 seconds")
+        return run_gpu_check(out=args.out, budget_s=budget)
+    if args.budget is not None:
+        p.error("--budget applies to --gpu-check only")
     if args.render:
         import json
         from pathlib import Path

@@ -31,7 +31,7 @@ import math
 from typing import Any
 
 from mlpx.backends import Kernel, kernel
-from mlpx.backends.cuda import lazy_elementwise
+from mlpx.backends.cuda import ACCUMULATOR_PREAMBLE, lazy_elementwise
 
 __all__ = ["ACTIVATIONS", "Activation", "get_activation"]
 
@@ -203,19 +203,39 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 _GELU_A = 0.044715
 
 
+def _is_half(xp: Any, dtype: Any) -> bool:
+    return xp.finfo(dtype).bits < 32
+
+
+# GELU's cubic term overflows half precision: z³ beyond |z| ≈ 40 (float16's max is
+# 65504) and z² at |z| ≥ 256, where g' = ... + (1 − t²)·z·(1 + 3a z²) becomes 0·inf =
+# NaN. For float16 and bfloat16 both are computed in float32 and cast once at the end.
+def _gelu(xp: Any, Z: Array) -> Array:
+    return 0.5 * Z * (1.0 + xp.tanh(_GELU_C * (Z + _GELU_A * Z * Z * Z)))
+
+
+def _gelu_grad(xp: Any, Z: Array) -> Array:
+    Z2 = Z * Z
+    t = xp.tanh(_GELU_C * Z * (1.0 + _GELU_A * Z2))
+    return 0.5 * (1.0 + t) + 0.5 * Z * (1.0 - t * t) * _GELU_C * (1.0 + 3.0 * _GELU_A * Z2)
+
+
 @kernel
 def gelu_forward(xp: Any, Z: Array, out: Array) -> Array:
-    t = xp.tanh(_GELU_C * (Z + _GELU_A * Z * Z * Z))
-    out[...] = 0.5 * Z * (1.0 + t)
+    if _is_half(xp, Z.dtype):
+        out[...] = xp.astype(_gelu(xp, xp.astype(Z, xp.float32)), out.dtype)
+    else:
+        out[...] = _gelu(xp, Z)
     return out
 
 
 @kernel
 def gelu_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
-    Z2 = Z * Z
-    t = xp.tanh(_GELU_C * Z * (1.0 + _GELU_A * Z2))
-    g = 0.5 * (1.0 + t) + 0.5 * Z * (1.0 - t * t) * _GELU_C * (1.0 + 3.0 * _GELU_A * Z2)
-    out[...] = dH * g
+    if _is_half(xp, Z.dtype):
+        f32 = xp.float32
+        out[...] = xp.astype(xp.astype(dH, f32) * _gelu_grad(xp, xp.astype(Z, f32)), out.dtype)
+    else:
+        out[...] = dH * _gelu_grad(xp, Z)
     return out
 
 
@@ -264,12 +284,17 @@ def exp_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
 # ------------------------------------------------------- CUDA variants
 # One launch per backward pass (the NumPy variants are two or three on CuPy).
 # Each expression must match the generic definition above; tests/test_gpu.py checks.
-_GELU_PREAMBLE = f"""
-template <typename T> __device__ T mlpx_gelu_grad(T z) {{
-    const T c = {_GELU_C!r}, a = {_GELU_A!r};
-    T z2 = z * z;
-    T t = tanh(c * z * ((T)1 + a * z2));
-    return (T)0.5 * ((T)1 + t) + (T)0.5 * z * ((T)1 - t * t) * c * ((T)1 + (T)3 * a * z2);
+# dH ⊙ g'(Z) computed in A = mlpx_acc<T>::type (float for the 16-bit types, where z²
+# overflows at |z| >= 256 and gives 0·inf = NaN; T itself for float32/float64).
+_GELU_PREAMBLE = ACCUMULATOR_PREAMBLE + f"""
+template <typename T> __device__ T mlpx_gelu_dz(T dh, T z_) {{
+    typedef typename mlpx_acc<T>::type A;
+    const A c = {_GELU_C!r}, a = {_GELU_A!r};
+    const A z = (A)z_;
+    const A z2 = z * z;
+    const A t = tanh(c * z * ((A)1 + a * z2));
+    const A g = (A)0.5 * ((A)1 + t) + (A)0.5 * z * ((A)1 - t * t) * c * ((A)1 + (A)3 * a * z2);
+    return (T)((A)dh * g);
 }}
 """
 
@@ -286,14 +311,15 @@ def _cuda_backward_from_output(expr: str, name: str) -> Any:
 
 relu_backward.register("cupy")(_cuda_backward_from_output("h > (T)0 ? dh : (T)0", "relu"))
 leaky_relu_backward.register("cupy")(
-    _cuda_backward_from_output(f"h > (T)0 ? dh : dh * (T){LEAKY_SLOPE!r}", "leaky_relu")
+    # (T)(...): in half precision T * T is a float, and `c ? T : float` is ambiguous.
+    _cuda_backward_from_output(f"h > (T)0 ? dh : (T)(dh * (T){LEAKY_SLOPE!r})", "leaky_relu")
 )
 logistic_backward.register("cupy")(_cuda_backward_from_output("dh * h * ((T)1 - h)", "logistic"))
 tanh_backward.register("cupy")(_cuda_backward_from_output("dh * ((T)1 - h * h)", "tanh"))
 exp_backward.register("cupy")(_cuda_backward_from_output("dh * h", "exp"))
 
 _gelu_backward_cuda = lazy_elementwise(
-    "T dh, T z", "T dz", "dz = dh * mlpx_gelu_grad(z);", "mlpx_gelu_backward", preamble=_GELU_PREAMBLE
+    "T dh, T z", "T dz", "dz = mlpx_gelu_dz(dh, z);", "mlpx_gelu_backward", preamble=_GELU_PREAMBLE
 )
 
 
@@ -313,7 +339,7 @@ ACTIVATIONS: dict[str, Activation] = {
     "relu": Activation("relu", relu_forward, relu_backward, True, "x > (T)0 ? x : (T)0"),
     "leaky_relu": Activation(
         "leaky_relu", leaky_relu_forward, leaky_relu_backward, True,
-        f"x > (T)0 ? x : x * (T){LEAKY_SLOPE!r}",
+        f"x > (T)0 ? x : (T)(x * (T){LEAKY_SLOPE!r})",
     ),
     "logistic": Activation(
         "logistic", logistic_forward, logistic_backward, True,

@@ -77,7 +77,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mlpx.backends import Backend, get_backend, kernel
+from mlpx.backends import Backend, BackendUnavailableError, get_backend, kernel
 
 __all__ = [
     "GradientReducer",
@@ -481,6 +481,11 @@ class NcclReducer(GradientReducer):
                 )
             from cupy.cuda import nccl
 
+            if not nccl.available:  # CuPy's wheels do not ship libnccl
+                raise BackendUnavailableError(
+                    "comm='nccl' needs the NCCL library, which CuPy could not load; install it with: "
+                    'pip install "mlpx[nccl]" (nvidia-nccl-cu12; nvidia-nccl-cu13 for CUDA 13)'
+                )
             self._nccl_mod = nccl
             if self.is_root:
                 uid = nccl.get_unique_id()

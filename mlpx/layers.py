@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from mlpx.activations import Activation, get_activation
+from mlpx.activations import ACTIVATIONS, Activation, get_activation
 from mlpx.backends import Backend, kernel
 from mlpx.backends.cuda import lazy_elementwise
 from mlpx.backends.jit import lazy_njit
@@ -118,7 +118,20 @@ def _bias_activation_numba(xp: Any, Z: Array, b: Array, act: Activation, out: Ar
     return out
 
 
-_BIAS_ACT_CUDA: dict[str, Any] = {}
+def _bias_act_cuda(act: Activation) -> Any:
+    # Z (n, units) is contiguous; b (units,) broadcasts over the rows, so CuPy keeps
+    # both 2-D (b with a zero row stride) and writes y = Z in place.
+    return lazy_elementwise(
+        "T z, T b", "T y", f"T x = z + b; y = {act.cuda_forward};", f"mlpx_bias_{act.name}",
+        layouts=[{"z": (2, True), "b": (2, False), "y": (2, True)}],
+    )
+
+
+# One fused kernel per activation with a CUDA expression, declared (not compiled) at
+# import so that the offline compile test sees every one of them.
+_BIAS_ACT_CUDA: dict[str, Any] = {
+    name: _bias_act_cuda(act) for name, act in ACTIVATIONS.items() if act.cuda_forward is not None
+}
 
 
 @bias_activation.register("cupy")
@@ -128,10 +141,8 @@ def _bias_activation_cupy(xp: Any, Z: Array, b: Array, act: Activation, out: Arr
         # whose g' reads Z), Z must keep Z + b, which the one-launch kernel does not write.
         return _bias_activation_np(xp, Z, b, act, out)
     k = _BIAS_ACT_CUDA.get(act.name)
-    if k is None:
-        k = _BIAS_ACT_CUDA[act.name] = lazy_elementwise(
-            "T z, T b", "T y", f"T x = z + b; y = {act.cuda_forward};", f"mlpx_bias_{act.name}"
-        )
+    if k is None:  # an Activation built outside mlpx.activations
+        k = _BIAS_ACT_CUDA[act.name] = _bias_act_cuda(act)
     k(Z, b, out)  # b broadcasts over rows
     return out
 

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from mlpx.backends import kernel
-from mlpx.backends.cuda import lazy_elementwise
+from mlpx.backends.cuda import ACCUMULATOR_PREAMBLE, lazy_elementwise
 from mlpx.backends.jit import lazy_njit
 
 __all__ = ["LOSSES", "OUTPUT_LOSS", "Loss", "OutputLoss", "get_loss", "pair"]
@@ -111,27 +111,37 @@ def _weighted_total_np(xp: Any, per_row: Array, w: Array | None, denom: float) -
 
 
 # CUDA: softmax, cross-entropy and the output delta in one launch, one thread per
-# row (rows are short: one per class), plus one reduction for the total.
+# row (rows are short: one per class), plus one reduction for the total. The row's
+# max, sum and loss are kept in A (float, or double for double): half-precision
+# types have no `+= float`, and a sum of k exponentials in float16 loses digits.
 _cross_entropy_cuda = lazy_elementwise(
     "raw T Z, raw T Y, raw T W, int32 k, T inv_d, bool has_w, bool has_dz",
     "raw T dZ, T loss_row",
     """
+    typedef mlpx_acc<T>::type A;
     const ptrdiff_t r = (ptrdiff_t)i * k;
-    T m = Z[r];
-    for (int j = 1; j < k; ++j) m = max(m, (T)Z[r + j]);
-    T s = 0;
-    for (int j = 0; j < k; ++j) s += exp((T)Z[r + j] - m);
-    const T lse = log(s) + m;
-    const T scale = (has_w ? (T)W[i] : (T)1) * inv_d;
-    T l = 0;
+    A m = (A)Z[r];
+    for (int j = 1; j < k; ++j) m = max(m, (A)Z[r + j]);
+    A s = 0;
+    for (int j = 0; j < k; ++j) s += exp((A)Z[r + j] - m);
+    const A lse = log(s) + m;
+    const A scale = (has_w ? (A)W[i] : (A)1) * (A)inv_d;
+    A l = 0;
     for (int j = 0; j < k; ++j) {
-        const T z = Z[r + j], y = Y[r + j];
+        const A z = (A)Z[r + j], y = (A)Y[r + j];
         l += y * (lse - z);
-        if (has_dz) dZ[r + j] = (exp(z - m) / s - y) * scale;
+        if (has_dz) dZ[r + j] = (T)((exp(z - m) / s - y) * scale);
     }
-    loss_row = l * scale;
+    loss_row = (T)(l * scale);
     """,
     "mlpx_softmax_cross_entropy",
+    preamble=ACCUMULATOR_PREAMBLE,
+    scalars=("k", "inv_d", "has_w", "has_dz"),
+    # Z, Y, dZ: (n, k) C-contiguous; W: the (n,) sample weights, or Z again when there are none.
+    layouts=[
+        {"Z": (2, True), "Y": (2, True), "W": (2, True), "dZ": (2, True)},
+        {"Z": (2, True), "Y": (2, True), "W": (1, True), "dZ": (2, True)},
+    ],
 )
 
 

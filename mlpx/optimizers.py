@@ -203,6 +203,7 @@ _sgd_cuda = lazy_elementwise(
     p = nesterov ? p + (momentum * vi - lr * g) : p + vi;
     """,
     "mlpx_sgd_update",
+    scalars=("lr", "momentum", "nesterov"),
 )
 
 
@@ -224,6 +225,7 @@ _adam_cuda = lazy_elementwise(
     p = p + (-lr_t * mi / (sqrt(vi) + epsilon));
     """,
     "mlpx_adam_update",
+    scalars=("lr_t", "beta_1", "c_1", "beta_2", "c_2", "epsilon"),
 )
 
 
@@ -244,6 +246,7 @@ _rmsprop_cuda = lazy_elementwise(
     p = p - lr * g / (sqrt(si) + epsilon);
     """,
     "mlpx_rmsprop_update",
+    scalars=("lr", "rho", "c_rho", "epsilon"),
 )
 
 

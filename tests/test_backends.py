@@ -248,7 +248,7 @@ def _fake_cupy(n_devices: int) -> types.ModuleType:
     cupy.ndarray = ndarray
     cupy.asarray = np.asarray
     cupy.float32, cupy.float64 = np.float32, np.float64
-    cupy.__version__ = "0.0-fake"
+    cupy.__version__ = "14.2.0"  # a supported CuPy (the backend refuses < 14)
     return cupy
 
 

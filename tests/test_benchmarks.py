@@ -611,7 +611,7 @@ def _fake_cupy():
 
     compute = {"float32": 1}
     cp = types.ModuleType("cupy")
-    cp.__version__ = "0.0-fake"
+    cp.__version__ = "14.2.0"  # a supported CuPy (the backend refuses < 14)
     cp.ndarray = _FakeArray
     cp.float32, cp.float64 = np.float32, np.float64
     cp.empty = lambda shape, dtype=np.float32: wrap(np.empty(shape, dtype))

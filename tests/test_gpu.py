@@ -101,21 +101,22 @@ def test_kernel_variants_on_cupy_match_the_generic_definition(gpu, dtype: str) -
             memo_h: dict[int, np.ndarray] = {}
             memo_d: dict[int, object] = {}
             host_args, dev_args = [], []
+            bufs_h, bufs_d = [], []  # each host array beside its device copy, once each
             for a in args:
                 if isinstance(a, np.ndarray):
                     if id(a) not in memo_h:
                         memo_h[id(a)] = a.copy()
                         memo_d[id(a)] = cp.asarray(a)
+                        bufs_h.append(memo_h[id(a)])
+                        bufs_d.append(memo_d[id(a)])
                     host_args.append(memo_h[id(a)])
                     dev_args.append(memo_d[id(a)])
-                else:
+                else:  # scalars, None, and objects such as the Activation of bias_activation
                     host_args.append(a)
                     dev_args.append(a)
             ret_h = k.generic(np, *host_args, **kwargs)
             ret_d = fast(cp, *dev_args, **kwargs)
             tol = 2e-6 if dtype == "float32" else 1e-12
-            bufs_h = [a for a in host_args if isinstance(a, np.ndarray)]
-            bufs_d = [a for a in dev_args if not isinstance(a, (float, int, bool, type(None)))]
             skip_last = name in ("sgd_update", "adam_update", "rmsprop_update", "l2_penalty")
             for i, (bh, bd) in enumerate(zip(bufs_h, bufs_d)):
                 if skip_last and i == len(bufs_h) - 1:
@@ -123,6 +124,34 @@ def test_kernel_variants_on_cupy_match_the_generic_definition(gpu, dtype: str) -
                 np.testing.assert_allclose(cp.asnumpy(bd), bh, rtol=tol, atol=tol, err_msg=f"{name} [{label}]")
             if ret_h is not None and not any(ret_h is b for b in bufs_h):
                 np.testing.assert_allclose(float(ret_d), float(ret_h), rtol=tol * 10, atol=tol, err_msg=f"{name} [{label}] value")
+
+
+@pytest.mark.parametrize("name", ["float16", "bfloat16"])
+def test_gelu_backward_kernel_in_half_precision_beyond_256(gpu, name: str) -> None:
+    """The CUDA kernel computes g' in float: no NaN where z² overflows float16 (|z| >= 256)."""
+    import math
+
+    from mlpx.activations import gelu_backward
+
+    if name == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+        eps = 2.0**-7
+    else:
+        dtype, eps = np.float16, 2.0**-10
+    c, a = math.sqrt(2.0 / math.pi), 0.044715
+    z = np.array([-65504.0, -300.0, -256.0, -3.0, -0.5, 0.0, 1.0, 4.0, 255.0, 256.0, 1000.0, 60000.0]).astype(dtype)
+    dH = np.linspace(-2.0, 3.0, z.size).astype(dtype)
+    z64, dH64 = z.astype(np.float64), dH.astype(np.float64)
+    u = c * (z64 + a * z64**3)
+    sech2 = np.where(np.abs(u) > 40.0, 0.0, 1.0 / np.cosh(np.clip(u, -40.0, 40.0)) ** 2)
+    ref = dH64 * (0.5 * (1.0 + np.tanh(u)) + 0.5 * z64 * sech2 * c * (1.0 + 3.0 * a * z64**2))
+    cp = gpu.xp
+    out = cp.empty(z.shape, dtype=dtype)
+    assert gelu_backward.resolve(gpu.kinds) is gelu_backward.variants["cupy"]
+    gpu.run(gelu_backward, cp.asarray(dH), cp.asarray(z), None, out)
+    got = cp.asnumpy(out).astype(np.float64)
+    assert np.isfinite(got).all(), got
+    np.testing.assert_allclose(got, ref, rtol=eps, atol=eps * 1e-3)
 
 
 def test_numpy_array_handed_to_gpu_computation(gpu) -> None:
