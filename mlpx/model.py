@@ -25,8 +25,8 @@ from mlpx.backends import Backend, get_backend
 from mlpx.layers import ActivationLayer, Dense, Dropout, Layer
 from mlpx.losses import OUTPUT_LOSS, Loss, get_loss, l2_penalty
 from mlpx.metrics import correct_count, r2_score
-from mlpx.precision import all_finite, check_range, get_precision, scale_cast
-from mlpx.validation import check_sample_weight, check_X, encode_targets
+from mlpx.precision import all_finite, get_precision, scale_cast
+from mlpx.validation import check_int, check_real, check_sample_weight, check_seed, check_X, encode_targets
 
 __all__ = ["MLP", "Sequential"]
 
@@ -35,7 +35,11 @@ PREDICT_CHUNK = 8192  # rows per forward pass in predict: bounds workspace memor
 
 
 def _check_dtype(dtype: Any) -> str:
-    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    """``"float32"`` or ``"float64"`` from a name, a NumPy dtype or a scalar type."""
+    try:
+        name = np.dtype(dtype).name if dtype is not None else None
+    except TypeError:
+        name = None
     if name not in ("float32", "float64"):
         raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     return name
@@ -98,7 +102,9 @@ class Sequential:
         self.dtype = _check_dtype(dtype)
         self.precision_ = get_precision(precision, self.dtype, self.backend)
         self.compute_dtype = self.precision_.compute_dtype
-        self.seed = seed
+        # A NumPy integer seed would break the JSON record and the per-layer dropout
+        # seeds (seed + 1 + k): normalise it to a Python int once, here.
+        self.seed = seed = check_seed(seed)
         self.layers, self.output = _split_output(layers)
         self.stop_training = False
         self.history: Any = None
@@ -242,10 +248,9 @@ class Sequential:
         return max((2.0 * n * l.n_in * l.n_out for l in self.layers if isinstance(l, Dense)), default=0.0)
 
     def _check_X(self, X: Any, name: str = "X") -> Any:
-        """:func:`~mlpx.validation.check_X`, plus the compute dtype's range (fp16)."""
-        X = check_X(X, self.backend, self.n_features_in_, name=name)
-        check_range(X, self.compute_dtype, name)
-        return X
+        """:func:`~mlpx.validation.check_X` against this model: its width, and the range
+        of its compute dtype (a value the cast would turn into infinity is refused)."""
+        return check_X(X, self.backend, self.n_features_in_, name=name, dtype=self.compute_dtype)
 
     def _workspace(self, tag: str, n: int, width: int, dtype: str | None = None) -> Array:
         key = (tag, n)
@@ -597,8 +602,16 @@ def MLP(
     output : str, default "softmax"
         Output activation: softmax (multiclass), logistic (binary / multilabel),
         identity (regression) or exp (Poisson).
-    dropout : float, default 0
+    dropout : float in [0, 1), default 0
         Dropout rate after each hidden layer.
+    seed : int, optional
+        NumPy integers are accepted (and stored as Python ints).
+
+    Raises
+    ------
+    InvalidParameterError
+        (a ValueError and TypeError) A width that is not a positive integer: 8.7 is
+        refused, not truncated, and so is 8.0, as scikit-learn does.
     precision : {None, "float32", "tf32", "bf16", "fp16"}, optional
         See :class:`Sequential` and :mod:`mlpx.precision`.
 
@@ -609,9 +622,12 @@ def MLP(
     >>> model.n_params
     19754
     """
-    sizes = [int(s) for s in sizes]
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+        raise TypeError(f"sizes must be a sequence of layer widths, got {sizes!r}")
+    sizes = [check_int(f"sizes[{k}]", s, low=1) for k, s in enumerate(sizes)]
     if len(sizes) < 2:
         raise ValueError("sizes needs at least [n_features, n_outputs]")
+    dropout = check_real("dropout", dropout, 0.0, 1.0, high_open=True)
     get_activation(activation)  # an unknown name fails even when there is no hidden layer
     layers: list[Layer] = []
     for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):

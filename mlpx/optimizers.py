@@ -28,6 +28,7 @@ from mlpx.backends import Backend, kernel
 from mlpx.backends.cuda import lazy_elementwise
 from mlpx.backends.jit import lazy_njit
 from mlpx.schedules import Schedule, get_schedule
+from mlpx.validation import check_bool, check_real
 
 __all__ = ["OPTIMIZERS", "SGD", "Adam", "AdamW", "Optimizer", "RMSprop", "get_optimizer"]
 
@@ -259,10 +260,15 @@ class Optimizer:
 
     Parameters
     ----------
-    lr : float
+    lr : float > 0
         Initial learning rate ``η``.
     schedule : str or Schedule, optional
         How ``η`` changes from epoch to epoch (:mod:`mlpx.schedules`).
+
+    Every numeric setting (``lr``, ``momentum``, ``beta_1``, ``beta_2``, ``rho`` in
+    [0, 1); ``epsilon`` > 0; ``weight_decay`` >= 0) takes a Python or NumPy number,
+    is stored as a Python float, and must be finite; anything else raises
+    :class:`~mlpx.validation.InvalidParameterError` (a ValueError and a TypeError).
 
     Attributes
     ----------
@@ -273,9 +279,9 @@ class Optimizer:
     """
 
     def __init__(self, lr: float, schedule: str | Schedule | None = None) -> None:
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise ValueError(f"learning rate must be a positive number, got {lr!r}")
-        self.lr0 = self.lr = float(lr)
+        # Python floats from here on: NumPy scalars (np.float32(1e-3), as GridSearchCV
+        # grids give) would reach the kernels, which strict namespaces refuse.
+        self.lr0 = self.lr = check_real("lr (learning rate)", lr, 0.0, low_open=True)
         self.schedule = get_schedule(schedule)
         self.t = 0
         self._bound: tuple[Any, ...] | None = None
@@ -331,9 +337,8 @@ class SGD(Optimizer):
         schedule: str | Schedule | None = None,
     ) -> None:
         super().__init__(lr, schedule)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+        self.momentum = check_real("momentum", momentum, 0.0, 1.0, high_open=True)
+        self.nesterov = check_bool("nesterov", nesterov)
 
     def _init_state(self) -> None:
         self.velocity = self._zeros()
@@ -361,10 +366,10 @@ class Adam(Optimizer):
         schedule: str | Schedule | None = None,
     ) -> None:
         super().__init__(lr, schedule)
-        for name, b in (("beta_1", beta_1), ("beta_2", beta_2)):
-            if not 0.0 <= b < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {b!r}")
-        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        self.beta_1 = check_real("beta_1", beta_1, 0.0, 1.0, high_open=True)
+        self.beta_2 = check_real("beta_2", beta_2, 0.0, 1.0, high_open=True)
+        # ε > 0: with ε = 0 a parameter whose gradients have all been zero divides 0 by 0.
+        self.epsilon = check_real("epsilon", epsilon, 0.0, low_open=True)
 
     def _init_state(self) -> None:
         self.m, self.v = self._zeros(), self._zeros()
@@ -390,9 +395,7 @@ class AdamW(Adam):
 
     def __init__(self, lr: float = 1e-3, weight_decay: float = 0.01, **kwargs: Any) -> None:
         super().__init__(lr, **kwargs)
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-        self.weight_decay = float(weight_decay)
+        self.weight_decay = check_real("weight_decay", weight_decay, 0.0)
 
     def step(self) -> None:
         if self.weight_decay:
@@ -414,9 +417,8 @@ class RMSprop(Optimizer):
         schedule: str | Schedule | None = None,
     ) -> None:
         super().__init__(lr, schedule)
-        if not 0.0 <= rho < 1.0:
-            raise ValueError(f"rho must be in [0, 1), got {rho!r}")
-        self.rho, self.epsilon = float(rho), float(epsilon)
+        self.rho = check_real("rho", rho, 0.0, 1.0, high_open=True)
+        self.epsilon = check_real("epsilon", epsilon, 0.0, low_open=True)
 
     def _init_state(self) -> None:
         self.s = self._zeros()
