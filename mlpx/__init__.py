@@ -23,9 +23,10 @@ from mlpx.layers import GELU, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid
 from mlpx.losses import LOSSES
 from mlpx.model import MLP, Sequential
 from mlpx.optimizers import SGD, Adam, AdamW, RMSprop
-from mlpx.saving import load
+from mlpx.saving import ModelFileError, load
 from mlpx.schedules import Constant, Cosine, InverseScaling, StepDecay
 from mlpx.training import History, TrainingDivergedError
+from mlpx.validation import InvalidParameterError
 
 __version__ = "0.1.0"
 
@@ -45,6 +46,7 @@ __all__ = [
     "EarlyStopping",
     "History",
     "Identity",
+    "InvalidParameterError",
     "InverseScaling",
     "LeakyReLU",
     "ProgressBar",
@@ -57,6 +59,7 @@ __all__ = [
     "Tanh",
     "MLPClassifier",
     "MLPRegressor",
+    "ModelFileError",
     "TrainingDivergedError",
     "available_backends",
     "get_backend",
