@@ -61,7 +61,8 @@ class Sequential:
         Dtype of parameters, gradients, optimizer state and computation.
     seed : int, optional
         Seeds the host generator for initial weights (and dropout masks); the same
-        seed gives the same starting weights on every backend.
+        seed gives the same starting weights on every backend. A NumPy integer is
+        accepted and stored as a Python int.
     precision : {None, "float32", "tf32", "bf16", "fp16"}, optional
         How a step computes (:mod:`mlpx.precision`): None computes in ``dtype``;
         "tf32" uses TF32 tensor cores for the float32 products (GPU); "bf16" and
