@@ -43,7 +43,7 @@ import numpy as np
 from mlpx.activations import ACTIVATIONS
 from mlpx.backends import Backend, BackendError, get_backend
 from mlpx.initializers import INITIALIZERS
-from mlpx.layers import LAYERS, layer_from_config
+from mlpx.layers import layer_from_config
 from mlpx.optimizers import OPTIMIZERS
 from mlpx.precision import PRECISIONS
 

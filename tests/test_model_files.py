@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import os
 import tracemalloc
 import warnings
 import zipfile
@@ -23,7 +22,7 @@ from hypothesis import strategies as st
 
 import mlpx
 from mlpx import ModelFileError
-from mlpx.distributed import load_checkpoint, save_checkpoint
+from mlpx.distributed import save_checkpoint
 from mlpx.saving import MAX_PARAMS, check_architecture, read_model_file
 
 FUZZ_EXAMPLES = 300
@@ -95,6 +94,17 @@ def _load_or_refuse(path):
 def test_model_file_error_is_a_documented_value_error() -> None:
     assert issubclass(ModelFileError, ValueError) and mlpx.ModelFileError is ModelFileError
     assert "ModelFileError" in mlpx.__all__
+
+
+def test_the_reader_knows_every_layer_type_and_its_fields() -> None:
+    """A new layer type (or field) must be taught to the file checks too."""
+    from mlpx.layers import LAYERS
+    from mlpx.saving import _LAYER_KEYS
+
+    examples = {"Dense": mlpx.Dense(2, 3), "ActivationLayer": mlpx.ReLU(), "Dropout": mlpx.Dropout(0.1)}
+    assert set(_LAYER_KEYS) == set(LAYERS) == set(examples)
+    for kind, layer in examples.items():
+        assert set(layer.get_config()) == _LAYER_KEYS[kind]
 
 
 def _good(tmp_path):

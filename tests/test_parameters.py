@@ -5,7 +5,6 @@ widths, callbacks that are not callbacks) are refused with a clear error."""
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
