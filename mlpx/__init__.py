@@ -23,9 +23,10 @@ from mlpx.layers import GELU, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid
 from mlpx.losses import LOSSES
 from mlpx.model import MLP, Sequential, load
 from mlpx.optimizers import SGD, Adam, AdamW, RMSprop
-from mlpx.saving import ModelCheckpoint, load_checkpoint, save_checkpoint
+from mlpx.saving import ModelCheckpoint, ModelFileError, load_checkpoint, save_checkpoint
 from mlpx.schedules import Adaptive, Constant, Cosine, InverseScaling, StepDecay
 from mlpx.training import History, TrainingDivergedError
+from mlpx.validation import InvalidParameterError
 
 __version__ = "0.1.0"
 
@@ -46,6 +47,7 @@ __all__ = [
     "EarlyStopping",
     "History",
     "Identity",
+    "InvalidParameterError",
     "InverseScaling",
     "LeakyReLU",
     "ModelCheckpoint",
@@ -59,6 +61,7 @@ __all__ = [
     "Tanh",
     "MLPClassifier",
     "MLPRegressor",
+    "ModelFileError",
     "TrainingDivergedError",
     "available_backends",
     "get_backend",

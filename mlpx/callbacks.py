@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any
+from typing import Any, Iterable
+
+from mlpx.validation import check_bool, check_int, check_real
 
 __all__ = ["Callback", "EarlyStopping", "ProgressBar", "check_callbacks"]
 
@@ -34,6 +36,45 @@ class Callback:
         pass
 
 
+def check_callbacks(callbacks: Iterable[Callback] | Callback | None) -> list[Callback]:
+    """The ``callbacks=`` argument of ``fit`` as a list of :class:`Callback` instances.
+
+    Parameters
+    ----------
+    callbacks : iterable of Callback, a single Callback, or None
+
+    Returns
+    -------
+    list of Callback
+        A new list (``fit`` may append its own, e.g. the progress bar).
+
+    Raises
+    ------
+    TypeError
+        An element that is not a :class:`Callback` instance (a class instead of an
+        instance included), or a ``callbacks`` that is not iterable.
+    """
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, Callback):
+        return [callbacks]
+    if isinstance(callbacks, (str, bytes)) or not hasattr(callbacks, "__iter__"):
+        raise TypeError(f"callbacks must be a list of mlpx.Callback instances, got {callbacks!r}")
+    out = list(callbacks)
+    for i, cb in enumerate(out):
+        if not isinstance(cb, Callback):
+            what = (
+                f"the class {cb.__name__} (instantiate it: {cb.__name__}())"
+                if isinstance(cb, type) and issubclass(cb, Callback)
+                else f"{cb!r} of type {type(cb).__name__}"
+            )
+            raise TypeError(
+                f"callbacks[{i}] is {what}; every callback must be an instance of mlpx.Callback "
+                f"(subclass it and override on_train_begin / on_epoch_end / on_train_end)"
+            )
+    return out
+
+
 class EarlyStopping(Callback):
     """Stop when a monitored value stops improving; optionally restore the best weights.
 
@@ -43,8 +84,9 @@ class EarlyStopping(Callback):
         A key of the epoch logs. Falls back to "loss" when there is no validation data.
     patience : int, default 5
         Epochs without improvement before stopping.
-    min_delta : float, default 0
-        Smallest change that counts as an improvement.
+    min_delta : float >= 0, default 0
+        Smallest change that counts as an improvement (a negative value is refused,
+        not silently made positive).
     mode : {"auto", "min", "max"}
         "auto" maximises keys containing "accuracy" or "r2", minimises the rest.
     restore_best_weights : bool, default True
@@ -66,12 +108,15 @@ class EarlyStopping(Callback):
         mode: str = "auto",
         restore_best_weights: bool = True,
     ) -> None:
-        if mode not in ("auto", "min", "max"):
+        if not isinstance(mode, str) or mode not in ("auto", "min", "max"):
             raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
-        if patience < 0:
-            raise ValueError("patience must be >= 0")
-        self.monitor, self.patience, self.min_delta = monitor, int(patience), abs(float(min_delta))
-        self.mode, self.restore_best_weights = mode, restore_best_weights
+        if not isinstance(monitor, str):
+            raise TypeError(f"monitor must be the name of a logged value, got {monitor!r}")
+        self.monitor = monitor
+        self.patience = check_int("patience", patience, low=0)
+        self.min_delta = check_real("min_delta", min_delta, 0.0)
+        self.mode = mode
+        self.restore_best_weights = check_bool("restore_best_weights", restore_best_weights)
 
     def on_train_begin(self, model: Any, epochs: int) -> None:
         self.best = math.inf
@@ -119,7 +164,9 @@ class ProgressBar(Callback):
     root_only = True
 
     def __init__(self, verbose: int = 1) -> None:
-        self.verbose = verbose
+        if isinstance(verbose, bool):
+            verbose = int(verbose)
+        self.verbose = check_int("verbose", verbose, low=0)
 
     def on_train_begin(self, model: Any, epochs: int) -> None:
         try:
@@ -141,22 +188,3 @@ class ProgressBar(Callback):
     def on_train_end(self, model: Any) -> None:
         if self._bar is not None:
             self._bar.close()
-
-
-def check_callbacks(callbacks: Any) -> list[Callback]:
-    """The callbacks as a list; a ``TypeError`` naming :class:`Callback` for anything else."""
-    if callbacks is None:
-        return []
-    if isinstance(callbacks, Callback):
-        return [callbacks]
-    try:
-        items = list(callbacks)
-    except TypeError:
-        raise TypeError(f"callbacks must be a sequence of mlpx.Callback, got {callbacks!r}") from None
-    for cb in items:
-        if not isinstance(cb, Callback):
-            raise TypeError(
-                f"callbacks must be mlpx.Callback instances (subclass mlpx.Callback and override "
-                f"on_epoch_end), got {cb!r}"
-            )
-    return items

@@ -60,6 +60,6 @@ def get_initializer(name: str | Init) -> Init:
     """Look up an initialiser by name, or pass a callable through."""
     if callable(name):
         return name
-    if name not in INITIALIZERS:
+    if not isinstance(name, str) or name not in INITIALIZERS:
         raise ValueError(f"unknown init {name!r}; valid: {', '.join(sorted(INITIALIZERS))}")
     return INITIALIZERS[name]

@@ -35,6 +35,7 @@ from mlpx.backends import Backend, kernel
 from mlpx.backends.cuda import lazy_elementwise
 from mlpx.backends.jit import lazy_njit
 from mlpx.initializers import get_initializer
+from mlpx.validation import check_int, check_real, check_seed
 
 __all__ = [
     "GELU",
@@ -238,11 +239,12 @@ class Dense(Layer):
     def __init__(
         self, n_in: int, n_out: int, activation: str | None = "identity", init: str = "glorot"
     ) -> None:
-        for name, v in (("n_in", n_in), ("n_out", n_out)):
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"Dense: {name} must be a positive integer, got {v!r}")
-        self.n_in, self.n_out = int(n_in), int(n_out)
+        # Widths must be integers: 8.7 (or 8.0) is refused, never truncated.
+        self.n_in = check_int("Dense: n_in", n_in, low=1)
+        self.n_out = check_int("Dense: n_out", n_out, low=1)
         self.activation: Activation = get_activation(activation)
+        if not (isinstance(init, str) or callable(init)):
+            raise TypeError(f"Dense: init must be a name or a callable, got {init!r}")
         self.init = init
         get_initializer(init)  # fail early on an unknown name
 
@@ -359,16 +361,16 @@ class Dropout(Layer):
     Parameters
     ----------
     p : float in [0, 1)
+        Python or NumPy number; anything else (NaN, 1, "0.5") raises
+        :class:`~mlpx.validation.InvalidParameterError`.
     seed : int, optional
         Seed of the mask generator (the model passes its own seed when None).
     """
 
     def __init__(self, p: float = 0.5, seed: int | None = None) -> None:
-        if not 0.0 <= float(p) < 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
-        self.p = float(p)
-        self.seed = seed
-        self._rng = np.random.default_rng(seed)
+        self.p = check_real("Dropout: p", p, 0.0, 1.0, high_open=True)
+        self.seed = check_seed(seed, "Dropout: seed")
+        self._rng = np.random.default_rng(self.seed)
 
     def reseed(self, seed: int | None) -> None:
         """Seed the mask generator from the model's seed (unless the layer has its own)."""
@@ -416,8 +418,10 @@ LAYERS: dict[str, type[Layer]] = {
 
 def layer_from_config(config: dict[str, Any]) -> Layer:
     """Rebuild a layer from :meth:`Layer.get_config` output (used by ``mlpx.load``)."""
+    if not isinstance(config, dict):
+        raise ValueError(f"a layer record must be a JSON object, got {config!r}")
     config = dict(config)
-    kind = config.pop("type")
-    if kind not in LAYERS:
+    kind = config.pop("type", None)
+    if not isinstance(kind, str) or kind not in LAYERS:
         raise ValueError(f"unknown layer type {kind!r} in saved model; known: {sorted(LAYERS)}")
     return LAYERS[kind](**config)

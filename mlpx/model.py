@@ -30,16 +30,16 @@ import numpy as np
 
 from mlpx import training
 from mlpx.activations import Activation, get_activation
-from mlpx.backends import Backend, get_backend, kernel
+from mlpx.backends import Backend, BackendError, get_backend, kernel
 from mlpx.distributed import LocalReducer, Reducer
 from mlpx.layers import ActivationLayer, Dense, Dropout, Layer, layer_from_config
 from mlpx.locking import ReadWriteLock
 from mlpx.losses import Loss, OutputLoss, l2_penalty, pair
 from mlpx.metrics import correct_count, holdout_scores, iter_chunks
 from mlpx.optimizers import Optimizer
-from mlpx.precision import all_finite, check_range, get_precision, scale_cast
-from mlpx.saving import read_model_file, write_model_file
-from mlpx.validation import check_sample_weight, check_X, encode_targets
+from mlpx.precision import all_finite, get_precision, scale_cast
+from mlpx.saving import MAX_PARAMS, ModelFileError, check_architecture, read_model_file, write_model_file
+from mlpx.validation import check_int, check_real, check_sample_weight, check_seed, check_X, encode_targets
 
 __all__ = ["MLP", "PREDICT_CHUNK", "Sequential", "StepResult", "load"]
 
@@ -86,7 +86,11 @@ def _zero_np(xp: Any, a: Array) -> None:
 
 
 def _check_dtype(dtype: Any) -> str:
-    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    """``"float32"`` or ``"float64"`` from a name, a NumPy dtype or a scalar type."""
+    try:
+        name = np.dtype(dtype).name if dtype is not None else None
+    except TypeError:
+        name = None
     if name not in ("float32", "float64"):
         raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     return name
@@ -110,7 +114,7 @@ class Sequential:
     seed : int, optional
         Seeds the host generator for initial weights (and dropout masks and the
         shuffling in ``fit``); the same seed gives the same starting weights on
-        every backend.
+        every backend. A NumPy integer is accepted and stored as a Python int.
     precision : {None, "float32", "tf32", "bf16", "fp16"}, optional
         How a step computes (:mod:`mlpx.precision`): None computes in ``dtype``;
         "tf32" uses TF32 tensor cores for the float32 products (GPU); "bf16" and
@@ -161,7 +165,9 @@ class Sequential:
         self.dtype = _check_dtype(dtype)
         self.precision_ = get_precision(precision, self.dtype, self.backend)
         self.compute_dtype = self.precision_.compute_dtype
-        self.seed = seed
+        # A NumPy integer seed would break the JSON record and the per-layer dropout
+        # seeds (seed + 1 + k): normalise it to a Python int once, here.
+        self.seed = seed = check_seed(seed)
         self.parameter_lock = ReadWriteLock()
         self.history: Any = None
         self.optimizer_: Optimizer | None = None
@@ -424,11 +430,10 @@ class Sequential:
         return max((2.0 * n * l.n_in * l.n_out for l in self.layers if isinstance(l, Dense)), default=0.0)
 
     def check_input(self, X: Any, name: str = "X") -> Any:
-        """:func:`~mlpx.validation.check_X` for this model (width, compute dtype's range)."""
+        """:func:`~mlpx.validation.check_X` against this model: its width, and the range
+        of its compute dtype (a value the cast would turn into infinity is refused)."""
         self._require_built()
-        X = check_X(X, self.backend, self.n_features_in_, name=name)
-        check_range(X, self.compute_dtype, name)
-        return X
+        return check_X(X, self.backend, self.n_features_in_, name=name, dtype=self.compute_dtype)
 
     def _predict_raw(self, X: Any, apply_output: bool = True, argmax: bool = False) -> np.ndarray:
         """Host array (n, n_outputs_) of outputs, computed in chunks of PREDICT_CHUNK rows.
@@ -684,10 +689,11 @@ class Sequential:
             Host copies, named as in :meth:`parameters`.
         """
         be = self.backend
+        l2 = check_real("l2", l2, 0.0)
         X = self.check_input(X)
         lossfn = self.resolve_loss(loss)
-        Y = encode_targets(y, self.output.name, self.n_outputs_, X.shape[0], loss=lossfn.name)
-        w = check_sample_weight(sample_weight, X.shape[0])
+        Y = encode_targets(y, self.output.name, self.n_outputs_, X.shape[0], dtype=self.dtype, loss=lossfn.name)
+        w = check_sample_weight(sample_weight, X.shape[0], dtype=self.dtype)
         with self.compute_context(X.shape[0]):
             Xd = be.asarray(X, dtype=self.compute_dtype)
             Yd = be.asarray(Y, dtype=self.dtype)
@@ -725,8 +731,8 @@ class Sequential:
         be = self.backend
         X = self.check_input(X)
         lossfn = self.resolve_loss(loss if loss is not None else self.loss_)
-        Y = encode_targets(y, self.output.name, self.n_outputs_, X.shape[0], loss=lossfn.name)
-        w = check_sample_weight(sample_weight, X.shape[0])
+        Y = encode_targets(y, self.output.name, self.n_outputs_, X.shape[0], dtype=self.dtype, loss=lossfn.name)
+        w = check_sample_weight(sample_weight, X.shape[0], dtype=self.dtype)
         n = X.shape[0]
 
         def chunks() -> Iterable[tuple[Array, Array, Array | None]]:
@@ -893,10 +899,32 @@ class Sequential:
     @classmethod
     def from_config(cls, config: dict[str, Any], params: np.ndarray | None = None,
                     backend: str | Backend = "cpu") -> "Sequential":
-        """Rebuild a model from :meth:`get_config` (and flat host parameters)."""
-        layers = [layer_from_config(c) for c in config["layers"]]
-        model = cls(layers, backend=backend, dtype=config["dtype"], seed=config.get("seed"),
-                    precision=config.get("precision"))
+        """Rebuild a model from :meth:`get_config` (and flat host parameters, shape (n_params,)).
+
+        Raises
+        ------
+        ModelFileError
+            A bad record (checked before anything is allocated), or parameters of
+            the wrong length or dtype, or not finite.
+        """
+        n_params = check_architecture(config, max_params=max(MAX_PARAMS, int(np.size(params))))
+        if params is not None:
+            params = np.asarray(params)
+            if params.dtype.kind != "f" or params.shape != (n_params,):
+                raise ModelFileError(
+                    f"model record: params must be a float array of shape ({n_params},), got "
+                    f"dtype {params.dtype} shape {params.shape}"
+                )
+            if not np.isfinite(params).all():
+                raise ModelFileError("model record: params contain NaN or infinity")
+        try:
+            layers = [layer_from_config(c) for c in config["layers"]]
+            model = cls(layers, backend=backend, dtype=config["dtype"], seed=config.get("seed"),
+                        precision=config.get("precision"))
+        except (ModelFileError, BackendError):
+            raise
+        except ValueError as exc:  # InvalidParameterError included: the record is at fault
+            raise ModelFileError(f"model record: {exc}") from None
         if params is not None:
             model.set_flat_params(params)
         return model
@@ -956,17 +984,31 @@ def _split_output(layers: list[Layer]) -> tuple[list[Layer], Activation]:
     return list(layers), get_activation("identity")
 
 
-def load(path: Any, backend: str | Backend = "cpu") -> Sequential:
+def load(path: Any, backend: str | Backend = "cpu", *, max_params: int = MAX_PARAMS) -> Sequential:
     """Load a model saved by :meth:`Sequential.save` (or a checkpoint) onto ``backend``.
+
+    Parameters
+    ----------
+    path : str or path
+    backend : str or Backend, default "cpu"
+    max_params : int, default :data:`mlpx.saving.MAX_PARAMS`
+        Refuse files that describe more parameters than this.
 
     Raises
     ------
-    ValueError
-        Not an mlpx file, a malformed one, or a newer format version than this
-        mlpx reads (see :func:`mlpx.saving.read_model_file`).
+    ModelFileError
+        Anything wrong with the file (:func:`mlpx.saving.read_model_file`); nothing
+        is allocated for the network before its description has been checked
+        against the stored data.
+    OSError
+        The file cannot be opened (missing, a directory, no permission).
     """
-    record, arrays = read_model_file(path)
-    return Sequential.from_config(record, arrays["params"], backend)
+    be = get_backend(backend)
+    record, arrays = read_model_file(path, max_params=max_params)
+    try:
+        return Sequential.from_config(record, arrays["params"], be)
+    except ModelFileError as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
 
 
 def MLP(
@@ -992,8 +1034,16 @@ def MLP(
         Output activation: softmax (multiclass), logistic (binary / multilabel),
         identity (regression), exp (Poisson), or any hidden activation (pass a
         ``loss=`` to ``fit`` that suits it).
-    dropout : float, default 0
+    dropout : float in [0, 1), default 0
         Dropout rate after each hidden layer.
+    seed : int, optional
+        NumPy integers are accepted (and stored as Python ints).
+
+    Raises
+    ------
+    InvalidParameterError
+        (a ValueError and TypeError) A width that is not a positive integer: 8.7 is
+        refused, not truncated, and so is 8.0, as scikit-learn does.
     precision : {None, "float32", "tf32", "bf16", "fp16"}, optional
         See :class:`Sequential` and :mod:`mlpx.precision`.
 
@@ -1004,9 +1054,12 @@ def MLP(
     >>> model.n_params
     19754
     """
-    sizes = [int(s) for s in sizes]
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+        raise TypeError(f"sizes must be a sequence of layer widths, got {sizes!r}")
+    sizes = [check_int(f"sizes[{k}]", s, low=1) for k, s in enumerate(sizes)]
     if len(sizes) < 2:
         raise ValueError("sizes needs at least [n_features, n_outputs]")
+    dropout = check_real("dropout", dropout, 0.0, 1.0, high_open=True)
     get_activation(activation)  # an unknown name fails even when there is no hidden layer
     layers: list[Layer] = []
     for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):

@@ -20,7 +20,6 @@ the bias correction folded into ``η_t``), so results are interchangeable with i
 from __future__ import annotations
 
 import math
-from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,7 @@ from mlpx.backends import Backend, kernel
 from mlpx.backends.cuda import lazy_elementwise
 from mlpx.backends.jit import lazy_njit
 from mlpx.schedules import Constant, Schedule, get_schedule, get_schedule_from_state
+from mlpx.validation import check_bool, check_real
 
 __all__ = ["OPTIMIZERS", "SGD", "Adam", "AdamW", "Optimizer", "RMSprop", "get_optimizer"]
 
@@ -263,12 +263,17 @@ class Optimizer:
 
     Parameters
     ----------
-    lr : float
+    lr : float > 0
         Initial learning rate ``η``.
     schedule : str or Schedule, optional
         The rate policy (:mod:`mlpx.schedules`): the rate for the next epoch is
         set by :meth:`iteration_ends` after each epoch, and :meth:`trigger_stopping`
         asks the policy what to do when training stops improving.
+
+    Every numeric setting (``lr``, ``momentum``, ``beta_1``, ``beta_2``, ``rho`` in
+    [0, 1); ``epsilon`` > 0; ``weight_decay`` >= 0) takes a Python or NumPy number,
+    is stored as a Python float, and must be finite; anything else raises
+    :class:`~mlpx.validation.InvalidParameterError` (a ValueError and a TypeError).
 
     Attributes
     ----------
@@ -288,8 +293,8 @@ class Optimizer:
     state_names: tuple[str, ...] = ()
 
     def __init__(self, lr: float, schedule: str | Schedule | None = None) -> None:
-        self.lr = lr  # the base rate and the rate in force
         self.schedule = get_schedule(schedule)
+        self.lr = lr  # the base rate and the rate in force (a Python float: see the setter)
         self.t = 0
         self.state: dict[str, Array] = {}
         self._bound: tuple[Any, ...] | None = None
@@ -326,9 +331,11 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, Real) or not (math.isfinite(value) and value > 0):
-            raise ValueError(f"learning rate must be a positive number, got {value!r}")
-        self.lr0 = self._lr = float(value)
+        # Python floats from here on: NumPy scalars (np.float32(1e-3), as GridSearchCV
+        # grids give) would reach the kernels, which strict namespaces refuse.
+        lr = check_real("lr (learning rate)", value, 0.0, low_open=True)
+        self.schedule(lr, 0, 0)  # a schedule that cannot start from this rate fails now
+        self.lr0 = self._lr = lr
 
     @property
     def bound(self) -> bool:
@@ -480,9 +487,9 @@ class SGD(Optimizer):
         schedule: str | Schedule | None = None,
     ) -> None:
         super().__init__(lr, schedule)
-        if isinstance(momentum, bool) or not isinstance(momentum, Real) or not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
-        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+        # momentum = 1 is allowed, as scikit-learn allows it.
+        self.momentum = check_real("momentum", momentum, 0.0, 1.0)
+        self.nesterov = check_bool("nesterov", nesterov)
 
     def step(self) -> None:
         self.t += 1
@@ -509,10 +516,10 @@ class Adam(Optimizer):
         schedule: str | Schedule | None = None,
     ) -> None:
         super().__init__(lr, schedule)
-        for name, b in (("beta_1", beta_1), ("beta_2", beta_2)):
-            if isinstance(b, bool) or not isinstance(b, Real) or not 0.0 <= b < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {b!r}")
-        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        self.beta_1 = check_real("beta_1", beta_1, 0.0, 1.0, high_open=True)
+        self.beta_2 = check_real("beta_2", beta_2, 0.0, 1.0, high_open=True)
+        # ε > 0: with ε = 0 a parameter whose gradients have all been zero divides 0 by 0.
+        self.epsilon = check_real("epsilon", epsilon, 0.0, low_open=True)
 
     def step(self) -> None:
         self.t += 1
@@ -535,9 +542,7 @@ class AdamW(Adam):
 
     def __init__(self, lr: float = 1e-3, weight_decay: float = 0.01, **kwargs: Any) -> None:
         super().__init__(lr, **kwargs)
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-        self.weight_decay = float(weight_decay)
+        self.weight_decay = check_real("weight_decay", weight_decay, 0.0)
 
     def step(self) -> None:
         if self.weight_decay:
@@ -561,9 +566,8 @@ class RMSprop(Optimizer):
         schedule: str | Schedule | None = None,
     ) -> None:
         super().__init__(lr, schedule)
-        if isinstance(rho, bool) or not isinstance(rho, Real) or not 0.0 <= rho < 1.0:
-            raise ValueError(f"rho must be in [0, 1), got {rho!r}")
-        self.rho, self.epsilon = float(rho), float(epsilon)
+        self.rho = check_real("rho", rho, 0.0, 1.0, high_open=True)
+        self.epsilon = check_real("epsilon", epsilon, 0.0, low_open=True)
 
     def step(self) -> None:
         self.t += 1

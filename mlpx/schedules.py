@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from mlpx.validation import check_int, check_real
+
 __all__ = [
     "SCHEDULES",
     "Adaptive",
@@ -76,36 +78,59 @@ class Constant(Schedule):
 
 
 class StepDecay(Schedule):
-    """Multiply the rate by ``gamma`` every ``step_size`` epochs."""
+    """Multiply the rate by ``gamma`` every ``step_size`` epochs.
+
+    Parameters
+    ----------
+    step_size : int >= 1
+    gamma : float in (0, 1]
+    """
 
     def __init__(self, step_size: int = 10, gamma: float = 0.1) -> None:
-        if step_size < 1 or not 0 < gamma <= 1:
-            raise ValueError("StepDecay needs step_size >= 1 and 0 < gamma <= 1")
-        self.step_size, self.gamma = int(step_size), float(gamma)
+        self.step_size = check_int("StepDecay: step_size", step_size, low=1)
+        self.gamma = check_real("StepDecay: gamma", gamma, 0.0, 1.0, low_open=True)
 
     def __call__(self, lr0: float, epoch: int, samples_seen: int) -> float:
         return lr0 * self.gamma ** (epoch // self.step_size)
 
 
 class InverseScaling(Schedule):
-    """``lr0 / (t + 1)^power_t`` with t the number of samples seen (as scikit-learn)."""
+    """``lr0 / (t + 1)^power_t`` with t the number of samples seen (as scikit-learn).
+
+    Parameters
+    ----------
+    power_t : float >= 0
+        A negative power would make the rate grow without bound.
+    """
 
     def __init__(self, power_t: float = 0.5) -> None:
-        self.power_t = float(power_t)
+        self.power_t = check_real("InverseScaling: power_t", power_t, 0.0)
 
     def __call__(self, lr0: float, epoch: int, samples_seen: int) -> float:
         return lr0 / (samples_seen + 1) ** self.power_t
 
 
 class Cosine(Schedule):
-    """Cosine annealing from ``lr0`` to ``eta_min`` over ``T_max`` epochs."""
+    """Cosine annealing from ``lr0`` to ``eta_min`` over ``T_max`` epochs.
+
+    Parameters
+    ----------
+    T_max : int >= 1
+    eta_min : float >= 0
+        Must not exceed the optimizer's ``lr0`` (checked when the schedule is used:
+        annealing "down" to a larger rate would make it rise).
+    """
 
     def __init__(self, T_max: int = 100, eta_min: float = 0.0) -> None:
-        if T_max < 1:
-            raise ValueError("Cosine needs T_max >= 1")
-        self.T_max, self.eta_min = int(T_max), float(eta_min)
+        self.T_max = check_int("Cosine: T_max", T_max, low=1)
+        self.eta_min = check_real("Cosine: eta_min", eta_min, 0.0)
 
     def __call__(self, lr0: float, epoch: int, samples_seen: int) -> float:
+        if self.eta_min > lr0:
+            raise ValueError(
+                f"Cosine: eta_min={self.eta_min:g} exceeds the initial learning rate {lr0:g}; "
+                f"the rate would rise instead of anneal. Lower eta_min or raise lr"
+            )
         e = min(epoch, self.T_max)
         return self.eta_min + (lr0 - self.eta_min) * (1 + math.cos(math.pi * e / self.T_max)) / 2
 

@@ -33,12 +33,12 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from mlpx.callbacks import Callback, ProgressBar, check_callbacks
-from mlpx.data import Batch, is_sparse, make_batches, to_host
+from mlpx.data import Batch, make_batches, to_host
 from mlpx.distributed import Reducer, is_agreed, make_reducer, mark_agreed
 from mlpx.losses import Loss
 from mlpx.metrics import Chunk, holdout_scores, iter_chunks
 from mlpx.optimizers import Optimizer, get_optimizer
-from mlpx.validation import check_sample_weight, encode_targets
+from mlpx.validation import check_dtype_range, check_real, check_sample_weight, encode_targets
 
 __all__ = ["History", "Holdout", "TrainingDivergedError", "fit", "train"]
 
@@ -370,15 +370,6 @@ def _check_positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
-def _check_l2(l2: Any) -> float:
-    if isinstance(l2, bool) or not isinstance(l2, (int, float, np.integer, np.floating)):
-        raise TypeError(f"l2 must be a number, got {l2!r}")
-    l2 = float(l2)
-    if l2 < 0 or not math.isfinite(l2):
-        raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
-    return l2
-
-
 @dataclass
 class _Setup:
     """One rank's checked inputs for ``fit``."""
@@ -482,7 +473,7 @@ def _prepare(model: Any, reducer: Reducer, X: Any, y: Any, epochs: Any, batch_si
     batch_size = _check_positive_int("batch_size", batch_size)
     if not 0.0 <= float(validation_split) < 1.0:
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
-    l2 = _check_l2(l2)
+    l2 = check_real("l2", l2, 0.0)
     callbacks = check_callbacks(callbacks)
     lossfn = model.resolve_loss(loss)
     opt = get_optimizer(optimizer, **({} if lr is None else {"lr": lr}))
@@ -528,19 +519,13 @@ def _prepare(model: Any, reducer: Reducer, X: Any, y: Any, epochs: Any, batch_si
 def _shard(model: Any, X: Any, y: Any, sample_weight: Any, name: str, allow_empty: bool,
            loss: str) -> tuple[Any, np.ndarray | None, np.ndarray | None]:
     """Host ``(X, Y, w)`` of this rank's data (X may stay on the device); Nones if empty."""
-    if is_sparse(X):
-        raise TypeError(
-            f"{name} is a sparse matrix: Sequential.fit takes dense arrays (use X.toarray() when "
-            "it fits in memory), or use mlpx.MLPClassifier / MLPRegressor, which keep sparse "
-            "input sparse on the device"
-        )
     shape = getattr(X, "shape", None)
     if allow_empty and shape is not None and len(shape) == 2 and shape[0] == 0:
         if shape[1] != model.n_features_in_:
             raise ValueError(f"{name} has {shape[1]} features, but the model expects {model.n_features_in_}")
         return None, None, None
     X = model.check_input(X, name=name)
-    Y = encode_targets(y, model.output.name, model.n_outputs_, X.shape[0], loss=loss)
+    Y = encode_targets(y, model.output.name, model.n_outputs_, X.shape[0], dtype=model.dtype, loss=loss)
     if allow_empty:
         # A shard's weights may sum to zero (other ranks carry the weight).
         w = None
@@ -550,8 +535,9 @@ def _shard(model: Any, X: Any, y: Any, sample_weight: Any, name: str, allow_empt
                 raise ValueError(f"sample_weight must have shape ({X.shape[0]},), got {w.shape}")
             if not (np.isfinite(w).all() and (w >= 0).all()):
                 raise ValueError("sample_weight must be finite and non-negative")
+            check_dtype_range(w, model.dtype, "sample_weight")
     else:
-        w = check_sample_weight(to_host(sample_weight), X.shape[0])
+        w = check_sample_weight(to_host(sample_weight), X.shape[0], dtype=model.dtype)
     return X, Y, w
 
 

@@ -3,43 +3,341 @@
 Everything that would otherwise fail deep inside a matrix product, or worse, train
 silently on garbage, is turned into a ``ValueError``/``TypeError`` that names the
 argument and the fix.
+
+Two families live here:
+
+* data checks: :func:`check_X` (features, including the range of the dtype the
+  model computes in), :func:`encode_targets` and :func:`check_sample_weight`;
+* parameter checks: :func:`check_real`, :func:`check_int`, :func:`check_bool` and
+  :func:`check_seed` take a Python or NumPy number (``np.float32(1e-3)``,
+  ``np.int64(0)``, a 0-d array) and return a plain Python ``float``/``int``/``bool``,
+  so that kernels, JSON records and generators never see NumPy scalars. Integers
+  must be integers: ``8.7`` is refused, and so is ``8.0`` (as scikit-learn does), so
+  that a width is never truncated. A bad parameter raises
+  :class:`InvalidParameterError`, which is both a ``ValueError`` and a ``TypeError``
+  (as scikit-learn's error of the same name), whether its type or its value is wrong.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import numpy as np
 
-__all__ = ["check_X", "check_sample_weight", "encode_targets"]
+__all__ = [
+    "InvalidParameterError",
+    "check_X",
+    "check_bool",
+    "check_dtype_range",
+    "check_int",
+    "check_real",
+    "check_sample_weight",
+    "check_seed",
+    "dtype_max",
+    "encode_targets",
+    "is_sparse",
+]
 
 
+class InvalidParameterError(ValueError, TypeError):
+    """A parameter of the wrong type or outside its valid range.
+
+    Subclasses both ``ValueError`` and ``TypeError``, so code that catches either
+    (scikit-learn's convention, and this project's tests before these helpers)
+    keeps working.
+    """
+
+
+# --------------------------------------------------------------- parameters
+def _number(name: str, value: Any, want: str) -> Any:
+    """``value`` as a Python/NumPy scalar (0-d NumPy arrays unwrapped); bools refused."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)):
+        raise InvalidParameterError(f"{name} must be {want}, got the bool {value!r}")
+    return value
+
+
+def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    lo = "(" if low_open or low is None else "["
+    hi = ")" if high_open or high is None else "]"
+    return f"{lo}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{hi}"
+
+
+def check_real(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    finite: bool = True,
+) -> float:
+    """A real-valued parameter as a Python float.
+
+    Parameters
+    ----------
+    name : str
+        How the message names the parameter.
+    value : int, float, NumPy integer or floating scalar, or 0-d array of those
+    low, high : float, optional
+        Bounds of the valid interval (None: unbounded).
+    low_open, high_open : bool
+        Exclude the bound itself.
+    finite : bool, default True
+        Refuse infinity (NaN is always refused).
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    InvalidParameterError
+        Not a real number (bools, strings and complex numbers included), NaN,
+        infinite when ``finite``, or outside the interval.
+    """
+    v = _number(name, value, "a real number")
+    if not isinstance(v, numbers.Real):
+        raise InvalidParameterError(
+            f"{name} must be a real number, got {value!r} ({type(value).__name__})"
+        )
+    try:
+        out = float(v)
+    except (OverflowError, ValueError) as exc:
+        raise InvalidParameterError(f"{name} must be a real number, got {value!r}: {exc}") from None
+    if math.isnan(out) or (finite and math.isinf(out)):
+        raise InvalidParameterError(f"{name} must be a finite number, got {value!r}")
+    below = low is not None and (out <= low if low_open else out < low)
+    above = high is not None and (out >= high if high_open else out > high)
+    if below or above:
+        raise InvalidParameterError(
+            f"{name} must be in {_interval(low, high, low_open, high_open)}, got {value!r}"
+        )
+    return out
+
+
+def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
+    """An integer parameter as a Python int.
+
+    Floats are refused even when integral (``8.0``), as scikit-learn does: a width
+    or a count given as a float is more often a bug (``n / 2``) than a wish.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    InvalidParameterError
+        Not an integer (floats, bools and strings included) or outside ``[low, high]``.
+    """
+    v = _number(name, value, _int_range(low, high))
+    if not isinstance(v, numbers.Integral):
+        hint = (
+            "; non-integers are refused, not truncated"
+            if isinstance(v, numbers.Real) else ""
+        )
+        raise InvalidParameterError(
+            f"{name} must be {_int_range(low, high)}, got {value!r} ({type(value).__name__}){hint}"
+        )
+    out = int(v)
+    if (low is not None and out < low) or (high is not None and out > high):
+        raise InvalidParameterError(f"{name} must be {_int_range(low, high)}, got {value!r}")
+    return out
+
+
+def _int_range(low: int | None, high: int | None) -> str:
+    if high is None and low == 1:
+        return "a positive integer"
+    if high is None and low == 0:
+        return "a non-negative integer"
+    if low is None and high is None:
+        return "an integer"
+    return f"an integer in [{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """A flag as a Python bool; Python and NumPy bools only (``"False"`` is refused)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidParameterError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_seed(seed: Any, name: str = "seed") -> int | None:
+    """A seed as None or a non-negative Python int (``np.int64(0)`` becomes ``0``).
+
+    Seeds end up in JSON model files and are offset per layer (``seed + 1 + k``),
+    so they are normalised here, once, at the boundary.
+    """
+    if seed is None:
+        return None
+    return check_int(name, seed, low=0)
+
+
+# --------------------------------------------------------------- dtype range
+#: Largest finite value of each dtype a model stores or computes in. bfloat16 has
+#: 8 exponent bits and 7 mantissa bits: (2 - 2**-7) * 2**127.
+_LARGEST = {
+    "float16": 65504.0,
+    "bfloat16": (2.0 - 2.0**-7) * 2.0**127,
+    "float32": float(np.finfo(np.float32).max),
+    "float64": float(np.finfo(np.float64).max),
+}
+
+_DTYPE_HINT = {
+    "float16": "standardise the data, or use precision='bf16' or 'float32'",
+    "bfloat16": "standardise the data",
+    "float32": "standardise the data, or use dtype='float64'",
+    "float64": "standardise the data",
+}
+
+
+def dtype_max(dtype: Any) -> float:
+    """Largest finite value of a float dtype a model uses (float16/bfloat16/float32/float64)."""
+    name = dtype if isinstance(dtype, str) else getattr(dtype, "name", None) or np.dtype(dtype).name
+    if name not in _LARGEST:
+        raise TypeError(f"unsupported dtype {dtype!r}: expected one of {', '.join(_LARGEST)}")
+    return _LARGEST[name]
+
+
+def _source_max(dtype: np.dtype) -> float:
+    """Largest magnitude a host array of ``dtype`` can hold (inf for unknown kinds)."""
+    if dtype.kind == "b":
+        return 1.0
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return float(max(abs(int(info.min)), int(info.max)))
+    if dtype.kind == "f":
+        return float(np.finfo(dtype).max)
+    return math.inf
+
+
+def check_dtype_range(values: Any, dtype: Any, name: str, be: Any = None) -> None:
+    """Refuse finite values that the cast to ``dtype`` would turn into infinity.
+
+    ``1e39`` is finite in float64 but infinite in float32, ``7e4`` in float16: after
+    the cast the network would compute NaN probabilities or a loss that "diverges"
+    for a reason no learning rate fixes. The check runs before the cast and costs
+    nothing when the source dtype cannot exceed the target (float32 data into a
+    float32 model); otherwise one max-reduction (on the device for device arrays).
+
+    Parameters
+    ----------
+    values : ndarray (host) or a backend array, any shape, already checked finite
+    dtype : str
+        The dtype the values will be cast to: ``"float16"``, ``"bfloat16"``,
+        ``"float32"`` or ``"float64"``.
+    name : str
+        The argument's name for the message.
+    be : Backend, optional
+        Needed for device arrays.
+
+    Raises
+    ------
+    ValueError
+        Naming the argument, its largest magnitude and the dtype's limit.
+    """
+    limit = dtype_max(dtype)
+    if math.prod(tuple(values.shape)) == 0:
+        return
+    if isinstance(values, np.ndarray):
+        if _source_max(values.dtype) <= limit:
+            return
+        peak = max(abs(float(values.max())), abs(float(values.min())))
+    else:
+        if be is None:
+            raise TypeError("check_dtype_range needs the backend for a device array")
+        xp = be.xp
+        src = _device_dtype_name(be, values)
+        if src is not None and _LARGEST.get(src, math.inf) <= limit:
+            return
+        v = values if src is not None else be.asarray(values, dtype="float64")
+        peak = be.to_float(xp.max(xp.abs(v)))
+    if peak > limit:
+        dname = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+        raise ValueError(
+            f"{name} holds values up to {peak:g} in magnitude, beyond {dname}'s largest "
+            f"({limit:g}): the model computes in {dname}, where they would become infinity; "
+            f"{_DTYPE_HINT.get(dname, 'standardise the data')}"
+        )
+
+
+def _device_dtype_name(be: Any, x: Any) -> str | None:
+    """The name of a device array's floating dtype, or None for an integer array."""
+    for name in ("float16", "float32", "float64"):
+        try:
+            if x.dtype == be.dtype(name):
+                return name
+        except TypeError:  # the namespace has no such dtype (float16 on array-api-strict)
+            continue
+    return None
+
+
+# ------------------------------------------------------------------ arrays
 def _is_device_array(x: Any) -> bool:
-    return not isinstance(x, np.ndarray) and hasattr(x, "__array_namespace__")
+    return not isinstance(x, (np.ndarray, np.generic)) and hasattr(x, "__array_namespace__")
 
 
-def check_X(X: Any, be: Any, n_features: int | None = None, name: str = "X") -> Any:
+def is_sparse(x: Any) -> bool:
+    """A SciPy / CuPy sparse matrix or array (detected without importing either)."""
+    mod = type(x).__module__
+    return mod.startswith(("scipy.sparse", "cupyx.scipy.sparse", "sparse")) and hasattr(x, "nnz")
+
+
+def _refuse_sparse(x: Any, name: str) -> None:
+    if is_sparse(x):
+        raise TypeError(
+            f"{name} is a sparse matrix ({type(x).__name__}); Sequential takes dense arrays. "
+            f"Use mlpx.MLPClassifier / mlpx.MLPRegressor, which train on sparse data, or "
+            f"densify it with {name}.toarray()"
+        )
+
+
+def _device_is_real(be: Any, X: Any) -> bool:
+    isdtype = getattr(be.xp, "isdtype", None)
+    if isdtype is not None:
+        return bool(isdtype(X.dtype, ("integral", "real floating")))
+    return np.dtype(X.dtype).kind in "iuf"
+
+
+def check_X(
+    X: Any, be: Any, n_features: int | None = None, name: str = "X", dtype: Any = None
+) -> Any:
     """Validate a feature matrix; return it as a host array or a backend array.
 
     Parameters
     ----------
     X : array_like, shape (n_samples, n_features)
         NumPy array, nested lists, a DataFrame, or an array already on ``be``.
+    be : Backend
     n_features : int, optional
         The width the model expects.
+    name : str
+        The argument's name in messages ("X", "X_val").
+    dtype : str, optional
+        The dtype the model computes in (its compute dtype): values the cast would
+        turn into infinity are refused (:func:`check_dtype_range`).
 
     Raises
     ------
     ValueError
-        Empty, not 2-D, NaN/inf, or the wrong number of features.
+        Empty, not 2-D, NaN/inf, beyond ``dtype``'s range, or the wrong number of
+        features.
     TypeError
-        Non-numeric data.
+        Non-numeric data, or a sparse matrix (the estimators take those).
     """
-    if _is_device_array(X):
+    _refuse_sparse(X, name)
+    device = _is_device_array(X)
+    if device:
         be.check(X)
-        shape = tuple(X.shape)
-        finite = bool(be.to_numpy(be.xp.all(be.xp.isfinite(X)))) if len(shape) == 2 else True
-        dtype_kind = "f"
+        if not _device_is_real(be, X):
+            raise TypeError(f"{name} must be numeric (integer or real floating), got dtype {X.dtype}")
     else:
         if hasattr(X, "to_numpy"):  # pandas DataFrame / Series
             X = X.to_numpy()
@@ -49,39 +347,51 @@ def check_X(X: Any, be: Any, n_features: int | None = None, name: str = "X") -> 
             raise TypeError(f"{name} must be a numeric 2-D array: {exc}") from None
         if X.dtype.kind not in "biuf":
             raise TypeError(f"{name} must be numeric, got dtype {X.dtype}")
-        shape = X.shape
-        dtype_kind = X.dtype.kind
-        finite = True
+    shape = tuple(X.shape)
     if len(shape) != 2:
         hint = " (reshape a single feature with X.reshape(-1, 1))" if len(shape) == 1 else ""
         raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {shape}{hint}")
     if shape[0] == 0 or shape[1] == 0:
         raise ValueError(f"{name} is empty: shape {shape}")
-    if dtype_kind == "f" and not _is_device_array(X):
-        finite = bool(np.isfinite(X).all())
+    if device:
+        finite = bool(be.to_numpy(be.xp.all(be.xp.isfinite(X))))
+    else:
+        finite = X.dtype.kind != "f" or bool(np.isfinite(X).all())
     if not finite:
         raise ValueError(f"{name} contains NaN or infinity; clean or impute it before training")
     if n_features is not None and shape[1] != n_features:
         raise ValueError(f"{name} has {shape[1]} features, but the model expects {n_features}")
+    if dtype is not None:
+        check_dtype_range(X, dtype, name, be)
     return X
 
 
 _CANONICAL = {"softmax": "cross_entropy", "logistic": "binary_cross_entropy", "exp": "poisson"}
+#: Softmax targets: a probability row may miss 1 by this many float32 epsilons per
+#: class (rounding in whoever normalised it) before it is refused as unnormalised.
+_ROW_SUM_EPS = float(np.finfo(np.float32).eps)
 
 
-def encode_targets(y: Any, output: str, n_outputs: int, n_samples: int, loss: str | None = None) -> np.ndarray:
+def encode_targets(
+    y: Any, output: str, n_outputs: int, n_samples: int, dtype: Any = None, loss: str | None = None
+) -> np.ndarray:
     """Turn user targets into the (n, n_outputs) float matrix the loss compares with.
 
     Parameters
     ----------
     y : array_like
         ``softmax``: integer class labels 0..k-1, shape (n,), or one-hot / probability
-        rows, shape (n, k). ``logistic``: 0/1 labels, shape (n,) for one output or
-        (n, k) for multilabel. ``identity``/``exp``: real values, shape (n,) or (n, k).
+        rows, shape (n, k), each row summing to 1. ``logistic``: 0/1 labels (or
+        probabilities), shape (n,) for one output or (n, k) for multilabel.
+        ``identity``/``exp``: real values, shape (n,) or (n, k).
     output : str
         Name of the model's output activation.
     n_outputs : int
         Width of the output layer.
+    n_samples : int
+    dtype : str, optional
+        The dtype the targets will be cast to (the model's dtype): values that
+        would become infinity there are refused.
     loss : str, optional
         The loss the targets are compared with (default: the output's canonical
         one); it sets their range: [0, 1] for the cross-entropies, ≥ 0 for Poisson,
@@ -90,12 +400,25 @@ def encode_targets(y: Any, output: str, n_outputs: int, n_samples: int, loss: st
     Returns
     -------
     ndarray, shape (n, n_outputs), float64
+
+    Notes
+    -----
+    Soft targets for a softmax output must be distributions. The cross-entropy
+    delta ``softmax(z) − y`` is the gradient of ``logsumexp(z)·Σy − y·z`` only when
+    ``Σy = 1``; for any other row sum it is wrong (by a factor of 2.5 in one case
+    found). So a row whose sum misses 1 by more than float rounding
+    (``k · 1.2e-7`` for k classes) raises ``ValueError``; a row within that
+    tolerance is divided by its sum, so the loss and its gradient agree exactly.
     """
+    _refuse_sparse(y, "y")
     if _is_device_array(y):
         y = _to_host(y)
     if hasattr(y, "to_numpy"):
         y = y.to_numpy()
-    y = np.asarray(y)
+    try:
+        y = np.asarray(y)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"y must be a numeric array: {exc}") from None
     if y.dtype.kind not in "biuf":
         raise TypeError(
             f"y must be numeric, got dtype {y.dtype}; encode string labels as integers "
@@ -105,7 +428,7 @@ def encode_targets(y: Any, output: str, n_outputs: int, n_samples: int, loss: st
         raise ValueError(f"y must have shape (n,) or (n, k) with n > 0, got {y.shape}")
     if y.shape[0] != n_samples:
         raise ValueError(f"X and y have different lengths: {n_samples} and {y.shape[0]}")
-    if not np.isfinite(y).all():
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
         raise ValueError("y contains NaN or infinity")
 
     if output == "softmax" and y.ndim == 1:
@@ -113,13 +436,13 @@ def encode_targets(y: Any, output: str, n_outputs: int, n_samples: int, loss: st
         if y.dtype.kind == "f":
             if not np.all(labels == np.round(labels)):
                 raise ValueError("class labels for a softmax output must be integers 0..k-1")
-            labels = labels.astype(np.int64)
-        lo, hi = int(labels.min()), int(labels.max())
+        lo, hi = float(labels.min()), float(labels.max())
         if lo < 0 or hi >= n_outputs:
             raise ValueError(
-                f"labels range over {lo}..{hi}, but the softmax output layer has {n_outputs} "
+                f"labels range over {lo:g}..{hi:g}, but the softmax output layer has {n_outputs} "
                 f"units (classes 0..{n_outputs - 1}); widen the last layer or re-encode the labels"
             )
+        labels = labels.astype(np.int64)
         Y = np.zeros((len(labels), n_outputs))
         Y[np.arange(len(labels)), labels] = 1.0
         return Y
@@ -138,7 +461,29 @@ def encode_targets(y: Any, output: str, n_outputs: int, n_samples: int, loss: st
         )
     if kind == "poisson" and Y.min() < 0:
         raise ValueError(f"targets for a Poisson loss (on a {output} output) must be non-negative")
+    if output == "softmax" and kind == "cross_entropy":
+        # The (Ŷ − Y)/n shortcut of softmax + cross-entropy holds for rows summing to 1.
+        Y = _normalised_rows(Y)
+    if dtype is not None:
+        check_dtype_range(Y, dtype, "y")
     return Y
+
+
+def _normalised_rows(Y: np.ndarray) -> np.ndarray:
+    """Softmax targets with every row summing to 1 (see :func:`encode_targets`)."""
+    sums = Y.sum(axis=1)
+    tol = Y.shape[1] * _ROW_SUM_EPS
+    bad = np.flatnonzero(np.abs(sums - 1.0) > tol)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"soft targets for a softmax output must be probability rows summing to 1; "
+            f"{bad.size} row(s) do not (row {i} sums to {sums[i]:.6g}). Normalise them "
+            f"(y / y.sum(axis=1, keepdims=True)), or use a logistic output for multilabel targets"
+        )
+    if np.all(sums == 1.0):
+        return Y
+    return Y / sums[:, None]
 
 
 def _to_host(y: Any) -> np.ndarray:
@@ -150,11 +495,30 @@ def _to_host(y: Any) -> np.ndarray:
         return cupy.asnumpy(y)
 
 
-def check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray | None:
-    """Validate sample weights: shape (n,), finite, non-negative, not all zero."""
+def check_sample_weight(sample_weight: Any, n_samples: int, dtype: Any = None) -> np.ndarray | None:
+    """Validate sample weights: shape (n,), finite, non-negative, not all zero.
+
+    Parameters
+    ----------
+    sample_weight : array_like, shape (n_samples,), a scalar, or None
+    n_samples : int
+    dtype : str, optional
+        The dtype the weights will be cast to (the model's dtype): weights beyond
+        its range, or whose sum is zero once cast (all underflow), are refused.
+
+    Returns
+    -------
+    ndarray, shape (n_samples,), float64, or None
+    """
     if sample_weight is None:
         return None
-    w = np.asarray(sample_weight, dtype=np.float64)
+    _refuse_sparse(sample_weight, "sample_weight")
+    if _is_device_array(sample_weight):
+        sample_weight = _to_host(sample_weight)
+    try:
+        w = np.asarray(sample_weight, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"sample_weight must be numeric: {exc}") from None
     if w.ndim == 0:
         w = np.full(n_samples, float(w))
     if w.shape != (n_samples,):
@@ -163,4 +527,11 @@ def check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray | None
         raise ValueError("sample_weight must be finite and non-negative")
     if w.sum() <= 0:
         raise ValueError("sample_weight sums to zero: nothing to train on")
+    if dtype is not None:
+        check_dtype_range(w, dtype, "sample_weight")
+        if dtype in ("float16", "float32") and not w.astype(dtype).any():
+            raise ValueError(
+                f"sample_weight sums to zero once cast to the model's {dtype} (every weight "
+                f"underflows); rescale the weights"
+            )
     return w

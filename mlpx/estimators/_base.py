@@ -52,6 +52,7 @@ from mlpx.model import PREDICT_CHUNK
 from mlpx.optimizers import SGD, Adam, Optimizer
 from mlpx.schedules import Adaptive, InverseScaling
 from mlpx.training import Holdout, train
+from mlpx.validation import check_dtype_range, check_int
 
 __all__: list[str] = []
 
@@ -277,6 +278,7 @@ class BaseMLP(BaseEstimator):
         hidden_layer_sizes = list(hidden_layer_sizes)
         if np.any(np.array(hidden_layer_sizes) <= 0):
             raise ValueError("hidden_layer_sizes must be > 0, got %s." % hidden_layer_sizes)
+        hidden_layer_sizes = [check_int(f"hidden_layer_sizes[{i}]", h, 1) for i, h in enumerate(hidden_layer_sizes)]
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
 
         # BackendUnavailableError here (not at construction), before any fitted state is set
@@ -360,7 +362,11 @@ class BaseMLP(BaseEstimator):
                 )
             rt = self._runtime()
             self._ensure_fit_state()
-        _check_dtype_range(X, rt.dtype)
+        _check_dtype_range(X, rt)
+        if not is_classifier(self):
+            check_dtype_range(np.asarray(y, dtype=np.float64), rt.dtype, "y")
+        if sample_weight is not None:
+            check_dtype_range(np.asarray(sample_weight, dtype=np.float64), rt.dtype, "sample_weight")
         return X, y, sample_weight, rt
 
     def _initialize(self, be: Backend, X: Any, y: np.ndarray, layer_units: list[int]) -> None:
@@ -615,7 +621,7 @@ class BaseMLP(BaseEstimator):
             X = self._validate_X_predict(X)
         rt = self._runtime()
         be, model = rt.be, rt.model
-        _check_dtype_range(X, rt.dtype)
+        _check_dtype_range(X, rt)
         n = X.shape[0]
         result = np.empty((n, model.n_outputs_), dtype=rt.dtype)
         threads = be.blas_threads(model.gemm_flops(min(n, PREDICT_CHUNK)))
@@ -630,7 +636,7 @@ class BaseMLP(BaseEstimator):
         """Scores of ``(X, Y)`` (Y encoded as the network's targets) by the one scorer."""
         rt = self._runtime()
         be, model = rt.be, rt.model
-        _check_dtype_range(X, rt.dtype)
+        _check_dtype_range(X, rt)
         n = X.shape[0]
         w = None if sample_weight is None else np.asarray(to_host(sample_weight), dtype=np.float64)
 
@@ -665,15 +671,7 @@ def _dense_rows(be: Backend, X: Any, a: int, b: int, dtype: str) -> Array:
     return be.asarray(X[a:b, ...], dtype=dtype)  # no copy if already there
 
 
-def _check_dtype_range(X: Any, dtype: str) -> None:
+def _check_dtype_range(X: Any, rt: Runtime) -> None:
     """Values finite in float64 may overflow the network's float32: refuse them."""
-    if dtype != "float32" or is_device_array(X):
-        return
-    values = X.data if is_sparse(X) else np.asarray(X)
-    if values.size and values.dtype.kind == "f" and values.dtype.itemsize > 4:
-        peak = float(np.max(np.abs(values)))
-        if peak > float(np.finfo(np.float32).max):
-            raise ValueError(
-                f"Input X holds values up to {peak:g}, beyond float32's largest "
-                f"({float(np.finfo(np.float32).max):g}); scale the data or use dtype='float64'"
-            )
+    values = X.data if is_sparse(X) else X
+    check_dtype_range(values, rt.dtype, "X", be=rt.be if is_device_array(X) else None)
