@@ -562,6 +562,16 @@ class Sequential:
         prec = "" if self.precision_.name == self.dtype else f", precision={self.precision_.name}"
         return f"<Sequential {self.n_features_in_}->{self.n_outputs_} on {self.backend.name}, {self.dtype}{prec}>"
 
+    # ----------------------------------------------------------------- deploy
+    def to_onnx(self, path: Any = None, **options: Any) -> Any:
+        """This network as an ``onnx.ModelProto``, also written to ``path`` if given.
+
+        See :func:`mlpx.onnx.to_onnx` (options ``target_opset``; needs ``mlpx[onnx]``).
+        """
+        from mlpx.onnx import to_onnx
+
+        return to_onnx(self, path, **options)
+
 
 def _split_output(layers: list[Layer]) -> tuple[list[Layer], Activation]:
     """Separate the output activation from the stack (the last layer yields logits)."""

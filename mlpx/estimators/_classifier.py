@@ -284,3 +284,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_label = True
         return tags
+
+    # ----------------------------------------------------------------- deploy
+    def to_onnx(self, path=None, **options):
+        """This classifier as an ``onnx.ModelProto`` (written to ``path`` if given), with
+        skl2onnx's outputs; see :func:`mlpx.onnx.to_onnx` (needs ``mlpx[onnx]``)."""
+        from mlpx.onnx import to_onnx
+
+        return to_onnx(self, path, **options)

@@ -157,3 +157,11 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         self
         """
         return self._fit(X, y, sample_weight=sample_weight, incremental=True, comm=comm)
+
+    # ----------------------------------------------------------------- deploy
+    def to_onnx(self, path=None, **options):
+        """This regressor as an ``onnx.ModelProto`` (written to ``path`` if given), with
+        skl2onnx's outputs; see :func:`mlpx.onnx.to_onnx` (needs ``mlpx[onnx]``)."""
+        from mlpx.onnx import to_onnx
+
+        return to_onnx(self, path, **options)
