@@ -11,7 +11,9 @@ Graph interface
 ---------------
 Input ``X``: ``tensor(float)`` (float32 models) or ``tensor(double)`` (float64),
 shape ``(N, n_features)``. Weights are stored in the model's dtype and every node
-computes in it.
+computes in it; ``dtype=`` exports in the other one (skl2onnx decides the same
+thing from the input type it is given: a float64 estimator converted with a
+float32 sample computes in float32).
 
 Classifiers (``MLPClassifier``) have the outputs skl2onnx gives scikit-learn's
 ``MLPClassifier``, so serving code can switch between the two:
@@ -113,6 +115,7 @@ def to_onnx(
     path: str | os.PathLike[str] | None = None,
     *,
     zipmap: bool | str | None = None,
+    dtype: str | None = None,
     target_opset: int = DEFAULT_OPSET,
 ) -> "onnx.ModelProto":
     """Export a trained network as an ONNX model.
@@ -128,6 +131,9 @@ def to_onnx(
         Classifier estimators only: how probabilities are returned (see the module
         docstring). Default True for classifier estimators, as skl2onnx. A
         ``Sequential`` always returns tensors: only None/False are accepted.
+    dtype : {None, "float32", "float64"}
+        Input and computation dtype of the graph; None: the model's own dtype.
+        Weights are rounded to it.
     target_opset : int, default DEFAULT_OPSET
         The ``ai.onnx`` opset, from :data:`MIN_OPSET` to the installed onnx's latest.
 
@@ -146,6 +152,9 @@ def to_onnx(
         (non-integral floats, mixed types) or a classifier with a single class.
     """
     net = _network(obj)
+    if dtype is not None and _float_dtype(dtype) != net.dtype:
+        net.dtype = _float_dtype(dtype)
+        net.description += f", exported in {net.dtype}"
     opset = _check_opset(target_opset)
     zipmap = _check_zipmap(zipmap, net)
     model = _build(net, zipmap, opset)
@@ -174,9 +183,12 @@ def _network(obj: Any) -> _Net:
 
 
 def _float_dtype(dtype: Any) -> str:
-    name = np.dtype(dtype).name
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = repr(dtype)
     if name not in _PROTO:
-        raise ValueError(f"only float32 and float64 networks can be exported, not {name}")
+        raise ValueError(f"ONNX export computes in float32 or float64, not {name}")
     return name
 
 

@@ -108,6 +108,21 @@ def test_standalone_activation_and_dropout_layers(dtype: str) -> None:
     assert "Dropout" not in ops and ops.count("Gemm") == 5
 
 
+@pytest.mark.parametrize("model_dtype,graph_dtype", [("float64", "float32"), ("float32", "float64")])
+def test_dtype_option(model_dtype: str, graph_dtype: str) -> None:
+    model = mlpx.MLP([5, 8, 3], activation="tanh", output="softmax", dtype=model_dtype, seed=2)
+    proto = to_onnx(model, dtype=graph_dtype)
+    assert proto.graph.input[0].type.tensor_type.elem_type == (
+        onnx.TensorProto.FLOAT if graph_dtype == "float32" else onnx.TensorProto.DOUBLE)
+    X = data(100, 5, graph_dtype)
+    out = run(proto, X)
+    assert out["probabilities"].dtype == np.dtype(graph_dtype)
+    np.testing.assert_array_equal(out["label"], model.predict(X))
+    np.testing.assert_allclose(out["probabilities"], model.predict_proba(X), **TOL["float32"])
+    with pytest.raises(ValueError, match="float32 or float64, not float16"):
+        to_onnx(model, dtype="float16")
+
+
 @pytest.mark.parametrize("opset", [MIN_OPSET, DEFAULT_OPSET])
 def test_target_opset(opset: int) -> None:
     model = mlpx.MLP([4, 5, 3], activation="gelu", output="softmax", seed=0)
