@@ -292,3 +292,19 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         from mlpx.onnx import to_onnx
 
         return to_onnx(self, path, **options)
+
+    def to_sklearn(self):
+        """A fitted ``sklearn.neural_network.MLPClassifier`` equal to this one (same
+        hyperparameters, weights and fitted attributes); see
+        :func:`mlpx.estimators._convert.to_sklearn`."""
+        from mlpx.estimators._convert import to_sklearn
+
+        return to_sklearn(self)
+
+    @classmethod
+    def from_sklearn(cls, est, backend="cpu"):
+        """A fitted mlpx MLPClassifier from a fitted scikit-learn one, on ``backend``
+        (the optimizer state is not carried: see :mod:`mlpx.estimators._convert`)."""
+        from mlpx.estimators._convert import from_sklearn
+
+        return from_sklearn(cls, est, backend)
