@@ -572,6 +572,23 @@ class Sequential:
 
         return to_onnx(self, path, **options)
 
+    def to_torch(self, **options: Any) -> Any:
+        """This network as a ``torch.nn.Sequential`` (:func:`mlpx.torch.to_torch`:
+        ``device``, ``copy``); shares the parameter memory unless ``copy=True``."""
+        from mlpx.torch import to_torch
+
+        return to_torch(self, **options)
+
+    @classmethod
+    def from_torch(cls, module: Any, backend: str | Backend = "cpu", seed: int | None = None) -> "Sequential":
+        """A Sequential from a ``torch.nn.Sequential`` (:func:`mlpx.torch.layers_from_torch`)."""
+        from mlpx.torch import layers_from_torch
+
+        layers, weights, dtype = layers_from_torch(module)
+        model = cls(layers, backend=backend, dtype=dtype, seed=seed)
+        model.set_weights(weights)
+        return model
+
 
 def _split_output(layers: list[Layer]) -> tuple[list[Layer], Activation]:
     """Separate the output activation from the stack (the last layer yields logits)."""

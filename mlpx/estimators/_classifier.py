@@ -293,6 +293,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
         return to_onnx(self, path, **options)
 
+    def to_torch(self, **options):
+        """This classifier as a ``torch.nn.Sequential``; see :func:`mlpx.torch.to_torch`."""
+        from mlpx.torch import to_torch
+
+        return to_torch(self, **options)
+
     def to_sklearn(self):
         """A fitted ``sklearn.neural_network.MLPClassifier`` equal to this one (same
         hyperparameters, weights and fitted attributes); see

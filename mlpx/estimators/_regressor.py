@@ -166,6 +166,12 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
         return to_onnx(self, path, **options)
 
+    def to_torch(self, **options):
+        """This regressor as a ``torch.nn.Sequential``; see :func:`mlpx.torch.to_torch`."""
+        from mlpx.torch import to_torch
+
+        return to_torch(self, **options)
+
     def to_sklearn(self):
         """A fitted ``sklearn.neural_network.MLPRegressor`` equal to this one (same
         hyperparameters, weights and fitted attributes); see
