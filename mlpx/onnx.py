@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import numbers
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,16 +140,18 @@ def to_onnx(
     Returns
     -------
     onnx.ModelProto
-        Input ``X`` of shape (N, n_features) in the model's dtype; outputs as in the
-        module docstring.
+        Input ``X`` of shape (N, n_features) in the graph's dtype (``dtype``, by
+        default the model's); outputs as in the module docstring.
 
     Raises
     ------
     TypeError
         ``obj`` is not a network this function knows.
     ValueError
-        A bad option, an unfitted estimator, class labels ONNX cannot hold
-        (non-integral floats, mixed types) or a classifier with a single class.
+        A bad option, class labels ONNX cannot hold (non-integral floats, mixed
+        types) or a classifier with a single class.
+    sklearn.exceptions.NotFittedError
+        An estimator that is not fitted (a ValueError too).
     """
     net = _network(obj)
     if dtype is not None and _float_dtype(dtype) != net.dtype:
@@ -490,18 +492,21 @@ def _mlpx_version() -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file beside ``path``, then rename it over ``path``.
+
+    The temporary file is opened with ``open(..., "xb")`` (not ``mkstemp``, whose
+    files are private to the owner) so the result has the usual umask permissions:
+    a serving process running as another user can read it.
+    """
     folder = path.parent if str(path.parent) else Path(".")
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    tmp = folder / f".{path.name}.{secrets.token_hex(8)}.tmp"
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        tmp.unlink(missing_ok=True)
         raise

@@ -11,6 +11,7 @@ float64: 1e-12 relative, 1e-15 absolute. Labels must be equal.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -139,7 +140,10 @@ def test_written_file_and_metadata(tmp_path: Any) -> None:
     loaded = onnx.load(str(tmp_path / "sub" / "model.onnx"))
     assert loaded.SerializeToString() == proto.SerializeToString()
     assert proto.producer_name == "mlpx" and "4-5-2" in proto.graph.doc_string
-    assert not list(tmp_path.joinpath("sub").glob("*.tmp"))  # the temporary file is gone
+    assert not list(tmp_path.joinpath("sub").glob(".*tmp"))  # the temporary file is gone
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "sub" / "model.onnx").stat().st_mode & 0o777 == 0o666 & ~umask
     inp = proto.graph.input[0]
     assert inp.name == "X" and [d.dim_value for d in inp.type.tensor_type.shape.dim] == [0, 4]
 
