@@ -566,7 +566,8 @@ class Sequential:
     def to_onnx(self, path: Any = None, **options: Any) -> Any:
         """This network as an ``onnx.ModelProto``, also written to ``path`` if given.
 
-        See :func:`mlpx.onnx.to_onnx` (options ``target_opset``; needs ``mlpx[onnx]``).
+        See :func:`mlpx.onnx.to_onnx` (options ``dtype``, ``target_opset``; needs
+        ``mlpx[onnx]``).
         """
         from mlpx.onnx import to_onnx
 

@@ -8,7 +8,11 @@ optimizer is carried yet: a ``partial_fit`` after conversion starts a fresh Adam
 SGD state (``fit`` with ``warm_start=True`` starts one on both sides anyway).
 
 Private to :mod:`mlpx.estimators`; reached through ``est.to_sklearn()`` and
-``MLPClassifier.from_sklearn(est)`` / ``MLPRegressor.from_sklearn(est)``.
+``MLPClassifier.from_sklearn(est)`` / ``MLPRegressor.from_sklearn(est)``. Besides
+the public fitted attributes, ``from_sklearn`` sets the private state the mlpx
+estimators read: ``_label_binarizer``, ``_no_improvement_count``, ``_dtype`` and
+the host record ``_rt_host`` their device runtime is rebuilt from (tests in
+``tests/test_sklearn_convert.py`` fail if these stop meaning what they mean).
 """
 
 from __future__ import annotations
