@@ -199,8 +199,8 @@ def _tanh_backward_np(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Arr
 
 
 # --------------------------------------------------------------------- gelu
-_GELU_C = math.sqrt(2.0 / math.pi)
-_GELU_A = 0.044715
+GELU_C = math.sqrt(2.0 / math.pi)
+GELU_A = 0.044715
 
 
 def _is_half(xp: Any, dtype: Any) -> bool:
@@ -211,13 +211,13 @@ def _is_half(xp: Any, dtype: Any) -> bool:
 # 65504) and z² at |z| ≥ 256, where g' = ... + (1 − t²)·z·(1 + 3a z²) becomes 0·inf =
 # NaN. For float16 and bfloat16 both are computed in float32 and cast once at the end.
 def _gelu(xp: Any, Z: Array) -> Array:
-    return 0.5 * Z * (1.0 + xp.tanh(_GELU_C * (Z + _GELU_A * Z * Z * Z)))
+    return 0.5 * Z * (1.0 + xp.tanh(GELU_C * (Z + GELU_A * Z * Z * Z)))
 
 
 def _gelu_grad(xp: Any, Z: Array) -> Array:
     Z2 = Z * Z
-    t = xp.tanh(_GELU_C * Z * (1.0 + _GELU_A * Z2))
-    return 0.5 * (1.0 + t) + 0.5 * Z * (1.0 - t * t) * _GELU_C * (1.0 + 3.0 * _GELU_A * Z2)
+    t = xp.tanh(GELU_C * Z * (1.0 + GELU_A * Z2))
+    return 0.5 * (1.0 + t) + 0.5 * Z * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_A * Z2)
 
 
 @kernel
@@ -289,7 +289,7 @@ def exp_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
 _GELU_PREAMBLE = ACCUMULATOR_PREAMBLE + f"""
 template <typename T> __device__ T mlpx_gelu_dz(T dh, T z_) {{
     typedef typename mlpx_acc<T>::type A;
-    const A c = {_GELU_C!r}, a = {_GELU_A!r};
+    const A c = {GELU_C!r}, a = {GELU_A!r};
     const A z = (A)z_;
     const A z2 = z * z;
     const A t = tanh(c * z * ((A)1 + a * z2));
@@ -348,7 +348,7 @@ ACTIVATIONS: dict[str, Activation] = {
     "tanh": Activation("tanh", tanh_forward, tanh_backward, True, "tanh(x)"),
     "gelu": Activation(
         "gelu", gelu_forward, gelu_backward, False,
-        f"(T)0.5 * x * ((T)1 + tanh((T){_GELU_C!r} * (x + (T){_GELU_A!r} * x * x * x)))",
+        f"(T)0.5 * x * ((T)1 + tanh((T){GELU_C!r} * (x + (T){GELU_A!r} * x * x * x)))",
     ),
     "softmax": Activation("softmax", softmax_forward, softmax_backward, True),  # row-wise
     "exp": Activation("exp", exp_forward, exp_backward, True, "exp(x)"),

@@ -962,6 +962,34 @@ class Sequential:
         prec = "" if self.precision_.name == self.dtype else f", precision={self.precision_.name}"
         return f"<Sequential {self.n_features_in_}->{self.n_outputs_} on {self.backend.name}, {self.dtype}{prec}>"
 
+    # ----------------------------------------------------------------- deploy
+    def to_onnx(self, path: Any = None, **options: Any) -> Any:
+        """This network as an ``onnx.ModelProto``, also written to ``path`` if given.
+
+        See :func:`mlpx.onnx.to_onnx` (options ``dtype``, ``target_opset``; needs
+        ``mlpx[onnx]``).
+        """
+        from mlpx.onnx import to_onnx
+
+        return to_onnx(self, path, **options)
+
+    def to_torch(self, **options: Any) -> Any:
+        """This network as a ``torch.nn.Sequential`` (:func:`mlpx.torch.to_torch`:
+        ``device``, ``copy``); shares the parameter memory unless ``copy=True``."""
+        from mlpx.torch import to_torch
+
+        return to_torch(self, **options)
+
+    @classmethod
+    def from_torch(cls, module: Any, backend: str | Backend = "cpu", seed: int | None = None) -> "Sequential":
+        """A Sequential from a ``torch.nn.Sequential`` (:func:`mlpx.torch.layers_from_torch`)."""
+        from mlpx.torch import layers_from_torch
+
+        layers, weights, dtype = layers_from_torch(module)
+        model = cls(layers, backend=backend, dtype=dtype, seed=seed)
+        model.set_weights(weights)
+        return model
+
 
 def _unpickle(config: dict[str, Any], params: np.ndarray, backend: str, state: dict[str, Any]) -> Sequential:
     model = Sequential.from_config(config, params, backend)

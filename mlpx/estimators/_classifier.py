@@ -313,3 +313,33 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_label = True
         return tags
+
+    # ----------------------------------------------------------------- deploy
+    def to_onnx(self, path=None, **options):
+        """This classifier as an ``onnx.ModelProto`` (written to ``path`` if given), with
+        skl2onnx's outputs; see :func:`mlpx.onnx.to_onnx` (needs ``mlpx[onnx]``)."""
+        from mlpx.onnx import to_onnx
+
+        return to_onnx(self, path, **options)
+
+    def to_torch(self, **options):
+        """This classifier as a ``torch.nn.Sequential``; see :func:`mlpx.torch.to_torch`."""
+        from mlpx.torch import to_torch
+
+        return to_torch(self, **options)
+
+    def to_sklearn(self):
+        """A fitted ``sklearn.neural_network.MLPClassifier`` equal to this one (same
+        hyperparameters, weights and fitted attributes); see
+        :func:`mlpx.estimators._convert.to_sklearn`."""
+        from mlpx.estimators._convert import to_sklearn
+
+        return to_sklearn(self)
+
+    @classmethod
+    def from_sklearn(cls, est, backend="cpu"):
+        """A fitted mlpx MLPClassifier from a fitted scikit-learn one, on ``backend``
+        (the optimizer state is not carried: see :mod:`mlpx.estimators._convert`)."""
+        from mlpx.estimators._convert import from_sklearn
+
+        return from_sklearn(cls, est, backend)
