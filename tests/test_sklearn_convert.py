@@ -199,7 +199,6 @@ def test_warm_start_with_early_stopping_after_round_trip(solver: str) -> None:
     assert_same_fit(est, back)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="needs optimizer state transfer")
 @pytest.mark.parametrize("solver", ["adam", "sgd"])
 def test_partial_fit_after_from_sklearn_continues_like_sklearn(solver: str) -> None:
     ref = classifier(sk.MLPClassifier, "multiclass", solver, False)
@@ -212,7 +211,6 @@ def test_partial_fit_after_from_sklearn_continues_like_sklearn(solver: str) -> N
         np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="needs optimizer state transfer")
 @pytest.mark.parametrize("solver", ["adam", "sgd"])
 def test_partial_fit_after_to_sklearn_continues_like_mlpx(solver: str) -> None:
     est = classifier(mlpx.MLPClassifier, "multiclass", solver, False)

@@ -3,9 +3,11 @@
 Both sides have the same constructor parameters (mlpx adds ``backend`` and
 ``dtype``) and the same fitted attributes, and mlpx's flat parameter layout is
 scikit-learn's packed ``coefs_ + intercepts_``, so conversion copies the
-hyperparameters, the fitted attributes and the label binarizer. Nothing of the
-optimizer is carried yet: a ``partial_fit`` after conversion starts a fresh Adam /
-SGD state (``fit`` with ``warm_start=True`` starts one on both sides anyway).
+hyperparameters, the fitted attributes, the label binarizer and the optimizer's
+state, so a ``partial_fit`` after conversion continues as it would have on the
+other side. scikit-learn's optimizer keeps one array per parameter (``ms``/``vs``
+for Adam, ``velocities`` for SGD) in ``coefs_ + intercepts_`` order; mlpx keeps one
+flat buffer in that same order (:meth:`mlpx.optimizers.Optimizer.state_dict`).
 
 Private to :mod:`mlpx.estimators`; reached through ``est.to_sklearn()`` and
 ``MLPClassifier.from_sklearn(est)`` / ``MLPRegressor.from_sklearn(est)``. Besides
@@ -81,7 +83,74 @@ def to_sklearn(est: Any) -> Any:
     # mlpx ends a fit on its best weights, so they are the weights themselves.
     out._best_coefs = [c.copy() for c in out.coefs_]
     out._best_intercepts = [b.copy() for b in out.intercepts_]
+    state = _mlpx_optimizer_state(est)
+    if state is not None and est.solver in ("sgd", "adam"):
+        out._optimizer = _sklearn_optimizer(out, state)
     return out
+
+
+def _mlpx_optimizer_state(est: Any) -> dict[str, Any] | None:
+    rt = getattr(est, "_rt", None)
+    if rt is not None and rt.optimizer is not None:
+        return rt.optimizer.state_dict()
+    host = getattr(est, "_rt_host", None) or {}
+    return host.get("optimizer")
+
+
+def _split(flat: np.ndarray, like: list[np.ndarray]) -> list[np.ndarray]:
+    """A flat buffer (weights, then biases) as arrays shaped like ``like``."""
+    out, start = [], 0
+    for a in like:
+        out.append(np.asarray(flat[start:start + a.size], dtype=a.dtype).reshape(a.shape).copy())
+        start += a.size
+    return out
+
+
+def _sklearn_optimizer(est: Any, state: dict[str, Any]) -> Any:
+    """scikit-learn's optimizer object holding mlpx's optimizer ``state``."""
+    from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
+
+    params = est.coefs_ + est.intercepts_
+    arrays = state.get("state", {})
+    if state["optimizer"] == "Adam":
+        opt = AdamOptimizer(params, est.learning_rate_init, est.beta_1, est.beta_2, est.epsilon)
+        opt.t = int(state["t"])
+        if arrays:
+            opt.ms, opt.vs = _split(arrays["m"], params), _split(arrays["v"], params)
+        return opt
+    opt = SGDOptimizer(params, est.learning_rate_init, est.learning_rate, est.momentum,
+                       est.nesterovs_momentum, est.power_t)
+    opt.learning_rate = float(state["lr"])
+    if arrays:
+        opt.velocities = _split(arrays["velocity"], params)
+    return opt
+
+
+def _mlpx_state(est: Any) -> dict[str, Any] | None:
+    """mlpx's ``state_dict()`` of the fitted scikit-learn ``est``'s optimizer, if any."""
+    opt = getattr(est, "_optimizer", None)
+    if opt is None or est.solver not in ("sgd", "adam"):
+        return None
+    flat = lambda arrays: np.concatenate([np.ravel(a) for a in arrays])  # noqa: E731
+    if est.solver == "adam":
+        return {
+            "optimizer": "Adam",
+            "config": {"lr": float(est.learning_rate_init), "schedule": None, "beta_1": float(est.beta_1),
+                       "beta_2": float(est.beta_2), "epsilon": float(est.epsilon)},
+            "t": int(opt.t), "lr": float(est.learning_rate_init), "schedule": {},
+            "state": {"m": flat(opt.ms), "v": flat(opt.vs)},
+        }
+    schedule = {"constant": None, "invscaling": {"name": "invscaling", "power_t": float(est.power_t)},
+                "adaptive": {"name": "adaptive", "factor": 5.0, "min_lr": 1e-6}}[est.learning_rate]
+    lr = float(opt.learning_rate)
+    return {
+        "optimizer": "SGD",
+        "config": {"lr": float(est.learning_rate_init), "schedule": schedule,
+                   "momentum": float(est.momentum), "nesterov": bool(est.nesterovs_momentum)},
+        "t": 0, "lr": lr,
+        "schedule": {"lr": lr} if est.learning_rate == "adaptive" and lr != est.learning_rate_init else {},
+        "state": {"velocity": flat(opt.velocities)},
+    }
 
 
 def from_sklearn(cls: type, est: Any, backend: Any = "cpu") -> Any:
@@ -124,5 +193,5 @@ def from_sklearn(cls: type, est: Any, backend: Any = "cpu") -> Any:
     # buffer (early stopping's best weights) must exist for a warm-started fit; the
     # weights are scikit-learn's best ones (it ends an early-stopped fit on them).
     flat = np.concatenate([np.ravel(a) for a in out.coefs_ + out.intercepts_])
-    out._rt_host = {"dtype": dtype.name, "optimizer": None, "best": flat}
+    out._rt_host = {"dtype": dtype.name, "optimizer": _mlpx_state(est), "best": flat}
     return out
