@@ -254,6 +254,107 @@ def run_gpu(comm: Any, outdir: Path, use_nccl: bool) -> None:
         pickle.dump(out, fh)
 
 
+def _outcome(fn: Any) -> dict[str, Any]:
+    """What ``fn()`` did on this rank: returned, or raised (type, message, rank)."""
+    from mlpx.distributed import RankFailedError
+
+    try:
+        fn()
+    except RankFailedError as exc:
+        return {"type": "RankFailedError", "rank": exc.rank, "message": str(exc)}
+    except Exception as exc:
+        return {"type": type(exc).__name__, "message": str(exc)}
+    return {"type": None}
+
+
+def run_agreement(comm: Any, out: dict[str, Any]) -> None:
+    """Ranks that disagree on a setting: every rank raises, naming the field."""
+    import mlpx
+
+    rank = comm.Get_rank()
+    X, y, w = make_data()
+    idx = shard_indices_for(rank, comm.Get_size())
+    last = rank == comm.Get_size() - 1
+
+    def engine(sizes=(N_FEATURES, 8, N_CLASSES), activation="tanh", dtype="float64", **fit: Any) -> Any:
+        def go() -> None:
+            model = mlpx.MLP(list(sizes), activation=activation, dtype=dtype, seed=0)
+            kw = {"epochs": 2, "batch_size": BATCH, "optimizer": "adam", "comm": comm, **fit}
+            model.fit(X[idx], y[idx], **kw)
+        return go
+
+    out["widths"] = _outcome(engine(sizes=(N_FEATURES, 9 if last else 8, N_CLASSES)))
+    out["dtype"] = _outcome(engine(dtype="float32" if last else "float64"))
+    out["activation"] = _outcome(engine(activation="relu" if last else "tanh"))
+    out["epochs"] = _outcome(engine(epochs=3 if last else 2))
+    out["lr"] = _outcome(engine(optimizer=mlpx.Adam(lr=0.02 if last else 0.01)))
+    out["l2"] = _outcome(engine(l2=0.5 if last else 0.0))
+    out["loss"] = _outcome(engine(loss="squared_error" if last else None))
+    out["same"] = _outcome(engine())
+
+    def estimator(**params: Any) -> Any:
+        def go() -> None:
+            kw = {"hidden_layer_sizes": (7,), "max_iter": 2, "batch_size": 4, "random_state": rank, **params}
+            mlpx.MLPClassifier(**kw).fit(X[idx], y[idx], comm=comm)
+        return go
+
+    out["est_max_iter"] = _outcome(estimator(max_iter=3 if last else 2))
+    out["est_solver"] = _outcome(estimator(solver="sgd" if last else "adam"))
+    out["est_alpha"] = _outcome(estimator(alpha=0.5 if last else 1e-4))
+    out["est_same"] = _outcome(estimator())  # random_state differs per rank: allowed
+
+    # load_checkpoint: rank 0's file, read into another architecture on the last rank.
+    ckpt = Path(sys.argv[2]) / "agree_ckpt.npz"
+    model = mlpx.MLP([N_FEATURES, 8, N_CLASSES], activation="tanh", dtype="float64", seed=0)
+    model.fit(X[idx], y[idx], epochs=1, batch_size=BATCH, comm=comm,
+              callbacks=[mlpx.ModelCheckpoint(ckpt)])
+    comm.Barrier()
+    other = mlpx.MLP([N_FEATURES, 9 if last else 8, N_CLASSES], activation="tanh", dtype="float64", seed=0)
+    out["checkpoint"] = _outcome(lambda: mlpx.load_checkpoint(ckpt, other, comm=comm))
+
+
+def shard_indices_for(rank: int, size: int) -> np.ndarray:
+    from mlpx.distributed import shard_indices
+
+    return shard_indices(N_ROWS, rank, size, block=BATCH)
+
+
+def run_base_exception(comm: Any, outdir: Path, how: str) -> None:
+    """The last rank stops with SystemExit / KeyboardInterrupt inside fit; rank 0 records
+    what it raised, and the job must end (the test times out otherwise)."""
+    import signal
+
+    import mlpx
+
+    rank, size = comm.Get_rank(), comm.Get_size()
+    X, y, _ = make_data()
+    model = make_model()
+    last = rank == size - 1
+    calls = {"n": 0}
+    original = model.forward_backward
+
+    def step(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if last and calls["n"] == 5:
+            if how == "exit_step":
+                sys.exit(3)
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, delivered to this rank only
+        return original(*args, **kwargs)
+
+    class ExitInCallback(mlpx.Callback):
+        def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> None:
+            if last and epoch == 1:
+                sys.exit(4)
+
+    if how in ("exit_step", "interrupt_step"):
+        model.forward_backward = step
+    callbacks = [ExitInCallback()] if how == "exit_callback" else []
+    result = _outcome(lambda: model.fit(X[shard_indices_for(rank, size)], y[shard_indices_for(rank, size)],
+                                        epochs=4, batch_size=BATCH, comm=comm, callbacks=callbacks))
+    with open(outdir / f"{how}.rank{rank}.pkl", "wb") as fh:
+        pickle.dump(result, fh)
+
+
 def main() -> None:
     from mpi4py import MPI
 
@@ -270,6 +371,13 @@ def main() -> None:
         run_gpu(comm, outdir, use_nccl=scenario == "gpu_nccl")
     elif scenario == "crash_outside":
         run_crash_outside(comm)
+    elif scenario == "agreement":
+        out = {}
+        run_agreement(comm, out)
+        with open(outdir / f"agreement.rank{comm.Get_rank()}.pkl", "wb") as fh:
+            pickle.dump(out, fh)
+    elif scenario in ("exit_step", "interrupt_step", "exit_callback"):
+        run_base_exception(comm, outdir, scenario)
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
 

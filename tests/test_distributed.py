@@ -245,6 +245,73 @@ def test_crash_outside_fit_aborts_the_job(tmp_path: Path) -> None:
     assert "rank 1 crashed while loading its shard" in proc.stderr
 
 
+# ------------------------------------------------ settings agreed on every rank
+@functools.lru_cache(maxsize=None)
+def _agreement(size: int) -> tuple[dict[str, Any], ...] | str:
+    outdir = Path(tempfile.mkdtemp(prefix=f"mlpx-agree{size}-"))
+    proc = _launch(size, "agreement", outdir, timeout=240)
+    if proc.returncode != 0:
+        return f"mpiexec failed:\n{proc.stdout}\n{proc.stderr}"
+    out = []
+    for r in range(size):
+        with open(outdir / f"agreement.rank{r}.pkl", "rb") as fh:
+            out.append(pickle.load(fh))
+    shutil.rmtree(outdir, ignore_errors=True)
+    return tuple(out)
+
+
+@needs_mpi
+@pytest.mark.parametrize("size", [2, 3])
+@pytest.mark.parametrize("case, field", [
+    ("widths", "architecture"), ("dtype", "dtype"), ("activation", "architecture"),
+    ("epochs", "epochs"), ("lr", "optimizer"), ("l2", "l2"), ("loss", "loss"),
+    ("est_max_iter", "param max_iter"), ("est_solver", "param solver"), ("est_alpha", "param alpha"),
+])
+def test_ranks_that_disagree_all_raise_naming_the_field(size: int, case: str, field: str) -> None:
+    """Different layer sizes, dtypes, activations, epochs, learning rates, L2, losses,
+    or estimator settings on one rank: a ValueError on every rank, not a hang or drift."""
+    results = _agreement(size)
+    assert not isinstance(results, str), results
+    for r in results:
+        got = r[case]
+        assert got["type"] == "ValueError", got
+        assert f"'{field}'" in got["message"] and "rank 0:" in got["message"], got["message"]
+        assert f"rank {size - 1}:" in got["message"]
+
+
+@needs_mpi
+@pytest.mark.parametrize("size", [2, 3])
+def test_ranks_that_agree_train(size: int) -> None:
+    results = _agreement(size)
+    assert not isinstance(results, str), results
+    assert all(r["same"]["type"] is None and r["est_same"]["type"] is None for r in results)
+
+
+@needs_mpi
+@pytest.mark.parametrize("size", [2, 3])
+def test_checkpoint_of_another_model_fails_on_every_rank(size: int) -> None:
+    results = _agreement(size)
+    assert not isinstance(results, str), results
+    last = results[-1]["checkpoint"]
+    assert last["type"] == "ValueError" and "another model" in last["message"]
+    for r in results[:-1]:
+        assert r["checkpoint"]["type"] == "RankFailedError" and r["checkpoint"]["rank"] == size - 1
+
+
+@needs_mpi
+@pytest.mark.parametrize("how, what", [
+    ("exit_step", "SystemExit"), ("interrupt_step", "KeyboardInterrupt"), ("exit_callback", "SystemExit"),
+])
+def test_a_base_exception_on_one_rank_ends_every_rank(tmp_path: Path, how: str, what: str) -> None:
+    """sys.exit() or Ctrl-C inside a step or a callback of one rank: the job ends (a hang
+    would raise TimeoutExpired), the other rank raises RankFailedError naming it."""
+    proc = _launch(2, how, tmp_path, timeout=90)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    with open(tmp_path / f"{how}.rank0.pkl", "rb") as fh:
+        got = pickle.load(fh)
+    assert got["type"] == "RankFailedError" and got["rank"] == 1 and what in got["message"], got
+
+
 # -------------------------------------------------------------- in-process
 @pytest.mark.parametrize("size", [1, 2, 3, 4])
 @pytest.mark.parametrize("block", [None, 1, 4, 7])
