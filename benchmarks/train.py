@@ -57,6 +57,7 @@ _MIN_CC = {"tf32": 80, "bf16": 80, "fp16": 70}
 TARGETS: dict[str, list[tuple[str, str, float]]] = {
     "digits": [("mlpx-cpu", "sklearn-f64", 0.35), ("mlpx-cpu", "torch-cpu", 0.35)],
     "mlp512": [
+        ("mlpx-est-cpu", "mlpx-cpu", 1.05),  # the estimators run the engine's own loop
         ("mlpx-cpu", "sklearn-f64", 0.3),
         ("mlpx-cpu", "torch-cpu", 0.9),
         ("mlpx-cpu", "gemms-cpu", 1.4),
@@ -75,6 +76,7 @@ TARGETS: dict[str, list[tuple[str, str, float]]] = {
 }
 # Ratios reported for every workload, with or without a target.
 _ALWAYS = [
+    ("mlpx-est-cpu", "mlpx-cpu"),
     ("mlpx-cpu", "sklearn-f64"),
     ("mlpx-cpu", "sklearn-f32"),
     ("mlpx-cpu", "torch-cpu"),
@@ -201,6 +203,38 @@ def _set_float32_compute_type(value: int | None) -> None:
         _core.set_compute_type(np.float32, value)
 
 
+class MlpxEstimatorImpl(Impl):
+    """``mlpx.MLPClassifier`` on the CPU in float32: the same network, data, batch,
+    Adam and epochs as ``mlpx-cpu``, through the estimator (scikit-learn's policy on
+    the engine's training loop)."""
+
+    name = "mlpx-est-cpu"
+
+    def unavailable(self, ctx):
+        try:
+            import sklearn  # noqa: F401
+        except ImportError:
+            return "scikit-learn not installed"
+        return super().unavailable(ctx)
+
+    def run(self, data, wl, epochs, seed):
+        import mlpx
+        from sklearn.exceptions import ConvergenceWarning
+
+        X, y, Xt, yt = data
+        clf = mlpx.MLPClassifier(
+            hidden_layer_sizes=wl.sizes[1:-1], activation="relu", solver="adam", alpha=0.0,
+            batch_size=wl.batch, learning_rate_init=LR, max_iter=epochs, shuffle=True,
+            random_state=seed, tol=0.0, n_iter_no_change=epochs + 1, dtype="float32", backend="cpu",
+        )
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(X, y)
+        dt = time.perf_counter() - t0
+        return dt, float(np.mean(clf.predict(Xt) == yt))
+
+
 class SklearnImpl(Impl):
     def __init__(self, dtype: str) -> None:
         self.dtype = dtype
@@ -288,7 +322,7 @@ class TorchImpl(Impl):
 
 def IMPLEMENTATIONS(wl: Workload, cfg: Any) -> list[Impl]:
     """The implementations of a workload, in the interleaving order."""
-    impls: list[Impl] = [MlpxImpl("cpu")]
+    impls: list[Impl] = [MlpxImpl("cpu"), MlpxEstimatorImpl()]
     if wl.name == "digits" and cfg.threads > 1:
         impls.append(MlpxImpl("cpu", threads=1))  # small matrices: 1 thread may win
     impls.append(MlpxImpl("gpu"))  # float32: the reference of the precision modes
