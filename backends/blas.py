@@ -20,7 +20,7 @@ on the products of an MLP step, so run it to decide on yours).
 
 One provider per process, never one per shape: each library keeps its own pool of
 worker threads that spin for a while after a product, and alternating libraries
-makes the two pools fight over the cores (measured: one epoch 40 % slower).
+makes the two pools fight over the cores (benchmarks/README.md has the measurement).
 
 Every provider computes ``op(A) @ op(B)`` into a preallocated ``out``; a product a
 provider cannot take as it is (a dtype other than float32/float64, strided rows,

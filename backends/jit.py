@@ -57,7 +57,7 @@ def lazy_njit(fn: Callable[..., Any]) -> Callable[..., Any]:
 
             # error_model="numpy": x/0 gives inf/nan as in NumPy instead of a Python
             # exception, whose check in every iteration keeps LLVM from vectorising
-            # the loop (5x slower on the optimizer updates).
+            # the loop.
             compiled.append(numba.njit(fastmath=False, error_model="numpy", cache=True)(fn))
         return compiled[0](*args)
 

@@ -14,11 +14,9 @@ from .jit import numba_enabled
 
 __all__ = ["NumpyBackend", "SMALL_GEMM_FLOPS"]
 
-#: Products below this many flops (2·m·n·k) run on one BLAS thread. Measured on a
-#: 2-core machine: at the digits network's shapes (64×64×128, ~1 MFLOP) two OpenBLAS
-#: threads gain nothing when the machine is idle and are up to 100× slower when another
-#: process holds a core (the threads spin waiting for each other); from ~10 MFLOP up,
-#: two threads are 1.4-1.8× faster. See benchmarks (section gemm, threads).
+#: Products below this many flops (2·m·n·k) run on one BLAS thread: on small products
+#: extra OpenBLAS threads gain nothing and spin against whatever else holds a core
+#: (the measurements are in benchmarks/README.md, "Why the code is as it is").
 SMALL_GEMM_FLOPS = 4e6
 
 

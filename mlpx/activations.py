@@ -330,8 +330,8 @@ def _gelu_backward_cupy(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> A
 
 
 # No numba variants here: NumPy's SIMD exp/tanh beat numba's scalar ones, and for the
-# ReLU backward NumPy's multiply by the mask (44 us on 256x512 float32) beat a
-# compiled loop (62 us); see ``python -m benchmarks.kernels``.
+# ReLU backward NumPy's multiply by the mask beat a compiled loop (the timings are in
+# benchmarks/README.md; ``python -m benchmarks.kernels`` measures them).
 
 
 ACTIVATIONS: dict[str, Activation] = {

@@ -115,8 +115,8 @@ def _rmsprop_update_np(
     xp.subtract(p, tmp, out=p)
 
 
-# numba variants: one pass over the flat buffers instead of 4-12 NumPy passes (on
-# 670k float32 parameters, Adam takes 0.3 ms instead of 1.6 ms). The loops repeat
+# numba variants: one pass over the flat buffers instead of 4-12 NumPy passes
+# (timings in benchmarks/README.md). The loops repeat
 # the NumPy variants' operations in the same order, and the scalars are converted
 # to the buffers' dtype first, as NumPy converts Python floats, so both give the
 # same bits. Without fastmath the loop still vectorises: the sqrt and the division
