@@ -1,23 +1,32 @@
-"""The backend interface and its generic (Array API) implementation.
+"""The backend interface, and its generic implementation over an array namespace.
 
 A backend is an explicit object that owns one array namespace ``xp`` on one device.
 Layers, losses and optimizers receive it when they are built and touch arrays only
-through it. The interface is deliberately small:
+through it. The interface:
 
 =====================  =====================================================
-transfer / creation    ``asarray``, ``to_numpy``, ``zeros``, ``empty``, ``copy``, ``astype``
+transfer / creation    ``asarray``, ``to_numpy``, ``zeros``, ``empty``, ``copy``,
+                       ``astype``, ``arange``
 matmul                 ``gemm`` (the single entry point to BLAS / cuBLAS)
-reductions             ``sum``, ``to_float``
-indexing               ``take_rows``, ``arange``
-elementwise            ``run`` (a :class:`~backends.kernel.Kernel`)
-device                 ``synchronize``, ``check``, ``describe``, ``dtype``
+reductions             ``sum``, ``to_float`` (the one host read-back)
+indexing               ``take_rows``
+kernels                ``run`` (a :class:`~backends.kernel.Kernel`: its most specific
+                       variant for this backend's ``kinds``)
+placement              ``check`` (arrays of another library or device are refused),
+                       ``dtype``, ``describe``
+execution context      ``activated`` (the device is current), ``blas_threads``,
+                       ``tf32_matmul``, ``synchronize``
 host-to-device stream  ``empty_pinned``, ``upload``, ``copy_stream``, ``record_event``,
                        ``wait_event``, ``synchronize_event``, ``device_free_bytes``
 =====================  =====================================================
 
-Everything here is written against the Python Array API standard, so it runs on
-NumPy, CuPy and ``array-api-strict`` alike; concrete backends override only the hot
-operations (``gemm`` with ``out=``, in-place kernels).
+:class:`Backend` implements all of it with Array API functions of ``xp``, writing
+into ``out`` buffers by item assignment, and with no streams (a synchronous device).
+That is what :class:`~backends.array_api_backend.ArrayAPIBackend` uses as it is.
+:class:`~backends.numpy_backend.NumpyBackend` and
+:class:`~backends.cupy_backend.CupyBackend` override the operations where their
+library does better: products into ``out`` through BLAS / cuBLAS, in-place ufuncs,
+device contexts, pinned memory, streams and events.
 """
 
 from __future__ import annotations
