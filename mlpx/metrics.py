@@ -34,9 +34,11 @@ import numpy as np
 from mlpx.backends import kernel
 from mlpx.backends.jit import lazy_njit
 
-__all__ = ["Chunk", "correct_count", "hit_vector", "holdout_scores", "iter_chunks", "r2_from_sums"]
+__all__ = ["PREDICT_CHUNK", "Chunk", "correct_count", "hit_vector", "holdout_scores", "iter_chunks", "r2_from_sums"]
 
 Array = Any
+#: Rows per forward pass when predicting or scoring: bounds the workspaces' memory.
+PREDICT_CHUNK = 8192
 Chunk = tuple[Array, Array, Array | None]  # X (n, f), Y (n, k), w (n,) or None, on the backend
 
 

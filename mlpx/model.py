@@ -35,16 +35,15 @@ from mlpx.distributed import LocalReducer, Reducer
 from mlpx.layers import ActivationLayer, Dense, Dropout, Layer, layer_from_config
 from mlpx.locking import ReadWriteLock
 from mlpx.losses import Loss, OutputLoss, l2_penalty, pair
-from mlpx.metrics import correct_count, holdout_scores, iter_chunks
+from mlpx.metrics import PREDICT_CHUNK, correct_count, holdout_scores, iter_chunks
 from mlpx.optimizers import Optimizer
 from mlpx.precision import all_finite, get_precision, scale_cast
 from mlpx.saving import MAX_PARAMS, ModelFileError, check_architecture, read_model_file, write_model_file
 from mlpx.validation import check_int, check_real, check_sample_weight, check_seed, check_X, encode_targets
 
-__all__ = ["MLP", "PREDICT_CHUNK", "Sequential", "StepResult", "load"]
+__all__ = ["MLP", "Sequential", "StepResult", "load"]
 
 Array = Any
-PREDICT_CHUNK = 8192  # rows per forward pass in predict/evaluate: bounds workspace memory
 
 
 class StepResult(NamedTuple):
@@ -180,6 +179,7 @@ class Sequential:
         self._ws: dict[tuple[str, int], Array] = {}
         self._tls = threading.local()
         self._dropout_rank = 0
+        self._shuffle_rank = 0
         self.layers: list[Layer] = []
         self.output: Activation = get_activation("identity")
         self.params: Array = None
@@ -835,7 +835,7 @@ class Sequential:
         Seeded from ``seed``; rank 0's is the single-process one, so a one-rank
         data-parallel fit shuffles exactly as a plain fit.
         """
-        if self.shuffle_rng_ is None or getattr(self, "_shuffle_rank", 0) != rank:
+        if self.shuffle_rng_ is None or self._shuffle_rank != rank:
             seed = None if self.seed is None else [int(self.seed), 1] + ([rank] if rank else [])
             self.shuffle_rng_ = np.random.default_rng(seed)
             self._shuffle_rank = rank

@@ -36,14 +36,13 @@ from mlpx.callbacks import Callback, ProgressBar, check_callbacks
 from mlpx.data import Batch, make_batches, to_host
 from mlpx.distributed import Reducer, is_agreed, make_reducer, mark_agreed
 from mlpx.losses import Loss
-from mlpx.metrics import Chunk, holdout_scores, iter_chunks
+from mlpx.metrics import PREDICT_CHUNK, Chunk, holdout_scores, iter_chunks
 from mlpx.optimizers import Optimizer, get_optimizer
 from mlpx.validation import check_dtype_range, check_real, check_sample_weight, encode_targets
 
 __all__ = ["History", "Holdout", "TrainingDivergedError", "fit", "train"]
 
 Array = Any
-CHUNK = 8192  # rows per forward pass when scoring a held-out set
 
 
 class TrainingDivergedError(RuntimeError):
@@ -117,7 +116,7 @@ class Holdout:
         if self.X is None:
             return
         n = self.X.shape[0]
-        for a, b in iter_chunks(n, CHUNK):
+        for a, b in iter_chunks(n, PREDICT_CHUNK):
             X = self.X[a:b] if self.dense is not None else self.X[a:b, :]
             yield (self.dense(X) if self.dense is not None else X, self.Y[a:b, :],
                    None if self.w is None else self.w[a:b])

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from mlpx.losses import OUTPUT_LOSS
+
 __all__ = [
     "InvalidParameterError",
     "check_X",
@@ -366,7 +368,6 @@ def check_X(
     return X
 
 
-_CANONICAL = {"softmax": "cross_entropy", "logistic": "binary_cross_entropy", "exp": "poisson"}
 #: Softmax targets: a probability row may miss 1 by this many float32 epsilons per
 #: class (rounding in whoever normalised it) before it is refused as unnormalised.
 _ROW_SUM_EPS = float(np.finfo(np.float32).eps)
@@ -453,7 +454,7 @@ def encode_targets(
             f"y has {Y.shape[1]} column(s) but the output layer has {n_outputs} unit(s)"
         )
     Y = Y.astype(np.float64, copy=False)
-    kind = loss if loss is not None else _CANONICAL.get(output)
+    kind = loss if loss is not None else OUTPUT_LOSS.get(output)
     if kind in ("cross_entropy", "binary_cross_entropy") and (Y.min() < 0 or Y.max() > 1):
         raise ValueError(
             f"targets for {kind} on a {output} output must lie in [0, 1] (labels or probabilities), "

@@ -47,8 +47,7 @@ from mlpx.callbacks import Callback
 from mlpx.data import densify, is_device_array, is_sparse, make_batches, sparse_to_backend, take_host_rows, to_host
 from mlpx.distributed import Reducer, make_reducer
 from mlpx.estimators._runtime import Runtime, glorot_draws
-from mlpx.metrics import holdout_scores, iter_chunks
-from mlpx.model import PREDICT_CHUNK
+from mlpx.metrics import PREDICT_CHUNK, holdout_scores, iter_chunks
 from mlpx.optimizers import SGD, Adam, Optimizer
 from mlpx.schedules import Adaptive, InverseScaling
 from mlpx.training import Holdout, train
