@@ -521,3 +521,30 @@ def test_nccl_without_the_library_is_a_bare_module(strict_cupy) -> None:
     assert nccl.available is False
     with pytest.raises(AttributeError, match="has no attribute 'NcclCommunicator'"):
         nccl.NcclCommunicator
+
+
+# ------------------------------------------------------------- memory pool
+def test_freed_block_is_reused_in_stream_order(strict_cupy) -> None:
+    cp = strict_cupy.cupy
+    a = cp.asarray(np.ones(64))
+    b = a * 2.0  # queued: reads a
+    del a  # freed with work on it still queued, as CuPy allows on one stream
+    c = cp.full(64, 7.0)  # the same block, written after b's kernel in stream order
+    assert strict_cupy.pending() > 0
+    np.testing.assert_array_equal(b.get(), 2.0)
+    np.testing.assert_array_equal(c.get(), 7.0)
+
+
+def test_block_reused_while_another_stream_still_reads_it_is_a_race(strict_cupy) -> None:
+    """CuPy's pool does not know about other streams' work: the second stream reads the
+    new owner's data (the hazard ``ndarray.data.mem`` users must avoid)."""
+    cp = strict_cupy.cupy
+    a = cp.asarray(np.ones(64))
+    cp.cuda.Device().synchronize()
+    side = cp.cuda.Stream(non_blocking=True)
+    with side:
+        b = a * 2.0  # queued on the side stream, not run
+    del a
+    c = cp.full(64, 7.0)  # reuses a's block on the legacy stream
+    c.get()
+    np.testing.assert_array_equal(b.get(stream=side), 14.0)

@@ -306,7 +306,7 @@ class MemoryPool(StrictObject):
 
     def free_all_blocks(self, stream: Any = None) -> None:
         m = machine()
-        m.devices[m.current_device].cached = 0
+        m.devices[m.current_device].free_all()
 
     def get_limit(self) -> int:
         return 0

@@ -119,8 +119,8 @@ def array(obj: Any, dtype: Any = None, copy: bool = True, order: str = "K", subo
         else:
             # Across devices CuPy copies peer to peer on the current stream.
             res = _empty(obj.shape, obj.dtype if dtype is None else dtype, "F" if order == "F" else "C")
-            src = obj
-            _enqueue(lambda: np.copyto(res._v, src._v, casting="unsafe"))
+            res_v, src_v = res._v, obj._v
+            _enqueue(lambda: np.copyto(res_v, src_v, casting="unsafe"))
         while res.ndim < ndmin:
             res = res[None]
         return res
@@ -218,8 +218,8 @@ def reshape(a: Any, newshape: Any, order: str = "C") -> ndarray:
         return view
     shape = np.reshape(_meta(a), newshape, order=order).shape  # validates now
     res = _empty(shape, a.dtype)
-    src = a
-    _enqueue(lambda: np.copyto(res._v, np.reshape(src._v, shape, order=order)))
+    res_v, src_v = res._v, a._v
+    _enqueue(lambda: np.copyto(res_v, np.reshape(src_v, shape, order=order)))
     return res
 
 
@@ -399,14 +399,15 @@ def _blas(npfunc: Any, a: Any, b: Any, out: Any, dtype: Any = None) -> ndarray:
     else:
         res = _empty(np.shape(meta), rdtype)
     tf32 = a.dtype == np.float32 and b.dtype == np.float32 and get_compute_type(np.float32) == _TF32
+    a_v, b_v, res_v = a._v, b._v, res._v
 
     def run() -> None:
-        x, y = a._v, b._v
+        x, y = a_v, b_v
         if tf32:
             x, y = _tf32(x), _tf32(y)
         if x.dtype.itemsize < 4 or y.dtype.itemsize < 4:
             x, y = x.astype(np.float32), y.astype(np.float32)
-        np.copyto(res._v, npfunc(x, y), casting="unsafe")
+        np.copyto(res_v, npfunc(x, y), casting="unsafe")
 
     _enqueue(run)
     return res
@@ -454,13 +455,14 @@ def copyto(dst: Any, src: Any, casting: str = "same_kind", where: Any = None) ->
         _require_array(where, "where")
         peer_check(where._mem.device_id)
     target = dst._v
+    value = src._v if isinstance(src, ndarray) else src
+    where_v = None if where is None else where._v
 
     def run() -> None:
-        value = src._v if isinstance(src, ndarray) else src
-        if where is None:
+        if where_v is None:
             np.copyto(target, value, casting="unsafe")
         else:
-            np.copyto(target, value, casting="unsafe", where=where._v)
+            np.copyto(target, value, casting="unsafe", where=where_v)
 
     _enqueue(run)
 

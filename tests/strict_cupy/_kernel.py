@@ -476,7 +476,9 @@ class _Launch:
 
     def __init__(self, fn: Any, shape: tuple[int, ...], args: list[Any], kinds: tuple[str, ...],
                  scalars: list[Any]) -> None:
-        self.fn, self.shape, self.args, self.kinds, self.scalars = fn, shape, args, kinds, scalars
+        # device views only: the arrays themselves may be freed before the launch runs
+        self.fn, self.shape, self.kinds, self.scalars = fn, shape, kinds, scalars
+        self.args = [a._v if kind != "scalar" else None for a, kind in zip(args, kinds)]
 
     def __call__(self) -> None:
         shape = self.shape
@@ -490,7 +492,7 @@ class _Launch:
                 ptrs.append(buf.ctypes.data)
                 sizes.append(1)
             elif kind == "raw":
-                v = a._v
+                v = a
                 if not v.flags.c_contiguous:
                     tmp = np.ascontiguousarray(v)
                     writeback.append((v, tmp))
@@ -499,7 +501,7 @@ class _Launch:
                 ptrs.append(v.ctypes.data)
                 sizes.append(v.size)
             else:
-                v = np.broadcast_to(a._v, shape) if a._v.shape != shape else a._v
+                v = np.broadcast_to(a, shape) if a.shape != shape else a
                 keep.append(v)
                 ptrs.append(v.ctypes.data)
                 strides.extend(v.strides)

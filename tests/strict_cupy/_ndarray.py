@@ -50,7 +50,11 @@ def _empty(shape: Any, dtype: Any, order: str = "C") -> "ndarray":
     shape = _shape_tuple(shape)
     m = machine()
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    mem = DeviceMemory(m, m.current_device, nbytes)
+    q = current_queue()
+    mem = DeviceMemory(m, m.current_device, nbytes, arena=id(q))
+    if mem.recycled:
+        buf = mem.buf
+        q.enqueue(lambda: buf.fill(0xFF))
     v = np.ndarray(shape, dtype=dtype, buffer=mem.buf, order=order)
     return ndarray._wrap(mem, v, None)
 
@@ -109,11 +113,12 @@ def _results_like(meta_res: Any) -> Any:
 
 
 def _store(dst: Any, src: Any) -> None:
+    """Write result(s) ``src`` into the device view(s) ``dst``."""
     if isinstance(dst, tuple):
         for d, s in zip(dst, src):
             _store(d, s)
     else:
-        np.copyto(dst._v, src, casting="unsafe")
+        np.copyto(dst, src, casting="unsafe")
 
 
 def lazy(npfunc: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -136,16 +141,23 @@ def lazy(npfunc: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     with np.errstate(all="ignore"):
         meta_res = npfunc(*meta_args, **meta_kw)
     results = out if out is not None else _results_like(meta_res)
+    # Queued work holds views of device memory, never the arrays: freeing an array
+    # while work on it is queued returns its block to the pool, as in CuPy.
+    real_args = _map(args, _view_of)
+    real_kw = {k: _map(v, _view_of) for k, v in kwargs.items()}
+    res_views = None if out is not None else _map(results, _view_of)
 
     def run() -> None:
-        real_args = _map(args, lambda a: a._v)
-        real_kw = {k: _map(v, lambda a: a._v) for k, v in kwargs.items()}
         r = npfunc(*real_args, **real_kw)
-        if out is None:
-            _store(results, r)
+        if res_views is not None:
+            _store(res_views, r)
 
     _enqueue(run)
     return results
+
+
+def _view_of(a: "ndarray") -> np.ndarray:
+    return a._v
 
 
 def host_to_device(data: Any, dtype: Any = None, order: str = "K") -> "ndarray":
@@ -154,7 +166,8 @@ def host_to_device(data: Any, dtype: Any = None, order: str = "K") -> "ndarray":
     if host.dtype == object:
         raise ValueError(f"Unsupported dtype {host.dtype}")
     dst = _empty(host.shape, host.dtype, "F" if (host.flags.f_contiguous and not host.flags.c_contiguous) else "C")
-    _enqueue(lambda: np.copyto(dst._v, host))
+    dst_v = dst._v
+    _enqueue(lambda: np.copyto(dst_v, host))
     return dst
 
 
@@ -224,17 +237,14 @@ def _axis_of_each(key: tuple[Any, ...], ndim: int) -> list[int | None]:
 
 
 def _wrapped_key(key: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[Any, ...]:
-    """The key with device index arrays replaced by host copies wrapped into range (CuPy wraps)."""
+    """The key (index arrays as device views) with integer indices wrapped into range
+    (CuPy wraps out-of-range indices instead of raising)."""
     axes = _axis_of_each(key, len(shape))
     out = []
     for k, ax in zip(key, axes):
-        if isinstance(k, ndarray):
-            idx = k._v
-            if idx.dtype.kind in "iu" and ax is not None and shape[ax] > 0:
-                idx = np.mod(idx, shape[ax])
-            out.append(idx)
-        else:
-            out.append(k)
+        if isinstance(k, np.ndarray) and k.dtype.kind in "iu" and ax is not None and shape[ax] > 0:
+            k = np.mod(k, shape[ax])
+        out.append(k)
     return tuple(out)
 
 
@@ -402,13 +412,13 @@ class ndarray(metaclass=StrictMeta):  # noqa: N801 - CuPy's name
             if order not in ("C", "F"):
                 raise ValueError(f"unsupported order: {order}")
             host = np.empty(self.shape, dtype=self.dtype, order=order)
-        src = self
+        src_v = self._v
         m = machine()
         prev = m.current_device
         m.current_device = self._mem.device_id
         try:
             q = stream._queue_now()
-            q.enqueue(lambda: np.copyto(host, src._v))
+            q.enqueue(lambda: np.copyto(host, src_v))
             if blocking:
                 q.run_all()
         finally:
@@ -564,10 +574,11 @@ class ndarray(metaclass=StrictMeta):  # noqa: N801 - CuPy's name
         meta_key = tuple(np.zeros(k.shape, np.intp) if isinstance(k, ndarray) else k for k in keys)
         meta_res = _meta(self)[meta_key]
         res = _empty(meta_res.shape, meta_res.dtype)
-        src = self
+        src_v, res_v, shape = self._v, res._v, self.shape
+        key_v = tuple(k._v if isinstance(k, ndarray) else k for k in keys)
 
         def run() -> None:
-            res._v[...] = src._v[_wrapped_key(keys, src.shape)]
+            res_v[...] = src_v[_wrapped_key(key_v, shape)]
 
         _enqueue(run)
         return res
@@ -587,23 +598,23 @@ class ndarray(metaclass=StrictMeta):  # noqa: N801 - CuPy's name
         peer_check(self._mem.device_id)
         keys = _key_tuple(key)
         val_meta = _meta(value) if isinstance(value, ndarray) else value
+        val = value._v if isinstance(value, ndarray) else value
         if all(_is_basic(k) for k in keys):
             dst = self._v[keys + ((Ellipsis,) if not any(k is Ellipsis for k in keys) else ())]
             np.copyto(np.empty(dst.shape, dst.dtype), val_meta, casting="unsafe")  # shape errors now
 
             def run() -> None:
-                np.copyto(dst, value._v if isinstance(value, ndarray) else value, casting="unsafe")
+                np.copyto(dst, val, casting="unsafe")
         else:
             keys = tuple(_device_index(k) for k in keys)
             meta_key = tuple(np.zeros(k.shape, np.intp) if isinstance(k, ndarray) else k for k in keys)
             target = np.zeros(self.shape, self.dtype)
             target[meta_key] = val_meta
-            dst_arr = self
+            dst_v, shape = self._v, self.shape
+            key_v = tuple(k._v if isinstance(k, ndarray) else k for k in keys)
 
             def run() -> None:
-                key_real = tuple(k._v if isinstance(k, ndarray) and k.dtype == np.bool_ else k for k in keys)
-                key_real = _wrapped_key(key_real, dst_arr.shape)
-                dst_arr._v[key_real] = value._v if isinstance(value, ndarray) else value
+                dst_v[_wrapped_key(key_v, shape)] = val
 
         _enqueue(run)
 
@@ -611,8 +622,8 @@ class ndarray(metaclass=StrictMeta):  # noqa: N801 - CuPy's name
     def copy(self, order: str = "C") -> "ndarray":
         peer_check(self._mem.device_id)
         res = _empty(self.shape, self.dtype, "F" if order == "F" else "C")
-        src = self
-        _enqueue(lambda: np.copyto(res._v, src._v))
+        res_v, src_v = res._v, self._v
+        _enqueue(lambda: np.copyto(res_v, src_v))
         return res
 
     def astype(self, dtype: Any, order: str = "K", casting: Any = None, subok: Any = None,
@@ -626,8 +637,8 @@ class ndarray(metaclass=StrictMeta):  # noqa: N801 - CuPy's name
             return self
         peer_check(self._mem.device_id)
         res = _empty(self.shape, dtype, "F" if order == "F" else "C")
-        src = self
-        _enqueue(lambda: np.copyto(res._v, src._v, casting="unsafe"))
+        res_v, src_v = res._v, self._v
+        _enqueue(lambda: np.copyto(res_v, src_v, casting="unsafe"))
         return res
 
     def fill(self, value: Any) -> None:
@@ -825,10 +836,11 @@ class ufunc(metaclass=StrictMeta):  # noqa: N801 - CuPy's name
         results = [o if isinstance(o, ndarray) else _empty(np.shape(r), np.asarray(r).dtype)
                    for o, r in zip(list(outs) + [None] * (self.nout - len(outs)), meta_res)]
         npf = self._np
+        real = [x._v if isinstance(x, ndarray) else x for x in ins]
+        out_v = tuple(r._v for r in results)
 
         def run() -> None:
-            real = [x._v if isinstance(x, ndarray) else x for x in ins]
-            npf(*real, out=tuple(r._v for r in results), **kw)
+            npf(*real, out=out_v, **kw)
 
         _enqueue(run)
         return results[0] if self.nout == 1 else tuple(results)

@@ -155,19 +155,29 @@ class EventMark:
 
 
 class DeviceMemory:
-    """One device allocation: ``nbytes`` of poisoned host memory at a fake device address."""
+    """One device allocation: ``nbytes`` of poisoned host memory at a fake device address.
 
-    __slots__ = ("buf", "ptr", "size", "device_id", "__weakref__")
+    Like CuPy's memory pool, a freed block is kept and handed to the next allocation
+    of the same size made while the same stream is current (``arena``), without
+    waiting for work still queued on it: work queued on that stream is ordered anyway,
+    work on another stream that still uses the block is a race, as on a GPU.
+    """
 
-    def __init__(self, machine: "Machine", device_id: int, nbytes: int) -> None:
+    __slots__ = ("buf", "ptr", "size", "device_id", "recycled", "__weakref__")
+
+    def __init__(self, machine: "Machine", device_id: int, nbytes: int, arena: int = 0) -> None:
         dev = machine.devices[device_id]
-        rounded = dev.reserve(nbytes)
-        self.buf = np.full(max(rounded, _ALIGN), 0xFF, dtype=np.uint8)
+        rounded, buf, ptr = dev.reserve(nbytes, arena)
+        # A new block is poisoned now; a recycled one may still be in use by work queued
+        # before it was freed, so the caller poisons it in stream order.
+        self.recycled = ptr is not None
+        if not self.recycled:
+            buf.fill(0xFF)
+        self.buf = buf
         self.size = int(nbytes)
         self.device_id = device_id
-        self.ptr = machine.addresses.add(self, rounded)
-        weakref.finalize(self, dev.release, rounded)
-        weakref.finalize(self, machine.addresses.remove, self.ptr)
+        self.ptr = machine.addresses.add(self, rounded, ptr)
+        weakref.finalize(self, dev.release, rounded, arena, buf, self.ptr)
 
 
 def _byte_bounds(a: np.ndarray) -> tuple[int, int]:
@@ -186,9 +196,10 @@ class _AddressSpace:
         self._starts: list[int] = []
         self._owners: dict[int, tuple[weakref.ref[Any], int]] = {}
 
-    def add(self, owner: Any, size: int) -> int:
-        ptr = self._next
-        self._next += size + _ALIGN  # a gap, so a pointer one past the end resolves to nothing
+    def add(self, owner: Any, size: int, ptr: int | None = None) -> int:
+        if ptr is None:
+            ptr = self._next
+            self._next += size + _ALIGN  # a gap, so a pointer one past the end resolves to nothing
         bisect.insort(self._starts, ptr)
         self._owners[ptr] = (weakref.ref(owner), size)
         return ptr
@@ -221,22 +232,36 @@ class _Device:
         self.total = int(machine.config.memory_bytes)
         self.used = 0  # bytes held by live arrays
         self.cached = 0  # bytes freed by arrays and kept by CuPy's pool
+        self.free_blocks: dict[tuple[int, int], list[tuple[np.ndarray, int]]] = {}
         self.legacy = Queue(machine, device_id, legacy=True, blocking=False,
                             eager=machine.config.null_schedule == "eager")
         self._queues: list[weakref.ref[Queue]] = []
 
-    def reserve(self, nbytes: int) -> int:
+    def reserve(self, nbytes: int, arena: int) -> tuple[int, np.ndarray, int | None]:
+        """A block for ``nbytes``: (rounded size, buffer, its address or None when new)."""
         rounded = -(-max(int(nbytes), 1) // _ALIGN) * _ALIGN
+        free = self.free_blocks.get((arena, rounded))
+        if free:
+            buf, ptr = free.pop()
+            self.cached -= rounded
+            self.used += rounded
+            return rounded, buf, ptr
+        if self.used + self.cached + rounded > self.total:
+            self.free_all()  # CuPy frees its cached blocks and retries before giving up
         if self.used + rounded > self.total:
             raise self.machine.out_of_memory(nbytes, self.used)
-        reuse = min(self.cached, rounded)
-        self.cached -= reuse
         self.used += rounded
-        return rounded
+        return rounded, np.empty(rounded, dtype=np.uint8), None
 
-    def release(self, rounded: int) -> None:
+    def release(self, rounded: int, arena: int, buf: np.ndarray, ptr: int) -> None:
+        self.machine.addresses.remove(ptr)
         self.used -= rounded
         self.cached += rounded
+        self.free_blocks.setdefault((arena, rounded), []).append((buf, ptr))
+
+    def free_all(self) -> None:
+        self.free_blocks.clear()
+        self.cached = 0
 
     def new_queue(self, blocking: bool) -> Queue:
         q = Queue(self.machine, self.id, legacy=False, blocking=blocking,

@@ -88,11 +88,11 @@ class csr_matrix(spmatrix):  # noqa: N801 - CuPy's name
 
     def toarray(self, order: Any = None, out: Any = None) -> ndarray:
         res = _empty(self._shape, self.dtype) if out is None else out
-        data, indices, indptr, shape = self.data, self.indices, self.indptr, self._shape
+        data, indices, indptr, shape = self.data._v, self.indices._v, self.indptr._v, self._shape
+        res_v = res._v
 
         def run() -> None:
-            m = sp.csr_matrix((data._v, indices._v, indptr._v), shape=shape)
-            res._v[...] = m.toarray()
+            res_v[...] = sp.csr_matrix((data, indices, indptr), shape=shape).toarray()
 
         _enqueue(run)
         return res
