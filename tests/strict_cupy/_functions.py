@@ -120,7 +120,7 @@ def array(obj: Any, dtype: Any = None, copy: bool = True, order: str = "K", subo
             # Across devices CuPy copies peer to peer on the current stream.
             res = _empty(obj.shape, obj.dtype if dtype is None else dtype, "F" if order == "F" else "C")
             res_v, src_v = res._v, obj._v
-            _enqueue(lambda: np.copyto(res_v, src_v, casting="unsafe"))
+            _enqueue(lambda: np.copyto(res_v, src_v, casting="unsafe"), res, obj)
         while res.ndim < ndmin:
             res = res[None]
         return res
@@ -219,7 +219,7 @@ def reshape(a: Any, newshape: Any, order: str = "C") -> ndarray:
     shape = np.reshape(_meta(a), newshape, order=order).shape  # validates now
     res = _empty(shape, a.dtype)
     res_v, src_v = res._v, a._v
-    _enqueue(lambda: np.copyto(res_v, np.reshape(src_v, shape, order=order)))
+    _enqueue(lambda: np.copyto(res_v, np.reshape(src_v, shape, order=order)), res, a)
     return res
 
 
@@ -409,7 +409,7 @@ def _blas(npfunc: Any, a: Any, b: Any, out: Any, dtype: Any = None) -> ndarray:
             x, y = x.astype(np.float32), y.astype(np.float32)
         np.copyto(res_v, npfunc(x, y), casting="unsafe")
 
-    _enqueue(run)
+    _enqueue(run, a, b, res)
     return res
 
 
@@ -464,7 +464,7 @@ def copyto(dst: Any, src: Any, casting: str = "same_kind", where: Any = None) ->
         else:
             np.copyto(target, value, casting="unsafe", where=where_v)
 
-    _enqueue(run)
+    _enqueue(run, dst, src, where)
 
 
 def may_share_memory(a: Any, b: Any, max_work: Any = None) -> bool:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from . import _cuda
-from ._ndarray import _empty, _is_scalar, _unsupported, ndarray
+from ._ndarray import _empty, _is_scalar, _unsupported, ndarray, touch
 from ._strict import StrictObject
 
 __all__ = ["CompileException", "ElementwiseKernel", "cache_dir"]
@@ -467,7 +467,8 @@ class ElementwiseKernel(StrictObject):
                          self.kwargs.get("loop_prep", ""), self.kwargs.get("after_loop", ""))
         fn = _compile(source, self.name)  # compile errors surface at the launch, as with NVRTC
         launch = _Launch(fn, shape, all_args, kinds, scalars)
-        _cuda.current_queue(stream).enqueue(launch)
+        q = _cuda.current_queue(stream)
+        touch(all_args, q, q.enqueue(launch))
         return ret
 
 

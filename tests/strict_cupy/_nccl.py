@@ -95,7 +95,7 @@ class NcclCommunicator(StrictObject):
     def abort(self) -> None:
         self._live = False
 
-    def _buffer(self, ptr: int, count: int, dtype: Any) -> np.ndarray:
+    def _buffer(self, ptr: int, count: int, dtype: Any) -> tuple[np.ndarray, Any]:
         nbytes = int(count) * np.dtype(dtype).itemsize
         found = machine().addresses.find(int(ptr), max(nbytes, 1))
         if found is None:
@@ -105,7 +105,7 @@ class NcclCommunicator(StrictObject):
         if mem.device_id != self._device:
             raise NcclError(4, f"NCCL_ERROR_INVALID_ARGUMENT: buffer on device {mem.device_id}, "
                                f"communicator on device {self._device}")
-        return np.ndarray((int(count),), dtype=dtype, buffer=mem.buf, offset=offset)
+        return np.ndarray((int(count),), dtype=dtype, buffer=mem.buf, offset=offset), mem
 
     def allReduce(self, sendbuf: int, recvbuf: int, count: int, datatype: int, op: int,  # noqa: N802
                   stream: int) -> None:
@@ -115,8 +115,8 @@ class NcclCommunicator(StrictObject):
             dtype, kind = _DTYPES[datatype], _OPS[op]
         except KeyError:
             raise NcclError(4, "NCCL_ERROR_INVALID_ARGUMENT: unsupported datatype or op") from None
-        send = self._buffer(sendbuf, count, dtype)
-        recv = self._buffer(recvbuf, count, dtype)
+        send, send_mem = self._buffer(sendbuf, count, dtype)
+        recv, recv_mem = self._buffer(recvbuf, count, dtype)
         s = _cuda.stream_from_ptr(int(stream))
         m = machine()
         prev = m.current_device
@@ -140,4 +140,6 @@ class NcclCommunicator(StrictObject):
                 values = values / ndev
             np.copyto(recv, values, casting="unsafe")
 
-        q.enqueue(run)
+        pos = q.enqueue(run)
+        send_mem.touched(q, pos)
+        recv_mem.touched(q, pos)

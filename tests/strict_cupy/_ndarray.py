@@ -50,11 +50,7 @@ def _empty(shape: Any, dtype: Any, order: str = "C") -> "ndarray":
     shape = _shape_tuple(shape)
     m = machine()
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    q = current_queue()
-    mem = DeviceMemory(m, m.current_device, nbytes, arena=id(q))
-    if mem.recycled:
-        buf = mem.buf
-        q.enqueue(lambda: buf.fill(0xFF))
+    mem = DeviceMemory(m, m.current_device, nbytes, arena=id(current_queue()))
     v = np.ndarray(shape, dtype=dtype, buffer=mem.buf, order=order)
     return ndarray._wrap(mem, v, None)
 
@@ -68,12 +64,22 @@ def _shape_tuple(shape: Any) -> tuple[int, ...]:
     return shape
 
 
-def _enqueue(fn: Callable[[], None]) -> None:
+def _enqueue(fn: Callable[[], None], *touched: Any) -> None:
+    """Queue ``fn`` on the current stream; ``touched``: the device arrays it uses."""
     def run() -> None:
         with np.errstate(all="ignore"):  # GPUs neither warn nor trap
             fn()
 
-    current_queue().enqueue(run)
+    q = current_queue()
+    pos = q.enqueue(run)
+    touch(touched, q, pos)
+
+
+def touch(arrays: Any, q: Any, pos: int) -> None:
+    """Note that work at ``pos`` of ``q`` uses ``arrays`` (for the pool's reuse rule)."""
+    for a in arrays:
+        if isinstance(a, ndarray):
+            a._mem.touched(q, pos)
 
 
 def _meta(a: "ndarray") -> np.ndarray:
@@ -152,7 +158,7 @@ def lazy(npfunc: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if res_views is not None:
             _store(res_views, r)
 
-    _enqueue(run)
+    _enqueue(run, *arrays, *_collect(results, []))
     return results
 
 
@@ -167,7 +173,7 @@ def host_to_device(data: Any, dtype: Any = None, order: str = "K") -> "ndarray":
         raise ValueError(f"Unsupported dtype {host.dtype}")
     dst = _empty(host.shape, host.dtype, "F" if (host.flags.f_contiguous and not host.flags.c_contiguous) else "C")
     dst_v = dst._v
-    _enqueue(lambda: np.copyto(dst_v, host))
+    _enqueue(lambda: np.copyto(dst_v, host), dst)
     return dst
 
 
@@ -418,7 +424,7 @@ class ndarray(metaclass=StrictMeta):  # noqa: N801 - CuPy's name
         m.current_device = self._mem.device_id
         try:
             q = stream._queue_now()
-            q.enqueue(lambda: np.copyto(host, src_v))
+            touch([self], q, q.enqueue(lambda: np.copyto(host, src_v)))
             if blocking:
                 q.run_all()
         finally:
@@ -449,11 +455,12 @@ class ndarray(metaclass=StrictMeta):  # noqa: N801 - CuPy's name
             q = stream._queue_now()
             dst = self._v
             if m.is_pinned(arr):
-                q.enqueue(lambda: np.copyto(dst, arr))  # DMA reads the buffer when it runs
+                pos = q.enqueue(lambda: np.copyto(dst, arr))  # DMA reads the buffer when it runs
             else:
                 q.run_all()  # cudaMemcpyAsync from pageable memory syncs the stream first...
                 staged = arr.copy()  # ...and stages the data before returning
-                q.enqueue(lambda: np.copyto(dst, staged))
+                pos = q.enqueue(lambda: np.copyto(dst, staged))
+            touch([self], q, pos)
         finally:
             m.current_device = prev
 
@@ -580,7 +587,7 @@ class ndarray(metaclass=StrictMeta):  # noqa: N801 - CuPy's name
         def run() -> None:
             res_v[...] = src_v[_wrapped_key(key_v, shape)]
 
-        _enqueue(run)
+        _enqueue(run, res, self, *keys)
         return res
 
     def _getitem_mask(self, keys: tuple[Any, ...]) -> "ndarray":
@@ -616,14 +623,14 @@ class ndarray(metaclass=StrictMeta):  # noqa: N801 - CuPy's name
             def run() -> None:
                 dst_v[_wrapped_key(key_v, shape)] = val
 
-        _enqueue(run)
+        _enqueue(run, self, value, *keys)
 
     # ------------------------------------------------------------ methods
     def copy(self, order: str = "C") -> "ndarray":
         peer_check(self._mem.device_id)
         res = _empty(self.shape, self.dtype, "F" if order == "F" else "C")
         res_v, src_v = res._v, self._v
-        _enqueue(lambda: np.copyto(res_v, src_v))
+        _enqueue(lambda: np.copyto(res_v, src_v), res, self)
         return res
 
     def astype(self, dtype: Any, order: str = "K", casting: Any = None, subok: Any = None,
@@ -638,7 +645,7 @@ class ndarray(metaclass=StrictMeta):  # noqa: N801 - CuPy's name
         peer_check(self._mem.device_id)
         res = _empty(self.shape, dtype, "F" if order == "F" else "C")
         res_v, src_v = res._v, self._v
-        _enqueue(lambda: np.copyto(res_v, src_v, casting="unsafe"))
+        _enqueue(lambda: np.copyto(res_v, src_v, casting="unsafe"), res, self)
         return res
 
     def fill(self, value: Any) -> None:
@@ -649,7 +656,7 @@ class ndarray(metaclass=StrictMeta):  # noqa: N801 - CuPy's name
             raise _unsupported(value)
         peer_check(self._mem.device_id)
         dst = self._v
-        _enqueue(lambda: dst.fill(value))
+        _enqueue(lambda: dst.fill(value), self)
 
     def view(self, dtype: Any = None) -> "ndarray":
         return self._view(self._v.view() if dtype is None else self._v.view(dtype))
@@ -842,7 +849,7 @@ class ufunc(metaclass=StrictMeta):  # noqa: N801 - CuPy's name
         def run() -> None:
             npf(*real, out=out_v, **kw)
 
-        _enqueue(run)
+        _enqueue(run, *ins, *results)
         return results[0] if self.nout == 1 else tuple(results)
 
 

@@ -163,21 +163,26 @@ class DeviceMemory:
     work on another stream that still uses the block is a race, as on a GPU.
     """
 
-    __slots__ = ("buf", "ptr", "size", "device_id", "recycled", "__weakref__")
+    __slots__ = ("buf", "ptr", "size", "device_id", "last_use", "__weakref__")
 
     def __init__(self, machine: "Machine", device_id: int, nbytes: int, arena: int = 0) -> None:
         dev = machine.devices[device_id]
-        rounded, buf, ptr = dev.reserve(nbytes, arena)
-        # A new block is poisoned now; a recycled one may still be in use by work queued
-        # before it was freed, so the caller poisons it in stream order.
-        self.recycled = ptr is not None
-        if not self.recycled:
+        rounded, buf, ptr, pending = dev.reserve(nbytes, arena)
+        # Poisoned unless work queued by its previous owner has yet to run: that work
+        # still reads or writes it, as it would on a GPU, and a poison written now
+        # would be a write no GPU makes.
+        if not pending:
             buf.fill(0xFF)
         self.buf = buf
         self.size = int(nbytes)
         self.device_id = device_id
         self.ptr = machine.addresses.add(self, rounded, ptr)
-        weakref.finalize(self, dev.release, rounded, arena, buf, self.ptr)
+        self.last_use: list[Any] = [None, 0]  # (queue, position) of the last work touching it
+        weakref.finalize(self, dev.release, rounded, arena, buf, self.ptr, self.last_use)
+
+    def touched(self, queue: "Queue", position: int) -> None:
+        """Record that work at ``position`` of ``queue`` uses this block."""
+        self.last_use[0], self.last_use[1] = queue, position
 
 
 def _byte_bounds(a: np.ndarray) -> tuple[int, int]:
@@ -232,32 +237,34 @@ class _Device:
         self.total = int(machine.config.memory_bytes)
         self.used = 0  # bytes held by live arrays
         self.cached = 0  # bytes freed by arrays and kept by CuPy's pool
-        self.free_blocks: dict[tuple[int, int], list[tuple[np.ndarray, int]]] = {}
+        self.free_blocks: dict[tuple[int, int], list[tuple[np.ndarray, int, list[Any]]]] = {}
         self.legacy = Queue(machine, device_id, legacy=True, blocking=False,
                             eager=machine.config.null_schedule == "eager")
         self._queues: list[weakref.ref[Queue]] = []
 
-    def reserve(self, nbytes: int, arena: int) -> tuple[int, np.ndarray, int | None]:
-        """A block for ``nbytes``: (rounded size, buffer, its address or None when new)."""
+    def reserve(self, nbytes: int, arena: int) -> tuple[int, np.ndarray, int | None, bool]:
+        """A block for ``nbytes``: (rounded size, buffer, its address or None when new,
+        whether work queued before it was freed has yet to run)."""
         rounded = -(-max(int(nbytes), 1) // _ALIGN) * _ALIGN
         free = self.free_blocks.get((arena, rounded))
         if free:
-            buf, ptr = free.pop()
+            buf, ptr, last_use = free.pop()
             self.cached -= rounded
             self.used += rounded
-            return rounded, buf, ptr
+            q, pos = last_use
+            return rounded, buf, ptr, q is not None and q.executed < pos
         if self.used + self.cached + rounded > self.total:
             self.free_all()  # CuPy frees its cached blocks and retries before giving up
         if self.used + rounded > self.total:
             raise self.machine.out_of_memory(nbytes, self.used)
         self.used += rounded
-        return rounded, np.empty(rounded, dtype=np.uint8), None
+        return rounded, np.empty(rounded, dtype=np.uint8), None, False
 
-    def release(self, rounded: int, arena: int, buf: np.ndarray, ptr: int) -> None:
+    def release(self, rounded: int, arena: int, buf: np.ndarray, ptr: int, last_use: list[Any]) -> None:
         self.machine.addresses.remove(ptr)
         self.used -= rounded
         self.cached += rounded
-        self.free_blocks.setdefault((arena, rounded), []).append((buf, ptr))
+        self.free_blocks.setdefault((arena, rounded), []).append((buf, ptr, last_use))
 
     def free_all(self) -> None:
         self.free_blocks.clear()

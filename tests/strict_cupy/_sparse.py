@@ -94,7 +94,7 @@ class csr_matrix(spmatrix):  # noqa: N801 - CuPy's name
         def run() -> None:
             res_v[...] = sp.csr_matrix((data, indices, indptr), shape=shape).toarray()
 
-        _enqueue(run)
+        _enqueue(run, res, self.data, self.indices, self.indptr)
         return res
 
     def _host_view(self) -> sp.csr_matrix:
