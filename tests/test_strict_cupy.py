@@ -86,6 +86,20 @@ def test_explicit_transfers_work_and_reduce_to_numpy_semantics(strict_cupy) -> N
         a.item()
 
 
+@pytest.mark.parametrize("read, expected", [
+    (lambda a: a.get(), np.array(7.0)), (lambda a: a.item(), 7.0), (float, 7.0), (bool, True), (int, 7),
+    (lambda a: __import__("cupy").asnumpy(a), np.array(7.0)), (repr, repr(np.array(7.0))),
+], ids=["get", "item", "float", "bool", "int", "asnumpy", "repr"])
+def test_host_reads_wait_for_the_work_before_them(strict_cupy, read, expected) -> None:
+    cp = strict_cupy.cupy
+    a = cp.asarray(np.float64(2.0))
+    b = (a * 3.0) + 1.0  # queued: the upload and two kernels
+    assert strict_cupy.pending() == 3
+    value = read(b)
+    assert strict_cupy.pending() == 0
+    assert type(value) is type(expected) and np.array_equal(value, expected)
+
+
 def test_from_dlpack_is_refused_by_numpy_itself_and_cpu_export_copies(strict_cupy) -> None:
     cp = strict_cupy.cupy
     a = cp.arange(4.0)
@@ -182,13 +196,28 @@ def test_missing_names_raise_attribute_error_and_gaps_are_loud(strict_cupy) -> N
 
 
 def test_stand_in_wins_only_inside_the_fixture() -> None:
+    import mlpx
+    import mlpx.layers
+    from mlpx.backends import _GPU_CACHE
+
     before = sys.modules.get("cupy")
+    gpu_cache, bias_kernels = dict(_GPU_CACHE), dict(mlpx.layers._BIAS_ACT_CUDA)
+    kernels = {id(k): k._kernel for k in (mlpx.optimizers._adam_cuda, mlpx.activations._gelu_backward_cuda)}
     with installed() as sc:
         import cupy
         import cupyx.scipy.sparse
 
         assert cupy is sc.cupy and cupyx.scipy.sparse is sc.modules["cupyx.scipy.sparse"]
+        assert not _GPU_CACHE  # a GPU backend is built on the stand-in
+        model = mlpx.MLP([3, 4, 2], activation="gelu", backend="gpu", seed=0)
+        model.fit(np.ones((4, 3)), [0, 1, 0, 1], epochs=1)  # builds Adam's and GELU's kernels
+        assert type(mlpx.optimizers._adam_cuda._kernel).__name__ == "ElementwiseKernel"
+        assert model.backend is _GPU_CACHE[0]
     assert sys.modules.get("cupy") is before
+    # mlpx's caches of CuPy objects are as they were: nothing built on the stand-in is left
+    assert dict(_GPU_CACHE) == gpu_cache and dict(mlpx.layers._BIAS_ACT_CUDA) == bias_kernels
+    for k in (mlpx.optimizers._adam_cuda, mlpx.activations._gelu_backward_cuda):
+        assert k._kernel is kernels[id(k)]
     if before is None:
         with pytest.raises(ImportError):
             importlib.import_module("cupy")
@@ -548,3 +577,13 @@ def test_block_reused_while_another_stream_still_reads_it_is_a_race(strict_cupy)
     c = cp.full(64, 7.0)  # reuses a's block on the legacy stream
     c.get()
     np.testing.assert_array_equal(b.get(stream=side), 14.0)
+
+
+def test_pointer_attributes_tell_pinned_device_and_pageable_memory(strict_cupy) -> None:
+    rt = strict_cupy.cupy.cuda.runtime
+    pinned = strict_cupy.cupyx.empty_pinned((4,), np.float32)
+    dev = strict_cupy.cupy.empty(4, np.float32)
+    assert rt.pointerGetAttributes(pinned.ctypes.data).type == rt.memoryTypeHost == 1
+    attrs = rt.pointerGetAttributes(dev.data.ptr)
+    assert attrs.type == rt.memoryTypeDevice and attrs.device == 0
+    assert rt.pointerGetAttributes(np.empty(4).ctypes.data).type == rt.memoryTypeUnregistered

@@ -403,6 +403,31 @@ def getDeviceProperties(device: int) -> dict[str, Any]:  # noqa: N802
     }
 
 
+_RT_VALUES = API["modules"]["cupy.cuda.runtime"]["values"]
+
+
+class PointerAttributes:
+    """``cupy.cuda.runtime.PointerAttributes``: what ``cudaPointerGetAttributes`` reports."""
+
+    def __init__(self, device: int, devicePointer: int, hostPointer: int, type: int = -1) -> None:  # noqa: A002,N803
+        self.device, self.devicePointer, self.hostPointer, self.type = device, devicePointer, hostPointer, type
+
+
+PointerAttributes.__module__ = "cupy_backends.cuda.api.runtime"
+
+
+def pointerGetAttributes(ptr: int) -> PointerAttributes:  # noqa: N802
+    """Device memory of the stand-in, page-locked host memory, or unregistered memory."""
+    m = machine()
+    ptr = int(ptr)
+    found = m.addresses.find(ptr)
+    if found is not None:
+        return PointerAttributes(found[0].device_id, ptr, 0, _RT_VALUES["memoryTypeDevice"])
+    if m.pinned_owner(ptr, ptr + 1):
+        return PointerAttributes(m.current_device, ptr, ptr, _RT_VALUES["memoryTypeHost"])
+    return PointerAttributes(-2, 0, 0, _RT_VALUES["memoryTypeUnregistered"])
+
+
 def streamSynchronize(ptr: int) -> None:  # noqa: N802
     stream_from_ptr(ptr).synchronize()
 

@@ -63,6 +63,7 @@ def build() -> dict[str, types.ModuleType]:
         "deviceSynchronize": _cuda.deviceSynchronize, "memGetInfo": _cuda.memGetInfo,
         "runtimeGetVersion": _cuda.runtimeGetVersion, "driverGetVersion": _cuda.driverGetVersion,
         "getDeviceProperties": _cuda.getDeviceProperties, "streamSynchronize": _cuda.streamSynchronize,
+        "pointerGetAttributes": _cuda.pointerGetAttributes, "PointerAttributes": _cuda.PointerAttributes,
         "CUDARuntimeError": _cuda.CUDARuntimeError,
     })
     memory = StrictModule("cupy.cuda.memory", {

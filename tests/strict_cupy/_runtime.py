@@ -333,17 +333,21 @@ class Machine:
             del self._pinned_starts[i]
         self._pinned.pop(start, None)
 
-    def is_pinned(self, host: np.ndarray) -> bool:
-        """Whether all of ``host``'s memory lies in one page-locked allocation."""
-        if host.size == 0:
-            return False
-        lo, hi = _byte_bounds(host)
+    def pinned_owner(self, lo: int, hi: int) -> bool:
+        """Whether the host address range ``[lo, hi)`` lies in one page-locked allocation."""
         i = bisect.bisect_right(self._pinned_starts, lo) - 1
         if i < 0:
             return False
         start = self._pinned_starts[i]
         ref, size = self._pinned[start]
         return ref() is not None and hi <= start + size
+
+    def is_pinned(self, host: np.ndarray) -> bool:
+        """Whether all of ``host``'s memory lies in one page-locked allocation."""
+        if host.size == 0:
+            return False
+        lo, hi = _byte_bounds(host)
+        return self.pinned_owner(lo, hi)
 
     # -------------------------------------------------------------- synchronisation
     def synchronize_all(self) -> None:

@@ -158,7 +158,11 @@ def main() -> None:
     import numpy
 
     out: dict[str, Any] = {
-        "generated_by": "tests/strict_cupy/make_api_list.py (see its docstring for the command)",
+        "generated_by": (
+            "LD_LIBRARY_PATH=/tmp/cupy14/nvidia/nccl/lib PYTHONPATH=/tmp/cupy14 python "
+            "tests/strict_cupy/make_api_list.py > tests/strict_cupy/cupy14_api.json, after pip install "
+            "--target /tmp/cupy14 'cupy-cuda12x==14.2.*' 'nvidia-nccl-cu12>=2.18.1,<3' (see make_api_list.py)"
+        ),
         "cupy_version": cupy.__version__,
         "numpy_version": numpy.__version__,
         "modules": {},
