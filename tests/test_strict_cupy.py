@@ -68,6 +68,22 @@ def test_host_arrays_in_device_computations_are_refused_as_cupy_does(strict_cupy
     assert isinstance(s, cp.ndarray) and s.get() == 10
 
 
+def test_assigning_host_data_follows_cupy(strict_cupy) -> None:
+    """A basic selection is filled (cupy/_core/core.pyx ndarray.fill): host arrays with
+    elements are refused; advanced indexing converts its value with cupy.array."""
+    cp = strict_cupy.cupy
+    a = cp.zeros((2, 3))
+    with pytest.raises(ValueError, match="^non-scalar numpy.ndarray cannot be used for fill$"):
+        a[...] = np.ones((2, 3))
+    with pytest.raises(ValueError, match="non-scalar numpy.ndarray cannot be used for fill"):
+        a.fill(np.ones(3))
+    with pytest.raises(TypeError, match="Unsupported type <class 'list'>"):
+        a[0] = [1.0, 2.0, 3.0]
+    a[...] = np.array(2.0)  # a 0-d host array is a scalar
+    a[cp.asarray(np.array([1]))] = np.array([[5.0, 6.0, 7.0]])
+    np.testing.assert_array_equal(a.get(), [[2.0, 2.0, 2.0], [5.0, 6.0, 7.0]])
+
+
 def test_explicit_transfers_work_and_reduce_to_numpy_semantics(strict_cupy) -> None:
     cp = strict_cupy.cupy
     a = cp.asarray(np.array([[1.5, 2.0], [3.0, 4.0]]))

@@ -23,7 +23,7 @@ import pytest
 
 import mlpx
 import test_kernels as TK
-from mlpx import activations, losses, optimizers
+from mlpx import activations
 from mlpx.backends import BackendUnavailableError, CupyBackend, DeviceMismatchError, get_backend
 from mlpx.distributed import _fill, _scaled_copy
 from mlpx.precision import all_finite, scale_cast
@@ -672,10 +672,13 @@ def test_fp16_loss_scaling_skips_overflowing_steps_and_grows_like_the_cpu(gpu) -
         trajectory = []
 
         class Probe(mlpx.callbacks.Callback):
-            def on_epoch_end(self, model: Any, epoch: int, logs: dict) -> None:
-                trajectory.append((scaler.scale, scaler.skipped, model.optimizer_.t))
+            def __init__(self, scaler: Any, trajectory: list) -> None:
+                self.scaler, self.trajectory = scaler, trajectory
 
-        model.fit(X, y, epochs=4, batch_size=16, callbacks=[Probe()])
+            def on_epoch_end(self, model: Any, epoch: int, logs: dict) -> None:
+                self.trajectory.append((self.scaler.scale, self.scaler.skipped, model.optimizer_.t))
+
+        model.fit(X, y, epochs=4, batch_size=16, callbacks=[Probe(scaler, trajectory)])
         runs.append((trajectory, model.get_flat_params()))
     (traj_cpu, p_cpu), (traj_gpu, p_gpu) = runs
     assert traj_gpu == traj_cpu

@@ -21,7 +21,16 @@ arrays accept what CuPy refuses. This stand-in sits between the two:
 Use :func:`installed` (or the ``strict_cupy`` fixture of :mod:`.fixtures`): inside it
 ``import cupy`` gives the stand-in, ``mlpx.backends.get_backend("gpu")`` builds a
 CupyBackend on it, and mlpx's caches of CuPy objects start empty; on exit the real
-CuPy (if installed) and those caches are restored.
+CuPy (if installed) and those caches are restored. ``session.py`` runs a whole pytest
+session on it (the suite's ``gpu``-marked tests).
+
+What it does not model: NVRTC itself (kernels compile with g++ against classes shaped
+like CuPy's float16/bfloat16; an NVRTC-only error is caught only where those classes
+reproduce it), CuPy's own ufunc type resolution where it differs from NumPy's, cuBLAS
+and cuRAND numerics (products are NumPy's BLAS, TF32 rounds the inputs; no
+``cupy.random``), timing (only the two extreme schedules, lazy and eager, per stream),
+devices of events, peer-to-peer copies beyond a check, CUDA graphs, RawKernel /
+RawModule / ReductionKernel, multi-process NCCL other than through mpi4py.
 """
 
 from __future__ import annotations

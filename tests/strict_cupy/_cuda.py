@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 import weakref
 from typing import Any
@@ -142,7 +143,7 @@ class Stream(StrictObject):
         m = machine()
         self.device_id = m.current_device
         self._queue = m.devices[self.device_id].new_queue(blocking=not non_blocking)
-        self.ptr = 0x5000 + 16 * m.new_id()
+        self.ptr = 0x5000 + 16 * next(_HANDLES)
         _STREAMS_BY_PTR[self.ptr] = self
 
     def _queue_now(self) -> Queue:
@@ -209,6 +210,11 @@ def _nothing() -> None:
     pass
 
 
+# Raw stream and event handles, unique over every installation in the process (a stream
+# kept from an earlier test must not share a handle with a new one).
+_HANDLES = itertools.count(1)
+
+
 _STREAMS_BY_PTR: "weakref.WeakValueDictionary[int, Stream]" = weakref.WeakValueDictionary()
 
 
@@ -246,7 +252,7 @@ class Event(StrictObject):
             raise ValueError("Timing must be disabled for interprocess events")
         self._mark: EventMark | None = None
         self._timing = not disable_timing
-        self.ptr = 0x9000 + 16 * machine().new_id()
+        self.ptr = 0x9000 + 16 * next(_HANDLES)
 
     def record(self, stream: Stream | None = None) -> None:
         q = current_queue(stream)

@@ -329,7 +329,7 @@ def cumsum(a: Any, axis: Any = None, dtype: Any = None, out: Any = None) -> ndar
     return lazy(np.cumsum, _require_array(a), axis=axis, dtype=dtype, out=out)
 
 
-def clip(a: Any, a_min: Any = None, a_max: Any = None, out: Any = None, **kwargs: Any) -> ndarray:
+def clip(a: Any, a_min: Any = None, a_max: Any = None, out: Any = None) -> ndarray:
     return lazy(np.clip, _require_array(a), a_min, a_max, out=out)
 
 

@@ -364,7 +364,13 @@ def _compile(source: str, name: str) -> Any:
                 src.write_text(source)
                 out = Path(tmp) / "kernel.so"
                 cmd = ["g++", "-std=c++17", "-O1", "-shared", "-fPIC", "-ffp-contract=off", "-w", "-o", str(out), str(src)]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
+                try:
+                    proc = subprocess.run(cmd, capture_output=True, text=True)
+                except FileNotFoundError:
+                    raise RuntimeError(
+                        "the strict CuPy stand-in runs ElementwiseKernels through g++, which is not "
+                        "installed here (apt-get install g++)"
+                    ) from None
                 if proc.returncode != 0:
                     numbered = "\n".join(f"{i + 1:4d}  {line}" for i, line in enumerate(source.splitlines()))
                     raise CompileException(

@@ -202,11 +202,19 @@ def _is_basic(k: Any) -> bool:
 
 
 def _key_tuple(key: Any) -> tuple[Any, ...]:
-    if isinstance(key, tuple):
-        return key
-    if isinstance(key, list) and all(isinstance(s, int) for s in key):
-        return (key,)
-    return (key,)
+    """The index as a tuple; a list is one index array (CuPy deprecates other readings)."""
+    return key if isinstance(key, tuple) else (key,)
+
+
+def _fill_value(value: Any) -> Any:
+    """CuPy's ``ndarray.fill`` argument: a scalar, or a 0-d host array (as its item)."""
+    if isinstance(value, np.ndarray):
+        if value.shape != ():
+            raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
+        return value.item()
+    if not _is_scalar(value):
+        raise _unsupported(value)
+    return value
 
 
 def _device_index(k: Any) -> Any:
@@ -596,17 +604,22 @@ class ndarray(metaclass=StrictMeta):  # noqa: N801 - CuPy's name
         return host_to_device(self._v[real])
 
     def __setitem__(self, key: Any, value: Any) -> None:
+        keys = _key_tuple(key)
+        basic = all(_is_basic(k) for k in keys)
         if isinstance(value, ndarray):
             peer_check(value._mem.device_id)
+        elif basic:
+            # CuPy fills a basic selection with a non-CuPy value (ndarray.fill): a scalar,
+            # or a 0-d host array; a host array with elements is refused.
+            value = _fill_value(value)
         elif isinstance(value, (np.ndarray, list, tuple)):
-            value = host_to_device(value)
+            value = host_to_device(value)  # advanced indexing converts with cupy.array
         elif not _is_scalar(value):
             raise _unsupported(value)
         peer_check(self._mem.device_id)
-        keys = _key_tuple(key)
         val_meta = _meta(value) if isinstance(value, ndarray) else value
         val = value._v if isinstance(value, ndarray) else value
-        if all(_is_basic(k) for k in keys):
+        if basic:
             dst = self._v[keys + ((Ellipsis,) if not any(k is Ellipsis for k in keys) else ())]
             np.copyto(np.empty(dst.shape, dst.dtype), val_meta, casting="unsafe")  # shape errors now
 
@@ -652,8 +665,7 @@ class ndarray(metaclass=StrictMeta):  # noqa: N801 - CuPy's name
         if isinstance(value, ndarray):
             self[...] = value
             return
-        if not _is_scalar(value):
-            raise _unsupported(value)
+        value = _fill_value(value)
         peer_check(self._mem.device_id)
         dst = self._v
         _enqueue(lambda: dst.fill(value), self)
@@ -868,7 +880,7 @@ def _init_ufuncs(names: Sequence[str]) -> None:
         if target in UFUNCS:
             UFUNCS.setdefault(alias, UFUNCS[target])
     # NumPy's ufunc objects report their canonical names; map those to CuPy's
-    for name, uf in list(UFUNCS.items()):
+    for uf in list(UFUNCS.values()):
         UFUNCS.setdefault(uf._np.__name__, uf)
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
-import itertools
 import weakref
 from typing import Any, Callable, Iterable
 
@@ -312,10 +311,6 @@ class Machine:
         self._pinned: dict[int, tuple[weakref.ref[np.ndarray], int]] = {}
         self._pinned_starts: list[int] = []
         self.compute_types: dict[str, int] = {}
-        self._ids = itertools.count(1)
-
-    def new_id(self) -> int:
-        return next(self._ids)
 
     # ------------------------------------------------------------- pinned memory
     def alloc_pinned(self, nbytes: int) -> np.ndarray:
