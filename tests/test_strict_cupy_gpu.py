@@ -766,3 +766,21 @@ def test_nccl_missing_gives_a_clear_error(gpu) -> None:
     model = mlpx.MLP([6, 8, 3], backend=gpu, seed=0)
     with pytest.raises(BackendUnavailableError, match="NCCL"):
         model.fit(X, y, epochs=1, comm=_nccl_reducer(gpu))
+
+
+# ============================================================ host waits
+def _waits_of_a_fit(sc: Any, batch_size: int, epochs: int, **kw: Any) -> int:
+    X, y = _data(n=96)
+    model = mlpx.MLP([6, 16, 3], backend="gpu", seed=0, **kw)
+    before = sc.host_waits()
+    model.fit(X, y, epochs=epochs, batch_size=batch_size)
+    return sc.host_waits() - before
+
+
+def test_resident_fit_never_waits_for_the_gpu_inside_an_epoch(strict_cupy) -> None:
+    """training.py's promise: the loss stays on the device and is read once per epoch, so
+    the number of host waits does not grow with the number of steps."""
+    per_epoch = _waits_of_a_fit(strict_cupy, 96, 1)  # one step per epoch
+    assert _waits_of_a_fit(strict_cupy, 8, 1) == per_epoch  # twelve steps per epoch
+    assert _waits_of_a_fit(strict_cupy, 8, 3) == 3 * per_epoch
+    assert per_epoch <= 4

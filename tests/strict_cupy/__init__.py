@@ -70,6 +70,10 @@ class StandIn:
         """Run every queued piece of device work, on every device."""
         self.machine.synchronize_all()
 
+    def host_waits(self) -> int:
+        """How often the host has waited for the device so far (reads, synchronisations)."""
+        return sum(self.machine.host_waits.values())
+
     def pending(self) -> int:
         """Device work queued and not run yet, over all streams and devices."""
         return sum(q.enqueued - q.executed for dev in self.machine.devices for q in dev.queues())

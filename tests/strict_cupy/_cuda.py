@@ -102,7 +102,9 @@ class Device(StrictObject):
         machine().current_device = _check_device_id(self._id)
 
     def synchronize(self) -> None:
-        machine().devices[_check_device_id(self._id)].synchronize()
+        m = machine()
+        m.host_waits["device"] += 1
+        m.devices[_check_device_id(self._id)].synchronize()
 
     @property
     def compute_capability(self) -> str:
@@ -164,6 +166,7 @@ class Stream(StrictObject):
         return self._queue_now().idle
 
     def synchronize(self) -> None:
+        machine().host_waits["stream"] += 1
         self._queue_now().run_all()
 
     def record(self, event: "Event | None" = None) -> "Event":
@@ -264,6 +267,7 @@ class Event(StrictObject):
 
     def synchronize(self) -> None:
         if self._mark is not None:
+            machine().host_waits["event"] += 1
             self._mark.synchronize()
 
 
@@ -377,6 +381,7 @@ def setDevice(device: int) -> None:  # noqa: N802
 
 def deviceSynchronize() -> None:  # noqa: N802
     m = machine()
+    m.host_waits["device"] += 1
     m.devices[m.current_device].synchronize()
 
 

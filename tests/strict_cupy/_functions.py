@@ -491,7 +491,9 @@ def isscalar(element: Any) -> bool:
 def unique(ar: Any, return_index: bool = False, return_inverse: bool = False, return_counts: bool = False,
            axis: Any = None, *, equal_nan: bool = True) -> Any:
     _require_array(ar, "ar")
-    _cuda.current_queue().run_all()  # the result's length depends on the data: CuPy synchronises
+    from ._ndarray import synchronize_current
+
+    synchronize_current()  # the result's length depends on the data: CuPy synchronises
     r = np.unique(ar._v, return_index=return_index, return_inverse=return_inverse,
                   return_counts=return_counts, axis=axis)
     return tuple(host_to_device(x) for x in r) if isinstance(r, tuple) else host_to_device(r)

@@ -178,6 +178,8 @@ def host_to_device(data: Any, dtype: Any = None, order: str = "K") -> "ndarray":
 
 
 def synchronize_current() -> None:
+    """Wait for the current stream (a result whose size depends on the data)."""
+    machine().host_waits["data-dependent"] += 1
     current_queue().run_all()
 
 
@@ -434,6 +436,7 @@ class ndarray(metaclass=StrictMeta):  # noqa: N801 - CuPy's name
             q = stream._queue_now()
             touch([self], q, q.enqueue(lambda: np.copyto(host, src_v)))
             if blocking:
+                m.host_waits["get"] += 1
                 q.run_all()
         finally:
             m.current_device = prev
@@ -465,6 +468,7 @@ class ndarray(metaclass=StrictMeta):  # noqa: N801 - CuPy's name
             if m.is_pinned(arr):
                 pos = q.enqueue(lambda: np.copyto(dst, arr))  # DMA reads the buffer when it runs
             else:
+                m.host_waits["pageable upload"] += 1
                 q.run_all()  # cudaMemcpyAsync from pageable memory syncs the stream first...
                 staged = arr.copy()  # ...and stages the data before returning
                 pos = q.enqueue(lambda: np.copyto(dst, staged))

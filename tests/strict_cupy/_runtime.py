@@ -311,6 +311,8 @@ class Machine:
         self._pinned: dict[int, tuple[weakref.ref[np.ndarray], int]] = {}
         self._pinned_starts: list[int] = []
         self.compute_types: dict[str, int] = {}
+        # Host waits on the device, by kind ("get", "stream", "event", "device", ...).
+        self.host_waits: collections.Counter[str] = collections.Counter()
 
     # ------------------------------------------------------------- pinned memory
     def alloc_pinned(self, nbytes: int) -> np.ndarray:
