@@ -283,7 +283,11 @@ def _device_dtype_name(be: Any, x: Any) -> str | None:
 
 # ------------------------------------------------------------------ arrays
 def _is_device_array(x: Any) -> bool:
-    return not isinstance(x, (np.ndarray, np.generic)) and hasattr(x, "__array_namespace__")
+    """An array of a backend's own library: anything with ``__array_namespace__``, and
+    CuPy's, which has none (CuPy 14) and refuses implicit conversion to NumPy."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return False
+    return hasattr(x, "__array_namespace__") or type(x).__module__.split(".")[0] == "cupy"
 
 
 def is_sparse(x: Any) -> bool:
