@@ -18,6 +18,9 @@ import pytest
 import mlpx
 from mlpx.locking import ReadWriteLock
 
+# Short fits on purpose: the estimators' ConvergenceWarning is expected here.
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
 
 def _data(n: int = 512, d: int = 20, k: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
