@@ -884,12 +884,14 @@ class Sequential:
         """Architecture record (JSON-serialisable) that :func:`mlpx.load` rebuilds from."""
         self._require_built()
         layers = [l.get_config() for l in self.layers]
-        if self.output.name != "identity" or not layers or layers[-1]["type"] != "Dense":
-            out_cfg = {"type": "ActivationLayer", "activation": self.output.name}
-            if layers and layers[-1]["type"] == "Dense" and layers[-1]["activation"] == "identity":
-                layers[-1] = {**layers[-1], "activation": self.output.name}
-            else:
-                layers.append(out_cfg)
+        last = layers[-1] if layers else {}
+        # A Dense without activation at the end carries the output activation itself;
+        # anything else gets an explicit output layer (also an identity one after an
+        # activated Dense, whose activation would otherwise be read as the output).
+        if last.get("type") == "Dense" and last.get("activation") == "identity":
+            layers[-1] = {**last, "activation": self.output.name}
+        elif self.output.name != "identity" or last.get("type") == "Dense":
+            layers.append({"type": "ActivationLayer", "activation": self.output.name})
         seed = None if self.seed is None else int(self.seed)
         cfg: dict[str, Any] = {"layers": layers, "dtype": self.dtype, "seed": seed}
         if self.precision_.name != self.dtype:
