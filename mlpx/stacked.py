@@ -71,12 +71,14 @@ __all__ = [
     "MemberBatches",
     "MemberCallbacks",
     "MemberHoldout",
+    "MemberRows",
     "MemberView",
     "Stack",
     "StackedOptimizer",
     "StopAfter",
     "member_adam_update",
     "member_bias_activation",
+    "member_dense_backward",
     "member_hits",
     "member_l2",
     "member_loss",
@@ -329,8 +331,12 @@ def _member_l2_numba(xp: Any, W: Array, dW: Array, coef: Array) -> tuple[Array, 
 
 
 @kernel
-def member_adam_update(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array) -> tuple[Array, Array, Array]:
-    """Adam for every member at once, with scikit-learn's placement of ε.
+def member_adam_update(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array, coef: Array,
+                       n_weights: int) -> tuple[Array, Array, Array, Array]:
+    """Adam for every member at once (scikit-learn's placement of ε), with the L2 term.
+
+    The weights' gradient gets the L2 term ``coef · W`` first, as
+    :meth:`~mlpx.model.Sequential.add_l2_penalty` adds it, in the same pass.
 
     Parameters
     ----------
@@ -338,28 +344,41 @@ def member_adam_update(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Arr
     vec : array, shape (7, K)
         Rows ``-lr_t, β₁, 1−β₁, β₂, 1−β₂, ε, active`` of every member (in the
         buffers' dtype); a member whose ``active`` is 0 keeps ``p``, ``m`` and ``v``.
+    coef : array, shape (K,)
+        ``l2 / d`` of each member (0: no penalty).
+    n_weights : int
+        Length of the weight prefix of each row.
 
     Returns
     -------
     p, m, v : arrays, shape (K, n_params)
+    sq : array, shape (K,)
+        ``Σ W²`` of each member before the step (the penalty's loss term).
     """
     neg_lr, b1, c1, b2, c2, eps, on = (xp.reshape(vec[i, :], (-1, 1)) for i in range(7))
+    W = p[:, :n_weights]
+    sq = xp.sum(W * W, axis=1)
+    g = xp.concat([g[:, :n_weights] + W * xp.reshape(coef, (-1, 1)), g[:, n_weights:]], axis=1)
     m2 = m * b1 + g * c1
     v2 = v * b2 + (g * g) * c2
     p2 = p + (m2 / (xp.sqrt(v2) + eps)) * neg_lr
     keep = on > 0
-    return xp.where(keep, p2, p), xp.where(keep, m2, m), xp.where(keep, v2, v)
+    return xp.where(keep, p2, p), xp.where(keep, m2, m), xp.where(keep, v2, v), sq
 
 
 @member_adam_update.register("numpy")
-def _member_adam_update_np(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array) -> tuple[Array, Array, Array]:
-    rows = [k for k in range(p.shape[0]) if vec[6, k] > 0] if not bool((vec[6] > 0).all()) else None
-    if rows is not None:  # some members sit this step out: update the others in place
-        for k in rows:
-            _adam_rows_np(xp, p[k : k + 1], g[k : k + 1], m[k : k + 1], v[k : k + 1], vec[:, k : k + 1])
-        return p, m, v
-    _adam_rows_np(xp, p, g, m, v, vec)
-    return p, m, v
+def _member_adam_update_np(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array, coef: Array,
+                           n_weights: int) -> tuple[Array, Array, Array, Array]:
+    W = p[:, :n_weights]
+    sq = xp.einsum("kp,kp->k", W, W)
+    xp.add(g[:, :n_weights], W * coef[:, None], out=g[:, :n_weights])
+    if bool((vec[6] > 0).all()):
+        _adam_rows_np(xp, p, g, m, v, vec)
+    else:  # some members sit this step out: update the others in place
+        for k in range(p.shape[0]):
+            if vec[6, k] > 0:
+                _adam_rows_np(xp, p[k : k + 1], g[k : k + 1], m[k : k + 1], v[k : k + 1], vec[:, k : k + 1])
+    return p, m, v, sq
 
 
 def _adam_rows_np(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array) -> None:
@@ -379,13 +398,23 @@ def _adam_rows_np(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array) -
 
 
 @lazy_njit
-def _member_adam_loop(p, g, m, v, vec):  # pragma: no cover - compiled
-    # The operations of mlpx.optimizers' Adam loop, in its order, per member.
+def _member_adam_loop(p, g, m, v, vec, coef, nw):  # pragma: no cover - compiled
+    # The operations of mlpx.optimizers' Adam loop, after the L2 term, in its order,
+    # per member; weights and biases in separate loops so that each vectorises.
     for k in range(p.shape[0]):
         if not vec[6, k] > 0:
             continue
+        c = coef[k]
         neg_lr, b1, c1, b2, c2, eps = vec[0, k], vec[1, k], vec[2, k], vec[3, k], vec[4, k], vec[5, k]
-        for i in range(p.shape[1]):
+        for i in range(nw):
+            x = p[k, i]
+            gi = g[k, i] + x * c
+            mi = m[k, i] * b1 + gi * c1
+            vi = v[k, i] * b2 + (gi * gi) * c2
+            m[k, i] = mi
+            v[k, i] = vi
+            p[k, i] = x + (mi / (np.sqrt(vi) + eps)) * neg_lr
+        for i in range(nw, p.shape[1]):
             gi = g[k, i]
             mi = m[k, i] * b1 + gi * c1
             vi = v[k, i] * b2 + (gi * gi) * c2
@@ -395,43 +424,59 @@ def _member_adam_loop(p, g, m, v, vec):  # pragma: no cover - compiled
 
 
 @member_adam_update.register("numba")
-def _member_adam_update_numba(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array) -> tuple[Array, Array, Array]:
-    _member_adam_loop(p, g, m, v, np.ascontiguousarray(vec))
-    return p, m, v
+def _member_adam_update_numba(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array, coef: Array,
+                              n_weights: int) -> tuple[Array, Array, Array, Array]:
+    W = p[:, :n_weights]
+    sq = np.einsum("kp,kp->k", W, W)  # before the step; a SIMD sum (a loop's sum is sequential)
+    _member_adam_loop(p, g, m, v, np.ascontiguousarray(vec), np.ascontiguousarray(coef), int(n_weights))
+    return p, m, v, sq
 
 
 @kernel
-def member_sgd_update(xp: Any, p: Array, g: Array, vel: Array, vec: Array, nesterov: bool) -> tuple[Array, Array]:
-    """SGD with (Nesterov) momentum for every member, as scikit-learn's.
+def member_sgd_update(xp: Any, p: Array, g: Array, vel: Array, vec: Array, coef: Array, n_weights: int,
+                      nesterov: bool) -> tuple[Array, Array, Array]:
+    """SGD with (Nesterov) momentum for every member, as scikit-learn's, with the L2 term.
 
     Parameters
     ----------
     p, g, vel : arrays, shape (K, n_params)
     vec : array, shape (3, K)
         Rows ``lr, momentum, active``; an inactive member keeps ``p`` and ``vel``.
+    coef : array, shape (K,)
+        ``l2 / d`` of each member, added to the weights' gradient first.
+    n_weights : int
     nesterov : bool
 
     Returns
     -------
     p, vel : arrays, shape (K, n_params)
+    sq : array, shape (K,)
+        ``Σ W²`` of each member before the step.
     """
     lr, mu, on = (xp.reshape(vec[i, :], (-1, 1)) for i in range(3))
+    W = p[:, :n_weights]
+    sq = xp.sum(W * W, axis=1)
+    g = xp.concat([g[:, :n_weights] + W * xp.reshape(coef, (-1, 1)), g[:, n_weights:]], axis=1)
     step = g * lr
     vel2 = vel * mu - step
     p2 = (p - step) + vel2 * mu if nesterov else p + vel2
     keep = on > 0
-    return xp.where(keep, p2, p), xp.where(keep, vel2, vel)
+    return xp.where(keep, p2, p), xp.where(keep, vel2, vel), sq
 
 
 @member_sgd_update.register("numpy")
-def _member_sgd_update_np(xp: Any, p: Array, g: Array, vel: Array, vec: Array, nesterov: bool) -> tuple[Array, Array]:
-    if not bool((vec[2] > 0).all()):
+def _member_sgd_update_np(xp: Any, p: Array, g: Array, vel: Array, vec: Array, coef: Array, n_weights: int,
+                          nesterov: bool) -> tuple[Array, Array, Array]:
+    W = p[:, :n_weights]
+    sq = xp.einsum("kp,kp->k", W, W)
+    xp.add(g[:, :n_weights], W * coef[:, None], out=g[:, :n_weights])
+    if bool((vec[2] > 0).all()):
+        _sgd_rows_np(xp, p, g, vel, vec, nesterov)
+    else:
         for k in range(p.shape[0]):
             if vec[2, k] > 0:
                 _sgd_rows_np(xp, p[k : k + 1], g[k : k + 1], vel[k : k + 1], vec[:, k : k + 1], nesterov)
-        return p, vel
-    _sgd_rows_np(xp, p, g, vel, vec, nesterov)
-    return p, vel
+    return p, vel, sq
 
 
 def _sgd_rows_np(xp: Any, p: Array, g: Array, vel: Array, vec: Array, nesterov: bool) -> None:
@@ -448,25 +493,103 @@ def _sgd_rows_np(xp: Any, p: Array, g: Array, vel: Array, vec: Array, nesterov: 
 
 
 @lazy_njit
-def _member_sgd_loop(p, g, vel, vec, nesterov):  # pragma: no cover - compiled
+def _member_sgd_loop(p, g, vel, vec, coef, nw, nesterov):  # pragma: no cover - compiled
     for k in range(p.shape[0]):
         if not vec[2, k] > 0:
             continue
+        c = coef[k]
         lr, mu = vec[0, k], vec[1, k]
         for i in range(p.shape[1]):
-            step = g[k, i] * lr
+            x = p[k, i]
+            gi = g[k, i] + x * c if i < nw else g[k, i]
+            step = gi * lr
             vi = vel[k, i] * mu - step
             vel[k, i] = vi
             if nesterov:
-                p[k, i] = (p[k, i] - step) + vi * mu
+                p[k, i] = (x - step) + vi * mu
             else:
-                p[k, i] = p[k, i] + vi
+                p[k, i] = x + vi
 
 
 @member_sgd_update.register("numba")
-def _member_sgd_update_numba(xp: Any, p: Array, g: Array, vel: Array, vec: Array, nesterov: bool) -> tuple[Array, Array]:
-    _member_sgd_loop(p, g, vel, np.ascontiguousarray(vec), bool(nesterov))
-    return p, vel
+def _member_sgd_update_numba(xp: Any, p: Array, g: Array, vel: Array, vec: Array, coef: Array, n_weights: int,
+                             nesterov: bool) -> tuple[Array, Array, Array]:
+    W = p[:, :n_weights]
+    sq = np.einsum("kp,kp->k", W, W)
+    _member_sgd_loop(p, g, vel, np.ascontiguousarray(vec), np.ascontiguousarray(coef), int(n_weights),
+                     bool(nesterov))
+    return p, vel, sq
+
+
+@kernel
+def member_dense_backward(xp: Any, dH: Array, Z: Array | None, H: Array, act: Activation,
+                          db: Array | None) -> tuple[Array, Array]:
+    """``dZ = dH ⊙ g'(Z)`` and the bias gradient ``db = Σ_rows dZ`` of every member.
+
+    Parameters
+    ----------
+    dH : array, shape (K, n, u)
+        May be overwritten by ``dZ`` (the NumPy and numba variants do).
+    Z : array, shape (K, n, u), or None
+        ``Z + b`` (needed by activations whose derivative is not read off ``H``).
+    H : array, shape (K, n, u)
+    act : Activation
+    db : array, shape (K, u), or None
+        Where the bias gradient may go (the flat gradient buffer's view).
+
+    Returns
+    -------
+    dZ : array, shape (K, n, u)
+    db : array, shape (K, u)
+    """
+    K, n, u = dH.shape
+    if act.backward_kernel is None:
+        dZ = dH
+    else:
+        flat = act.backward_kernel.generic(xp, xp.reshape(dH, (K * n, u)), None if Z is None else
+                                           xp.reshape(Z, (K * n, u)), xp.reshape(H, (K * n, u)),
+                                           xp.zeros((K * n, u), dtype=dH.dtype))
+        dZ = xp.reshape(flat, (K, n, u))
+    return dZ, xp.sum(dZ, axis=1)
+
+
+@member_dense_backward.register("numpy")
+def _member_dense_backward_np(xp: Any, dH: Array, Z: Array | None, H: Array, act: Activation,
+                              db: Array | None) -> tuple[Array, Array]:
+    K, n, u = dH.shape
+    if act.backward_kernel is not None:
+        flat = dH.reshape(K * n, u)
+        act.backward_kernel.resolve(("numpy",))(xp, flat, None if Z is None else Z.reshape(K * n, u),
+                                                 H.reshape(K * n, u), flat)
+    return dH, xp.sum(dH, axis=1, out=db)
+
+
+@lazy_njit
+def _member_relu_backward_loop(dH, H, db, relu):  # pragma: no cover - compiled
+    # Rows summed in order, as NumPy sums a C-contiguous block over axis 0, into a
+    # contiguous accumulator (a strided store in the inner loop stops vectorisation).
+    K, n, u = dH.shape
+    acc = np.empty(u, dtype=dH.dtype)
+    for k in range(K):
+        acc[:] = 0
+        for i in range(n):
+            for j in range(u):
+                x = dH[k, i, j]
+                if relu:
+                    x = x if H[k, i, j] > 0 else x * 0
+                    dH[k, i, j] = x
+                acc[j] += x
+        for j in range(u):
+            db[k, j] = acc[j]
+
+
+@member_dense_backward.register("numba")
+def _member_dense_backward_numba(xp: Any, dH: Array, Z: Array | None, H: Array, act: Activation,
+                                 db: Array | None) -> tuple[Array, Array]:
+    if act.name not in ("relu", "identity") or db is None or not dH.flags.c_contiguous or dH.dtype.itemsize < 4:
+        return _member_dense_backward_np(xp, dH, Z, H, act, db)
+    _member_relu_backward_loop(dH, H, db, act.name == "relu")
+    return dH, db
 
 
 # ================================================================ optimizer
@@ -570,26 +693,44 @@ class StackedOptimizer:
                 vec[2, k] = 1.0
         return vec
 
-    def apply(self, be: Backend, params: Array, grads: Array, vec: Array, rows: slice) -> Array:
-        """Update ``params[rows]`` from ``grads[rows]`` with ``vec[:, rows]``; returns the new rows.
+    def apply(self, be: Backend, params: Array, grads: Array, vec: Array, coef: Array, n_weights: int,
+              rows: slice) -> tuple[Array, Array]:
+        """Add the L2 term and update ``params[rows]`` with ``vec[:, rows]``.
 
-        NumPy and CuPy update in place (the returned rows are ``params[rows]``); the
-        generic path returns new arrays and keeps the new state.
+        Parameters
+        ----------
+        params, grads : arrays, shape (K, n_params)
+        vec : array, shape (rows, K)
+            From :meth:`vectors`, on the device.
+        coef : array, shape (K,)
+            ``l2 / d`` per member.
+        n_weights : int
+        rows : slice
+            The members to update (a chunk of the stack).
+
+        Returns
+        -------
+        params : array
+            The updated rows (``params[rows]`` itself on NumPy and CuPy, which update
+            in place; a new array on the generic path, which also keeps the new state).
+        sq : array, shape (len(rows),)
+            ``Σ W²`` per member before the step.
         """
         whole = rows == slice(None)
         p, g = (params, grads) if whole else (params[rows], grads[rows])
         v = vec if whole else vec[:, rows]
+        c = coef if whole else coef[rows]
         if self.kind is Adam:
             m, s = (self.state["m"], self.state["v"]) if whole else (self.state["m"][rows], self.state["v"][rows])
-            p, m, s = be.run(member_adam_update, p, g, m, s, v)
+            p, m, s, sq = be.run(member_adam_update, p, g, m, s, v, c, n_weights)
             if whole:
                 self.state["m"], self.state["v"] = m, s
-            return p
+            return p, sq
         vel = self.state["velocity"] if whole else self.state["velocity"][rows]
-        p, vel = be.run(member_sgd_update, p, g, vel, v, self.members[0].nesterov)
+        p, vel, sq = be.run(member_sgd_update, p, g, vel, v, c, n_weights, self.members[0].nesterov)
         if whole:
             self.state["velocity"] = vel
-        return p
+        return p, sq
 
     # ------------------------------------------------------------ rate policy
     def iteration_ends(self, epochs_done: int, samples_seen: Any) -> None:
@@ -740,24 +881,54 @@ class MemberBatches:
         return wts.reshape(K, S, b).sum(axis=2).T
 
     def epoch(self, perm: Any) -> Iterator[Batch]:
-        """One pass: ``Batch(X (K, b, f), Y (K, b, c), w (K, b), a, b)`` per step."""
+        """One pass: ``Batch(X, Y, w (K, b), a, b)`` per step.
+
+        ``X`` and ``Y`` are :class:`MemberRows` (each member's rows of the data
+        set, gathered by the stack as it computes: ``X.take(be, slice(None))`` is
+        the (K, b, f) minibatch).
+        """
         idx, wts = self._layout(perm)
-        be, K, b = self.be, self.n_members, self.batch_size
-        idx_dev = be.asarray(idx.reshape(-1))  # one transfer per epoch
-        w_dev = be.asarray(wts, dtype=self.target_dtype)
-        f, c = int(self.X.shape[1]), int(self.Y.shape[1])
+        be, b = self.be, self.batch_size
+        # One transfer per epoch of the indices (as columns blocks: contiguous per step).
+        S = self.n_batches
+        blocks = be.asarray(np.ascontiguousarray(idx.reshape(self.n_members, S, b).transpose(1, 0, 2)))
+        w_dev = be.asarray(np.ascontiguousarray(wts.reshape(self.n_members, S, b).transpose(1, 0, 2)),
+                           dtype=self.target_dtype)
+        for j in range(S):
+            sel = blocks[j, :, :]
+            yield Batch(MemberRows(self.X, sel), MemberRows(self.Y, sel), w_dev[j, :, :], j * b, (j + 1) * b)
+
+
+class MemberRows:
+    """A step's rows of a device data set, one row of indices per member, gathered lazily.
+
+    The stack's threads gather each their own members' rows (:meth:`take`), so the
+    gather runs in parallel with no copy of the whole minibatch first.
+
+    Parameters
+    ----------
+    data : array, shape (N, f)
+    index : array of int, shape (K, b), on the device
+    """
+
+    def __init__(self, data: Array, index: Array) -> None:
+        self.data, self.index = data, index
+        K, b = (int(s) for s in index.shape)
+        self.shape = (K, b, int(data.shape[1]))
+
+    def take(self, be: Backend, rows: slice, ws: dict | None = None, tag: str = "X") -> Array:
+        """The rows of the members ``rows``: an array of shape (k, b, f)."""
         xp = be.xp
-        ws: dict[str, Array] = {}
-        L = idx.shape[1]
-        idx2 = xp.reshape(idx_dev, (K, L))
-        for j in range(self.n_batches):
-            a, e = j * b, (j + 1) * b
-            sel = xp.reshape(idx2[:, a:e], (K * b,))
-            Xb = be.take_rows(self.X, sel, out=ws.get("X"))
-            Yb = be.take_rows(self.Y, sel, out=ws.get("Y"))
-            if be.kinds and "numpy" in be.kinds:  # gather buffers reused across steps
-                ws["X"], ws["Y"] = Xb, Yb
-            yield Batch(xp.reshape(Xb, (K, b, f)), xp.reshape(Yb, (K, b, c)), w_dev[:, a:e], a, e)
+        idx = self.index if rows == slice(None) else self.index[rows, :]
+        k, b = (int(s) for s in idx.shape)
+        f = int(self.data.shape[1])
+        out = None
+        if ws is not None and "numpy" in be.kinds:
+            out = ws.get((tag, k, b))
+            if out is None:
+                out = ws[(tag, k, b)] = be.empty((k * b, f), _np_dtype(self.data.dtype).name)
+        got = be.take_rows(self.data, xp.reshape(idx, (k * b,)), out=out)
+        return xp.reshape(got, (k, b, f))
 
 
 def _check_member_perm(p: Any, n: int, k: int) -> np.ndarray:
@@ -1354,8 +1525,8 @@ class Stack:
 
     def train_step(
         self,
-        X: Array | None,
-        Y: Array | None,
+        X: Any,
+        Y: Any,
         w: Array | None = None,
         *,
         denom: Any,
@@ -1371,8 +1542,9 @@ class Stack:
 
         Parameters
         ----------
-        X, Y : arrays, shapes (K, b, f) and (K, b, c)
-            Each member's minibatch (:class:`MemberBatches`).
+        X, Y : arrays, shapes (K, b, f) and (K, b, c), or :class:`MemberRows`
+            Each member's minibatch (:class:`MemberBatches` gives rows that each
+            thread of the stack gathers for its own members).
         w : array, shape (K, b)
             Row weights (0 for padding rows).
         denom : array_like, shape (K,)
@@ -1380,6 +1552,7 @@ class Stack:
             takes no optimizer step.
         loss : OutputLoss
         optimizer : StackedOptimizer or None
+            None: the loss and gradients only (the L2 term added to ``grads``).
         l2 : float or array of shape (K,)
         count_correct : bool
             Also count each member's rows of positive weight predicted right.
@@ -1403,16 +1576,18 @@ class Stack:
         scalers = self.precision_.scaler
         scale = scalers.scales if scalers is not None else np.ones(K)
         head = np.stack([inv_d, np.where(active, l2v / safe, 0.0), scale])
-        split_update = optimizer is not None and scalers is None
-        opt_vec = optimizer.vectors(active) if split_update else None
+        # Without loss scaling the update runs in the same pass as the gradients.
+        fused = optimizer is not None and scalers is None
+        opt_vec = optimizer.vectors(active) if fused else None
         dev = self._upload(head if opt_vec is None else np.concatenate([head, opt_vec]))
         if self.precision_.mixed:
             self._params_c = be.copy(self.params, self._params_c)
         chunks = self._chunks if self._in_place else [slice(None)]
+        penalised = bool(l2v.any())
 
         def run(rows: slice) -> tuple[Any, Any, Any, Any]:
-            return self._chunk_step(rows, X, Y, w, dev, loss, count_correct, bool(l2v.any()),
-                                    optimizer if split_update else None)
+            return self._chunk_step(rows, X, Y, w, dev, loss, count_correct, penalised,
+                                    optimizer if fused else None)
 
         with self.parameter_lock.write():
             if len(chunks) > 1 and self._pool is not None:
@@ -1420,32 +1595,43 @@ class Stack:
             else:
                 parts = [run(r) for r in chunks]
             value = _join(xp, [p[0] for p in parts])
-            penalty = _join(xp, [p[1] for p in parts]) if l2v.any() else 0.0
             correct = _join(xp, [p[2] for p in parts]) if count_correct else None
+            sq = _join(xp, [p[1] for p in parts]) if parts[0][1] is not None else None
             if len(parts) == 1 and parts[0][3] is not None:
                 self.params = parts[0][3]
-            if optimizer is not None and not split_update:
-                # fp16: members whose gradients overflowed skip the step, their scale halves
+            if optimizer is None:
+                if penalised:  # the L2 term into the gradients (no update to carry it)
+                    dW, sq = be.run(member_l2, self.params[:, : self.n_weights], self.grads[:, : self.n_weights],
+                                    dev[1, :])
+                    if dW is not self.grads[:, : self.n_weights] and not self._in_place:
+                        self.grads = xp.concat([dW, self.grads[:, self.n_weights :]], axis=1)
+            elif not fused:
+                # fp16: members whose gradients overflowed skip the step and halve their scale
                 finite = np.asarray(be.to_numpy(xp.all(xp.isfinite(self.grads), axis=1)), dtype=bool)
-                for k, s in enumerate(scalers.members):
+                for k, sc in enumerate(scalers.members):
                     if active[k]:
-                        s.update(found_inf=not finite[k])
+                        sc.update(found_inf=not finite[k])
                 vec = self._upload(optimizer.vectors(active & finite))
-                self.params = optimizer.apply(be, self.params, self.grads, vec, slice(None))
+                self.params, sq = optimizer.apply(be, self.params, self.grads, vec, dev[1, :], self.n_weights,
+                                                  slice(None))
+            penalty = (0.5 * dev[1, :]) * sq if penalised and sq is not None else 0.0
         return StepResult(value, penalty, correct, optimizer is not None, None)
 
-    def _chunk_step(self, rows: slice, X: Array, Y: Array, w: Array, dev: Array, loss: OutputLoss,
+    def _chunk_step(self, rows: slice, X: Any, Y: Any, w: Array, dev: Array, loss: OutputLoss,
                     count_correct: bool, penalised: bool, optimizer: StackedOptimizer | None
                     ) -> tuple[Any, Any, Any, Any]:
-        """Forward, backward, L2 (and the update) of the members ``rows``."""
+        """Forward, backward (and the update) of the members ``rows``.
+
+        Returns (loss, Σ W² or None, correct or None, new params or None).
+        """
         be, xp = self.backend, self.backend.xp
         whole = rows == slice(None)
         ws = self._ws.setdefault(("chunk", rows.start, rows.stop), {})
-        Xr = X if whole else X[rows]
-        Yr = Y if whole else Y[rows]
+        Xr = X.take(be, rows, ws, "X") if isinstance(X, MemberRows) else (X if whole else X[rows])
+        Yr = Y.take(be, rows, ws, "Y") if isinstance(Y, MemberRows) else (Y if whole else Y[rows])
         wr = w if whole else w[rows]
-        vec = dev if whole else dev[:, rows]
-        inv_d, coef, scale = vec[0, :], vec[1, :], vec[2, :]
+        inv_d = dev[0, :] if whole else dev[0, rows]
+        scale = dev[2, :] if whole else dev[2, rows]
         Z, saved = self._forward(Xr, rows, ws, train=True)
         mixed = self.precision_.mixed
         k, n, c = (int(s) for s in Z.shape)
@@ -1455,41 +1641,26 @@ class Stack:
         correct = be.run(member_hits, Zm, Yr, wr, self.output.name) if count_correct else None
         if mixed:
             dZc = self._ws_get(ws, "dZc", (k, n, c), self.compute_dtype)
-            src = dZ
             factor = xp.reshape(be.astype(scale, "float32"), (k, 1, 1))
-            dZ = be.run(scale_cast, src, factor, dZc if dZc is not None else xp.zeros((k, n, c), dtype=be.dtype(self.compute_dtype)))
+            dZ = be.run(scale_cast, dZ, factor,
+                        dZc if dZc is not None else xp.zeros((k, n, c), dtype=be.dtype(self.compute_dtype)))
         grads = self._grads_c if mixed else self.grads
-        parts = self._backward(dZ, saved, rows, ws, grads)
-        if parts is not None:  # a namespace that returned new arrays: assemble the rows
-            grads_rows = parts
-        else:
-            grads_rows = grads if whole else grads[rows]
+        assembled = self._backward(dZ, saved, rows, ws, grads)
         if mixed:
+            src = assembled if assembled is not None else (grads if whole else grads[rows])
             factor = xp.reshape(1.0 / be.astype(scale, "float32"), (k, 1))
-            dst = self.grads if whole else self.grads[rows]
-            grads_rows = be.run(scale_cast, grads_rows, factor, dst)
-            if whole and not self._in_place:
-                self.grads = grads_rows
-        elif parts is not None:
-            self.grads = grads_rows  # (the generic path runs whole)
-        penalty = None
-        if penalised:
-            nw = self.n_weights
-            P = self.params if whole else self.params[rows]
-            dW, sq = be.run(member_l2, P[:, :nw], grads_rows[:, :nw], coef)
+            out = be.run(scale_cast, src, factor, self.grads if whole else self.grads[rows])
             if not self._in_place:
-                grads_rows = xp.concat([dW, grads_rows[:, nw:]], axis=1)
-                self.grads = grads_rows
-            penalty = (0.5 * coef) * sq
-        new_params = None
-        if optimizer is not None:
-            new_params = optimizer.apply(be, self.params, self.grads, dev[3:, :], rows)
-            if not whole:
-                new_params = None  # updated in place
-        return value, penalty, correct, new_params
+                self.grads = out
+        elif assembled is not None:
+            self.grads = assembled  # (the generic path runs whole)
+        if optimizer is None:
+            return value, None, correct, None
+        new, sq = optimizer.apply(be, self.params, self.grads, dev[3:, :], dev[1, :], self.n_weights, rows)
+        return value, sq if penalised else None, correct, new if whole else None
 
     def _backward(self, dZ: Array, saved: list[tuple[Any, ...]], rows: slice, ws: dict, grads: Array) -> Array | None:
-        """Gradients of the members ``rows`` into ``grads`` (or, generic, a new (k, P) array)."""
+        """Gradients of the members ``rows`` into ``grads`` (None), or (generic) a new (k, P) array."""
         be, xp = self.backend, self.backend.xp
         pieces: dict[tuple[int, int], Array] = {}
         in_place = True
@@ -1500,14 +1671,10 @@ class Stack:
             H_in, Zb, A, W = saved[i]
             k, n, u = (int(s) for s in dH.shape)
             if isinstance(op, _Dense):
-                if op.act.backward_kernel is not None:
-                    flat = lambda a: xp.reshape(a, (k * n, u))  # noqa: E731
-                    dH = xp.reshape(op.act.backward(be, flat(dH), None if Zb is None else flat(Zb), flat(A),
-                                                    out=flat(dH)), (k, n, u))
                 gW = self._views(grads, rows, op.W)
                 gb = self._views(grads, rows, op.b)
+                dH, db = be.run(member_dense_backward, dH, Zb, A, op.act, gb if self._in_place else None)
                 dW = be.bmm(H_in, dH, trans_a=True, out=gW)  # a shared 2-D input broadcasts
-                db = be.sum(dH, axis=1, out=gb) if self._in_place else xp.sum(dH, axis=1)
                 if dW is not gW or db is not gb:
                     in_place = False
                 pieces[op.W[:2]] = dW
@@ -1515,10 +1682,9 @@ class Stack:
                 if i > first:
                     dH = be.bmm(dH, W, trans_b=True, out=self._ws_get(ws, ("dX", i), (k, n, op.W[2][0]),
                                                                         self.compute_dtype))
-            else:
-                if i > first:
-                    flat = lambda a: xp.reshape(a, (k * n, u))  # noqa: E731
-                    dH = xp.reshape(op.backward(be, flat(dH), flat(H_in), flat(A), out=flat(dH)), (k, n, u))
+            elif i > first:
+                flat = lambda a: xp.reshape(a, (k * n, u))  # noqa: E731
+                dH = xp.reshape(op.backward(be, flat(dH), flat(H_in), flat(A), out=flat(dH)), (k, n, u))
         if in_place:
             return None
         order = sorted(pieces)
