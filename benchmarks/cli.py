@@ -28,7 +28,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="mlpx benchmark suite: BLAS vs cuBLAS GEMM, host<->device transfer, training "
-        "throughput against scikit-learn and PyTorch, scaling curves. Writes report.md, "
+        "throughput against scikit-learn and PyTorch, scaling curves, stacked grid search. Writes report.md, "
         "results.json and PNG plots under benchmarks/results/<machine-tag>/.",
     )
     mode = p.add_mutually_exclusive_group()
@@ -138,6 +138,13 @@ def _summary(doc: dict[str, Any]) -> str:
                 skipped = [f"{r['name']} ({r['reason']})" for r in wl.get("implementations", []) if r["status"] != "ok"]
                 if skipped:
                     lines.append(f"      skipped: {', '.join(skipped)}")
+        if name == "search" and s.get("status") == "ok":
+            g = s.get("grid", {})
+            for r in g.get("records", []):
+                if r.get("status") == "ok":
+                    lines.append(f"    {r['name']}: {r['time_s']['median']:.3g} s")
+            for q in g.get("ratios", []):
+                lines.append(f"    {q['numerator']} / {q['denominator']} = {q['ratio']:.3f} (target <= {q['target']})")
     for e in doc.get("validation_errors", [])[:20]:
         lines.append(f"  SCHEMA: {e}")
     for k, v in doc.get("outputs", {}).items():

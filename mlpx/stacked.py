@@ -51,6 +51,7 @@ import numpy as np
 
 from mlpx.activations import Activation
 from mlpx.backends import Backend, kernel
+from mlpx.backends.cuda import lazy_elementwise
 from mlpx.backends.jit import lazy_njit
 from mlpx.backends.numpy_backend import SMALL_GEMM_FLOPS
 from mlpx.callbacks import Callback, ProgressBar, check_callbacks
@@ -432,6 +433,40 @@ def _member_adam_update_numba(xp: Any, p: Array, g: Array, m: Array, v: Array, v
     return p, m, v, sq
 
 
+# CUDA: one launch over the (K, n_params) buffer; member k's scalars are column k of
+# the (7, K) vector, read through raw indexing. Σ W² comes from one reduction first.
+_member_adam_cuda = lazy_elementwise(
+    "T g, raw T vec, raw T coef, int64 K, int64 P, int64 nw",
+    "T p, T m, T v",
+    """
+    const ptrdiff_t k = i / P, j = i % P;
+    if (vec[6 * K + k] > (T)0) {
+        T x = p;
+        T gi = j < nw ? g + x * coef[k] : g;
+        T mi = vec[K + k] * m + vec[2 * K + k] * gi;
+        T vi = vec[3 * K + k] * v + vec[4 * K + k] * (gi * gi);
+        m = mi;
+        v = vi;
+        p = x + (vec[k] * mi / (sqrt(vi) + vec[5 * K + k]));
+    }
+    """,
+    "mlpx_member_adam_update",
+    scalars=("K", "P", "nw"),
+    layouts=[{"vec": (2, True), "coef": (1, True)}],
+    dtypes=("float32", "float64"),
+)
+
+
+@member_adam_update.register("cupy")
+def _member_adam_update_cupy(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array, coef: Array,
+                             n_weights: int) -> tuple[Array, Array, Array, Array]:
+    W = p[:, :n_weights]
+    sq = xp.sum(W * W, axis=1)
+    K, P = p.shape
+    _member_adam_cuda(g, xp.ascontiguousarray(vec), xp.ascontiguousarray(coef), K, P, int(n_weights), p, m, v)
+    return p, m, v, sq
+
+
 @kernel
 def member_sgd_update(xp: Any, p: Array, g: Array, vel: Array, vec: Array, coef: Array, n_weights: int,
                       nesterov: bool) -> tuple[Array, Array, Array]:
@@ -521,6 +556,38 @@ def _member_sgd_update_numba(xp: Any, p: Array, g: Array, vel: Array, vec: Array
     return p, vel, sq
 
 
+_member_sgd_cuda = lazy_elementwise(
+    "T g, raw T vec, raw T coef, int64 K, int64 P, int64 nw, bool nesterov",
+    "T p, T vel",
+    """
+    const ptrdiff_t k = i / P, j = i % P;
+    if (vec[2 * K + k] > (T)0) {
+        T x = p;
+        T gi = j < nw ? g + x * coef[k] : g;
+        T lr = vec[k], mu = vec[K + k];
+        T vi = mu * vel - lr * gi;
+        vel = vi;
+        p = nesterov ? x + (mu * vi - lr * gi) : x + vi;
+    }
+    """,
+    "mlpx_member_sgd_update",
+    scalars=("K", "P", "nw", "nesterov"),
+    layouts=[{"vec": (2, True), "coef": (1, True)}],
+    dtypes=("float32", "float64"),
+)
+
+
+@member_sgd_update.register("cupy")
+def _member_sgd_update_cupy(xp: Any, p: Array, g: Array, vel: Array, vec: Array, coef: Array, n_weights: int,
+                            nesterov: bool) -> tuple[Array, Array, Array]:
+    W = p[:, :n_weights]
+    sq = xp.sum(W * W, axis=1)
+    K, P = p.shape
+    _member_sgd_cuda(g, xp.ascontiguousarray(vec), xp.ascontiguousarray(coef), K, P, int(n_weights),
+                     bool(nesterov), p, vel)
+    return p, vel, sq
+
+
 @kernel
 def member_dense_backward(xp: Any, dH: Array, Z: Array | None, H: Array, act: Activation,
                           db: Array | None) -> tuple[Array, Array]:
@@ -550,6 +617,8 @@ def member_dense_backward(xp: Any, dH: Array, Z: Array | None, H: Array, act: Ac
                                            xp.reshape(Z, (K * n, u)), xp.reshape(H, (K * n, u)),
                                            xp.zeros((K * n, u), dtype=dH.dtype))
         dZ = xp.reshape(flat, (K, n, u))
+    if xp.finfo(dZ.dtype).bits < 32:  # half precision: accumulate in float32, as Backend.sum does
+        return dZ, xp.astype(xp.sum(xp.astype(dZ, xp.float32), axis=1), dZ.dtype)
     return dZ, xp.sum(dZ, axis=1)
 
 
@@ -561,6 +630,12 @@ def _member_dense_backward_np(xp: Any, dH: Array, Z: Array | None, H: Array, act
         flat = dH.reshape(K * n, u)
         act.backward_kernel.resolve(("numpy",))(xp, flat, None if Z is None else Z.reshape(K * n, u),
                                                  H.reshape(K * n, u), flat)
+    if dH.dtype.itemsize < 4:  # half precision: accumulate in float32, as Backend.sum does
+        total = xp.sum(dH, axis=1, dtype=xp.float32)
+        if db is None:
+            return dH, total.astype(dH.dtype)
+        xp.copyto(db, total, casting="unsafe")
+        return dH, db
     return dH, xp.sum(dH, axis=1, out=db)
 
 
