@@ -41,6 +41,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import numbers
 import time
@@ -70,6 +71,14 @@ from mlpx.estimators._stacked import fit_stacked, stack_refusal
 __all__ = ["GridSearchCV", "RandomizedSearchCV"]
 
 log = logging.getLogger("mlpx")
+
+
+def _one_blas_thread() -> Any:
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 class _Task:
@@ -197,9 +206,10 @@ class _StackedSearch:
                 if not o.stacked:
                     task.reason = o.reason
                 task.prep_time += o.fit_time
-        for task in tasks:
-            if task.reason is None or task.error is not None:
-                task.result = self._scored(task, X, y, scorer, score_params)
+        with _one_blas_thread():  # held-out folds are small: BLAS threads only wait for each other
+            for task in tasks:
+                if task.reason is None or task.error is not None:
+                    task.result = self._scored(task, X, y, scorer, score_params)
         alone = [t for t in tasks if t.result is None]
         if alone:
             for t in alone:
