@@ -51,7 +51,7 @@ import numpy as np
 
 from mlpx.activations import Activation
 from mlpx.backends import Backend, kernel
-from mlpx.backends.cuda import lazy_elementwise
+from mlpx.backends.cuda import ACCUMULATOR_PREAMBLE, lazy_elementwise
 from mlpx.backends.jit import lazy_njit
 from mlpx.backends.numpy_backend import SMALL_GEMM_FLOPS
 from mlpx.callbacks import Callback, ProgressBar, check_callbacks
@@ -439,21 +439,22 @@ _member_adam_cuda = lazy_elementwise(
     "T g, raw T vec, raw T coef, int64 K, int64 P, int64 nw",
     "T p, T m, T v",
     """
+    typedef mlpx_acc<T>::type A;
     const ptrdiff_t k = i / P, j = i % P;
-    if (vec[6 * K + k] > (T)0) {
-        T x = p;
-        T gi = j < nw ? g + x * coef[k] : g;
-        T mi = vec[K + k] * m + vec[2 * K + k] * gi;
-        T vi = vec[3 * K + k] * v + vec[4 * K + k] * (gi * gi);
-        m = mi;
-        v = vi;
-        p = x + (vec[k] * mi / (sqrt(vi) + vec[5 * K + k]));
+    if ((A)vec[6 * K + k] > (A)0) {
+        const A x = (A)p;
+        const A gi = j < nw ? (A)g + x * (A)coef[k] : (A)g;
+        const A mi = (A)vec[K + k] * (A)m + (A)vec[2 * K + k] * gi;
+        const A vi = (A)vec[3 * K + k] * (A)v + (A)vec[4 * K + k] * (gi * gi);
+        m = (T)mi;
+        v = (T)vi;
+        p = (T)(x + ((A)vec[k] * mi / (sqrt(vi) + (A)vec[5 * K + k])));
     }
     """,
     "mlpx_member_adam_update",
+    preamble=ACCUMULATOR_PREAMBLE,
     scalars=("K", "P", "nw"),
     layouts=[{"vec": (2, True), "coef": (1, True)}],
-    dtypes=("float32", "float64"),
 )
 
 
@@ -560,20 +561,21 @@ _member_sgd_cuda = lazy_elementwise(
     "T g, raw T vec, raw T coef, int64 K, int64 P, int64 nw, bool nesterov",
     "T p, T vel",
     """
+    typedef mlpx_acc<T>::type A;
     const ptrdiff_t k = i / P, j = i % P;
-    if (vec[2 * K + k] > (T)0) {
-        T x = p;
-        T gi = j < nw ? g + x * coef[k] : g;
-        T lr = vec[k], mu = vec[K + k];
-        T vi = mu * vel - lr * gi;
-        vel = vi;
-        p = nesterov ? x + (mu * vi - lr * gi) : x + vi;
+    if ((A)vec[2 * K + k] > (A)0) {
+        const A x = (A)p;
+        const A gi = j < nw ? (A)g + x * (A)coef[k] : (A)g;
+        const A lr = (A)vec[k], mu = (A)vec[K + k];
+        const A vi = mu * (A)vel - lr * gi;
+        vel = (T)vi;
+        p = (T)(nesterov ? x + (mu * vi - lr * gi) : x + vi);
     }
     """,
     "mlpx_member_sgd_update",
+    preamble=ACCUMULATOR_PREAMBLE,
     scalars=("K", "P", "nw", "nesterov"),
     layouts=[{"vec": (2, True), "coef": (1, True)}],
-    dtypes=("float32", "float64"),
 )
 
 
@@ -1214,6 +1216,20 @@ class _Divergence(Callback):
         if not math.isfinite(logs["loss"]):
             self.stack.diverged_[self.k] = True
             model.stop_training = True
+
+
+class _StackProgress(ProgressBar):
+    """The progress bar of a stack: each logged value as the median over active members."""
+
+    def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, Any]) -> None:
+        keep = model.active
+        short = {}
+        for k, v in logs.items():
+            v = np.asarray(v, dtype=np.float64).reshape(-1)
+            v = v[keep] if v.size == keep.size and keep.any() else v
+            short[f"median {k}"] = float(np.nanmedian(v)) if np.isfinite(v).any() else math.nan
+        short["active"] = float(keep.sum())
+        super().on_epoch_end(model, epoch, short)
 
 
 class StopAfter(Callback):
@@ -1941,7 +1957,7 @@ class Stack:
                 cbs.append(StopAfter(int(e)))
         cbs = [MemberCallbacks(per_member)] + check_callbacks(callbacks)
         if verbose:
-            cbs.append(ProgressBar(verbose))
+            cbs.append(_StackProgress(verbose))
         self.active[:] = True
         with self.compute_context(batch_size), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             return train(self, source, optimizer=opt, loss=loss, reducer=LocalReducer(be), epochs=epochs,
