@@ -132,7 +132,7 @@ class Config:
     search_folds: int = 5
     search_hidden: tuple[int, ...] = (100,)
     search_batch: int = 64
-    search_max_iter: int = 10
+    search_max_iter: int = 50  # the real grid in quick mode too: its ratios are the issue's
     search_rounds: int = 1
     search_samples: int | None = None  # rows of digits (None: all 1797)
     # ... and the step time of a stack of K digits-size members against K
@@ -189,7 +189,6 @@ def make_config(mode: str = "quick", **overrides: Any) -> Config:
             scaling_batches=(8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
             scaling_widths=(32, 64, 128, 256, 512, 1024, 2048, 4096),
             scaling_min_time=0.5,
-            search_max_iter=50,
             search_rounds=2,
             search_member_epochs=2,
         )

@@ -923,6 +923,7 @@ class MemberBatches:
         """Row index (K, S·b) and weight (K, S·b) of every place of the epoch (host)."""
         if self._cache is not None and self._cache[0] is perm:
             return self._cache[1], self._cache[2]
+        given = perm
         K, L = self.n_members, self.n_batches * self.batch_size
         perm = [None] * K if perm is None else list(perm)
         if len(perm) != K:
@@ -938,7 +939,11 @@ class MemberBatches:
             idx[k, :n] = order
             idx[k, n:] = order[0]
             wts[k, :n] = 1.0 if self.w_host is None else self.w_host[order]
-        self._cache = (perm, idx, wts)
+        # Members with the same rows in the same order (a fold and a seed shared by
+        # several candidates) share one gather of X per step (MemberRows.shared).
+        labels: dict[bytes, int] = {}
+        self._gid = np.array([labels.setdefault(row.tobytes(), len(labels)) for row in idx])
+        self._cache = (given, idx, wts)
         return idx, wts
 
     def step_rows(self, perm: Any) -> np.ndarray:
@@ -973,7 +978,8 @@ class MemberBatches:
                            dtype=self.target_dtype)
         for j in range(S):
             sel = blocks[j, :, :]
-            yield Batch(MemberRows(self.X, sel), MemberRows(self.Y, sel), w_dev[j, :, :], j * b, (j + 1) * b)
+            yield Batch(MemberRows(self.X, sel, self._gid), MemberRows(self.Y, sel), w_dev[j, :, :], j * b,
+                        (j + 1) * b)
 
 
 class MemberRows:
@@ -986,12 +992,36 @@ class MemberRows:
     ----------
     data : array, shape (N, f)
     index : array of int, shape (K, b), on the device
+    groups : ndarray of int, shape (K,), optional
+        Host labels: members with one label have the same rows (:meth:`shared`).
     """
 
-    def __init__(self, data: Array, index: Array) -> None:
-        self.data, self.index = data, index
+    def __init__(self, data: Array, index: Array, groups: np.ndarray | None = None) -> None:
+        self.data, self.index, self.groups = data, index, groups
         K, b = (int(s) for s in index.shape)
         self.shape = (K, b, int(data.shape[1]))
+
+    def shared(self, be: Backend, rows: slice, ws: dict | None = None) -> "_Shared | None":
+        """Runs of consecutive members ``rows`` with the same rows, one gathered (b, f)
+        block each; None when no two neighbours share (then :meth:`take`)."""
+        if self.groups is None:
+            return None
+        g = self.groups[rows]
+        starts = [0] + [i for i in range(1, g.size) if g[i] != g[i - 1]]
+        if len(starts) == g.size:
+            return None
+        base = 0 if rows.start is None else rows.start
+        bounds = list(zip(starts, starts[1:] + [g.size]))
+        blocks = []
+        for n, (lo, _) in enumerate(bounds):
+            out = None
+            if ws is not None and "numpy" in be.kinds:
+                key = ("shared", n, self.shape[1])
+                out = ws.get(key)
+                if out is None:
+                    out = ws[key] = be.empty((self.shape[1], self.shape[2]), _np_dtype(self.data.dtype).name)
+            blocks.append(be.take_rows(self.data, self.index[base + lo, :], out=out))
+        return _Shared(bounds, blocks, (g.size, self.shape[1], self.shape[2]))
 
     def take(self, be: Backend, rows: slice, ws: dict | None = None, tag: str = "X") -> Array:
         """The rows of the members ``rows``: an array of shape (k, b, f)."""
@@ -1006,6 +1036,14 @@ class MemberRows:
                 out = ws[(tag, k, b)] = be.empty((k * b, f), _np_dtype(self.data.dtype).name)
         got = be.take_rows(self.data, xp.reshape(idx, (k * b,)), out=out)
         return xp.reshape(got, (k, b, f))
+
+
+class _Shared(NamedTuple):
+    """A chunk's input as runs of members ``lo:hi`` that all see the rows ``X`` (b, f)."""
+
+    runs: list[tuple[int, int]]
+    X: list[Array]
+    shape: tuple[int, int, int]
 
 
 def _check_member_perm(p: Any, n: int, k: int) -> np.ndarray:
@@ -1552,6 +1590,9 @@ class Stack:
         be, xp = self.backend, self.backend.xp
         flat = self._params_c if self.precision_.mixed else self.params
         H = X
+        if isinstance(H, MemberRows):
+            first_dense = isinstance(self._ops[0], _Dense)
+            H = (H.shared(be, rows, ws) if first_dense and self._in_place else None) or H.take(be, rows, ws, "X")
         saved: list[tuple[Any, ...]] = []
         for i, op in enumerate(self._ops):
             if isinstance(op, _Dense):
@@ -1559,7 +1600,12 @@ class Stack:
                 b = self._views(flat, rows, op.b)
                 k, n = int(W.shape[0]), int(H.shape[-2])
                 shape = (k, n, op.W[2][1])
-                Z = be.bmm(H, W, out=self._ws_get(ws, ("Z", i), shape, self.compute_dtype))
+                if isinstance(H, _Shared):  # one gathered block per run of members
+                    Z = self._ws_get(ws, ("Z", i), shape, self.compute_dtype)
+                    for (lo, hi), Xg in zip(H.runs, H.X):
+                        be.bmm(Xg, W[lo:hi], out=Z[lo:hi])
+                else:
+                    Z = be.bmm(H, W, out=self._ws_get(ws, ("Z", i), shape, self.compute_dtype))
                 keep_Z = not op.act.from_output
                 out = self._ws_get(ws, ("H", i), shape, self.compute_dtype) if keep_Z else Z
                 Zb, A = be.run(member_bias_activation, Z, b, op.act, out if out is not None else Z)
@@ -1718,7 +1764,7 @@ class Stack:
         be, xp = self.backend, self.backend.xp
         whole = rows == slice(None)
         ws = self._ws.setdefault(("chunk", rows.start, rows.stop), {})
-        Xr = X.take(be, rows, ws, "X") if isinstance(X, MemberRows) else (X if whole else X[rows])
+        Xr = X if isinstance(X, MemberRows) else (X if whole else X[rows])
         Yr = Y.take(be, rows, ws, "Y") if isinstance(Y, MemberRows) else (Y if whole else Y[rows])
         wr = w if whole else w[rows]
         inv_d = dev[0, :] if whole else dev[0, rows]
@@ -1765,7 +1811,12 @@ class Stack:
                 gW = self._views(grads, rows, op.W)
                 gb = self._views(grads, rows, op.b)
                 dH, db = be.run(member_dense_backward, dH, Zb, A, op.act, gb if self._in_place else None)
-                dW = be.bmm(H_in, dH, trans_a=True, out=gW)  # a shared 2-D input broadcasts
+                if isinstance(H_in, _Shared):
+                    for (lo, hi), Xg in zip(H_in.runs, H_in.X):
+                        be.bmm(Xg, dH[lo:hi], trans_a=True, out=gW[lo:hi])
+                    dW = gW
+                else:
+                    dW = be.bmm(H_in, dH, trans_a=True, out=gW)  # a shared 2-D input broadcasts
                 if dW is not gW or db is not gb:
                     in_place = False
                 pieces[op.W[:2]] = dW

@@ -172,8 +172,20 @@ class _Keeper:
             self.best[0][self.k, :] = stack.params[self.k, :]
 
 
-def _train_group(g: int, plans: list[tuple[StackPlan, float]], Xs: list[Any], threads: int | None) -> list[StackOutcome]:
+def _train_group(g: int, plans: list[tuple[StackPlan, float]], Xs: list[Any], threads: int | None,
+                 _sorted: bool = False) -> list[StackOutcome]:
     """Train one stack of prepared fits and finish each; errors are per member."""
+    # Fits on the same data with the same seed draw the same minibatches: side by side
+    # in the stack they share each step's gather (MemberRows.shared).
+    keys = [(id(X), repr(p.est.random_state) if isinstance(p.est.random_state, (int, np.integer)) else f"#{k}")
+            for k, ((p, _), X) in enumerate(zip(plans, Xs))]
+    order = sorted(range(len(plans)), key=lambda k: keys[k])
+    if not _sorted and order != list(range(len(plans))):
+        out = _train_group(g, [plans[k] for k in order], [Xs[k] for k in order], threads, _sorted=True)
+        back = [None] * len(plans)
+        for pos, k in enumerate(order):
+            back[k] = out[pos]
+        return back  # type: ignore[return-value]
     t0 = time.perf_counter()
     K = len(plans)
     try:
