@@ -713,6 +713,7 @@ class StackedOptimizer:
         self.state_names = kind.state_names
         self.state: dict[str, Array] = {}
         self._bound: Any = None
+        self._static: np.ndarray | None = None
 
     @property
     def n_members(self) -> int:
@@ -750,24 +751,34 @@ class StackedOptimizer:
         """This step's per-member scalars, shape (rows, K), float64 (host).
 
         Advances the step count of the ``active`` members (those with rows and
-        not frozen), as their own ``step`` would.
+        not frozen), as their own ``step`` would, and computes each one's rate as
+        its ``step`` computes it (Adam: ``lr · √(1 − β₂ᵗ) / (1 − β₁ᵗ)``, the powers
+        by Python's ``**``, once per distinct ``(β₁, β₂, t)``).
         """
         K = self.n_members
-        if self.kind is Adam:
-            vec = np.zeros((7, K))
-            for k, o in enumerate(self.members):
-                vec[1:6, k] = (o.beta_1, 1.0 - o.beta_1, o.beta_2, 1.0 - o.beta_2, o.epsilon)
-                if active[k]:
-                    o.t += 1
-                    vec[0, k] = -(o.lr * math.sqrt(1 - o.beta_2**o.t) / (1 - o.beta_1**o.t))
-                    vec[6, k] = 1.0
-            return vec
-        vec = np.zeros((3, K))
-        for k, o in enumerate(self.members):
-            vec[0, k], vec[1, k] = o.lr, o.momentum
-            if active[k]:
-                o.t += 1
-                vec[2, k] = 1.0
+        adam = self.kind is Adam
+        vec = np.zeros((7 if adam else 3, K))
+        if adam:
+            if self._static is None:  # the members' settings do not change during training
+                self._static = np.array([[o.beta_1, 1.0 - o.beta_1, o.beta_2, 1.0 - o.beta_2, o.epsilon]
+                                         for o in self.members]).T
+            vec[1:6] = self._static
+        lr = np.array([o.lr for o in self.members])
+        corrections: dict[tuple[float, float, int], tuple[float, float]] = {}
+        for k in np.flatnonzero(active):
+            o = self.members[k]
+            o.t += 1
+            if adam:
+                key = (o.beta_1, o.beta_2, o.t)
+                c = corrections.get(key)
+                if c is None:
+                    c = corrections[key] = (math.sqrt(1 - o.beta_2**o.t), 1 - o.beta_1**o.t)
+                vec[0, k] = -(lr[k] * c[0] / c[1])
+        if adam:
+            vec[6, active] = 1.0
+        else:
+            vec[0], vec[1] = lr, [o.momentum for o in self.members]
+            vec[2, active] = 1.0
         return vec
 
     def apply(self, be: Backend, params: Array, grads: Array, vec: Array, coef: Array, n_weights: int,
