@@ -362,8 +362,10 @@ class RandomizedSearchCV(_StackedSearch, _sk.RandomizedSearchCV):
 
     Parameters
     ----------
-    estimator, param_distributions, n_iter, scoring, n_jobs, refit, cv, verbose, pre_dispatch, random_state, error_score, return_train_score
+    estimator, param_distributions, n_iter, scoring, n_jobs, refit, cv, verbose, pre_dispatch, random_state
         As in scikit-learn (the same candidates are drawn for the same ``random_state``).
+    error_score, return_train_score
+        As in scikit-learn.
     max_stack : int, optional
         Most fits per stack (see :class:`GridSearchCV`).
 

@@ -1128,7 +1128,8 @@ class MemberHoldout:
             else:
                 P64, Y64 = be.astype(P, "float64"), be.astype(Yc, "float64")
                 W = xp.reshape(be.astype(wc, "float64"), (K, -1, 1))
-                fin = xp.astype(~xp.isfinite(P64), be.dtype("float64")) * xp.reshape(be.astype(vc, "float64"), (K, -1, 1))
+                valid = xp.reshape(be.astype(vc, "float64"), (K, -1, 1))
+                fin = xp.astype(~xp.isfinite(P64), be.dtype("float64")) * valid
                 bad = bad + xp.sum(xp.sum(fin, axis=2), axis=1)
                 R = Y64 - P64
                 y_sum = y_sum + xp.sum(W * Y64, axis=1)
@@ -1368,6 +1369,9 @@ class Stack:
         Epochs the stack has run.
     history : History or None
         The last ``fit``'s logs: each value a per-member array of shape (K,).
+    diverged_ : ndarray of bool, shape (K,)
+        Members whose loss stopped being finite in the last :meth:`fit` (frozen
+        there, and left out of the averaged predictions).
     optimizer_ : StackedOptimizer or None
 
     Examples
@@ -1449,8 +1453,8 @@ class Stack:
         self.diverged_ = np.zeros(K, dtype=bool)
         self._ws: dict[Any, Array] = {}
         self._tls = threading.local()
-        self._uploads: list[Any] = []
-        self._upload_i = 0
+        self._uploads: dict[tuple[int, ...], list[list[Any]]] = {}
+        self._upload_i: dict[tuple[int, ...], int] = {}
 
     # --------------------------------------------------------------- building
     @classmethod
@@ -1660,15 +1664,17 @@ class Stack:
         if not be.is_gpu:
             return be.asarray(host.astype(_np_dtype(self.params.dtype)), dtype=self.dtype) \
                 if not self._in_place else host.astype(self.params.dtype)
-        if len(self._uploads) < 3 or tuple(self._uploads[0][0].shape) != host.shape:
-            self._uploads = [(be.empty_pinned(host.shape, _np_dtype(self.params.dtype)),
-                              be.empty(host.shape, self.dtype), None) for _ in range(3)]
-        i = self._upload_i = (self._upload_i + 1) % 3
-        pinned, dev, event = self._uploads[i]
+        ring = self._uploads.get(host.shape)  # one ring per shape (fp16 uploads two per step)
+        if ring is None:
+            ring = self._uploads[host.shape] = [[be.empty_pinned(host.shape, _np_dtype(self.params.dtype)),
+                                                 be.empty(host.shape, self.dtype), None] for _ in range(3)]
+            self._upload_i[host.shape] = 0
+        i = self._upload_i[host.shape] = (self._upload_i[host.shape] + 1) % 3
+        pinned, dev, event = ring[i]
         be.synchronize_event(event)  # the copy from three steps ago has read it
         np.copyto(pinned, host, casting="unsafe")
         be.upload(pinned, dev)
-        self._uploads[i] = (pinned, dev, be.record_event())
+        ring[i][2] = be.record_event()
         return dev
 
     def train_step(

@@ -447,7 +447,8 @@ def test_functional_variant_returns_what_the_generic_definition_returns(name: st
         with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
             ret_f = fast(np, *call_args, **kwargs)
         what = f"{name}/{kind} [{label}] {dtype}"
-        ret_g, ret_f = (ret_g,) if not isinstance(ret_g, tuple) else ret_g, (ret_f,) if not isinstance(ret_f, tuple) else ret_f
+        ret_g = ret_g if isinstance(ret_g, tuple) else (ret_g,)
+        ret_f = ret_f if isinstance(ret_f, tuple) else (ret_f,)
         assert len(ret_g) == len(ret_f), what
         for i, (g, f) in enumerate(zip(ret_g, ret_f)):
             if which is not None and i not in which:
