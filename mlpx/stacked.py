@@ -285,6 +285,12 @@ def member_hits(xp: Any, Z: Array, Y: Array, w: Array, output: str) -> Array:
     return xp.sum(xp.astype(hit, Z.dtype) * xp.astype(w > 0, Z.dtype), axis=1)
 
 
+def _row_sq(xp: Any, W: Array) -> Array:
+    """``Σ W²`` of every row (K,): NumPy's vecdot (a BLAS dot per row), else einsum."""
+    vecdot = getattr(xp, "vecdot", None)
+    return vecdot(W, W) if vecdot is not None else xp.einsum("kp,kp->k", W, W)
+
+
 @kernel
 def member_l2(xp: Any, W: Array, dW: Array, coef: Array) -> tuple[Array, Array]:
     """``dW + coef · W`` and ``Σ W²`` per member.
@@ -307,7 +313,7 @@ def member_l2(xp: Any, W: Array, dW: Array, coef: Array) -> tuple[Array, Array]:
 @member_l2.register("numpy")
 def _member_l2_np(xp: Any, W: Array, dW: Array, coef: Array) -> tuple[Array, Array]:
     xp.add(dW, W * coef[:, None], out=dW)
-    return dW, xp.einsum("kp,kp->k", W, W)
+    return dW, _row_sq(xp, W)
 
 
 @lazy_njit
@@ -371,7 +377,7 @@ def member_adam_update(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Arr
 def _member_adam_update_np(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array, coef: Array,
                            n_weights: int) -> tuple[Array, Array, Array, Array]:
     W = p[:, :n_weights]
-    sq = xp.einsum("kp,kp->k", W, W)
+    sq = _row_sq(xp, W)
     xp.add(g[:, :n_weights], W * coef[:, None], out=g[:, :n_weights])
     if bool((vec[6] > 0).all()):
         _adam_rows_np(xp, p, g, m, v, vec)
@@ -428,7 +434,7 @@ def _member_adam_loop(p, g, m, v, vec, coef, nw):  # pragma: no cover - compiled
 def _member_adam_update_numba(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array, coef: Array,
                               n_weights: int) -> tuple[Array, Array, Array, Array]:
     W = p[:, :n_weights]
-    sq = np.einsum("kp,kp->k", W, W)  # before the step; a SIMD sum (a loop's sum is sequential)
+    sq = _row_sq(np, W)  # before the step (a compiled loop would sum sequentially: slower)
     _member_adam_loop(p, g, m, v, np.ascontiguousarray(vec), np.ascontiguousarray(coef), int(n_weights))
     return p, m, v, sq
 
@@ -504,7 +510,7 @@ def member_sgd_update(xp: Any, p: Array, g: Array, vel: Array, vec: Array, coef:
 def _member_sgd_update_np(xp: Any, p: Array, g: Array, vel: Array, vec: Array, coef: Array, n_weights: int,
                           nesterov: bool) -> tuple[Array, Array, Array]:
     W = p[:, :n_weights]
-    sq = xp.einsum("kp,kp->k", W, W)
+    sq = _row_sq(xp, W)
     xp.add(g[:, :n_weights], W * coef[:, None], out=g[:, :n_weights])
     if bool((vec[2] > 0).all()):
         _sgd_rows_np(xp, p, g, vel, vec, nesterov)
@@ -551,7 +557,7 @@ def _member_sgd_loop(p, g, vel, vec, coef, nw, nesterov):  # pragma: no cover - 
 def _member_sgd_update_numba(xp: Any, p: Array, g: Array, vel: Array, vec: Array, coef: Array, n_weights: int,
                              nesterov: bool) -> tuple[Array, Array, Array]:
     W = p[:, :n_weights]
-    sq = np.einsum("kp,kp->k", W, W)
+    sq = _row_sq(np, W)
     _member_sgd_loop(p, g, vel, np.ascontiguousarray(vec), np.ascontiguousarray(coef), int(n_weights),
                      bool(nesterov))
     return p, vel, sq
