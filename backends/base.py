@@ -226,6 +226,42 @@ class Backend:
         out[...] = result
         return out
 
+    def bmm(
+        self,
+        a: Array,
+        b: Array,
+        trans_a: bool = False,
+        trans_b: bool = False,
+        out: Array | None = None,
+    ) -> Array:
+        """Batched matrix product ``op(a) @ op(b)`` over a leading stack axis.
+
+        ``op`` transposes the last two axes when asked; a 2-D operand broadcasts
+        over the stack (every member multiplies the same matrix).
+
+        Parameters
+        ----------
+        a : array, shape (K, m, k) or (m, k) (transposed: (K, k, m) or (k, m))
+        b : array, shape (K, k, n) or (k, n) (transposed: (K, n, k) or (n, k))
+        out : array, shape (K, m, n), optional
+            Where the product may be written. The generic definition returns a new
+            array and leaves ``out`` alone (so immutable namespaces work); NumPy and
+            CuPy write into it and return it. Callers use the returned value.
+
+        Returns
+        -------
+        array, shape (K, m, n)
+        """
+        xp = self.xp
+        if type(a) is np.ndarray or type(b) is np.ndarray:
+            self.check(a)
+            self.check(b)
+        if trans_a:
+            a = xp.matrix_transpose(a)
+        if trans_b:
+            b = xp.matrix_transpose(b)
+        return xp.matmul(a, b)
+
     # ------------------------------------------------------------ reductions
     def sum(self, x: Array, axis: int | None = None, out: Array | None = None) -> Array:
         """Sum of ``x`` over ``axis`` (all axes if ``None``), into ``out`` if given.

@@ -307,6 +307,26 @@ class CupyBackend(Backend):
         with self.device:
             return self.xp.matmul(a, b, out=out)
 
+    def bmm(
+        self,
+        a: Array,
+        b: Array,
+        trans_a: bool = False,
+        trans_b: bool = False,
+        out: Array | None = None,
+    ) -> Array:
+        if type(a) is np.ndarray or type(b) is np.ndarray:
+            self.check(a)
+            self.check(b)
+        if trans_a:
+            a = self.xp.swapaxes(a, -1, -2)
+        if trans_b:
+            b = self.xp.swapaxes(b, -1, -2)
+        # cupy.matmul on stacks: one cublas<t>gemmStridedBatched call (or a broadcast
+        # of a 2-D operand), transposes as flags.
+        with self.device:
+            return self.xp.matmul(a, b, out=out)
+
     def sum(self, x: Array, axis: int | None = None, out: Array | None = None) -> Array:
         with self.device:
             if x.dtype.itemsize < 4:

@@ -57,8 +57,9 @@ def lazy_njit(fn: Callable[..., Any]) -> Callable[..., Any]:
 
             # error_model="numpy": x/0 gives inf/nan as in NumPy instead of a Python
             # exception, whose check in every iteration keeps LLVM from vectorising
-            # the loop.
-            compiled.append(numba.njit(fastmath=False, error_model="numpy", cache=True)(fn))
+            # the loop. nogil: the loops touch no Python object, so a stack of networks
+            # can run its members' chunks in threads (mlpx.stacked) while one loop runs.
+            compiled.append(numba.njit(fastmath=False, error_model="numpy", cache=True, nogil=True)(fn))
         return compiled[0](*args)
 
     call.__name__ = fn.__name__

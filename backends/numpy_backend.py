@@ -116,6 +116,24 @@ class NumpyBackend(Backend):
     ) -> Array:
         return self._gemm(a, b, trans_a, trans_b, out)
 
+    def bmm(
+        self,
+        a: Array,
+        b: Array,
+        trans_a: bool = False,
+        trans_b: bool = False,
+        out: Array | None = None,
+    ) -> Array:
+        # numpy.matmul hands every member's product to BLAS (transposed views as
+        # transpose flags) and writes into out.
+        self.check(a)
+        self.check(b)
+        if trans_a:
+            a = np.swapaxes(a, -1, -2)
+        if trans_b:
+            b = np.swapaxes(b, -1, -2)
+        return np.matmul(a, b, out=out)
+
     def sum(self, x: Array, axis: int | None = None, out: Array | None = None) -> Array:
         # Half-precision sums (bias gradients over a batch) accumulate in float32:
         # float16's 11-bit mantissa stops counting past 2048 equal terms.

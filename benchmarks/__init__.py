@@ -2,13 +2,14 @@
 
 Run it from the repository root::
 
-    python -m benchmarks                 # --quick: every section at small sizes (~2 min, 2 cores)
+    python -m benchmarks                 # --quick: every section at small sizes (~3 min, 2 cores)
     python -m benchmarks --full          # the real sizes (tens of minutes on a small CPU)
     python -m benchmarks --only gemm,train --backend cpu
     python -m benchmarks --compare old/results.json new/results.json
 
 Sections: ``gemm`` (:mod:`benchmarks.gemm`), ``transfer`` (:mod:`benchmarks.transfer`),
-``train`` (:mod:`benchmarks.train`) and ``scaling`` (:mod:`benchmarks.scaling`). Results
+``train`` (:mod:`benchmarks.train`), ``scaling`` (:mod:`benchmarks.scaling`) and ``search``
+(:mod:`benchmarks.search`). Results
 land in ``benchmarks/results/<machine-tag>/`` as ``report.md``, ``results.json``
 (schema: :mod:`benchmarks.schema`) and PNG plots.
 

@@ -28,12 +28,12 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="mlpx benchmark suite: BLAS vs cuBLAS GEMM, host<->device transfer, training "
-        "throughput against scikit-learn and PyTorch, scaling curves. Writes report.md, "
+        "throughput against scikit-learn and PyTorch, scaling curves, stacked grid search. Writes report.md, "
         "results.json and PNG plots under benchmarks/results/<machine-tag>/.",
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
-                      help="small sizes, every section, about 2 minutes on 2 cores (default)")
+                      help="small sizes, every section (the search grid at its real size), about 3 minutes on 2 cores (default)")
     mode.add_argument("--full", dest="mode", action="store_const", const="full",
                       help="the real sizes (60,000 samples, GEMMs to 8192 on the GPU); tens of minutes on a small CPU")
     mode.add_argument("--tiny", dest="mode", action="store_const", const="tiny", help=argparse.SUPPRESS)
@@ -138,6 +138,13 @@ def _summary(doc: dict[str, Any]) -> str:
                 skipped = [f"{r['name']} ({r['reason']})" for r in wl.get("implementations", []) if r["status"] != "ok"]
                 if skipped:
                     lines.append(f"      skipped: {', '.join(skipped)}")
+        if name == "search" and s.get("status") == "ok":
+            g = s.get("grid", {})
+            for r in g.get("records", []):
+                if r.get("status") == "ok":
+                    lines.append(f"    {r['name']}: {r['time_s']['median']:.3g} s")
+            for q in g.get("ratios", []):
+                lines.append(f"    {q['numerator']} / {q['denominator']} = {q['ratio']:.3f} (target <= {q['target']})")
     for e in doc.get("validation_errors", [])[:20]:
         lines.append(f"  SCHEMA: {e}")
     for k, v in doc.get("outputs", {}).items():

@@ -95,7 +95,7 @@ class Config:
     """
 
     mode: str
-    sections: tuple[str, ...] = ("gemm", "transfer", "train", "scaling")
+    sections: tuple[str, ...] = ("gemm", "transfer", "train", "scaling", "search")
     devices: tuple[str, ...] = ("cpu", "gpu")
     threads: int = field(default_factory=cpu_cores)
     repeats: int = 5
@@ -125,6 +125,21 @@ class Config:
     scaling_widths: tuple[int, ...] = (64, 256, 1024)
     scaling_width_batch: int = 256
     scaling_min_time: float = 0.1
+    # --- search: issue 14's grid (digits, 3 alphas x 4 learning rates x 5 folds) ...
+    search_grid: bool = True
+    search_alphas: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
+    search_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
+    search_folds: int = 5
+    search_hidden: tuple[int, ...] = (100,)
+    search_batch: int = 64
+    search_max_iter: int = 50  # the real grid in quick mode too: its ratios are the issue's
+    search_rounds: int = 1
+    search_samples: int | None = None  # rows of digits (None: all 1797)
+    # ... and the step time of a stack of K digits-size members against K
+    search_members: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    search_member_rows: int = 1437
+    search_member_epochs: int = 1
+    search_memory_check: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -174,6 +189,8 @@ def make_config(mode: str = "quick", **overrides: Any) -> Config:
             scaling_batches=(8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
             scaling_widths=(32, 64, 128, 256, 512, 1024, 2048, 4096),
             scaling_min_time=0.5,
+            search_rounds=2,
+            search_member_epochs=2,
         )
     elif mode == "tiny":
         cfg = Config(
@@ -197,6 +214,15 @@ def make_config(mode: str = "quick", **overrides: Any) -> Config:
             scaling_widths=(32, 64),
             scaling_width_batch=64,
             scaling_min_time=0.01,
+            search_alphas=(1e-4, 1e-2),
+            search_lrs=(1e-3,),
+            search_folds=2,
+            search_hidden=(16,),
+            search_max_iter=2,
+            search_samples=200,
+            search_members=(1, 3),
+            search_member_rows=192,
+            search_memory_check=False,
         )
     else:
         raise ValueError(f"unknown mode {mode!r}; use quick, full or tiny")

@@ -8,9 +8,10 @@ In at most 8 minutes (on an H100/H200 with a 16-core host) it
 3. runs the GPU rows of the benchmark suite at reduced sizes, each part in its own
    child process with its share of the budget: BLAS vs cuBLAS GEMMs in float32,
    TF32, bfloat16 and float16 (square and MLP-step products, each checked against a
-   float64 reference), host<->device transfers, and mlpx training on the GPU (float32
+   float64 reference), host<->device transfers, mlpx training on the GPU (float32
    and the tf32/bf16/fp16 modes) against scikit-learn, PyTorch CPU and PyTorch CUDA
-   where torch is installed;
+   where torch is installed, and the step time of a stack of K digits-size networks
+   against K (1 to 64; issue 14: at most 2x one network's step) with its memory;
 4. writes, ready to commit, into ``benchmarks/results/<gpu-tag>/`` (``--out DIR`` to
    change it): ``gpu-check.md`` and ``gpu-check.json`` (verdict, budget, test counts,
    failures, highlights, the doctor's report), ``pytest-gpu.xml`` and ``pytest-gpu.log``,
@@ -96,6 +97,7 @@ JOBS: tuple[Job, ...] = (
     Job("transfer", 30.0, 10.0, "transfer"),
     Job("train mlp512", 60.0, 20.0, "train", "mlp512"),
     Job("train wide2048", 90.0, 30.0, "train", "wide2048"),
+    Job("search members", 60.0, 15.0, "search"),
 )
 
 
@@ -178,6 +180,10 @@ def check_config(section: str, workload: str | None = None) -> Any:
         transfer_mib=(16, 256),
         workloads=workloads,
         train_gpu_precisions=GPU_PRECISIONS,
+        search_grid=False,  # the grid compares CPU searches: not a GPU row
+        search_members=(1, 2, 4, 8, 16, 32, 64),
+        search_member_epochs=2,
+        search_memory_check=False,
     )
 
 
@@ -358,6 +364,12 @@ def _highlights(doc: dict[str, Any] | None) -> list[str]:
         skipped = [f"{i['name']} ({i['reason']})" for i in wl.get("implementations", []) if i.get("status") != "ok"]
         L.append(f"- train {wl['name']}: " + ("; ".join(rows) or "no row ran")
                  + (f"; skipped: {', '.join(skipped)}" if skipped else ""))
+    for dev, part in doc["sections"].get("search", {}).get("members", {}).get("parts", {}).items():
+        if part.get("status") == "ok":
+            curve = ", ".join(f"K={r['members']} {r['ratio_to_single']:.2f}x" for r in part["records"])
+            t = part.get("target")
+            L.append(f"- stack step / one network's step, {dev}: {curve}"
+                     + (f" (target <= {t['bound']}x: {'met' if t['met'] else 'NOT met'})" if t else ""))
     for e in doc.get("validation_errors", [])[:10]:
         L.append(f"- schema problem: {e}")
     return L or ["(no GPU rows)"]

@@ -77,6 +77,7 @@ def markdown(doc: dict[str, Any], plot_files: dict[str, str], plot_note: str | N
     L += _transfer(secs["transfer"])
     L += _train(secs["train"], plot_files)
     L += _scaling(secs["scaling"], plot_files)
+    L += _search(secs.get("search"), plot_files)
     if plot_note:
         L += [f"*Plots: {plot_note}*", ""]
     if doc.get("validation_errors"):
@@ -86,6 +87,7 @@ def markdown(doc: dict[str, Any], plot_files: dict[str, str], plot_note: str | N
 
 def _summary(secs: dict[str, Any], mode: str) -> list[str]:
     L = ["## Summary", ""]
+    L += _search_summary(secs.get("search"))
     g = secs["gemm"]
     if g["status"] not in ("skipped", "error"):
         rows = []
@@ -292,6 +294,88 @@ def _precision(wl: dict[str, Any]) -> list[str]:
                        "time ratio to torch-cuda", "accuracy (float32)", "Δ accuracy (pp)"], rows)
 
 
+def _search_summary(s: dict[str, Any] | None) -> list[str]:
+    g = (s or {}).get("grid", {})
+    if g.get("status") != "ok":
+        return []
+    rows = [[f"{q['numerator']} / {q['denominator']}", f"{q['ratio']:.2f}", f"≤ {q['target']}",
+             "yes" if q["met"] else "**no**"] for q in g.get("ratios", [])]
+    if not rows:
+        return []
+    return [f"Issue 14 targets (grid search of {g['n_fits']} fits, max_iter {g['max_iter']}, side by side):", ""] + \
+        _table(["ratio", "measured", "target", "met"], rows)
+
+
+def _search(s: dict[str, Any] | None, plots: dict[str, str]) -> list[str]:
+    L = ["## Search: a grid of fits in one pass (stacks)", ""]
+    if not s:
+        return L + ["*not measured (results file older than schema 1.3)*", ""]
+    if s["status"] != "ok":
+        return L + [f"*{s['status']}: {s.get('reason')}*", ""]
+    g = s.get("grid", {})
+    if g.get("status") != "ok":
+        L += [f"*grid: {g.get('status')}: {g.get('reason')}*", ""]
+    else:
+        L += [f"{g['data']}; hidden {g['sizes'][1:-1]}, Adam, max_iter {g['max_iter']}, batch {g['batch']}; alpha "
+              f"{g['alphas']} × learning_rate_init {g['learning_rates']} × {g['folds']} folds = {g['n_fits']} fits, "
+              f"refit=False; {g['rounds']} interleaved round(s), wall seconds of one search `fit`.", ""]
+        ff = g["flop_floor"]
+        rows = []
+        for r in g["records"]:
+            if r["status"] != "ok":
+                rows.append([r["name"], f"{r['status']}: {r.get('reason')}", "", "", ""])
+                continue
+            rows.append([r["name"], _spread(r["time_s"]), f"{1e3 * r['s_per_fit']:.0f} ms",
+                         f"{r['time_s']['median'] / ff['floor_s']:.1f}", f"{r['best_mean_test_score']:.4f}"])
+        L += _table(["search", "time", "per fit", "× flop floor", "best mean test score"], rows)
+        L += [f"- Flop floor: {ff['gflop']:.1f} GFLOP in the products the steps run ({ff['gflop_three_per_layer']:.1f} "
+              f"GFLOP counting 3 products per layer, the first layer's dX included), {ff['floor_s']:.2f} s "
+              f"({ff['floor_s_three_per_layer']:.2f} s) at {ff['peak_gflops_float64']:.1f} GFLOP/s float64 "
+              f"({ff['peak_source']}).",
+              f"- Every fit of the stacked search trained in a stack: {'yes' if g.get('stacked_all') else 'no'}."]
+        for d in g.get("score_differences", []):
+            L.append(f"- Largest difference of mean test scores, mlpx-stacked vs {d['against']}: "
+                     f"{d['max_abs_score_difference']:.3g}.")
+        L += [""]
+        rows = [[f"{q['numerator']} / {q['denominator']}", f"{q['ratio']:.3f}",
+                 f"{q['round_range'][0]:.3f}–{q['round_range'][1]:.3f}", f"≤ {q['target']} "
+                 f"({'met' if q['met'] else 'not met'})"] for q in g.get("ratios", [])]
+        if rows:
+            L += _table(["time ratio", "median", "range over rounds", "issue 14 target"], rows)
+    if "search" in plots:
+        L += [f"![stack step time against members]({plots['search']})", ""]
+    for dev, part in s.get("members", {}).get("parts", {}).items():
+        if part["status"] != "ok":
+            L += _skip_line(f"stack members {dev}", part)
+            continue
+        one = part["single"]["time_s"]["median"]
+        L += [f"### {dev}: step time of a stack of K members ({'-'.join(map(str, part['network']))}, batch "
+              f"{part['batch']}, {part['dtype']}); one Sequential: {_ms(one)} per step", ""]
+        L += _table(["K", "step", "÷ one Sequential", "per member", "speed-up vs K fits"],
+                    [[r["members"], _spread(r["time_s"]), f"{r['ratio_to_single']:.2f}", _ms(r["per_member_s"]),
+                      f"{r['speedup_vs_sequential_fits']:.1f}×"] for r in part["records"]])
+        t = part.get("target")
+        if t:
+            L += [f"Issue 14 (GPU): stack step ≤ {t['bound']}× one member's up to K = {t['up_to_members']}: worst "
+                  f"{t['ratio']:.2f}× ({'met' if t['met'] else 'not met'}).", ""]
+    m = s.get("memory")
+    if m:
+        L += ["### Memory of a stack", "",
+              f"Computed per member ({'-'.join(map(str, m['network']))}, batch {m['batch']}, {m['dtype']}, Adam): "
+              f"{m['bytes_per_member'] / 2**10:.1f} KiB (parameters, gradients, moments, best weights and one "
+              f"minibatch's activations); fixed: {m['bytes_fixed'] / 2**20:.2f} MiB of data. The grid's members "
+              f"(float64): {m['grid_bytes_per_member'] / 2**10:.1f} KiB each. Memory grows linearly in K:", ""]
+        L += _table(["device", "memory", "members that fit (90 %)", "source"],
+                    [[d, f"{v['capacity_bytes'] / 2**30:.1f} GiB", f"{v['members_that_fit']:,}", v["source"]]
+                     for d, v in m.get("devices", {}).items()])
+        mc = m.get("measured_cpu")
+        if mc:
+            L += [f"Measured on the CPU (tracemalloc peak of one epoch, K = 4 and 16): "
+                  f"{mc['bytes_per_member'] / 2**10:.1f} KiB per added member; computed / measured = "
+                  f"{mc['computed_over_measured']:.2f}.", ""]
+    return L
+
+
 def _scaling(s: dict[str, Any], plots: dict[str, str]) -> list[str]:
     L = ["## Scaling: mlpx time per training step", ""]
     if s["status"] != "ok":
@@ -326,7 +410,8 @@ def plots(doc: dict[str, Any], out: Path, stem: str) -> tuple[dict[str, str], st
         return {}, "skipped: matplotlib not installed"
     files: dict[str, str] = {}
     secs = doc["sections"]
-    for name, fn in (("gemm", _plot_gemm), ("train", _plot_train), ("scaling", _plot_scaling)):
+    for name, fn in (("gemm", _plot_gemm), ("train", _plot_train), ("scaling", _plot_scaling),
+                     ("search", _plot_search)):
         fig = fn(plt, secs.get(name, {}))
         if fig is None:
             continue
@@ -400,6 +485,29 @@ def _plot_scaling(plt: Any, s: dict[str, Any]) -> Any:
         ax.set_ylabel("seconds per step")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _plot_search(plt: Any, s: dict[str, Any]) -> Any:
+    parts = [(d, p) for d, p in (s or {}).get("members", {}).get("parts", {}).items() if p.get("status") == "ok"]
+    if not parts:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (dev, part) in enumerate(parts):
+        recs = sorted(part["records"], key=lambda r: r["members"])
+        ks = [r["members"] for r in recs]
+        ax.plot(ks, [r["time_s"]["median"] for r in recs], marker="o", color=f"C{i}", label=f"stack on {dev}")
+        one = part["single"]["time_s"]["median"]
+        ax.axhline(one, ls="--", color=f"C{i}", label=f"one Sequential on {dev}")
+        if dev == "gpu":
+            ax.axhline(2 * one, ls=":", color=f"C{i}", label="2× one member (GPU target)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("members K (64-128-64-32-10, batch 64)")
+    ax.set_ylabel("seconds per step")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

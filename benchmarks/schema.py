@@ -1,16 +1,16 @@
 """The results file (``results.json``): its schema, version and validator.
 
-Schema version 1.2 (1.0 plus, in 1.1, the GPU precision modes of the train section:
+Schema version 1.3 (1.0 plus, in 1.1, the GPU precision modes of the train section:
 the ``precision`` of mlpx implementations and each workload's ``precision_modes``;
 plus, in 1.2, ``gemm.blas``, the CPU BLAS providers compared on the step products;
-1.0 and 1.1 documents, which lack them, still validate). Times are seconds, rates GFLOP/s (1e9 FLOP/s) or GB/s (1e9 B/s).
+plus, in 1.3, the ``search`` section; older documents, which lack them, still validate). Times are seconds, rates GFLOP/s (1e9 FLOP/s) or GB/s (1e9 B/s).
 A *stats* object summarises repeated timings of one thing::
 
     {"median", "min", "max", "q1", "q3": per-call seconds, "repeats": int, "number": calls per repeat}
 
 Top level::
 
-    schema_version  "1.2" (written; "1.0" and "1.1" documents are read and validated too)
+    schema_version  "1.3" (written; "1.0" to "1.2" documents are read and validated too)
     suite           "mlpx-benchmarks"
     mode            "quick" | "full" | "tiny"
     machine         cpu_model, cpu_cores, thread_pools (threadpoolctl), numpy_blas, versions
@@ -22,7 +22,7 @@ Top level::
     config          the mode's sizes (benchmarks.config.Config as a dict)
     started_at      ISO date;  wall_s  seconds for the whole run
     gpu_status      {"used": bool, "reason": null or why not ("no CUDA device", "--backend cpu")}
-    sections        {"gemm", "transfer", "train", "scaling"}: each has "status"
+    sections        {"gemm", "transfer", "train", "scaling", "search"}: each has "status"
                     ("ok" | "skipped" | "failed" | "error") and, unless ok, a "reason".
 
 Sections:
@@ -66,6 +66,19 @@ Sections:
 - ``scaling.parts.{cpu,gpu}``: records {key, device, curve ("batch" | "width"), x, sizes,
   batch, threads, time_s (stats, seconds per step), samples_per_s, step_flops, gflops,
   floor_s}.
+- ``search`` (1.3): ``grid`` {status, reason, data, sizes, batch, max_iter, alphas,
+  learning_rates, folds, n_fits, rounds, records [{key, name ("mlpx-stacked" |
+  "sklearn-n_jobs2" | "mlpx-one-by-one"), status, time_s (stats of seconds per search),
+  s_per_fit, best_mean_test_score}], ratios [{numerator, denominator, ratio, round_range,
+  target, met}], stacked_all, flop_floor {gflop, gflop_three_per_layer,
+  peak_gflops_float64, peak_source, floor_s, floor_s_three_per_layer},
+  score_differences [{against, max_abs_score_difference}]}; ``members.parts.{cpu,gpu}``
+  {status, reason, network, batch, dtype, rows, single {key, time_s}, records [{key,
+  device, members, threads, time_s (stats of seconds per step), ratio_to_single,
+  per_member_s, speedup_vs_sequential_fits}], target (GPU) {ratio, bound, met,
+  up_to_members}}; ``memory`` {network, batch, dtype, bytes_per_member, bytes_fixed,
+  grid_bytes_per_member, devices {cpu, gpu: {capacity_bytes, source,
+  members_that_fit}}, measured_cpu {peak_bytes, bytes_per_member, computed_over_measured}}.
 
 Every record that was measured has a unique ``key`` (``python -m benchmarks --compare``
 matches records of two files by it) and a ``time_s`` stats object. Every number in
@@ -82,14 +95,16 @@ from benchmarks.config import GPU_PRECISIONS
 
 __all__ = ["SCHEMA_VERSION", "READABLE_VERSIONS", "SECTIONS", "iter_records", "validate"]
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 # Versions validate() accepts: 1.1 and 1.2 only add fields, so older files (committed
 # results) stay valid, and each version's requirements apply from that version on.
-READABLE_VERSIONS = ("1.0", "1.1", "1.2")
-SECTIONS = ("gemm", "transfer", "train", "scaling")
+READABLE_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
+SECTIONS = ("gemm", "transfer", "train", "scaling", "search")
+# The version each section first appeared in (older documents may lack it).
+_SINCE = {"search": "1.3"}
 STATUSES = ("ok", "skipped", "failed", "error")
 _STATS = ("median", "min", "max", "q1", "q3", "repeats", "number")
-_NONNEG = {"max_rel_error", "layer", "load_avg_start", "load_avg_end"}  # can be 0
+_NONNEG = {"max_rel_error", "layer", "load_avg_start", "load_avg_end", "max_abs_score_difference"}  # can be 0
 _UNIT = {"accuracy", "accuracy_runs", "accuracy_float32"}
 _ANY_SIGN = {"accuracy_delta_pp", "accuracy_delta_range_pp"}
 _PRECISION_OK = ("s_per_epoch", "ratio_to_float32", "round_range", "speedup_vs_float32", "faster_than_float32",
@@ -109,6 +124,14 @@ def iter_records(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     for wl in secs.get("train", {}).get("workloads", []):
         for r in wl.get("implementations", []):
             yield "train", r
+    search = secs.get("search", {})
+    for r in search.get("grid", {}).get("records", []):
+        yield "search", r
+    for part in search.get("members", {}).get("parts", {}).values():
+        if part.get("single"):
+            yield "search", part["single"]
+        for r in part.get("records", []):
+            yield "search", r
 
 
 def _numbers(obj: Any, path: str, problems: list[str], key: str = "") -> None:
@@ -218,6 +241,30 @@ def _blas(b: Any, cpu_ran: bool, problems: list[str]) -> None:
             problems.append(f"sections.gemm.blas.fastest[{net}]: {prov!r} is not the fastest measured")
 
 
+def _search(s: dict[str, Any], problems: list[str]) -> None:
+    """The 1.3 search section: its parts, and the arithmetic of its ratios."""
+    grid = s.get("grid")
+    if not isinstance(grid, dict) or grid.get("status") not in STATUSES:
+        problems.append("sections.search.grid needs a status")
+    elif grid["status"] == "ok":
+        times = {r["name"]: r["time_s"]["median"] for r in grid.get("records", []) if r.get("status") == "ok"}
+        for q in grid.get("ratios", []):
+            if not {q.get("numerator"), q.get("denominator")} <= set(times):
+                problems.append(f"search ratio {q.get('numerator')}/{q.get('denominator')}: a search was not measured")
+            elif q.get("met") != (q.get("ratio", math.inf) <= q.get("target", -math.inf)):
+                problems.append(f"search ratio {q.get('numerator')}/{q.get('denominator')}: met disagrees with ratio")
+    elif not grid.get("reason"):
+        problems.append("sections.search.grid: not ok without a reason")
+    members = s.get("members")
+    if not isinstance(members, dict):
+        problems.append("sections.search.members must be an object")
+        return
+    for dev, part in members.get("parts", {}).items():
+        _part(part, f"sections.search.members.parts.{dev}", problems)
+        if part.get("status") == "ok" and not part.get("single"):
+            problems.append(f"sections.search.members.parts.{dev}: no single-model step time")
+
+
 def validate(doc: Any) -> list[str]:
     """Problems found in a results document (an empty list: it is valid).
 
@@ -247,6 +294,8 @@ def validate(doc: Any) -> list[str]:
     secs = doc["sections"]
     for name in SECTIONS:
         s = secs.get(name)
+        if s is None and name in _SINCE and version in READABLE_VERSIONS and version < _SINCE[name]:
+            continue
         if not isinstance(s, dict) or s.get("status") not in STATUSES:
             p.append(f"sections.{name}: needs a status in {STATUSES}")
             continue
@@ -257,6 +306,8 @@ def validate(doc: Any) -> list[str]:
         if name in ("gemm", "transfer", "scaling"):
             for dev, part in s.get("parts", {}).items():
                 _part(part, f"sections.{name}.parts.{dev}", p)
+        if name == "search":
+            _search(s, p)
         if name == "gemm":
             for dev, part in s["parts"].items():
                 for i, r in enumerate(part.get("records", [])):

@@ -25,6 +25,7 @@ from mlpx.model import MLP, Sequential, load
 from mlpx.optimizers import SGD, Adam, AdamW, RMSprop
 from mlpx.saving import ModelCheckpoint, ModelFileError, load_checkpoint, save_checkpoint
 from mlpx.schedules import Adaptive, Constant, Cosine, InverseScaling, StepDecay
+from mlpx.stacked import Stack
 from mlpx.training import History, TrainingDivergedError
 from mlpx.validation import InvalidParameterError
 
@@ -56,6 +57,7 @@ __all__ = [
     "ReLU",
     "Sequential",
     "Sigmoid",
+    "Stack",
     "Softmax",
     "StepDecay",
     "Tanh",

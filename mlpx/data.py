@@ -236,6 +236,15 @@ class _Source:
         """``(a, b)`` of every minibatch of an epoch."""
         return _bounds(self.n, self.batch_size)
 
+    def step_rows(self, perm: np.ndarray | None) -> np.ndarray:
+        """Rows of every minibatch of an epoch (the same for every ``perm``).
+
+        Returns
+        -------
+        ndarray, shape (n_batches,), float64
+        """
+        return np.array([float(b - a) for a, b in self.bounds()])
+
     def denominators(self, perm: np.ndarray | None) -> np.ndarray:
         """Each minibatch's loss normaliser: its row count, or its weights' sum (host).
 

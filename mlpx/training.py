@@ -58,12 +58,14 @@ class TrainingDivergedError(RuntimeError):
         The (0-based) epoch in which the loss stopped being finite.
     """
 
-    def __init__(self, epoch: int, lr: float) -> None:
+    def __init__(self, epoch: int, lr: Any) -> None:
         self.epoch = epoch
+        # A stack of networks (mlpx.stacked) has one rate per member.
+        rate = f"{lr:g}" if np.ndim(lr) == 0 else "[" + ", ".join(f"{v:g}" for v in np.ravel(lr)) + "]"
         super().__init__(
             f"training diverged in epoch {epoch + 1}: the loss is not finite. The model keeps "
             f"the weights (and the optimizer its state) from the start of that epoch. Try a "
-            f"lower learning rate (now {lr:g}), standardised inputs, or an L2 penalty."
+            f"lower learning rate (now {rate}), standardised inputs, or an L2 penalty."
         )
 
 
@@ -121,6 +123,10 @@ class Holdout:
             yield (self.dense(X) if self.dense is not None else X, self.Y[a:b, :],
                    None if self.w is None else self.w[a:b])
 
+    def scores(self, model: Any, reducer: Reducer, loss: Any) -> dict[str, Any]:
+        """:func:`~mlpx.metrics.holdout_scores` of ``model`` on this set (collective)."""
+        return holdout_scores(model, self.chunks, reducer, loss)
+
 
 @dataclass
 class _Epoch:
@@ -142,7 +148,7 @@ def train(
     reducer: Reducer,
     epochs: int,
     broadcast: bool = True,
-    l2: float = 0.0,
+    l2: Any = 0.0,
     order: Callable[[], np.ndarray | None] | None = None,
     callbacks: Sequence[Callback] = (),
     holdout: Holdout | None = None,
@@ -156,10 +162,15 @@ def train(
 
     Parameters
     ----------
-    model : Sequential
-        Built on the reducer's backend; ``optimizer`` is bound to it here.
+    model : Sequential or Stack
+        Built on the reducer's backend; ``optimizer`` is bound to it here. A
+        :class:`~mlpx.stacked.Stack` of K networks trains through the same loop:
+        its source gives every step's rows and denominators per member (arrays of
+        shape (n_steps, K) instead of (n_steps,)), and the step's loss, the epoch's
+        logs, ``samples_seen_`` and the penalty ``l2`` are then per-member vectors.
     source : batch source or None
-        This rank's minibatches (:mod:`mlpx.data`); None for a rank without rows.
+        This rank's minibatches (:mod:`mlpx.data`, :mod:`mlpx.stacked`); None for a
+        rank without rows.
     optimizer : Optimizer
     loss : OutputLoss
         From ``model.resolve_loss``.
@@ -168,8 +179,8 @@ def train(
     epochs : int
     broadcast : bool
         Start from rank 0's weights (False: the caller has broadcast them).
-    l2 : float
-        L2 penalty (scikit-learn's ``alpha`` scaling).
+    l2 : float or array of shape (K,)
+        L2 penalty (scikit-learn's ``alpha`` scaling); one per member for a stack.
     order : callable, optional
         Returns this rank's permutation for the next epoch (None: contiguous).
     callbacks : sequence of Callback
@@ -197,7 +208,8 @@ def train(
     be = model.backend
     history = history if history is not None else History()
     try:
-        return _train(model, source, optimizer, loss, reducer, int(epochs), broadcast, float(l2), order,
+        l2 = float(l2) if np.ndim(l2) == 0 else np.asarray(l2, dtype=np.float64)
+        return _train(model, source, optimizer, loss, reducer, int(epochs), broadcast, l2, order,
                       list(callbacks), holdout, history, count_correct, loss_weights, loss_scale,
                       raise_on_divergence)
     except BaseException as exc:
@@ -209,7 +221,7 @@ def train(
 
 
 def _train(model: Any, source: Any, optimizer: Optimizer, loss: Any, reducer: Reducer, epochs: int,
-           broadcast: bool, l2: float, order: Callable[[], np.ndarray | None] | None, callbacks: list[Callback],
+           broadcast: bool, l2: Any, order: Callable[[], np.ndarray | None] | None, callbacks: list[Callback],
            holdout: Holdout | None, history: History, count_correct: bool, loss_weights: str,
            loss_scale: float, raise_on_divergence: bool) -> History:
     be = model.backend
@@ -217,15 +229,10 @@ def _train(model: Any, source: Any, optimizer: Optimizer, loss: Any, reducer: Re
         raise ValueError(f"loss_weights must be 'denom' or 'rows', got {loss_weights!r}")
     root = reducer.is_root
     callbacks = [cb for cb in callbacks if root or not getattr(cb, "root_only", False)]
-    # Sizes every rank agrees on: steps per epoch (the most over ranks) and the
-    # rows of every step over all ranks.
+    # Steps per epoch: the most over ranks (every rank runs them all).
     local_steps = 0 if source is None else source.n_batches
     n_steps = reducer.allreduce_max(local_steps)
-    local_rows = np.zeros(n_steps)
-    if source is not None:
-        local_rows[:local_steps] = [b - a for a, b in source.bounds()]
-    step_rows = np.asarray(reducer.allreduce_sum(local_rows.tolist())) if reducer.size > 1 else local_rows
-    n_global = int(round(float(step_rows.sum())))
+    penalised = bool(np.any(l2))
 
     reducer.agreed("binding the optimizer", optimizer.bind, be, model.params, model.grads, model.n_weights)
     model.optimizer_ = optimizer
@@ -245,11 +252,14 @@ def _train(model: Any, source: Any, optimizer: Optimizer, loss: Any, reducer: Re
         snapshot = _snapshot(model, optimizer) if raise_on_divergence else None
         state = _Epoch()
         perm = reducer.agreed(f"{where}: ordering the shard", _order, order, source)
-        denoms = np.zeros(n_steps)
-        if source is not None:
-            denoms[:local_steps] = source.denominators(perm)
-        D = np.asarray(reducer.allreduce_sum(denoms.tolist())) if reducer.size > 1 else denoms
+        # Every step's rows and denominator (Σ w) over all ranks, in one all-reduce;
+        # a stack's source gives one column per member.
+        step_rows, D = _epoch_sizes(source, perm, n_steps, reducer)
+        n_global = _total_rows(step_rows)
         weights = D if loss_weights == "denom" else step_rows
+        members = D.ndim > 1
+        # A stack's per-member step weights go to the device once per epoch.
+        weights_dev = be.asarray(weights, dtype=model.dtype) if members else None
         batches = iter(source.epoch(perm)) if source is not None else iter(())
         for j in range(n_steps):
             batch: Batch | None = None
@@ -260,19 +270,20 @@ def _train(model: Any, source: Any, optimizer: Optimizer, loss: Any, reducer: Re
                     if reducer.size == 1:
                         raise
                     state.pending = exc
-            if D[j] <= 0:
+            if not np.any(D[j] > 0):
                 continue  # no rows (or only zero weights) on any rank: nothing to learn
             res = model.train_step(
                 None if batch is None else batch.X, None if batch is None else batch.Y,
-                None if batch is None else batch.w, denom=float(D[j]), loss=loss, optimizer=optimizer,
+                None if batch is None else batch.w, denom=D[j] if members else float(D[j]), loss=loss,
+                optimizer=optimizer,
                 l2=l2, reducer=reducer, count_correct=count_correct, pending=state.pending,
                 where=f"{where}, step {j + 1}",
             )
             state.pending = res.error
             data = res.loss if loss_scale == 1.0 else res.loss * loss_scale
-            term = data + res.penalty if l2 else data
-            state.total = state.total + term * float(weights[j])
-            state.weight += float(weights[j])
+            term = data + res.penalty if penalised else data
+            state.total = state.total + term * (weights_dev[j, :] if members else float(weights[j]))
+            state.weight = state.weight + (weights[j] if members else float(weights[j]))
             if res.correct is not None:
                 state.hits = state.hits + res.correct
         close = getattr(batches, "close", None)
@@ -281,7 +292,7 @@ def _train(model: Any, source: Any, optimizer: Optimizer, loss: Any, reducer: Re
         logs = _epoch_end(model, reducer, state, where, n_global, count_correct, holdout, loss)
         model.samples_seen_ += n_global
         diverged = raise_on_divergence and reducer.agree_any(
-            not math.isfinite(logs["loss"]) or not _finite_params(model))
+            not _all_finite(logs["loss"]) or not _finite_params(model))
         if diverged:
             _restore(model, optimizer, snapshot)
             model.samples_seen_ -= n_global
@@ -305,10 +316,59 @@ def _each(callbacks: list[Callback], hook: str, *args: Any) -> None:
         getattr(cb, hook)(*args)
 
 
-def _order(order: Callable[[], np.ndarray | None] | None, source: Any) -> np.ndarray | None:
+def _order(order: Callable[[], Any] | None, source: Any) -> Any:
     if order is None or source is None:
         return None
     return order()
+
+
+def _epoch_sizes(source: Any, perm: Any, n_steps: int, reducer: Reducer) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and denominators of every step of the epoch, summed over ranks.
+
+    Returns
+    -------
+    rows, denoms : ndarray, shape (n_steps,), or (n_steps, K) for a stack's source
+    """
+    if source is None:
+        rows = denoms = np.zeros(n_steps)
+    else:
+        rows, denoms = np.asarray(source.step_rows(perm), float), np.asarray(source.denominators(perm), float)
+        if rows.shape[0] < n_steps:  # a rank with fewer batches joins the last steps empty
+            pad = ((0, n_steps - rows.shape[0]),) + ((0, 0),) * (rows.ndim - 1)
+            rows, denoms = np.pad(rows, pad), np.pad(denoms, pad)
+    if reducer.size == 1:
+        return rows, denoms
+    if rows.ndim > 1:
+        raise ValueError("a stack of networks trains in one process (no comm)")
+    both = np.asarray(reducer.allreduce_sum(np.concatenate([rows, denoms]).tolist()))
+    return both[:n_steps], both[n_steps:]
+
+
+def _total_rows(step_rows: np.ndarray) -> Any:
+    """Rows of the epoch: an int, or one int per member (an int64 array) for a stack."""
+    total = np.rint(step_rows.sum(axis=0)).astype(np.int64)
+    return int(total) if total.ndim == 0 else total
+
+
+def _all_finite(value: Any) -> bool:
+    return bool(np.all(np.isfinite(np.asarray(value, dtype=np.float64))))
+
+
+def _host(be: Any, value: Any) -> Any:
+    """A loop sum as a Python float (one model) or a float64 host array (a stack)."""
+    if isinstance(value, float):
+        return value
+    if getattr(value, "ndim", 0) == 0:
+        return be.to_float(value)
+    return np.asarray(be.to_numpy(value), dtype=np.float64)
+
+
+def _ratio(total: Any, weight: Any) -> Any:
+    if np.ndim(weight) == 0:
+        return total / weight if weight > 0 else math.nan
+    weight = np.asarray(weight, dtype=np.float64)
+    total = np.broadcast_to(np.asarray(total, dtype=np.float64), weight.shape)
+    return np.divide(total, weight, out=np.full(weight.shape, math.nan), where=weight > 0)
 
 
 def _epoch_end(model: Any, reducer: Reducer, state: _Epoch, where: str, n_global: int,
@@ -316,20 +376,19 @@ def _epoch_end(model: Any, reducer: Reducer, state: _Epoch, where: str, n_global
     """The epoch's logs, identical on every rank (collective)."""
     be = model.backend
 
-    def local() -> list[float]:
+    def local() -> list[Any]:
         if state.pending is not None:
             raise state.pending
-        total = state.total if isinstance(state.total, float) else be.to_float(state.total)
-        hits = state.hits if isinstance(state.hits, float) else be.to_float(state.hits)
-        return [total, hits]
+        return [_host(be, state.total), _host(be, state.hits)]
 
     total, hits = reducer.agreed(where, local)
-    logs = {"loss": total / state.weight if state.weight > 0 else math.nan}
+    logs = {"loss": _ratio(total, state.weight)}
     if count_correct:
-        logs["accuracy"] = reducer.allreduce_sum([hits])[0] / n_global if n_global else math.nan
+        hits = reducer.allreduce_sum([hits])[0] if reducer.size > 1 else hits
+        logs["accuracy"] = _ratio(hits, n_global)
     if holdout is not None:
         with model.parameter_lock.read():
-            scores = holdout_scores(model, holdout.chunks, reducer, loss)
+            scores = holdout.scores(model, reducer, loss)
         logs["val_loss"] = scores["loss"]
         logs.update({f"val_{k}": v for k, v in scores.items() if k in ("accuracy", "r2")})
     # Rank 0's numbers decide for everyone: no rank can stop (or log) alone.

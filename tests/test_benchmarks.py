@@ -58,7 +58,7 @@ def test_schema_valid_and_every_section_ran(tiny_run):
 def test_every_number_finite_and_positive(tiny_run):
     _, _, doc = tiny_run
     allowed_zero = {"max_rel_error", "layer", "load_avg_start", "load_avg_end", "accuracy", "accuracy_runs",
-                    "accuracy_float32"}
+                    "accuracy_float32", "max_abs_score_difference"}
 
     def walk(obj, key=""):
         if isinstance(obj, dict):
@@ -434,7 +434,7 @@ def test_schema_accepts_precision_modes_and_checks_them(tiny_run):
     assert validate(old) == []
     old["schema_version"] = "0.9"
     assert any("schema_version" in e for e in validate(old))
-    assert SCHEMA_VERSION == "1.2"
+    assert SCHEMA_VERSION == "1.3"
 
 
 def test_report_shows_precision_modes(tiny_run):
@@ -537,7 +537,7 @@ def test_compare_reports_ratios(tiny_run, tmp_path, capsys):
     b.write_text(json.dumps(slower))
     res = compare(doc, slower)
     assert res["rows"] and all(r["ratio"] == pytest.approx(2.0) for r in res["rows"])
-    assert set(res["geomean"]) == {"gemm", "train", "scaling"}
+    assert set(res["geomean"]) == {"gemm", "train", "scaling", "search"}
     assert main(["--compare", str(out / "results-tiny.json"), str(b)]) == 0
     text = capsys.readouterr().out
     assert "| 2.000 |" in text and "Geometric mean" in text

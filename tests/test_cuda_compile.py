@@ -17,7 +17,7 @@ import sys
 import pytest
 
 import mlpx  # noqa: F401 - registers every kernel of the engine
-from mlpx import activations, layers, losses, optimizers
+from mlpx import activations, layers, losses, optimizers, stacked
 from mlpx.backends import Kernel
 from mlpx.backends.cuda import FLOAT_DTYPES, lazy_elementwise, registered_kernels
 from mlpx.backends.cuda_compile import (
@@ -53,14 +53,14 @@ def _lazy_kernels_used_by(fn: object) -> list[lazy_elementwise]:
 def test_every_cupy_variant_uses_registered_kernels_only() -> None:
     registered = {id(k) for k in KERNELS}
     variants = 0
-    for mod in (activations, layers, losses, optimizers):
+    for mod in (activations, layers, losses, optimizers, stacked):
         for obj in vars(mod).values():
             if isinstance(obj, Kernel) and "cupy" in obj.variants:
                 used = _lazy_kernels_used_by(obj.variants["cupy"])
                 assert used, f"{obj.name}'s cupy variant launches no lazy_elementwise kernel"
                 assert all(id(k) in registered for k in used), obj.name
                 variants += 1
-    assert variants >= 10  # 6 activation backwards, bias+activation, cross-entropy, 3 optimizers
+    assert variants >= 12  # 6 activation backwards, bias+activation, cross-entropy, 3 optimizers, 2 stacked
 
 
 def test_one_fused_bias_kernel_per_activation_with_a_cuda_expression() -> None:

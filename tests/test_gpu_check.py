@@ -86,7 +86,7 @@ def test_a_part_leaves_later_parts_their_minimums_but_comes_first() -> None:
     assert b.allot(G.JOBS[0], G.JOBS[1:]) == 240  # 480 - 15 - 150 = 315 > cap
     clock.t += 350  # the tests overran their share: 130 s left
     share = b.allot(G.JOBS[1], G.JOBS[2:])
-    assert share == 130 - G.FINAL_RESERVE_S - sum(j.min_s for j in G.JOBS[2:]) == 55  # < its cap of 90
+    assert share == 130 - G.FINAL_RESERVE_S - sum(j.min_s for j in G.JOBS[2:]) == 40  # < its cap of 90
     # A tight budget: the tests still get their minimum; the benchmarks are skipped instead.
     tight = G.Budget(90, FakeClock())
     assert tight.allot(G.JOBS[0], G.JOBS[1:]) == G.JOBS[0].min_s and later_min > 0
@@ -115,8 +115,10 @@ def test_run_follows_the_budget_and_skips_what_does_not_fit(tmp_path: Path) -> N
     assert shares["tests"] == 240 and status["pytest -m gpu"] == "ok"
     # 80 s left: each part gets its minimum in turn until the last one no longer fits
     assert [shares[n] for n in ("gemm", "transfer", "train mlp512")] == [20, 10, 20]
-    assert status["train wide2048"] == "skipped" and "budget" in summary["jobs"][-1]["reason"]
-    assert summary["elapsed_s"] == 450
+    wide = next(j for j in summary["jobs"] if j["name"] == "train wide2048")
+    assert wide["status"] == "skipped" and "budget" in wide["reason"]
+    # the stack part after it still fits its 15 s minimum (30 s left, 15 s reserved)
+    assert shares["search members"] == 15 and summary["elapsed_s"] == 465
     assert code == G.EXIT_BENCH_FAILED  # a part that ran out of time did not finish
 
 

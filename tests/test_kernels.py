@@ -23,16 +23,17 @@ import mlpx.layers as layers
 import mlpx.losses as losses
 import mlpx.metrics as metrics
 import mlpx.optimizers as optimizers
+import mlpx.stacked as stacked
 from mlpx.backends import Kernel
 
-MODULES = (activations, losses, optimizers, layers, metrics)
+MODULES = (activations, losses, optimizers, layers, metrics, stacked)
 
 
 def all_kernels() -> dict[str, Kernel]:
     found: dict[str, Kernel] = {}
     for mod in MODULES:
         for obj in vars(mod).values():
-            if isinstance(obj, Kernel):
+            if isinstance(obj, Kernel) and obj.generic.__module__ == mod.__name__:  # defined there
                 found[obj.name] = obj
     return found
 
@@ -225,10 +226,10 @@ CASES: dict[str, Callable[..., list]] = {
 
 def test_every_numpy_variant_has_a_case() -> None:
     """A new fast variant without a comparison case here fails the suite."""
-    missing = sorted(set(numpy_variants()) - set(CASES))
+    missing = sorted(set(numpy_variants()) - set(CASES) - set(FUNCTIONAL))
     assert not missing, f"kernels with a host variant but no test case: {missing}"
-    # and the table names no kernel that has lost its variant
-    assert set(CASES) <= set(numpy_variants())
+    # and the tables name no kernel that has lost its variant
+    assert set(CASES) | set(FUNCTIONAL) <= set(numpy_variants())
 
 
 def _copy_preserving_aliases(args: tuple) -> tuple:
@@ -259,7 +260,7 @@ def _close(a: Any, b: Any, dtype: str, what: str) -> None:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("name, kind", host_variants())
+@pytest.mark.parametrize("name, kind", [v for v in host_variants() if v[0] in CASES])
 def test_host_variant_matches_generic(name: str, kind: str, dtype: str) -> None:
     if kind == "numba":
         pytest.importorskip("numba")
@@ -331,4 +332,152 @@ def test_numba_optimizer_updates_give_the_numpy_variants_bits(name: str, dtype: 
             p, *rest = bufs
             k.variants[kind](np, p, g, *rest, *scalars)
     for a, b in zip(state["numpy"][:-1], state["numba"][:-1]):
+        np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------- functional kernels
+# The stack's kernels (mlpx.stacked) follow the functional convention: the generic
+# definition returns new arrays and leaves its inputs alone; the fast variants may
+# write into the buffers they are given and return them. So the *returned* values
+# are compared, and each variant must return the buffers it documents writing.
+def _members(rng: np.random.Generator, dtype: str, K: int = 3, n: int = 5, u: int = 4) -> tuple:
+    return (rng.standard_normal((K, n, u)) * 2).astype(dtype), rng.standard_normal((K, u)).astype(dtype)
+
+
+def _f_bias_activation(rng: np.random.Generator, dtype: str) -> list:
+    cases = []
+    for act in sorted(activations.ACTIVATIONS.values(), key=lambda a: a.name):
+        Z, b = _members(rng, dtype)
+        cases.append((f"{act.name}: own out", (Z, b, act, np.empty_like(Z)), {}, None))
+        if act.from_output:  # out is Z: Z + b is not kept, compare H only
+            cases.append((f"{act.name}: out is Z", (Z, b, act, Z), {}, (1,)))
+    return cases
+
+
+def _f_loss(rng: np.random.Generator, dtype: str) -> list:
+    cases = []
+    K, n, c = 3, 6, 4
+    for kind in ("cross_entropy", "binary_cross_entropy", "squared_error", "poisson"):
+        Z = (rng.standard_normal((K, n, c)) * 3).astype(dtype)
+        if kind == "cross_entropy":
+            Z[0, 0] = [700.0, -700.0, 0.0, 1.0]
+            Y = np.eye(c, dtype=dtype)[rng.integers(0, c, (K, n))]
+        elif kind == "binary_cross_entropy":
+            Y = (rng.random((K, n, c)) > 0.5).astype(dtype)
+        else:
+            Y = np.abs(rng.standard_normal((K, n, c))).astype(dtype)
+        w = rng.uniform(0.2, 2.0, (K, n)).astype(dtype)
+        w[1, 4:] = 0.0  # padding rows
+        inv_d = np.array([1 / 6, 1 / 4, 0.0], dtype=dtype)  # member 2 sits the step out
+        cases.append((f"{kind}, dZ", (Z, Y, w, inv_d, kind, np.empty_like(Z)), {}, None))
+        cases.append((f"{kind}, dZ is Z", (Z, Y, w, inv_d, kind, Z), {}, None))
+        cases.append((f"{kind}, no dZ", (Z, Y, w, inv_d, kind, None), {}, None))
+    return cases
+
+
+def _f_l2(rng: np.random.Generator, dtype: str) -> list:
+    P = rng.standard_normal((3, 30)).astype(dtype)
+    G = rng.standard_normal((3, 30)).astype(dtype)
+    return [("prefix views", (P[:, :21], G[:, :21], np.array([0.1, 0.0, 2.0], dtype=dtype)), {}, None)]
+
+
+def _f_optimizer(n_rows: int, extra: tuple) -> Any:
+    def build(rng: np.random.Generator, dtype: str) -> list:
+        cases = []
+        for active in ([1, 1, 1], [1, 0, 1]):
+            p = rng.standard_normal((3, 40)).astype(dtype)
+            g = rng.standard_normal((3, 40)).astype(dtype)
+            state = [rng.uniform(0.0, 1.0, (3, 40)).astype(dtype) for _ in range(n_rows)]
+            if n_rows == 2:
+                vec = np.array([[-0.01, -0.02, -0.3], [0.9, 0.8, 0.5], [0.1, 0.2, 0.5], [0.999, 0.99, 0.6],
+                                [0.001, 0.01, 0.4], [1e-8, 1e-6, 1e-2], active], dtype=dtype)
+            else:
+                vec = np.array([[0.05, 0.01, 0.3], [0.9, 0.0, 0.5], active], dtype=dtype)
+            coef = np.array([0.0, 0.3, 0.01], dtype=dtype)
+            for tail in extra:
+                cases.append((f"active={active} {tail}", (p, g, *state, vec, coef, 29, *tail), {}, None))
+        return cases
+
+    return build
+
+
+def _f_dense_backward(rng: np.random.Generator, dtype: str) -> list:
+    cases = []
+    for name in ("relu", "identity", "tanh", "gelu", "logistic"):
+        act = activations.ACTIVATIONS[name]
+        Z, _ = _members(rng, dtype, n=7, u=6)
+        H = act.forward_kernel.generic(np, Z.reshape(-1, 6), np.empty((21, 6), dtype)).reshape(3, 7, 6)
+        dH = rng.standard_normal((3, 7, 6)).astype(dtype)
+        grads = np.full((3, 20), np.nan, dtype)
+        cases.append((f"{name}, db view", (dH, Z, H, act, grads[:, 4:10]), {}, None))
+        cases.append((f"{name}, no db", (dH, Z, H, act, None), {}, None))
+    return cases
+
+
+FUNCTIONAL: dict[str, Callable[..., list]] = {
+    "member_bias_activation": _f_bias_activation,
+    "member_loss": _f_loss,
+    "member_l2": _f_l2,
+    "member_adam_update": _f_optimizer(2, ((),)),
+    "member_sgd_update": _f_optimizer(1, ((False,), (True,))),
+    "member_dense_backward": _f_dense_backward,
+}
+# The buffer each variant returns at each position (an index into the arguments), or None.
+_RETURNS_BUFFER = {
+    "member_adam_update": (0, 2, 3, None),
+    "member_sgd_update": (0, 2, None),
+    "member_l2": (1, None),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name, kind", [v for v in host_variants() if v[0] in FUNCTIONAL])
+def test_functional_variant_returns_what_the_generic_definition_returns(name: str, kind: str, dtype: str) -> None:
+    if kind == "numba":
+        pytest.importorskip("numba")
+    k = all_kernels()[name]
+    fast = k.variants[kind]
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    for label, args, kwargs, which in FUNCTIONAL[name](rng, dtype):
+        frozen = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+        ret_g, bufs_g = _run(k.generic, args, kwargs)
+        for b, a in zip(bufs_g, [a for a in frozen if isinstance(a, np.ndarray)]):
+            np.testing.assert_array_equal(b, a, err_msg=f"{name} [{label}]: the generic definition wrote an input")
+        call_args = _copy_preserving_aliases(args)
+        with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
+            ret_f = fast(np, *call_args, **kwargs)
+        what = f"{name}/{kind} [{label}] {dtype}"
+        ret_g = ret_g if isinstance(ret_g, tuple) else (ret_g,)
+        ret_f = ret_f if isinstance(ret_f, tuple) else (ret_f,)
+        assert len(ret_g) == len(ret_f), what
+        for i, (g, f) in enumerate(zip(ret_g, ret_f)):
+            if which is not None and i not in which:
+                continue
+            if g is None:
+                assert f is None, f"{what}: returned value {i}"
+                continue
+            _close(f, g, dtype, f"{what}: returned value {i}")
+            assert np.asarray(f).dtype == np.asarray(g).dtype, f"{what}: returned value {i} dtype"
+        for i, pos in enumerate(_RETURNS_BUFFER.get(name, ())):
+            if pos is not None:
+                assert ret_f[i] is call_args[pos], f"{what}: returned value {i} is not the buffer it updates"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numba_member_adam_gives_the_numpy_variants_bits(dtype: str) -> None:
+    """The stack's compiled Adam repeats the NumPy variant's operations in order (as the
+    single model's loops do): 30 steps later every member's weights are bit for bit equal."""
+    pytest.importorskip("numba")
+    k = all_kernels()["member_adam_update"]
+    rng = np.random.default_rng(5)
+    p0 = rng.standard_normal((4, 257)).astype(dtype)
+    st = {kind: [p0.copy(), np.zeros_like(p0), np.zeros_like(p0)] for kind in ("numpy", "numba")}
+    for step in range(30):
+        g = (rng.standard_normal(p0.shape) * 10.0 ** rng.integers(-5, 3)).astype(dtype)
+        vec = np.array([[-1e-3, -3e-3, -1e-2, -3e-2], [0.9] * 4, [0.1] * 4, [0.999] * 4, [0.001] * 4, [1e-8] * 4,
+                        [1, 1, step % 2, 1]], dtype=dtype)
+        coef = np.array([0.0, 1e-3, 1e-2, 1e-1], dtype=dtype)
+        for kind, (p, m, v) in st.items():
+            k.variants[kind](np, p, g.copy(), m, v, vec, coef, 200)
+    for a, b in zip(st["numpy"], st["numba"]):
         np.testing.assert_array_equal(a, b)

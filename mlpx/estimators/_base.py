@@ -30,7 +30,7 @@ from __future__ import annotations
 import threading
 import warnings
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.optimize
@@ -53,7 +53,7 @@ from mlpx.schedules import Adaptive, InverseScaling
 from mlpx.training import Holdout, train
 from mlpx.validation import check_dtype_range, check_int
 
-__all__: list[str] = []
+__all__ = ["StackPlan"]
 
 Array = Any
 _STOCHASTIC_SOLVERS = ("sgd", "adam")
@@ -74,6 +74,44 @@ def union_labels(infos: list[tuple[bool, Any]]) -> np.ndarray | None:
             raise ValueError("with comm, every rank's multilabel y must have the same columns")
         return None
     return unique_labels(*[labels for _, labels in infos])
+
+
+class StackPlan(NamedTuple):
+    """A member's fit, prepared by ``BaseMLP._stack_plan`` for training in a stack.
+
+    Attributes
+    ----------
+    est : BaseMLP
+    rt : Runtime
+        The member's network, holding its initial weights.
+    optimizer : Optimizer
+        Its SGD or Adam (rate, schedule, step count).
+    X, Y, w : host arrays, shapes (n, f), (n, k), (n,) or None
+        The validated data and encoded targets of the whole ``fit`` call.
+    train_rows, val_rows : int arrays
+        Rows of ``X`` it trains on and holds out for early stopping (None).
+    order : callable or None
+        The permutation of ``train_rows`` for the next epoch (scikit-learn's draws).
+    batch_size : int
+        As asked (``"auto"``: 200; a member with fewer rows takes them all).
+    loss_scale : float
+        Factor of the logged loss (1 / n_outputs for squared error).
+    epochs : int
+        ``max_iter``.
+    """
+
+    est: Any
+    rt: Runtime
+    optimizer: Optimizer
+    X: Any
+    Y: np.ndarray
+    w: np.ndarray | None
+    train_rows: np.ndarray
+    val_rows: np.ndarray | None
+    order: Any
+    batch_size: int
+    loss_scale: float
+    epochs: int
 
 
 class _Policy(Callback):
@@ -269,15 +307,18 @@ class BaseMLP(BaseEstimator):
         )
 
     # ------------------------------------------------------------- fitting
-    def _fit(self, X: Any, y: Any, sample_weight: Any = None, incremental: bool = False,
-             comm: Any = None) -> Any:
+    def _hidden_sizes(self) -> list[int]:
         hidden_layer_sizes = self.hidden_layer_sizes
         if not hasattr(hidden_layer_sizes, "__iter__"):
             hidden_layer_sizes = [hidden_layer_sizes]
         hidden_layer_sizes = list(hidden_layer_sizes)
         if np.any(np.array(hidden_layer_sizes) <= 0):
             raise ValueError("hidden_layer_sizes must be > 0, got %s." % hidden_layer_sizes)
-        hidden_layer_sizes = [check_int(f"hidden_layer_sizes[{i}]", h, 1) for i, h in enumerate(hidden_layer_sizes)]
+        return [check_int(f"hidden_layer_sizes[{i}]", h, 1) for i, h in enumerate(hidden_layer_sizes)]
+
+    def _fit(self, X: Any, y: Any, sample_weight: Any = None, incremental: bool = False,
+             comm: Any = None) -> Any:
+        hidden_layer_sizes = self._hidden_sizes()
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
 
         # BackendUnavailableError here (not at construction), before any fitted state is set
@@ -313,13 +354,79 @@ class BaseMLP(BaseEstimator):
                 self._fit_lbfgs(rt, X, y, sample_weight, reducer)
             else:
                 self._fit_stochastic(rt, X, y, sample_weight, incremental, reducer)
+        self._pull_checked(rt)
+        return self
+
+    def _pull_checked(self, rt: Runtime) -> None:
         self.coefs_, self.intercepts_ = rt.pull()
         if not all(np.isfinite(w).all() for w in self.coefs_ + self.intercepts_):
             raise ValueError(
                 "Solver produced non-finite parameter weights. The input data may"
                 " contain large values and need to be preprocessed."
             )
-        return self
+
+    # ------------------------------------------------ fitting in a stack
+    def _stack_plan(self, X: Any, y: Any, sample_weight: Any = None) -> "StackPlan":
+        """Everything ``fit`` does before its training loop, for a fit in a stack.
+
+        The same checks, label encoding, initial draw, early-stopping split and
+        shuffling generator as ``fit(X, y, sample_weight)`` in one process (the
+        estimator's ``random_state`` is consumed in the same order), so that
+        training the plan in a :class:`~mlpx.stacked.Stack` and finishing it with
+        :meth:`_stack_finish` gives this estimator exactly the fit ``fit`` gives.
+        Only the stochastic solvers have a plan.
+        """
+        self._validate_params()
+        if self.solver not in _STOCHASTIC_SOLVERS:
+            raise ValueError(f"solver={self.solver!r} has no minibatch steps to stack")
+        hidden_layer_sizes = self._hidden_sizes()
+        be = self._get_backend()
+        reducer = make_reducer(None, be)
+        X, y = self._validate_input(X, y, False, reset=True, reducer=reducer)
+        X, y, sample_weight, rt = self._prepare(be, X, y, sample_weight, hidden_layer_sizes, True)
+        rt.keep_best()
+        opt = self._optimizer(rt, False)
+        train_idx, val_idx = self._split_indices(X, y)
+        n_train = X.shape[0] if train_idx is None else train_idx.size
+        if self.early_stopping and val_idx.size < 2:
+            raise ValueError(
+                "The validation set is too small. Increase 'validation_fraction' "
+                "or the size of your dataset."
+            )
+        self._batch_size(n_train)  # scikit-learn's warning when the batch is clipped
+        rt.model.samples_seen_ = int(self.t_)
+        self.n_iter_ = 0
+        return StackPlan(
+            est=self, rt=rt, optimizer=opt, X=X, Y=np.asarray(y, dtype=np.float64), w=sample_weight,
+            train_rows=np.arange(X.shape[0]) if train_idx is None else train_idx, val_rows=val_idx,
+            order=self._order(n_train),
+            batch_size=200 if self.batch_size == "auto" else int(self.batch_size),
+            loss_scale=1.0 / self.n_outputs_ if self.out_activation_ == "identity" else 1.0,
+            epochs=int(self.max_iter),
+        )
+
+    def _stack_policy(self, plan: "StackPlan", keeper: Any) -> Callback:
+        """scikit-learn's end-of-epoch bookkeeping for this member (``keeper.keep_best()``
+        copies the member's current weights as the best)."""
+        return _Policy(self, keeper, plan.optimizer, self.early_stopping, True, False)
+
+    def _stack_finish(self, plan: "StackPlan", params: np.ndarray, best: np.ndarray | None,
+                      optimizer_state: dict[str, Any] | None) -> None:
+        """Take the member's trained (or, with early stopping, best) weights and
+        optimizer state from the stack: the fitted state ``fit`` leaves."""
+        rt = plan.rt
+        if optimizer_state is not None:
+            plan.optimizer.load_state_dict(optimizer_state)
+        if best is not None:
+            rt.best = rt.be.asarray(np.asarray(best, dtype=rt.dtype), dtype=rt.dtype)
+        final = best if self.early_stopping and best is not None else params
+        if not np.isfinite(final).all():
+            raise ValueError(
+                "Solver produced non-finite parameter weights. The input data may"
+                " contain large values and need to be preprocessed."
+            )
+        rt.set_flat(final)
+        self._pull_checked(rt)
 
     def _fingerprint(self, rt: Runtime, incremental: bool) -> dict[str, Any]:
         """The settings every rank must share (random_state and verbose may differ)."""
@@ -445,16 +552,26 @@ class BaseMLP(BaseEstimator):
             warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
         return int(np.clip(self.batch_size, 1, n))
 
-    def _split(self, rt: Runtime, X: Any, y: np.ndarray, sample_weight: Any) -> tuple[Any, ...]:
-        """This rank's training rows and early-stopping holdout (with the same draws
-        ``train_test_split`` makes on ``(X, y)``, stratified for single-output classifiers)."""
+    def _split_indices(self, X: Any, y: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The early-stopping split's (train, validation) row indices, or (None, None).
+
+        The same draws ``train_test_split`` makes on ``(X, y)``, stratified for
+        single-output classifiers.
+        """
         if not self.early_stopping:
-            return X, y, sample_weight, None
+            return None, None
         stratify = y if (is_classifier(self) and self.n_outputs_ == 1) else None
         train_idx, val_idx = train_test_split(
             np.arange(X.shape[0]), random_state=self._random_state,
             test_size=self.validation_fraction, stratify=stratify,
         )
+        return train_idx, val_idx
+
+    def _split(self, rt: Runtime, X: Any, y: np.ndarray, sample_weight: Any) -> tuple[Any, ...]:
+        """This rank's training rows and early-stopping holdout (:meth:`_split_indices`)."""
+        train_idx, val_idx = self._split_indices(X, y)
+        if train_idx is None:
+            return X, y, sample_weight, None
         Xv = take_host_rows(X, val_idx)
         holdout = self._holdout(rt, Xv, np.asarray(y[val_idx], dtype=np.float64),
                                 None if sample_weight is None else sample_weight[val_idx])
@@ -513,8 +630,12 @@ class BaseMLP(BaseEstimator):
         n = X.shape[0]
         source = make_batches(rt.be, X, np.asarray(y, dtype=np.float64), sample_weight,
                               self._batch_size(n), rt.dtype, stream=False)
+        return source, self._order(n)
+
+    def _order(self, n: int) -> Any:
+        """The minibatch order of each epoch over ``n`` rows (None without shuffling)."""
         if not self.shuffle:
-            return source, None
+            return None
         random_state = self._random_state
         sample_idx = np.arange(n, dtype=int)
         identity, perm, spare = sample_idx.copy(), np.empty_like(sample_idx), np.empty_like(sample_idx)
@@ -529,7 +650,7 @@ class BaseMLP(BaseEstimator):
             current.reverse()
             return current[0]
 
-        return source, order
+        return order
 
     def _fit_lbfgs(self, rt: Runtime, X: Any, y: np.ndarray, sample_weight: Any, reducer: Reducer) -> None:
         """SciPy's L-BFGS-B on the full-batch loss.
