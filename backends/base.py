@@ -20,9 +20,16 @@ host-to-device stream  ``empty_pinned``, ``upload``, ``copy_stream``, ``record_e
                        ``wait_event``, ``synchronize_event``, ``device_free_bytes``
 =====================  =====================================================
 
-:class:`Backend` implements all of it with Array API functions of ``xp``, writing
-into ``out`` buffers by item assignment, and with no streams (a synchronous device).
-That is what :class:`~backends.array_api_backend.ArrayAPIBackend` uses as it is.
+:class:`Backend` implements all of it with Array API functions of ``xp`` and with no
+streams (a synchronous device). That is what
+:class:`~backends.array_api_backend.ArrayAPIBackend` uses as it is.
+
+Buffers and results: every operation that takes an ``out`` buffer *returns* its result,
+and callers use what it returns (``self.dW = be.gemm(X, dZ, trans_a=True, out=self.dW)``).
+On a backend whose arrays can be written (``mutable``) the result is written into
+``out`` and ``out`` itself is returned, so a buffer, or a view into a larger one,
+stays what it was. On an immutable one (JAX) nothing can be written: the result is a
+new array and ``out`` is left as it was. :meth:`Backend.assign` is that rule.
 :class:`~backends.numpy_backend.NumpyBackend` and
 :class:`~backends.cupy_backend.CupyBackend` override the operations where their
 library does better: products into ``out`` through BLAS / cuBLAS, in-place ufuncs,
@@ -80,10 +87,15 @@ class Backend:
         Kernel variant kinds this backend uses, most specific first.
     is_gpu : bool
         Whether arrays live in GPU memory.
+    mutable : bool
+        Whether arrays can be written in place (``a[...] = value``), so that views
+        into a buffer see the writes. False for immutable namespaces (JAX): every
+        result is then a new array (see :meth:`assign`).
     """
 
     kinds: tuple[str, ...] = ()
     is_gpu: bool = False
+    mutable: bool = True
 
     def __init__(self, xp: Any, device: Any = None, name: str | None = None) -> None:
         self.xp = xp
@@ -176,14 +188,26 @@ class Backend:
         """Integer indices ``0 .. n-1`` on the device (for minibatch gathers)."""
         return self.xp.arange(n, **self._dev())
 
+    def assign(self, out: Array, value: Array) -> Array:
+        """Store ``value`` (same shape as ``out``) as the content of ``out``; return the result.
+
+        Mutable backends write ``value`` into ``out`` (``out[...] = value``, nothing
+        when ``value`` is ``out``) and return ``out``; immutable ones return ``value``
+        and leave ``out`` as it was. Callers rebind to what is returned.
+        """
+        if value is out or not self.mutable:
+            return value
+        out[...] = value
+        return out
+
     def copy(self, src: Array, out: Array) -> Array:
-        """Copy ``src`` into the preallocated ``out`` (same shape) and return ``out``.
+        """Copy ``src`` into the preallocated ``out`` (same shape); return the copy.
 
         A different dtype of ``out`` converts (e.g. float32 master weights into their
-        bfloat16 compute copy).
+        bfloat16 compute copy). Mutable backends return ``out``; immutable ones return
+        ``src`` (converted), which nothing can change.
         """
-        out[...] = src if src.dtype == out.dtype else self.xp.astype(src, out.dtype)
-        return out
+        return self.assign(out, src if src.dtype == out.dtype else self.xp.astype(src, out.dtype))
 
     def astype(self, x: Array, dtype: Any) -> Array:
         """``x`` in ``dtype`` on this backend: ``x`` itself when it already is."""
@@ -206,11 +230,12 @@ class Backend:
         a : array, shape (m, k), or (k, m) if ``trans_a``
         b : array, shape (k, n), or (n, k) if ``trans_b``
         out : array, shape (m, n), optional
-            Written in place when given.
+            Receives the product on mutable backends (see :meth:`assign`).
 
         Returns
         -------
         array, shape (m, n)
+            ``out`` when it was given and the backend is mutable, else a new array.
         """
         xp = self.xp
         if type(a) is np.ndarray or type(b) is np.ndarray:
@@ -221,22 +246,17 @@ class Backend:
         if trans_b:
             b = xp.matrix_transpose(b)
         result = xp.matmul(a, b)
-        if out is None:
-            return result
-        out[...] = result
-        return out
+        return result if out is None else self.assign(out, result)
 
     # ------------------------------------------------------------ reductions
     def sum(self, x: Array, axis: int | None = None, out: Array | None = None) -> Array:
         """Sum of ``x`` over ``axis`` (all axes if ``None``), into ``out`` if given.
 
         Half-precision input accumulates in float32 (backends override accordingly).
+        Returns ``out`` or a new array, as :meth:`gemm`.
         """
         result = self.xp.sum(x, axis=axis)
-        if out is None:
-            return result
-        out[...] = result
-        return out
+        return result if out is None else self.assign(out, result)
 
     def to_float(self, x: Array) -> float:
         """Read a 0-d (or size-1) device array back to a Python float.
@@ -247,12 +267,12 @@ class Backend:
 
     # -------------------------------------------------------------- indexing
     def take_rows(self, x: Array, idx: Array, out: Array | None = None) -> Array:
-        """Rows ``x[idx]`` gathered on the device (minibatches from a permutation)."""
+        """Rows ``x[idx]`` gathered on the device (minibatches from a permutation).
+
+        Returns ``out`` or a new array, as :meth:`gemm`.
+        """
         result = self.xp.take(x, idx, axis=0)
-        if out is None:
-            return result
-        out[...] = result
-        return out
+        return result if out is None else self.assign(out, result)
 
     # ----------------------------------------------------------- elementwise
     def run(self, k: Kernel, *args: Any, **kwargs: Any) -> Any:
@@ -329,9 +349,9 @@ class Backend:
         :meth:`copy_stream`; ``None``: the current stream) and this returns before it
         ran: ``src`` must not change, nor ``out`` be read, until an event recorded on
         ``stream`` after it has completed. Here the copy is done when this returns.
+        Returns the device array (``out``, or a new array on an immutable backend).
         """
-        out[...] = self.asarray(src)
-        return out
+        return self.assign(out, self.asarray(src))
 
     def copy_stream(self) -> Any:
         """A new stream for uploads that runs beside the compute stream; ``None`` here."""

@@ -228,7 +228,8 @@ def _train(model: Any, source: Any, optimizer: Optimizer, loss: Any, reducer: Re
     step_rows = np.asarray(reducer.allreduce_sum(local_rows.tolist())) if reducer.size > 1 else local_rows
     n_global = int(round(float(step_rows.sum())))
 
-    reducer.agreed("binding the optimizer", optimizer.bind, be, model.params, model.grads, model.n_weights)
+    reducer.agreed("binding the optimizer", optimizer.bind, be, model.params, model.grads, model.n_weights,
+                   owner=model)
     model.optimizer_ = optimizer
     model.loss_ = loss
     model.history = history
