@@ -81,6 +81,11 @@ class ArrayAPIBackend(Backend):
         name = prefix + module + ("" if device is None else f"[{device}]")
         super().__init__(xp, device=device, name=name)
         self.mutable = _accepts_item_assignment(xp)
+        # array-api-compat wraps some namespaces (PyTorch, NumPy, CuPy) to fix type
+        # promotion; matmul of two arrays of one dtype needs no fixing, and the
+        # wrapper's checks cost more than a small product (benchmarks/README.md).
+        self._native_matmul = getattr(namespace, "matmul", None) if xp is not namespace else None
+        self._split = _numpy_style_split(xp)
 
     def dtype(self, dtype: Any) -> Any:
         """The namespace's floating dtype for ``dtype``, as :meth:`Backend.dtype`.
@@ -196,6 +201,36 @@ class ArrayAPIBackend(Backend):
         info = super().describe()
         info["library"] = self.name.split("[")[0].removeprefix("array-api:")
         return info
+
+    def _matmul(self, a: Array, b: Array) -> Array:
+        if self._native_matmul is not None and a.dtype == b.dtype:
+            return self._native_matmul(a, b)
+        return self.xp.matmul(a, b)
+
+    def split(self, x: Array, stops: Any) -> list[Array]:
+        # One call where the namespace splits as NumPy does (JAX: one operation
+        # instead of one slice each, which costs far more there).
+        if self._split is not None:
+            return list(self._split(x, list(stops)))
+        return super().split(x, stops)
+
+
+def _numpy_style_split(xp: Any) -> Any:
+    """``xp.split`` when it cuts at indices as ``numpy.split`` does, else None.
+
+    ``split`` is not in the Array API standard; PyTorch's takes piece sizes instead,
+    which the probe tells apart (three pieces of 2, 1, 2 from ``[2, 3]``).
+    """
+    split = getattr(xp, "split", None)
+    if split is None:
+        return None
+    try:
+        pieces = split(xp.arange(5), [2, 3])
+        if [tuple(p.shape) for p in pieces] == [(2,), (1,), (2,)]:
+            return split
+    except Exception:  # a different signature: not NumPy's
+        pass
+    return None
 
 
 def _accepts_item_assignment(xp: Any) -> bool:

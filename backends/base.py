@@ -26,10 +26,13 @@ streams (a synchronous device). That is what
 
 Buffers and results: every operation that takes an ``out`` buffer *returns* its result,
 and callers use what it returns (``self.dW = be.gemm(X, dZ, trans_a=True, out=self.dW)``).
-On a backend whose arrays can be written (``mutable``) the result is written into
-``out`` and ``out`` itself is returned, so a buffer, or a view into a larger one,
-stays what it was. On an immutable one (JAX) nothing can be written: the result is a
-new array and ``out`` is left as it was. :meth:`Backend.assign` is that rule.
+The NumPy and CuPy backends (``in_place``) write the results of ``gemm``, ``sum`` and
+``take_rows`` into ``out`` and return ``out`` itself, so a workspace, or a view into a larger buffer,
+stays what it was. The generic implementation computes functionally: those three
+return new arrays and leave ``out`` alone (on a mutable namespace writing would only
+add a copy; on an immutable one, JAX, nothing can be written). ``copy`` and ``upload``,
+whose purpose is the store, write into ``out`` wherever arrays can be written
+(``mutable``): :meth:`Backend.assign` is that rule.
 :class:`~backends.numpy_backend.NumpyBackend` and
 :class:`~backends.cupy_backend.CupyBackend` override the operations where their
 library does better: products into ``out`` through BLAS / cuBLAS, in-place ufuncs,
@@ -91,11 +94,16 @@ class Backend:
         Whether arrays can be written in place (``a[...] = value``), so that views
         into a buffer see the writes. False for immutable namespaces (JAX): every
         result is then a new array (see :meth:`assign`).
+    in_place : bool
+        Whether ``gemm``, ``sum`` and ``take_rows`` write their result into the
+        ``out`` they are given and return it (NumPy, CuPy). False here: the generic
+        implementation returns new arrays.
     """
 
     kinds: tuple[str, ...] = ()
     is_gpu: bool = False
     mutable: bool = True
+    in_place: bool = False
 
     def __init__(self, xp: Any, device: Any = None, name: str | None = None) -> None:
         self.xp = xp
@@ -193,7 +201,9 @@ class Backend:
 
         Mutable backends write ``value`` into ``out`` (``out[...] = value``, nothing
         when ``value`` is ``out``) and return ``out``; immutable ones return ``value``
-        and leave ``out`` as it was. Callers rebind to what is returned.
+        and leave ``out`` as it was. Callers rebind to what is returned. Used where
+        the identity of a buffer matters (the model's flat parameters, a buffer
+        another library shares).
         """
         if value is out or not self.mutable:
             return value
@@ -230,23 +240,22 @@ class Backend:
         a : array, shape (m, k), or (k, m) if ``trans_a``
         b : array, shape (k, n), or (n, k) if ``trans_b``
         out : array, shape (m, n), optional
-            Receives the product on mutable backends (see :meth:`assign`).
+            Where the NumPy and CuPy backends write the product; the generic
+            implementation returns a new array and leaves it alone.
 
         Returns
         -------
         array, shape (m, n)
-            ``out`` when it was given and the backend is mutable, else a new array.
+            ``out`` on the NumPy and CuPy backends when it was given, else a new array.
         """
-        xp = self.xp
         if type(a) is np.ndarray or type(b) is np.ndarray:
             self.check(a)  # a host array here is a placement error: say how to move it
             self.check(b)
-        if trans_a:
-            a = xp.matrix_transpose(a)
-        if trans_b:
-            b = xp.matrix_transpose(b)
-        result = xp.matmul(a, b)
-        return result if out is None else self.assign(out, result)
+        # .mT is the standard's transpose attribute: no namespace function call.
+        return self._matmul(a.mT if trans_a else a, b.mT if trans_b else b)
+
+    def _matmul(self, a: Array, b: Array) -> Array:
+        return self.xp.matmul(a, b)
 
     # ------------------------------------------------------------ reductions
     def sum(self, x: Array, axis: int | None = None, out: Array | None = None) -> Array:
@@ -255,8 +264,7 @@ class Backend:
         Half-precision input accumulates in float32 (backends override accordingly).
         Returns ``out`` or a new array, as :meth:`gemm`.
         """
-        result = self.xp.sum(x, axis=axis)
-        return result if out is None else self.assign(out, result)
+        return self.xp.sum(x, axis=axis)
 
     def to_float(self, x: Array) -> float:
         """Read a 0-d (or size-1) device array back to a Python float.
@@ -271,8 +279,16 @@ class Backend:
 
         Returns ``out`` or a new array, as :meth:`gemm`.
         """
-        result = self.xp.take(x, idx, axis=0)
-        return result if out is None else self.assign(out, result)
+        return self.xp.take(x, idx, axis=0)
+
+    def split(self, x: Array, stops: Sequence[int]) -> list[Array]:
+        """Consecutive pieces of the 1-D ``x``: ``x[:stops[0]], x[stops[0]:stops[1]], ..., x[stops[-1]:]``.
+
+        Views where the namespace has views; the model cuts its flat parameters into
+        the layers' arrays with it.
+        """
+        bounds = [0, *stops, int(x.shape[0])]
+        return [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     # ----------------------------------------------------------- elementwise
     def run(self, k: Kernel, *args: Any, **kwargs: Any) -> Any:

@@ -38,6 +38,7 @@ class NumpyBackend(Backend):
     """
 
     kinds = ("numpy",)
+    in_place = True  # gemm, sum and take_rows write into out
     is_gpu = False
 
     def __init__(self, blas: str | None = None) -> None:

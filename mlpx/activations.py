@@ -98,7 +98,7 @@ def identity_forward(xp: Any, Z: Array, out: Array) -> Array:
 # --------------------------------------------------------------------- relu
 @kernel
 def relu_forward(xp: Any, Z: Array, out: Array) -> Array:
-    return xp.where(Z > 0, Z, xp.zeros_like(Z))
+    return xp.maximum(Z, 0.0)
 
 
 @relu_forward.register("numpy")
@@ -108,7 +108,7 @@ def _relu_forward_np(xp: Any, Z: Array, out: Array) -> Array:
 
 @kernel
 def relu_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
-    return xp.where(H > 0, dH, xp.zeros_like(dH))
+    return xp.where(H > 0, dH, 0.0)
 
 
 @relu_backward.register("numpy")
@@ -122,7 +122,8 @@ LEAKY_SLOPE = 0.01
 
 @kernel
 def leaky_relu_forward(xp: Any, Z: Array, out: Array) -> Array:
-    return xp.where(Z > 0, Z, Z * LEAKY_SLOPE)
+    # max(z, a·z) equals leaky ReLU for 0 < a < 1.
+    return xp.maximum(Z, Z * LEAKY_SLOPE)
 
 
 @leaky_relu_forward.register("numpy")
@@ -142,7 +143,7 @@ def leaky_relu_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> A
 def logistic_forward(xp: Any, Z: Array, out: Array) -> Array:
     # exp(-|z|) never overflows; the two branches are the same function.
     e = xp.exp(-xp.abs(Z))
-    return xp.where(Z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return xp.where(Z >= 0, 1.0, e) / (1.0 + e)
 
 
 @logistic_forward.register("numpy")

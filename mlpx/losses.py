@@ -210,11 +210,11 @@ def binary_cross_entropy(
     xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None, denom: float
 ) -> tuple[Array, Array | None]:
     e = xp.exp(-xp.abs(Z))  # softplus(z) = max(z, 0) + log1p(exp(-|z|)), never overflows
-    softplus = xp.where(Z > 0, Z, xp.zeros_like(Z)) + xp.log1p(e)
+    softplus = xp.maximum(Z, 0.0) + xp.log1p(e)
     per_row = xp.sum(softplus - Y * Z, axis=1)
     delta = None
     if dZ is not None:
-        delta = _scale_delta(xp, xp.where(Z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)) - Y, w, denom)
+        delta = _scale_delta(xp, xp.where(Z >= 0, 1.0, e) / (1.0 + e) - Y, w, denom)
     return _weighted_total(xp, per_row, w, denom), delta
 
 
@@ -245,7 +245,7 @@ def poisson(xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None,
             denom: float) -> tuple[Array, Array | None]:
     P = xp.exp(Z)
     pos = Y > 0
-    ylogy = xp.where(pos, Y * xp.log(xp.where(pos, Y, xp.ones_like(Y))), xp.zeros_like(Y))
+    ylogy = xp.where(pos, Y * xp.log(xp.where(pos, Y, 1.0)), 0.0)
     per_row = xp.sum(ylogy - Y * Z - Y + P, axis=1)
     delta = None if dZ is None else _scale_delta(xp, P - Y, w, denom)
     return _weighted_total(xp, per_row, w, denom), delta
@@ -256,7 +256,7 @@ def poisson(xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None,
 # (None when dP is None).
 def _clip(xp: Any, P: Array) -> Array:
     tiny = xp.finfo(P.dtype).smallest_normal
-    return xp.where(P > tiny, P, xp.full_like(P, tiny))
+    return xp.where(P > tiny, P, tiny)
 
 
 @kernel
@@ -296,7 +296,7 @@ def poisson_on_outputs(
 ) -> tuple[Array, Array | None]:
     Pc = _clip(xp, P)
     pos = Y > 0
-    ylogy = xp.where(pos, Y * xp.log(xp.where(pos, Y, xp.ones_like(Y))), xp.zeros_like(Y))
+    ylogy = xp.where(pos, Y * xp.log(xp.where(pos, Y, 1.0)), 0.0)
     per_row = xp.sum(P - Y * xp.log(Pc) + ylogy - Y, axis=1)
     delta = None if dP is None else _scale_delta(xp, 1.0 - Y / Pc, w, denom)
     return _weighted_total(xp, per_row, w, denom), delta

@@ -275,26 +275,36 @@ class Sequential:
         self._tls = threading.local()
 
     def _bind_layers(self, grads: Array | None) -> None:
-        """Hand each layer its parameter arrays, sliced from the compute copy of ``params``,
-        and its gradient arrays sliced from ``grads`` (None: the layer keeps its own)."""
-        reshape = self.backend.xp.reshape
-        flat = self._params_c
+        """Hand each layer its parameter arrays, cut from the compute copy of ``params``,
+        and its gradient arrays cut from ``grads`` (None: the layer keeps its own)."""
+        be = self.backend
+        stops = [s[4] for s in self._slots[:-1]]
+        shaped = self._shaped
+        params = [shaped(p, s[2]) for p, s in zip(be.split(self._params_c, stops), self._slots)]
+        flat_grads = None if grads is None else [shaped(g, s[2]) for g, s in zip(be.split(grads, stops), self._slots)]
         views: dict[int, tuple[dict[str, Array], dict[str, Array]]] = {}
-        for i, name, shape, a, b in self._slots:
+        for k, (i, name, _shape, _a, _b) in enumerate(self._slots):
             pv, gv = views.setdefault(i, ({}, {}))
-            pv[name] = reshape(flat[a:b], shape)
-            if grads is not None:
-                gv[name] = reshape(grads[a:b], shape)
+            pv[name] = params[k]
+            if flat_grads is not None:
+                gv[name] = flat_grads[k]
         for i, layer in enumerate(self.layers):
             pv, gv = views.get(i, ({}, {}))
             layer.bind(pv, gv if grads is not None else getattr(layer, "grads", gv))
+        if flat_grads is not None:
+            self._grad_views = flat_grads
+
+    def _shaped(self, piece: Array, shape: tuple[int, ...]) -> Array:
+        # 1-D pieces (biases) are already shaped: a reshape is one more operation
+        # on namespaces where every operation costs (JAX).
+        return piece if len(shape) == 1 else self.backend.xp.reshape(piece, shape)
 
     def _store_params(self, params: Array) -> None:
         """Make ``params`` the flat parameters (caller holds the write lock).
 
         On mutable backends every write goes into the buffer itself and this is a
         no-op; on an immutable one ``params`` is a new array and the layers' arrays
-        are sliced from it again.
+        are cut from it again.
         """
         if params is self.params:
             return
@@ -304,13 +314,19 @@ class Sequential:
             self._bind_layers(None)
 
     def _gather_grads(self) -> None:
-        """On an immutable backend, the flat gradient from the layers' gradient arrays."""
-        if self.backend.mutable:
-            return  # the layers wrote into views of ``grads``
+        """After backward: the flat gradient from the layers' gradient arrays, unless the
+        layers wrote them into the views of it (NumPy, CuPy). The generic backend
+        returns new arrays (on JAX nothing can be written), gathered here in slot order.
+        """
+        arrays = [self.layers[i].grads[name] for i, name, _shape, _a, _b in self._slots]
+        if all(a is v for a, v in zip(arrays, self._grad_views)):
+            return
         xp = self.backend.xp
-        self.grads = self._grads_c = xp.concat(
-            [xp.reshape(self.layers[i].grads[name], (-1,)) for i, name, _shape, _a, _b in self._slots]
-        )
+        flat = xp.concat([a if len(a.shape) == 1 else xp.reshape(a, (-1,)) for a in arrays])
+        if self.precision_.mixed:
+            self._grads_c = flat  # converted into the master gradients by the caller
+        else:
+            self.grads = self._grads_c = flat
 
     def initialize(self, seed: Any = None) -> None:
         """Draw fresh starting weights on the host and move them once.
