@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 from typing import Any
 
 import numpy as np
 
 from .base import Array, Backend, BackendUnavailableError, DeviceMismatchError, _dtype_name
-from .numpy_backend import SMALL_GEMM_FLOPS
+from .numpy_backend import small_product_threads
 
 __all__ = ["ArrayAPIBackend"]
 
@@ -122,14 +121,7 @@ class ArrayAPIBackend(Backend):
         is in benchmarks/README.md). ``MLPX_BLAS_THREADS=N`` forces N threads for
         every size. Without threadpoolctl nothing changes.
         """
-        forced = os.environ.get("MLPX_BLAS_THREADS")
-        if forced is None and gemm_flops >= SMALL_GEMM_FLOPS:
-            return contextlib.nullcontext()
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            return contextlib.nullcontext()
-        return threadpool_limits(limits=int(forced or 1))
+        return small_product_threads(gemm_flops, None)
 
     def asarray(self, x: Any, dtype: Any = None) -> Array:
         if isinstance(x, np.ndarray) or isinstance(x, (list, tuple)):
