@@ -267,6 +267,20 @@ def test_save_load_pickle_and_moves_between_backends(tmp_path, x64) -> None:
     np.testing.assert_allclose(model.predict_proba(X), on_cpu.predict_proba(X), rtol=0, atol=TOL)
 
 
+def test_checkpoint_resumes_exactly_on_jax(tmp_path, x64) -> None:
+    _need(JAX)
+    X, y = _digits(300)
+    straight = mlpx.MLP([64, 16, 10], backend=JAX, dtype="float64", seed=0)
+    straight.fit(X, y, epochs=2, batch_size=32, shuffle=False)
+    first = mlpx.MLP([64, 16, 10], backend=JAX, dtype="float64", seed=0)
+    first.fit(X, y, epochs=1, batch_size=32, shuffle=False, callbacks=[mlpx.ModelCheckpoint(tmp_path / "ck.npz")])
+    resumed = mlpx.MLP([64, 16, 10], backend=JAX, dtype="float64", seed=5)
+    opt = mlpx.load_checkpoint(tmp_path / "ck.npz", resumed)
+    assert resumed.epochs_done_ == 1 and opt.t == 10
+    resumed.fit(X, y, epochs=1, batch_size=32, shuffle=False, optimizer=opt)
+    np.testing.assert_allclose(resumed.get_flat_params(), straight.get_flat_params(), rtol=0, atol=TOL)
+
+
 def test_optimizer_state_carries_over_between_fits_and_through_state_dict(x64) -> None:
     """The same optimizer passed to a second fit keeps its moments (it is bound to the
     model, not to a parameter array, which an immutable backend replaces every step)."""
