@@ -31,6 +31,7 @@ import math
 import pstats
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -207,16 +208,24 @@ def torch_floor_fit(epochs: int) -> tuple[float, np.ndarray]:
     return seconds, flat.numpy().copy()
 
 
+_LIBRARIES = {"torch": "torch", "jax": "jax", "jaxlib": "jax", "array_api_strict": "array_api_strict",
+              "numpy": "numpy", "array_api_compat": "array-api-compat"}
+
+
 def _where(filename: str, name: str) -> str:
     """Who owns a profiled function: mlpx, array-api-compat, the array library, or Python."""
-    text = f"{filename} {name}"
-    if "/mlpx/" in filename or "/backends/" in filename:
+    import mlpx
+
+    if "site-packages/" in filename:
+        top = filename.rsplit("site-packages/", 1)[1].split("/")[0]
+        return _LIBRARIES.get(top, "python")
+    repo = str(Path(mlpx.__file__).resolve().parent.parent)
+    if filename.startswith(repo):
         return "mlpx"
-    if "array_api_compat" in text:
-        return "array-api-compat"
-    for lib in ("torch", "jax", "array_api_strict", "numpy"):
-        if lib in text:
-            return lib
+    if filename == "~":  # a builtin: "<built-in method torch.matmul>", "<method 'to' of 'torch._C...'>"
+        for module, lib in _LIBRARIES.items():
+            if f" {module}." in name or f"'{module}." in name:
+                return lib
     return "python"
 
 
