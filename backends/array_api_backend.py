@@ -6,12 +6,13 @@ Only generic kernel definitions run here: no ``out=``, no ndarray methods, nothi
 outside the standard. That is what makes ``array-api-strict`` a useful oracle in the
 test suite: code that passes on it does not lean on NumPy-only idioms.
 
-The engine keeps its parameters in one flat buffer with per-layer views. Namespaces
-whose arrays can be written (NumPy, CuPy, PyTorch, array-api-strict) keep it so: results
-are stored into the buffers with ``a[...] = value``. Immutable ones (JAX) are detected
-when the backend is built (``mutable`` is False); there every result is a new array,
-and the model re-derives its per-layer arrays after each write of the flat buffer
-(see :meth:`backends.base.Backend.assign` and :mod:`backends.kernel`).
+The generic path computes functionally on every namespace: kernels and products return
+new arrays, and the model gathers its flat gradient from the layers after each backward
+pass. Where arrays can be written (PyTorch, array-api-strict, NumPy) the updated
+parameters are stored into the model's flat buffer, which the layers view; immutable
+namespaces (JAX) are detected when the backend is built (``mutable`` is False), and
+there the model cuts its layers' arrays from each new flat buffer (see
+:meth:`backends.base.Backend.assign` and :mod:`backends.kernel`).
 """
 
 from __future__ import annotations

@@ -27,12 +27,12 @@ streams (a synchronous device). That is what
 Buffers and results: every operation that takes an ``out`` buffer *returns* its result,
 and callers use what it returns (``self.dW = be.gemm(X, dZ, trans_a=True, out=self.dW)``).
 The NumPy and CuPy backends (``in_place``) write the results of ``gemm``, ``sum`` and
-``take_rows`` into ``out`` and return ``out`` itself, so a workspace, or a view into a larger buffer,
-stays what it was. The generic implementation computes functionally: those three
-return new arrays and leave ``out`` alone (on a mutable namespace writing would only
-add a copy; on an immutable one, JAX, nothing can be written). ``copy`` and ``upload``,
-whose purpose is the store, write into ``out`` wherever arrays can be written
-(``mutable``): :meth:`Backend.assign` is that rule.
+``take_rows`` into ``out`` and return ``out`` itself, so a workspace, or a view into a
+larger buffer, stays what it was. The generic implementation computes functionally:
+those three return new arrays and leave ``out`` alone (on a mutable namespace writing
+would only add a copy; on an immutable one, JAX, nothing can be written). ``copy`` and
+``upload``, whose purpose is the store, write into ``out`` wherever arrays can be
+written (``mutable``): :meth:`Backend.assign` is that rule.
 :class:`~backends.numpy_backend.NumpyBackend` and
 :class:`~backends.cupy_backend.CupyBackend` override the operations where their
 library does better: products into ``out`` through BLAS / cuBLAS, in-place ufuncs,
@@ -259,7 +259,7 @@ class Backend:
 
     # ------------------------------------------------------------ reductions
     def sum(self, x: Array, axis: int | None = None, out: Array | None = None) -> Array:
-        """Sum of ``x`` over ``axis`` (all axes if ``None``), into ``out`` if given.
+        """Sum of ``x`` over ``axis`` (all axes if ``None``).
 
         Half-precision input accumulates in float32 (backends override accordingly).
         Returns ``out`` or a new array, as :meth:`gemm`.

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .base import Array, Backend, DeviceMismatchError
-from .blas import BLAS_PROVIDERS, load_provider, provider_version
+from .blas import _LOADED, BLAS_PROVIDERS, load_provider, provider_version
 from .jit import numba_enabled
 
 __all__ = ["NumpyBackend", "SMALL_GEMM_FLOPS", "small_product_threads"]
@@ -22,8 +22,9 @@ SMALL_GEMM_FLOPS = 4e6
 
 # threadpoolctl's controller, kept: building one scans every loaded library (about
 # 1 ms here, paid by every fit and predict call before); rebuilt when modules were
-# imported since, which may have brought thread pools of their own.
-_controller: list[Any] = [None, -1]
+# imported or a BLAS provider loaded since (oneMKL comes through ctypes, no module),
+# either of which may have brought thread pools of their own.
+_controller: list[Any] = [None, None]
 
 
 def small_product_threads(gemm_flops: float, user_api: str | None) -> contextlib.AbstractContextManager[Any]:
@@ -39,8 +40,9 @@ def small_product_threads(gemm_flops: float, user_api: str | None) -> contextlib
         from threadpoolctl import ThreadpoolController
     except ImportError:
         return contextlib.nullcontext()
-    if _controller[0] is None or _controller[1] != len(sys.modules):
-        _controller[:] = [ThreadpoolController(), len(sys.modules)]
+    loaded = (len(sys.modules), len(_LOADED))
+    if _controller[0] is None or _controller[1] != loaded:
+        _controller[:] = [ThreadpoolController(), loaded]
     return _controller[0].limit(limits=int(forced or 1), user_api=user_api)
 
 

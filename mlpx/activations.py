@@ -45,11 +45,11 @@ class Activation:
     ----------
     name : str
     forward : Kernel
-        ``forward(xp, Z, out) -> H``: ``H = g(Z)``, in ``out`` on mutable backends
+        ``forward(xp, Z, out) -> H``: ``H = g(Z)``, in ``out`` on NumPy and CuPy
         (``out`` may be ``Z``).
     backward : Kernel or None
         ``backward(xp, dH, Z, H, out) -> dZ``: ``dZ = dH ⊙ g'(Z)``, in ``out`` on
-        mutable backends (``out`` may be ``dH``). ``None`` for identity (``dZ = dH``).
+        NumPy and CuPy (``out`` may be ``dH``). ``None`` for identity (``dZ = dH``).
     from_output : bool
         True when ``backward`` needs only ``H`` (so ``forward`` may run in place).
     cuda_forward : str, optional

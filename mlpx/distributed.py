@@ -140,7 +140,7 @@ def is_agreed(error: BaseException) -> bool:
 # ------------------------------------------------------------------ kernels
 @kernel
 def _fill(xp: Any, a: Array, value: float) -> Array:
-    """``a`` filled with ``value`` (in place on mutable backends)."""
+    """``a`` filled with ``value`` (in place on NumPy and CuPy)."""
     return xp.full(a.shape, value, dtype=a.dtype)
 
 

@@ -63,7 +63,7 @@ _MAX_WORKSPACES = 4  # batch sizes kept: the full batch, the last partial one, p
 
 @kernel
 def add_bias(xp: Any, Z: Array, b: Array) -> Array:
-    """``Z + b`` row by row, in ``Z`` on mutable backends; Z shape (n, units), b shape (units,)."""
+    """``Z + b`` row by row (in ``Z`` on NumPy and CuPy); Z shape (n, units), b shape (units,)."""
     return Z + b
 
 
@@ -74,7 +74,7 @@ def _add_bias_np(xp: Any, Z: Array, b: Array) -> Array:
 
 @kernel
 def bias_activation(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> Array:
-    """``g(Z + b)``, in ``out`` on mutable backends: Z shape (n, units), b shape (units,).
+    """``g(Z + b)`` (in ``out`` on NumPy and CuPy): Z shape (n, units), b shape (units,).
 
     ``out`` may be ``Z``; ``Z`` is scratch either way (its content afterwards is
     unspecified). The generic and NumPy versions run the bias and the activation as
@@ -153,7 +153,7 @@ def _bias_activation_cupy(xp: Any, Z: Array, b: Array, act: Activation, out: Arr
 
 @kernel
 def multiply(xp: Any, a: Array, b: Array, out: Array) -> Array:
-    """``a ⊙ b`` (same shapes), in ``out`` on mutable backends (``out`` may be ``a``)."""
+    """``a ⊙ b`` (same shapes; in ``out`` on NumPy and CuPy, and ``out`` may be ``a``)."""
     return a * b
 
 

@@ -69,7 +69,7 @@ def _scale_delta(xp: Any, dZ: Array, w: Array | None, denom: float) -> Array:
 
 # Every loss kernel is ``fn(xp, Z, Y, dZ, w, denom) -> (L, delta)``: the 0-d total ``L``
 # and, unless ``dZ`` is None (then None), the delta ``w_i (Ŷ − Y) / d`` (in ``dZ`` on
-# mutable backends; ``dZ`` may be ``Z``).
+# NumPy and CuPy; ``dZ`` may be ``Z``).
 
 
 # ------------------------------------------------------------ cross-entropy
@@ -312,7 +312,7 @@ class Loss:
         Name of the output activation this loss is the canonical link of.
     fn : Kernel
         ``fn(xp, Z, Y, dZ, w, denom) -> (L, delta)``: the 0-d loss and, unless ``dZ``
-        is None, the delta (in ``dZ`` on mutable backends).
+        is None, the delta (in ``dZ`` on NumPy and CuPy).
     on_outputs : Kernel
         The same loss on the outputs: ``fn(xp, P, Y, dP, w, denom) -> (L, ∂L/∂Ŷ)``.
     outputs : tuple of str
@@ -374,8 +374,8 @@ class Loss:
             Targets: one-hot rows for cross-entropy, {0, 1} (or probabilities)
             for binary cross-entropy, real values for squared error.
         dZ : array, shape (n, k), optional
-            Where the delta ``w_i (Ŷ − Y) / d`` goes on mutable backends (may be
-            ``Z`` itself); None: no delta.
+            Where the NumPy and CuPy variants put the delta ``w_i (Ŷ − Y) / d`` (may
+            be ``Z`` itself); None: no delta.
         sample_weight : array, shape (n,), optional
         denom : float, optional
             ``d``; defaults to n (or Σ w when weights are given).
@@ -384,8 +384,8 @@ class Loss:
         -------
         loss : 0-d array on the backend
         delta : array, shape (n, k), or None
-            ``dZ`` itself on mutable backends, a new array on immutable ones; None
-            without ``dZ``.
+            ``dZ`` itself where a NumPy or CuPy variant wrote it, else a new array;
+            None without ``dZ``.
         """
         if denom is None:
             denom = float(Z.shape[0]) if sample_weight is None else be.to_float(be.sum(sample_weight))
@@ -442,8 +442,8 @@ class OutputLoss:
               P: Array | None = None) -> tuple[Array, Array]:
         """Loss of logits ``Z`` (n, k), a 0-d array, and its delta dL/dZ (n, k).
 
-        The delta is ``dZ`` itself on mutable backends, a new array on immutable
-        ones. ``P`` (n, k) is a workspace for the outputs of a non-canonical pair;
+        The delta is ``dZ`` itself where a NumPy or CuPy variant wrote it, else a
+        new array. ``P`` (n, k) is a workspace for the outputs of a non-canonical pair;
         ``dZ`` must not be ``Z`` then (``g'`` may read ``Z``).
         """
         if self.canonical:
@@ -507,7 +507,7 @@ def l2_penalty(xp: Any, p: Array, g: Array, n: int, coef: float, tmp: Array) -> 
     """``(Σ W², g')`` with ``g' = g + coef · W`` on the weight prefix ``W = p[:n]``.
 
     ``p``, ``g`` are the flat parameter and gradient buffers, shape (n_params,);
-    ``g'`` is ``g`` written in place on mutable backends; ``tmp`` (n,) is scratch.
+    ``g'`` is ``g`` written in place on NumPy and CuPy; ``tmp`` (n,) is scratch.
     """
     W = p[:n]
     g = xp.concat([g[:n] + coef * W, g[n:]])

@@ -81,8 +81,8 @@ class StepResult(NamedTuple):
 
 @kernel
 def _zero(xp: Any, a: Array) -> Array:
-    """Zeros like ``a``, in ``a`` on mutable backends (a rank without rows this step
-    contributes zero gradients)."""
+    """Zeros like ``a`` (in ``a`` on NumPy and CuPy): a rank without rows this step
+    contributes zero gradients."""
     return xp.zeros_like(a)
 
 
@@ -302,9 +302,9 @@ class Sequential:
     def _store_params(self, params: Array) -> None:
         """Make ``params`` the flat parameters (caller holds the write lock).
 
-        On mutable backends every write goes into the buffer itself and this is a
-        no-op; on an immutable one ``params`` is a new array and the layers' arrays
-        are cut from it again.
+        Where arrays can be written every write goes into the buffer itself and this
+        is a no-op; on an immutable backend ``params`` is a new array and the layers'
+        arrays are cut from it again.
         """
         if params is self.params:
             return

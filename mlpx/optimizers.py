@@ -193,7 +193,7 @@ def _rmsprop_update_numba(
 
 @kernel
 def scale_(xp: Any, a: Array, n: int, factor: float) -> Array:
-    """``a`` with its prefix ``a[:n]`` multiplied by ``factor`` (in place on mutable backends)."""
+    """``a`` with its prefix ``a[:n]`` multiplied by ``factor`` (in place on NumPy and CuPy)."""
     return xp.concat([a[:n] * factor, a[n:]])
 
 

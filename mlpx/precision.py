@@ -55,7 +55,7 @@ PRECISIONS: dict[str, tuple[str, bool]] = {
 @kernel
 def scale_cast(xp: Any, src: Array, factor: float, out: Array) -> Array:
     """``src · factor``, computed in float32, in ``out``'s dtype (and in ``out`` on
-    mutable backends).
+    NumPy and CuPy).
 
     Converts between the master (float32) and compute (float16 / bfloat16) buffers
     in one pass, applying or removing the loss scale on the way. The product is
