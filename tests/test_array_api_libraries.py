@@ -111,6 +111,7 @@ def test_generic_kernels_run_on_jax_arrays(x64) -> None:
     import importlib.util
     from pathlib import Path
 
+    _need(JAX)
     import jax.numpy as jnp
 
     spec = importlib.util.spec_from_file_location("_mlpx_kernel_cases", Path(__file__).with_name("test_kernels.py"))
