@@ -6,19 +6,25 @@ Only generic kernel definitions run here: no ``out=``, no ndarray methods, nothi
 outside the standard. That is what makes ``array-api-strict`` a useful oracle in the
 test suite: code that passes on it does not lean on NumPy-only idioms.
 
-The engine keeps its parameters in one flat buffer with per-layer views and writes
-gradients into those views with ``a[...] = value``; namespaces whose slices are
-views (NumPy, CuPy, PyTorch, array-api-strict) work, immutable ones (JAX) do not.
+The generic path computes functionally on every namespace: kernels and products return
+new arrays, and the model gathers its flat gradient from the layers after each backward
+pass. Where arrays can be written (PyTorch, array-api-strict, NumPy) the updated
+parameters are stored into the model's flat buffer, which the layers view; immutable
+namespaces (JAX) are detected when the backend is built (``mutable`` is False), and
+there the model cuts its layers' arrays from each new flat buffer (see
+:meth:`backends.base.Backend.assign` and :mod:`backends.kernel`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from typing import Any
 
 import numpy as np
 
-from .base import Array, Backend, BackendUnavailableError, DeviceMismatchError
+from .base import Array, Backend, BackendUnavailableError, DeviceMismatchError, _dtype_name
+from .numpy_backend import small_product_threads
 
 __all__ = ["ArrayAPIBackend"]
 
@@ -33,6 +39,15 @@ class ArrayAPIBackend(Backend):
     device : object or str, optional
         A device of that namespace (``array_api_strict.Device("device1")``); a
         string is looked up among ``namespace.__array_namespace_info__().devices()``.
+
+    Attributes
+    ----------
+    name : str
+        ``"array-api:<module>"`` (``"array_api_strict"`` for array-api-strict), with
+        ``"[<device>]"`` when a device was given: a name :func:`mlpx.backends.get_backend`
+        resolves back to this backend (pickles, ``Sequential.to``, model files).
+    mutable : bool
+        Whether the namespace's arrays accept item assignment (probed once here).
     """
 
     kinds: tuple[str, ...] = ()  # generic definitions only
@@ -61,8 +76,53 @@ class ArrayAPIBackend(Backend):
                 )
             device = match[0]
         self._compat = array_api_compat
-        name = namespace.__name__ + ("" if device is None else f"[{device}]")
+        module = namespace.__name__
+        prefix = "" if module == "array_api_strict" else "array-api:"
+        name = prefix + module + ("" if device is None else f"[{device}]")
         super().__init__(xp, device=device, name=name)
+        self.mutable = _accepts_item_assignment(xp)
+        # array-api-compat wraps some namespaces (PyTorch, NumPy, CuPy) to fix type
+        # promotion; matmul of two arrays of one dtype needs no fixing, and the
+        # wrapper's checks cost more than a small product (benchmarks/README.md).
+        self._native_matmul = getattr(namespace, "matmul", None) if xp is not namespace else None
+        self._split = _numpy_style_split(xp)
+
+    def dtype(self, dtype: Any) -> Any:
+        """The namespace's floating dtype for ``dtype``, as :meth:`Backend.dtype`.
+
+        Raises
+        ------
+        TypeError
+            Also for float64 when the namespace has no float64 arrays in this process
+            (JAX without ``jax_enable_x64``, which would silently compute in float32).
+        """
+        if _dtype_name(dtype) == "float64" and hasattr(self.xp, "__array_namespace_info__"):
+            floats = self.xp.__array_namespace_info__().dtypes(kind="real floating")
+            if "float64" not in floats:
+                raise TypeError(self._no_float64(sorted(floats)))
+        return super().dtype(dtype)
+
+    def _no_float64(self, floats: list[str]) -> str:
+        msg = (f"backend {self.name!r} has no float64 arrays in this process (its namespace "
+               f"offers {', '.join(floats)}); use dtype='float32'")
+        if self.xp.__name__.split(".")[0] == "jax":
+            # mlpx does not switch x64 on itself: it changes the default dtypes of every
+            # JAX computation in the process, not only mlpx's.
+            msg += (", or enable JAX's 64-bit mode before building the model: "
+                    "JAX_ENABLE_X64=1 in the environment, or jax.config.update('jax_enable_x64', True)")
+        return msg
+
+    def blas_threads(self, gemm_flops: float) -> contextlib.AbstractContextManager[Any]:
+        """One thread in every native thread pool for small products (as the CPU backend).
+
+        The array library's own pools (BLAS, and OpenMP: PyTorch's intra-op threads)
+        are limited through threadpoolctl when the products are below
+        :data:`~backends.numpy_backend.SMALL_GEMM_FLOPS`; on a busy machine extra
+        threads spin on such products instead of speeding them up (the measurement
+        is in benchmarks/README.md). ``MLPX_BLAS_THREADS=N`` forces N threads for
+        every size. Without threadpoolctl nothing changes.
+        """
+        return small_product_threads(gemm_flops, None)
 
     def asarray(self, x: Any, dtype: Any = None) -> Array:
         if isinstance(x, np.ndarray) or isinstance(x, (list, tuple)):
@@ -73,12 +133,18 @@ class ArrayAPIBackend(Backend):
             if dtype is not None:
                 kw["dtype"] = self.dtype(dtype)
             elif x.dtype.kind in "iu":
-                kw["dtype"] = self.xp.int64
+                kw["dtype"] = self._index_dtype()
             return self.xp.asarray(x, **kw)
         self.check(x)
         if dtype is not None and x.dtype != self.dtype(dtype):
             return self.xp.astype(x, self.dtype(dtype))
         return x
+
+    def _index_dtype(self) -> Any:
+        # int64 where the namespace has it by default; JAX without x64 has int32 only.
+        if hasattr(self.xp, "__array_namespace_info__"):
+            return self.xp.__array_namespace_info__().default_dtypes(device=self.device)["indexing"]
+        return self.xp.int64
 
     def to_numpy(self, x: Array) -> np.ndarray:
         if isinstance(x, np.ndarray):
@@ -126,5 +192,45 @@ class ArrayAPIBackend(Backend):
 
     def describe(self) -> dict[str, str]:
         info = super().describe()
-        info["library"] = self.name.split("[")[0]
+        info["library"] = self.name.split("[")[0].removeprefix("array-api:")
         return info
+
+    def _matmul(self, a: Array, b: Array) -> Array:
+        if self._native_matmul is not None and a.dtype == b.dtype:
+            return self._native_matmul(a, b)
+        return self.xp.matmul(a, b)
+
+    def split(self, x: Array, stops: Any) -> list[Array]:
+        # One call where the namespace splits as NumPy does (JAX: one operation
+        # instead of one slice each, which costs far more there).
+        if self._split is not None:
+            return list(self._split(x, list(stops)))
+        return super().split(x, stops)
+
+
+def _numpy_style_split(xp: Any) -> Any:
+    """``xp.split`` when it cuts at indices as ``numpy.split`` does, else None.
+
+    ``split`` is not in the Array API standard; PyTorch's takes piece sizes instead,
+    which the probe tells apart (three pieces of 2, 1, 2 from ``[2, 3]``).
+    """
+    split = getattr(xp, "split", None)
+    if split is None:
+        return None
+    try:
+        pieces = split(xp.arange(5), [2, 3])
+        if [tuple(p.shape) for p in pieces] == [(2,), (1,), (2,)]:
+            return split
+    except Exception:  # a different signature: not NumPy's
+        pass
+    return None
+
+
+def _accepts_item_assignment(xp: Any) -> bool:
+    """Whether arrays of ``xp`` can be written in place (False for JAX)."""
+    a = xp.zeros((1,))
+    try:
+        a[...] = xp.ones((1,))
+    except (TypeError, ValueError, AttributeError, NotImplementedError):
+        return False
+    return True

@@ -20,9 +20,19 @@ host-to-device stream  ``empty_pinned``, ``upload``, ``copy_stream``, ``record_e
                        ``wait_event``, ``synchronize_event``, ``device_free_bytes``
 =====================  =====================================================
 
-:class:`Backend` implements all of it with Array API functions of ``xp``, writing
-into ``out`` buffers by item assignment, and with no streams (a synchronous device).
-That is what :class:`~backends.array_api_backend.ArrayAPIBackend` uses as it is.
+:class:`Backend` implements all of it with Array API functions of ``xp`` and with no
+streams (a synchronous device). That is what
+:class:`~backends.array_api_backend.ArrayAPIBackend` uses as it is.
+
+Buffers and results: every operation that takes an ``out`` buffer *returns* its result,
+and callers use what it returns (``self.dW = be.gemm(X, dZ, trans_a=True, out=self.dW)``).
+The NumPy and CuPy backends (``in_place``) write the results of ``gemm``, ``sum`` and
+``take_rows`` into ``out`` and return ``out`` itself, so a workspace, or a view into a
+larger buffer, stays what it was. The generic implementation computes functionally:
+those three return new arrays and leave ``out`` alone (on a mutable namespace writing
+would only add a copy; on an immutable one, JAX, nothing can be written). ``copy`` and
+``upload``, whose purpose is the store, write into ``out`` wherever arrays can be
+written (``mutable``): :meth:`Backend.assign` is that rule.
 :class:`~backends.numpy_backend.NumpyBackend` and
 :class:`~backends.cupy_backend.CupyBackend` override the operations where their
 library does better: products into ``out`` through BLAS / cuBLAS, in-place ufuncs,
@@ -80,10 +90,20 @@ class Backend:
         Kernel variant kinds this backend uses, most specific first.
     is_gpu : bool
         Whether arrays live in GPU memory.
+    mutable : bool
+        Whether arrays can be written in place (``a[...] = value``), so that views
+        into a buffer see the writes. False for immutable namespaces (JAX): every
+        result is then a new array (see :meth:`assign`).
+    in_place : bool
+        Whether ``gemm``, ``sum`` and ``take_rows`` write their result into the
+        ``out`` they are given and return it (NumPy, CuPy). False here: the generic
+        implementation returns new arrays.
     """
 
     kinds: tuple[str, ...] = ()
     is_gpu: bool = False
+    mutable: bool = True
+    in_place: bool = False
 
     def __init__(self, xp: Any, device: Any = None, name: str | None = None) -> None:
         self.xp = xp
@@ -176,14 +196,28 @@ class Backend:
         """Integer indices ``0 .. n-1`` on the device (for minibatch gathers)."""
         return self.xp.arange(n, **self._dev())
 
+    def assign(self, out: Array, value: Array) -> Array:
+        """Store ``value`` (same shape as ``out``) as the content of ``out``; return the result.
+
+        Mutable backends write ``value`` into ``out`` (``out[...] = value``, nothing
+        when ``value`` is ``out``) and return ``out``; immutable ones return ``value``
+        and leave ``out`` as it was. Callers rebind to what is returned. Used where
+        the identity of a buffer matters (the model's flat parameters, a buffer
+        another library shares).
+        """
+        if value is out or not self.mutable:
+            return value
+        out[...] = value
+        return out
+
     def copy(self, src: Array, out: Array) -> Array:
-        """Copy ``src`` into the preallocated ``out`` (same shape) and return ``out``.
+        """Copy ``src`` into the preallocated ``out`` (same shape); return the copy.
 
         A different dtype of ``out`` converts (e.g. float32 master weights into their
-        bfloat16 compute copy).
+        bfloat16 compute copy). Mutable backends return ``out``; immutable ones return
+        ``src`` (converted), which nothing can change.
         """
-        out[...] = src if src.dtype == out.dtype else self.xp.astype(src, out.dtype)
-        return out
+        return self.assign(out, src if src.dtype == out.dtype else self.xp.astype(src, out.dtype))
 
     def astype(self, x: Array, dtype: Any) -> Array:
         """``x`` in ``dtype`` on this backend: ``x`` itself when it already is."""
@@ -206,25 +240,22 @@ class Backend:
         a : array, shape (m, k), or (k, m) if ``trans_a``
         b : array, shape (k, n), or (n, k) if ``trans_b``
         out : array, shape (m, n), optional
-            Written in place when given.
+            Where the NumPy and CuPy backends write the product; the generic
+            implementation returns a new array and leaves it alone.
 
         Returns
         -------
         array, shape (m, n)
+            ``out`` on the NumPy and CuPy backends when it was given, else a new array.
         """
-        xp = self.xp
         if type(a) is np.ndarray or type(b) is np.ndarray:
             self.check(a)  # a host array here is a placement error: say how to move it
             self.check(b)
-        if trans_a:
-            a = xp.matrix_transpose(a)
-        if trans_b:
-            b = xp.matrix_transpose(b)
-        result = xp.matmul(a, b)
-        if out is None:
-            return result
-        out[...] = result
-        return out
+        # .mT is the standard's transpose attribute: no namespace function call.
+        return self._matmul(a.mT if trans_a else a, b.mT if trans_b else b)
+
+    def _matmul(self, a: Array, b: Array) -> Array:
+        return self.xp.matmul(a, b)
 
     def bmm(
         self,
@@ -264,15 +295,12 @@ class Backend:
 
     # ------------------------------------------------------------ reductions
     def sum(self, x: Array, axis: int | None = None, out: Array | None = None) -> Array:
-        """Sum of ``x`` over ``axis`` (all axes if ``None``), into ``out`` if given.
+        """Sum of ``x`` over ``axis`` (all axes if ``None``).
 
         Half-precision input accumulates in float32 (backends override accordingly).
+        Returns ``out`` or a new array, as :meth:`gemm`.
         """
-        result = self.xp.sum(x, axis=axis)
-        if out is None:
-            return result
-        out[...] = result
-        return out
+        return self.xp.sum(x, axis=axis)
 
     def to_float(self, x: Array) -> float:
         """Read a 0-d (or size-1) device array back to a Python float.
@@ -283,12 +311,20 @@ class Backend:
 
     # -------------------------------------------------------------- indexing
     def take_rows(self, x: Array, idx: Array, out: Array | None = None) -> Array:
-        """Rows ``x[idx]`` gathered on the device (minibatches from a permutation)."""
-        result = self.xp.take(x, idx, axis=0)
-        if out is None:
-            return result
-        out[...] = result
-        return out
+        """Rows ``x[idx]`` gathered on the device (minibatches from a permutation).
+
+        Returns ``out`` or a new array, as :meth:`gemm`.
+        """
+        return self.xp.take(x, idx, axis=0)
+
+    def split(self, x: Array, stops: Sequence[int]) -> list[Array]:
+        """Consecutive pieces of the 1-D ``x``: ``x[:stops[0]], x[stops[0]:stops[1]], ..., x[stops[-1]:]``.
+
+        Views where the namespace has views; the model cuts its flat parameters into
+        the layers' arrays with it.
+        """
+        bounds = [0, *stops, int(x.shape[0])]
+        return [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     # ----------------------------------------------------------- elementwise
     def run(self, k: Kernel, *args: Any, **kwargs: Any) -> Any:
@@ -365,9 +401,9 @@ class Backend:
         :meth:`copy_stream`; ``None``: the current stream) and this returns before it
         ran: ``src`` must not change, nor ``out`` be read, until an event recorded on
         ``stream`` after it has completed. Here the copy is done when this returns.
+        Returns the device array (``out``, or a new array on an immutable backend).
         """
-        out[...] = self.asarray(src)
-        return out
+        return self.assign(out, self.asarray(src))
 
     def copy_stream(self) -> Any:
         """A new stream for uploads that runs beside the compute stream; ``None`` here."""

@@ -184,6 +184,7 @@ class CupyBackend(Backend):
     """
 
     kinds = ("cupy", "numpy")
+    in_place = True  # gemm, sum and take_rows write into out
     is_gpu = True
 
     def __init__(self, device_id: int = 0) -> None:

@@ -11,6 +11,20 @@ unchanged on CuPy, whose ufuncs accept ``out=`` too); ``"cupy"`` variants compil
 the work into a single GPU launch. The backend picks the most specific variant it
 has (:meth:`backends.base.Backend.run`), so model code never branches on device.
 
+The convention that lets one definition serve mutable and immutable arrays (JAX):
+
+* the generic definition is *functional*: it writes nothing and **returns** every
+  result, new arrays; the buffers it is handed (``out``, ``dZ``, optimizer state)
+  only say where a fast variant may put them;
+* a fast variant may write into those buffers, and then returns those very objects
+  in the same places, so that on NumPy or CuPy the returned array *is* the buffer;
+* every caller uses the returned values (``p, m, v = be.run(adam_update, p, g, m,
+  v, ...)``) and, where the identity of a buffer matters (views into the model's
+  flat parameters), stores them with :meth:`backends.base.Backend.assign`.
+
+So a buffer is never read for a result, only the return value is; and an input that
+is not among a kernel's documented outputs (or its scratch) is never changed.
+
 This module knows nothing of layers or models: kernels are array math.
 """
 
@@ -27,8 +41,9 @@ class Kernel:
     Parameters
     ----------
     fn : callable
-        ``fn(xp, *arrays, **scalars)``; the generic definition. It may return a
-        new array or write into arrays it was given (with ``a[...] = value``).
+        ``fn(xp, *arrays, **scalars)``; the generic definition. It returns its
+        results as new arrays and writes into nothing it was given (see the
+        module docstring).
     name : str, optional
         Defaults to ``fn.__name__``.
     """
@@ -43,7 +58,8 @@ class Kernel:
         """Decorator: register ``fn`` as the variant used by backends of ``kind``.
 
         A variant must take the same arguments as the generic definition and
-        produce the same result (the test suite checks each against it).
+        return the same results (the test suite checks each against it); it may
+        write them into the buffers it was given, and then returns those buffers.
         """
 
         def deco(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -4,20 +4,46 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from typing import Any
 
 import numpy as np
 
 from .base import Array, Backend, DeviceMismatchError
-from .blas import BLAS_PROVIDERS, load_provider, provider_version
+from .blas import _LOADED, BLAS_PROVIDERS, load_provider, provider_version
 from .jit import numba_enabled
 
-__all__ = ["NumpyBackend", "SMALL_GEMM_FLOPS"]
+__all__ = ["NumpyBackend", "SMALL_GEMM_FLOPS", "small_product_threads"]
 
 #: Products below this many flops (2·m·n·k) run on one BLAS thread: on small products
 #: extra OpenBLAS threads gain nothing and spin against whatever else holds a core
 #: (the measurements are in benchmarks/README.md, "Why the code is as it is").
 SMALL_GEMM_FLOPS = 4e6
+
+# threadpoolctl's controller, kept: building one scans every loaded library (about
+# 1 ms here, paid by every fit and predict call before); rebuilt when modules were
+# imported or a BLAS provider loaded since (oneMKL comes through ctypes, no module),
+# either of which may have brought thread pools of their own.
+_controller: list[Any] = [None, None]
+
+
+def small_product_threads(gemm_flops: float, user_api: str | None) -> contextlib.AbstractContextManager[Any]:
+    """One thread in the native pools of ``user_api`` (None: all) for small products.
+
+    Below :data:`SMALL_GEMM_FLOPS` per product; ``MLPX_BLAS_THREADS=N`` forces N
+    threads for every size. Without threadpoolctl nothing changes.
+    """
+    forced = os.environ.get("MLPX_BLAS_THREADS")
+    if forced is None and gemm_flops >= SMALL_GEMM_FLOPS:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return contextlib.nullcontext()
+    loaded = (len(sys.modules), len(_LOADED))
+    if _controller[0] is None or _controller[1] != loaded:
+        _controller[:] = [ThreadpoolController(), loaded]
+    return _controller[0].limit(limits=int(forced or 1), user_api=user_api)
 
 
 class NumpyBackend(Backend):
@@ -38,6 +64,7 @@ class NumpyBackend(Backend):
     """
 
     kinds = ("numpy",)
+    in_place = True  # gemm, sum and take_rows write into out
     is_gpu = False
 
     def __init__(self, blas: str | None = None) -> None:
@@ -75,14 +102,7 @@ class NumpyBackend(Backend):
         Needs threadpoolctl (``pip install "mlpx[fast]"``); without it, BLAS keeps its
         own default. ``MLPX_BLAS_THREADS=N`` forces N threads for every size.
         """
-        forced = os.environ.get("MLPX_BLAS_THREADS")
-        if forced is None and gemm_flops >= SMALL_GEMM_FLOPS:
-            return contextlib.nullcontext()
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            return contextlib.nullcontext()
-        return threadpool_limits(limits=int(forced or 1), user_api="blas")
+        return small_product_threads(gemm_flops, "blas")
 
     def asarray(self, x: Any, dtype: Any = None) -> Array:
         self.check(x)

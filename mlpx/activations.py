@@ -45,10 +45,11 @@ class Activation:
     ----------
     name : str
     forward : Kernel
-        ``forward(xp, Z, out) -> out``: ``out = g(Z)``; ``out`` may be ``Z``.
+        ``forward(xp, Z, out) -> H``: ``H = g(Z)``, in ``out`` on NumPy and CuPy
+        (``out`` may be ``Z``).
     backward : Kernel or None
-        ``backward(xp, dH, Z, H, out) -> out``: ``out = dH ⊙ g'(Z)``; ``out`` may
-        be ``dH``. ``None`` for identity (``dZ = dH``).
+        ``backward(xp, dH, Z, H, out) -> dZ``: ``dZ = dH ⊙ g'(Z)``, in ``out`` on
+        NumPy and CuPy (``out`` may be ``dH``). ``None`` for identity (``dZ = dH``).
     from_output : bool
         True when ``backward`` needs only ``H`` (so ``forward`` may run in place).
     cuda_forward : str, optional
@@ -71,18 +72,17 @@ class Activation:
         self.cuda_forward = cuda_forward
 
     def forward(self, be: Any, Z: Array, out: Array) -> Array:
-        """``out = g(Z)``, shape (n, units); ``out`` may be ``Z``."""
+        """``g(Z)``, shape (n, units): ``out`` (which may be ``Z``), or a new array on
+        backends that compute functionally; use the returned array."""
         return be.run(self.forward_kernel, Z, out)
 
     def backward(self, be: Any, dH: Array, Z: Array | None, H: Array, out: Array) -> Array:
-        """``out = dH ⊙ g'(Z)``, shape (n, units); ``out`` may be ``dH``.
+        """``dH ⊙ g'(Z)``, shape (n, units): ``out`` (which may be ``dH``) or a new array.
 
         ``Z`` may be ``None`` (or already overwritten) when ``from_output`` is True.
         """
         if self.backward_kernel is None:
-            if out is not dH:
-                be.copy(dH, out)
-            return out
+            return dH if out is dH else be.copy(dH, out)
         return be.run(self.backward_kernel, dH, Z, H, out)
 
     def __repr__(self) -> str:
@@ -92,16 +92,13 @@ class Activation:
 # ----------------------------------------------------------------- identity
 @kernel
 def identity_forward(xp: Any, Z: Array, out: Array) -> Array:
-    if out is not Z:
-        out[...] = Z
-    return out
+    return Z
 
 
 # --------------------------------------------------------------------- relu
 @kernel
 def relu_forward(xp: Any, Z: Array, out: Array) -> Array:
-    out[...] = xp.where(Z > 0, Z, xp.zeros_like(Z))
-    return out
+    return xp.maximum(Z, 0.0)
 
 
 @relu_forward.register("numpy")
@@ -111,8 +108,7 @@ def _relu_forward_np(xp: Any, Z: Array, out: Array) -> Array:
 
 @kernel
 def relu_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
-    out[...] = xp.where(H > 0, dH, xp.zeros_like(dH))
-    return out
+    return xp.where(H > 0, dH, 0.0)
 
 
 @relu_backward.register("numpy")
@@ -126,8 +122,8 @@ LEAKY_SLOPE = 0.01
 
 @kernel
 def leaky_relu_forward(xp: Any, Z: Array, out: Array) -> Array:
-    out[...] = xp.where(Z > 0, Z, Z * LEAKY_SLOPE)
-    return out
+    # max(z, a·z) equals leaky ReLU for 0 < a < 1.
+    return xp.maximum(Z, Z * LEAKY_SLOPE)
 
 
 @leaky_relu_forward.register("numpy")
@@ -139,8 +135,7 @@ def _leaky_relu_forward_np(xp: Any, Z: Array, out: Array) -> Array:
 @kernel
 def leaky_relu_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
     # sign(H) == sign(Z) for a > 0, so the output suffices.
-    out[...] = xp.where(H > 0, dH, dH * LEAKY_SLOPE)
-    return out
+    return xp.where(H > 0, dH, dH * LEAKY_SLOPE)
 
 
 # ----------------------------------------------------------------- logistic
@@ -148,8 +143,7 @@ def leaky_relu_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> A
 def logistic_forward(xp: Any, Z: Array, out: Array) -> Array:
     # exp(-|z|) never overflows; the two branches are the same function.
     e = xp.exp(-xp.abs(Z))
-    out[...] = xp.where(Z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-    return out
+    return xp.where(Z >= 0, 1.0, e) / (1.0 + e)
 
 
 @logistic_forward.register("numpy")
@@ -163,8 +157,7 @@ def _logistic_forward_np(xp: Any, Z: Array, out: Array) -> Array:
 
 @kernel
 def logistic_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
-    out[...] = dH * H * (1.0 - H)
-    return out
+    return dH * H * (1.0 - H)
 
 
 @logistic_backward.register("numpy")
@@ -176,8 +169,7 @@ def _logistic_backward_np(xp: Any, dH: Array, Z: Array, H: Array, out: Array) ->
 # --------------------------------------------------------------------- tanh
 @kernel
 def tanh_forward(xp: Any, Z: Array, out: Array) -> Array:
-    out[...] = xp.tanh(Z)
-    return out
+    return xp.tanh(Z)
 
 
 @tanh_forward.register("numpy")
@@ -187,8 +179,7 @@ def _tanh_forward_np(xp: Any, Z: Array, out: Array) -> Array:
 
 @kernel
 def tanh_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
-    out[...] = dH * (1.0 - H * H)
-    return out
+    return dH * (1.0 - H * H)
 
 
 @tanh_backward.register("numpy")
@@ -223,28 +214,23 @@ def _gelu_grad(xp: Any, Z: Array) -> Array:
 @kernel
 def gelu_forward(xp: Any, Z: Array, out: Array) -> Array:
     if _is_half(xp, Z.dtype):
-        out[...] = xp.astype(_gelu(xp, xp.astype(Z, xp.float32)), out.dtype)
-    else:
-        out[...] = _gelu(xp, Z)
-    return out
+        return xp.astype(_gelu(xp, xp.astype(Z, xp.float32)), Z.dtype)
+    return _gelu(xp, Z)
 
 
 @kernel
 def gelu_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
     if _is_half(xp, Z.dtype):
         f32 = xp.float32
-        out[...] = xp.astype(xp.astype(dH, f32) * _gelu_grad(xp, xp.astype(Z, f32)), out.dtype)
-    else:
-        out[...] = dH * _gelu_grad(xp, Z)
-    return out
+        return xp.astype(xp.astype(dH, f32) * _gelu_grad(xp, xp.astype(Z, f32)), dH.dtype)
+    return dH * _gelu_grad(xp, Z)
 
 
 # ------------------------------------------------------------------ softmax
 @kernel
 def softmax_forward(xp: Any, Z: Array, out: Array) -> Array:
     E = xp.exp(Z - xp.max(Z, axis=1, keepdims=True))
-    out[...] = E / xp.sum(E, axis=1, keepdims=True)
-    return out
+    return E / xp.sum(E, axis=1, keepdims=True)
 
 
 @softmax_forward.register("numpy")
@@ -259,15 +245,13 @@ def _softmax_forward_np(xp: Any, Z: Array, out: Array) -> Array:
 @kernel
 def softmax_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
     # dZ = H ⊙ (dH − Σ_j dH_j H_j): the Jacobian-vector product, row by row.
-    out[...] = H * (dH - xp.sum(dH * H, axis=1, keepdims=True))
-    return out
+    return H * (dH - xp.sum(dH * H, axis=1, keepdims=True))
 
 
 # ---------------------------------------------------------------------- exp
 @kernel
 def exp_forward(xp: Any, Z: Array, out: Array) -> Array:
-    out[...] = xp.exp(Z)
-    return out
+    return xp.exp(Z)
 
 
 @exp_forward.register("numpy")
@@ -277,8 +261,7 @@ def _exp_forward_np(xp: Any, Z: Array, out: Array) -> Array:
 
 @kernel
 def exp_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
-    out[...] = dH * H
-    return out
+    return dH * H
 
 
 # ------------------------------------------------------- CUDA variants

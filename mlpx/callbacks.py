@@ -144,7 +144,7 @@ class EarlyStopping(Callback):
                 if self._best_params is None:
                     self._best_params = be.empty(model.params.shape, model.dtype)
                 with model.parameter_lock.read():
-                    be.copy(model.params, self._best_params)
+                    self._best_params = be.copy(model.params, self._best_params)
         else:
             self.wait += 1
             if self.wait > self.patience:

@@ -482,6 +482,12 @@ class StreamedBatches(_Source):
     def __init__(
         self, be: Any, X: Any, Y: Any, w: Any, batch_size: int, dtype: str, *, target_dtype: str | None = None
     ) -> None:
+        if not be.mutable:
+            raise ValueError(
+                f"streaming minibatches (stream_data=True) uploads into preallocated device "
+                f"buffers, and backend {be.name!r} has immutable arrays; keep the training "
+                f"set resident (stream_data=None or False)"
+            )
         X, Y = self._host(be, X), self._host(be, Y)
         w = None if w is None else self._host(be, w)
         self.n = _check_rows(X, Y, w)

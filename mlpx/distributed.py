@@ -77,7 +77,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mlpx.backends import Backend, BackendUnavailableError, get_backend, kernel
+from mlpx.backends import Backend, BackendError, BackendUnavailableError, get_backend, kernel
 
 __all__ = [
     "GradientReducer",
@@ -139,13 +139,15 @@ def is_agreed(error: BaseException) -> bool:
 
 # ------------------------------------------------------------------ kernels
 @kernel
-def _fill(xp: Any, a: Array, value: float) -> None:
-    a[...] = xp.full(a.shape, value, dtype=a.dtype)
+def _fill(xp: Any, a: Array, value: float) -> Array:
+    """``a`` filled with ``value`` (in place on NumPy and CuPy)."""
+    return xp.full(a.shape, value, dtype=a.dtype)
 
 
 @_fill.register("numpy")
-def _fill_np(xp: Any, a: Array, value: float) -> None:
+def _fill_np(xp: Any, a: Array, value: float) -> Array:
     a.fill(value)
+    return a
 
 
 # ------------------------------------------------------------------ reducers
@@ -258,6 +260,13 @@ class GradientReducer(Reducer):
 
     def __init__(self, comm: Any, backend: str | Backend = "cpu", cuda_aware: bool | None = None) -> None:
         super().__init__(backend)
+        if not self.backend.mutable:
+            # The all-reduce sums into one preallocated buffer that MPI (or NCCL) writes.
+            raise BackendError(
+                f"data-parallel training (comm=) needs writable buffers, and backend "
+                f"{self.backend.name!r} has immutable arrays; train in one process "
+                f"(comm=None) or on backend='cpu' / 'gpu'"
+            )
         self.MPI = _import_mpi()
         self.comm = comm
         self.rank = int(comm.Get_rank())
@@ -364,7 +373,7 @@ class GradientReducer(Reducer):
         assert host is not None
         self.comm.Bcast(host, root=0)
         try:
-            be.copy(be.asarray(host, dtype=host.dtype.name), params)
+            be.copy(be.asarray(host, dtype=host.dtype.name), params)  # in place: mutable backends only
         except BaseException as exc:
             error = exc
         self.check_errors(error, "broadcasting rank 0's parameters")
@@ -420,7 +429,7 @@ class GradientReducer(Reducer):
             buf[n] = loss
             buf[n + 1] = 0.0
         else:
-            be.run(_fill, buf, 0.0)
+            self._buf = buf = be.run(_fill, buf, 0.0)
             buf[n + 1] = 1.0
         t0 = time.perf_counter()
         failed = self._allreduce_buffer(buf)

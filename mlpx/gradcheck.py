@@ -118,8 +118,7 @@ def _input_grad(model: Any, X: np.ndarray, Y: np.ndarray, w: Any, lossfn: Any, d
         wd = None if w is None else be.asarray(w, dtype=model.dtype)
         Z = model.forward(Xd, train=True)
         dZ = be.empty(tuple(Z.shape), model.dtype)
-        lossfn.delta(be, Z, Yd, dZ, wd, denom, be.empty(tuple(Z.shape), model.dtype))
-        dH = dZ
+        _, dH = lossfn.delta(be, Z, Yd, dZ, wd, denom, be.empty(tuple(Z.shape), model.dtype))
         for layer in reversed(model.layers):
             dH = layer.backward(dH, need_dX=True)
         # The L2 term does not depend on X.

@@ -9,11 +9,15 @@ The layer protocol (what :class:`~mlpx.model.Sequential` relies on):
 ``init_params(rng) -> dict[name, ndarray]``
     Host (NumPy, float64) starting values, drawn from ``rng``.
 ``bind(params, grads)``
-    Views into the model's flat parameter and gradient buffers.
+    Dicts of the layer's parameter and gradient arrays: views into the model's flat
+    buffers (on an immutable backend, arrays sliced from them, handed again after
+    every write of the flat parameters).
 ``forward(X, train, workspace) -> Y`` and ``backward(dY, need_dX) -> dX``
-    The dL/dZ interface: ``backward`` receives dL/dY, writes its parameter
-    gradients into the bound gradient views, and returns dL/dX. It never forms a
-    Jacobian. It may overwrite ``dY`` (the model only hands it buffers it owns).
+    The dL/dZ interface: ``backward`` receives dL/dY, stores its parameter
+    gradients in its ``grads`` dict (written into the views, or new arrays on an
+    immutable backend, which the model gathers into its flat buffer), and returns
+    dL/dX. It never forms a Jacobian. It may overwrite ``dY`` (the model only hands
+    it buffers it owns).
 
 Layers allocate their output and gradient workspaces once per batch size and reuse
 them, so a training step allocates nothing but what the array library does inside
@@ -59,9 +63,8 @@ _MAX_WORKSPACES = 4  # batch sizes kept: the full batch, the last partial one, p
 
 @kernel
 def add_bias(xp: Any, Z: Array, b: Array) -> Array:
-    """``Z += b`` row by row; Z shape (n, units), b shape (units,)."""
-    Z[...] = Z + b
-    return Z
+    """``Z + b`` row by row (in ``Z`` on NumPy and CuPy); Z shape (n, units), b shape (units,)."""
+    return Z + b
 
 
 @add_bias.register("numpy")
@@ -71,19 +74,22 @@ def _add_bias_np(xp: Any, Z: Array, b: Array) -> Array:
 
 @kernel
 def bias_activation(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> Array:
-    """``out = g(Z + b)``: Z shape (n, units) (bias added in place), b shape (units,).
+    """``g(Z + b)`` (in ``out`` on NumPy and CuPy): Z shape (n, units), b shape (units,).
 
-    ``out`` may be ``Z``. The generic and NumPy versions run the bias and the
-    activation as two kernels; the CUDA version is one launch.
+    ``out`` may be ``Z``; ``Z`` is scratch either way (its content afterwards is
+    unspecified). The generic and NumPy versions run the bias and the activation as
+    two kernels; the CUDA version is one launch.
     """
-    add_bias.generic(xp, Z, b)
-    return act.forward_kernel.generic(xp, Z, out)
+    return act.forward_kernel.generic(xp, add_bias.generic(xp, Z, b), out)
 
 
 @bias_activation.register("numpy")
 def _bias_activation_np(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> Array:
     _add_bias_np(xp, Z, b)
-    return act.forward_kernel.resolve(("numpy",))(xp, Z, out)
+    H = act.forward_kernel.resolve(("numpy",))(xp, Z, out)
+    if H is not out:  # an activation without a NumPy variant (gelu) returns a new array
+        out[...] = H
+    return out
 
 
 # numba: bias and activation in one pass over Z (NumPy needs two calls and passes).
@@ -112,8 +118,6 @@ _BIAS_ACT_NUMBA = {
 def _bias_activation_numba(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> Array:
     loop = _BIAS_ACT_NUMBA.get(act.name)
     if loop is None or out is not Z:
-        # The loops leave Z untouched; with a separate out the caller keeps Z + b
-        # (the contract above), which the two-kernel version provides.
         return _bias_activation_np(xp, Z, b, act, out)
     loop(Z, b, out)
     return out
@@ -138,8 +142,7 @@ _BIAS_ACT_CUDA: dict[str, Any] = {
 @bias_activation.register("cupy")
 def _bias_activation_cupy(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> Array:
     if act.cuda_forward is None or out is not Z:
-        # softmax is row-wise: no elementwise expression. With a separate out (gelu,
-        # whose g' reads Z), Z must keep Z + b, which the one-launch kernel does not write.
+        # softmax is row-wise: no elementwise expression.
         return _bias_activation_np(xp, Z, b, act, out)
     k = _BIAS_ACT_CUDA.get(act.name)
     if k is None:  # an Activation built outside mlpx.activations
@@ -150,9 +153,8 @@ def _bias_activation_cupy(xp: Any, Z: Array, b: Array, act: Activation, out: Arr
 
 @kernel
 def multiply(xp: Any, a: Array, b: Array, out: Array) -> Array:
-    """``out = a ⊙ b`` (same shapes)."""
-    out[...] = a * b
-    return out
+    """``a ⊙ b`` (same shapes; in ``out`` on NumPy and CuPy, and ``out`` may be ``a``)."""
+    return a * b
 
 
 @multiply.register("numpy")
@@ -233,7 +235,8 @@ class Dense(Layer):
         View into the model's flat parameter buffer (samples are rows, so the
         forward pass is ``X @ W``, as in scikit-learn's ``coefs_``).
     b : array, shape (n_out,)
-    dW, db : arrays of the same shapes, views into the flat gradient buffer.
+    dW, db : arrays of the same shapes, views into the flat gradient buffer
+        (new arrays after each backward pass on an immutable backend).
     """
 
     def __init__(
@@ -276,8 +279,9 @@ class Dense(Layer):
         if act.from_output:
             H = be.run(bias_activation, Z, self.b, act, Z)  # g' is read off H: Z may go
             Z = None
-        else:
-            H = be.run(bias_activation, Z, self.b, act, self._workspace("H", n, self.n_out, workspace))
+        else:  # g' reads Z + b (gelu): kept, and H in a buffer of its own
+            Z = be.run(add_bias, Z, self.b)
+            H = act.forward(be, Z, out=self._workspace("H", n, self.n_out, workspace))
         if train:
             self._X, self._Z, self._H = X, Z, H
         return H
@@ -290,8 +294,9 @@ class Dense(Layer):
         """
         be = self.be
         dZ = self.activation.backward(be, dY, self._Z, self._H, out=dY)
-        be.gemm(self._X, dZ, trans_a=True, out=self.dW)
-        be.sum(dZ, axis=0, out=self.db)
+        # Rebound as well as written: on an immutable backend these are new arrays.
+        self.dW = self.grads["W"] = be.gemm(self._X, dZ, trans_a=True, out=self.dW)
+        self.db = self.grads["b"] = be.sum(dZ, axis=0, out=self.db)
         if not need_dX:
             return None
         return be.gemm(dZ, self.W, trans_b=True, out=self._workspace("dX", dZ.shape[0], self.n_in))

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from mlpx.backends import kernel
+from mlpx.backends import BackendError, kernel
 from mlpx.backends.cuda import ACCUMULATOR_PREAMBLE, lazy_elementwise
 from mlpx.backends.jit import lazy_njit
 
@@ -60,29 +60,34 @@ def _weighted_total(xp: Any, per_row: Array, w: Array | None, denom: float) -> A
     return xp.sum(per_row) / denom
 
 
-def _scale_delta(xp: Any, dZ: Array, w: Array | None, denom: float) -> None:
+def _scale_delta(xp: Any, dZ: Array, w: Array | None, denom: float) -> Array:
+    """``w_i dZ_i / d``, row by row."""
     if w is None:
-        dZ[...] = dZ * (1.0 / denom)
-    else:
-        dZ[...] = dZ * (xp.reshape(w, (-1, 1)) * (1.0 / denom))
+        return dZ * (1.0 / denom)
+    return dZ * (xp.reshape(w, (-1, 1)) * (1.0 / denom))
+
+
+# Every loss kernel is ``fn(xp, Z, Y, dZ, w, denom) -> (L, delta)``: the 0-d total ``L``
+# and, unless ``dZ`` is None (then None), the delta ``w_i (Ŷ − Y) / d`` (in ``dZ`` on
+# NumPy and CuPy; ``dZ`` may be ``Z``).
 
 
 # ------------------------------------------------------------ cross-entropy
 @kernel
-def cross_entropy(xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None, denom: float) -> Array:
+def cross_entropy(xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None,
+                  denom: float) -> tuple[Array, Array | None]:
     m = xp.max(Z, axis=1, keepdims=True)
     E = xp.exp(Z - m)
     s = xp.sum(E, axis=1, keepdims=True)
     lse = xp.log(s) + m
     per_row = xp.sum(Y * (lse - Z), axis=1)
-    if dZ is not None:
-        dZ[...] = E / s - Y
-        _scale_delta(xp, dZ, w, denom)
-    return _weighted_total(xp, per_row, w, denom)
+    delta = None if dZ is None else _scale_delta(xp, E / s - Y, w, denom)
+    return _weighted_total(xp, per_row, w, denom), delta
 
 
 @cross_entropy.register("numpy")
-def _cross_entropy_np(xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None, denom: float) -> Array:
+def _cross_entropy_np(xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None,
+                      denom: float) -> tuple[Array, Array | None]:
     m = xp.max(Z, axis=1, keepdims=True)
     E = xp.subtract(Z, m, out=dZ) if dZ is not None else Z - m
     # Σ_j y_ij (lse_i − z_ij) = lse_i Σ_j y_ij − Σ_j y_ij z_ij, with z shifted by m
@@ -94,7 +99,7 @@ def _cross_entropy_np(xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | 
         xp.divide(E, s, out=dZ)
         xp.subtract(dZ, Y, out=dZ)
         _scale_delta_np(xp, dZ, w, denom)
-    return _weighted_total_np(xp, per_row, w, denom)
+    return _weighted_total_np(xp, per_row, w, denom), dZ
 
 
 def _scale_delta_np(xp: Any, dZ: Array, w: Array | None, denom: float) -> None:
@@ -148,7 +153,7 @@ _cross_entropy_cuda = lazy_elementwise(
 @cross_entropy.register("cupy")
 def _cross_entropy_cupy(
     xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None, denom: float
-) -> Array:
+) -> tuple[Array, Array | None]:
     Z = xp.ascontiguousarray(Z)
     Y = xp.ascontiguousarray(Y)
     loss_row = xp.empty(Z.shape[0], dtype=Z.dtype)
@@ -156,7 +161,7 @@ def _cross_entropy_cupy(
         Z, Y, Z if w is None else w, Z.shape[1], 1.0 / denom, w is not None, dZ is not None,
         Z if dZ is None else dZ, loss_row,
     )
-    return xp.sum(loss_row)
+    return xp.sum(loss_row), dZ
 
 
 # numba: the same row loop on the CPU, one pass instead of about ten NumPy calls.
@@ -189,120 +194,112 @@ def _cross_entropy_loop(Z, Y, dZ, w, inv_d, has_w, has_dz, loss_row):  # pragma:
 @cross_entropy.register("numba")
 def _cross_entropy_numba(
     xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None, denom: float
-) -> Array:
+) -> tuple[Array, Array | None]:
     loss_row = np.empty(Z.shape[0], dtype=Z.dtype)
     t = Z.dtype.type
     _cross_entropy_loop(
         Z, Y, Z if dZ is None else dZ, loss_row if w is None else w, t(1.0 / denom),
         w is not None, dZ is not None, loss_row,
     )
-    return loss_row.sum(dtype=Z.dtype)
+    return loss_row.sum(dtype=Z.dtype), dZ
 
 
 # ----------------------------------------------------- binary cross-entropy
 @kernel
 def binary_cross_entropy(
     xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None, denom: float
-) -> Array:
+) -> tuple[Array, Array | None]:
     e = xp.exp(-xp.abs(Z))  # softplus(z) = max(z, 0) + log1p(exp(-|z|)), never overflows
-    softplus = xp.where(Z > 0, Z, xp.zeros_like(Z)) + xp.log1p(e)
+    softplus = xp.maximum(Z, 0.0) + xp.log1p(e)
     per_row = xp.sum(softplus - Y * Z, axis=1)
+    delta = None
     if dZ is not None:
-        dZ[...] = xp.where(Z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)) - Y
-        _scale_delta(xp, dZ, w, denom)
-    return _weighted_total(xp, per_row, w, denom)
+        delta = _scale_delta(xp, xp.where(Z >= 0, 1.0, e) / (1.0 + e) - Y, w, denom)
+    return _weighted_total(xp, per_row, w, denom), delta
 
 
 # ------------------------------------------------------------ squared error
 @kernel
-def squared_error(xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None, denom: float) -> Array:
+def squared_error(xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None,
+                  denom: float) -> tuple[Array, Array | None]:
     R = Z - Y
     per_row = 0.5 * xp.sum(R * R, axis=1)
-    if dZ is not None:
-        dZ[...] = R
-        _scale_delta(xp, dZ, w, denom)
-    return _weighted_total(xp, per_row, w, denom)
+    delta = None if dZ is None else _scale_delta(xp, R, w, denom)
+    return _weighted_total(xp, per_row, w, denom), delta
 
 
 @squared_error.register("numpy")
-def _squared_error_np(xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None, denom: float) -> Array:
+def _squared_error_np(xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None,
+                      denom: float) -> tuple[Array, Array | None]:
     R = xp.subtract(Z, Y, out=dZ) if dZ is not None else Z - Y
     per_row = 0.5 * xp.einsum("ij,ij->i", R, R)
     total = _weighted_total_np(xp, per_row, w, denom)
     if dZ is not None:
         _scale_delta_np(xp, dZ, w, denom)
-    return total
+    return total, dZ
 
 
 # ------------------------------------------------------------------ poisson
 @kernel
-def poisson(xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None, denom: float) -> Array:
+def poisson(xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None,
+            denom: float) -> tuple[Array, Array | None]:
     P = xp.exp(Z)
     pos = Y > 0
-    ylogy = xp.where(pos, Y * xp.log(xp.where(pos, Y, xp.ones_like(Y))), xp.zeros_like(Y))
+    ylogy = xp.where(pos, Y * xp.log(xp.where(pos, Y, 1.0)), 0.0)
     per_row = xp.sum(ylogy - Y * Z - Y + P, axis=1)
-    if dZ is not None:
-        dZ[...] = P - Y
-        _scale_delta(xp, dZ, w, denom)
-    return _weighted_total(xp, per_row, w, denom)
+    delta = None if dZ is None else _scale_delta(xp, P - Y, w, denom)
+    return _weighted_total(xp, per_row, w, denom), delta
 
 
 # ------------------------------------------------- losses on the outputs Ŷ
-# Each writes ∂L/∂Ŷ = w_i ∂l_i/∂ŷ / d into dP (unless None) and returns L.
+# Each is ``fn(xp, P, Y, dP, w, denom) -> (L, ∂L/∂Ŷ)``, with ∂L/∂Ŷ = w_i ∂l_i/∂ŷ / d
+# (None when dP is None).
 def _clip(xp: Any, P: Array) -> Array:
     tiny = xp.finfo(P.dtype).smallest_normal
-    return xp.where(P > tiny, P, xp.full_like(P, tiny))
+    return xp.where(P > tiny, P, tiny)
 
 
 @kernel
 def squared_error_on_outputs(
     xp: Any, P: Array, Y: Array, dP: Array | None, w: Array | None, denom: float
-) -> Array:
+) -> tuple[Array, Array | None]:
     R = P - Y
     per_row = 0.5 * xp.sum(R * R, axis=1)
-    if dP is not None:
-        dP[...] = R
-        _scale_delta(xp, dP, w, denom)
-    return _weighted_total(xp, per_row, w, denom)
+    delta = None if dP is None else _scale_delta(xp, R, w, denom)
+    return _weighted_total(xp, per_row, w, denom), delta
 
 
 @kernel
 def cross_entropy_on_outputs(
     xp: Any, P: Array, Y: Array, dP: Array | None, w: Array | None, denom: float
-) -> Array:
+) -> tuple[Array, Array | None]:
     Pc = _clip(xp, P)
     per_row = -xp.sum(Y * xp.log(Pc), axis=1)
-    if dP is not None:
-        dP[...] = -Y / Pc
-        _scale_delta(xp, dP, w, denom)
-    return _weighted_total(xp, per_row, w, denom)
+    delta = None if dP is None else _scale_delta(xp, -Y / Pc, w, denom)
+    return _weighted_total(xp, per_row, w, denom), delta
 
 
 @kernel
 def binary_cross_entropy_on_outputs(
     xp: Any, P: Array, Y: Array, dP: Array | None, w: Array | None, denom: float
-) -> Array:
+) -> tuple[Array, Array | None]:
     Pc = _clip(xp, P)
     Qc = _clip(xp, 1.0 - P)
     per_row = -xp.sum(Y * xp.log(Pc) + (1.0 - Y) * xp.log(Qc), axis=1)
-    if dP is not None:
-        dP[...] = (P - Y) / (Pc * Qc)
-        _scale_delta(xp, dP, w, denom)
-    return _weighted_total(xp, per_row, w, denom)
+    delta = None if dP is None else _scale_delta(xp, (P - Y) / (Pc * Qc), w, denom)
+    return _weighted_total(xp, per_row, w, denom), delta
 
 
 @kernel
 def poisson_on_outputs(
     xp: Any, P: Array, Y: Array, dP: Array | None, w: Array | None, denom: float
-) -> Array:
+) -> tuple[Array, Array | None]:
     Pc = _clip(xp, P)
     pos = Y > 0
-    ylogy = xp.where(pos, Y * xp.log(xp.where(pos, Y, xp.ones_like(Y))), xp.zeros_like(Y))
+    ylogy = xp.where(pos, Y * xp.log(xp.where(pos, Y, 1.0)), 0.0)
     per_row = xp.sum(P - Y * xp.log(Pc) + ylogy - Y, axis=1)
-    if dP is not None:
-        dP[...] = 1.0 - Y / Pc
-        _scale_delta(xp, dP, w, denom)
-    return _weighted_total(xp, per_row, w, denom)
+    delta = None if dP is None else _scale_delta(xp, 1.0 - Y / Pc, w, denom)
+    return _weighted_total(xp, per_row, w, denom), delta
 
 
 class Loss:
@@ -314,11 +311,10 @@ class Loss:
     output : str
         Name of the output activation this loss is the canonical link of.
     fn : Kernel
-        ``fn(xp, Z, Y, dZ, w, denom) -> 0-d array``; writes the delta into ``dZ``
-        unless it is None.
+        ``fn(xp, Z, Y, dZ, w, denom) -> (L, delta)``: the 0-d loss and, unless ``dZ``
+        is None, the delta (in ``dZ`` on NumPy and CuPy).
     on_outputs : Kernel
-        The same loss on the outputs: ``fn(xp, P, Y, dP, w, denom) -> 0-d array``,
-        writing ``∂L/∂Ŷ`` into ``dP``.
+        The same loss on the outputs: ``fn(xp, P, Y, dP, w, denom) -> (L, ∂L/∂Ŷ)``.
     outputs : tuple of str
         The output activations whose values lie in the loss's domain ("*": all).
     """
@@ -340,6 +336,35 @@ class Loss:
     ) -> Array:
         """Loss of logits ``Z`` against targets ``Y`` (both shape (n, k)).
 
+        ``dZ`` (optional, shape (n, k), may be ``Z``) receives the delta; that needs
+        writable arrays, so an immutable backend (JAX) refuses it: use
+        :meth:`value_and_delta` there. Other parameters as :meth:`value_and_delta`.
+
+        Returns
+        -------
+        0-d array on the backend (read it with ``be.to_float`` once per epoch).
+        """
+        if dZ is not None and not be.mutable:
+            raise BackendError(
+                f"Loss({self.name!r}) cannot write the delta into dZ: backend {be.name!r} has "
+                f"immutable arrays; use loss.value_and_delta(...), which returns it"
+            )
+        value, delta = self.value_and_delta(be, Z, Y, dZ, sample_weight, denom)
+        if dZ is not None:
+            be.assign(dZ, delta)
+        return value
+
+    def value_and_delta(
+        self,
+        be: Any,
+        Z: Array,
+        Y: Array,
+        dZ: Array | None = None,
+        sample_weight: Array | None = None,
+        denom: float | None = None,
+    ) -> tuple[Array, Array | None]:
+        """Loss of logits ``Z`` against targets ``Y`` (both shape (n, k)), and its delta.
+
         Parameters
         ----------
         be : Backend
@@ -349,14 +374,18 @@ class Loss:
             Targets: one-hot rows for cross-entropy, {0, 1} (or probabilities)
             for binary cross-entropy, real values for squared error.
         dZ : array, shape (n, k), optional
-            Receives the delta ``w_i (Ŷ − Y) / d``; may be ``Z`` itself.
+            Where the NumPy and CuPy variants put the delta ``w_i (Ŷ − Y) / d`` (may
+            be ``Z`` itself); None: no delta.
         sample_weight : array, shape (n,), optional
         denom : float, optional
             ``d``; defaults to n (or Σ w when weights are given).
 
         Returns
         -------
-        0-d array on the backend (read it with ``be.to_float`` once per epoch).
+        loss : 0-d array on the backend
+        delta : array, shape (n, k), or None
+            ``dZ`` itself where a NumPy or CuPy variant wrote it, else a new array;
+            None without ``dZ``.
         """
         if denom is None:
             denom = float(Z.shape[0]) if sample_weight is None else be.to_float(be.sum(sample_weight))
@@ -410,25 +439,25 @@ class OutputLoss:
         self.canonical = loss.output == activation.name
 
     def delta(self, be: Any, Z: Array, Y: Array, dZ: Array, w: Array | None, denom: float,
-              P: Array | None = None) -> Array:
-        """Loss of logits ``Z`` (n, k) and its delta into ``dZ`` (n, k), a 0-d array.
+              P: Array | None = None) -> tuple[Array, Array]:
+        """Loss of logits ``Z`` (n, k), a 0-d array, and its delta dL/dZ (n, k).
 
-        ``P`` (n, k) is a workspace for the outputs of a non-canonical pair; ``dZ``
-        must not be ``Z`` then (``g'`` may read ``Z``).
+        The delta is ``dZ`` itself where a NumPy or CuPy variant wrote it, else a
+        new array. ``P`` (n, k) is a workspace for the outputs of a non-canonical pair;
+        ``dZ`` must not be ``Z`` then (``g'`` may read ``Z``).
         """
         if self.canonical:
             return be.run(self.loss.kernel, Z, Y, dZ, w, denom)
         act = self.activation
         P = act.forward(be, Z, out=P)
-        value = be.run(self.loss.on_outputs, P, Y, dZ, w, denom)
-        act.backward(be, dZ, Z, P, out=dZ)
-        return value
+        value, dP = be.run(self.loss.on_outputs, P, Y, dZ, w, denom)
+        return value, act.backward(be, dP, Z, P, out=dP)
 
     def value(self, be: Any, Z: Array, P: Array, Y: Array, w: Array | None, denom: float) -> Array:
         """The loss (0-d array) from logits ``Z`` and outputs ``P = g(Z)``, no delta."""
         if self.canonical:
-            return be.run(self.loss.kernel, Z, Y, None, w, denom)
-        return be.run(self.loss.on_outputs, P, Y, None, w, denom)
+            return be.run(self.loss.kernel, Z, Y, None, w, denom)[0]
+        return be.run(self.loss.on_outputs, P, Y, None, w, denom)[0]
 
     def __repr__(self) -> str:
         return f"OutputLoss({self.name!r} on {self.activation.name!r})"
@@ -474,14 +503,20 @@ def get_loss(name: str | Loss) -> Loss:
 
 # ------------------------------------------------------------ L2 penalty
 @kernel
-def l2_penalty(xp: Any, W: Array, dW: Array, coef: float, tmp: Array) -> Array:
-    """``dW += coef · W`` and return ``Σ W²`` (W, dW: the flat weight prefix)."""
-    dW[...] = dW + coef * W
-    return xp.sum(W * W)
+def l2_penalty(xp: Any, p: Array, g: Array, n: int, coef: float, tmp: Array) -> tuple[Array, Array]:
+    """``(Σ W², g')`` with ``g' = g + coef · W`` on the weight prefix ``W = p[:n]``.
+
+    ``p``, ``g`` are the flat parameter and gradient buffers, shape (n_params,);
+    ``g'`` is ``g`` written in place on NumPy and CuPy; ``tmp`` (n,) is scratch.
+    """
+    W = p[:n]
+    g = xp.concat([g[:n] + coef * W, g[n:]])
+    return xp.sum(W * W), g
 
 
 @l2_penalty.register("numpy")
-def _l2_penalty_np(xp: Any, W: Array, dW: Array, coef: float, tmp: Array) -> Array:
+def _l2_penalty_np(xp: Any, p: Array, g: Array, n: int, coef: float, tmp: Array) -> tuple[Array, Array]:
+    W, dW = p[:n], g[:n]
     xp.multiply(W, coef, out=tmp)
     xp.add(dW, tmp, out=dW)
-    return xp.dot(W, W)
+    return xp.dot(W, W), g

@@ -148,7 +148,8 @@ def holdout_scores(
     classifier = out in ("softmax", "logistic")
     k = model.n_outputs_
     xp = be.xp
-    f64 = be.dtype("float64")
+    wide = _sum_dtype(be, model.dtype)
+    f64 = be.dtype(wide)
     loss_sum: Any = 0.0
     weight: Any = 0.0
     correct: Any = 0.0
@@ -166,9 +167,10 @@ def holdout_scores(
             hits = be.run(hit_vector, P, Y, out)
             correct = correct + (xp.sum(hits) if w is None else xp.sum(hits * w))
         else:
-            # Regression sums in float64 whatever the model dtype: R² cancels digits.
-            P64, Y64 = be.astype(P, "float64"), be.astype(Y, "float64")
-            W = 1.0 if w is None else xp.reshape(be.astype(w, "float64"), (n, 1))
+            # Regression sums in float64 whatever the model dtype (where the backend has
+            # float64): R² cancels digits.
+            P64, Y64 = be.astype(P, wide), be.astype(Y, wide)
+            W = 1.0 if w is None else xp.reshape(be.astype(w, wide), (n, 1))
             nonfinite = nonfinite + xp.sum(xp.astype(~xp.isfinite(P64), f64))
             R = Y64 - P64
             y_sum = y_sum + xp.sum(W * Y64, axis=0)
@@ -186,15 +188,24 @@ def holdout_scores(
         return result
     bad, g_y_sum, g_ss_res = sums[2], sums[3 : 3 + k], sums[3 + k :]
     mean = g_y_sum / total_w if total_w > 0 else np.zeros(k)
-    dev_mean = be.asarray(mean, dtype="float64")
+    dev_mean = be.asarray(mean, dtype=wide)
     ss_tot_local: Any = 0.0
     for _X, Y, w in chunks():
-        D = be.astype(Y, "float64") - dev_mean
-        W = 1.0 if w is None else xp.reshape(be.astype(w, "float64"), (Y.shape[0], 1))
+        D = be.astype(Y, wide) - dev_mean
+        W = 1.0 if w is None else xp.reshape(be.astype(w, wide), (Y.shape[0], 1))
         ss_tot_local = ss_tot_local + xp.sum(W * (D * D), axis=0)
     ss_tot = np.asarray(reducer.allreduce_sum(_host(be, ss_tot_local, k).tolist()))
     result["r2"] = r2_from_sums(g_ss_res, ss_tot) if total_w > 0 and bad == 0 else math.nan
     return result
+
+
+def _sum_dtype(be: Any, dtype: str) -> str:
+    """float64, or the model's dtype on a backend without float64 (JAX without x64)."""
+    try:
+        be.dtype("float64")
+    except TypeError:
+        return dtype
+    return "float64"
 
 
 def _host(be: Any, value: Any, size: int) -> np.ndarray:

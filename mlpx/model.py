@@ -7,6 +7,11 @@ views into them. Consequences: an optimizer step is a few whole-buffer operation
 the L2 penalty is one operation on the weight prefix, save/load and CPU↔GPU moves
 are one transfer, and a data-parallel all-reduce is one call.
 
+On an immutable backend (JAX, ``backend.mutable`` False) there are no views: every
+write of the flat parameters (an update, ``set_flat_params``, a rollback) makes a new
+array, from which the layers' arrays are sliced again, and after each backward pass
+the flat gradient is assembled from the layers' gradient arrays in slot order.
+
 The last activation of the stack is the *output* activation. It is kept apart from
 the layers during training: the last layer produces logits ``Z`` and the loss bound
 to the output activation (:func:`mlpx.losses.pair`) turns them into the loss and
@@ -74,14 +79,16 @@ class StepResult(NamedTuple):
 
 
 @kernel
-def _zero(xp: Any, a: Array) -> None:
-    """``a[...] = 0`` (a rank without rows this step contributes zero gradients)."""
-    a[...] = xp.zeros_like(a)
+def _zero(xp: Any, a: Array) -> Array:
+    """Zeros like ``a`` (in ``a`` on NumPy and CuPy): a rank without rows this step
+    contributes zero gradients."""
+    return xp.zeros_like(a)
 
 
 @_zero.register("numpy")
-def _zero_np(xp: Any, a: Array) -> None:
+def _zero_np(xp: Any, a: Array) -> Array:
     a.fill(0)
+    return a
 
 
 def _check_dtype(dtype: Any) -> str:
@@ -162,6 +169,13 @@ class Sequential:
     ) -> None:
         self.backend = get_backend(backend)
         self.dtype = _check_dtype(dtype)
+        if precision in ("bf16", "fp16") and not self.backend.mutable:
+            # Mixed precision keeps a low-precision copy of the weights that layers view.
+            raise BackendError(
+                f"precision={precision!r} computes with low-precision copies written into "
+                f"preallocated buffers, and backend {self.backend.name!r} has immutable "
+                f"arrays; use precision=None"
+            )
         self.precision_ = get_precision(precision, self.dtype, self.backend)
         self.compute_dtype = self.precision_.compute_dtype
         # A NumPy integer seed would break the JSON record and the per-layer dropout
@@ -256,15 +270,63 @@ class Sequential:
         # which the step converts into the master gradient buffer.
         self._params_c = be.zeros(offset, self.compute_dtype) if mixed else self.params
         self._grads_c = be.zeros(offset, self.compute_dtype) if mixed else self.grads
-        views: dict[int, tuple[dict[str, Array], dict[str, Array]]] = {}
-        for i, name, shape, a, b in self._slots:
-            pv, gv = views.setdefault(i, ({}, {}))
-            pv[name] = be.xp.reshape(self._params_c[a:b], shape)
-            gv[name] = be.xp.reshape(self._grads_c[a:b], shape)
-        for i, layer in enumerate(self.layers):
-            layer.bind(*views.get(i, ({}, {})))
+        self._bind_layers(self._grads_c)
         self._ws.clear()
         self._tls = threading.local()
+
+    def _bind_layers(self, grads: Array | None) -> None:
+        """Hand each layer its parameter arrays, cut from the compute copy of ``params``,
+        and its gradient arrays cut from ``grads`` (None: the layer keeps its own)."""
+        be = self.backend
+        stops = [s[4] for s in self._slots[:-1]]
+        shaped = self._shaped
+        params = [shaped(p, s[2]) for p, s in zip(be.split(self._params_c, stops), self._slots)]
+        flat_grads = None if grads is None else [shaped(g, s[2]) for g, s in zip(be.split(grads, stops), self._slots)]
+        views: dict[int, tuple[dict[str, Array], dict[str, Array]]] = {}
+        for k, (i, name, _shape, _a, _b) in enumerate(self._slots):
+            pv, gv = views.setdefault(i, ({}, {}))
+            pv[name] = params[k]
+            if flat_grads is not None:
+                gv[name] = flat_grads[k]
+        for i, layer in enumerate(self.layers):
+            pv, gv = views.get(i, ({}, {}))
+            layer.bind(pv, gv if grads is not None else getattr(layer, "grads", gv))
+        if flat_grads is not None:
+            self._grad_views = flat_grads
+
+    def _shaped(self, piece: Array, shape: tuple[int, ...]) -> Array:
+        # 1-D pieces (biases) are already shaped: a reshape is one more operation
+        # on namespaces where every operation costs (JAX).
+        return piece if len(shape) == 1 else self.backend.xp.reshape(piece, shape)
+
+    def _store_params(self, params: Array) -> None:
+        """Make ``params`` the flat parameters (caller holds the write lock).
+
+        Where arrays can be written every write goes into the buffer itself and this
+        is a no-op; on an immutable backend ``params`` is a new array and the layers'
+        arrays are cut from it again.
+        """
+        if params is self.params:
+            return
+        self.params = params
+        if not self.precision_.mixed:
+            self._params_c = params
+            self._bind_layers(None)
+
+    def _gather_grads(self) -> None:
+        """After backward: the flat gradient from the layers' gradient arrays, unless the
+        layers wrote them into the views of it (NumPy, CuPy). The generic backend
+        returns new arrays (on JAX nothing can be written), gathered here in slot order.
+        """
+        arrays = [self.layers[i].grads[name] for i, name, _shape, _a, _b in self._slots]
+        if all(a is v for a, v in zip(arrays, self._grad_views)):
+            return
+        xp = self.backend.xp
+        flat = xp.concat([a if len(a.shape) == 1 else xp.reshape(a, (-1,)) for a in arrays])
+        if self.precision_.mixed:
+            self._grads_c = flat  # converted into the master gradients by the caller
+        else:
+            self.grads = self._grads_c = flat
 
     def initialize(self, seed: Any = None) -> None:
         """Draw fresh starting weights on the host and move them once.
@@ -349,12 +411,12 @@ class Sequential:
         be = self.backend
         src = be.asarray(flat.astype(self.dtype), dtype=self.dtype)
         with self.parameter_lock.write():
-            be.copy(src, self.params)
+            self._store_params(be.copy(src, self.params))
 
     def assign_params(self, src: Array) -> None:
         """Copy a device buffer (shape (n_params,), on this backend) into ``params``."""
         with self.parameter_lock.write():
-            self.backend.copy(src, self.params)
+            self._store_params(self.backend.copy(src, self.params))
 
     # ---------------------------------------------------------------- forward
     def forward(self, X: Array, train: bool = False, workspace: dict | None = None) -> Array:
@@ -377,7 +439,8 @@ class Sequential:
         self._require_built()
         if self.precision_.mixed:
             # One conversion of the whole flat buffer per pass: the compute copy can
-            # never be stale, whoever last wrote the master weights.
+            # never be stale, whoever last wrote the master weights. (Mixed precision
+            # runs on mutable backends only: the copy is written in place.)
             self.backend.copy(self.params, self._params_c)
         H = X
         for i, layer in enumerate(self.layers):
@@ -532,7 +595,7 @@ class Sequential:
         Z = self._logits = self._master(self.forward(X, train=True), self._ws)
         dZ = self._train_buffer("dZ", n, self.n_outputs_)
         P = None if loss.canonical else self._train_buffer("P", n, self.n_outputs_)
-        value = loss.delta(be, Z, Y, dZ, w, denom, P)
+        value, dZ = loss.delta(be, Z, Y, dZ, w, denom, P)
         if prec.mixed:
             # The output delta goes back in the compute dtype, multiplied by the loss
             # scale (fp16) so small gradients do not flush to zero on the way.
@@ -544,8 +607,9 @@ class Sequential:
             dH = self.layers[i].backward(dH, need_dX=i > first_param)
             if dH is None:
                 break
+        self._gather_grads()
         if prec.mixed:
-            be.run(scale_cast, self._grads_c, 1.0 / prec.loss_scale, self.grads)
+            self.grads = be.assign(self.grads, be.run(scale_cast, self._grads_c, 1.0 / prec.loss_scale, self.grads))
         return value
 
     def _train_buffer(self, tag: str, n: int, width: int, dtype: str | None = None) -> Array:
@@ -561,7 +625,8 @@ class Sequential:
         tmp = self._ws.get(("l2", nw))
         if tmp is None:
             tmp = self._ws[("l2", nw)] = be.empty(nw, self.dtype)
-        sq = be.run(l2_penalty, self.params[:nw], self.grads[:nw], float(l2) / denom, tmp)
+        sq, grads = be.run(l2_penalty, self.params, self.grads, nw, float(l2) / denom, tmp)
+        self.grads = be.assign(self.grads, grads)
         return (0.5 * float(l2) / denom) * sq
 
     def apply_update(self, optimizer: Optimizer) -> bool:
@@ -575,12 +640,12 @@ class Sequential:
         scaler = self.precision_.scaler
         with self.parameter_lock.write():
             if scaler is None:
-                optimizer.step()
+                self._store_params(optimizer.step(self.params, self.grads))
                 return True
             found_inf = not bool(self.backend.run(all_finite, self.grads))
             scaler.update(found_inf)
             if not found_inf:
-                optimizer.step()
+                self._store_params(optimizer.step(self.params, self.grads))
             return not found_inf
 
     def train_step(
@@ -644,7 +709,7 @@ class Sequential:
                     raise
                 error = exc
         elif X is None and error is None:
-            self.backend.run(_zero, self.grads)
+            self.grads = self.backend.assign(self.grads, self.backend.run(_zero, self.grads))
         value = reducer.allreduce_gradients(self.grads, value, error=error, where=where)
         penalty: Any = 0.0
         applied: bool | None = None
@@ -872,7 +937,7 @@ class Sequential:
         if state.get("optimizer") is not None:
             self.optimizer_ = Optimizer.from_state_dict(state["optimizer"])
             if self.built:
-                self.optimizer_.bind(self.backend, self.params, self.grads, self.n_weights)
+                self.optimizer_.bind(self.backend, self.params, self.grads, self.n_weights, owner=self)
         if state.get("loss") is not None:
             self.loss_ = self.resolve_loss(state["loss"])
         scaler = self.precision_.scaler

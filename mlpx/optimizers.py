@@ -1,9 +1,12 @@
-"""Optimizers: in-place updates over the model's flat parameter buffer.
+"""Optimizers: updates over the model's flat parameter buffer.
 
 The model keeps every parameter in one contiguous 1-D buffer (weights first, then
 biases) and every gradient in a second one. An optimizer step is therefore a few
 whole-buffer operations, one kernel launch on the GPU, not a loop over layers.
 Scalars (learning rate, bias corrections) are computed on the host as Python floats.
+On NumPy and CuPy the buffers are updated in place; on an immutable backend (JAX) a
+step returns new parameter and state arrays, which the optimizer keeps and
+:meth:`Optimizer.step` returns to the model.
 
 ==========  =======================================================================
 SGD         ``v ← μ v − η g``;  ``p ← p + v``  (Nesterov: ``p ← p + μ v − η g``)
@@ -36,21 +39,22 @@ Array = Any
 
 
 # ------------------------------------------------------------------ kernels
+# Each returns the updated parameters and state, (p, v), (p, m, v) or (p, s): the very
+# buffers for the fast variants, which update them in place; ``tmp`` is scratch.
 @kernel
 def sgd_update(
     xp: Any, p: Array, g: Array, v: Array, tmp: Array, lr: float, momentum: float, nesterov: bool
-) -> None:
-    v[...] = momentum * v - lr * g
+) -> tuple[Array, Array]:
+    v = momentum * v - lr * g
     if nesterov:
-        p[...] = p + (momentum * v - lr * g)
-    else:
-        p[...] = p + v
+        return p + (momentum * v - lr * g), v
+    return p + v, v
 
 
 @sgd_update.register("numpy")
 def _sgd_update_np(
     xp: Any, p: Array, g: Array, v: Array, tmp: Array, lr: float, momentum: float, nesterov: bool
-) -> None:
+) -> tuple[Array, Array]:
     xp.multiply(g, lr, out=tmp)
     xp.multiply(v, momentum, out=v)
     xp.subtract(v, tmp, out=v)
@@ -61,23 +65,24 @@ def _sgd_update_np(
         xp.add(p, tmp, out=p)
     else:
         xp.add(p, v, out=p)
+    return p, v
 
 
 @kernel
 def adam_update(
     xp: Any, p: Array, g: Array, m: Array, v: Array, tmp: Array, lr_t: float, beta_1: float, beta_2: float,
     epsilon: float,
-) -> None:
-    m[...] = beta_1 * m + (1.0 - beta_1) * g
-    v[...] = beta_2 * v + (1.0 - beta_2) * (g * g)
-    p[...] = p + (-lr_t * m / (xp.sqrt(v) + epsilon))
+) -> tuple[Array, Array, Array]:
+    m = beta_1 * m + (1.0 - beta_1) * g
+    v = beta_2 * v + (1.0 - beta_2) * (g * g)
+    return p + (-lr_t * m / (xp.sqrt(v) + epsilon)), m, v
 
 
 @adam_update.register("numpy")
 def _adam_update_np(
     xp: Any, p: Array, g: Array, m: Array, v: Array, tmp: Array, lr_t: float, beta_1: float, beta_2: float,
     epsilon: float,
-) -> None:
+) -> tuple[Array, Array, Array]:
     xp.multiply(m, beta_1, out=m)
     xp.multiply(g, 1.0 - beta_1, out=tmp)
     xp.add(m, tmp, out=m)
@@ -90,20 +95,21 @@ def _adam_update_np(
     xp.divide(m, tmp, out=tmp)
     xp.multiply(tmp, -lr_t, out=tmp)
     xp.add(p, tmp, out=p)
+    return p, m, v
 
 
 @kernel
 def rmsprop_update(
     xp: Any, p: Array, g: Array, s: Array, tmp: Array, lr: float, rho: float, epsilon: float
-) -> None:
-    s[...] = rho * s + (1.0 - rho) * (g * g)
-    p[...] = p - lr * g / (xp.sqrt(s) + epsilon)
+) -> tuple[Array, Array]:
+    s = rho * s + (1.0 - rho) * (g * g)
+    return p - lr * g / (xp.sqrt(s) + epsilon), s
 
 
 @rmsprop_update.register("numpy")
 def _rmsprop_update_np(
     xp: Any, p: Array, g: Array, s: Array, tmp: Array, lr: float, rho: float, epsilon: float
-) -> None:
+) -> tuple[Array, Array]:
     xp.multiply(s, rho, out=s)
     xp.multiply(g, g, out=tmp)
     xp.multiply(tmp, 1.0 - rho, out=tmp)
@@ -113,6 +119,7 @@ def _rmsprop_update_np(
     xp.divide(g, tmp, out=tmp)
     xp.multiply(tmp, lr, out=tmp)
     xp.subtract(p, tmp, out=p)
+    return p, s
 
 
 # numba variants: one pass over the flat buffers instead of 4-12 NumPy passes
@@ -136,9 +143,10 @@ def _sgd_loop(p: Array, g: Array, v: Array, lr: Any, momentum: Any, nesterov: bo
 @sgd_update.register("numba")
 def _sgd_update_numba(
     xp: Any, p: Array, g: Array, v: Array, tmp: Array, lr: float, momentum: float, nesterov: bool
-) -> None:
+) -> tuple[Array, Array]:
     t = p.dtype.type
     _sgd_loop(p, g, v, t(lr), t(momentum), bool(nesterov))
+    return p, v
 
 
 @lazy_njit
@@ -159,9 +167,10 @@ def _adam_loop(
 def _adam_update_numba(
     xp: Any, p: Array, g: Array, m: Array, v: Array, tmp: Array, lr_t: float, beta_1: float, beta_2: float,
     epsilon: float,
-) -> None:
+) -> tuple[Array, Array, Array]:
     t = p.dtype.type
     _adam_loop(p, g, m, v, t(-lr_t), t(beta_1), t(1.0 - beta_1), t(beta_2), t(1.0 - beta_2), t(epsilon))
+    return p, m, v
 
 
 @lazy_njit
@@ -176,20 +185,22 @@ def _rmsprop_loop(p: Array, g: Array, s: Array, lr: Any, rho: Any, c_rho: Any, e
 @rmsprop_update.register("numba")
 def _rmsprop_update_numba(
     xp: Any, p: Array, g: Array, s: Array, tmp: Array, lr: float, rho: float, epsilon: float
-) -> None:
+) -> tuple[Array, Array]:
     t = p.dtype.type
     _rmsprop_loop(p, g, s, t(lr), t(rho), t(1.0 - rho), t(epsilon))
+    return p, s
 
 
 @kernel
-def scale_(xp: Any, a: Array, factor: float) -> None:
-    """``a *= factor`` in place."""
-    a[...] = a * factor
+def scale_(xp: Any, a: Array, n: int, factor: float) -> Array:
+    """``a`` with its prefix ``a[:n]`` multiplied by ``factor`` (in place on NumPy and CuPy)."""
+    return xp.concat([a[:n] * factor, a[n:]])
 
 
 @scale_.register("numpy")
-def _scale_np(xp: Any, a: Array, factor: float) -> None:
-    xp.multiply(a, factor, out=a)
+def _scale_np(xp: Any, a: Array, n: int, factor: float) -> Array:
+    xp.multiply(a[:n], factor, out=a[:n])
+    return a
 
 
 # CUDA variants: one launch over the whole flat buffer. Scalars arrive as Python
@@ -210,8 +221,9 @@ _sgd_cuda = lazy_elementwise(
 @sgd_update.register("cupy")
 def _sgd_update_cupy(
     xp: Any, p: Array, g: Array, v: Array, tmp: Array, lr: float, momentum: float, nesterov: bool
-) -> None:
+) -> tuple[Array, Array]:
     _sgd_cuda(g, lr, momentum, bool(nesterov), p, v)
+    return p, v
 
 
 _adam_cuda = lazy_elementwise(
@@ -233,8 +245,9 @@ _adam_cuda = lazy_elementwise(
 def _adam_update_cupy(
     xp: Any, p: Array, g: Array, m: Array, v: Array, tmp: Array, lr_t: float, beta_1: float, beta_2: float,
     epsilon: float,
-) -> None:
+) -> tuple[Array, Array, Array]:
     _adam_cuda(g, lr_t, beta_1, 1.0 - beta_1, beta_2, 1.0 - beta_2, epsilon, p, m, v)
+    return p, m, v
 
 
 _rmsprop_cuda = lazy_elementwise(
@@ -253,8 +266,9 @@ _rmsprop_cuda = lazy_elementwise(
 @rmsprop_update.register("cupy")
 def _rmsprop_update_cupy(
     xp: Any, p: Array, g: Array, s: Array, tmp: Array, lr: float, rho: float, epsilon: float
-) -> None:
+) -> tuple[Array, Array]:
     _rmsprop_cuda(g, lr, rho, 1.0 - rho, epsilon, p, s)
+    return p, s
 
 
 # --------------------------------------------------------------- optimizers
@@ -298,9 +312,10 @@ class Optimizer:
         self.t = 0
         self.state: dict[str, Array] = {}
         self._bound: tuple[Any, ...] | None = None
+        self._owner: Any = None
         self._pending: dict[str, Any] | None = None
 
-    def bind(self, be: Backend, params: Array, grads: Array, n_weights: int) -> None:
+    def bind(self, be: Backend, params: Array, grads: Array, n_weights: int, owner: Any = None) -> None:
         """Attach to a model's flat buffers and allocate state (once per model).
 
         Parameters
@@ -309,10 +324,19 @@ class Optimizer:
             The model's flat parameter and gradient buffers.
         n_weights : int
             Length of the weight prefix ``params[:n_weights]`` (biases follow).
+        owner : object, optional
+            The model the buffers belong to. Bound again to the same owner (or to
+            the same ``params``), the optimizer keeps its state and takes the
+            buffers as they are now: on an immutable backend (JAX) every write of
+            the parameters makes a new array.
         """
-        if self._bound is not None and self._bound[1] is params:
+        if self._bound is not None and tuple(params.shape) == tuple(self.params.shape) and (
+            params is self.params or (owner is not None and owner is self._owner)
+        ):
+            self.params, self.grads = params, grads
             return
         self.be, self.params, self.grads, self.n_weights = be, params, grads, n_weights
+        self._owner = owner
         self.dtype = params.dtype
         self._tmp = be.zeros(params.shape, params.dtype)
         # Bound to another model, the optimizer starts from zero state; state saved
@@ -432,7 +456,8 @@ class Optimizer:
             buf = self.state[name]
             if tuple(value.shape) != tuple(buf.shape):
                 raise ValueError(f"state {name!r} has shape {tuple(value.shape)}, the optimizer {tuple(buf.shape)}")
-            be.copy(be.asarray(value, dtype=buf.dtype) if isinstance(value, np.ndarray) else value, buf)
+            src = be.asarray(value, dtype=buf.dtype) if isinstance(value, np.ndarray) else value
+            self.state[name] = be.copy(src, buf)
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> "Optimizer":
@@ -447,8 +472,31 @@ class Optimizer:
         return opt
 
     # ------------------------------------------------------------------ step
-    def step(self) -> None:
-        """Update the bound parameters in place from the bound gradients."""
+    def step(self, params: Array | None = None, grads: Array | None = None) -> Array:
+        """Update the parameters from the gradients; return the updated parameters.
+
+        Parameters
+        ----------
+        params, grads : arrays, shape (n_params,), optional
+            The bound model's flat buffers as they are now (default: the bound
+            ones). An immutable backend makes new arrays at every write, so the
+            model passes its current ones.
+
+        Returns
+        -------
+        array, shape (n_params,)
+            The updated parameters: ``params`` itself, updated in place, on mutable
+            backends; a new array on immutable ones (the caller stores it).
+        """
+        if params is not None:
+            self.params = params
+        if grads is not None:
+            self.grads = grads
+        self._update()
+        return self.params
+
+    def _update(self) -> None:
+        """One step of the rule on ``self.params`` / ``self.grads``; rebinds what it updates."""
         raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:
@@ -491,12 +539,13 @@ class SGD(Optimizer):
         self.momentum = check_real("momentum", momentum, 0.0, 1.0)
         self.nesterov = check_bool("nesterov", nesterov)
 
-    def step(self) -> None:
+    def _update(self) -> None:
         self.t += 1
-        self.be.run(
+        p, self.state["velocity"] = self.be.run(
             sgd_update, self.params, self.grads, self.state["velocity"], self._tmp,
             self.lr, self.momentum, self.nesterov,
         )
+        self.params = self.be.assign(self.params, p)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
@@ -521,13 +570,14 @@ class Adam(Optimizer):
         # ε > 0: with ε = 0 a parameter whose gradients have all been zero divides 0 by 0.
         self.epsilon = check_real("epsilon", epsilon, 0.0, low_open=True)
 
-    def step(self) -> None:
+    def _update(self) -> None:
         self.t += 1
         lr_t = self.lr * math.sqrt(1 - self.beta_2**self.t) / (1 - self.beta_1**self.t)
-        self.be.run(
+        p, self.state["m"], self.state["v"] = self.be.run(
             adam_update, self.params, self.grads, self.state["m"], self.state["v"], self._tmp,
             lr_t, self.beta_1, self.beta_2, self.epsilon,
         )
+        self.params = self.be.assign(self.params, p)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
@@ -544,10 +594,11 @@ class AdamW(Adam):
         super().__init__(lr, **kwargs)
         self.weight_decay = check_real("weight_decay", weight_decay, 0.0)
 
-    def step(self) -> None:
+    def _update(self) -> None:
         if self.weight_decay:
-            self.be.run(scale_, self.params[: self.n_weights], 1.0 - self.lr * self.weight_decay)
-        super().step()
+            decayed = self.be.run(scale_, self.params, self.n_weights, 1.0 - self.lr * self.weight_decay)
+            self.params = self.be.assign(self.params, decayed)
+        super()._update()
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "weight_decay": self.weight_decay}
@@ -569,12 +620,13 @@ class RMSprop(Optimizer):
         self.rho = check_real("rho", rho, 0.0, 1.0, high_open=True)
         self.epsilon = check_real("epsilon", epsilon, 0.0, low_open=True)
 
-    def step(self) -> None:
+    def _update(self) -> None:
         self.t += 1
-        self.be.run(
+        p, self.state["s"] = self.be.run(
             rmsprop_update, self.params, self.grads, self.state["s"], self._tmp,
             self.lr, self.rho, self.epsilon,
         )
+        self.params = self.be.assign(self.params, p)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "rho": self.rho, "epsilon": self.epsilon}

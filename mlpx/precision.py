@@ -54,14 +54,14 @@ PRECISIONS: dict[str, tuple[str, bool]] = {
 # ------------------------------------------------------------------ kernels
 @kernel
 def scale_cast(xp: Any, src: Array, factor: float, out: Array) -> Array:
-    """``out = src · factor``, computed in float32 and stored in ``out``'s dtype.
+    """``src · factor``, computed in float32, in ``out``'s dtype (and in ``out`` on
+    NumPy and CuPy).
 
     Converts between the master (float32) and compute (float16 / bfloat16) buffers
     in one pass, applying or removing the loss scale on the way. The product is
     formed in float32 so that unscaling a half-precision gradient cannot underflow.
     """
-    out[...] = xp.astype(xp.astype(src, xp.float32) * factor, out.dtype)
-    return out
+    return xp.astype(xp.astype(src, xp.float32) * factor, out.dtype)
 
 
 @scale_cast.register("numpy")

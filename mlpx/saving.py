@@ -576,7 +576,7 @@ def load_checkpoint(
             optimizer.load_state_dict(saved)
         be = model.backend
         with be.activated():
-            opt.bind(be, model.params, model.grads, model.n_weights)
+            opt.bind(be, model.params, model.grads, model.n_weights, owner=model)
         return opt
 
     error, result = None, None

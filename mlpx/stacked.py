@@ -122,8 +122,9 @@ def _member_bias_activation_np(xp: Any, Z: Array, b: Array, act: Activation, out
     K, n, u = Z.shape
     xp.add(Z, b[:, None, :], out=Z)
     fn = act.forward_kernel.resolve(("numpy",))
-    fn(xp, Z.reshape(K * n, u), out.reshape(K * n, u))
-    return Z, out
+    # The activation's result may be its input itself (identity): use what it returns.
+    H = fn(xp, Z.reshape(K * n, u), out.reshape(K * n, u))
+    return Z, xp.reshape(H, (K, n, u))
 
 
 @lazy_njit
@@ -636,8 +637,10 @@ def _member_dense_backward_np(xp: Any, dH: Array, Z: Array | None, H: Array, act
     K, n, u = dH.shape
     if act.backward_kernel is not None:
         flat = dH.reshape(K * n, u)
-        act.backward_kernel.resolve(("numpy",))(xp, flat, None if Z is None else Z.reshape(K * n, u),
-                                                 H.reshape(K * n, u), flat)
+        # A kernel without a NumPy variant returns a new array instead of writing flat.
+        dZ = act.backward_kernel.resolve(("numpy",))(xp, flat, None if Z is None else Z.reshape(K * n, u),
+                                                      H.reshape(K * n, u), flat)
+        dH = dZ.reshape(K, n, u)
     if dH.dtype.itemsize < 4:  # half precision: accumulate in float32, as Backend.sum does
         total = xp.sum(dH, axis=1, dtype=xp.float32)
         if db is None:
@@ -719,6 +722,7 @@ class StackedOptimizer:
         self.state_names = kind.state_names
         self.state: dict[str, Array] = {}
         self._bound: Any = None
+        self._owner: Any = None
         self._static: np.ndarray | None = None
 
     @property
@@ -735,10 +739,16 @@ class StackedOptimizer:
         """Each member's number of steps taken, shape (K,)."""
         return np.array([o.t for o in self.members], dtype=np.int64)
 
-    def bind(self, be: Backend, params: Array, grads: Array, n_weights: int) -> None:
-        """Allocate the ``(K, n_params)`` state (once per stack), from the members' own."""
-        if self._bound is not None and self._bound[1] is params:
+    def bind(self, be: Backend, params: Array, grads: Array, n_weights: int, owner: Any = None) -> None:
+        """Allocate the ``(K, n_params)`` state (once per stack), from the members' own.
+
+        Bound again to the same stack (``owner``) or the same ``params``, the state is
+        kept: on an immutable backend every write of the parameters makes a new array.
+        """
+        if self._bound is not None and (self._bound[1] is params or (owner is not None and owner is self._owner)):
+            self._bound = (be, params)
             return
+        self._owner = owner
         K, P = params.shape
         if K != self.n_members:
             raise ValueError(f"the stack has {K} members, the optimizer {self.n_members}")

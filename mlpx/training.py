@@ -234,7 +234,8 @@ def _train(model: Any, source: Any, optimizer: Optimizer, loss: Any, reducer: Re
     n_steps = reducer.allreduce_max(local_steps)
     penalised = bool(np.any(l2))
 
-    reducer.agreed("binding the optimizer", optimizer.bind, be, model.params, model.grads, model.n_weights)
+    reducer.agreed("binding the optimizer", optimizer.bind, be, model.params, model.grads, model.n_weights,
+                   owner=model)
     model.optimizer_ = optimizer
     model.loss_ = loss
     model.history = history

@@ -697,6 +697,37 @@ def test_kernel_variants_table(capsys):
         assert numpy_us > 0
 
 
+def test_arrayapi_table_and_profile(capsys):
+    """``python -m benchmarks.arrayapi`` prints one row per backend and, with --profile,
+    the own time grouped by where the code lives and the costliest functions."""
+    from benchmarks.arrayapi import main
+
+    assert main(["--epochs", "1", "--rounds", "1", "--only", "numpy,array-api-strict",
+                 "--profile", "array-api-strict", "--top", "5"]) == 0
+    out = capsys.readouterr().out
+    rows = [l for l in out.splitlines() if l.startswith(("| numpy (", "| array-api-strict ("))]
+    assert len(rows) == 2
+    ratio = float(rows[1].split("|")[4])
+    assert ratio > 0 and rows[0].split("|")[4].strip() == "1.0"
+    assert "| own time in |" in out and "| mlpx |" in out and "array_api_strict" in out
+    assert len([l for l in out.splitlines() if l.startswith("| `")]) == 5
+
+
+def test_plain_torch_step_computes_what_mlpx_computes_on_torch():
+    """The yardstick row of benchmarks.arrayapi: the same step written in PyTorch reaches
+    the weights mlpx reaches on backend="array-api:torch", so the time difference
+    between the two is mlpx's own."""
+    pytest.importorskip("torch", reason="torch is not installed (pip install \"mlpx[test]\")")
+    from benchmarks.arrayapi import BACKENDS, _data, _fit, _model, torch_floor_fit
+
+    seconds, flat = torch_floor_fit(1)
+    X, y, _, _ = _data()
+    model = _model(BACKENDS["torch"], "float32")
+    _fit(model, X, y, 1)
+    assert seconds > 0
+    np.testing.assert_allclose(flat, model.get_flat_params(), rtol=0, atol=1e-6)
+
+
 def test_cpu_blas_providers_compared_on_the_step_products(tiny_run):
     """gemm.blas: every installed provider, checked before timing, the fastest named right."""
     from mlpx.backends import blas

@@ -74,56 +74,34 @@ def test_gradient_check_on_gpu_float64(gpu, output: str) -> None:
     assert r["max_rel_error"] < 1e-6, r["errors"]
 
 
-def _kernel_cases():
-    """The CPU kernel tests' case table, loaded by path (tests/ is not a package)."""
+def _kernel_tests():
+    """The CPU kernel tests (case table and comparison), loaded by path (tests/ is not a package)."""
     import importlib.util
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location("_mlpx_kernel_cases", Path(__file__).with_name("test_kernels.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.CASES, mod.all_kernels()
+    return mod
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_kernel_variants_on_cupy_match_the_generic_definition(gpu, dtype: str) -> None:
     """What runs on the GPU (the "cupy" variant, else the "numpy" one, on CuPy arrays)
-    against the generic definition run by NumPy on the host."""
+    against the generic definition run by NumPy on the host: same results, each in the
+    device buffer it belongs to, other inputs untouched (tests/test_kernels.py)."""
     import zlib
 
     cp = gpu.xp
-    cases, kernels = _kernel_cases()
-    for name, build in sorted(cases.items()):
-        k = kernels[name]
-        fast = k.resolve(gpu.kinds)
+    mod = _kernel_tests()
+    kernels = mod.all_kernels()
+    for name, build in sorted(mod.CASES.items()):
+        fast = kernels[name].resolve(gpu.kinds)
         rng = np.random.default_rng(zlib.crc32(name.encode()))
         for label, args, kwargs in build(rng, dtype):
-            memo_h: dict[int, np.ndarray] = {}
-            memo_d: dict[int, object] = {}
-            host_args, dev_args = [], []
-            bufs_h, bufs_d = [], []  # each host array beside its device copy, once each
-            for a in args:
-                if isinstance(a, np.ndarray):
-                    if id(a) not in memo_h:
-                        memo_h[id(a)] = a.copy()
-                        memo_d[id(a)] = cp.asarray(a)
-                        bufs_h.append(memo_h[id(a)])
-                        bufs_d.append(memo_d[id(a)])
-                    host_args.append(memo_h[id(a)])
-                    dev_args.append(memo_d[id(a)])
-                else:  # scalars, None, and objects such as the Activation of bias_activation
-                    host_args.append(a)
-                    dev_args.append(a)
-            ret_h = k.generic(np, *host_args, **kwargs)
-            ret_d = fast(cp, *dev_args, **kwargs)
-            tol = 2e-6 if dtype == "float32" else 1e-12
-            skip_last = name in ("sgd_update", "adam_update", "rmsprop_update", "l2_penalty")
-            for i, (bh, bd) in enumerate(zip(bufs_h, bufs_d)):
-                if skip_last and i == len(bufs_h) - 1:
-                    continue  # scratch buffer
-                np.testing.assert_allclose(cp.asnumpy(bd), bh, rtol=tol, atol=tol, err_msg=f"{name} [{label}]")
-            if ret_h is not None and not any(ret_h is b for b in bufs_h):
-                np.testing.assert_allclose(float(ret_d), float(ret_h), rtol=tol * 10, atol=tol, err_msg=f"{name} [{label}] value")
+            with gpu.device:
+                mod.compare_variant(name, fast, args, kwargs, dtype, f"{name} [{label}] {dtype}",
+                                    xp=cp, to_device=cp.asarray, to_host=cp.asnumpy, reduction_rtol=10.0)
 
 
 @pytest.mark.parametrize("name", ["float16", "bfloat16"])
@@ -148,8 +126,7 @@ def test_gelu_backward_kernel_in_half_precision_beyond_256(gpu, name: str) -> No
     cp = gpu.xp
     out = cp.empty(z.shape, dtype=dtype)
     assert gelu_backward.resolve(gpu.kinds) is gelu_backward.variants["cupy"]
-    gpu.run(gelu_backward, cp.asarray(dH), cp.asarray(z), None, out)
-    got = cp.asnumpy(out).astype(np.float64)
+    got = cp.asnumpy(gpu.run(gelu_backward, cp.asarray(dH), cp.asarray(z), None, out)).astype(np.float64)
     assert np.isfinite(got).all(), got
     np.testing.assert_allclose(got, ref, rtol=eps, atol=eps * 1e-3)
 

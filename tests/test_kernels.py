@@ -1,12 +1,20 @@
 """Every kernel's host variants (``"numpy"``, and ``"numba"`` when numba is installed)
-against its generic definition.
+against its generic definition, under the returned-values convention of
+:mod:`mlpx.backends.kernel`.
 
 The fast variants are what runs on the CPU (the ``"numpy"`` ones also, unchanged, on
-CuPy); the generic definitions are what runs on array-api-strict. thinc's history
-shows how CPU and GPU paths drift apart silently when nobody compares them, so each
-variant is run here on the same inputs as the generic definition, in float32 and
+CuPy); the generic definitions are what runs on array-api-strict and JAX. thinc's
+history shows how CPU and GPU paths drift apart silently when nobody compares them, so
+each variant is run here on the same inputs as the generic definition, in float32 and
 float64, for every argument combination and every documented aliasing (``out is Z``,
-``out is dH``, ``dZ is Z``), and every mutated buffer and returned value must agree.
+``out is dH``, ``dZ is Z``), and:
+
+* the generic definition writes nothing (its inputs are read-only here) and returns
+  every result;
+* the variant returns the same values, and each result that has a buffer (``out``,
+  ``dZ``, the optimizer's ``p`` and state) is that very buffer, so on NumPy the
+  returned array *is* the buffer the model passed;
+* the variant leaves every other input as it was (scratch buffers excepted).
 """
 
 from __future__ import annotations
@@ -19,14 +27,17 @@ import numpy as np
 import pytest
 
 import mlpx.activations as activations
+import mlpx.distributed as distributed
 import mlpx.layers as layers
 import mlpx.losses as losses
 import mlpx.metrics as metrics
+import mlpx.model as model
 import mlpx.optimizers as optimizers
+import mlpx.precision as precision
 import mlpx.stacked as stacked
 from mlpx.backends import Kernel
 
-MODULES = (activations, losses, optimizers, layers, metrics, stacked)
+MODULES = (activations, losses, optimizers, layers, metrics, precision, model, distributed, stacked)
 
 
 def all_kernels() -> dict[str, Kernel]:
@@ -130,13 +141,26 @@ def _rmsprop(rng: np.random.Generator, dtype: str) -> list:
 
 def _scale(rng: np.random.Generator, dtype: str) -> list:
     a = rng.standard_normal(30).astype(dtype)
-    return [("scale", (a[:17], 0.97), {})]  # a prefix view, as AdamW uses it
+    return [("scale the prefix", (a, 17, 0.97), {}), ("scale all", (a, 30, 0.5), {})]
 
 
 def _l2(rng: np.random.Generator, dtype: str) -> list:
-    W = rng.standard_normal(40).astype(dtype)
-    dW = rng.standard_normal(40).astype(dtype)
-    return [("l2", (W, dW, 0.3, np.full(40, np.nan, dtype=dtype)), {})]
+    p = rng.standard_normal(50).astype(dtype)
+    g = rng.standard_normal(50).astype(dtype)
+    return [("l2 on a weight prefix", (p, g, 40, 0.3, np.full(40, np.nan, dtype=dtype)), {})]
+
+
+def _scale_cast(rng: np.random.Generator, dtype: str) -> list:
+    src = rng.standard_normal((6, 4)).astype(dtype)
+    return [("out", (src, 0.125, np.empty_like(src)), {}), ("out is src", (src, 8.0, src), {})]
+
+
+def _fill(rng: np.random.Generator, dtype: str) -> list:
+    return [("fill", (rng.standard_normal(9).astype(dtype), 0.0), {})]
+
+
+def _zero(rng: np.random.Generator, dtype: str) -> list:
+    return [("zero", (rng.standard_normal(9).astype(dtype),), {})]
 
 
 def _add_bias(rng: np.random.Generator, dtype: str) -> list:
@@ -221,7 +245,31 @@ CASES: dict[str, Callable[..., list]] = {
     "scale_": _scale,
     "add_bias": _add_bias,
     "multiply": _multiply,
+    "scale_cast": _scale_cast,
+    "_fill": _fill,
+    "_zero": _zero,
 }
+
+# Where each result of a kernel lives when a fast variant writes it: the index of the
+# argument that is its buffer, position by position in the returned tuple (None: a new
+# value, e.g. a loss total). A result whose buffer argument is None (no ``dZ``) is None.
+_ACT_FORWARD, _ACT_BACKWARD = (1,), (3,)
+OUTPUTS: dict[str, tuple[int | None, ...]] = {
+    "relu_forward": _ACT_FORWARD, "leaky_relu_forward": _ACT_FORWARD, "logistic_forward": _ACT_FORWARD,
+    "tanh_forward": _ACT_FORWARD, "softmax_forward": _ACT_FORWARD, "exp_forward": _ACT_FORWARD,
+    "relu_backward": _ACT_BACKWARD, "logistic_backward": _ACT_BACKWARD, "tanh_backward": _ACT_BACKWARD,
+    "cross_entropy": (None, 2), "squared_error": (None, 2),
+    "l2_penalty": (None, 1),
+    "sgd_update": (0, 2), "adam_update": (0, 2, 3), "rmsprop_update": (0, 2),
+    "bias_activation": (3,), "correct_count": (None,), "scale_": (0,), "add_bias": (0,),
+    "multiply": (2,), "scale_cast": (2,), "_fill": (0,), "_zero": (0,),
+}
+# Arguments a fast variant may overwrite with anything (scratch).
+SCRATCH: dict[str, tuple[int, ...]] = {
+    "sgd_update": (3,), "adam_update": (4,), "rmsprop_update": (3,), "l2_penalty": (4,),
+    "bias_activation": (0,),  # Z: the bias is added into it
+}
+_OPTIMIZERS = ("sgd_update", "adam_update", "rmsprop_update", "l2_penalty")
 
 
 def test_every_numpy_variant_has_a_case() -> None:
@@ -230,33 +278,70 @@ def test_every_numpy_variant_has_a_case() -> None:
     assert not missing, f"kernels with a host variant but no test case: {missing}"
     # and the tables name no kernel that has lost its variant
     assert set(CASES) | set(FUNCTIONAL) <= set(numpy_variants())
+    assert set(OUTPUTS) == set(CASES), "every case needs the positions of its results' buffers"
 
 
-def _copy_preserving_aliases(args: tuple) -> tuple:
+def _as_tuple(ret: Any) -> tuple:
+    return ret if isinstance(ret, tuple) else (ret,)
+
+
+def _copy_preserving_aliases(args: tuple, convert: Callable[[np.ndarray], Any]) -> tuple:
     memo: dict[int, Any] = {}
     out = []
     for a in args:
         if isinstance(a, np.ndarray):
             if id(a) not in memo:
-                memo[id(a)] = a.copy()
+                memo[id(a)] = convert(a)
             out.append(memo[id(a)])
         else:
             out.append(a)
     return tuple(out)
 
 
-def _run(fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[Any, list]:
-    call_args = _copy_preserving_aliases(args)
-    with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
-        ret = fn(np, *call_args, **kwargs)
-    buffers = [a for a in call_args if isinstance(a, np.ndarray)]
-    return ret, buffers
+def _read_only(a: np.ndarray) -> np.ndarray:
+    c = a.copy()
+    c.flags.writeable = False  # a generic definition that writes raises here
+    return c
 
 
-def _close(a: Any, b: Any, dtype: str, what: str) -> None:
+def _close(a: Any, b: Any, dtype: str, what: str, scale: float = 1.0) -> None:
     rtol, atol = (2e-6, 1e-6) if dtype == "float32" else (1e-12, 1e-12)
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=what)
+    np.testing.assert_allclose(a, b, rtol=rtol * scale, atol=atol, err_msg=what)
+
+
+def compare_variant(name: str, fast: Callable[..., Any], args: tuple, kwargs: dict, dtype: str, what: str,
+                    xp: Any = np, to_device: Callable[[np.ndarray], Any] = np.copy,
+                    to_host: Callable[[Any], np.ndarray] = np.asarray, reduction_rtol: float = 1.0) -> None:
+    """One case: the generic definition (NumPy, read-only inputs) against ``fast`` run by
+    ``xp`` on ``to_device`` copies of the inputs (CuPy for the GPU variants).
+
+    ``reduction_rtol`` widens the tolerance of 0-d results (sums taken in another order)."""
+    k = all_kernels()[name]
+    gen_args = _copy_preserving_aliases(args, _read_only)
+    with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
+        ret_g = _as_tuple(k.generic(np, *gen_args, **kwargs))
+    fast_args = _copy_preserving_aliases(args, to_device)
+    with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
+        ret_f = _as_tuple(fast(xp, *fast_args, **kwargs))
+    positions = OUTPUTS[name]
+    assert len(ret_g) == len(ret_f) == len(positions), f"{what}: {len(ret_f)} results, {len(ret_g)} generic"
+    for i, (g, f, pos) in enumerate(zip(ret_g, ret_f, positions)):
+        if pos is not None and args[pos] is None:
+            assert g is None and f is None, f"{what}: result {i} without a buffer must be None"
+            continue
+        if pos is not None:
+            assert f is fast_args[pos], f"{what}: result {i} is not the buffer argument {pos} it was written into"
+            assert not any(g is a for a in gen_args), f"{what}: the generic definition returned an input as result {i}"
+        _close(to_host(f), g, dtype, f"{what}: result {i}", reduction_rtol if np.ndim(g) == 0 else 1.0)
+        if name not in _OPTIMIZERS:  # values must be finite even for the extreme inputs
+            assert np.isfinite(np.asarray(to_host(f), dtype=np.float64)).all(), f"{what}: result {i} not finite"
+    # The variant wrote only into its results' buffers and its scratch.
+    written = {id(fast_args[p]) for p in positions if p is not None and fast_args[p] is not None}
+    written |= {id(fast_args[p]) for p in SCRATCH.get(name, ())}
+    for j, (orig, a) in enumerate(zip(args, fast_args)):
+        if isinstance(orig, np.ndarray) and id(a) not in written:
+            np.testing.assert_array_equal(to_host(a), orig, err_msg=f"{what}: input {j} was changed")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -264,36 +349,26 @@ def _close(a: Any, b: Any, dtype: str, what: str) -> None:
 def test_host_variant_matches_generic(name: str, kind: str, dtype: str) -> None:
     if kind == "numba":
         pytest.importorskip("numba")
-    k = all_kernels()[name]
-    fast = k.variants[kind]
+    fast = all_kernels()[name].variants[kind]
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     for label, args, kwargs in CASES[name](rng, dtype):
-        # A NaN "scratch" buffer is scratch only: compare everything else.
-        ret_g, bufs_g = _run(k.generic, args, kwargs)
-        ret_f, bufs_f = _run(fast, args, kwargs)
-        what = f"{name}/{kind} [{label}] {dtype}"
-        for i, (bg, bf, orig) in enumerate(zip(bufs_g, bufs_f, [a for a in args if isinstance(a, np.ndarray)])):
-            if name in ("sgd_update", "adam_update", "rmsprop_update", "l2_penalty") and i == len(bufs_g) - 1:
-                continue  # tmp: the generic definitions leave it alone
-            assert bf.dtype == orig.dtype, f"{what}: buffer {i} changed dtype"
-            _close(bf, bg, dtype, f"{what}: buffer {i}")
-        if ret_g is not None and not (isinstance(ret_g, np.ndarray) and any(ret_g is b for b in bufs_g)):
-            _close(ret_f, ret_g, dtype, f"{what}: returned value")
-        # values must be finite even for the extreme inputs
-        for b in bufs_f:
-            if b.dtype.kind == "f" and name not in ("sgd_update", "adam_update", "rmsprop_update", "l2_penalty"):
-                assert np.isfinite(b).all(), f"{what}: non-finite output"
+        compare_variant(name, fast, args, kwargs, dtype, f"{name}/{kind} [{label}] {dtype}")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", ["relu_forward", "tanh_forward", "logistic_forward", "softmax_forward", "exp_forward", "leaky_relu_forward"])
 def test_forward_variant_returns_its_out_buffer(name: str, dtype: str) -> None:
-    """Layers rely on the returned array being the ``out`` they passed (it is a workspace)."""
+    """On NumPy the returned array is the ``out`` the layer passed (its workspace); the
+    generic definition returns a new array and leaves ``out`` alone."""
     k = all_kernels()[name]
     Z = np.linspace(-2, 2, 12, dtype=dtype).reshape(3, 4)
-    out = np.empty_like(Z)
+    out = np.full_like(Z, 7.0)
     assert k.variants["numpy"](np, Z, out) is out
-    assert k.generic(np, Z.copy(), out) is out
+    assert (out != 7.0).any()
+    out = np.full_like(Z, 7.0)
+    H = k.generic(np, Z.copy(), out)
+    assert H is not out and (out == 7.0).all()
+    np.testing.assert_allclose(H, k.variants["numpy"](np, Z, np.empty_like(Z)), rtol=1e-6)
 
 
 def test_correct_count_generic_against_sklearn_accuracy() -> None:
@@ -439,11 +514,9 @@ def test_functional_variant_returns_what_the_generic_definition_returns(name: st
     fast = k.variants[kind]
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     for label, args, kwargs, which in FUNCTIONAL[name](rng, dtype):
-        frozen = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
-        ret_g, bufs_g = _run(k.generic, args, kwargs)
-        for b, a in zip(bufs_g, [a for a in frozen if isinstance(a, np.ndarray)]):
-            np.testing.assert_array_equal(b, a, err_msg=f"{name} [{label}]: the generic definition wrote an input")
-        call_args = _copy_preserving_aliases(args)
+        with np.errstate(all="ignore"):  # read-only inputs: a generic definition that writes raises
+            ret_g = k.generic(np, *_copy_preserving_aliases(args, _read_only), **kwargs)
+        call_args = _copy_preserving_aliases(args, np.copy)
         with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
             ret_f = fast(np, *call_args, **kwargs)
         what = f"{name}/{kind} [{label}] {dtype}"

@@ -119,13 +119,13 @@ def test_scale_cast_forms_the_product_in_float32(kind) -> None:
     # 2**-20 is below float16's smallest subnormal (2**-24) once multiplied by 2**-10:
     # unscaling in float16 would give 0; in float32 it must not.
     src = np.array([2.0**-10, 3.0, -5.5, 60000.0], dtype=np.float16)
-    out = np.empty(4, np.float32)
     fn = scale_cast.resolve(() if kind == "generic" else ("numpy",))
-    fn(np, src, 2.0**-20, out)
+    out = fn(np, src, 2.0**-20, np.empty(4, np.float32))  # the result is returned (and in out on NumPy)
+    assert out.dtype == np.float32
     np.testing.assert_array_equal(out, src.astype(np.float64) * 2.0**-20)
-    down = np.empty(4, np.float16)
     with np.errstate(over="ignore"):
-        fn(np, np.array([1.0, 70000.0, -1e-9, 0.5], np.float32), 1.0, down)
+        down = fn(np, np.array([1.0, 70000.0, -1e-9, 0.5], np.float32), 1.0, np.empty(4, np.float16))
+    assert down.dtype == np.float16
     assert down[0] == 1 and np.isinf(down[1]) and down[3] == 0.5  # overflow shows as inf
 
 

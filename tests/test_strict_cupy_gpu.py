@@ -174,42 +174,33 @@ def _on_device(cp: Any, args: tuple) -> tuple[tuple, tuple]:
 
 
 def _compare_runs(cp: Any, name: str, run_host: Callable, run_dev: Callable, dtype: str, rtol: float, atol: float) -> None:
+    """Every result of ``name`` run on the host and on the device agrees.
+
+    Kernels return their results (a generic definition new arrays, a fast variant the
+    buffers it updated in place), so the returned values are what is compared.
+    """
     rng = np.random.default_rng(zlib.crc32(name.encode()))
-    functional = name in TK.FUNCTIONAL
     for label, args, kwargs, *rest in _cases()[name](rng, dtype):
         host, dev = _on_device(cp, args)
         with np.errstate(all="ignore"):
             ret_h = run_host(host, kwargs)
         ret_d = run_dev(dev, kwargs)
         what = f"{name} [{label}] {dtype}"
-        if functional:
-            # Results are what counts: a generic definition returns them, a fast variant
-            # may return the buffers it updated in place.
-            which = rest[0] if rest else None
-            for i, (rh, rd) in enumerate(zip(ret_h, ret_d)):
-                if rh is None or (which is not None and i not in which):
-                    continue
-                np.testing.assert_allclose(np.asarray(cp.asnumpy(rd), dtype=np.float64),
-                                           np.asarray(rh, dtype=np.float64), rtol=rtol, atol=atol,
-                                           err_msg=f"{what}: returned value {i}")
-            continue
-        bufs = [(h, d) for h, d in zip(host, dev) if isinstance(h, np.ndarray)]
-        for i, (h, d) in enumerate(bufs):
-            if name in ("sgd_update", "adam_update", "rmsprop_update", "l2_penalty") and i == len(bufs) - 1:
-                continue  # scratch: the generic definitions leave it alone
-            got = cp.asnumpy(d)
-            assert got.dtype == h.dtype, f"{what}: buffer {i} dtype"
-            np.testing.assert_allclose(got.astype(np.float64), h.astype(np.float64), rtol=rtol, atol=atol,
-                                       err_msg=f"{what}: buffer {i}")
-        pairs = zip(ret_h, ret_d) if isinstance(ret_h, tuple) else [(ret_h, ret_d)]
-        for rh, rd in pairs:  # functional kernels return several results
-            if rh is None or any(rh is h for h, _ in bufs):
-                continue  # a buffer compared above
-            if getattr(rh, "ndim", 0):
-                np.testing.assert_allclose(cp.asnumpy(rd), rh, rtol=rtol, atol=atol, err_msg=what)
-            else:
-                np.testing.assert_allclose(float(rd), float(rh), rtol=rtol * 10, atol=atol,
-                                           err_msg=f"{what}: returned value")
+        which = rest[0] if rest else None
+        ret_h = ret_h if isinstance(ret_h, tuple) else (ret_h,)
+        ret_d = ret_d if isinstance(ret_d, tuple) else (ret_d,)
+        assert len(ret_h) == len(ret_d), what
+        for i, (rh, rd) in enumerate(zip(ret_h, ret_d)):
+            if which is not None and i not in which:
+                continue
+            if rh is None:
+                assert rd is None, f"{what}: returned value {i}"
+                continue
+            got = np.asarray(cp.asnumpy(rd) if not isinstance(rd, (float, int, np.generic)) else rd)
+            want = np.asarray(rh)
+            assert got.dtype == want.dtype, f"{what}: returned value {i} dtype {got.dtype} != {want.dtype}"
+            np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=rtol,
+                                       atol=atol, err_msg=f"{what}: returned value {i}")
 
 
 _TOL = {"float32": (2e-6, 1e-6), "float64": (1e-12, 1e-12)}

@@ -542,7 +542,7 @@ class BaseMLP(BaseEstimator):
             else:
                 rt.optimizer = Adam(lr=float(self.learning_rate_init), beta_1=float(self.beta_1),
                                     beta_2=float(self.beta_2), epsilon=float(self.epsilon))
-        rt.optimizer.bind(rt.be, model.params, model.grads, model.n_weights)
+        rt.optimizer.bind(rt.be, model.params, model.grads, model.n_weights, owner=model)
         return rt.optimizer
 
     def _batch_size(self, n: int) -> int:
@@ -676,17 +676,18 @@ class BaseMLP(BaseEstimator):
         alpha = float(self.alpha)
 
         def local_loss_grad() -> Any:
+            nonlocal acc
             total: Any = None
             for k, batch in enumerate(source.epoch(None)):
                 value = model.forward_backward(batch.X, batch.Y, batch.w, loss=rt.loss, denom=denom)
                 if acc is not None:
                     if k == 0:
-                        be.copy(model.grads, acc)
+                        acc = be.copy(model.grads, acc)
                     else:
-                        acc[...] += model.grads
+                        acc += model.grads  # in place where arrays are writable, else rebound
                 total = value if total is None else total + value
             if acc is not None:
-                be.copy(acc, model.grads)
+                model.grads = be.copy(acc, model.grads)
             return total
 
         def loss_grad(packed: np.ndarray) -> tuple[float, np.ndarray]:

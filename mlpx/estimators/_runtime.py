@@ -119,7 +119,7 @@ class Runtime:
         if self.best is None:
             self.best = be.empty(model.n_params, self.dtype)
         with model.parameter_lock.read():
-            be.copy(model.params, self.best)
+            self.best = be.copy(model.params, self.best)
 
     def state(self) -> dict[str, Any]:
         """What lives only on the device, as host data: the optimizer's state, ``best``."""
@@ -139,5 +139,5 @@ class Runtime:
         if saved is not None:
             opt = Optimizer.from_state_dict(saved)
             if saved.get("state"):
-                opt.bind(be, model.params, model.grads, model.n_weights)
+                opt.bind(be, model.params, model.grads, model.n_weights, owner=model)
             self.optimizer = opt
