@@ -245,6 +245,19 @@ class _Source:
         """
         return np.array([float(b - a) for a, b in self.bounds()])
 
+    def _on_device(self, be: Any, X: Any, Y: Any, w: Any, batch_size: int, dtype: str,
+                   target_dtype: str | None) -> None:
+        """Sizes and dtypes checked; Y and w moved to the device (X is the subclass's)."""
+        self.n = _check_rows(X, Y, w)
+        self.batch_size = max(1, min(_check_batch_size(batch_size), self.n))
+        self.be = be
+        self.dtype = _dtype_name(dtype)
+        self.target_dtype = _dtype_name(target_dtype or dtype)
+        self.w_host = None if w is None else np.asarray(to_host(w), dtype=np.float64)
+        self.Y = be.asarray(Y, dtype=self.target_dtype)
+        self.w = None if w is None else be.asarray(w, dtype=self.target_dtype)
+        self._ws: dict[tuple[str, int], Array] = {}
+
     def denominators(self, perm: np.ndarray | None) -> np.ndarray:
         """Each minibatch's loss normaliser: its row count, or its weights' sum (host).
 
@@ -284,17 +297,10 @@ class ResidentBatches(_Source):
     def __init__(
         self, be: Any, X: Any, Y: Any, w: Any, batch_size: int, dtype: str, *, target_dtype: str | None = None
     ) -> None:
-        self.n = _check_rows(X, Y, w)
-        self.batch_size = max(1, min(_check_batch_size(batch_size), self.n))
-        self.be = be
-        self.dtype = _dtype_name(dtype)
-        self.target_dtype = _dtype_name(target_dtype or dtype)
-        self.w_host = None if w is None else np.asarray(to_host(w), dtype=np.float64)
+        self._on_device(be, X, Y, w, batch_size, dtype, target_dtype)
         # One transfer of the training set; minibatches are cut on the device.
         self.X = be.asarray(X, dtype=self.dtype)
-        self.Y = be.asarray(Y, dtype=self.target_dtype)
-        self.w = None if w is None else be.asarray(w, dtype=self.target_dtype)
-        self._ws: dict[tuple[str, int], Array] = {}
+
 
     def _workspace(self, tag: str, rows: int, like: Array) -> Array:
         # One gather buffer per array and batch length (the full size and at most one
@@ -353,16 +359,8 @@ class SparseBatches(_Source):
     def __init__(
         self, be: Any, X: Any, Y: Any, w: Any, batch_size: int, dtype: str, *, target_dtype: str | None = None
     ) -> None:
-        self.n = _check_rows(X, Y, w)
-        self.batch_size = max(1, min(_check_batch_size(batch_size), self.n))
-        self.be = be
-        self.dtype = _dtype_name(dtype)
-        self.target_dtype = _dtype_name(target_dtype or dtype)
-        self.w_host = None if w is None else np.asarray(to_host(w), dtype=np.float64)
+        self._on_device(be, X, Y, w, batch_size, dtype, target_dtype)
         self.X = sparse_to_backend(be, X, self.dtype)
-        self.Y = be.asarray(Y, dtype=self.target_dtype)
-        self.w = None if w is None else be.asarray(w, dtype=self.target_dtype)
-        self._ws: dict[tuple[str, int], Array] = {}
 
     def epoch(self, perm: np.ndarray | None) -> Iterator[Batch]:
         """One pass over the data in minibatches; see :meth:`ResidentBatches.epoch`."""
