@@ -83,9 +83,9 @@ class Batch(NamedTuple):
 
 # ------------------------------------------------------- arrays of any kind
 def is_sparse(X: Any) -> bool:
-    """A scipy.sparse or cupyx.scipy.sparse matrix."""
+    """A SciPy / CuPy (or pydata) sparse matrix or array, detected without importing either."""
     mod = type(X).__module__
-    return mod.startswith(("scipy.sparse", "cupyx.scipy.sparse"))
+    return mod.startswith(("scipy.sparse", "cupyx.scipy.sparse", "sparse")) and hasattr(X, "nnz")
 
 
 def is_device_array(x: Any) -> bool:
@@ -94,9 +94,18 @@ def is_device_array(x: Any) -> bool:
 
 
 def to_host(x: Any) -> Any:
-    """A GPU array's host copy (an explicit transfer); anything else unchanged."""
+    """A device array's host (NumPy) copy, by an explicit transfer; anything else unchanged.
+
+    CuPy arrays through ``get`` (CuPy refuses implicit conversion), other libraries'
+    arrays (PyTorch, JAX, array-api-strict) through DLPack.
+    """
     if is_device_array(x):
         return x.get()
+    if not isinstance(x, (np.ndarray, np.generic)) and hasattr(x, "__dlpack__"):
+        try:
+            return np.from_dlpack(x)
+        except (BufferError, RuntimeError, TypeError):  # e.g. a device DLPack cannot export to the host
+            return np.asarray(x)
     return x
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from mlpx.data import is_sparse, to_host
 from mlpx.losses import OUTPUT_LOSS
 
 __all__ = [
@@ -290,12 +291,6 @@ def _is_device_array(x: Any) -> bool:
     return hasattr(x, "__array_namespace__") or type(x).__module__.split(".")[0] == "cupy"
 
 
-def is_sparse(x: Any) -> bool:
-    """A SciPy / CuPy sparse matrix or array (detected without importing either)."""
-    mod = type(x).__module__
-    return mod.startswith(("scipy.sparse", "cupyx.scipy.sparse", "sparse")) and hasattr(x, "nnz")
-
-
 def _refuse_sparse(x: Any, name: str) -> None:
     if is_sparse(x):
         raise TypeError(
@@ -417,7 +412,7 @@ def encode_targets(
     """
     _refuse_sparse(y, "y")
     if _is_device_array(y):
-        y = _to_host(y)
+        y = to_host(y)
     if hasattr(y, "to_numpy"):
         y = y.to_numpy()
     try:
@@ -491,15 +486,6 @@ def _normalised_rows(Y: np.ndarray) -> np.ndarray:
     return Y / sums[:, None]
 
 
-def _to_host(y: Any) -> np.ndarray:
-    try:
-        return np.from_dlpack(y)
-    except Exception:
-        import cupy  # only reached for CuPy arrays, which do not export to host DLPack
-
-        return cupy.asnumpy(y)
-
-
 def check_sample_weight(sample_weight: Any, n_samples: int, dtype: Any = None) -> np.ndarray | None:
     """Validate sample weights: shape (n,), finite, non-negative, not all zero.
 
@@ -519,7 +505,7 @@ def check_sample_weight(sample_weight: Any, n_samples: int, dtype: Any = None) -
         return None
     _refuse_sparse(sample_weight, "sample_weight")
     if _is_device_array(sample_weight):
-        sample_weight = _to_host(sample_weight)
+        sample_weight = to_host(sample_weight)
     try:
         w = np.asarray(sample_weight, dtype=np.float64)
     except (TypeError, ValueError) as exc:
