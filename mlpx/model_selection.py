@@ -270,8 +270,8 @@ class _StackedSearch:
                             continue
                         Xt = step.fit_transform(Xt, y_train)
                         fitted.append((step_name, step))
-                    cache[key] = (fitted, Xt, time.time() - t0)
-                fitted, Xt, spent = cache[key]
+                    cache[key] = (fitted, Xt)
+                fitted, Xt = cache[key]
                 est.steps[:-1] = [(n, s) for n, s in fitted]
             except Exception:  # noqa: BLE001 - the pipeline's fit failed, as fit would
                 if self.error_score == "raise":

@@ -27,7 +27,7 @@ Data moves to the backend once per ``fit`` (or is streamed, :mod:`mlpx.data`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -136,7 +136,6 @@ class _Epoch:
     weight: float = 0.0
     hits: Any = 0.0
     pending: BaseException | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def train(

@@ -245,7 +245,6 @@ class BaseMLP(BaseEstimator):
                 dtype = state.get("dtype") or self._model_dtype()
                 layer_units = [self.coefs_[0].shape[0]] + [np.shape(c)[1] for c in self.coefs_]
                 rt = Runtime(be, dtype, layer_units, self.activation, self.out_activation_)
-                rt.push(self.coefs_, self.intercepts_)
                 rt.restore(state)
                 self._rt, self._rt_host = rt, None
         rt.push(self.coefs_, self.intercepts_)  # assigned or edited in place since
