@@ -283,15 +283,9 @@ class Backend:
         -------
         array, shape (K, m, n)
         """
-        xp = self.xp
-        if type(a) is np.ndarray or type(b) is np.ndarray:
-            self.check(a)
-            self.check(b)
-        if trans_a:
-            a = xp.matrix_transpose(a)
-        if trans_b:
-            b = xp.matrix_transpose(b)
-        return xp.matmul(a, b)
+        # The generic product transposes the last two axes and broadcasts stacks
+        # already: a batched product is the same call.
+        return self.gemm(a, b, trans_a, trans_b, out)
 
     # ------------------------------------------------------------ reductions
     def sum(self, x: Array, axis: int | None = None, out: Array | None = None) -> Array:

@@ -301,10 +301,11 @@ class CupyBackend(Backend):
             self.check(a)
             self.check(b)
         if trans_a:
-            a = a.T
+            a = self.xp.swapaxes(a, -1, -2)
         if trans_b:
-            b = b.T
-        # cupy.matmul passes transposed views to cuBLAS as transpose flags.
+            b = self.xp.swapaxes(b, -1, -2)
+        # cupy.matmul passes transposed views to cuBLAS as transpose flags; on stacks it
+        # is one cublas<t>gemmStridedBatched call (or a broadcast of a 2-D operand).
         with self.device:
             return self.xp.matmul(a, b, out=out)
 
@@ -316,17 +317,7 @@ class CupyBackend(Backend):
         trans_b: bool = False,
         out: Array | None = None,
     ) -> Array:
-        if type(a) is np.ndarray or type(b) is np.ndarray:
-            self.check(a)
-            self.check(b)
-        if trans_a:
-            a = self.xp.swapaxes(a, -1, -2)
-        if trans_b:
-            b = self.xp.swapaxes(b, -1, -2)
-        # cupy.matmul on stacks: one cublas<t>gemmStridedBatched call (or a broadcast
-        # of a 2-D operand), transposes as flags.
-        with self.device:
-            return self.xp.matmul(a, b, out=out)
+        return self.gemm(a, b, trans_a, trans_b, out)
 
     def sum(self, x: Array, axis: int | None = None, out: Array | None = None) -> Array:
         with self.device:
