@@ -182,6 +182,7 @@ class Sequential:
         # seeds (seed + 1 + k): normalise it to a Python int once, here.
         self.seed = seed = check_seed(seed)
         self.parameter_lock = ReadWriteLock()
+        self._one_rank = LocalReducer(self.backend)  # the reducer of single-process steps
         self.history: Any = None
         self.optimizer_: Optimizer | None = None
         self.loss_: OutputLoss | None = None
@@ -695,7 +696,7 @@ class Sequential:
         -------
         StepResult
         """
-        reducer = reducer if reducer is not None else LocalReducer(self.backend)
+        reducer = reducer if reducer is not None else self._one_rank
         value: Any = 0.0
         correct = None
         error = pending
@@ -806,7 +807,7 @@ class Sequential:
                        None if w is None else be.asarray(w[a:b], dtype=self.dtype))
 
         with self.compute_context(min(n, PREDICT_CHUNK)), self.parameter_lock.read():
-            scores = holdout_scores(self, chunks, LocalReducer(be), lossfn)
+            scores = holdout_scores(self, chunks, self._one_rank, lossfn)
         del scores["weight"]
         return scores
 
