@@ -301,9 +301,9 @@ class CupyBackend(Backend):
             self.check(a)
             self.check(b)
         if trans_a:
-            a = self.xp.swapaxes(a, -1, -2)
+            a = a.T if a.ndim == 2 else self.xp.swapaxes(a, -1, -2)
         if trans_b:
-            b = self.xp.swapaxes(b, -1, -2)
+            b = b.T if b.ndim == 2 else self.xp.swapaxes(b, -1, -2)
         # cupy.matmul passes transposed views to cuBLAS as transpose flags; on stacks it
         # is one cublas<t>gemmStridedBatched call (or a broadcast of a 2-D operand).
         with self.device:
