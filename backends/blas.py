@@ -34,14 +34,14 @@ import ctypes
 import glob
 import os
 import sys
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
 from .base import BackendUnavailableError
 
-__all__ = ["BLAS_PROVIDERS", "available_providers", "installed_providers", "load_provider", "numpy_gemm",
-           "provider_version"]
+__all__ = ["BLAS_PROVIDERS", "NumpyCblas", "available_providers", "installed_providers", "load_provider",
+           "numpy_cblas", "numpy_gemm", "provider_version"]
 
 BLAS_PROVIDERS = ("numpy", "mkl", "blis")
 
@@ -195,6 +195,104 @@ def installed_providers() -> list[str]:
     if importlib.util.find_spec("blis") is not None:
         names.append("blis")
     return names
+
+
+class NumpyCblas(NamedTuple):
+    """ctypes functions of the CBLAS that ``numpy.matmul`` itself calls.
+
+    For compiled loops (numba) that multiply matrices in the middle of a loop and
+    must give ``numpy.matmul``'s bits: the same library, called as NumPy calls it
+    (row-major, transposes as flags). Pointers are passed as integers (``size_t``,
+    which every 64-bit ABI passes as it passes a pointer); ``ilp64`` tells whether
+    the integer arguments are 64-bit.
+
+    Attributes
+    ----------
+    gemm : dict
+        ``{"float32": cblas_sgemm, "float64": cblas_dgemm}``:
+        ``(order, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc)``.
+    dot : dict
+        ``{"float32": cblas_sdot, "float64": cblas_ddot}``: ``(n, x, incx, y, incy)``.
+    path : str
+        The library file.
+    """
+
+    gemm: dict[str, Any]
+    dot: dict[str, Any]
+    ilp64: bool
+    path: str
+
+
+_CBLAS: list[Any] = []
+
+# CBLAS enum values (CBLAS_ORDER, CBLAS_TRANSPOSE).
+CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS = 101, 111, 112
+
+
+def _numpy_blas_files() -> list[str]:
+    """The BLAS libraries bundled with NumPy's wheels (Linux, Windows: numpy.libs; macOS: .dylibs)."""
+    here = os.path.dirname(np.__file__)
+    found: list[str] = []
+    for folder in (here + ".libs", os.path.join(here, ".dylibs")):
+        for pattern in ("libscipy_openblas*", "libopenblas*"):
+            found += sorted(glob.glob(os.path.join(folder, pattern)))
+    return found
+
+
+def _cblas_from(path: str) -> NumpyCblas | None:
+    try:
+        lib = ctypes.CDLL(path)  # already loaded by NumPy: the same handle
+    except OSError:
+        return None
+    for prefix, suffix, ilp64 in (("scipy_", "64_", True), ("scipy_", "", False), ("", "64_", True), ("", "", False)):
+        names = {t: f"{prefix}cblas_{t}{suffix}" for t in ("sgemm", "dgemm", "sdot", "ddot")}
+        if not all(hasattr(lib, n) for n in names.values()):
+            continue
+        i = ctypes.c_int64 if ilp64 else ctypes.c_int
+        e, p = ctypes.c_int, ctypes.c_size_t
+        fns: dict[str, Any] = {}
+        for t, real in (("s", ctypes.c_float), ("d", ctypes.c_double)):
+            gemm = ctypes.CFUNCTYPE(None, e, e, e, i, i, i, real, p, i, p, i, real, p, i)
+            dot = ctypes.CFUNCTYPE(real, i, p, i, p, i)
+            fns[t + "gemm"] = gemm(ctypes.cast(getattr(lib, names[t + "gemm"]), ctypes.c_void_p).value)
+            fns[t + "dot"] = dot(ctypes.cast(getattr(lib, names[t + "dot"]), ctypes.c_void_p).value)
+        found = NumpyCblas({"float32": fns["sgemm"], "float64": fns["dgemm"]},
+                           {"float32": fns["sdot"], "float64": fns["ddot"]}, ilp64, path)
+        return found if _same_as_numpy(found) else None
+    return None
+
+
+def _same_as_numpy(cblas: NumpyCblas) -> bool:
+    """Whether the functions give numpy.matmul's and numpy.vecdot's bits (else they are not its BLAS)."""
+    rng = np.random.default_rng(0)
+    for dtype in ("float32", "float64"):
+        a = rng.standard_normal((37, 29)).astype(dtype)
+        b = rng.standard_normal((29, 41)).astype(dtype)
+        out = np.empty((37, 41), dtype=dtype)
+        cblas.gemm[dtype](CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_NO_TRANS, 37, 41, 29, 1.0, a.ctypes.data, 29,
+                          b.ctypes.data, 41, 0.0, out.ctypes.data, 41)
+        if not np.array_equal(out, np.matmul(a, b)):
+            return False
+        x = rng.standard_normal(1001).astype(dtype)
+        if cblas.dot[dtype](1001, x.ctypes.data, 1, x.ctypes.data, 1) != np.vecdot(x, x):
+            return False
+    return True
+
+
+def numpy_cblas() -> NumpyCblas | None:
+    """The CBLAS NumPy's wheel bundles (found once per process), or None.
+
+    None where NumPy links another BLAS (a conda or system build) or the library
+    does not give ``numpy.matmul``'s results; callers then use ``numpy.matmul``.
+    """
+    if not _CBLAS:
+        found = None
+        for path in _numpy_blas_files():
+            found = _cblas_from(path)
+            if found is not None:
+                break
+        _CBLAS.append(found)
+    return _CBLAS[0]
 
 
 def provider_version(name: str) -> str:

@@ -243,7 +243,13 @@ class _StackedSearch:
         est = clone(base).set_params(**clone(task.params, safe=False))
         task.estimator = est
         fp = _check_method_params(X, params=fit_params, indices=task.train)
-        X_train, y_train = _safe_split(est, X, y, task.train)
+        # One training split per fold, shared by every candidate: the stack then
+        # holds one copy of it and gathers each step's rows once for the fold's
+        # members that draw the same minibatches (stacked.MemberRows.shared).
+        split_key = ("split", task.split)
+        if split_key not in cache:
+            cache[split_key] = (*_safe_split(est, X, y, task.train), 0.0)
+        X_train, y_train, _ = cache[split_key]
         task.y_train = y_train
         if isinstance(est, Pipeline):
             name, final = est.steps[-1]

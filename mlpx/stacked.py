@@ -45,6 +45,7 @@ import copy
 import math
 import os
 import threading
+import time
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -60,6 +61,7 @@ from mlpx.distributed import LocalReducer
 from mlpx.layers import ActivationLayer, Dense
 from mlpx.locking import ReadWriteLock
 from mlpx.losses import OutputLoss
+from mlpx.member_step import LOSS_CODES, member_step_plan, run_member_steps
 from mlpx.metrics import iter_chunks, r2_from_sums
 from mlpx.model import PREDICT_CHUNK, Sequential, StepResult
 from mlpx.optimizers import SGD, Adam, Optimizer, get_optimizer
@@ -745,6 +747,7 @@ class StackedOptimizer:
         Bound again to the same stack (``owner``) or the same ``params``, the state is
         kept: on an immutable backend every write of the parameters makes a new array.
         """
+        self._static = None  # the members' settings, read again at the first step
         if self._bound is not None and (self._bound[1] is params or (owner is not None and owner is self._owner)):
             self._bound = (be, params)
             return
@@ -773,28 +776,41 @@ class StackedOptimizer:
         """
         K = self.n_members
         adam = self.kind is Adam
-        vec = np.zeros((7 if adam else 3, K))
-        if adam:
-            if self._static is None:  # the members' settings do not change during training
-                self._static = np.array([[o.beta_1, 1.0 - o.beta_1, o.beta_2, 1.0 - o.beta_2, o.epsilon]
-                                         for o in self.members]).T
-            vec[1:6] = self._static
-        lr = np.array([o.lr for o in self.members])
-        corrections: dict[tuple[float, float, int], tuple[float, float]] = {}
-        for k in np.flatnonzero(active):
-            o = self.members[k]
-            o.t += 1
+        members = self.members
+        if self._static is None:  # the members' settings do not change during training
             if adam:
-                key = (o.beta_1, o.beta_2, o.t)
-                c = corrections.get(key)
-                if c is None:
-                    c = corrections[key] = (math.sqrt(1 - o.beta_2**o.t), 1 - o.beta_1**o.t)
-                vec[0, k] = -(lr[k] * c[0] / c[1])
+                self._static = np.array([[o.beta_1, 1.0 - o.beta_1, o.beta_2, 1.0 - o.beta_2, o.epsilon]
+                                         for o in members]).T
+                pairs: dict[tuple[float, float], int] = {}
+                self._beta_group = np.array([pairs.setdefault((o.beta_1, o.beta_2), len(pairs)) for o in members])
+                self._beta_pairs = list(pairs)
+            else:
+                self._static = np.array([[o.momentum for o in members]])
+        vec = np.zeros((7 if adam else 3, K))
+        lr = np.array([o.lr for o in members])
+        on = np.flatnonzero(active)
+        for k in on:
+            members[k].t += 1
         if adam:
-            vec[6, active] = 1.0
+            vec[1:6] = self._static
+            if on.size:
+                # Once per distinct (β₁, β₂, t): usually one for the whole stack.
+                t = np.array([members[k].t for k in on], dtype=np.int64)
+                key = self._beta_group[on] * (int(t.max()) + 1) + t
+                if key.min() == key.max():
+                    first, where = np.zeros(1, dtype=np.int64), np.zeros(on.size, dtype=np.int64)
+                else:
+                    _, first, where = np.unique(key, return_index=True, return_inverse=True)
+                c = np.empty((2, first.size))
+                for i, j in enumerate(first):
+                    b1, b2 = self._beta_pairs[self._beta_group[on[j]]]
+                    tj = int(t[j])
+                    c[0, i], c[1, i] = math.sqrt(1 - b2**tj), 1 - b1**tj
+                vec[0, on] = -(lr[on] * c[0, where] / c[1, where])
+            vec[6, on] = 1.0
         else:
-            vec[0], vec[1] = lr, [o.momentum for o in self.members]
-            vec[2, active] = 1.0
+            vec[0], vec[1] = lr, self._static[0]
+            vec[2, on] = 1.0
         return vec
 
     def apply(self, be: Backend, params: Array, grads: Array, vec: Array, coef: Array, n_weights: int,
@@ -860,6 +876,7 @@ class StackedOptimizer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (rates, step counts, schedules and buffers)."""
+        self._static = None
         for o, d in zip(self.members, state["members"]):
             o.load_state_dict(d)
         for name, value in state["state"].items():
@@ -1389,6 +1406,9 @@ class Stack:
         Members whose loss stopped being finite in the last :meth:`fit` (frozen
         there, and left out of the averaged predictions).
     optimizer_ : StackedOptimizer or None
+    compiled_step_reason : str
+        "" where each member's step runs as one compiled loop on the CPU
+        (:mod:`mlpx.member_step`), else why the step runs phase by phase.
 
     Examples
     --------
@@ -1466,8 +1486,12 @@ class Stack:
         self.threads = n_threads if (self._in_place and not be.is_gpu) else 1
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._chunks = [slice(None)]
+        self._lead = 0.0
         self.diverged_ = np.zeros(K, dtype=bool)
         self._ws: dict[Any, Array] = {}
+        self._step_plan, self.compiled_step_reason = member_step_plan(
+            be, [(op.W, op.b, op.act.name) if isinstance(op, _Dense) else None for op in self._ops],
+            self.compute_dtype, self.precision_.mixed)
         self._tls = threading.local()
         self._uploads: dict[tuple[int, ...], list[list[Any]]] = {}
         self._upload_i: dict[tuple[int, ...], int] = {}
@@ -1755,6 +1779,13 @@ class Stack:
         chunks = self._chunks if self._in_place else [slice(None)]
         penalised = bool(l2v.any())
 
+        if fused and self._compiled_step_applies(X, Y, w, loss, optimizer):
+            with self.parameter_lock.write():
+                value, sq, correct = self._compiled_step(active, X, Y, w, dev, loss, count_correct, penalised,
+                                                         optimizer)
+            penalty = (0.5 * dev[1, :]) * sq if penalised else 0.0
+            return StepResult(value, penalty, correct, True, None)
+
         def run(rows: slice) -> tuple[Any, Any, Any, Any]:
             return self._chunk_step(rows, X, Y, w, dev, loss, count_correct, penalised,
                                     optimizer if fused else None)
@@ -1828,6 +1859,67 @@ class Stack:
             return value, None, correct, None
         new, sq = optimizer.apply(be, self.params, self.grads, dev[3:, :], dev[1, :], self.n_weights, rows)
         return value, sq if penalised else None, correct, new if whole else None
+
+    def _compiled_step_applies(self, X: Any, Y: Any, w: Any, loss: OutputLoss, optimizer: Any) -> bool:
+        """Whether this step can run as one compiled call per chunk (:mod:`mlpx.member_step`)."""
+        if self._step_plan is None or not (isinstance(X, MemberRows) and isinstance(Y, MemberRows)):
+            return False
+        if loss.name not in LOSS_CODES or int(X.index.shape[1]) < 2 or optimizer.kind not in (Adam, SGD):
+            return False
+        dtype = self.params.dtype
+        arrays = (X.data, Y.data, w, X.index, self.params, self.grads, *optimizer.state.values())
+        return all(isinstance(a, np.ndarray) and a.flags.c_contiguous for a in arrays) and all(
+            a.dtype == dtype for a in (X.data, Y.data, w, *optimizer.state.values()))
+
+    def _compiled_step(self, active: np.ndarray, X: MemberRows, Y: MemberRows, w: Array, dev: Array,
+                       loss: OutputLoss, count_correct: bool, penalised: bool, optimizer: StackedOptimizer
+                       ) -> tuple[Array, Array | None, Array | None]:
+        """:meth:`_chunk_step` with the update for every member, one compiled call per thread.
+
+        The members are split so that each thread gets as many members with rows
+        (frozen ones cost nothing); the calling thread runs the first chunk itself.
+
+        Returns
+        -------
+        loss, sq, correct : arrays, shape (K,) (``sq`` and ``correct`` None when not asked for)
+        """
+        K = self.n_members
+        out = {name: np.empty(K, dtype=self.params.dtype) for name in ("loss", "sq", "hits")}
+        on = np.flatnonzero(active)
+        n = min(len(self._chunks), max(1, on.size)) if self._pool is not None else 1
+        # The other threads start a wake-up later than the calling thread (about half
+        # a millisecond in a VM here), so the calling thread takes ``_lead`` members
+        # more, learnt from when the threads finished. Which thread steps a member
+        # does not change its numbers.
+        first = min(on.size, round(on.size / n + self._lead * (n - 1) / n))
+        starts = [0] + [first + ((on.size - first) * i) // (n - 1) for i in range(n - 1)] if n > 1 else [0]
+        cuts = [0] + [int(on[a]) if a < on.size else K for a in starts[1:]] + [K]
+        ends = [0.0] * n
+        groups = np.asarray(X.groups if X.groups is not None else np.arange(K), dtype=np.int64)
+        state = [optimizer.state[name] for name in optimizer.state_names]
+        opt = "adam" if optimizer.kind is Adam else "sgd"
+        nesterov = optimizer.kind is SGD and bool(optimizer.members[0].nesterov)
+        softmax = self.output.name == "softmax"
+
+        def run(i: int) -> None:
+            run_member_steps(self._step_plan, cuts[i], cuts[i + 1], X.data, Y.data, X.index, groups, w, dev,
+                             self.params, self.grads, state, opt, nesterov, self.n_weights, loss.name, penalised,
+                             self._ws.setdefault(("compiled", i), {}), out, count_correct, softmax)
+            ends[i] = time.perf_counter()
+
+        t0 = time.perf_counter()
+        others = [self._pool.submit(run, i) for i in range(1, n)] if n > 1 else []
+        try:
+            run(0)
+        finally:
+            concurrent.futures.wait(others)  # no thread may still write when this step returns
+        for f in others:
+            f.result()
+        if n > 1 and first > 0:
+            per_member = (ends[0] - t0) / first
+            lag = (max(ends[1:]) - ends[0]) / per_member if per_member > 0 else 0.0
+            self._lead = min(max(self._lead + 0.5 * lag, 0.0), on.size / n)
+        return out["loss"], out["sq"] if penalised else None, out["hits"] if count_correct else None
 
     def _backward(self, dZ: Array, saved: list[tuple[Any, ...]], rows: slice, ws: dict, grads: Array) -> Array | None:
         """Gradients of the members ``rows`` into ``grads`` (None), or (generic) a new (k, P) array."""

@@ -1,0 +1,324 @@
+"""A stack member's whole training step as one compiled CPU loop.
+
+A :class:`~mlpx.stacked.Stack` of small networks on the CPU spends its time between
+the matrix products: every phase of a step (a product, a bias and activation pass,
+the loss, a backward pass, the update) goes over all of a thread's members before
+the next starts, so each member's weights, activations and optimizer state leave the
+caches between phases, and each phase is a Python call. Here one compiled call (numba,
+without the GIL) runs a chunk of members one after another, each member's step from
+gather to update while its data are in the core's cache, with the products on the
+BLAS ``numpy.matmul`` calls (:func:`mlpx.backends.blas.numpy_cblas`), called as
+``numpy.matmul`` calls it.
+
+Every operation is the one the stack's phase-by-phase kernels perform, in their
+order (:mod:`mlpx.stacked`: ``member_bias_activation``, ``member_loss``,
+``member_dense_backward``, ``member_adam_update``, ``member_sgd_update``), so both
+paths give the same bits; ``tests/test_member_step.py`` checks that they do.
+
+What the loop covers (:func:`member_step_plan` says why not, otherwise): the NumPy
+backend with numba and NumPy's bundled BLAS; float32 or float64 without mixed
+precision; Dense layers whose activation is ReLU or the identity; softmax
+cross-entropy or squared error; Adam or SGD; every dimension of every product at
+least 2 (NumPy hands products with a dimension of 1 to other BLAS routines).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from mlpx.backends import Backend
+from mlpx.backends.blas import CBLAS_NO_TRANS, CBLAS_ROW_MAJOR, CBLAS_TRANS, NumpyCblas, numpy_cblas
+from mlpx.backends.jit import lazy_njit, numba_enabled
+
+__all__ = ["LOSS_CODES", "MemberStepPlan", "member_step_plan", "run_member_steps"]
+
+#: Losses the loop computes, by ``OutputLoss.name``.
+LOSS_CODES = {"cross_entropy": 0, "squared_error": 1}
+_ACT_CODES = {"identity": 0, "relu": 1}
+_ADAM, _SGD, _NESTEROV = 0, 1, 2
+
+
+class MemberStepPlan:
+    """What :func:`run_member_steps` needs of a stack, decided once.
+
+    Attributes
+    ----------
+    layers : ndarray of int64, shape (L, 5)
+        Per Dense layer: weight offset, bias offset, fan-in, fan-out, activation
+        code (0 identity, 1 ReLU), offsets into a member's flat parameters.
+    width : int
+        The widest layer (fan-in or fan-out).
+    cblas : NumpyCblas
+    """
+
+    def __init__(self, layers: np.ndarray, cblas: NumpyCblas) -> None:
+        self.layers = layers
+        self.cblas = cblas
+        self.width = int(max(layers[:, 2].max(), layers[:, 3].max()))
+
+
+def member_step_plan(be: Backend, dense: Sequence[tuple[tuple[int, int, tuple[int, ...]],
+                                                        tuple[int, int, tuple[int, ...]], str] | None],
+                     dtype: str, mixed: bool) -> tuple[MemberStepPlan | None, str]:
+    """The compiled step's plan for a stack, or None and the reason.
+
+    Parameters
+    ----------
+    be : Backend
+    dense : sequence
+        The stack's operations in order: ``(W slot, b slot, activation name)`` per
+        Dense layer, None for any other operation. A slot is ``(start, stop, shape)``.
+    dtype : str
+    mixed : bool
+        Mixed precision (the loop computes in one dtype).
+    """
+    if "numpy" not in be.kinds or be.is_gpu:
+        return None, "the compiled step runs on the NumPy backend"
+    if not numba_enabled():
+        return None, "numba is not installed (pip install 'mlpx[fast]') or MLPX_NUMBA=0"
+    if mixed or dtype not in ("float32", "float64"):
+        return None, f"the compiled step computes in float32 or float64, not {dtype} or mixed precision"
+    cblas = numpy_cblas()
+    if cblas is None:
+        return None, "NumPy links a BLAS other than its bundled OpenBLAS"
+    rows = []
+    for op in dense:
+        if op is None:
+            return None, "activation layers of their own"
+        (wa, _wb, shape), (ba, _bb, _), act = op
+        if act not in _ACT_CODES:
+            return None, f"activation {act!r} (the compiled step has ReLU and the identity)"
+        rows.append((wa, ba, int(shape[0]), int(shape[1]), _ACT_CODES[act]))
+    layers = np.array(rows, dtype=np.int64).reshape(-1, 5)
+    if (layers[:, 2:4] < 2).any():
+        return None, "a layer of width 1 (NumPy multiplies it with other BLAS routines)"
+    return MemberStepPlan(layers, cblas), ""
+
+
+def run_member_steps(plan: MemberStepPlan, lo: int, hi: int, X: np.ndarray, Y: np.ndarray, index: np.ndarray,
+                     groups: np.ndarray, w: np.ndarray, dev: np.ndarray, params: np.ndarray, grads: np.ndarray,
+                     state: Sequence[np.ndarray], opt: str, nesterov: bool, n_weights: int, loss: str,
+                     penalised: bool, ws: dict[str, np.ndarray], out: dict[str, np.ndarray],
+                     count_correct: bool, softmax: bool) -> None:
+    """Members ``lo:hi``'s training steps: gather, forward, loss, backward, L2, update.
+
+    Parameters
+    ----------
+    plan : MemberStepPlan
+    lo, hi : int
+        The members of this call (one thread's chunk).
+    X, Y : ndarrays, shapes (N, f) and (N, c)
+        The data set (C-contiguous, in the parameters' dtype).
+    index : ndarray of int64, shape (K, b)
+        Each member's rows of this step.
+    groups : ndarray of int64, shape (K,)
+        Members with one label have the same rows (gathered once in a run).
+    w : ndarray, shape (K, b)
+        Row weights (0: padding).
+    dev : ndarray, shape (3 + r, K)
+        Rows ``1/d``, ``l2/d``, loss scale, then the optimizer's ``r`` rows
+        (:meth:`~mlpx.stacked.StackedOptimizer.vectors`).
+    params, grads : ndarrays, shape (K, n_params)
+    state : sequence of ndarrays, shape (K, n_params)
+        Adam's ``m`` and ``v``, or SGD's velocity.
+    opt : {"adam", "sgd"}
+    nesterov : bool
+    n_weights : int
+    loss : str
+        A key of :data:`LOSS_CODES`.
+    penalised : bool
+        Whether ``Σ W²`` is needed (the penalty's loss term).
+    ws : dict
+        The calling thread's workspaces (allocated here on first use).
+    out : dict
+        ``"loss"``, ``"sq"``, ``"hits"``: arrays of shape (K,) whose ``lo:hi`` this
+        call writes (0 for a member without rows).
+    count_correct : bool
+        Also count each member's rows of positive weight predicted right (``hits``).
+    softmax : bool
+        The output activation is softmax: a hit is the arg-max (else every logit's
+        sign agrees with ``y > 0.5``), as :func:`~mlpx.stacked.member_hits` counts.
+    """
+    dtype = params.dtype
+    b = int(index.shape[1])
+    key = (b, dtype.str)
+    if ws.get("key") != key:
+        L = plan.layers
+        ws.clear()
+        ws["key"] = key
+        ws["Xg"] = np.empty(b * int(X.shape[1]), dtype=dtype)
+        ws["Yg"] = np.empty(b * int(Y.shape[1]), dtype=dtype)
+        ws["acts"] = np.empty(b * int(L[:, 3].sum()), dtype=dtype)
+        ws["dA"] = np.empty(b * plan.width, dtype=dtype)
+        ws["dB"] = np.empty(b * plan.width, dtype=dtype)
+        ws["acc"] = np.empty(plan.width, dtype=dtype)
+        ws["consts"] = np.array([0, 1], dtype=dtype)
+    code = _ADAM if opt == "adam" else (_NESTEROV if nesterov else _SGD)
+    s2 = state[1] if len(state) > 1 else state[0]
+    name = dtype.name
+    _member_steps(plan.cblas.gemm[name], plan.cblas.dot[name], X, Y, index, groups, w, dev, params, grads,
+                  state[0], s2, plan.layers, LOSS_CODES[loss], code, int(n_weights), int(lo), int(hi),
+                  bool(penalised), bool(count_correct), bool(softmax), ws["consts"], ws["Xg"], ws["Yg"],
+                  ws["acts"], ws["dA"], ws["dB"], ws["acc"], out["loss"], out["sq"], out["hits"])
+
+
+@lazy_njit
+def _member_steps(gemm, dot, X, Y, index, groups, w, dev, params, grads, s1, s2, layers, loss_code,
+                  opt_code, nw, lo, hi, penalised, count_correct, softmax, consts, Xg, Yg, acts, dA, dB, acc,
+                  loss, sq, hits):  # pragma: no cover - compiled
+    b = index.shape[1]
+    f0 = X.shape[1]
+    c = Y.shape[1]
+    L = layers.shape[0]
+    P = params.shape[1]
+    isz = params.itemsize
+    zero, one = consts[0], consts[1]
+    p_base = params.ctypes.data
+    g_base = grads.ctypes.data
+    acts_base = acts.ctypes.data
+    gathered = -1
+    for k in range(lo, hi):
+        inv_d = dev[0, k]
+        if not inv_d > 0:  # frozen, or no rows this step
+            loss[k] = zero
+            sq[k] = zero
+            hits[k] = zero
+            continue
+        # ---- the member's rows (shared by a run of members with one label)
+        if gathered < 0 or groups[k] != groups[gathered]:
+            for i in range(b):
+                r = index[k, i]
+                for j in range(f0):
+                    Xg[i * f0 + j] = X[r, j]
+                for j in range(c):
+                    Yg[i * c + j] = Y[r, j]
+            gathered = k
+        # ---- forward: Z = H W (BLAS), then Z + b and the activation in place
+        h_addr = Xg.ctypes.data
+        off = 0
+        for ly in range(L):
+            wo, bo, fi, fo, act = layers[ly, 0], layers[ly, 1], layers[ly, 2], layers[ly, 3], layers[ly, 4]
+            z_addr = acts_base + off * isz
+            gemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_NO_TRANS, b, fo, fi, one, h_addr, fi,
+                 p_base + (k * P + wo) * isz, fo, zero, z_addr, fo)
+            bias = params[k, bo : bo + fo]
+            for i in range(b):
+                row = acts[off + i * fo : off + (i + 1) * fo]  # a row view: the loop vectorises
+                for j in range(fo):
+                    x = row[j] + bias[j]
+                    row[j] = x if (act == 0 or x > 0) else x * 0
+            h_addr = z_addr
+            off += b * fo
+        out_off = off - b * c
+        # ---- loss and the output delta into dA: member_loss's loops, expression for
+        # expression (``z * 0`` starts float64 sums in float32 too, as there)
+        acc_k = acts[out_off] * 0
+        n_hit = zero
+        for i in range(b):
+            wi = w[k, i]
+            zi = out_off + i * c
+            if loss_code == 0:
+                m = acts[zi]
+                for j in range(1, c):
+                    if acts[zi + j] > m:
+                        m = acts[zi + j]
+                s = acts[zi] * 0
+                for j in range(c):
+                    e = np.exp(acts[zi + j] - m)
+                    s += e
+                    dA[i * c + j] = e
+                lse = np.log(s) + m
+                a = s * 0
+                for j in range(c):
+                    y = Yg[i * c + j]
+                    a += y * (lse - acts[zi + j])
+                    dA[i * c + j] = ((dA[i * c + j] / s - y) * wi) * inv_d
+                acc_k += a * wi
+            else:
+                a = acts[zi] * 0
+                for j in range(c):
+                    r_ = acts[zi + j] - Yg[i * c + j]
+                    a += r_ * r_
+                    dA[i * c + j] = (r_ * wi) * inv_d
+                acc_k += (a * 0.5) * wi
+            if count_correct and wi > 0:
+                if softmax:
+                    bz = 0
+                    by = 0
+                    for j in range(1, c):
+                        if acts[zi + j] > acts[zi + bz]:
+                            bz = j
+                        if Yg[i * c + j] > Yg[i * c + by]:
+                            by = j
+                    if bz == by:
+                        n_hit += 1
+                else:
+                    ok = True
+                    for j in range(c):
+                        if (acts[zi + j] > 0) != (Yg[i * c + j] > 0.5):
+                            ok = False
+                    if ok:
+                        n_hit += 1
+        loss[k] = acc_k * inv_d
+        hits[k] = n_hit
+        # ---- backward: dZ = dH ⊙ g'(Z) and db in one pass, dW = Hᵀ dZ, dH = dZ Wᵀ
+        d_cur, d_next = dA, dB
+        for ly in range(L - 1, -1, -1):
+            wo, bo, fi, fo, act = layers[ly, 0], layers[ly, 1], layers[ly, 2], layers[ly, 3], layers[ly, 4]
+            off -= b * fo
+            for j in range(fo):
+                acc[j] = 0
+            for i in range(b):
+                for j in range(fo):
+                    x = d_cur[i * fo + j]
+                    if act == 1:
+                        x = x if acts[off + i * fo + j] > 0 else x * 0
+                        d_cur[i * fo + j] = x
+                    acc[j] += x
+            for j in range(fo):
+                grads[k, bo + j] = acc[j]
+            h_addr = Xg.ctypes.data if ly == 0 else acts_base + (off - b * fi) * isz
+            gemm(CBLAS_ROW_MAJOR, CBLAS_TRANS, CBLAS_NO_TRANS, fi, fo, b, one, h_addr, fi, d_cur.ctypes.data, fo,
+                 zero, g_base + (k * P + wo) * isz, fo)
+            if ly > 0:
+                gemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS, b, fi, fo, one, d_cur.ctypes.data, fo,
+                     p_base + (k * P + wo) * isz, fo, zero, d_next.ctypes.data, fi)
+                d_cur, d_next = d_next, d_cur
+        # ---- Σ W² before the step, then the L2 term and the update (the stacked optimizer's loops)
+        sq[k] = dot(nw, p_base + k * P * isz, 1, p_base + k * P * isz, 1) if penalised else zero
+        cf = dev[1, k]
+        if opt_code == 0:
+            neg_lr, b1, c1, b2, c2, eps = dev[3, k], dev[4, k], dev[5, k], dev[6, k], dev[7, k], dev[8, k]
+            if not dev[9, k] > 0:
+                continue
+            for i in range(nw):
+                x = params[k, i]
+                gi = grads[k, i] + x * cf
+                mi = s1[k, i] * b1 + gi * c1
+                vi = s2[k, i] * b2 + (gi * gi) * c2
+                s1[k, i] = mi
+                s2[k, i] = vi
+                params[k, i] = x + (mi / (np.sqrt(vi) + eps)) * neg_lr
+            for i in range(nw, P):
+                gi = grads[k, i]
+                mi = s1[k, i] * b1 + gi * c1
+                vi = s2[k, i] * b2 + (gi * gi) * c2
+                s1[k, i] = mi
+                s2[k, i] = vi
+                params[k, i] = params[k, i] + (mi / (np.sqrt(vi) + eps)) * neg_lr
+        else:
+            if not dev[5, k] > 0:
+                continue
+            lr, mu = dev[3, k], dev[4, k]
+            for i in range(P):
+                x = params[k, i]
+                gi = grads[k, i] + x * cf if i < nw else grads[k, i]
+                step = gi * lr
+                vi = s1[k, i] * mu - step
+                s1[k, i] = vi
+                if opt_code == 2:
+                    params[k, i] = (x - step) + vi * mu
+                else:
+                    params[k, i] = x + vi

@@ -1,0 +1,183 @@
+"""The compiled member step (mlpx.member_step) gives the phase-by-phase step's bits.
+
+A stack on the CPU runs each member's whole step as one compiled loop where it can
+(:func:`mlpx.member_step.member_step_plan`). The reference is the same stack with
+that loop switched off, which runs the kernels of :mod:`mlpx.stacked` phase by
+phase (they in turn equal single ``Sequential`` fits: ``tests/test_stacked.py``).
+Weights, gradients, optimizer state, losses and counts must agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import mlpx
+import mlpx.backends.blas as blas
+from mlpx.backends import get_backend
+from mlpx.member_step import member_step_plan
+from mlpx.stacked import Stack
+
+pytest.importorskip("numba")
+pytestmark = pytest.mark.skipif(blas.numpy_cblas() is None, reason="NumPy links a BLAS other than its own OpenBLAS")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    return X[:240] / 16.0, y[:240]
+
+
+def _pair(template: mlpx.Sequential, seeds: list[int], threads: int = 1) -> tuple[Stack, Stack]:
+    compiled = Stack(template, seeds=seeds, threads=threads)
+    phased = Stack(template, seeds=seeds, threads=threads)
+    phased._step_plan = None  # the reference: the phase-by-phase kernels
+    return compiled, phased
+
+
+def _assert_same(a: Stack, b: Stack, ha, hb) -> None:
+    np.testing.assert_array_equal(a.get_params_host(), b.get_params_host())
+    for name in b.optimizer_.state:
+        np.testing.assert_array_equal(a.optimizer_.state[name], b.optimizer_.state[name])
+    np.testing.assert_array_equal(a.optimizer_.t, b.optimizer_.t)
+    assert ha.history.keys() == hb.history.keys()
+    for key in hb.history:
+        np.testing.assert_array_equal(np.asarray(ha[key]), np.asarray(hb[key]), err_msg=key)
+
+
+@given(
+    hidden=st.lists(st.integers(2, 24), min_size=1, max_size=3),
+    activation=st.sampled_from(["relu", "identity"]),
+    task=st.sampled_from(["softmax", "regression"]),
+    dtype=st.sampled_from(["float64", "float32"]),
+    optimizer=st.sampled_from(["adam", "sgd", "nesterov"]),
+    K=st.integers(1, 5),
+    batch=st.integers(2, 50),
+    weighted=st.booleans(),
+    data=st.data(),
+)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_the_compiled_step_equals_the_phase_by_phase_step(hidden, activation, task, dtype, optimizer, K, batch,
+                                                           weighted, data, digits):
+    X, y = digits
+    X = X.astype(dtype)
+    if task == "softmax":
+        t, out, n_out = y, "softmax", 10
+    else:
+        t, out, n_out = np.stack([y / 10.0, (y % 3) / 3.0], axis=1), "identity", 2
+    template = mlpx.MLP([64, *hidden, n_out], activation=activation, output=out, dtype=dtype, seed=0)
+    lrs = data.draw(st.lists(st.floats(1e-4, 5e-2), min_size=K, max_size=K))
+    l2s = data.draw(st.lists(st.sampled_from([0.0, 1e-3, 0.5]), min_size=K, max_size=K))
+    n_rows = data.draw(st.lists(st.integers(2, 240), min_size=K, max_size=K))
+    # Unequal row counts pad short members with zero-weight rows; two members may
+    # share their rows (one gather for both).
+    rows = [np.arange(n) for n in n_rows]
+    w = np.random.default_rng(K).uniform(0.0, 2.0, len(t)) if weighted else None
+    kw: dict = dict(epochs=2, batch_size=batch, lr=lrs, l2=l2s, rows=rows, sample_weight=w)
+    if optimizer != "adam":
+        kw.update(optimizer="sgd", momentum=0.9, nesterov=optimizer == "nesterov")
+    a, b = _pair(template, list(range(K)), threads=2)
+    # A member may diverge (SGD at a high rate): NumPy's products warn, the compiled
+    # loop does not; both freeze the member with the same numbers.
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ha, hb = a.fit(X, t, **kw), b.fit(X, t, **kw)
+    assert a.compiled_step_reason == ""
+    _assert_same(a, b, ha, hb)
+
+
+def test_frozen_members_and_accuracy_counts(digits):
+    X, y = digits
+    template = mlpx.MLP([64, 12, 10], dtype="float64", seed=0)
+    a, b = _pair(template, [0, 1, 2, 3], threads=2)
+    # Member 2 stops after one epoch: frozen for the rest (no rows, no update, no cost).
+    kw = dict(epochs=3, batch_size=16, lr=[1e-3, 1e-2, 3e-2, 3e-3], l2=1e-3, max_epochs=[3, 3, 1, 3])
+    ha, hb = a.fit(X, y, **kw), b.fit(X, y, **kw)
+    np.testing.assert_array_equal(a.get_params_host(), b.get_params_host())
+    assert not a.active[2] and a.optimizer_.t[2] < a.optimizer_.t[0]
+    assert "accuracy" in hb.history
+    for key in ("loss", "accuracy"):
+        for e, (ea, eb) in enumerate(zip(ha[key], hb[key])):
+            live = [0, 1, 3] if e else [0, 1, 2, 3]
+            np.testing.assert_array_equal(np.asarray(ea)[live], np.asarray(eb)[live])
+
+
+def test_the_split_over_threads_changes_no_bit(digits):
+    X, y = digits
+    template = mlpx.MLP([64, 20, 10], dtype="float64", seed=0)
+    results = []
+    for threads in (1, 2, 3):
+        s = Stack(template, seeds=list(range(7)), threads=threads)
+        s.fit(X, y, epochs=3, batch_size=32, lr=[1e-3 * (k + 1) for k in range(7)], l2=1e-4)
+        results.append(s.get_params_host())
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[0], results[2])
+
+
+@pytest.mark.parametrize(
+    "build, reason",
+    [
+        (lambda: mlpx.MLP([8, 6, 3], activation="tanh", dtype="float64", seed=0), "activation 'tanh'"),
+        (lambda: mlpx.MLP([8, 1, 3], dtype="float64", seed=0), "width 1"),
+        (lambda: mlpx.MLP([8, 6, 3], dtype="float32", precision="bf16", seed=0), "mixed precision"),
+        (lambda: mlpx.MLP([8, 6, 3], dtype="float64", seed=0, backend="array-api:array_api_strict"), "NumPy backend"),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:precision=:RuntimeWarning")
+def test_what_the_compiled_step_does_not_cover_says_why(build, reason):
+    pytest.importorskip("array_api_strict")
+    stack = Stack(build(), seeds=[0, 1])
+    assert reason in stack.compiled_step_reason
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_the_stacked_search_runs_the_compiled_step(digits, monkeypatch):
+    X, y = digits
+    seen = []
+    init = Stack.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        seen.append(self.compiled_step_reason)
+
+    monkeypatch.setattr(Stack, "__init__", spy)
+    from mlpx.model_selection import GridSearchCV
+
+    GridSearchCV(mlpx.MLPClassifier(hidden_layer_sizes=(16,), max_iter=3, random_state=0),
+                 {"alpha": [1e-4, 1e-2]}, cv=2).fit(X, y)
+    assert seen and all(r == "" for r in seen)
+
+
+def test_numpy_cblas_gives_numpy_matmul_bits():
+    cb = blas.numpy_cblas()
+    rng = np.random.default_rng(0)
+    for dtype in ("float32", "float64"):
+        A = rng.standard_normal((33, 17)).astype(dtype)
+        B = rng.standard_normal((33, 9)).astype(dtype)
+        out = np.empty((17, 9), dtype=dtype)
+        cb.gemm[dtype](blas.CBLAS_ROW_MAJOR, blas.CBLAS_TRANS, blas.CBLAS_NO_TRANS, 17, 9, 33, 1.0,
+                       A.ctypes.data, 17, B.ctypes.data, 9, 0.0, out.ctypes.data, 9)
+        np.testing.assert_array_equal(out, np.matmul(A.T, B))
+        C = B[::-1].copy()
+        out2 = np.empty((33, 33), dtype=dtype)
+        cb.gemm[dtype](blas.CBLAS_ROW_MAJOR, blas.CBLAS_NO_TRANS, blas.CBLAS_TRANS, 33, 33, 9, 1.0,
+                       B.ctypes.data, 9, C.ctypes.data, 9, 0.0, out2.ctypes.data, 33)
+        np.testing.assert_array_equal(out2, np.matmul(B, C.T))
+        x = rng.standard_normal(517).astype(dtype)
+        assert cb.dot[dtype](517, x.ctypes.data, 1, x.ctypes.data, 1) == np.vecdot(x, x)
+
+
+def test_without_numpys_own_blas_the_phase_by_phase_step_runs(monkeypatch):
+    monkeypatch.setattr(blas, "_CBLAS", [])
+    monkeypatch.setattr(blas, "_numpy_blas_files", lambda: [])
+    assert blas.numpy_cblas() is None
+    plan, reason = member_step_plan(get_backend("cpu"), [((0, 12, (3, 4)), (12, 16, (4,)), "relu")], "float64",
+                                    False)
+    assert plan is None and "BLAS" in reason
+    monkeypatch.setattr(blas, "_CBLAS", [])
