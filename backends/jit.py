@@ -19,9 +19,10 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-__all__ = ["lazy_njit", "numba_enabled"]
+__all__ = ["fetch_add", "lazy_njit", "numba_enabled"]
 
 _ENABLED: bool | None = None
+_FETCH_ADD: list[Any] = []
 
 
 def numba_enabled() -> bool:
@@ -66,3 +67,32 @@ def lazy_njit(fn: Callable[..., Any]) -> Callable[..., Any]:
     call.__doc__ = fn.__doc__
     call.py_func = fn  # type: ignore[attr-defined]
     return call
+
+
+def fetch_add() -> Any:
+    """A numba intrinsic ``fetch_add(counter, value) -> int64``: atomically add ``value``
+    to ``counter[0]`` (a 1-D int64 array) and return what it held before.
+
+    For threads that share a queue of work items inside compiled loops (each takes
+    the next index until the queue runs out). Built on first use; needs numba.
+    """
+    if not _FETCH_ADD:
+        from numba import types
+        from numba.extending import intrinsic
+
+        @intrinsic
+        def _fetch_add(typingctx: Any, counter: Any, value: Any) -> Any:
+            if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1
+                    and isinstance(value, types.Integer)):
+                return None
+
+            def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+                array, amount = args
+                data = context.make_array(signature.args[0])(context, builder, array).data
+                amount = context.cast(builder, amount, signature.args[1], types.int64)
+                return builder.atomic_rmw("add", data, amount, "seq_cst")
+
+            return types.int64(counter, value), codegen
+
+        _FETCH_ADD.append(_fetch_add)
+    return _FETCH_ADD[0]

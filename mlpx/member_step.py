@@ -30,7 +30,7 @@ import numpy as np
 
 from mlpx.backends import Backend
 from mlpx.backends.blas import CBLAS_NO_TRANS, CBLAS_ROW_MAJOR, CBLAS_TRANS, NumpyCblas, numpy_cblas
-from mlpx.backends.jit import lazy_njit, numba_enabled
+from mlpx.backends.jit import fetch_add, lazy_njit, numba_enabled
 
 __all__ = ["LOSS_CODES", "MemberStepPlan", "member_step_plan", "run_member_steps"]
 
@@ -97,18 +97,24 @@ def member_step_plan(be: Backend, dense: Sequence[tuple[tuple[int, int, tuple[in
     return MemberStepPlan(layers, cblas), ""
 
 
-def run_member_steps(plan: MemberStepPlan, lo: int, hi: int, X: np.ndarray, Y: np.ndarray, index: np.ndarray,
-                     groups: np.ndarray, w: np.ndarray, dev: np.ndarray, params: np.ndarray, grads: np.ndarray,
-                     state: Sequence[np.ndarray], opt: str, nesterov: bool, n_weights: int, loss: str,
-                     penalised: bool, ws: dict[str, np.ndarray], out: dict[str, np.ndarray],
+def run_member_steps(plan: MemberStepPlan, queue: np.ndarray, counter: np.ndarray, X: np.ndarray, Y: np.ndarray,
+                     index: np.ndarray, groups: np.ndarray, w: np.ndarray, dev: np.ndarray, params: np.ndarray,
+                     grads: np.ndarray, state: Sequence[np.ndarray], opt: str, nesterov: bool, n_weights: int,
+                     loss: str, penalised: bool, ws: dict[str, np.ndarray], out: dict[str, np.ndarray],
                      count_correct: bool, softmax: bool) -> None:
-    """Members ``lo:hi``'s training steps: gather, forward, loss, backward, L2, update.
+    """Training steps of the members in ``queue``: gather, forward, loss, backward, L2, update.
+
+    Several threads may call this at once with the same ``queue`` and ``counter``:
+    each takes the next member from the queue until it is empty, so a thread that
+    starts late simply steps fewer members.
 
     Parameters
     ----------
     plan : MemberStepPlan
-    lo, hi : int
-        The members of this call (one thread's chunk).
+    queue : ndarray of int64, shape (q,)
+        The members to step (those with rows).
+    counter : ndarray of int64, shape (1,)
+        Shared by the threads: the next place in ``queue`` (0 to start).
     X, Y : ndarrays, shapes (N, f) and (N, c)
         The data set (C-contiguous, in the parameters' dtype).
     index : ndarray of int64, shape (K, b)
@@ -131,10 +137,10 @@ def run_member_steps(plan: MemberStepPlan, lo: int, hi: int, X: np.ndarray, Y: n
     penalised : bool
         Whether ``Σ W²`` is needed (the penalty's loss term).
     ws : dict
-        The calling thread's workspaces (allocated here on first use).
+        The calling thread's own workspaces (allocated here on first use).
     out : dict
-        ``"loss"``, ``"sq"``, ``"hits"``: arrays of shape (K,) whose ``lo:hi`` this
-        call writes (0 for a member without rows).
+        ``"loss"``, ``"sq"``, ``"hits"``: arrays of shape (K,); the members
+        stepped here are written.
     count_correct : bool
         Also count each member's rows of positive weight predicted right (``hits``).
     softmax : bool
@@ -158,15 +164,26 @@ def run_member_steps(plan: MemberStepPlan, lo: int, hi: int, X: np.ndarray, Y: n
     code = _ADAM if opt == "adam" else (_NESTEROV if nesterov else _SGD)
     s2 = state[1] if len(state) > 1 else state[0]
     name = dtype.name
-    _member_steps(plan.cblas.gemm[name], plan.cblas.dot[name], X, Y, index, groups, w, dev, params, grads,
-                  state[0], s2, plan.layers, LOSS_CODES[loss], code, int(n_weights), int(lo), int(hi),
-                  bool(penalised), bool(count_correct), bool(softmax), ws["consts"], ws["Xg"], ws["Yg"],
-                  ws["acts"], ws["dA"], ws["dB"], ws["acc"], out["loss"], out["sq"], out["hits"])
+    _steps()(plan.cblas.gemm[name], plan.cblas.dot[name], queue, counter, X, Y, index, groups, w, dev, params, grads,
+             state[0], s2, plan.layers, LOSS_CODES[loss], code, int(n_weights), bool(penalised), bool(count_correct),
+             bool(softmax), ws["consts"], ws["Xg"], ws["Yg"], ws["acts"], ws["dA"], ws["dB"], ws["acc"],
+             out["loss"], out["sq"], out["hits"])
+
+
+_fetch_add: Any = None
+
+
+def _steps() -> Any:
+    """The compiled loop, with its queue's atomic counter built first (both on first use)."""
+    global _fetch_add
+    if _fetch_add is None:
+        _fetch_add = fetch_add()
+    return _member_steps
 
 
 @lazy_njit
-def _member_steps(gemm, dot, X, Y, index, groups, w, dev, params, grads, s1, s2, layers, loss_code,
-                  opt_code, nw, lo, hi, penalised, count_correct, softmax, consts, Xg, Yg, acts, dA, dB, acc,
+def _member_steps(gemm, dot, queue, counter, X, Y, index, groups, w, dev, params, grads, s1, s2, layers, loss_code,
+                  opt_code, nw, penalised, count_correct, softmax, consts, Xg, Yg, acts, dA, dB, acc,
                   loss, sq, hits):  # pragma: no cover - compiled
     b = index.shape[1]
     f0 = X.shape[1]
@@ -179,9 +196,13 @@ def _member_steps(gemm, dot, X, Y, index, groups, w, dev, params, grads, s1, s2,
     g_base = grads.ctypes.data
     acts_base = acts.ctypes.data
     gathered = -1
-    for k in range(lo, hi):
+    while True:
+        q = _fetch_add(counter, 1)
+        if q >= queue.size:
+            break
+        k = queue[q]
         inv_d = dev[0, k]
-        if not inv_d > 0:  # frozen, or no rows this step
+        if not inv_d > 0:  # no rows this step
             loss[k] = zero
             sq[k] = zero
             hits[k] = zero

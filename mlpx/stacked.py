@@ -45,7 +45,6 @@ import copy
 import math
 import os
 import threading
-import time
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -1486,7 +1485,6 @@ class Stack:
         self.threads = n_threads if (self._in_place and not be.is_gpu) else 1
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._chunks = [slice(None)]
-        self._lead = 0.0
         self.diverged_ = np.zeros(K, dtype=bool)
         self._ws: dict[Any, Array] = {}
         self._step_plan, self.compiled_step_reason = member_step_plan(
@@ -1876,25 +1874,18 @@ class Stack:
                        ) -> tuple[Array, Array | None, Array | None]:
         """:meth:`_chunk_step` with the update for every member, one compiled call per thread.
 
-        The members are split so that each thread gets as many members with rows
-        (frozen ones cost nothing); the calling thread runs the first chunk itself.
+        The calling thread and the stack's other threads take members with rows
+        from one queue (frozen members cost nothing).
 
         Returns
         -------
         loss, sq, correct : arrays, shape (K,) (``sq`` and ``correct`` None when not asked for)
         """
         K = self.n_members
-        out = {name: np.empty(K, dtype=self.params.dtype) for name in ("loss", "sq", "hits")}
-        on = np.flatnonzero(active)
-        n = min(len(self._chunks), max(1, on.size)) if self._pool is not None else 1
-        # The other threads start a wake-up later than the calling thread (about half
-        # a millisecond in a VM here), so the calling thread takes ``_lead`` members
-        # more, learnt from when the threads finished. Which thread steps a member
-        # does not change its numbers.
-        first = min(on.size, round(on.size / n + self._lead * (n - 1) / n))
-        starts = [0] + [first + ((on.size - first) * i) // (n - 1) for i in range(n - 1)] if n > 1 else [0]
-        cuts = [0] + [int(on[a]) if a < on.size else K for a in starts[1:]] + [K]
-        ends = [0.0] * n
+        out = {name: np.zeros(K, dtype=self.params.dtype) for name in ("loss", "sq", "hits")}
+        queue = np.flatnonzero(active).astype(np.int64)
+        counter = np.zeros(1, dtype=np.int64)
+        n = min(len(self._chunks), max(1, queue.size)) if self._pool is not None else 1
         groups = np.asarray(X.groups if X.groups is not None else np.arange(K), dtype=np.int64)
         state = [optimizer.state[name] for name in optimizer.state_names]
         opt = "adam" if optimizer.kind is Adam else "sgd"
@@ -1902,12 +1893,11 @@ class Stack:
         softmax = self.output.name == "softmax"
 
         def run(i: int) -> None:
-            run_member_steps(self._step_plan, cuts[i], cuts[i + 1], X.data, Y.data, X.index, groups, w, dev,
-                             self.params, self.grads, state, opt, nesterov, self.n_weights, loss.name, penalised,
+            run_member_steps(self._step_plan, queue, counter, X.data, Y.data, X.index, groups, w, dev, self.params,
+                             self.grads, state, opt, nesterov, self.n_weights, loss.name, penalised,
                              self._ws.setdefault(("compiled", i), {}), out, count_correct, softmax)
-            ends[i] = time.perf_counter()
 
-        t0 = time.perf_counter()
+        # The threads share one queue of members: one that wakes up late takes fewer.
         others = [self._pool.submit(run, i) for i in range(1, n)] if n > 1 else []
         try:
             run(0)
@@ -1915,10 +1905,6 @@ class Stack:
             concurrent.futures.wait(others)  # no thread may still write when this step returns
         for f in others:
             f.result()
-        if n > 1 and first > 0:
-            per_member = (ends[0] - t0) / first
-            lag = (max(ends[1:]) - ends[0]) / per_member if per_member > 0 else 0.0
-            self._lead = min(max(self._lead + 0.5 * lag, 0.0), on.size / n)
         return out["loss"], out["sq"] if penalised else None, out["hits"] if count_correct else None
 
     def _backward(self, dZ: Array, saved: list[tuple[Any, ...]], rows: slice, ws: dict, grads: Array) -> Array | None:
