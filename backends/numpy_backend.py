@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Any
+import threading
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -27,23 +28,52 @@ SMALL_GEMM_FLOPS = 4e6
 _controller: list[Any] = [None, None]
 
 
+# The limit is process-wide state, held by a count: the first context that needs it
+# sets it and the last to leave restores the original limits. Without the count, a
+# prediction in one thread restored the limit while another thread's product ran
+# (which then ran on several threads). A context opened while another holds the
+# limit shares it (a different thread count or user_api asked for meanwhile is not
+# applied: restoring limits in an interleaved order would leave stale ones behind).
+_limit_lock = threading.Lock()
+_limit_held: list[Any] = [None, 0]  # the limiter, the open contexts
+
+
+@contextlib.contextmanager
+def _held_limit(threads: int, user_api: str | None) -> Iterator[None]:
+    with _limit_lock:
+        if _limit_held[1] == 0:
+            loaded = (len(sys.modules), len(_LOADED))
+            if _controller[0] is None or _controller[1] != loaded:
+                from threadpoolctl import ThreadpoolController
+
+                _controller[:] = [ThreadpoolController(), loaded]
+            _limit_held[0] = _controller[0].limit(limits=threads, user_api=user_api)
+        _limit_held[1] += 1
+    try:
+        yield
+    finally:
+        with _limit_lock:
+            _limit_held[1] -= 1
+            if _limit_held[1] == 0:
+                _limit_held[0].restore_original_limits()
+                _limit_held[0] = None
+
+
 def small_product_threads(gemm_flops: float, user_api: str | None) -> contextlib.AbstractContextManager[Any]:
     """One thread in the native pools of ``user_api`` (None: all) for small products.
 
     Below :data:`SMALL_GEMM_FLOPS` per product; ``MLPX_BLAS_THREADS=N`` forces N
-    threads for every size. Without threadpoolctl nothing changes.
+    threads for every size. Without threadpoolctl nothing changes. Safe from many
+    threads at once: the limit stays while any thread's context is open.
     """
     forced = os.environ.get("MLPX_BLAS_THREADS")
     if forced is None and gemm_flops >= SMALL_GEMM_FLOPS:
         return contextlib.nullcontext()
     try:
-        from threadpoolctl import ThreadpoolController
+        import threadpoolctl  # noqa: F401
     except ImportError:
         return contextlib.nullcontext()
-    loaded = (len(sys.modules), len(_LOADED))
-    if _controller[0] is None or _controller[1] != loaded:
-        _controller[:] = [ThreadpoolController(), loaded]
-    return _controller[0].limit(limits=int(forced or 1), user_api=user_api)
+    return _held_limit(int(forced or 1), user_api)
 
 
 class NumpyBackend(Backend):

@@ -261,6 +261,7 @@ def _train(model: Any, source: Any, optimizer: Optimizer, loss: Any, reducer: Re
         # A stack's per-member step weights go to the device once per epoch.
         weights_dev = be.asarray(weights, dtype=model.dtype) if members else None
         batches = iter(source.epoch(perm)) if source is not None else iter(())
+        learns = np.any(D > 0, axis=1) if members else D > 0
         for j in range(n_steps):
             batch: Batch | None = None
             if state.pending is None:
@@ -270,7 +271,7 @@ def _train(model: Any, source: Any, optimizer: Optimizer, loss: Any, reducer: Re
                     if reducer.size == 1:
                         raise
                     state.pending = exc
-            if not np.any(D[j] > 0):
+            if not learns[j]:
                 continue  # no rows (or only zero weights) on any rank: nothing to learn
             res = model.train_step(
                 None if batch is None else batch.X, None if batch is None else batch.Y,

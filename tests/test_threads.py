@@ -1,8 +1,9 @@
 """Inference from many threads at once, and during ``fit``.
 
 ``predict``, ``predict_proba``, ``evaluate`` and ``score`` of the engine and the
-estimators must return exactly the single-threaded result from any number of
-threads (each thread has its own workspaces); a prediction made while ``fit`` runs
+estimators must return the single-threaded result from any number of threads
+(each thread has its own workspaces; the engine's probabilities to rounding, see
+below); a prediction made while ``fit`` runs
 in another thread sees one consistent set of weights, from between two updates
 (the model's parameter lock).
 """
@@ -52,13 +53,21 @@ def test_engine_inference_from_many_threads_is_exact(backend, method: str) -> No
         "evaluate": lambda x: model.evaluate(x, y),
     }[method]
     want = [call(x) for x in inputs]
+    # Rounding only: called from several threads at once, OpenBLAS may run a product
+    # that has the cores to itself when alone on fewer threads, and its AVX-512
+    # kernels split the rows differently then (last bits of float32). A workspace
+    # shared between threads would give wrong rows, far beyond this bound.
     for i, outs in _hammer(call, inputs):
         for r, got in enumerate(outs):
             ref = want[(i + r) % len(inputs)]
             if isinstance(ref, dict):
-                assert got == ref
-            else:
+                assert got.keys() == ref.keys()
+                for key in ref:
+                    np.testing.assert_allclose(got[key], ref[key], rtol=1e-6, atol=0, err_msg=key)
+            elif method == "predict":
                 np.testing.assert_array_equal(got, ref)
+            else:
+                np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("kind", ["classifier", "regressor"])

@@ -193,8 +193,27 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                     "`y` has classes not in `self.classes_`. "
                     f"`self.classes_` has {self.classes_}. 'y' has {classes}."
                 )
-        y = reducer.agreed("encoding y", self._label_binarizer.transform, y).astype(bool)
+        y = reducer.agreed("encoding y", self._encode, y)
         return X, y
+
+    def _encode(self, y: Any) -> np.ndarray:
+        """The label binarizer's ``transform(y)`` as bool: one-hot rows (a label outside
+        ``classes_`` gives a row of zeros, as there), one column for two classes.
+
+        Labels of one dimension are compared with ``classes_`` directly: the
+        binarizer's own transform classifies the targets again first, which costs
+        more than the comparison on small sets (a grid search encodes every fold).
+        """
+        lb = self._label_binarizer
+        y = np.asarray(y) if not hasattr(y, "ndim") else y
+        if y.ndim != 1 or lb.y_type_ not in ("binary", "multiclass") or lb.sparse_output:
+            return np.asarray(lb.transform(y)).astype(bool)
+        classes = lb.classes_
+        if lb.y_type_ == "binary":
+            if len(classes) < 2:
+                return np.zeros((y.shape[0], 1), dtype=bool)
+            return (y == classes[1]).reshape(-1, 1)
+        return y[:, None] == classes[None, :]
 
     def _output_to_prediction(self, y_out: np.ndarray) -> np.ndarray:
         if self.n_outputs_ == 1:
@@ -224,12 +243,12 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         y = column_or_1d(y) if y.ndim == 2 and y.shape[1] == 1 else y
         known = np.isin(y, self.classes_)
         if known.all():
-            return self._score_holdout(X, self._label_binarizer.transform(y), w)["accuracy"]
+            return self._score_holdout(X, self._encode(y), w)["accuracy"]
         if not known.any() or total <= 0:
             return 0.0
         idx = np.flatnonzero(known)
         wk = None if w is None else w[idx]
-        part = self._score_holdout(take_host_rows(X, idx), self._label_binarizer.transform(y[idx]), wk)
+        part = self._score_holdout(take_host_rows(X, idx), self._encode(y[idx]), wk)
         return part["accuracy"] * part["weight"] / total
 
     def predict(self, X):
