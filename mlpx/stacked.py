@@ -1760,18 +1760,24 @@ class Stack:
             raise pending
         be, xp = self.backend, self.backend.xp
         K = self.n_members
-        d = np.broadcast_to(np.asarray(denom, dtype=np.float64), (K,))
-        l2v = np.broadcast_to(np.asarray(l2, dtype=np.float64), (K,))
-        active = (d > 0) & self.active
-        safe = np.where(d > 0, d, 1.0)
-        inv_d = np.where(active, 1.0 / safe, 0.0)
+        d = np.asarray(denom, dtype=np.float64)
+        l2v = np.asarray(l2, dtype=np.float64)
+        if d.shape != (K,) or l2v.shape != (K,):
+            d, l2v = np.broadcast_to(d, (K,)), np.broadcast_to(l2v, (K,))
+        positive = d > 0
+        active = positive & self.active
+        safe = np.where(positive, d, 1.0)
         scalers = self.precision_.scaler
-        scale = scalers.scales if scalers is not None else np.ones(K)
-        head = np.stack([inv_d, np.where(active, l2v / safe, 0.0), scale])
         # Without loss scaling the update runs in the same pass as the gradients.
         fused = optimizer is not None and scalers is None
         opt_vec = optimizer.vectors(active) if fused else None
-        dev = self._upload(head if opt_vec is None else np.concatenate([head, opt_vec]))
+        head = np.empty((3 if opt_vec is None else 3 + opt_vec.shape[0], K))
+        head[0] = np.where(active, 1.0 / safe, 0.0)
+        head[1] = np.where(active, l2v / safe, 0.0)
+        head[2] = scalers.scales if scalers is not None else 1.0
+        if opt_vec is not None:
+            head[3:] = opt_vec
+        dev = self._upload(head)
         if self.precision_.mixed:
             self._params_c = be.copy(self.params, self._params_c)
         chunks = self._chunks if self._in_place else [slice(None)]
