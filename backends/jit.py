@@ -49,23 +49,39 @@ def lazy_njit(fn: Callable[..., Any]) -> Callable[..., Any]:
     dtype (``x.dtype.type(value)``), or the loop computes in float64. Loops are serial: on a 2-core machine
     numba's parallel loops lost to NumPy whenever OpenBLAS's threads (which spin for a
     while after each product) or another process held a core, by up to 10x.
+
+    A loop may call other ``lazy_njit`` functions of its module: they are compiled
+    with it (one definition of an update serves several loops).
     """
     compiled: list[Any] = []
 
-    def call(*args: Any) -> Any:
+    def dispatcher() -> Any:
         if not compiled:
+            import types
+
             import numba
 
+            # Globals the loop names that are lazy loops themselves become their
+            # compiled dispatchers, which numba can call (and inline).
+            names = set(fn.__code__.co_names)
+            scope = {k: (v.dispatcher() if k in names and hasattr(v, "dispatcher") else v)
+                     for k, v in fn.__globals__.items()}
+            body = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__)
+            body.__qualname__, body.__module__ = fn.__qualname__, fn.__module__
             # error_model="numpy": x/0 gives inf/nan as in NumPy instead of a Python
             # exception, whose check in every iteration keeps LLVM from vectorising
             # the loop. nogil: the loops touch no Python object, so a stack of networks
             # can run its members' chunks in threads (mlpx.stacked) while one loop runs.
-            compiled.append(numba.njit(fastmath=False, error_model="numpy", cache=True, nogil=True)(fn))
-        return compiled[0](*args)
+            compiled.append(numba.njit(fastmath=False, error_model="numpy", cache=True, nogil=True)(body))
+        return compiled[0]
+
+    def call(*args: Any) -> Any:
+        return (compiled[0] if compiled else dispatcher())(*args)
 
     call.__name__ = fn.__name__
     call.__doc__ = fn.__doc__
     call.py_func = fn  # type: ignore[attr-defined]
+    call.dispatcher = dispatcher  # type: ignore[attr-defined]
     return call
 
 

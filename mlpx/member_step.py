@@ -32,7 +32,7 @@ from mlpx.backends import Backend
 from mlpx.backends.blas import CBLAS_NO_TRANS, CBLAS_ROW_MAJOR, CBLAS_TRANS, NumpyCblas, numpy_cblas
 from mlpx.backends.jit import fetch_add, lazy_njit, numba_enabled
 
-__all__ = ["LOSS_CODES", "MemberStepPlan", "member_step_plan", "run_member_steps"]
+__all__ = ["LOSS_CODES", "MemberStepPlan", "adam_row", "member_step_plan", "run_member_steps", "sgd_row"]
 
 #: Losses the loop computes, by ``OutputLoss.name``.
 LOSS_CODES = {"cross_entropy": 0, "squared_error": 1}
@@ -311,35 +311,51 @@ def _member_steps(gemm, dot, queue, counter, X, Y, index, groups, w, dev, params
         sq[k] = dot(nw, p_base + k * P * isz, 1, p_base + k * P * isz, 1) if penalised else zero
         cf = dev[1, k]
         if opt_code == 0:
-            neg_lr, b1, c1, b2, c2, eps = dev[3, k], dev[4, k], dev[5, k], dev[6, k], dev[7, k], dev[8, k]
-            if not dev[9, k] > 0:
-                continue
-            for i in range(nw):
-                x = params[k, i]
-                gi = grads[k, i] + x * cf
-                mi = s1[k, i] * b1 + gi * c1
-                vi = s2[k, i] * b2 + (gi * gi) * c2
-                s1[k, i] = mi
-                s2[k, i] = vi
-                params[k, i] = x + (mi / (np.sqrt(vi) + eps)) * neg_lr
-            for i in range(nw, P):
-                gi = grads[k, i]
-                mi = s1[k, i] * b1 + gi * c1
-                vi = s2[k, i] * b2 + (gi * gi) * c2
-                s1[k, i] = mi
-                s2[k, i] = vi
-                params[k, i] = params[k, i] + (mi / (np.sqrt(vi) + eps)) * neg_lr
+            if dev[9, k] > 0:
+                adam_row(params, grads, s1, s2, k, nw, cf, dev[3, k], dev[4, k], dev[5, k], dev[6, k], dev[7, k],
+                         dev[8, k])
+        elif dev[5, k] > 0:
+            sgd_row(params, grads, s1, k, nw, cf, dev[3, k], dev[4, k], opt_code == 2)
+
+
+# ------------------------------------------------------------- the updates
+@lazy_njit
+def adam_row(p, g, m, v, k, nw, cf, neg_lr, b1, c1, b2, c2, eps):  # pragma: no cover - compiled
+    """Adam's update of row ``k`` of ``(K, n_params)`` buffers, scikit-learn's placement of ε.
+
+    The operations of :mod:`mlpx.optimizers`' Adam loop in its order, after the L2
+    term ``cf · W`` on the first ``nw`` (weight) entries; weights and biases in
+    separate loops so that each vectorises. ``neg_lr`` is ``-lr_t`` (bias-corrected),
+    ``c1 = 1 - b1``, ``c2 = 1 - b2``; every scalar in the buffers' dtype.
+    """
+    for i in range(nw):
+        x = p[k, i]
+        gi = g[k, i] + x * cf
+        mi = m[k, i] * b1 + gi * c1
+        vi = v[k, i] * b2 + (gi * gi) * c2
+        m[k, i] = mi
+        v[k, i] = vi
+        p[k, i] = x + (mi / (np.sqrt(vi) + eps)) * neg_lr
+    for i in range(nw, p.shape[1]):
+        gi = g[k, i]
+        mi = m[k, i] * b1 + gi * c1
+        vi = v[k, i] * b2 + (gi * gi) * c2
+        m[k, i] = mi
+        v[k, i] = vi
+        p[k, i] = p[k, i] + (mi / (np.sqrt(vi) + eps)) * neg_lr
+
+
+@lazy_njit
+def sgd_row(p, g, vel, k, nw, cf, lr, mu, nesterov):  # pragma: no cover - compiled
+    """SGD with (Nesterov) momentum on row ``k``, as scikit-learn's, after the L2 term
+    ``cf · W`` on the first ``nw`` entries; every scalar in the buffers' dtype."""
+    for i in range(p.shape[1]):
+        x = p[k, i]
+        gi = g[k, i] + x * cf if i < nw else g[k, i]
+        step = gi * lr
+        vi = vel[k, i] * mu - step
+        vel[k, i] = vi
+        if nesterov:
+            p[k, i] = (x - step) + vi * mu
         else:
-            if not dev[5, k] > 0:
-                continue
-            lr, mu = dev[3, k], dev[4, k]
-            for i in range(P):
-                x = params[k, i]
-                gi = grads[k, i] + x * cf if i < nw else grads[k, i]
-                step = gi * lr
-                vi = s1[k, i] * mu - step
-                s1[k, i] = vi
-                if opt_code == 2:
-                    params[k, i] = (x - step) + vi * mu
-                else:
-                    params[k, i] = x + vi
+            p[k, i] = x + vi

@@ -60,7 +60,7 @@ from mlpx.distributed import LocalReducer
 from mlpx.layers import ActivationLayer, Dense
 from mlpx.locking import ReadWriteLock
 from mlpx.losses import OutputLoss
-from mlpx.member_step import LOSS_CODES, member_step_plan, run_member_steps
+from mlpx.member_step import LOSS_CODES, adam_row, member_step_plan, run_member_steps, sgd_row
 from mlpx.metrics import iter_chunks, r2_from_sums
 from mlpx.model import PREDICT_CHUNK, Sequential, StepResult
 from mlpx.optimizers import SGD, Adam, Optimizer, get_optimizer
@@ -408,28 +408,9 @@ def _adam_rows_np(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array) -
 
 @lazy_njit
 def _member_adam_loop(p, g, m, v, vec, coef, nw):  # pragma: no cover - compiled
-    # The operations of mlpx.optimizers' Adam loop, after the L2 term, in its order,
-    # per member; weights and biases in separate loops so that each vectorises.
     for k in range(p.shape[0]):
-        if not vec[6, k] > 0:
-            continue
-        c = coef[k]
-        neg_lr, b1, c1, b2, c2, eps = vec[0, k], vec[1, k], vec[2, k], vec[3, k], vec[4, k], vec[5, k]
-        for i in range(nw):
-            x = p[k, i]
-            gi = g[k, i] + x * c
-            mi = m[k, i] * b1 + gi * c1
-            vi = v[k, i] * b2 + (gi * gi) * c2
-            m[k, i] = mi
-            v[k, i] = vi
-            p[k, i] = x + (mi / (np.sqrt(vi) + eps)) * neg_lr
-        for i in range(nw, p.shape[1]):
-            gi = g[k, i]
-            mi = m[k, i] * b1 + gi * c1
-            vi = v[k, i] * b2 + (gi * gi) * c2
-            m[k, i] = mi
-            v[k, i] = vi
-            p[k, i] = p[k, i] + (mi / (np.sqrt(vi) + eps)) * neg_lr
+        if vec[6, k] > 0:
+            adam_row(p, g, m, v, k, nw, coef[k], vec[0, k], vec[1, k], vec[2, k], vec[3, k], vec[4, k], vec[5, k])
 
 
 @member_adam_update.register("numba")
@@ -539,20 +520,8 @@ def _sgd_rows_np(xp: Any, p: Array, g: Array, vel: Array, vec: Array, nesterov: 
 @lazy_njit
 def _member_sgd_loop(p, g, vel, vec, coef, nw, nesterov):  # pragma: no cover - compiled
     for k in range(p.shape[0]):
-        if not vec[2, k] > 0:
-            continue
-        c = coef[k]
-        lr, mu = vec[0, k], vec[1, k]
-        for i in range(p.shape[1]):
-            x = p[k, i]
-            gi = g[k, i] + x * c if i < nw else g[k, i]
-            step = gi * lr
-            vi = vel[k, i] * mu - step
-            vel[k, i] = vi
-            if nesterov:
-                p[k, i] = (x - step) + vi * mu
-            else:
-                p[k, i] = x + vi
+        if vec[2, k] > 0:
+            sgd_row(p, g, vel, k, nw, coef[k], vec[0, k], vec[1, k], nesterov)
 
 
 @member_sgd_update.register("numba")
