@@ -10,10 +10,10 @@ gather to update while its data are in the core's cache, with the products on th
 BLAS ``numpy.matmul`` calls (:func:`mlpx.backends.blas.numpy_cblas`), called as
 ``numpy.matmul`` calls it.
 
-Every operation is the one the stack's phase-by-phase kernels perform, in their
-order (:mod:`mlpx.stacked`: ``member_bias_activation``, ``member_loss``,
-``member_dense_backward``, ``member_adam_update``, ``member_sgd_update``), so both
-paths give the same bits; ``tests/test_member_step.py`` checks that they do.
+The per-member pieces (bias and activation, loss, bias gradient, the Adam and SGD
+updates) are defined here once and also run by the stack's phase-by-phase kernels
+(:mod:`mlpx.stacked`), so both paths give the same bits; ``tests/test_member_step.py``
+checks that they do.
 
 What the loop covers (:func:`member_step_plan` says why not, otherwise): the NumPy
 backend with numba and NumPy's bundled BLAS; float32 or float64 without mixed
@@ -32,7 +32,8 @@ from mlpx.backends import Backend
 from mlpx.backends.blas import CBLAS_NO_TRANS, CBLAS_ROW_MAJOR, CBLAS_TRANS, NumpyCblas, numpy_cblas
 from mlpx.backends.jit import fetch_add, lazy_njit, numba_enabled
 
-__all__ = ["LOSS_CODES", "MemberStepPlan", "adam_row", "member_step_plan", "run_member_steps", "sgd_row"]
+__all__ = ["LOSS_CODES", "MemberStepPlan", "adam_row", "bias_activation_rows", "bias_gradient_rows",
+           "cross_entropy_rows", "member_step_plan", "run_member_steps", "sgd_row", "squared_error_rows"]
 
 #: Losses the loop computes, by ``OutputLoss.name``.
 LOSS_CODES = {"cross_entropy": 0, "squared_error": 1}
@@ -224,82 +225,27 @@ def _member_steps(gemm, dot, queue, counter, X, Y, index, groups, w, dev, params
             z_addr = acts_base + off * isz
             gemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_NO_TRANS, b, fo, fi, one, h_addr, fi,
                  p_base + (k * P + wo) * isz, fo, zero, z_addr, fo)
-            bias = params[k, bo : bo + fo]
-            for i in range(b):
-                row = acts[off + i * fo : off + (i + 1) * fo]  # a row view: the loop vectorises
-                for j in range(fo):
-                    x = row[j] + bias[j]
-                    row[j] = x if (act == 0 or x > 0) else x * 0
+            bias_activation_rows(acts[off : off + b * fo].reshape((b, fo)), params[k, bo : bo + fo], act == 0)
             h_addr = z_addr
             off += b * fo
         out_off = off - b * c
-        # ---- loss and the output delta into dA: member_loss's loops, expression for
-        # expression (``z * 0`` starts float64 sums in float32 too, as there)
-        acc_k = acts[out_off] * 0
-        n_hit = zero
-        for i in range(b):
-            wi = w[k, i]
-            zi = out_off + i * c
-            if loss_code == 0:
-                m = acts[zi]
-                for j in range(1, c):
-                    if acts[zi + j] > m:
-                        m = acts[zi + j]
-                s = acts[zi] * 0
-                for j in range(c):
-                    e = np.exp(acts[zi + j] - m)
-                    s += e
-                    dA[i * c + j] = e
-                lse = np.log(s) + m
-                a = s * 0
-                for j in range(c):
-                    y = Yg[i * c + j]
-                    a += y * (lse - acts[zi + j])
-                    dA[i * c + j] = ((dA[i * c + j] / s - y) * wi) * inv_d
-                acc_k += a * wi
-            else:
-                a = acts[zi] * 0
-                for j in range(c):
-                    r_ = acts[zi + j] - Yg[i * c + j]
-                    a += r_ * r_
-                    dA[i * c + j] = (r_ * wi) * inv_d
-                acc_k += (a * 0.5) * wi
-            if count_correct and wi > 0:
-                if softmax:
-                    bz = 0
-                    by = 0
-                    for j in range(1, c):
-                        if acts[zi + j] > acts[zi + bz]:
-                            bz = j
-                        if Yg[i * c + j] > Yg[i * c + by]:
-                            by = j
-                    if bz == by:
-                        n_hit += 1
-                else:
-                    ok = True
-                    for j in range(c):
-                        if (acts[zi + j] > 0) != (Yg[i * c + j] > 0.5):
-                            ok = False
-                    if ok:
-                        n_hit += 1
+        # ---- loss and the output delta into dA (the phase kernels' own rows)
+        Z = acts[out_off : out_off + b * c].reshape((b, c))
+        Yk = Yg.reshape((b, c))
+        dZ = dA[: b * c].reshape((b, c))
+        if loss_code == 0:
+            acc_k = cross_entropy_rows(Z, Yk, w[k], inv_d, dZ, acc, True)
+        else:
+            acc_k = squared_error_rows(Z, Yk, w[k], inv_d, dZ, True)
         loss[k] = acc_k * inv_d
-        hits[k] = n_hit
+        hits[k] = _hit_rows(Z, Yk, w[k], softmax) if count_correct else zero
         # ---- backward: dZ = dH ⊙ g'(Z) and db in one pass, dW = Hᵀ dZ, dH = dZ Wᵀ
         d_cur, d_next = dA, dB
         for ly in range(L - 1, -1, -1):
             wo, bo, fi, fo, act = layers[ly, 0], layers[ly, 1], layers[ly, 2], layers[ly, 3], layers[ly, 4]
             off -= b * fo
-            for j in range(fo):
-                acc[j] = 0
-            for i in range(b):
-                for j in range(fo):
-                    x = d_cur[i * fo + j]
-                    if act == 1:
-                        x = x if acts[off + i * fo + j] > 0 else x * 0
-                        d_cur[i * fo + j] = x
-                    acc[j] += x
-            for j in range(fo):
-                grads[k, bo + j] = acc[j]
+            bias_gradient_rows(d_cur[: b * fo].reshape((b, fo)), acts[off : off + b * fo].reshape((b, fo)),
+                               grads[k, bo : bo + fo], acc, act == 1)
             h_addr = Xg.ctypes.data if ly == 0 else acts_base + (off - b * fi) * isz
             gemm(CBLAS_ROW_MAJOR, CBLAS_TRANS, CBLAS_NO_TRANS, fi, fo, b, one, h_addr, fi, d_cur.ctypes.data, fo,
                  zero, g_base + (k * P + wo) * isz, fo)
@@ -316,6 +262,119 @@ def _member_steps(gemm, dot, queue, counter, X, Y, index, groups, w, dev, params
                          dev[8, k])
         elif dev[5, k] > 0:
             sgd_row(params, grads, s1, k, nw, cf, dev[3, k], dev[4, k], opt_code == 2)
+
+
+# --------------------------------------- one member's pieces (both paths)
+# The phase kernels of mlpx.stacked run these per member too, so the two paths share
+# every operation. ``z * 0`` starts float64 sums in float32 too (numba promotes
+# float32 times an integer): part of the arithmetic both paths must agree on.
+@lazy_njit
+def bias_activation_rows(Z, b, identity):  # pragma: no cover - compiled
+    """``Z + b`` and ReLU (or the identity) in place: Z (n, u), b (u,)."""
+    for i in range(Z.shape[0]):
+        row = Z[i]  # a row view: the loop vectorises
+        for j in range(Z.shape[1]):
+            x = row[j] + b[j]
+            row[j] = x if (identity or x > 0) else x * 0
+
+
+@lazy_njit
+def bias_gradient_rows(dH, H, db, acc, relu):  # pragma: no cover - compiled
+    """``dZ = dH ⊙ relu'(H)`` in place (``relu``; else dZ = dH) and ``db = Σ_rows dZ``.
+
+    dH, H (n, u); db (u,) receives the sum, ``acc`` (≥ u) is scratch: rows are summed
+    in order, as NumPy sums a C-contiguous block over axis 0, into a contiguous
+    accumulator (a strided store in the inner loop stops vectorisation).
+    """
+    n, u = dH.shape
+    for j in range(u):
+        acc[j] = 0
+    for i in range(n):
+        for j in range(u):
+            x = dH[i, j]
+            if relu:
+                x = x if H[i, j] > 0 else x * 0
+                dH[i, j] = x
+            acc[j] += x
+    for j in range(u):
+        db[j] = acc[j]
+
+
+@lazy_njit
+def cross_entropy_rows(Z, Y, w, inv_d, dZ, ex, has_dz):  # pragma: no cover - compiled
+    """Softmax cross-entropy of logits Z (n, c) against Y (n, c), rows weighted by w (n,).
+
+    Returns ``Σ_i w_i l_i`` (float64); with ``has_dz``, ``dZ`` (n, c) receives
+    ``(softmax(Z) − Y)·w/d`` (``inv_d`` = 1/d). ``ex`` (≥ c) is scratch; it may be a
+    row of ``dZ``'s buffer only when ``dZ`` is written.
+    """
+    n, c = Z.shape
+    total = Z[0, 0] * 0
+    for i in range(n):
+        m = Z[i, 0]
+        for j in range(1, c):
+            if Z[i, j] > m:
+                m = Z[i, j]
+        s = Z[i, 0] * 0
+        for j in range(c):
+            e = np.exp(Z[i, j] - m)
+            s += e
+            ex[j] = e
+        lse = np.log(s) + m
+        wi = w[i]
+        a = s * 0
+        for j in range(c):
+            y = Y[i, j]
+            a += y * (lse - Z[i, j])
+            if has_dz:
+                dZ[i, j] = ((ex[j] / s - y) * wi) * inv_d
+        total += a * wi
+    return total
+
+
+@lazy_njit
+def squared_error_rows(Z, Y, w, inv_d, dZ, has_dz):  # pragma: no cover - compiled
+    """Half the squared error of Z (n, c) against Y, rows weighted by w (n,): returns
+    ``Σ_i w_i l_i`` (float64); with ``has_dz``, ``dZ`` receives ``(Z − Y)·w/d``."""
+    n, c = Z.shape
+    total = Z[0, 0] * 0
+    for i in range(n):
+        wi = w[i]
+        a = Z[i, 0] * 0
+        for j in range(c):
+            r = Z[i, j] - Y[i, j]
+            a += r * r
+            if has_dz:
+                dZ[i, j] = (r * wi) * inv_d
+        total += (a * 0.5) * wi
+    return total
+
+
+@lazy_njit
+def _hit_rows(Z, Y, w, softmax):  # pragma: no cover - compiled
+    """Rows of positive weight predicted right, as ``mlpx.stacked.member_hits`` counts them."""
+    n, c = Z.shape
+    hits = Z[0, 0] * 0
+    for i in range(n):
+        if not w[i] > 0:
+            continue
+        ok = True
+        if softmax:
+            bz = 0
+            by = 0
+            for j in range(1, c):
+                if Z[i, j] > Z[i, bz]:
+                    bz = j
+                if Y[i, j] > Y[i, by]:
+                    by = j
+            ok = bz == by
+        else:
+            for j in range(c):
+                if (Z[i, j] > 0) != (Y[i, j] > 0.5):
+                    ok = False
+        if ok:
+            hits += 1
+    return hits
 
 
 # ------------------------------------------------------------- the updates

@@ -60,7 +60,8 @@ from mlpx.distributed import LocalReducer
 from mlpx.layers import ActivationLayer, Dense
 from mlpx.locking import ReadWriteLock
 from mlpx.losses import OutputLoss
-from mlpx.member_step import LOSS_CODES, adam_row, member_step_plan, run_member_steps, sgd_row
+from mlpx.member_step import (LOSS_CODES, adam_row, bias_activation_rows, bias_gradient_rows, cross_entropy_rows,
+                              member_step_plan, run_member_steps, sgd_row, squared_error_rows)
 from mlpx.metrics import iter_chunks, r2_from_sums
 from mlpx.model import PREDICT_CHUNK, Sequential, StepResult
 from mlpx.optimizers import SGD, Adam, Optimizer, get_optimizer
@@ -130,12 +131,8 @@ def _member_bias_activation_np(xp: Any, Z: Array, b: Array, act: Activation, out
 
 @lazy_njit
 def _member_bias_relu_loop(Z, b, identity):  # pragma: no cover - compiled
-    K, n, u = Z.shape
-    for k in range(K):
-        for i in range(n):
-            for j in range(u):
-                x = Z[k, i, j] + b[k, j]
-                Z[k, i, j] = x if (identity or x > 0) else x * 0
+    for k in range(Z.shape[0]):
+        bias_activation_rows(Z[k], b[k], identity)
 
 
 @member_bias_activation.register("numba")
@@ -216,47 +213,15 @@ def _member_loss_np(xp: Any, Z: Array, Y: Array, w: Array, inv_d: Array, kind: s
 
 @lazy_njit
 def _member_ce_loop(Z, Y, w, inv_d, dZ, has_dz, loss):  # pragma: no cover - compiled
-    K, n, c = Z.shape
-    ex = np.empty(c, dtype=Z.dtype)
-    for k in range(K):
-        acc_k = Z[k, 0, 0] * 0
-        for i in range(n):
-            m = Z[k, i, 0]
-            for j in range(1, c):
-                if Z[k, i, j] > m:
-                    m = Z[k, i, j]
-            s = Z[k, i, 0] * 0
-            for j in range(c):
-                e = np.exp(Z[k, i, j] - m)
-                s += e
-                ex[j] = e
-            lse = np.log(s) + m
-            wi = w[k, i]
-            acc = s * 0
-            for j in range(c):
-                y = Y[k, i, j]
-                acc += y * (lse - Z[k, i, j])
-                if has_dz:
-                    dZ[k, i, j] = ((ex[j] / s - y) * wi) * inv_d[k]
-            acc_k += acc * wi
-        loss[k] = acc_k * inv_d[k]
+    ex = np.empty(Z.shape[2], dtype=Z.dtype)
+    for k in range(Z.shape[0]):
+        loss[k] = cross_entropy_rows(Z[k], Y[k], w[k], inv_d[k], dZ[k], ex, has_dz) * inv_d[k]
 
 
 @lazy_njit
 def _member_se_loop(Z, Y, w, inv_d, dZ, has_dz, loss):  # pragma: no cover - compiled
-    K, n, c = Z.shape
-    for k in range(K):
-        acc_k = Z[k, 0, 0] * 0
-        for i in range(n):
-            wi = w[k, i]
-            acc = Z[k, i, 0] * 0
-            for j in range(c):
-                r = Z[k, i, j] - Y[k, i, j]
-                acc += r * r
-                if has_dz:
-                    dZ[k, i, j] = (r * wi) * inv_d[k]
-            acc_k += (acc * 0.5) * wi
-        loss[k] = acc_k * inv_d[k]
+    for k in range(Z.shape[0]):
+        loss[k] = squared_error_rows(Z[k], Y[k], w[k], inv_d[k], dZ[k], has_dz) * inv_d[k]
 
 
 _LOSS_LOOPS = {"cross_entropy": _member_ce_loop, "squared_error": _member_se_loop}
@@ -622,21 +587,9 @@ def _member_dense_backward_np(xp: Any, dH: Array, Z: Array | None, H: Array, act
 
 @lazy_njit
 def _member_relu_backward_loop(dH, H, db, relu):  # pragma: no cover - compiled
-    # Rows summed in order, as NumPy sums a C-contiguous block over axis 0, into a
-    # contiguous accumulator (a strided store in the inner loop stops vectorisation).
-    K, n, u = dH.shape
-    acc = np.empty(u, dtype=dH.dtype)
-    for k in range(K):
-        acc[:] = 0
-        for i in range(n):
-            for j in range(u):
-                x = dH[k, i, j]
-                if relu:
-                    x = x if H[k, i, j] > 0 else x * 0
-                    dH[k, i, j] = x
-                acc[j] += x
-        for j in range(u):
-            db[k, j] = acc[j]
+    acc = np.empty(dH.shape[2], dtype=dH.dtype)
+    for k in range(dH.shape[0]):
+        bias_gradient_rows(dH[k], H[k], db[k], acc, relu)
 
 
 @member_dense_backward.register("numba")
