@@ -189,7 +189,7 @@ class _StackedSearch:
         score_params = routed.scorer.score
         tasks = [_Task(c, s, p, np.asarray(tr), np.asarray(te))
                  for c, p in enumerate(candidates) for s, (tr, te) in enumerate(splits)]
-        prep_cache: dict[Any, tuple[Any, Any, float]] = {}
+        prep_cache: dict[Any, tuple[Any, Any]] = {}
         for task in tasks:
             self._prepare(task, base, X, y, fit_params, prep_cache)
         stackable = [t for t in tasks if t.reason is None and t.error is None]
@@ -238,18 +238,18 @@ class _StackedSearch:
         return [t.result for t in tasks], {"stacked": stacked, "not_stacked_reason": reasons}
 
     def _prepare(self, task: _Task, base: Any, X: Any, y: Any, fit_params: dict[str, Any],
-                 cache: dict[Any, tuple[Any, Any, float]]) -> None:
+                 cache: dict[Any, tuple[Any, Any]]) -> None:
         """The task's estimator, its member and the member's training data (preprocessed)."""
         est = clone(base).set_params(**clone(task.params, safe=False))
         task.estimator = est
         fp = _check_method_params(X, params=fit_params, indices=task.train)
         # One training split per fold, shared by every candidate: the stack then
         # holds one copy of it and gathers each step's rows once for the fold's
-        # members that draw the same minibatches (stacked.MemberRows.shared).
+        # members that draw the same minibatches (their MemberRows group).
         split_key = ("split", task.split)
         if split_key not in cache:
-            cache[split_key] = (*_safe_split(est, X, y, task.train), 0.0)
-        X_train, y_train, _ = cache[split_key]
+            cache[split_key] = _safe_split(est, X, y, task.train)
+        X_train, y_train = cache[split_key]
         task.y_train = y_train
         if isinstance(est, Pipeline):
             name, final = est.steps[-1]

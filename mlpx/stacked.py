@@ -1700,17 +1700,17 @@ class Stack:
         if opt_vec is not None:
             head[3:] = opt_vec
         dev = self._upload(head)
-        if self.precision_.mixed:
-            self._params_c = be.copy(self.params, self._params_c)
-        chunks = self._chunks if self._in_place else [slice(None)]
         penalised = bool(l2v.any())
-
         if fused and self._compiled_step_applies(X, Y, w, loss, optimizer):
             with self.parameter_lock.write():
                 value, sq, correct = self._compiled_step(active, X, Y, w, dev, loss, count_correct, penalised,
                                                          optimizer)
             penalty = (0.5 * dev[1, :]) * sq if penalised else 0.0
             return StepResult(value, penalty, correct, True, None)
+
+        if self.precision_.mixed:
+            self._params_c = be.copy(self.params, self._params_c)
+        chunks = self._chunks if self._in_place else [slice(None)]
 
         def run(rows: slice) -> tuple[Any, Any, Any, Any]:
             return self._chunk_step(rows, X, Y, w, dev, loss, count_correct, penalised,

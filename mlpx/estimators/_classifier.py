@@ -239,7 +239,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
             to_host(sample_weight), np.empty((n, 0)), dtype=np.float64)
         total = float(n) if w is None else float(w.sum())
         if self._label_binarizer.y_type_.startswith("multilabel"):
-            return self._score_holdout(X, self._label_binarizer.transform(y), w)["accuracy"]
+            return self._score_holdout(X, self._encode(y), w)["accuracy"]
         y = column_or_1d(y) if y.ndim == 2 and y.shape[1] == 1 else y
         known = np.isin(y, self.classes_)
         if known.all():
