@@ -103,8 +103,10 @@ def run_member_steps(plan: MemberStepPlan, queue: np.ndarray, counter: np.ndarra
                      grads: np.ndarray, state: Sequence[np.ndarray], opt: str, nesterov: bool, n_weights: int,
                      loss: str, penalised: bool, ws: dict[str, np.ndarray], out: dict[str, np.ndarray],
                      count_correct: bool, softmax: bool) -> None:
-    """Training steps of the members in ``queue``: gather, forward, loss, backward, L2, update.
+    """S training steps of the members in ``queue``: gather, forward, loss, backward, L2, update.
 
+    Each member takes its S steps one after another (the members are independent
+    within an epoch), so its weights and optimizer state stay in the core's cache.
     Several threads may call this at once with the same ``queue`` and ``counter``:
     each takes the next member from the queue until it is empty, so a thread that
     starts late simply steps fewer members.
@@ -118,15 +120,16 @@ def run_member_steps(plan: MemberStepPlan, queue: np.ndarray, counter: np.ndarra
         Shared by the threads: the next place in ``queue`` (0 to start).
     X, Y : ndarrays, shapes (N, f) and (N, c)
         The data set (C-contiguous, in the parameters' dtype).
-    index : ndarray of int64, shape (K, b)
-        Each member's rows of this step.
+    index : ndarray of int64, shape (S, K, b)
+        Each member's rows of each step.
     groups : ndarray of int64, shape (K,)
-        Members with one label have the same rows (gathered once in a run).
-    w : ndarray, shape (K, b)
+        Members with one label have the same rows (with S = 1, gathered once in a run).
+    w : ndarray, shape (S, K, b)
         Row weights (0: padding).
-    dev : ndarray, shape (3 + r, K)
-        Rows ``1/d``, ``l2/d``, loss scale, then the optimizer's ``r`` rows
-        (:meth:`~mlpx.stacked.StackedOptimizer.vectors`).
+    dev : ndarray, shape (S, 3 + r, K)
+        Per step, rows ``1/d``, ``l2/d``, loss scale, then the optimizer's ``r`` rows
+        (:meth:`~mlpx.stacked.StackedOptimizer.vectors`); ``1/d = 0``: the member
+        has no rows in that step.
     params, grads : ndarrays, shape (K, n_params)
     state : sequence of ndarrays, shape (K, n_params)
         Adam's ``m`` and ``v``, or SGD's velocity.
@@ -140,7 +143,7 @@ def run_member_steps(plan: MemberStepPlan, queue: np.ndarray, counter: np.ndarra
     ws : dict
         The calling thread's own workspaces (allocated here on first use).
     out : dict
-        ``"loss"``, ``"sq"``, ``"hits"``: arrays of shape (K,); the members
+        ``"loss"``, ``"sq"``, ``"hits"``: arrays of shape (S, K); the members
         stepped here are written.
     count_correct : bool
         Also count each member's rows of positive weight predicted right (``hits``).
@@ -149,7 +152,7 @@ def run_member_steps(plan: MemberStepPlan, queue: np.ndarray, counter: np.ndarra
         sign agrees with ``y > 0.5``), as :func:`~mlpx.stacked.member_hits` counts.
     """
     dtype = params.dtype
-    b = int(index.shape[1])
+    b = int(index.shape[2])
     key = (b, dtype.str)
     if ws.get("key") != key:
         L = plan.layers
@@ -186,7 +189,8 @@ def _steps() -> Any:
 def _member_steps(gemm, dot, queue, counter, X, Y, index, groups, w, dev, params, grads, s1, s2, layers, loss_code,
                   opt_code, nw, penalised, count_correct, softmax, consts, Xg, Yg, acts, dA, dB, acc,
                   loss, sq, hits):  # pragma: no cover - compiled
-    b = index.shape[1]
+    S = index.shape[0]
+    b = index.shape[2]
     f0 = X.shape[1]
     c = Y.shape[1]
     L = layers.shape[0]
@@ -202,66 +206,67 @@ def _member_steps(gemm, dot, queue, counter, X, Y, index, groups, w, dev, params
         if q >= queue.size:
             break
         k = queue[q]
-        inv_d = dev[0, k]
-        if not inv_d > 0:  # no rows this step
-            loss[k] = zero
-            sq[k] = zero
-            hits[k] = zero
-            continue
-        # ---- the member's rows (shared by a run of members with one label)
-        if gathered < 0 or groups[k] != groups[gathered]:
-            for i in range(b):
-                r = index[k, i]
-                for j in range(f0):
-                    Xg[i * f0 + j] = X[r, j]
-                for j in range(c):
-                    Yg[i * c + j] = Y[r, j]
-            gathered = k
-        # ---- forward: Z = H W (BLAS), then Z + b and the activation in place
-        h_addr = Xg.ctypes.data
-        off = 0
-        for ly in range(L):
-            wo, bo, fi, fo, act = layers[ly, 0], layers[ly, 1], layers[ly, 2], layers[ly, 3], layers[ly, 4]
-            z_addr = acts_base + off * isz
-            gemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_NO_TRANS, b, fo, fi, one, h_addr, fi,
-                 p_base + (k * P + wo) * isz, fo, zero, z_addr, fo)
-            bias_activation_rows(acts[off : off + b * fo].reshape((b, fo)), params[k, bo : bo + fo], act == 0)
-            h_addr = z_addr
-            off += b * fo
-        out_off = off - b * c
-        # ---- loss and the output delta into dA (the phase kernels' own rows)
-        Z = acts[out_off : out_off + b * c].reshape((b, c))
-        Yk = Yg.reshape((b, c))
-        dZ = dA[: b * c].reshape((b, c))
-        if loss_code == 0:
-            acc_k = cross_entropy_rows(Z, Yk, w[k], inv_d, dZ, acc, True)
-        else:
-            acc_k = squared_error_rows(Z, Yk, w[k], inv_d, dZ, True)
-        loss[k] = acc_k * inv_d
-        hits[k] = _hit_rows(Z, Yk, w[k], softmax) if count_correct else zero
-        # ---- backward: dZ = dH ⊙ g'(Z) and db in one pass, dW = Hᵀ dZ, dH = dZ Wᵀ
-        d_cur, d_next = dA, dB
-        for ly in range(L - 1, -1, -1):
-            wo, bo, fi, fo, act = layers[ly, 0], layers[ly, 1], layers[ly, 2], layers[ly, 3], layers[ly, 4]
-            off -= b * fo
-            bias_gradient_rows(d_cur[: b * fo].reshape((b, fo)), acts[off : off + b * fo].reshape((b, fo)),
-                               grads[k, bo : bo + fo], acc, act == 1)
-            h_addr = Xg.ctypes.data if ly == 0 else acts_base + (off - b * fi) * isz
-            gemm(CBLAS_ROW_MAJOR, CBLAS_TRANS, CBLAS_NO_TRANS, fi, fo, b, one, h_addr, fi, d_cur.ctypes.data, fo,
-                 zero, g_base + (k * P + wo) * isz, fo)
-            if ly > 0:
-                gemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS, b, fi, fo, one, d_cur.ctypes.data, fo,
-                     p_base + (k * P + wo) * isz, fo, zero, d_next.ctypes.data, fi)
-                d_cur, d_next = d_next, d_cur
-        # ---- Σ W² before the step, then the L2 term and the update (the stacked optimizer's loops)
-        sq[k] = dot(nw, p_base + k * P * isz, 1, p_base + k * P * isz, 1) if penalised else zero
-        cf = dev[1, k]
-        if opt_code == 0:
-            if dev[9, k] > 0:
-                adam_row(params, grads, s1, s2, k, nw, cf, dev[3, k], dev[4, k], dev[5, k], dev[6, k], dev[7, k],
-                         dev[8, k])
-        elif dev[5, k] > 0:
-            sgd_row(params, grads, s1, k, nw, cf, dev[3, k], dev[4, k], opt_code == 2)
+        for s in range(S):  # a member's steps in turn: its weights and state stay in the core's cache
+            inv_d = dev[s, 0, k]
+            if not inv_d > 0:  # no rows this step
+                loss[s, k] = zero
+                sq[s, k] = zero
+                hits[s, k] = zero
+                continue
+            # ---- the member's rows (one step: shared by a run of members with one label)
+            if S > 1 or gathered < 0 or groups[k] != groups[gathered]:
+                for i in range(b):
+                    r = index[s, k, i]
+                    for j in range(f0):
+                        Xg[i * f0 + j] = X[r, j]
+                    for j in range(c):
+                        Yg[i * c + j] = Y[r, j]
+                gathered = k
+            # ---- forward: Z = H W (BLAS), then Z + b and the activation in place
+            h_addr = Xg.ctypes.data
+            off = 0
+            for ly in range(L):
+                wo, bo, fi, fo, act = layers[ly, 0], layers[ly, 1], layers[ly, 2], layers[ly, 3], layers[ly, 4]
+                z_addr = acts_base + off * isz
+                gemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_NO_TRANS, b, fo, fi, one, h_addr, fi,
+                     p_base + (k * P + wo) * isz, fo, zero, z_addr, fo)
+                bias_activation_rows(acts[off : off + b * fo].reshape((b, fo)), params[k, bo : bo + fo], act == 0)
+                h_addr = z_addr
+                off += b * fo
+            out_off = off - b * c
+            # ---- loss and the output delta into dA (the phase kernels' own rows)
+            Z = acts[out_off : out_off + b * c].reshape((b, c))
+            Yk = Yg.reshape((b, c))
+            dZ = dA[: b * c].reshape((b, c))
+            if loss_code == 0:
+                acc_k = cross_entropy_rows(Z, Yk, w[s, k], inv_d, dZ, acc, True)
+            else:
+                acc_k = squared_error_rows(Z, Yk, w[s, k], inv_d, dZ, True)
+            loss[s, k] = acc_k * inv_d
+            hits[s, k] = _hit_rows(Z, Yk, w[s, k], softmax) if count_correct else zero
+            # ---- backward: dZ = dH ⊙ g'(Z) and db in one pass, dW = Hᵀ dZ, dH = dZ Wᵀ
+            d_cur, d_next = dA, dB
+            for ly in range(L - 1, -1, -1):
+                wo, bo, fi, fo, act = layers[ly, 0], layers[ly, 1], layers[ly, 2], layers[ly, 3], layers[ly, 4]
+                off -= b * fo
+                bias_gradient_rows(d_cur[: b * fo].reshape((b, fo)), acts[off : off + b * fo].reshape((b, fo)),
+                                   grads[k, bo : bo + fo], acc, act == 1)
+                h_addr = Xg.ctypes.data if ly == 0 else acts_base + (off - b * fi) * isz
+                gemm(CBLAS_ROW_MAJOR, CBLAS_TRANS, CBLAS_NO_TRANS, fi, fo, b, one, h_addr, fi, d_cur.ctypes.data, fo,
+                     zero, g_base + (k * P + wo) * isz, fo)
+                if ly > 0:
+                    gemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS, b, fi, fo, one, d_cur.ctypes.data, fo,
+                         p_base + (k * P + wo) * isz, fo, zero, d_next.ctypes.data, fi)
+                    d_cur, d_next = d_next, d_cur
+            # ---- Σ W² before the step, then the L2 term and the update (the stacked optimizer's loops)
+            sq[s, k] = dot(nw, p_base + k * P * isz, 1, p_base + k * P * isz, 1) if penalised else zero
+            cf = dev[s, 1, k]
+            if opt_code == 0:
+                if dev[s, 9, k] > 0:
+                    adam_row(params, grads, s1, s2, k, nw, cf, dev[s, 3, k], dev[s, 4, k], dev[s, 5, k],
+                             dev[s, 6, k], dev[s, 7, k], dev[s, 8, k])
+            elif dev[s, 5, k] > 0:
+                sgd_row(params, grads, s1, k, nw, cf, dev[s, 3, k], dev[s, 4, k], opt_code == 2)
 
 
 # --------------------------------------- one member's pieces (both paths)

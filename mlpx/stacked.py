@@ -688,12 +688,23 @@ class StackedOptimizer:
         self._bound = (be, params)
 
     def vectors(self, active: np.ndarray) -> np.ndarray:
-        """This step's per-member scalars, shape (rows, K), float64 (host).
+        """The per-member scalars of one step, or of S steps in a row (host, float64).
 
-        Advances the step count of the ``active`` members (those with rows and
-        not frozen), as their own ``step`` would, and computes each one's rate as
-        its ``step`` computes it (Adam: ``lr · √(1 − β₂ᵗ) / (1 − β₁ᵗ)``, the powers
-        by Python's ``**``, once per distinct ``(β₁, β₂, t)``).
+        Advances the step count of the members active in each step (those with rows
+        and not frozen), as their own ``step`` would, and computes each one's rate
+        as its ``step`` computes it (Adam: ``lr · √(1 − β₂ᵗ) / (1 − β₁ᵗ)``, the
+        powers by Python's ``**``, once per distinct ``(β₁, β₂, t)``). The rates in
+        force do not change between steps: the members' schedules move them at the
+        end of an epoch (:meth:`iteration_ends`).
+
+        Parameters
+        ----------
+        active : ndarray of bool, shape (K,) or (S, K)
+
+        Returns
+        -------
+        ndarray, shape (r, K) or (S, r, K)
+            Adam: ``−lr_t``, β₁, 1 − β₁, β₂, 1 − β₂, ε, active; SGD: lr, momentum, active.
         """
         K = self.n_members
         adam = self.kind is Adam
@@ -707,16 +718,20 @@ class StackedOptimizer:
                 self._beta_pairs = list(pairs)
             else:
                 self._static = np.array([[o.momentum for o in members]])
-        vec = np.zeros((7 if adam else 3, K))
+        steps = np.asarray(active, dtype=bool).reshape(-1, K)
+        S = steps.shape[0]
+        # Each member's count after each step: its own ``step`` adds one per active step.
+        t_after = np.array([o.t for o in members], dtype=np.int64) + np.cumsum(steps, axis=0)
+        for k in np.flatnonzero(steps.any(axis=0)):
+            members[k].t = int(t_after[-1, k])
+        vec = np.zeros((S, 7 if adam else 3, K))
         lr = np.array([o.lr for o in members])
-        on = np.flatnonzero(active)
-        for k in on:
-            members[k].t += 1
+        s_on, on = np.nonzero(steps)
         if adam:
-            vec[1:6] = self._static
+            vec[:, 1:6] = self._static
             if on.size:
-                # Once per distinct (β₁, β₂, t): usually one for the whole stack.
-                t = np.array([members[k].t for k in on], dtype=np.int64)
+                # Once per distinct (β₁, β₂, t): one per step for a stack of one schedule.
+                t = t_after[s_on, on]
                 key = self._beta_group[on] * (int(t.max()) + 1) + t
                 if key.min() == key.max():
                     first, where = np.zeros(1, dtype=np.int64), np.zeros(on.size, dtype=np.int64)
@@ -727,12 +742,12 @@ class StackedOptimizer:
                     b1, b2 = self._beta_pairs[self._beta_group[on[j]]]
                     tj = int(t[j])
                     c[0, i], c[1, i] = math.sqrt(1 - b2**tj), 1 - b1**tj
-                vec[0, on] = -(lr[on] * c[0, where] / c[1, where])
-            vec[6, on] = 1.0
+                vec[s_on, 0, on] = -(lr[on] * c[0, where] / c[1, where])
+            vec[s_on, 6, on] = 1.0
         else:
-            vec[0], vec[1] = lr, self._static[0]
-            vec[2, on] = 1.0
-        return vec
+            vec[:, 0], vec[:, 1] = lr, self._static[0]
+            vec[s_on, 2, on] = 1.0
+        return vec if np.ndim(active) == 2 else vec[0]
 
     def apply(self, be: Backend, params: Array, grads: Array, vec: Array, coef: Array, n_weights: int,
               rows: slice) -> tuple[Array, Array]:
@@ -883,6 +898,7 @@ class MemberBatches:
         self.Y = be.asarray(Y, dtype=tdt)
         self.dtype, self.target_dtype = dtype, tdt
         self._cache: tuple[Any, np.ndarray, np.ndarray] | None = None
+        self._gid: np.ndarray | None = None
 
     def _layout(self, perm: Any) -> tuple[np.ndarray, np.ndarray]:
         """Row index (K, S·b) and weight (K, S·b) of every place of the epoch (host)."""
@@ -934,17 +950,32 @@ class MemberBatches:
         set, gathered by the stack as it computes: ``X.take(be, slice(None))`` is
         the (K, b, f) minibatch).
         """
+        index, w = self.epoch_arrays(perm)
+        b = self.batch_size
+        for j in range(self.n_batches):
+            sel = index[j, :, :]
+            yield Batch(MemberRows(self.X, sel, self.groups), MemberRows(self.Y, sel), w[j, :, :], j * b, (j + 1) * b)
+
+    def epoch_arrays(self, perm: Any) -> tuple[Array, Array]:
+        """The whole epoch's row indices and weights on the device, in one transfer each.
+
+        Returns
+        -------
+        index : array of int64, shape (n_batches, K, b)
+            Step ``j`` of member ``k`` takes rows ``index[j, k]`` of the data set.
+        w : array, shape (n_batches, K, b)
+            Their weights (0: padding), in ``target_dtype``.
+        """
         idx, wts = self._layout(perm)
-        be, b = self.be, self.batch_size
-        # One transfer per epoch of the indices (as columns blocks: contiguous per step).
-        S = self.n_batches
-        blocks = be.asarray(np.ascontiguousarray(idx.reshape(self.n_members, S, b).transpose(1, 0, 2)))
-        w_dev = be.asarray(np.ascontiguousarray(wts.reshape(self.n_members, S, b).transpose(1, 0, 2)),
-                           dtype=self.target_dtype)
-        for j in range(S):
-            sel = blocks[j, :, :]
-            yield Batch(MemberRows(self.X, sel, self._gid), MemberRows(self.Y, sel), w_dev[j, :, :], j * b,
-                        (j + 1) * b)
+        K, S, b = self.n_members, self.n_batches, self.batch_size
+        index = self.be.asarray(np.ascontiguousarray(idx.reshape(K, S, b).transpose(1, 0, 2)))
+        w = self.be.asarray(np.ascontiguousarray(wts.reshape(K, S, b).transpose(1, 0, 2)), dtype=self.target_dtype)
+        return index, w
+
+    @property
+    def groups(self) -> np.ndarray | None:
+        """Labels of the last epoch's orders: members with one label take the same rows."""
+        return self._gid
 
 
 class MemberRows:
@@ -1279,6 +1310,10 @@ class _Scalers:
     @property
     def scales(self) -> np.ndarray:
         return np.array([s.scale for s in self.members])
+
+
+#: Work of one compiled call of :meth:`Stack.train_epoch` (about 0.5 s on a CPU core).
+_BLOCK_FLOPS = 1e10
 
 
 def _default_threads() -> int:
@@ -1637,6 +1672,90 @@ class Stack:
         ring[i][2] = be.record_event()
         return dev
 
+    def _head(self, d: np.ndarray, l2v: np.ndarray, active: np.ndarray, opt_vec: np.ndarray | None) -> np.ndarray:
+        """The scalars of a step per member (host, float64).
+
+        Parameters
+        ----------
+        d : ndarray, shape (K,) or (S, K)
+            Each member's normaliser per step.
+        l2v : ndarray, shape (K,)
+        active : ndarray of bool, shape of ``d``
+        opt_vec : ndarray, shape (r, K) or (S, r, K), or None
+            :meth:`StackedOptimizer.vectors` (None: no update in the step).
+
+        Returns
+        -------
+        ndarray, shape (3 + r, K) or (S, 3 + r, K)
+            Rows ``1/d`` and ``l2/d`` (0 for members without a step), the loss scale,
+            then ``opt_vec``.
+        """
+        safe = np.where(d > 0, d, 1.0)
+        r = 0 if opt_vec is None else opt_vec.shape[-2]
+        head = np.empty(d.shape[:-1] + (3 + r, d.shape[-1]))
+        head[..., 0, :] = np.where(active, 1.0 / safe, 0.0)
+        head[..., 1, :] = np.where(active, l2v / safe, 0.0)
+        scalers = self.precision_.scaler
+        head[..., 2, :] = scalers.scales if scalers is not None else 1.0
+        if opt_vec is not None:
+            head[..., 3:, :] = opt_vec
+        return head
+
+    def train_epoch(self, source: Any, perm: Any, denoms: np.ndarray, *, loss: OutputLoss,
+                    optimizer: StackedOptimizer | None, l2: Any = 0.0, count_correct: bool = False
+                    ) -> list[StepResult] | None:
+        """Every step of an epoch, each member's steps one after another in one compiled
+        call per thread: what :meth:`train_step` would give step by step, bit for bit.
+
+        The members are independent within an epoch, so each may take all its steps
+        while its weights and optimizer state stay in the core's cache, with one
+        Python call per block of steps instead of one per step. The blocks bound how
+        long a call holds the parameter lock and keeps a Ctrl-C waiting.
+
+        Parameters
+        ----------
+        source : MemberBatches
+        perm : the epoch's order (:meth:`MemberBatches.epoch`)
+        denoms : ndarray, shape (n_steps, K)
+            Each member's normaliser per step (``source.denominators(perm)``).
+        loss, optimizer, l2, count_correct
+            As for :meth:`train_step`.
+
+        Returns
+        -------
+        list of StepResult, one per step, or None
+            None where the compiled step does not apply (:attr:`compiled_step_reason`,
+            another source, loss scaling, no update): then step by step.
+        """
+        if optimizer is None or self.precision_.scaler is not None or not isinstance(source, MemberBatches):
+            return None
+        index, w = source.epoch_arrays(perm)
+        if not self._compiled_step_applies(source.X, source.Y, w, index, loss, optimizer):
+            return None
+        K = self.n_members
+        D = np.asarray(denoms, dtype=np.float64)
+        S = D.shape[0]
+        if D.shape != (S, K) or index.shape[:2] != (S, K):
+            raise ValueError(f"denominators of shape {D.shape} for {index.shape[0]} steps of {K} members")
+        l2v = np.broadcast_to(np.asarray(l2, dtype=np.float64), (K,))
+        penalised = bool(l2v.any())
+        active = (D > 0) & self.active
+        per_step = 3.0 * self.gemm_flops(int(index.shape[2])) * max(1, int(active.any(axis=0).sum()))
+        block = max(1, int(_BLOCK_FLOPS // per_step))
+        results: list[StepResult] = []
+        for a in range(0, S, block):
+            z = slice(a, min(S, a + block))
+            # The counts advance block by block: an interrupted epoch leaves them right.
+            head = self._head(D[z], l2v, active[z], optimizer.vectors(active[z])).astype(self.params.dtype)
+            with self.parameter_lock.write():
+                value, sq, correct = self._compiled_step(active[z], source.X, source.Y, index[z], source.groups,
+                                                         w[z], head, loss, count_correct, penalised, optimizer)
+            penalty = (0.5 * head[:, 1, :]) * sq if penalised else None
+            for j in range(z.stop - z.start):
+                results.append(StepResult(value[j], 0.0 if penalty is None else penalty[j],
+                                          None if correct is None else correct[j], True, None))
+        return results
+
     def train_step(
         self,
         X: Any,
@@ -1686,27 +1805,21 @@ class Stack:
         l2v = np.asarray(l2, dtype=np.float64)
         if d.shape != (K,) or l2v.shape != (K,):
             d, l2v = np.broadcast_to(d, (K,)), np.broadcast_to(l2v, (K,))
-        positive = d > 0
-        active = positive & self.active
-        safe = np.where(positive, d, 1.0)
+        active = (d > 0) & self.active
         scalers = self.precision_.scaler
         # Without loss scaling the update runs in the same pass as the gradients.
         fused = optimizer is not None and scalers is None
-        opt_vec = optimizer.vectors(active) if fused else None
-        head = np.empty((3 if opt_vec is None else 3 + opt_vec.shape[0], K))
-        head[0] = np.where(active, 1.0 / safe, 0.0)
-        head[1] = np.where(active, l2v / safe, 0.0)
-        head[2] = scalers.scales if scalers is not None else 1.0
-        if opt_vec is not None:
-            head[3:] = opt_vec
+        head = self._head(d, l2v, active, optimizer.vectors(active) if fused else None)
         dev = self._upload(head)
         penalised = bool(l2v.any())
-        if fused and self._compiled_step_applies(X, Y, w, loss, optimizer):
+        if fused and isinstance(X, MemberRows) and isinstance(Y, MemberRows) and self._compiled_step_applies(
+                X.data, Y.data, w, X.index, loss, optimizer):
+            groups = X.groups if X.groups is not None else np.arange(K)
             with self.parameter_lock.write():
-                value, sq, correct = self._compiled_step(active, X, Y, w, dev, loss, count_correct, penalised,
-                                                         optimizer)
-            penalty = (0.5 * dev[1, :]) * sq if penalised else 0.0
-            return StepResult(value, penalty, correct, True, None)
+                value, sq, correct = self._compiled_step(active[None], X.data, Y.data, X.index[None], groups, w[None],
+                                                         dev[None], loss, count_correct, penalised, optimizer)
+            penalty = (0.5 * dev[1, :]) * sq[0] if penalised else 0.0
+            return StepResult(value[0], penalty, None if correct is None else correct[0], True, None)
 
         if self.precision_.mixed:
             self._params_c = be.copy(self.params, self._params_c)
@@ -1786,42 +1899,54 @@ class Stack:
         new, sq = optimizer.apply(be, self.params, self.grads, dev[3:, :], dev[1, :], self.n_weights, rows)
         return value, sq if penalised else None, correct, new if whole else None
 
-    def _compiled_step_applies(self, X: Any, Y: Any, w: Any, loss: OutputLoss, optimizer: Any) -> bool:
-        """Whether this step can run as one compiled call per chunk (:mod:`mlpx.member_step`)."""
-        if self._step_plan is None or not (isinstance(X, MemberRows) and isinstance(Y, MemberRows)):
+    def _compiled_step_applies(self, X: Any, Y: Any, w: Any, index: Any, loss: OutputLoss, optimizer: Any) -> bool:
+        """Whether steps over the data set ``X``, ``Y`` (rows ``index`` (…, K, b), weights
+        ``w``) can run as one compiled call per thread (:mod:`mlpx.member_step`)."""
+        if self._step_plan is None or index is None:
             return False
-        if loss.name not in LOSS_CODES or int(X.index.shape[1]) < 2 or optimizer.kind not in (Adam, SGD):
+        if loss.name not in LOSS_CODES or int(index.shape[-1]) < 2 or optimizer.kind not in (Adam, SGD):
             return False
         dtype = self.params.dtype
-        arrays = (X.data, Y.data, w, X.index, self.params, self.grads, *optimizer.state.values())
+        arrays = (X, Y, w, index, self.params, self.grads, *optimizer.state.values())
         return all(isinstance(a, np.ndarray) and a.flags.c_contiguous for a in arrays) and all(
-            a.dtype == dtype for a in (X.data, Y.data, w, *optimizer.state.values()))
+            a.dtype == dtype for a in (X, Y, w, *optimizer.state.values()))
 
-    def _compiled_step(self, active: np.ndarray, X: MemberRows, Y: MemberRows, w: Array, dev: Array,
-                       loss: OutputLoss, count_correct: bool, penalised: bool, optimizer: StackedOptimizer
-                       ) -> tuple[Array, Array | None, Array | None]:
-        """:meth:`_chunk_step` with the update for every member, one compiled call per thread.
+    def _compiled_step(self, active: np.ndarray, X: np.ndarray, Y: np.ndarray, index: np.ndarray, groups: Any,
+                       w: np.ndarray, dev: np.ndarray, loss: OutputLoss, count_correct: bool, penalised: bool,
+                       optimizer: StackedOptimizer) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """S steps of :meth:`_chunk_step` with the update for every member, one compiled
+        call per thread; each member takes its S steps in turn.
 
         The calling thread and the stack's other threads take members with rows
         from one queue (frozen members cost nothing).
 
+        Parameters
+        ----------
+        active : ndarray of bool, shape (S, K)
+        X, Y : ndarrays, shapes (N, f) and (N, c)
+        index : ndarray of int64, shape (S, K, b)
+        groups : array_like of int, shape (K,)
+        w : ndarray, shape (S, K, b)
+        dev : ndarray, shape (S, 3 + r, K)
+            Each step's :meth:`_head`.
+
         Returns
         -------
-        loss, sq, correct : arrays, shape (K,) (``sq`` and ``correct`` None when not asked for)
+        loss, sq, correct : ndarrays, shape (S, K) (``correct`` None when not asked for)
         """
-        K = self.n_members
-        out = {name: np.zeros(K, dtype=self.params.dtype) for name in ("loss", "sq", "hits")}
-        queue = np.flatnonzero(active).astype(np.int64)
+        S, K = active.shape
+        out = {name: np.zeros((S, K), dtype=self.params.dtype) for name in ("loss", "sq", "hits")}
+        queue = np.flatnonzero(active.any(axis=0)).astype(np.int64)
         counter = np.zeros(1, dtype=np.int64)
         n = min(len(self._chunks), max(1, queue.size)) if self._pool is not None else 1
-        groups = np.asarray(X.groups if X.groups is not None else np.arange(K), dtype=np.int64)
+        groups = np.asarray(groups, dtype=np.int64)
         state = [optimizer.state[name] for name in optimizer.state_names]
         opt = "adam" if optimizer.kind is Adam else "sgd"
         nesterov = optimizer.kind is SGD and bool(optimizer.members[0].nesterov)
         softmax = self.output.name == "softmax"
 
         def run(i: int) -> None:
-            run_member_steps(self._step_plan, queue, counter, X.data, Y.data, X.index, groups, w, dev, self.params,
+            run_member_steps(self._step_plan, queue, counter, X, Y, index, groups, w, dev, self.params,
                              self.grads, state, opt, nesterov, self.n_weights, loss.name, penalised,
                              self._ws.setdefault(("compiled", i), {}), out, count_correct, softmax)
 
@@ -1830,10 +1955,10 @@ class Stack:
         try:
             run(0)
         finally:
-            concurrent.futures.wait(others)  # no thread may still write when this step returns
+            concurrent.futures.wait(others)  # no thread may still write when this returns
         for f in others:
             f.result()
-        return out["loss"], out["sq"] if penalised else None, out["hits"] if count_correct else None
+        return out["loss"], out["sq"], out["hits"] if count_correct else None
 
     def _backward(self, dZ: Array, saved: list[tuple[Any, ...]], rows: slice, ws: dict, grads: Array) -> Array | None:
         """Gradients of the members ``rows`` into ``grads`` (None), or (generic) a new (k, P) array."""

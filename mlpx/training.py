@@ -167,6 +167,10 @@ def train(
         its source gives every step's rows and denominators per member (arrays of
         shape (n_steps, K) instead of (n_steps,)), and the step's loss, the epoch's
         logs, ``samples_seen_`` and the penalty ``l2`` are then per-member vectors.
+        A model with a ``train_epoch(source, perm, denoms, loss=, optimizer=, l2=,
+        count_correct=)`` method may run a process's whole epoch in one call: it
+        returns the :class:`~mlpx.model.StepResult` of every step, as ``train_step``
+        would give them one by one, or None to go step by step.
     source : batch source or None
         This rank's minibatches (:mod:`mlpx.data`, :mod:`mlpx.stacked`); None for a
         rank without rows.
@@ -260,11 +264,16 @@ def _train(model: Any, source: Any, optimizer: Optimizer, loss: Any, reducer: Re
         members = D.ndim > 1
         # A stack's per-member step weights go to the device once per epoch.
         weights_dev = be.asarray(weights, dtype=model.dtype) if members else None
-        batches = iter(source.epoch(perm)) if source is not None else iter(())
         learns = np.any(D > 0, axis=1) if members else D > 0
+        # A model may run the epoch's steps in one call (a stack on the CPU): the
+        # same results as its steps one by one.
+        whole = getattr(model, "train_epoch", None)
+        done = None if whole is None or source is None or reducer.size > 1 else whole(
+            source, perm, D, loss=loss, optimizer=optimizer, l2=l2, count_correct=count_correct)
+        batches = iter(source.epoch(perm)) if source is not None and done is None else iter(())
         for j in range(n_steps):
             batch: Batch | None = None
-            if state.pending is None:
+            if state.pending is None and done is None:
                 try:
                     batch = next(batches, None)
                 except BaseException as exc:
@@ -273,7 +282,7 @@ def _train(model: Any, source: Any, optimizer: Optimizer, loss: Any, reducer: Re
                     state.pending = exc
             if not learns[j]:
                 continue  # no rows (or only zero weights) on any rank: nothing to learn
-            res = model.train_step(
+            res = done[j] if done is not None else model.train_step(
                 None if batch is None else batch.X, None if batch is None else batch.Y,
                 None if batch is None else batch.w, denom=D[j] if members else float(D[j]), loss=loss,
                 optimizer=optimizer,

@@ -1,7 +1,8 @@
 """The compiled member step (mlpx.member_step) gives the phase-by-phase step's bits.
 
 A stack on the CPU runs each member's whole step as one compiled loop where it can
-(:func:`mlpx.member_step.member_step_plan`). The reference is the same stack with
+(:func:`mlpx.member_step.member_step_plan`), all of an epoch's steps of a member in
+one go (``Stack.train_epoch``) or step by step. The reference is the same stack with
 that loop switched off, which runs the kernels of :mod:`mlpx.stacked` phase by
 phase (they in turn equal single ``Sequential`` fits: ``tests/test_stacked.py``).
 Weights, gradients, optimizer state, losses and counts must agree bit for bit.
@@ -20,7 +21,8 @@ import mlpx
 import mlpx.backends.blas as blas
 from mlpx.backends import get_backend
 from mlpx.member_step import member_step_plan
-from mlpx.stacked import Stack
+import mlpx.stacked as stacked
+from mlpx.stacked import Stack, StackedOptimizer
 
 pytest.importorskip("numba")
 pytestmark = pytest.mark.skipif(blas.numpy_cblas() is None, reason="NumPy links a BLAS other than its own OpenBLAS")
@@ -39,6 +41,12 @@ def _pair(template: mlpx.Sequential, seeds: list[int], threads: int = 1) -> tupl
     phased = Stack(template, seeds=seeds, threads=threads)
     phased._step_plan = None  # the reference: the phase-by-phase kernels
     return compiled, phased
+
+
+def _stepwise(stack: Stack) -> Stack:
+    """The compiled loop called once per step (the training loop's step by step)."""
+    stack.train_epoch = lambda *args, **kwargs: None
+    return stack
 
 
 def _assert_same(a: Stack, b: Stack, ha, hb) -> None:
@@ -64,7 +72,7 @@ def _assert_same(a: Stack, b: Stack, ha, hb) -> None:
 )
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_the_compiled_step_equals_the_phase_by_phase_step(hidden, activation, task, dtype, optimizer, K, batch,
-                                                           weighted, data, digits):
+                                                           weighted, data, digits, monkeypatch):
     X, y = digits
     X = X.astype(dtype)
     if task == "softmax":
@@ -83,13 +91,45 @@ def test_the_compiled_step_equals_the_phase_by_phase_step(hidden, activation, ta
     if optimizer != "adam":
         kw.update(optimizer="sgd", momentum=0.9, nesterov=optimizer == "nesterov")
     a, b = _pair(template, list(range(K)), threads=2)
-    # A member may diverge (SGD at a high rate): NumPy's products warn, the compiled
-    # loop does not; both freeze the member with the same numbers.
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        ha, hb = a.fit(X, t, **kw), b.fit(X, t, **kw)
+    c = _stepwise(Stack(template, seeds=list(range(K)), threads=2))
+    blocks = data.draw(st.sampled_from([None, 1, 3]))
+    epochs = []
+    whole = Stack.train_epoch
+
+    def spy(self, *args, **kwargs):
+        epochs.append((self, whole(self, *args, **kwargs)))
+        return epochs[-1][1]
+
+    with monkeypatch.context() as mp:
+        mp.setattr(Stack, "train_epoch", spy)
+        if blocks is not None:  # an epoch in blocks of about this many steps (a bounded time per call)
+            mp.setattr(stacked, "_BLOCK_FLOPS", blocks * 3.0 * template.gemm_flops(batch) * K)
+        # A member may diverge (SGD at a high rate): NumPy's products warn, the
+        # compiled loop does not; all freeze the member with the same numbers.
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ha, hb, hc = a.fit(X, t, **kw), b.fit(X, t, **kw), c.fit(X, t, **kw)
     assert a.compiled_step_reason == ""
+    assert {s is a for s, _ in epochs} == {True, False}  # c steps one by one without asking
+    assert all((r is not None) == (s is a) for s, r in epochs)
     _assert_same(a, b, ha, hb)
+    _assert_same(c, b, hc, hb)
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_the_scalars_of_steps_in_a_row_are_those_of_each_step(kind):
+    def make() -> StackedOptimizer:
+        members = ([mlpx.optimizers.Adam(lr=1e-3 * (k + 1), beta_1=0.9 if k < 2 else 0.8) for k in range(4)]
+                   if kind == "adam" else [mlpx.optimizers.SGD(lr=0.1, momentum=0.5 + 0.1 * k) for k in range(4)])
+        members[3].t = 5  # a member that has taken steps already
+        return StackedOptimizer(members)
+
+    active = np.random.default_rng(1).random((6, 4)) < 0.7
+    one, many = make(), make()
+    expected = np.stack([one.vectors(a) for a in active])
+    np.testing.assert_array_equal(many.vectors(active), expected)
+    np.testing.assert_array_equal(many.t, one.t)
+    np.testing.assert_array_equal(many.t, [0, 0, 0, 5] + active.sum(axis=0))
 
 
 def test_frozen_members_and_accuracy_counts(digits):
