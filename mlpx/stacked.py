@@ -1727,7 +1727,8 @@ class Stack:
             None where the compiled step does not apply (:attr:`compiled_step_reason`,
             another source, loss scaling, no update): then step by step.
         """
-        if optimizer is None or self.precision_.scaler is not None or not isinstance(source, MemberBatches):
+        if (self._step_plan is None or optimizer is None or self.precision_.scaler is not None
+                or not isinstance(source, MemberBatches)):
             return None
         index, w = source.epoch_arrays(perm)
         if not self._compiled_step_applies(source.X, source.Y, w, index, loss, optimizer):
