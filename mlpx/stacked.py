@@ -687,11 +687,12 @@ class StackedOptimizer:
         self.state = {name: be.asarray(a, dtype=_np_dtype(params.dtype).name) for name, a in host.items()}
         self._bound = (be, params)
 
-    def vectors(self, active: np.ndarray) -> np.ndarray:
+    def vectors(self, active: np.ndarray, advance: bool = True) -> np.ndarray:
         """The per-member scalars of one step, or of S steps in a row (host, float64).
 
         Advances the step count of the members active in each step (those with rows
-        and not frozen), as their own ``step`` would, and computes each one's rate
+        and not frozen), as their own ``step`` would (``advance=False``: the caller
+        does, with :meth:`advance` as the steps run), and computes each one's rate
         as its ``step`` computes it (Adam: ``lr · √(1 − β₂ᵗ) / (1 − β₁ᵗ)``, the
         powers by Python's ``**``, once per distinct ``(β₁, β₂, t)``). The rates in
         force do not change between steps: the members' schedules move them at the
@@ -700,6 +701,7 @@ class StackedOptimizer:
         Parameters
         ----------
         active : ndarray of bool, shape (K,) or (S, K)
+        advance : bool
 
         Returns
         -------
@@ -722,8 +724,8 @@ class StackedOptimizer:
         S = steps.shape[0]
         # Each member's count after each step: its own ``step`` adds one per active step.
         t_after = np.array([o.t for o in members], dtype=np.int64) + np.cumsum(steps, axis=0)
-        for k in np.flatnonzero(steps.any(axis=0)):
-            members[k].t = int(t_after[-1, k])
+        if advance:
+            self.advance(steps.sum(axis=0))
         vec = np.zeros((S, 7 if adam else 3, K))
         lr = np.array([o.lr for o in members])
         s_on, on = np.nonzero(steps)
@@ -748,6 +750,11 @@ class StackedOptimizer:
             vec[:, 0], vec[:, 1] = lr, self._static[0]
             vec[s_on, 2, on] = 1.0
         return vec if np.ndim(active) == 2 else vec[0]
+
+    def advance(self, steps: np.ndarray) -> None:
+        """Add ``steps`` (shape (K,): bools or counts) to the members' step counts."""
+        for k in np.flatnonzero(steps):
+            self.members[k].t += int(steps[k])
 
     def apply(self, be: Backend, params: Array, grads: Array, vec: Array, coef: Array, n_weights: int,
               rows: slice) -> tuple[Array, Array]:
@@ -1703,14 +1710,18 @@ class Stack:
 
     def train_epoch(self, source: Any, perm: Any, denoms: np.ndarray, *, loss: OutputLoss,
                     optimizer: StackedOptimizer | None, l2: Any = 0.0, count_correct: bool = False
-                    ) -> list[StepResult] | None:
-        """Every step of an epoch, each member's steps one after another in one compiled
-        call per thread: what :meth:`train_step` would give step by step, bit for bit.
+                    ) -> list[StepResult | None] | None:
+        """Every step of an epoch: what :meth:`train_step` would give step by step, bit for bit.
 
-        The members are independent within an epoch, so each may take all its steps
-        while its weights and optimizer state stay in the core's cache, with one
-        Python call per block of steps instead of one per step. The blocks bound how
-        long a call holds the parameter lock and keeps a Ctrl-C waiting.
+        The members are independent within an epoch. Where the compiled step applies
+        (:attr:`compiled_step_reason` is empty), each member takes its steps one after
+        another in one compiled call per thread, while its weights and optimizer state
+        stay in the core's cache: one Python call per block of steps instead of one
+        per step (the blocks bound how long a call holds the parameter lock and keeps
+        a Ctrl-C waiting). Elsewhere (the GPU, array libraries, other layers) the
+        steps run phase by phase, with the scalars of the whole epoch moved to the
+        device in one transfer: no per-step upload, no wait for the device inside
+        the epoch.
 
         Parameters
         ----------
@@ -1723,34 +1734,46 @@ class Stack:
 
         Returns
         -------
-        list of StepResult, one per step, or None
-            None where the compiled step does not apply (:attr:`compiled_step_reason`,
-            another source, loss scaling, no update): then step by step.
+        list of StepResult, one per step (None for a step no member has rows in), or None
+            None for another source, loss scaling or no update: then step by step.
         """
-        if (self._step_plan is None or optimizer is None or self.precision_.scaler is not None
-                or not isinstance(source, MemberBatches)):
+        if optimizer is None or self.precision_.scaler is not None or not isinstance(source, MemberBatches):
             return None
         index, w = source.epoch_arrays(perm)
-        if not self._compiled_step_applies(source.X, source.Y, w, index, loss, optimizer):
-            return None
         K = self.n_members
         D = np.asarray(denoms, dtype=np.float64)
         S = D.shape[0]
-        if D.shape != (S, K) or index.shape[:2] != (S, K):
+        if D.shape != (S, K) or tuple(index.shape[:2]) != (S, K):
             raise ValueError(f"denominators of shape {D.shape} for {index.shape[0]} steps of {K} members")
         l2v = np.broadcast_to(np.asarray(l2, dtype=np.float64), (K,))
         penalised = bool(l2v.any())
         active = (D > 0) & self.active
+        results: list[StepResult | None] = []
+        if not self._compiled_step_applies(source.X, source.Y, w, index, loss, optimizer):
+            # The steps the loop would take: those where some member has rows.
+            learns = (D > 0).any(axis=1)
+            heads = self._upload(self._head(D, l2v, active, optimizer.vectors(active, advance=False)))
+            for j in range(S):
+                if not learns[j]:
+                    results.append(None)
+                    continue
+                rows = index[j, :, :]
+                results.append(self._step(MemberRows(source.X, rows, source.groups), MemberRows(source.Y, rows),
+                                          w[j, :, :], heads[j, :, :], active[j], loss, optimizer, penalised,
+                                          count_correct))
+                optimizer.advance(active[j])  # the counts follow the steps taken
+            return results
         per_step = 3.0 * self.gemm_flops(int(index.shape[2])) * max(1, int(active.any(axis=0).sum()))
         block = max(1, int(_BLOCK_FLOPS // per_step))
-        results: list[StepResult] = []
         for a in range(0, S, block):
             z = slice(a, min(S, a + block))
             # The counts advance block by block: an interrupted epoch leaves them right.
             head = self._head(D[z], l2v, active[z], optimizer.vectors(active[z])).astype(self.params.dtype)
+            # One step in the block: members with the same rows share its gather.
+            groups = source.groups if z.stop - z.start == 1 else np.arange(K)
             with self.parameter_lock.write():
-                value, sq, correct = self._compiled_step(active[z], source.X, source.Y, index[z], source.groups,
-                                                         w[z], head, loss, count_correct, penalised, optimizer)
+                value, sq, correct = self._compiled_step(active[z], source.X, source.Y, index[z], groups, w[z],
+                                                         head, loss, count_correct, penalised, optimizer)
             penalty = (0.5 * head[:, 1, :]) * sq if penalised else None
             for j in range(z.stop - z.start):
                 results.append(StepResult(value[j], 0.0 if penalty is None else penalty[j],
@@ -1800,19 +1823,24 @@ class Stack:
             raise ValueError("a stack of networks trains in one process (no comm)")
         if pending is not None:
             raise pending
-        be, xp = self.backend, self.backend.xp
         K = self.n_members
         d = np.asarray(denom, dtype=np.float64)
         l2v = np.asarray(l2, dtype=np.float64)
         if d.shape != (K,) or l2v.shape != (K,):
             d, l2v = np.broadcast_to(d, (K,)), np.broadcast_to(l2v, (K,))
         active = (d > 0) & self.active
-        scalers = self.precision_.scaler
         # Without loss scaling the update runs in the same pass as the gradients.
+        fused = optimizer is not None and self.precision_.scaler is None
+        dev = self._upload(self._head(d, l2v, active, optimizer.vectors(active) if fused else None))
+        return self._step(X, Y, w, dev, active, loss, optimizer, bool(l2v.any()), count_correct)
+
+    def _step(self, X: Any, Y: Any, w: Array, dev: Array, active: np.ndarray, loss: OutputLoss,
+              optimizer: StackedOptimizer | None, penalised: bool, count_correct: bool) -> StepResult:
+        """:meth:`train_step` with the step's scalars ``dev`` (:meth:`_head`, on the device)."""
+        be, xp = self.backend, self.backend.xp
+        K = self.n_members
+        scalers = self.precision_.scaler
         fused = optimizer is not None and scalers is None
-        head = self._head(d, l2v, active, optimizer.vectors(active) if fused else None)
-        dev = self._upload(head)
-        penalised = bool(l2v.any())
         if fused and isinstance(X, MemberRows) and isinstance(Y, MemberRows) and self._compiled_step_applies(
                 X.data, Y.data, w, X.index, loss, optimizer):
             groups = X.groups if X.groups is not None else np.arange(K)

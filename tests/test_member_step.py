@@ -90,8 +90,13 @@ def test_the_compiled_step_equals_the_phase_by_phase_step(hidden, activation, ta
     kw: dict = dict(epochs=2, batch_size=batch, lr=lrs, l2=l2s, rows=rows, sample_weight=w)
     if optimizer != "adam":
         kw.update(optimizer="sgd", momentum=0.9, nesterov=optimizer == "nesterov")
+    # a: the compiled epoch; b (the reference): phase by phase, step by step; c: the
+    # compiled step, step by step; d: phase by phase with the epoch's scalars at once.
     a, b = _pair(template, list(range(K)), threads=2)
+    b = _stepwise(b)
     c = _stepwise(Stack(template, seeds=list(range(K)), threads=2))
+    d = Stack(template, seeds=list(range(K)), threads=2)
+    d._step_plan = None
     blocks = data.draw(st.sampled_from([None, 1, 3]))
     epochs = []
     whole = Stack.train_epoch
@@ -108,12 +113,13 @@ def test_the_compiled_step_equals_the_phase_by_phase_step(hidden, activation, ta
         # compiled loop does not; all freeze the member with the same numbers.
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            ha, hb, hc = a.fit(X, t, **kw), b.fit(X, t, **kw), c.fit(X, t, **kw)
+            ha, hb, hc, hd = a.fit(X, t, **kw), b.fit(X, t, **kw), c.fit(X, t, **kw), d.fit(X, t, **kw)
     assert a.compiled_step_reason == ""
-    assert {s is a for s, _ in epochs} == {True, False}  # c steps one by one without asking
-    assert all((r is not None) == (s is a) for s, r in epochs)
+    assert {s for s, _ in epochs} == {a, d}  # b and c step one by one without asking
+    assert all(r is not None for _, r in epochs)
     _assert_same(a, b, ha, hb)
     _assert_same(c, b, hc, hb)
+    _assert_same(d, b, hd, hb)
 
 
 @pytest.mark.parametrize("kind", ["adam", "sgd"])

@@ -29,6 +29,7 @@ from mlpx.distributed import _fill
 from mlpx.losses import LOSSES
 from mlpx.metrics import hit_vector
 from mlpx.precision import all_finite, scale_cast
+from mlpx.stacked import Stack
 from strict_cupy import installed
 from strict_cupy.fixtures import gpu, strict_cupy  # noqa: F401 - fixtures
 
@@ -505,6 +506,61 @@ def test_estimators_take_device_arrays(strict_cupy) -> None:
     _close_coefs(reg, reg_ref, rtol=1e-6, atol=1e-7)
 
 
+# ==================================================================== stacks
+_ROWS = [np.arange(60), np.arange(90), np.arange(120)]  # unequal: padded steps
+
+
+@pytest.mark.parametrize("dtype, optimizer", [("float64", "adam"), ("float64", "nesterov"), ("float32", "adam")])
+def test_stack_matches_the_cpu_stack(gpu, dtype: str, optimizer: str) -> None:
+    X, y = _data()
+    kw: dict = dict(epochs=3, batch_size=16, lr=[1e-3, 3e-3, 1e-2], l2=[0.0, 1e-3, 0.1], rows=_ROWS)
+    if optimizer == "nesterov":
+        kw.update(optimizer="sgd", momentum=0.9, nesterov=True)
+    out = []
+    for be in ("cpu", gpu):
+        stack = Stack(mlpx.MLP([6, 16, 3], backend=be, dtype=dtype, seed=0), seeds=[0, 1, 2], threads=2)
+        hist = stack.fit(X, y, **kw)
+        out.append((stack.get_params_host(), stack.predict_proba(X, combine=None), np.asarray(hist["loss"])))
+    tol = F64 if dtype == "float64" else F32
+    for got, want in zip(out[1], out[0]):
+        np.testing.assert_allclose(got, want, **tol)
+
+
+@pytest.mark.parametrize("precision, atol", [("bf16", 1e-4), ("fp16", 1e-6), ("tf32", 1e-6)])
+def test_stack_members_equal_single_fits_in_each_precision(gpu, precision: str, atol: float) -> None:
+    """The stack's CuPy kernels (batched products, the per-member loss, update and loss
+    scaling) against one GPU model per member in the same precision mode."""
+    X, y = _data()
+    lrs = [1e-2, 3e-3]
+    stack = Stack(mlpx.MLP([6, 16, 3], backend=gpu, seed=0, precision=precision), seeds=[0, 1])
+    hist = stack.fit(X, y, epochs=3, batch_size=16, lr=lrs)
+    for k, lr in enumerate(lrs):
+        single = mlpx.MLP([6, 16, 3], backend=gpu, seed=k, precision=precision)
+        h = single.fit(X, y, epochs=3, batch_size=16, lr=lr)
+        np.testing.assert_allclose(stack.get_member_params(k), single.get_flat_params(), rtol=0, atol=atol)
+        np.testing.assert_allclose(np.asarray(hist["loss"])[:, k], h["loss"], rtol=1e-5)
+
+
+def test_stacked_search_on_the_gpu_scores_as_on_the_cpu(strict_cupy) -> None:
+    from mlpx.model_selection import GridSearchCV
+
+    X, y = _data(n=150)
+    grid = {"alpha": [1e-4, 1e-2], "learning_rate_init": [1e-3, 1e-2]}
+    searches = []
+    for be in ("cpu", "gpu"):
+        est = mlpx.MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, batch_size=16, random_state=0, backend=be,
+                                 dtype="float64")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter
+            searches.append(GridSearchCV(est, grid, cv=3).fit(X, y))
+    cpu, gpu_search = searches
+    assert all(gpu_search.cv_results_["stacked"]), gpu_search.cv_results_["not_stacked_reason"]
+    np.testing.assert_allclose(gpu_search.cv_results_["mean_test_score"], cpu.cv_results_["mean_test_score"])
+    assert gpu_search.best_params_ == cpu.best_params_
+    for got, want in zip(gpu_search.best_estimator_.coefs_, cpu.best_estimator_.coefs_):
+        np.testing.assert_allclose(got, want, **F64)
+
+
 # ================================================================= streaming
 @pytest.mark.parametrize("strict_cupy", SCHEDULES, indirect=True)
 def test_streamed_fit_equals_resident_fit(strict_cupy) -> None:
@@ -796,6 +852,23 @@ def _waits_of_a_fit(sc: Any, batch_size: int, epochs: int, **kw: Any) -> int:
     before = sc.host_waits()
     model.fit(X, y, epochs=epochs, batch_size=batch_size)
     return sc.host_waits() - before
+
+
+def _waits_of_a_stack_fit(sc: Any, batch_size: int, epochs: int) -> int:
+    X, y = _data(n=96)
+    stack = Stack(mlpx.MLP([6, 16, 3], backend="gpu", seed=0), seeds=[0, 1, 2])
+    before = sc.host_waits()
+    stack.fit(X, y, epochs=epochs, batch_size=batch_size, lr=[1e-3, 3e-3, 1e-2])
+    return sc.host_waits() - before
+
+
+def test_stack_fit_never_waits_for_the_gpu_inside_an_epoch(strict_cupy) -> None:
+    """A stack's epoch moves its per-step scalars to the device in one transfer
+    (Stack.train_epoch): step by step through a ring of three pinned buffers, the host
+    waited for the step three before at every step."""
+    per_epoch = _waits_of_a_stack_fit(strict_cupy, 96, 1)  # one step per epoch
+    assert _waits_of_a_stack_fit(strict_cupy, 8, 1) == per_epoch  # twelve steps per epoch
+    assert _waits_of_a_stack_fit(strict_cupy, 8, 3) <= 3 * per_epoch
 
 
 def test_resident_fit_never_waits_for_the_gpu_inside_an_epoch(strict_cupy) -> None:
