@@ -1661,7 +1661,7 @@ class Stack:
 
     # --------------------------------------------------------------- training
     def _upload(self, host: np.ndarray) -> Array:
-        """Per-step scalars to the device without stalling it (a ring of pinned buffers)."""
+        """Host scalars (a step's or an epoch's) to the device without stalling it (a ring of pinned buffers)."""
         be = self.backend
         if not be.is_gpu:
             return be.asarray(host.astype(_np_dtype(self.params.dtype)), dtype=self.dtype) \
