@@ -541,6 +541,36 @@ def test_stack_members_equal_single_fits_in_each_precision(gpu, precision: str, 
         np.testing.assert_allclose(np.asarray(hist["loss"])[:, k], h["loss"], rtol=1e-5)
 
 
+def _device_work(sc: Any) -> int:
+    """Operations enqueued on every stream so far (kernels, copies, events)."""
+    return sum(q.enqueued for dev in sc.machine.devices for q in dev.queues())
+
+
+def test_a_stack_step_enqueues_the_same_work_for_any_number_of_members(strict_cupy) -> None:
+    """Issue 14's GPU target (K digits-size members cost at most twice one member's step,
+    up to K = 64) rests on this: a step is a fixed sequence of batched launches, none per
+    member, and small networks on a GPU cost their launches."""
+    rng = np.random.default_rng(0)
+    X, y = rng.random((320, 64)), np.arange(320) % 10
+    sizes = [64, 128, 64, 32, 10]
+
+    def per_step(make: Callable[[], Any]) -> float:
+        counts = []
+        for n in (64, 320):  # 1 and 5 steps per epoch: the difference is 4 steps' work
+            model = make()
+            model.fit(X[:n], y[:n], epochs=1, batch_size=64)  # allocations and first uploads
+            before = _device_work(strict_cupy)
+            model.fit(X[:n], y[:n], epochs=2, batch_size=64)
+            counts.append(_device_work(strict_cupy) - before)
+        return (counts[1] - counts[0]) / 8
+
+    single = per_step(lambda: mlpx.MLP(sizes, backend="gpu", seed=0))
+    stacks = {K: per_step(lambda K=K: Stack(mlpx.MLP(sizes, backend="gpu", seed=0), seeds=list(range(K))))
+              for K in (2, 64)}
+    assert stacks[2] == stacks[64]
+    assert stacks[64] <= 2 * single
+
+
 def test_stacked_search_on_the_gpu_scores_as_on_the_cpu(strict_cupy) -> None:
     from mlpx.model_selection import GridSearchCV
 
