@@ -5,10 +5,10 @@ the matrix products: every phase of a step (a product, a bias and activation pas
 the loss, a backward pass, the update) goes over all of a thread's members before
 the next starts, so each member's weights, activations and optimizer state leave the
 caches between phases, and each phase is a Python call. Here one compiled call (numba,
-without the GIL) runs a chunk of members one after another, each member's step from
-gather to update while its data are in the core's cache, with the products on the
-BLAS ``numpy.matmul`` calls (:func:`mlpx.backends.blas.numpy_cblas`), called as
-``numpy.matmul`` calls it.
+without the GIL) runs members one after another, each member's steps (one, or a block
+of an epoch's: ``Stack.train_epoch``) from gather to update while its data are in the
+core's cache, with the products on the BLAS ``numpy.matmul`` calls
+(:func:`mlpx.backends.blas.numpy_cblas`), called as ``numpy.matmul`` calls it.
 
 The per-member pieces (bias and activation, loss, bias gradient, the Adam and SGD
 updates) are defined here once and also run by the stack's phase-by-phase kernels

@@ -1370,8 +1370,9 @@ class Stack:
         there, and left out of the averaged predictions).
     optimizer_ : StackedOptimizer or None
     compiled_step_reason : str
-        "" where each member's step runs as one compiled loop on the CPU
-        (:mod:`mlpx.member_step`), else why the step runs phase by phase.
+        "" where each member's steps run as one compiled loop on the CPU
+        (:mod:`mlpx.member_step`; an epoch's in one call, :meth:`train_epoch`),
+        else why the steps run phase by phase.
 
     Examples
     --------
