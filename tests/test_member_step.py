@@ -122,6 +122,29 @@ def test_the_compiled_step_equals_the_phase_by_phase_step(hidden, activation, ta
     _assert_same(d, b, hd, hb)
 
 
+def test_a_step_without_weight_is_skipped_alike_on_every_path(digits):
+    X, y = digits
+    w = np.ones(len(y))
+    w[32:64] = 0.0  # rows in order, batches of 32: every member's second step weighs nothing
+    template = mlpx.MLP([64, 12, 10], dtype="float64", seed=0)
+    runs = []
+    for compiled in (True, False):
+        for step_by_step in (True, False):
+            stack = Stack(template, seeds=[0, 1, 2], threads=2)
+            if not compiled:
+                stack._step_plan = None
+            if step_by_step:
+                _stepwise(stack)
+            hist = stack.fit(X, y, epochs=2, batch_size=32, lr=[1e-3, 3e-3, 1e-2], l2=1e-3, sample_weight=w,
+                             shuffle=False)
+            runs.append((stack.get_params_host(), stack.optimizer_.t, np.asarray(hist["loss"])))
+    np.testing.assert_array_equal(runs[0][1], [14, 14, 14])  # 2 epochs of 8 steps, 1 of them empty
+    for params, t, loss in runs[1:]:
+        np.testing.assert_array_equal(params, runs[0][0])
+        np.testing.assert_array_equal(t, runs[0][1])
+        np.testing.assert_array_equal(loss, runs[0][2])
+
+
 @pytest.mark.parametrize("kind", ["adam", "sgd"])
 def test_the_scalars_of_steps_in_a_row_are_those_of_each_step(kind):
     def make() -> StackedOptimizer:
