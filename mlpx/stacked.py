@@ -958,10 +958,14 @@ class MemberBatches:
         the (K, b, f) minibatch).
         """
         index, w = self.epoch_arrays(perm)
-        b = self.batch_size
         for j in range(self.n_batches):
-            sel = index[j, :, :]
-            yield Batch(MemberRows(self.X, sel, self.groups), MemberRows(self.Y, sel), w[j, :, :], j * b, (j + 1) * b)
+            yield self.batch(index, w, j)
+
+    def batch(self, index: Array, w: Array, j: int) -> Batch:
+        """Step ``j`` of the epoch whose :meth:`epoch_arrays` are ``index``, ``w``."""
+        b = self.batch_size
+        sel = index[j, :, :]
+        return Batch(MemberRows(self.X, sel, self.groups), MemberRows(self.Y, sel), w[j, :, :], j * b, (j + 1) * b)
 
     def epoch_arrays(self, perm: Any) -> tuple[Array, Array]:
         """The whole epoch's row indices and weights on the device, in one transfer each.
@@ -1758,10 +1762,9 @@ class Stack:
                 if not learns[j]:
                     results.append(None)
                     continue
-                rows = index[j, :, :]
-                results.append(self._step(MemberRows(source.X, rows, source.groups), MemberRows(source.Y, rows),
-                                          w[j, :, :], heads[j, :, :], active[j], loss, optimizer, penalised,
-                                          count_correct))
+                batch = source.batch(index, w, j)
+                results.append(self._step(batch.X, batch.Y, batch.w, heads[j, :, :], active[j], loss, optimizer,
+                                          penalised, count_correct))
                 optimizer.advance(active[j])  # the counts follow the steps taken
             return results
         per_step = 3.0 * self.gemm_flops(int(index.shape[2])) * max(1, int(active.any(axis=0).sum()))
