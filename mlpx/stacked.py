@@ -192,7 +192,9 @@ def member_loss(xp: Any, Z: Array, Y: Array, w: Array, inv_d: Array, kind: str,
     """
     K = Z.shape[0]
     per_row, delta = _per_row(xp, Z, Y, kind)
-    loss = xp.sum(per_row * w, axis=1) * inv_d
+    # A member without rows adds nothing, even once its outputs overflowed (its
+    # padding rows' 0 · inf is NaN); the compiled step skips it alike.
+    loss = xp.where(inv_d > 0, xp.sum(per_row * w, axis=1) * inv_d, xp.zeros_like(inv_d))
     if dZ is None:
         return loss, None
     # (δ · w) · (1/d): the single model's order, so unweighted steps give its bits.
@@ -203,7 +205,7 @@ def member_loss(xp: Any, Z: Array, Y: Array, w: Array, inv_d: Array, kind: str,
 def _member_loss_np(xp: Any, Z: Array, Y: Array, w: Array, inv_d: Array, kind: str,
                     dZ: Array | None) -> tuple[Array, Array | None]:
     per_row, delta = _per_row(xp, Z, Y, kind)
-    loss = xp.sum(per_row * w, axis=1) * inv_d
+    loss = np.where(inv_d > 0, xp.sum(per_row * w, axis=1) * inv_d, 0).astype(Z.dtype, copy=False)
     if dZ is None:
         return loss, None
     xp.multiply(delta, w[:, :, None], out=dZ)
@@ -215,13 +217,15 @@ def _member_loss_np(xp: Any, Z: Array, Y: Array, w: Array, inv_d: Array, kind: s
 def _member_ce_loop(Z, Y, w, inv_d, dZ, has_dz, loss):  # pragma: no cover - compiled
     ex = np.empty(Z.shape[2], dtype=Z.dtype)
     for k in range(Z.shape[0]):
-        loss[k] = cross_entropy_rows(Z[k], Y[k], w[k], inv_d[k], dZ[k], ex, has_dz) * inv_d[k]
+        total = cross_entropy_rows(Z[k], Y[k], w[k], inv_d[k], dZ[k], ex, has_dz)
+        loss[k] = total * inv_d[k] if inv_d[k] > 0 else 0
 
 
 @lazy_njit
 def _member_se_loop(Z, Y, w, inv_d, dZ, has_dz, loss):  # pragma: no cover - compiled
     for k in range(Z.shape[0]):
-        loss[k] = squared_error_rows(Z[k], Y[k], w[k], inv_d[k], dZ[k], has_dz) * inv_d[k]
+        total = squared_error_rows(Z[k], Y[k], w[k], inv_d[k], dZ[k], has_dz)
+        loss[k] = total * inv_d[k] if inv_d[k] > 0 else 0
 
 
 _LOSS_LOOPS = {"cross_entropy": _member_ce_loop, "squared_error": _member_se_loop}
@@ -1887,7 +1891,9 @@ class Stack:
                 vec = self._upload(optimizer.vectors(active & finite))
                 self.params, sq = optimizer.apply(be, self.params, self.grads, vec, dev[1, :], self.n_weights,
                                                   slice(None))
-            penalty = (0.5 * dev[1, :]) * sq if penalised and sq is not None else 0.0
+            penalty = 0.0
+            if penalised and sq is not None:  # none from a member without rows (its Σ W² may be inf)
+                penalty = xp.where(dev[0, :] > 0, (0.5 * dev[1, :]) * sq, xp.zeros_like(sq))
         return StepResult(value, penalty, correct, optimizer is not None, None)
 
     def _chunk_step(self, rows: slice, X: Any, Y: Any, w: Array, dev: Array, loss: OutputLoss,

@@ -536,6 +536,31 @@ def test_functional_variant_returns_what_the_generic_definition_returns(name: st
                 assert ret_f[i] is call_args[pos], f"{what}: returned value {i} is not the buffer it updates"
 
 
+@pytest.mark.parametrize("kind", ["generic", "numpy", "numba"])
+@pytest.mark.parametrize("loss", ["cross_entropy", "squared_error"])
+def test_member_loss_is_zero_for_a_member_without_rows_whose_outputs_overflowed(kind: str, loss: str) -> None:
+    """A member that sits a step out has only padding rows (weight 0); once its weights
+    overflowed their loss is inf and 0 · inf is NaN, which the training loop's sum over
+    steps would carry into the member's epoch loss. The compiled step skips the member;
+    every variant must report 0 too, and the other members' losses unchanged."""
+    if kind == "numba":
+        pytest.importorskip("numba")
+    k = all_kernels()["member_loss"]
+    fn = k.generic if kind == "generic" else k.variants[kind]
+    rng = np.random.default_rng(3)
+    Z = rng.standard_normal((2, 4, 3))
+    Y = np.eye(3)[rng.integers(0, 3, (2, 4))] if loss == "cross_entropy" else rng.standard_normal((2, 4, 3))
+    Z[1] = [1e308, -1e308, 0.0]  # loss inf on every row (cross-entropy: lse − z = 2e308)
+    Y[1] = [0.0, 1.0, 0.0]
+    w = np.array([[1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    inv_d = np.array([1 / 3, 0.0])
+    with np.errstate(all="ignore"):
+        value, _ = fn(np, Z, Y, w, inv_d, loss, np.empty_like(Z))
+        whole = fn(np, Z[:1], Y[:1], w[:1], inv_d[:1], loss, None)[0]
+    assert value[1] == 0.0
+    assert value[0] == whole[0] and np.isfinite(whole[0])
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_numba_member_adam_gives_the_numpy_variants_bits(dtype: str) -> None:
     """The stack's compiled Adam repeats the NumPy variant's operations in order (as the

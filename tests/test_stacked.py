@@ -8,6 +8,7 @@ to rounding. GPU cases carry the ``gpu`` marker and skip without CUDA.
 
 from __future__ import annotations
 
+import ast
 import math
 import warnings
 
@@ -252,6 +253,46 @@ def test_a_diverging_member_is_frozen_and_left_out_of_the_mean(digits):
     assert stack.diverged_.tolist() == [False, True]
     assert not stack.active[1]
     assert np.isfinite(stack.predict(X[:5])).all()  # the mean skips the diverged member
+
+
+@pytest.mark.parametrize("path", ["compiled", "phased", "array-api-strict"])
+@pytest.mark.parametrize(("l2", "lr"), [(0.0, 0.046875), (0.5, 0.049)])
+def test_a_member_without_rows_in_a_step_adds_nothing_once_it_overflowed(path, l2, lr, digits):
+    """Member 0 has 7 steps an epoch, member 1 has 8: in the 8th, member 0's padding
+    rows meet weights near 1e139 (1e156 with the penalty), whose loss and Σ W² are
+    inf, and 0 · inf is NaN. Its epoch loss must still be its own 7 steps', as a
+    single fit on its rows gives it (huge but finite)."""
+    X, y = digits
+    X = X[:240]
+    t = np.stack([y[:240] / 10.0, (y[:240] % 3) / 3.0], axis=1)
+    sizes = [64, 9, 3, 7, 2]
+    sgd = dict(momentum=0.9, nesterov=True)
+    net = dict(activation="identity", output="identity", dtype="float64", seed=0)
+    ref = mlpx.MLP(sizes, **net)
+    stack = Stack(mlpx.MLP(sizes, backend="array_api_strict" if path == "array-api-strict" else "cpu", **net),
+                  seeds=[0, 1], threads=2)
+    if path == "phased":
+        stack._step_plan = None
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        h = ref.fit(X[:39], t[:39], epochs=1, batch_size=6, l2=l2, optimizer=mlpx.optimizers.SGD(lr=lr, **sgd))
+        hist = stack.fit(X, t, epochs=1, batch_size=6, lr=[lr, 0.03125], l2=l2, rows=[np.arange(39), np.arange(43)],
+                         optimizer="sgd", **sgd)
+    assert 1e100 < h["loss"][0] < math.inf
+    np.testing.assert_allclose(hist["loss"][0][0], h["loss"][0], rtol=1e-12)
+    np.testing.assert_allclose(stack.get_member_params(0), ref.get_flat_params(), rtol=1e-12)
+    assert stack.active.tolist() == [True, True] and not stack.diverged_.any()
+
+
+def test_a_stack_history_shows_every_member_in_its_repr(digits):
+    X, y = digits
+    stack = Stack(mlpx.MLP([64, 8, 10], dtype="float64", seed=0), seeds=[0, 1, 2])
+    hist = stack.fit(X[:200], y[:200], epochs=2, batch_size=50, lr=[1e-3, 1e-2, 3e-2])
+    last = ast.literal_eval(repr(hist).removeprefix("History(epochs=2, last=").removesuffix(")"))
+    assert last.keys() == hist.history.keys()
+    for key, values in last.items():
+        np.testing.assert_allclose(values, np.asarray(hist[key][-1]), rtol=0, atol=5e-6, err_msg=key)
+    assert len(last["loss"]) == 3
 
 
 def test_the_loop_raises_for_a_stack_when_asked(digits):
