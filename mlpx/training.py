@@ -75,7 +75,8 @@ class History:
     Attributes
     ----------
     history : dict of str -> list of float
-        "loss" and, where they apply, "accuracy", "val_loss", "val_accuracy", "val_r2".
+        "loss" and, where they apply, "accuracy", "val_loss", "val_accuracy", "val_r2";
+        for a stack each entry is an array of shape (K,), one value per member.
     epochs : int
         Epochs actually run (fewer than asked when a callback stopped training).
     """
@@ -93,7 +94,7 @@ class History:
         return self.history[key]
 
     def __repr__(self) -> str:
-        last = {k: round(v[-1], 5) for k, v in self.history.items()}
+        last = {k: np.round(np.asarray(v[-1], dtype=np.float64), 5).tolist() for k, v in self.history.items()}
         return f"History(epochs={self.epochs}, last={last})"
 
 
