@@ -188,13 +188,15 @@ def member_loss(xp: Any, Z: Array, Y: Array, w: Array, inv_d: Array, kind: str,
     Returns
     -------
     loss : array, shape (K,)
+        0 for a member without rows.
     dZ : array, shape (K, n, c), or None
     """
     K = Z.shape[0]
     per_row, delta = _per_row(xp, Z, Y, kind)
+    loss = xp.sum(per_row * w, axis=1) * inv_d
     # A member without rows adds nothing, even once its outputs overflowed (its
     # padding rows' 0 · inf is NaN); the compiled step skips it alike.
-    loss = xp.where(inv_d > 0, xp.sum(per_row * w, axis=1) * inv_d, xp.zeros_like(inv_d))
+    loss = xp.where(inv_d > 0, loss, xp.zeros_like(loss))
     if dZ is None:
         return loss, None
     # (δ · w) · (1/d): the single model's order, so unweighted steps give its bits.
@@ -205,7 +207,8 @@ def member_loss(xp: Any, Z: Array, Y: Array, w: Array, inv_d: Array, kind: str,
 def _member_loss_np(xp: Any, Z: Array, Y: Array, w: Array, inv_d: Array, kind: str,
                     dZ: Array | None) -> tuple[Array, Array | None]:
     per_row, delta = _per_row(xp, Z, Y, kind)
-    loss = np.where(inv_d > 0, xp.sum(per_row * w, axis=1) * inv_d, 0).astype(Z.dtype, copy=False)
+    loss = xp.sum(per_row * w, axis=1) * inv_d
+    loss = xp.where(inv_d > 0, loss, xp.zeros_like(loss))
     if dZ is None:
         return loss, None
     xp.multiply(delta, w[:, :, None], out=dZ)
