@@ -31,6 +31,7 @@ import numpy as np
 from mlpx.backends import Backend
 from mlpx.backends.blas import CBLAS_NO_TRANS, CBLAS_ROW_MAJOR, CBLAS_TRANS, NumpyCblas, numpy_cblas
 from mlpx.backends.jit import fetch_add, lazy_njit, numba_enabled
+from mlpx.metrics import row_hit
 
 __all__ = ["LOSS_CODES", "MemberStepPlan", "adam_row", "bias_activation_rows", "bias_gradient_rows",
            "cross_entropy_rows", "member_step_plan", "run_member_steps", "sgd_row", "squared_error_rows"]
@@ -357,27 +358,13 @@ def squared_error_rows(Z, Y, w, inv_d, dZ, has_dz):  # pragma: no cover - compil
 
 @lazy_njit
 def _hit_rows(Z, Y, w, softmax):  # pragma: no cover - compiled
-    """Rows of positive weight predicted right, as ``mlpx.stacked.member_hits`` counts them."""
-    n, c = Z.shape
-    hits = Z[0, 0] * 0
-    for i in range(n):
-        if not w[i] > 0:
-            continue
-        ok = True
-        if softmax:
-            bz = 0
-            by = 0
-            for j in range(1, c):
-                if Z[i, j] > Z[i, bz]:
-                    bz = j
-                if Y[i, j] > Y[i, by]:
-                    by = j
-            ok = bz == by
-        else:
-            for j in range(c):
-                if (Z[i, j] > 0) != (Y[i, j] > 0.5):
-                    ok = False
-        if ok:
+    """Rows of positive weight predicted right, as ``mlpx.stacked.member_hits`` counts them.
+
+    An integer count: a float sum started from ``Z[0, 0] * 0`` would be NaN once
+    the member's outputs overflowed."""
+    hits = 0
+    for i in range(Z.shape[0]):
+        if w[i] > 0 and row_hit(Z, Y, i, softmax, 0):
             hits += 1
     return hits
 

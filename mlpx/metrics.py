@@ -58,25 +58,36 @@ def correct_count(xp: Any, Z: Array, Y: Array, output: str, threshold: float = 0
 
 
 @lazy_njit
+def arg_max(Z, i):  # pragma: no cover - compiled
+    """``numpy.argmax`` of row ``i`` of ``Z`` (n, k): the first maximum, or the first
+    NaN (NumPy and CuPy count NaN as the largest), so a diverged model's count is
+    the same on every backend."""
+    best = 0
+    for j in range(Z.shape[1]):
+        z = Z[i, j]
+        if z != z:
+            return j
+        if z > Z[i, best]:
+            best = j
+    return best
+
+
+@lazy_njit
+def row_hit(Z, Y, i, softmax, threshold):  # pragma: no cover - compiled
+    """Is row ``i`` of ``Z`` (n, k) predicted right, as :func:`correct_count` decides?"""
+    if softmax:
+        return arg_max(Z, i) == arg_max(Y, i)
+    for j in range(Z.shape[1]):
+        if (Z[i, j] > threshold) != (Y[i, j] > 0.5):
+            return False
+    return True
+
+
+@lazy_njit
 def _correct_count_loop(Z, Y, softmax, threshold):  # pragma: no cover - compiled
-    n, k = Z.shape
     hits = 0
-    for i in range(n):
-        if softmax:
-            zi = 0
-            yi = 0
-            for j in range(1, k):
-                if Z[i, j] > Z[i, zi]:
-                    zi = j
-                if Y[i, j] > Y[i, yi]:
-                    yi = j
-            hits += zi == yi
-        else:
-            ok = True
-            for j in range(k):
-                if (Z[i, j] > threshold) != (Y[i, j] > 0.5):
-                    ok = False
-            hits += ok
+    for i in range(Z.shape[0]):
+        hits += row_hit(Z, Y, i, softmax, threshold)
     return hits
 
 

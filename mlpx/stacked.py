@@ -293,7 +293,8 @@ def _member_l2_np(xp: Any, W: Array, dW: Array, coef: Array) -> tuple[Array, Arr
 @lazy_njit
 def _member_l2_loop(W, dW, coef, sq):  # pragma: no cover - compiled
     for k in range(W.shape[0]):
-        acc = W[k, 0] * 0
+        sq[k] = 0  # a zero of W's dtype (W[k, 0] * 0 would be NaN for an overflowed weight)
+        acc = sq[k]
         c = coef[k]
         for i in range(W.shape[1]):
             x = W[k, i]

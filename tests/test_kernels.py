@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mlpx.activations as activations
 import mlpx.distributed as distributed
@@ -579,3 +581,48 @@ def test_numba_member_adam_gives_the_numpy_variants_bits(dtype: str) -> None:
             k.variants[kind](np, p, g.copy(), m, v, vec, coef, 200)
     for a, b in zip(st["numpy"], st["numba"]):
         np.testing.assert_array_equal(a, b)
+
+
+# Logits of a diverged model: NaN and ±inf beside finite values, with ties.
+_WILD = st.sampled_from([np.nan, np.inf, -np.inf, 0.0, 1.0, -1.0, 2.5])
+
+
+@given(data=st.data(), dtype=st.sampled_from(["float32", "float64"]), n=st.integers(1, 12),
+       c=st.integers(1, 6))
+@settings(max_examples=200, deadline=None)
+def test_every_hit_count_follows_numpys_arg_max_on_non_finite_logits(data, dtype, n, c) -> None:
+    """A stack member that diverged mid-epoch still has its accuracy logged, from NaN or
+    inf logits. The compiled counts (a single model's and a stack member's) must count
+    such rows as ``numpy.argmax`` does on NumPy, CuPy and array-api-strict (the first
+    NaN, else the first maximum) and be a number, not NaN."""
+    pytest.importorskip("numba")
+    from mlpx.member_step import _hit_rows
+
+    Z = np.array(data.draw(st.lists(_WILD, min_size=n * c, max_size=n * c)), dtype=dtype).reshape(n, c)
+    labels = np.array(data.draw(st.lists(st.integers(0, c - 1), min_size=n, max_size=n)))
+    Y = np.eye(c, dtype=dtype)[labels]
+    Yml = np.array(data.draw(st.lists(st.booleans(), min_size=n * c, max_size=n * c)), dtype=dtype).reshape(n, c)
+    w = np.array(data.draw(st.lists(st.sampled_from([0.0, 0.5, 1.0]), min_size=n, max_size=n)), dtype=dtype)
+    expected_sm = np.argmax(Z, axis=1) == labels
+    expected_ml = ((Z > 0) == (Yml > 0.5)).all(axis=1)
+    numba_count = metrics.correct_count.variants["numba"]
+    assert int(numba_count(np, Z, Y, "softmax")) == expected_sm.sum()
+    assert int(numba_count(np, Z, Yml, "logistic")) == expected_ml.sum()
+    member_hits = stacked.member_hits.generic
+    for T, softmax, expected in ((Y, True, expected_sm), (Yml, False, expected_ml)):
+        got = _hit_rows(Z, T, w, softmax)
+        assert got == (expected & (w > 0)).sum()
+        assert got == member_hits(np, Z[None], T[None], w[None], "softmax" if softmax else "logistic")[0]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_member_l2_sums_an_overflowed_weight_to_inf_in_every_variant(dtype: str) -> None:
+    """Σ W² of a member whose first weight overflowed is inf (as NumPy's dot gives it),
+    not NaN: a loop that starts its sum from ``W[k, 0] · 0`` would make it NaN."""
+    pytest.importorskip("numba")
+    k = all_kernels()["member_l2"]
+    W = np.array([[np.inf, 1.0, 2.0], [-np.inf, 0.0, 3.0], [1.0, 2.0, 3.0]], dtype=dtype)
+    coef = np.full(3, 0.1, dtype=dtype)
+    for variant in ("numpy", "numba"):
+        _, sq = k.variants[variant](np, W, np.zeros_like(W), coef)
+        np.testing.assert_array_equal(sq, np.array([np.inf, np.inf, 14.0], dtype=dtype), err_msg=variant)

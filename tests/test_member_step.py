@@ -177,6 +177,29 @@ def test_frozen_members_and_accuracy_counts(digits):
             np.testing.assert_array_equal(np.asarray(ea)[live], np.asarray(eb)[live])
 
 
+def test_a_member_that_diverges_mid_epoch_logs_a_count_as_accuracy_on_every_path(digits):
+    """Member 1 (SGD at lr 0.0497, batch 2) overflows in its second epoch: its logits
+    turn NaN within the epoch. Its epoch's accuracy is still a count of its 87 rows,
+    the same on every path (NumPy's arg-max rule for NaN rows), where the compiled
+    count used to start from ``Z[0, 0] · 0`` and log NaN."""
+    X, y = digits
+    template = mlpx.MLP([64, 2, 2, 2, 10], activation="identity", dtype="float64", seed=0)
+    kw = dict(epochs=2, batch_size=2, lr=[0.03125, 0.04965487743685455], rows=[np.arange(2), np.arange(87)],
+              optimizer="sgd", momentum=0.9)
+    a, b = _pair(template, [0, 1], threads=2)
+    b = _stepwise(b)
+    strict = Stack(mlpx.MLP([64, 2, 2, 2, 10], activation="identity", dtype="float64", seed=0,
+                            backend="array-api:array_api_strict"), seeds=[0, 1])
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ha, hb, hs = a.fit(X, y, **kw), b.fit(X, y, **kw), strict.fit(X, y, **kw)
+    assert a.diverged_.tolist() == [False, True] and np.isnan(hb["loss"][1][1])
+    _assert_same(a, b, ha, hb)
+    hits = hb["accuracy"][1][1] * 87
+    assert hits == round(hits)
+    np.testing.assert_array_equal(np.asarray(hs["accuracy"]), np.asarray(hb["accuracy"]))
+
+
 def test_the_split_over_threads_changes_no_bit(digits):
     X, y = digits
     template = mlpx.MLP([64, 20, 10], dtype="float64", seed=0)
