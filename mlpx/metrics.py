@@ -34,7 +34,8 @@ import numpy as np
 from mlpx.backends import kernel
 from mlpx.backends.jit import lazy_njit
 
-__all__ = ["PREDICT_CHUNK", "Chunk", "correct_count", "hit_vector", "holdout_scores", "iter_chunks", "r2_from_sums"]
+__all__ = ["PREDICT_CHUNK", "Chunk", "arg_max", "correct_count", "hit_vector", "holdout_scores", "iter_chunks", "r2_from_sums",
+           "row_hit"]
 
 Array = Any
 #: Rows per forward pass when predicting or scoring: bounds the workspaces' memory.
