@@ -571,15 +571,15 @@ def test_numba_member_adam_gives_the_numpy_variants_bits(dtype: str) -> None:
     k = all_kernels()["member_adam_update"]
     rng = np.random.default_rng(5)
     p0 = rng.standard_normal((4, 257)).astype(dtype)
-    st = {kind: [p0.copy(), np.zeros_like(p0), np.zeros_like(p0)] for kind in ("numpy", "numba")}
+    state = {kind: [p0.copy(), np.zeros_like(p0), np.zeros_like(p0)] for kind in ("numpy", "numba")}
     for step in range(30):
         g = (rng.standard_normal(p0.shape) * 10.0 ** rng.integers(-5, 3)).astype(dtype)
         vec = np.array([[-1e-3, -3e-3, -1e-2, -3e-2], [0.9] * 4, [0.1] * 4, [0.999] * 4, [0.001] * 4, [1e-8] * 4,
                         [1, 1, step % 2, 1]], dtype=dtype)
         coef = np.array([0.0, 1e-3, 1e-2, 1e-1], dtype=dtype)
-        for kind, (p, m, v) in st.items():
+        for kind, (p, m, v) in state.items():
             k.variants[kind](np, p, g.copy(), m, v, vec, coef, 200)
-    for a, b in zip(st["numpy"], st["numba"]):
+    for a, b in zip(state["numpy"], state["numba"]):
         np.testing.assert_array_equal(a, b)
 
 

@@ -183,13 +183,12 @@ def test_a_member_that_diverges_mid_epoch_logs_a_count_as_accuracy_on_every_path
     the same on every path (NumPy's arg-max rule for NaN rows), where the compiled
     count used to start from ``Z[0, 0] · 0`` and log NaN."""
     X, y = digits
-    template = mlpx.MLP([64, 2, 2, 2, 10], activation="identity", dtype="float64", seed=0)
+    net = dict(activation="identity", dtype="float64", seed=0)
     kw = dict(epochs=2, batch_size=2, lr=[0.03125, 0.04965487743685455], rows=[np.arange(2), np.arange(87)],
               optimizer="sgd", momentum=0.9)
-    a, b = _pair(template, [0, 1], threads=2)
+    a, b = _pair(mlpx.MLP([64, 2, 2, 2, 10], **net), [0, 1], threads=2)
     b = _stepwise(b)
-    strict = Stack(mlpx.MLP([64, 2, 2, 2, 10], activation="identity", dtype="float64", seed=0,
-                            backend="array-api:array_api_strict"), seeds=[0, 1])
+    strict = Stack(mlpx.MLP([64, 2, 2, 2, 10], backend="array-api:array_api_strict", **net), seeds=[0, 1])
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         ha, hb, hs = a.fit(X, y, **kw), b.fit(X, y, **kw), strict.fit(X, y, **kw)

@@ -876,19 +876,14 @@ def test_nccl_missing_gives_a_clear_error(gpu) -> None:
 
 
 # ============================================================ host waits
-def _waits_of_a_fit(sc: Any, batch_size: int, epochs: int, **kw: Any) -> int:
+def _waits_of_a_fit(sc: Any, batch_size: int, epochs: int, lr: list[float] | None = None, **kw: Any) -> int:
+    """Host waits of a fit of the small network; with ``lr``, of a stack, one member per rate."""
     X, y = _data(n=96)
     model = mlpx.MLP([6, 16, 3], backend="gpu", seed=0, **kw)
+    if lr is not None:
+        model = Stack(model, seeds=list(range(len(lr))))
     before = sc.host_waits()
-    model.fit(X, y, epochs=epochs, batch_size=batch_size)
-    return sc.host_waits() - before
-
-
-def _waits_of_a_stack_fit(sc: Any, batch_size: int, epochs: int) -> int:
-    X, y = _data(n=96)
-    stack = Stack(mlpx.MLP([6, 16, 3], backend="gpu", seed=0), seeds=[0, 1, 2])
-    before = sc.host_waits()
-    stack.fit(X, y, epochs=epochs, batch_size=batch_size, lr=[1e-3, 3e-3, 1e-2])
+    model.fit(X, y, epochs=epochs, batch_size=batch_size, **({} if lr is None else {"lr": lr}))
     return sc.host_waits() - before
 
 
@@ -896,9 +891,10 @@ def test_stack_fit_never_waits_for_the_gpu_inside_an_epoch(strict_cupy) -> None:
     """A stack's epoch moves its per-step scalars to the device in one transfer
     (Stack.train_epoch): step by step through a ring of three pinned buffers, the host
     waited for the step three before at every step."""
-    per_epoch = _waits_of_a_stack_fit(strict_cupy, 96, 1)  # one step per epoch
-    assert _waits_of_a_stack_fit(strict_cupy, 8, 1) == per_epoch  # twelve steps per epoch
-    assert _waits_of_a_stack_fit(strict_cupy, 8, 3) <= 3 * per_epoch
+    lr = [1e-3, 3e-3, 1e-2]
+    per_epoch = _waits_of_a_fit(strict_cupy, 96, 1, lr)  # one step per epoch
+    assert _waits_of_a_fit(strict_cupy, 8, 1, lr) == per_epoch  # twelve steps per epoch
+    assert _waits_of_a_fit(strict_cupy, 8, 3, lr) <= 3 * per_epoch
 
 
 def test_resident_fit_never_waits_for_the_gpu_inside_an_epoch(strict_cupy) -> None:
