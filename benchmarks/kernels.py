@@ -34,10 +34,12 @@ def cases(rng: np.random.Generator) -> dict[str, tuple[Any, Callable[[], tuple[A
     def flat(k: int) -> list[np.ndarray]:
         return [rng.standard_normal(N_PARAMS).astype(f32) for _ in range(k)]
 
-    def opt_args(n_state: int, scalars: tuple[Any, ...]) -> Callable[[], tuple[Any, ...]]:
-        p, g = flat(2)
-        state = [np.zeros(N_PARAMS, f32) for _ in range(n_state)]
-        return lambda: (p, g, *state, np.empty(N_PARAMS, f32), *scalars)
+    def opt_args(n_state: int, rows: list[float]) -> Callable[[], tuple[Any, ...]]:
+        # One network: a (1, n_params) buffer; the step's rows end with "active".
+        p, g = (a[None, :] for a in flat(2))
+        state = [np.zeros((1, N_PARAMS), f32) for _ in range(n_state)]
+        vec = np.array(rows + [1.0], dtype=f32)[:, None]
+        return lambda: (p, g, *state, vec, None, N_PARAMS - 1034)
 
     relu = get_activation("relu")
     Z = rng.standard_normal((BATCH, WIDTH)).astype(f32)
@@ -48,9 +50,9 @@ def cases(rng: np.random.Generator) -> dict[str, tuple[Any, Callable[[], tuple[A
     Y = np.eye(CLASSES, dtype=f32)[rng.integers(0, CLASSES, BATCH)]
     dZ = np.empty_like(logits)
     return {
-        f"adam_update ({N_PARAMS:,} params)": (adam_update, opt_args(2, (1e-3, 0.9, 0.999, 1e-8))),
-        f"sgd_update, Nesterov ({N_PARAMS:,})": (sgd_update, opt_args(1, (0.01, 0.9, True))),
-        f"rmsprop_update ({N_PARAMS:,})": (rmsprop_update, opt_args(1, (1e-3, 0.9, 1e-8))),
+        f"adam_update ({N_PARAMS:,} params)": (adam_update, opt_args(2, [-1e-3, 0.9, 0.1, 0.999, 1e-3, 1e-8, 1.0])),
+        f"sgd_update, Nesterov ({N_PARAMS:,})": (sgd_update, opt_args(1, [0.01, 0.9, 1.0])),
+        f"rmsprop_update ({N_PARAMS:,})": (rmsprop_update, opt_args(1, [1e-3, 0.9, 0.1, 1e-8])),
         f"bias + ReLU ({BATCH}x{WIDTH}, in place)": (bias_activation, lambda: (Z, b, relu, Z)),
         f"ReLU backward ({BATCH}x{WIDTH})": (relu.backward_kernel, lambda: (dH, None, H, dH)),
         f"softmax cross-entropy + delta ({BATCH}x{CLASSES})": (

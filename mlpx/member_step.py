@@ -18,7 +18,7 @@ checks that they do.
 What the loop covers (:func:`member_step_plan` says why not, otherwise): the NumPy
 backend with numba and NumPy's bundled BLAS; float32 or float64 without mixed
 precision; Dense layers whose activation is ReLU or the identity; softmax
-cross-entropy or squared error; Adam or SGD; every dimension of every product at
+cross-entropy or squared error; any optimizer; every dimension of every product at
 least 2 (NumPy hands products with a dimension of 1 to other BLAS routines).
 """
 
@@ -32,14 +32,16 @@ from mlpx.backends import Backend
 from mlpx.backends.blas import CBLAS_NO_TRANS, CBLAS_ROW_MAJOR, CBLAS_TRANS, NumpyCblas, numpy_cblas
 from mlpx.backends.jit import fetch_add, lazy_njit, numba_enabled
 from mlpx.metrics import row_hit
+from mlpx.optimizers import adam_row, rmsprop_row, sgd_row
 
-__all__ = ["LOSS_CODES", "MemberStepPlan", "adam_row", "bias_activation_rows", "bias_gradient_rows",
-           "cross_entropy_rows", "member_step_plan", "run_member_steps", "sgd_row", "squared_error_rows"]
+__all__ = ["LOSS_CODES", "MemberStepPlan", "bias_activation_rows", "bias_gradient_rows",
+           "cross_entropy_rows", "member_step_plan", "run_member_steps", "squared_error_rows"]
 
 #: Losses the loop computes, by ``OutputLoss.name``.
 LOSS_CODES = {"cross_entropy": 0, "squared_error": 1}
 _ACT_CODES = {"identity": 0, "relu": 1}
-_ADAM, _SGD, _NESTEROV = 0, 1, 2
+#: The rules the loop updates with, by optimizer class name.
+RULE_CODES = {"Adam": 0, "AdamW": 0, "SGD": 1, "RMSprop": 2}
 
 
 class MemberStepPlan:
@@ -101,7 +103,7 @@ def member_step_plan(be: Backend, dense: Sequence[tuple[tuple[int, int, tuple[in
 
 def run_member_steps(plan: MemberStepPlan, queue: np.ndarray, counter: np.ndarray, X: np.ndarray, Y: np.ndarray,
                      index: np.ndarray, groups: np.ndarray, w: np.ndarray, dev: np.ndarray, params: np.ndarray,
-                     grads: np.ndarray, state: Sequence[np.ndarray], opt: str, nesterov: bool, n_weights: int,
+                     grads: np.ndarray, state: Sequence[np.ndarray], rule: str, n_weights: int,
                      loss: str, penalised: bool, ws: dict[str, np.ndarray], out: dict[str, np.ndarray],
                      count_correct: bool, softmax: bool) -> None:
     """S training steps of the members in ``queue``: gather, forward, loss, backward, L2, update.
@@ -129,13 +131,13 @@ def run_member_steps(plan: MemberStepPlan, queue: np.ndarray, counter: np.ndarra
         Row weights (0: padding).
     dev : ndarray, shape (S, 3 + r, K)
         Per step, rows ``1/d``, ``l2/d``, loss scale, then the optimizer's ``r`` rows
-        (:meth:`~mlpx.stacked.StackedOptimizer.vectors`); ``1/d = 0``: the member
+        (:meth:`~mlpx.optimizers.Optimizer.vectors`); ``1/d = 0``: the member
         has no rows in that step.
     params, grads : ndarrays, shape (K, n_params)
     state : sequence of ndarrays, shape (K, n_params)
-        Adam's ``m`` and ``v``, or SGD's velocity.
-    opt : {"adam", "sgd"}
-    nesterov : bool
+        The rule's state: Adam's ``m`` and ``v``, SGD's velocity, RMSprop's ``s``.
+    rule : str
+        The optimizer's class name, a key of :data:`RULE_CODES`.
     n_weights : int
     loss : str
         A key of :data:`LOSS_CODES`.
@@ -166,7 +168,7 @@ def run_member_steps(plan: MemberStepPlan, queue: np.ndarray, counter: np.ndarra
         ws["dB"] = np.empty(b * plan.width, dtype=dtype)
         ws["acc"] = np.empty(plan.width, dtype=dtype)
         ws["consts"] = np.array([0, 1], dtype=dtype)
-    code = _ADAM if opt == "adam" else (_NESTEROV if nesterov else _SGD)
+    code = RULE_CODES[rule]
     s2 = state[1] if len(state) > 1 else state[0]
     name = dtype.name
     _steps()(plan.cblas.gemm[name], plan.cblas.dot[name], queue, counter, X, Y, index, groups, w, dev, params, grads,
@@ -263,11 +265,15 @@ def _member_steps(gemm, dot, queue, counter, X, Y, index, groups, w, dev, params
             sq[s, k] = dot(nw, p_base + k * P * isz, 1, p_base + k * P * isz, 1) if penalised else zero
             cf = dev[s, 1, k]
             if opt_code == 0:
-                if dev[s, 9, k] > 0:
-                    adam_row(params, grads, s1, s2, k, nw, cf, dev[s, 3, k], dev[s, 4, k], dev[s, 5, k],
-                             dev[s, 6, k], dev[s, 7, k], dev[s, 8, k])
-            elif dev[s, 5, k] > 0:
-                sgd_row(params, grads, s1, k, nw, cf, dev[s, 3, k], dev[s, 4, k], opt_code == 2)
+                if dev[s, 10, k] > 0:
+                    adam_row(params, grads, s1, s2, k, nw, penalised, cf, dev[s, 3, k], dev[s, 4, k], dev[s, 5, k],
+                             dev[s, 6, k], dev[s, 7, k], dev[s, 8, k], dev[s, 9, k])
+            elif opt_code == 1:
+                if dev[s, 6, k] > 0:
+                    sgd_row(params, grads, s1, k, nw, penalised, cf, dev[s, 3, k], dev[s, 4, k], dev[s, 5, k] > 0)
+            elif dev[s, 7, k] > 0:
+                rmsprop_row(params, grads, s1, k, nw, penalised, cf, dev[s, 3, k], dev[s, 4, k], dev[s, 5, k],
+                            dev[s, 6, k])
 
 
 # --------------------------------------- one member's pieces (both paths)
@@ -367,46 +373,3 @@ def _hit_rows(Z, Y, w, softmax):  # pragma: no cover - compiled
         if w[i] > 0 and row_hit(Z, Y, i, softmax, 0):
             hits += 1
     return hits
-
-
-# ------------------------------------------------------------- the updates
-@lazy_njit
-def adam_row(p, g, m, v, k, nw, cf, neg_lr, b1, c1, b2, c2, eps):  # pragma: no cover - compiled
-    """Adam's update of row ``k`` of ``(K, n_params)`` buffers, scikit-learn's placement of ε.
-
-    The operations of :mod:`mlpx.optimizers`' Adam loop in its order, after the L2
-    term ``cf · W`` on the first ``nw`` (weight) entries; weights and biases in
-    separate loops so that each vectorises. ``neg_lr`` is ``-lr_t`` (bias-corrected),
-    ``c1 = 1 - b1``, ``c2 = 1 - b2``; every scalar in the buffers' dtype.
-    """
-    for i in range(nw):
-        x = p[k, i]
-        gi = g[k, i] + x * cf
-        mi = m[k, i] * b1 + gi * c1
-        vi = v[k, i] * b2 + (gi * gi) * c2
-        m[k, i] = mi
-        v[k, i] = vi
-        p[k, i] = x + (mi / (np.sqrt(vi) + eps)) * neg_lr
-    for i in range(nw, p.shape[1]):
-        gi = g[k, i]
-        mi = m[k, i] * b1 + gi * c1
-        vi = v[k, i] * b2 + (gi * gi) * c2
-        m[k, i] = mi
-        v[k, i] = vi
-        p[k, i] = p[k, i] + (mi / (np.sqrt(vi) + eps)) * neg_lr
-
-
-@lazy_njit
-def sgd_row(p, g, vel, k, nw, cf, lr, mu, nesterov):  # pragma: no cover - compiled
-    """SGD with (Nesterov) momentum on row ``k``, as scikit-learn's, after the L2 term
-    ``cf · W`` on the first ``nw`` entries; every scalar in the buffers' dtype."""
-    for i in range(p.shape[1]):
-        x = p[k, i]
-        gi = g[k, i] + x * cf if i < nw else g[k, i]
-        step = gi * lr
-        vi = vel[k, i] * mu - step
-        vel[k, i] = vi
-        if nesterov:
-            p[k, i] = (x - step) + vi * mu
-        else:
-            p[k, i] = x + vi

@@ -1,34 +1,41 @@
-"""Optimizers: updates over the model's flat parameter buffer.
+"""Optimizers: one rule each, stepping the K members of a model at once.
 
-The model keeps every parameter in one contiguous 1-D buffer (weights first, then
-biases) and every gradient in a second one. An optimizer step is therefore a few
-whole-buffer operations, one kernel launch on the GPU, not a loop over layers.
-Scalars (learning rate, bias corrections) are computed on the host as Python floats.
-On NumPy and CuPy the buffers are updated in place; on an immutable backend (JAX) a
-step returns new parameter and state arrays, which the optimizer keeps and
-:meth:`Optimizer.step` returns to the model.
+A model keeps its parameters in one ``(K, n_params)`` buffer: K members of one
+architecture, each row laid out as one network's flat buffer (every weight, then
+every bias). A single network is K = 1. An optimizer step is one kernel over that
+buffer per rule (generic Array API, NumPy, numba and CUDA variants). Each member's
+scalars for the step (its rate, bias correction, momentum...) are one column of a
+small ``(r, K)`` array that :meth:`Optimizer.vectors` computes on the host, so every
+setting may differ between members: it is a scalar (all members) or a sequence of K
+(optax's ``inject_hyperparams``: hyperparameters as state).
 
 ==========  =======================================================================
 SGD         ``v ← μ v − η g``;  ``p ← p + v``  (Nesterov: ``p ← p + μ v − η g``)
 Adam        ``m ← β₁m + (1−β₁)g``; ``v ← β₂v + (1−β₂)g²``;
             ``p ← p − η_t m / (√v + ε)``, ``η_t = η √(1−β₂ᵗ) / (1−β₁ᵗ)``
-AdamW       Adam, then decoupled decay of the weights: ``W ← W − η λ W``
+AdamW       Adam, after the decoupled decay of the weights: ``W ← W − η λ W``
 RMSprop     ``s ← ρ s + (1−ρ) g²``;  ``p ← p − η g / (√s + ε)``
 ==========  =======================================================================
 
 SGD and Adam follow scikit-learn's update rules exactly (including where ε sits and
 the bias correction folded into ``η_t``), so results are interchangeable with it.
+
+The L2 penalty's gradient ``c_k · W`` (``c_k = l2 / d`` of member k) is added to the
+weights' gradient in the same pass, and ``Σ W²`` before the step is returned for the
+penalty's loss term. A member whose ``active`` entry is 0 (no rows in the step, or
+stopped) keeps its parameters and state.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from mlpx.backends import Backend, kernel
-from mlpx.backends.cuda import lazy_elementwise
+from mlpx.backends.cuda import ACCUMULATOR_PREAMBLE, lazy_elementwise
 from mlpx.backends.jit import lazy_njit
 from mlpx.schedules import Constant, Schedule, get_schedule, get_schedule_from_state
 from mlpx.validation import check_bool, check_real
@@ -39,363 +46,853 @@ Array = Any
 
 
 # ------------------------------------------------------------------ kernels
-# Each returns the updated parameters and state, (p, v), (p, m, v) or (p, s): the very
-# buffers for the fast variants, which update them in place; ``tmp`` is scratch.
-@kernel
-def sgd_update(
-    xp: Any, p: Array, g: Array, v: Array, tmp: Array, lr: float, momentum: float, nesterov: bool
-) -> tuple[Array, Array]:
-    v = momentum * v - lr * g
-    if nesterov:
-        return p + (momentum * v - lr * g), v
-    return p + v, v
+# Each takes the (K, n_params) parameters, gradients and state, the step's rows
+# ``vec`` (r, K) in the buffers' dtype, ``coef`` (K,) or None (no penalty) and the
+# weight prefix's length; it returns the updated parameters and state and ``Σ W²``
+# per member (None without a penalty). The fast variants update in place.
+def _row_sq(xp: Any, W: Array) -> Array:
+    """``Σ W²`` of every row (K,): NumPy's vecdot (a BLAS dot per row), else a product sum."""
+    vecdot = getattr(xp, "vecdot", None)
+    return vecdot(W, W) if vecdot is not None else xp.sum(W * W, axis=1)
 
 
-@sgd_update.register("numpy")
-def _sgd_update_np(
-    xp: Any, p: Array, g: Array, v: Array, tmp: Array, lr: float, momentum: float, nesterov: bool
-) -> tuple[Array, Array]:
-    xp.multiply(g, lr, out=tmp)
-    xp.multiply(v, momentum, out=v)
-    xp.subtract(v, tmp, out=v)
-    if nesterov:
-        # p += μ v − η g, with tmp still holding η g
-        xp.subtract(p, tmp, out=p)
-        xp.multiply(v, momentum, out=tmp)
-        xp.add(p, tmp, out=p)
-    else:
-        xp.add(p, v, out=p)
-    return p, v
+def _penalised(xp: Any, p: Array, g: Array, coef: Array | None, nw: int) -> tuple[Array, Array | None]:
+    """The gradient with the L2 term on the weights, and ``Σ W²`` (generic)."""
+    if coef is None:
+        return g, None
+    W = p[:, :nw]
+    return xp.concat([g[:, :nw] + W * xp.reshape(coef, (-1, 1)), g[:, nw:]], axis=1), xp.sum(W * W, axis=1)
+
+
+def _col(xp: Any, vec: Array, i: int) -> Array:
+    return xp.reshape(vec[i, :], (-1, 1))
 
 
 @kernel
-def adam_update(
-    xp: Any, p: Array, g: Array, m: Array, v: Array, tmp: Array, lr_t: float, beta_1: float, beta_2: float,
-    epsilon: float,
-) -> tuple[Array, Array, Array]:
-    m = beta_1 * m + (1.0 - beta_1) * g
-    v = beta_2 * v + (1.0 - beta_2) * (g * g)
-    return p + (-lr_t * m / (xp.sqrt(v) + epsilon)), m, v
-
-
-@adam_update.register("numpy")
-def _adam_update_np(
-    xp: Any, p: Array, g: Array, m: Array, v: Array, tmp: Array, lr_t: float, beta_1: float, beta_2: float,
-    epsilon: float,
-) -> tuple[Array, Array, Array]:
-    xp.multiply(m, beta_1, out=m)
-    xp.multiply(g, 1.0 - beta_1, out=tmp)
-    xp.add(m, tmp, out=m)
-    xp.multiply(v, beta_2, out=v)
-    xp.multiply(g, g, out=tmp)
-    xp.multiply(tmp, 1.0 - beta_2, out=tmp)
-    xp.add(v, tmp, out=v)
-    xp.sqrt(v, out=tmp)
-    xp.add(tmp, epsilon, out=tmp)
-    xp.divide(m, tmp, out=tmp)
-    xp.multiply(tmp, -lr_t, out=tmp)
-    xp.add(p, tmp, out=p)
-    return p, m, v
-
-
-@kernel
-def rmsprop_update(
-    xp: Any, p: Array, g: Array, s: Array, tmp: Array, lr: float, rho: float, epsilon: float
-) -> tuple[Array, Array]:
-    s = rho * s + (1.0 - rho) * (g * g)
-    return p - lr * g / (xp.sqrt(s) + epsilon), s
-
-
-@rmsprop_update.register("numpy")
-def _rmsprop_update_np(
-    xp: Any, p: Array, g: Array, s: Array, tmp: Array, lr: float, rho: float, epsilon: float
-) -> tuple[Array, Array]:
-    xp.multiply(s, rho, out=s)
-    xp.multiply(g, g, out=tmp)
-    xp.multiply(tmp, 1.0 - rho, out=tmp)
-    xp.add(s, tmp, out=s)
-    xp.sqrt(s, out=tmp)
-    xp.add(tmp, epsilon, out=tmp)
-    xp.divide(g, tmp, out=tmp)
-    xp.multiply(tmp, lr, out=tmp)
-    xp.subtract(p, tmp, out=p)
-    return p, s
-
-
-# numba variants: one pass over the flat buffers instead of 4-12 NumPy passes
-# (timings in benchmarks/README.md). The loops repeat
-# the NumPy variants' operations in the same order, and the scalars are converted
-# to the buffers' dtype first, as NumPy converts Python floats, so both give the
-# same bits. Without fastmath the loop still vectorises: the sqrt and the division
-# are IEEE operations that LLVM maps onto SIMD instructions.
-@lazy_njit
-def _sgd_loop(p: Array, g: Array, v: Array, lr: Any, momentum: Any, nesterov: bool) -> None:
-    for i in range(p.shape[0]):
-        step = g[i] * lr
-        vi = v[i] * momentum - step
-        v[i] = vi
-        if nesterov:
-            p[i] = (p[i] - step) + vi * momentum
-        else:
-            p[i] = p[i] + vi
-
-
-@sgd_update.register("numba")
-def _sgd_update_numba(
-    xp: Any, p: Array, g: Array, v: Array, tmp: Array, lr: float, momentum: float, nesterov: bool
-) -> tuple[Array, Array]:
-    t = p.dtype.type
-    _sgd_loop(p, g, v, t(lr), t(momentum), bool(nesterov))
-    return p, v
-
-
-@lazy_njit
-def _adam_loop(
-    p: Array, g: Array, m: Array, v: Array, neg_lr_t: Any, beta_1: Any, c_1: Any, beta_2: Any, c_2: Any,
-    epsilon: Any,
-) -> None:
-    for i in range(p.shape[0]):
-        gi = g[i]
-        mi = m[i] * beta_1 + gi * c_1
-        vi = v[i] * beta_2 + (gi * gi) * c_2
-        m[i] = mi
-        v[i] = vi
-        p[i] = p[i] + (mi / (np.sqrt(vi) + epsilon)) * neg_lr_t
-
-
-@adam_update.register("numba")
-def _adam_update_numba(
-    xp: Any, p: Array, g: Array, m: Array, v: Array, tmp: Array, lr_t: float, beta_1: float, beta_2: float,
-    epsilon: float,
-) -> tuple[Array, Array, Array]:
-    t = p.dtype.type
-    _adam_loop(p, g, m, v, t(-lr_t), t(beta_1), t(1.0 - beta_1), t(beta_2), t(1.0 - beta_2), t(epsilon))
-    return p, m, v
-
-
-@lazy_njit
-def _rmsprop_loop(p: Array, g: Array, s: Array, lr: Any, rho: Any, c_rho: Any, epsilon: Any) -> None:
-    for i in range(p.shape[0]):
-        gi = g[i]
-        si = s[i] * rho + (gi * gi) * c_rho
-        s[i] = si
-        p[i] = p[i] - (gi / (np.sqrt(si) + epsilon)) * lr
-
-
-@rmsprop_update.register("numba")
-def _rmsprop_update_numba(
-    xp: Any, p: Array, g: Array, s: Array, tmp: Array, lr: float, rho: float, epsilon: float
-) -> tuple[Array, Array]:
-    t = p.dtype.type
-    _rmsprop_loop(p, g, s, t(lr), t(rho), t(1.0 - rho), t(epsilon))
-    return p, s
-
-
-@kernel
-def scale_(xp: Any, a: Array, n: int, factor: float) -> Array:
-    """``a`` with its prefix ``a[:n]`` multiplied by ``factor`` (in place on NumPy and CuPy)."""
-    return xp.concat([a[:n] * factor, a[n:]])
-
-
-@scale_.register("numpy")
-def _scale_np(xp: Any, a: Array, n: int, factor: float) -> Array:
-    xp.multiply(a[:n], factor, out=a[:n])
-    return a
-
-
-# CUDA variants: one launch over the whole flat buffer. Scalars arrive as Python
-# floats and are cast to T, as the NumPy definitions cast them.
-_sgd_cuda = lazy_elementwise(
-    "T g, T lr, T momentum, bool nesterov",
-    "T p, T v",
-    """
-    T vi = momentum * v - lr * g;
-    v = vi;
-    p = nesterov ? p + (momentum * vi - lr * g) : p + vi;
-    """,
-    "mlpx_sgd_update",
-    scalars=("lr", "momentum", "nesterov"),
-)
-
-
-@sgd_update.register("cupy")
-def _sgd_update_cupy(
-    xp: Any, p: Array, g: Array, v: Array, tmp: Array, lr: float, momentum: float, nesterov: bool
-) -> tuple[Array, Array]:
-    _sgd_cuda(g, lr, momentum, bool(nesterov), p, v)
-    return p, v
-
-
-_adam_cuda = lazy_elementwise(
-    "T g, T lr_t, T beta_1, T c_1, T beta_2, T c_2, T epsilon",
-    "T p, T m, T v",
-    """
-    T mi = beta_1 * m + c_1 * g;
-    T vi = beta_2 * v + c_2 * (g * g);
-    m = mi;
-    v = vi;
-    p = p + (-lr_t * mi / (sqrt(vi) + epsilon));
-    """,
-    "mlpx_adam_update",
-    scalars=("lr_t", "beta_1", "c_1", "beta_2", "c_2", "epsilon"),
-)
-
-
-@adam_update.register("cupy")
-def _adam_update_cupy(
-    xp: Any, p: Array, g: Array, m: Array, v: Array, tmp: Array, lr_t: float, beta_1: float, beta_2: float,
-    epsilon: float,
-) -> tuple[Array, Array, Array]:
-    _adam_cuda(g, lr_t, beta_1, 1.0 - beta_1, beta_2, 1.0 - beta_2, epsilon, p, m, v)
-    return p, m, v
-
-
-_rmsprop_cuda = lazy_elementwise(
-    "T g, T lr, T rho, T c_rho, T epsilon",
-    "T p, T s",
-    """
-    T si = rho * s + c_rho * (g * g);
-    s = si;
-    p = p - lr * g / (sqrt(si) + epsilon);
-    """,
-    "mlpx_rmsprop_update",
-    scalars=("lr", "rho", "c_rho", "epsilon"),
-)
-
-
-@rmsprop_update.register("cupy")
-def _rmsprop_update_cupy(
-    xp: Any, p: Array, g: Array, s: Array, tmp: Array, lr: float, rho: float, epsilon: float
-) -> tuple[Array, Array]:
-    _rmsprop_cuda(g, lr, rho, 1.0 - rho, epsilon, p, s)
-    return p, s
-
-
-# --------------------------------------------------------------- optimizers
-class Optimizer:
-    """Base class: a rule that updates a flat parameter buffer from its gradient.
+def sgd_update(xp: Any, p: Array, g: Array, vel: Array, vec: Array, coef: Array | None,
+               n_weights: int) -> tuple[Array, Array, Array | None]:
+    """SGD with (Nesterov) momentum, as scikit-learn's, for every member.
 
     Parameters
     ----------
-    lr : float > 0
-        Initial learning rate ``η``.
-    schedule : str or Schedule, optional
-        The rate policy (:mod:`mlpx.schedules`): the rate for the next epoch is
-        set by :meth:`iteration_ends` after each epoch, and :meth:`trigger_stopping`
-        asks the policy what to do when training stops improving.
+    p, g, vel : arrays, shape (K, n_params)
+    vec : array, shape (4, K)
+        Rows ``lr, momentum, nesterov (0/1), active``.
+    coef : array, shape (K,), or None
+        ``l2 / d`` per member, added as ``coef · W`` to the weights' gradient first.
+    n_weights : int
+
+    Returns
+    -------
+    p, vel : arrays, shape (K, n_params)
+    sq : array, shape (K,), or None
+        ``Σ W²`` per member before the step (None without ``coef``).
+    """
+    g, sq = _penalised(xp, p, g, coef, n_weights)
+    lr, mu, nest, on = (_col(xp, vec, i) for i in range(4))
+    step = g * lr
+    vel2 = vel * mu - step
+    p2 = xp.where(nest > 0, (p - step) + vel2 * mu, p + vel2)
+    keep = on > 0
+    return xp.where(keep, p2, p), xp.where(keep, vel2, vel), sq
+
+
+@kernel
+def adam_update(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array, coef: Array | None,
+                n_weights: int) -> tuple[Array, Array, Array, Array | None]:
+    """Adam (scikit-learn's placement of ε), and AdamW's decay, for every member.
+
+    Parameters
+    ----------
+    p, g, m, v : arrays, shape (K, n_params)
+    vec : array, shape (8, K)
+        Rows ``−lr_t, β₁, 1−β₁, β₂, 1−β₂, ε, decay, active``: the weights are
+        multiplied by ``decay`` (``1 − lr λ``; 1 for Adam) before the update.
+    coef : array, shape (K,), or None
+    n_weights : int
+
+    Returns
+    -------
+    p, m, v : arrays, shape (K, n_params)
+    sq : array, shape (K,), or None
+    """
+    g, sq = _penalised(xp, p, g, coef, n_weights)
+    neg_lr, b1, c1, b2, c2, eps, decay, on = (_col(xp, vec, i) for i in range(8))
+    nw = n_weights
+    x = xp.concat([p[:, :nw] * decay, p[:, nw:]], axis=1)
+    m2 = m * b1 + g * c1
+    v2 = v * b2 + (g * g) * c2
+    p2 = x + (m2 / (xp.sqrt(v2) + eps)) * neg_lr
+    keep = on > 0
+    return xp.where(keep, p2, p), xp.where(keep, m2, m), xp.where(keep, v2, v), sq
+
+
+@kernel
+def rmsprop_update(xp: Any, p: Array, g: Array, s: Array, vec: Array, coef: Array | None,
+                   n_weights: int) -> tuple[Array, Array, Array | None]:
+    """RMSprop for every member.
+
+    Parameters
+    ----------
+    p, g, s : arrays, shape (K, n_params)
+    vec : array, shape (5, K)
+        Rows ``lr, ρ, 1−ρ, ε, active``.
+    coef : array, shape (K,), or None
+    n_weights : int
+
+    Returns
+    -------
+    p, s : arrays, shape (K, n_params)
+    sq : array, shape (K,), or None
+    """
+    g, sq = _penalised(xp, p, g, coef, n_weights)
+    lr, rho, c_rho, eps, on = (_col(xp, vec, i) for i in range(5))
+    s2 = s * rho + (g * g) * c_rho
+    p2 = p - (g / (xp.sqrt(s2) + eps)) * lr
+    keep = on > 0
+    return xp.where(keep, p2, p), xp.where(keep, s2, s), sq
+
+
+# NumPy: in-place ufuncs over the members that step (all of them, usually, in one go).
+def _np_penalty(xp: Any, p: Array, g: Array, coef: Array | None, nw: int) -> Array | None:
+    if coef is None:
+        return None
+    W = p[:, :nw]
+    sq = _row_sq(xp, W)
+    xp.add(g[:, :nw], W * coef[:, None], out=g[:, :nw])
+    return sq
+
+
+def _np_rows(update: Any, vec: Array, arrays: tuple[Array, ...], nw: int) -> None:
+    """``update(arrays, vec, nw)`` on every member at once, or member by member when
+    some sit the step out."""
+    on = vec[-1]
+    if bool((on > 0).all()):
+        update(*arrays, vec, nw)
+        return
+    for k in np.flatnonzero(np.asarray(on) > 0):
+        update(*(a[k : k + 1] for a in arrays), vec[:, k : k + 1], nw)
+
+
+def _sgd_rows_np(p: Array, g: Array, vel: Array, vec: Array, nw: int) -> None:
+    lr, mu = vec[0][:, None], vec[1][:, None]
+    tmp = g * lr
+    np.multiply(vel, mu, out=vel)
+    np.subtract(vel, tmp, out=vel)
+    nest = vec[2] > 0
+    if bool(nest.all()):
+        np.subtract(p, tmp, out=p)
+        np.multiply(vel, mu, out=tmp)
+        np.add(p, tmp, out=p)
+    elif not nest.any():
+        np.add(p, vel, out=p)
+    else:  # members that differ in Nesterov's setting: each its own rule
+        for k in range(p.shape[0]):
+            if nest[k]:
+                np.subtract(p[k], tmp[k], out=p[k])
+                np.multiply(vel[k], mu[k], out=tmp[k])
+                np.add(p[k], tmp[k], out=p[k])
+            else:
+                np.add(p[k], vel[k], out=p[k])
+
+
+@sgd_update.register("numpy")
+def _sgd_update_np(xp: Any, p: Array, g: Array, vel: Array, vec: Array, coef: Array | None,
+                   n_weights: int) -> tuple[Array, Array, Array | None]:
+    sq = _np_penalty(xp, p, g, coef, n_weights)
+    _np_rows(_sgd_rows_np, vec, (p, g, vel), n_weights)
+    return p, vel, sq
+
+
+def _adam_rows_np(p: Array, g: Array, m: Array, v: Array, vec: Array, nw: int) -> None:
+    neg_lr, b1, c1, b2, c2, eps, decay = (vec[i][:, None] for i in range(7))
+    if bool((vec[6] != 1).any()):
+        np.multiply(p[:, :nw], decay, out=p[:, :nw])
+    tmp = g * c1
+    np.multiply(m, b1, out=m)
+    np.add(m, tmp, out=m)
+    np.multiply(v, b2, out=v)
+    np.multiply(g, g, out=tmp)
+    np.multiply(tmp, c2, out=tmp)
+    np.add(v, tmp, out=v)
+    np.sqrt(v, out=tmp)
+    np.add(tmp, eps, out=tmp)
+    np.divide(m, tmp, out=tmp)
+    np.multiply(tmp, neg_lr, out=tmp)
+    np.add(p, tmp, out=p)
+
+
+@adam_update.register("numpy")
+def _adam_update_np(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array, coef: Array | None,
+                    n_weights: int) -> tuple[Array, Array, Array, Array | None]:
+    sq = _np_penalty(xp, p, g, coef, n_weights)
+    _np_rows(_adam_rows_np, vec, (p, g, m, v), n_weights)
+    return p, m, v, sq
+
+
+def _rmsprop_rows_np(p: Array, g: Array, s: Array, vec: Array, nw: int) -> None:
+    lr, rho, c_rho, eps = (vec[i][:, None] for i in range(4))
+    np.multiply(s, rho, out=s)
+    tmp = g * g
+    np.multiply(tmp, c_rho, out=tmp)
+    np.add(s, tmp, out=s)
+    np.sqrt(s, out=tmp)
+    np.add(tmp, eps, out=tmp)
+    np.divide(g, tmp, out=tmp)
+    np.multiply(tmp, lr, out=tmp)
+    np.subtract(p, tmp, out=p)
+
+
+@rmsprop_update.register("numpy")
+def _rmsprop_update_np(xp: Any, p: Array, g: Array, s: Array, vec: Array, coef: Array | None,
+                       n_weights: int) -> tuple[Array, Array, Array | None]:
+    sq = _np_penalty(xp, p, g, coef, n_weights)
+    _np_rows(_rmsprop_rows_np, vec, (p, g, s), n_weights)
+    return p, s, sq
+
+
+# numba: one pass per member over its row. The loops repeat the NumPy variants'
+# operations in the same order, with every scalar in the buffers' dtype (as NumPy
+# converts them), so both give the same bits; the compiled training step
+# (mlpx.member_step) calls the same row functions. Without fastmath the loops still
+# vectorise: sqrt and division are IEEE operations LLVM maps onto SIMD instructions.
+@lazy_njit
+def sgd_row(p, g, vel, k, nw, penal, cf, lr, mu, nesterov):  # pragma: no cover - compiled
+    """SGD with (Nesterov) momentum on row ``k``, after the L2 term ``cf · W`` on the
+    first ``nw`` entries (with ``penal``)."""
+    for i in range(p.shape[1]):
+        x = p[k, i]
+        gi = g[k, i] + x * cf if penal and i < nw else g[k, i]
+        step = gi * lr
+        vi = vel[k, i] * mu - step
+        vel[k, i] = vi
+        if nesterov:
+            p[k, i] = (x - step) + vi * mu
+        else:
+            p[k, i] = x + vi
+
+
+@lazy_njit
+def adam_row(p, g, m, v, k, nw, penal, cf, neg_lr, b1, c1, b2, c2, eps, decay):  # pragma: no cover - compiled
+    """Adam's update of row ``k`` after the L2 term ``cf · W`` (with ``penal``) and the
+    decay of the first ``nw`` (weight) entries; weights and biases in separate loops
+    so that each vectorises."""
+    decays = decay != 1
+    for i in range(nw):
+        x = p[k, i]
+        gi = g[k, i] + x * cf if penal else g[k, i]
+        if decays:
+            x = x * decay
+        mi = m[k, i] * b1 + gi * c1
+        vi = v[k, i] * b2 + (gi * gi) * c2
+        m[k, i] = mi
+        v[k, i] = vi
+        p[k, i] = x + (mi / (np.sqrt(vi) + eps)) * neg_lr
+    for i in range(nw, p.shape[1]):
+        gi = g[k, i]
+        mi = m[k, i] * b1 + gi * c1
+        vi = v[k, i] * b2 + (gi * gi) * c2
+        m[k, i] = mi
+        v[k, i] = vi
+        p[k, i] = p[k, i] + (mi / (np.sqrt(vi) + eps)) * neg_lr
+
+
+@lazy_njit
+def rmsprop_row(p, g, s, k, nw, penal, cf, lr, rho, c_rho, eps):  # pragma: no cover - compiled
+    """RMSprop on row ``k``, after the L2 term ``cf · W`` on the first ``nw`` entries
+    (with ``penal``)."""
+    for i in range(p.shape[1]):
+        gi = g[k, i] + p[k, i] * cf if penal and i < nw else g[k, i]
+        si = s[k, i] * rho + (gi * gi) * c_rho
+        s[k, i] = si
+        p[k, i] = p[k, i] - (gi / (np.sqrt(si) + eps)) * lr
+
+
+@lazy_njit
+def _sgd_loop(p, g, vel, vec, coef, nw, penal):  # pragma: no cover - compiled
+    for k in range(p.shape[0]):
+        if vec[3, k] > 0:
+            sgd_row(p, g, vel, k, nw, penal, coef[k], vec[0, k], vec[1, k], vec[2, k] > 0)
+
+
+@lazy_njit
+def _adam_loop(p, g, m, v, vec, coef, nw, penal):  # pragma: no cover - compiled
+    for k in range(p.shape[0]):
+        if vec[7, k] > 0:
+            adam_row(p, g, m, v, k, nw, penal, coef[k], vec[0, k], vec[1, k], vec[2, k], vec[3, k], vec[4, k],
+                     vec[5, k], vec[6, k])
+
+
+@lazy_njit
+def _rmsprop_loop(p, g, s, vec, coef, nw, penal):  # pragma: no cover - compiled
+    for k in range(p.shape[0]):
+        if vec[4, k] > 0:
+            rmsprop_row(p, g, s, k, nw, penal, coef[k], vec[0, k], vec[1, k], vec[2, k], vec[3, k])
+
+
+def _numba_args(p: Array, vec: Array, coef: Array | None, nw: int) -> tuple[Array | None, Array, Array]:
+    """``Σ W²`` (NumPy's BLAS dot: a compiled loop would sum sequentially; None without
+    a penalty), the rows and the coefficients as the loops take them."""
+    sq = None if coef is None else _row_sq(np, p[:, :nw])
+    cf = np.zeros(p.shape[0], dtype=p.dtype) if coef is None else np.ascontiguousarray(coef)
+    return sq, np.ascontiguousarray(vec), cf
+
+
+def _fits_loop(p: Array, *state: Array) -> bool:
+    return p.flags.c_contiguous and p.dtype.itemsize >= 4 and all(a.flags.c_contiguous for a in state)
+
+
+@sgd_update.register("numba")
+def _sgd_update_numba(xp: Any, p: Array, g: Array, vel: Array, vec: Array, coef: Array | None,
+                      n_weights: int) -> tuple[Array, Array, Array | None]:
+    if not _fits_loop(p, g, vel):
+        return _sgd_update_np(xp, p, g, vel, vec, coef, n_weights)
+    sq, vec, cf = _numba_args(p, vec, coef, n_weights)
+    _sgd_loop(p, g, vel, vec, cf, int(n_weights), coef is not None)
+    return p, vel, sq
+
+
+@adam_update.register("numba")
+def _adam_update_numba(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array, coef: Array | None,
+                       n_weights: int) -> tuple[Array, Array, Array, Array | None]:
+    if not _fits_loop(p, g, m, v):
+        return _adam_update_np(xp, p, g, m, v, vec, coef, n_weights)
+    sq, vec, cf = _numba_args(p, vec, coef, n_weights)
+    _adam_loop(p, g, m, v, vec, cf, int(n_weights), coef is not None)
+    return p, m, v, sq
+
+
+@rmsprop_update.register("numba")
+def _rmsprop_update_numba(xp: Any, p: Array, g: Array, s: Array, vec: Array, coef: Array | None,
+                          n_weights: int) -> tuple[Array, Array, Array | None]:
+    if not _fits_loop(p, g, s):
+        return _rmsprop_update_np(xp, p, g, s, vec, coef, n_weights)
+    sq, vec, cf = _numba_args(p, vec, coef, n_weights)
+    _rmsprop_loop(p, g, s, vec, cf, int(n_weights), coef is not None)
+    return p, s, sq
+
+
+# CUDA: one launch over the (K, n_params) buffer; member k's scalars are column k of
+# ``vec``, read through raw indexing, so a step's scalars cost no launch arguments
+# that change (and no recompilation). Σ W² is one reduction before the launch.
+def _cuda_rule(name: str, state: str, body: str, rows: int) -> Any:
+    return lazy_elementwise(
+        "T g, raw T vec, raw T coef, int64 K, int64 P, int64 nw, bool penalised",
+        f"T p, {state}",
+        f"""
+        typedef mlpx_acc<T>::type A;
+        const ptrdiff_t k = i / P, j = i % P;
+        if ((A)vec[{rows - 1} * K + k] > (A)0) {{
+            A x = (A)p;
+            const A gi = (penalised && j < nw) ? (A)g + x * (A)coef[k] : (A)g;
+            {body}
+        }}
+        """,
+        f"mlpx_{name}_update",
+        preamble=ACCUMULATOR_PREAMBLE,
+        scalars=("K", "P", "nw", "penalised"),
+        layouts=[{"vec": (2, True), "coef": (1, True)}],
+    )
+
+
+_sgd_cuda = _cuda_rule("sgd", "T vel", """
+            const A lr = (A)vec[k], mu = (A)vec[K + k];
+            const A vi = mu * (A)vel - lr * gi;
+            vel = (T)vi;
+            p = (T)((A)vec[2 * K + k] > (A)0 ? x + (mu * vi - lr * gi) : x + vi);
+""", 4)
+_adam_cuda = _cuda_rule("adam", "T m, T v", """
+            if (j < nw) x = x * (A)vec[6 * K + k];
+            const A mi = (A)vec[K + k] * (A)m + (A)vec[2 * K + k] * gi;
+            const A vi = (A)vec[3 * K + k] * (A)v + (A)vec[4 * K + k] * (gi * gi);
+            m = (T)mi;
+            v = (T)vi;
+            p = (T)(x + ((A)vec[k] * mi / (sqrt(vi) + (A)vec[5 * K + k])));
+""", 8)
+_rmsprop_cuda = _cuda_rule("rmsprop", "T s", """
+            const A si = (A)vec[K + k] * (A)s + (A)vec[2 * K + k] * (gi * gi);
+            s = (T)si;
+            p = (T)(x - (A)vec[k] * gi / (sqrt(si) + (A)vec[3 * K + k]));
+""", 5)
+
+
+def _cuda_call(xp: Any, fn: Any, p: Array, g: Array, vec: Array, coef: Array | None, nw: int,
+               *state: Array) -> Array | None:
+    K, P = (int(d) for d in p.shape)
+    sq = None if coef is None else xp.sum(p[:, :nw] * p[:, :nw], axis=1)
+    fn(g, xp.ascontiguousarray(vec), xp.ascontiguousarray(coef if coef is not None else vec[0]), K, P, int(nw),
+       coef is not None, p, *state)
+    return sq
+
+
+@sgd_update.register("cupy")
+def _sgd_update_cupy(xp: Any, p: Array, g: Array, vel: Array, vec: Array, coef: Array | None,
+                     n_weights: int) -> tuple[Array, Array, Array | None]:
+    return p, vel, _cuda_call(xp, _sgd_cuda, p, g, vec, coef, n_weights, vel)
+
+
+@adam_update.register("cupy")
+def _adam_update_cupy(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array, coef: Array | None,
+                      n_weights: int) -> tuple[Array, Array, Array, Array | None]:
+    return p, m, v, _cuda_call(xp, _adam_cuda, p, g, vec, coef, n_weights, m, v)
+
+
+@rmsprop_update.register("cupy")
+def _rmsprop_update_cupy(xp: Any, p: Array, g: Array, s: Array, vec: Array, coef: Array | None,
+                         n_weights: int) -> tuple[Array, Array, Array | None]:
+    return p, s, _cuda_call(xp, _rmsprop_cuda, p, g, vec, coef, n_weights, s)
+
+
+# --------------------------------------------------------------- optimizers
+def _setting(name: str, value: Any, check: Any) -> float | np.ndarray:
+    """A setting: one checked scalar (every member) or a 1-D array of checked values."""
+    if isinstance(value, (str, bytes)) or np.ndim(value) == 0:
+        return check(name, value)
+    values = list(np.asarray(value).tolist()) if isinstance(value, np.ndarray) else list(value)
+    if not values:
+        raise ValueError(f"{name} is an empty sequence; give one value or one per member")
+    return np.array([check(f"{name}[{k}]", v) for k, v in enumerate(values)], dtype=np.float64)
+
+
+def _per_member(value: float | np.ndarray, K: int, name: str) -> np.ndarray:
+    if np.ndim(value) == 0:
+        return np.full(K, float(value))
+    if len(value) != K:
+        raise ValueError(f"{name} has {len(value)} values for {K} members")
+    return np.asarray(value, dtype=np.float64)
+
+
+def _out(values: np.ndarray, single: bool, integer: bool = False) -> Any:
+    """A per-member array as the caller sees it: a Python number for a single network."""
+    if single:
+        return int(values[0]) if integer else float(values[0])
+    return values.copy()
+
+
+class Optimizer:
+    """Base class: a rule that updates the K members of a model's parameters.
+
+    Parameters
+    ----------
+    lr : float or sequence of float > 0
+        Initial learning rate ``η``: one for every member or one per member.
+    schedule : str, Schedule or sequence of them, optional
+        The rate policy (:mod:`mlpx.schedules`): the rate for the next epoch is set
+        by :meth:`iteration_ends` after each epoch, and :meth:`trigger_stopping` asks
+        the policy what to do when training stops improving. Each member gets its
+        own copy (a sequence: one each).
+    **settings
+        The rule's own settings (``momentum``, ``beta_1``...): a number, or a
+        sequence with one value per member.
 
     Every numeric setting (``lr``, ``momentum``, ``beta_1``, ``beta_2``, ``rho`` in
-    [0, 1); ``epsilon`` > 0; ``weight_decay`` >= 0) takes a Python or NumPy number,
-    is stored as a Python float, and must be finite; anything else raises
+    [0, 1); ``epsilon`` > 0; ``weight_decay`` >= 0) takes Python or NumPy numbers and
+    must be finite; anything else raises
     :class:`~mlpx.validation.InvalidParameterError` (a ValueError and a TypeError).
+    Assigning an attribute the optimizer does not have raises AttributeError (a
+    misspelt or removed setting is never silently ignored).
 
     Attributes
     ----------
-    lr : float
-        The rate in force now.
-    t : int
-        Number of steps taken.
+    lr : float or ndarray of shape (K,)
+        The rate in force now: a float for a single network (K = 1), one per member
+        otherwise.
+    t : int or ndarray of int64, shape (K,)
+        Steps taken (per member).
+    n_members : int or None
+        K once bound (or given by a per-member setting), else None.
     state : dict of str -> array
         Per-parameter state on the backend (``velocity``; ``m``, ``v``; ``s``), each
-        of shape (n_params,), allocated by :meth:`bind`. :meth:`state_dict` and
-        :meth:`load_state_dict` turn it, with ``t``, ``lr`` and the schedule's own
-        state, into plain data and back (checkpoints, pickling, backend moves,
-        divergence rollback).
+        of the shape of the bound parameters, allocated by :meth:`bind`.
+        :meth:`state_dict` and :meth:`load_state_dict` turn it, with ``t``, ``lr``
+        and the schedules' state, into plain data and back (checkpoints, pickling,
+        backend moves, divergence rollback).
     """
 
     #: Names of the per-parameter state buffers.
     state_names: tuple[str, ...] = ()
+    #: The rule's settings besides ``lr``, with their checks.
+    _checks: dict[str, Any] = {}
+    _kernel: Any = None
+    #: What :meth:`bind` attaches (assignable: an immutable backend's new arrays).
+    _bound_names = frozenset({"be", "params", "grads", "n_weights", "dtype", "state"})
 
-    def __init__(self, lr: float, schedule: str | Schedule | None = None) -> None:
-        self.schedule = get_schedule(schedule)
-        self.lr = lr  # the base rate and the rate in force (a Python float: see the setter)
-        self.t = 0
-        self.state: dict[str, Array] = {}
+    def __init__(self, lr: Any, schedule: Any = None, **settings: Any) -> None:
+        object.__setattr__(self, "_ready", False)
+        self._settings: dict[str, float | np.ndarray] = {}
+        for name, check in self._checks.items():
+            self._settings[name] = _setting(name, settings.pop(name), check)
+        if settings:
+            raise TypeError(f"{type(self).__name__} got unexpected settings {sorted(settings)}")
+        self._schedule_spec = schedule
+        self._K: int | None = None
         self._bound: tuple[Any, ...] | None = None
         self._owner: Any = None
         self._pending: dict[str, Any] | None = None
+        self._static: np.ndarray | None = None
+        self.state: dict[str, Array] = {}
+        self._members(self._given_members())
+        self.lr = lr
+        self._ready = True
 
-    def bind(self, be: Backend, params: Array, grads: Array, n_weights: int, owner: Any = None) -> None:
-        """Attach to a model's flat buffers and allocate state (once per model).
+    # ------------------------------------------------------------ settings
+    def _given_members(self) -> int:
+        sizes = {len(v) for v in self._settings.values() if np.ndim(v)}
+        if isinstance(self._schedule_spec, (list, tuple)):
+            sizes.add(len(self._schedule_spec))
+        if len(sizes) > 1:
+            raise ValueError(f"per-member settings of {type(self).__name__} have different lengths {sorted(sizes)}")
+        return sizes.pop() if sizes else 1
 
-        Parameters
-        ----------
-        params, grads : arrays, shape (n_params,)
-            The model's flat parameter and gradient buffers.
-        n_weights : int
-            Length of the weight prefix ``params[:n_weights]`` (biases follow).
-        owner : object, optional
-            The model the buffers belong to. Bound again to the same owner (or to
-            the same ``params``), the optimizer keeps its state and takes the
-            buffers as they are now: on an immutable backend (JAX) every write of
-            the parameters makes a new array.
-        """
-        if self._bound is not None and tuple(params.shape) == tuple(self.params.shape) and (
-            params is self.params or (owner is not None and owner is self._owner)
-        ):
-            self.params, self.grads = params, grads
-            return
-        self.be, self.params, self.grads, self.n_weights = be, params, grads, n_weights
-        self._owner = owner
-        self.dtype = params.dtype
-        self._tmp = be.zeros(params.shape, params.dtype)
-        # Bound to another model, the optimizer starts from zero state; state saved
-        # with state_dict() and loaded before bind() is copied in now.
-        self.state = {name: be.zeros(params.shape, params.dtype) for name in self.state_names}
-        self._bound = (be, params)
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            self._copy_in(pending["state"])
+    def _members(self, K: int) -> None:
+        """Size the per-member state (rates, counts, schedules) for K members."""
+        spec = self._schedule_spec
+        if isinstance(spec, (list, tuple)):
+            if len(spec) != K:
+                raise ValueError(f"schedule has {len(spec)} entries for {K} members")
+            schedules = [copy.deepcopy(get_schedule(s)) for s in spec]
+        else:
+            one = get_schedule(spec)
+            schedules = [one] + [copy.deepcopy(one) for _ in range(K - 1)]
+        old = getattr(self, "_t", None)
+        self._schedules = schedules
+        self._t = np.zeros(K, dtype=np.int64) if old is None or old.size != K else old
+        self._K = K
+        self._static = None
 
     @property
-    def lr(self) -> float:
-        """The rate in force now. Setting it sets the base rate ``lr0`` too (e.g. to
-        retry at a lower rate after :class:`~mlpx.training.TrainingDivergedError`)."""
-        return self._lr
+    def n_members(self) -> int | None:
+        """K: the members this optimizer steps (None before :meth:`bind` unless a
+        per-member setting fixed it)."""
+        return self._K if (self._bound is not None or self._vector_given()) else None
+
+    def _vector_given(self) -> bool:
+        return any(np.ndim(v) for v in self._settings.values()) or np.ndim(self._lr0_given) > 0
+
+    @property
+    def _single(self) -> bool:
+        return self._K == 1 and not (self._bound is None and self._vector_given())
+
+    def __getattr__(self, name: str) -> Any:
+        settings = self.__dict__.get("_settings")
+        if settings is not None and name in settings:
+            return settings[name]
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_") or not self.__dict__.get("_ready", False) or name in self._bound_names:
+            object.__setattr__(self, name, value)
+            return
+        if name in self._checks:
+            self._settings[name] = _setting(name, value, self._checks[name])
+            if np.ndim(self._settings[name]) and self._bound is not None:
+                _per_member(self._settings[name], self._K, name)
+            self._static = None
+            return
+        cls = type(self)
+        if isinstance(getattr(cls, name, None), property) and getattr(cls, name).fset is not None:
+            object.__setattr__(self, name, value)
+            return
+        valid = ["lr", "t", *self._checks]
+        raise AttributeError(
+            f"{cls.__name__} has no setting {name!r} to assign; its settings are {', '.join(valid)} "
+            f"(the rate in force is `lr`; the schedule is fixed at construction)")
+
+    @property
+    def lr(self) -> Any:
+        """The rate in force now (a float for a single network, else shape (K,)).
+
+        Setting it sets the base rate ``lr0`` too (e.g. to retry at a lower rate after
+        :class:`~mlpx.training.TrainingDivergedError`); a scalar sets every member.
+        """
+        return _out(self._lr, self._single)
 
     @lr.setter
-    def lr(self, value: float) -> None:
+    def lr(self, value: Any) -> None:
         # Python floats from here on: NumPy scalars (np.float32(1e-3), as GridSearchCV
         # grids give) would reach the kernels, which strict namespaces refuse.
-        lr = check_real("lr (learning rate)", value, 0.0, low_open=True)
-        self.schedule(lr, 0, 0)  # a schedule that cannot start from this rate fails now
-        self.lr0 = self._lr = lr
+        given = _setting("lr (learning rate)", value, lambda n, v: check_real(n, v, 0.0, low_open=True))
+        K = self._K
+        if np.ndim(given) and len(given) != K:
+            if self._bound is not None or K != 1:
+                raise ValueError(f"lr has {len(given)} values for {K} members")
+            self._members(len(given))
+            K = self._K
+        lr0 = _per_member(given, K, "lr")
+        for sched, lr in zip(self._schedules, lr0):
+            sched(float(lr), 0, 0)  # a schedule that cannot start from this rate fails now
+        self._lr0_given = given
+        self._lr0 = lr0
+        self._lr = lr0.copy()
+
+    @property
+    def lr0(self) -> Any:
+        """The base rate the schedules start from (read-only: set :attr:`lr`)."""
+        return _out(self._lr0, self._single)
+
+    @property
+    def t(self) -> Any:
+        """Steps taken: an int for a single network, else shape (K,)."""
+        return _out(self._t, self._single, integer=True)
+
+    @t.setter
+    def t(self, value: Any) -> None:
+        t = np.broadcast_to(np.asarray(value, dtype=np.int64), (self._K,))
+        if (t < 0).any():
+            raise ValueError(f"t must be non-negative, got {value!r}")
+        self._t = t.copy()
+
+    @property
+    def schedule(self) -> Any:
+        """The rate policy: the Schedule of a single network, else a list of K."""
+        return self._schedules[0] if self._single else list(self._schedules)
 
     @property
     def bound(self) -> bool:
         """Whether :meth:`bind` has attached the optimizer to a model's buffers."""
         return self._bound is not None
 
-    # ----------------------------------------------------------- rate policy
-    def iteration_ends(self, epochs_done: int, samples_seen: int) -> None:
-        """Set the rate for the next epoch from the schedule (called after each epoch).
+    # ---------------------------------------------------------------- bind
+    def bind(self, be: Backend, params: Array, grads: Array, n_weights: int, owner: Any = None) -> None:
+        """Attach to a model's parameter buffers and allocate state (once per model).
+
+        Parameters
+        ----------
+        be : Backend
+        params, grads : arrays, shape (K, n_params), or (n_params,) for one network
+            The model's parameter and gradient buffers.
+        n_weights : int
+            Length of the weight prefix of each row (biases follow).
+        owner : object, optional
+            The model the buffers belong to. Bound again to the same owner (or to the
+            same ``params``), the optimizer keeps its state and takes the buffers as
+            they are now: on an immutable backend every write of the parameters makes
+            a new array.
+
+        Raises
+        ------
+        ValueError
+            Per-member settings whose length is not K.
+        """
+        shape = tuple(int(d) for d in params.shape)
+        if self._bound is not None and shape == self._shape and (
+            params is self.params or (owner is not None and owner is self._owner)
+        ):
+            self.params, self.grads = params, grads
+            return
+        K = 1 if len(shape) == 1 else shape[0]
+        if K != self._K:
+            if self._vector_given():
+                raise ValueError(f"the optimizer has settings for {self._K} members; the model has {K}")
+            lr0, lr = float(self._lr0[0]), float(self._lr[0])
+            self._members(K)
+            self._lr0, self._lr = np.full(K, lr0), np.full(K, lr)
+        for name, value in self._settings.items():
+            _per_member(value, K, name)
+        self.be, self.params, self.grads, self.n_weights = be, params, grads, int(n_weights)
+        self._shape = shape
+        self._owner = owner
+        self.dtype = params.dtype
+        self.state = {name: be.zeros(shape, params.dtype) for name in self.state_names}
+        self._bound = (be, params)
+        self._static = None
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._copy_in(pending)
+
+    # ---------------------------------------------------------- the rows
+    def _rule_rows(self, lr: np.ndarray, t: np.ndarray, on: np.ndarray) -> np.ndarray:
+        """The rule's per-step rows for the members ``on`` (host, float64).
+
+        Parameters
+        ----------
+        lr : ndarray, shape (n,)
+            The rate in force of each stepping member.
+        t : ndarray of int64, shape (n,)
+            Its step count after this step.
+        on : ndarray of int, shape (n,)
+            The members (their indices).
+
+        Returns
+        -------
+        ndarray, shape (r, n)
+            The rows that change with the step (the others are :meth:`_static_rows`).
+        """
+        raise NotImplementedError
+
+    def _static_rows(self) -> np.ndarray:
+        """Rows that do not change between steps, shape (r, K) (the rule's settings)."""
+        raise NotImplementedError
+
+    #: Rows of the step's scalars that :meth:`_rule_rows` fills.
+    _dynamic: tuple[int, ...] = (0,)
+
+    def vectors(self, active: Any, advance: bool = True) -> np.ndarray:
+        """Each member's scalars for one step, or for S steps in a row (host, float64).
+
+        Advances the step count of the members active in each step, as their own
+        steps would (``advance=False``: the caller does, with :meth:`advance`, as the
+        steps run), and computes each one's rate as the rule defines it (Adam's
+        ``lr · √(1 − β₂ᵗ) / (1 − β₁ᵗ)`` in Python floats, once per distinct
+        ``(β₁, β₂, t)``). The rates in force do not change between steps: the
+        schedules move them at the end of an epoch (:meth:`iteration_ends`).
+
+        Parameters
+        ----------
+        active : array_like of bool, shape (K,) or (S, K)
+        advance : bool
+
+        Returns
+        -------
+        ndarray, shape (r, K) or (S, r, K)
+            The rule's rows (see its kernel), the last one ``active`` (0 or 1).
+        """
+        K = self._K
+        steps = np.asarray(active, dtype=bool).reshape(-1, K)
+        S = steps.shape[0]
+        if self._static is None:
+            self._static = self._static_rows()
+        t_after = self._t + np.cumsum(steps, axis=0)
+        if advance:
+            self.advance(steps.sum(axis=0))
+        r = self._static.shape[0] + len(self._dynamic) + 1
+        vec = np.zeros((S, r, K))
+        rest = [i for i in range(r - 1) if i not in self._dynamic]
+        vec[:, rest] = self._static
+        s_on, on = np.nonzero(steps)
+        if on.size:
+            vec[s_on[None, :], np.asarray(self._dynamic)[:, None], on[None, :]] = self._rule_rows(
+                self._lr[on], t_after[s_on, on], on)
+        vec[s_on, r - 1, on] = 1.0
+        return vec if np.ndim(active) == 2 else vec[0]
+
+    def advance(self, steps: Any) -> None:
+        """Add ``steps`` (shape (K,): bools or counts) to the members' step counts."""
+        self._t = self._t + np.asarray(steps, dtype=np.int64).reshape(self._K)
+
+    # ------------------------------------------------------------- update
+    def update(self, params: Array, grads: Array, vec: Array, coef: Array | None = None,
+               rows: slice = slice(None)) -> tuple[Array, Array | None]:
+        """Update ``params[rows]`` with the step's rows ``vec`` (on the device).
+
+        Parameters
+        ----------
+        params, grads : arrays, shape (K, n_params)
+            The bound buffers as they are now (2-D).
+        vec : array, shape (r, K)
+            :meth:`vectors`, on the device in the parameters' dtype.
+        coef : array, shape (K,), optional
+            ``l2 / d`` per member, added to the weights' gradient in the same pass.
+        rows : slice
+            The members to update (a chunk of a stack); the default is all.
+
+        Returns
+        -------
+        params : array, shape of ``params[rows]``
+            Updated in place on NumPy and CuPy; a new array on the generic path.
+        sq : array, shape (len(rows),), or None
+            ``Σ W²`` per member before the step (None without ``coef``).
+        """
+        whole = rows == slice(None)
+        p, g = (params, grads) if whole else (params[rows], grads[rows])
+        v = vec if whole else vec[:, rows]
+        c = coef if (whole or coef is None) else coef[rows]
+        state = self._state2d()
+        mine = state if whole else [s[rows] for s in state]
+        p, *new, sq = self.be.run(self._kernel, p, g, *mine, v, c, self.n_weights)
+        if whole:
+            self._store_state(new)
+        return p, sq
+
+    def _state2d(self) -> list[Array]:
+        xp = self.be.xp
+        return [xp.reshape(self.state[n], (1, -1)) if len(self._shape) == 1 else self.state[n]
+                for n in self.state_names]
+
+    def _store_state(self, arrays: Sequence[Array]) -> None:
+        xp = self.be.xp
+        for name, a in zip(self.state_names, arrays):
+            if len(self._shape) == 1:
+                a = xp.reshape(a, self._shape)
+            self.state[name] = self.be.assign(self.state[name], a)
+
+    def step(self, params: Array | None = None, grads: Array | None = None) -> Array:
+        """One step of every member from the gradients; return the updated parameters.
+
+        Parameters
+        ----------
+        params, grads : arrays, shape of the bound ones, optional
+            The bound model's buffers as they are now (default: the bound ones). An
+            immutable backend makes new arrays at every write, so the model passes
+            its current ones.
+
+        Returns
+        -------
+        array
+            The updated parameters: ``params`` itself, updated in place, on mutable
+            backends; a new array on immutable ones (the caller stores it).
+        """
+        if self._bound is None:
+            raise RuntimeError(f"{type(self).__name__} is not bound to a model's parameters: call bind() first")
+        if params is not None:
+            self.params = params
+        if grads is not None:
+            self.grads = grads
+        be, xp = self.be, self.be.xp
+        vec = self.vectors(np.ones(self._K, dtype=bool))
+        dev = be.asarray(vec.astype(_host_dtype(self.dtype)), dtype=self.dtype)
+        flat = len(self._shape) == 1
+        p2 = xp.reshape(self.params, (1, -1)) if flat else self.params
+        g2 = xp.reshape(self.grads, (1, -1)) if flat else self.grads
+        p2, _ = self.update(p2, g2, dev)
+        self.params = be.assign(self.params, xp.reshape(p2, self._shape) if flat else p2)
+        return self.params
+
+    # -------------------------------------------------------- rate policy
+    def iteration_ends(self, epochs_done: int, samples_seen: Any) -> None:
+        """Set each member's rate for the next epoch from its schedule (after each epoch).
 
         Parameters
         ----------
         epochs_done : int
             Epochs completed by the model so far.
-        samples_seen : int
-            Samples the model has trained on so far (scikit-learn's ``t_``).
+        samples_seen : int or array_like of shape (K,)
+            Samples each member has trained on so far (scikit-learn's ``t_``).
         """
-        self._lr = self.schedule(self.lr0, epochs_done, samples_seen)
+        seen = np.broadcast_to(np.asarray(samples_seen), (self._K,))
+        for k, sched in enumerate(self._schedules):
+            self._lr[k] = sched(float(self._lr0[k]), int(epochs_done), int(seen[k]))
 
-    def trigger_stopping(self, message: str = "", verbose: bool = False) -> bool:
+    def trigger_stopping(self, message: str = "", verbose: bool = False, member: int | None = None) -> bool:
         """Training stopped improving: True to stop, False when the policy lowered the rate.
 
-        As scikit-learn's optimizers: only an adaptive schedule continues (dividing
-        the rate by 5) until the rate falls to 1e-6.
+        As scikit-learn's optimizers: only an adaptive schedule continues (dividing the
+        rate by 5) until the rate falls to 1e-6.
+
+        Parameters
+        ----------
+        message : str
+            Printed first when ``verbose``.
+        verbose : bool
+        member : int, optional
+            The member that stopped improving (required when K > 1).
         """
-        lr = self.schedule.on_plateau(self._lr)
+        if member is None:
+            if self._K != 1:
+                raise ValueError(f"trigger_stopping needs the member (0..{self._K - 1}) for {self._K} members")
+            member = 0
+        sched = self._schedules[member]
+        lr = sched.on_plateau(float(self._lr[member]))
         if lr is None:
             if verbose:
-                print(message + (" Learning rate too small. Stopping." if self.schedule.adaptive else " Stopping."))
+                print(message + (" Learning rate too small. Stopping." if sched.adaptive else " Stopping."))
             return True
-        self._lr = lr
+        self._lr[member] = lr
         if verbose:
-            print(message + " Setting learning rate to %f" % self.lr)
+            print(message + " Setting learning rate to %f" % lr)
         return False
 
-    # ----------------------------------------------------------------- state
+    # --------------------------------------------------------------- state
     def state_dict(self, to_host: bool = True) -> dict[str, Any]:
         """The optimizer's whole state as data.
 
@@ -409,23 +906,28 @@ class Optimizer:
         -------
         dict
             ``{"optimizer": class name, "config": get_config(), "t", "lr",
-            "schedule": schedule state, "state": {name: array (n_params,)}}``;
-            ``state`` is empty before :meth:`bind`.
+            "schedule": schedule state, "state": {name: array}}``; for a single
+            network ``t`` is an int, ``lr`` a float and ``schedule`` one schedule's
+            state, else lists of K. ``state`` is empty before :meth:`bind`.
         """
         arrays: dict[str, Any] = {}
+        single = self._single
         for name, buf in self.state.items():
             if to_host:
                 arrays[name] = np.array(self.be.to_numpy(buf), copy=True)
+                if single:  # a network's state is saved as it always was: (n_params,)
+                    arrays[name] = arrays[name].reshape(-1)
             else:
                 arrays[name] = self.be.copy(buf, self.be.empty(buf.shape, buf.dtype))
         if not arrays and self._pending is not None:
-            arrays = dict(self._pending["state"])
+            arrays = dict(self._pending)
+        scheds = [s.state_dict() for s in self._schedules]
         return {
             "optimizer": type(self).__name__,
             "config": self.get_config(),
-            "t": int(self.t),
-            "lr": float(self.lr),
-            "schedule": self.schedule.state_dict(),
+            "t": _out(self._t, single, integer=True) if single else self._t.tolist(),
+            "lr": float(self._lr[0]) if single else self._lr.tolist(),
+            "schedule": scheds[0] if single else scheds,
             "state": arrays,
         }
 
@@ -433,8 +935,13 @@ class Optimizer:
         """Restore what :meth:`state_dict` returned (host or device arrays).
 
         Before :meth:`bind` the buffers are kept and copied in when the optimizer
-        is bound. Raises ValueError when the state belongs to another optimizer
-        class or another parameter count.
+        is bound.
+
+        Raises
+        ------
+        ValueError
+            The state belongs to another optimizer class, another number of members
+            or another parameter count.
         """
         if state.get("optimizer") != type(self).__name__:
             raise ValueError(f"state of {state.get('optimizer')!r} cannot be loaded into {type(self).__name__}")
@@ -442,11 +949,24 @@ class Optimizer:
         unknown = set(arrays) - set(self.state_names)
         if unknown:
             raise ValueError(f"{type(self).__name__} has no state named {sorted(unknown)}")
-        self.t = int(state["t"])
-        self._lr = float(state["lr"])
-        self.schedule.load_state_dict(state.get("schedule", {}))
+        t = np.atleast_1d(np.asarray(state["t"], dtype=np.int64))
+        lr = np.atleast_1d(np.asarray(state["lr"], dtype=np.float64))
+        scheds = state.get("schedule", {})
+        scheds = scheds if isinstance(scheds, list) else [scheds] * t.size
+        if not t.size == lr.size == len(scheds):
+            raise ValueError("saved optimizer state: t, lr and schedule disagree on the number of members")
+        if t.size != self._K:
+            if self._bound is not None or self._vector_given():
+                raise ValueError(f"saved state of {t.size} members cannot be loaded into {self._K}")
+            lr0 = float(self._lr0[0])
+            self._members(t.size)
+            self._lr0 = np.full(t.size, lr0)
+        self._t = t.copy()
+        self._lr = lr.copy()
+        for sched, s in zip(self._schedules, scheds):
+            sched.load_state_dict(s or {})
         if self._bound is None:
-            self._pending = {"state": dict(arrays)}
+            self._pending = dict(arrays)
             return
         self._copy_in(arrays)
 
@@ -454,6 +974,10 @@ class Optimizer:
         be = self.be
         for name, value in arrays.items():
             buf = self.state[name]
+            if tuple(value.shape) != tuple(buf.shape) and self._K == 1 and int(np.prod(value.shape)) == int(
+                    np.prod(buf.shape)) and len(value.shape) in (1, 2):
+                value = be.xp.reshape(value, tuple(buf.shape)) if not isinstance(value, np.ndarray) \
+                    else value.reshape(buf.shape)  # one network's state, saved 1-D or 2-D
             if tuple(value.shape) != tuple(buf.shape):
                 raise ValueError(f"state {name!r} has shape {tuple(value.shape)}, the optimizer {tuple(buf.shape)}")
             src = be.asarray(value, dtype=buf.dtype) if isinstance(value, np.ndarray) else value
@@ -467,176 +991,277 @@ class Optimizer:
             raise ValueError(f"unknown optimizer {state.get('optimizer')!r} in saved state")
         config = dict(state.get("config", {}))
         schedule = config.pop("schedule", None)
-        opt = kind(**config, schedule=get_schedule_from_state(schedule))
+        if isinstance(schedule, list):
+            schedule = [get_schedule_from_state(s) for s in schedule]
+        else:
+            schedule = get_schedule_from_state(schedule)
+        opt = kind(**config, schedule=schedule)
         opt.load_state_dict(state)
         return opt
 
-    # ------------------------------------------------------------------ step
-    def step(self, params: Array | None = None, grads: Array | None = None) -> Array:
-        """Update the parameters from the gradients; return the updated parameters.
+    # ------------------------------------------------------------- members
+    @classmethod
+    def stack(cls, optimizers: Sequence["Optimizer"]) -> "Optimizer":
+        """One optimizer stepping K members, from K single-network optimizers of one class.
 
-        Parameters
-        ----------
-        params, grads : arrays, shape (n_params,), optional
-            The bound model's flat buffers as they are now (default: the bound
-            ones). An immutable backend makes new arrays at every write, so the
-            model passes its current ones.
+        Each member takes its optimizer's settings, rate, step count, schedule and
+        (bound or saved) state, as ``torch.func.stack_module_state`` stacks modules.
 
-        Returns
-        -------
-        array, shape (n_params,)
-            The updated parameters: ``params`` itself, updated in place, on mutable
-            backends; a new array on immutable ones (the caller stores it).
+        Raises
+        ------
+        TypeError
+            Not optimizers, or of different classes.
+        ValueError
+            No optimizers, or one that steps several members already.
         """
-        if params is not None:
-            self.params = params
-        if grads is not None:
-            self.grads = grads
-        self._update()
-        return self.params
+        opts = list(optimizers)
+        if not opts:
+            raise ValueError("Optimizer.stack needs at least one optimizer")
+        if not all(isinstance(o, Optimizer) for o in opts):
+            raise TypeError("Optimizer.stack takes mlpx optimizers")
+        kinds = {type(o) for o in opts}
+        if len(kinds) > 1:
+            raise TypeError(f"a stack steps one optimizer class; got {sorted(k.__name__ for k in kinds)}")
+        if any(o._K != 1 for o in opts):
+            raise ValueError("Optimizer.stack takes optimizers of single networks")
+        kind = kinds.pop()
+        saved = [o.state_dict() for o in opts]
+        config: dict[str, Any] = {}
+        for name in ("lr", *kind._checks):
+            values = [s["config"][name] for s in saved]
+            config[name] = values[0] if len(set(map(float, values))) == 1 else values
+        config["schedule"] = [copy.deepcopy(o._schedules[0]) for o in opts]
+        out = kind(**config)
+        out._lr0 = np.array([float(o._lr0[0]) for o in opts])
+        out._lr = np.array([s["lr"] for s in saved], dtype=np.float64)
+        out._t = np.array([s["t"] for s in saved], dtype=np.int64)
+        for o, sched in zip(opts, out._schedules):
+            sched.load_state_dict(o._schedules[0].state_dict())
+        if any(s["state"] for s in saved):
+            P = next(np.size(a) for s in saved for a in s["state"].values())
+            out._pending = {name: np.stack([np.asarray(s["state"].get(name, np.zeros(P))).reshape(P)
+                                            for s in saved]) for name in kind.state_names}
+        return out
 
-    def _update(self) -> None:
-        """One step of the rule on ``self.params`` / ``self.grads``; rebinds what it updates."""
-        raise NotImplementedError
+    def member(self, k: int) -> "Optimizer":
+        """Member ``k`` as a single-network optimizer: its settings, rate, count,
+        schedule and state (host copies, loaded into the model it is bound to next)."""
+        K = self._K
+        if not -K <= int(k) < K:
+            raise IndexError(f"member {k} out of range for {K} members")
+        k = int(k) % K
+        config = {name: (float(v) if np.ndim(v) == 0 else float(v[k])) for name, v in self._settings.items()}
+        out = type(self)(lr=float(self._lr0[k]), schedule=copy.deepcopy(self._schedules[k]), **config)
+        out._lr = np.array([self._lr[k]])
+        out._t = np.array([self._t[k]], dtype=np.int64)
+        arrays = {name: np.array(self.be.to_numpy(self._state2d()[i][k]), copy=True)
+                  for i, name in enumerate(self.state_names)} if self.state else {}
+        if not arrays and self._pending:
+            arrays = {name: np.asarray(a)[k] for name, a in self._pending.items()}
+        if arrays:
+            out._pending = arrays
+        return out
 
+    # ------------------------------------------------------------ config
     def get_config(self) -> dict[str, Any]:
-        return {"lr": self.lr0, "schedule": self.schedule.get_config()}
+        """The settings as plain data (numbers, or lists of K), from which the
+        optimizer is rebuilt."""
+        def plain(v: Any) -> Any:
+            return v.tolist() if isinstance(v, np.ndarray) else v
+
+        scheds = [s.get_config() for s in self._schedules]
+        same_lr = bool((self._lr0 == self._lr0[0]).all()) and np.ndim(self._lr0_given) == 0
+        lr0 = float(self._lr0[0]) if self._single or same_lr else self._lr0.tolist()
+        same = all(s == scheds[0] for s in scheds)
+        return {"lr": lr0, "schedule": scheds[0] if same and not isinstance(self._schedule_spec, (list, tuple))
+                else scheds, **{k: plain(v) for k, v in self._settings.items()}}
 
     def __getstate__(self) -> dict[str, Any]:
         # Device buffers do not pickle portably: pickle the state as host data.
-        return {"config": self.get_config(), "saved": self.state_dict()}
+        return {"saved": self.state_dict()}
 
     def __setstate__(self, data: dict[str, Any]) -> None:
-        config = dict(data["config"])
-        schedule = get_schedule_from_state(config.pop("schedule", None))
-        self.__init__(**config, schedule=schedule)  # type: ignore[misc]
-        self.load_state_dict(data["saved"])
+        new = type(self).from_state_dict(data["saved"])
+        self.__dict__.update(new.__dict__)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "Optimizer":
+        return type(self).from_state_dict(self.state_dict())
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "schedule")
-        if not isinstance(self.schedule, Constant):
+        cfg = self.get_config()
+        sched = cfg.pop("schedule")
+        args = ", ".join(f"{k}={v!r}" for k, v in cfg.items())
+        if sched != Constant().get_config():
             args += f", schedule={self.schedule!r}"
         return f"{type(self).__name__}({args})"
+
+
+def _host_dtype(dtype: Any) -> np.dtype:
+    """A NumPy dtype for any backend's dtype object (array-api-strict's print as 'float64')."""
+    try:
+        return np.dtype(dtype)
+    except TypeError:
+        return np.dtype(str(dtype).rsplit(".", 1)[-1])
+
+
+def _unit(low_open: bool = False, high_open: bool = False) -> Any:
+    return lambda name, v: check_real(name, v, 0.0, 1.0, low_open=low_open, high_open=high_open)
+
+
+def _positive(name: str, v: Any) -> float:
+    # ε > 0: with ε = 0 a parameter whose gradients have all been zero divides 0 by 0.
+    return check_real(name, v, 0.0, low_open=True)
+
+
+def _flag(name: str, v: Any) -> float:
+    return float(check_bool(name, v))
 
 
 class SGD(Optimizer):
     """Stochastic gradient descent with (Nesterov) momentum, as scikit-learn's.
 
-    ``momentum`` may be 1, as scikit-learn allows.
+    Parameters
+    ----------
+    lr : float or sequence, default 0.01
+    momentum : float or sequence in [0, 1], default 0.9
+        ``momentum`` may be 1, as scikit-learn allows.
+    nesterov : bool or sequence of bool, default False
+    schedule : str, Schedule or sequence, optional
     """
 
     state_names = ("velocity",)
+    _checks = {"momentum": _unit(), "nesterov": _flag}
+    _kernel = sgd_update
 
-    def __init__(
-        self,
-        lr: float = 0.01,
-        momentum: float = 0.9,
-        nesterov: bool = False,
-        schedule: str | Schedule | None = None,
-    ) -> None:
-        super().__init__(lr, schedule)
-        # momentum = 1 is allowed, as scikit-learn allows it.
-        self.momentum = check_real("momentum", momentum, 0.0, 1.0)
-        self.nesterov = check_bool("nesterov", nesterov)
+    def __init__(self, lr: Any = 0.01, momentum: Any = 0.9, nesterov: Any = False, schedule: Any = None) -> None:
+        super().__init__(lr, schedule, momentum=momentum, nesterov=nesterov)
 
-    def _update(self) -> None:
-        self.t += 1
-        p, self.state["velocity"] = self.be.run(
-            sgd_update, self.params, self.grads, self.state["velocity"], self._tmp,
-            self.lr, self.momentum, self.nesterov,
-        )
-        self.params = self.be.assign(self.params, p)
+    def __getattr__(self, name: str) -> Any:
+        value = super().__getattr__(name)
+        if name == "nesterov":
+            return bool(value) if np.ndim(value) == 0 else value.astype(bool)
+        return value
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
+        config = super().get_config()
+        nest = config["nesterov"]
+        config["nesterov"] = bool(nest) if np.ndim(nest) == 0 else [bool(v) for v in nest]
+        return config
+
+    def _static_rows(self) -> np.ndarray:
+        K = self._K
+        return np.stack([_per_member(self._settings["momentum"], K, "momentum"),
+                         _per_member(self._settings["nesterov"], K, "nesterov")])
+
+    def _rule_rows(self, lr: np.ndarray, t: np.ndarray, on: np.ndarray) -> np.ndarray:
+        return lr[None, :]
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba), with scikit-learn's placement of ε and bias correction."""
+    """Adam (Kingma & Ba), with scikit-learn's placement of ε and bias correction.
+
+    Parameters
+    ----------
+    lr : float or sequence, default 1e-3
+    beta_1, beta_2 : float or sequence in [0, 1), defaults 0.9, 0.999
+    epsilon : float or sequence > 0, default 1e-8
+    schedule : str, Schedule or sequence, optional
+    """
 
     state_names = ("m", "v")
+    _checks = {"beta_1": _unit(high_open=True), "beta_2": _unit(high_open=True), "epsilon": _positive}
+    _kernel = adam_update
 
-    def __init__(
-        self,
-        lr: float = 1e-3,
-        beta_1: float = 0.9,
-        beta_2: float = 0.999,
-        epsilon: float = 1e-8,
-        schedule: str | Schedule | None = None,
-    ) -> None:
-        super().__init__(lr, schedule)
-        self.beta_1 = check_real("beta_1", beta_1, 0.0, 1.0, high_open=True)
-        self.beta_2 = check_real("beta_2", beta_2, 0.0, 1.0, high_open=True)
-        # ε > 0: with ε = 0 a parameter whose gradients have all been zero divides 0 by 0.
-        self.epsilon = check_real("epsilon", epsilon, 0.0, low_open=True)
+    def __init__(self, lr: Any = 1e-3, beta_1: Any = 0.9, beta_2: Any = 0.999, epsilon: Any = 1e-8,
+                 schedule: Any = None, **settings: Any) -> None:
+        super().__init__(lr, schedule, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, **settings)
 
-    def _update(self) -> None:
-        self.t += 1
-        lr_t = self.lr * math.sqrt(1 - self.beta_2**self.t) / (1 - self.beta_1**self.t)
-        p, self.state["m"], self.state["v"] = self.be.run(
-            adam_update, self.params, self.grads, self.state["m"], self.state["v"], self._tmp,
-            lr_t, self.beta_1, self.beta_2, self.epsilon,
-        )
-        self.params = self.be.assign(self.params, p)
+    def _static_rows(self) -> np.ndarray:
+        K = self._K
+        b1 = _per_member(self._settings["beta_1"], K, "beta_1")
+        b2 = _per_member(self._settings["beta_2"], K, "beta_2")
+        eps = _per_member(self._settings["epsilon"], K, "epsilon")
+        pairs: dict[tuple[float, float], int] = {}
+        self._beta_group = np.array([pairs.setdefault((a, b), len(pairs)) for a, b in zip(b1, b2)])
+        self._beta_pairs = list(pairs)
+        return np.stack([b1, 1.0 - b1, b2, 1.0 - b2, eps])
 
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+    _dynamic = (0, 6)
+
+    def _rule_rows(self, lr: np.ndarray, t: np.ndarray, on: np.ndarray) -> np.ndarray:
+        # lr_t once per distinct (β₁, β₂, t): one per step for members of one setting.
+        key = self._beta_group[on] * (int(t.max()) + 1) + t
+        if key.min() == key.max():
+            first, where = np.zeros(1, dtype=np.int64), np.zeros(on.size, dtype=np.int64)
+        else:
+            _, first, where = np.unique(key, return_index=True, return_inverse=True)
+        c = np.empty((2, first.size))
+        for i, j in enumerate(first):
+            b1, b2 = self._beta_pairs[self._beta_group[on[j]]]
+            tj = int(t[j])
+            c[0, i], c[1, i] = math.sqrt(1 - b2**tj), 1 - b1**tj
+        return np.stack([-(lr * c[0, where] / c[1, where]), self._decay(lr, on)])
+
+    def _decay(self, lr: np.ndarray, on: np.ndarray) -> np.ndarray:
+        return np.ones(on.size)
 
 
 class AdamW(Adam):
     """Adam with decoupled weight decay (Loshchilov & Hutter) on the weights only.
 
     Biases are not decayed: they sit after the weights in the flat buffer, so the
-    decay is one operation on the weight prefix.
+    decay is a factor ``1 − η λ`` on the weight prefix, in the update's own pass.
+
+    Parameters
+    ----------
+    lr : float or sequence, default 1e-3
+    weight_decay : float or sequence >= 0, default 0.01
+    **kwargs
+        Adam's settings (``beta_1``, ``beta_2``, ``epsilon``, ``schedule``).
     """
 
-    def __init__(self, lr: float = 1e-3, weight_decay: float = 0.01, **kwargs: Any) -> None:
-        super().__init__(lr, **kwargs)
-        self.weight_decay = check_real("weight_decay", weight_decay, 0.0)
+    _checks = {**Adam._checks, "weight_decay": lambda name, v: check_real(name, v, 0.0)}
 
-    def _update(self) -> None:
-        if self.weight_decay:
-            decayed = self.be.run(scale_, self.params, self.n_weights, 1.0 - self.lr * self.weight_decay)
-            self.params = self.be.assign(self.params, decayed)
-        super()._update()
+    def __init__(self, lr: Any = 1e-3, weight_decay: Any = 0.01, **kwargs: Any) -> None:
+        super().__init__(lr, weight_decay=weight_decay, **kwargs)
 
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "weight_decay": self.weight_decay}
+    def _decay(self, lr: np.ndarray, on: np.ndarray) -> np.ndarray:
+        return 1.0 - lr * _per_member(self._settings["weight_decay"], self._K, "weight_decay")[on]
 
 
 class RMSprop(Optimizer):
-    """RMSprop (Hinton): per-parameter rates from a running mean of g²."""
+    """RMSprop (Hinton): per-parameter rates from a running mean of g².
+
+    Parameters
+    ----------
+    lr : float or sequence, default 1e-3
+    rho : float or sequence in [0, 1), default 0.9
+    epsilon : float or sequence > 0, default 1e-8
+    schedule : str, Schedule or sequence, optional
+    """
 
     state_names = ("s",)
+    _checks = {"rho": _unit(high_open=True), "epsilon": _positive}
+    _kernel = rmsprop_update
 
-    def __init__(
-        self,
-        lr: float = 1e-3,
-        rho: float = 0.9,
-        epsilon: float = 1e-8,
-        schedule: str | Schedule | None = None,
-    ) -> None:
-        super().__init__(lr, schedule)
-        self.rho = check_real("rho", rho, 0.0, 1.0, high_open=True)
-        self.epsilon = check_real("epsilon", epsilon, 0.0, low_open=True)
+    def __init__(self, lr: Any = 1e-3, rho: Any = 0.9, epsilon: Any = 1e-8, schedule: Any = None) -> None:
+        super().__init__(lr, schedule, rho=rho, epsilon=epsilon)
 
-    def _update(self) -> None:
-        self.t += 1
-        p, self.state["s"] = self.be.run(
-            rmsprop_update, self.params, self.grads, self.state["s"], self._tmp,
-            self.lr, self.rho, self.epsilon,
-        )
-        self.params = self.be.assign(self.params, p)
+    def _static_rows(self) -> np.ndarray:
+        K = self._K
+        rho = _per_member(self._settings["rho"], K, "rho")
+        return np.stack([rho, 1.0 - rho, _per_member(self._settings["epsilon"], K, "epsilon")])
 
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "rho": self.rho, "epsilon": self.epsilon}
+    def _rule_rows(self, lr: np.ndarray, t: np.ndarray, on: np.ndarray) -> np.ndarray:
+        return lr[None, :]
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
 
 
 def get_optimizer(spec: str | Optimizer, **kwargs: Any) -> Optimizer:
-    """An optimizer from a name (with keyword settings) or an instance.
+    """An optimizer from a name (with keyword settings, scalars or per-member
+    sequences) or an instance.
 
     Settings given with an instance are an error, not silently dropped: configure
     the instance itself (``Adam(lr=0.01)``).

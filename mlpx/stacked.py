@@ -13,7 +13,7 @@ What stacking changes in a step:
   (:meth:`~mlpx.backends.Backend.bmm`: BLAS per member on the CPU, one strided
   batched cuBLAS call on the GPU);
 * the K optimizer steps are one pass over the ``(K, n_params)`` buffer with
-  per-member rates, moments and step counts (:class:`StackedOptimizer`);
+  per-member rates, moments and step counts (:class:`~mlpx.optimizers.Optimizer`);
 * the K Python loops are one: the stack trains through :func:`mlpx.training.train`,
   the loop every mlpx model trains through. Its source (:class:`MemberBatches`)
   gives every step's rows and denominators per member, so the loop carries the
@@ -60,11 +60,11 @@ from mlpx.distributed import LocalReducer
 from mlpx.layers import ActivationLayer, Dense
 from mlpx.locking import ReadWriteLock
 from mlpx.losses import OutputLoss
-from mlpx.member_step import (LOSS_CODES, adam_row, bias_activation_rows, bias_gradient_rows, cross_entropy_rows,
-                              member_step_plan, run_member_steps, sgd_row, squared_error_rows)
+from mlpx.member_step import (LOSS_CODES, bias_activation_rows, bias_gradient_rows, cross_entropy_rows,
+                              member_step_plan, run_member_steps, squared_error_rows)
 from mlpx.metrics import iter_chunks, r2_from_sums
 from mlpx.model import PREDICT_CHUNK, Sequential, StepResult
-from mlpx.optimizers import SGD, Adam, Optimizer, get_optimizer
+from mlpx.optimizers import OPTIMIZERS, Optimizer
 from mlpx.precision import LossScaler, Precision, scale_cast
 from mlpx.schedules import Schedule
 from mlpx.training import History, train
@@ -77,15 +77,12 @@ __all__ = [
     "MemberRows",
     "MemberView",
     "Stack",
-    "StackedOptimizer",
     "StopAfter",
-    "member_adam_update",
     "member_bias_activation",
     "member_dense_backward",
     "member_hits",
     "member_l2",
     "member_loss",
-    "member_sgd_update",
 ]
 
 Array = Any
@@ -313,234 +310,6 @@ def _member_l2_numba(xp: Any, W: Array, dW: Array, coef: Array) -> tuple[Array, 
 
 
 @kernel
-def member_adam_update(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array, coef: Array,
-                       n_weights: int) -> tuple[Array, Array, Array, Array]:
-    """Adam for every member at once (scikit-learn's placement of ε), with the L2 term.
-
-    The weights' gradient gets the L2 term ``coef · W`` first, as
-    :meth:`~mlpx.model.Sequential.add_l2_penalty` adds it, in the same pass.
-
-    Parameters
-    ----------
-    p, g, m, v : arrays, shape (K, n_params)
-    vec : array, shape (7, K)
-        Rows ``-lr_t, β₁, 1−β₁, β₂, 1−β₂, ε, active`` of every member (in the
-        buffers' dtype); a member whose ``active`` is 0 keeps ``p``, ``m`` and ``v``.
-    coef : array, shape (K,)
-        ``l2 / d`` of each member (0: no penalty).
-    n_weights : int
-        Length of the weight prefix of each row.
-
-    Returns
-    -------
-    p, m, v : arrays, shape (K, n_params)
-    sq : array, shape (K,)
-        ``Σ W²`` of each member before the step (the penalty's loss term).
-    """
-    neg_lr, b1, c1, b2, c2, eps, on = (xp.reshape(vec[i, :], (-1, 1)) for i in range(7))
-    W = p[:, :n_weights]
-    sq = xp.sum(W * W, axis=1)
-    g = xp.concat([g[:, :n_weights] + W * xp.reshape(coef, (-1, 1)), g[:, n_weights:]], axis=1)
-    m2 = m * b1 + g * c1
-    v2 = v * b2 + (g * g) * c2
-    p2 = p + (m2 / (xp.sqrt(v2) + eps)) * neg_lr
-    keep = on > 0
-    return xp.where(keep, p2, p), xp.where(keep, m2, m), xp.where(keep, v2, v), sq
-
-
-@member_adam_update.register("numpy")
-def _member_adam_update_np(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array, coef: Array,
-                           n_weights: int) -> tuple[Array, Array, Array, Array]:
-    W = p[:, :n_weights]
-    sq = _row_sq(xp, W)
-    xp.add(g[:, :n_weights], W * coef[:, None], out=g[:, :n_weights])
-    if bool((vec[6] > 0).all()):
-        _adam_rows_np(xp, p, g, m, v, vec)
-    else:  # some members sit this step out: update the others in place
-        for k in range(p.shape[0]):
-            if vec[6, k] > 0:
-                _adam_rows_np(xp, p[k : k + 1], g[k : k + 1], m[k : k + 1], v[k : k + 1], vec[:, k : k + 1])
-    return p, m, v, sq
-
-
-def _adam_rows_np(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array) -> None:
-    neg_lr, b1, c1, b2, c2, eps = (vec[i][:, None] for i in range(6))
-    tmp = g * c1
-    xp.multiply(m, b1, out=m)
-    xp.add(m, tmp, out=m)
-    xp.multiply(v, b2, out=v)
-    xp.multiply(g, g, out=tmp)
-    xp.multiply(tmp, c2, out=tmp)
-    xp.add(v, tmp, out=v)
-    xp.sqrt(v, out=tmp)
-    xp.add(tmp, eps, out=tmp)
-    xp.divide(m, tmp, out=tmp)
-    xp.multiply(tmp, neg_lr, out=tmp)
-    xp.add(p, tmp, out=p)
-
-
-@lazy_njit
-def _member_adam_loop(p, g, m, v, vec, coef, nw):  # pragma: no cover - compiled
-    for k in range(p.shape[0]):
-        if vec[6, k] > 0:
-            adam_row(p, g, m, v, k, nw, coef[k], vec[0, k], vec[1, k], vec[2, k], vec[3, k], vec[4, k], vec[5, k])
-
-
-@member_adam_update.register("numba")
-def _member_adam_update_numba(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array, coef: Array,
-                              n_weights: int) -> tuple[Array, Array, Array, Array]:
-    W = p[:, :n_weights]
-    sq = _row_sq(np, W)  # before the step (a compiled loop would sum sequentially: slower)
-    _member_adam_loop(p, g, m, v, np.ascontiguousarray(vec), np.ascontiguousarray(coef), int(n_weights))
-    return p, m, v, sq
-
-
-# CUDA: one launch over the (K, n_params) buffer; member k's scalars are column k of
-# the (7, K) vector, read through raw indexing. Σ W² comes from one reduction first.
-_member_adam_cuda = lazy_elementwise(
-    "T g, raw T vec, raw T coef, int64 K, int64 P, int64 nw",
-    "T p, T m, T v",
-    """
-    typedef mlpx_acc<T>::type A;
-    const ptrdiff_t k = i / P, j = i % P;
-    if ((A)vec[6 * K + k] > (A)0) {
-        const A x = (A)p;
-        const A gi = j < nw ? (A)g + x * (A)coef[k] : (A)g;
-        const A mi = (A)vec[K + k] * (A)m + (A)vec[2 * K + k] * gi;
-        const A vi = (A)vec[3 * K + k] * (A)v + (A)vec[4 * K + k] * (gi * gi);
-        m = (T)mi;
-        v = (T)vi;
-        p = (T)(x + ((A)vec[k] * mi / (sqrt(vi) + (A)vec[5 * K + k])));
-    }
-    """,
-    "mlpx_member_adam_update",
-    preamble=ACCUMULATOR_PREAMBLE,
-    scalars=("K", "P", "nw"),
-    layouts=[{"vec": (2, True), "coef": (1, True)}],
-)
-
-
-@member_adam_update.register("cupy")
-def _member_adam_update_cupy(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array, coef: Array,
-                             n_weights: int) -> tuple[Array, Array, Array, Array]:
-    W = p[:, :n_weights]
-    sq = xp.sum(W * W, axis=1)
-    K, P = p.shape
-    _member_adam_cuda(g, xp.ascontiguousarray(vec), xp.ascontiguousarray(coef), K, P, int(n_weights), p, m, v)
-    return p, m, v, sq
-
-
-@kernel
-def member_sgd_update(xp: Any, p: Array, g: Array, vel: Array, vec: Array, coef: Array, n_weights: int,
-                      nesterov: bool) -> tuple[Array, Array, Array]:
-    """SGD with (Nesterov) momentum for every member, as scikit-learn's, with the L2 term.
-
-    Parameters
-    ----------
-    p, g, vel : arrays, shape (K, n_params)
-    vec : array, shape (3, K)
-        Rows ``lr, momentum, active``; an inactive member keeps ``p`` and ``vel``.
-    coef : array, shape (K,)
-        ``l2 / d`` of each member, added to the weights' gradient first.
-    n_weights : int
-    nesterov : bool
-
-    Returns
-    -------
-    p, vel : arrays, shape (K, n_params)
-    sq : array, shape (K,)
-        ``Σ W²`` of each member before the step.
-    """
-    lr, mu, on = (xp.reshape(vec[i, :], (-1, 1)) for i in range(3))
-    W = p[:, :n_weights]
-    sq = xp.sum(W * W, axis=1)
-    g = xp.concat([g[:, :n_weights] + W * xp.reshape(coef, (-1, 1)), g[:, n_weights:]], axis=1)
-    step = g * lr
-    vel2 = vel * mu - step
-    p2 = (p - step) + vel2 * mu if nesterov else p + vel2
-    keep = on > 0
-    return xp.where(keep, p2, p), xp.where(keep, vel2, vel), sq
-
-
-@member_sgd_update.register("numpy")
-def _member_sgd_update_np(xp: Any, p: Array, g: Array, vel: Array, vec: Array, coef: Array, n_weights: int,
-                          nesterov: bool) -> tuple[Array, Array, Array]:
-    W = p[:, :n_weights]
-    sq = _row_sq(xp, W)
-    xp.add(g[:, :n_weights], W * coef[:, None], out=g[:, :n_weights])
-    if bool((vec[2] > 0).all()):
-        _sgd_rows_np(xp, p, g, vel, vec, nesterov)
-    else:
-        for k in range(p.shape[0]):
-            if vec[2, k] > 0:
-                _sgd_rows_np(xp, p[k : k + 1], g[k : k + 1], vel[k : k + 1], vec[:, k : k + 1], nesterov)
-    return p, vel, sq
-
-
-def _sgd_rows_np(xp: Any, p: Array, g: Array, vel: Array, vec: Array, nesterov: bool) -> None:
-    lr, mu = vec[0][:, None], vec[1][:, None]
-    tmp = g * lr
-    xp.multiply(vel, mu, out=vel)
-    xp.subtract(vel, tmp, out=vel)
-    if nesterov:
-        xp.subtract(p, tmp, out=p)
-        xp.multiply(vel, mu, out=tmp)
-        xp.add(p, tmp, out=p)
-    else:
-        xp.add(p, vel, out=p)
-
-
-@lazy_njit
-def _member_sgd_loop(p, g, vel, vec, coef, nw, nesterov):  # pragma: no cover - compiled
-    for k in range(p.shape[0]):
-        if vec[2, k] > 0:
-            sgd_row(p, g, vel, k, nw, coef[k], vec[0, k], vec[1, k], nesterov)
-
-
-@member_sgd_update.register("numba")
-def _member_sgd_update_numba(xp: Any, p: Array, g: Array, vel: Array, vec: Array, coef: Array, n_weights: int,
-                             nesterov: bool) -> tuple[Array, Array, Array]:
-    W = p[:, :n_weights]
-    sq = _row_sq(np, W)
-    _member_sgd_loop(p, g, vel, np.ascontiguousarray(vec), np.ascontiguousarray(coef), int(n_weights),
-                     bool(nesterov))
-    return p, vel, sq
-
-
-_member_sgd_cuda = lazy_elementwise(
-    "T g, raw T vec, raw T coef, int64 K, int64 P, int64 nw, bool nesterov",
-    "T p, T vel",
-    """
-    typedef mlpx_acc<T>::type A;
-    const ptrdiff_t k = i / P, j = i % P;
-    if ((A)vec[2 * K + k] > (A)0) {
-        const A x = (A)p;
-        const A gi = j < nw ? (A)g + x * (A)coef[k] : (A)g;
-        const A lr = (A)vec[k], mu = (A)vec[K + k];
-        const A vi = mu * (A)vel - lr * gi;
-        vel = (T)vi;
-        p = (T)(nesterov ? x + (mu * vi - lr * gi) : x + vi);
-    }
-    """,
-    "mlpx_member_sgd_update",
-    preamble=ACCUMULATOR_PREAMBLE,
-    scalars=("K", "P", "nw", "nesterov"),
-    layouts=[{"vec": (2, True), "coef": (1, True)}],
-)
-
-
-@member_sgd_update.register("cupy")
-def _member_sgd_update_cupy(xp: Any, p: Array, g: Array, vel: Array, vec: Array, coef: Array, n_weights: int,
-                            nesterov: bool) -> tuple[Array, Array, Array]:
-    W = p[:, :n_weights]
-    sq = xp.sum(W * W, axis=1)
-    K, P = p.shape
-    _member_sgd_cuda(g, xp.ascontiguousarray(vec), xp.ascontiguousarray(coef), K, P, int(n_weights),
-                     bool(nesterov), p, vel)
-    return p, vel, sq
-
-
-@kernel
 def member_dense_backward(xp: Any, dH: Array, Z: Array | None, H: Array, act: Activation,
                           db: Array | None) -> tuple[Array, Array]:
     """``dZ = dH ⊙ g'(Z)`` and the bias gradient ``db = Σ_rows dZ`` of every member.
@@ -607,242 +376,6 @@ def _member_dense_backward_numba(xp: Any, dH: Array, Z: Array | None, H: Array, 
         return _member_dense_backward_np(xp, dH, Z, H, act, db)
     _member_relu_backward_loop(dH, H, db, act.name == "relu")
     return dH, db
-
-
-# ================================================================ optimizer
-class StackedOptimizer:
-    """K optimizers of one class stepping the K rows of a ``(K, n_params)`` buffer.
-
-    Each member keeps its own :class:`~mlpx.optimizers.Optimizer` (an ``SGD`` or
-    ``Adam``): its rate, schedule, step count and settings. Those decide, on the
-    host, each member's scalars for the step (the bias-corrected rate of Adam,
-    computed as :meth:`Adam.step` does); one kernel then updates every member.
-
-    Parameters
-    ----------
-    members : sequence of Optimizer
-        One per member, all ``SGD`` (with one ``nesterov``) or all ``Adam``. Their
-        saved or bound state (moments, velocities) is copied into the stack's
-        state when it is bound.
-
-    Raises
-    ------
-    TypeError
-        Not optimizers, or mixed classes, or a class the stack has no kernel for.
-    ValueError
-        No members, or SGD members that disagree on ``nesterov``.
-    """
-
-    def __init__(self, members: Sequence[Optimizer]) -> None:
-        members = list(members)
-        if not members:
-            raise ValueError("a stacked optimizer needs at least one member optimizer")
-        bad = [i for i, o in enumerate(members) if not isinstance(o, Optimizer)]
-        if bad:
-            raise TypeError(f"members {bad} are not mlpx optimizers")
-        kinds = {type(o) for o in members}
-        if len(kinds) > 1:
-            raise TypeError(f"a stack steps one optimizer class; got {sorted(k.__name__ for k in kinds)}")
-        kind = kinds.pop()
-        if kind not in (SGD, Adam):
-            raise TypeError(f"a stack has kernels for SGD and Adam, not {kind.__name__}")
-        if kind is SGD and len({o.nesterov for o in members}) > 1:
-            raise ValueError("SGD members of a stack must agree on nesterov")
-        self.members = members
-        self.kind = kind
-        self.state_names = kind.state_names
-        self.state: dict[str, Array] = {}
-        self._bound: Any = None
-        self._owner: Any = None
-        self._static: np.ndarray | None = None
-
-    @property
-    def n_members(self) -> int:
-        return len(self.members)
-
-    @property
-    def lr(self) -> np.ndarray:
-        """Each member's rate in force now, shape (K,)."""
-        return np.array([o.lr for o in self.members])
-
-    @property
-    def t(self) -> np.ndarray:
-        """Each member's number of steps taken, shape (K,)."""
-        return np.array([o.t for o in self.members], dtype=np.int64)
-
-    def bind(self, be: Backend, params: Array, grads: Array, n_weights: int, owner: Any = None) -> None:
-        """Allocate the ``(K, n_params)`` state (once per stack), from the members' own.
-
-        Bound again to the same stack (``owner``) or the same ``params``, the state is
-        kept: on an immutable backend every write of the parameters makes a new array.
-        """
-        self._static = None  # the members' settings, read again at the first step
-        if self._bound is not None and (self._bound[1] is params or (owner is not None and owner is self._owner)):
-            self._bound = (be, params)
-            return
-        self._owner = owner
-        K, P = params.shape
-        if K != self.n_members:
-            raise ValueError(f"the stack has {K} members, the optimizer {self.n_members}")
-        self.be, self.dtype = be, params.dtype
-        host = {name: np.zeros((K, P)) for name in self.state_names}
-        for k, opt in enumerate(self.members):
-            for name, value in opt.state_dict()["state"].items():
-                value = np.asarray(to_host(value) if not isinstance(value, np.ndarray) else value)
-                if value.shape != (P,):
-                    raise ValueError(f"member {k}'s optimizer state {name!r} has shape {value.shape}, not ({P},)")
-                host[name][k] = value
-        self.state = {name: be.asarray(a, dtype=_np_dtype(params.dtype).name) for name, a in host.items()}
-        self._bound = (be, params)
-
-    def vectors(self, active: np.ndarray, advance: bool = True) -> np.ndarray:
-        """The per-member scalars of one step, or of S steps in a row (host, float64).
-
-        Advances the step count of the members active in each step (those with rows
-        and not frozen), as their own ``step`` would (``advance=False``: the caller
-        does, with :meth:`advance` as the steps run), and computes each one's rate
-        as its ``step`` computes it (Adam: ``lr · √(1 − β₂ᵗ) / (1 − β₁ᵗ)``, the
-        powers by Python's ``**``, once per distinct ``(β₁, β₂, t)``). The rates in
-        force do not change between steps: the members' schedules move them at the
-        end of an epoch (:meth:`iteration_ends`).
-
-        Parameters
-        ----------
-        active : ndarray of bool, shape (K,) or (S, K)
-        advance : bool
-
-        Returns
-        -------
-        ndarray, shape (r, K) or (S, r, K)
-            Adam: ``−lr_t``, β₁, 1 − β₁, β₂, 1 − β₂, ε, active; SGD: lr, momentum, active.
-        """
-        K = self.n_members
-        adam = self.kind is Adam
-        members = self.members
-        if self._static is None:  # the members' settings do not change during training
-            if adam:
-                self._static = np.array([[o.beta_1, 1.0 - o.beta_1, o.beta_2, 1.0 - o.beta_2, o.epsilon]
-                                         for o in members]).T
-                pairs: dict[tuple[float, float], int] = {}
-                self._beta_group = np.array([pairs.setdefault((o.beta_1, o.beta_2), len(pairs)) for o in members])
-                self._beta_pairs = list(pairs)
-            else:
-                self._static = np.array([[o.momentum for o in members]])
-        steps = np.asarray(active, dtype=bool).reshape(-1, K)
-        S = steps.shape[0]
-        # Each member's count after each step: its own ``step`` adds one per active step.
-        t_after = np.array([o.t for o in members], dtype=np.int64) + np.cumsum(steps, axis=0)
-        if advance:
-            self.advance(steps.sum(axis=0))
-        vec = np.zeros((S, 7 if adam else 3, K))
-        lr = np.array([o.lr for o in members])
-        s_on, on = np.nonzero(steps)
-        if adam:
-            vec[:, 1:6] = self._static
-            if on.size:
-                # Once per distinct (β₁, β₂, t): one per step for a stack of one schedule.
-                t = t_after[s_on, on]
-                key = self._beta_group[on] * (int(t.max()) + 1) + t
-                if key.min() == key.max():
-                    first, where = np.zeros(1, dtype=np.int64), np.zeros(on.size, dtype=np.int64)
-                else:
-                    _, first, where = np.unique(key, return_index=True, return_inverse=True)
-                c = np.empty((2, first.size))
-                for i, j in enumerate(first):
-                    b1, b2 = self._beta_pairs[self._beta_group[on[j]]]
-                    tj = int(t[j])
-                    c[0, i], c[1, i] = math.sqrt(1 - b2**tj), 1 - b1**tj
-                vec[s_on, 0, on] = -(lr[on] * c[0, where] / c[1, where])
-            vec[s_on, 6, on] = 1.0
-        else:
-            vec[:, 0], vec[:, 1] = lr, self._static[0]
-            vec[s_on, 2, on] = 1.0
-        return vec if np.ndim(active) == 2 else vec[0]
-
-    def advance(self, steps: np.ndarray) -> None:
-        """Add ``steps`` (shape (K,): bools or counts) to the members' step counts."""
-        for k in np.flatnonzero(steps):
-            self.members[k].t += int(steps[k])
-
-    def apply(self, be: Backend, params: Array, grads: Array, vec: Array, coef: Array, n_weights: int,
-              rows: slice) -> tuple[Array, Array]:
-        """Add the L2 term and update ``params[rows]`` with ``vec[:, rows]``.
-
-        Parameters
-        ----------
-        params, grads : arrays, shape (K, n_params)
-        vec : array, shape (rows, K)
-            From :meth:`vectors`, on the device.
-        coef : array, shape (K,)
-            ``l2 / d`` per member.
-        n_weights : int
-        rows : slice
-            The members to update (a chunk of the stack).
-
-        Returns
-        -------
-        params : array
-            The updated rows (``params[rows]`` itself on NumPy and CuPy, which update
-            in place; a new array on the generic path, which also keeps the new state).
-        sq : array, shape (len(rows),)
-            ``Σ W²`` per member before the step.
-        """
-        whole = rows == slice(None)
-        p, g = (params, grads) if whole else (params[rows], grads[rows])
-        v = vec if whole else vec[:, rows]
-        c = coef if whole else coef[rows]
-        if self.kind is Adam:
-            m, s = (self.state["m"], self.state["v"]) if whole else (self.state["m"][rows], self.state["v"][rows])
-            p, m, s, sq = be.run(member_adam_update, p, g, m, s, v, c, n_weights)
-            if whole:
-                self.state["m"], self.state["v"] = m, s
-            return p, sq
-        vel = self.state["velocity"] if whole else self.state["velocity"][rows]
-        p, vel, sq = be.run(member_sgd_update, p, g, vel, v, c, n_weights, self.members[0].nesterov)
-        if whole:
-            self.state["velocity"] = vel
-        return p, sq
-
-    # ------------------------------------------------------------ rate policy
-    def iteration_ends(self, epochs_done: int, samples_seen: Any) -> None:
-        """Each member's schedule sets its rate for the next epoch (``samples_seen``: (K,))."""
-        seen = np.broadcast_to(np.asarray(samples_seen), (self.n_members,))
-        for o, s in zip(self.members, seen):
-            o.iteration_ends(int(epochs_done), int(s))
-
-    # ------------------------------------------------------------------ state
-    def state_dict(self, to_host: bool = True) -> dict[str, Any]:
-        """Every member's state: ``{"members": [Optimizer.state_dict() without arrays],
-        "state": {name: (K, n_params)}}``."""
-        arrays: dict[str, Any] = {}
-        for name, buf in self.state.items():
-            arrays[name] = (np.array(self.be.to_numpy(buf), copy=True) if to_host
-                            else self.be.copy(buf, self.be.empty(buf.shape, buf.dtype)))
-        members = []
-        for o in self.members:
-            d = o.state_dict()
-            d["state"] = {}
-            members.append(d)
-        return {"optimizer": "StackedOptimizer", "members": members, "state": arrays}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (rates, step counts, schedules and buffers)."""
-        self._static = None
-        for o, d in zip(self.members, state["members"]):
-            o.load_state_dict(d)
-        for name, value in state["state"].items():
-            buf = self.state[name]
-            src = self.be.asarray(value, dtype=_np_dtype(buf.dtype).name) if isinstance(value, np.ndarray) else value
-            self.state[name] = self.be.copy(src, buf)
-
-    def member_state(self, k: int) -> dict[str, Any]:
-        """Member ``k``'s optimizer state as its own ``Optimizer.state_dict()`` (host arrays)."""
-        d = self.members[k].state_dict()
-        d["state"] = {name: np.array(self.be.to_numpy(buf[k, :]), copy=True) for name, buf in self.state.items()}
-        return d
-
-    def __repr__(self) -> str:
-        return f"StackedOptimizer({self.kind.__name__} x {self.n_members})"
 
 
 def _np_dtype(dtype: Any) -> Any:
@@ -1380,7 +913,7 @@ class Stack:
     diverged_ : ndarray of bool, shape (K,)
         Members whose loss stopped being finite in the last :meth:`fit` (frozen
         there, and left out of the averaged predictions).
-    optimizer_ : StackedOptimizer or None
+    optimizer_ : Optimizer or None
     compiled_step_reason : str
         "" where each member's steps run as one compiled loop on the CPU
         (:mod:`mlpx.member_step`; an epoch's in one call, :meth:`train_epoch`),
@@ -1454,7 +987,7 @@ class Stack:
         self.samples_seen_ = np.zeros(K, dtype=np.int64)
         self.epochs_done_ = 0
         self.history: History | None = None
-        self.optimizer_: StackedOptimizer | None = None
+        self.optimizer_: Optimizer | None = None
         self.loss_: OutputLoss | None = None
         self.stop_training = False
         self._in_place = "numpy" in be.kinds
@@ -1702,7 +1235,7 @@ class Stack:
         l2v : ndarray, shape (K,)
         active : ndarray of bool, shape of ``d``
         opt_vec : ndarray, shape (r, K) or (S, r, K), or None
-            :meth:`StackedOptimizer.vectors` (None: no update in the step).
+            :meth:`Optimizer.vectors <mlpx.optimizers.Optimizer.vectors>` (None: no update in the step).
 
         Returns
         -------
@@ -1722,7 +1255,7 @@ class Stack:
         return head
 
     def train_epoch(self, source: Any, perm: Any, denoms: np.ndarray, *, loss: OutputLoss,
-                    optimizer: StackedOptimizer | None, l2: Any = 0.0, count_correct: bool = False
+                    optimizer: Optimizer | None, l2: Any = 0.0, count_correct: bool = False
                     ) -> list[StepResult | None] | None:
         """Every step of an epoch: what :meth:`train_step` would give step by step, bit for bit.
 
@@ -1800,7 +1333,7 @@ class Stack:
         *,
         denom: Any,
         loss: OutputLoss,
-        optimizer: StackedOptimizer | None,
+        optimizer: Optimizer | None,
         l2: Any = 0.0,
         reducer: Any = None,
         count_correct: bool = False,
@@ -1820,7 +1353,7 @@ class Stack:
             Each member's normaliser (rows or Σ w); a member with 0 (or frozen)
             takes no optimizer step.
         loss : OutputLoss
-        optimizer : StackedOptimizer or None
+        optimizer : Optimizer or None
             None: the loss and gradients only (the L2 term added to ``grads``).
         l2 : float or array of shape (K,)
         count_correct : bool
@@ -1847,7 +1380,7 @@ class Stack:
         return self._step(X, Y, w, dev, active, loss, optimizer, bool(l2v.any()), count_correct)
 
     def _step(self, X: Any, Y: Any, w: Array, dev: Array, active: np.ndarray, loss: OutputLoss,
-              optimizer: StackedOptimizer | None, penalised: bool, count_correct: bool) -> StepResult:
+              optimizer: Optimizer | None, penalised: bool, count_correct: bool) -> StepResult:
         """:meth:`train_step` with the step's scalars ``dev`` (:meth:`_head`, on the device)."""
         be, xp = self.backend, self.backend.xp
         K = self.n_members
@@ -1893,15 +1426,14 @@ class Stack:
                     if active[k]:
                         sc.update(found_inf=not finite[k])
                 vec = self._upload(optimizer.vectors(active & finite))
-                self.params, sq = optimizer.apply(be, self.params, self.grads, vec, dev[1, :], self.n_weights,
-                                                  slice(None))
+                self.params, sq = optimizer.update(self.params, self.grads, vec, dev[1, :] if penalised else None)
             penalty = 0.0
             if penalised and sq is not None:  # none from a member without rows (its Σ W² may be inf)
                 penalty = xp.where(dev[0, :] > 0, (0.5 * dev[1, :]) * sq, xp.zeros_like(sq))
         return StepResult(value, penalty, correct, optimizer is not None, None)
 
     def _chunk_step(self, rows: slice, X: Any, Y: Any, w: Array, dev: Array, loss: OutputLoss,
-                    count_correct: bool, penalised: bool, optimizer: StackedOptimizer | None
+                    count_correct: bool, penalised: bool, optimizer: Optimizer | None
                     ) -> tuple[Any, Any, Any, Any]:
         """Forward, backward (and the update) of the members ``rows``.
 
@@ -1939,7 +1471,7 @@ class Stack:
             self.grads = assembled  # (the generic path runs whole)
         if optimizer is None:
             return value, None, correct, None
-        new, sq = optimizer.apply(be, self.params, self.grads, dev[3:, :], dev[1, :], self.n_weights, rows)
+        new, sq = optimizer.update(self.params, self.grads, dev[3:, :], dev[1, :] if penalised else None, rows)
         return value, sq if penalised else None, correct, new if whole else None
 
     def _compiled_step_applies(self, X: Any, Y: Any, w: Any, index: Any, loss: OutputLoss, optimizer: Any) -> bool:
@@ -1947,7 +1479,7 @@ class Stack:
         ``w``) can run as one compiled call per thread (:mod:`mlpx.member_step`)."""
         if self._step_plan is None or index is None:
             return False
-        if loss.name not in LOSS_CODES or int(index.shape[-1]) < 2 or optimizer.kind not in (Adam, SGD):
+        if loss.name not in LOSS_CODES or int(index.shape[-1]) < 2:
             return False
         dtype = self.params.dtype
         arrays = (X, Y, w, index, self.params, self.grads, *optimizer.state.values())
@@ -1956,7 +1488,7 @@ class Stack:
 
     def _compiled_step(self, active: np.ndarray, X: np.ndarray, Y: np.ndarray, index: np.ndarray, groups: Any,
                        w: np.ndarray, dev: np.ndarray, loss: OutputLoss, count_correct: bool, penalised: bool,
-                       optimizer: StackedOptimizer) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+                       optimizer: Optimizer) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """S steps of :meth:`_chunk_step` with the update for every member, one compiled
         call per thread; each member takes its S steps in turn.
 
@@ -1984,13 +1516,12 @@ class Stack:
         n = min(len(self._chunks), max(1, queue.size)) if self._pool is not None else 1
         groups = np.asarray(groups, dtype=np.int64)
         state = [optimizer.state[name] for name in optimizer.state_names]
-        opt = "adam" if optimizer.kind is Adam else "sgd"
-        nesterov = optimizer.kind is SGD and bool(optimizer.members[0].nesterov)
+        rule = type(optimizer).__name__
         softmax = self.output.name == "softmax"
 
         def run(i: int) -> None:
             run_member_steps(self._step_plan, queue, counter, X, Y, index, groups, w, dev, self.params,
-                             self.grads, state, opt, nesterov, self.n_weights, loss.name, penalised,
+                             self.grads, state, rule, self.n_weights, loss.name, penalised,
                              self._ws.setdefault(("compiled", i), {}), out, count_correct, softmax)
 
         # The threads share one queue of members: one that wakes up late takes fewer.
@@ -2094,7 +1625,7 @@ class Stack:
         y: Any,
         epochs: int = 10,
         batch_size: int = 32,
-        optimizer: str | Sequence[Optimizer] | StackedOptimizer = "adam",
+        optimizer: str | Sequence[Optimizer] | Optimizer = "adam",
         *,
         lr: Any = None,
         l2: Any = 0.0,
@@ -2103,6 +1634,8 @@ class Stack:
         beta_1: Any = None,
         beta_2: Any = None,
         epsilon: Any = None,
+        rho: Any = None,
+        weight_decay: Any = None,
         schedule: Any = None,
         rows: Sequence[Any] | None = None,
         sample_weight: Any = None,
@@ -2125,12 +1658,15 @@ class Stack:
         epochs : int
             Epochs of the stack (each member stops earlier if told to).
         batch_size : int
-        optimizer : {"adam", "sgd"}, sequence of K optimizers, or StackedOptimizer
-        lr, l2, momentum, beta_1, beta_2, epsilon : float or sequence, per member
-            The learning rate, the L2 penalty (``alpha``'s scaling), SGD's
-            momentum and Adam's settings (defaults: the optimizers').
-        nesterov : bool
-            SGD only; one value for the stack.
+        optimizer : {"adam", "sgd", "adamw", "rmsprop"}, sequence of K optimizers, or Optimizer
+            A name (configured by the settings below), one single-network optimizer
+            per member (:meth:`Optimizer.stack <mlpx.optimizers.Optimizer.stack>`),
+            or an optimizer whose settings are scalars or vectors of K.
+        lr, l2, momentum, beta_1, beta_2, epsilon, rho, weight_decay : float or sequence, per member
+            The learning rate, the L2 penalty (``alpha``'s scaling) and the
+            optimizer's own settings (defaults: the optimizer's).
+        nesterov : bool or sequence of bool, per member
+            SGD only.
         schedule : str, Schedule or sequence, per member
             The rate policy (e.g. ``"invscaling"``, ``mlpx.InverseScaling(0.25)``);
             each member gets its own copy.
@@ -2187,8 +1723,8 @@ class Stack:
             member_rows = [r + k * n for k, r in enumerate(member_rows)]
         else:
             w_all = w_shared
-        opt = _stacked_optimizer(optimizer, K, lr=lr, momentum=momentum, nesterov=nesterov, beta_1=beta_1,
-                                 beta_2=beta_2, epsilon=epsilon, schedule=schedule)
+        opt = _member_optimizer(optimizer, K, lr=lr, momentum=momentum, nesterov=nesterov, beta_1=beta_1,
+                                beta_2=beta_2, epsilon=epsilon, rho=rho, weight_decay=weight_decay, schedule=schedule)
         l2v = np.array(_vector("l2", l2, K, low=0.0))
         source = MemberBatches(be, Xh, Y, w_all, member_rows, batch_size, self.compute_dtype,
                                target_dtype=self.dtype)
@@ -2298,36 +1834,36 @@ def _vector(name: str, value: Any, K: int, low: float | None = None, integer: bo
     return [check_real(f"{name}[{k}]", v, low) for k, v in enumerate(values)]
 
 
-def _stacked_optimizer(spec: Any, K: int, **settings: Any) -> StackedOptimizer:
-    if isinstance(spec, StackedOptimizer):
-        if spec.n_members != K:
-            raise ValueError(f"the optimizer has {spec.n_members} members, the stack {K}")
-        return spec
-    if not isinstance(spec, str):
-        return StackedOptimizer(spec)
-    name = spec.lower()
-    if name not in ("adam", "sgd"):
-        raise ValueError(f"a stack trains with 'adam' or 'sgd', got {spec!r}")
-    keys = {"adam": ("lr", "beta_1", "beta_2", "epsilon"), "sgd": ("lr", "momentum")}[name]
-    unused = [k for k, v in settings.items() if v is not None and k not in keys + ("schedule", "nesterov")
-              and not (k == "nesterov" and v is False)]
-    if unused:
-        raise ValueError(f"{sorted(unused)} do not apply to {name!r}")
-    vectors = {k: _vector(k, settings[k], K) for k in keys if settings.get(k) is not None}
-    scheds = settings.get("schedule")
-    if isinstance(scheds, (str, Schedule)) or scheds is None:
-        scheds = [scheds] * K
-    scheds = list(scheds)
-    if len(scheds) != K:
-        raise ValueError(f"schedule has {len(scheds)} values for a stack of {K} members")
-    members = []
-    for k in range(K):
-        kw = {key: vals[k] for key, vals in vectors.items()}
-        sched = copy.deepcopy(scheds[k]) if isinstance(scheds[k], Schedule) else scheds[k]
-        if name == "sgd":
-            kw["nesterov"] = settings.get("nesterov", False)
-        members.append(get_optimizer(name, schedule=sched, **kw))
-    return StackedOptimizer(members)
+def _member_optimizer(spec: Any, K: int, **settings: Any) -> Optimizer:
+    """The stack's optimizer: a name with per-member settings, K single-network
+    optimizers (stacked), or an optimizer of K members."""
+    given = {k: v for k, v in settings.items() if v is not None and not (k == "nesterov" and v is False)}
+    if isinstance(spec, Optimizer):
+        if given:
+            raise ValueError(f"settings {sorted(given)} were given with an optimizer instance {spec!r}; "
+                             f"set them on the instance instead")
+        opt = spec
+    elif not isinstance(spec, str):
+        opts = list(spec)
+        if len(opts) != K:
+            raise ValueError(f"{len(opts)} optimizers for a stack of {K} members")
+        opt = Optimizer.stack(opts)
+    else:
+        name = spec.lower()
+        if name not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {spec!r}; valid: {', '.join(OPTIMIZERS)}")
+        kind = OPTIMIZERS[name]
+        unused = sorted(set(given) - {"lr", "schedule", *kind._checks})
+        if unused:
+            raise ValueError(f"{unused} do not apply to {name!r}")
+        for key, value in given.items():
+            n = len(value) if isinstance(value, (list, tuple, np.ndarray)) else None
+            if n is not None and n != K:
+                raise ValueError(f"{key} has {n} values for a stack of {K} members")
+        opt = kind(**given)
+    if opt.n_members not in (None, K):
+        raise ValueError(f"the optimizer has {opt.n_members} members, the stack {K}")
+    return opt
 
 
 def _member_rows(rows: Any, K: int, n: int) -> list[np.ndarray]:

@@ -22,7 +22,8 @@ import mlpx.backends.blas as blas
 from mlpx.backends import get_backend
 from mlpx.member_step import member_step_plan
 import mlpx.stacked as stacked
-from mlpx.stacked import Stack, StackedOptimizer
+from mlpx.optimizers import Optimizer
+from mlpx.stacked import Stack
 
 pytest.importorskip("numba")
 pytestmark = pytest.mark.skipif(blas.numpy_cblas() is None, reason="NumPy links a BLAS other than its own OpenBLAS")
@@ -147,11 +148,11 @@ def test_a_step_without_weight_is_skipped_alike_on_every_path(digits):
 
 @pytest.mark.parametrize("kind", ["adam", "sgd"])
 def test_the_scalars_of_steps_in_a_row_are_those_of_each_step(kind):
-    def make() -> StackedOptimizer:
+    def make() -> Optimizer:
         members = ([mlpx.optimizers.Adam(lr=1e-3 * (k + 1), beta_1=0.9 if k < 2 else 0.8) for k in range(4)]
                    if kind == "adam" else [mlpx.optimizers.SGD(lr=0.1, momentum=0.5 + 0.1 * k) for k in range(4)])
         members[3].t = 5  # a member that has taken steps already
-        return StackedOptimizer(members)
+        return Optimizer.stack(members)
 
     active = np.random.default_rng(1).random((6, 4)) < 0.7
     one, many = make(), make()

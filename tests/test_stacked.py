@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 import mlpx
 from mlpx.backends import get_backend
 from mlpx.distributed import LocalReducer
-from mlpx.stacked import MemberBatches, Stack, StackedOptimizer, member_l2
+from mlpx.optimizers import Optimizer
+from mlpx.stacked import MemberBatches, Stack, member_l2
 from mlpx.training import TrainingDivergedError, train
 from mlpx.validation import InvalidParameterError
 
@@ -85,7 +86,26 @@ def test_sgd_members_with_momentum_vectors_and_schedules(nesterov, digits):
         opt = mlpx.SGD(lr=lrs[k], momentum=moms[k], nesterov=nesterov, schedule=sched)
         ref, _ = _single(sizes, k, X, y, epochs=3, batch_size=50, optimizer=opt)
         _same(stack.get_member_params(k), ref.get_flat_params())
-        assert stack.optimizer_.members[k].lr == opt.lr  # the member's schedule ran as the single one's
+        assert stack.optimizer_.lr[k] == opt.lr  # the member's schedule ran as the single one's
+
+
+@pytest.mark.parametrize("name, settings", [
+    ("sgd", {"lr": [0.05, 0.02, 0.01], "momentum": [0.9, 0.5, 0.9], "nesterov": [True, False, True]}),
+    ("adamw", {"lr": [1e-3, 3e-3, 1e-2], "weight_decay": [0.0, 0.01, 0.1]}),
+    ("rmsprop", {"lr": [1e-3, 3e-3, 1e-3], "rho": [0.9, 0.8, 0.99]}),
+])
+def test_every_optimizer_steps_its_members_as_their_single_fits(backend, name, settings, digits):
+    """One optimizer class over K members, per-member settings included (mixed Nesterov,
+    AdamW's decay, RMSprop's rho), with an L2 term: each member equals its own fit."""
+    X, y = digits
+    sizes, l2 = [64, 16, 10], [0.0, 0.1, 0.5]
+    stack = Stack(mlpx.MLP(sizes, dtype="float64", seed=0, backend=backend), seeds=[0, 1, 2])
+    stack.fit(X, y, epochs=2, batch_size=50, optimizer=name, l2=l2, **settings)
+    for k in range(3):
+        opt = mlpx.optimizers.get_optimizer(name, **{key: v[k] for key, v in settings.items()})
+        ref, _ = _single(sizes, k, X, y, backend=backend, epochs=2, batch_size=50, optimizer=opt, l2=l2[k])
+        np.testing.assert_allclose(stack.get_member_params(k), ref.get_flat_params(), rtol=0, atol=1e-10)
+        assert int(stack.optimizer_.t[k]) == opt.t
 
 
 def test_adam_betas_and_epsilon_per_member(digits):
@@ -97,7 +117,7 @@ def test_adam_betas_and_epsilon_per_member(digits):
         opt = mlpx.Adam(lr=1e-2, beta_1=b1[k], beta_2=b2[k], epsilon=eps[k])
         ref, _ = _single([64, 16, 10], 7 + k, X, y, epochs=2, batch_size=64, optimizer=opt)
         _same(stack.get_member_params(k), ref.get_flat_params())
-        np.testing.assert_array_equal(stack.optimizer_.member_state(k)["state"]["m"], opt.state_dict()["state"]["m"])
+        np.testing.assert_array_equal(stack.optimizer_.member(k).state_dict()["state"]["m"], opt.state_dict()["state"]["m"])
 
 
 def test_threads_do_not_change_a_bit(digits):
@@ -304,7 +324,7 @@ def test_the_loop_raises_for_a_stack_when_asked(digits):
     be = stack.backend
     Y = (y * 1e300)[:, None].astype(np.float64)
     src = MemberBatches(be, X, Y, None, [np.arange(len(y))] * 2, 64, "float64")
-    opt = StackedOptimizer([mlpx.SGD(lr=1e-3), mlpx.SGD(lr=2.0)])
+    opt = mlpx.SGD(lr=[1e-3, 2.0])
     with np.errstate(all="ignore"), pytest.raises(TrainingDivergedError, match=r"\[0.001, 2\]"):
         train(stack, src, optimizer=opt, loss=stack.resolve_loss(None), reducer=LocalReducer(be), epochs=2)
     np.testing.assert_array_equal(stack.get_params_host(), before)
@@ -379,8 +399,8 @@ def test_bad_input_is_refused(digits):
         stack.fit(X, y, l2=[0.0, -1.0, 0.0])
     with pytest.raises(InvalidParameterError):
         stack.fit(X, y, lr=[1e-3, float("nan"), 1e-3])
-    with pytest.raises(ValueError, match="'adam' or 'sgd'"):
-        stack.fit(X, y, optimizer="rmsprop")
+    with pytest.raises(ValueError, match="unknown optimizer 'lbfgs'"):
+        stack.fit(X, y, optimizer="lbfgs")
     with pytest.raises(ValueError, match="do not apply"):
         stack.fit(X, y, optimizer="sgd", beta_1=0.9)
     with pytest.raises(ValueError, match="rows has 1 index arrays"):
@@ -397,15 +417,15 @@ def test_bad_input_is_refused(digits):
         stack.member(3)
 
 
-def test_stacked_optimizer_refuses_what_it_cannot_step():
+def test_stacking_optimizers_refuses_what_it_cannot_step():
     with pytest.raises(TypeError, match="one optimizer class"):
-        StackedOptimizer([mlpx.Adam(), mlpx.SGD()])
-    with pytest.raises(TypeError, match="SGD and Adam"):
-        StackedOptimizer([mlpx.RMSprop()])
-    with pytest.raises(ValueError, match="nesterov"):
-        StackedOptimizer([mlpx.SGD(nesterov=True), mlpx.SGD(nesterov=False)])
+        Optimizer.stack([mlpx.Adam(), mlpx.SGD()])
     with pytest.raises(ValueError, match="at least one"):
-        StackedOptimizer([])
+        Optimizer.stack([])
+    with pytest.raises(ValueError, match="single networks"):
+        Optimizer.stack([mlpx.SGD(lr=[0.1, 0.2])])
+    with pytest.raises(ValueError, match="3 values for a stack of 2"):
+        Stack(mlpx.MLP([4, 3, 2], seed=0), seeds=[0, 1]).fit(np.zeros((4, 4)), [0, 1, 0, 1], lr=[0.1, 0.2, 0.3])
 
 
 def test_loss_and_gradients_without_an_optimizer_include_the_penalty(digits):

@@ -118,8 +118,8 @@ class _Policy(Callback):
     """scikit-learn's bookkeeping at the end of every epoch, as a callback of the loop."""
 
     def __init__(self, est: "BaseMLP", rt: Runtime, optimizer: Optimizer, early_stopping: bool,
-                 talk: bool, incremental: bool) -> None:
-        self.est, self.rt, self.optimizer = est, rt, optimizer
+                 talk: bool, incremental: bool, member: int | None = None) -> None:
+        self.est, self.rt, self.optimizer, self.member = est, rt, optimizer, member
         self.early_stopping, self.talk, self.incremental = early_stopping, talk, incremental
 
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> None:
@@ -135,7 +135,7 @@ class _Policy(Callback):
             what = "Validation score" if self.early_stopping else "Training loss"
             msg = "%s did not improve more than tol=%f for %d consecutive epochs." % (
                 what, est.tol, est.n_iter_no_change)
-            if self.optimizer.trigger_stopping(msg, bool(est.verbose) and self.talk):
+            if self.optimizer.trigger_stopping(msg, bool(est.verbose) and self.talk, member=self.member):
                 model.stop_training = True
                 return
             est._no_improvement_count = 0
@@ -404,10 +404,10 @@ class BaseMLP(BaseEstimator):
             epochs=int(self.max_iter),
         )
 
-    def _stack_policy(self, plan: "StackPlan", keeper: Any) -> Callback:
-        """scikit-learn's end-of-epoch bookkeeping for this member (``keeper.keep_best()``
-        copies the member's current weights as the best)."""
-        return _Policy(self, keeper, plan.optimizer, self.early_stopping, True, False)
+    def _stack_policy(self, plan: "StackPlan", keeper: Any, optimizer: Optimizer, k: int) -> Callback:
+        """scikit-learn's end-of-epoch bookkeeping for member ``k`` of the stack's
+        ``optimizer`` (``keeper.keep_best()`` copies the member's current weights as the best)."""
+        return _Policy(self, keeper, optimizer, self.early_stopping, True, False, member=k)
 
     def _stack_finish(self, plan: "StackPlan", params: np.ndarray, best: np.ndarray | None,
                       optimizer_state: dict[str, Any] | None) -> None:

@@ -28,7 +28,8 @@ import numpy as np
 from mlpx.data import is_sparse
 from mlpx.distributed import LocalReducer
 from mlpx.estimators._base import BaseMLP, StackPlan
-from mlpx.stacked import MemberBatches, MemberCallbacks, MemberHoldout, Stack, StackedOptimizer, StopAfter
+from mlpx.optimizers import Optimizer
+from mlpx.stacked import MemberBatches, MemberCallbacks, MemberHoldout, Stack, StopAfter
 from mlpx.training import train
 
 __all__ = ["StackOutcome", "fit_stacked", "stack_key", "stack_refusal"]
@@ -216,8 +217,8 @@ def _train_group(g: int, plans: list[tuple[StackPlan, float]], Xs: list[Any], th
         if any(v is not None for v in val):
             holdout = MemberHoldout(be, source.X, source.Y, w_all, val, dtype)
         best = [be.copy(stack.params, be.empty(stack.params.shape, dtype))]
-        optimizer = StackedOptimizer([plan.optimizer for plan, _ in plans])
-        member_cbs = [[plan.est._stack_policy(plan, _Keeper(stack, best, k)), StopAfter(plan.epochs)]
+        optimizer = Optimizer.stack([plan.optimizer for plan, _ in plans])
+        member_cbs = [[plan.est._stack_policy(plan, _Keeper(stack, best, k), optimizer, k), StopAfter(plan.epochs)]
                       for k, (plan, _) in enumerate(plans)]
         order = stack.member_order([plan.order for plan, _ in plans])
         with stack.compute_context(first.batch_size), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -237,7 +238,7 @@ def _train_group(g: int, plans: list[tuple[StackPlan, float]], Xs: list[Any], th
         t1 = time.perf_counter()
         try:
             plan.est._stack_finish(plan, params[k], best_host[k] if plan.val_rows is not None else None,
-                                   optimizer.member_state(k))
+                                   optimizer.member(k).state_dict())
             error = None
         except Exception as exc:  # noqa: BLE001
             error = exc
