@@ -41,14 +41,16 @@ def cases(rng: np.random.Generator) -> dict[str, tuple[Any, Callable[[], tuple[A
         vec = np.array(rows + [1.0], dtype=f32)[:, None]
         return lambda: (p, g, *state, vec, None, N_PARAMS - 1034)
 
+    # One network (K = 1) in the member form the kernels take.
     relu = get_activation("relu")
-    Z = rng.standard_normal((BATCH, WIDTH)).astype(f32)
-    b = rng.standard_normal(WIDTH).astype(f32)
+    Z = rng.standard_normal((1, BATCH, WIDTH)).astype(f32)
+    b = rng.standard_normal((1, WIDTH)).astype(f32)
     dH = rng.standard_normal((BATCH, WIDTH)).astype(f32)
-    H = np.maximum(Z, 0)
-    logits = rng.standard_normal((BATCH, CLASSES)).astype(f32)
-    Y = np.eye(CLASSES, dtype=f32)[rng.integers(0, CLASSES, BATCH)]
+    H = np.maximum(dH, 0)
+    logits = rng.standard_normal((1, BATCH, CLASSES)).astype(f32)
+    Y = np.eye(CLASSES, dtype=f32)[rng.integers(0, CLASSES, (1, BATCH))]
     dZ = np.empty_like(logits)
+    inv_d = np.array([1.0 / BATCH], dtype=f32)
     return {
         f"adam_update ({N_PARAMS:,} params)": (adam_update, opt_args(2, [-1e-3, 0.9, 0.1, 0.999, 1e-3, 1e-8, 1.0])),
         f"sgd_update, Nesterov ({N_PARAMS:,})": (sgd_update, opt_args(1, [0.01, 0.9, 1.0])),
@@ -56,7 +58,7 @@ def cases(rng: np.random.Generator) -> dict[str, tuple[Any, Callable[[], tuple[A
         f"bias + ReLU ({BATCH}x{WIDTH}, in place)": (bias_activation, lambda: (Z, b, relu, Z)),
         f"ReLU backward ({BATCH}x{WIDTH})": (relu.backward_kernel, lambda: (dH, None, H, dH)),
         f"softmax cross-entropy + delta ({BATCH}x{CLASSES})": (
-            cross_entropy, lambda: (logits, Y, dZ, None, float(BATCH))
+            cross_entropy, lambda: (logits, Y, None, inv_d, dZ)
         ),
     }
 

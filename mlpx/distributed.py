@@ -157,6 +157,9 @@ class Reducer:
     rank = 0
     size = 1
     is_root = True
+    #: Whether the reducer communicates (a data-parallel reducer, even of one rank):
+    #: a step then all-reduces its gradients before the update.
+    collective = False
 
     def __init__(self, backend: str | Backend = "cpu") -> None:
         self.backend = get_backend(backend)
@@ -257,6 +260,8 @@ class GradientReducer(Reducer):
         Wall time spent in gradient all-reduces (blocking calls, so it includes
         waiting for slower ranks); ``allreduce_calls`` counts them.
     """
+
+    collective = True
 
     def __init__(self, comm: Any, backend: str | Backend = "cpu", cuda_aware: bool | None = None) -> None:
         super().__init__(backend)
@@ -394,8 +399,8 @@ class GradientReducer(Reducer):
     def _buffer(self, n: int, dtype: Any) -> Array:
         name = "float64" if "64" in str(dtype) else "float32"
         if self._buf is None or self._buf_key != (n, name):
-            # n gradient slots, then the loss and the error flag.
-            self._buf = self.backend.zeros(n + 2, name)
+            # the gradient slots and the members' losses, then the error flag.
+            self._buf = self.backend.zeros(n + 1, name)
             self._buf_key = (n, name)
         return self._buf
 
@@ -407,9 +412,11 @@ class GradientReducer(Reducer):
         Parameters
         ----------
         grads : array, shape (n_params,)
-            This rank's gradient, already divided by the step's global denominator.
-        loss : float or 0-d array
-            This rank's loss, divided by the same denominator (0 without rows).
+            This rank's gradient (every member's, flattened), already divided by the
+            step's global denominators.
+        loss : float, 0-d array or array of shape (K,)
+            This rank's loss (one per member), divided by the same denominators (0
+            without rows).
         error : exception, optional
             This rank's step failed: every rank raises (at once with host buffers,
             at the next :meth:`check_errors` with device buffers).
@@ -418,19 +425,25 @@ class GradientReducer(Reducer):
 
         Returns
         -------
-        float or 0-d array
-            The summed loss (a 0-d device array with device buffers: no sync).
+        float or array
+            The summed loss, of the shape of ``loss`` (device arrays stay on the
+            device: no sync).
         """
-        be = self.backend
+        be, xp = self.backend, self.backend.xp
         n = int(grads.shape[0])
-        buf = self._buffer(n, grads.dtype)
+        shape = tuple(getattr(loss, "shape", ()))
+        m = int(np.prod(shape)) if shape else 1
+        buf = self._buffer(n + m, grads.dtype)
         if error is None:
             be.copy(grads, buf[:n])
-            buf[n] = loss
-            buf[n + 1] = 0.0
+            if isinstance(loss, (int, float)):
+                buf[n] = loss
+            else:
+                buf[n : n + m] = xp.reshape(be.astype(loss, str(buf.dtype).rsplit(".", 1)[-1]), (m,))
+            buf[n + m] = 0.0
         else:
             self._buf = buf = be.run(_fill, buf, 0.0)
-            buf[n + 1] = 1.0
+            buf[n + m] = 1.0
         t0 = time.perf_counter()
         failed = self._allreduce_buffer(buf)
         self.allreduce_seconds += time.perf_counter() - t0
@@ -438,7 +451,9 @@ class GradientReducer(Reducer):
         if failed:
             self._raise_agreed(error, where)
         be.copy(buf[:n], grads)
-        return buf[n] * 1.0  # a copy: the buffer is overwritten by the next step
+        total = buf[n : n + m] * 1.0  # a copy: the buffer is overwritten by the next step
+        return xp.reshape(total, shape) if shape else (total[0] if isinstance(loss, (int, float)) else
+                                                       xp.reshape(total, ()))
 
     def _allreduce_buffer(self, buf: Array) -> bool:
         """Sum ``buf`` over ranks, in place.

@@ -85,14 +85,12 @@ def _frozen_dropout(model: Any) -> Iterator[Callable[[], None]]:
     masks, so the loss is a deterministic function of the parameters. The state is
     restored on exit.
     """
-    from mlpx.layers import Dropout
-
-    drops = [l for l in model.layers if isinstance(l, Dropout)]
-    states = [d.get_rng_state() for d in drops]
+    gens = [g for members in model.dropout_generators().values() for g in members]
+    states = [g.bit_generator.state for g in gens]
 
     def reset() -> None:
-        for d, s in zip(drops, states):
-            d.set_rng_state(s)
+        for g, s in zip(gens, states):
+            g.bit_generator.state = s
 
     try:
         yield reset
@@ -111,18 +109,21 @@ def _float64_twin(model: Any) -> Any:
 
 def _input_grad(model: Any, X: np.ndarray, Y: np.ndarray, w: Any, lossfn: Any, denom: float) -> np.ndarray:
     """dL/dX (host, float64), back-propagating through every layer (the first too)."""
-    be = model.backend
+    be, xp = model.backend, model.backend.xp
+    n, c = int(X.shape[0]), model.n_outputs_
     with be.activated():
-        Xd = be.asarray(X, dtype=model.dtype)
-        Yd = be.asarray(Y, dtype=model.dtype)
-        wd = None if w is None else be.asarray(w, dtype=model.dtype)
-        Z = model.forward(Xd, train=True)
-        dZ = be.empty(tuple(Z.shape), model.dtype)
-        _, dH = lossfn.delta(be, Z, Yd, dZ, wd, denom, be.empty(tuple(Z.shape), model.dtype))
-        for layer in reversed(model.layers):
-            dH = layer.backward(dH, need_dX=True)
+        Xd = be.asarray(X[None], dtype=model.dtype)
+        Yd = be.asarray(Y[None], dtype=model.dtype)
+        wd = None if w is None else be.asarray(np.asarray(w)[None], dtype=model.dtype)
+        inv_d = be.asarray(np.array([1.0 / denom]), dtype=model.dtype)
+        ws: dict = {}
+        Z, tape = model._forward(Xd, slice(None), ws, train=True)
+        _, dZ = lossfn.delta(be, Z, Yd, xp.zeros((1, n, c), dtype=Z.dtype), wd, inv_d,
+                             xp.zeros((1, n, c), dtype=Z.dtype))
+        dX = model._backward(dZ, tape, slice(None), ws, be.zeros(tuple(model.flat.shape), model.dtype),
+                             to_input=True)
         # The L2 term does not depend on X.
-        return np.array(be.to_numpy(dH), dtype=np.float64, copy=True)
+        return np.array(be.to_numpy(dX), dtype=np.float64, copy=True)[0]
 
 
 def check_gradients(
@@ -186,9 +187,12 @@ def check_gradients(
         # Forward pass and loss value only; the L2 term is written out here on the
         # host (½ l2 Σ W² / d), independently of the engine's own L2 kernel.
         with be.activated():
+            xp = be.xp
             logits = twin.forward(Xdev, train=True)
             P = twin.output.forward(be, logits, out=be.empty(tuple(logits.shape), "float64"))
-            value = be.to_float(lossfn.value(be, logits, P, Yd, wd, denom))
+            one = (lambda a: None if a is None else xp.reshape(a, (1,) + tuple(a.shape)))  # noqa: E731
+            inv_d = be.asarray(np.array([1.0 / denom]), dtype="float64")
+            value = be.to_float(lossfn.value(be, one(logits), one(P), one(Yd), one(wd), inv_d)[0])
         return value + 0.5 * l2 * float(np.dot(theta[:nw], theta[:nw])) / denom
 
     analytic: dict[str, np.ndarray] = {}

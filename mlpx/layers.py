@@ -1,31 +1,37 @@
-"""Layers: ``forward(X, train) -> Y`` and ``backward(dY) -> dX``.
+"""Layers in member form: each computes K networks of one architecture at once.
 
-The layer protocol (what :class:`~mlpx.model.Sequential` relies on):
+A layer is configuration (widths, activation, rate) plus the math of its forward
+and backward pass over K members' arrays; the network (:mod:`mlpx.network`) owns
+the parameters, in one ``(K, n_params)`` buffer, and hands each layer its members'
+views. Samples are rows and the member axis comes first:
 
-``build(backend, dtype, n_in) -> n_out``
+``Z = X W + b``, ``H = g(Z)``;  ``dZ = dH ⊙ g'(Z)``, ``dW = Xᵀ dZ``, ``db = Σ_rows dZ``,
+``dX = dZ Wᵀ``
+
+with X (k, n, n_in), W (k, n_in, n_out), b (k, n_out): one batched product per
+phase (BLAS per member on the CPU, one strided batched cuBLAS call on the GPU).
+A single network is k = 1.
+
+The layer protocol (what :class:`~mlpx.network.Network` relies on):
+
+``build(n_in) -> n_out``
     Fix the input width and return the output width.
 ``param_shapes() -> list[(name, shape, kind)]``
-    Parameters the layer owns; ``kind`` is ``"weight"`` (L2-penalised) or ``"bias"``.
+    One member's parameters; ``kind`` is ``"weight"`` (L2-penalised) or ``"bias"``.
 ``init_params(rng) -> dict[name, ndarray]``
-    Host (NumPy, float64) starting values, drawn from ``rng``.
-``bind(params, grads)``
-    Dicts of the layer's parameter and gradient arrays: views into the model's flat
-    buffers (on an immutable backend, arrays sliced from them, handed again after
-    every write of the flat parameters).
-``forward(X, train, workspace) -> Y`` and ``backward(dY, need_dX) -> dX``
-    The dL/dZ interface: ``backward`` receives dL/dY, stores its parameter
-    gradients in its ``grads`` dict (written into the views, or new arrays on an
-    immutable backend, which the model gathers into its flat buffer), and returns
-    dL/dX. It never forms a Jacobian. It may overwrite ``dY`` (the model only hands
-    it buffers it owns).
+    One member's host (NumPy, float64) starting values, drawn from ``rng``.
+``forward(ctx, i, H, params) -> (H, saved)``
+    ``params`` maps names to the members' views, shape (k, *shape); ``saved`` is
+    what ``backward`` needs (None outside training).
+``backward(ctx, i, dH, saved, params, grads, need_dX) -> (dX, grads)``
+    From dL/dH: dL/dX (None unless ``need_dX``) and the parameter gradients,
+    written into ``grads``' views where the backend writes in place (NumPy, CuPy),
+    else new arrays. It never forms a Jacobian and may overwrite ``dH``.
 
-Layers allocate their output and gradient workspaces once per batch size and reuse
-them, so a training step allocates nothing but what the array library does inside
-its own operations. Consequence: the array ``forward`` returns is overwritten by the
-next ``forward`` of the same batch size; copy it if you keep it. Inference passes
-its own ``workspace`` dict (one per thread, :meth:`mlpx.model.Sequential.infer`), so
-predictions in several threads never share a buffer with each other or with
-training.
+``ctx`` is a :class:`Pass`: the backend, the compute dtype, the members, whether
+this is training, the workspaces (reused from step to step, so a step allocates
+nothing but what the array library does inside its operations) and the members'
+dropout generators. ``i`` is the layer's index (its workspaces' key).
 """
 
 from __future__ import annotations
@@ -50,85 +56,88 @@ __all__ = [
     "Identity",
     "Layer",
     "LeakyReLU",
+    "Pass",
     "ReLU",
     "Sigmoid",
     "Softmax",
     "Tanh",
+    "bias_activation",
+    "dense_backward",
     "layer_from_config",
 ]
 
 Array = Any
-_MAX_WORKSPACES = 4  # batch sizes kept: the full batch, the last partial one, predict chunks
+_MAX_WORKSPACES = 64  # buffers kept per pass: unusual batch sizes (predict chunks) must not pile up
 
 
+# ------------------------------------------------------------------ kernels
 @kernel
-def add_bias(xp: Any, Z: Array, b: Array) -> Array:
-    """``Z + b`` row by row (in ``Z`` on NumPy and CuPy); Z shape (n, units), b shape (units,)."""
-    return Z + b
+def bias_activation(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> tuple[Array, Array]:
+    """``Zb = Z + b`` per member and ``H = g(Zb)``.
 
+    Parameters
+    ----------
+    Z : array, shape (K, n, u)
+    b : array, shape (K, u)
+    act : Activation
+    out : array, shape (K, n, u)
+        Where ``H`` may go (it may be ``Z``: activations whose derivative is read
+        off their output need no ``Zb`` afterwards).
 
-@add_bias.register("numpy")
-def _add_bias_np(xp: Any, Z: Array, b: Array) -> Array:
-    return xp.add(Z, b, out=Z)
-
-
-@kernel
-def bias_activation(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> Array:
-    """``g(Z + b)`` (in ``out`` on NumPy and CuPy): Z shape (n, units), b shape (units,).
-
-    ``out`` may be ``Z``; ``Z`` is scratch either way (its content afterwards is
-    unspecified). The generic and NumPy versions run the bias and the activation as
-    two kernels; the CUDA version is one launch.
+    Returns
+    -------
+    Zb, H : arrays, shape (K, n, u)
+        New arrays here; the fast variants return ``Z`` (holding ``Zb``, or ``H``
+        when ``out is Z``) and ``out``.
     """
-    return act.forward_kernel.generic(xp, add_bias.generic(xp, Z, b), out)
+    K, n, u = Z.shape
+    Zb = Z + xp.reshape(b, (K, 1, u))
+    flat = xp.reshape(Zb, (K * n, u))
+    H = act.forward_kernel.generic(xp, flat, xp.zeros_like(flat))
+    return Zb, xp.reshape(H, (K, n, u))
 
 
 @bias_activation.register("numpy")
-def _bias_activation_np(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> Array:
-    _add_bias_np(xp, Z, b)
-    H = act.forward_kernel.resolve(("numpy",))(xp, Z, out)
-    if H is not out:  # an activation without a NumPy variant (gelu) returns a new array
-        out[...] = H
-    return out
+def _bias_activation_np(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> tuple[Array, Array]:
+    K, n, u = Z.shape
+    xp.add(Z, b[:, None, :], out=Z)
+    fn = act.forward_kernel.resolve(("numpy",))
+    # The activation's result may be its input itself (identity): use what it returns.
+    H = fn(xp, Z.reshape(K * n, u), out.reshape(K * n, u))
+    return Z, xp.reshape(H, (K, n, u))
 
 
-# numba: bias and activation in one pass over Z (NumPy needs two calls and passes).
 @lazy_njit
-def _bias_relu_loop(Z, b, out):  # pragma: no cover - compiled
+def bias_activation_rows(Z, b, identity):  # pragma: no cover - compiled
+    """``Z + b`` and ReLU (or the identity) in place: Z (n, u), b (u,)."""
     for i in range(Z.shape[0]):
         for j in range(Z.shape[1]):
             x = Z[i, j] + b[j]
-            out[i, j] = x if x > 0 else x * 0
+            Z[i, j] = x if identity or x > 0 else x * 0
 
 
 @lazy_njit
-def _bias_identity_loop(Z, b, out):  # pragma: no cover - compiled
-    for i in range(Z.shape[0]):
-        for j in range(Z.shape[1]):
-            out[i, j] = Z[i, j] + b[j]
-
-
-_BIAS_ACT_NUMBA = {
-    "relu": _bias_relu_loop,
-    "identity": _bias_identity_loop,
-}
+def _bias_relu_loop(Z, b, identity):  # pragma: no cover - compiled
+    for k in range(Z.shape[0]):
+        bias_activation_rows(Z[k], b[k], identity)
 
 
 @bias_activation.register("numba")
-def _bias_activation_numba(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> Array:
-    loop = _BIAS_ACT_NUMBA.get(act.name)
-    if loop is None or out is not Z:
+def _bias_activation_numba(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> tuple[Array, Array]:
+    if act.name not in ("relu", "identity") or out is not Z or not Z.flags.c_contiguous:
         return _bias_activation_np(xp, Z, b, act, out)
-    loop(Z, b, out)
-    return out
+    _bias_relu_loop(Z, b, act.name == "identity")
+    return Z, Z
 
 
 def _bias_act_cuda(act: Activation) -> Any:
-    # Z (n, units) is contiguous; b (units,) broadcasts over the rows, so CuPy keeps
-    # both 2-D (b with a zero row stride) and writes y = Z in place.
+    # Z (K, n, u) is contiguous; member k's bias is row k of b (K, u), read raw.
     return lazy_elementwise(
-        "T z, T b", "T y", f"T x = z + b; y = {act.cuda_forward};", f"mlpx_bias_{act.name}",
-        layouts=[{"z": (2, True), "b": (2, False), "y": (2, True)}],
+        "T z, raw T b, int64 nu, int64 u", "T y",
+        f"const ptrdiff_t k = i / nu, j = i % u; T x = z + b[k * u + j]; y = {act.cuda_forward};",
+        f"mlpx_bias_{act.name}",
+        scalars=("nu", "u"),
+        layouts=[{"b": (2, True)}],
     )
 
 
@@ -140,15 +149,103 @@ _BIAS_ACT_CUDA: dict[str, Any] = {
 
 
 @bias_activation.register("cupy")
-def _bias_activation_cupy(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> Array:
+def _bias_activation_cupy(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> tuple[Array, Array]:
     if act.cuda_forward is None or out is not Z:
-        # softmax is row-wise: no elementwise expression.
+        # softmax is row-wise, and g' of gelu reads Z + b: two launches.
         return _bias_activation_np(xp, Z, b, act, out)
     k = _BIAS_ACT_CUDA.get(act.name)
     if k is None:  # an Activation built outside mlpx.activations
         k = _BIAS_ACT_CUDA[act.name] = _bias_act_cuda(act)
-    k(Z, b, out)  # b broadcasts over rows
-    return out
+    K, n, u = (int(d) for d in Z.shape)
+    k(Z, xp.ascontiguousarray(b), n * u, u, Z)
+    return Z, Z
+
+
+@kernel
+def dense_backward(xp: Any, dH: Array, Z: Array | None, H: Array, act: Activation,
+                   db: Array | None) -> tuple[Array, Array]:
+    """``dZ = dH ⊙ g'(Z)`` and the bias gradient ``db = Σ_rows dZ`` of every member.
+
+    Parameters
+    ----------
+    dH : array, shape (K, n, u)
+        May be overwritten by ``dZ`` (the fast variants do).
+    Z : array, shape (K, n, u), or None
+        ``Z + b`` (needed by activations whose derivative is not read off ``H``).
+    H : array, shape (K, n, u)
+    act : Activation
+    db : array, shape (K, u), or None
+        Where the bias gradient may go (the flat gradient buffer's view).
+
+    Returns
+    -------
+    dZ : array, shape (K, n, u)
+    db : array, shape (K, u)
+    """
+    K, n, u = dH.shape
+    if act.backward_kernel is None:
+        dZ = dH
+    else:
+        flat = act.backward_kernel.generic(xp, xp.reshape(dH, (K * n, u)), None if Z is None else
+                                           xp.reshape(Z, (K * n, u)), xp.reshape(H, (K * n, u)),
+                                           xp.zeros((K * n, u), dtype=dH.dtype))
+        dZ = xp.reshape(flat, (K, n, u))
+    if xp.finfo(dZ.dtype).bits < 32:  # half precision: accumulate in float32, as Backend.sum does
+        return dZ, xp.astype(xp.sum(xp.astype(dZ, xp.float32), axis=1), dZ.dtype)
+    return dZ, xp.sum(dZ, axis=1)
+
+
+@dense_backward.register("numpy")
+def _dense_backward_np(xp: Any, dH: Array, Z: Array | None, H: Array, act: Activation,
+                       db: Array | None) -> tuple[Array, Array]:
+    K, n, u = dH.shape
+    if act.backward_kernel is not None:
+        flat = dH.reshape(K * n, u)
+        # A kernel without a NumPy variant returns a new array instead of writing flat.
+        dZ = act.backward_kernel.resolve(("numpy",))(xp, flat, None if Z is None else Z.reshape(K * n, u),
+                                                      H.reshape(K * n, u), flat)
+        dH = dZ.reshape(K, n, u)
+    if dH.dtype.itemsize < 4:  # half precision: accumulate in float32, as Backend.sum does
+        total = xp.sum(dH, axis=1, dtype=xp.float32)
+        if db is None:
+            return dH, total.astype(dH.dtype)
+        xp.copyto(db, total, casting="unsafe")
+        return dH, db
+    return dH, xp.sum(dH, axis=1, out=db)
+
+
+@lazy_njit
+def bias_gradient_rows(dH, H, db, acc, relu):  # pragma: no cover - compiled
+    """``dZ = dH ⊙ g'`` (ReLU, read off H; else the identity) in place and ``db = Σ_rows dZ``:
+    dH, H (n, u); db, acc (u,) (acc: scratch)."""
+    n, u = dH.shape
+    for j in range(u):
+        acc[j] = 0
+    for i in range(n):
+        for j in range(u):
+            x = dH[i, j]
+            if relu:
+                x = x if H[i, j] > 0 else x * 0
+                dH[i, j] = x
+            acc[j] += x
+    for j in range(u):
+        db[j] = acc[j]
+
+
+@lazy_njit
+def _relu_backward_loop(dH, H, db, relu):  # pragma: no cover - compiled
+    acc = np.empty(dH.shape[2], dtype=dH.dtype)
+    for k in range(dH.shape[0]):
+        bias_gradient_rows(dH[k], H[k], db[k], acc, relu)
+
+
+@dense_backward.register("numba")
+def _dense_backward_numba(xp: Any, dH: Array, Z: Array | None, H: Array, act: Activation,
+                          db: Array | None) -> tuple[Array, Array]:
+    if act.name not in ("relu", "identity") or db is None or not dH.flags.c_contiguous or dH.dtype.itemsize < 4:
+        return _dense_backward_np(xp, dH, Z, H, act, db)
+    _relu_backward_loop(dH, H, db, act.name == "relu")
+    return dH, db
 
 
 @kernel
@@ -162,52 +259,75 @@ def _multiply_np(xp: Any, a: Array, b: Array, out: Array) -> Array:
     return xp.multiply(a, b, out=out)
 
 
+# ---------------------------------------------------------------- a pass
+class Pass:
+    """What one forward or backward pass over a group of members computes with.
+
+    Parameters
+    ----------
+    be : Backend
+    dtype : str
+        The compute dtype.
+    ws : dict
+        Workspaces of this group of members (and this thread), reused across steps.
+    train : bool
+        Keep what the backward pass needs; dropout drops.
+    rngs : dict, optional
+        Layer index -> the members' dropout generators (a list, one per member).
+    """
+
+    __slots__ = ("be", "dtype", "ws", "train", "rngs", "in_place")
+
+    def __init__(self, be: Backend, dtype: str, ws: dict, train: bool, rngs: dict | None = None) -> None:
+        self.be, self.dtype, self.ws, self.train = be, dtype, ws, train
+        self.rngs = rngs or {}
+        self.in_place = "numpy" in be.kinds  # NumPy and CuPy write results into buffers
+
+    def buffer(self, key: Any, shape: tuple[int, ...], dtype: str | None = None) -> Array | None:
+        """A workspace of ``shape``, kept under ``key``; None where results are new arrays
+        (the generic path computes functionally)."""
+        if not self.in_place:
+            return None
+        buf = self.ws.get(key)
+        if buf is None or tuple(buf.shape) != shape:
+            if len(self.ws) > _MAX_WORKSPACES:
+                self.ws.clear()
+            buf = self.ws[key] = self.be.empty(shape, dtype or self.dtype)
+        return buf
+
+
+# ----------------------------------------------------------------- layers
 class Layer:
     """Base class: a parameter-free layer that passes its input through."""
 
-    be: Backend
-    dtype: str
     n_in: int
     n_out: int
 
-    def build(self, be: Backend, dtype: str, n_in: int) -> int:
-        self.be, self.dtype, self.n_in = be, dtype, n_in
-        self.n_out = n_in
-        self._ws: dict[tuple[str, int], Array] = {}
+    def build(self, n_in: int) -> int:
+        """Fix the input width; return the output width."""
+        self.n_in = self.n_out = int(n_in)
         return self.n_out
 
     def param_shapes(self) -> list[tuple[str, tuple[int, ...], str]]:
+        """One member's parameters: ``(name, shape, "weight" or "bias")``."""
         return []
 
     def init_params(self, rng: Any) -> dict[str, np.ndarray]:
+        """One member's starting values (host, float64)."""
         return {}
 
-    def bind(self, params: dict[str, Array], grads: dict[str, Array]) -> None:
-        self.params, self.grads = params, grads
+    def forward(self, ctx: Pass, i: int, H: Array, params: dict[str, Array]) -> tuple[Array, Any]:
+        """``H`` (k, n, n_in) -> (k, n, n_out), and what :meth:`backward` needs."""
+        return H, None
 
-    def forward(self, X: Array, train: bool = False, workspace: dict | None = None) -> Array:
-        """``H`` for input ``X`` (n, n_in); ``workspace``: buffers to use instead of the layer's."""
-        return X
-
-    def backward(self, dY: Array, need_dX: bool = True) -> Array | None:
-        return dY if need_dX else None
+    def backward(self, ctx: Pass, i: int, dH: Array, saved: Any, params: dict[str, Array],
+                 grads: dict[str, Array] | None, need_dX: bool) -> tuple[Array | None, dict[str, Array]]:
+        """dL/dX (k, n, n_in) from dL/dH, and the parameter gradients."""
+        return (dH if need_dX else None), {}
 
     def get_config(self) -> dict[str, Any]:
+        """The layer as a JSON record (:func:`layer_from_config` rebuilds it)."""
         return {"type": type(self).__name__}
-
-    def _workspace(self, tag: str, n: int, width: int, workspace: dict | None = None) -> Array:
-        """A reusable (n, width) buffer, allocated on first use for this batch size.
-
-        ``workspace`` is a caller's dict of buffers (inference); None: the layer's own.
-        """
-        ws = self._ws if workspace is None else workspace
-        key = (tag, n)
-        buf = ws.get(key)
-        if buf is None:
-            if len(ws) >= 3 * _MAX_WORKSPACES:
-                ws.clear()  # unusual batch sizes (predict chunks) must not pile up
-            buf = ws[key] = self.be.empty((n, width), self.dtype)
-        return buf
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "type")
@@ -229,14 +349,12 @@ class Dense(Layer):
         Glorot uniform as scikit-learn draws it (factor 2 for logistic, else 6),
         or He uniform.
 
-    Attributes
-    ----------
-    W : array, shape (n_in, n_out)
-        View into the model's flat parameter buffer (samples are rows, so the
-        forward pass is ``X @ W``, as in scikit-learn's ``coefs_``).
-    b : array, shape (n_out,)
-    dW, db : arrays of the same shapes, views into the flat gradient buffer
-        (new arrays after each backward pass on an immutable backend).
+    Notes
+    -----
+    A member's ``W`` has shape (n_in, n_out) (samples are rows, so the forward pass
+    is ``X @ W``, as in scikit-learn's ``coefs_``) and ``b`` shape (n_out,); the
+    network's views of them (:meth:`mlpx.network.Network.parameters`) are views into
+    its flat parameter buffer.
     """
 
     def __init__(
@@ -251,13 +369,10 @@ class Dense(Layer):
         self.init = init
         get_initializer(init)  # fail early on an unknown name
 
-    def build(self, be: Backend, dtype: str, n_in: int) -> int:
+    def build(self, n_in: int) -> int:
         if n_in != self.n_in:
             raise ValueError(f"Dense expects {self.n_in} inputs but the previous layer gives {n_in}")
-        n_out = self.n_out
-        super().build(be, dtype, n_in)
-        self.n_out = n_out
-        return n_out
+        return self.n_out
 
     def param_shapes(self) -> list[tuple[str, tuple[int, ...], str]]:
         return [("W", (self.n_in, self.n_out), "weight"), ("b", (self.n_out,), "bias")]
@@ -266,40 +381,47 @@ class Dense(Layer):
         W, b = get_initializer(self.init)(rng, self.n_in, self.n_out, self.activation.name)
         return {"W": W, "b": b}
 
-    def bind(self, params: dict[str, Array], grads: dict[str, Array]) -> None:
-        super().bind(params, grads)
-        self.W, self.b = params["W"], params["b"]
-        self.dW, self.db = grads["W"], grads["b"]
+    def forward(self, ctx: Pass, i: int, H: Array, params: dict[str, Array]) -> tuple[Array, Any]:
+        """``g(H W + b)``: H (k, n, n_in), a shared (n, n_in), or runs of members sharing
+        rows (``runs`` and ``X``: one gathered block per run) -> (k, n, n_out)."""
+        be, act = ctx.be, self.activation
+        W, b = params["W"], params["b"]
+        k = int(W.shape[0])
+        runs = getattr(H, "runs", None)
+        n = int(H.shape[-2])
+        shape = (k, n, self.n_out)
+        Z = ctx.buffer(("Z", i), shape)
+        if runs is not None:  # one gathered block per run of members with the same rows
+            for (lo, hi), Xg in zip(runs, H.X):
+                be.bmm(Xg, W[lo:hi], out=Z[lo:hi])
+        else:
+            Z = be.bmm(H, W, out=Z)  # a shared 2-D input broadcasts over the members
+        keep_Z = not act.from_output
+        out = ctx.buffer(("H", i), shape) if keep_Z else Z
+        Zb, A = be.run(bias_activation, Z, b, act, out if out is not None else Z)
+        return A, ((H, Zb if keep_Z else None, A) if ctx.train else None)
 
-    def forward(self, X: Array, train: bool = False, workspace: dict | None = None) -> Array:
-        """``H = g(X W + b)``; X shape (n, n_in) -> H shape (n, n_out)."""
-        be, act = self.be, self.activation
-        n = X.shape[0]
-        Z = be.gemm(X, self.W, out=self._workspace("Z", n, self.n_out, workspace))
-        if act.from_output:
-            H = be.run(bias_activation, Z, self.b, act, Z)  # g' is read off H: Z may go
-            Z = None
-        else:  # g' reads Z + b (gelu): kept, and H in a buffer of its own
-            Z = be.run(add_bias, Z, self.b)
-            H = act.forward(be, Z, out=self._workspace("H", n, self.n_out, workspace))
-        if train:
-            self._X, self._Z, self._H = X, Z, H
-        return H
-
-    def backward(self, dY: Array, need_dX: bool = True) -> Array | None:
-        """From dL/dH (n, n_out): fill ``dW``, ``db`` and return dL/dX (n, n_in).
-
-        ``dZ = dH ⊙ g'(Z)`` overwrites ``dY``; then ``dW = Xᵀ dZ``,
-        ``db = Σ_rows dZ`` and ``dX = dZ Wᵀ``.
-        """
-        be = self.be
-        dZ = self.activation.backward(be, dY, self._Z, self._H, out=dY)
-        # Rebound as well as written: on an immutable backend these are new arrays.
-        self.dW = self.grads["W"] = be.gemm(self._X, dZ, trans_a=True, out=self.dW)
-        self.db = self.grads["b"] = be.sum(dZ, axis=0, out=self.db)
-        if not need_dX:
-            return None
-        return be.gemm(dZ, self.W, trans_b=True, out=self._workspace("dX", dZ.shape[0], self.n_in))
+    def backward(self, ctx: Pass, i: int, dH: Array, saved: Any, params: dict[str, Array],
+                 grads: dict[str, Array] | None, need_dX: bool) -> tuple[Array | None, dict[str, Array]]:
+        """``dZ = dH ⊙ g'(Z)`` (overwriting ``dH``), ``dW = Xᵀ dZ``, ``db = Σ_rows dZ``,
+        ``dX = dZ Wᵀ``."""
+        be = ctx.be
+        H_in, Zb, A = saved
+        gW = None if grads is None else grads["W"]
+        gb = None if grads is None else grads["b"]
+        dZ, db = be.run(dense_backward, dH, Zb, A, self.activation, gb)
+        runs = getattr(H_in, "runs", None)
+        if runs is not None:
+            for (lo, hi), Xg in zip(runs, H_in.X):
+                be.bmm(Xg, dZ[lo:hi], trans_a=True, out=gW[lo:hi])
+            dW = gW
+        else:
+            dW = be.bmm(H_in, dZ, trans_a=True, out=gW)  # a shared 2-D input broadcasts
+        dX = None
+        if need_dX:
+            k, n = int(dZ.shape[0]), int(dZ.shape[1])
+            dX = be.bmm(dZ, params["W"], trans_b=True, out=ctx.buffer(("dX", i), (k, n, self.n_in)))
+        return dX, {"W": dW, "b": db}
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -312,23 +434,39 @@ class Dense(Layer):
 
 
 class ActivationLayer(Layer):
-    """A standalone activation ``H = g(X)`` (same shape in and out)."""
+    """A standalone activation ``H = g(X)`` (same shape in and out).
+
+    Parameters
+    ----------
+    activation : str
+        See :mod:`mlpx.activations`.
+    """
 
     def __init__(self, activation: str) -> None:
         self.activation = get_activation(activation)
 
-    def forward(self, X: Array, train: bool = False, workspace: dict | None = None) -> Array:
-        # Own output buffer: X may be the previous Dense's output, which that layer
+    def forward(self, ctx: Pass, i: int, H: Array, params: dict[str, Array]) -> tuple[Array, Any]:
+        xp = ctx.be.xp
+        k, n, u = (int(d) for d in H.shape)
+        # Own output buffer: H may be the previous Dense's output, which that layer
         # still needs for its backward pass.
-        H = self.activation.forward(self.be, X, out=self._workspace("H", X.shape[0], self.n_out, workspace))
-        if train:
-            self._X, self._H = X, H
-        return H
+        out = ctx.buffer(("A", i), (k, n, u))
+        src = xp.reshape(H, (k * n, u))
+        A = self.activation.forward(ctx.be, src, out=xp.reshape(out, (k * n, u)) if out is not None
+                                    else xp.zeros_like(src))
+        A = xp.reshape(A, (k, n, u))
+        return A, ((H, A) if ctx.train else None)
 
-    def backward(self, dY: Array, need_dX: bool = True) -> Array | None:
+    def backward(self, ctx: Pass, i: int, dH: Array, saved: Any, params: dict[str, Array],
+                 grads: dict[str, Array] | None, need_dX: bool) -> tuple[Array | None, dict[str, Array]]:
         if not need_dX:
-            return None
-        return self.activation.backward(self.be, dY, self._X, self._H, out=dY)
+            return None, {}
+        xp = ctx.be.xp
+        H_in, A = saved
+        k, n, u = (int(d) for d in dH.shape)
+        flat = (lambda a: xp.reshape(a, (k * n, u)))  # noqa: E731
+        dX = self.activation.backward(ctx.be, flat(dH), flat(H_in), flat(A), out=flat(dH))
+        return xp.reshape(dX, (k, n, u)), {}
 
     def get_config(self) -> dict[str, Any]:
         return {"type": "ActivationLayer", "activation": self.activation.name}
@@ -360,8 +498,10 @@ class Dropout(Layer):
     """Inverted dropout: in training, zero each input with probability ``p`` and
     scale the rest by ``1 / (1 - p)``; identity at inference.
 
-    The mask is drawn on the host from the layer's seeded generator and moved to
-    the device, so the same seed drops the same units on every backend.
+    Each member draws its masks on the host from its own seeded generator (the
+    network's, :meth:`mlpx.network.Network.dropout_generators`) and they move to the
+    device, so the same seed drops the same units on every backend, and a member of
+    a stack drops what the same network trained alone drops.
 
     Parameters
     ----------
@@ -369,46 +509,37 @@ class Dropout(Layer):
         Python or NumPy number; anything else (NaN, 1, "0.5") raises
         :class:`~mlpx.validation.InvalidParameterError`.
     seed : int, optional
-        Seed of the mask generator (the model passes its own seed when None).
+        Seed of every member's mask generator (default: the member's seed + 1 + the
+        layer's index).
     """
 
     def __init__(self, p: float = 0.5, seed: int | None = None) -> None:
         self.p = check_real("Dropout: p", p, 0.0, 1.0, high_open=True)
         self.seed = check_seed(seed, "Dropout: seed")
-        self._rng = np.random.default_rng(self.seed)
 
-    def reseed(self, seed: int | None) -> None:
-        """Seed the mask generator from the model's seed (unless the layer has its own)."""
-        if self.seed is None:
-            self._rng = np.random.default_rng(seed)
+    def generator(self, member_seed: int | None, index: int) -> np.random.Generator:
+        """A member's mask generator: this layer's seed, else the member's seed + 1 + ``index``."""
+        if self.seed is not None:
+            return np.random.default_rng(self.seed)
+        return np.random.default_rng(None if member_seed is None else member_seed + 1 + index)
 
-    def get_rng_state(self) -> dict:
-        """The mask generator's state (to replay the same masks)."""
-        return self._rng.bit_generator.state
+    def forward(self, ctx: Pass, i: int, H: Array, params: dict[str, Array]) -> tuple[Array, Any]:
+        if not ctx.train or self.p == 0.0:
+            return H, None
+        k, n, u = (int(d) for d in H.shape)
+        keep = np.stack([g.random((n, u)) >= self.p for g in ctx.rngs[i]]) / (1.0 - self.p)
+        mask = ctx.be.asarray(keep, dtype=ctx.dtype)
+        out = ctx.buffer(("D", i), (k, n, u))
+        H = ctx.be.run(multiply, H, mask, out if out is not None else mask)
+        return H, mask
 
-    def set_rng_state(self, state: dict) -> None:
-        self._rng.bit_generator.state = state
-
-    def fork(self, rank: int) -> None:
-        """A mask generator of its own for data-parallel rank ``rank``, derived from this one."""
-        self._rng = np.random.default_rng([int(self._rng.integers(2**62)), rank])
-
-    def forward(self, X: Array, train: bool = False, workspace: dict | None = None) -> Array:
-        if not train or self.p == 0.0:
-            if train:
-                self._mask = None
-            return X
-        n, width = X.shape
-        keep = (self._rng.random((n, width)) >= self.p) / (1.0 - self.p)
-        self._mask = self.be.asarray(keep, dtype=self.dtype)
-        return self.be.run(multiply, X, self._mask, self._workspace("H", n, width))
-
-    def backward(self, dY: Array, need_dX: bool = True) -> Array | None:
+    def backward(self, ctx: Pass, i: int, dH: Array, saved: Any, params: dict[str, Array],
+                 grads: dict[str, Array] | None, need_dX: bool) -> tuple[Array | None, dict[str, Array]]:
         if not need_dX:
-            return None
-        if self._mask is None:
-            return dY
-        return self.be.run(multiply, dY, self._mask, dY)
+            return None, {}
+        if saved is None:
+            return dH, {}
+        return ctx.be.run(multiply, dH, saved, dH), {}
 
     def get_config(self) -> dict[str, Any]:
         return {"type": "Dropout", "p": self.p, "seed": self.seed}

@@ -1,8 +1,12 @@
-"""Losses, each paired with the output activation whose canonical link it is.
+"""Losses over K members at once, each paired with the output activation whose
+canonical link it is.
 
-For each pair the derivative of the loss with respect to the *logits* Z of the last
-layer collapses to the same simple form, so the loss returns the output delta
-directly and no softmax Jacobian is ever formed:
+Every loss kernel takes the logits of K members, ``Z`` of shape (K, n, c), their
+targets ``Y`` (K, n, c), row weights ``w`` (K, n) (the sample weight; 0 for a padding
+row; None for unit weights) and each member's ``1/d`` (K,), and returns each
+member's loss ``Σ_i w_i l_i / d`` (K,) and the output delta ``w_i dl_i / d``. A single
+network is K = 1. For each canonical pair the derivative with respect to the
+*logits* collapses to the same simple form, so no softmax Jacobian is ever formed:
 
 =====================  ==========  =============================================  ==========================
 loss                   output      per-sample loss  l_i                           delta dL/dZ
@@ -13,16 +17,16 @@ squared_error          identity    ½ Σ_j (z_ij − y_ij)²                    
 poisson                exp         Σ_j y log(y/ŷ) − y + ŷ                         w_i (Ŷ − Y) / d
 =====================  ==========  =============================================  ==========================
 
-``L = Σ_i w_i l_i / d`` with ``w_i = 1`` and ``d = n`` by default; with sample weights
-``d = Σ_i w_i``, the scaling scikit-learn uses. Cross-entropies are computed from
-the logits (log-sum-exp, softplus), so they stay finite where probabilities round
-to 0 or 1.
+``d = n`` by default; with sample weights ``d = Σ_i w_i``, the scaling scikit-learn
+uses. Cross-entropies are computed from the logits (log-sum-exp, softplus), so they
+stay finite where probabilities round to 0 or 1. A member whose ``1/d`` is 0 (no
+rows in the step) has loss 0, even where its outputs overflowed (0 · inf is NaN).
 
 Any loss also works on any output activation whose values lie in its domain, by
 the chain rule: the loss is computed on the outputs ``Ŷ = g(Z)``, its derivative
 ``∂L/∂Ŷ`` is formed, and the activation's backward turns it into
 ``dZ = ∂L/∂Ŷ ⊙ g'(Z)`` (:class:`OutputLoss`; e.g. a sigmoid output trained with
-squared error). The canonical pairs above keep their one-kernel shortcut.
+squared error). The canonical pairs keep their one-kernel shortcut.
 
 =====================  ============================  ==================================
 loss on outputs Ŷ      per-sample loss l_i           ∂l_i/∂ŷ_ij, outputs allowed
@@ -48,260 +52,361 @@ from mlpx.backends import BackendError, kernel
 from mlpx.backends.cuda import ACCUMULATOR_PREAMBLE, lazy_elementwise
 from mlpx.backends.jit import lazy_njit
 
-__all__ = ["LOSSES", "OUTPUT_LOSS", "Loss", "OutputLoss", "get_loss", "pair"]
+__all__ = ["LOSSES", "OUTPUT_LOSS", "Loss", "OutputLoss", "get_loss", "l2_penalty", "pair"]
 
 Array = Any
 
 
-def _weighted_total(xp: Any, per_row: Array, w: Array | None, denom: float) -> Array:
-    """``Σ_i w_i l_i / d`` as a 0-d device array (no host synchronisation)."""
-    if w is not None:
-        per_row = per_row * w
-    return xp.sum(per_row) / denom
-
-
-def _scale_delta(xp: Any, dZ: Array, w: Array | None, denom: float) -> Array:
-    """``w_i dZ_i / d``, row by row."""
-    if w is None:
-        return dZ * (1.0 / denom)
-    return dZ * (xp.reshape(w, (-1, 1)) * (1.0 / denom))
-
-
-# Every loss kernel is ``fn(xp, Z, Y, dZ, w, denom) -> (L, delta)``: the 0-d total ``L``
-# and, unless ``dZ`` is None (then None), the delta ``w_i (Ŷ − Y) / d`` (in ``dZ`` on
-# NumPy and CuPy; ``dZ`` may be ``Z``).
-
-
-# ------------------------------------------------------------ cross-entropy
-@kernel
-def cross_entropy(xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None,
-                  denom: float) -> tuple[Array, Array | None]:
-    m = xp.max(Z, axis=1, keepdims=True)
+# --------------------------------------------------------- per-row pieces
+# Each returns the per-row losses (..., n) and the unscaled delta (..., n, c).
+def _ce_rows(xp: Any, Z: Array, Y: Array) -> tuple[Array, Array]:
+    m = xp.max(Z, axis=-1, keepdims=True)
     E = xp.exp(Z - m)
-    s = xp.sum(E, axis=1, keepdims=True)
+    s = xp.sum(E, axis=-1, keepdims=True)
     lse = xp.log(s) + m
-    per_row = xp.sum(Y * (lse - Z), axis=1)
-    delta = None if dZ is None else _scale_delta(xp, E / s - Y, w, denom)
-    return _weighted_total(xp, per_row, w, denom), delta
+    return xp.sum(Y * (lse - Z), axis=-1), E / s - Y
+
+
+def _bce_rows(xp: Any, Z: Array, Y: Array) -> tuple[Array, Array]:
+    e = xp.exp(-xp.abs(Z))  # softplus(z) = max(z, 0) + log1p(exp(-|z|)), never overflows
+    softplus = xp.where(Z > 0, Z, xp.zeros_like(Z)) + xp.log1p(e)
+    delta = xp.where(Z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)) - Y
+    return xp.sum(softplus - Y * Z, axis=-1), delta
+
+
+def _se_rows(xp: Any, Z: Array, Y: Array) -> tuple[Array, Array]:
+    R = Z - Y
+    return 0.5 * xp.sum(R * R, axis=-1), R
+
+
+def _ylogy(xp: Any, Y: Array) -> Array:
+    pos = Y > 0
+    return xp.where(pos, Y * xp.log(xp.where(pos, Y, xp.ones_like(Y))), xp.zeros_like(Y))
+
+
+def _poisson_rows(xp: Any, Z: Array, Y: Array) -> tuple[Array, Array]:
+    P = xp.exp(Z)
+    return xp.sum(_ylogy(xp, Y) - Y * Z - Y + P, axis=-1), P - Y
+
+
+def _clip(xp: Any, P: Array) -> Array:
+    tiny = xp.finfo(P.dtype).smallest_normal
+    return xp.where(P > tiny, P, xp.full_like(P, tiny))
+
+
+def _se_out_rows(xp: Any, P: Array, Y: Array) -> tuple[Array, Array]:
+    return _se_rows(xp, P, Y)
+
+
+def _ce_out_rows(xp: Any, P: Array, Y: Array) -> tuple[Array, Array]:
+    Pc = _clip(xp, P)
+    return -xp.sum(Y * xp.log(Pc), axis=-1), -Y / Pc
+
+
+def _bce_out_rows(xp: Any, P: Array, Y: Array) -> tuple[Array, Array]:
+    Pc, Qc = _clip(xp, P), _clip(xp, 1.0 - P)
+    return -xp.sum(Y * xp.log(Pc) + (1.0 - Y) * xp.log(Qc), axis=-1), (P - Y) / (Pc * Qc)
+
+
+def _poisson_out_rows(xp: Any, P: Array, Y: Array) -> tuple[Array, Array]:
+    Pc = _clip(xp, P)
+    return xp.sum(P - Y * xp.log(Pc) + _ylogy(xp, Y) - Y, axis=-1), 1.0 - Y / Pc
+
+
+def _scaled(xp: Any, per_row: Array, delta: Array | None, w: Array | None,
+            inv_d: Array) -> tuple[Array, Array | None]:
+    """Each member's ``Σ w l · (1/d)`` (0 without rows) and ``(δ · w) · (1/d)``."""
+    K = per_row.shape[0]
+    total = xp.sum(per_row if w is None else per_row * w, axis=1) * inv_d
+    # A member without rows adds nothing, even once its outputs overflowed (its
+    # padding rows' 0 · inf is NaN); the compiled step skips it alike.
+    total = xp.where(inv_d > 0, total, xp.zeros_like(total))
+    if delta is None:
+        return total, None
+    if w is not None:
+        delta = delta * xp.reshape(w, (K, -1, 1))
+    return total, delta * xp.reshape(inv_d, (K, 1, 1))
+
+
+def _generic(rows: Any, name: str) -> Any:
+    def fn(xp: Any, Z: Array, Y: Array, w: Array | None, inv_d: Array,
+           dZ: Array | None) -> tuple[Array, Array | None]:
+        per_row, delta = rows(xp, Z, Y)
+        return _scaled(xp, per_row, None if dZ is None else delta, w, inv_d)
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = """``(loss (K,), delta (K, n, c) or None)`` of the members' ``Z``, ``Y`` (K, n, c),
+    row weights ``w`` (K, n) or None and ``inv_d`` (K,); the delta goes into ``dZ``
+    (which may be ``Z``) on NumPy and CuPy, and is None without ``dZ``."""
+    return fn
+
+
+cross_entropy = kernel(_generic(_ce_rows, "cross_entropy"))
+binary_cross_entropy = kernel(_generic(_bce_rows, "binary_cross_entropy"))
+squared_error = kernel(_generic(_se_rows, "squared_error"))
+poisson = kernel(_generic(_poisson_rows, "poisson"))
+# The same losses on the outputs Ŷ: the delta is ∂L/∂Ŷ, which the activation's
+# backward turns into dL/dZ.
+squared_error_on_outputs = kernel(_generic(_se_out_rows, "squared_error_on_outputs"))
+cross_entropy_on_outputs = kernel(_generic(_ce_out_rows, "cross_entropy_on_outputs"))
+binary_cross_entropy_on_outputs = kernel(_generic(_bce_out_rows, "binary_cross_entropy_on_outputs"))
+poisson_on_outputs = kernel(_generic(_poisson_out_rows, "poisson_on_outputs"))
+
+
+# NumPy: the cross-entropy and squared error in place, without the temporaries.
+def _np_scale(xp: Any, dZ: Array, w: Array | None, inv_d: Array) -> None:
+    if w is not None:
+        xp.multiply(dZ, w[:, :, None], out=dZ)
+    xp.multiply(dZ, inv_d[:, None, None], out=dZ)
+
+
+def _np_total(xp: Any, per_row: Array, w: Array | None, inv_d: Array) -> Array:
+    total = (per_row.sum(axis=1) if w is None else xp.einsum("kn,kn->k", per_row, w)) * inv_d
+    return xp.where(inv_d > 0, total, xp.zeros_like(total))
 
 
 @cross_entropy.register("numpy")
-def _cross_entropy_np(xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None,
-                      denom: float) -> tuple[Array, Array | None]:
-    m = xp.max(Z, axis=1, keepdims=True)
+def _cross_entropy_np(xp: Any, Z: Array, Y: Array, w: Array | None, inv_d: Array,
+                      dZ: Array | None) -> tuple[Array, Array | None]:
+    m = xp.max(Z, axis=-1, keepdims=True)
     E = xp.subtract(Z, m, out=dZ) if dZ is not None else Z - m
     # Σ_j y_ij (lse_i − z_ij) = lse_i Σ_j y_ij − Σ_j y_ij z_ij, with z shifted by m
-    yz = xp.einsum("ij,ij->i", Y, E)
+    yz = xp.einsum("knc,knc->kn", Y, E)
     xp.exp(E, out=E)
-    s = xp.sum(E, axis=1, keepdims=True)
-    per_row = xp.log(s[:, 0]) * xp.sum(Y, axis=1) - yz
+    s = xp.sum(E, axis=-1, keepdims=True)
+    per_row = xp.log(s[..., 0]) * xp.sum(Y, axis=-1) - yz
     if dZ is not None:
         xp.divide(E, s, out=dZ)
         xp.subtract(dZ, Y, out=dZ)
-        _scale_delta_np(xp, dZ, w, denom)
-    return _weighted_total_np(xp, per_row, w, denom), dZ
+        _np_scale(xp, dZ, w, inv_d)
+    return _np_total(xp, per_row, w, inv_d), dZ
 
 
-def _scale_delta_np(xp: Any, dZ: Array, w: Array | None, denom: float) -> None:
-    if w is None:
-        xp.multiply(dZ, 1.0 / denom, out=dZ)
-    else:
-        xp.multiply(dZ, w[:, None], out=dZ)
-        xp.multiply(dZ, 1.0 / denom, out=dZ)
+@squared_error.register("numpy")
+def _squared_error_np(xp: Any, Z: Array, Y: Array, w: Array | None, inv_d: Array,
+                      dZ: Array | None) -> tuple[Array, Array | None]:
+    R = xp.subtract(Z, Y, out=dZ) if dZ is not None else Z - Y
+    per_row = 0.5 * xp.einsum("knc,knc->kn", R, R)
+    total = _np_total(xp, per_row, w, inv_d)
+    if dZ is not None:
+        _np_scale(xp, dZ, w, inv_d)
+    return total, dZ
 
 
-def _weighted_total_np(xp: Any, per_row: Array, w: Array | None, denom: float) -> Array:
-    total = xp.sum(per_row) if w is None else xp.dot(per_row, w)
-    return total / denom
+# numba: one pass per row instead of about ten NumPy calls. The row functions are the
+# compiled training step's too (mlpx.member_step), so both paths give the same bits.
+@lazy_njit
+def cross_entropy_rows(Z, Y, w, inv_d, dZ, ex, has_dz):  # pragma: no cover - compiled
+    """Softmax cross-entropy of logits Z (n, c) against Y (n, c), rows weighted by w (n,).
+
+    Returns ``Σ_i w_i l_i``; with ``has_dz``, ``dZ`` (n, c) receives
+    ``(softmax(Z) − Y)·w/d`` (``inv_d`` = 1/d). ``ex`` (≥ c) is scratch.
+    """
+    n, c = Z.shape
+    total = Z[0, 0] * 0
+    for i in range(n):
+        m = Z[i, 0]
+        for j in range(1, c):
+            if Z[i, j] > m:
+                m = Z[i, j]
+        s = Z[i, 0] * 0
+        for j in range(c):
+            e = np.exp(Z[i, j] - m)
+            s += e
+            ex[j] = e
+        lse = np.log(s) + m
+        wi = w[i]
+        a = s * 0
+        for j in range(c):
+            y = Y[i, j]
+            a += y * (lse - Z[i, j])
+            if has_dz:
+                dZ[i, j] = ((ex[j] / s - y) * wi) * inv_d
+        total += a * wi
+    return total
 
 
-# CUDA: softmax, cross-entropy and the output delta in one launch, one thread per
-# row (rows are short: one per class), plus one reduction for the total. The row's
-# max, sum and loss are kept in A (float, or double for double): half-precision
-# types have no `+= float`, and a sum of k exponentials in float16 loses digits.
+@lazy_njit
+def binary_cross_entropy_rows(Z, Y, w, inv_d, dZ, has_dz):  # pragma: no cover - compiled
+    """Binary cross-entropy of logits Z (n, c) against Y: ``Σ_i w_i l_i``; with
+    ``has_dz``, ``dZ`` receives ``(σ(Z) − Y)·w/d``."""
+    n, c = Z.shape
+    total = Z[0, 0] * 0
+    for i in range(n):
+        wi = w[i]
+        a = Z[0, 0] * 0
+        for j in range(c):
+            z = Z[i, j]
+            y = Y[i, j]
+            e = np.exp(-abs(z))
+            a += ((z if z > 0 else z * 0) + np.log1p(e)) - y * z
+            if has_dz:
+                p = 1 / (1 + e) if z >= 0 else e / (1 + e)
+                dZ[i, j] = ((p - y) * wi) * inv_d
+        total += a * wi
+    return total
+
+
+@lazy_njit
+def squared_error_rows(Z, Y, w, inv_d, dZ, has_dz):  # pragma: no cover - compiled
+    """Half the squared error of Z (n, c) against Y, rows weighted by w (n,): returns
+    ``Σ_i w_i l_i``; with ``has_dz``, ``dZ`` receives ``(Z − Y)·w/d``."""
+    n, c = Z.shape
+    total = Z[0, 0] * 0
+    for i in range(n):
+        wi = w[i]
+        a = Z[0, 0] * 0
+        for j in range(c):
+            r = Z[i, j] - Y[i, j]
+            a += r * r
+            if has_dz:
+                dZ[i, j] = (r * wi) * inv_d
+        total += (a * 0.5) * wi
+    return total
+
+
+@lazy_njit
+def poisson_rows(Z, Y, w, inv_d, dZ, has_dz):  # pragma: no cover - compiled
+    """Poisson deviance of log-rates Z (n, c) against counts Y: ``Σ_i w_i l_i``; with
+    ``has_dz``, ``dZ`` receives ``(exp(Z) − Y)·w/d``."""
+    n, c = Z.shape
+    total = Z[0, 0] * 0
+    for i in range(n):
+        wi = w[i]
+        a = Z[0, 0] * 0
+        for j in range(c):
+            y = Y[i, j]
+            p = np.exp(Z[i, j])
+            a += ((y * np.log(y) if y > 0 else y * 0) - y * Z[i, j] - y) + p
+            if has_dz:
+                dZ[i, j] = ((p - y) * wi) * inv_d
+        total += a * wi
+    return total
+
+
+#: The losses the compiled loops compute, by name, in the order of their codes.
+LOSS_CODES = {"cross_entropy": 0, "binary_cross_entropy": 1, "squared_error": 2, "poisson": 3}
+
+
+@lazy_njit
+def loss_rows(code, Z, Y, w, inv_d, dZ, ex, has_dz):  # pragma: no cover - compiled
+    """The loss of :data:`LOSS_CODES` ``code`` over rows Z, Y (n, c): ``Σ_i w_i l_i``."""
+    if code == 0:
+        return cross_entropy_rows(Z, Y, w, inv_d, dZ, ex, has_dz)
+    if code == 1:
+        return binary_cross_entropy_rows(Z, Y, w, inv_d, dZ, has_dz)
+    if code == 2:
+        return squared_error_rows(Z, Y, w, inv_d, dZ, has_dz)
+    return poisson_rows(Z, Y, w, inv_d, dZ, has_dz)
+
+
+@lazy_njit
+def _loss_loop(code, Z, Y, w, inv_d, dZ, has_dz, loss):  # pragma: no cover - compiled
+    ex = np.empty(Z.shape[2], dtype=Z.dtype)
+    for k in range(Z.shape[0]):
+        total = loss_rows(code, Z[k], Y[k], w[k], inv_d[k], dZ[k], ex, has_dz)
+        loss[k] = total * inv_d[k] if inv_d[k] > 0 else 0
+
+
+def _numba_variant(name: str, fallback: Any) -> Any:
+    code = LOSS_CODES[name]
+
+    def fn(xp: Any, Z: Array, Y: Array, w: Array | None, inv_d: Array,
+           dZ: Array | None) -> tuple[Array, Array | None]:
+        if Z.shape[1] == 0 or not (Z.flags.c_contiguous and Y.flags.c_contiguous) or Z.dtype.itemsize < 4 or (
+                dZ is not None and not dZ.flags.c_contiguous):
+            return fallback(xp, Z, Y, w, inv_d, dZ)
+        K, n = Z.shape[:2]
+        loss = np.empty(K, dtype=Z.dtype)
+        wts = np.ones((K, n), dtype=Z.dtype) if w is None else np.ascontiguousarray(w)
+        _loss_loop(code, Z, Y, wts, np.ascontiguousarray(inv_d), Z if dZ is None else dZ, dZ is not None, loss)
+        return loss, dZ
+
+    return fn
+
+
+for _kernel, _fallback in ((cross_entropy, _cross_entropy_np), (binary_cross_entropy, binary_cross_entropy.generic),
+                           (squared_error, _squared_error_np), (poisson, poisson.generic)):
+    _kernel.register("numba")(_numba_variant(_kernel.name, _fallback))
+
+
+# CUDA: softmax, cross-entropy and the output delta in one launch, one thread per row
+# of the (K·n, c) logits, plus one reduction per member for the loss. The row's max,
+# sum and loss are kept in A (float, or double for double): half-precision types
+# have no `+= float`, and a sum of c exponentials in float16 loses digits.
 _cross_entropy_cuda = lazy_elementwise(
-    "raw T Z, raw T Y, raw T W, int32 k, T inv_d, bool has_w, bool has_dz",
+    "raw T Z, raw T Y, raw T W, raw T inv_d, int32 c, int32 n, bool has_w, bool has_dz",
     "raw T dZ, T loss_row",
     """
     typedef mlpx_acc<T>::type A;
-    const ptrdiff_t r = (ptrdiff_t)i * k;
+    const ptrdiff_t r = (ptrdiff_t)i * c;
     A m = (A)Z[r];
-    for (int j = 1; j < k; ++j) m = max(m, (A)Z[r + j]);
+    for (int j = 1; j < c; ++j) m = max(m, (A)Z[r + j]);
     A s = 0;
-    for (int j = 0; j < k; ++j) s += exp((A)Z[r + j] - m);
+    for (int j = 0; j < c; ++j) s += exp((A)Z[r + j] - m);
     const A lse = log(s) + m;
-    const A scale = (has_w ? (A)W[i] : (A)1) * (A)inv_d;
+    const A wi = has_w ? (A)W[i] : (A)1;
+    const A scale = wi * (A)inv_d[i / n];
     A l = 0;
-    for (int j = 0; j < k; ++j) {
+    for (int j = 0; j < c; ++j) {
         const A z = (A)Z[r + j], y = (A)Y[r + j];
         l += y * (lse - z);
         if (has_dz) dZ[r + j] = (T)((exp(z - m) / s - y) * scale);
     }
-    loss_row = (T)(l * scale);
+    loss_row = (T)(l * wi);
     """,
     "mlpx_softmax_cross_entropy",
     preamble=ACCUMULATOR_PREAMBLE,
-    scalars=("k", "inv_d", "has_w", "has_dz"),
-    # Z, Y, dZ: (n, k) C-contiguous; W: the (n,) sample weights, or Z again when there are none.
+    scalars=("c", "n", "has_w", "has_dz"),
+    # Z, Y, dZ: (K, n, c) C-contiguous; W: the (K, n) row weights, or Z again without any.
     layouts=[
-        {"Z": (2, True), "Y": (2, True), "W": (2, True), "dZ": (2, True)},
-        {"Z": (2, True), "Y": (2, True), "W": (1, True), "dZ": (2, True)},
+        {"Z": (3, True), "Y": (3, True), "W": (3, True), "inv_d": (1, True), "dZ": (3, True)},
+        {"Z": (3, True), "Y": (3, True), "W": (2, True), "inv_d": (1, True), "dZ": (3, True)},
     ],
 )
 
 
 @cross_entropy.register("cupy")
-def _cross_entropy_cupy(
-    xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None, denom: float
-) -> tuple[Array, Array | None]:
-    Z = xp.ascontiguousarray(Z)
-    Y = xp.ascontiguousarray(Y)
-    loss_row = xp.empty(Z.shape[0], dtype=Z.dtype)
-    _cross_entropy_cuda(
-        Z, Y, Z if w is None else w, Z.shape[1], 1.0 / denom, w is not None, dZ is not None,
-        Z if dZ is None else dZ, loss_row,
-    )
-    return xp.sum(loss_row), dZ
+def _cross_entropy_cupy(xp: Any, Z: Array, Y: Array, w: Array | None, inv_d: Array,
+                        dZ: Array | None) -> tuple[Array, Array | None]:
+    K, n, c = (int(d) for d in Z.shape)
+    Z, Y = xp.ascontiguousarray(Z), xp.ascontiguousarray(Y)
+    loss_row = xp.empty((K, n), dtype=Z.dtype)
+    _cross_entropy_cuda(Z, Y, Z if w is None else xp.ascontiguousarray(w), xp.ascontiguousarray(inv_d), c, n,
+                        w is not None, dZ is not None, Z if dZ is None else dZ, loss_row)
+    total = xp.sum(loss_row, axis=1) * inv_d
+    return xp.where(inv_d > 0, total, xp.zeros_like(total)), dZ
 
 
-# numba: the same row loop on the CPU, one pass instead of about ten NumPy calls.
-@lazy_njit
-def _cross_entropy_loop(Z, Y, dZ, w, inv_d, has_w, has_dz, loss_row):  # pragma: no cover
-    n, k = Z.shape
-    ex = np.empty(k, dtype=Z.dtype)
-    for i in range(n):
-        m = Z[i, 0]
-        for j in range(1, k):
-            if Z[i, j] > m:
-                m = Z[i, j]
-        s = Z[i, 0] * 0
-        for j in range(k):
-            e = np.exp(Z[i, j] - m)
-            s += e
-            ex[j] = e  # kept for the delta (dZ may be Z): exp is the loop's costly part
-        lse = np.log(s) + m
-        scale = (w[i] if has_w else 1) * inv_d
-        acc = s * 0
-        for j in range(k):
-            z = Z[i, j]
-            y = Y[i, j]
-            acc += y * (lse - z)
-            if has_dz:
-                dZ[i, j] = (ex[j] / s - y) * scale
-        loss_row[i] = acc * scale
-
-
-@cross_entropy.register("numba")
-def _cross_entropy_numba(
-    xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None, denom: float
-) -> tuple[Array, Array | None]:
-    loss_row = np.empty(Z.shape[0], dtype=Z.dtype)
-    t = Z.dtype.type
-    _cross_entropy_loop(
-        Z, Y, Z if dZ is None else dZ, loss_row if w is None else w, t(1.0 / denom),
-        w is not None, dZ is not None, loss_row,
-    )
-    return loss_row.sum(dtype=Z.dtype), dZ
-
-
-# ----------------------------------------------------- binary cross-entropy
+# ------------------------------------------------------------ L2 penalty
 @kernel
-def binary_cross_entropy(
-    xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None, denom: float
-) -> tuple[Array, Array | None]:
-    e = xp.exp(-xp.abs(Z))  # softplus(z) = max(z, 0) + log1p(exp(-|z|)), never overflows
-    softplus = xp.maximum(Z, 0.0) + xp.log1p(e)
-    per_row = xp.sum(softplus - Y * Z, axis=1)
-    delta = None
-    if dZ is not None:
-        delta = _scale_delta(xp, xp.where(Z >= 0, 1.0, e) / (1.0 + e) - Y, w, denom)
-    return _weighted_total(xp, per_row, w, denom), delta
+def l2_penalty(xp: Any, W: Array, dW: Array, coef: Array) -> tuple[Array, Array]:
+    """``dW + coef · W`` and ``Σ W²`` per member (the L2 term without an update).
+
+    Parameters
+    ----------
+    W, dW : arrays, shape (K, n_weights)
+        The weight prefixes of the members' parameters and gradients.
+    coef : array, shape (K,)
+        ``l2 / d`` of each member.
+
+    Returns
+    -------
+    dW : array, shape (K, n_weights)
+        ``dW`` itself on NumPy (updated in place).
+    sq : array, shape (K,)
+    """
+    return dW + W * xp.reshape(coef, (-1, 1)), xp.sum(W * W, axis=1)
 
 
-# ------------------------------------------------------------ squared error
-@kernel
-def squared_error(xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None,
-                  denom: float) -> tuple[Array, Array | None]:
-    R = Z - Y
-    per_row = 0.5 * xp.sum(R * R, axis=1)
-    delta = None if dZ is None else _scale_delta(xp, R, w, denom)
-    return _weighted_total(xp, per_row, w, denom), delta
+@l2_penalty.register("numpy")
+def _l2_penalty_np(xp: Any, W: Array, dW: Array, coef: Array) -> tuple[Array, Array]:
+    xp.add(dW, W * coef[:, None], out=dW)
+    vecdot = getattr(xp, "vecdot", None)  # a BLAS dot per row (CuPy: an einsum)
+    return dW, (vecdot(W, W) if vecdot is not None else xp.einsum("kp,kp->k", W, W))
 
 
-@squared_error.register("numpy")
-def _squared_error_np(xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None,
-                      denom: float) -> tuple[Array, Array | None]:
-    R = xp.subtract(Z, Y, out=dZ) if dZ is not None else Z - Y
-    per_row = 0.5 * xp.einsum("ij,ij->i", R, R)
-    total = _weighted_total_np(xp, per_row, w, denom)
-    if dZ is not None:
-        _scale_delta_np(xp, dZ, w, denom)
-    return total, dZ
-
-
-# ------------------------------------------------------------------ poisson
-@kernel
-def poisson(xp: Any, Z: Array, Y: Array, dZ: Array | None, w: Array | None,
-            denom: float) -> tuple[Array, Array | None]:
-    P = xp.exp(Z)
-    pos = Y > 0
-    ylogy = xp.where(pos, Y * xp.log(xp.where(pos, Y, 1.0)), 0.0)
-    per_row = xp.sum(ylogy - Y * Z - Y + P, axis=1)
-    delta = None if dZ is None else _scale_delta(xp, P - Y, w, denom)
-    return _weighted_total(xp, per_row, w, denom), delta
-
-
-# ------------------------------------------------- losses on the outputs Ŷ
-# Each is ``fn(xp, P, Y, dP, w, denom) -> (L, ∂L/∂Ŷ)``, with ∂L/∂Ŷ = w_i ∂l_i/∂ŷ / d
-# (None when dP is None).
-def _clip(xp: Any, P: Array) -> Array:
-    tiny = xp.finfo(P.dtype).smallest_normal
-    return xp.where(P > tiny, P, tiny)
-
-
-@kernel
-def squared_error_on_outputs(
-    xp: Any, P: Array, Y: Array, dP: Array | None, w: Array | None, denom: float
-) -> tuple[Array, Array | None]:
-    R = P - Y
-    per_row = 0.5 * xp.sum(R * R, axis=1)
-    delta = None if dP is None else _scale_delta(xp, R, w, denom)
-    return _weighted_total(xp, per_row, w, denom), delta
-
-
-@kernel
-def cross_entropy_on_outputs(
-    xp: Any, P: Array, Y: Array, dP: Array | None, w: Array | None, denom: float
-) -> tuple[Array, Array | None]:
-    Pc = _clip(xp, P)
-    per_row = -xp.sum(Y * xp.log(Pc), axis=1)
-    delta = None if dP is None else _scale_delta(xp, -Y / Pc, w, denom)
-    return _weighted_total(xp, per_row, w, denom), delta
-
-
-@kernel
-def binary_cross_entropy_on_outputs(
-    xp: Any, P: Array, Y: Array, dP: Array | None, w: Array | None, denom: float
-) -> tuple[Array, Array | None]:
-    Pc = _clip(xp, P)
-    Qc = _clip(xp, 1.0 - P)
-    per_row = -xp.sum(Y * xp.log(Pc) + (1.0 - Y) * xp.log(Qc), axis=1)
-    delta = None if dP is None else _scale_delta(xp, (P - Y) / (Pc * Qc), w, denom)
-    return _weighted_total(xp, per_row, w, denom), delta
-
-
-@kernel
-def poisson_on_outputs(
-    xp: Any, P: Array, Y: Array, dP: Array | None, w: Array | None, denom: float
-) -> tuple[Array, Array | None]:
-    Pc = _clip(xp, P)
-    pos = Y > 0
-    ylogy = xp.where(pos, Y * xp.log(xp.where(pos, Y, 1.0)), 0.0)
-    per_row = xp.sum(P - Y * xp.log(Pc) + ylogy - Y, axis=1)
-    delta = None if dP is None else _scale_delta(xp, 1.0 - Y / Pc, w, denom)
-    return _weighted_total(xp, per_row, w, denom), delta
-
-
+# ----------------------------------------------------------------- Loss
 class Loss:
     """A loss paired with its output activation.
 
@@ -311,10 +416,10 @@ class Loss:
     output : str
         Name of the output activation this loss is the canonical link of.
     fn : Kernel
-        ``fn(xp, Z, Y, dZ, w, denom) -> (L, delta)``: the 0-d loss and, unless ``dZ``
-        is None, the delta (in ``dZ`` on NumPy and CuPy).
+        ``fn(xp, Z, Y, w, inv_d, dZ) -> (loss, delta)`` over K members (see the module
+        docstring): the delta goes into ``dZ`` on NumPy and CuPy.
     on_outputs : Kernel
-        The same loss on the outputs: ``fn(xp, P, Y, dP, w, denom) -> (L, ∂L/∂Ŷ)``.
+        The same loss on the outputs: ``fn(xp, P, Y, w, inv_d, dP) -> (loss, ∂L/∂Ŷ)``.
     outputs : tuple of str
         The output activations whose values lie in the loss's domain ("*": all).
     """
@@ -325,15 +430,8 @@ class Loss:
         self.on_outputs = on_outputs
         self.outputs = outputs  # output activations whose values lie in the domain
 
-    def __call__(
-        self,
-        be: Any,
-        Z: Array,
-        Y: Array,
-        dZ: Array | None = None,
-        sample_weight: Array | None = None,
-        denom: float | None = None,
-    ) -> Array:
+    def __call__(self, be: Any, Z: Array, Y: Array, dZ: Array | None = None,
+                 sample_weight: Array | None = None, denom: float | None = None) -> Array:
         """Loss of logits ``Z`` against targets ``Y`` (both shape (n, k)).
 
         ``dZ`` (optional, shape (n, k), may be ``Z``) receives the delta; that needs
@@ -354,16 +452,10 @@ class Loss:
             be.assign(dZ, delta)
         return value
 
-    def value_and_delta(
-        self,
-        be: Any,
-        Z: Array,
-        Y: Array,
-        dZ: Array | None = None,
-        sample_weight: Array | None = None,
-        denom: float | None = None,
-    ) -> tuple[Array, Array | None]:
-        """Loss of logits ``Z`` against targets ``Y`` (both shape (n, k)), and its delta.
+    def value_and_delta(self, be: Any, Z: Array, Y: Array, dZ: Array | None = None,
+                        sample_weight: Array | None = None,
+                        denom: float | None = None) -> tuple[Array, Array | None]:
+        """Loss of one network's logits ``Z`` against targets ``Y`` (both shape (n, k)), and its delta.
 
         Parameters
         ----------
@@ -387,9 +479,15 @@ class Loss:
             ``dZ`` itself where a NumPy or CuPy variant wrote it, else a new array;
             None without ``dZ``.
         """
+        xp = be.xp
+        n, k = (int(d) for d in Z.shape)
         if denom is None:
-            denom = float(Z.shape[0]) if sample_weight is None else be.to_float(be.sum(sample_weight))
-        return be.run(self.kernel, Z, Y, dZ, sample_weight, denom)
+            denom = float(n) if sample_weight is None else be.to_float(be.sum(sample_weight))
+        inv_d = be.asarray(np.array([1.0 / denom]), dtype=Z.dtype)
+        one = (lambda a: None if a is None else xp.reshape(a, (1, n, k)))  # noqa: E731
+        w = None if sample_weight is None else xp.reshape(sample_weight, (1, n))
+        value, delta = be.run(self.kernel, one(Z), one(Y), w, inv_d, one(dZ))
+        return value[0], None if delta is None else xp.reshape(delta, (n, k))
 
     def __repr__(self) -> str:
         return f"Loss({self.name!r}, output={self.output!r})"
@@ -438,26 +536,29 @@ class OutputLoss:
         self.name = loss.name
         self.canonical = loss.output == activation.name
 
-    def delta(self, be: Any, Z: Array, Y: Array, dZ: Array, w: Array | None, denom: float,
+    def delta(self, be: Any, Z: Array, Y: Array, dZ: Array, w: Array | None, inv_d: Array,
               P: Array | None = None) -> tuple[Array, Array]:
-        """Loss of logits ``Z`` (n, k), a 0-d array, and its delta dL/dZ (n, k).
+        """Each member's loss (K,) of logits ``Z`` (K, n, k), and its delta dL/dZ (K, n, k).
 
-        The delta is ``dZ`` itself where a NumPy or CuPy variant wrote it, else a
-        new array. ``P`` (n, k) is a workspace for the outputs of a non-canonical pair;
+        The delta is ``dZ`` itself where a NumPy or CuPy variant wrote it, else a new
+        array. ``P`` (K, n, k) is a workspace for the outputs of a non-canonical pair;
         ``dZ`` must not be ``Z`` then (``g'`` may read ``Z``).
         """
         if self.canonical:
-            return be.run(self.loss.kernel, Z, Y, dZ, w, denom)
-        act = self.activation
-        P = act.forward(be, Z, out=P)
-        value, dP = be.run(self.loss.on_outputs, P, Y, dZ, w, denom)
-        return value, act.backward(be, dP, Z, P, out=dP)
+            return be.run(self.loss.kernel, Z, Y, w, inv_d, dZ)
+        act, xp = self.activation, be.xp
+        K, n, k = (int(d) for d in Z.shape)
+        flat = (lambda a: xp.reshape(a, (K * n, k)))  # noqa: E731
+        P = xp.reshape(act.forward(be, flat(Z), out=flat(P) if P is not None else xp.zeros((K * n, k),
+                                   dtype=Z.dtype)), (K, n, k))
+        value, dP = be.run(self.loss.on_outputs, P, Y, w, inv_d, dZ)
+        return value, xp.reshape(act.backward(be, flat(dP), flat(Z), flat(P), out=flat(dP)), (K, n, k))
 
-    def value(self, be: Any, Z: Array, P: Array, Y: Array, w: Array | None, denom: float) -> Array:
-        """The loss (0-d array) from logits ``Z`` and outputs ``P = g(Z)``, no delta."""
+    def value(self, be: Any, Z: Array, P: Array, Y: Array, w: Array | None, inv_d: Array) -> Array:
+        """Each member's loss (K,) from logits ``Z`` and outputs ``P = g(Z)`` (K, n, k), no delta."""
         if self.canonical:
-            return be.run(self.loss.kernel, Z, Y, None, w, denom)[0]
-        return be.run(self.loss.on_outputs, P, Y, None, w, denom)[0]
+            return be.run(self.loss.kernel, Z, Y, w, inv_d, None)[0]
+        return be.run(self.loss.on_outputs, P, Y, w, inv_d, None)[0]
 
     def __repr__(self) -> str:
         return f"OutputLoss({self.name!r} on {self.activation.name!r})"
@@ -499,24 +600,3 @@ def get_loss(name: str | Loss) -> Loss:
         valid = sorted(LOSSES) + sorted(_ALIASES)
         raise ValueError(f"unknown loss {name!r}; valid: {', '.join(valid)}")
     return LOSSES[key]
-
-
-# ------------------------------------------------------------ L2 penalty
-@kernel
-def l2_penalty(xp: Any, p: Array, g: Array, n: int, coef: float, tmp: Array) -> tuple[Array, Array]:
-    """``(Σ W², g')`` with ``g' = g + coef · W`` on the weight prefix ``W = p[:n]``.
-
-    ``p``, ``g`` are the flat parameter and gradient buffers, shape (n_params,);
-    ``g'`` is ``g`` written in place on NumPy and CuPy; ``tmp`` (n,) is scratch.
-    """
-    W = p[:n]
-    g = xp.concat([g[:n] + coef * W, g[n:]])
-    return xp.sum(W * W), g
-
-
-@l2_penalty.register("numpy")
-def _l2_penalty_np(xp: Any, p: Array, g: Array, n: int, coef: float, tmp: Array) -> tuple[Array, Array]:
-    W, dW = p[:n], g[:n]
-    xp.multiply(W, coef, out=tmp)
-    xp.add(dW, tmp, out=dW)
-    return xp.dot(W, W), g

@@ -1,25 +1,27 @@
-"""A stack member's whole training step as one compiled CPU loop.
+"""A member's whole training step as one compiled CPU loop.
 
-A :class:`~mlpx.stacked.Stack` of small networks on the CPU spends its time between
-the matrix products: every phase of a step (a product, a bias and activation pass,
-the loss, a backward pass, the update) goes over all of a thread's members before
-the next starts, so each member's weights, activations and optimizer state leave the
-caches between phases, and each phase is a Python call. Here one compiled call (numba,
-without the GIL) runs members one after another, each member's steps (one, or a block
-of an epoch's: ``Stack.train_epoch``) from gather to update while its data are in the
-core's cache, with the products on the BLAS ``numpy.matmul`` calls
+A network of K members (:class:`~mlpx.network.Network`; a single network is K = 1)
+of small layers on the CPU spends its time between the matrix products: every phase
+of a step (a product, a bias and activation pass, the loss, a backward pass, the
+update) is a Python call, and in a stack each phase goes over all of a thread's
+members before the next starts, so each member's weights, activations and optimizer
+state leave the caches between phases. Here one compiled call (numba, without the
+GIL) runs members one after another, each member's steps (one, or a block of an
+epoch's: :meth:`~mlpx.network.Network.train_epoch`) from gather to update while its
+data are in the core's cache, with the products on the BLAS ``numpy.matmul`` calls
 (:func:`mlpx.backends.blas.numpy_cblas`), called as ``numpy.matmul`` calls it.
 
-The per-member pieces (bias and activation, loss, bias gradient, the Adam and SGD
-updates) are defined here once and also run by the stack's phase-by-phase kernels
-(:mod:`mlpx.stacked`), so both paths give the same bits; ``tests/test_member_step.py``
-checks that they do.
+The per-row pieces (bias and activation, bias gradient: :mod:`mlpx.layers`; the
+losses: :mod:`mlpx.losses`; the hit count: :mod:`mlpx.metrics`; the updates:
+:mod:`mlpx.optimizers`) are defined once, beside their phase-by-phase kernels, whose
+numba variants run them too, so both paths give the same bits;
+``tests/test_member_step.py`` checks that they do.
 
 What the loop covers (:func:`member_step_plan` says why not, otherwise): the NumPy
 backend with numba and NumPy's bundled BLAS; float32 or float64 without mixed
-precision; Dense layers whose activation is ReLU or the identity; softmax
-cross-entropy or squared error; any optimizer; every dimension of every product at
-least 2 (NumPy hands products with a dimension of 1 to other BLAS routines).
+precision; Dense layers whose activation is ReLU or the identity; every canonical
+loss; every optimizer; every dimension of every product at least 2 (NumPy hands
+products with a dimension of 1 to other BLAS routines).
 """
 
 from __future__ import annotations
@@ -31,21 +33,20 @@ import numpy as np
 from mlpx.backends import Backend
 from mlpx.backends.blas import CBLAS_NO_TRANS, CBLAS_ROW_MAJOR, CBLAS_TRANS, NumpyCblas, numpy_cblas
 from mlpx.backends.jit import fetch_add, lazy_njit, numba_enabled
-from mlpx.metrics import row_hit
+from mlpx.layers import bias_activation_rows, bias_gradient_rows
+from mlpx.losses import LOSS_CODES, loss_rows
+from mlpx.metrics import hit_rows
 from mlpx.optimizers import adam_row, rmsprop_row, sgd_row
 
-__all__ = ["LOSS_CODES", "MemberStepPlan", "bias_activation_rows", "bias_gradient_rows",
-           "cross_entropy_rows", "member_step_plan", "run_member_steps", "squared_error_rows"]
+__all__ = ["MemberStepPlan", "RULE_CODES", "member_step_plan", "run_member_steps"]
 
-#: Losses the loop computes, by ``OutputLoss.name``.
-LOSS_CODES = {"cross_entropy": 0, "squared_error": 1}
 _ACT_CODES = {"identity": 0, "relu": 1}
 #: The rules the loop updates with, by optimizer class name.
 RULE_CODES = {"Adam": 0, "AdamW": 0, "SGD": 1, "RMSprop": 2}
 
 
 class MemberStepPlan:
-    """What :func:`run_member_steps` needs of a stack, decided once.
+    """What :func:`run_member_steps` needs of a network, decided once.
 
     Attributes
     ----------
@@ -57,6 +58,9 @@ class MemberStepPlan:
     cblas : NumpyCblas
     """
 
+    #: The canonical losses the loop computes (:data:`mlpx.losses.LOSS_CODES`).
+    losses = frozenset(LOSS_CODES)
+
     def __init__(self, layers: np.ndarray, cblas: NumpyCblas) -> None:
         self.layers = layers
         self.cblas = cblas
@@ -66,13 +70,13 @@ class MemberStepPlan:
 def member_step_plan(be: Backend, dense: Sequence[tuple[tuple[int, int, tuple[int, ...]],
                                                         tuple[int, int, tuple[int, ...]], str] | None],
                      dtype: str, mixed: bool) -> tuple[MemberStepPlan | None, str]:
-    """The compiled step's plan for a stack, or None and the reason.
+    """The compiled step's plan for a network, or None and the reason.
 
     Parameters
     ----------
     be : Backend
     dense : sequence
-        The stack's operations in order: ``(W slot, b slot, activation name)`` per
+        The network's layers in order: ``(W slot, b slot, activation name)`` per
         Dense layer, None for any other operation. A slot is ``(start, stop, shape)``.
     dtype : str
     mixed : bool
@@ -90,7 +94,7 @@ def member_step_plan(be: Backend, dense: Sequence[tuple[tuple[int, int, tuple[in
     rows = []
     for op in dense:
         if op is None:
-            return None, "activation layers of their own"
+            return None, "layers other than Dense (activation layers of their own, dropout)"
         (wa, _wb, shape), (ba, _bb, _), act = op
         if act not in _ACT_CODES:
             return None, f"activation {act!r} (the compiled step has ReLU and the identity)"
@@ -102,10 +106,10 @@ def member_step_plan(be: Backend, dense: Sequence[tuple[tuple[int, int, tuple[in
 
 
 def run_member_steps(plan: MemberStepPlan, queue: np.ndarray, counter: np.ndarray, X: np.ndarray, Y: np.ndarray,
-                     index: np.ndarray, groups: np.ndarray, w: np.ndarray, dev: np.ndarray, params: np.ndarray,
-                     grads: np.ndarray, state: Sequence[np.ndarray], rule: str, n_weights: int,
+                     index: np.ndarray, widths: np.ndarray, groups: np.ndarray, w: np.ndarray, dev: np.ndarray,
+                     params: np.ndarray, grads: np.ndarray, state: Sequence[np.ndarray], rule: str, n_weights: int,
                      loss: str, penalised: bool, ws: dict[str, np.ndarray], out: dict[str, np.ndarray],
-                     count_correct: bool, softmax: bool) -> None:
+                     count_correct: bool, output: str) -> None:
     """S training steps of the members in ``queue``: gather, forward, loss, backward, L2, update.
 
     Each member takes its S steps one after another (the members are independent
@@ -125,6 +129,8 @@ def run_member_steps(plan: MemberStepPlan, queue: np.ndarray, counter: np.ndarra
         The data set (C-contiguous, in the parameters' dtype).
     index : ndarray of int64, shape (S, K, b)
         Each member's rows of each step.
+    widths : ndarray of int64, shape (S,)
+        How many of its ``b`` places step ``s`` takes.
     groups : ndarray of int64, shape (K,)
         Members with one label have the same rows (with S = 1, gathered once in a run).
     w : ndarray, shape (S, K, b)
@@ -149,10 +155,11 @@ def run_member_steps(plan: MemberStepPlan, queue: np.ndarray, counter: np.ndarra
         ``"loss"``, ``"sq"``, ``"hits"``: arrays of shape (S, K); the members
         stepped here are written.
     count_correct : bool
-        Also count each member's rows of positive weight predicted right (``hits``).
-    softmax : bool
-        The output activation is softmax: a hit is the arg-max (else every logit's
-        sign agrees with ``y > 0.5``), as :func:`~mlpx.stacked.member_hits` counts.
+        Also count each member's rows of positive weight predicted right (``hits``),
+        as :func:`~mlpx.metrics.correct_count` counts them.
+    output : str
+        The output activation's name (softmax: a hit is the arg-max; else every
+        logit's sign agrees with ``y > 0.5``).
     """
     dtype = params.dtype
     b = int(index.shape[2])
@@ -171,9 +178,9 @@ def run_member_steps(plan: MemberStepPlan, queue: np.ndarray, counter: np.ndarra
     code = RULE_CODES[rule]
     s2 = state[1] if len(state) > 1 else state[0]
     name = dtype.name
-    _steps()(plan.cblas.gemm[name], plan.cblas.dot[name], queue, counter, X, Y, index, groups, w, dev, params, grads,
-             state[0], s2, plan.layers, LOSS_CODES[loss], code, int(n_weights), bool(penalised), bool(count_correct),
-             bool(softmax), ws["consts"], ws["Xg"], ws["Yg"], ws["acts"], ws["dA"], ws["dB"], ws["acc"],
+    _steps()(plan.cblas.gemm[name], plan.cblas.dot[name], queue, counter, X, Y, index, widths, groups, w, dev, params,
+             grads, state[0], s2, plan.layers, LOSS_CODES[loss], code, int(n_weights), bool(penalised),
+             bool(count_correct), output == "softmax", ws["consts"], ws["Xg"], ws["Yg"], ws["acts"], ws["dA"], ws["dB"], ws["acc"],
              out["loss"], out["sq"], out["hits"])
 
 
@@ -189,11 +196,10 @@ def _steps() -> Any:
 
 
 @lazy_njit
-def _member_steps(gemm, dot, queue, counter, X, Y, index, groups, w, dev, params, grads, s1, s2, layers, loss_code,
+def _member_steps(gemm, dot, queue, counter, X, Y, index, widths, groups, w, dev, params, grads, s1, s2, layers, loss_code,
                   opt_code, nw, penalised, count_correct, softmax, consts, Xg, Yg, acts, dA, dB, acc,
                   loss, sq, hits):  # pragma: no cover - compiled
     S = index.shape[0]
-    b = index.shape[2]
     f0 = X.shape[1]
     c = Y.shape[1]
     L = layers.shape[0]
@@ -210,6 +216,7 @@ def _member_steps(gemm, dot, queue, counter, X, Y, index, groups, w, dev, params
             break
         k = queue[q]
         for s in range(S):  # a member's steps in turn: its weights and state stay in the core's cache
+            b = widths[s]
             inv_d = dev[s, 0, k]
             if not inv_d > 0:  # no rows this step
                 loss[s, k] = zero
@@ -217,7 +224,7 @@ def _member_steps(gemm, dot, queue, counter, X, Y, index, groups, w, dev, params
                 hits[s, k] = zero
                 continue
             # ---- the member's rows (one step: shared by a run of members with one label)
-            if S > 1 or gathered < 0 or groups[k] != groups[gathered]:
+            if S > 1 or gathered < 0 or groups[k] != groups[gathered]:  # (S = 1: one width)
                 for i in range(b):
                     r = index[s, k, i]
                     for j in range(f0):
@@ -239,14 +246,11 @@ def _member_steps(gemm, dot, queue, counter, X, Y, index, groups, w, dev, params
             out_off = off - b * c
             # ---- loss and the output delta into dA (the phase kernels' own rows)
             Z = acts[out_off : out_off + b * c].reshape((b, c))
-            Yk = Yg.reshape((b, c))
+            Yk = Yg[: b * c].reshape((b, c))
             dZ = dA[: b * c].reshape((b, c))
-            if loss_code == 0:
-                acc_k = cross_entropy_rows(Z, Yk, w[s, k], inv_d, dZ, acc, True)
-            else:
-                acc_k = squared_error_rows(Z, Yk, w[s, k], inv_d, dZ, True)
+            acc_k = loss_rows(loss_code, Z, Yk, w[s, k, :b], inv_d, dZ, acc, True)
             loss[s, k] = acc_k * inv_d
-            hits[s, k] = _hit_rows(Z, Yk, w[s, k], softmax) if count_correct else zero
+            hits[s, k] = hit_rows(Z, Yk, w[s, k, :b], softmax) if count_correct else zero
             # ---- backward: dZ = dH ⊙ g'(Z) and db in one pass, dW = Hᵀ dZ, dH = dZ Wᵀ
             d_cur, d_next = dA, dB
             for ly in range(L - 1, -1, -1):
@@ -274,102 +278,3 @@ def _member_steps(gemm, dot, queue, counter, X, Y, index, groups, w, dev, params
             elif dev[s, 7, k] > 0:
                 rmsprop_row(params, grads, s1, k, nw, penalised, cf, dev[s, 3, k], dev[s, 4, k], dev[s, 5, k],
                             dev[s, 6, k])
-
-
-# --------------------------------------- one member's pieces (both paths)
-# The phase kernels of mlpx.stacked run these per member too, so the two paths share
-# every operation. ``z * 0`` starts float64 sums in float32 too (numba promotes
-# float32 times an integer): part of the arithmetic both paths must agree on.
-@lazy_njit
-def bias_activation_rows(Z, b, identity):  # pragma: no cover - compiled
-    """``Z + b`` and ReLU (or the identity) in place: Z (n, u), b (u,)."""
-    for i in range(Z.shape[0]):
-        row = Z[i]  # a row view: the loop vectorises
-        for j in range(Z.shape[1]):
-            x = row[j] + b[j]
-            row[j] = x if (identity or x > 0) else x * 0
-
-
-@lazy_njit
-def bias_gradient_rows(dH, H, db, acc, relu):  # pragma: no cover - compiled
-    """``dZ = dH ⊙ relu'(H)`` in place (``relu``; else dZ = dH) and ``db = Σ_rows dZ``.
-
-    dH, H (n, u); db (u,) receives the sum, ``acc`` (≥ u) is scratch: rows are summed
-    in order, as NumPy sums a C-contiguous block over axis 0, into a contiguous
-    accumulator (a strided store in the inner loop stops vectorisation).
-    """
-    n, u = dH.shape
-    for j in range(u):
-        acc[j] = 0
-    for i in range(n):
-        for j in range(u):
-            x = dH[i, j]
-            if relu:
-                x = x if H[i, j] > 0 else x * 0
-                dH[i, j] = x
-            acc[j] += x
-    for j in range(u):
-        db[j] = acc[j]
-
-
-@lazy_njit
-def cross_entropy_rows(Z, Y, w, inv_d, dZ, ex, has_dz):  # pragma: no cover - compiled
-    """Softmax cross-entropy of logits Z (n, c) against Y (n, c), rows weighted by w (n,).
-
-    Returns ``Σ_i w_i l_i`` (float64); with ``has_dz``, ``dZ`` (n, c) receives
-    ``(softmax(Z) − Y)·w/d`` (``inv_d`` = 1/d). ``ex`` (≥ c) is scratch; it may be a
-    row of ``dZ``'s buffer only when ``dZ`` is written.
-    """
-    n, c = Z.shape
-    total = Z[0, 0] * 0
-    for i in range(n):
-        m = Z[i, 0]
-        for j in range(1, c):
-            if Z[i, j] > m:
-                m = Z[i, j]
-        s = Z[i, 0] * 0
-        for j in range(c):
-            e = np.exp(Z[i, j] - m)
-            s += e
-            ex[j] = e
-        lse = np.log(s) + m
-        wi = w[i]
-        a = s * 0
-        for j in range(c):
-            y = Y[i, j]
-            a += y * (lse - Z[i, j])
-            if has_dz:
-                dZ[i, j] = ((ex[j] / s - y) * wi) * inv_d
-        total += a * wi
-    return total
-
-
-@lazy_njit
-def squared_error_rows(Z, Y, w, inv_d, dZ, has_dz):  # pragma: no cover - compiled
-    """Half the squared error of Z (n, c) against Y, rows weighted by w (n,): returns
-    ``Σ_i w_i l_i`` (float64); with ``has_dz``, ``dZ`` receives ``(Z − Y)·w/d``."""
-    n, c = Z.shape
-    total = Z[0, 0] * 0
-    for i in range(n):
-        wi = w[i]
-        a = Z[i, 0] * 0
-        for j in range(c):
-            r = Z[i, j] - Y[i, j]
-            a += r * r
-            if has_dz:
-                dZ[i, j] = (r * wi) * inv_d
-        total += (a * 0.5) * wi
-    return total
-
-
-@lazy_njit
-def _hit_rows(Z, Y, w, softmax):  # pragma: no cover - compiled
-    """Rows of positive weight predicted right, as ``mlpx.stacked.member_hits`` counts them.
-
-    An integer count: a float sum started from ``Z[0, 0] * 0`` would be NaN once
-    the member's outputs overflowed."""
-    hits = 0
-    for i in range(Z.shape[0]):
-        if w[i] > 0 and row_hit(Z, Y, i, softmax, 0):
-            hits += 1
-    return hits

@@ -1,8 +1,9 @@
-"""Held-out scores from sufficient statistics, on the device and across ranks.
+"""Held-out scores of every member from sufficient statistics, on the device and across ranks.
 
-One scorer serves ``Sequential.evaluate``, the validation logs of ``fit``, the
-estimators' ``score`` and their early stopping, on every backend and under
-``comm=``. It sums per chunk, on the device, the statistics a score needs:
+One scorer serves ``Sequential.evaluate``, the validation logs of ``fit`` (a single
+network's and a stack's, each member on the rows it holds out), the estimators'
+``score`` and their early stopping, on every backend and under ``comm=``. It sums
+per chunk and per member, on the device, the statistics a score needs:
 
 ==============  ================================================================
 statistic       meaning
@@ -34,28 +35,40 @@ import numpy as np
 from mlpx.backends import kernel
 from mlpx.backends.jit import lazy_njit
 
-__all__ = ["PREDICT_CHUNK", "Chunk", "arg_max", "correct_count", "hit_vector", "holdout_scores", "iter_chunks", "r2_from_sums",
-           "row_hit"]
+__all__ = ["PREDICT_CHUNK", "Chunk", "arg_max", "correct_count", "hit_rows", "hit_vector", "holdout_scores",
+           "iter_chunks", "r2_from_sums", "row_hit"]
 
 Array = Any
 #: Rows per forward pass when predicting or scoring: bounds the workspaces' memory.
 PREDICT_CHUNK = 8192
-Chunk = tuple[Array, Array, Array | None]  # X (n, f), Y (n, k), w (n,) or None, on the backend
+#: X (m, f) or (K, m, f), Y, w (or None) and valid (or None), on the backend; see holdout_scores.
+Chunk = tuple[Array, Array, Array | None, Array | None]
 
 
 @kernel
-def correct_count(xp: Any, Z: Array, Y: Array, output: str, threshold: float = 0.0) -> Array:
-    """Number of rows of ``Z`` (n, k) whose prediction matches targets ``Y`` (n, k).
+def correct_count(xp: Any, Z: Array, Y: Array, w: Array | None, output: str) -> Array:
+    """Each member's rows of positive weight whose prediction matches its targets.
 
-    softmax: arg-max agrees; logistic: every label's ``z > threshold`` agrees with
-    ``y > 0.5`` (exact match, as scikit-learn's multilabel accuracy). ``Z`` holds
-    logits (threshold 0) or probabilities (threshold 0.5). Returns a 0-d array.
+    Parameters
+    ----------
+    Z, Y : arrays, shape (K, n, c)
+        Logits and targets.
+    w : array, shape (K, n), or None
+        Row weights (a row of weight 0, padding, is not counted); None: every row.
+    output : str
+        softmax: the arg-max agrees; logistic: every label's ``z > 0`` agrees with
+        ``y > 0.5`` (exact match, as scikit-learn's multilabel accuracy).
+
+    Returns
+    -------
+    array, shape (K,)
     """
     if output == "softmax":
-        hit = xp.argmax(Z, axis=1) == xp.argmax(Y, axis=1)
+        hit = xp.argmax(Z, axis=-1) == xp.argmax(Y, axis=-1)
     else:
-        hit = xp.all((Z > threshold) == (Y > 0.5), axis=1)
-    return xp.sum(xp.astype(hit, Z.dtype))
+        hit = xp.all((Z > 0) == (Y > 0.5), axis=-1)
+    hit = xp.astype(hit, Z.dtype)
+    return xp.sum(hit if w is None else hit * xp.astype(w > 0, Z.dtype), axis=1)
 
 
 @lazy_njit
@@ -75,7 +88,8 @@ def arg_max(Z, i):  # pragma: no cover - compiled
 
 @lazy_njit
 def row_hit(Z, Y, i, softmax, threshold):  # pragma: no cover - compiled
-    """Is row ``i`` of ``Z`` (n, k) predicted right, as :func:`correct_count` decides?"""
+    """Is row ``i`` of ``Z`` (n, k) predicted right, as :func:`correct_count` decides
+    (``threshold``: 0 for logits, 0.5 for probabilities)?"""
     if softmax:
         return arg_max(Z, i) == arg_max(Y, i)
     for j in range(Z.shape[1]):
@@ -85,25 +99,44 @@ def row_hit(Z, Y, i, softmax, threshold):  # pragma: no cover - compiled
 
 
 @lazy_njit
-def _correct_count_loop(Z, Y, softmax, threshold):  # pragma: no cover - compiled
+def hit_rows(Z, Y, w, softmax):  # pragma: no cover - compiled
+    """Rows of ``Z`` (n, c) with positive weight ``w`` (n,) predicted right, as
+    :func:`correct_count` counts them.
+
+    An integer count: a float sum started from ``Z[0, 0] * 0`` would be NaN once the
+    member's outputs overflowed."""
     hits = 0
     for i in range(Z.shape[0]):
-        hits += row_hit(Z, Y, i, softmax, threshold)
+        if w[i] > 0 and row_hit(Z, Y, i, softmax, 0):
+            hits += 1
     return hits
 
 
+@lazy_njit
+def _correct_count_loop(Z, Y, w, softmax, out):  # pragma: no cover - compiled
+    for k in range(Z.shape[0]):
+        out[k] = hit_rows(Z[k], Y[k], w[k], softmax)
+
+
 @correct_count.register("numba")
-def _correct_count_numba(xp: Any, Z: Array, Y: Array, output: str, threshold: float = 0.0) -> Array:
-    return Z.dtype.type(_correct_count_loop(Z, Y, output == "softmax", Z.dtype.type(threshold)))
+def _correct_count_numba(xp: Any, Z: Array, Y: Array, w: Array | None, output: str) -> Array:
+    if not (Z.flags.c_contiguous and Y.flags.c_contiguous) or Z.dtype.itemsize < 4:
+        return correct_count.generic(xp, Z, Y, w, output)
+    K, n = Z.shape[:2]
+    out = np.empty(K, dtype=Z.dtype)
+    _correct_count_loop(Z, Y, np.ones((K, n), Z.dtype) if w is None else np.ascontiguousarray(w),
+                        output == "softmax", out)
+    return out
 
 
 @kernel
 def hit_vector(xp: Any, P: Array, Y: Array, output: str) -> Array:
-    """Per-row 1.0/0.0: does the prediction from probabilities ``P`` (n, k) match ``Y``?"""
+    """Per-row 1.0/0.0 (..., n): does the prediction from probabilities ``P`` (..., n, c)
+    match ``Y``?"""
     if output == "softmax":
-        hit = xp.argmax(P, axis=1) == xp.argmax(Y, axis=1)
+        hit = xp.argmax(P, axis=-1) == xp.argmax(Y, axis=-1)
     else:
-        hit = xp.all((P > 0.5) == (Y > 0.5), axis=1)
+        hit = xp.all((P > 0.5) == (Y > 0.5), axis=-1)
     return xp.astype(hit, P.dtype)
 
 
@@ -129,36 +162,40 @@ def holdout_scores(
     loss: Any,
     *,
     need_loss: bool = True,
-) -> dict[str, float]:
-    """Loss and score of a held-out set, over every rank's rows (collective).
+) -> dict[str, np.ndarray]:
+    """Each member's loss and score on held-out rows, over every rank's rows (collective).
 
     Parameters
     ----------
-    model : Sequential
-        Computes the outputs (:meth:`~mlpx.model.Sequential.infer`); the caller
-        holds its parameter lock for reading, so all chunks see the same weights.
+    model : Network
+        Computes the outputs of its K members (:meth:`~mlpx.network.Network.infer_members`);
+        the caller holds its parameter lock for reading, so all chunks see the same
+        weights.
     chunks : callable
-        Returns an iterable of ``(X, Y, w)`` chunks on the backend: X in the
-        compute dtype, Y and w in the model dtype (w None for unit weights).
-        Called twice for regressors (the second pass needs Y and w only). A rank
-        without held-out rows returns no chunks but still takes part.
+        Returns an iterable of ``(X, Y, w, valid)`` chunks on the backend: X in the
+        compute dtype, shape (m, f) for rows every member sees or (K, m, f) for each
+        member's own; Y (m, c) or (K, m, c) and w (m,) or (K, m) (None: unit weights)
+        in the model dtype; ``valid`` (K, m) marks the real rows of members' own
+        rows (None: all). Called twice for regressors (the second pass needs Y and w
+        only). A rank without held-out rows returns no chunks but still takes part.
     reducer : Reducer
         Sums the statistics over ranks (:mod:`mlpx.distributed`).
     loss : OutputLoss
-        The model's loss on its output (:meth:`~mlpx.model.Sequential.resolve_loss`).
+        The model's loss on its output (:meth:`~mlpx.network.Network.resolve_loss`).
+    need_loss : bool
+        Compute the loss (False leaves it out).
 
     Returns
     -------
-    dict
-        ``loss`` (``Σ w l / Σ w``, NaN when there are no rows), ``weight``
-        (``Σ w``), and ``accuracy`` (softmax / logistic outputs) or ``r2``;
-        a score is NaN when any output is not finite. ``loss`` is left out with
-        ``need_loss=False`` (the loss is then not computed).
+    dict of str -> ndarray, shape (K,)
+        ``loss`` (``Σ w l / Σ w``, NaN where there are no rows), ``weight``
+        (``Σ w``), and ``accuracy`` (softmax / logistic outputs) or ``r2``; a
+        member's score is NaN when any of its outputs is not finite.
     """
     be = model.backend
     out = model.output.name
     classifier = out in ("softmax", "logistic")
-    k = model.n_outputs_
+    K, c = model.n_members, model.n_outputs_
     xp = be.xp
     wide = _sum_dtype(be, model.dtype)
     f64 = be.dtype(wide)
@@ -168,46 +205,62 @@ def holdout_scores(
     nonfinite: Any = 0.0
     y_sum: Any = 0.0
     ss_res: Any = 0.0
-    for X, Y, w in chunks():
-        n = X.shape[0]
-        Z, P = model.infer(X)
+    ones = None
+    for X, Y, w, valid in chunks():
+        Z, P = model.infer_members(X)
+        m = int(Z.shape[1])
+        Yk = Y if len(Y.shape) == 3 else xp.broadcast_to(Y, (K, m, c))
+        wk = None if w is None else (w if len(w.shape) == 2 else xp.broadcast_to(w, (K, m)))
         if need_loss:
-            loss_sum = loss_sum + loss.value(be, Z, P, Y, w, 1.0)
-        weight = weight + (float(n) if w is None else xp.sum(w))
+            if ones is None:
+                ones = be.asarray(np.ones(K), dtype=model.dtype)
+            loss_sum = loss_sum + loss.value(be, Z, P, Yk, wk, ones)
+        weight = weight + (float(m) if wk is None else xp.sum(wk, axis=1))
         if classifier:
             # Labels as scikit-learn's predict gives them, even from non-finite outputs.
-            hits = be.run(hit_vector, P, Y, out)
-            correct = correct + (xp.sum(hits) if w is None else xp.sum(hits * w))
+            hits = be.run(hit_vector, P, Yk, out)
+            correct = correct + xp.sum(hits if wk is None else hits * wk, axis=1)
         else:
             # Regression sums in float64 whatever the model dtype (where the backend has
             # float64): R² cancels digits.
-            P64, Y64 = be.astype(P, wide), be.astype(Y, wide)
-            W = 1.0 if w is None else xp.reshape(be.astype(w, wide), (n, 1))
-            nonfinite = nonfinite + xp.sum(xp.astype(~xp.isfinite(P64), f64))
+            P64, Y64 = be.astype(P, wide), be.astype(Yk, wide)
+            W = 1.0 if wk is None else xp.reshape(be.astype(wk, wide), (K, m, 1))
+            bad = xp.astype(~xp.isfinite(P64), f64)
+            if valid is not None:
+                bad = bad * xp.reshape(be.astype(valid, wide), (K, m, 1))
+            nonfinite = nonfinite + xp.sum(xp.sum(bad, axis=2), axis=1)
             R = Y64 - P64
-            y_sum = y_sum + xp.sum(W * Y64, axis=0)
-            ss_res = ss_res + xp.sum(W * (R * R), axis=0)
+            y_sum = y_sum + xp.sum(W * Y64, axis=1)
+            ss_res = ss_res + xp.sum(W * (R * R), axis=1)
     # One read back of everything, then one all-reduce of a short host vector.
-    local = [_host(be, loss_sum, 1), _host(be, weight, 1)]
-    local += [_host(be, correct, 1)] if classifier else [_host(be, nonfinite, 1), _host(be, y_sum, k), _host(be, ss_res, k)]
+    local = [_host(be, loss_sum, K), _host(be, weight, K)]
+    local += [_host(be, correct, K)] if classifier else [_host(be, nonfinite, K), _host(be, y_sum, K * c),
+                                                         _host(be, ss_res, K * c)]
     sums = np.asarray(reducer.allreduce_sum(np.concatenate(local).tolist()))
-    total_loss, total_w = sums[0], sums[1]
-    result: dict[str, float] = {"weight": float(total_w)}
+    total_loss, total_w = sums[:K], sums[K : 2 * K]
+    has = total_w > 0
+    safe_w = np.where(has, total_w, 1.0)
+    result: dict[str, np.ndarray] = {"weight": total_w}
     if need_loss:
-        result["loss"] = float(total_loss / total_w) if total_w > 0 else math.nan
+        result["loss"] = np.where(has, total_loss / safe_w, math.nan)
     if classifier:
-        result["accuracy"] = float(sums[2] / total_w) if total_w > 0 else math.nan
+        result["accuracy"] = np.where(has, sums[2 * K : 3 * K] / safe_w, math.nan)
         return result
-    bad, g_y_sum, g_ss_res = sums[2], sums[3 : 3 + k], sums[3 + k :]
-    mean = g_y_sum / total_w if total_w > 0 else np.zeros(k)
-    dev_mean = be.asarray(mean, dtype=wide)
+    bad, g_y_sum = sums[2 * K : 3 * K], sums[3 * K : 3 * K + K * c].reshape(K, c)
+    g_ss_res = sums[3 * K + K * c :].reshape(K, c)
+    mean = g_y_sum / safe_w[:, None]
+    dev_mean = xp.reshape(be.asarray(mean, dtype=wide), (K, 1, c))
     ss_tot_local: Any = 0.0
-    for _X, Y, w in chunks():
-        D = be.astype(Y, wide) - dev_mean
-        W = 1.0 if w is None else xp.reshape(be.astype(w, wide), (Y.shape[0], 1))
-        ss_tot_local = ss_tot_local + xp.sum(W * (D * D), axis=0)
-    ss_tot = np.asarray(reducer.allreduce_sum(_host(be, ss_tot_local, k).tolist()))
-    result["r2"] = r2_from_sums(g_ss_res, ss_tot) if total_w > 0 and bad == 0 else math.nan
+    for _X, Y, w, _valid in chunks():
+        m = int(Y.shape[-2])
+        Yk = Y if len(Y.shape) == 3 else xp.broadcast_to(Y, (K, m, c))
+        D = be.astype(Yk, wide) - dev_mean
+        W = 1.0 if w is None else xp.reshape(be.astype(w if len(w.shape) == 2 else xp.broadcast_to(w, (K, m)),
+                                                       wide), (K, m, 1))
+        ss_tot_local = ss_tot_local + xp.sum(W * (D * D), axis=1)
+    ss_tot = np.asarray(reducer.allreduce_sum(_host(be, ss_tot_local, K * c).tolist())).reshape(K, c)
+    result["r2"] = np.array([r2_from_sums(g_ss_res[k], ss_tot[k]) if has[k] and bad[k] == 0 else math.nan
+                             for k in range(K)])
     return result
 
 

@@ -1,21 +1,10 @@
-"""The model: a stack of layers on one backend, with one flat parameter buffer.
+"""The model: a single network, the K = 1 case of :class:`~mlpx.network.Network`.
 
-``Sequential`` owns the parameters of all its layers in a single contiguous 1-D
-buffer (weights of every layer first, then every bias) and the gradients in a
-second buffer of the same layout. Layers see ``(n_in, n_out)`` and ``(n_out,)``
-views into them. Consequences: an optimizer step is a few whole-buffer operations,
-the L2 penalty is one operation on the weight prefix, save/load and CPU↔GPU moves
-are one transfer, and a data-parallel all-reduce is one call.
-
-On an immutable backend (JAX, ``backend.mutable`` False) there are no views: every
-write of the flat parameters (an update, ``set_flat_params``, a rollback) makes a new
-array, from which the layers' arrays are sliced again, and after each backward pass
-the flat gradient is assembled from the layers' gradient arrays in slot order.
-
-The last activation of the stack is the *output* activation. It is kept apart from
-the layers during training: the last layer produces logits ``Z`` and the loss bound
-to the output activation (:func:`mlpx.losses.pair`) turns them into the loss and
-the output delta ``dZ`` (the ``(Ŷ − Y)/n`` shortcut for the canonical pairs).
+``Sequential`` computes and trains with the network engine's code (one member);
+it adds the face of one network: 1-D views of the flat parameter buffer (every
+weight first, then every bias, so the L2 term touches a prefix, and save/load,
+CPU↔GPU moves and a data-parallel all-reduce are one transfer), ``add``,
+``predict``, ``evaluate``, ``fit`` and the model file.
 
 Training goes through one public step, :meth:`Sequential.train_step` (forward,
 backward, all-reduce across ranks, L2 penalty, update), which :func:`mlpx.training.fit`
@@ -27,82 +16,28 @@ updates, even while ``fit`` runs in another thread.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from mlpx import training
-from mlpx.activations import Activation, get_activation
-from mlpx.backends import Backend, BackendError, get_backend, kernel
-from mlpx.distributed import LocalReducer, Reducer
-from mlpx.layers import ActivationLayer, Dense, Dropout, Layer, layer_from_config
-from mlpx.locking import ReadWriteLock
-from mlpx.losses import Loss, OutputLoss, l2_penalty, pair
-from mlpx.metrics import PREDICT_CHUNK, correct_count, holdout_scores, iter_chunks
+from mlpx.activations import get_activation
+from mlpx.backends import Backend, BackendError, get_backend
+from mlpx.layers import Dense, Dropout, Layer, layer_from_config
+from mlpx.losses import Loss, OutputLoss, l2_penalty
+from mlpx.metrics import PREDICT_CHUNK, holdout_scores, iter_chunks
+from mlpx.network import Network, StepResult
 from mlpx.optimizers import Optimizer
-from mlpx.precision import all_finite, get_precision, scale_cast
+from mlpx.precision import all_finite
 from mlpx.saving import MAX_PARAMS, ModelFileError, check_architecture, read_model_file, write_model_file
-from mlpx.validation import check_int, check_real, check_sample_weight, check_seed, check_X, encode_targets
+from mlpx.validation import check_int, check_real, check_sample_weight, check_seed, encode_targets
 
 __all__ = ["MLP", "Sequential", "StepResult", "load"]
 
 Array = Any
 
 
-class StepResult(NamedTuple):
-    """What one :meth:`Sequential.train_step` produced.
-
-    Attributes
-    ----------
-    loss : float or 0-d array
-        The data term ``Σ w_i l_i / denom`` summed over ranks (on the device: read
-        it once per epoch, not per step).
-    penalty : float or 0-d array
-        The L2 term ``½ l2 Σ‖W‖² / denom`` (0.0 without L2).
-    correct : 0-d array or None
-        Rows of this rank's batch predicted right (``count_correct=True``).
-    applied : bool or None
-        Whether the update was applied (False: an fp16 step skipped on overflow);
-        None without an optimizer.
-    error : BaseException or None
-        A failure after the all-reduce on this rank (data-parallel training reports
-        it at the next collective); always None for single-process training.
-    """
-
-    loss: Any
-    penalty: Any
-    correct: Any
-    applied: bool | None
-    error: BaseException | None
-
-
-@kernel
-def _zero(xp: Any, a: Array) -> Array:
-    """Zeros like ``a`` (in ``a`` on NumPy and CuPy): a rank without rows this step
-    contributes zero gradients."""
-    return xp.zeros_like(a)
-
-
-@_zero.register("numpy")
-def _zero_np(xp: Any, a: Array) -> Array:
-    a.fill(0)
-    return a
-
-
-def _check_dtype(dtype: Any) -> str:
-    """``"float32"`` or ``"float64"`` from a name, a NumPy dtype or a scalar type."""
-    try:
-        name = np.dtype(dtype).name if dtype is not None else None
-    except TypeError:
-        name = None
-    if name not in ("float32", "float64"):
-        raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-    return name
-
-
-class Sequential:
+class Sequential(Network):
     """Layers applied in order, trained as one network.
 
     Parameters
@@ -130,7 +65,7 @@ class Sequential:
     Attributes
     ----------
     params : array, shape (n_params,)
-        Flat parameter buffer on the backend.
+        Flat parameter buffer on the backend (a view of the network's ``flat`` row).
     grads : array, shape (n_params,)
         Flat gradient buffer, same layout.
     n_weights : int
@@ -167,43 +102,19 @@ class Sequential:
         seed: int | None = None,
         precision: str | None = None,
     ) -> None:
-        self.backend = get_backend(backend)
-        self.dtype = _check_dtype(dtype)
-        if precision in ("bf16", "fp16") and not self.backend.mutable:
-            # Mixed precision keeps a low-precision copy of the weights that layers view.
-            raise BackendError(
-                f"precision={precision!r} computes with low-precision copies written into "
-                f"preallocated buffers, and backend {self.backend.name!r} has immutable "
-                f"arrays; use precision=None"
-            )
-        self.precision_ = get_precision(precision, self.dtype, self.backend)
-        self.compute_dtype = self.precision_.compute_dtype
         # A NumPy integer seed would break the JSON record and the per-layer dropout
         # seeds (seed + 1 + k): normalise it to a Python int once, here.
-        self.seed = seed = check_seed(seed)
-        self.parameter_lock = ReadWriteLock()
-        self._one_rank = LocalReducer(self.backend)  # the reducer of single-process steps
-        self.history: Any = None
-        self.optimizer_: Optimizer | None = None
-        self.loss_: OutputLoss | None = None
-        self.epochs_done_ = 0
-        self.samples_seen_ = 0
-        self.shuffle_rng_: np.random.Generator | None = None
-        self.stop_training = False
-        self._given: list[Layer] = []
-        self._ws: dict[tuple[str, int], Array] = {}
-        self._tls = threading.local()
-        self._dropout_rank = 0
-        self._shuffle_rank = 0
-        self.layers: list[Layer] = []
-        self.output: Activation = get_activation("identity")
-        self.params: Array = None
-        self.grads: Array = None
+        seed = check_seed(seed)
+        if not isinstance(layers, (list, tuple)):
+            if not layers:
+                raise ValueError("Sequential needs a sequence of layers")
+            layers = list(layers)
         for layer in layers:
             self._check_layer(layer)
-        self._given = list(layers)
-        if not self._given and not isinstance(layers, (list, tuple)):
-            raise ValueError("Sequential needs a sequence of layers")
+        super().__init__(list(layers), seeds=[seed], backend=backend, dtype=dtype, precision=precision, threads=1)
+        self.seed = seed
+        self.shuffle_rng_: np.random.Generator | None = None
+        self._shuffle_rank = 0
         if self._given:
             self._build()
             self.initialize(seed)
@@ -230,105 +141,6 @@ class Sequential:
             self.initialize(self.seed)
         return self
 
-    @property
-    def built(self) -> bool:
-        """Whether the network has its parameters (it needs a Dense layer)."""
-        return self.params is not None
-
-    def _require_built(self) -> None:
-        if self.params is None:
-            raise ValueError(
-                "this Sequential has no Dense layer yet: add layers with add() or pass them "
-                "to Sequential([...])"
-            )
-
-    def _build(self) -> None:
-        be, dtype = self.backend, self.dtype
-        mixed = self.precision_.mixed
-        self.layers, self.output = _split_output(self._given)
-        first = next((l for l in self.layers if isinstance(l, Dense)), None)
-        if first is None:
-            raise ValueError("Sequential needs at least one Dense layer")
-        self.n_features_in_ = n = first.n_in
-        for layer in self.layers:
-            n = layer.build(be, self.compute_dtype, n)
-        self.n_outputs_ = n
-        # Flat layout: all weights, then all biases, so the L2 term touches a prefix.
-        specs = [(i, name, shape, kind) for i, l in enumerate(self.layers) for name, shape, kind in l.param_shapes()]
-        ordered = [s for s in specs if s[3] == "weight"] + [s for s in specs if s[3] != "weight"]
-        self._slots: list[tuple[int, str, tuple[int, ...], int, int]] = []
-        offset = 0
-        for i, name, shape, _kind in ordered:
-            size = int(np.prod(shape))
-            self._slots.append((i, name, shape, offset, offset + size))
-            offset += size
-        self.n_params = offset
-        self.n_weights = sum(int(np.prod(s[2])) for s in ordered if s[3] == "weight")
-        self.params = be.zeros(offset, dtype)
-        self.grads = be.zeros(offset, dtype)
-        # Mixed precision: layers compute with low-precision copies (refreshed from the
-        # master weights by every forward pass) and write low-precision gradients,
-        # which the step converts into the master gradient buffer.
-        self._params_c = be.zeros(offset, self.compute_dtype) if mixed else self.params
-        self._grads_c = be.zeros(offset, self.compute_dtype) if mixed else self.grads
-        self._bind_layers(self._grads_c)
-        self._ws.clear()
-        self._tls = threading.local()
-
-    def _bind_layers(self, grads: Array | None) -> None:
-        """Hand each layer its parameter arrays, cut from the compute copy of ``params``,
-        and its gradient arrays cut from ``grads`` (None: the layer keeps its own)."""
-        be = self.backend
-        stops = [s[4] for s in self._slots[:-1]]
-        shaped = self._shaped
-        params = [shaped(p, s[2]) for p, s in zip(be.split(self._params_c, stops), self._slots)]
-        flat_grads = None if grads is None else [shaped(g, s[2]) for g, s in zip(be.split(grads, stops), self._slots)]
-        views: dict[int, tuple[dict[str, Array], dict[str, Array]]] = {}
-        for k, (i, name, _shape, _a, _b) in enumerate(self._slots):
-            pv, gv = views.setdefault(i, ({}, {}))
-            pv[name] = params[k]
-            if flat_grads is not None:
-                gv[name] = flat_grads[k]
-        for i, layer in enumerate(self.layers):
-            pv, gv = views.get(i, ({}, {}))
-            layer.bind(pv, gv if grads is not None else getattr(layer, "grads", gv))
-        if flat_grads is not None:
-            self._grad_views = flat_grads
-
-    def _shaped(self, piece: Array, shape: tuple[int, ...]) -> Array:
-        # 1-D pieces (biases) are already shaped: a reshape is one more operation
-        # on namespaces where every operation costs (JAX).
-        return piece if len(shape) == 1 else self.backend.xp.reshape(piece, shape)
-
-    def _store_params(self, params: Array) -> None:
-        """Make ``params`` the flat parameters (caller holds the write lock).
-
-        Where arrays can be written every write goes into the buffer itself and this
-        is a no-op; on an immutable backend ``params`` is a new array and the layers'
-        arrays are cut from it again.
-        """
-        if params is self.params:
-            return
-        self.params = params
-        if not self.precision_.mixed:
-            self._params_c = params
-            self._bind_layers(None)
-
-    def _gather_grads(self) -> None:
-        """After backward: the flat gradient from the layers' gradient arrays, unless the
-        layers wrote them into the views of it (NumPy, CuPy). The generic backend
-        returns new arrays (on JAX nothing can be written), gathered here in slot order.
-        """
-        arrays = [self.layers[i].grads[name] for i, name, _shape, _a, _b in self._slots]
-        if all(a is v for a, v in zip(arrays, self._grad_views)):
-            return
-        xp = self.backend.xp
-        flat = xp.concat([a if len(a.shape) == 1 else xp.reshape(a, (-1,)) for a in arrays])
-        if self.precision_.mixed:
-            self._grads_c = flat  # converted into the master gradients by the caller
-        else:
-            self.grads = self._grads_c = flat
-
     def initialize(self, seed: Any = None) -> None:
         """Draw fresh starting weights on the host and move them once.
 
@@ -341,33 +153,52 @@ class Sequential:
         """
         self._require_built()
         rng = seed if hasattr(seed, "uniform") else np.random.default_rng(seed)
-        host = np.zeros(self.n_params)
-        drawn = {i: layer.init_params(rng) for i, layer in enumerate(self.layers)}
-        for i, name, _shape, a, b in self._slots:
-            host[a:b] = np.ravel(drawn[i][name])
-        self.set_flat_params(host)
-        for k, layer in enumerate(self.layers):
-            if isinstance(layer, Dropout):
-                layer.reseed(seed + 1 + k if isinstance(seed, (int, np.integer)) else None)
+        self.set_flat_params(self._draw(rng))
+        self._seed_dropout([seed])
 
     # ------------------------------------------------------------ parameters
+    @property
+    def params(self) -> Array:
+        """The flat parameters, shape (n_params,) (a view on NumPy and CuPy)."""
+        return None if self.flat is None else self.flat[0, :]
+
+    @property
+    def grads(self) -> Array:
+        """The flat gradients, shape (n_params,)."""
+        return None if self.flat_grads is None else self.flat_grads[0, :]
+
+    @grads.setter
+    def grads(self, value: Array) -> None:
+        # A whole new gradient (an immutable backend, or an accumulation by the caller).
+        xp = self.backend.xp
+        self.flat_grads = self.backend.assign(self.flat_grads, xp.reshape(value, (1, -1)))
+
+    @property
+    def samples_seen_(self) -> int:
+        """Samples trained on so far, over all ``fit`` calls."""
+        return int(self.member_samples_[0])
+
+    @samples_seen_.setter
+    def samples_seen_(self, value: int) -> None:
+        self.member_samples_ = np.array([int(value)], dtype=np.int64)
+
     def parameters(self) -> dict[str, Array]:
         """Parameter views on the backend, named ``"<layer>.<name>"`` (e.g. ``"0.W"``).
 
         Views of the master buffer ``params`` (in ``dtype``, whatever the precision).
         """
-        return self._views(self.params)
+        return self._named(self.params)
 
     def gradients(self) -> dict[str, Array]:
         """Gradient views on the backend, same names as :meth:`parameters`."""
-        return self._views(self.grads)
+        return self._named(self.grads)
 
     def layout(self) -> dict[str, tuple[int, int, tuple[int, ...]]]:
         """Where each parameter lives in the flat buffer: name -> (start, stop, shape)."""
         self._require_built()
         return {f"{i}.{name}": (a, b, shape) for i, name, shape, a, b in self._layer_order()}
 
-    def _views(self, flat: Array) -> dict[str, Array]:
+    def _named(self, flat: Array) -> dict[str, Array]:
         self._require_built()
         reshape = self.backend.xp.reshape
         return {f"{i}.{name}": reshape(flat[a:b], shape) for i, name, shape, a, b in self._layer_order()}
@@ -397,27 +228,28 @@ class Sequential:
 
     def get_flat_params(self) -> np.ndarray:
         """A host copy of the flat parameter buffer, shape (n_params,)."""
-        self._require_built()
-        with self.parameter_lock.read():
-            return np.array(self.backend.to_numpy(self.params), copy=True)
+        return self.get_params_host()[0]
 
     def set_flat_params(self, flat: Any) -> None:
-        """Overwrite the flat parameter buffer from a host array (one transfer)."""
+        """Overwrite the flat parameter buffer from a host array (one transfer).
+
+        Raises
+        ------
+        ValueError
+            The wrong shape, or NaN or infinity.
+        """
         self._require_built()
         flat = np.asarray(flat)
         if flat.shape != (self.n_params,):
             raise ValueError(f"expected shape ({self.n_params},), got {flat.shape}")
-        if not np.isfinite(flat).all():
-            raise ValueError("parameters contain NaN or infinity")
-        be = self.backend
-        src = be.asarray(flat.astype(self.dtype), dtype=self.dtype)
-        with self.parameter_lock.write():
-            self._store_params(be.copy(src, self.params))
+        self.set_params_host(flat[None, :])
 
     def assign_params(self, src: Array) -> None:
-        """Copy a device buffer (shape (n_params,), on this backend) into ``params``."""
+        """Copy a device buffer (shape (n_params,) or (1, n_params), on this backend)
+        into ``params``."""
+        xp = self.backend.xp
         with self.parameter_lock.write():
-            self._store_params(self.backend.copy(src, self.params))
+            self._store(self.backend.copy(xp.reshape(src, (1, -1)), self.flat))
 
     # ---------------------------------------------------------------- forward
     def forward(self, X: Array, train: bool = False, workspace: dict | None = None) -> Array:
@@ -427,26 +259,21 @@ class Sequential:
         ----------
         X : array, shape (n, n_features_in_), on the backend, in the compute dtype.
         train : bool
-            Keep what the backward pass needs (training only).
+            Compute as training does (dropout drops).
         workspace : dict, optional
-            Per-layer buffers to compute in (inference passes this thread's);
-            None uses the layers' own training workspaces.
+            Buffers to compute in (inference passes this thread's); None uses the
+            network's training workspaces.
 
         Returns
         -------
         array, shape (n, n_outputs_): a workspace overwritten by the next call.
-        In mixed precision, X and the logits are in ``compute_dtype``.
+        In mixed precision, the logits are in ``compute_dtype``.
         """
         self._require_built()
         if self.precision_.mixed:
-            # One conversion of the whole flat buffer per pass: the compute copy can
-            # never be stale, whoever last wrote the master weights. (Mixed precision
-            # runs on mutable backends only: the copy is written in place.)
-            self.backend.copy(self.params, self._params_c)
-        H = X
-        for i, layer in enumerate(self.layers):
-            H = layer.forward(H, train, None if workspace is None else workspace.setdefault(i, {}))
-        return H
+            self.backend.copy(self.flat, self._flat_c)
+        Z, _ = self._forward(X, slice(None), self._ws if workspace is None else workspace, train)
+        return Z[0, ...]
 
     def infer(self, X: Array) -> tuple[Array, Array]:
         """Logits ``Z`` and outputs ``P = g(Z)`` of a batch on the backend (thread-safe).
@@ -460,75 +287,8 @@ class Sequential:
         Z, P : arrays, shape (n, n_outputs_), in the master dtype
             This thread's workspaces, overwritten by its next call.
         """
-        ws = self._thread_workspace()
-        with self.parameter_lock.read():
-            Z = self._master(self.forward(X, train=False, workspace=ws), ws)
-        n = Z.shape[0]
-        P = self.output.forward(self.backend, Z, out=self._buffer(ws, "P", n, self.n_outputs_))
-        return Z, P
-
-    def _thread_workspace(self) -> dict:
-        ws = getattr(self._tls, "ws", None)
-        if ws is None:
-            ws = self._tls.ws = {}
-        return ws
-
-    def _buffer(self, ws: dict, tag: str, n: int, width: int, dtype: str | None = None) -> Array:
-        key = (tag, n)
-        buf = ws.get(key)
-        if buf is None:
-            if len(ws) > 16:
-                for k in [k for k in ws if isinstance(k, tuple)]:
-                    del ws[k]
-            buf = ws[key] = self.backend.empty((n, width), dtype or self.dtype)
-        return buf
-
-    def _master(self, Z: Array, ws: dict) -> Array:
-        """Logits in the master dtype (a converted workspace copy in mixed precision)."""
-        if not self.precision_.mixed:
-            return Z
-        return self.backend.copy(Z, self._buffer(ws, "Z", Z.shape[0], self.n_outputs_))
-
-    def gemm_flops(self, n: int) -> float:
-        """Flops (2·n·n_in·n_out) of the largest matrix product for a batch of n rows."""
-        return max((2.0 * n * l.n_in * l.n_out for l in self.layers if isinstance(l, Dense)), default=0.0)
-
-    def check_input(self, X: Any, name: str = "X") -> Any:
-        """:func:`~mlpx.validation.check_X` against this model: its width, and the range
-        of its compute dtype (a value the cast would turn into infinity is refused)."""
-        self._require_built()
-        return check_X(X, self.backend, self.n_features_in_, name=name, dtype=self.compute_dtype)
-
-    def _predict_raw(self, X: Any, apply_output: bool = True, argmax: bool = False) -> np.ndarray:
-        """Host array (n, n_outputs_) of outputs, computed in chunks of PREDICT_CHUNK rows.
-
-        With ``argmax`` the class index of each row is taken on the device and only
-        the (n,) indices come back: no per-chunk transfer beyond the result. The
-        whole call holds the parameter lock for reading: one set of weights.
-        """
-        X = self.check_input(X)
-        be = self.backend
-        n = X.shape[0]
-        result = np.empty((n,) if argmax else (n, self.n_outputs_), dtype=np.int64 if argmax else self.dtype)
-        with self.compute_context(min(n, PREDICT_CHUNK)), self.parameter_lock.read():
-            for start, stop in iter_chunks(n, PREDICT_CHUNK):
-                Xc = be.asarray(X[start:stop, :], dtype=self.compute_dtype)
-                Z, P = self.infer(Xc)
-                if argmax:
-                    result[start:stop] = be.to_numpy(be.xp.argmax(Z, axis=1))
-                else:
-                    result[start:stop] = be.to_numpy(P if apply_output else Z)
-        return result
-
-    def compute_context(self, batch: int) -> contextlib.ExitStack:
-        """Device, BLAS threads and GEMM precision for passes over ``batch`` rows."""
-        be = self.backend
-        stack = contextlib.ExitStack()
-        stack.enter_context(be.activated())
-        stack.enter_context(be.blas_threads(self.gemm_flops(batch)))
-        if self.precision_.tf32:
-            stack.enter_context(be.tf32_matmul())
-        return stack
+        Z, P = self.infer_members(X)
+        return Z[0, ...], P[0, ...]
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Output activation values (class probabilities for softmax / logistic).
@@ -539,7 +299,7 @@ class Sequential:
         -------
         ndarray, shape (n, n_outputs_), host.
         """
-        return self._predict_raw(X)
+        return self.member_outputs(X)[0]
 
     def predict(self, X: Any) -> np.ndarray:
         """Predictions on the host (thread-safe).
@@ -549,125 +309,23 @@ class Sequential:
         """
         out = self.output.name
         if out == "softmax":
-            return self._predict_raw(X, argmax=True)
+            return self.member_outputs(X, argmax=True)[0]
         if out == "logistic":
-            labels = (self._predict_raw(X) > 0.5).astype(np.int64)
+            labels = (self.member_outputs(X)[0] > 0.5).astype(np.int64)
             return labels[:, 0] if labels.shape[1] == 1 else labels
-        P = self._predict_raw(X)
+        P = self.member_outputs(X)[0]
         return P[:, 0] if P.shape[1] == 1 else P
 
-    # ------------------------------------------------------------- losses
-    def resolve_loss(self, loss: str | Loss | OutputLoss | None) -> OutputLoss:
-        """``loss`` bound to this model's output activation (None: its canonical loss).
-
-        Any loss works on any output whose values lie in its domain (chain rule);
-        see :func:`mlpx.losses.pair`.
-        """
-        if isinstance(loss, OutputLoss):
-            if loss.activation.name != self.output.name:
-                raise ValueError(f"{loss!r} is bound to another output than {self.output.name!r}")
-            return loss
-        return pair(loss, self.output)
-
     # ---------------------------------------------------------- training step
-    def forward_backward(self, X: Array, Y: Array, w: Array | None = None, *,
-                         loss: OutputLoss, denom: float) -> Array:
-        """The data term of one minibatch and its gradient, into ``grads``.
-
-        Parameters
-        ----------
-        X : array, shape (n, n_features_in_), on the backend (compute dtype)
-        Y : array, shape (n, n_outputs_), encoded targets (master dtype)
-        w : array, shape (n,), optional sample weights
-        loss : OutputLoss
-            From :meth:`resolve_loss`.
-        denom : float
-            Normaliser ``d`` of ``Σ w_i l_i / d``: the rows (or Σ w) of the whole step
-            (of every rank's batch in data-parallel training).
-
-        Returns
-        -------
-        0-d array
-            ``Σ w_i l_i / d``; ``grads`` holds its gradient (no L2 term).
-        """
-        be = self.backend
-        n = X.shape[0]
-        prec = self.precision_
-        Z = self._logits = self._master(self.forward(X, train=True), self._ws)
-        dZ = self._train_buffer("dZ", n, self.n_outputs_)
-        P = None if loss.canonical else self._train_buffer("P", n, self.n_outputs_)
-        value, dZ = loss.delta(be, Z, Y, dZ, w, denom, P)
-        if prec.mixed:
-            # The output delta goes back in the compute dtype, multiplied by the loss
-            # scale (fp16) so small gradients do not flush to zero on the way.
-            dZc = self._train_buffer("dZc", n, self.n_outputs_, self.compute_dtype)
-            dZ = be.run(scale_cast, dZ, prec.loss_scale, dZc)
-        dH: Array | None = dZ
-        first_param = next(i for i, l in enumerate(self.layers) if l.param_shapes())
-        for i in range(len(self.layers) - 1, -1, -1):
-            dH = self.layers[i].backward(dH, need_dX=i > first_param)
-            if dH is None:
-                break
-        self._gather_grads()
-        if prec.mixed:
-            self.grads = be.assign(self.grads, be.run(scale_cast, self._grads_c, 1.0 / prec.loss_scale, self.grads))
-        return value
-
-    def _train_buffer(self, tag: str, n: int, width: int, dtype: str | None = None) -> Array:
-        return self._buffer(self._ws, tag, n, width, dtype)
-
-    def add_l2_penalty(self, l2: float, denom: float) -> Array:
-        """Add ``l2 W / d`` to the weight gradients; return the loss term ``½ l2 Σ‖W‖² / d``.
-
-        Kept apart from the data term so a data-parallel step all-reduces the data
-        gradients first and adds the penalty once, with the global ``d``.
-        """
-        be, nw = self.backend, self.n_weights
-        tmp = self._ws.get(("l2", nw))
-        if tmp is None:
-            tmp = self._ws[("l2", nw)] = be.empty(nw, self.dtype)
-        sq, grads = be.run(l2_penalty, self.params, self.grads, nw, float(l2) / denom, tmp)
-        self.grads = be.assign(self.grads, grads)
-        return (0.5 * float(l2) / denom) * sq
-
-    def apply_update(self, optimizer: Optimizer) -> bool:
-        """Apply ``optimizer`` to the master weights; False if the step was skipped.
-
-        With fp16 loss scaling, a step whose gradients overflowed is skipped and the
-        scale lowered (one flag read back from the device per step, as in
-        ``torch.amp.GradScaler``); every other mode always applies the step. Holds
-        the parameter lock for writing.
-        """
-        scaler = self.precision_.scaler
-        with self.parameter_lock.write():
-            if scaler is None:
-                self._store_params(optimizer.step(self.params, self.grads))
-                return True
-            found_inf = not bool(self.backend.run(all_finite, self.grads))
-            scaler.update(found_inf)
-            if not found_inf:
-                self._store_params(optimizer.step(self.params, self.grads))
-            return not found_inf
-
-    def train_step(
-        self,
-        X: Array | None,
-        Y: Array | None,
-        w: Array | None = None,
-        *,
-        denom: float,
-        loss: OutputLoss,
-        optimizer: Optimizer | None,
-        l2: float = 0.0,
-        reducer: Reducer | None = None,
-        count_correct: bool = False,
-        pending: BaseException | None = None,
-        where: str = "",
-    ) -> StepResult:
+    def train_step(self, X: Array | None, Y: Array | None, w: Array | None = None, *, denom: float,
+                   loss: OutputLoss, optimizer: Optimizer | None, l2: float = 0.0, reducer: Any = None,
+                   count_correct: bool = False, pending: BaseException | None = None, where: str = "") -> StepResult:
         """One minibatch step: forward, backward, all-reduce, L2 penalty, update.
 
-        Every training loop of mlpx runs on this step: ``fit`` (one process or many)
-        and the scikit-learn estimators' SGD and Adam solvers.
+        Every training loop of mlpx runs on this step (the network's,
+        :meth:`Network.step_members <mlpx.network.Network.step_members>`, of which
+        this is the one-network face): ``fit`` (one process or many) and the
+        scikit-learn estimators' SGD and Adam solvers.
 
         Parameters
         ----------
@@ -695,37 +353,66 @@ class Sequential:
         Returns
         -------
         StepResult
+            ``loss``, ``penalty`` and ``correct`` as 0-d arrays (or 0.0 / None).
         """
-        reducer = reducer if reducer is not None else self._one_rank
-        value: Any = 0.0
-        correct = None
-        error = pending
-        if X is not None and error is None:
-            try:
-                value = self.forward_backward(X, Y, w, loss=loss, denom=denom)
-                if count_correct:
-                    correct = self.backend.run(correct_count, self._logits, Y, self.output.name)
-            except BaseException as exc:
-                if reducer.size == 1:
-                    raise
-                error = exc
-        elif X is None and error is None:
-            self.grads = self.backend.assign(self.grads, self.backend.run(_zero, self.grads))
-        value = reducer.allreduce_gradients(self.grads, value, error=error, where=where)
-        penalty: Any = 0.0
-        applied: bool | None = None
-        late: BaseException | None = error
-        if late is None:
-            try:
-                if l2:
-                    penalty = self.add_l2_penalty(l2, denom)
-                if optimizer is not None:
-                    applied = self.apply_update(optimizer)
-            except BaseException as exc:
-                if reducer.size == 1:
-                    raise
-                late = exc
-        return StepResult(value, penalty, correct, applied, late)
+        res = self.step_members(X, Y, w, denom=denom, loss=loss, optimizer=optimizer, l2=l2, reducer=reducer,
+                                count_correct=count_correct, pending=pending, where=where)
+        one = (lambda v: v if v is None or isinstance(v, float) else v[0])  # noqa: E731
+        return StepResult(one(res.loss), one(res.penalty), one(res.correct), res.applied, res.error)
+
+    def forward_backward(self, X: Array, Y: Array, w: Array | None = None, *, loss: OutputLoss,
+                         denom: float) -> Array:
+        """The data term of one minibatch and its gradient, into ``grads``.
+
+        Parameters
+        ----------
+        X : array, shape (n, n_features_in_), on the backend (compute dtype)
+        Y : array, shape (n, n_outputs_), encoded targets (master dtype)
+        w : array, shape (n,), optional sample weights
+        loss : OutputLoss
+            From :meth:`resolve_loss`.
+        denom : float
+            Normaliser ``d`` of ``Σ w_i l_i / d``: the rows (or Σ w) of the whole step
+            (of every rank's batch in data-parallel training).
+
+        Returns
+        -------
+        0-d array
+            ``Σ w_i l_i / d``; ``grads`` holds its gradient (no L2 term).
+        """
+        return self.train_step(X, Y, w, denom=denom, loss=loss, optimizer=None).loss
+
+    def add_l2_penalty(self, l2: float, denom: float) -> Array:
+        """Add ``l2 W / d`` to the weight gradients; return the loss term ``½ l2 Σ‖W‖² / d``.
+
+        Kept apart from the data term so a data-parallel step all-reduces the data
+        gradients first and adds the penalty once, with the global ``d``.
+        """
+        be, xp, nw = self.backend, self.backend.xp, self.n_weights
+        coef = be.asarray(np.array([float(l2) / denom]), dtype=self.dtype)
+        dW, sq = be.run(l2_penalty, self.flat[:, :nw], self.flat_grads[:, :nw], coef)
+        if not self._in_place:
+            self.flat_grads = xp.concat([dW, self.flat_grads[:, nw:]], axis=1)
+        return (0.5 * float(l2) / denom) * sq[0]
+
+    def apply_update(self, optimizer: Optimizer) -> bool:
+        """Apply ``optimizer`` to the master weights; False if the step was skipped.
+
+        With fp16 loss scaling, a step whose gradients overflowed is skipped and the
+        scale lowered (one flag read back from the device per step, as in
+        ``torch.amp.GradScaler``); every other mode always applies the step. Holds
+        the parameter lock for writing.
+        """
+        scaler = self.precision_.scaler
+        with self.parameter_lock.write():
+            found_inf = scaler is not None and not bool(self.backend.run(all_finite, self.flat_grads))
+            if scaler is not None:
+                scaler.update(found_inf)
+            if not found_inf:
+                vec = self._upload(optimizer.vectors(np.ones(1, dtype=bool)))
+                params, _ = optimizer.update(self.flat, self.flat_grads, vec)
+                self._store(params)
+            return not found_inf
 
     def loss_and_grads(
         self,
@@ -770,7 +457,7 @@ class Sequential:
                 value = self._loss_and_grads_once(Xd, Yd, wd, lossfn, denom, l2)
                 # fp16: lower the loss scale until the scaled gradients fit float16
                 # (here a caller wants the gradients, so retrying beats skipping).
-                while scaler is not None and scaler.scale > 1.0 and not bool(be.run(all_finite, self.grads)):
+                while scaler is not None and scaler.scale > 1.0 and not bool(be.run(all_finite, self.flat_grads)):
                     scaler.update(found_inf=True)
                     value = self._loss_and_grads_once(Xd, Yd, wd, lossfn, denom, l2)
             grads = {k: np.array(be.to_numpy(v), copy=True) for k, v in self.gradients().items()}
@@ -801,15 +488,14 @@ class Sequential:
         w = check_sample_weight(sample_weight, X.shape[0], dtype=self.dtype)
         n = X.shape[0]
 
-        def chunks() -> Iterable[tuple[Array, Array, Array | None]]:
+        def chunks() -> Iterable[tuple[Array, Array, Array | None, None]]:
             for a, b in iter_chunks(n, PREDICT_CHUNK):
                 yield (be.asarray(X[a:b, :], dtype=self.compute_dtype), be.asarray(Y[a:b], dtype=self.dtype),
-                       None if w is None else be.asarray(w[a:b], dtype=self.dtype))
+                       None if w is None else be.asarray(w[a:b], dtype=self.dtype), None)
 
         with self.compute_context(min(n, PREDICT_CHUNK)), self.parameter_lock.read():
             scores = holdout_scores(self, chunks, self._one_rank, lossfn)
-        del scores["weight"]
-        return scores
+        return {k: float(v[0]) for k, v in scores.items() if k != "weight"}
 
     # --------------------------------------------------------------- training
     def fit(
@@ -907,17 +593,9 @@ class Sequential:
             self._shuffle_rank = rank
         return self.shuffle_rng_
 
-    def decorrelate_dropout(self, rank: int) -> None:
-        """Give this rank its own dropout masks (the same seed drops the same units).
-
-        Rank 0 keeps its generators, so a one-rank run matches a plain fit.
-        """
-        if rank == 0 or self._dropout_rank == rank:
-            return
-        for layer in self.layers:
-            if isinstance(layer, Dropout):
-                layer.fork(rank)
-        self._dropout_rank = rank
+    def present(self, logs: dict[str, Any]) -> dict[str, Any]:
+        """The loop's per-member logs as a single network shows them: floats."""
+        return {k: float(np.asarray(v, dtype=np.float64).reshape(-1)[0]) for k, v in logs.items()}
 
     def train_state(self) -> dict[str, Any]:
         """Progress as data: counters, the optimizer's and the loss scaler's state."""
@@ -1065,21 +743,6 @@ def _unpickle(config: dict[str, Any], params: np.ndarray, backend: str, state: d
     return model
 
 
-def _split_output(layers: list[Layer]) -> tuple[list[Layer], Activation]:
-    """Separate the output activation from the stack (the last layer yields logits).
-
-    A last Dense with an activation is replaced, in the stack the model runs, by a
-    Dense without one; the caller's layer objects are left as they were.
-    """
-    last = layers[-1]
-    if isinstance(last, ActivationLayer):
-        return list(layers[:-1]), last.activation
-    if isinstance(last, Dense) and last.activation.name != "identity":
-        bare = Dense(last.n_in, last.n_out, activation="identity", init=last.init)
-        return list(layers[:-1]) + [bare], last.activation
-    return list(layers), get_activation("identity")
-
-
 def load(path: Any, backend: str | Backend = "cpu", *, max_params: int = MAX_PARAMS) -> Sequential:
     """Load a model saved by :meth:`Sequential.save` (or a checkpoint) onto ``backend``.
 
@@ -1130,18 +793,26 @@ def MLP(
         Output activation: softmax (multiclass), logistic (binary / multilabel),
         identity (regression), exp (Poisson), or any hidden activation (pass a
         ``loss=`` to ``fit`` that suits it).
-    dropout : float in [0, 1), default 0
-        Dropout rate after each hidden layer.
+    backend : str or Backend, default "cpu"
+        See :class:`Sequential`.
+    dtype : {"float32", "float64"}, default "float32"
     seed : int, optional
         NumPy integers are accepted (and stored as Python ints).
+    dropout : float in [0, 1), default 0
+        Dropout rate after each hidden layer.
+    init : {"glorot", "he"}, default "glorot"
+    precision : {None, "float32", "tf32", "bf16", "fp16"}, optional
+        See :class:`Sequential` and :mod:`mlpx.precision`.
+
+    Returns
+    -------
+    Sequential
 
     Raises
     ------
     InvalidParameterError
         (a ValueError and TypeError) A width that is not a positive integer: 8.7 is
         refused, not truncated, and so is 8.0, as scikit-learn does.
-    precision : {None, "float32", "tf32", "bf16", "fp16"}, optional
-        See :class:`Sequential` and :mod:`mlpx.precision`.
 
     Examples
     --------
@@ -1164,3 +835,4 @@ def MLP(
         if dropout and not is_last:
             layers.append(Dropout(dropout))
     return Sequential(layers, backend=backend, dtype=dtype, seed=seed, precision=precision)
+

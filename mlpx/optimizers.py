@@ -797,14 +797,16 @@ class Optimizer:
         p, g = (params, grads) if whole else (params[rows], grads[rows])
         v = vec if whole else vec[:, rows]
         c = coef if (whole or coef is None) else coef[rows]
-        state = self._state2d()
+        state = self.state_rows()
         mine = state if whole else [s[rows] for s in state]
         p, *new, sq = self.be.run(self._kernel, p, g, *mine, v, c, self.n_weights)
         if whole:
             self._store_state(new)
         return p, sq
 
-    def _state2d(self) -> list[Array]:
+    def state_rows(self) -> list[Array]:
+        """Every state buffer (``state_names`` order) as (K, n_params): views of the
+        state of a network bound with 1-D buffers (a copy on an immutable backend)."""
         xp = self.be.xp
         return [xp.reshape(self.state[n], (1, -1)) if len(self._shape) == 1 else self.state[n]
                 for n in self.state_names]
@@ -1050,11 +1052,11 @@ class Optimizer:
         if not -K <= int(k) < K:
             raise IndexError(f"member {k} out of range for {K} members")
         k = int(k) % K
-        config = {name: (float(v) if np.ndim(v) == 0 else float(v[k])) for name, v in self._settings.items()}
+        config = {name: self._plain(name, v if np.ndim(v) == 0 else v[k]) for name, v in self._settings.items()}
         out = type(self)(lr=float(self._lr0[k]), schedule=copy.deepcopy(self._schedules[k]), **config)
         out._lr = np.array([self._lr[k]])
         out._t = np.array([self._t[k]], dtype=np.int64)
-        arrays = {name: np.array(self.be.to_numpy(self._state2d()[i][k]), copy=True)
+        arrays = {name: np.array(self.be.to_numpy(self.state_rows()[i][k]), copy=True)
                   for i, name in enumerate(self.state_names)} if self.state else {}
         if not arrays and self._pending:
             arrays = {name: np.asarray(a)[k] for name, a in self._pending.items()}
@@ -1063,6 +1065,11 @@ class Optimizer:
         return out
 
     # ------------------------------------------------------------ config
+    @staticmethod
+    def _plain(name: str, value: Any) -> Any:
+        """One member's setting as the constructor takes it."""
+        return float(value)
+
     def get_config(self) -> dict[str, Any]:
         """The settings as plain data (numbers, or lists of K), from which the
         optimizer is rebuilt."""
@@ -1141,6 +1148,10 @@ class SGD(Optimizer):
         if name == "nesterov":
             return bool(value) if np.ndim(value) == 0 else value.astype(bool)
         return value
+
+    @staticmethod
+    def _plain(name: str, value: Any) -> Any:
+        return bool(value) if name == "nesterov" else float(value)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

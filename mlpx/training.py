@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from mlpx.callbacks import Callback, ProgressBar, check_callbacks
-from mlpx.data import Batch, make_batches, to_host
+from mlpx.data import Batch, MemberBatches, is_sparse, make_batches, should_stream, to_host
 from mlpx.distributed import Reducer, is_agreed, make_reducer, mark_agreed
 from mlpx.losses import Loss
 from mlpx.metrics import PREDICT_CHUNK, Chunk, holdout_scores, iter_chunks
@@ -51,6 +51,15 @@ class TrainingDivergedError(RuntimeError):
     The weights, the optimizer's state (moments, step count, rate) and the fp16
     loss scale are those from the start of the diverging epoch, so a retry with the
     same optimizer at a lower rate trains as a fresh optimizer would from them.
+    A stack whose every member diverged raises it from ``predict`` too.
+
+    Parameters
+    ----------
+    epoch : int
+    lr : float or array_like
+        The rate(s) in force.
+    what : str
+        What diverged (named in the message).
 
     Attributes
     ----------
@@ -58,15 +67,18 @@ class TrainingDivergedError(RuntimeError):
         The (0-based) epoch in which the loss stopped being finite.
     """
 
-    def __init__(self, epoch: int, lr: Any) -> None:
+    def __init__(self, epoch: int, lr: Any, what: str = "") -> None:
         self.epoch = epoch
-        # A stack of networks (mlpx.stacked) has one rate per member.
+        # A stack of networks has one rate per member.
         rate = f"{lr:g}" if np.ndim(lr) == 0 else "[" + ", ".join(f"{v:g}" for v in np.ravel(lr)) + "]"
-        super().__init__(
-            f"training diverged in epoch {epoch + 1}: the loss is not finite. The model keeps "
-            f"the weights (and the optimizer its state) from the start of that epoch. Try a "
-            f"lower learning rate (now {rate}), standardised inputs, or an L2 penalty."
-        )
+        if what:
+            msg = (f"training of {what} diverged by epoch {epoch + 1}: no finite model is left to predict with. "
+                   f"Train again with a lower learning rate (was {rate}), standardised inputs, or an L2 penalty.")
+        else:
+            msg = (f"training diverged in epoch {epoch + 1}: the loss is not finite. The model keeps "
+                   f"the weights (and the optimizer its state) from the start of that epoch. Try a "
+                   f"lower learning rate (now {rate}), standardised inputs, or an L2 penalty.")
+        super().__init__(msg)
 
 
 class History:
@@ -100,7 +112,7 @@ class History:
 
 @dataclass
 class Holdout:
-    """A held-out set on the device, scored after every epoch.
+    """A held-out set on the device that every member is scored on after every epoch.
 
     Attributes
     ----------
@@ -122,7 +134,7 @@ class Holdout:
         for a, b in iter_chunks(n, PREDICT_CHUNK):
             X = self.X[a:b] if self.dense is not None else self.X[a:b, :]
             yield (self.dense(X) if self.dense is not None else X, self.Y[a:b, :],
-                   None if self.w is None else self.w[a:b])
+                   None if self.w is None else self.w[a:b], None)
 
     def scores(self, model: Any, reducer: Reducer, loss: Any) -> dict[str, Any]:
         """:func:`~mlpx.metrics.holdout_scores` of ``model`` on this set (collective)."""
@@ -131,10 +143,11 @@ class Holdout:
 
 @dataclass
 class _Epoch:
-    """What the steps of one epoch add up (device sums where they live on the device)."""
+    """What the steps of one epoch add up, per member (device sums where they live on
+    the device)."""
 
     total: Any = 0.0
-    weight: float = 0.0
+    weight: Any = 0.0
     hits: Any = 0.0
     pending: BaseException | None = None
 
@@ -149,32 +162,31 @@ def train(
     epochs: int,
     broadcast: bool = True,
     l2: Any = 0.0,
-    order: Callable[[], np.ndarray | None] | None = None,
+    order: Callable[[], Any] | None = None,
     callbacks: Sequence[Callback] = (),
-    holdout: Holdout | None = None,
+    holdout: Any = None,
     history: History | None = None,
     count_correct: bool = False,
     loss_weights: str = "denom",
     loss_scale: float = 1.0,
-    raise_on_divergence: bool = True,
+    divergence: str = "raise",
 ) -> History:
     """Run ``epochs`` epochs of minibatch training: the one loop of mlpx (collective).
 
     Parameters
     ----------
-    model : Sequential or Stack
-        Built on the reducer's backend; ``optimizer`` is bound to it here. A
-        :class:`~mlpx.stacked.Stack` of K networks trains through the same loop:
-        its source gives every step's rows and denominators per member (arrays of
-        shape (n_steps, K) instead of (n_steps,)), and the step's loss, the epoch's
-        logs, ``samples_seen_`` and the penalty ``l2`` are then per-member vectors.
-        A model with a ``train_epoch(source, perm, denoms, loss=, optimizer=, l2=,
-        count_correct=)`` method may run a process's whole epoch in one call: it
-        returns the :class:`~mlpx.model.StepResult` of every step, as ``train_step``
-        would give them one by one, or None to go step by step.
+    model : Network
+        A :class:`~mlpx.network.Network` of K members (a Sequential is K = 1), built
+        on the reducer's backend; ``optimizer`` is bound to it here. Every step's
+        loss, the epoch's logs, the samples seen and the penalty are per-member
+        vectors; the model presents the logs to callbacks and the history
+        (``model.present``: floats for a single network). The model may run a
+        process's whole epoch in one call (:meth:`~mlpx.network.Network.train_epoch`),
+        which returns every step's :class:`~mlpx.network.StepResult`, or None to go
+        step by step.
     source : batch source or None
-        This rank's minibatches (:mod:`mlpx.data`, :mod:`mlpx.stacked`); None for a
-        rank without rows.
+        This rank's minibatches (:mod:`mlpx.data`); None for a rank without rows. Its
+        ``step_rows`` and ``denominators`` give one column per member.
     optimizer : Optimizer
     loss : OutputLoss
         From ``model.resolve_loss``.
@@ -184,9 +196,9 @@ def train(
     broadcast : bool
         Start from rank 0's weights (False: the caller has broadcast them).
     l2 : float or array of shape (K,)
-        L2 penalty (scikit-learn's ``alpha`` scaling); one per member for a stack.
+        L2 penalty (scikit-learn's ``alpha`` scaling), per member.
     order : callable, optional
-        Returns this rank's permutation for the next epoch (None: contiguous).
+        Returns this rank's order for the next epoch (None: contiguous).
     callbacks : sequence of Callback
         Run on every rank, except those marked ``root_only`` (rank 0 only).
     holdout : Holdout, optional
@@ -200,22 +212,26 @@ def train(
     loss_scale : float
         Factor on the data term of the logged loss (scikit-learn reports the
         squared error averaged over outputs; its gradient is not).
-    raise_on_divergence : bool
-        A non-finite epoch loss (or weights) restores the start of the epoch and
-        raises :class:`TrainingDivergedError` on every rank; False goes on, as
-        scikit-learn does.
+    divergence : {"raise", "freeze", "continue"}
+        What a non-finite epoch loss (or weights) of a member does: "raise" restores
+        the start of the epoch and raises :class:`TrainingDivergedError` on every
+        rank (a single network's default); "freeze" marks the member in
+        ``model.diverged_`` and stops it while the others go on (searches);
+        "continue" goes on, as scikit-learn does.
 
     Returns
     -------
     History
     """
+    if divergence not in ("raise", "freeze", "continue"):
+        raise ValueError(f"divergence must be 'raise', 'freeze' or 'continue', got {divergence!r}")
     be = model.backend
     history = history if history is not None else History()
     try:
-        l2 = float(l2) if np.ndim(l2) == 0 else np.asarray(l2, dtype=np.float64)
-        return _train(model, source, optimizer, loss, reducer, int(epochs), broadcast, l2, order,
-                      list(callbacks), holdout, history, count_correct, loss_weights, loss_scale,
-                      raise_on_divergence)
+        K = model.n_members
+        l2v = np.broadcast_to(np.asarray(l2, dtype=np.float64), (K,)).copy()
+        return _train(model, source, optimizer, loss, reducer, int(epochs), broadcast, l2v, order,
+                      list(callbacks), holdout, history, count_correct, loss_weights, loss_scale, divergence)
     except BaseException as exc:
         if reducer.size > 1 and not is_agreed(exc):
             reducer.abort(exc)  # escaped the failure agreement: end every rank now
@@ -225,10 +241,11 @@ def train(
 
 
 def _train(model: Any, source: Any, optimizer: Optimizer, loss: Any, reducer: Reducer, epochs: int,
-           broadcast: bool, l2: Any, order: Callable[[], np.ndarray | None] | None, callbacks: list[Callback],
-           holdout: Holdout | None, history: History, count_correct: bool, loss_weights: str,
-           loss_scale: float, raise_on_divergence: bool) -> History:
+           broadcast: bool, l2: np.ndarray, order: Callable[[], Any] | None, callbacks: list[Callback],
+           holdout: Any, history: History, count_correct: bool, loss_weights: str,
+           loss_scale: float, divergence: str) -> History:
     be = model.backend
+    K = model.n_members
     if loss_weights not in ("denom", "rows"):
         raise ValueError(f"loss_weights must be 'denom' or 'rows', got {loss_weights!r}")
     root = reducer.is_root
@@ -236,7 +253,7 @@ def _train(model: Any, source: Any, optimizer: Optimizer, loss: Any, reducer: Re
     # Steps per epoch: the most over ranks (every rank runs them all).
     local_steps = 0 if source is None else source.n_batches
     n_steps = reducer.allreduce_max(local_steps)
-    penalised = bool(np.any(l2))
+    penalised = bool(l2.any())
 
     reducer.agreed("binding the optimizer", optimizer.bind, be, model.params, model.grads, model.n_weights,
                    owner=model)
@@ -247,31 +264,30 @@ def _train(model: Any, source: Any, optimizer: Optimizer, loss: Any, reducer: Re
     model.decorrelate_dropout(reducer.rank)
     if broadcast and reducer.size > 1:
         with model.parameter_lock.write():
-            reducer.broadcast_params(model.params)  # rank 0's weights everywhere
+            reducer.broadcast_params(be.xp.reshape(model.flat, (-1,)))  # rank 0's weights everywhere
     epoch0 = model.epochs_done_
     reducer.agreed("on_train_begin", _each, callbacks, "on_train_begin", model, epochs)
 
     for e in range(epochs):
         epoch = epoch0 + e
         where = f"epoch {epoch + 1}"
-        snapshot = _snapshot(model, optimizer) if raise_on_divergence else None
+        snapshot = _snapshot(model, optimizer) if divergence == "raise" else None
         state = _Epoch()
         perm = reducer.agreed(f"{where}: ordering the shard", _order, order, source)
-        # Every step's rows and denominator (Σ w) over all ranks, in one all-reduce;
-        # a stack's source gives one column per member.
-        step_rows, D = _epoch_sizes(source, perm, n_steps, reducer)
-        n_global = _total_rows(step_rows)
+        # Every step's rows and denominator (Σ w) of every member over all ranks, in
+        # one all-reduce: arrays of shape (n_steps, K).
+        step_rows, D = _epoch_sizes(source, perm, n_steps, reducer, K)
+        n_global = np.rint(step_rows.sum(axis=0)).astype(np.int64)
         weights = D if loss_weights == "denom" else step_rows
-        members = D.ndim > 1
-        # A stack's per-member step weights go to the device once per epoch.
-        weights_dev = be.asarray(weights, dtype=model.dtype) if members else None
-        learns = np.any(D > 0, axis=1) if members else D > 0
-        # A model may run the epoch's steps in one call (a stack on the CPU): the
-        # same results as its steps one by one.
-        whole = getattr(model, "train_epoch", None)
-        done = None if whole is None or source is None or reducer.size > 1 else whole(
+        weights_dev = be.asarray(weights, dtype=model.dtype)  # once per epoch
+        learns = np.any(D > 0, axis=1)
+        # The model may run the epoch's steps in one call: the same results as its
+        # steps one by one.
+        done = None if source is None or reducer.collective else model.train_epoch(
             source, perm, D, loss=loss, optimizer=optimizer, l2=l2, count_correct=count_correct)
         batches = iter(source.epoch(perm)) if source is not None and done is None else iter(())
+        # Step by step: the epoch's scalars go to the device once, not once per step.
+        heads = None if done is not None else model.epoch_heads(D, l2, optimizer)
         for j in range(n_steps):
             batch: Batch | None = None
             if state.pending is None and done is None:
@@ -283,39 +299,44 @@ def _train(model: Any, source: Any, optimizer: Optimizer, loss: Any, reducer: Re
                     state.pending = exc
             if not learns[j]:
                 continue  # no rows (or only zero weights) on any rank: nothing to learn
-            res = done[j] if done is not None else model.train_step(
+            res = done[j] if done is not None else model.step_members(
                 None if batch is None else batch.X, None if batch is None else batch.Y,
-                None if batch is None else batch.w, denom=D[j] if members else float(D[j]), loss=loss,
-                optimizer=optimizer,
+                None if batch is None else batch.w, denom=D[j], loss=loss, optimizer=optimizer,
                 l2=l2, reducer=reducer, count_correct=count_correct, pending=state.pending,
-                where=f"{where}, step {j + 1}",
+                where=f"{where}, step {j + 1}", head=None if heads is None else heads[j, :, :],
             )
             state.pending = res.error
             data = res.loss if loss_scale == 1.0 else res.loss * loss_scale
             term = data + res.penalty if penalised else data
-            state.total = state.total + term * (weights_dev[j, :] if members else float(weights[j]))
-            state.weight = state.weight + (weights[j] if members else float(weights[j]))
+            state.total = state.total + term * weights_dev[j, :]
+            state.weight = state.weight + weights[j]
             if res.correct is not None:
                 state.hits = state.hits + res.correct
         close = getattr(batches, "close", None)
         if close is not None:
             close()  # an epoch left early (a failure) must release a streamed source
         logs = _epoch_end(model, reducer, state, where, n_global, count_correct, holdout, loss)
-        model.samples_seen_ += n_global
-        diverged = raise_on_divergence and reducer.agree_any(
-            not _all_finite(logs["loss"]) or not _finite_params(model))
-        if diverged:
+        model.member_samples_ = model.member_samples_ + n_global
+        bad = ~np.isfinite(np.asarray(logs["loss"], dtype=np.float64)) & model.active
+        if divergence != "continue":
+            bad |= ~model.finite_members() & model.active
+        if divergence == "raise" and reducer.agree_any(bool(bad.any())):
             _restore(model, optimizer, snapshot)
-            model.samples_seen_ -= n_global
+            model.member_samples_ = model.member_samples_ - n_global
             reducer.agreed("on_train_end", _each, [c for c in callbacks if isinstance(c, ProgressBar)],
-                    "on_train_end", model)
+                           "on_train_end", model)
             raise mark_agreed(TrainingDivergedError(epoch, optimizer.lr))
-        history.append(logs)
+        if divergence == "freeze":
+            for k in np.flatnonzero(bad):
+                model.diverged_[k] = True
+                model.freeze(k)
+        shown = model.present(logs)
+        history.append(shown)
         # Counters current before callbacks, so a checkpoint written now resumes exactly.
         model.epochs_done_ = epoch0 + history.epochs
-        reducer.agreed(f"{where}: callbacks", _each, callbacks, "on_epoch_end", model, epoch, logs)
-        optimizer.iteration_ends(model.epochs_done_, model.samples_seen_)
-        model.stop_training = reducer.agree_any(model.stop_training)
+        reducer.agreed(f"{where}: callbacks", _each, callbacks, "on_epoch_end", model, epoch, shown)
+        optimizer.iteration_ends(model.epochs_done_, model.member_samples_)
+        model.stop_training = reducer.agree_any(model.stop_training or not model.active.any())
         if model.stop_training:
             break
     reducer.agreed("on_train_end", _each, callbacks, "on_train_end", model)
@@ -333,69 +354,55 @@ def _order(order: Callable[[], Any] | None, source: Any) -> Any:
     return order()
 
 
-def _epoch_sizes(source: Any, perm: Any, n_steps: int, reducer: Reducer) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and denominators of every step of the epoch, summed over ranks.
+def _epoch_sizes(source: Any, perm: Any, n_steps: int, reducer: Reducer, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and denominators of every step of the epoch per member, summed over ranks.
 
     Returns
     -------
-    rows, denoms : ndarray, shape (n_steps,), or (n_steps, K) for a stack's source
+    rows, denoms : ndarray, shape (n_steps, K)
     """
     if source is None:
-        rows = denoms = np.zeros(n_steps)
+        rows = denoms = np.zeros((n_steps, K))
     else:
-        rows, denoms = np.asarray(source.step_rows(perm), float), np.asarray(source.denominators(perm), float)
+        rows = np.asarray(source.step_rows(perm), float).reshape(-1, K)
+        denoms = np.asarray(source.denominators(perm), float).reshape(-1, K)
         if rows.shape[0] < n_steps:  # a rank with fewer batches joins the last steps empty
-            pad = ((0, n_steps - rows.shape[0]),) + ((0, 0),) * (rows.ndim - 1)
+            pad = ((0, n_steps - rows.shape[0]), (0, 0))
             rows, denoms = np.pad(rows, pad), np.pad(denoms, pad)
     if reducer.size == 1:
         return rows, denoms
-    if rows.ndim > 1:
-        raise ValueError("a stack of networks trains in one process (no comm)")
-    both = np.asarray(reducer.allreduce_sum(np.concatenate([rows, denoms]).tolist()))
-    return both[:n_steps], both[n_steps:]
+    both = np.asarray(reducer.allreduce_sum(np.concatenate([rows.ravel(), denoms.ravel()]).tolist()))
+    return both[: n_steps * K].reshape(n_steps, K), both[n_steps * K :].reshape(n_steps, K)
 
 
-def _total_rows(step_rows: np.ndarray) -> Any:
-    """Rows of the epoch: an int, or one int per member (an int64 array) for a stack."""
-    total = np.rint(step_rows.sum(axis=0)).astype(np.int64)
-    return int(total) if total.ndim == 0 else total
-
-
-def _all_finite(value: Any) -> bool:
-    return bool(np.all(np.isfinite(np.asarray(value, dtype=np.float64))))
-
-
-def _host(be: Any, value: Any) -> Any:
-    """A loop sum as a Python float (one model) or a float64 host array (a stack)."""
+def _host(be: Any, value: Any, K: int) -> np.ndarray:
+    """A loop sum as a float64 host vector of the K members."""
     if isinstance(value, float):
-        return value
-    if getattr(value, "ndim", 0) == 0:
-        return be.to_float(value)
-    return np.asarray(be.to_numpy(value), dtype=np.float64)
+        return np.full(K, value)
+    return np.asarray(be.to_numpy(value), dtype=np.float64).reshape(K)
 
 
-def _ratio(total: Any, weight: Any) -> Any:
-    if np.ndim(weight) == 0:
-        return total / weight if weight > 0 else math.nan
+def _ratio(total: Any, weight: Any) -> np.ndarray:
     weight = np.asarray(weight, dtype=np.float64)
     total = np.broadcast_to(np.asarray(total, dtype=np.float64), weight.shape)
     return np.divide(total, weight, out=np.full(weight.shape, math.nan), where=weight > 0)
 
 
-def _epoch_end(model: Any, reducer: Reducer, state: _Epoch, where: str, n_global: int,
-               count_correct: bool, holdout: Holdout | None, loss: Any) -> dict[str, float]:
-    """The epoch's logs, identical on every rank (collective)."""
+def _epoch_end(model: Any, reducer: Reducer, state: _Epoch, where: str, n_global: np.ndarray,
+               count_correct: bool, holdout: Any, loss: Any) -> dict[str, np.ndarray]:
+    """The epoch's logs, one value per member, identical on every rank (collective)."""
     be = model.backend
+    K = model.n_members
 
     def local() -> list[Any]:
         if state.pending is not None:
             raise state.pending
-        return [_host(be, state.total), _host(be, state.hits)]
+        return [_host(be, state.total, K), _host(be, state.hits, K)]
 
     total, hits = reducer.agreed(where, local)
-    logs = {"loss": _ratio(total, state.weight)}
+    logs = {"loss": _ratio(total, np.broadcast_to(state.weight, (K,)))}
     if count_correct:
-        hits = reducer.allreduce_sum([hits])[0] if reducer.size > 1 else hits
+        hits = np.asarray(reducer.allreduce_sum(list(hits))) if reducer.size > 1 else hits
         logs["accuracy"] = _ratio(hits, n_global)
     if holdout is not None:
         with model.parameter_lock.read():
@@ -406,18 +413,12 @@ def _epoch_end(model: Any, reducer: Reducer, state: _Epoch, where: str, n_global
     return reducer.bcast(logs)
 
 
-def _finite_params(model: Any) -> bool:
-    """The epoch's last step can overflow the weights after a finite loss (inf·0 is NaN)."""
-    be = model.backend
-    return math.isfinite(be.to_float(be.sum(model.params * 0.0)))
-
-
 def _snapshot(model: Any, optimizer: Optimizer) -> dict[str, Any]:
     """Device copies of the weights and optimizer state; the loss scale (rollback)."""
     be = model.backend
     scaler = model.precision_.scaler
     return {
-        "params": be.copy(model.params, be.empty(model.params.shape, model.dtype)),
+        "params": be.copy(model.flat, be.empty(model.flat.shape, model.dtype)),
         "optimizer": optimizer.state_dict(to_host=False),
         "scaler": None if scaler is None else scaler.get_state(),
     }
@@ -426,7 +427,7 @@ def _snapshot(model: Any, optimizer: Optimizer) -> dict[str, Any]:
 def _restore(model: Any, optimizer: Optimizer, snapshot: dict[str, Any] | None) -> None:
     if snapshot is None:
         return
-    model.assign_params(snapshot["params"])
+    model.assign_flat(snapshot["params"])
     optimizer.load_state_dict(snapshot["optimizer"])
     if snapshot["scaler"] is not None:
         model.precision_.scaler.set_state(snapshot["scaler"])
@@ -576,8 +577,13 @@ def _prepare(model: Any, reducer: Reducer, X: Any, y: Any, epochs: Any, batch_si
     Xh, Yh, wh = shard
     source = None
     if Xh is not None:
-        source = make_batches(be, Xh, Yh, wh, batch_size, model.compute_dtype, stream_data,
-                              target_dtype=model.dtype)
+        if is_sparse(Xh) or stream_data or (stream_data is None and should_stream(
+                be, Xh, Yh, wh, model.compute_dtype, model.dtype)):
+            source = make_batches(be, Xh, Yh, wh, batch_size, model.compute_dtype, stream_data,
+                                  target_dtype=model.dtype)
+        else:  # resident: the network's own batch source, a single member over every row
+            source = MemberBatches(be, Xh, Yh, wh, [np.arange(Xh.shape[0])], batch_size, model.compute_dtype,
+                                   target_dtype=model.dtype)
     order = None
     if shuffle and source is not None:
         n = source.n

@@ -202,7 +202,7 @@ def run_fail_step(comm: Any) -> None:
     X, y, _ = make_data()
     model = make_model()
     calls = {"n": 0}
-    original = model.forward_backward
+    original = model._phases  # the step's forward and backward
 
     def failing(*args: Any, **kwargs: Any) -> Any:
         calls["n"] += 1
@@ -210,7 +210,7 @@ def run_fail_step(comm: Any) -> None:
             raise ValueError("injected failure on rank 1")
         return original(*args, **kwargs)
 
-    model.forward_backward = failing
+    model._phases = failing
     from mlpx.distributed import shard_indices
 
     idx = shard_indices(len(X), comm.Get_rank(), comm.Get_size())
@@ -331,7 +331,7 @@ def run_base_exception(comm: Any, outdir: Path, how: str) -> None:
     model = make_model()
     last = rank == size - 1
     calls = {"n": 0}
-    original = model.forward_backward
+    original = model._phases  # the step's forward and backward
 
     def step(*args: Any, **kwargs: Any) -> Any:
         calls["n"] += 1
@@ -347,7 +347,7 @@ def run_base_exception(comm: Any, outdir: Path, how: str) -> None:
                 sys.exit(4)
 
     if how in ("exit_step", "interrupt_step"):
-        model.forward_backward = step
+        model._phases = step
     callbacks = [ExitInCallback()] if how == "exit_callback" else []
     result = _outcome(lambda: model.fit(X[shard_indices_for(rank, size)], y[shard_indices_for(rank, size)],
                                         epochs=4, batch_size=BATCH, comm=comm, callbacks=callbacks))

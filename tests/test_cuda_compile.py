@@ -17,7 +17,7 @@ import sys
 import pytest
 
 import mlpx  # noqa: F401 - registers every kernel of the engine
-from mlpx import activations, layers, losses, optimizers, stacked
+from mlpx import activations, layers, losses, network, optimizers
 from mlpx.backends import Kernel
 from mlpx.backends.cuda import FLOAT_DTYPES, lazy_elementwise, registered_kernels
 from mlpx.backends.cuda_compile import (
@@ -53,14 +53,14 @@ def _lazy_kernels_used_by(fn: object) -> list[lazy_elementwise]:
 def test_every_cupy_variant_uses_registered_kernels_only() -> None:
     registered = {id(k) for k in KERNELS}
     variants = 0
-    for mod in (activations, layers, losses, optimizers, stacked):
+    for mod in (activations, layers, losses, optimizers, network):
         for obj in vars(mod).values():
             if isinstance(obj, Kernel) and "cupy" in obj.variants:
                 used = _lazy_kernels_used_by(obj.variants["cupy"])
                 assert used, f"{obj.name}'s cupy variant launches no lazy_elementwise kernel"
                 assert all(id(k) in registered for k in used), obj.name
                 variants += 1
-    assert variants >= 12  # 6 activation backwards, bias+activation, cross-entropy, 3 optimizers, 2 stacked
+    assert variants >= 11  # 6 activation backwards, bias+activation, cross-entropy, 3 optimizers
 
 
 def test_one_fused_bias_kernel_per_activation_with_a_cuda_expression() -> None:
@@ -95,16 +95,17 @@ def test_source_is_cupys_kernel_for_each_layout_and_dtype() -> None:
     assert "#include <cupy/carray.cuh>" in src
     assert 'extern "C" __global__ void mlpx_relu_backward(const CArray<float, 1, 1, 1> _raw_dh' in src
     assert "typedef float T;" in src and "CIndexer<1, 1> _ind" in src
-    # bias: b broadcast over rows stays 2-D and non-contiguous
+    # bias: the members' (K, u) biases are read raw, 2-D; Z and H collapse to 1-D
     src = kernel_source(by_name["mlpx_bias_relu"], "float64")
-    assert "const CArray<double, 2, 0, 1> _raw_b" in src and "CIndexer<2, 1> _ind" in src
-    # optimizer scalars are plain T parameters; flags keep their declared type
+    assert "const CArray<double, 2, 1, 1> b" in src and "CIndexer<1, 1> _ind" in src
+    # optimizer: the members' scalars are the raw (r, K) rows; flags keep their type
     src = kernel_source(by_name["mlpx_sgd_update"], "float32")
-    assert "const float lr" in src and "const bool nesterov" in src
-    # raw arrays keep their shape; the sample weights are 1-D in the second layout
+    assert "const CArray<float, 2, 1, 1> vec" in src and "const bool penalised" in src
+    # raw arrays keep their shape; the row weights are (K, n) in the second layout
     ce = by_name["mlpx_softmax_cross_entropy"]
-    assert "const CArray<float, 1, 1, 1> W" in kernel_source(ce, "float32", layout=1)
-    assert "const int k" in kernel_source(ce, "float32", layout=0)
+    assert "const CArray<float, 2, 1, 1> W" in kernel_source(ce, "float32", layout=1)
+    assert "const CArray<float, 3, 1, 1> Z" in kernel_source(ce, "float32", layout=0)
+    assert "const int c" in kernel_source(ce, "float32", layout=0)
     assert "cupy/bfloat16.cuh" in kernel_source(by_name["mlpx_exp_backward"], "bfloat16")
     assert "typedef float16 T;" in kernel_source(by_name["mlpx_exp_backward"], "float16")
 

@@ -33,13 +33,12 @@ import mlpx.distributed as distributed
 import mlpx.layers as layers
 import mlpx.losses as losses
 import mlpx.metrics as metrics
-import mlpx.model as model
+import mlpx.network as network
 import mlpx.optimizers as optimizers
 import mlpx.precision as precision
-import mlpx.stacked as stacked
 from mlpx.backends import Kernel
 
-MODULES = (activations, losses, optimizers, layers, metrics, precision, model, distributed, stacked)
+MODULES = (activations, losses, optimizers, layers, metrics, precision, network, distributed)
 
 
 def all_kernels() -> dict[str, Kernel]:
@@ -91,35 +90,6 @@ def _act_backward(forward: Kernel, needs_Z: bool = False) -> Callable[..., list]
     return build
 
 
-def _loss_cases(kind: str) -> Callable[..., list]:
-    def build(rng: np.random.Generator, dtype: str) -> list:
-        n, k = 9, 4
-        Z = (rng.standard_normal((n, k)) * 4).astype(dtype)
-        Z[0] = [800.0, -800.0, 0.0, 1.0]  # stability: huge logits must stay finite
-        if kind == "cross_entropy":
-            Y = np.eye(k, dtype=dtype)[rng.integers(0, k, n)]
-            Y[1] = [0.25, 0.25, 0.5, 0.0]  # soft targets
-        else:
-            Y = rng.standard_normal((n, k)).astype(dtype)
-        w = rng.uniform(0.1, 3.0, n).astype(dtype)
-        cases = []
-        for weighted, denom in ((False, float(n)), (True, float(w.sum())), (False, 3.5)):
-            ww = w if weighted else None
-            tag = f"w={weighted},d={denom:g}"
-            cases.append((f"{tag},dZ", (Z, Y, np.empty_like(Z), ww, denom), {}))
-            cases.append((f"{tag},dZ is Z", (Z, Y, Z, ww, denom), {}))
-            cases.append((f"{tag},no dZ", (Z, Y, None, ww, denom), {}))
-        return cases
-
-    return build
-
-
-def _l2(rng: np.random.Generator, dtype: str) -> list:
-    p = rng.standard_normal(50).astype(dtype)
-    g = rng.standard_normal(50).astype(dtype)
-    return [("l2 on a weight prefix", (p, g, 40, 0.3, np.full(40, np.nan, dtype=dtype)), {})]
-
-
 def _scale_cast(rng: np.random.Generator, dtype: str) -> list:
     src = rng.standard_normal((6, 4)).astype(dtype)
     return [("out", (src, 0.125, np.empty_like(src)), {}), ("out is src", (src, 8.0, src), {})]
@@ -133,33 +103,10 @@ def _zero(rng: np.random.Generator, dtype: str) -> list:
     return [("zero", (rng.standard_normal(9).astype(dtype),), {})]
 
 
-def _add_bias(rng: np.random.Generator, dtype: str) -> list:
-    Z = rng.standard_normal((6, 4)).astype(dtype)
-    return [("add_bias", (Z, rng.standard_normal(4).astype(dtype)), {})]
-
-
 def _multiply(rng: np.random.Generator, dtype: str) -> list:
     a = rng.standard_normal((6, 4)).astype(dtype)
     b = rng.standard_normal((6, 4)).astype(dtype)
     return [("out", (a, b, np.empty_like(a)), {}), ("out is a", (a, b, a), {})]
-
-
-def _bias_activation(rng: np.random.Generator, dtype: str) -> list:
-    cases = []
-    for act in sorted(activations.ACTIVATIONS.values(), key=lambda a: a.name):
-        Z = (rng.standard_normal((6, 5)) * 3).astype(dtype)
-        b = rng.standard_normal(5).astype(dtype)
-        cases.append((f"{act.name}: out is Z", (Z, b, act, Z), {}))
-        # with its own out, Z must hold Z + b afterwards (g' of gelu reads it)
-        cases.append((f"{act.name}: own out", (Z, b, act, np.empty_like(Z)), {}))
-    return cases
-
-
-def _correct_count(rng: np.random.Generator, dtype: str) -> list:
-    Z = rng.standard_normal((40, 4)).astype(dtype)
-    Y = np.eye(4, dtype=dtype)[rng.integers(0, 4, 40)]
-    Yml = (rng.random((40, 4)) > 0.5).astype(dtype)
-    return [("softmax", (Z, Y, "softmax"), {}), ("logistic", (Z, Yml, "logistic"), {})]
 
 
 def _large_rows(build: Callable[..., list], rows: int = 300, cols: int = 128) -> Callable[..., list]:
@@ -192,12 +139,6 @@ CASES: dict[str, Callable[..., list]] = {
     "tanh_backward": _large_rows(_act_backward(activations.tanh_forward)),
     "softmax_forward": lambda rng, dt: _act_forward(rng, dt, scale=200.0),
     "exp_forward": _act_forward,
-    "cross_entropy": _large_rows(_loss_cases("cross_entropy")),
-    "squared_error": _loss_cases("squared_error"),
-    "l2_penalty": _l2,
-    "bias_activation": _large_rows(_bias_activation),
-    "correct_count": _correct_count,
-    "add_bias": _add_bias,
     "multiply": _multiply,
     "scale_cast": _scale_cast,
     "_fill": _fill,
@@ -212,17 +153,11 @@ OUTPUTS: dict[str, tuple[int | None, ...]] = {
     "relu_forward": _ACT_FORWARD, "leaky_relu_forward": _ACT_FORWARD, "logistic_forward": _ACT_FORWARD,
     "tanh_forward": _ACT_FORWARD, "softmax_forward": _ACT_FORWARD, "exp_forward": _ACT_FORWARD,
     "relu_backward": _ACT_BACKWARD, "logistic_backward": _ACT_BACKWARD, "tanh_backward": _ACT_BACKWARD,
-    "cross_entropy": (None, 2), "squared_error": (None, 2),
-    "l2_penalty": (None, 1),
-    "bias_activation": (3,), "correct_count": (None,), "add_bias": (0,),
     "multiply": (2,), "scale_cast": (2,), "_fill": (0,), "_zero": (0,),
 }
 # Arguments a fast variant may overwrite with anything (scratch).
-SCRATCH: dict[str, tuple[int, ...]] = {
-    "l2_penalty": (4,),
-    "bias_activation": (0,),  # Z: the bias is added into it
-}
-_OPTIMIZERS = ("l2_penalty",)
+SCRATCH: dict[str, tuple[int, ...]] = {}
+_OPTIMIZERS: tuple[str, ...] = ()
 
 
 def test_every_numpy_variant_has_a_case() -> None:
@@ -325,23 +260,23 @@ def test_forward_variant_returns_its_out_buffer(name: str, dtype: str) -> None:
 
 
 def test_correct_count_generic_against_sklearn_accuracy() -> None:
-    """correct_count has no variant; its generic definition against an independent count."""
+    """correct_count's generic definition against an independent count."""
     from sklearn.metrics import accuracy_score
 
     rng = np.random.default_rng(3)
     Z = rng.standard_normal((50, 4))
     y = rng.integers(0, 4, 50)
     Y = np.eye(4)[y]
-    got = float(metrics.correct_count.generic(np, Z, Y, "softmax"))
+    got = float(metrics.correct_count.generic(np, Z[None], Y[None], None, "softmax")[0])
     assert got == accuracy_score(y, Z.argmax(1)) * 50
     Yml = (rng.random((50, 3)) > 0.5).astype(float)
     Zml = rng.standard_normal((50, 3))
-    got = float(metrics.correct_count.generic(np, Zml, Yml, "logistic"))
+    got = float(metrics.correct_count.generic(np, Zml[None], Yml[None], None, "logistic")[0])
     assert got == accuracy_score(Yml.astype(int), (Zml > 0).astype(int)) * 50
 
 
 # ------------------------------------------------------- functional kernels
-# The stack's kernels (mlpx.stacked) follow the functional convention: the generic
+# The member-form kernels (layers, losses, optimizers, counts) follow the functional convention: the generic
 # definition returns new arrays and leaves its inputs alone; the fast variants may
 # write into the buffers they are given and return them. So the *returned* values
 # are compared, and each variant must return the buffers it documents writing.
@@ -359,14 +294,15 @@ def _f_bias_activation(rng: np.random.Generator, dtype: str) -> list:
     return cases
 
 
-def _f_loss(rng: np.random.Generator, dtype: str) -> list:
-    cases = []
-    K, n, c = 3, 6, 4
-    for kind in ("cross_entropy", "binary_cross_entropy", "squared_error", "poisson"):
+def _f_loss(kind: str) -> Callable[..., list]:
+    def build(rng: np.random.Generator, dtype: str) -> list:
+        cases = []
+        K, n, c = 3, 6, 4
         Z = (rng.standard_normal((K, n, c)) * 3).astype(dtype)
         if kind == "cross_entropy":
             Z[0, 0] = [700.0, -700.0, 0.0, 1.0]
             Y = np.eye(c, dtype=dtype)[rng.integers(0, c, (K, n))]
+            Y[1, 1] = [0.25, 0.25, 0.5, 0.0]  # soft targets
         elif kind == "binary_cross_entropy":
             Y = (rng.random((K, n, c)) > 0.5).astype(dtype)
         else:
@@ -374,10 +310,24 @@ def _f_loss(rng: np.random.Generator, dtype: str) -> list:
         w = rng.uniform(0.2, 2.0, (K, n)).astype(dtype)
         w[1, 4:] = 0.0  # padding rows
         inv_d = np.array([1 / 6, 1 / 4, 0.0], dtype=dtype)  # member 2 sits the step out
-        cases.append((f"{kind}, dZ", (Z, Y, w, inv_d, kind, np.empty_like(Z)), {}, None))
-        cases.append((f"{kind}, dZ is Z", (Z, Y, w, inv_d, kind, Z), {}, None))
-        cases.append((f"{kind}, no dZ", (Z, Y, w, inv_d, kind, None), {}, None))
-    return cases
+        for ww, tag in ((w, "weighted"), (None, "unit weights")):
+            cases.append((f"{tag}, dZ", (Z, Y, ww, inv_d, np.empty_like(Z)), {}, None))
+            cases.append((f"{tag}, dZ is Z", (Z, Y, ww, inv_d, Z), {}, None))
+            cases.append((f"{tag}, no dZ", (Z, Y, ww, inv_d, None), {}, None))
+        return cases
+
+    return build
+
+
+def _f_correct_count(rng: np.random.Generator, dtype: str) -> list:
+    K, n, c = 3, 8, 4
+    Z = rng.standard_normal((K, n, c)).astype(dtype)
+    Y = np.eye(c, dtype=dtype)[rng.integers(0, c, (K, n))]
+    Yml = (rng.random((K, n, c)) > 0.5).astype(dtype)
+    w = rng.uniform(0.0, 1.0, (K, n)).astype(dtype)
+    w[0, :3] = 0.0  # padding rows are not counted
+    return [("softmax", (Z, Y, w, "softmax"), {}, None), ("logistic", (Z, Yml, w, "logistic"), {}, None),
+            ("softmax, every row", (Z, Y, None, "softmax"), {}, None)]
 
 
 def _f_l2(rng: np.random.Generator, dtype: str) -> list:
@@ -426,20 +376,24 @@ def _f_dense_backward(rng: np.random.Generator, dtype: str) -> list:
 
 
 FUNCTIONAL: dict[str, Callable[..., list]] = {
-    "member_bias_activation": _f_bias_activation,
-    "member_loss": _f_loss,
-    "member_l2": _f_l2,
+    "bias_activation": _f_bias_activation,
+    "cross_entropy": _f_loss("cross_entropy"),
+    "binary_cross_entropy": _f_loss("binary_cross_entropy"),
+    "squared_error": _f_loss("squared_error"),
+    "poisson": _f_loss("poisson"),
+    "correct_count": _f_correct_count,
+    "l2_penalty": _f_l2,
     "sgd_update": _f_optimizer("sgd_update"),
     "adam_update": _f_optimizer("adam_update"),
     "rmsprop_update": _f_optimizer("rmsprop_update"),
-    "member_dense_backward": _f_dense_backward,
+    "dense_backward": _f_dense_backward,
 }
 # The buffer each variant returns at each position (an index into the arguments), or None.
 _RETURNS_BUFFER = {
     "sgd_update": (0, 2, None),
     "adam_update": (0, 2, 3, None),
     "rmsprop_update": (0, 2, None),
-    "member_l2": (1, None),
+    "l2_penalty": (1, None),
 }
 
 
@@ -475,7 +429,7 @@ def test_functional_variant_returns_what_the_generic_definition_returns(name: st
 
 
 @pytest.mark.parametrize("kind", ["generic", "numpy", "numba"])
-@pytest.mark.parametrize("loss", ["cross_entropy", "squared_error"])
+@pytest.mark.parametrize("loss", ["cross_entropy", "binary_cross_entropy", "squared_error", "poisson"])
 def test_member_loss_is_zero_for_a_member_without_rows_whose_outputs_overflowed(kind: str, loss: str) -> None:
     """A member that sits a step out has only padding rows (weight 0); once its weights
     overflowed their loss is inf and 0 · inf is NaN, which the training loop's sum over
@@ -483,8 +437,8 @@ def test_member_loss_is_zero_for_a_member_without_rows_whose_outputs_overflowed(
     every variant must report 0 too, and the other members' losses unchanged."""
     if kind == "numba":
         pytest.importorskip("numba")
-    k = all_kernels()["member_loss"]
-    fn = k.generic if kind == "generic" else k.variants[kind]
+    k = all_kernels()[loss]
+    fn = k.generic if kind == "generic" else k.variants.get(kind, k.generic)
     rng = np.random.default_rng(3)
     Z = rng.standard_normal((2, 4, 3))
     Y = np.eye(3)[rng.integers(0, 3, (2, 4))] if loss == "cross_entropy" else rng.standard_normal((2, 4, 3))
@@ -493,8 +447,8 @@ def test_member_loss_is_zero_for_a_member_without_rows_whose_outputs_overflowed(
     w = np.array([[1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
     inv_d = np.array([1 / 3, 0.0])
     with np.errstate(all="ignore"):
-        value, _ = fn(np, Z, Y, w, inv_d, loss, np.empty_like(Z))
-        whole = fn(np, Z[:1], Y[:1], w[:1], inv_d[:1], loss, None)[0]
+        value, _ = fn(np, Z, Y, w, inv_d, np.empty_like(Z))
+        whole = fn(np, Z[:1], Y[:1], w[:1], inv_d[:1], None)[0]
     assert value[1] == 0.0
     assert value[0] == whole[0] and np.isfinite(whole[0])
 
@@ -539,7 +493,6 @@ def test_every_hit_count_follows_numpys_arg_max_on_non_finite_logits(data, dtype
     such rows as ``numpy.argmax`` does on NumPy, CuPy and array-api-strict (the first
     NaN, else the first maximum) and be a number, not NaN."""
     pytest.importorskip("numba")
-    from mlpx.member_step import _hit_rows
 
     Z = np.array(data.draw(st.lists(_WILD, min_size=n * c, max_size=n * c)), dtype=dtype).reshape(n, c)
     labels = np.array(data.draw(st.lists(st.integers(0, c - 1), min_size=n, max_size=n)))
@@ -549,13 +502,13 @@ def test_every_hit_count_follows_numpys_arg_max_on_non_finite_logits(data, dtype
     expected_sm = np.argmax(Z, axis=1) == labels
     expected_ml = ((Z > 0) == (Yml > 0.5)).all(axis=1)
     numba_count = metrics.correct_count.variants["numba"]
-    assert int(numba_count(np, Z, Y, "softmax")) == expected_sm.sum()
-    assert int(numba_count(np, Z, Yml, "logistic")) == expected_ml.sum()
-    member_hits = stacked.member_hits.generic
+    assert int(numba_count(np, Z[None], Y[None], None, "softmax")[0]) == expected_sm.sum()
+    assert int(numba_count(np, Z[None], Yml[None], None, "logistic")[0]) == expected_ml.sum()
+    generic = metrics.correct_count.generic
     for T, softmax, expected in ((Y, True, expected_sm), (Yml, False, expected_ml)):
-        got = _hit_rows(Z, T, w, softmax)
+        got = metrics.hit_rows(Z, T, w, softmax)
         assert got == (expected & (w > 0)).sum()
-        assert got == member_hits(np, Z[None], T[None], w[None], "softmax" if softmax else "logistic")[0]
+        assert got == generic(np, Z[None], T[None], w[None], "softmax" if softmax else "logistic")[0]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -563,9 +516,20 @@ def test_member_l2_sums_an_overflowed_weight_to_inf_in_every_variant(dtype: str)
     """Σ W² of a member whose first weight overflowed is inf (as NumPy's dot gives it),
     not NaN: a loop that starts its sum from ``W[k, 0] · 0`` would make it NaN."""
     pytest.importorskip("numba")
-    k = all_kernels()["member_l2"]
     W = np.array([[np.inf, 1.0, 2.0], [-np.inf, 0.0, 3.0], [1.0, 2.0, 3.0]], dtype=dtype)
     coef = np.full(3, 0.1, dtype=dtype)
+    expected = np.array([np.inf, np.inf, 14.0], dtype=dtype)
+    k = all_kernels()["l2_penalty"]
+    for variant in ("generic", "numpy"):
+        fn = k.generic if variant == "generic" else k.variants[variant]
+        with np.errstate(invalid="ignore"):
+            _, sq = fn(np, W, np.zeros_like(W), coef)
+        np.testing.assert_array_equal(sq, expected, err_msg=variant)
+    # and the updates' Σ W² (the penalty with an optimizer), every variant
+    vec = np.array([[0.1] * 3, [0.9] * 3, [0.0] * 3, [1.0] * 3], dtype=dtype)  # SGD rows
     for variant in ("numpy", "numba"):
-        _, sq = k.variants[variant](np, W, np.zeros_like(W), coef)
-        np.testing.assert_array_equal(sq, np.array([np.inf, np.inf, 14.0], dtype=dtype), err_msg=variant)
+        P = np.concatenate([W, np.ones((3, 2), dtype)], axis=1)
+        with np.errstate(invalid="ignore", over="ignore"):
+            _, _, sq = all_kernels()["sgd_update"].variants[variant](np, P, np.zeros_like(P), np.zeros_like(P),
+                                                                        vec, coef, 3)
+        np.testing.assert_array_equal(sq, expected, err_msg=variant)

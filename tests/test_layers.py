@@ -8,7 +8,8 @@ import pytest
 import mlpx
 from mlpx.activations import ACTIVATIONS, get_activation
 from mlpx.initializers import glorot_uniform, he_uniform
-from mlpx.layers import (
+from mlpx.layers import (  # noqa: I001
+    Pass,
     GELU,
     ActivationLayer,
     Dense,
@@ -117,13 +118,19 @@ def test_two_layer_network_by_hand(backend) -> None:
     for key, ref in (("0.W", dW1), ("0.b", db1), ("1.W", dW2), ("1.b", db2)):
         np.testing.assert_allclose(grads[key], ref, rtol=1e-11, atol=1e-15, err_msg=key)
 
-    # dX of the first layer (the model skips it; call the layer protocol directly)
+    # dX of the first layer (the model skips it; call the layer protocol directly,
+    # member form with one member)
     layer0, layer1 = model.layers
-    Xd = be.asarray(X, "float64")
-    H = layer0.forward(Xd, train=True)
-    layer1.forward(H, train=True)
-    dX = layer0.backward(layer1.backward(be.asarray(dZ2, "float64")), need_dX=True)
-    np.testing.assert_allclose(be.to_numpy(dX), dZ1 @ W1.T, rtol=1e-12)
+    ctx = Pass(be, "float64", {}, True)
+    p0 = {"W": be.asarray(W1[None], "float64"), "b": be.asarray(b1[None], "float64")}
+    p1 = {"W": be.asarray(W2[None], "float64"), "b": be.asarray(b2[None], "float64")}
+    H, saved0 = layer0.forward(ctx, 0, be.asarray(X[None], "float64"), p0)
+    _, saved1 = layer1.forward(ctx, 1, H, p1)
+    dH1, g1 = layer1.backward(ctx, 1, be.asarray(dZ2[None], "float64"), saved1, p1, None, True)
+    dX, g0 = layer0.backward(ctx, 0, dH1, saved0, p0, None, True)
+    np.testing.assert_allclose(be.to_numpy(dX)[0], dZ1 @ W1.T, rtol=1e-12)
+    np.testing.assert_allclose(be.to_numpy(g0["W"])[0], dW1, rtol=1e-11, atol=1e-15)
+    np.testing.assert_allclose(be.to_numpy(g1["b"])[0], db2, rtol=1e-11, atol=1e-15)
 
 
 def test_dense_shapes_and_config() -> None:
@@ -159,36 +166,61 @@ def test_activation_layer_keeps_its_input_intact(backend) -> None:
     model = mlpx.Sequential([Dense(3, 4), ReLU(), Dense(4, 2)], backend=backend, dtype="float64", seed=0)
     be = model.backend
     X = np.random.default_rng(0).normal(size=(5, 3))
-    H0 = model.layers[0].forward(be.asarray(X, "float64"), train=True)
+    ctx = Pass(be, "float64", {}, True)
+    params = {k[2:]: be.xp.reshape(v, (1,) + tuple(v.shape)) for k, v in model.parameters().items()
+              if k.startswith("0.")}
+    H0, _ = model.layers[0].forward(ctx, 0, be.asarray(X[None], "float64"), params)
     before = be.to_numpy(H0).copy()
-    H1 = model.layers[1].forward(H0, train=True)
+    H1, _ = model.layers[1].forward(ctx, 1, H0, {})
     np.testing.assert_array_equal(be.to_numpy(H0), before)
     np.testing.assert_array_equal(be.to_numpy(H1), np.maximum(before, 0))
 
 
 # ------------------------------------------------------------------ dropout
+def _dropout_pass(be, d: Dropout, train: bool, members: int = 1, dtype: str = "float64") -> Pass:
+    return Pass(be, dtype, {}, train, {0: [d.generator(s, 0) for s in range(members)]})
+
+
 def test_dropout_train_and_inference(backend) -> None:
     be = backend
     d = Dropout(0.25, seed=0)
-    d.build(be, "float64", 200)
-    X = be.asarray(np.ones((50, 200)), "float64")
-    assert d.forward(X, train=False) is X  # identity at inference
-    H = be.to_numpy(d.forward(X, train=True))
+    d.build(200)
+    X = be.asarray(np.ones((1, 50, 200)), "float64")
+    assert d.forward(_dropout_pass(be, d, False), 0, X, {})[0] is X  # identity at inference
+    ctx = _dropout_pass(be, d, True)
+    H, mask = d.forward(ctx, 0, X, {})
+    H = be.to_numpy(H)
     kept = H != 0
     np.testing.assert_allclose(H[kept], 1 / 0.75)  # inverted dropout scaling
     assert abs(kept.mean() - 0.75) < 0.02  # 10000 draws
     # backward applies the same mask and scale
-    dY = be.asarray(np.full((50, 200), 2.0), "float64")
-    dX = be.to_numpy(d.backward(dY))
-    np.testing.assert_allclose(dX, 2.0 * H)
+    dY = be.asarray(np.full((1, 50, 200), 2.0), "float64")
+    dX, _ = d.backward(ctx, 0, dY, mask, {}, None, True)
+    np.testing.assert_allclose(be.to_numpy(dX), 2.0 * H)
+
+
+def test_dropout_members_draw_their_own_masks(backend) -> None:
+    """Each member's generator (seeded from its own seed) gives its own mask: member
+    k's mask is what a single network with seed k draws."""
+    be = backend
+    d = Dropout(0.5)
+    d.build(9)
+    X = be.asarray(np.ones((3, 4, 9)), "float64")
+    H, _ = d.forward(_dropout_pass(be, d, True, members=3), 0, X, {})
+    H = be.to_numpy(H)
+    for k in range(3):
+        alone, _ = d.forward(Pass(be, "float64", {}, True, {0: [d.generator(k, 0)]}), 0, X[k:k + 1, ...], {})
+        np.testing.assert_array_equal(H[k], be.to_numpy(alone)[0])
+    assert not np.array_equal(H[0], H[1])
 
 
 def test_dropout_mask_is_the_same_on_every_backend(strict_backend) -> None:
     masks = []
     for be in (mlpx.get_backend("cpu"), strict_backend):
         d = Dropout(0.5, seed=42)
-        d.build(be, "float32", 7)
-        masks.append(np.asarray(be.to_numpy(d.forward(be.asarray(np.ones((6, 7)), "float32"), train=True))))
+        d.build(7)
+        H, _ = d.forward(_dropout_pass(be, d, True, dtype="float32"), 0, be.asarray(np.ones((1, 6, 7)), "float32"), {})
+        masks.append(np.asarray(be.to_numpy(H)))
     np.testing.assert_array_equal(masks[0], masks[1])
 
 
@@ -196,7 +228,7 @@ def test_dropout_rejects_bad_p() -> None:
     for p in (-0.1, 1.0, 1.5):
         with pytest.raises(ValueError, match=r"\[0, 1\)"):
             Dropout(p)
-    assert Dropout(0.0).forward("anything", train=True) == "anything"
+    assert Dropout(0.0).forward(Pass(mlpx.get_backend("cpu"), "float64", {}, True), 0, "anything", {})[0] == "anything"
 
 
 # ------------------------------------------------------------- initialisers

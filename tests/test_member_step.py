@@ -21,7 +21,7 @@ import mlpx
 import mlpx.backends.blas as blas
 from mlpx.backends import get_backend
 from mlpx.member_step import member_step_plan
-import mlpx.stacked as stacked
+import mlpx.network as network  # noqa: I001
 from mlpx.optimizers import Optimizer
 from mlpx.stacked import Stack
 
@@ -109,7 +109,7 @@ def test_the_compiled_step_equals_the_phase_by_phase_step(hidden, activation, ta
     with monkeypatch.context() as mp:
         mp.setattr(Stack, "train_epoch", spy)
         if blocks is not None:  # an epoch in blocks of about this many steps (a bounded time per call)
-            mp.setattr(stacked, "_BLOCK_FLOPS", blocks * 3.0 * template.gemm_flops(batch) * K)
+            mp.setattr(network, "_BLOCK_FLOPS", blocks * 3.0 * template.gemm_flops(batch) * K)
         # A member may diverge (SGD at a high rate): NumPy's products warn, the
         # compiled loop does not; all freeze the member with the same numbers.
         with np.errstate(all="ignore"), warnings.catch_warnings():

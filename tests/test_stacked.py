@@ -21,7 +21,9 @@ import mlpx
 from mlpx.backends import get_backend
 from mlpx.distributed import LocalReducer
 from mlpx.optimizers import Optimizer
-from mlpx.stacked import MemberBatches, Stack, member_l2
+from mlpx.data import MemberBatches
+from mlpx.losses import l2_penalty as member_l2
+from mlpx.stacked import Stack
 from mlpx.training import TrainingDivergedError, train
 from mlpx.validation import InvalidParameterError
 
@@ -106,6 +108,21 @@ def test_every_optimizer_steps_its_members_as_their_single_fits(backend, name, s
         ref, _ = _single(sizes, k, X, y, backend=backend, epochs=2, batch_size=50, optimizer=opt, l2=l2[k])
         np.testing.assert_allclose(stack.get_member_params(k), ref.get_flat_params(), rtol=0, atol=1e-10)
         assert int(stack.optimizer_.t[k]) == opt.t
+
+
+def test_members_with_dropout_and_a_non_canonical_loss_equal_their_single_fits(backend, digits):
+    """Dropout (one mask generator per member, seeded as the member's own network
+    seeds it) and a loss that is not the output's canonical one (squared error on a
+    softmax output: the chain rule through the softmax) train in a stack as alone."""
+    X, y = digits
+    template = mlpx.MLP([64, 24, 10], dtype="float64", seed=0, dropout=0.3, backend=backend)
+    stack = Stack(template, seeds=[4, 5])
+    hist = stack.fit(X, y, epochs=2, batch_size=50, lr=[1e-3, 3e-3], loss="squared_error")
+    for k, lr in enumerate([1e-3, 3e-3]):
+        ref = mlpx.MLP([64, 24, 10], dtype="float64", seed=4 + k, dropout=0.3, backend=backend)
+        h = ref.fit(X, y, epochs=2, batch_size=50, lr=lr, loss="squared_error")
+        np.testing.assert_allclose(stack.get_member_params(k), ref.get_flat_params(), rtol=0, atol=1e-10)
+        np.testing.assert_allclose([e[k] for e in hist["loss"]], h["loss"], rtol=1e-12)
 
 
 def test_adam_betas_and_epsilon_per_member(digits):
@@ -384,8 +401,6 @@ def test_bad_input_is_refused(digits):
         Stack.from_models([t, mlpx.MLP([64, 8, 10], dtype="float32")])
     with pytest.raises(TypeError, match="Sequential"):
         Stack.from_models([t, "not a model"])
-    with pytest.raises(ValueError, match="Dense and activation layers only"):
-        Stack(mlpx.MLP([64, 8, 10], dropout=0.5), n_members=2)
     with pytest.raises(TypeError, match="sequence"):
         Stack(t, seeds=3)
     with pytest.raises(ValueError, match="seeds, n_members or params"):
@@ -411,8 +426,9 @@ def test_bad_input_is_refused(digits):
         stack.fit(X, y, sample_weight=np.stack([np.ones(len(y)), np.zeros(len(y)), np.ones(len(y))]))
     with pytest.raises(ValueError, match="sample_weight must have shape"):
         stack.fit(X, y, sample_weight=np.ones((2, len(y))))
-    with pytest.raises(ValueError, match="canonical loss"):
-        stack.resolve_loss("squared_error")
+    with pytest.raises(ValueError, match="unknown loss"):  # any known loss whose domain the output covers
+        stack.resolve_loss("hinge")
+    assert not stack.resolve_loss("squared_error").canonical
     with pytest.raises(IndexError):
         stack.member(3)
 

@@ -64,30 +64,19 @@ def _act_backward(forward: Any, needs_Z: bool = False) -> Callable[..., list]:
     return TK._act_backward(forward, needs_Z=needs_Z)
 
 
-def _bce(rng: np.random.Generator, dtype: str) -> list:
-    Z = (rng.standard_normal((9, 4)) * 4).astype(dtype)
-    Y = (rng.random((9, 4)) > 0.5).astype(dtype)
-    w = rng.uniform(0.1, 3.0, 9).astype(dtype)
-    return [("dZ", (Z, Y, np.empty_like(Z), None, 9.0), {}), ("w, dZ is Z", (Z, Y, Z, w, float(w.sum())), {}),
-            ("no dZ", (Z, Y, None, None, 9.0), {})]
-
-
-def _poisson(rng: np.random.Generator, dtype: str) -> list:
-    Z = rng.standard_normal((9, 4)).astype(dtype)
-    Y = rng.poisson(1.0, (9, 4)).astype(dtype)
-    return [("dZ", (Z, Y, np.empty_like(Z), None, 9.0), {}), ("no dZ", (Z, Y, None, None, 9.0), {})]
-
-
 def _on_outputs(kind: str) -> Callable[..., list]:
     """Losses on outputs P = g(Z): P in the loss's domain, with and without weights."""
 
     def build(rng: np.random.Generator, dtype: str) -> list:
-        P = rng.uniform(0.05, 0.95, (9, 4)).astype(dtype)
-        Y = {"cross_entropy": np.eye(4)[rng.integers(0, 4, 9)], "squared_error": rng.normal(size=(9, 4))}.get(
-            kind, rng.uniform(0.0, 1.0, (9, 4))).astype(dtype)
-        w = rng.uniform(0.1, 3.0, 9).astype(dtype)
-        return [("dP", (P, Y, np.empty_like(P), None, 9.0), {}), ("w", (P, Y, np.empty_like(P), w, float(w.sum())), {}),
-                ("no dP", (P, Y, None, None, 9.0), {})]
+        K, n = 2, 9
+        P = rng.uniform(0.05, 0.95, (K, n, 4)).astype(dtype)
+        Y = {"cross_entropy": np.eye(4)[rng.integers(0, 4, (K, n))], "squared_error": rng.normal(size=(K, n, 4))}.get(
+            kind, rng.uniform(0.0, 1.0, (K, n, 4))).astype(dtype)
+        w = rng.uniform(0.1, 3.0, (K, n)).astype(dtype)
+        inv_d = np.array([1.0 / n, 0.0], dtype=dtype)  # member 1 sits the step out
+        inv_w = (1.0 / w.sum(axis=1)).astype(dtype)
+        return [("dP", (P, Y, None, inv_d, np.empty_like(P)), {}), ("w", (P, Y, w, inv_w, np.empty_like(P)), {}),
+                ("no dP", (P, Y, None, inv_d, None), {})]
 
     return build
 
@@ -96,13 +85,6 @@ def _hit_vector(rng: np.random.Generator, dtype: str) -> list:
     P = rng.uniform(0.0, 1.0, (30, 4)).astype(dtype)
     return [("softmax", (P, np.eye(4, dtype=dtype)[rng.integers(0, 4, 30)], "softmax"), {}),
             ("logistic", (P, (rng.random((30, 4)) > 0.5).astype(dtype), "logistic"), {})]
-
-
-def _member_hits(rng: np.random.Generator, dtype: str) -> list:
-    Z = rng.standard_normal((3, 20, 4)).astype(dtype)
-    w = (rng.random((3, 20)) > 0.3).astype(dtype)
-    return [("softmax", (Z, np.eye(4, dtype=dtype)[rng.integers(0, 4, (3, 20))], w, "softmax"), {}),
-            ("logistic", (Z, (rng.random((3, 20, 4)) > 0.5).astype(dtype), w, "logistic"), {})]
 
 
 def _scale_cast(rng: np.random.Generator, dtype: str) -> list:
@@ -129,13 +111,10 @@ EXTRA_CASES: dict[str, Callable[..., list]] = {
     "softmax_backward": _act_backward(activations.softmax_forward),
     "gelu_forward": TK._act_forward,
     "identity_forward": TK._act_forward,
-    "binary_cross_entropy": _bce,
-    "poisson": _poisson,
     "scale_cast": _scale_cast,
     "all_finite": _all_finite,
     "_fill": _fill_case,
     "hit_vector": _hit_vector,
-    "member_hits": _member_hits,
     **{f"{k}_on_outputs": _on_outputs(k) for k in ("squared_error", "cross_entropy", "binary_cross_entropy", "poisson")},
 }
 

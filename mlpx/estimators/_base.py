@@ -615,7 +615,7 @@ class BaseMLP(BaseEstimator):
                 epochs=1 if incremental else self.max_iter, broadcast=False, l2=float(self.alpha),
                 order=order, callbacks=[policy], holdout=holdout, loss_weights="rows",
                 loss_scale=1.0 / self.n_outputs_ if self.out_activation_ == "identity" else 1.0,
-                raise_on_divergence=False,
+                divergence="continue",
             )
         except KeyboardInterrupt:
             if reducer.size > 1:
@@ -763,12 +763,13 @@ class BaseMLP(BaseEstimator):
         def chunks() -> Any:
             for a, b in iter_chunks(n, PREDICT_CHUNK):
                 yield (_dense_rows(be, X, a, b, rt.dtype), be.asarray(Y[a:b], dtype=rt.dtype),
-                       None if w is None else be.asarray(w[a:b], dtype=rt.dtype))
+                       None if w is None else be.asarray(w[a:b], dtype=rt.dtype), None)
 
         threads = be.blas_threads(model.gemm_flops(min(n, PREDICT_CHUNK)))
         with (be.activated(), threads, np.errstate(over="ignore", invalid="ignore", divide="ignore"),
               model.parameter_lock.read()):
-            return holdout_scores(model, chunks, make_reducer(None, be), rt.loss, need_loss=False)
+            scores = holdout_scores(model, chunks, make_reducer(None, be), rt.loss, need_loss=False)
+        return {k: float(v[0]) for k, v in scores.items()}
 
     def _check_solver(self) -> bool:
         if self.solver not in _STOCHASTIC_SOLVERS:

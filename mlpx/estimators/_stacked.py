@@ -29,7 +29,8 @@ from mlpx.data import is_sparse
 from mlpx.distributed import LocalReducer
 from mlpx.estimators._base import BaseMLP, StackPlan
 from mlpx.optimizers import Optimizer
-from mlpx.stacked import MemberBatches, MemberCallbacks, MemberHoldout, Stack, StopAfter
+from mlpx.data import MemberBatches, MemberHoldout
+from mlpx.stacked import MemberCallbacks, Stack, StopAfter
 from mlpx.training import train
 
 __all__ = ["StackOutcome", "fit_stacked", "stack_key", "stack_refusal"]
@@ -226,7 +227,7 @@ def _train_group(g: int, plans: list[tuple[StackPlan, float]], Xs: list[Any], th
                   epochs=max(plan.epochs for plan, _ in plans), broadcast=False,
                   l2=np.array([float(plan.est.alpha) for plan, _ in plans]), order=order,
                   callbacks=[MemberCallbacks(member_cbs)], holdout=holdout, loss_weights="rows",
-                  loss_scale=first.loss_scale, raise_on_divergence=False)
+                  loss_scale=first.loss_scale, divergence="freeze")
         params = stack.get_params_host()
         best_host = np.array(be.to_numpy(best[0]), copy=True)
     except Exception as exc:  # noqa: BLE001 - the whole stack failed: every member reports it
