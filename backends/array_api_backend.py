@@ -12,7 +12,7 @@ pass. Where arrays can be written (PyTorch, array-api-strict, NumPy) the updated
 parameters are stored into the model's flat buffer, which the layers view; immutable
 namespaces (JAX) are detected when the backend is built (``mutable`` is False), and
 there the model cuts its layers' arrays from each new flat buffer (see
-:meth:`backends.base.Backend.assign` and :mod:`backends.kernel`).
+:meth:`backends.base.Backend.assign` and :func:`~mlpx.backends.kernel`).
 """
 
 from __future__ import annotations

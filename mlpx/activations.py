@@ -54,7 +54,7 @@ class Activation:
         True when ``backward`` needs only ``H`` (so ``forward`` may run in place).
     cuda_forward : str, optional
         CUDA expression of ``g`` in the variable ``x`` (type ``T``), used by the GPU's
-        fused bias + activation kernel (:func:`mlpx.layers.bias_activation`).
+        fused bias + activation kernel (``mlpx.layers.bias_activation``).
     """
 
     def __init__(

@@ -32,13 +32,12 @@ Every method is *collective*: all ranks call it, in the same order.
     buffer, so a step costs **one** all-reduce. A rank whose local step failed
     passes ``error=exc`` (its ``grads`` are ignored) and every rank raises: that
     rank its own exception, the others :class:`RankFailedError`. With device
-    buffers the flag is only read at the next :meth:`check_errors` (the epoch's
+    buffers the flag is only read at the next ``check_errors`` (the epoch's
     end), so a step never waits for the host.
 ``check_errors(error, where)``, ``agreed(where, fn, *args)``
     The same failure agreement for code outside a step (setup, epoch end): the
     second runs ``fn`` and agrees on whether it raised.
-``agree_any(flag) -> bool``, ``allreduce_sum(values) -> list[float]``,
-``allreduce_max(value) -> int``, ``allgather(obj) -> list``, ``bcast(obj) -> obj``
+``agree_any(flag) -> bool``, ``allreduce_sum(values) -> list[float]``, ``allreduce_max(value) -> int``, ``allgather(obj) -> list``, ``bcast(obj) -> obj``
     Small host collectives (stopping, metrics, sizes, labels, rank 0's decisions).
 
 Weighting: dividing by the global ``D`` before the all-reduce makes the combined
@@ -412,7 +411,7 @@ class GradientReducer(Reducer):
             This rank's loss, divided by the same denominator (0 without rows).
         error : exception, optional
             This rank's step failed: every rank raises (at once with host buffers,
-            at the next :meth:`check_errors` with device buffers).
+            at the next ``check_errors`` with device buffers).
         where : str
             Shown in the error other ranks raise.
 

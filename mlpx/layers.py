@@ -422,7 +422,7 @@ LAYERS: dict[str, type[Layer]] = {
 
 
 def layer_from_config(config: dict[str, Any]) -> Layer:
-    """Rebuild a layer from :meth:`Layer.get_config` output (used by ``mlpx.load``)."""
+    """Rebuild a layer from ``Layer.get_config()`` output (used by ``mlpx.load``)."""
     if not isinstance(config, dict):
         raise ValueError(f"a layer record must be a JSON object, got {config!r}")
     config = dict(config)

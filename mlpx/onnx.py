@@ -18,16 +18,16 @@ float32 sample computes in float32).
 Classifiers (``MLPClassifier``) have the outputs skl2onnx gives scikit-learn's
 ``MLPClassifier``, so serving code can switch between the two:
 
-=================  =========================================  =========================================
-``zipmap=``        label output                               probability output(s)
-=================  =========================================  =========================================
-True (default)     ``output_label``: int64 or string ``(N,)``  ``output_probability``: a sequence of
-                                                              maps ``{class: float}``, one per row
-False              ``label``: int64 or string ``(N,)``         ``probabilities``: ``(N, n_classes)``
-"columns"          ``output_label``                            one ``(N,)`` output per class, named
-                                                              ``i<label>`` (integer labels) or
-                                                              ``s<label>`` (strings)
-=================  =========================================  =========================================
+=================  ===========================================  =========================================
+``zipmap=``        label output                                 probability output(s)
+=================  ===========================================  =========================================
+True (default)     ``output_label``: int64 or string ``(N,)``   ``output_probability``: a sequence of
+                                                                maps ``{class: float}``, one per row
+False              ``label``: int64 or string ``(N,)``          ``probabilities``: ``(N, n_classes)``
+"columns"          ``output_label``                             one ``(N,)`` output per class, named
+                                                                ``i<label>`` (integer labels) or
+                                                                ``s<label>`` (strings)
+=================  ===========================================  =========================================
 
 Integer (and boolean, or integral float) class labels come out as int64, string
 labels as strings; ``predict_proba``'s columns are ``classes_`` in order (two

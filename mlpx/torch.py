@@ -55,6 +55,18 @@ class Exp(nn.Module):
     """``exp(x)`` elementwise: mlpx's Poisson output activation as a module."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply ``exp`` elementwise.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Any shape.
+
+        Returns
+        -------
+        torch.Tensor
+            ``exp(x)``, the same shape.
+        """
         return torch.exp(x)
 
 
