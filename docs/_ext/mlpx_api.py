@@ -375,7 +375,7 @@ def _missing_reference(app: Any, env: Any, node: Any, contnode: Any) -> Any:
     return None
 
 
-_TRAILING_UNDERSCORE = re.compile(r"(?<![\\\w])([A-Za-z]\w*[A-Za-z0-9])_(?=[\s,.;:)\]"']|$)")
+_TRAILING_UNDERSCORE = re.compile(r"""(?<![\\\w])([A-Za-z]\w*[A-Za-z0-9])_(?=[\s,.;:)\]"']|$)""")
 
 
 def _escape_fitted(app: Any, what: str, name: str, obj: Any, options: Any, lines: list[str]) -> None:
