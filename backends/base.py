@@ -228,12 +228,14 @@ class Backend:
         Parameters
         ----------
         shape : int or tuple of int
+            The array's shape.
         dtype : str or dtype, default "float32"
             As :meth:`dtype` accepts.
 
         Returns
         -------
         array, shape ``shape``
+            On this backend's device.
         """
         return self.xp.zeros(shape, dtype=self.dtype(dtype), **self._dev())
 
@@ -243,12 +245,14 @@ class Backend:
         Parameters
         ----------
         shape : int or tuple of int
+            The array's shape.
         dtype : str or dtype, default "float32"
             As :meth:`dtype` accepts.
 
         Returns
         -------
         array, shape ``shape``
+            On this backend's device.
         """
         return self.xp.empty(shape, dtype=self.dtype(dtype), **self._dev())
 
@@ -258,6 +262,7 @@ class Backend:
         Parameters
         ----------
         n : int
+            The number of indices.
 
         Returns
         -------
@@ -302,6 +307,7 @@ class Backend:
         Parameters
         ----------
         src : array
+            Any shape.
         out : array
             The same shape as ``src``; its dtype is the result's.
 
@@ -318,6 +324,7 @@ class Backend:
         Parameters
         ----------
         x : array
+            Any shape.
         dtype : str or dtype
             As :meth:`dtype` accepts.
 
@@ -415,6 +422,7 @@ class Backend:
         Parameters
         ----------
         x : array
+            Any shape.
         axis : int, optional
             The axis to sum over; ``None`` sums everything.
         out : array, optional
@@ -440,6 +448,7 @@ class Backend:
         Returns
         -------
         float
+            The value, read back to the host.
         """
         return float(self.to_numpy(x).reshape(-1)[0]) if not isinstance(x, float) else x
 
@@ -450,6 +459,7 @@ class Backend:
         Parameters
         ----------
         x : array, shape (n, f)
+            The rows to gather from.
         idx : array of int, shape (m,)
             Row indices on this backend.
         out : array, shape (m, f), optional
@@ -458,6 +468,7 @@ class Backend:
         Returns
         -------
         array, shape (m, f)
+            ``out`` when given on NumPy and CuPy, else a new array.
         """
         return self.xp.take(x, idx, axis=0)
 
@@ -471,6 +482,7 @@ class Backend:
         Parameters
         ----------
         x : array, shape (n,)
+            A flat buffer.
         stops : sequence of int
             Increasing offsets into ``x``.
 
@@ -489,6 +501,7 @@ class Backend:
         Parameters
         ----------
         k : Kernel
+            Made with :func:`~mlpx.backends.kernel`.
         *args, **kwargs
             The kernel's arguments (after the namespace, which this passes first).
 
@@ -509,6 +522,7 @@ class Backend:
         Returns
         -------
         contextlib.AbstractContextManager
+            Entered with ``with``; restores the previous state on exit.
         """
         return contextlib.nullcontext()
 
@@ -525,6 +539,7 @@ class Backend:
         Returns
         -------
         contextlib.AbstractContextManager
+            Entered with ``with``; restores the previous state on exit.
         """
         return contextlib.nullcontext()
 
@@ -536,6 +551,7 @@ class Backend:
         Returns
         -------
         contextlib.AbstractContextManager
+            Entered with ``with``; restores the previous state on exit.
         """
         return contextlib.nullcontext()
 

@@ -139,6 +139,7 @@ def mark_agreed(error: BaseException) -> BaseException:
     Parameters
     ----------
     error : BaseException
+        The exception every rank raises.
 
     Returns
     -------
@@ -158,10 +159,12 @@ def is_agreed(error: BaseException) -> bool:
     Parameters
     ----------
     error : BaseException
+        An exception caught in training.
 
     Returns
     -------
     bool
+        True when every rank raised it through the failure agreement.
     """
     return bool(getattr(error, "mlpx_agreed", False)) or isinstance(error, RankFailedError)
 
@@ -231,10 +234,12 @@ class Reducer:
         Parameters
         ----------
         params : array, shape (n_params,)
+            The model's flat parameter buffer.
 
         Returns
         -------
         bool
+            True when every rank holds the same bytes.
         """
         return True
 
@@ -293,6 +298,7 @@ class Reducer:
         where : str
             Where in training this is, for the error message.
         fn : callable
+            The work to run on this rank.
         *args, **kwargs
             Passed to ``fn``.
 
@@ -318,10 +324,12 @@ class Reducer:
         Parameters
         ----------
         flag : bool
+            This rank's vote.
 
         Returns
         -------
         bool
+            True when any rank voted true.
         """
         return bool(flag)
 
@@ -331,10 +339,12 @@ class Reducer:
         Parameters
         ----------
         values : sequence of float
+            This rank's values.
 
         Returns
         -------
         list of float
+            The sums, one per value.
         """
         return [float(v) for v in values]
 
@@ -344,10 +354,12 @@ class Reducer:
         Parameters
         ----------
         value : int
+            This rank's value.
 
         Returns
         -------
         int
+            The largest value of any rank.
         """
         return int(value)
 
@@ -362,6 +374,7 @@ class Reducer:
         Returns
         -------
         list
+            ``size`` items; item r is rank r's ``obj``.
         """
         return [obj]
 
@@ -376,6 +389,7 @@ class Reducer:
         Returns
         -------
         object
+            Rank 0's ``obj``.
         """
         return obj
 

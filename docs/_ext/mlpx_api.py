@@ -202,6 +202,11 @@ def members(cls: type) -> list[str]:
         if name.startswith("_"):
             continue
         func = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+        if not (inspect.isfunction(func) or isinstance(func, property)):
+            func = getattr(cls, name, None)  # descriptors such as scikit-learn's available_if
+        foreign = not str(getattr(func, "__module__", None) or "mlpx").startswith("mlpx")
+        if foreign:  # scikit-learn's generated set_*_request methods: documented there
+            continue
         if (inspect.isfunction(func) or isinstance(func, property)) and not _inherits_doc(cls, name, func):
             out.append(name)
     return sorted(out)

@@ -14,7 +14,7 @@ from sklearn.utils.validation import _check_sample_weight, check_consistent_leng
 
 from mlpx.data import take_host_rows, to_host
 from mlpx.distributed import Reducer, make_reducer
-from mlpx.estimators._base import BaseMLP, union_labels
+from mlpx.estimators._base import SHARED_PARAMETERS, BaseMLP, union_labels
 
 __all__ = ["MLPClassifier"]
 
@@ -29,17 +29,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 
     Parameters
     ----------
-    hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate,
-    learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose,
-    warm_start, momentum, nesterovs_momentum, early_stopping, validation_fraction,
-    beta_1, beta_2, epsilon, n_iter_no_change, max_fun
-        As in scikit-learn.
-    backend : str or Backend, default="cpu"
-        ``"cpu"``, ``"cpu:mkl"``, ``"cpu:blis"``, ``"gpu"``, ``"gpu:N"``, ``"auto"``
-        or a Backend instance; resolved at ``fit``.
-    dtype : {"float32", "float64"} or None, default=None
-        Compute dtype. None: float32 for float32 ``X``; otherwise float64 on the
-        CPU, float32 on the GPU.
+%(shared_parameters)s
 
     Attributes
     ----------
@@ -147,6 +137,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Class labels (any hashable type), or a label indicator matrix.
         sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the samples (scaling their loss terms).
         comm : mpi4py communicator, "mpi", "nccl" or None, default=None
             Data-parallel training: every rank calls ``fit`` with its own shard
             and ends with the same weights (see :class:`MLPClassifier` Notes).
@@ -155,6 +146,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         Returns
         -------
         self
+            The fitted estimator.
         """
         return self._fit(X, y, sample_weight=sample_weight, incremental=False, comm=comm)
 
@@ -226,9 +218,19 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         Labels are compared as ``predict`` gives them; a label the classifier has
         never seen counts as wrong. Thread-safe.
 
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Test samples (host data, or CuPy arrays on the GPU backend).
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            True targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the samples.
+
         Returns
         -------
         float
+            The (weighted) share of correctly predicted samples.
         """
         check_is_fitted(self)
         X = self._validate_X_predict(X)
@@ -257,11 +259,12 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Host data, or CuPy arrays on the GPU backend.
 
         Returns
         -------
-        y : ndarray, shape (n_samples,) or (n_samples, n_classes)
-            The predicted classes.
+        ndarray of shape (n_samples,) or (n_samples, n_classes)
+            The predicted classes (an indicator matrix for multilabel targets).
         """
         check_is_fitted(self)
         return self._output_to_prediction(self._forward_pass_fast(X))
@@ -274,8 +277,11 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training samples.
         y : array-like of shape (n_samples,)
+            Class labels.
         sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the samples.
         classes : array of shape (n_classes,), default=None
             All classes across calls; required on the first call. With ``comm``
             the union of every rank's ``classes``.
@@ -285,6 +291,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         Returns
         -------
         self
+            The fitted estimator.
         """
         reducer = make_reducer(comm, self._get_backend())
 
@@ -309,6 +316,11 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     def predict_proba(self, X):
         """Probability estimates.
 
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Host data, or CuPy arrays on the GPU backend.
+
         Returns
         -------
         ndarray of shape (n_samples, n_classes)
@@ -323,7 +335,18 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         return y_pred
 
     def predict_log_proba(self, X):
-        """Log of :meth:`predict_proba`, shape (n_samples, n_classes)."""
+        """Log of :meth:`predict_proba`.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Host data, or CuPy arrays on the GPU backend.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            ``log(predict_proba(X))`` (``-inf`` where a probability is 0).
+        """
         y_prob = self.predict_proba(X)
         with np.errstate(divide="ignore"):  # log(0) = -inf, as scikit-learn returns
             return np.log(y_prob, out=y_prob)
@@ -335,30 +358,77 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 
     # ----------------------------------------------------------------- deploy
     def to_onnx(self, path=None, **options):
-        """This classifier as an ``onnx.ModelProto`` (written to ``path`` if given), with
-        skl2onnx's outputs; see :func:`mlpx.onnx.to_onnx` (needs ``mlpx[onnx]``)."""
+        """Export this classifier as an ONNX graph with skl2onnx's outputs (needs ``mlpx[onnx]``).
+
+        Parameters
+        ----------
+        path : str or path-like, optional
+            Where to write the ``.onnx`` file.
+        **options
+            Passed to :func:`mlpx.onnx.to_onnx` (``zipmap``, ``dtype``, ``target_opset``).
+
+        Returns
+        -------
+        onnx.ModelProto
+            The graph, also written to ``path`` when given.
+        """
         from mlpx.onnx import to_onnx
 
         return to_onnx(self, path, **options)
 
     def to_torch(self, **options):
-        """This classifier as a ``torch.nn.Sequential``; see :func:`mlpx.torch.to_torch`."""
+        """Convert this classifier to a ``torch.nn.Sequential`` (see :func:`mlpx.torch.to_torch`).
+
+        Parameters
+        ----------
+        **options
+            Passed to :func:`mlpx.torch.to_torch` (``copy``, ``device``).
+
+        Returns
+        -------
+        torch.nn.Sequential
+            Sharing this estimator's weights unless ``copy=True``.
+        """
         from mlpx.torch import to_torch
 
         return to_torch(self, **options)
 
     def to_sklearn(self):
-        """A fitted ``sklearn.neural_network.MLPClassifier`` equal to this one (same
-        hyperparameters, weights and fitted attributes); see
-        :func:`mlpx.estimators._convert.to_sklearn`."""
+        """Convert this classifier to scikit-learn's ``sklearn.neural_network.MLPClassifier``.
+
+        The hyperparameters, weights and fitted attributes are carried; the optimizer
+        state is not, so a ``partial_fit`` right after restarts the optimizer.
+
+        Returns
+        -------
+        sklearn.neural_network.MLPClassifier
+            Fitted, predicting as this one does (to 1e-12 in float64).
+        """
         from mlpx.estimators._convert import to_sklearn
 
         return to_sklearn(self)
 
     @classmethod
     def from_sklearn(cls, est, backend="cpu"):
-        """A fitted mlpx MLPClassifier from a fitted scikit-learn one, on ``backend``
-        (the optimizer state is not carried: see :mod:`mlpx.estimators._convert`)."""
+        """Build a fitted mlpx MLPClassifier from a fitted scikit-learn one.
+
+        The optimizer state is not carried.
+
+        Parameters
+        ----------
+        est : sklearn.neural_network.MLPClassifier
+            A fitted estimator.
+        backend : str or Backend, default="cpu"
+            Where the new estimator computes.
+
+        Returns
+        -------
+        MLPClassifier
+            Fitted, with ``est``'s hyperparameters, weights and fitted attributes.
+        """
         from mlpx.estimators._convert import from_sklearn
 
         return from_sklearn(cls, est, backend)
+
+
+MLPClassifier.__doc__ = (MLPClassifier.__doc__ or "").replace("%(shared_parameters)s\n", SHARED_PARAMETERS)

@@ -13,7 +13,7 @@ from sklearn.utils.validation import _check_sample_weight, check_consistent_leng
 
 from mlpx.data import to_host
 from mlpx.distributed import Reducer
-from mlpx.estimators._base import BaseMLP
+from mlpx.estimators._base import SHARED_PARAMETERS, BaseMLP
 
 __all__ = ["MLPRegressor"]
 
@@ -25,7 +25,18 @@ class MLPRegressor(RegressorMixin, BaseMLP):
     (scikit-learn 1.9): same parameters, defaults, methods and fitted attributes.
     ``loss="squared_error"`` (identity output; reported loss ``½·mean squared
     error`` averaged over outputs) or ``"poisson"`` (exp output, half Poisson
-    deviance). ``backend`` and ``dtype`` as in :class:`MLPClassifier`.
+    deviance).
+
+    Parameters
+    ----------
+    loss : {"squared_error", "poisson"}, default="squared_error"
+        The loss, and with it the output activation: identity or exp.
+%(shared_parameters)s
+
+    Attributes
+    ----------
+    loss_, best_loss_, loss_curve_, validation_scores_, best_validation_score_, t_, coefs_, intercepts_, n_features_in_, feature_names_in_, n_iter_, n_layers_, n_outputs_, out_activation_
+        As in scikit-learn; ``coefs_`` and ``intercepts_`` are host NumPy arrays.
 
     Notes
     -----
@@ -104,8 +115,11 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training samples (host data, or CuPy arrays on the GPU backend).
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Target values.
         sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the samples (scaling their loss terms).
         comm : mpi4py communicator, "mpi", "nccl" or None, default=None
             Data-parallel training over this rank's shard (see
             :class:`MLPClassifier`'s ``fit`` and Notes).
@@ -113,6 +127,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         Returns
         -------
         self
+            The fitted estimator.
         """
         return self._fit(X, y, sample_weight=sample_weight, incremental=False, comm=comm)
 
@@ -136,9 +151,19 @@ class MLPRegressor(RegressorMixin, BaseMLP):
 
         Uniform average over outputs; thread-safe.
 
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Test samples (host data, or CuPy arrays on the GPU backend).
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            True targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the samples.
+
         Returns
         -------
         float
+            The coefficient of determination.
         """
         check_is_fitted(self)
         X = self._validate_X_predict(X)
@@ -160,9 +185,15 @@ class MLPRegressor(RegressorMixin, BaseMLP):
     def predict(self, X):
         """Predict using the multi-layer perceptron model.
 
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Host data, or CuPy arrays on the GPU backend.
+
         Returns
         -------
         ndarray of shape (n_samples,) or (n_samples, n_outputs)
+            The predicted values.
         """
         check_is_fitted(self)
         return self._output_to_prediction(self._forward_pass_fast(X))
@@ -172,40 +203,97 @@ class MLPRegressor(RegressorMixin, BaseMLP):
     def partial_fit(self, X, y, sample_weight=None, comm=None):
         """Update the model with a single iteration over the given data.
 
-        ``comm``: one epoch over every rank's shard together (see ``fit``).
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training samples.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Target values.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the samples.
+        comm : mpi4py communicator, "mpi", "nccl" or None, default=None
+            One epoch over every rank's shard together (see ``fit``).
 
         Returns
         -------
         self
+            The updated estimator.
         """
         return self._fit(X, y, sample_weight=sample_weight, incremental=True, comm=comm)
 
     # ----------------------------------------------------------------- deploy
     def to_onnx(self, path=None, **options):
-        """This regressor as an ``onnx.ModelProto`` (written to ``path`` if given), with
-        skl2onnx's outputs; see :func:`mlpx.onnx.to_onnx` (needs ``mlpx[onnx]``)."""
+        """Export this regressor as an ONNX graph with skl2onnx's outputs (needs ``mlpx[onnx]``).
+
+        Parameters
+        ----------
+        path : str or path-like, optional
+            Where to write the ``.onnx`` file.
+        **options
+            Passed to :func:`mlpx.onnx.to_onnx` (``zipmap``, ``dtype``, ``target_opset``).
+
+        Returns
+        -------
+        onnx.ModelProto
+            The graph, also written to ``path`` when given.
+        """
         from mlpx.onnx import to_onnx
 
         return to_onnx(self, path, **options)
 
     def to_torch(self, **options):
-        """This regressor as a ``torch.nn.Sequential``; see :func:`mlpx.torch.to_torch`."""
+        """Convert this regressor to a ``torch.nn.Sequential`` (see :func:`mlpx.torch.to_torch`).
+
+        Parameters
+        ----------
+        **options
+            Passed to :func:`mlpx.torch.to_torch` (``copy``, ``device``).
+
+        Returns
+        -------
+        torch.nn.Sequential
+            Sharing this estimator's weights unless ``copy=True``.
+        """
         from mlpx.torch import to_torch
 
         return to_torch(self, **options)
 
     def to_sklearn(self):
-        """A fitted ``sklearn.neural_network.MLPRegressor`` equal to this one (same
-        hyperparameters, weights and fitted attributes); see
-        :func:`mlpx.estimators._convert.to_sklearn`."""
+        """Convert this regressor to scikit-learn's ``sklearn.neural_network.MLPRegressor``.
+
+        The hyperparameters, weights and fitted attributes are carried; the optimizer
+        state is not, so a ``partial_fit`` right after restarts the optimizer.
+
+        Returns
+        -------
+        sklearn.neural_network.MLPRegressor
+            Fitted, predicting as this one does (to 1e-12 in float64).
+        """
         from mlpx.estimators._convert import to_sklearn
 
         return to_sklearn(self)
 
     @classmethod
     def from_sklearn(cls, est, backend="cpu"):
-        """A fitted mlpx MLPRegressor from a fitted scikit-learn one, on ``backend``
-        (the optimizer state is not carried: see :mod:`mlpx.estimators._convert`)."""
+        """Build a fitted mlpx MLPRegressor from a fitted scikit-learn one.
+
+        The optimizer state is not carried.
+
+        Parameters
+        ----------
+        est : sklearn.neural_network.MLPRegressor
+            A fitted estimator.
+        backend : str or Backend, default="cpu"
+            Where the new estimator computes.
+
+        Returns
+        -------
+        MLPRegressor
+            Fitted, with ``est``'s hyperparameters, weights and fitted attributes.
+        """
         from mlpx.estimators._convert import from_sklearn
 
         return from_sklearn(cls, est, backend)
+
+
+MLPRegressor.__doc__ = (MLPRegressor.__doc__ or "").replace("%(shared_parameters)s\n", SHARED_PARAMETERS)
