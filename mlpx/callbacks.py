@@ -27,13 +27,38 @@ class Callback:
     root_only = False
 
     def on_train_begin(self, model: Any, epochs: int) -> None:
-        pass
+        """Called once before the first epoch.
+
+        Parameters
+        ----------
+        model : Sequential or Stack
+            The model being trained.
+        epochs : int
+            The number of epochs ``fit`` was asked for.
+        """
 
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> None:
-        pass
+        """Called after every epoch; set ``model.stop_training = True`` to stop.
+
+        Parameters
+        ----------
+        model : Sequential or Stack
+            The model being trained.
+        epoch : int
+            The epoch that ended, from 0.
+        logs : dict of str to float
+            ``"loss"``, ``"accuracy"`` (classifiers) and their ``"val_"`` forms with
+            validation data.
+        """
 
     def on_train_end(self, model: Any) -> None:
-        pass
+        """Called once when training ends, also when a callback stopped it.
+
+        Parameters
+        ----------
+        model : Sequential or Stack
+            The model being trained.
+        """
 
 
 def check_callbacks(callbacks: Iterable[Callback] | Callback | None) -> list[Callback]:
@@ -42,6 +67,7 @@ def check_callbacks(callbacks: Iterable[Callback] | Callback | None) -> list[Cal
     Parameters
     ----------
     callbacks : iterable of Callback, a single Callback, or None
+        What was passed to ``fit``.
 
     Returns
     -------
@@ -159,7 +185,13 @@ class EarlyStopping(Callback):
 
 
 class ProgressBar(Callback):
-    """Epoch progress on stderr: a tqdm bar when tqdm is installed, else one line an epoch."""
+    """Epoch progress on stderr: a tqdm bar when tqdm is installed, else one line an epoch.
+
+    Parameters
+    ----------
+    verbose : int, default 1
+        0 shows nothing; 1 or more shows the progress.
+    """
 
     root_only = True
 

@@ -110,7 +110,7 @@ def write_model_file(
 ) -> Path:
     """Atomically write an mlpx ``.npz``: ``config`` as JSON beside host ``arrays``.
 
-    Used by :func:`save` and by training checkpoints, which add optimizer state.
+    Used by ``Sequential.save`` and by training checkpoints, which add optimizer state.
 
     * Readers see the old file or the new one, never a partial one: the data is
       written to ``.<name>.mlpx-tmp-<pid>-<random>`` in the target's folder,
@@ -121,6 +121,15 @@ def write_model_file(
     * An existing target keeps its permission bits (and, where allowed, its owner
       and group); a new one gets the usual ``0o666 & ~umask``.
     * A symbolic link is written through: its target is replaced, the link stays.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file; ``.npz`` is appended when missing.
+    config : dict
+        JSON-serialisable record (architecture, dtype, training state).
+    arrays : dict of str to ndarray
+        Host arrays to store beside it (``"params"``, optimizer state).
 
     Returns
     -------
@@ -225,6 +234,13 @@ def read_model_file(
     path: str | os.PathLike[str], *, max_params: int = MAX_PARAMS
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Read and check an mlpx file without building a model.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+    max_params : int, default MAX_PARAMS
+        Refuse records describing more parameters (checked before allocating).
 
     Returns
     -------
@@ -409,6 +425,20 @@ def check_architecture(
     chain from layer to layer, and the parameter count they imply (Σ n_in·n_out +
     n_out over the Dense layers) against ``max_params``.
 
+    Parameters
+    ----------
+    config : dict
+        The record.
+    max_params : int, default MAX_PARAMS
+        The largest parameter count accepted.
+    where : str, default "model record"
+        What the record is, for the message.
+
+    Returns
+    -------
+    int
+        The number of parameters the layers imply.
+
     Raises
     ------
     ModelFileError
@@ -519,6 +549,20 @@ def save_checkpoint(path: str | os.PathLike[str], model: Any, optimizer: Optimiz
     The file is an mlpx model file (``mlpx.load`` reads it) with the training state
     added (``model.train_state()``; ``optimizer`` replaces the model's own), so
     :func:`load_checkpoint` resumes training exactly.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file (``.npz`` appended when missing).
+    model : Sequential
+        The model being trained.
+    optimizer : Optimizer, optional
+        Saved instead of the model's own optimizer.
+
+    Returns
+    -------
+    Path
+        The path written.
     """
     state = model.train_state()
     opt = optimizer if optimizer is not None else model.optimizer_
@@ -544,6 +588,22 @@ def load_checkpoint(
     the optimizer (``optimizer``, or a new one of the saved kind) bound to the model
     with its saved state, ready to pass to ``fit(..., optimizer=...)``; None when
     the checkpoint holds no optimizer.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The checkpoint.
+    model : Sequential
+        A model of the saved architecture and dtype; its parameters are replaced.
+    optimizer : Optimizer, optional
+        Receives the saved state (a new one of the saved kind otherwise).
+    comm : mpi4py communicator, "mpi", "nccl" or None, optional
+        Rank 0 reads the file and broadcasts it.
+
+    Returns
+    -------
+    Optimizer or None
+        Bound to ``model``, with its saved state.
     """
     reducer = make_reducer(comm, model.backend)
     data = None
@@ -598,6 +658,7 @@ class ModelCheckpoint(Callback):
     path : str or path
         Overwritten each time (atomically); read back with :func:`load_checkpoint`.
     every : int, default 1
+        Epochs between two checkpoints.
     """
 
     root_only = True
