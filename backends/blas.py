@@ -50,7 +50,24 @@ GemmFn = Callable[[np.ndarray, np.ndarray, bool, bool, np.ndarray], np.ndarray]
 
 
 def numpy_gemm(a: np.ndarray, b: np.ndarray, trans_a: bool, trans_b: bool, out: np.ndarray | None) -> np.ndarray:
-    """``op(a) @ op(b)`` by ``numpy.matmul``: transposed views reach BLAS as flags, not copies."""
+    """Compute ``op(a) @ op(b)`` by ``numpy.matmul``: transposed views reach BLAS as flags, not copies.
+
+    Parameters
+    ----------
+    a : ndarray, shape (m, k), or (k, m) if ``trans_a``
+        The left operand.
+    b : ndarray, shape (k, n), or (n, k) if ``trans_b``
+        The right operand.
+    trans_a, trans_b : bool
+        Whether to transpose ``a`` or ``b``.
+    out : ndarray, shape (m, n), or None
+        Where to write the product.
+
+    Returns
+    -------
+    ndarray, shape (m, n)
+        ``out`` when given, else a new array.
+    """
     return np.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
 
 
@@ -154,6 +171,16 @@ _LOADED: dict[str, GemmFn] = {}
 def load_provider(name: str) -> GemmFn:
     """The gemm function of provider ``name`` (loaded once per process).
 
+    Parameters
+    ----------
+    name : str
+        One of :data:`BLAS_PROVIDERS`.
+
+    Returns
+    -------
+    callable
+        ``gemm(a, b, trans_a, trans_b, out) -> out``, as :func:`numpy_gemm`.
+
     Raises
     ------
     ValueError
@@ -170,7 +197,13 @@ def load_provider(name: str) -> GemmFn:
 
 
 def available_providers() -> list[str]:
-    """The providers that load on this machine, ``"numpy"`` first."""
+    """The providers that load on this machine, ``"numpy"`` first.
+
+    Returns
+    -------
+    list of str
+        Names from :data:`BLAS_PROVIDERS`.
+    """
     names = []
     for name in BLAS_PROVIDERS:
         try:
@@ -186,6 +219,11 @@ def installed_providers() -> list[str]:
 
     For callers that must not load a BLAS into their process (the benchmark suite);
     :func:`available_providers` is the authoritative answer.
+
+    Returns
+    -------
+    list of str
+        Names from :data:`BLAS_PROVIDERS`, ``"numpy"`` first.
     """
     import importlib.util
 
@@ -198,7 +236,7 @@ def installed_providers() -> list[str]:
 
 
 class NumpyCblas(NamedTuple):
-    """ctypes functions of the CBLAS that ``numpy.matmul`` itself calls.
+    """The ctypes functions of the CBLAS that ``numpy.matmul`` itself calls.
 
     For compiled loops (numba) that multiply matrices in the middle of a loop and
     must give ``numpy.matmul``'s bits: the same library, called as NumPy calls it
@@ -206,13 +244,15 @@ class NumpyCblas(NamedTuple):
     which every 64-bit ABI passes as it passes a pointer); ``ilp64`` tells whether
     the integer arguments are 64-bit.
 
-    Attributes
+    Parameters
     ----------
     gemm : dict
         ``{"float32": cblas_sgemm, "float64": cblas_dgemm}``:
         ``(order, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc)``.
     dot : dict
         ``{"float32": cblas_sdot, "float64": cblas_ddot}``: ``(n, x, incx, y, incy)``.
+    ilp64 : bool
+        Whether the integer arguments are 64-bit.
     path : str
         The library file.
     """
@@ -284,6 +324,11 @@ def numpy_cblas() -> NumpyCblas | None:
 
     None where NumPy links another BLAS (a conda or system build) or the library
     does not give ``numpy.matmul``'s results; callers then use ``numpy.matmul``.
+
+    Returns
+    -------
+    NumpyCblas or None
+        The library's functions, or None where they cannot be used.
     """
     if not _CBLAS:
         found = None
@@ -296,7 +341,18 @@ def numpy_cblas() -> NumpyCblas | None:
 
 
 def provider_version(name: str) -> str:
-    """The installed version of a provider's package ("" when unknown)."""
+    """The installed version of a provider's package ("" when unknown).
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`BLAS_PROVIDERS`.
+
+    Returns
+    -------
+    str
+        The version of the package that ships the library.
+    """
     if name == "numpy":
         try:  # the BLAS NumPy was built with, e.g. "numpy 2.4.6 (scipy-openblas 0.3.31.188.0)"
             dep = np.show_config(mode="dicts")["Build Dependencies"]["blas"]

@@ -65,6 +65,18 @@ def small_product_threads(gemm_flops: float, user_api: str | None) -> contextlib
     Below :data:`SMALL_GEMM_FLOPS` per product; ``MLPX_BLAS_THREADS=N`` forces N
     threads for every size. Without threadpoolctl nothing changes. Safe from many
     threads at once: the limit stays while any thread's context is open.
+
+    Parameters
+    ----------
+    gemm_flops : float
+        The flops of a typical product inside (2·m·n·k).
+    user_api : str or None
+        The threadpoolctl pool kind (``"blas"``, ``"openmp"``); None: every pool.
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        Entered with ``with``; restores the previous limits on exit.
     """
     forced = os.environ.get("MLPX_BLAS_THREADS")
     if forced is None and gemm_flops >= SMALL_GEMM_FLOPS:
@@ -131,6 +143,16 @@ class NumpyBackend(Backend):
 
         Needs threadpoolctl (``pip install "mlpx[fast]"``); without it, BLAS keeps its
         own default. ``MLPX_BLAS_THREADS=N`` forces N threads for every size.
+
+        Parameters
+        ----------
+        gemm_flops : float
+            The flops of a typical product inside (2·m·n·k).
+
+        Returns
+        -------
+        contextlib.AbstractContextManager
+            Entered with ``with``; restores the previous limits on exit.
         """
         return small_product_threads(gemm_flops, "blas")
 

@@ -328,12 +328,31 @@ class _StackedSearch:
 
 
 class GridSearchCV(_StackedSearch, _sk.GridSearchCV):
-    """scikit-learn's ``GridSearchCV``, with the mlpx fits of the grid trained as stacks.
+    """Search a grid as scikit-learn's ``GridSearchCV`` does, training the mlpx fits as stacks.
 
     Parameters
     ----------
-    estimator, param_grid, scoring, n_jobs, refit, cv, verbose, pre_dispatch, error_score, return_train_score
-        As in scikit-learn; ``n_jobs`` parallelises only the fits that cannot stack.
+    estimator : MLPClassifier, MLPRegressor, Pipeline or estimator
+        The fits of an mlpx MLP (or a ``Pipeline`` ending in one) stack; any other
+        estimator is fitted one candidate at a time, as scikit-learn does.
+    param_grid : dict or list of dict
+        Parameter names to lists of values, as in scikit-learn.
+    scoring : str, callable, list, tuple, dict or None, default=None
+        The scorer(s), as in scikit-learn; None: the estimator's ``score``.
+    n_jobs : int or None, default=None
+        Workers for the fits that cannot stack (stacks run in this process).
+    refit : bool, str or callable, default=True
+        Refit the best candidate on the whole data, as in scikit-learn.
+    cv : int, cross-validation generator or iterable, default=None
+        The splits, as in scikit-learn (5-fold, stratified for classifiers).
+    verbose : int, default=0
+        The verbosity, as in scikit-learn.
+    pre_dispatch : int or str, default="2*n_jobs"
+        Jobs dispatched at once for the fits that cannot stack.
+    error_score : "raise" or float, default=np.nan
+        The score of a fit that raised, as in scikit-learn.
+    return_train_score : bool, default=False
+        Also score each fit on its training folds.
     max_stack : int, optional
         Most fits per stack (memory grows linearly with the members: one
         ``(n_params,)`` row each of weights, gradients and optimizer state, and
@@ -364,14 +383,34 @@ class GridSearchCV(_StackedSearch, _sk.GridSearchCV):
 
 
 class RandomizedSearchCV(_StackedSearch, _sk.RandomizedSearchCV):
-    """scikit-learn's ``RandomizedSearchCV``, with the mlpx fits trained as stacks.
+    """Search sampled settings as scikit-learn's ``RandomizedSearchCV`` does, training mlpx fits as stacks.
 
     Parameters
     ----------
-    estimator, param_distributions, n_iter, scoring, n_jobs, refit, cv, verbose, pre_dispatch, random_state
-        As in scikit-learn (the same candidates are drawn for the same ``random_state``).
-    error_score, return_train_score
-        As in scikit-learn.
+    estimator : MLPClassifier, MLPRegressor, Pipeline or estimator
+        As in :class:`GridSearchCV`.
+    param_distributions : dict or list of dict
+        Parameter names to distributions or lists, as in scikit-learn.
+    n_iter : int, default=10
+        Candidates drawn.
+    scoring : str, callable, list, tuple, dict or None, default=None
+        The scorer(s), as in scikit-learn; None: the estimator's ``score``.
+    n_jobs : int or None, default=None
+        Workers for the fits that cannot stack (stacks run in this process).
+    refit : bool, str or callable, default=True
+        Refit the best candidate on the whole data, as in scikit-learn.
+    cv : int, cross-validation generator or iterable, default=None
+        The splits, as in scikit-learn (5-fold, stratified for classifiers).
+    verbose : int, default=0
+        The verbosity, as in scikit-learn.
+    pre_dispatch : int or str, default="2*n_jobs"
+        Jobs dispatched at once for the fits that cannot stack.
+    random_state : int, RandomState instance or None, default=None
+        Draws the candidates: the same ones as scikit-learn's for the same value.
+    error_score : "raise" or float, default=np.nan
+        The score of a fit that raised, as in scikit-learn.
+    return_train_score : bool, default=False
+        Also score each fit on its training folds.
     max_stack : int, optional
         Most fits per stack (see :class:`GridSearchCV`).
 

@@ -52,7 +52,13 @@ __all__ = ["Exp", "layers_from_torch", "to_torch"]
 
 
 class Exp(nn.Module):
-    """``exp(x)`` elementwise: mlpx's Poisson output activation as a module."""
+    """Apply ``exp(x)`` elementwise: mlpx's Poisson output activation as a module.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        Passed to ``torch.nn.Module`` (none are needed).
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply ``exp`` elementwise.
@@ -245,13 +251,20 @@ def layers_from_torch(module: nn.Module) -> tuple[list[Layer], list[np.ndarray],
     become :class:`~mlpx.layers.ActivationLayer`. A ``Linear`` without bias gets a
     zero bias.
 
+    Parameters
+    ----------
+    module : torch.nn.Sequential
+        ``Linear`` layers and the activations mlpx has.
+
     Returns
     -------
     layers : list of Layer
+        The mlpx layers, ready for :class:`~mlpx.Sequential`.
     weights : list of ndarray
         Host copies ``[W0 (n_in, n_out), b0 (n_out,), W1, b1, ...]``, the order of
         :meth:`mlpx.Sequential.set_weights`.
     dtype : {"float32", "float64"}
+        The parameters' dtype.
 
     Raises
     ------
