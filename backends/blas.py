@@ -43,6 +43,7 @@ from .base import BackendUnavailableError
 __all__ = ["BLAS_PROVIDERS", "NumpyCblas", "available_providers", "installed_providers", "load_provider",
            "numpy_cblas", "numpy_gemm", "provider_version"]
 
+#: The libraries the CPU backend can compute its products with (``backend="cpu:<name>"``).
 BLAS_PROVIDERS = ("numpy", "mkl", "blis")
 
 #: gemm(a, b, trans_a, trans_b, out) -> out, with out preallocated (m, n).

@@ -75,6 +75,7 @@ def he_uniform(
     return rng.uniform(-bound, bound, (n_in, n_out)), np.zeros(n_out)
 
 
+#: Initialiser by name, for ``init=`` of :class:`~mlpx.Dense` and :func:`~mlpx.MLP`.
 INITIALIZERS: dict[str, Init] = {"glorot": glorot_uniform, "he": he_uniform}
 
 

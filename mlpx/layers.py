@@ -414,6 +414,7 @@ class Dropout(Layer):
         return {"type": "Dropout", "p": self.p, "seed": self.seed}
 
 
+#: Layer class by the name model files record.
 LAYERS: dict[str, type[Layer]] = {
     "Dense": Dense,
     "ActivationLayer": ActivationLayer,

@@ -395,6 +395,7 @@ class Loss:
         return f"Loss({self.name!r}, output={self.output!r})"
 
 
+#: Loss by name (``loss=`` of ``fit``), with the outputs each applies to.
 LOSSES: dict[str, Loss] = {
     "cross_entropy": Loss("cross_entropy", "softmax", cross_entropy, cross_entropy_on_outputs,
                           ("softmax", "logistic", "exp")),

@@ -1130,25 +1130,38 @@ def MLP(
         Output activation: softmax (multiclass), logistic (binary / multilabel),
         identity (regression), exp (Poisson), or any hidden activation (pass a
         ``loss=`` to ``fit`` that suits it).
+    backend : str or Backend, default "cpu"
+        ``"cpu"``, ``"cpu:mkl"``, ``"cpu:blis"``, ``"gpu"``, ``"gpu:N"``, ``"auto"``,
+        ``"array_api_strict"``, ``"array-api:<module>"`` or a Backend instance.
+    dtype : {"float32", "float64"}, default "float32"
+        The dtype of parameters, gradients and optimizer state.
+    seed : int, optional
+        Seeds the initial weights (drawn on the host, so every backend starts from
+        the same ones). NumPy integers are accepted (and stored as Python ints).
     dropout : float in [0, 1), default 0
         Dropout rate after each hidden layer.
-    seed : int, optional
-        NumPy integers are accepted (and stored as Python ints).
+    init : {"glorot", "he"} or callable, default "glorot"
+        Weight initialiser (:mod:`mlpx.initializers`).
+    precision : {None, "float32", "tf32", "bf16", "fp16"}, optional
+        See :class:`Sequential` and :mod:`mlpx.precision`.
+
+    Returns
+    -------
+    Sequential
+        Dense layers ``sizes[k] -> sizes[k + 1]``, not yet trained.
 
     Raises
     ------
     InvalidParameterError
         (a ValueError and TypeError) A width that is not a positive integer: 8.7 is
         refused, not truncated, and so is 8.0, as scikit-learn does.
-    precision : {None, "float32", "tf32", "bf16", "fp16"}, optional
-        See :class:`Sequential` and :mod:`mlpx.precision`.
 
     Examples
     --------
     >>> import mlpx
     >>> model = mlpx.MLP([64, 128, 64, 32, 10], activation="relu", output="softmax", seed=0)
     >>> model.n_params
-    19754
+    18986
     """
     if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
         raise TypeError(f"sizes must be a sequence of layer widths, got {sizes!r}")

@@ -54,12 +54,27 @@ PRECISIONS: dict[str, tuple[str, bool]] = {
 # ------------------------------------------------------------------ kernels
 @kernel
 def scale_cast(xp: Any, src: Array, factor: float, out: Array) -> Array:
-    """``src · factor``, computed in float32, in ``out``'s dtype (and in ``out`` on
-    NumPy and CuPy).
+    """Compute ``src · factor`` in float32 and store it in ``out``'s dtype.
 
     Converts between the master (float32) and compute (float16 / bfloat16) buffers
     in one pass, applying or removing the loss scale on the way. The product is
     formed in float32 so that unscaling a half-precision gradient cannot underflow.
+
+    Parameters
+    ----------
+    xp : namespace
+        The backend's array namespace (passed by ``Backend.run``).
+    src : array
+        Any shape and floating dtype.
+    factor : float
+        The scale (1.0 for a plain conversion).
+    out : array
+        ``src``'s shape; its dtype is the result's.
+
+    Returns
+    -------
+    array
+        ``out`` on NumPy and CuPy, a new array elsewhere.
     """
     return xp.astype(xp.astype(src, xp.float32) * factor, out.dtype)
 
@@ -74,7 +89,20 @@ def _scale_cast_np(xp: Any, src: Array, factor: float, out: Array) -> Array:
 
 @kernel
 def all_finite(xp: Any, a: Array) -> Array:
-    """0-d boolean: no NaN or infinity in ``a`` (the fp16 overflow check)."""
+    """Whether ``a`` holds no NaN or infinity (the fp16 overflow check).
+
+    Parameters
+    ----------
+    xp : namespace
+        The backend's array namespace (passed by ``Backend.run``).
+    a : array
+        Any shape.
+
+    Returns
+    -------
+    array
+        A 0-d boolean on the device (read it back once, where needed).
+    """
     return xp.all(xp.isfinite(a))
 
 

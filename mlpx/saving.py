@@ -68,6 +68,7 @@ __all__ = [
 ]
 
 FORMAT = "mlpx"
+#: Version of the model-file format this mlpx writes; newer files are refused.
 FORMAT_VERSION = 1
 
 #: Default cap on the parameters a file may describe (4 GiB of float32). Larger

@@ -211,6 +211,7 @@ class Adaptive(Schedule):
         self._lr = None if lr is None else float(lr)
 
 
+#: Schedule class by name, for ``schedule=`` of the optimizers.
 SCHEDULES: dict[str, type[Schedule]] = {
     "constant": Constant,
     "step": StepDecay,
