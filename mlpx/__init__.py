@@ -3,9 +3,16 @@
 One model code, two devices: pick ``backend="cpu"``, ``"gpu"`` or ``"auto"``.
 
 >>> import mlpx
+>>> from sklearn.datasets import load_digits
+>>> X, y = load_digits(return_X_y=True)
 >>> model = mlpx.MLP([64, 128, 64, 32, 10], activation="relu", output="softmax", seed=0)
->>> history = model.fit(X, y, epochs=20, batch_size=64)        # doctest: +SKIP
->>> model.save("digits.npz"); mlpx.load("digits.npz", backend="gpu")  # doctest: +SKIP
+>>> history = model.fit(X / 16.0, y, epochs=20, batch_size=64)
+>>> model.evaluate(X / 16.0, y)["accuracy"] > 0.95
+True
+>>> path = model.save("digits.npz")
+>>> on_gpu = mlpx.load("digits.npz", backend="gpu")  # doctest: +GPU
+>>> bool((on_gpu.predict(X / 16.0) == model.predict(X / 16.0)).all())  # doctest: +GPU
+True
 """
 
 import importlib.util as _importlib_util
