@@ -51,9 +51,10 @@ numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 numpydoc_xref_param_type = False
 numpydoc_attributes_as_param_list = True
-# Build-time validation, the same rules as tests/test_docs.py.
-numpydoc_validation_checks = set(mlpx_api.NUMPYDOC_CHECKS)
-numpydoc_validation_exclude = set(mlpx_api.NUMPYDOC_ALLOW)
+# numpydoc's validation runs in tests/test_docs.py (over every public docstring, with
+# mlpx_api.NUMPYDOC_CHECKS), not at build time: the build would also flag overrides
+# that inherit their base's docstring, which the test accepts.
+numpydoc_validation_checks: set[str] = set()
 
 # No network at build time (intersphinx cannot fetch other projects' inventories),
 # so references to other libraries are shown as code rather than linked; so are
