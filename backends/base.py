@@ -108,7 +108,7 @@ class Backend:
     def __init__(self, xp: Any, device: Any = None, name: str | None = None) -> None:
         self.xp = xp
         self.device = device
-        self.name = name or getattr(xp, "__name__", "array-api")
+        self.name: str = name or str(getattr(xp, "__name__", "array-api"))
         self._kernel_cache: dict[Kernel, Any] = {}
 
     # ------------------------------------------------------------------ info
@@ -687,7 +687,7 @@ def _dtype_name(dtype: Any) -> str:
     if isinstance(dtype, str):
         return dtype
     try:
-        return np.dtype(dtype).name
+        return str(np.dtype(dtype).name)
     except TypeError:
         pass
     text = str(dtype)

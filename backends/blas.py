@@ -47,7 +47,7 @@ __all__ = ["BLAS_PROVIDERS", "NumpyCblas", "available_providers", "installed_pro
 BLAS_PROVIDERS = ("numpy", "mkl", "blis")
 
 #: gemm(a, b, trans_a, trans_b, out) -> out, with out preallocated (m, n).
-GemmFn = Callable[[np.ndarray, np.ndarray, bool, bool, np.ndarray], np.ndarray]
+GemmFn = Callable[[np.ndarray, np.ndarray, bool, bool, np.ndarray | None], np.ndarray]
 
 
 def numpy_gemm(a: np.ndarray, b: np.ndarray, trans_a: bool, trans_b: bool, out: np.ndarray | None) -> np.ndarray:
@@ -129,9 +129,9 @@ def _mkl_gemm() -> GemmFn:
     sgemm.restype = dgemm.restype = None
     row_major, no_trans, trans = 101, 111, 112  # CBLAS enum values
 
-    def gemm(a, b, trans_a, trans_b, out):
-        dims = _dims(a, b, trans_a, trans_b, out) if _blas_ready(a, b, out) else None
-        if dims is None:  # includes bad shapes: NumPy raises its usual error
+    def gemm(a: np.ndarray, b: np.ndarray, trans_a: bool, trans_b: bool, out: np.ndarray | None) -> np.ndarray:
+        dims = _dims(a, b, trans_a, trans_b, out) if out is not None and _blas_ready(a, b, out) else None
+        if dims is None or out is None:  # includes bad shapes: NumPy raises its usual error
             return numpy_gemm(a, b, trans_a, trans_b, out)
         m, n, k = dims
         fn = sgemm if a.dtype == np.float32 else dgemm
@@ -149,14 +149,15 @@ def _blis_gemm() -> GemmFn:
     except ImportError:
         raise BackendUnavailableError("the 'blis' CPU BLAS needs the blis package: pip install blis") from None
 
-    def gemm(a, b, trans_a, trans_b, out):
+    def gemm(a: np.ndarray, b: np.ndarray, trans_a: bool, trans_b: bool, out: np.ndarray | None) -> np.ndarray:
         # blis.py.gemm takes C-contiguous operands and transpose flags. Only float32:
         # its float64 branch (blis 1.3) sizes the product from the untransposed shapes,
         # and neither branch checks ``out``'s shape, so both are checked here.
-        if not (_blas_ready(a, b, out) and a.dtype == np.float32 and a.flags.c_contiguous
+        if not (out is not None and _blas_ready(a, b, out) and a.dtype == np.float32 and a.flags.c_contiguous
                 and b.flags.c_contiguous and _dims(a, b, trans_a, trans_b, out) is not None):
             return numpy_gemm(a, b, trans_a, trans_b, out)
-        return blis_py.gemm(a, b, out=out, trans1=trans_a, trans2=trans_b, alpha=1.0, beta=0.0)
+        product: np.ndarray = blis_py.gemm(a, b, out=out, trans1=trans_a, trans2=trans_b, alpha=1.0, beta=0.0)
+        return product
 
     return gemm
 
@@ -264,7 +265,7 @@ class NumpyCblas(NamedTuple):
     path: str
 
 
-_CBLAS: list[Any] = []
+_CBLAS: list[NumpyCblas | None] = []
 
 # CBLAS enum values (CBLAS_ORDER, CBLAS_TRANSPOSE).
 CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS = 101, 111, 112
@@ -278,6 +279,14 @@ def _numpy_blas_files() -> list[str]:
         for pattern in ("libscipy_openblas*", "libopenblas*"):
             found += sorted(glob.glob(os.path.join(folder, pattern)))
     return found
+
+
+def _address(fn: Any) -> int:
+    # A symbol the library exports has a non-null address.
+    address = ctypes.cast(fn, ctypes.c_void_p).value
+    if not address:
+        raise OSError("null CBLAS symbol")
+    return address
 
 
 def _cblas_from(path: str) -> NumpyCblas | None:
@@ -295,8 +304,8 @@ def _cblas_from(path: str) -> NumpyCblas | None:
         for t, real in (("s", ctypes.c_float), ("d", ctypes.c_double)):
             gemm = ctypes.CFUNCTYPE(None, e, e, e, i, i, i, real, p, i, p, i, real, p, i)
             dot = ctypes.CFUNCTYPE(real, i, p, i, p, i)
-            fns[t + "gemm"] = gemm(ctypes.cast(getattr(lib, names[t + "gemm"]), ctypes.c_void_p).value)
-            fns[t + "dot"] = dot(ctypes.cast(getattr(lib, names[t + "dot"]), ctypes.c_void_p).value)
+            fns[t + "gemm"] = gemm(_address(getattr(lib, names[t + "gemm"])))
+            fns[t + "dot"] = dot(_address(getattr(lib, names[t + "dot"])))
         found = NumpyCblas({"float32": fns["sgemm"], "float64": fns["dgemm"]},
                            {"float32": fns["sdot"], "float64": fns["ddot"]}, ilp64, path)
         return found if _same_as_numpy(found) else None
@@ -359,7 +368,7 @@ def provider_version(name: str) -> str:
             dep = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
             return f"{np.__version__} ({dep['name']} {dep['version']})"
         except Exception:  # noqa: BLE001 - older NumPy: no dict mode
-            return np.__version__
+            return str(np.__version__)
     try:
         from importlib.metadata import version
 

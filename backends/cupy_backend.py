@@ -16,7 +16,7 @@ import contextlib
 import importlib.metadata
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import numpy as np
 
@@ -34,7 +34,7 @@ def _cupy_distribution() -> str:
     """The pip name of the installed CuPy wheel (``cupy-cuda12x``, ``cupy-cuda13x``, ...)."""
     try:
         for dist in importlib.metadata.distributions():
-            name = (dist.metadata.get("Name") or "").lower()
+            name = (cast(Any, dist.metadata).get("Name") or "").lower()
             if name == "cupy" or name.startswith("cupy-cuda") or name.startswith("cupy-rocm"):
                 return name
     except Exception:  # broken metadata must not hide the real message
@@ -261,7 +261,8 @@ class CupyBackend(Backend):
     def to_numpy(self, x: Array) -> np.ndarray:
         if isinstance(x, np.ndarray):
             return x
-        return self.xp.asnumpy(x)
+        host: np.ndarray = self.xp.asnumpy(x)
+        return host
 
     def zeros(self, shape: Any, dtype: Any = "float32") -> Array:
         with self.device:
@@ -379,7 +380,8 @@ class CupyBackend(Backend):
         import cupyx
 
         with self.device:
-            return cupyx.empty_pinned(shape, dtype=dtype)
+            pinned: np.ndarray = cupyx.empty_pinned(shape, dtype=dtype)
+            return pinned
 
     def upload(self, src: np.ndarray, out: Array, stream: Any = None) -> Array:
         # cudaMemcpyAsync on `stream`: returns at once when `src` is page-locked.

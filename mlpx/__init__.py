@@ -17,6 +17,8 @@ True
 
 import importlib.util as _importlib_util
 import os as _os
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 # backends/ is installed as mlpx.backends (pyproject maps it). When mlpx is imported
 # straight from a source checkout without installing, find it beside mlpx/ instead.
@@ -80,7 +82,11 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+if _TYPE_CHECKING:  # imported lazily at run time (below); type checkers see the classes
+    from mlpx.estimators import MLPClassifier, MLPRegressor
+
+
+def __getattr__(name: str) -> _Any:
     # The scikit-learn estimators import scikit-learn: load them on first access so
     # that ``import mlpx`` works without it.
     if name in ("MLPClassifier", "MLPRegressor"):

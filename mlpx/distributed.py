@@ -472,7 +472,8 @@ class GradientReducer(Reducer):
         return int(self.comm.allreduce(int(value), op=self.MPI.MAX))
 
     def allgather(self, obj: Any) -> list[Any]:
-        return self.comm.allgather(obj)
+        gathered: list[Any] = self.comm.allgather(obj)
+        return gathered
 
     def bcast(self, obj: Any) -> Any:
         return self.comm.bcast(obj, root=0)

@@ -208,7 +208,7 @@ def check_gradients(
             logits = twin.forward(Xdev, train=True)
             P = twin.output.forward(be, logits, out=be.empty(tuple(logits.shape), "float64"))
             value = be.to_float(lossfn.value(be, logits, P, Yd, wd, denom))
-        return value + 0.5 * l2 * float(np.dot(theta[:nw], theta[:nw])) / denom
+        return float(value + 0.5 * l2 * float(np.dot(theta[:nw], theta[:nw])) / denom)
 
     analytic: dict[str, np.ndarray] = {}
     numeric: dict[str, np.ndarray] = {}

@@ -830,7 +830,7 @@ class Sequential:
         lr: float | None = None,
         comm: Any = None,
         stream_data: bool | None = None,
-    ) -> Any:
+    ) -> training.History:
         """Train on ``(X, y)`` with minibatch gradient descent.
 
         Parameters

@@ -52,7 +52,7 @@ import numbers
 import time
 import traceback
 from collections import defaultdict
-from typing import Any
+from typing import Any, Callable, TypeVar, cast
 
 import numpy as np
 from sklearn import model_selection as _sk
@@ -102,12 +102,21 @@ class _Task:
         self.result: dict[str, Any] | None = None
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _search_fit_context(method: _F) -> _F:
+    # scikit-learn's decorator, typed: its package has no annotations, which would
+    # make the decorated fit untyped.
+    return cast(_F, _fit_context(prefer_skip_nested_validation=False)(method))
+
+
 class _StackedSearch:
     """The ``fit`` shared by both searches: scikit-learn's, with the fits stacked."""
 
     max_stack: int | None
 
-    @_fit_context(prefer_skip_nested_validation=False)
+    @_search_fit_context
     def fit(self, X: Any, y: Any = None, **params: Any) -> Any:
         """Run fit with all sets of parameters (see scikit-learn's ``BaseSearchCV.fit``).
 
@@ -240,7 +249,8 @@ class _StackedSearch:
         if any(reasons) and self.verbose > 0:
             print(f"mlpx: {sum(1 for r in reasons if r)} candidate(s) fitted one fold at a time: "
                   f"{'; '.join(sorted(set(r for r in reasons if r)))}")
-        return [t.result for t in tasks], {"stacked": stacked, "not_stacked_reason": reasons}
+        results = cast("list[dict[str, Any]]", [t.result for t in tasks])  # every task has run
+        return results, {"stacked": stacked, "not_stacked_reason": reasons}
 
     def _prepare(self, task: _Task, base: Any, X: Any, y: Any, fit_params: dict[str, Any],
                  cache: dict[Any, tuple[Any, Any]]) -> None:

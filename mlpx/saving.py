@@ -44,7 +44,7 @@ import struct
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import numpy as np
 
@@ -158,7 +158,8 @@ def write_model_file(
         with os.fdopen(fd, "wb") as fh:
             if old is not None and stat.S_ISREG(old.st_mode):
                 _copy_mode(fh.fileno(), tmp, old)
-            np.savez(fh, config=np.array(text), **arrays)
+            # (cast: NumPy's stub types the keyword arguments as allow_pickle's bool)
+            cast(Any, np.savez)(fh, config=np.array(text), **arrays)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
@@ -409,7 +410,7 @@ def _parse_record(text: str, where: str) -> dict[str, Any]:
     return record
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 

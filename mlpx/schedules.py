@@ -138,7 +138,7 @@ class InverseScaling(Schedule):
         self.power_t = check_real("InverseScaling: power_t", power_t, 0.0)
 
     def __call__(self, lr0: float, epoch: int, samples_seen: int) -> float:
-        return lr0 / (samples_seen + 1) ** self.power_t
+        return float(lr0 / (samples_seen + 1) ** self.power_t)
 
 
 class Cosine(Schedule):

@@ -35,7 +35,7 @@ device).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -77,7 +77,7 @@ class Exp(nn.Module):
 
 
 def _activation_module(name: str) -> nn.Module:
-    modules = {
+    modules: dict[str, Callable[[], nn.Module]] = {
         "identity": nn.Identity,
         "relu": nn.ReLU,
         "leaky_relu": lambda: nn.LeakyReLU(LEAKY_SLOPE),
@@ -99,7 +99,7 @@ def _tensor(arr: Any, to_numpy: Any, device: Any, copy: bool) -> torch.Tensor:
     try:
         if isinstance(arr, np.ndarray) and not arr.flags.writeable:
             raise BufferError("read-only array")
-        t = torch.from_dlpack(arr)
+        t = torch.utils.dlpack.from_dlpack(arr)
     except (BufferError, TypeError, RuntimeError, AttributeError, ValueError):
         t = torch.from_numpy(np.array(to_numpy(arr), copy=True))
     if copy or (device is not None and t.device != torch.device(device)):

@@ -30,15 +30,16 @@ from __future__ import annotations
 import threading
 import warnings
 from numbers import Integral, Real
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple, TypeVar, cast
 
 import numpy as np
 import scipy.optimize
-from sklearn.base import BaseEstimator, is_classifier
+from sklearn.base import BaseEstimator, _fit_context, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import unique_labels
 from sklearn.utils.validation import _check_sample_weight, validate_data
 
@@ -57,6 +58,42 @@ __all__ = ["StackPlan"]
 
 Array = Any
 _STOCHASTIC_SOLVERS = ("sgd", "adam")
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def fit_context(method: _F) -> _F:
+    """scikit-learn's ``_fit_context`` (parameter validation before a fit), keeping the signature.
+
+    scikit-learn ships no type information, so its decorators would turn the methods
+    they wrap into ``Any`` for type checkers; this one keeps their annotations.
+
+    Parameters
+    ----------
+    method : callable
+        ``fit`` or ``partial_fit``.
+
+    Returns
+    -------
+    callable
+        ``method`` wrapped by ``_fit_context(prefer_skip_nested_validation=True)``.
+    """
+    return cast(_F, _fit_context(prefer_skip_nested_validation=True)(method))
+
+
+def if_stochastic(method: _F) -> _F:
+    """Make ``method`` exist only for the stochastic solvers (scikit-learn's ``available_if``).
+
+    Parameters
+    ----------
+    method : callable
+        ``partial_fit``.
+
+    Returns
+    -------
+    callable
+        The descriptor, typed as ``method``.
+    """
+    return cast(_F, available_if(lambda est: est._check_solver())(method))
 
 #: The parameters both estimators share, for their docstrings (numpydoc text,
 #: indented for a class docstring): ``%(shared_parameters)s`` in each class's.
@@ -233,6 +270,15 @@ class _Policy(Callback):
 
 class BaseMLP(BaseEstimator):
     """Shared machinery of :class:`MLPClassifier` and :class:`MLPRegressor`."""
+
+    # Fitted attributes (set by fit), declared for type checkers.
+    out_activation_: str
+    t_: int
+    loss_curve_: list[float]
+    # None, or a list / a float, depending on early_stopping (as in scikit-learn):
+    validation_scores_: Any
+    best_validation_score_: Any
+    best_loss_: Any
 
     _parameter_constraints: dict = {
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
@@ -447,7 +493,7 @@ class BaseMLP(BaseEstimator):
         opt = self._optimizer(rt, False)
         train_idx, val_idx = self._split_indices(X, y)
         n_train = X.shape[0] if train_idx is None else train_idx.size
-        if self.early_stopping and val_idx.size < 2:
+        if self.early_stopping and (val_idx is None or val_idx.size < 2):
             raise ValueError(
                 "The validation set is too small. Increase 'validation_fraction' "
                 "or the size of your dataset."
@@ -629,7 +675,7 @@ class BaseMLP(BaseEstimator):
     def _split(self, rt: Runtime, X: Any, y: np.ndarray, sample_weight: Any) -> tuple[Any, ...]:
         """This rank's training rows and early-stopping holdout (:meth:`_split_indices`)."""
         train_idx, val_idx = self._split_indices(X, y)
-        if train_idx is None:
+        if train_idx is None or val_idx is None:
             return X, y, sample_weight, None
         Xv = take_host_rows(X, val_idx)
         holdout = self._holdout(rt, Xv, np.asarray(y[val_idx], dtype=np.float64),

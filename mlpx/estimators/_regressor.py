@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Literal, Sequence
 
 import numpy as np
-from sklearn.base import RegressorMixin, _fit_context
+import numpy.typing as npt
+from sklearn.base import RegressorMixin
 from sklearn.utils import column_or_1d
 from sklearn.utils._param_validation import StrOptions
-from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import _check_sample_weight, check_consistent_length, check_is_fitted
 
 from mlpx.data import to_host
 from mlpx.distributed import Reducer
-from mlpx.estimators._base import SHARED_PARAMETERS, BaseMLP
+from mlpx.estimators._base import SHARED_PARAMETERS, BaseMLP, fit_context, if_stochastic
+from mlpx.typing import (ArrayLike, BackendLike, DTypeName, EstimatorActivation, HostArray, LearningRateName,
+                         RegressionLoss, SolverName)
 
 __all__ = ["MLPRegressor"]
 
@@ -53,34 +56,34 @@ class MLPRegressor(RegressorMixin, BaseMLP):
 
     def __init__(
         self,
-        loss="squared_error",
-        hidden_layer_sizes=(100,),
-        activation="relu",
+        loss: RegressionLoss = "squared_error",
+        hidden_layer_sizes: int | Sequence[int] = (100,),
+        activation: EstimatorActivation = "relu",
         *,
-        solver="adam",
-        alpha=0.0001,
-        batch_size="auto",
-        learning_rate="constant",
-        learning_rate_init=0.001,
-        power_t=0.5,
-        max_iter=200,
-        shuffle=True,
-        random_state=None,
-        tol=1e-4,
-        verbose=False,
-        warm_start=False,
-        momentum=0.9,
-        nesterovs_momentum=True,
-        early_stopping=False,
-        validation_fraction=0.1,
-        beta_1=0.9,
-        beta_2=0.999,
-        epsilon=1e-8,
-        n_iter_no_change=10,
-        max_fun=15000,
-        backend="cpu",
-        dtype=None,
-    ):
+        solver: SolverName = "adam",
+        alpha: float = 0.0001,
+        batch_size: int | Literal["auto"] = "auto",
+        learning_rate: LearningRateName = "constant",
+        learning_rate_init: float = 0.001,
+        power_t: float = 0.5,
+        max_iter: int = 200,
+        shuffle: bool = True,
+        random_state: int | np.random.RandomState | None = None,
+        tol: float = 1e-4,
+        verbose: bool | int = False,
+        warm_start: bool = False,
+        momentum: float = 0.9,
+        nesterovs_momentum: bool = True,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        n_iter_no_change: int | float = 10,
+        max_fun: int = 15000,
+        backend: BackendLike = "cpu",
+        dtype: DTypeName | npt.DTypeLike | None = None,
+    ) -> None:
         self.loss = loss
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -108,8 +111,9 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         self.backend = backend
         self.dtype = dtype
 
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y, sample_weight=None, comm=None):
+    @fit_context
+    def fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None,
+            comm: Any = None) -> MLPRegressor:
         """Fit the model to data matrix X and target(s) y.
 
         Parameters
@@ -146,7 +150,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
     def _output_to_prediction(self, y_out: np.ndarray) -> np.ndarray:
         return y_out.ravel() if y_out.shape[1] == 1 else y_out
 
-    def score(self, X, y, sample_weight=None):
+    def score(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> float:
         """R² of ``predict(X)`` against ``y``, as scikit-learn's, computed on the device.
 
         Uniform average over outputs; thread-safe.
@@ -166,23 +170,23 @@ class MLPRegressor(RegressorMixin, BaseMLP):
             The coefficient of determination.
         """
         check_is_fitted(self)
-        X = self._validate_X_predict(X)
-        y = np.asarray(to_host(y.to_numpy() if hasattr(y, "to_numpy") else y), dtype=np.float64)
-        check_consistent_length(X, y)
-        n = X.shape[0]
-        Y = y.reshape(n, -1)
+        data = self._validate_X_predict(X)
+        targets = np.asarray(to_host(y.to_numpy() if hasattr(y, "to_numpy") else y), dtype=np.float64)
+        check_consistent_length(data, targets)
+        n = data.shape[0]
+        Y = targets.reshape(n, -1)
         if Y.shape[1] != self.n_outputs_:
             raise ValueError(f"y has {Y.shape[1]} output(s), but the model predicts {self.n_outputs_}")
         if not np.isfinite(Y).all():
             raise ValueError("Input y contains NaN or infinity.")
         w = None if sample_weight is None else _check_sample_weight(
             to_host(sample_weight), np.empty((n, 0)), dtype=np.float64)
-        r2 = self._score_holdout(X, Y, w)["r2"]
+        r2 = self._score_holdout(data, Y, w)["r2"]
         if np.isnan(r2):
             raise ValueError("Input contains NaN: the model's predictions are not finite.")
         return r2
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> HostArray:
         """Predict using the multi-layer perceptron model.
 
         Parameters
@@ -198,9 +202,10 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         check_is_fitted(self)
         return self._output_to_prediction(self._forward_pass_fast(X))
 
-    @available_if(lambda est: est._check_solver())
-    @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y, sample_weight=None, comm=None):
+    @if_stochastic
+    @fit_context
+    def partial_fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None,
+                    comm: Any = None) -> MLPRegressor:
         """Update the model with a single iteration over the given data.
 
         Parameters
@@ -222,7 +227,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         return self._fit(X, y, sample_weight=sample_weight, incremental=True, comm=comm)
 
     # ----------------------------------------------------------------- deploy
-    def to_onnx(self, path=None, **options):
+    def to_onnx(self, path: str | os.PathLike[str] | None = None, **options: Any) -> Any:
         """Export this regressor as an ONNX graph with skl2onnx's outputs (needs ``mlpx[onnx]``).
 
         Parameters
@@ -241,7 +246,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
 
         return to_onnx(self, path, **options)
 
-    def to_torch(self, **options):
+    def to_torch(self, **options: Any) -> Any:
         """Convert this regressor to a ``torch.nn.Sequential`` (see :func:`mlpx.torch.to_torch`).
 
         Parameters
@@ -258,7 +263,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
 
         return to_torch(self, **options)
 
-    def to_sklearn(self):
+    def to_sklearn(self) -> Any:
         """Convert this regressor to scikit-learn's ``sklearn.neural_network.MLPRegressor``.
 
         The hyperparameters, weights and fitted attributes are carried; the optimizer
@@ -274,7 +279,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         return to_sklearn(self)
 
     @classmethod
-    def from_sklearn(cls, est, backend="cpu"):
+    def from_sklearn(cls, est: Any, backend: BackendLike = "cpu") -> MLPRegressor:
         """Build a fitted mlpx MLPRegressor from a fitted scikit-learn one.
 
         The optimizer state is not carried.
