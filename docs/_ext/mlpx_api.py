@@ -145,9 +145,9 @@ def _kind(obj: Any) -> str:
         return "kernel"  # documented as data (not callable), validated as its generic function
     if inspect.isclass(obj):
         return "exception" if issubclass(obj, BaseException) else "class"
-    if callable(obj):
+    if inspect.isroutine(obj):
         return "function"
-    return "data"
+    return "data"  # constants and type aliases (Literal[...] is callable, not a routine)
 
 
 def _key(module: str, name: str, obj: Any) -> Any:
