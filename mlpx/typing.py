@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
-import numpy as np
 import numpy.typing as npt
 
 from mlpx.backends import Backend
@@ -26,7 +25,6 @@ __all__ = [
     "BackendLike",
     "DTypeName",
     "EstimatorActivation",
-    "HostArray",
     "LearningRateName",
     "RegressionLoss",
     "SolverName",
@@ -36,9 +34,6 @@ __all__ = [
 #: (lists, pandas objects). SciPy sparse matrices (estimators only) and arrays
 #: already on the model's backend (CuPy on the GPU) are accepted too.
 ArrayLike = npt.ArrayLike
-
-#: What ``predict``, ``predict_proba`` and ``score`` return: host NumPy arrays.
-HostArray = npt.NDArray[np.generic]
 
 #: A backend by name (``"cpu"``, ``"cpu:mkl"``, ``"gpu"``, ``"gpu:1"``, ``"auto"``,
 #: ``"array_api_strict"``, ``"array-api:<module>"``) or a :class:`~mlpx.backends.Backend`.

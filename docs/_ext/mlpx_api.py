@@ -290,7 +290,8 @@ def write_pages(outdir: Path) -> list[str]:
     """
     documented, links = entries()
     outdir.mkdir(parents=True, exist_ok=True)
-    for old in outdir.glob("*.rst"):
+    # Pages of names that left an __all__ (renamed, removed) must not linger.
+    for old in [*outdir.glob("*.rst"), *(outdir / "generated").glob("*.rst")]:
         old.unlink()
     modules = public_modules()
     by_module: dict[str, list[Entry]] = {}

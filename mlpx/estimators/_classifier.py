@@ -16,7 +16,7 @@ from sklearn.utils.validation import _check_sample_weight, check_consistent_leng
 from mlpx.data import take_host_rows, to_host
 from mlpx.distributed import Reducer, make_reducer
 from mlpx.estimators._base import SHARED_PARAMETERS, BaseMLP, fit_context, if_stochastic, union_labels
-from mlpx.typing import (ArrayLike, BackendLike, DTypeName, EstimatorActivation, HostArray, LearningRateName,
+from mlpx.typing import (ArrayLike, BackendLike, DTypeName, EstimatorActivation, LearningRateName,
                          SolverName)
 
 __all__ = ["MLPClassifier"]
@@ -257,7 +257,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         part = self._score_holdout(take_host_rows(data, idx), self._encode(labels[idx]), wk)
         return part["accuracy"] * part["weight"] / total
 
-    def predict(self, X: ArrayLike) -> HostArray:
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """Predict class labels.
 
         Parameters
@@ -318,7 +318,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                 self._label_binarizer.fit(classes)
         return self._fit(X, y, sample_weight=sample_weight, incremental=True, comm=reducer)
 
-    def predict_proba(self, X: ArrayLike) -> HostArray:
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Probability estimates.
 
         Parameters
@@ -339,7 +339,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
             return np.vstack([1 - y_pred, y_pred]).T
         return y_pred
 
-    def predict_log_proba(self, X: ArrayLike) -> HostArray:
+    def predict_log_proba(self, X: ArrayLike) -> np.ndarray:
         """Log of :meth:`predict_proba`.
 
         Parameters

@@ -15,7 +15,7 @@ from sklearn.utils.validation import _check_sample_weight, check_consistent_leng
 from mlpx.data import to_host
 from mlpx.distributed import Reducer
 from mlpx.estimators._base import SHARED_PARAMETERS, BaseMLP, fit_context, if_stochastic
-from mlpx.typing import (ArrayLike, BackendLike, DTypeName, EstimatorActivation, HostArray, LearningRateName,
+from mlpx.typing import (ArrayLike, BackendLike, DTypeName, EstimatorActivation, LearningRateName,
                          RegressionLoss, SolverName)
 
 __all__ = ["MLPRegressor"]
@@ -186,7 +186,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
             raise ValueError("Input contains NaN: the model's predictions are not finite.")
         return r2
 
-    def predict(self, X: ArrayLike) -> HostArray:
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """Predict using the multi-layer perceptron model.
 
         Parameters
