@@ -268,7 +268,8 @@ def allowed(name: str) -> bool:
 def _title(mod: ModuleType, modname: str) -> str:
     doc = inspect.getdoc(mod) or ""
     first = doc.split("\n", 1)[0].strip().rstrip(".")
-    return first.split(":", 1)[1].strip() if first.startswith(modname + ":") else first
+    first = first.split(":", 1)[1].strip() if first.startswith(modname + ":") else first
+    return first if first.startswith("scikit-learn") else first[:1].upper() + first[1:]
 
 
 def _heading(text: str, char: str) -> str:
@@ -305,12 +306,13 @@ def write_pages(outdir: Path) -> list[str]:
         if modname == "mlpx":
             # Group the top-level names by the module that defines them.
             groups: dict[str, list[Entry]] = {}
+            known = all_modules()
             for entry in own:
-                home = getattr(entry.obj, "__module__", None) if entry.kind != "data" else None
-                if home is None or home not in modules:
+                home = getattr(entry.obj, "__module__", None) if entry.kind in ("class", "exception", "function") else None
+                home = home.rsplit("._", 1)[0] if home else None  # mlpx.estimators._classifier -> mlpx.estimators
+                if home is None or home not in known:
                     home = next((m for m in modules[1:] if entry.name.split(".")[-1]
                                  in getattr(importlib.import_module(m), "__all__", [])), "mlpx")
-                home = home.rsplit("._", 1)[0]  # mlpx.estimators._classifier -> mlpx.estimators
                 groups.setdefault(home, []).append(entry)
             for home in sorted(groups):
                 title = _title(importlib.import_module(home), home) or home
