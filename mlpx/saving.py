@@ -5,12 +5,17 @@ and ``params`` (the flat parameter buffer as a host array); checkpoints add
 ``opt_<name>`` arrays of optimizer state. Nothing in it is pickled code, so loading
 an untrusted file runs nothing.
 
-Reading (:func:`read_model_file`, used by :func:`mlpx.load`) trusts nothing in the file: the
-archive, each entry's header, the JSON record and every layer record are checked,
-and the parameter count implied by the layers is compared with the stored array's
-header *before* any array is read or any layer is built. A file that is too short
-to hold what its headers claim is refused before allocation, so a crafted 1.5 KB
-file cannot make ``load`` allocate gigabytes. Every defect raises
+Reading (:class:`ModelFile`, used by :func:`read_model_file`, :func:`mlpx.load` and
+:func:`load_checkpoint`) trusts nothing in the file (:mod:`mlpx.archive`): only a
+regular file is opened (a device such as ``/dev/zero``, a FIFO or a directory is
+refused at once), its zip structure is checked before :mod:`zipfile` reads it, the
+JSON record and every layer record are checked, and every array's header is
+compared with the parameter count the layers imply *before* any array is read or
+any layer is built. Only the entries a reader needs are decompressed, in bounded
+chunks and never past the size the record declares; entries other than
+``config``, ``params`` and the state arrays of a checkpoint's optimizer are
+refused by name. So no file, however crafted, makes a load allocate more than the
+arrays its record declares plus a constant (a few MiB). Every defect raises
 :class:`ModelFileError` (a ``ValueError``) saying what is wrong.
 
 Writing (:func:`write_model_file`, used by ``Sequential.save`` and by checkpoints)
@@ -37,18 +42,15 @@ import contextlib
 import json
 import math
 import os
-import re
 import secrets
 import stat
-import struct
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mlpx.activations import ACTIVATIONS
+from mlpx.archive import Archive, ModelFileError
 from mlpx.callbacks import Callback
 from mlpx.distributed import make_reducer
 from mlpx.initializers import INITIALIZERS
@@ -59,6 +61,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MAX_PARAMS",
     "ModelCheckpoint",
+    "ModelFile",
     "ModelFileError",
     "check_architecture",
     "load_checkpoint",
@@ -74,11 +77,9 @@ FORMAT_VERSION = 1
 #: models load with ``load(path, max_params=...)``.
 MAX_PARAMS = 1 << 30
 _MAX_LAYERS = 100_000
-_MAX_CONFIG_BYTES = 1 << 26  # 16 Mi characters of JSON (UCS-4 in the .npy)
-# Deflate cannot expand data by more than about 1032:1; a header that claims more
-# than that from the compressed bytes present is a lie, refused before allocating.
-_DEFLATE_RATIO = 1100
-_OPT_ENTRY = re.compile(r"opt_[A-Za-z_][A-Za-z0-9_]*")
+# The JSON record: ample for 10,000 layers. Parsing JSON costs up to ~25 bytes of
+# Python objects per character, so this also bounds what the record can allocate.
+_MAX_CONFIG_CHARS = 1 << 20
 _TMP_MARK = ".mlpx-tmp-"
 
 _RECORD_KEYS = {"format", "version", "layers", "dtype", "seed"}
@@ -88,20 +89,6 @@ _LAYER_KEYS = {
     "ActivationLayer": {"type", "activation"},
     "Dropout": {"type", "p", "seed"},
 }
-
-
-class ModelFileError(ValueError):
-    """A model file or record that mlpx cannot read.
-
-    Raised for every defect of the file itself: not an ``.npz`` archive (or a
-    ``.npy`` given for one), damaged or truncated, a config that is not a JSON
-    object, missing or unknown keys, a bad layer record (unknown type or
-    activation, a width that is not a positive integer, widths that do not chain),
-    an unsupported dtype, parameters that are not a real float array of the
-    record's dtype and exact length or are not finite, a network above the
-    parameter cap, or a format version newer than this mlpx reads. The message
-    names the file and the defect.
-    """
 
 
 # ------------------------------------------------------------------ writing
@@ -221,10 +208,113 @@ def _fsync_folder(folder: Path) -> None:
 
 
 # ------------------------------------------------------------------ reading
+class ModelFile:
+    """An mlpx file opened for reading: its record checked, its arrays not read yet.
+
+    Opening checks the file (:class:`~mlpx.archive.Archive`: a regular file, a
+    sound zip structure), the entry names, the JSON record and the architecture it
+    describes; each array is then read by a method that checks its header against
+    the record before reading any data, and streams the data into its destination.
+    Use as a context manager.
+
+    Parameters
+    ----------
+    path : str or path
+        ``path + ".npz"`` is found when ``path`` does not exist (what ``save(path)`` wrote).
+    max_params : int, default :data:`MAX_PARAMS`
+
+    Attributes
+    ----------
+    record : dict
+        The checked record (``format``, ``version``, ``layers``, ``dtype``, ``seed``,
+        and ``precision`` / ``train_state`` / ``estimator`` where present).
+    n_params : int
+        Parameters the layers describe (the length of every array in the file).
+    dtype : numpy.dtype
+        The record's dtype (float32 or float64), native byte order.
+    optimizer_entries : tuple of str
+        The optimizer state arrays a checkpoint holds (``"m"``, ``"v"`` for Adam,
+        ``"velocity"`` for SGD); empty for a model file.
+    path : Path
+        The file opened.
+
+    Raises
+    ------
+    ModelFileError
+        Anything wrong with the file, found before any array is allocated. Entries
+        other than ``config``, ``params`` and the state arrays of the checkpoint's
+        optimizer are refused by name; a checkpoint lacking one of its optimizer's
+        state arrays is refused.
+    FileNotFoundError, PermissionError
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, max_params: int = MAX_PARAMS) -> None:
+        self._archive = Archive(path)
+        try:
+            self.path = self._archive.path
+            where = self._archive.where
+            names = self._archive.names
+            for key in ("config", "params"):
+                if key not in names:
+                    raise ModelFileError(f"{where} is not an mlpx model file (no {key!r} entry; entries: "
+                                         f"{[n + '.npy' for n in names]})")
+            text = self._archive.read_text("config", _MAX_CONFIG_CHARS)
+            self.record = _parse_record(text, where)
+            self.n_params = check_architecture(self.record, max_params=max_params, where=where)
+            self.dtype = np.dtype(self.record["dtype"])
+            saved = (self.record.get("train_state") or {}).get("optimizer")
+            self.optimizer_entries: tuple[str, ...] = (
+                () if saved is None else tuple(OPTIMIZERS[saved["optimizer"].lower()].state_names))
+            allowed = {"config", "params", *(f"opt_{n}" for n in self.optimizer_entries)}
+            for name in names:
+                if name not in allowed:
+                    raise ModelFileError(f"{where} is not an mlpx model file: unexpected entry {name + '.npy'!r}")
+            missing = [f"opt_{n}" for n in self.optimizer_entries if f"opt_{n}" not in names]
+            if missing:
+                raise ModelFileError(
+                    f"{where}: the checkpoint's {saved['optimizer']} state lacks {missing}; its optimizer "
+                    f"cannot resume (a missing state array is never taken as zeros)"
+                )
+            # Every array's header before any array is allocated (by the caller too).
+            for key in ("params", *(f"opt_{n}" for n in self.optimizer_entries)):
+                self._archive.check_array(key, (self.n_params,), self.dtype)
+        except BaseException:
+            self._archive.close()
+            raise
+
+    def __enter__(self) -> "ModelFile":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._archive.close()
+
+    def read_params(self, out: np.ndarray | None = None) -> np.ndarray:
+        """The parameters, shape (n_params,), finite, in :attr:`dtype` (into ``out`` if given)."""
+        return self._archive.read_array("params", (self.n_params,), self.dtype, out=out)
+
+    def read_optimizer_state(self) -> dict[str, np.ndarray]:
+        """The checkpoint's optimizer state arrays by name, each of shape (n_params,)."""
+        return {name: self._archive.read_array(f"opt_{name}", (self.n_params,), self.dtype)
+                for name in self.optimizer_entries}
+
+
 def read_model_file(
     path: str | os.PathLike[str], *, max_params: int = MAX_PARAMS
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Read and check an mlpx file without building a model.
+
+    Allocates the arrays the record declares and a constant besides (at most
+    :data:`~mlpx.archive.CHUNK_BYTES` of decompression buffer and the record):
+    see :class:`ModelFile`.
+
+    Parameters
+    ----------
+    path : str or path
+        ``path + ".npz"`` is found when ``path`` does not exist.
+    max_params : int, default :data:`MAX_PARAMS`
 
     Returns
     -------
@@ -232,125 +322,18 @@ def read_model_file(
         The checked JSON record (``format``, ``version``, ``layers``, ``dtype``,
         ``seed``, and ``precision`` / ``train_state`` where present).
     arrays : dict of str -> ndarray
-        ``"params"``, shape (n_params,), in the record's dtype, finite; and any
-        ``"opt_<name>"`` checkpoint arrays, same shape and dtype.
+        ``"params"``, shape (n_params,), in the record's dtype, finite; and a
+        checkpoint's ``"opt_<name>"`` optimizer state arrays, same shape and dtype.
 
     Raises
     ------
     ModelFileError
+    FileNotFoundError, PermissionError
     """
-    where = str(path)
-    with open(path, "rb") as fh:
-        head = fh.read(6)
-        if head.startswith(b"\x93NUMPY"):
-            raise ModelFileError(
-                f"{where} is a .npy file (one array), not an mlpx model file (.npz archive)"
-            )
-        fh.seek(0)
-        size = os.fstat(fh.fileno()).st_size
-        try:
-            with zipfile.ZipFile(fh) as zf:
-                return _read_archive(zf, size, where, max_params)
-        except ModelFileError:
-            raise
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, struct.error, EOFError, OSError,
-                NotImplementedError, RuntimeError, ValueError, UnicodeError, OverflowError) as exc:
-            raise ModelFileError(
-                f"{where} is not a readable mlpx model file (damaged, truncated or not an "
-                f".npz archive): {type(exc).__name__}: {exc}"
-            ) from None
-
-
-def _read_archive(
-    zf: zipfile.ZipFile, size: int, where: str, max_params: int
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    entries: dict[str, zipfile.ZipInfo] = {}
-    for info in zf.infolist():
-        if info.filename in entries:
-            raise ModelFileError(f"{where}: the entry {info.filename!r} appears twice")
-        entries[info.filename] = info
-    names = sorted(entries)
-    for key in ("config", "params"):
-        if f"{key}.npy" not in entries:
-            raise ModelFileError(f"{where} is not an mlpx model file (no {key!r} entry; entries: {names})")
-    for name in names:
-        key = name[:-4]
-        if not (name.endswith(".npy") and (key in ("config", "params") or _OPT_ENTRY.fullmatch(key))):
-            raise ModelFileError(f"{where} is not an mlpx model file: unexpected entry {name!r}")
-    entries = {name[:-4]: info for name, info in entries.items()}
-    text = _read_entry(zf, entries["config"], size, where, "config", shape=(), kind="U")
-    record = _parse_record(text, where)
-    n_params = check_architecture(record, max_params=max_params, where=where)
-    dtype = np.dtype(record["dtype"])
-    arrays = {}
-    for key, info in entries.items():
-        if key != "config":
-            arrays[key] = _read_entry(zf, info, size, where, key, shape=(n_params,), kind=dtype)
-            if not np.isfinite(arrays[key]).all():
-                raise ModelFileError(f"{where}: {key!r} contains NaN or infinity")
-    return record, arrays
-
-
-def _read_entry(
-    zf: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, where: str, key: str,
-    shape: tuple[int, ...], kind: Any,
-) -> Any:
-    """One ``.npy`` entry, its header checked before its data is read.
-
-    ``kind`` is ``"U"`` (the JSON text: returns a str) or the float dtype the
-    array must have (returns an array of ``shape``, native byte order).
-    """
-    if info.flag_bits & 0x1:
-        raise ModelFileError(f"{where}: entry {key!r} is encrypted")
-    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        raise ModelFileError(f"{where}: entry {key!r} uses an unsupported compression ({info.compress_type})")
-    if info.header_offset + info.compress_size > size:
-        raise ModelFileError(f"{where}: entry {key!r} extends past the end of the file (truncated)")
-    with zf.open(info) as fp:
-        version = np.lib.format.read_magic(fp)
-        if version == (1, 0):
-            stored_shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fp)
-        elif version == (2, 0):
-            stored_shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fp)
-        else:
-            raise ModelFileError(f"{where}: entry {key!r} has an unsupported .npy version {version}")
-        header = fp.tell()
-        if dtype.hasobject:
-            raise ModelFileError(f"{where}: entry {key!r} holds Python objects; mlpx files never do")
-        if isinstance(kind, str):
-            if dtype.kind != "U" or stored_shape != ():
-                raise ModelFileError(
-                    f"{where}: 'config' must be JSON text (a 0-d unicode array), got "
-                    f"dtype {dtype} shape {stored_shape}"
-                )
-            if dtype.itemsize > _MAX_CONFIG_BYTES:
-                raise ModelFileError(f"{where}: 'config' is implausibly large ({dtype.itemsize} bytes)")
-        else:
-            expected = np.dtype(kind)
-            if dtype.kind != "f" or dtype.newbyteorder("=") != expected.newbyteorder("="):
-                raise ModelFileError(
-                    f"{where}: {key!r} must be a {expected.name} array (the record's dtype), "
-                    f"got dtype {dtype}"
-                )
-            if stored_shape != shape:
-                raise ModelFileError(
-                    f"{where}: {key!r} has shape {stored_shape}, but the layers describe "
-                    f"{shape[0]} parameters"
-                )
-        need = math.prod(stored_shape) * dtype.itemsize
-        limit = info.compress_size * (1 if info.compress_type == zipfile.ZIP_STORED else _DEFLATE_RATIO)
-        if info.file_size != header + need or header + need > limit:
-            raise ModelFileError(
-                f"{where}: entry {key!r} claims {need} bytes of data, which the archive does "
-                f"not hold (truncated or inconsistent)"
-            )
-        data = fp.read(need + 1)  # reading to the end verifies the entry's CRC
-    if len(data) != need:
-        raise ModelFileError(f"{where}: entry {key!r} is truncated ({len(data)} of {need} bytes)")
-    if isinstance(kind, str):
-        codec = "utf-32-be" if dtype.byteorder == ">" else "utf-32-le"
-        return data.decode(codec).rstrip("\x00")
-    return np.frombuffer(data, dtype=dtype).astype(np.dtype(kind), copy=True).reshape(shape)
+    with ModelFile(path, max_params=max_params) as f:
+        arrays = {"params": f.read_params()}
+        arrays.update({f"opt_{k}": v for k, v in f.read_optimizer_state().items()})
+        return f.record, arrays
 
 
 def _parse_record(text: str, where: str) -> dict[str, Any]:
