@@ -53,7 +53,9 @@ from mlpx.activations import ACTIVATIONS
 from mlpx.archive import Archive, ModelFileError
 from mlpx.callbacks import Callback
 from mlpx.distributed import make_reducer
+from mlpx.generators import check_generator_states, generator_states, restore_generator_states
 from mlpx.initializers import INITIALIZERS
+from mlpx.layers import Dropout
 from mlpx.optimizers import OPTIMIZERS, Optimizer
 from mlpx.precision import PRECISIONS
 
@@ -83,6 +85,7 @@ _MAX_CONFIG_CHARS = 1 << 20
 _TMP_MARK = ".mlpx-tmp-"
 
 _RECORD_KEYS = {"format", "version", "layers", "dtype", "seed"}
+_TRAIN_STATE_KEYS = {"epochs_done", "samples_seen", "loss", "loss_scaler", "optimizer", "generators"}
 _OPTIONAL_KEYS = {"precision", "train_state"}
 _LAYER_KEYS = {
     "Dense": {"type", "n_in", "n_out", "activation", "init"},
@@ -371,7 +374,10 @@ def _parse_record(text: str, where: str) -> dict[str, Any]:
     if unknown:
         raise ModelFileError(f"{where}: the config has unknown keys {sorted(unknown)}")
     if "train_state" in record:
-        _check_train_state(record["train_state"], where)
+        layers = record.get("layers")
+        n_dropout = (sum(isinstance(l, dict) and l.get("type") == "Dropout" for l in layers)
+                     if isinstance(layers, list) else None)
+        _check_train_state(record["train_state"], where, n_dropout)
     return record
 
 
@@ -469,10 +475,18 @@ def _check_layer(layer: Any, i: int, max_params: int, where: str) -> None:
             raise ModelFileError(f"{where}: layer {i} (Dropout) seed must be null or >= 0, got {seed!r}")
 
 
-def _check_train_state(state: Any, where: str) -> None:
-    """A checkpoint's training state: known fields checked, others left to the reader."""
+def _check_train_state(state: Any, where: str, n_dropout: int | None = None) -> None:
+    """A checkpoint's training state, every field checked (``n_dropout``: the record's Dropout layers)."""
     if not isinstance(state, dict):
         raise ModelFileError(f"{where}: train_state must be a JSON object")
+    unknown = set(state) - _TRAIN_STATE_KEYS
+    if unknown:
+        raise ModelFileError(f"{where}: train_state has unknown keys {sorted(unknown)}")
+    loss = state.get("loss")
+    if loss is not None and not (isinstance(loss, str) and len(loss) <= 100):
+        raise ModelFileError(f"{where}: train_state.loss must be the name of a loss, got {loss!r}")
+    if "generators" in state:
+        check_generator_states(state["generators"], where, n_dropout)
     for key in ("epochs_done", "samples_seen"):
         if key in state and not (_is_int(state[key]) and state[key] >= 0):
             raise ModelFileError(f"{where}: train_state.{key} must be a non-negative integer")
@@ -491,17 +505,41 @@ def _check_train_state(state: Any, where: str) -> None:
             raise ModelFileError(f"{where}: bad train_state.optimizer record")
         try:  # settings only; allocates nothing
             Optimizer.from_state_dict({**opt, "state": {}})
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise ModelFileError(f"{where}: bad optimizer settings in train_state: {exc}") from None
 
 
 # ------------------------------------------------------------------ checkpoints
 def save_checkpoint(path: str | os.PathLike[str], model: Any, optimizer: Optimizer | None = None) -> Path:
-    """Write model, optimizer state and progress to ``path`` atomically.
+    """Write model, optimizer state, progress and generator states to ``path`` atomically.
 
     The file is an mlpx model file (``mlpx.load`` reads it) with the training state
-    added (``model.train_state()``; ``optimizer`` replaces the model's own), so
-    :func:`load_checkpoint` resumes training exactly.
+    added: ``model.train_state()`` (epoch and sample counters, the loss, the fp16
+    loss scale), the optimizer's settings, step count, rate and schedule with its
+    state arrays as ``opt_<name>`` entries (``optimizer`` replaces the model's
+    own), and the states of the shuffle and dropout generators
+    (:mod:`mlpx.generators`). :func:`load_checkpoint` puts all of it back, so a
+    resumed run ends bit-identical to an uninterrupted one.
+
+    Parameters
+    ----------
+    path : str or path
+        ``.npz`` is appended when missing.
+    model : Sequential
+    optimizer : Optimizer, optional
+
+    Returns
+    -------
+    Path
+        The path written.
+
+    Examples
+    --------
+    >>> import numpy as np, mlpx
+    >>> model = mlpx.MLP([4, 8, 3], seed=0)
+    >>> X, y = np.random.default_rng(0).normal(size=(64, 4)), np.arange(64) % 3
+    >>> _ = model.fit(X, y, epochs=2)
+    >>> path = mlpx.save_checkpoint(tmp / "run.npz", model)   # doctest: +SKIP
     """
     state = model.train_state()
     opt = optimizer if optimizer is not None else model.optimizer_
@@ -509,9 +547,14 @@ def save_checkpoint(path: str | os.PathLike[str], model: Any, optimizer: Optimiz
     state.pop("optimizer", None)
     if opt is not None:
         saved = opt.state_dict()
-        for name, value in saved.pop("state").items():
-            arrays[f"opt_{name}"] = np.asarray(value)
+        values = saved.pop("state")
+        for name in type(opt).state_names:
+            # An optimizer that never ran has no buffers yet: its state is zeros.
+            value = values.get(name)
+            arrays[f"opt_{name}"] = (np.zeros(model.n_params, model.dtype) if value is None
+                                     else np.asarray(value))
         state["optimizer"] = saved
+    state["generators"] = generator_states(model)
     return write_model_file(path, {**model.get_config(), "train_state": state}, arrays)
 
 
@@ -520,57 +563,119 @@ def load_checkpoint(
 ) -> Optimizer | None:
     """Restore a checkpoint written by :func:`save_checkpoint` into ``model``.
 
-    With ``comm``, rank 0 reads the file and broadcasts it (other ranks need not
-    see the file system); every rank checks it against its own model, and a
-    mismatch (architecture, dtype, format, version) raises on every rank. Sets the
-    parameters, ``epochs_done_``, ``samples_seen_`` and the loss scale, and returns
-    the optimizer (``optimizer``, or a new one of the saved kind) bound to the model
-    with its saved state, ready to pass to ``fit(..., optimizer=...)``; None when
-    the checkpoint holds no optimizer.
+    Sets the parameters, ``epochs_done_``, ``samples_seen_``, the loss scale and the
+    shuffle and dropout generators, and returns the optimizer (``optimizer``, or a
+    new one of the saved kind) bound to the model with its saved state, ready to
+    pass to ``fit(..., optimizer=...)``; None when the checkpoint holds no
+    optimizer. ``fit(..., resume_from=path)`` does all of this and runs the
+    remaining epochs.
+
+    Everything is checked before the model is changed: a bad file, a checkpoint of
+    another architecture or dtype, or an ``optimizer`` of another class than the
+    saved one leaves ``model`` as it was.
+
+    Parameters
+    ----------
+    path : str or path
+        ``path + ".npz"`` is found when ``path`` does not exist.
+    model : Sequential
+        Built with the checkpoint's architecture and dtype.
+    optimizer : Optimizer, optional
+        Receives the saved state (it must be of the saved class).
+    comm : communicator, optional
+        Rank 0 reads the file and broadcasts it (other ranks need not see the file
+        system); every rank checks it against its own model, and a mismatch raises
+        on every rank. Only rank 0's shuffle generator was saved, and only rank 0
+        takes it back: the other ranks keep theirs.
+
+    Returns
+    -------
+    Optimizer or None
+
+    Raises
+    ------
+    ModelFileError
+        The file is damaged or crafted (see :class:`ModelFile`), or lacks part of
+        its optimizer's state.
+    ValueError
+        A checkpoint of another model (layers or dtype), or of another optimizer
+        class than ``optimizer``.
     """
     reducer = make_reducer(comm, model.backend)
     data = None
     error: BaseException | None = None
     if reducer.is_root:
         try:
-            data = read_model_file(path)
+            data = _read_checkpoint(path, model)
         except Exception as exc:
             error = exc
     reducer.check_errors(error, f"reading checkpoint {path}")
-    record, arrays = reducer.bcast(data)
-
-    def restore() -> Optimizer | None:
-        mine = model.get_config()
-        for key in ("layers", "dtype"):
-            if record.get(key) != mine[key]:
-                raise ValueError(
-                    f"checkpoint {path} holds another model: its {key} {record.get(key)!r} differ "
-                    f"from this model's {mine[key]!r}"
-                )
-        state = dict(record.get("train_state", {}))
-        saved = state.pop("optimizer", None)
-        model.set_flat_params(arrays["params"])
-        model.load_train_state(state)
-        if saved is None:
-            return optimizer
-        saved = {**saved, "state": {k[4:]: v for k, v in arrays.items() if k.startswith("opt_")}}
-        opt = optimizer if optimizer is not None else Optimizer.from_state_dict(saved)
-        if optimizer is not None:
-            optimizer.load_state_dict(saved)
-        be = model.backend
-        with be.activated():
-            opt.bind(be, model.params, model.grads, model.n_weights, owner=model)
-        return opt
+    record, params, opt_state = reducer.bcast(data)
 
     error, result = None, None
     try:
-        result = restore()
+        result = _restore(path, record, params, opt_state, model, optimizer, reducer.is_root)
     except Exception as exc:
         if reducer.size == 1:
             raise
         error = exc
     reducer.check_errors(error, f"loading checkpoint {path}")
     return result
+
+
+def _read_checkpoint(path: Any, model: Any) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray]]:
+    """The record and arrays of a checkpoint for ``model`` (another model's is refused unread)."""
+    with ModelFile(path) as f:
+        _check_same_model(path, f.record, model)
+        return f.record, f.read_params(), f.read_optimizer_state()
+
+
+def _check_same_model(path: Any, record: dict[str, Any], model: Any) -> None:
+    mine = model.get_config()
+    for key in ("layers", "dtype"):
+        if record.get(key) != mine[key]:
+            raise ValueError(
+                f"checkpoint {path} holds another model: its {key} {record.get(key)!r} differ "
+                f"from this model's {mine[key]!r}"
+            )
+
+
+def _restore(path: Any, record: dict[str, Any], params: np.ndarray, opt_state: dict[str, np.ndarray],
+             model: Any, optimizer: Optimizer | None, root: bool) -> Optimizer | None:
+    """Put a read checkpoint into ``model``: everything that can fail is checked first."""
+    _check_same_model(path, record, model)
+    state = dict(record.get("train_state", {}))
+    saved = state.pop("optimizer", None)
+    generators = state.pop("generators", None)
+    if generators is not None:
+        check_generator_states(generators, str(path), sum(isinstance(l, Dropout) for l in model.layers))
+    if state.get("loss") is not None:
+        try:
+            model.resolve_loss(state["loss"])
+        except ValueError:  # a loss this mlpx does not know by name: fit's loss= decides
+            del state["loss"]
+    opt = optimizer
+    if saved is not None:
+        saved = {**saved, "state": opt_state}
+        if optimizer is None:
+            opt = Optimizer.from_state_dict(saved)
+        elif saved["optimizer"] != type(optimizer).__name__:
+            raise ValueError(
+                f"checkpoint {path} holds {saved['optimizer']} state, which cannot be loaded into "
+                f"{type(optimizer).__name__}"
+            )
+    model.set_flat_params(params)
+    model.load_train_state(state)
+    if generators is not None:
+        restore_generator_states(model, generators, shuffle=root)
+    if saved is None:
+        return optimizer
+    if optimizer is not None:
+        optimizer.load_state_dict(saved)
+    be = model.backend
+    with be.activated():
+        opt.bind(be, model.params, model.grads, model.n_weights, owner=model)
+    return opt
 
 
 class ModelCheckpoint(Callback):
