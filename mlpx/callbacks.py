@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 from mlpx.validation import check_bool, check_int, check_real
 
-__all__ = ["Callback", "EarlyStopping", "ProgressBar", "check_callbacks"]
+__all__ = ["Callback", "EarlyStopping", "ProgressBar", "check_callbacks", "check_mode", "monitor_sign"]
 
 
 class Callback:
@@ -75,6 +75,23 @@ def check_callbacks(callbacks: Iterable[Callback] | Callback | None) -> list[Cal
     return out
 
 
+def check_mode(mode: Any) -> str:
+    """A monitor's ``mode``: one of "auto", "min", "max" (``ValueError`` otherwise)."""
+    if not isinstance(mode, str) or mode not in ("auto", "min", "max"):
+        raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+    return mode
+
+
+def monitor_sign(key: str, mode: str) -> float:
+    """+1 where a lower ``key`` is better, -1 where a higher one is.
+
+    ``mode="auto"`` maximises keys containing "accuracy" or "r2" and minimises the rest.
+    """
+    if mode == "max" or (mode == "auto" and ("accuracy" in key or "r2" in key)):
+        return -1.0
+    return 1.0
+
+
 class EarlyStopping(Callback):
     """Stop when a monitored value stops improving; optionally restore the best weights.
 
@@ -108,8 +125,7 @@ class EarlyStopping(Callback):
         mode: str = "auto",
         restore_best_weights: bool = True,
     ) -> None:
-        if not isinstance(mode, str) or mode not in ("auto", "min", "max"):
-            raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+        check_mode(mode)
         if not isinstance(monitor, str):
             raise TypeError(f"monitor must be the name of a logged value, got {monitor!r}")
         self.monitor = monitor
@@ -127,9 +143,7 @@ class EarlyStopping(Callback):
         self._key: str | None = None
 
     def _sign(self, key: str) -> float:
-        if self.mode == "max" or (self.mode == "auto" and ("accuracy" in key or "r2" in key)):
-            return -1.0
-        return 1.0
+        return monitor_sign(key, self.mode)
 
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> None:
         key = self.monitor if self.monitor in logs else "loss"

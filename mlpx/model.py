@@ -833,6 +833,7 @@ class Sequential:
         lr: float | None = None,
         comm: Any = None,
         stream_data: bool | None = None,
+        resume_from: Any = None,
     ) -> Any:
         """Train on ``(X, y)`` with minibatch gradient descent.
 
@@ -876,6 +877,15 @@ class Sequential:
             through pinned, double-buffered copies (:mod:`mlpx.data`). ``None``
             (default) streams only on a GPU whose free memory the data would more than
             half fill; ``False`` moves it to the device once.
+        resume_from : str or path, optional
+            A checkpoint (:class:`~mlpx.saving.ModelCheckpoint`) of this run to
+            continue: its weights, optimizer state, counters and generator states
+            are loaded first (:func:`mlpx.saving.resume`), then the remaining
+            epochs run, so the result is bit-identical to the uninterrupted run.
+            ``epochs`` is the run's total (as Keras' ``epochs`` with
+            ``initial_epoch``): a checkpoint after 3 epochs and ``epochs=10`` runs 7.
+            The checkpoint's optimizer is used (``optimizer`` must name its kind or
+            be an instance of its class); ``lr`` and ``validation_split`` are refused.
 
         Returns
         -------
@@ -895,7 +905,7 @@ class Sequential:
             self, X, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer, loss=loss,
             validation_data=validation_data, validation_split=validation_split, shuffle=shuffle,
             callbacks=callbacks, verbose=verbose, sample_weight=sample_weight, l2=l2, lr=lr,
-            comm=comm, stream_data=stream_data,
+            comm=comm, stream_data=stream_data, resume_from=resume_from,
         )
 
     def shuffle_generator(self, rank: int = 0) -> np.random.Generator:

@@ -51,13 +51,14 @@ import numpy as np
 
 from mlpx.activations import ACTIVATIONS
 from mlpx.archive import Archive, ModelFileError
-from mlpx.callbacks import Callback
+from mlpx.callbacks import Callback, check_mode, monitor_sign
 from mlpx.distributed import make_reducer
 from mlpx.generators import check_generator_states, generator_states, restore_generator_states
 from mlpx.initializers import INITIALIZERS
 from mlpx.layers import Dropout
 from mlpx.optimizers import OPTIMIZERS, Optimizer
 from mlpx.precision import PRECISIONS
+from mlpx.validation import check_bool, check_int
 
 __all__ = [
     "FORMAT_VERSION",
@@ -68,6 +69,7 @@ __all__ = [
     "check_architecture",
     "load_checkpoint",
     "read_model_file",
+    "resume",
     "save_checkpoint",
     "write_model_file",
 ]
@@ -559,7 +561,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: Any, optimizer: Optimiz
 
 
 def load_checkpoint(
-    path: str | os.PathLike[str], model: Any, optimizer: Optimizer | None = None, comm: Any = None
+    path: str | os.PathLike[str], model: Any, optimizer: Optimizer | str | None = None, comm: Any = None
 ) -> Optimizer | None:
     """Restore a checkpoint written by :func:`save_checkpoint` into ``model``.
 
@@ -580,8 +582,11 @@ def load_checkpoint(
         ``path + ".npz"`` is found when ``path`` does not exist.
     model : Sequential
         Built with the checkpoint's architecture and dtype.
-    optimizer : Optimizer, optional
-        Receives the saved state (it must be of the saved class).
+    optimizer : Optimizer or str, optional
+        Receives the saved state (it must be of the saved class, with the saved
+        settings: rate, schedule, momenta). A name ("adam",
+        "sgd", ...) only checks that the saved optimizer is of that kind; the
+        returned one is new.
     comm : communicator, optional
         Rank 0 reads the file and broadcasts it (other ranks need not see the file
         system); every rank checks it against its own model, and a mismatch raises
@@ -599,7 +604,7 @@ def load_checkpoint(
         its optimizer's state.
     ValueError
         A checkpoint of another model (layers or dtype), or of another optimizer
-        class than ``optimizer``.
+        class or settings than ``optimizer``.
     """
     reducer = make_reducer(comm, model.backend)
     data = None
@@ -641,7 +646,7 @@ def _check_same_model(path: Any, record: dict[str, Any], model: Any) -> None:
 
 
 def _restore(path: Any, record: dict[str, Any], params: np.ndarray, opt_state: dict[str, np.ndarray],
-             model: Any, optimizer: Optimizer | None, root: bool) -> Optimizer | None:
+             model: Any, optimizer: Optimizer | str | None, root: bool) -> Optimizer | None:
     """Put a read checkpoint into ``model``: everything that can fail is checked first."""
     _check_same_model(path, record, model)
     state = dict(record.get("train_state", {}))
@@ -654,6 +659,16 @@ def _restore(path: Any, record: dict[str, Any], params: np.ndarray, opt_state: d
             model.resolve_loss(state["loss"])
         except ValueError:  # a loss this mlpx does not know by name: fit's loss= decides
             del state["loss"]
+    if isinstance(optimizer, str):
+        kind = OPTIMIZERS.get(optimizer.lower())
+        if kind is None:
+            raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(sorted(OPTIMIZERS))}")
+        if saved is not None and saved["optimizer"] != kind.__name__:
+            raise ValueError(
+                f"checkpoint {path} was trained with {saved['optimizer']}, not {kind.__name__} "
+                f"(optimizer={optimizer!r}); pass optimizer={saved['optimizer'].lower()!r} to resume it"
+            )
+        optimizer = None
     opt = optimizer
     if saved is not None:
         saved = {**saved, "state": opt_state}
@@ -663,6 +678,13 @@ def _restore(path: Any, record: dict[str, Any], params: np.ndarray, opt_state: d
             raise ValueError(
                 f"checkpoint {path} holds {saved['optimizer']} state, which cannot be loaded into "
                 f"{type(optimizer).__name__}"
+            )
+        elif json.loads(json.dumps(optimizer.get_config())) != saved["config"]:
+            # Its state would be continued under other settings: not the run it resumes.
+            raise ValueError(
+                f"checkpoint {path} was trained with {saved['optimizer']} settings {saved['config']}, "
+                f"the optimizer given has {optimizer.get_config()}; pass "
+                f"optimizer={saved['optimizer'].lower()!r} to resume with the saved settings"
             )
     model.set_flat_params(params)
     model.load_train_state(state)
@@ -678,26 +700,185 @@ def _restore(path: Any, record: dict[str, Any], params: np.ndarray, opt_state: d
     return opt
 
 
-class ModelCheckpoint(Callback):
-    """Save a resumable checkpoint every ``every`` epochs (rank 0 only in distributed fits).
+def resume(path: str | os.PathLike[str], model: Any, optimizer: Optimizer | str, epochs: int, *,
+           lr: float | None = None, validation_split: float = 0.0,
+           comm: Any = None) -> tuple[Optimizer | str, int]:
+    """What ``fit(..., resume_from=path)`` does before it trains.
+
+    Loads the checkpoint into ``model`` (:func:`load_checkpoint`: weights, optimizer
+    state, counters, generator states) and tells how many of the ``epochs`` are
+    left: ``epochs`` counts from the start of the run, as Keras' ``epochs`` with
+    ``initial_epoch``.
 
     Parameters
     ----------
     path : str or path
-        Overwritten each time (atomically); read back with :func:`load_checkpoint`.
+    model : Sequential
+    optimizer : Optimizer or str
+        ``fit``'s argument: an instance receives the saved state; a name must name
+        the saved optimizer's kind.
+    epochs : int
+        The run's total.
+    lr : None
+        A rate would break the exact continuation: set it on an optimizer instance.
+    validation_split : float
+        Must be 0: the held-out rows are drawn from the shuffle generator when
+        ``fit`` starts, so a resumed fit would hold out other rows than the run it
+        continues. Pass ``validation_data`` instead.
+    comm : communicator, optional
+
+    Returns
+    -------
+    optimizer : Optimizer or str
+        The one to train with (the checkpoint's, or ``optimizer`` when it holds none).
+    epochs_left : int
+        ``epochs`` less the checkpoint's ``epochs_done``; 0 or less: nothing to run.
+
+    Raises
+    ------
+    ValueError
+        ``lr`` or ``validation_split`` given, a checkpoint of another model, or of
+        another optimizer than ``optimizer``.
+    ModelFileError
+    """
+    epochs = check_int("epochs", epochs, low=1)
+    if lr is not None:
+        raise ValueError("lr= cannot be combined with resume_from (the checkpoint's optimizer carries its rate); "
+                         "to change the rate, pass an optimizer instance and set its lr after loading")
+    if validation_split:
+        raise ValueError("validation_split cannot be combined with resume_from: a resumed fit would hold out "
+                         "other rows than the run it continues; pass validation_data")
+    restored = load_checkpoint(path, model, optimizer, comm)
+    return (restored if restored is not None else optimizer), epochs - int(model.epochs_done_)
+
+
+class ModelCheckpoint(Callback):
+    """Save resumable checkpoints during ``fit`` (rank 0 only in distributed fits).
+
+    Each file is a :func:`save_checkpoint` file: ``mlpx.load`` reads it as a model,
+    and ``fit(..., resume_from=path)`` (or :func:`load_checkpoint`) continues the
+    run bit-identically. Files are written atomically, at the end of an epoch,
+    after the epoch's counters are updated.
+
+    Parameters
+    ----------
+    path : str or path
+        The file, or a template formatted with ``epoch`` (1-based: the number of
+        epochs done, as Keras numbers them) and the epoch's logs, e.g.
+        ``"ckpt-{epoch:03d}.npz"`` or ``"best-{val_loss:.4f}.npz"``. A plain path
+        is overwritten each time.
     every : int, default 1
+        Consider saving every ``every`` epochs (the epochs whose number is a
+        multiple of it).
+    monitor : str, optional
+        A key of the epoch logs (``"loss"``, ``"val_loss"``, ``"val_accuracy"``...)
+        whose best value is tracked (:attr:`best`, :attr:`best_epoch`). A key that
+        the logs do not hold raises ``ValueError`` naming the keys they hold, at the
+        first epoch considered.
+    mode : {"auto", "min", "max"}, default "auto"
+        Whether a lower or a higher ``monitor`` is better; "auto" maximises keys
+        containing "accuracy" or "r2" and minimises the rest.
+    save_best_only : bool, default False
+        Write only when ``monitor`` improved on the best value written so far
+        (needs ``monitor``). A NaN never improves.
+    keep_last : int, optional
+        Keep only the last ``keep_last`` files this callback wrote (older ones are
+        deleted after the new one is in place); None keeps all. Useful with a
+        template path.
+
+    Attributes
+    ----------
+    writes : int
+        Files written so far.
+    best : float or None
+        Best ``monitor`` value seen at the epochs considered (None before any, or
+        without ``monitor``).
+    best_epoch : int or None
+        Its 0-based epoch.
+    last_path : Path or None
+        The last file written.
+    kept : list of Path
+        The files written and not deleted by ``keep_last``, oldest first.
+
+    Raises
+    ------
+    ValueError
+        Bad settings (``save_best_only`` without ``monitor``, an unknown ``mode``,
+        ``every`` or ``keep_last`` not a positive integer).
+
+    Examples
+    --------
+    Keep the three best models by validation loss and resume after a crash:
+
+    >>> import numpy as np, mlpx
+    >>> X = np.random.default_rng(0).normal(size=(200, 4)); y = (X[:, 0] > 0).astype(int)
+    >>> model = mlpx.MLP([4, 16, 2], seed=0)
+    >>> best = mlpx.ModelCheckpoint("ckpt-{epoch:03d}.npz", monitor="val_loss",
+    ...                             save_best_only=True, keep_last=3)
+    >>> model.fit(X, y, epochs=20, validation_split=0.2, callbacks=[best])  # doctest: +SKIP
+    >>> mlpx.load(best.last_path)                                          # doctest: +SKIP
     """
 
     root_only = True
 
-    def __init__(self, path: str | os.PathLike[str], every: int = 1) -> None:
-        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
-            raise ValueError(f"every must be a positive integer, got {every!r}")
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        every: int = 1,
+        monitor: str | None = None,
+        mode: str = "auto",
+        save_best_only: bool = False,
+        keep_last: int | None = None,
+    ) -> None:
         self.path = path
-        self.every = int(every)
+        self.every = check_int("every", every, low=1)
+        if monitor is not None and not isinstance(monitor, str):
+            raise TypeError(f"monitor must be the name of a logged value or None, got {monitor!r}")
+        self.monitor = monitor
+        self.mode = check_mode(mode)
+        self.save_best_only = check_bool("save_best_only", save_best_only)
+        if self.save_best_only and monitor is None:
+            raise ValueError("save_best_only=True needs monitor= (the logged value that decides what is best)")
+        self.keep_last = None if keep_last is None else check_int("keep_last", keep_last, low=1)
         self.writes = 0
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.last_path: Path | None = None
+        self.kept: list[Path] = []
 
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> None:
-        if (epoch + 1) % self.every == 0:
-            save_checkpoint(self.path, model)
-            self.writes += 1
+        if (epoch + 1) % self.every:
+            return
+        improved = True
+        if self.monitor is not None:
+            if self.monitor not in logs:
+                raise ValueError(
+                    f"ModelCheckpoint monitors {self.monitor!r}, which the logs do not hold; they hold "
+                    f"{sorted(logs)} (val_* keys need validation_data or validation_split)"
+                )
+            sign = monitor_sign(self.monitor, self.mode)
+            value = float(logs[self.monitor])
+            improved = not math.isnan(value) and (self.best is None or sign * value < sign * self.best)
+            if improved:
+                self.best, self.best_epoch = value, epoch
+        if self.save_best_only and not improved:
+            return
+        target = self._target(epoch, logs)
+        written = Path(os.path.abspath(save_checkpoint(target, model)))
+        self.writes += 1
+        self.last_path = written
+        self.kept = [p for p in self.kept if p != written] + [written]
+        if self.keep_last is not None:
+            while len(self.kept) > self.keep_last:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.kept.pop(0))
+
+    def _target(self, epoch: int, logs: dict[str, float]) -> str:
+        template = os.fspath(self.path)
+        try:
+            return template.format(epoch=epoch + 1, **{k: float(v) for k, v in logs.items() if np.ndim(v) == 0})
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"ModelCheckpoint path {template!r} cannot be formatted with epoch and the logs "
+                f"{sorted(logs)}: {type(exc).__name__}: {exc}"
+            ) from None

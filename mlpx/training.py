@@ -38,6 +38,7 @@ from mlpx.distributed import Reducer, is_agreed, make_reducer, mark_agreed
 from mlpx.losses import Loss
 from mlpx.metrics import PREDICT_CHUNK, Chunk, holdout_scores, iter_chunks
 from mlpx.optimizers import Optimizer, get_optimizer
+from mlpx.saving import resume
 from mlpx.validation import check_dtype_range, check_real, check_sample_weight, encode_targets
 
 __all__ = ["History", "Holdout", "TrainingDivergedError", "fit", "train"]
@@ -472,6 +473,7 @@ def fit(
     lr: float | None = None,
     comm: Any = None,
     stream_data: bool | None = None,
+    resume_from: Any = None,
 ) -> History:
     """Train ``model`` on ``(X, y)``: see :meth:`mlpx.model.Sequential.fit`.
 
@@ -488,6 +490,11 @@ def fit(
     reducer = make_reducer(comm, be)
     if reducer.backend.name != be.name:
         raise ValueError(f"the reducer works on {reducer.backend.name}, the model on {be.name}")
+    if resume_from is not None:
+        optimizer, epochs = resume(resume_from, model, optimizer, epochs, lr=lr,
+                                   validation_split=validation_split, comm=reducer)
+        if epochs < 1:
+            return History()  # the checkpoint has done every epoch asked for
     setup: _Setup = reducer.agreed(
         "setup", _prepare, model, reducer, X, y, epochs, batch_size, optimizer, loss,
         validation_data, validation_split, shuffle, callbacks, sample_weight, l2, lr, stream_data,
