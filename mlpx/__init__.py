@@ -20,6 +20,7 @@ from mlpx.activations import ACTIVATIONS
 from mlpx.backends import available_backends, get_backend
 from mlpx.callbacks import Callback, EarlyStopping, ProgressBar
 from mlpx.layers import GELU, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from mlpx.loggers import CSVLogger, MLflowLogger, TensorBoardLogger
 from mlpx.losses import LOSSES
 from mlpx.model import MLP, Sequential, load
 from mlpx.optimizers import SGD, Adam, AdamW, RMSprop
@@ -40,6 +41,7 @@ __all__ = [
     "SGD",
     "Adam",
     "AdamW",
+    "CSVLogger",
     "Callback",
     "Constant",
     "Cosine",
@@ -51,6 +53,7 @@ __all__ = [
     "InvalidParameterError",
     "InverseScaling",
     "LeakyReLU",
+    "MLflowLogger",
     "ModelCheckpoint",
     "ProgressBar",
     "RMSprop",
@@ -61,6 +64,7 @@ __all__ = [
     "Softmax",
     "StepDecay",
     "Tanh",
+    "TensorBoardLogger",
     "MLPClassifier",
     "MLPRegressor",
     "ModelFileError",

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from mlpx.callbacks import Callback, ProgressBar, check_callbacks
+from mlpx.callbacks import BatchHooks, Callback, ProgressBar, check_callbacks
 from mlpx.data import Batch, make_batches, to_host
 from mlpx.distributed import Reducer, is_agreed, make_reducer, mark_agreed
 from mlpx.losses import Loss
@@ -251,6 +251,7 @@ def _train(model: Any, source: Any, optimizer: Optimizer, loss: Any, reducer: Re
             reducer.broadcast_params(model.params)  # rank 0's weights everywhere
     epoch0 = model.epochs_done_
     reducer.agreed("on_train_begin", _each, callbacks, "on_train_begin", model, epochs)
+    hooks = BatchHooks.of(callbacks, distributed=reducer.size > 1)  # None: no per-step call
 
     for e in range(epochs):
         epoch = epoch0 + e
@@ -284,6 +285,8 @@ def _train(model: Any, source: Any, optimizer: Optimizer, loss: Any, reducer: Re
                     state.pending = exc
             if not learns[j]:
                 continue  # no rows (or only zero weights) on any rank: nothing to learn
+            if hooks is not None:
+                state.pending = hooks.begin(model, j, epoch, step_rows[j], state.pending)
             res = done[j] if done is not None else model.train_step(
                 None if batch is None else batch.X, None if batch is None else batch.Y,
                 None if batch is None else batch.w, denom=D[j] if members else float(D[j]), loss=loss,
@@ -298,6 +301,8 @@ def _train(model: Any, source: Any, optimizer: Optimizer, loss: Any, reducer: Re
             state.weight = state.weight + (weights[j] if members else float(weights[j]))
             if res.correct is not None:
                 state.hits = state.hits + res.correct
+            if hooks is not None:
+                state.pending = hooks.end(model, j, epoch, step_rows[j], term, res.correct, state.pending)
         close = getattr(batches, "close", None)
         if close is not None:
             close()  # an epoch left early (a failure) must release a streamed source
