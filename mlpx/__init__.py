@@ -19,6 +19,7 @@ if _importlib_util.find_spec("mlpx.backends") is None:  # pragma: no cover - uni
 from mlpx.activations import ACTIVATIONS
 from mlpx.backends import available_backends, get_backend
 from mlpx.callbacks import Callback, EarlyStopping, ProgressBar
+from mlpx.determinism import deterministic, is_deterministic, set_deterministic
 from mlpx.layers import GELU, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from mlpx.loggers import CSVLogger, MLflowLogger, TensorBoardLogger
 from mlpx.losses import LOSSES
@@ -70,10 +71,13 @@ __all__ = [
     "ModelFileError",
     "TrainingDivergedError",
     "available_backends",
+    "deterministic",
     "get_backend",
+    "is_deterministic",
     "load",
     "load_checkpoint",
     "save_checkpoint",
+    "set_deterministic",
 ]
 
 
