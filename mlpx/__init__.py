@@ -23,7 +23,8 @@ from mlpx.determinism import deterministic, is_deterministic, set_deterministic
 from mlpx.layers import GELU, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from mlpx.loggers import CSVLogger, MLflowLogger, TensorBoardLogger
 from mlpx.losses import LOSSES
-from mlpx.model import MLP, Sequential, load
+from mlpx.loading import load
+from mlpx.model import MLP, Sequential
 from mlpx.optimizers import SGD, Adam, AdamW, RMSprop
 from mlpx.saving import ModelCheckpoint, ModelFileError, load_checkpoint, save_checkpoint
 from mlpx.schedules import Adaptive, Constant, Cosine, InverseScaling, StepDecay

@@ -67,6 +67,7 @@ __all__ = [
     "ModelFile",
     "ModelFileError",
     "check_architecture",
+    "checkpoint_contents",
     "load_checkpoint",
     "read_model_file",
     "resume",
@@ -88,7 +89,7 @@ _TMP_MARK = ".mlpx-tmp-"
 
 _RECORD_KEYS = {"format", "version", "layers", "dtype", "seed"}
 _TRAIN_STATE_KEYS = {"epochs_done", "samples_seen", "loss", "loss_scaler", "optimizer", "generators"}
-_OPTIONAL_KEYS = {"precision", "train_state"}
+_OPTIONAL_KEYS = {"precision", "train_state", "estimator"}
 _LAYER_KEYS = {
     "Dense": {"type", "n_in", "n_out", "activation", "init"},
     "ActivationLayer": {"type", "activation"},
@@ -375,6 +376,8 @@ def _parse_record(text: str, where: str) -> dict[str, Any]:
     unknown = set(record) - _RECORD_KEYS - _OPTIONAL_KEYS
     if unknown:
         raise ModelFileError(f"{where}: the config has unknown keys {sorted(unknown)}")
+    if "estimator" in record and not isinstance(record["estimator"], dict):
+        raise ModelFileError(f"{where}: the estimator record must be a JSON object")
     if "train_state" in record:
         layers = record.get("layers")
         n_dropout = (sum(isinstance(l, dict) and l.get("type") == "Dropout" for l in layers)
@@ -543,6 +546,21 @@ def save_checkpoint(path: str | os.PathLike[str], model: Any, optimizer: Optimiz
     >>> _ = model.fit(X, y, epochs=2)
     >>> path = mlpx.save_checkpoint(tmp / "run.npz", model)   # doctest: +SKIP
     """
+    config, arrays = checkpoint_contents(model, optimizer)
+    return write_model_file(path, config, arrays)
+
+
+def checkpoint_contents(model: Any, optimizer: Optimizer | None = None
+                        ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """What :func:`save_checkpoint` writes: the record (with ``train_state``) and the arrays.
+
+    Returns
+    -------
+    config : dict
+        ``model.get_config()`` with ``"train_state"``.
+    arrays : dict of str -> ndarray
+        ``"params"`` and the optimizer's ``"opt_<name>"`` arrays, each of shape (n_params,).
+    """
     state = model.train_state()
     opt = optimizer if optimizer is not None else model.optimizer_
     arrays: dict[str, np.ndarray] = {"params": model.get_flat_params()}
@@ -557,7 +575,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: Any, optimizer: Optimiz
                                      else np.asarray(value))
         state["optimizer"] = saved
     state["generators"] = generator_states(model)
-    return write_model_file(path, {**model.get_config(), "train_state": state}, arrays)
+    return {**model.get_config(), "train_state": state}, arrays
 
 
 def load_checkpoint(
