@@ -108,13 +108,13 @@ def test_batch_hooks_on_a_stack_s_compiled_epoch(monkeypatch) -> None:
     assert kinds == ["train_begin"] + (["begin", "end"] * 3 + ["epoch"]) * 2 + ["train_end"]
 
 
-def test_unused_batch_hooks_cost_no_call(monkeypatch) -> None:
+def test_unused_batch_hooks_cost_no_call(monkeypatch, tmp_path) -> None:
     """No callback overriding a batch hook (the built-in ones included): no per-step call."""
     monkeypatch.setattr(BatchHooks, "begin", lambda *a: pytest.fail("per-step call"))
     monkeypatch.setattr(BatchHooks, "end", lambda *a: pytest.fail("per-step call"))
     X, y = _data()
-    quiet = [mlpx.EarlyStopping(monitor="loss"), mlpx.ProgressBar(0), mlpx.CSVLogger("/dev/null"),
-             ModelCheckpoint("/tmp/unused-{epoch}.npz", every=1000)]
+    quiet = [mlpx.EarlyStopping(monitor="loss"), mlpx.ProgressBar(0), mlpx.CSVLogger(tmp_path / "log.csv"),
+             ModelCheckpoint(tmp_path / "ck-{epoch}.npz")]
     assert BatchHooks.of(quiet) is None
     mlpx.MLP([4, 6, 3], seed=0).fit(X, y, epochs=2, callbacks=quiet)
 
