@@ -759,6 +759,14 @@ def resume(path: str | os.PathLike[str], model: Any, optimizer: Optimizer | str,
         another optimizer than ``optimizer``.
     ModelFileError
     """
+    reducer = make_reducer(comm, model.backend)
+    # Agreed: a rank that refuses its arguments must not leave the others in the broadcast.
+    epochs = reducer.agreed("checking resume_from", _check_resume, epochs, lr, validation_split)
+    restored = load_checkpoint(path, model, optimizer, reducer)
+    return (restored if restored is not None else optimizer), epochs - int(model.epochs_done_)
+
+
+def _check_resume(epochs: Any, lr: Any, validation_split: Any) -> int:
     epochs = check_int("epochs", epochs, low=1)
     if lr is not None:
         raise ValueError("lr= cannot be combined with resume_from (the checkpoint's optimizer carries its rate); "
@@ -766,8 +774,7 @@ def resume(path: str | os.PathLike[str], model: Any, optimizer: Optimizer | str,
     if validation_split:
         raise ValueError("validation_split cannot be combined with resume_from: a resumed fit would hold out "
                          "other rows than the run it continues; pass validation_data")
-    restored = load_checkpoint(path, model, optimizer, comm)
-    return (restored if restored is not None else optimizer), epochs - int(model.epochs_done_)
+    return epochs
 
 
 class ModelCheckpoint(Callback):
