@@ -30,6 +30,7 @@ import math
 import os
 import stat
 import struct
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -54,8 +55,11 @@ _ZIP64_LOCATOR_MAGIC = b"PK\x06\x07"
 _ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")  # 56 bytes
 _ZIP64_EOCD_MAGIC = b"PK\x06\x06"
 _MAX_COMMENT = 0xFFFF
+# What the zip, zlib and .npy readers raise on bad input (NumPy's header parser lets a
+# tokenizer error through for headers it takes for Python 2 ones).
 _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, struct.error, EOFError, OSError,
-               NotImplementedError, RuntimeError, ValueError, UnicodeError, OverflowError)
+               NotImplementedError, RuntimeError, ValueError, UnicodeError, OverflowError, SyntaxError,
+               tokenize.TokenError)
 
 
 class ModelFileError(ValueError):

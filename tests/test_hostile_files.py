@@ -260,6 +260,8 @@ def _hostile(draw):
         _zip(buf, {"config.npy": _npy(np.array(json.dumps(record))),
                    "params.npy": header.getvalue() + params.tobytes()}, compression)
         data = buf.getvalue()
+        if descr == ">f4":  # the same bytes read as big-endian: other values, and what the file says
+            params = np.frombuffer(params.tobytes(), ">f4").astype(np.float32)
     out = bytearray(data)
     for _ in range(draw(st.integers(0 if kind != "bytes" else 1, 3))):
         op = draw(st.sampled_from(["flip", "set", "cut", "insert", "dup"]))
@@ -298,3 +300,13 @@ def test_any_file_loads_as_written_or_is_refused_within_the_memory_bound(tmp_pat
         # a file that loads holds exactly what was written
         assert np.array_equal(model.get_flat_params(), params)
         assert model.get_config()["layers"] == record["layers"]
+
+
+@pytest.mark.parametrize("body", [b"{" + b"'" * 116, b"{'descr': '<f4', }}" + b" " * 98, b"\xff" * 117])
+def test_a_npy_header_numpy_cannot_parse_is_a_model_file_error(tmp_path, body) -> None:
+    """NumPy's header parser raises a tokenizer error (not a ValueError) on some headers."""
+    header = b"\x93NUMPY\x01\x00" + (len(body) + 1).to_bytes(2, "little") + body + b"\n"
+    _zip(tmp_path / "h.npz", {"config.npy": _npy(np.array(json.dumps(_record([2, 2])))),
+                             "params.npy": header + bytes(24)})
+    with pytest.raises(ModelFileError, match="not a readable mlpx model file"):
+        mlpx.load(tmp_path / "h.npz")

@@ -106,7 +106,7 @@ def _labels_in(record: Any, where: str) -> np.ndarray:
         raise ModelFileError(f"{where}: estimator classes_ must be {{'dtype', 'values'}}")
     try:
         dtype = np.dtype(record["dtype"])
-    except TypeError:
+    except (TypeError, ValueError, OverflowError):
         dtype = None
     values = record["values"]
     ok = dtype is not None and (
@@ -197,7 +197,7 @@ def load_estimator(path: str | os.PathLike[str], classes: dict[str, type], backe
     with ModelFile(path, max_params=max_params) as f:
         where = str(f.path)
         rec = f.record.get("estimator")
-        if not isinstance(rec, dict) or rec.get("class") not in classes:
+        if not isinstance(rec, dict) or not isinstance(rec.get("class"), str) or rec["class"] not in classes:
             raise ModelFileError(f"{where}: not an estimator file (estimator class {_get(rec, 'class')!r})")
         est = classes[rec["class"]]()
         widths = _network(f.record, where)
