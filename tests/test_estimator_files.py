@@ -23,6 +23,7 @@ from sklearn.datasets import load_iris  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning, NotFittedError  # noqa: E402
 
 import mlpx  # noqa: E402
+from _records import DELETE, paths, set_path  # noqa: E402
 from mlpx import MLPClassifier, MLPRegressor, ModelFileError  # noqa: E402
 from mlpx.saving import read_model_file  # noqa: E402
 
@@ -164,19 +165,6 @@ def _rewrite(path, record, arrays) -> None:
     np.savez(path, config=np.array(json.dumps(record)), **arrays)
 
 
-def _set(record, where, value):
-    out = copy.deepcopy(record)
-    target = out
-    for key in where[:-1]:
-        target = target[key]
-    if value is _DELETE:
-        del target[where[-1]]
-    else:
-        target[where[-1]] = value
-    return out
-
-
-_DELETE = object()
 E = ("estimator",)
 BAD = [
     (E, "MLPClassifier", "JSON object"),
@@ -189,7 +177,7 @@ BAD = [
     (E + ("params", "hidden_layer_sizes"), [{"a": 1}], "no estimator takes"),
     (E + ("params", "activation"), "tanh", "hidden activations"),
     (E + ("params", "bogus"), 1, "params must be exactly"),
-    (E + ("params", "alpha"), _DELETE, "params must be exactly"),
+    (E + ("params", "alpha"), DELETE, "params must be exactly"),
     (E + ("fitted", "n_iter_"), -1, "n_iter_"),
     (E + ("fitted", "n_iter_"), 1.5, "n_iter_"),
     (E + ("fitted", "n_features_in_"), 5, "n_features_in_"),
@@ -218,7 +206,7 @@ BAD = [
 @pytest.mark.parametrize("where, value, match", BAD, ids=[f"{'.'.join(map(str, c[0]))}={c[1]!r}"[:60] for c in BAD])
 def test_bad_estimator_records_are_refused(tmp_path, where, value, match) -> None:
     record, arrays = _saved(tmp_path)
-    _rewrite(tmp_path / "bad.npz", _set(record, where, value), arrays)
+    _rewrite(tmp_path / "bad.npz", set_path(record, where, value), arrays)
     with pytest.raises(ModelFileError, match=match):
         mlpx.load(tmp_path / "bad.npz")
 
@@ -248,14 +236,6 @@ _json = st.recursive(_leaf, lambda c: st.lists(c, max_size=3) | st.dictionaries(
                      max_leaves=5)
 
 
-def _paths(obj, prefix=()):
-    yield prefix
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _paths(v, prefix + (k,))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            yield from _paths(v, prefix + (i,))
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +249,7 @@ def test_fuzzed_estimator_records_load_or_raise_model_file_error(tmp_path, saved
     record, arrays = saved_record
     record = copy.deepcopy(record)
     for _ in range(data.draw(st.integers(1, 3))):
-        where = data.draw(st.sampled_from([p for p in _paths(record["estimator"], ("estimator",)) if len(p) > 1]))
+        where = data.draw(st.sampled_from([p for p in paths(record["estimator"], ("estimator",)) if len(p) > 1]))
         parent = record
         for key in where[:-1]:
             parent = parent[key]
