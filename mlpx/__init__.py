@@ -28,9 +28,12 @@ if _importlib_util.find_spec("mlpx.backends") is None:  # pragma: no cover - uni
 from mlpx.activations import ACTIVATIONS
 from mlpx.backends import available_backends, get_backend
 from mlpx.callbacks import Callback, EarlyStopping, ProgressBar
+from mlpx.determinism import deterministic, is_deterministic, set_deterministic
 from mlpx.layers import GELU, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from mlpx.loggers import CSVLogger, MLflowLogger, TensorBoardLogger
 from mlpx.losses import LOSSES
-from mlpx.model import MLP, Sequential, load
+from mlpx.loading import load
+from mlpx.model import MLP, Sequential
 from mlpx.optimizers import SGD, Adam, AdamW, RMSprop
 from mlpx.saving import ModelCheckpoint, ModelFileError, load_checkpoint, save_checkpoint
 from mlpx.schedules import Adaptive, Constant, Cosine, InverseScaling, StepDecay
@@ -49,6 +52,7 @@ __all__ = [
     "SGD",
     "Adam",
     "AdamW",
+    "CSVLogger",
     "Callback",
     "Constant",
     "Cosine",
@@ -60,6 +64,7 @@ __all__ = [
     "InvalidParameterError",
     "InverseScaling",
     "LeakyReLU",
+    "MLflowLogger",
     "ModelCheckpoint",
     "ProgressBar",
     "RMSprop",
@@ -70,15 +75,19 @@ __all__ = [
     "Softmax",
     "StepDecay",
     "Tanh",
+    "TensorBoardLogger",
     "MLPClassifier",
     "MLPRegressor",
     "ModelFileError",
     "TrainingDivergedError",
     "available_backends",
+    "deterministic",
     "get_backend",
+    "is_deterministic",
     "load",
     "load_checkpoint",
     "save_checkpoint",
+    "set_deterministic",
 ]
 
 

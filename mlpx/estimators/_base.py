@@ -47,6 +47,7 @@ from mlpx.backends import Backend, get_backend
 from mlpx.callbacks import Callback
 from mlpx.data import densify, is_device_array, is_sparse, make_batches, sparse_to_backend, take_host_rows, to_host
 from mlpx.distributed import Reducer, make_reducer
+from mlpx.estimators._persistence import save_estimator
 from mlpx.estimators._runtime import Runtime, glorot_draws
 from mlpx.metrics import PREDICT_CHUNK, holdout_scores, iter_chunks
 from mlpx.optimizers import SGD, Adam, Optimizer
@@ -362,6 +363,29 @@ class BaseMLP(BaseEstimator):
         if rt is not None:
             state["_rt_host"] = rt.state()
         return state
+
+    def save(self, path: Any) -> Any:
+        """Write this fitted estimator to ``path`` (``.npz`` appended when missing).
+
+        The file is an mlpx model file (no pickle): the network, the optimizer's
+        state, the hyperparameters, the fitted attributes and the label encoding.
+        :func:`mlpx.load` returns the fitted estimator, whose ``predict``,
+        ``predict_proba``, ``score`` and ``partial_fit`` continue as this one's
+        would. The write is atomic. Returns the path written.
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+        ValueError
+            Class labels that are not numbers, booleans or strings.
+
+        Examples
+        --------
+        >>> clf = mlpx.MLPClassifier(max_iter=50).fit(X, y)        # doctest: +SKIP
+        >>> clf.save("clf.npz")                                      # doctest: +SKIP
+        >>> mlpx.load("clf.npz").predict(X)                          # doctest: +SKIP
+        """
+        return save_estimator(self, path)
 
     # ----------------------------------------------------- input checking
     def _validate_X_predict(self, X: Any) -> Any:
