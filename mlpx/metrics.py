@@ -72,7 +72,7 @@ def correct_count(xp: Any, Z: Array, Y: Array, w: Array | None, output: str) -> 
 
 
 @lazy_njit
-def arg_max(Z, i):  # pragma: no cover - compiled
+def arg_max(Z: np.ndarray, i: int) -> int:  # pragma: no cover - compiled
     """``numpy.argmax`` of row ``i`` of ``Z`` (n, k): the first maximum, or the first
     NaN (NumPy and CuPy count NaN as the largest), so a diverged model's count is
     the same on every backend."""
@@ -87,11 +87,11 @@ def arg_max(Z, i):  # pragma: no cover - compiled
 
 
 @lazy_njit
-def row_hit(Z, Y, i, softmax, threshold):  # pragma: no cover - compiled
+def row_hit(Z: np.ndarray, Y: np.ndarray, i: int, softmax: bool, threshold: float) -> bool:  # pragma: no cover
     """Is row ``i`` of ``Z`` (n, k) predicted right, as :func:`correct_count` decides
     (``threshold``: 0 for logits, 0.5 for probabilities)?"""
     if softmax:
-        return arg_max(Z, i) == arg_max(Y, i)
+        return bool(arg_max(Z, i) == arg_max(Y, i))
     for j in range(Z.shape[1]):
         if (Z[i, j] > threshold) != (Y[i, j] > 0.5):
             return False
@@ -99,7 +99,7 @@ def row_hit(Z, Y, i, softmax, threshold):  # pragma: no cover - compiled
 
 
 @lazy_njit
-def hit_rows(Z, Y, w, softmax):  # pragma: no cover - compiled
+def hit_rows(Z: np.ndarray, Y: np.ndarray, w: np.ndarray, softmax: bool) -> int:  # pragma: no cover - compiled
     """Rows of ``Z`` (n, c) with positive weight ``w`` (n,) predicted right, as
     :func:`correct_count` counts them.
 

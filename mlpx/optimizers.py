@@ -1267,6 +1267,7 @@ class RMSprop(Optimizer):
         return lr[None, :]
 
 
+#: Optimizer class by name (``optimizer=`` of ``fit``).
 OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
 
 
