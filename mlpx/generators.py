@@ -12,7 +12,8 @@ starts from the same generator states, so checkpoints carry them
 The record is JSON: ``{"shuffle": <state> or null, "dropout": [<state>, ...]}``,
 one dropout state per Dropout layer in layer order, each state NumPy's own
 ``bit_generator.state`` dict of a PCG64 generator (128-bit integers as JSON
-integers).
+integers). A stack of K members (:class:`~mlpx.stacked.Stack`) has a list of K
+states in each place: ``"shuffle"`` (or null) and every Dropout layer's entry.
 """
 
 from __future__ import annotations
@@ -29,10 +30,21 @@ _KEYS = {"shuffle", "dropout"}
 _PCG64_KEYS = {"bit_generator", "state", "has_uint32", "uinteger"}
 
 
-def _dropout_generators(model: Any) -> list[np.random.Generator]:
-    """A single network's mask generator of every Dropout layer, in layer order."""
+def _members(model: Any) -> bool:
+    return hasattr(model, "shuffle_rngs_")
+
+
+def _shuffle_generators(model: Any) -> list[np.random.Generator] | None:
+    """The generators of ``fit``'s order: one (a network) or one per member (a stack)."""
+    if _members(model):
+        return model.shuffle_rngs_
+    return None if model.shuffle_rng_ is None else [model.shuffle_rng_]
+
+
+def _dropout_generators(model: Any) -> list[list[np.random.Generator]]:
+    """Every Dropout layer's mask generators, in layer order (one per member)."""
     gens = model.dropout_generators()
-    return [gens[i][0] for i in sorted(gens)]
+    return [gens[i] for i in sorted(gens)]
 
 
 def generator_states(model: Any) -> dict[str, Any]:
@@ -40,17 +52,19 @@ def generator_states(model: Any) -> dict[str, Any]:
 
     Parameters
     ----------
-    model : Sequential
+    model : Sequential or Stack
 
     Returns
     -------
     dict
-        ``{"shuffle": state or None (no fit has shuffled yet), "dropout": [state, ...]}``.
+        ``{"shuffle": state or None (no fit has shuffled yet), "dropout": [state, ...]}``;
+        for a stack every state is a list of the members' states.
     """
-    rng = model.shuffle_rng_
+    pick = (lambda states: states) if _members(model) else (lambda states: states[0])  # noqa: E731
+    shuffle = _shuffle_generators(model)
     return {
-        "shuffle": None if rng is None else _plain(rng.bit_generator.state),
-        "dropout": [_plain(g.bit_generator.state) for g in _dropout_generators(model)],
+        "shuffle": None if shuffle is None else pick([_plain(g.bit_generator.state) for g in shuffle]),
+        "dropout": [pick([_plain(g.bit_generator.state) for g in layer]) for layer in _dropout_generators(model)],
     }
 
 
@@ -84,7 +98,19 @@ def _check_pcg64(state: Any, what: str, where: str) -> None:
         raise ModelFileError(f"{where}: {what} is not a valid PCG64 state ({exc})") from None
 
 
-def check_generator_states(states: Any, where: str, n_dropout: int | None = None) -> None:
+def _check_members(state: Any, what: str, where: str, n_members: int | None) -> None:
+    """One generator's state, or a list of the K members' (``n_members``)."""
+    if n_members is None:
+        _check_pcg64(state, what, where)
+        return
+    if not isinstance(state, list) or len(state) != n_members:
+        raise ModelFileError(f"{where}: {what} must be a list of the {n_members} members' states")
+    for k, st in enumerate(state):
+        _check_pcg64(st, f"{what}[{k}]", where)
+
+
+def check_generator_states(states: Any, where: str, n_dropout: int | None = None,
+                           n_members: int | None = None) -> None:
     """Check a :func:`generator_states` record.
 
     Parameters
@@ -95,6 +121,8 @@ def check_generator_states(states: Any, where: str, n_dropout: int | None = None
         Named in the error.
     n_dropout : int, optional
         Dropout layers of the model it is for (checked when given).
+    n_members : int, optional
+        The members of the stack it is for (None: a single network).
 
     Raises
     ------
@@ -103,7 +131,7 @@ def check_generator_states(states: Any, where: str, n_dropout: int | None = None
     if not isinstance(states, dict) or set(states) != _KEYS:
         raise ModelFileError(f"{where}: train_state.generators must be an object with keys {sorted(_KEYS)}")
     if states["shuffle"] is not None:
-        _check_pcg64(states["shuffle"], "train_state.generators.shuffle", where)
+        _check_members(states["shuffle"], "train_state.generators.shuffle", where, n_members)
     dropout = states["dropout"]
     if not isinstance(dropout, list):
         raise ModelFileError(f"{where}: train_state.generators.dropout must be a list")
@@ -113,7 +141,7 @@ def check_generator_states(states: Any, where: str, n_dropout: int | None = None
             f"{n_dropout} Dropout layers"
         )
     for i, state in enumerate(dropout):
-        _check_pcg64(state, f"train_state.generators.dropout[{i}]", where)
+        _check_members(state, f"train_state.generators.dropout[{i}]", where, n_members)
 
 
 def restore_generator_states(model: Any, states: dict[str, Any], shuffle: bool = True) -> None:
@@ -121,7 +149,7 @@ def restore_generator_states(model: Any, states: dict[str, Any], shuffle: bool =
 
     Parameters
     ----------
-    model : Sequential
+    model : Sequential or Stack
     states : dict
     shuffle : bool, default True
         Restore the shuffle generator too (in data-parallel training only rank 0's
@@ -132,9 +160,14 @@ def restore_generator_states(model: Any, states: dict[str, Any], shuffle: bool =
     ModelFileError
         A bad record, or one for another number of Dropout layers.
     """
-    gens = _dropout_generators(model)
-    check_generator_states(states, "checkpoint", len(gens))
+    layers = _dropout_generators(model)
+    stack = _members(model)
+    check_generator_states(states, "checkpoint", len(layers), model.n_members if stack else None)
+    many = (lambda st: st) if stack else (lambda st: [st])  # noqa: E731
     if shuffle and states["shuffle"] is not None:
-        model.shuffle_generator(0).bit_generator.state = states["shuffle"]
-    for g, state in zip(gens, states["dropout"]):
-        g.bit_generator.state = state
+        gens = model.shuffle_generators(0) if stack else [model.shuffle_generator(0)]
+        for g, st in zip(gens, many(states["shuffle"])):
+            g.bit_generator.state = st
+    for gens, state in zip(layers, states["dropout"]):
+        for g, st in zip(gens, many(state)):
+            g.bit_generator.state = st

@@ -2,6 +2,8 @@
 
 * a model (``Sequential.save``) or a checkpoint (:class:`~mlpx.saving.ModelCheckpoint`):
   a :class:`~mlpx.model.Sequential` (:func:`mlpx.model.load`);
+* a stack (``Stack.save``) or a stack's checkpoint: a :class:`~mlpx.stacked.Stack`
+  (:func:`mlpx.stacked.load`);
 * a fitted estimator (``MLPClassifier.save`` / ``MLPRegressor.save``): the fitted
   estimator (:func:`mlpx.estimators.load_estimator`, which needs scikit-learn).
 
@@ -14,6 +16,7 @@ from typing import Any
 
 from mlpx.backends import Backend
 from mlpx.model import load as load_model
+from mlpx.stacked import load as load_stack
 from mlpx.saving import MAX_PARAMS, ModelFile
 
 __all__ = ["load"]
@@ -34,7 +37,7 @@ def load(path: Any, backend: str | Backend = "cpu", *, max_params: int = MAX_PAR
 
     Returns
     -------
-    Sequential, MLPClassifier or MLPRegressor
+    Sequential, Stack, MLPClassifier or MLPRegressor
 
     Raises
     ------
@@ -57,6 +60,9 @@ def load(path: Any, backend: str | Backend = "cpu", *, max_params: int = MAX_PAR
     """
     with ModelFile(path, max_params=max_params) as f:
         estimator = "estimator" in f.record
+        stack = f.n_members is not None
+    if stack:
+        return load_stack(path, backend, max_params=max_params)
     if not estimator:
         return load_model(path, backend, max_params=max_params)
     try:

@@ -25,7 +25,6 @@ from mlpx.activations import get_activation
 from mlpx.backends import Backend, BackendError, get_backend
 from mlpx.layers import Dense, Dropout, Layer, layer_from_config
 from mlpx.losses import Loss, OutputLoss, l2_penalty
-from mlpx.metrics import PREDICT_CHUNK, holdout_scores, iter_chunks
 from mlpx.network import Network, StepResult
 from mlpx.optimizers import Optimizer
 from mlpx.precision import all_finite
@@ -481,21 +480,7 @@ class Sequential(Network):
         dict
             ``{"loss": ..., "accuracy": ...}`` or ``{"loss": ..., "r2": ...}``.
         """
-        be = self.backend
-        X = self.check_input(X)
-        lossfn = self.resolve_loss(loss if loss is not None else self.loss_)
-        Y = encode_targets(y, self.output.name, self.n_outputs_, X.shape[0], dtype=self.dtype, loss=lossfn.name)
-        w = check_sample_weight(sample_weight, X.shape[0], dtype=self.dtype)
-        n = X.shape[0]
-
-        def chunks() -> Iterable[tuple[Array, Array, Array | None, None]]:
-            for a, b in iter_chunks(n, PREDICT_CHUNK):
-                yield (be.asarray(X[a:b, :], dtype=self.compute_dtype), be.asarray(Y[a:b], dtype=self.dtype),
-                       None if w is None else be.asarray(w[a:b], dtype=self.dtype), None)
-
-        with self.compute_context(min(n, PREDICT_CHUNK)), self.parameter_lock.read():
-            scores = holdout_scores(self, chunks, self._one_rank, lossfn)
-        return {k: float(v[0]) for k, v in scores.items() if k != "weight"}
+        return {k: float(v[0]) for k, v in self.evaluate_members(X, y, sample_weight, loss).items()}
 
     # --------------------------------------------------------------- training
     def fit(
@@ -607,50 +592,10 @@ class Sequential(Network):
         """The loop's per-member logs as a single network shows them: floats."""
         return {k: float(np.asarray(v, dtype=np.float64).reshape(-1)[0]) for k, v in logs.items()}
 
-    def train_state(self) -> dict[str, Any]:
-        """Progress as data: counters, the optimizer's and the loss scaler's state."""
-        state: dict[str, Any] = {"epochs_done": int(self.epochs_done_), "samples_seen": int(self.samples_seen_)}
-        if self.optimizer_ is not None:
-            state["optimizer"] = self.optimizer_.state_dict()
-        if self.loss_ is not None:
-            state["loss"] = self.loss_.name
-        scaler = self.precision_.scaler
-        if scaler is not None:  # fp16: resume with the scale reached, not from 2**16 again
-            state["loss_scaler"] = scaler.get_state()
-        return state
-
-    def load_train_state(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`train_state` (the optimizer is rebuilt, bound at the next fit)."""
-        self.epochs_done_ = int(state.get("epochs_done", 0))
-        self.samples_seen_ = int(state.get("samples_seen", 0))
-        if state.get("optimizer") is not None:
-            self.optimizer_ = Optimizer.from_state_dict(state["optimizer"])
-            if self.built:
-                self.optimizer_.bind(self.backend, self.params, self.grads, self.n_weights, owner=self)
-        if state.get("loss") is not None:
-            self.loss_ = self.resolve_loss(state["loss"])
-        scaler = self.precision_.scaler
-        if "loss_scaler" in state and scaler is not None:
-            scaler.set_state(state["loss_scaler"])
-
     # ------------------------------------------------------------- save/load
     def get_config(self) -> dict[str, Any]:
         """Architecture record (JSON-serialisable) that :func:`mlpx.load` rebuilds from."""
-        self._require_built()
-        layers = [l.get_config() for l in self.layers]
-        last = layers[-1] if layers else {}
-        # A Dense without activation at the end carries the output activation itself;
-        # anything else gets an explicit output layer (also an identity one after an
-        # activated Dense, whose activation would otherwise be read as the output).
-        if last.get("type") == "Dense" and last.get("activation") == "identity":
-            layers[-1] = {**last, "activation": self.output.name}
-        elif self.output.name != "identity" or last.get("type") == "Dense":
-            layers.append({"type": "ActivationLayer", "activation": self.output.name})
-        seed = None if self.seed is None else int(self.seed)
-        cfg: dict[str, Any] = {"layers": layers, "dtype": self.dtype, "seed": seed}
-        if self.precision_.name != self.dtype:
-            cfg["precision"] = self.precision_.name
-        return cfg
+        return {**self.architecture(), "seed": None if self.seed is None else int(self.seed)}
 
     @classmethod
     def from_config(cls, config: dict[str, Any], params: np.ndarray | None = None,

@@ -56,10 +56,10 @@ from mlpx.layers import ActivationLayer, Dense, Dropout, Layer, Pass
 from mlpx.locking import ReadWriteLock
 from mlpx.losses import Loss, OutputLoss, l2_penalty, pair
 from mlpx.member_step import member_step_plan, run_member_steps
-from mlpx.metrics import PREDICT_CHUNK, correct_count, iter_chunks
+from mlpx.metrics import PREDICT_CHUNK, correct_count, holdout_scores, iter_chunks
 from mlpx.optimizers import Optimizer
 from mlpx.precision import LossScaler, Precision, all_finite, get_precision, scale_cast
-from mlpx.validation import check_X
+from mlpx.validation import check_sample_weight, check_X, encode_targets
 
 __all__ = ["Network", "StepResult"]
 
@@ -332,6 +332,24 @@ class Network:
                   else None) for i, l in enumerate(self.layers)], self.compute_dtype, mixed)
         self._ws.clear()
         self._tls = threading.local()
+
+    def architecture(self) -> dict[str, Any]:
+        """The members' architecture as a JSON record: ``layers`` (the output activation
+        included), ``dtype`` and, when not plain, ``precision``."""
+        self._require_built()
+        layers = [l.get_config() for l in self.layers]
+        last = layers[-1] if layers else {}
+        # A Dense without activation at the end carries the output activation itself;
+        # anything else gets an explicit output layer (also an identity one after an
+        # activated Dense, whose activation would otherwise be read as the output).
+        if last.get("type") == "Dense" and last.get("activation") == "identity":
+            layers[-1] = {**last, "activation": self.output.name}
+        elif self.output.name != "identity" or last.get("type") == "Dense":
+            layers.append({"type": "ActivationLayer", "activation": self.output.name})
+        cfg: dict[str, Any] = {"layers": layers, "dtype": self.dtype}
+        if self.precision_.name != self.dtype:
+            cfg["precision"] = self.precision_.name
+        return cfg
 
     def _draw(self, rng: Any) -> np.ndarray:
         """One member's starting parameters, shape (n_params,) (host, float64), drawn
@@ -613,6 +631,39 @@ class Network:
                 Z, P = self.infer_members(be.asarray(X[a:b, :], dtype=self.compute_dtype))
                 out[:, a:b] = be.to_numpy(xp.argmax(Z, axis=-1) if argmax else (Z if raw else P))
         return out
+
+    def evaluate_members(self, X: Any, y: Any, sample_weight: Any = None, loss: Any = None) -> dict[str, np.ndarray]:
+        """Every member's mean loss and metric on ``(X, y)`` (thread-safe, one set of weights).
+
+        Parameters
+        ----------
+        X : array_like, shape (n, n_features_in_)
+        y : array_like
+            Targets as ``fit`` takes them.
+        sample_weight : array_like, shape (n,), optional
+        loss : str or Loss, optional
+            Default: the loss of the last ``fit``, else the output's canonical loss.
+
+        Returns
+        -------
+        dict of str -> ndarray, shape (K,)
+            ``"loss"`` and ``"accuracy"`` (softmax / logistic) or ``"r2"``.
+        """
+        be = self.backend
+        X = self.check_input(X)
+        lossfn = self.resolve_loss(loss if loss is not None else self.loss_)
+        Y = encode_targets(y, self.output.name, self.n_outputs_, X.shape[0], dtype=self.dtype, loss=lossfn.name)
+        w = check_sample_weight(sample_weight, X.shape[0], dtype=self.dtype)
+        n = X.shape[0]
+
+        def chunks() -> Iterator[tuple[Array, Array, Array | None, None]]:
+            for a, b in iter_chunks(n, PREDICT_CHUNK):
+                yield (be.asarray(X[a:b, :], dtype=self.compute_dtype), be.asarray(Y[a:b], dtype=self.dtype),
+                       None if w is None else be.asarray(w[a:b], dtype=self.dtype), None)
+
+        with self.compute_context(min(n, PREDICT_CHUNK)), self.parameter_lock.read():
+            scores = holdout_scores(self, chunks, self._one_rank, lossfn)
+        return {k: v for k, v in scores.items() if k != "weight"}
 
     # --------------------------------------------------------------- training
     def _upload(self, host: np.ndarray) -> Array:
@@ -1062,6 +1113,41 @@ class Network:
         return results
 
     # ------------------------------------------------------------------ state
+    def train_state(self) -> dict[str, Any]:
+        """Progress as data: counters, the optimizer's and the loss scalers' state
+        (a stack's counters and flags per member)."""
+        seen = self.samples_seen_
+        state: dict[str, Any] = {"epochs_done": int(self.epochs_done_),
+                                 "samples_seen": seen.tolist() if isinstance(seen, np.ndarray) else int(seen)}
+        if isinstance(seen, np.ndarray):
+            state["active"] = [bool(a) for a in self.active]
+            state["diverged"] = [bool(d) for d in self.diverged_]
+        if self.optimizer_ is not None:
+            state["optimizer"] = self.optimizer_.state_dict()
+        if self.loss_ is not None:
+            state["loss"] = self.loss_.name
+        scaler = self.precision_.scaler
+        if scaler is not None:  # fp16: resume with the scale reached, not from 2**16 again
+            state["loss_scaler"] = scaler.get_state()
+        return state
+
+    def load_train_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`train_state` (the optimizer is rebuilt, bound at the next fit)."""
+        self.epochs_done_ = int(state.get("epochs_done", 0))
+        self.samples_seen_ = state.get("samples_seen", 0)
+        for key, flags in (("active", self.active), ("diverged", self.diverged_)):
+            if key in state:
+                flags[:] = np.asarray(state[key], dtype=bool)
+        if state.get("optimizer") is not None:
+            self.optimizer_ = Optimizer.from_state_dict(state["optimizer"])
+            if self.built:
+                self.optimizer_.bind(self.backend, self.params, self.grads, self.n_weights, owner=self)
+        if state.get("loss") is not None:
+            self.loss_ = self.resolve_loss(state["loss"])
+        scaler = self.precision_.scaler
+        if "loss_scaler" in state and scaler is not None:
+            scaler.set_state(state["loss_scaler"])
+
     def freeze(self, k: int) -> None:
         """Stop member ``k``: from the next epoch it gets no rows and no updates."""
         self.active[int(k)] = False

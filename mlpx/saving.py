@@ -89,8 +89,11 @@ _MAX_CONFIG_CHARS = 1 << 20
 _TMP_MARK = ".mlpx-tmp-"
 
 _RECORD_KEYS = {"format", "version", "layers", "dtype", "seed"}
-_TRAIN_STATE_KEYS = {"epochs_done", "samples_seen", "loss", "loss_scaler", "optimizer", "generators"}
-_OPTIONAL_KEYS = {"precision", "train_state", "estimator"}
+_TRAIN_STATE_KEYS = {"epochs_done", "samples_seen", "loss", "loss_scaler", "optimizer", "generators", "active",
+                     "diverged"}
+_OPTIONAL_KEYS = {"precision", "train_state", "estimator", "members"}
+#: The most members a stack's file may hold.
+MAX_MEMBERS = 1 << 16
 _LAYER_KEYS = {
     "Dense": {"type", "n_in", "n_out", "activation", "init"},
     "ActivationLayer": {"type", "activation"},
@@ -246,7 +249,11 @@ class ModelFile:
         The checked record (``format``, ``version``, ``layers``, ``dtype``, ``seed``,
         and ``precision`` / ``train_state`` / ``estimator`` where present).
     n_params : int
-        Parameters the layers describe (the length of every array in the file).
+        Parameters the layers describe (one member's).
+    n_members : int or None
+        The members of a stack's file (``members`` in the record), else None.
+    shape : tuple of int
+        The shape of every array in the file: (n_params,), or (n_members, n_params).
     dtype : numpy.dtype
         The record's dtype (float32 or float64), native byte order.
     optimizer_entries : tuple of str
@@ -277,7 +284,10 @@ class ModelFile:
                                          f"{[n + '.npy' for n in names]})")
             text = self._archive.read_text("config", _MAX_CONFIG_CHARS)
             self.record = _parse_record(text, where)
-            self.n_params = check_architecture(self.record, max_params=max_params, where=where)
+            self.n_members = member_count(self.record, where)
+            K = 1 if self.n_members is None else self.n_members
+            self.n_params = check_architecture(self.record, max_params=max_params // K, where=where)
+            self.shape = (self.n_params,) if self.n_members is None else (self.n_members, self.n_params)
             self.dtype = np.dtype(self.record["dtype"])
             saved = (self.record.get("train_state") or {}).get("optimizer")
             self.optimizer_entries: tuple[str, ...] = (
@@ -294,7 +304,7 @@ class ModelFile:
                 )
             # Every array's header before any array is allocated (by the caller too).
             for key in ("params", *(f"opt_{n}" for n in self.optimizer_entries)):
-                self._archive.check_array(key, (self.n_params,), self.dtype)
+                self._archive.check_array(key, self.shape, self.dtype)
         except BaseException:
             self._archive.close()
             raise
@@ -309,12 +319,12 @@ class ModelFile:
         self._archive.close()
 
     def read_params(self, out: np.ndarray | None = None) -> np.ndarray:
-        """The parameters, shape (n_params,), finite, in :attr:`dtype` (into ``out`` if given)."""
-        return self._archive.read_array("params", (self.n_params,), self.dtype, out=out)
+        """The parameters, shape :attr:`shape`, finite, in :attr:`dtype` (into ``out`` if given)."""
+        return self._archive.read_array("params", self.shape, self.dtype, out=out)
 
     def read_optimizer_state(self) -> dict[str, np.ndarray]:
-        """The checkpoint's optimizer state arrays by name, each of shape (n_params,)."""
-        return {name: self._archive.read_array(f"opt_{name}", (self.n_params,), self.dtype)
+        """The checkpoint's optimizer state arrays by name, each of shape :attr:`shape`."""
+        return {name: self._archive.read_array(f"opt_{name}", self.shape, self.dtype)
                 for name in self.optimizer_entries}
 
 
@@ -393,8 +403,34 @@ def _parse_record(text: str, where: str) -> dict[str, Any]:
         layers = record.get("layers")
         n_dropout = (sum(isinstance(l, dict) and l.get("type") == "Dropout" for l in layers)
                      if isinstance(layers, list) else None)
-        _check_train_state(record["train_state"], where, n_dropout)
+        _check_train_state(record["train_state"], where, n_dropout, member_count(record, where))
     return record
+
+
+def member_count(record: dict[str, Any], where: str) -> int | None:
+    """The members of a stack's record (``{"members": {"seeds": [...]}}``), or None.
+
+    Raises
+    ------
+    ModelFileError
+        A members record that is not a list of 1 to :data:`MAX_MEMBERS` seeds (null or
+        non-negative integers).
+    """
+    members = record.get("members")
+    if members is None:
+        return None
+    seeds = members.get("seeds") if isinstance(members, dict) and set(members) == {"seeds"} else None
+    if not (isinstance(seeds, list) and 1 <= len(seeds) <= MAX_MEMBERS
+            and all(s is None or (_is_int(s) and s >= 0) for s in seeds)):
+        raise ModelFileError(f"{where}: members must be {{'seeds': [1 to {MAX_MEMBERS} seeds, null or >= 0]}}")
+    return len(seeds)
+
+
+def _each(value: Any, ok: Any, n_members: int | None) -> bool:
+    """``ok(value)``, or, for a stack of ``n_members``, a list of that many values each ok."""
+    if n_members is None:
+        return bool(ok(value))
+    return isinstance(value, list) and len(value) == n_members and all(ok(v) for v in value)
 
 
 def _is_int(v: Any) -> TypeGuard[int]:
@@ -505,8 +541,9 @@ def _check_layer(layer: Any, i: int, max_params: int, where: str) -> None:
             raise ModelFileError(f"{where}: layer {i} (Dropout) seed must be null or >= 0, got {seed!r}")
 
 
-def _check_train_state(state: Any, where: str, n_dropout: int | None = None) -> None:
-    """A checkpoint's training state, every field checked (``n_dropout``: the record's Dropout layers)."""
+def _check_train_state(state: Any, where: str, n_dropout: int | None = None, n_members: int | None = None) -> None:
+    """A checkpoint's training state, every field checked (``n_dropout``: the record's
+    Dropout layers; ``n_members``: a stack's members, whose counters are lists)."""
     if not isinstance(state, dict):
         raise ModelFileError(f"{where}: train_state must be a JSON object")
     unknown = set(state) - _TRAIN_STATE_KEYS
@@ -516,22 +553,32 @@ def _check_train_state(state: Any, where: str, n_dropout: int | None = None) -> 
     if loss is not None and not (isinstance(loss, str) and len(loss) <= 100):
         raise ModelFileError(f"{where}: train_state.loss must be the name of a loss, got {loss!r}")
     if "generators" in state:
-        check_generator_states(state["generators"], where, n_dropout)
-    for key in ("epochs_done", "samples_seen"):
-        if key in state and not (_is_int(state[key]) and state[key] >= 0):
-            raise ModelFileError(f"{where}: train_state.{key} must be a non-negative integer")
+        check_generator_states(state["generators"], where, n_dropout, n_members)
+    count = (lambda v: _is_int(v) and v >= 0)  # noqa: E731
+    if "epochs_done" in state and not count(state["epochs_done"]):
+        raise ModelFileError(f"{where}: train_state.epochs_done must be a non-negative integer")
+    if "samples_seen" in state and not _each(state["samples_seen"], count, n_members):
+        raise ModelFileError(f"{where}: train_state.samples_seen must be a non-negative integer"
+                             + ("" if n_members is None else f" per member ({n_members})"))
+    for key in ("active", "diverged"):
+        if key in state and not (n_members is not None and _each(state[key], lambda v: isinstance(v, bool),
+                                                                  n_members)):
+            raise ModelFileError(f"{where}: train_state.{key} must be a list of the members' flags")
     scaler = state.get("loss_scaler")
     if scaler is not None:
-        if not (isinstance(scaler, dict) and set(scaler) == {"scale", "good_steps", "skipped"}
-                and _is_real(scaler["scale"]) and scaler["scale"] > 0
-                and all(_is_int(scaler[k]) and scaler[k] >= 0 for k in ("good_steps", "skipped"))):
+        def good(sc: Any) -> bool:
+            return (isinstance(sc, dict) and set(sc) == {"scale", "good_steps", "skipped"}
+                    and _is_real(sc["scale"]) and sc["scale"] > 0
+                    and all(_is_int(sc[k]) and sc[k] >= 0 for k in ("good_steps", "skipped")))
+
+        if not _each(scaler, good, n_members):
             raise ModelFileError(f"{where}: bad train_state.loss_scaler {scaler!r}")
     opt = state.get("optimizer")
     if opt is not None:
         if not (isinstance(opt, dict) and {"optimizer", "config", "t", "lr"} <= set(opt)
                 and isinstance(opt["optimizer"], str) and opt["optimizer"].lower() in OPTIMIZERS
-                and isinstance(opt["config"], dict) and _is_int(opt["t"]) and opt["t"] >= 0
-                and _is_real(opt["lr"]) and opt["lr"] > 0):
+                and isinstance(opt["config"], dict) and _each(opt["t"], count, n_members)
+                and _each(opt["lr"], lambda v: _is_real(v) and v > 0, n_members)):
             raise ModelFileError(f"{where}: bad train_state.optimizer record")
         try:  # settings only; allocates nothing
             Optimizer.from_state_dict({**opt, "state": {}})
@@ -588,7 +635,10 @@ def checkpoint_contents(model: Any, optimizer: Optimizer | None = None
     """
     state = model.train_state()
     opt = optimizer if optimizer is not None else model.optimizer_
-    arrays: dict[str, np.ndarray] = {"params": model.get_flat_params()}
+    params = model.get_params_host()
+    if model.get_config().get("members") is None:
+        params = params[0]  # a single network's file keeps its 1-D parameters
+    arrays: dict[str, np.ndarray] = {"params": params}
     state.pop("optimizer", None)
     if opt is not None:
         saved = opt.state_dict()
@@ -596,8 +646,8 @@ def checkpoint_contents(model: Any, optimizer: Optimizer | None = None
         for name in type(opt).state_names:
             # An optimizer that never ran has no buffers yet: its state is zeros.
             value = values.get(name)
-            arrays[f"opt_{name}"] = (np.zeros(model.n_params, model.dtype) if value is None
-                                     else np.asarray(value))
+            arrays[f"opt_{name}"] = (np.zeros(params.shape, model.dtype) if value is None
+                                     else np.asarray(value).reshape(params.shape))
         state["optimizer"] = saved
     state["generators"] = generator_states(model)
     return {**model.get_config(), "train_state": state}, arrays
@@ -680,6 +730,10 @@ def _read_checkpoint(path: Any, model: Any) -> tuple[dict[str, Any], np.ndarray,
 
 def _check_same_model(path: Any, record: dict[str, Any], model: Any) -> None:
     mine = model.get_config()
+    theirs = member_count(record, str(path))
+    if theirs != (None if mine.get("members") is None else model.n_members):
+        raise ValueError(f"checkpoint {path} holds {'a network' if theirs is None else f'{theirs} members'}, "
+                         f"not the {model.n_members} member(s) of this model")
     for key in ("layers", "dtype"):
         if record.get(key) != mine[key]:
             raise ValueError(
@@ -696,7 +750,8 @@ def _restore(path: Any, record: dict[str, Any], params: np.ndarray, opt_state: d
     saved = state.pop("optimizer", None)
     generators = state.pop("generators", None)
     if generators is not None:
-        check_generator_states(generators, str(path), sum(isinstance(l, Dropout) for l in model.layers))
+        check_generator_states(generators, str(path), sum(isinstance(l, Dropout) for l in model.layers),
+                               member_count(record, str(path)))
     if state.get("loss") is not None:
         try:
             model.resolve_loss(state["loss"])
@@ -729,7 +784,7 @@ def _restore(path: Any, record: dict[str, Any], params: np.ndarray, opt_state: d
                 f"the optimizer given has {optimizer.get_config()}; pass "
                 f"optimizer={saved['optimizer'].lower()!r} to resume with the saved settings"
             )
-    model.set_flat_params(params)
+    model.set_params_host(np.asarray(params).reshape(model.n_members, -1))
     model.load_train_state(state)
     if generators is not None:
         restore_generator_states(model, generators, shuffle=root)

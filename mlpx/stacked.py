@@ -29,19 +29,62 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from mlpx.backends import Backend
+from mlpx.backends import Backend, get_backend
 from mlpx.callbacks import Callback, ProgressBar, check_callbacks
 from mlpx.data import MemberBatches, MemberHoldout, to_host
 from mlpx.distributed import make_reducer
 from mlpx.model import Sequential
 from mlpx.network import Network
 from mlpx.optimizers import OPTIMIZERS, Optimizer
+from mlpx.saving import MAX_PARAMS, ModelFile, ModelFileError, member_count, write_model_file
 from mlpx.training import History, TrainingDivergedError, train
 from mlpx.validation import check_int, check_real, check_X, encode_targets
 
-__all__ = ["MemberCallbacks", "MemberView", "Stack", "StopAfter"]
+__all__ = ["MemberCallbacks", "MemberView", "Stack", "StopAfter", "load"]
 
 Array = Any
+
+
+def _unpickle(config: dict[str, Any], params: np.ndarray, backend: Any, threads: int, state: dict[str, Any]) -> "Stack":
+    stack = Stack.from_config(config, params, backend, threads=threads)
+    stack.load_train_state(state)
+    return stack
+
+
+def load(path: Any, backend: str | Backend = "cpu", *, max_params: int = MAX_PARAMS) -> "Stack":
+    """Load a stack written by :meth:`Stack.save` (or a stack's checkpoint) onto ``backend``.
+
+    Parameters
+    ----------
+    path : str or path
+        ``path + ".npz"`` is found when ``path`` does not exist.
+    backend : str or Backend, default "cpu"
+    max_params : int, default :data:`mlpx.saving.MAX_PARAMS`
+        Refuse files that describe more parameters than this (over all members).
+
+    Returns
+    -------
+    Stack
+
+    Raises
+    ------
+    ModelFileError
+        Anything wrong with the file (:class:`mlpx.saving.ModelFile`), or a single
+        network's file.
+    """
+    with ModelFile(path, max_params=max_params) as f:
+        params = f.read_params()
+        record = f.record
+        where = f.path
+    try:
+        stack = Stack.from_config(record, params, get_backend(backend))
+    except ModelFileError as exc:
+        raise ModelFileError(f"{where}: {exc}") from None
+    state = dict(record.get("train_state", {}))
+    state.pop("optimizer", None)  # a checkpoint's optimizer resumes through load_checkpoint
+    state.pop("generators", None)
+    stack.load_train_state(state)
+    return stack
 
 
 # ================================================================ callbacks
@@ -251,6 +294,8 @@ class Stack(Network):
                 raise ValueError(f"params must have shape ({K}, {self.n_params}), got {host.shape}")
         self.set_params_host(host)
         self._seed_dropout(self.seeds)
+        self.shuffle_rngs_: list[np.random.Generator] | None = None
+        self._shuffle_rank = 0
 
     # --------------------------------------------------------------- members
     @property
@@ -421,9 +466,11 @@ class Stack(Network):
         validation_data: tuple[Any, ...] | None = None,
         shuffle: bool = True,
         max_epochs: Any = None,
+        validation_split: float = 0.0,
         callbacks: Sequence[Callback] = (),
         member_callbacks: Sequence[Callback] | Sequence[Sequence[Callback]] | None = None,
         verbose: int = 0,
+        comm: Any = None,
     ) -> History:
         """Train every member, each with its own settings, data and stopping.
 
@@ -462,6 +509,9 @@ class Stack(Network):
         validation_data : (X_val, y_val) or (X_val, y_val, w_val), optional
             Scored for every member after each epoch (``val_loss``,
             ``val_accuracy`` / ``val_r2``).
+        validation_split : float in [0, 1)
+            Without ``validation_data``: each member holds out this fraction of its
+            rows, drawn by its shuffle generator as its own network's ``fit`` draws it.
         shuffle : bool
             Each member reshuffles its rows every epoch with its own generator
             (the one ``Sequential(seed=seeds[k]).fit`` shuffles with).
@@ -474,6 +524,11 @@ class Stack(Network):
             e.g. ``[mlpx.EarlyStopping(patience=5)]``: they see the member's logs
             as floats, and stopping freezes that member only.
         verbose : int
+        comm : mpi4py communicator, "mpi" or "nccl", optional
+            Train data-parallel across ranks (:mod:`mlpx.distributed`): every rank
+            holds every member and passes its own shard of the data (``rows``
+            index the rank's shard); the gradients of all members are all-reduced
+            once per step; logs and member stopping are global.
 
         Returns
         -------
@@ -486,10 +541,46 @@ class Stack(Network):
         InvalidParameterError, ValueError, TypeError
             A bad value, or a vector whose length is not K.
         """
+        be = self.backend
+        reducer = make_reducer(comm, be)
+        if reducer.backend.name != be.name:
+            raise ValueError(f"the reducer works on {reducer.backend.name}, the model on {be.name}")
+        setup = reducer.agreed(
+            "setup", self._prepare, reducer, X, y, epochs, batch_size, optimizer, loss, rows, sample_weight,
+            validation_data, validation_split, shuffle, max_epochs, callbacks, member_callbacks, verbose,
+            dict(lr=lr, momentum=momentum, nesterov=nesterov, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, rho=rho,
+                 weight_decay=weight_decay, schedule=schedule), l2)
+        source, holdout, opt, lossfn, l2v, order, cbs, weighted = setup
+        reducer.agree_settings({
+            "architecture": self.get_config()["layers"], "members": self.n_members, "dtype": self.dtype,
+            "precision": self.precision_.name, "loss": lossfn.name,
+            "optimizer": [type(opt).__name__, opt.get_config()], "epochs": int(epochs),
+            "batch_size": int(batch_size), "l2": l2v.tolist(), "shuffle": bool(shuffle),
+            "validation": [validation_data is not None, float(validation_split)], "epochs_done": self.epochs_done_,
+        })
+        if reducer.size > 1 and reducer.allreduce_max(0 if source is None else source.n) == 0:
+            raise ValueError("no rank holds any training rows")
+        self.active[:] = True
+        self.diverged_[:] = False
+        with self.training_context(batch_size), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return train(self, source, optimizer=opt, loss=lossfn, reducer=reducer, epochs=int(epochs),
+                         l2=l2v, order=order, callbacks=cbs, holdout=holdout,
+                         count_correct=self.output.name in ("softmax", "logistic") and not weighted,
+                         divergence="freeze")
+
+    def _prepare(self, reducer: Any, X: Any, y: Any, epochs: Any, batch_size: Any, optimizer: Any, loss: Any,
+                 rows: Any, sample_weight: Any, validation_data: Any, validation_split: Any, shuffle: bool,
+                 max_epochs: Any, callbacks: Any, member_callbacks: Any, verbose: int, settings: dict[str, Any],
+                 l2: Any) -> tuple[Any, ...]:
+        """This rank's checked arguments: source, holdout, optimizer, loss, l2, order, callbacks."""
         K, be = self.n_members, self.backend
-        epochs = check_int("epochs", epochs, low=1)
+        check_int("epochs", epochs, low=1)
         batch_size = check_int("batch_size", batch_size, low=1)
+        split = check_real("validation_split", validation_split, 0.0, 1.0, high_open=True)
         lossfn = self.resolve_loss(loss)
+        opt = _member_optimizer(optimizer, K, **settings)
+        l2v = np.array(_vector("l2", l2, K, low=0.0))
+        gens = self.shuffle_generators(reducer.rank)
         Xh = check_X(X, be, self.n_features_in_, dtype=self.compute_dtype)
         if not isinstance(Xh, np.ndarray):
             Xh = be.to_numpy(Xh)
@@ -505,11 +596,6 @@ class Stack(Network):
             member_rows = [r + k * n for k, r in enumerate(member_rows)]
         else:
             w_all = w_shared
-        opt = _member_optimizer(optimizer, K, lr=lr, momentum=momentum, nesterov=nesterov, beta_1=beta_1,
-                                beta_2=beta_2, epsilon=epsilon, rho=rho, weight_decay=weight_decay, schedule=schedule)
-        l2v = np.array(_vector("l2", l2, K, low=0.0))
-        source = MemberBatches(be, Xh, Y, w_all, member_rows, batch_size, self.compute_dtype,
-                               target_dtype=self.dtype)
         holdout = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
@@ -520,7 +606,22 @@ class Stack(Network):
                                 loss=lossfn.name)
             wv = None if len(validation_data) == 2 else _member_weights(validation_data[2], 1, Xv.shape[0])[1]
             holdout = MemberHoldout(be, Xv, Yv, wv, [np.arange(Xv.shape[0])] * K, self.compute_dtype, self.dtype)
-        gens = [np.random.default_rng(None if s is None else [int(s), 1]) for s in self.seeds]
+        elif split:
+            # Each member holds out a random fraction of its rows, drawn as its own
+            # network's fit draws it (its shuffle generator, before the epochs).
+            val_rows = []
+            for k, g in enumerate(gens):
+                r = member_rows[k]
+                n_val = int(round(r.size * split))
+                if n_val < 1 or n_val >= r.size:
+                    raise ValueError(f"validation_split={validation_split} leaves member {k} no training or "
+                                     f"validation rows ({r.size} rows)")
+                idx = g.permutation(r.size)
+                val_rows.append(r[idx[:n_val]])
+                member_rows[k] = r[idx[n_val:]]
+            holdout = MemberHoldout(be, Xh, Y, w_all, val_rows, self.compute_dtype, self.dtype)
+        source = MemberBatches(be, Xh, Y, w_all, member_rows, batch_size, self.compute_dtype,
+                               target_dtype=self.dtype)
         sizes = [r.size for r in source.rows]
         order = self.member_order([(lambda g=g, m=m: g.permutation(m)) if shuffle else None
                                    for g, m in zip(gens, sizes)])
@@ -529,15 +630,90 @@ class Stack(Network):
             for cbs, e in zip(per_member, _vector("max_epochs", max_epochs, K, integer=True)):
                 cbs.append(StopAfter(int(e)))
         cbs = [MemberCallbacks(per_member)] + check_callbacks(callbacks)
-        if verbose:
+        if verbose and reducer.is_root:
             cbs.append(_StackProgress(verbose))
-        self.active[:] = True
-        self.diverged_[:] = False
-        with self.training_context(batch_size), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            return train(self, source, optimizer=opt, loss=lossfn, reducer=make_reducer(None, be), epochs=epochs,
-                         l2=l2v, order=order, callbacks=cbs, holdout=holdout,
-                         count_correct=self.output.name in ("softmax", "logistic") and w_all is None,
-                         divergence="freeze")
+        return source, holdout, opt, lossfn, l2v, order, cbs, w_all is not None
+
+    def shuffle_generators(self, rank: int = 0) -> list[np.random.Generator]:
+        """Each member's generator of ``fit``'s minibatch order on ``rank``, kept across fits.
+
+        Member ``k``'s is the one ``Sequential(seed=seeds[k]).shuffle_generator(rank)``
+        is, so a member shuffles as its own network does.
+        """
+        if self.shuffle_rngs_ is None or self._shuffle_rank != rank:
+            self.shuffle_rngs_ = [np.random.default_rng(None if s is None else [int(s), 1] + ([rank] if rank else []))
+                                  for s in self.seeds]
+            self._shuffle_rank = rank
+        return self.shuffle_rngs_
+
+    def get_config(self) -> dict[str, Any]:
+        """The stack's record (JSON-serialisable): the members' architecture and seeds,
+        from which :func:`mlpx.load` rebuilds it."""
+        return {**self.architecture(), "seed": None, "members": {"seeds": list(self.seeds)}}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], params: Any = None, backend: str | Backend = "cpu",
+                    threads: int | None = None) -> "Stack":
+        """Rebuild a stack from :meth:`get_config` (and host parameters, shape (K, n_params)).
+
+        Raises
+        ------
+        ModelFileError
+            A bad record, or parameters of the wrong shape or not finite.
+        """
+        K = member_count(config, "stack record")
+        if K is None:
+            raise ModelFileError("stack record: no 'members' entry (a single network's record: use mlpx.load)")
+        template = Sequential.from_config({k: v for k, v in config.items() if k != "members"}, None, backend)
+        if params is not None:
+            params = np.asarray(params)
+            if params.dtype.kind != "f" or params.shape != (K, template.n_params):
+                raise ModelFileError(f"stack record: params must be a float array of shape ({K}, "
+                                     f"{template.n_params}), got dtype {params.dtype} shape {params.shape}")
+            if not np.isfinite(params).all():
+                raise ModelFileError("stack record: params contain NaN or infinity")
+        return cls(template, seeds=config["members"]["seeds"], params=params, threads=threads)
+
+    def save(self, path: Any) -> Any:
+        """Write every member to one file (``.npz``: the record and a (K, n_params)
+        parameter array), atomically; :func:`mlpx.load` returns the stack.
+
+        ``member(k).save(path)`` writes member ``k`` as an ordinary model file.
+
+        Returns
+        -------
+        Path
+            The path written.
+        """
+        return write_model_file(path, self.get_config(), {"params": self.get_params_host()})
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_unpickle, (self.get_config(), self.get_params_host(), self.backend.name, self.threads,
+                            self.train_state()))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "Stack":
+        return _unpickle(self.get_config(), self.get_params_host(), self.backend, self.threads, self.train_state())
+
+    def evaluate(self, X: Any, y: Any, sample_weight: Any = None, loss: Any = None) -> dict[str, np.ndarray]:
+        """Each member's mean loss and metric on ``(X, y)``: accuracy or R², shape (K,) each.
+
+        Thread-safe; as :meth:`Sequential.evaluate <mlpx.model.Sequential.evaluate>`
+        for every member at once.
+
+        Parameters
+        ----------
+        X : array_like, shape (n, n_features_in_)
+        y : array_like
+        sample_weight : array_like, shape (n,), optional
+        loss : str or Loss, optional
+            Default: the loss of the last ``fit``, else the output's canonical loss.
+
+        Returns
+        -------
+        dict of str -> ndarray, shape (K,)
+            ``"loss"`` and ``"accuracy"`` or ``"r2"``.
+        """
+        return self.evaluate_members(X, y, sample_weight, loss)
 
     def member_order(self, orders: Sequence[Callable[[], Any] | None]) -> Callable[[], list[Any]]:
         """The loop's ``order``: each active member's own order; frozen members none.

@@ -186,7 +186,15 @@ def run_batch(comm: Any, out: dict[str, Any]) -> None:
     except mlpx.TrainingDivergedError as exc:
         out["diverged"] = {"epoch": exc.epoch, "weights": model.get_weights()}
 
-    # 7. A bad shard on the last rank: every rank raises instead of hanging.
+    # 7. A data-parallel stack: block shards + shuffle=False == one process, every member
+    # at once (its gradients all-reduced once per step for all members).
+    stack = mlpx.Stack(make_model(), seeds=[0, 1, 2])
+    hist = stack.fit(X[idx], y[idx], epochs=3, batch_size=BATCH, lr=[0.01, 0.02, 0.05], l2=[0.0, L2, L2],
+                     shuffle=False, comm=comm)
+    out["stack"] = {"params": stack.get_params_host(), "loss": np.asarray(hist["loss"]),
+                    "samples": stack.samples_seen_.copy()}
+
+    # 8. A bad shard on the last rank: every rank raises instead of hanging.
     model = make_model()
     Xbad = X[idx][:, :4] if rank == size - 1 else X[idx]
     try:

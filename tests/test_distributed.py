@@ -218,6 +218,24 @@ def test_divergence_detected_on_every_rank_in_the_same_epoch(size: int) -> None:
 
 @needs_mpi
 @pytest.mark.parametrize("size", [2, 3])
+def test_data_parallel_stack_equals_one_process(size: int) -> None:
+    """A stack under comm=: each rank holds every member and its own shard; the
+    members end where one process with the combined batch ends them, on every rank."""
+    results = batch_results(size)
+    X, y, _ = W.make_data()
+    ref = mlpx.Stack(W.make_model(), seeds=[0, 1, 2])
+    hist = ref.fit(X, y, epochs=3, batch_size=size * W.BATCH, lr=[0.01, 0.02, 0.05], l2=[0.0, W.L2, W.L2],
+                   shuffle=False)
+    for r in results:
+        np.testing.assert_allclose(r["stack"]["params"], ref.get_params_host(), rtol=0, atol=1e-10)
+        np.testing.assert_allclose(r["stack"]["loss"], np.asarray(hist["loss"]), rtol=1e-10)
+        np.testing.assert_array_equal(r["stack"]["samples"], ref.samples_seen_)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other["stack"]["params"], results[0]["stack"]["params"])
+
+
+@needs_mpi
+@pytest.mark.parametrize("size", [2, 3])
 def test_bad_shard_on_one_rank_fails_every_rank(size: int) -> None:
     results = batch_results(size)
     assert results[-1]["bad_shard"]["type"] == "ValueError"

@@ -486,3 +486,85 @@ def test_gpu_precision_modes_train_a_stack(precision, digits):
     hist = stack.fit(X.astype(np.float32), y, epochs=3, batch_size=64, lr=3e-3)
     assert np.all(np.asarray(hist["loss"][-1]) < np.asarray(hist["loss"][0]))
     assert (stack.predict(X) == y).mean() > 0.7
+
+
+# ------------------------------------------ everything a single network has
+def test_a_stack_holds_out_rows_as_its_members_networks_do(digits):
+    """validation_split: each member holds out the rows its own network's fit holds
+    out (its shuffle generator draws them), and is scored on them."""
+    X, y = digits
+    stack = Stack(mlpx.MLP([64, 16, 10], dtype="float64", seed=0), seeds=[3, 4])
+    hist = stack.fit(X, y, epochs=2, batch_size=64, lr=[1e-3, 1e-2], validation_split=0.25)
+    for k, lr in enumerate([1e-3, 1e-2]):
+        ref = mlpx.MLP([64, 16, 10], dtype="float64", seed=3 + k)
+        h = ref.fit(X, y, epochs=2, batch_size=64, lr=lr, validation_split=0.25)
+        np.testing.assert_array_equal(stack.get_member_params(k), ref.get_flat_params())
+        np.testing.assert_allclose([e[k] for e in hist["val_loss"]], h["val_loss"], rtol=1e-12)
+    with pytest.raises(ValueError, match="no training or validation rows"):
+        stack.fit(X[:3], y[:3], validation_split=0.1)
+
+
+def test_evaluate_scores_every_member_as_its_network(digits):
+    X, y = digits
+    stack = Stack(mlpx.MLP([64, 16, 10], dtype="float64", seed=0), seeds=[0, 1, 2])
+    stack.fit(X, y, epochs=1, batch_size=64, lr=[1e-3, 1e-2, 3e-2])
+    w = np.random.default_rng(0).uniform(0.5, 2.0, len(y))
+    got = stack.evaluate(X, y, sample_weight=w)
+    for k in range(3):
+        want = stack.member(k).evaluate(X, y, sample_weight=w)
+        for key in want:
+            assert got[key][k] == pytest.approx(want[key], rel=1e-12)
+    reg = Stack(mlpx.MLP([64, 8, 1], output="identity", dtype="float64", seed=0), seeds=[0, 1])
+    reg.fit(X, y / 10.0, epochs=1, batch_size=64)
+    r2 = reg.evaluate(X, y / 10.0)["r2"]
+    from sklearn.metrics import r2_score
+
+    for k in range(2):
+        assert r2[k] == pytest.approx(r2_score(y / 10.0, reg.member(k).predict(X)), rel=1e-12)
+
+
+def test_a_stack_saves_pickles_and_copies_as_one_object(digits, tmp_path):
+    """One file for K members (mlpx.load gives the stack back), pickling and deepcopy
+    keep the weights, the optimizer state and the counters; member(k) saves as an
+    ordinary model file."""
+    import copy
+    import pickle
+
+    X, y = digits
+    stack = Stack(mlpx.MLP([64, 16, 10], dtype="float64", seed=0, dropout=0.2), seeds=[0, 1])
+    stack.fit(X, y, epochs=2, batch_size=64, lr=[1e-3, 1e-2])
+    path = stack.save(tmp_path / "stack")
+    loaded = mlpx.load(path)
+    assert isinstance(loaded, Stack) and loaded.seeds == [0, 1]
+    np.testing.assert_array_equal(loaded.get_params_host(), stack.get_params_host())
+    np.testing.assert_array_equal(loaded.predict_proba(X), stack.predict_proba(X))
+    member = mlpx.load(stack.member(1).save(tmp_path / "member1"))
+    np.testing.assert_array_equal(member.get_flat_params(), stack.get_member_params(1))
+    for twin in (pickle.loads(pickle.dumps(stack)), copy.deepcopy(stack)):
+        np.testing.assert_array_equal(twin.get_params_host(), stack.get_params_host())
+        np.testing.assert_array_equal(twin.optimizer_.t, stack.optimizer_.t)
+        np.testing.assert_array_equal(twin.samples_seen_, stack.samples_seen_)
+        for name in stack.optimizer_.state:
+            np.testing.assert_array_equal(twin.optimizer_.state[name], stack.optimizer_.state[name])
+    assert isinstance(mlpx.load(mlpx.MLP([4, 2]).save(tmp_path / "net")), mlpx.Sequential)
+    with pytest.raises(mlpx.ModelFileError, match="members"):  # a network's record is no stack
+        Stack.from_config(mlpx.MLP([4, 2]).get_config())
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_a_stack_resumes_from_its_checkpoint_bit_for_bit(digits, tmp_path, shuffle):
+    """ModelCheckpoint writes every member's weights, optimizer state, counters and
+    shuffle and dropout generators; a stack loaded from it ends where the
+    uninterrupted run ends."""
+    X, y = digits
+    template = mlpx.MLP([64, 16, 10], dtype="float64", seed=0, dropout=0.2)
+    straight = Stack(template, seeds=[0, 1])
+    straight.fit(X, y, epochs=3, batch_size=64, lr=[1e-3, 1e-2], shuffle=shuffle)
+    first = Stack(template, seeds=[0, 1])
+    first.fit(X, y, epochs=2, batch_size=64, lr=[1e-3, 1e-2], shuffle=shuffle,
+              callbacks=[mlpx.ModelCheckpoint(tmp_path / "ck.npz")])
+    resumed = Stack(template, seeds=[5, 6])  # everything must come from the file
+    opt = mlpx.load_checkpoint(tmp_path / "ck.npz", resumed)
+    assert resumed.epochs_done_ == 2
+    resumed.fit(X, y, epochs=1, batch_size=64, optimizer=opt, shuffle=shuffle)
+    np.testing.assert_array_equal(resumed.get_params_host(), straight.get_params_host())
