@@ -141,7 +141,10 @@ class NumpyBackend(Backend):
     def run(self, k: Any, *args: Any, **kwargs: Any) -> Any:
         # numba compiles no half-precision loops: float16/bfloat16 operands (mixed
         # precision) take the NumPy variants, resolved into a cache of their own.
-        low = bool(args) and getattr(getattr(args[0], "dtype", None), "itemsize", 4) < 4
+        try:
+            low = args[0].dtype.itemsize < 4
+        except (IndexError, AttributeError):
+            low = False
         cache = self._low_cache if low else self._kernel_cache
         fn = cache.get(k)
         if fn is None:
@@ -216,22 +219,31 @@ class NumpyBackend(Backend):
         out: Array | None = None,
     ) -> Array:
         # numpy.matmul hands every member's product to BLAS (transposed views as
-        # transpose flags) and writes into out.
-        self.check(a)
-        self.check(b)
-        if trans_a:
-            a = np.swapaxes(a, -1, -2)
-        if trans_b:
-            b = np.swapaxes(b, -1, -2)
-        return np.matmul(a, b, out=out)
+        # transpose flags) and writes into out. Checked only when not plain NumPy
+        # arrays: this runs several times per layer and step.
+        if type(a) is not np.ndarray:
+            self.check(a)
+        if type(b) is not np.ndarray:
+            self.check(b)
+        if self.blas != "numpy":  # the chosen library computes each member's product
+            K = max(a.shape[0] if a.ndim == 3 else 1, b.shape[0] if b.ndim == 3 else 1)
+            parts = [self._gemm(a if a.ndim == 2 else a[min(k, a.shape[0] - 1)],
+                                b if b.ndim == 2 else b[min(k, b.shape[0] - 1)], trans_a, trans_b,
+                                None if out is None else out[k]) for k in range(K)]
+            return out if out is not None else np.stack(parts)
+        return np.matmul(a.mT if trans_a else a, b.mT if trans_b else b, out=out)
 
     def sum(self, x: Array, axis: int | None = None, out: Array | None = None) -> Array:
         # Half-precision sums (bias gradients over a batch) accumulate in float32:
         # float16's 11-bit mantissa stops counting past 2048 equal terms.
         acc = np.float32 if x.dtype.itemsize < 4 else None
+        if type(x) is np.ndarray:
+            return x.sum(axis=axis, out=out, dtype=acc)
         return np.sum(x, axis=axis, out=out, dtype=acc)
 
     def take_rows(self, x: Array, idx: Array, out: Array | None = None) -> Array:
+        if type(x) is np.ndarray:  # (skips the dispatch of numpy.take: once per batch and step)
+            return x.take(idx, axis=0, out=out)
         return np.take(x, idx, axis=0, out=out)
 
     def to_float(self, x: Array) -> float:

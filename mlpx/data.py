@@ -735,6 +735,8 @@ class MemberBatches:
         self.dtype, self.target_dtype = _dtype_name(dtype), _dtype_name(tdt)
         self._cache: tuple[Any, np.ndarray, np.ndarray] | None = None
         self._gid: np.ndarray | None = None
+        self._real_memo: tuple[Any, np.ndarray, int] | None = None
+        self._sizes_memo: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
         whole = np.arange(N)
         # One member over the whole data set in order: its steps are slices, not gathers.
         self._contiguous = self.n_members == 1 and rows[0].size == N and bool((rows[0] == whole).all())
@@ -775,7 +777,18 @@ class MemberBatches:
         return idx, wts
 
     def _real(self, perm: Any) -> np.ndarray:
-        return np.array([0 if (p is not None and len(p) == 0) else n for n, p in zip(self.sizes, self._orders(perm))])
+        """Each member's rows in the epoch of order ``perm`` (0: it sits the epoch out), (K,)."""
+        memo = self._real_memo
+        if memo is not None and memo[0] is perm:
+            return memo[1]
+        real = np.array([0 if (p is not None and len(p) == 0) else n for n, p in zip(self.sizes, self._orders(perm))])
+        self._real_memo = (perm, real, int(real.min()))
+        return real
+
+    def _fewest(self, perm: Any) -> int:
+        self._real(perm)
+        assert self._real_memo is not None
+        return self._real_memo[2]
 
     def widths(self, perm: Any) -> np.ndarray:
         """The rows of every step (the most any member has left, at most the batch size),
@@ -785,15 +798,27 @@ class MemberBatches:
         to other BLAS routines than NumPy's matrix product, and the compiled step
         (:mod:`mlpx.member_step`) must give the bits of the phase-by-phase one.
         """
-        b = self.batch_size
-        left = self._real(perm).max() - b * np.arange(self.n_batches)
-        return np.clip(left, min(2, b), b).astype(np.int64)
+        return self._sizes(perm)[0].copy()
 
     def step_rows(self, perm: Any) -> np.ndarray:
         """Rows of every step per member, shape (n_batches, K)."""
-        b = self.batch_size
-        starts = b * np.arange(self.n_batches)[:, None]
-        return np.clip(self._real(perm)[None, :] - starts, 0, b).astype(np.float64)
+        return self._sizes(perm)[1].copy()
+
+    def _sizes(self, perm: Any) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`widths` and :meth:`step_rows`, kept for the members' row counts (the
+        same every epoch but for members that sit one out)."""
+        real = self._real(perm)
+        key = real.tobytes()
+        got = self._sizes_memo.get(key)
+        if got is None:
+            b = self.batch_size
+            starts = b * np.arange(self.n_batches)
+            widths = np.clip(real.max() - starts, min(2, b), b).astype(np.int64)
+            rows = np.clip(real[None, :] - starts[:, None], 0, b).astype(np.float64)
+            if len(self._sizes_memo) > 8:
+                self._sizes_memo.clear()
+            got = self._sizes_memo[key] = (widths, rows)
+        return got
 
     def denominators(self, perm: Any) -> np.ndarray:
         """Each member's loss normaliser per step (rows, or Σ w), shape (n_batches, K)."""
@@ -816,13 +841,19 @@ class MemberBatches:
             yield self.batch(index, w, j, widths)
 
     def batch(self, index: Array, w: Array, j: int, widths: np.ndarray | None = None) -> Batch:
-        """Step ``j`` of the epoch whose :meth:`epoch_arrays` are ``index``, ``w``."""
+        """Step ``j`` of the epoch whose :meth:`epoch_arrays` are ``index``, ``w``.
+
+        ``w`` is None (unit weights) for a step without sample weights and without
+        padding: the losses and counts then skip the multiplication.
+        """
         b = self.batch_size
         m = b if widths is None else int(widths[j])
         sel = index[j, :, :m]
-        span = (j * b, j * b + m) if self._contiguous and self._cache is not None and self._cache[0] is None else None
-        return Batch(MemberRows(self.X, sel, self.groups, span), MemberRows(self.Y, sel, span=span), w[j, :, :m],
-                     j * b, j * b + m)
+        given = self._cache[0] if self._cache is not None else None
+        span = (j * b, j * b + m) if self._contiguous and given is None else None
+        unit = self.w_host is None and self._fewest(given) - j * b >= m  # no padding row in the step
+        return Batch(MemberRows(self.X, sel, self.groups, span), MemberRows(self.Y, sel, span=span),
+                     None if unit else w[j, :, :m], j * b, j * b + m)
 
     def epoch_arrays(self, perm: Any) -> tuple[Array, Array]:
         """The whole epoch's row indices and weights on the device, in one transfer each.
@@ -870,13 +901,13 @@ class MemberRows:
     def __init__(self, data: Array, index: Array, groups: np.ndarray | None = None,
                  span: tuple[int, int] | None = None) -> None:
         self.data, self.index, self.groups, self.span = data, index, groups, span
-        K, b = (int(s) for s in index.shape)
-        self.shape = (K, b, int(data.shape[1]))
+        K, b = index.shape
+        self.shape = (int(K), int(b), int(data.shape[1]))
 
     def shared(self, be: Any, rows: slice, ws: dict | None = None) -> "SharedRows | None":
         """Runs of consecutive members ``rows`` with the same rows, one gathered (b, f)
         block each; None when no two neighbours share (then :meth:`take`)."""
-        if self.groups is None or self.span is not None:
+        if self.groups is None or self.span is not None or self.shape[0] == 1:
             return None
         g = self.groups[rows]
         starts = [0] + [i for i in range(1, g.size) if g[i] != g[i - 1]]
@@ -897,13 +928,18 @@ class MemberRows:
 
     def take(self, be: Any, rows: slice, ws: dict | None = None, tag: str = "X") -> Array:
         """The rows of the members ``rows``: an array of shape (k, b, f)."""
-        xp = be.xp
+        f = self.shape[2]
         if self.span is not None:
             a, b = self.span
-            return xp.reshape(self.data[a:b, :], (1, b - a, self.shape[2]))
-        idx = self.index if rows == slice(None) else self.index[rows, :]
-        k, b = (int(s) for s in idx.shape)
-        f = self.shape[2]
+            return be.xp.reshape(self.data[a:b, :], (1, b - a, f))
+        idx = self.index if rows.start is None and rows.stop is None else self.index[rows, :]
+        k, b = idx.shape[0], idx.shape[1]
+        if ws is not None and type(idx) is np.ndarray:  # NumPy: gather into a kept buffer
+            out = ws.get((tag, k, b))
+            if out is None:
+                out = ws[(tag, k, b)] = np.empty((k * b, f), self.data.dtype)
+            return be.take_rows(self.data, idx.reshape(k * b), out=out).reshape(k, b, f)
+        xp = be.xp
         out = None
         if ws is not None and "numpy" in be.kinds:
             out = ws.get((tag, k, b))

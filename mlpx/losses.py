@@ -157,24 +157,32 @@ poisson_on_outputs = kernel(_generic(_poisson_out_rows, "poisson_on_outputs"))
 def _np_scale(xp: Any, dZ: Array, w: Array | None, inv_d: Array) -> None:
     if w is not None:
         xp.multiply(dZ, w[:, :, None], out=dZ)
-    xp.multiply(dZ, inv_d[:, None, None], out=dZ)
+    # One member's 1/d as a scalar: ufuncs broadcast a (1, 1, 1) operand more slowly.
+    xp.multiply(dZ, inv_d[0] if inv_d.shape[0] == 1 else inv_d[:, None, None], out=dZ)
 
 
 def _np_total(xp: Any, per_row: Array, w: Array | None, inv_d: Array) -> Array:
     total = (per_row.sum(axis=1) if w is None else xp.einsum("kn,kn->k", per_row, w)) * inv_d
+    if type(total) is np.ndarray:  # on the host: mask only the members without rows
+        if total.shape[0] == 1:
+            if not inv_d[0] > 0:
+                total[0] = 0
+        elif not (inv_d > 0).all():
+            total[inv_d <= 0] = 0
+        return total
     return xp.where(inv_d > 0, total, xp.zeros_like(total))
 
 
 @cross_entropy.register("numpy")
 def _cross_entropy_np(xp: Any, Z: Array, Y: Array, w: Array | None, inv_d: Array,
                       dZ: Array | None) -> tuple[Array, Array | None]:
-    m = xp.max(Z, axis=-1, keepdims=True)
+    m = Z.max(axis=-1, keepdims=True)
     E = xp.subtract(Z, m, out=dZ) if dZ is not None else Z - m
     # Σ_j y_ij (lse_i − z_ij) = lse_i Σ_j y_ij − Σ_j y_ij z_ij, with z shifted by m
     yz = xp.einsum("knc,knc->kn", Y, E)
     xp.exp(E, out=E)
-    s = xp.sum(E, axis=-1, keepdims=True)
-    per_row = xp.log(s[..., 0]) * xp.sum(Y, axis=-1) - yz
+    s = E.sum(axis=-1, keepdims=True)
+    per_row = xp.log(s[..., 0]) * Y.sum(axis=-1) - yz
     if dZ is not None:
         xp.divide(E, s, out=dZ)
         xp.subtract(dZ, Y, out=dZ)

@@ -71,6 +71,17 @@ def correct_count(xp: Any, Z: Array, Y: Array, w: Array | None, output: str) -> 
     return xp.sum(hit if w is None else hit * xp.astype(w > 0, Z.dtype), axis=1)
 
 
+@correct_count.register("numpy")
+def _correct_count_np(xp: Any, Z: Array, Y: Array, w: Array | None, output: str) -> Array:
+    if output == "softmax":
+        hit = Z.argmax(axis=-1) == Y.argmax(axis=-1)
+    else:
+        hit = ((Z > 0) == (Y > 0.5)).all(axis=-1)
+    if w is not None:
+        hit &= w > 0
+    return hit.sum(axis=1, dtype=Z.dtype)
+
+
 @lazy_njit
 def arg_max(Z: np.ndarray, i: int) -> int:  # pragma: no cover - compiled
     """``numpy.argmax`` of row ``i`` of ``Z`` (n, k): the first maximum, or the first

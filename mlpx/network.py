@@ -41,6 +41,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import math
+import operator
 import os
 import threading
 from typing import Any, Iterator, NamedTuple, Sequence
@@ -64,8 +65,9 @@ from mlpx.validation import check_sample_weight, check_X, encode_targets
 __all__ = ["Network", "StepResult"]
 
 Array = Any
-#: Work of one compiled call of :meth:`Network.train_epoch` (about 0.5 s on a CPU core).
-_BLOCK_FLOPS = 1e10
+#: Work of one compiled call of :meth:`Network.train_epoch` (about 10 ms on a CPU core): it
+#: bounds how long a prediction from another thread waits for the parameter lock.
+_BLOCK_FLOPS = 2e8
 
 
 class StepResult(NamedTuple):
@@ -157,6 +159,12 @@ class MemberScalers:
     def scales(self) -> np.ndarray:
         """Each member's loss scale now, shape (K,)."""
         return np.array([s.scale for s in self.members])
+
+
+#: Every member.
+_ALL = slice(None)
+#: No thread pool, one chunk of members: the whole of them.
+_NO_POOL: tuple[Any, list[slice]] = (None, [_ALL])
 
 
 def _default_threads() -> int:
@@ -332,6 +340,7 @@ class Network:
                   else None) for i, l in enumerate(self.layers)], self.compute_dtype, mixed)
         self._ws.clear()
         self._tls = threading.local()
+        self._view_cache: dict[Any, Any] = {}
 
     def architecture(self) -> dict[str, Any]:
         """The members' architecture as a JSON record: ``layers`` (the output activation
@@ -382,8 +391,24 @@ class Network:
         self._dropout_rank = rank
 
     # ------------------------------------------------------------ parameters
-    def _views(self, flat: Array, rows: slice, i: int) -> dict[str, Array]:
-        """Layer ``i``'s parameters of the members ``rows``: name -> (k, *shape)."""
+    def _layer_views(self, flat: Array, rows: slice) -> list[dict[str, Array]]:
+        """Each layer's parameters of the members ``rows``: name -> (k, *shape).
+
+        Views of a mutable buffer are kept (one set per buffer and group of members):
+        a step would otherwise cut them again, two Python calls per parameter. An
+        immutable backend's buffers are new at every step: cut, never kept.
+        """
+        if not self._in_place:
+            return [self._cut(flat, rows, j) for j in range(len(self.layers))]
+        key = (id(flat), rows.start, rows.stop)
+        hit = self._view_cache.get(key)
+        if hit is None or hit[0] is not flat:
+            if len(self._view_cache) > 16:
+                self._view_cache.clear()
+            hit = self._view_cache[key] = (flat, [self._cut(flat, rows, j) for j in range(len(self.layers))])
+        return hit[1]
+
+    def _cut(self, flat: Array, rows: slice, i: int) -> dict[str, Array]:
         xp = self.backend.xp
         out = {}
         for name, (a, b, shape) in self._layer_slots[i].items():
@@ -478,16 +503,16 @@ class Network:
             if split:
                 n = min(self.threads, self.n_members)
                 pool = concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix="mlpx-members")
-                self._train.pool, self._train.chunks = pool, _split(self.n_members, n)
+                self._train.state = (pool, _split(self.n_members, n))
             try:
                 yield
             finally:
-                self._train.pool, self._train.chunks = None, [slice(None)]
+                self._train.state = _NO_POOL
                 if pool is not None:
                     pool.shutdown(wait=True)
 
     def _pool(self) -> tuple[Any, list[slice]]:
-        return getattr(self._train, "pool", None), getattr(self._train, "chunks", [slice(None)])
+        return getattr(self._train, "state", _NO_POOL)
 
     def gemm_flops(self, n: int) -> float:
         """Flops (2·n·n_in·n_out) of one member's largest matrix product for n rows."""
@@ -525,8 +550,9 @@ class Network:
             first_dense = isinstance(self.layers[0], Dense)
             H = (H.shared(be, rows, ws) if first_dense and self._in_place else None) or H.take(be, rows, ws, "X")
         tape: list[Any] = []
+        views = self._layer_views(flat, rows)
         for i, layer in enumerate(self.layers):
-            H, saved = layer.forward(ctx, i, H, self._views(flat, rows, i) if self._layer_slots[i] else {})
+            H, saved = layer.forward(ctx, i, H, views[i])
             tape.append(saved)
         return H, tape
 
@@ -542,18 +568,25 @@ class Network:
         in_place = True
         dH: Array | None = dZ
         last = 0 if to_input else self._first_param
+        params = self._layer_views(flat, rows)
+        into = self._layer_views(grads, rows) if self._in_place else None
         for i in range(len(self.layers) - 1, last - 1, -1):
-            slots = self._layer_slots[i]
-            views = self._views(grads, rows, i) if (slots and self._in_place) else None
-            dH, got = self.layers[i].backward(ctx, i, dH, tape[i], self._views(flat, rows, i) if slots else {},
-                                              views, i > self._first_param or to_input)
+            views = into[i] if into is not None else None
+            dH, got = self.layers[i].backward(ctx, i, dH, tape[i], params[i], views or None,
+                                              i > self._first_param or to_input)
+            if not got or (views and all(map(operator.is_, got.values(), map(views.__getitem__, got)))):
+                continue  # no parameters, or written into the gradient buffer
+            in_place = False
             for name, arr in got.items():
-                pieces[slots[name][0]] = arr
-                in_place = in_place and views is not None and arr is views[name]
+                pieces[self._layer_slots[i][name][0]] = arr
         if to_input:
             return dH
         if in_place:
             return None
+        # A layer wrote new arrays (an immutable backend): every layer's gradient joins.
+        for i in range(last, len(self.layers)):
+            for name, (a, _, _) in self._layer_slots[i].items():
+                pieces.setdefault(a, into[i][name] if into is not None else None)
         return xp.concat([xp.reshape(pieces[a], (int(pieces[a].shape[0]), -1)) for a in sorted(pieces)], axis=1)
 
     def infer_members(self, X: Array) -> tuple[Array, Array]:
@@ -852,7 +885,7 @@ class Network:
             penalty = (0.5 * dev[1, :]) * sq[0] if penalised else 0.0
             return StepResult(value[0], penalty, None if correct is None else correct[0], True, None)
 
-        value: Any = xp.zeros(K, dtype=be.dtype(self.dtype))
+        value: Any = None
         correct = sq = None
         error = pending
         if X is not None and error is None:
@@ -865,12 +898,14 @@ class Network:
                 error = exc
         elif X is None and error is None:
             self.flat_grads = be.assign(self.flat_grads, be.run(_zero, self.flat_grads))
+        if value is None:  # no rows here, or the step failed
+            value = xp.zeros(K, dtype=be.dtype(self.dtype))
         if not fused:
             value = reducer.allreduce_gradients(xp.reshape(self.flat_grads, (-1,)), value, error=error,
                                                 where=where)
         applied: bool | None = None if optimizer is None else True
         late: BaseException | None = error
-        if late is None:
+        if late is None and not fused:  # (a fused step has updated in _phases)
             try:
                 with self.parameter_lock.write():
                     if optimizer is None:
@@ -911,15 +946,19 @@ class Network:
         if self.precision_.mixed:
             self._flat_c = be.copy(self.flat, self._flat_c)
         pool, chunks = self._pool()
-        chunks = chunks if self._in_place else [slice(None)]
+        if len(chunks) == 1 or pool is None or not self._in_place:
+            with self.parameter_lock.write():
+                value, sq, correct, new = self._chunk_step(_ALL, X, Y, w, dev, loss, count_correct, penalised,
+                                                           optimizer)
+                if new is not None:
+                    self._store(new)
+            return value, sq, correct
 
         def run(rows: slice) -> tuple[Any, Any, Any, Any]:
             return self._chunk_step(rows, X, Y, w, dev, loss, count_correct, penalised, optimizer)
 
         with self.parameter_lock.write():
-            parts = list(pool.map(run, chunks)) if len(chunks) > 1 and pool is not None else [run(r) for r in chunks]
-            if len(parts) == 1 and parts[0][3] is not None:
-                self._store(parts[0][3])
+            parts = list(pool.map(run, chunks))
         value = _join(xp, [p[0] for p in parts])
         correct = _join(xp, [p[2] for p in parts]) if count_correct else None
         sq = _join(xp, [p[1] for p in parts]) if parts[0][1] is not None else None
@@ -933,7 +972,7 @@ class Network:
         Returns (loss, Σ W² or None, correct or None, new parameters or None).
         """
         be, xp = self.backend, self.backend.xp
-        whole = rows == slice(None)
+        whole = rows.start is None and rows.stop is None
         ws = self._ws.setdefault(("chunk", rows.start, rows.stop), {})
         Xr = X if isinstance(X, MemberRows) or len(X.shape) == 2 or whole else X[rows]
         Yr = Y.take(be, rows, ws, "Y") if isinstance(Y, MemberRows) else (Y if whole else Y[rows])
@@ -942,7 +981,7 @@ class Network:
         scale = dev[2, :] if whole else dev[2, rows]
         Z, tape = self._forward(Xr, rows, ws, train=True)
         mixed = self.precision_.mixed
-        k, n, c = (int(s) for s in Z.shape)
+        k, n, c = map(int, Z.shape)
         Zm = be.astype(Z, self.dtype) if mixed else Z
         dZ = self._ws_buffer(ws, "dZ", (k, n, c), self.dtype)
         P = None if loss.canonical else self._ws_buffer(ws, "P", (k, n, c), self.dtype)

@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 from typing import Any, Sequence
 
 import numpy as np
 
 from mlpx.backends import Backend, kernel
 from mlpx.backends.cuda import ACCUMULATOR_PREAMBLE, lazy_elementwise
-from mlpx.backends.jit import lazy_njit
+from mlpx.backends.jit import lazy_njit, numba_enabled
 from mlpx.schedules import Constant, Schedule, get_schedule, get_schedule_from_state
 from mlpx.validation import check_bool, check_real
 
@@ -70,7 +71,7 @@ def _col(xp: Any, vec: Array, i: int) -> Array:
 
 @kernel
 def sgd_update(xp: Any, p: Array, g: Array, vel: Array, vec: Array, coef: Array | None,
-               n_weights: int) -> tuple[Array, Array, Array | None]:
+               n_weights: int, tmp: Array | None = None) -> tuple[Array, Array, Array | None]:
     """SGD with (Nesterov) momentum, as scikit-learn's, for every member.
 
     Parameters
@@ -81,6 +82,8 @@ def sgd_update(xp: Any, p: Array, g: Array, vel: Array, vec: Array, coef: Array 
     coef : array, shape (K,), or None
         ``l2 / d`` per member, added as ``coef · W`` to the weights' gradient first.
     n_weights : int
+    tmp : array, shape (K, n_params), optional
+        Scratch space the in-place variants may use (they allocate it when absent).
 
     Returns
     -------
@@ -99,7 +102,7 @@ def sgd_update(xp: Any, p: Array, g: Array, vel: Array, vec: Array, coef: Array 
 
 @kernel
 def adam_update(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array, coef: Array | None,
-                n_weights: int) -> tuple[Array, Array, Array, Array | None]:
+                n_weights: int, tmp: Array | None = None) -> tuple[Array, Array, Array, Array | None]:
     """Adam (scikit-learn's placement of ε), and AdamW's decay, for every member.
 
     Parameters
@@ -129,7 +132,7 @@ def adam_update(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array, coe
 
 @kernel
 def rmsprop_update(xp: Any, p: Array, g: Array, s: Array, vec: Array, coef: Array | None,
-                   n_weights: int) -> tuple[Array, Array, Array | None]:
+                   n_weights: int, tmp: Array | None = None) -> tuple[Array, Array, Array | None]:
     """RMSprop for every member.
 
     Parameters
@@ -154,32 +157,48 @@ def rmsprop_update(xp: Any, p: Array, g: Array, s: Array, vec: Array, coef: Arra
 
 
 # NumPy: in-place ufuncs over the members that step (all of them, usually, in one go).
-def _np_penalty(xp: Any, p: Array, g: Array, coef: Array | None, nw: int) -> Array | None:
+# ``tmp`` is a scratch buffer of p's shape: the update's one temporary, kept by the
+# optimizer between steps (a fresh one each step costs a page fault per 4 KiB on
+# large networks).
+def _np_penalty(xp: Any, p: Array, g: Array, coef: Array | None, nw: int, tmp: Array) -> Array | None:
     if coef is None:
         return None
     W = p[:, :nw]
     sq = _row_sq(xp, W)
-    xp.add(g[:, :nw], W * coef[:, None], out=g[:, :nw])
+    xp.multiply(W, coef[0] if coef.shape[0] == 1 else coef[:, None], out=tmp[:, :nw])
+    xp.add(g[:, :nw], tmp[:, :nw], out=g[:, :nw])
     return sq
 
 
 def _np_rows(update: Any, vec: Array, arrays: tuple[Array, ...], nw: int) -> None:
-    """``update(arrays, vec, nw)`` on every member at once, or member by member when
-    some sit the step out."""
-    on = vec[-1]
-    if bool((on > 0).all()):
-        update(*arrays, vec, nw)
+    """``update(*arrays, cols, nw)`` on every member at once (``cols[i]``: row ``i`` of
+    ``vec`` as a column that broadcasts over the members), or member by member when
+    some sit the step out. One member takes its scalars as Python floats: ufuncs
+    broadcast a (1, 1) operand about 2.5 times slower than they take a scalar, and a
+    Python float computes in the arrays' dtype (a float32 value, widened, is exact)."""
+    if vec.shape[1] == 1:
+        if vec[-1, 0] > 0:
+            update(*arrays, vec[:, 0].tolist(), nw)
         return
-    for k in np.flatnonzero(np.asarray(on) > 0):
-        update(*(a[k : k + 1] for a in arrays), vec[:, k : k + 1], nw)
+    on = vec[-1] > 0
+    if bool(on.all()):
+        update(*arrays, [vec[i][:, None] for i in range(vec.shape[0])], nw)
+        return
+    for k in np.flatnonzero(on):
+        rows = slice(int(k), int(k) + 1)
+        update(*(a[rows] for a in arrays), vec[:, k].tolist(), nw)
 
 
-def _sgd_rows_np(p: Array, g: Array, vel: Array, vec: Array, nw: int) -> None:
-    lr, mu = vec[0][:, None], vec[1][:, None]
-    tmp = g * lr
+def _differs(x: Any, value: float) -> bool:
+    """Whether a scalar, or any entry of a column, is not ``value``."""
+    return x != value if isinstance(x, float) else bool((x != value).any())
+
+
+def _sgd_rows_np(p: Array, g: Array, vel: Array, tmp: Array, cols: list[Array], nw: int) -> None:
+    lr, mu, nest = cols[0], cols[1], np.asarray(cols[2]).reshape(-1) > 0
+    np.multiply(g, lr, out=tmp)
     np.multiply(vel, mu, out=vel)
     np.subtract(vel, tmp, out=vel)
-    nest = vec[2] > 0
     if bool(nest.all()):
         np.subtract(p, tmp, out=p)
         np.multiply(vel, mu, out=tmp)
@@ -187,6 +206,7 @@ def _sgd_rows_np(p: Array, g: Array, vel: Array, vec: Array, nw: int) -> None:
     elif not nest.any():
         np.add(p, vel, out=p)
     else:  # members that differ in Nesterov's setting: each its own rule
+        mu = np.broadcast_to(np.asarray(mu), (p.shape[0], 1))
         for k in range(p.shape[0]):
             if nest[k]:
                 np.subtract(p[k], tmp[k], out=p[k])
@@ -198,17 +218,18 @@ def _sgd_rows_np(p: Array, g: Array, vel: Array, vec: Array, nw: int) -> None:
 
 @sgd_update.register("numpy")
 def _sgd_update_np(xp: Any, p: Array, g: Array, vel: Array, vec: Array, coef: Array | None,
-                   n_weights: int) -> tuple[Array, Array, Array | None]:
-    sq = _np_penalty(xp, p, g, coef, n_weights)
-    _np_rows(_sgd_rows_np, vec, (p, g, vel), n_weights)
+                   n_weights: int, tmp: Array | None = None) -> tuple[Array, Array, Array | None]:
+    tmp = np.empty_like(p) if tmp is None else tmp
+    sq = _np_penalty(xp, p, g, coef, n_weights, tmp)
+    _np_rows(_sgd_rows_np, vec, (p, g, vel, tmp), n_weights)
     return p, vel, sq
 
 
-def _adam_rows_np(p: Array, g: Array, m: Array, v: Array, vec: Array, nw: int) -> None:
-    neg_lr, b1, c1, b2, c2, eps, decay = (vec[i][:, None] for i in range(7))
-    if bool((vec[6] != 1).any()):
+def _adam_rows_np(p: Array, g: Array, m: Array, v: Array, tmp: Array, cols: list[Array], nw: int) -> None:
+    neg_lr, b1, c1, b2, c2, eps, decay = cols[:7]
+    if _differs(decay, 1.0):
         np.multiply(p[:, :nw], decay, out=p[:, :nw])
-    tmp = g * c1
+    np.multiply(g, c1, out=tmp)
     np.multiply(m, b1, out=m)
     np.add(m, tmp, out=m)
     np.multiply(v, b2, out=v)
@@ -224,16 +245,17 @@ def _adam_rows_np(p: Array, g: Array, m: Array, v: Array, vec: Array, nw: int) -
 
 @adam_update.register("numpy")
 def _adam_update_np(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array, coef: Array | None,
-                    n_weights: int) -> tuple[Array, Array, Array, Array | None]:
-    sq = _np_penalty(xp, p, g, coef, n_weights)
-    _np_rows(_adam_rows_np, vec, (p, g, m, v), n_weights)
+                    n_weights: int, tmp: Array | None = None) -> tuple[Array, Array, Array, Array | None]:
+    tmp = np.empty_like(p) if tmp is None else tmp
+    sq = _np_penalty(xp, p, g, coef, n_weights, tmp)
+    _np_rows(_adam_rows_np, vec, (p, g, m, v, tmp), n_weights)
     return p, m, v, sq
 
 
-def _rmsprop_rows_np(p: Array, g: Array, s: Array, vec: Array, nw: int) -> None:
-    lr, rho, c_rho, eps = (vec[i][:, None] for i in range(4))
+def _rmsprop_rows_np(p: Array, g: Array, s: Array, tmp: Array, cols: list[Array], nw: int) -> None:
+    lr, rho, c_rho, eps = cols[:4]
     np.multiply(s, rho, out=s)
-    tmp = g * g
+    np.multiply(g, g, out=tmp)
     np.multiply(tmp, c_rho, out=tmp)
     np.add(s, tmp, out=s)
     np.sqrt(s, out=tmp)
@@ -245,9 +267,10 @@ def _rmsprop_rows_np(p: Array, g: Array, s: Array, vec: Array, nw: int) -> None:
 
 @rmsprop_update.register("numpy")
 def _rmsprop_update_np(xp: Any, p: Array, g: Array, s: Array, vec: Array, coef: Array | None,
-                       n_weights: int) -> tuple[Array, Array, Array | None]:
-    sq = _np_penalty(xp, p, g, coef, n_weights)
-    _np_rows(_rmsprop_rows_np, vec, (p, g, s), n_weights)
+                       n_weights: int, tmp: Array | None = None) -> tuple[Array, Array, Array | None]:
+    tmp = np.empty_like(p) if tmp is None else tmp
+    sq = _np_penalty(xp, p, g, coef, n_weights, tmp)
+    _np_rows(_rmsprop_rows_np, vec, (p, g, s, tmp), n_weights)
     return p, s, sq
 
 
@@ -344,9 +367,9 @@ def _fits_loop(p: Array, *state: Array) -> bool:
 
 @sgd_update.register("numba")
 def _sgd_update_numba(xp: Any, p: Array, g: Array, vel: Array, vec: Array, coef: Array | None,
-                      n_weights: int) -> tuple[Array, Array, Array | None]:
+                      n_weights: int, tmp: Array | None = None) -> tuple[Array, Array, Array | None]:
     if not _fits_loop(p, g, vel):
-        return _sgd_update_np(xp, p, g, vel, vec, coef, n_weights)
+        return _sgd_update_np(xp, p, g, vel, vec, coef, n_weights, tmp)
     sq, vec, cf = _numba_args(p, vec, coef, n_weights)
     _sgd_loop(p, g, vel, vec, cf, int(n_weights), coef is not None)
     return p, vel, sq
@@ -354,9 +377,9 @@ def _sgd_update_numba(xp: Any, p: Array, g: Array, vel: Array, vec: Array, coef:
 
 @adam_update.register("numba")
 def _adam_update_numba(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array, coef: Array | None,
-                       n_weights: int) -> tuple[Array, Array, Array, Array | None]:
+                       n_weights: int, tmp: Array | None = None) -> tuple[Array, Array, Array, Array | None]:
     if not _fits_loop(p, g, m, v):
-        return _adam_update_np(xp, p, g, m, v, vec, coef, n_weights)
+        return _adam_update_np(xp, p, g, m, v, vec, coef, n_weights, tmp)
     sq, vec, cf = _numba_args(p, vec, coef, n_weights)
     _adam_loop(p, g, m, v, vec, cf, int(n_weights), coef is not None)
     return p, m, v, sq
@@ -364,9 +387,9 @@ def _adam_update_numba(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Arr
 
 @rmsprop_update.register("numba")
 def _rmsprop_update_numba(xp: Any, p: Array, g: Array, s: Array, vec: Array, coef: Array | None,
-                          n_weights: int) -> tuple[Array, Array, Array | None]:
+                          n_weights: int, tmp: Array | None = None) -> tuple[Array, Array, Array | None]:
     if not _fits_loop(p, g, s):
-        return _rmsprop_update_np(xp, p, g, s, vec, coef, n_weights)
+        return _rmsprop_update_np(xp, p, g, s, vec, coef, n_weights, tmp)
     sq, vec, cf = _numba_args(p, vec, coef, n_weights)
     _rmsprop_loop(p, g, s, vec, cf, int(n_weights), coef is not None)
     return p, s, sq
@@ -427,19 +450,19 @@ def _cuda_call(xp: Any, fn: Any, p: Array, g: Array, vec: Array, coef: Array | N
 
 @sgd_update.register("cupy")
 def _sgd_update_cupy(xp: Any, p: Array, g: Array, vel: Array, vec: Array, coef: Array | None,
-                     n_weights: int) -> tuple[Array, Array, Array | None]:
+                     n_weights: int, tmp: Array | None = None) -> tuple[Array, Array, Array | None]:
     return p, vel, _cuda_call(xp, _sgd_cuda, p, g, vec, coef, n_weights, vel)
 
 
 @adam_update.register("cupy")
 def _adam_update_cupy(xp: Any, p: Array, g: Array, m: Array, v: Array, vec: Array, coef: Array | None,
-                      n_weights: int) -> tuple[Array, Array, Array, Array | None]:
+                      n_weights: int, tmp: Array | None = None) -> tuple[Array, Array, Array, Array | None]:
     return p, m, v, _cuda_call(xp, _adam_cuda, p, g, vec, coef, n_weights, m, v)
 
 
 @rmsprop_update.register("cupy")
 def _rmsprop_update_cupy(xp: Any, p: Array, g: Array, s: Array, vec: Array, coef: Array | None,
-                         n_weights: int) -> tuple[Array, Array, Array | None]:
+                         n_weights: int, tmp: Array | None = None) -> tuple[Array, Array, Array | None]:
     return p, s, _cuda_call(xp, _rmsprop_cuda, p, g, vec, coef, n_weights, s)
 
 
@@ -530,6 +553,8 @@ class Optimizer:
         self._owner: Any = None
         self._pending: dict[str, Any] | None = None
         self._static: np.ndarray | None = None
+        self._rows: Any = None
+        self._tmp: dict[tuple[Any, Any], Array] = {}
         self.state: dict[str, Array] = {}
         self._members(self._given_members())
         self.lr = lr
@@ -696,6 +721,7 @@ class Optimizer:
         self.state = {name: be.zeros(shape, params.dtype) for name in self.state_names}
         self._bound = (be, params)
         self._static = None
+        self._tmp = {}
         pending, self._pending = self._pending, None
         if pending is not None:
             self._copy_in(pending)
@@ -752,23 +778,26 @@ class Optimizer:
         S = steps.shape[0]
         if self._static is None:
             self._static = self._static_rows()
-        t_after = self._t + np.cumsum(steps, axis=0)
-        if advance:
-            self.advance(steps.sum(axis=0))
-        r = self._static.shape[0] + len(self._dynamic) + 1
+            r = self._static.shape[0] + len(self._dynamic) + 1
+            self._places = (r, [i for i in range(r - 1) if i not in self._dynamic], list(self._dynamic))
+        r, rest, dynamic = self._places
         vec = np.zeros((S, r, K))
-        rest = [i for i in range(r - 1) if i not in self._dynamic]
         vec[:, rest] = self._static
+        vec[:, r - 1] = steps
         s_on, on = np.nonzero(steps)
         if on.size:
-            vec[s_on[None, :], np.asarray(self._dynamic)[:, None], on[None, :]] = self._rule_rows(
-                self._lr[on], t_after[s_on, on], on)
-        vec[s_on, r - 1, on] = 1.0
+            # Each member's count after each of its steps: its own steps add one each.
+            t_after = self._t + np.cumsum(steps, axis=0)
+            rows = self._rule_rows(self._lr[on], t_after[s_on, on], on)
+            for i, d in enumerate(dynamic):
+                vec[s_on, d, on] = rows[i]
+        if advance:
+            self.advance(steps.sum(axis=0))
         return vec if np.ndim(active) == 2 else vec[0]
 
     def advance(self, steps: Any) -> None:
         """Add ``steps`` (shape (K,): bools or counts) to the members' step counts."""
-        self._t = self._t + np.asarray(steps, dtype=np.int64).reshape(self._K)
+        np.add(self._t, steps, out=self._t, casting="unsafe")
 
     # ------------------------------------------------------------- update
     def update(self, params: Array, grads: Array, vec: Array, coef: Array | None = None,
@@ -793,25 +822,47 @@ class Optimizer:
         sq : array, shape (len(rows),), or None
             ``Σ W²`` per member before the step (None without ``coef``).
         """
-        whole = rows == slice(None)
-        p, g = (params, grads) if whole else (params[rows], grads[rows])
-        v = vec if whole else vec[:, rows]
-        c = coef if (whole or coef is None) else coef[rows]
+        whole = rows.start is None and rows.stop is None
         state = self.state_rows()
-        mine = state if whole else [s[rows] for s in state]
-        p, *new, sq = self.be.run(self._kernel, p, g, *mine, v, c, self.n_weights)
         if whole:
+            p, g, v, c, mine = params, grads, vec, coef, state
+        else:
+            p, g, v, mine = params[rows], grads[rows], vec[:, rows], [s[rows] for s in state]
+            c = None if coef is None else coef[rows]
+        tmp = self._scratch(rows, p) if self._keeps_scratch else None
+        p, *new, sq = self.be.run(self._kernel, p, g, *mine, v, c, self.n_weights, tmp=tmp)
+        if whole and any(a is not b for a, b in zip(new, state)):
             self._store_state(new)
         return p, sq
 
+    @property
+    def _keeps_scratch(self) -> bool:
+        # The NumPy variants' temporary (the numba and CUDA ones need none).
+        be = self.be
+        return be.in_place and not be.is_gpu and not numba_enabled()
+
+    def _scratch(self, rows: slice, p: Array) -> Array:
+        """A buffer of ``p``'s shape for the update of ``rows``, kept between steps."""
+        key = (rows.start, rows.stop)
+        buf = self._tmp.get(key)
+        if buf is None or buf.shape != p.shape or buf.dtype != p.dtype:
+            buf = self._tmp[key] = self.be.empty(tuple(p.shape), p.dtype)
+        return buf
+
     def state_rows(self) -> list[Array]:
         """Every state buffer (``state_names`` order) as (K, n_params): views of the
-        state of a network bound with 1-D buffers (a copy on an immutable backend)."""
+        state of a network bound with 1-D buffers (kept while the buffers are)."""
+        cached = self._rows
+        if cached is not None and all(map(operator.is_, cached[0], map(self.state.__getitem__, self.state_names))):
+            return cached[1]
         xp = self.be.xp
-        return [xp.reshape(self.state[n], (1, -1)) if len(self._shape) == 1 else self.state[n]
+        rows = [xp.reshape(self.state[n], (1, -1)) if len(self._shape) == 1 else self.state[n]
                 for n in self.state_names]
+        self._rows = ([self.state[n] for n in self.state_names], rows)
+        return rows
 
     def _store_state(self, arrays: Sequence[Array]) -> None:
+        """Keep the kernel's new state arrays (an immutable backend's)."""
         xp = self.be.xp
         for name, a in zip(self.state_names, arrays):
             if len(self._shape) == 1:
@@ -1193,25 +1244,26 @@ class Adam(Optimizer):
         b2 = _per_member(self._settings["beta_2"], K, "beta_2")
         eps = _per_member(self._settings["epsilon"], K, "epsilon")
         pairs: dict[tuple[float, float], int] = {}
-        self._beta_group = np.array([pairs.setdefault((a, b), len(pairs)) for a, b in zip(b1, b2)])
+        self._beta_group = [pairs.setdefault((float(a), float(b)), len(pairs)) for a, b in zip(b1, b2)]
         self._beta_pairs = list(pairs)
         return np.stack([b1, 1.0 - b1, b2, 1.0 - b2, eps])
 
     _dynamic = (0, 6)
 
     def _rule_rows(self, lr: np.ndarray, t: np.ndarray, on: np.ndarray) -> np.ndarray:
-        # lr_t once per distinct (β₁, β₂, t): one per step for members of one setting.
-        key = self._beta_group[on] * (int(t.max()) + 1) + t
-        if key.min() == key.max():
-            first, where = np.zeros(1, dtype=np.int64), np.zeros(on.size, dtype=np.int64)
-        else:
-            _, first, where = np.unique(key, return_index=True, return_inverse=True)
-        c = np.empty((2, first.size))
-        for i, j in enumerate(first):
-            b1, b2 = self._beta_pairs[self._beta_group[on[j]]]
-            tj = int(t[j])
-            c[0, i], c[1, i] = math.sqrt(1 - b2**tj), 1 - b1**tj
-        return np.stack([-(lr * c[0, where] / c[1, where]), self._decay(lr, on)])
+        # The bias corrections in Python floats (C's pow, as scikit-learn's), once per
+        # distinct (β₁, β₂, t): one per step for members of one setting.
+        c = np.empty((2, on.size))
+        memo: dict[tuple[int, int], tuple[float, float]] = {}
+        group, pairs = self._beta_group, self._beta_pairs
+        for i, (k, tk) in enumerate(zip(on.tolist(), t.tolist())):
+            key = (group[k], tk)
+            got = memo.get(key)
+            if got is None:
+                b1, b2 = pairs[key[0]]
+                got = memo[key] = (math.sqrt(1 - b2**tk), 1 - b1**tk)
+            c[0, i], c[1, i] = got
+        return np.stack([-(lr * c[0] / c[1]), self._decay(lr, on)])
 
     def _decay(self, lr: np.ndarray, on: np.ndarray) -> np.ndarray:
         return np.ones(on.size)

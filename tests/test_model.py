@@ -193,12 +193,12 @@ def test_evaluate_against_sklearn(backend) -> None:
 
 
 def test_predict_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mlpx.model as model_mod
+    import mlpx.network as network_mod
 
     X, _ = _blobs(n=23)
     model = mlpx.MLP([4, 5, 3], dtype="float64", seed=0)
     whole = model.predict_proba(X)
-    monkeypatch.setattr(model_mod, "PREDICT_CHUNK", 5)
+    monkeypatch.setattr(network_mod, "PREDICT_CHUNK", 5)
     np.testing.assert_array_equal(model.predict_proba(X), whole)
 
 
