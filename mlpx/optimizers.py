@@ -800,7 +800,7 @@ class Optimizer:
         state = self.state_rows()
         mine = state if whole else [s[rows] for s in state]
         p, *new, sq = self.be.run(self._kernel, p, g, *mine, v, c, self.n_weights)
-        if whole:
+        if whole and any(a is not b for a, b in zip(new, mine)):  # not updated in place
             self._store_state(new)
         return p, sq
 
