@@ -24,10 +24,9 @@ overwrite ``Z`` with ``H`` and keep one buffer per layer instead of two.
 
 Compiled loops (numba: :func:`mlpx.layers.bias_activation` and
 :func:`mlpx.layers.dense_backward`'s variants, and the whole-step loop of
-:mod:`mlpx.member_step`) compute every activation through one pair of functions,
-:func:`activation_row` and :func:`activation_grad_row`, which pick the
-activation by its :attr:`Activation.code`; the scalar pieces beside each
-activation below are written once for both, so both give the same bits. Their
+:mod:`mlpx.member_step`) compute each activation with the scalar pieces written
+beside it below (``*_value`` and ``*_grad``), picked by its
+:attr:`Activation.code` once per block of rows, so both give the same bits. Their
 ``exp`` and ``tanh`` are :mod:`mlpx.backends.jit_math`'s, which LLVM vectorises.
 GELU uses the tanh approximation (as PyTorch's ``approximate="tanh"``) because the
 Array API standard has no ``erf``.
@@ -43,7 +42,7 @@ from mlpx.backends.cuda import ACCUMULATOR_PREAMBLE, lazy_elementwise
 from mlpx.backends.jit import lazy_njit
 from mlpx.backends.jit_math import exp, tanh, typed
 
-__all__ = ["ACTIVATIONS", "Activation", "activation_grad_row", "activation_row", "get_activation"]
+__all__ = ["ACTIVATIONS", "Activation", "activation_rows", "get_activation"]
 
 Array = Any
 
@@ -346,16 +345,17 @@ def softmax_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Arra
 
 @lazy_njit
 def softmax_row(x, y):  # pragma: no cover - compiled
-    """``y = softmax(x)`` over one row (u,)."""
+    """``y = softmax(x)`` over one row (u,); ``x`` and ``y`` are different arrays."""
+    u = x.shape[0]
     m = x[0]
-    for j in range(1, x.shape[0]):
+    for j in range(1, u):
         m = max(m, x[j])
-    s = x[0] * 0
-    for j in range(x.shape[0]):
-        e = exp(x[j] - m)
-        y[j] = e
-        s += e
-    for j in range(x.shape[0]):
+    for j in range(u):  # apart from the sums, which keep their order: vectorised
+        y[j] = exp(x[j] - m)
+    s = y[0] * 0
+    for j in range(u):
+        s += y[j]
+    for j in range(u):
         y[j] = y[j] / s
 
 
@@ -396,64 +396,47 @@ def exp_grad(dh, h):  # pragma: no cover - compiled
 
 
 # ------------------------------------------------------- compiled rows
-# One loop per activation, chosen once per row: a loop whose body branched on the
-# code would not be vectorised. The rows are separate arrays (x and y, dh and h):
-# a loop that reads and writes one array through two names is not vectorised either.
 @lazy_njit
-def activation_row(code, x, y):  # pragma: no cover - compiled
-    """``y = g(x)`` over one row (u,) for the activation numbered ``code``
-    (:attr:`Activation.code`); ``x`` and ``y`` are different arrays."""
-    u = x.shape[0]
+def activation_rows(code, X, Y):  # pragma: no cover - compiled
+    """``Y = g(X)`` over (n, u) rows for the activation numbered ``code``
+    (:attr:`Activation.code`); ``X`` and ``Y`` are different arrays.
+
+    One loop per activation, chosen once: a loop whose body branched on the code
+    would not be vectorised (nor one that reads and writes one array under two
+    names, hence the separate arrays; :func:`mlpx.layers.bias_activation_rows`
+    runs the activations in place)."""
+    n, u = X.shape
     if code == RELU:
-        for j in range(u):
-            y[j] = relu_value(x[j])
+        for i in range(n):
+            for j in range(u):
+                Y[i, j] = relu_value(X[i, j])
     elif code == TANH:
-        for j in range(u):
-            y[j] = tanh_value(x[j])
+        for i in range(n):
+            for j in range(u):
+                Y[i, j] = tanh_value(X[i, j])
     elif code == LOGISTIC:
-        for j in range(u):
-            y[j] = logistic_value(x[j])
+        for i in range(n):
+            for j in range(u):
+                Y[i, j] = logistic_value(X[i, j])
     elif code == GELU:
-        for j in range(u):
-            y[j] = gelu_value(x[j])
+        for i in range(n):
+            for j in range(u):
+                Y[i, j] = gelu_value(X[i, j])
     elif code == LEAKY_RELU:
-        for j in range(u):
-            y[j] = leaky_relu_value(x[j])
+        for i in range(n):
+            for j in range(u):
+                Y[i, j] = leaky_relu_value(X[i, j])
     elif code == EXP:
-        for j in range(u):
-            y[j] = exp_value(x[j])
+        for i in range(n):
+            for j in range(u):
+                Y[i, j] = exp_value(X[i, j])
     elif code == SOFTMAX:
-        softmax_row(x, y)
+        for i in range(n):
+            softmax_row(X[i], Y[i])
     else:
-        for j in range(u):
-            y[j] = identity_value(x[j])
-
-
-@lazy_njit
-def activation_grad_row(code, dh, z, h):  # pragma: no cover - compiled
-    """``dh ← dh ⊙ g'`` over one row (u,) for the activation numbered ``code``, from
-    its output ``h`` (or, for GELU, its input ``z``); ``dh`` is neither of them."""
-    u = dh.shape[0]
-    if code == RELU:
-        for j in range(u):
-            dh[j] = relu_grad(dh[j], h[j])
-    elif code == TANH:
-        for j in range(u):
-            dh[j] = tanh_grad(dh[j], h[j])
-    elif code == LOGISTIC:
-        for j in range(u):
-            dh[j] = logistic_grad(dh[j], h[j])
-    elif code == GELU:
-        for j in range(u):
-            dh[j] = gelu_grad(dh[j], z[j])
-    elif code == LEAKY_RELU:
-        for j in range(u):
-            dh[j] = leaky_relu_grad(dh[j], h[j])
-    elif code == EXP:
-        for j in range(u):
-            dh[j] = exp_grad(dh[j], h[j])
-    elif code == SOFTMAX:
-        softmax_grad_row(dh, h)
+        for i in range(n):
+            for j in range(u):
+                Y[i, j] = identity_value(X[i, j])
 
 
 # ------------------------------------------------------- CUDA variants

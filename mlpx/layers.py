@@ -40,7 +40,33 @@ from typing import Any
 
 import numpy as np
 
-from mlpx.activations import ACTIVATIONS, Activation, activation_grad_row, activation_row, get_activation
+from mlpx.activations import (
+    ACTIVATIONS,
+    EXP as EXP_CODE,
+    GELU as GELU_CODE,
+    LEAKY_RELU as LEAKY_RELU_CODE,
+    LOGISTIC as LOGISTIC_CODE,
+    RELU as RELU_CODE,
+    SOFTMAX as SOFTMAX_CODE,
+    TANH as TANH_CODE,
+    Activation,
+    activation_rows,
+    exp_grad,
+    exp_value,
+    gelu_grad,
+    gelu_value,
+    get_activation,
+    leaky_relu_grad,
+    leaky_relu_value,
+    logistic_grad,
+    logistic_value,
+    relu_grad,
+    relu_value,
+    softmax_grad_row,
+    softmax_row,
+    tanh_grad,
+    tanh_value,
+)
 from mlpx.backends import Backend, kernel
 from mlpx.backends.cuda import ACCUMULATOR_PREAMBLE, lazy_elementwise
 from mlpx.backends.jit import lazy_njit
@@ -113,21 +139,50 @@ def bias_activation_rows(Z, b, H, tmp, code, in_place):  # pragma: no cover - co
     one member's rows: Z (n, u), b (u,).
 
     With ``in_place``, ``g(Z + b)`` overwrites ``Z`` (``H`` is not used; ``tmp``, of at
-    least u elements, is scratch); else ``Z`` receives ``Z + b`` and ``H`` (another
-    (n, u) array) ``g(Z + b)``.
+    least u elements, is scratch for a row of softmax); else ``Z`` receives ``Z + b``
+    and ``H`` (another (n, u) array) ``g(Z + b)``. One pass over the rows, with one
+    loop per activation (see :func:`~mlpx.activations.activation_rows`).
     """
     n, u = Z.shape
-    x = tmp[:u]
-    for i in range(n):
-        z = Z[i]
-        if in_place:
+    if not in_place:
+        for i in range(n):
             for j in range(u):
-                x[j] = z[j] + b[j]
-            activation_row(code, x, z)
-        else:
+                Z[i, j] = Z[i, j] + b[j]
+        activation_rows(code, Z, H)
+    elif code == RELU_CODE:
+        for i in range(n):
             for j in range(u):
-                z[j] = z[j] + b[j]
-            activation_row(code, z, H[i])
+                Z[i, j] = relu_value(Z[i, j] + b[j])
+    elif code == TANH_CODE:
+        for i in range(n):
+            for j in range(u):
+                Z[i, j] = tanh_value(Z[i, j] + b[j])
+    elif code == LOGISTIC_CODE:
+        for i in range(n):
+            for j in range(u):
+                Z[i, j] = logistic_value(Z[i, j] + b[j])
+    elif code == GELU_CODE:
+        for i in range(n):
+            for j in range(u):
+                Z[i, j] = gelu_value(Z[i, j] + b[j])
+    elif code == LEAKY_RELU_CODE:
+        for i in range(n):
+            for j in range(u):
+                Z[i, j] = leaky_relu_value(Z[i, j] + b[j])
+    elif code == EXP_CODE:
+        for i in range(n):
+            for j in range(u):
+                Z[i, j] = exp_value(Z[i, j] + b[j])
+    elif code == SOFTMAX_CODE:
+        x = tmp[:u]
+        for i in range(n):
+            for j in range(u):
+                x[j] = Z[i, j] + b[j]
+            softmax_row(x, Z[i])
+    else:
+        for i in range(n):
+            for j in range(u):
+                Z[i, j] = Z[i, j] + b[j]
 
 
 @lazy_njit
@@ -288,18 +343,58 @@ _BACKWARD_BIAS_CUDA: dict[str, Any] = {
 @lazy_njit
 def bias_gradient_rows(dH, Z, H, db, acc, code):  # pragma: no cover - compiled
     """``dZ = dH ⊙ g'`` of the activation numbered ``code``, in place, and the bias
-    gradient ``db = Σ_rows dZ`` over one member's rows: dH, Z, H (n, u) (``Z`` is the
-    activation's input, read by GELU only: it may be ``H`` for the others); db (u,);
-    acc, at least u elements, is scratch."""
+    gradient ``db = Σ_rows dZ`` over one member's rows, in one pass: dH, Z, H (n, u)
+    (``Z`` is the activation's input, read by GELU only: it may be ``H`` for the
+    others); db (u,); acc, at least u elements, is scratch."""
     n, u = dH.shape
     a = acc[:u]
     for j in range(u):
         a[j] = 0
-    for i in range(n):
-        d = dH[i]
-        activation_grad_row(code, d, Z[i], H[i])
-        for j in range(u):
-            a[j] += d[j]
+    if code == RELU_CODE:
+        for i in range(n):
+            for j in range(u):
+                x = relu_grad(dH[i, j], H[i, j])
+                dH[i, j] = x
+                a[j] += x
+    elif code == TANH_CODE:
+        for i in range(n):
+            for j in range(u):
+                x = tanh_grad(dH[i, j], H[i, j])
+                dH[i, j] = x
+                a[j] += x
+    elif code == LOGISTIC_CODE:
+        for i in range(n):
+            for j in range(u):
+                x = logistic_grad(dH[i, j], H[i, j])
+                dH[i, j] = x
+                a[j] += x
+    elif code == GELU_CODE:
+        for i in range(n):
+            for j in range(u):
+                x = gelu_grad(dH[i, j], Z[i, j])
+                dH[i, j] = x
+                a[j] += x
+    elif code == LEAKY_RELU_CODE:
+        for i in range(n):
+            for j in range(u):
+                x = leaky_relu_grad(dH[i, j], H[i, j])
+                dH[i, j] = x
+                a[j] += x
+    elif code == EXP_CODE:
+        for i in range(n):
+            for j in range(u):
+                x = exp_grad(dH[i, j], H[i, j])
+                dH[i, j] = x
+                a[j] += x
+    elif code == SOFTMAX_CODE:
+        for i in range(n):
+            softmax_grad_row(dH[i], H[i])
+            for j in range(u):
+                a[j] += dH[i, j]
+    else:
+        for i in range(n):
+            for j in range(u):
+                a[j] += dH[i, j]
     for j in range(u):
         db[j] = a[j]
 
