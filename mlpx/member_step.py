@@ -187,8 +187,8 @@ def run_member_steps(plan: MemberStepPlan, queue: np.ndarray, counter: np.ndarra
     name = dtype.name
     _steps()(plan.cblas.gemm[name], plan.cblas.dot[name], queue, counter, X, Y, index, widths, groups, w, dev, params,
              grads, state[0], s2, plan.layers, LOSS_CODES[loss], code, int(n_weights), bool(penalised),
-             bool(count_correct), output == "softmax", ws["consts"], ws["Xg"], ws["Yg"], ws["acts"], ws["starts"], ws["dA"], ws["dB"],
-             ws["acc"], out["loss"], out["sq"], out["hits"])
+             bool(count_correct), output == "softmax", ws["consts"], ws["Xg"], ws["Yg"], ws["acts"], ws["starts"],
+             ws["dA"], ws["dB"], ws["acc"], out["loss"], out["sq"], out["hits"])
 
 
 _fetch_add: Any = None
