@@ -88,6 +88,7 @@ __all__ = [
     "Softmax",
     "Tanh",
     "bias_activation",
+    "bias_activation_inference",
     "dense_backward",
     "layer_from_config",
 ]
@@ -200,6 +201,36 @@ def _bias_activation_numba(xp: Any, Z: Array, b: Array, act: Activation, out: Ar
     return Z, out
 
 
+#: The activations whose compiled loop gives NumPy's own bits (comparisons and
+#: products, no approximation of exp or tanh).
+_EXACT_IN_LOOPS = frozenset({"identity", "relu", "leaky_relu"})
+
+
+@kernel
+def bias_activation_inference(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> tuple[Array, Array]:
+    """:func:`bias_activation` for inference (the same arguments and results).
+
+    Training runs the compiled loops, whose ``exp`` and ``tanh`` are the compiled
+    step's own (:mod:`mlpx.backends.jit_math`), so that both training paths give the
+    same bits. Predictions keep NumPy's own functions on the CPU, the numbers
+    scikit-learn's ``predict`` computes from the same weights: the compiled loop runs
+    only where its bits are NumPy's (:data:`_EXACT_IN_LOOPS`), and a process that
+    only predicts compiles nothing else.
+    """
+    return bias_activation.generic(xp, Z, b, act, out)
+
+
+@bias_activation_inference.register("numba")
+def _bias_activation_inference_numba(xp: Any, Z: Array, b: Array, act: Activation,
+                                     out: Array) -> tuple[Array, Array]:
+    if act.name in _EXACT_IN_LOOPS:
+        return _bias_activation_numba(xp, Z, b, act, out)
+    return _bias_activation_np(xp, Z, b, act, out)
+
+
+bias_activation_inference.register("numpy")(_bias_activation_np)
+
+
 def _bias_act_cuda(act: Activation, keep: bool = False) -> Any:
     # Z (K, n, u) is contiguous; member k's bias is row k of b (K, u), read raw (a
     # member's row of the flat parameters: strided when K > 1). ``keep``: Z receives
@@ -244,6 +275,9 @@ def _bias_activation_cupy(xp: Any, Z: Array, b: Array, act: Activation, out: Arr
         return Z, out
     k(Z, b, n * u, u, Z)
     return Z, Z
+
+
+bias_activation_inference.register("cupy")(_bias_activation_cupy)
 
 
 @kernel
@@ -589,7 +623,8 @@ class Dense(Layer):
             Z = be.bmm(H, W, out=Z)  # a shared 2-D input broadcasts over the members
         keep_Z = not act.from_output
         out = ctx.buffer(("H", i), shape) if keep_Z else Z
-        Zb, A = be.run(bias_activation, Z, b, act, out if out is not None else Z)
+        kern = bias_activation if ctx.train else bias_activation_inference
+        Zb, A = be.run(kern, Z, b, act, out if out is not None else Z)
         return A, ((H, Zb if keep_Z else None, A) if ctx.train else None)
 
     def backward(self, ctx: Pass, i: int, dH: Array, saved: Any, params: dict[str, Array],

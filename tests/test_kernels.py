@@ -401,6 +401,7 @@ def _f_dense_backward(rng: np.random.Generator, dtype: str) -> list:
 
 FUNCTIONAL: dict[str, Callable[..., list]] = {
     "bias_activation": _f_bias_activation,
+    "bias_activation_inference": _f_bias_activation,
     "cross_entropy": _f_loss("cross_entropy"),
     "binary_cross_entropy": _f_loss("binary_cross_entropy"),
     "squared_error": _f_loss("squared_error"),
@@ -589,3 +590,17 @@ def test_compiled_exp_and_tanh_are_within_two_ulps_of_the_float64_truth(name: st
     np.testing.assert_array_equal(np.isnan(got[rest]), np.isnan(truth[rest]))
     np.testing.assert_allclose(got[rest & ~np.isnan(truth)], truth[rest & ~np.isnan(truth)], rtol=0,
                                atol=4 * np.finfo(dtype).smallest_subnormal)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_inference_gives_numpys_own_bits_for_every_activation(dtype: str) -> None:
+    """Predictions keep NumPy's functions (scikit-learn's numbers from the same
+    weights); training runs the compiled loops, whose exp and tanh are their own."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(2)
+    for act in activations.ACTIVATIONS.values():
+        Z, b = _members(rng, dtype)
+        out = Z.copy() if act.from_output else np.empty_like(Z)
+        want = layers.bias_activation.variants["numpy"](np, Z.copy(), b, act, out.copy())[1]
+        got = layers.bias_activation_inference.variants["numba"](np, Z.copy(), b, act, out.copy())[1]
+        np.testing.assert_array_equal(got, want, err_msg=act.name)
