@@ -528,6 +528,24 @@ def test_stack_matches_the_cpu_stack(gpu, dtype: str, optimizer: str) -> None:
         np.testing.assert_allclose(got, want, **tol)
 
 
+@pytest.mark.parametrize("activation", sorted(activations.ACTIVATIONS))
+def test_stacks_of_every_activation_match_the_cpu_stack(gpu, activation: str) -> None:
+    """The member-form kernels on the GPU (bias + activation reading each member's
+    strided bias, GELU keeping Z + b, the activation backward fused with the bias
+    gradient, softmax's row kernels) against the CPU's compiled step, in float64."""
+    X, y = _data()
+    kw: dict = dict(epochs=2, batch_size=16, lr=[1e-3, 3e-3, 1e-2], l2=[0.0, 1e-3, 0.1], rows=_ROWS)
+    out = []
+    for be in ("cpu", gpu):
+        stack = Stack(mlpx.MLP([6, 16, 12, 3], activation=activation, backend=be, dtype="float64", seed=0),
+                      seeds=[0, 1, 2])
+        hist = stack.fit(X, y, **kw)
+        out.append((stack.get_params_host(), stack.predict_proba(X, combine=None), np.asarray(hist["loss"])))
+    assert "NumPy backend" in stack.compiled_step_reason  # the GPU stack: phase by phase
+    for got, want in zip(out[1], out[0]):
+        np.testing.assert_allclose(got, want, **F64)
+
+
 @pytest.mark.parametrize("precision, atol", [("bf16", 1e-4), ("fp16", 1e-6), ("tf32", 1e-6)])
 def test_stack_members_equal_single_fits_in_each_precision(gpu, precision: str, atol: float) -> None:
     """The stack's CuPy kernels (batched products, the per-member loss, update and loss
