@@ -22,7 +22,9 @@ backend with numba and NumPy's bundled BLAS; float32 or float64 without mixed
 precision; Dense layers with any activation of :data:`mlpx.activations.ACTIVATIONS`
 (GELU, whose derivative reads its input, keeps ``Z + b`` beside its output); every
 canonical loss; every optimizer; every dimension of every product at least 2 (NumPy
-hands products with a dimension of 1 to other BLAS routines).
+hands products with a dimension of 1 to other BLAS routines). Not dropout: its masks
+come from each member's generator on the host, drawn step by step as the
+phase-by-phase path draws them.
 """
 
 from __future__ import annotations
@@ -99,7 +101,8 @@ def member_step_plan(be: Backend, dense: Sequence[tuple[tuple[int, int, tuple[in
     rows = []
     for op in dense:
         if op is None:
-            return None, "layers other than Dense (activation layers of their own, dropout)"
+            return None, ("layers other than Dense: an activation layer of its own, or dropout (each member's "
+                          "masks are drawn on the host, step by step)")
         (wa, _wb, shape), (ba, _bb, _), name = op
         act = get_activation(name)
         if act.code is None:

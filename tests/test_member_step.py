@@ -300,6 +300,9 @@ def test_the_split_over_threads_changes_no_bit(digits):
     "build, reason",
     [
         (lambda: mlpx.MLP([8, 1, 3], dtype="float64", seed=0), "width 1"),
+        (lambda: mlpx.MLP([8, 6, 3], dtype="float64", seed=0, dropout=0.2), "dropout"),
+        (lambda: mlpx.Sequential([mlpx.layers.Dense(8, 6), mlpx.layers.Tanh(), mlpx.layers.Dense(6, 3, "softmax")],
+                                 dtype="float64", seed=0), "activation layer of its own"),
         (lambda: mlpx.MLP([8, 6, 3], dtype="float32", precision="bf16", seed=0), "mixed precision"),
         (lambda: mlpx.MLP([8, 6, 3], dtype="float64", seed=0, backend="array-api:array_api_strict"), "NumPy backend"),
     ],
