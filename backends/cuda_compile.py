@@ -176,9 +176,10 @@ def kernel_source(k: lazy_elementwise, dtype: str, layout: int = 0) -> str:
         if not raw:
             loop_ndims.add(ndim)
         infos.append(_kernel._ArgInfo(_ARG_NDARRAY, cupy.ndarray, rtype, ndim, contiguous, True))
-    if len(loop_ndims) != 1:
+    if len(loop_ndims) > 1:
         raise ValueError(f"{k.name} layout {layout}: elementwise arrays of different ndim {sorted(loop_ndims)}")
-    infos.append(_kernel._ArgInfo(_ARG_INDEXER, Indexer, None, loop_ndims.pop(), True, True))
+    # Every array raw: the engine launches with ``size=``, a 1-D index space.
+    infos.append(_kernel._ArgInfo(_ARG_INDEXER, Indexer, None, loop_ndims.pop() if loop_ndims else 1, True, True))
     code = _kernel._get_elementwise_kernel_code(tuple(infos), type_map, ek.params, ek.operation, ek.name, ek.preamble)
     header = "".join(f"#include <{h}>\n" for h in core._cupy_header_list)
     return header + str(code)

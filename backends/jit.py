@@ -4,8 +4,9 @@ NumPy makes one pass over memory, and one Python-level call, per ufunc; a bias a
 followed by a ReLU is two passes plus a boolean temporary in the backward pass, and a
 softmax cross-entropy about ten calls. On the small matrices of an MLP step those
 calls, not the arithmetic, are the cost; a compiled loop does each in one. Only
-operations where the loop measured faster than NumPy get one (NumPy's SIMD ``exp``
-and ``tanh`` beat numba's scalar ones, so those stay with NumPy). numba is an
+operations where the loop measured faster than NumPy get one (numba's own ``exp``
+and ``tanh`` are scalar library calls that lose to NumPy's SIMD ones; loops use the
+vectorisable ones of :mod:`mlpx.backends.jit_math`). numba is an
 optional dependency (``pip install "mlpx[fast]"``): without it, or with the
 environment variable ``MLPX_NUMBA=0``, the NumPy variants run instead.
 
@@ -41,7 +42,7 @@ def numba_enabled() -> bool:
     return _ENABLED
 
 
-def lazy_njit(fn: Callable[..., Any]) -> Callable[..., Any]:
+def lazy_njit(fn: Callable[..., Any] | None = None, *, inline: bool = False) -> Any:
     """Decorator: compile ``fn`` with ``numba.njit`` on its first call.
 
     ``fastmath`` stays off so the loop performs the same IEEE operations, in the same
@@ -51,8 +52,12 @@ def lazy_njit(fn: Callable[..., Any]) -> Callable[..., Any]:
     while after each product) or another process held a core, by up to 10x.
 
     A loop may call other ``lazy_njit`` functions of its module: they are compiled
-    with it (one definition of an update serves several loops).
+    with it (one definition of an update serves several loops). With
+    ``@lazy_njit(inline=True)`` a small function is inlined into its callers before
+    LLVM sees them, so that a loop calling it can be vectorised.
     """
+    if fn is None:
+        return lambda f: lazy_njit(f, inline=inline)
     compiled: list[Any] = []
 
     def dispatcher() -> Any:
@@ -72,7 +77,8 @@ def lazy_njit(fn: Callable[..., Any]) -> Callable[..., Any]:
             # exception, whose check in every iteration keeps LLVM from vectorising
             # the loop. nogil: the loops touch no Python object, so a stack of networks
             # can run its members' chunks in threads (mlpx.stacked) while one loop runs.
-            compiled.append(numba.njit(fastmath=False, error_model="numpy", cache=True, nogil=True)(body))
+            compiled.append(numba.njit(fastmath=False, error_model="numpy", cache=True, nogil=True,
+                                       inline="always" if inline else "never")(body))
         return compiled[0]
 
     def call(*args: Any) -> Any:

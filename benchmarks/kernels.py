@@ -1,7 +1,8 @@
 """CPU kernel variants side by side: NumPy ufuncs against the compiled numba loops.
 
 ``python -m benchmarks.kernels`` times every host variant of the hot elementwise
-kernels on the shapes of one 784-512-512-10 training step at batch 256 (float32),
+kernels (the optimizers, bias + activation, activation backward + bias gradient,
+the loss) on the shapes of one 784-512-512-10 training step at batch 256 (float32),
 interleaved (numpy, numba, numpy, ...) so drift hits both alike, and prints the
 best time of each and their ratio. This is the measurement behind the choice of
 which kernels get a numba variant (see ``mlpx/backends/jit.py``); kernels that lost
@@ -17,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from mlpx.activations import get_activation
-from mlpx.layers import bias_activation
+from mlpx.layers import bias_activation, dense_backward
 from mlpx.losses import cross_entropy
 from mlpx.optimizers import adam_update, rmsprop_update, sgd_update
 
@@ -42,21 +43,38 @@ def cases(rng: np.random.Generator) -> dict[str, tuple[Any, Callable[[], tuple[A
         return lambda: (p, g, *state, vec, None, N_PARAMS - 1034)
 
     # One network (K = 1) in the member form the kernels take.
-    relu = get_activation("relu")
     Z = rng.standard_normal((1, BATCH, WIDTH)).astype(f32)
     b = rng.standard_normal((1, WIDTH)).astype(f32)
     dH = rng.standard_normal((BATCH, WIDTH)).astype(f32)
     H = np.maximum(dH, 0)
+    dH3, db = dH[None], np.empty((1, WIDTH), f32)
+
+    def with_act(name: str) -> Callable[..., Any]:
+        act = get_activation(name)
+        if act.from_output:  # in place: the output overwrites Z + b
+            return lambda: (Z, b, act, Z)
+        out = np.empty_like(Z)
+        return lambda: (Z, b, act, out)
+
+    def backward(name: str) -> Callable[..., Any]:
+        act = get_activation(name)
+        Hn = act.forward_kernel.generic(np, dH, None)[None].astype(f32)
+        return lambda: (dH3, Z, Hn, act, db)
+
     logits = rng.standard_normal((1, BATCH, CLASSES)).astype(f32)
     Y = np.eye(CLASSES, dtype=f32)[rng.integers(0, CLASSES, (1, BATCH))]
     dZ = np.empty_like(logits)
     inv_d = np.array([1.0 / BATCH], dtype=f32)
+    relu = get_activation("relu")
     return {
         f"adam_update ({N_PARAMS:,} params)": (adam_update, opt_args(2, [-1e-3, 0.9, 0.1, 0.999, 1e-3, 1e-8, 1.0])),
         f"sgd_update, Nesterov ({N_PARAMS:,})": (sgd_update, opt_args(1, [0.01, 0.9, 1.0])),
         f"rmsprop_update ({N_PARAMS:,})": (rmsprop_update, opt_args(1, [1e-3, 0.9, 0.1, 1e-8])),
-        f"bias + ReLU ({BATCH}x{WIDTH}, in place)": (bias_activation, lambda: (Z, b, relu, Z)),
+        **{f"bias + {name} ({BATCH}x{WIDTH}{', in place' if name != 'gelu' else ''})": (bias_activation, with_act(name))
+           for name in ("relu", "tanh", "logistic", "gelu", "softmax")},
         f"ReLU backward ({BATCH}x{WIDTH})": (relu.backward_kernel, lambda: (dH, None, H, dH)),
+        **{f"{name} backward + bias gradient ({BATCH}x{WIDTH})": (dense_backward, backward(name))
+           for name in ("relu", "tanh", "gelu")},
         f"softmax cross-entropy + delta ({BATCH}x{CLASSES})": (
             cross_entropy, lambda: (logits, Y, None, inv_d, dZ)
         ),

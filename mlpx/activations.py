@@ -21,6 +21,13 @@ exp            exp z    (Poisson output)                   output H             
 
 "In place" activations derive ``g'`` from the output, so the forward pass may
 overwrite ``Z`` with ``H`` and keep one buffer per layer instead of two.
+
+Compiled loops (numba: :func:`mlpx.layers.bias_activation` and
+:func:`mlpx.layers.dense_backward`'s variants, and the whole-step loop of
+:mod:`mlpx.member_step`) compute each activation with the scalar pieces written
+beside it below (``*_value`` and ``*_grad``), picked by its
+:attr:`Activation.code` once per block of rows, so both give the same bits. Their
+``exp`` and ``tanh`` are :mod:`mlpx.backends.jit_math`'s, which LLVM vectorises.
 GELU uses the tanh approximation (as PyTorch's ``approximate="tanh"``) because the
 Array API standard has no ``erf``.
 """
@@ -32,10 +39,15 @@ from typing import Any
 
 from mlpx.backends import Kernel, kernel
 from mlpx.backends.cuda import ACCUMULATOR_PREAMBLE, lazy_elementwise
+from mlpx.backends.jit import lazy_njit
+from mlpx.backends.jit_math import exp, tanh, typed
 
-__all__ = ["ACTIVATIONS", "Activation", "get_activation"]
+__all__ = ["ACTIVATIONS", "Activation", "activation_rows", "get_activation"]
 
 Array = Any
+
+# The activations' numbers in compiled loops (Activation.code, activation_row).
+IDENTITY, RELU, LEAKY_RELU, LOGISTIC, TANH, GELU, SOFTMAX, EXP = range(8)
 
 
 class Activation:
@@ -55,6 +67,18 @@ class Activation:
     cuda_forward : str, optional
         CUDA expression of ``g`` in the variable ``x`` (type ``T``), used by the GPU's
         fused bias + activation kernel (``mlpx.layers.bias_activation``).
+    cuda_backward : str, optional
+        CUDA expression of ``dh ⊙ g'`` in the variables ``dh``, ``h`` (the output) and
+        ``z`` (the input; only when not ``from_output``), of type ``T``: the GPU's
+        activation backward, alone and fused with the bias gradient
+        (``mlpx.layers.dense_backward``).
+    cuda_preamble : str
+        Device functions the CUDA expressions use; they may use ``mlpx_acc<T>``
+        (``mlpx.backends.cuda.ACCUMULATOR_PREAMBLE``, which the kernels put
+        before them).
+    code : int, optional
+        The activation's number in the compiled loops (:func:`activation_rows`);
+        None for an activation they do not know.
     """
 
     def __init__(
@@ -64,12 +88,18 @@ class Activation:
         backward: Kernel | None,
         from_output: bool,
         cuda_forward: str | None = None,
+        cuda_backward: str | None = None,
+        cuda_preamble: str = "",
+        code: int | None = None,
     ) -> None:
         self.name = name
         self.forward_kernel = forward
         self.backward_kernel = backward
         self.from_output = from_output
         self.cuda_forward = cuda_forward
+        self.cuda_backward = cuda_backward
+        self.cuda_preamble = cuda_preamble
+        self.code = code
 
     def forward(self, be: Any, Z: Array, out: Array) -> Array:
         """``g(Z)``, shape (n, units): ``out`` (which may be ``Z``), or a new array on
@@ -95,6 +125,13 @@ def identity_forward(xp: Any, Z: Array, out: Array) -> Array:
     return Z
 
 
+# The scalar pieces of the compiled loops (see activation_row): g(x), and dh ⊙ g'
+# from the output h (or the input z), in the arguments' precision.
+@lazy_njit(inline=True)
+def identity_value(x):  # pragma: no cover - compiled
+    return x
+
+
 # --------------------------------------------------------------------- relu
 @kernel
 def relu_forward(xp: Any, Z: Array, out: Array) -> Array:
@@ -114,6 +151,16 @@ def relu_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
 @relu_backward.register("numpy")
 def _relu_backward_np(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
     return xp.multiply(dH, H > 0, out=out)
+
+
+@lazy_njit(inline=True)
+def relu_value(x):  # pragma: no cover - compiled
+    return x if x > 0 or x != x else typed(x, 0.0)  # as maximum(x, 0): NaN stays NaN
+
+
+@lazy_njit(inline=True)
+def relu_grad(dh, h):  # pragma: no cover - compiled
+    return dh if h > 0 else dh * 0
 
 
 # --------------------------------------------------------------- leaky relu
@@ -136,6 +183,16 @@ def _leaky_relu_forward_np(xp: Any, Z: Array, out: Array) -> Array:
 def leaky_relu_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
     # sign(H) == sign(Z) for a > 0, so the output suffices.
     return xp.where(H > 0, dH, dH * LEAKY_SLOPE)
+
+
+@lazy_njit(inline=True)
+def leaky_relu_value(x):  # pragma: no cover - compiled
+    return x if x > 0 else x * typed(x, LEAKY_SLOPE)
+
+
+@lazy_njit(inline=True)
+def leaky_relu_grad(dh, h):  # pragma: no cover - compiled
+    return dh if h > 0 else dh * typed(dh, LEAKY_SLOPE)
 
 
 # ----------------------------------------------------------------- logistic
@@ -166,6 +223,18 @@ def _logistic_backward_np(xp: Any, dH: Array, Z: Array, H: Array, out: Array) ->
     return xp.multiply(dH, g, out=out)
 
 
+@lazy_njit(inline=True)
+def logistic_value(x):  # pragma: no cover - compiled
+    e = exp(-abs(x))
+    one = typed(x, 1.0)
+    return (one if x >= 0 else e) / (one + e)
+
+
+@lazy_njit(inline=True)
+def logistic_grad(dh, h):  # pragma: no cover - compiled
+    return dh * h * (typed(h, 1.0) - h)
+
+
 # --------------------------------------------------------------------- tanh
 @kernel
 def tanh_forward(xp: Any, Z: Array, out: Array) -> Array:
@@ -187,6 +256,16 @@ def _tanh_backward_np(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Arr
     g = H * H
     xp.subtract(1.0, g, out=g)
     return xp.multiply(dH, g, out=out)
+
+
+@lazy_njit(inline=True)
+def tanh_value(x):  # pragma: no cover - compiled
+    return tanh(x)
+
+
+@lazy_njit(inline=True)
+def tanh_grad(dh, h):  # pragma: no cover - compiled
+    return dh * (typed(h, 1.0) - h * h)
 
 
 # --------------------------------------------------------------------- gelu
@@ -226,6 +305,22 @@ def gelu_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
     return dH * _gelu_grad(xp, Z)
 
 
+@lazy_njit(inline=True)
+def gelu_value(x):  # pragma: no cover - compiled
+    # As _gelu, operation by operation.
+    t = tanh(typed(x, GELU_C) * (x + typed(x, GELU_A) * x * x * x))
+    return typed(x, 0.5) * x * (typed(x, 1.0) + t)
+
+
+@lazy_njit(inline=True)
+def gelu_grad(dh, z):  # pragma: no cover - compiled
+    # As _gelu_grad, operation by operation.
+    z2 = z * z
+    one, half, c = typed(z, 1.0), typed(z, 0.5), typed(z, GELU_C)
+    t = tanh(c * z * (one + typed(z, GELU_A) * z2))
+    return dh * (half * (one + t) + half * z * (one - t * t) * c * (one + typed(z, 3.0 * GELU_A) * z2))
+
+
 # ------------------------------------------------------------------ softmax
 @kernel
 def softmax_forward(xp: Any, Z: Array, out: Array) -> Array:
@@ -248,6 +343,32 @@ def softmax_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Arra
     return H * (dH - xp.sum(dH * H, axis=1, keepdims=True))
 
 
+@lazy_njit
+def softmax_row(x, y):  # pragma: no cover - compiled
+    """``y = softmax(x)`` over one row (u,); ``x`` and ``y`` are different arrays."""
+    u = x.shape[0]
+    m = x[0]
+    for j in range(1, u):
+        m = max(m, x[j])
+    for j in range(u):  # apart from the sums, which keep their order: vectorised
+        y[j] = exp(x[j] - m)
+    s = y[0] * 0
+    for j in range(u):
+        s += y[j]
+    for j in range(u):
+        y[j] = y[j] / s
+
+
+@lazy_njit
+def softmax_grad_row(dh, h):  # pragma: no cover - compiled
+    """``dh ← h ⊙ (dh − Σ_j dh_j h_j)`` over one row (u,)."""
+    s = dh[0] * 0
+    for j in range(dh.shape[0]):
+        s += dh[j] * h[j]
+    for j in range(dh.shape[0]):
+        dh[j] = h[j] * (dh[j] - s)
+
+
 # ---------------------------------------------------------------------- exp
 @kernel
 def exp_forward(xp: Any, Z: Array, out: Array) -> Array:
@@ -264,12 +385,66 @@ def exp_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
     return dH * H
 
 
+@lazy_njit(inline=True)
+def exp_value(x):  # pragma: no cover - compiled
+    return exp(x)
+
+
+@lazy_njit(inline=True)
+def exp_grad(dh, h):  # pragma: no cover - compiled
+    return dh * h
+
+
+# ------------------------------------------------------- compiled rows
+@lazy_njit
+def activation_rows(code, X, Y):  # pragma: no cover - compiled
+    """``Y = g(X)`` over (n, u) rows for the activation numbered ``code``
+    (:attr:`Activation.code`); ``X`` and ``Y`` are different arrays.
+
+    One loop per activation, chosen once: a loop whose body branched on the code
+    would not be vectorised (nor one that reads and writes one array under two
+    names, hence the separate arrays; :func:`mlpx.layers.bias_activation_rows`
+    runs the activations in place)."""
+    n, u = X.shape
+    if code == RELU:
+        for i in range(n):
+            for j in range(u):
+                Y[i, j] = relu_value(X[i, j])
+    elif code == TANH:
+        for i in range(n):
+            for j in range(u):
+                Y[i, j] = tanh_value(X[i, j])
+    elif code == LOGISTIC:
+        for i in range(n):
+            for j in range(u):
+                Y[i, j] = logistic_value(X[i, j])
+    elif code == GELU:
+        for i in range(n):
+            for j in range(u):
+                Y[i, j] = gelu_value(X[i, j])
+    elif code == LEAKY_RELU:
+        for i in range(n):
+            for j in range(u):
+                Y[i, j] = leaky_relu_value(X[i, j])
+    elif code == EXP:
+        for i in range(n):
+            for j in range(u):
+                Y[i, j] = exp_value(X[i, j])
+    elif code == SOFTMAX:
+        for i in range(n):
+            softmax_row(X[i], Y[i])
+    else:
+        for i in range(n):
+            for j in range(u):
+                Y[i, j] = identity_value(X[i, j])
+
+
 # ------------------------------------------------------- CUDA variants
 # One launch per backward pass (the NumPy variants are two or three on CuPy).
 # Each expression must match the generic definition above; tests/test_gpu.py checks.
 # dH ⊙ g'(Z) computed in A = mlpx_acc<T>::type (float for the 16-bit types, where z²
 # overflows at |z| >= 256 and gives 0·inf = NaN; T itself for float32/float64).
-_GELU_PREAMBLE = ACCUMULATOR_PREAMBLE + f"""
+_GELU_DZ = f"""
 template <typename T> __device__ T mlpx_gelu_dz(T dh, T z_) {{
     typedef typename mlpx_acc<T>::type A;
     const A c = {GELU_C!r}, a = {GELU_A!r};
@@ -280,10 +455,24 @@ template <typename T> __device__ T mlpx_gelu_dz(T dh, T z_) {{
     return (T)((A)dh * g);
 }}
 """
+_GELU_PREAMBLE = ACCUMULATOR_PREAMBLE + _GELU_DZ
 
 
-def _cuda_backward_from_output(expr: str, name: str) -> Any:
-    k = lazy_elementwise("T dh, T h", "T dz", f"dz = {expr};", f"mlpx_{name}_backward")
+#: ``dh ⊙ g'`` in CUDA, from ``dh``, the output ``h`` and the input ``z`` (GELU).
+_CUDA_BACKWARD = {
+    "identity": "dh",
+    "relu": "h > (T)0 ? dh : (T)0",
+    # (T)(...): in half precision T * T is a float, and `c ? T : float` is ambiguous.
+    "leaky_relu": f"h > (T)0 ? dh : (T)(dh * (T){LEAKY_SLOPE!r})",
+    "logistic": "dh * h * ((T)1 - h)",
+    "tanh": "dh * ((T)1 - h * h)",
+    "exp": "dh * h",
+    "gelu": "mlpx_gelu_dz(dh, z)",
+}
+
+
+def _cuda_backward_from_output(name: str) -> Any:
+    k = lazy_elementwise("T dh, T h", "T dz", f"dz = {_CUDA_BACKWARD[name]};", f"mlpx_{name}_backward")
 
     def variant(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
         k(dH, H, out)
@@ -292,17 +481,12 @@ def _cuda_backward_from_output(expr: str, name: str) -> Any:
     return variant
 
 
-relu_backward.register("cupy")(_cuda_backward_from_output("h > (T)0 ? dh : (T)0", "relu"))
-leaky_relu_backward.register("cupy")(
-    # (T)(...): in half precision T * T is a float, and `c ? T : float` is ambiguous.
-    _cuda_backward_from_output(f"h > (T)0 ? dh : (T)(dh * (T){LEAKY_SLOPE!r})", "leaky_relu")
-)
-logistic_backward.register("cupy")(_cuda_backward_from_output("dh * h * ((T)1 - h)", "logistic"))
-tanh_backward.register("cupy")(_cuda_backward_from_output("dh * ((T)1 - h * h)", "tanh"))
-exp_backward.register("cupy")(_cuda_backward_from_output("dh * h", "exp"))
+for _name, _kernel in (("relu", relu_backward), ("leaky_relu", leaky_relu_backward),
+                       ("logistic", logistic_backward), ("tanh", tanh_backward), ("exp", exp_backward)):
+    _kernel.register("cupy")(_cuda_backward_from_output(_name))
 
 _gelu_backward_cuda = lazy_elementwise(
-    "T dh, T z", "T dz", "dz = mlpx_gelu_dz(dh, z);", "mlpx_gelu_backward", preamble=_GELU_PREAMBLE
+    "T dh, T z", "T dz", f"dz = {_CUDA_BACKWARD['gelu']};", "mlpx_gelu_backward", preamble=_GELU_PREAMBLE
 )
 
 
@@ -312,30 +496,87 @@ def _gelu_backward_cupy(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> A
     return out
 
 
-# No numba variants here: NumPy's SIMD exp/tanh beat numba's scalar ones, and for the
-# ReLU backward NumPy's multiply by the mask beat a compiled loop (the timings are in
-# benchmarks/README.md; ``python -m benchmarks.kernels`` measures them).
+# softmax, row-wise: one thread per row of the (rows, u) array, in A (as the loss).
+_softmax_forward_cuda = lazy_elementwise(
+    "raw T Z, int64 u", "raw T H",
+    """
+    typedef mlpx_acc<T>::type A;
+    const ptrdiff_t r = i * u;
+    A m = (A)Z[r];
+    for (ptrdiff_t j = 1; j < u; ++j) m = max(m, (A)Z[r + j]);
+    A s = 0;
+    for (ptrdiff_t j = 0; j < u; ++j) s += exp((A)Z[r + j] - m);
+    for (ptrdiff_t j = 0; j < u; ++j) H[r + j] = (T)(exp((A)Z[r + j] - m) / s);
+    """,
+    "mlpx_softmax_forward",
+    preamble=ACCUMULATOR_PREAMBLE,
+    scalars=("u",),
+    layouts=[{"Z": (2, True), "H": (2, True)}],
+)
+_softmax_backward_cuda = lazy_elementwise(
+    "raw T DH, raw T H, int64 u", "raw T dZ",
+    """
+    typedef mlpx_acc<T>::type A;
+    const ptrdiff_t r = i * u;
+    A s = 0;
+    for (ptrdiff_t j = 0; j < u; ++j) s += (A)DH[r + j] * (A)H[r + j];
+    for (ptrdiff_t j = 0; j < u; ++j) dZ[r + j] = (T)((A)H[r + j] * ((A)DH[r + j] - s));
+    """,
+    "mlpx_softmax_backward",
+    preamble=ACCUMULATOR_PREAMBLE,
+    scalars=("u",),
+    layouts=[{"DH": (2, True), "H": (2, True), "dZ": (2, True)}],
+)
+
+
+@softmax_forward.register("cupy")
+def _softmax_forward_cupy(xp: Any, Z: Array, out: Array) -> Array:
+    if not (Z.flags.c_contiguous and out.flags.c_contiguous):
+        return _softmax_forward_np(xp, Z, out)
+    n, u = (int(d) for d in Z.shape)
+    _softmax_forward_cuda(Z, u, out, size=n)
+    return out
+
+
+@softmax_backward.register("cupy")
+def _softmax_backward_cupy(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
+    if not (dH.flags.c_contiguous and H.flags.c_contiguous and out.flags.c_contiguous):
+        return softmax_backward.generic(xp, dH, Z, H, out)
+    n, u = (int(d) for d in dH.shape)
+    _softmax_backward_cuda(dH, H, u, out, size=n)
+    return out
+
+
+# No numba variants of the kernels above: NumPy's own ufuncs run them in one pass
+# each. The compiled loops fuse them with the bias (mlpx.layers) and the whole step
+# (mlpx.member_step) through activation_row and activation_grad_row instead.
+
+
+def _activation(name: str, code: int, forward: Kernel, backward: Kernel | None, from_output: bool,
+                cuda_forward: str | None) -> Activation:
+    return Activation(name, forward, backward, from_output, cuda_forward, _CUDA_BACKWARD.get(name),
+                      _GELU_DZ if name == "gelu" else "", code)
 
 
 #: Activation by name (``activation=`` and ``output=`` of the layers and ``MLP``).
 ACTIVATIONS: dict[str, Activation] = {
-    "identity": Activation("identity", identity_forward, None, True, "x"),
-    "relu": Activation("relu", relu_forward, relu_backward, True, "x > (T)0 ? x : (T)0"),
-    "leaky_relu": Activation(
-        "leaky_relu", leaky_relu_forward, leaky_relu_backward, True,
+    "identity": _activation("identity", IDENTITY, identity_forward, None, True, "x"),
+    "relu": _activation("relu", RELU, relu_forward, relu_backward, True, "x > (T)0 ? x : (T)0"),
+    "leaky_relu": _activation(
+        "leaky_relu", LEAKY_RELU, leaky_relu_forward, leaky_relu_backward, True,
         f"x > (T)0 ? x : (T)(x * (T){LEAKY_SLOPE!r})",
     ),
-    "logistic": Activation(
-        "logistic", logistic_forward, logistic_backward, True,
+    "logistic": _activation(
+        "logistic", LOGISTIC, logistic_forward, logistic_backward, True,
         "x >= (T)0 ? (T)1 / ((T)1 + exp(-x)) : exp(x) / ((T)1 + exp(x))",
     ),
-    "tanh": Activation("tanh", tanh_forward, tanh_backward, True, "tanh(x)"),
-    "gelu": Activation(
-        "gelu", gelu_forward, gelu_backward, False,
+    "tanh": _activation("tanh", TANH, tanh_forward, tanh_backward, True, "tanh(x)"),
+    "gelu": _activation(
+        "gelu", GELU, gelu_forward, gelu_backward, False,
         f"(T)0.5 * x * ((T)1 + tanh((T){GELU_C!r} * (x + (T){GELU_A!r} * x * x * x)))",
     ),
-    "softmax": Activation("softmax", softmax_forward, softmax_backward, True),  # row-wise
-    "exp": Activation("exp", exp_forward, exp_backward, True, "exp(x)"),
+    "softmax": _activation("softmax", SOFTMAX, softmax_forward, softmax_backward, True, None),  # row-wise
+    "exp": _activation("exp", EXP, exp_forward, exp_backward, True, "exp(x)"),
 }
 _ALIASES = {"sigmoid": "logistic", "linear": "identity", "none": "identity"}
 

@@ -40,9 +40,35 @@ from typing import Any
 
 import numpy as np
 
-from mlpx.activations import ACTIVATIONS, Activation, get_activation
+from mlpx.activations import (
+    ACTIVATIONS,
+    EXP as EXP_CODE,
+    GELU as GELU_CODE,
+    LEAKY_RELU as LEAKY_RELU_CODE,
+    LOGISTIC as LOGISTIC_CODE,
+    RELU as RELU_CODE,
+    SOFTMAX as SOFTMAX_CODE,
+    TANH as TANH_CODE,
+    Activation,
+    activation_rows,
+    exp_grad,
+    exp_value,
+    gelu_grad,
+    gelu_value,
+    get_activation,
+    leaky_relu_grad,
+    leaky_relu_value,
+    logistic_grad,
+    logistic_value,
+    relu_grad,
+    relu_value,
+    softmax_grad_row,
+    softmax_row,
+    tanh_grad,
+    tanh_value,
+)
 from mlpx.backends import Backend, kernel
-from mlpx.backends.cuda import lazy_elementwise
+from mlpx.backends.cuda import ACCUMULATOR_PREAMBLE, lazy_elementwise
 from mlpx.backends.jit import lazy_njit
 from mlpx.initializers import get_initializer
 from mlpx.validation import check_int, check_real, check_seed
@@ -62,6 +88,7 @@ __all__ = [
     "Softmax",
     "Tanh",
     "bias_activation",
+    "bias_activation_inference",
     "dense_backward",
     "layer_from_config",
 ]
@@ -108,57 +135,149 @@ def _bias_activation_np(xp: Any, Z: Array, b: Array, act: Activation, out: Array
 
 
 @lazy_njit
-def bias_activation_rows(Z, b, identity):  # pragma: no cover - compiled
-    """``Z + b`` and ReLU (or the identity) in place: Z (n, u), b (u,)."""
-    for i in range(Z.shape[0]):
-        for j in range(Z.shape[1]):
-            x = Z[i, j] + b[j]
-            Z[i, j] = x if identity or x > 0 else x * 0
+def bias_activation_rows(Z, b, H, tmp, code, in_place):  # pragma: no cover - compiled
+    """``Z + b`` and the activation numbered ``code`` (:attr:`Activation.code`) over
+    one member's rows: Z (n, u), b (u,).
+
+    With ``in_place``, ``g(Z + b)`` overwrites ``Z`` (``H`` is not used; ``tmp``, of at
+    least u elements, is scratch for a row of softmax); else ``Z`` receives ``Z + b``
+    and ``H`` (another (n, u) array) ``g(Z + b)``. One pass over the rows, with one
+    loop per activation (see :func:`~mlpx.activations.activation_rows`).
+    """
+    n, u = Z.shape
+    if not in_place:
+        for i in range(n):
+            for j in range(u):
+                Z[i, j] = Z[i, j] + b[j]
+        activation_rows(code, Z, H)
+    elif code == RELU_CODE:
+        for i in range(n):
+            for j in range(u):
+                Z[i, j] = relu_value(Z[i, j] + b[j])
+    elif code == TANH_CODE:
+        for i in range(n):
+            for j in range(u):
+                Z[i, j] = tanh_value(Z[i, j] + b[j])
+    elif code == LOGISTIC_CODE:
+        for i in range(n):
+            for j in range(u):
+                Z[i, j] = logistic_value(Z[i, j] + b[j])
+    elif code == GELU_CODE:
+        for i in range(n):
+            for j in range(u):
+                Z[i, j] = gelu_value(Z[i, j] + b[j])
+    elif code == LEAKY_RELU_CODE:
+        for i in range(n):
+            for j in range(u):
+                Z[i, j] = leaky_relu_value(Z[i, j] + b[j])
+    elif code == EXP_CODE:
+        for i in range(n):
+            for j in range(u):
+                Z[i, j] = exp_value(Z[i, j] + b[j])
+    elif code == SOFTMAX_CODE:
+        x = tmp[:u]
+        for i in range(n):
+            for j in range(u):
+                x[j] = Z[i, j] + b[j]
+            softmax_row(x, Z[i])
+    else:
+        for i in range(n):
+            for j in range(u):
+                Z[i, j] = Z[i, j] + b[j]
 
 
 @lazy_njit
-def _bias_relu_loop(Z, b, identity):  # pragma: no cover - compiled
+def _bias_activation_loop(Z, b, H, code, in_place):  # pragma: no cover - compiled
+    tmp = np.empty(Z.shape[2], dtype=Z.dtype)
     for k in range(Z.shape[0]):
-        bias_activation_rows(Z[k], b[k], identity)
+        bias_activation_rows(Z[k], b[k], H[k], tmp, code, in_place)
 
 
 @bias_activation.register("numba")
 def _bias_activation_numba(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> tuple[Array, Array]:
-    if act.name not in ("relu", "identity") or out is not Z or not Z.flags.c_contiguous:
+    if act.code is None or not (Z.flags.c_contiguous and out.flags.c_contiguous):
         return _bias_activation_np(xp, Z, b, act, out)
-    _bias_relu_loop(Z, b, act.name == "identity")
-    return Z, Z
+    _bias_activation_loop(Z, b, out, act.code, out is Z)
+    return Z, out
 
 
-def _bias_act_cuda(act: Activation) -> Any:
-    # Z (K, n, u) is contiguous; member k's bias is row k of b (K, u), read raw.
+#: The activations whose compiled loop gives NumPy's own bits (comparisons and
+#: products, no approximation of exp or tanh).
+_EXACT_IN_LOOPS = frozenset({"identity", "relu", "leaky_relu"})
+
+
+@kernel
+def bias_activation_inference(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> tuple[Array, Array]:
+    """:func:`bias_activation` for inference (the same arguments and results).
+
+    Training runs the compiled loops, whose ``exp`` and ``tanh`` are the compiled
+    step's own (:mod:`mlpx.backends.jit_math`), so that both training paths give the
+    same bits. Predictions keep NumPy's own functions on the CPU, the numbers
+    scikit-learn's ``predict`` computes from the same weights: the compiled loop runs
+    only where its bits are NumPy's (:data:`_EXACT_IN_LOOPS`), and a process that
+    only predicts compiles nothing else.
+    """
+    return bias_activation.generic(xp, Z, b, act, out)
+
+
+@bias_activation_inference.register("numba")
+def _bias_activation_inference_numba(xp: Any, Z: Array, b: Array, act: Activation,
+                                     out: Array) -> tuple[Array, Array]:
+    if act.name in _EXACT_IN_LOOPS:
+        return _bias_activation_numba(xp, Z, b, act, out)
+    return _bias_activation_np(xp, Z, b, act, out)
+
+
+bias_activation_inference.register("numpy")(_bias_activation_np)
+
+
+def _bias_act_cuda(act: Activation, keep: bool = False) -> Any:
+    # Z (K, n, u) is contiguous; member k's bias is row k of b (K, u), read raw (a
+    # member's row of the flat parameters: strided when K > 1). ``keep``: Z receives
+    # Z + b and y the activation (a derivative that reads Z + b); else y may be Z.
+    op = "const ptrdiff_t k = i / nu, j = i % u; T x = z + b[k * u + j]; "
     return lazy_elementwise(
-        "T z, raw T b, int64 nu, int64 u", "T y",
-        f"const ptrdiff_t k = i / nu, j = i % u; T x = z + b[k * u + j]; y = {act.cuda_forward};",
-        f"mlpx_bias_{act.name}",
+        "raw T b, int64 nu, int64 u" if keep else "T z, raw T b, int64 nu, int64 u",
+        "T z, T y" if keep else "T y",
+        op + ("z = x; " if keep else "") + f"y = {act.cuda_forward};",
+        f"mlpx_bias_{act.name}" + ("_keep" if keep else ""),
+        preamble=ACCUMULATOR_PREAMBLE + act.cuda_preamble if act.cuda_preamble else "",
         scalars=("nu", "u"),
-        layouts=[{"b": (2, True)}],
+        layouts=[{"b": (2, True)}, {"b": (2, False)}],
     )
 
 
-# One fused kernel per activation with a CUDA expression, declared (not compiled) at
-# import so that the offline compile test sees every one of them.
+# One fused kernel per activation with a CUDA expression (and, for those whose
+# derivative reads Z + b, one that keeps it), declared (not compiled) at import so that
+# the offline compile test sees every one of them.
 _BIAS_ACT_CUDA: dict[str, Any] = {
     name: _bias_act_cuda(act) for name, act in ACTIVATIONS.items() if act.cuda_forward is not None
+}
+_BIAS_ACT_KEEP_CUDA: dict[str, Any] = {
+    name: _bias_act_cuda(act, keep=True) for name, act in ACTIVATIONS.items()
+    if act.cuda_forward is not None and not act.from_output
 }
 
 
 @bias_activation.register("cupy")
 def _bias_activation_cupy(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> tuple[Array, Array]:
-    if act.cuda_forward is None or out is not Z:
-        # softmax is row-wise, and g' of gelu reads Z + b: two launches.
+    keep = out is not Z
+    if act.cuda_forward is None or (keep and act.from_output):
+        # softmax is row-wise: Z + b, then its own row kernel (mlpx.activations).
         return _bias_activation_np(xp, Z, b, act, out)
-    k = _BIAS_ACT_CUDA.get(act.name)
+    kernels = _BIAS_ACT_KEEP_CUDA if keep else _BIAS_ACT_CUDA
+    k = kernels.get(act.name)
     if k is None:  # an Activation built outside mlpx.activations
-        k = _BIAS_ACT_CUDA[act.name] = _bias_act_cuda(act)
+        k = kernels[act.name] = _bias_act_cuda(act, keep)
     K, n, u = (int(d) for d in Z.shape)
-    k(Z, xp.ascontiguousarray(b), n * u, u, Z)
+    if keep:
+        k(b, n * u, u, Z, out)
+        return Z, out
+    k(Z, b, n * u, u, Z)
     return Z, Z
+
+
+bias_activation_inference.register("cupy")(_bias_activation_cupy)
 
 
 @kernel
@@ -214,37 +333,143 @@ def _dense_backward_np(xp: Any, dH: Array, Z: Array | None, H: Array, act: Activ
     return dH, xp.sum(dH, axis=1, out=db)
 
 
+#: Rows up to which the GPU's activation backward and bias gradient run as one
+#: launch (one thread per unit and member, summing its rows); beyond, the rows'
+#: serial sum would cost more than the second launch it saves (the activation
+#: backward, then CuPy's parallel reduction).
+FUSED_BIAS_GRADIENT_ROWS = 256
+
+
+def _backward_bias_cuda(act: Activation) -> Any:
+    # dZ = dH ⊙ g' and db = Σ_rows dZ: one thread per (member, unit), its n rows in
+    # turn, summed in A (float for the 16-bit types, as Backend.sum does). DH, Z, H
+    # and dZ are (K, n, u) C-contiguous, read raw (dZ may be DH); db is (K, u), a view
+    # of the flat gradients (strided when K > 1) or a new array.
+    return lazy_elementwise(
+        "raw T DH, raw T Z, raw T H, int64 n, int64 u", "raw T dZ, T db",
+        f"""
+        typedef mlpx_acc<T>::type A;
+        const ptrdiff_t k = i / u, j = i % u;
+        A acc = 0;
+        for (ptrdiff_t r = 0; r < n; ++r) {{
+            const ptrdiff_t q = (k * n + r) * u + j;
+            const T dh = DH[q], z = Z[q], h = H[q];
+            const T g = (T)({act.cuda_backward});
+            dZ[q] = g;
+            acc += (A)g;
+        }}
+        db = (T)acc;
+        """,
+        f"mlpx_{act.name}_backward_bias",
+        preamble=ACCUMULATOR_PREAMBLE + act.cuda_preamble,
+        scalars=("n", "u"),
+        layouts=[{a: (3, True) for a in ("DH", "Z", "H", "dZ")},
+                 {**{a: (3, True) for a in ("DH", "Z", "H", "dZ")}, "db": (2, False)}],
+    )
+
+
+_BACKWARD_BIAS_CUDA: dict[str, Any] = {
+    name: _backward_bias_cuda(act) for name, act in ACTIVATIONS.items()
+    if act.cuda_backward is not None and act.backward_kernel is not None
+}
+
+
 @lazy_njit
-def bias_gradient_rows(dH, H, db, acc, relu):  # pragma: no cover - compiled
-    """``dZ = dH ⊙ g'`` (ReLU, read off H; else the identity) in place and ``db = Σ_rows dZ``:
-    dH, H (n, u); db, acc (u,) (acc: scratch)."""
+def bias_gradient_rows(dH, Z, H, db, acc, code):  # pragma: no cover - compiled
+    """``dZ = dH ⊙ g'`` of the activation numbered ``code``, in place, and the bias
+    gradient ``db = Σ_rows dZ`` over one member's rows, in one pass: dH, Z, H (n, u)
+    (``Z`` is the activation's input, read by GELU only: it may be ``H`` for the
+    others); db (u,); acc, at least u elements, is scratch."""
     n, u = dH.shape
+    a = acc[:u]
     for j in range(u):
-        acc[j] = 0
-    for i in range(n):
-        for j in range(u):
-            x = dH[i, j]
-            if relu:
-                x = x if H[i, j] > 0 else x * 0
+        a[j] = 0
+    if code == RELU_CODE:
+        for i in range(n):
+            for j in range(u):
+                x = relu_grad(dH[i, j], H[i, j])
                 dH[i, j] = x
-            acc[j] += x
+                a[j] += x
+    elif code == TANH_CODE:
+        for i in range(n):
+            for j in range(u):
+                x = tanh_grad(dH[i, j], H[i, j])
+                dH[i, j] = x
+                a[j] += x
+    elif code == LOGISTIC_CODE:
+        for i in range(n):
+            for j in range(u):
+                x = logistic_grad(dH[i, j], H[i, j])
+                dH[i, j] = x
+                a[j] += x
+    elif code == GELU_CODE:
+        for i in range(n):
+            for j in range(u):
+                x = gelu_grad(dH[i, j], Z[i, j])
+                dH[i, j] = x
+                a[j] += x
+    elif code == LEAKY_RELU_CODE:
+        for i in range(n):
+            for j in range(u):
+                x = leaky_relu_grad(dH[i, j], H[i, j])
+                dH[i, j] = x
+                a[j] += x
+    elif code == EXP_CODE:
+        for i in range(n):
+            for j in range(u):
+                x = exp_grad(dH[i, j], H[i, j])
+                dH[i, j] = x
+                a[j] += x
+    elif code == SOFTMAX_CODE:
+        for i in range(n):
+            softmax_grad_row(dH[i], H[i])
+            for j in range(u):
+                a[j] += dH[i, j]
+    else:
+        for i in range(n):
+            for j in range(u):
+                a[j] += dH[i, j]
     for j in range(u):
-        db[j] = acc[j]
+        db[j] = a[j]
 
 
 @lazy_njit
-def _relu_backward_loop(dH, H, db, relu):  # pragma: no cover - compiled
+def _dense_backward_loop(dH, Z, H, db, code):  # pragma: no cover - compiled
     acc = np.empty(dH.shape[2], dtype=dH.dtype)
     for k in range(dH.shape[0]):
-        bias_gradient_rows(dH[k], H[k], db[k], acc, relu)
+        bias_gradient_rows(dH[k], Z[k], H[k], db[k], acc, code)
 
 
 @dense_backward.register("numba")
 def _dense_backward_numba(xp: Any, dH: Array, Z: Array | None, H: Array, act: Activation,
                           db: Array | None) -> tuple[Array, Array]:
-    if act.name not in ("relu", "identity") or db is None or not dH.flags.c_contiguous or dH.dtype.itemsize < 4:
+    if act.code is None or not (dH.flags.c_contiguous and H.flags.c_contiguous) or dH.dtype.itemsize < 4 or (
+            Z is not None and not Z.flags.c_contiguous) or (Z is None and not act.from_output):
         return _dense_backward_np(xp, dH, Z, H, act, db)
-    _relu_backward_loop(dH, H, db, act.name == "relu")
+    K, _, u = dH.shape
+    if db is None:
+        db = np.empty((K, u), dtype=dH.dtype)
+    _dense_backward_loop(dH, H if Z is None else Z, H, db, act.code)
+    return dH, db
+
+
+@dense_backward.register("cupy")
+def _dense_backward_cupy(xp: Any, dH: Array, Z: Array | None, H: Array, act: Activation,
+                         db: Array | None) -> tuple[Array, Array]:
+    K, n, u = (int(d) for d in dH.shape)
+    fused = _BACKWARD_BIAS_CUDA.get(act.name) if act.backward_kernel is not None else None
+    if fused is None or n > FUSED_BIAS_GRADIENT_ROWS or not (dH.flags.c_contiguous and H.flags.c_contiguous) or (
+            Z is not None and not Z.flags.c_contiguous) or (Z is None and not act.from_output):
+        # Identity (a sum), softmax (row-wise) or many rows: the activation's own
+        # backward kernel (one launch on CuPy), then the sum.
+        if act.backward_kernel is not None:
+            flat = dH.reshape(K * n, u)
+            dH = act.backward_kernel.resolve(("cupy", "numpy"))(
+                xp, flat, None if Z is None else Z.reshape(K * n, u), H.reshape(K * n, u), flat).reshape(K, n, u)
+        return _dense_backward_np(xp, dH, None, H, ACTIVATIONS["identity"], db)
+    if db is None:
+        db = xp.empty((K, u), dtype=dH.dtype)
+    fused(dH, H if Z is None else Z, H, n, u, dH, db)
     return dH, db
 
 
@@ -398,7 +623,8 @@ class Dense(Layer):
             Z = be.bmm(H, W, out=Z)  # a shared 2-D input broadcasts over the members
         keep_Z = not act.from_output
         out = ctx.buffer(("H", i), shape) if keep_Z else Z
-        Zb, A = be.run(bias_activation, Z, b, act, out if out is not None else Z)
+        kern = bias_activation if ctx.train else bias_activation_inference
+        Zb, A = be.run(kern, Z, b, act, out if out is not None else Z)
         return A, ((H, Zb if keep_Z else None, A) if ctx.train else None)
 
     def backward(self, ctx: Pass, i: int, dH: Array, saved: Any, params: dict[str, Array],

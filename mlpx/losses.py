@@ -374,6 +374,12 @@ _cross_entropy_cuda = lazy_elementwise(
 )
 
 
+# Σ w l / d of each member (K,), 0 for a member without rows (whose outputs may be inf).
+_member_total_cuda = lazy_elementwise(
+    "T total, T inv_d", "T loss", "loss = inv_d > (T)0 ? (T)(total * inv_d) : (T)0;", "mlpx_member_total"
+)
+
+
 @cross_entropy.register("cupy")
 def _cross_entropy_cupy(xp: Any, Z: Array, Y: Array, w: Array | None, inv_d: Array,
                         dZ: Array | None) -> tuple[Array, Array | None]:
@@ -382,8 +388,8 @@ def _cross_entropy_cupy(xp: Any, Z: Array, Y: Array, w: Array | None, inv_d: Arr
     loss_row = xp.empty((K, n), dtype=Z.dtype)
     _cross_entropy_cuda(Z, Y, Z if w is None else xp.ascontiguousarray(w), xp.ascontiguousarray(inv_d), c, n,
                         w is not None, dZ is not None, Z if dZ is None else dZ, loss_row)
-    total = xp.sum(loss_row, axis=1) * inv_d
-    return xp.where(inv_d > 0, total, xp.zeros_like(total)), dZ
+    total = xp.sum(loss_row, axis=1)
+    return _member_total_cuda(total, inv_d, total), dZ
 
 
 # ------------------------------------------------------------ L2 penalty

@@ -19,9 +19,12 @@ numba variants run them too, so both paths give the same bits;
 
 What the loop covers (:func:`member_step_plan` says why not, otherwise): the NumPy
 backend with numba and NumPy's bundled BLAS; float32 or float64 without mixed
-precision; Dense layers whose activation is ReLU or the identity; every canonical
-loss; every optimizer; every dimension of every product at least 2 (NumPy hands
-products with a dimension of 1 to other BLAS routines).
+precision; Dense layers with any activation of :data:`mlpx.activations.ACTIVATIONS`
+(GELU, whose derivative reads its input, keeps ``Z + b`` beside its output); every
+canonical loss; every optimizer; every dimension of every product at least 2 (NumPy
+hands products with a dimension of 1 to other BLAS routines). Not dropout: its masks
+come from each member's generator on the host, drawn step by step as the
+phase-by-phase path draws them.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mlpx.activations import get_activation
 from mlpx.backends import Backend
 from mlpx.backends.blas import CBLAS_NO_TRANS, CBLAS_ROW_MAJOR, CBLAS_TRANS, NumpyCblas, numpy_cblas
 from mlpx.backends.jit import fetch_add, lazy_njit, numba_enabled
@@ -40,7 +44,6 @@ from mlpx.optimizers import adam_row, rmsprop_row, sgd_row
 
 __all__ = ["MemberStepPlan", "RULE_CODES", "member_step_plan", "run_member_steps"]
 
-_ACT_CODES = {"identity": 0, "relu": 1}
 #: The rules the loop updates with, by optimizer class name.
 RULE_CODES = {"Adam": 0, "AdamW": 0, "SGD": 1, "RMSprop": 2}
 
@@ -50,9 +53,11 @@ class MemberStepPlan:
 
     Attributes
     ----------
-    layers : ndarray of int64, shape (L, 5)
-        Per Dense layer: weight offset, bias offset, fan-in, fan-out, activation
-        code (0 identity, 1 ReLU), offsets into a member's flat parameters.
+    layers : ndarray of int64, shape (L, 6)
+        Per Dense layer: weight offset, bias offset (into a member's flat
+        parameters), fan-in, fan-out, the activation's code
+        (:attr:`~mlpx.activations.Activation.code`) and whether ``Z + b`` is kept
+        beside the output (1: the derivative reads it).
     width : int
         The widest layer (fan-in or fan-out).
     cblas : NumpyCblas
@@ -65,6 +70,8 @@ class MemberStepPlan:
         self.layers = layers
         self.cblas = cblas
         self.width = int(max(layers[:, 2].max(), layers[:, 3].max()))
+        #: Activations per row of a step: every layer's output, and ``Z + b`` where kept.
+        self.row_size = int((layers[:, 3] * (1 + layers[:, 5])).sum())
 
 
 def member_step_plan(be: Backend, dense: Sequence[tuple[tuple[int, int, tuple[int, ...]],
@@ -94,12 +101,14 @@ def member_step_plan(be: Backend, dense: Sequence[tuple[tuple[int, int, tuple[in
     rows = []
     for op in dense:
         if op is None:
-            return None, "layers other than Dense (activation layers of their own, dropout)"
-        (wa, _wb, shape), (ba, _bb, _), act = op
-        if act not in _ACT_CODES:
-            return None, f"activation {act!r} (the compiled step has ReLU and the identity)"
-        rows.append((wa, ba, int(shape[0]), int(shape[1]), _ACT_CODES[act]))
-    layers = np.array(rows, dtype=np.int64).reshape(-1, 5)
+            return None, ("layers other than Dense: an activation layer of its own, or dropout (each member's "
+                          "masks are drawn on the host, step by step)")
+        (wa, _wb, shape), (ba, _bb, _), name = op
+        act = get_activation(name)
+        if act.code is None:
+            return None, f"activation {name!r} (the compiled step has those of mlpx.activations)"
+        rows.append((wa, ba, int(shape[0]), int(shape[1]), act.code, int(not act.from_output)))
+    layers = np.array(rows, dtype=np.int64).reshape(-1, 6)
     if (layers[:, 2:4] < 2).any():
         return None, "a layer of width 1 (NumPy multiplies it with other BLAS routines)"
     return MemberStepPlan(layers, cblas), ""
@@ -170,7 +179,8 @@ def run_member_steps(plan: MemberStepPlan, queue: np.ndarray, counter: np.ndarra
         ws["key"] = key
         ws["Xg"] = np.empty(b * int(X.shape[1]), dtype=dtype)
         ws["Yg"] = np.empty(b * int(Y.shape[1]), dtype=dtype)
-        ws["acts"] = np.empty(b * int(L[:, 3].sum()), dtype=dtype)
+        ws["acts"] = np.empty(b * plan.row_size, dtype=dtype)
+        ws["starts"] = np.empty(len(L), dtype=np.int64)
         ws["dA"] = np.empty(b * plan.width, dtype=dtype)
         ws["dB"] = np.empty(b * plan.width, dtype=dtype)
         ws["acc"] = np.empty(plan.width, dtype=dtype)
@@ -180,8 +190,8 @@ def run_member_steps(plan: MemberStepPlan, queue: np.ndarray, counter: np.ndarra
     name = dtype.name
     _steps()(plan.cblas.gemm[name], plan.cblas.dot[name], queue, counter, X, Y, index, widths, groups, w, dev, params,
              grads, state[0], s2, plan.layers, LOSS_CODES[loss], code, int(n_weights), bool(penalised),
-             bool(count_correct), output == "softmax", ws["consts"], ws["Xg"], ws["Yg"], ws["acts"], ws["dA"], ws["dB"], ws["acc"],
-             out["loss"], out["sq"], out["hits"])
+             bool(count_correct), output == "softmax", ws["consts"], ws["Xg"], ws["Yg"], ws["acts"], ws["starts"],
+             ws["dA"], ws["dB"], ws["acc"], out["loss"], out["sq"], out["hits"])
 
 
 _fetch_add: Any = None
@@ -197,7 +207,7 @@ def _steps() -> Any:
 
 @lazy_njit
 def _member_steps(gemm, dot, queue, counter, X, Y, index, widths, groups, w, dev, params, grads, s1, s2, layers, loss_code,
-                  opt_code, nw, penalised, count_correct, softmax, consts, Xg, Yg, acts, dA, dB, acc,
+                  opt_code, nw, penalised, count_correct, softmax, consts, Xg, Yg, acts, starts, dA, dB, acc,
                   loss, sq, hits):  # pragma: no cover - compiled
     S = index.shape[0]
     f0 = X.shape[1]
@@ -232,16 +242,21 @@ def _member_steps(gemm, dot, queue, counter, X, Y, index, widths, groups, w, dev
                     for j in range(c):
                         Yg[i * c + j] = Y[r, j]
                 gathered = k
-            # ---- forward: Z = H W (BLAS), then Z + b and the activation in place
+            # ---- forward: Z = H W (BLAS), then Z + b and the activation; a layer's
+            # block of acts holds its output (in place of Z), after Z + b where kept
             h_addr = Xg.ctypes.data
             off = 0
             for ly in range(L):
-                wo, bo, fi, fo, act = layers[ly, 0], layers[ly, 1], layers[ly, 2], layers[ly, 3], layers[ly, 4]
-                z_addr = acts_base + off * isz
+                wo, fi, fo, keep = layers[ly, 0], layers[ly, 2], layers[ly, 3], layers[ly, 5]
+                bo, code = layers[ly, 1], layers[ly, 4]
+                starts[ly] = off
+                z = acts[off : off + b * fo].reshape((b, fo))
                 gemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_NO_TRANS, b, fo, fi, one, h_addr, fi,
-                     p_base + (k * P + wo) * isz, fo, zero, z_addr, fo)
-                bias_activation_rows(acts[off : off + b * fo].reshape((b, fo)), params[k, bo : bo + fo], act == 0)
-                h_addr = z_addr
+                     p_base + (k * P + wo) * isz, fo, zero, z.ctypes.data, fo)
+                off += b * fo * keep
+                h = acts[off : off + b * fo].reshape((b, fo))
+                bias_activation_rows(z, params[k, bo : bo + fo], h, acc, code, keep == 0)
+                h_addr = h.ctypes.data
                 off += b * fo
             out_off = off - b * c
             # ---- loss and the output delta into dA (the phase kernels' own rows)
@@ -254,11 +269,17 @@ def _member_steps(gemm, dot, queue, counter, X, Y, index, widths, groups, w, dev
             # ---- backward: dZ = dH ⊙ g'(Z) and db in one pass, dW = Hᵀ dZ, dH = dZ Wᵀ
             d_cur, d_next = dA, dB
             for ly in range(L - 1, -1, -1):
-                wo, bo, fi, fo, act = layers[ly, 0], layers[ly, 1], layers[ly, 2], layers[ly, 3], layers[ly, 4]
-                off -= b * fo
-                bias_gradient_rows(d_cur[: b * fo].reshape((b, fo)), acts[off : off + b * fo].reshape((b, fo)),
-                                   grads[k, bo : bo + fo], acc, act == 1)
-                h_addr = Xg.ctypes.data if ly == 0 else acts_base + (off - b * fi) * isz
+                wo, fi, fo, keep = layers[ly, 0], layers[ly, 2], layers[ly, 3], layers[ly, 5]
+                bo, code = layers[ly, 1], layers[ly, 4]
+                z_off = starts[ly]
+                h_off = z_off + b * fo * keep
+                d = d_cur[: b * fo].reshape((b, fo))
+                bias_gradient_rows(d, acts[z_off : z_off + b * fo].reshape((b, fo)),
+                                   acts[h_off : h_off + b * fo].reshape((b, fo)), grads[k, bo : bo + fo], acc, code)
+                if ly == 0:
+                    h_addr = Xg.ctypes.data
+                else:
+                    h_addr = acts_base + (starts[ly - 1] + b * fi * layers[ly - 1, 5]) * isz
                 gemm(CBLAS_ROW_MAJOR, CBLAS_TRANS, CBLAS_NO_TRANS, fi, fo, b, one, h_addr, fi, d_cur.ctypes.data, fo,
                      zero, g_base + (k * P + wo) * isz, fo)
                 if ly > 0:

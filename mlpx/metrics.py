@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from mlpx.backends import kernel
+from mlpx.backends.cuda import lazy_elementwise
 from mlpx.backends.jit import lazy_njit
 
 __all__ = ["PREDICT_CHUNK", "Chunk", "arg_max", "correct_count", "hit_rows", "hit_vector", "holdout_scores",
@@ -138,6 +139,50 @@ def _correct_count_numba(xp: Any, Z: Array, Y: Array, w: Array | None, output: s
     _correct_count_loop(Z, Y, np.ones((K, n), Z.dtype) if w is None else np.ascontiguousarray(w),
                         output == "softmax", out)
     return out
+
+
+# CUDA: one thread per row of the (K·n, c) logits decides the row's hit (NumPy's
+# arg-max rule: the first maximum, or the first NaN), then one reduction per member.
+_ARG_MAX_PREAMBLE = """
+template <typename T, typename R> __device__ int mlpx_arg_max(const R& X, ptrdiff_t r, int c) {
+    int best = 0;
+    for (int j = 1; j < c; ++j) {
+        const T m = X[r + best], x = X[r + j];
+        if (m != m) break;
+        if (x != x || x > m) best = j;
+    }
+    return best;
+}
+"""
+_hit_rows_cuda = lazy_elementwise(
+    "raw T Z, raw T Y, raw T W, int32 c, bool has_w, bool softmax",
+    "T hit",
+    """
+    const ptrdiff_t r = (ptrdiff_t)i * c;
+    bool ok = true;
+    if (softmax) {
+        ok = mlpx_arg_max<T>(Z, r, c) == mlpx_arg_max<T>(Y, r, c);
+    } else {
+        for (int j = 0; j < c; ++j) ok = ok && ((Z[r + j] > (T)0) == (Y[r + j] > (T)0.5));
+    }
+    hit = (ok && (!has_w || W[i] > (T)0)) ? (T)1 : (T)0;
+    """,
+    "mlpx_hit_rows",
+    preamble=_ARG_MAX_PREAMBLE,
+    scalars=("c", "has_w", "softmax"),
+    # Z, Y: (K, n, c) C-contiguous; W: the (K, n) row weights, or Z again without any.
+    layouts=[{"Z": (3, True), "Y": (3, True), "W": (3, True)},
+             {"Z": (3, True), "Y": (3, True), "W": (2, True)}],
+)
+
+
+@correct_count.register("cupy")
+def _correct_count_cupy(xp: Any, Z: Array, Y: Array, w: Array | None, output: str) -> Array:
+    K, n, c = (int(d) for d in Z.shape)
+    Z, Y = xp.ascontiguousarray(Z), xp.ascontiguousarray(Y)
+    hits = xp.empty((K, n), dtype=Z.dtype)
+    _hit_rows_cuda(Z, Y, Z if w is None else xp.ascontiguousarray(w), c, w is not None, output == "softmax", hits)
+    return xp.sum(hits, axis=1)
 
 
 @kernel

@@ -831,7 +831,7 @@ class Optimizer:
             c = None if coef is None else coef[rows]
         tmp = self._scratch(rows, p) if self._keeps_scratch else None
         p, *new, sq = self.be.run(self._kernel, p, g, *mine, v, c, self.n_weights, tmp=tmp)
-        if whole and any(a is not b for a, b in zip(new, state)):
+        if whole and any(a is not b for a, b in zip(new, state)):  # not updated in place
             self._store_state(new)
         return p, sq
 

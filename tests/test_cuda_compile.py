@@ -60,7 +60,9 @@ def test_every_cupy_variant_uses_registered_kernels_only() -> None:
                 assert used, f"{obj.name}'s cupy variant launches no lazy_elementwise kernel"
                 assert all(id(k) in registered for k in used), obj.name
                 variants += 1
-    assert variants >= 11  # 6 activation backwards, bias+activation, cross-entropy, 3 optimizers
+    # 7 activation backwards, softmax forward, bias+activation, its backward with the
+    # bias gradient, cross-entropy, 3 optimizers
+    assert variants >= 14
 
 
 def test_one_fused_bias_kernel_per_activation_with_a_cuda_expression() -> None:
@@ -69,6 +71,18 @@ def test_one_fused_bias_kernel_per_activation_with_a_cuda_expression() -> None:
     assert len(with_cuda) == 7  # all but softmax (row-wise)
     assert {f"mlpx_bias_{a}" for a in with_cuda} <= names
     assert "mlpx_bias_softmax" not in names
+    # the derivatives that read Z + b (GELU) have a bias kernel that keeps it
+    keep = [a.name for a in activations.ACTIVATIONS.values() if not a.from_output]
+    assert keep == ["gelu"] and "mlpx_bias_gelu_keep" in names
+
+
+def test_one_fused_backward_and_bias_gradient_kernel_per_activation() -> None:
+    """Every activation but the identity (a sum) and softmax (row-wise, its own row
+    kernel) turns dH into dZ and the bias gradient in one launch, in member form."""
+    names = {k.name for k in KERNELS}
+    fused = {a.name for a in activations.ACTIVATIONS.values() if f"mlpx_{a.name}_backward_bias" in names}
+    assert fused == set(activations.ACTIVATIONS) - {"identity", "softmax"}
+    assert {"mlpx_softmax_forward", "mlpx_softmax_backward"} <= names
 
 
 def test_registry_refuses_a_second_definition_under_one_name() -> None:

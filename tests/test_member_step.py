@@ -60,27 +60,53 @@ def _assert_same(a: Stack, b: Stack, ha, hb) -> None:
         np.testing.assert_array_equal(np.asarray(ha[key]), np.asarray(hb[key]), err_msg=key)
 
 
+ACTIVATIONS = sorted(mlpx.activations.ACTIVATIONS)  # every hidden activation, softmax too
+#: The canonical pairs: output activation and its targets from the digits' labels.
+TASKS = ["softmax", "logistic", "identity", "exp"]
+OPTIMIZERS = ["adam", "adamw", "sgd", "nesterov", "mixed nesterov", "rmsprop"]
+
+
+def _targets(task: str, y: np.ndarray) -> np.ndarray:
+    if task == "softmax":
+        return y
+    if task == "logistic":  # two labels per row (multilabel)
+        return np.stack([y % 2, (y % 3 == 0)], axis=1).astype(float)
+    if task == "identity":
+        return np.stack([y / 10.0, (y % 3) / 3.0], axis=1)
+    return np.stack([y % 4, y // 4], axis=1).astype(float)  # Poisson counts
+
+
+def _optimizer(kind: str, lr: float, k: int) -> Optimizer:
+    """Member ``k``'s optimizer (a fresh instance per call)."""
+    if kind in ("adam", "adamw"):
+        return mlpx.optimizers.Adam(lr=lr) if kind == "adam" else mlpx.optimizers.AdamW(lr=lr, weight_decay=0.05)
+    if kind == "rmsprop":
+        return mlpx.optimizers.RMSprop(lr=lr)
+    nesterov = kind == "nesterov" or (kind == "mixed nesterov" and k % 2 == 0)
+    return mlpx.optimizers.SGD(lr=lr, momentum=0.9, nesterov=nesterov)
+
+
 @given(
     hidden=st.lists(st.integers(2, 24), min_size=1, max_size=3),
-    activation=st.sampled_from(["relu", "identity"]),
-    task=st.sampled_from(["softmax", "regression"]),
+    activation=st.sampled_from(ACTIVATIONS),
+    task=st.sampled_from(TASKS),
     dtype=st.sampled_from(["float64", "float32"]),
-    optimizer=st.sampled_from(["adam", "sgd", "nesterov"]),
+    optimizer=st.sampled_from(OPTIMIZERS),
     K=st.integers(1, 5),
     batch=st.integers(2, 50),
     weighted=st.booleans(),
     data=st.data(),
 )
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_the_compiled_step_equals_the_phase_by_phase_step(hidden, activation, task, dtype, optimizer, K, batch,
                                                            weighted, data, digits, monkeypatch):
+    """Every activation, canonical loss, optimizer and dtype; K = 1 includes a single
+    network (a Sequential), which must equal the one-member stack bit for bit."""
     X, y = digits
     X = X.astype(dtype)
-    if task == "softmax":
-        t, out, n_out = y, "softmax", 10
-    else:
-        t, out, n_out = np.stack([y / 10.0, (y % 3) / 3.0], axis=1), "identity", 2
-    template = mlpx.MLP([64, *hidden, n_out], activation=activation, output=out, dtype=dtype, seed=0)
+    t = _targets(task, y)
+    n_out = 10 if task == "softmax" else 2
+    template = mlpx.MLP([64, *hidden, n_out], activation=activation, output=task, dtype=dtype, seed=0)
     lrs = data.draw(st.lists(st.floats(1e-4, 5e-2), min_size=K, max_size=K))
     l2s = data.draw(st.lists(st.sampled_from([0.0, 1e-3, 0.5]), min_size=K, max_size=K))
     n_rows = data.draw(st.lists(st.integers(2, 240), min_size=K, max_size=K))
@@ -88,9 +114,11 @@ def test_the_compiled_step_equals_the_phase_by_phase_step(hidden, activation, ta
     # share their rows (one gather for both).
     rows = [np.arange(n) for n in n_rows]
     w = np.random.default_rng(K).uniform(0.0, 2.0, len(t)) if weighted else None
-    kw: dict = dict(epochs=2, batch_size=batch, lr=lrs, l2=l2s, rows=rows, sample_weight=w)
-    if optimizer != "adam":
-        kw.update(optimizer="sgd", momentum=0.9, nesterov=optimizer == "nesterov")
+    kw: dict = dict(epochs=2, batch_size=batch, l2=l2s, rows=rows, sample_weight=w)
+
+    def fit(stack: Stack):
+        return stack.fit(X, t, optimizer=[_optimizer(optimizer, lr, k) for k, lr in enumerate(lrs)], **kw)
+
     # a: the compiled epoch; b (the reference): phase by phase, step by step; c: the
     # compiled step, step by step; d: phase by phase with the epoch's scalars at once.
     a, b = _pair(template, list(range(K)), threads=2)
@@ -100,27 +128,83 @@ def test_the_compiled_step_equals_the_phase_by_phase_step(hidden, activation, ta
     d._step_plan = None
     blocks = data.draw(st.sampled_from([None, 1, 3]))
     epochs = []
-    whole = Stack.train_epoch
+    whole = network.Network.train_epoch
 
     def spy(self, *args, **kwargs):
         epochs.append((self, whole(self, *args, **kwargs)))
         return epochs[-1][1]
 
+    compiled_by = set()
+    step = network.Network._compiled_step
+
+    def spy_step(self, *args, **kwargs):
+        compiled_by.add(self)
+        return step(self, *args, **kwargs)
+
+    singles = []
     with monkeypatch.context() as mp:
-        mp.setattr(Stack, "train_epoch", spy)
+        mp.setattr(network.Network, "train_epoch", spy)
+        mp.setattr(network.Network, "_compiled_step", spy_step)
         if blocks is not None:  # an epoch in blocks of about this many steps (a bounded time per call)
             mp.setattr(network, "_BLOCK_FLOPS", blocks * 3.0 * template.gemm_flops(batch) * K)
         # A member may diverge (SGD at a high rate): NumPy's products warn, the
         # compiled loop does not; all freeze the member with the same numbers.
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            ha, hb, hc, hd = a.fit(X, t, **kw), b.fit(X, t, **kw), c.fit(X, t, **kw), d.fit(X, t, **kw)
+            ha, hb, hc, hd = fit(a), fit(b), fit(c), fit(d)
+            if K == 1:  # the same network alone, compiled and phase by phase
+                for compiled in (True, False):
+                    single = mlpx.MLP([64, *hidden, n_out], activation=activation, output=task, dtype=dtype,
+                                      seed=0)
+                    if not compiled:
+                        single._step_plan = None
+                    try:
+                        h = single.fit(X[rows[0]], t[rows[0]], epochs=2, batch_size=batch, l2=l2s[0],
+                                       optimizer=_optimizer(optimizer, lrs[0], 0),
+                                       sample_weight=None if w is None else w[rows[0]])
+                    except mlpx.TrainingDivergedError:
+                        h = None  # a single network raises where a stack freezes the member
+                    singles.append((single, h))
     assert a.compiled_step_reason == ""
-    assert {s for s, _ in epochs} == {a, d}  # b and c step one by one without asking
-    assert all(r is not None for _, r in epochs)
+    assert {s for s, _ in epochs if isinstance(s, Stack)} == {a, d}  # b and c step one by one without asking
+    assert all(r is not None for s, r in epochs if isinstance(s, Stack))
     _assert_same(a, b, ha, hb)
     _assert_same(c, b, hc, hb)
     _assert_same(d, b, hd, hb)
+    assert a in compiled_by and c in compiled_by and b not in compiled_by and d not in compiled_by
+    for (single, h), compiled in zip(singles, (True, False)):
+        assert (single in compiled_by) == compiled
+        if h is None:
+            assert a.diverged_[0]
+            continue
+        np.testing.assert_array_equal(single.get_flat_params(), a.get_member_params(0))
+        for name in single.optimizer_.state:
+            np.testing.assert_array_equal(single.optimizer_.state[name], a.optimizer_.state[name][0])
+        np.testing.assert_array_equal(np.asarray(h["loss"]), np.asarray(ha["loss"])[:, 0])
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("task, optimizer", [("softmax", "adam"), ("logistic", "rmsprop"), ("identity", "nesterov"),
+                                             ("exp", "adamw")])
+def test_a_single_network_trains_alike_with_and_without_numba(activation, task, optimizer, digits, monkeypatch):
+    """A Sequential's compiled epoch (numba) against the same fit on NumPy's own
+    kernels (``MLPX_NUMBA=0``): the same numbers up to rounding, in float64."""
+    import mlpx.backends.jit as jit
+    from mlpx.backends.numpy_backend import NumpyBackend
+
+    X, y = digits
+    t = _targets(task, y)
+    n_out = 10 if task == "softmax" else 2
+    fits = []
+    for numba_on in (True, False):
+        monkeypatch.setattr(jit, "_ENABLED", numba_on)
+        model = mlpx.MLP([64, 16, 12, n_out], activation=activation, output=task, dtype="float64", seed=3,
+                         backend=NumpyBackend())
+        assert (model.compiled_step_reason == "") == numba_on
+        h = model.fit(X, t, epochs=3, batch_size=20, l2=1e-3, optimizer=_optimizer(optimizer, 1e-3, 0))
+        fits.append((model.get_flat_params(), np.asarray(h["loss"])))
+    np.testing.assert_allclose(fits[0][0], fits[1][0], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(fits[0][1], fits[1][1], rtol=1e-10)
 
 
 def test_a_step_without_weight_is_skipped_alike_on_every_path(digits):
@@ -215,8 +299,10 @@ def test_the_split_over_threads_changes_no_bit(digits):
 @pytest.mark.parametrize(
     "build, reason",
     [
-        (lambda: mlpx.MLP([8, 6, 3], activation="tanh", dtype="float64", seed=0), "activation 'tanh'"),
         (lambda: mlpx.MLP([8, 1, 3], dtype="float64", seed=0), "width 1"),
+        (lambda: mlpx.MLP([8, 6, 3], dtype="float64", seed=0, dropout=0.2), "dropout"),
+        (lambda: mlpx.Sequential([mlpx.layers.Dense(8, 6), mlpx.layers.Tanh(), mlpx.layers.Dense(6, 3, "softmax")],
+                                 dtype="float64", seed=0), "activation layer of its own"),
         (lambda: mlpx.MLP([8, 6, 3], dtype="float32", precision="bf16", seed=0), "mixed precision"),
         (lambda: mlpx.MLP([8, 6, 3], dtype="float64", seed=0, backend="array-api:array_api_strict"), "NumPy backend"),
     ],

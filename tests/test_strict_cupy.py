@@ -438,6 +438,24 @@ def test_elementwise_kernel_raw_params_index_whole_arrays(strict_cupy) -> None:
     np.testing.assert_allclose(out2.get(), M.T.sum(1))
 
 
+def test_elementwise_kernel_of_raw_arrays_runs_over_size_and_outputs_are_read_write(strict_cupy) -> None:
+    """The engine's row kernels (softmax) pass every array raw and give ``size=``;
+    its bias kernel that keeps Z + b reads an output element before writing it."""
+    cp = strict_cupy.cupy
+    rows = cp.ElementwiseKernel(
+        "raw T M, int64 k", "raw T out",
+        "for (ptrdiff_t j = 0; j < k; ++j) out[i * k + j] = M[i * k + j] * (T)(i + 1);", "sc_rows")
+    M = np.arange(12.0).reshape(3, 4)
+    out = cp.zeros((3, 4))
+    rows(cp.asarray(M), 4, out, size=3)
+    np.testing.assert_array_equal(out.get(), M * np.arange(1, 4)[:, None])
+    keep = cp.ElementwiseKernel("T b", "T z, T y", "const T x = z + b; z = x; y = x * x;", "sc_keep")
+    z, y = cp.asarray(M.copy()), cp.empty((3, 4))
+    keep(cp.asarray(np.ones(4)), z, y)
+    np.testing.assert_array_equal(z.get(), M + 1)
+    np.testing.assert_array_equal(y.get(), (M + 1) ** 2)
+
+
 def test_elementwise_kernel_type_errors_follow_cupy(strict_cupy) -> None:
     cp = strict_cupy.cupy
     k = cp.ElementwiseKernel("T x", "T y", "y = x;", "sc_copy")
