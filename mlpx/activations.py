@@ -20,7 +20,8 @@ exp            exp z    (Poisson output)                   output H             
 =============  ==========================================  ======================  ===========
 
 "In place" activations derive ``g'`` from the output, so the forward pass may
-overwrite ``Z`` with ``H`` and keep one buffer per layer instead of two.
+overwrite ``Z`` with ``H`` and keep one buffer per layer instead of two. The kernels
+take arrays of any shape (..., u): softmax works along the last axis.
 
 Compiled loops (numba: :func:`mlpx.layers.bias_activation` and
 :func:`mlpx.layers.dense_backward`'s variants, and the whole-step loop of
@@ -324,23 +325,23 @@ def gelu_grad(dh, z):  # pragma: no cover - compiled
 # ------------------------------------------------------------------ softmax
 @kernel
 def softmax_forward(xp: Any, Z: Array, out: Array) -> Array:
-    E = xp.exp(Z - xp.max(Z, axis=1, keepdims=True))
-    return E / xp.sum(E, axis=1, keepdims=True)
+    E = xp.exp(Z - xp.max(Z, axis=-1, keepdims=True))
+    return E / xp.sum(E, axis=-1, keepdims=True)
 
 
 @softmax_forward.register("numpy")
 def _softmax_forward_np(xp: Any, Z: Array, out: Array) -> Array:
-    m = xp.max(Z, axis=1, keepdims=True)
+    m = xp.max(Z, axis=-1, keepdims=True)
     xp.subtract(Z, m, out=out)
     xp.exp(out, out=out)
-    s = xp.sum(out, axis=1, keepdims=True)
+    s = xp.sum(out, axis=-1, keepdims=True)
     return xp.divide(out, s, out=out)
 
 
 @kernel
 def softmax_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
     # dZ = H ⊙ (dH − Σ_j dH_j H_j): the Jacobian-vector product, row by row.
-    return H * (dH - xp.sum(dH * H, axis=1, keepdims=True))
+    return H * (dH - xp.sum(dH * H, axis=-1, keepdims=True))
 
 
 @lazy_njit

@@ -94,6 +94,7 @@ __all__ = [
 ]
 
 Array = Any
+_NUMPY = ("numpy",)  # the variant the NumPy kernels resolve their activation to
 _MAX_WORKSPACES = 64  # buffers kept per pass: unusual batch sizes (predict chunks) must not pile up
 
 
@@ -126,12 +127,9 @@ def bias_activation(xp: Any, Z: Array, b: Array, act: Activation, out: Array) ->
 
 @bias_activation.register("numpy")
 def _bias_activation_np(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> tuple[Array, Array]:
-    K, n, u = Z.shape
     xp.add(Z, b[:, None, :], out=Z)
-    fn = act.forward_kernel.resolve(("numpy",))
     # The activation's result may be its input itself (identity): use what it returns.
-    H = fn(xp, Z.reshape(K * n, u), out.reshape(K * n, u))
-    return Z, xp.reshape(H, (K, n, u))
+    return Z, act.forward_kernel.resolve(_NUMPY)(xp, Z, out)
 
 
 @lazy_njit
@@ -317,20 +315,16 @@ def dense_backward(xp: Any, dH: Array, Z: Array | None, H: Array, act: Activatio
 @dense_backward.register("numpy")
 def _dense_backward_np(xp: Any, dH: Array, Z: Array | None, H: Array, act: Activation,
                        db: Array | None) -> tuple[Array, Array]:
-    K, n, u = dH.shape
     if act.backward_kernel is not None:
-        flat = dH.reshape(K * n, u)
-        # A kernel without a NumPy variant returns a new array instead of writing flat.
-        dZ = act.backward_kernel.resolve(("numpy",))(xp, flat, None if Z is None else Z.reshape(K * n, u),
-                                                      H.reshape(K * n, u), flat)
-        dH = dZ.reshape(K, n, u)
+        # A kernel without a NumPy variant returns a new array instead of writing dH.
+        dH = act.backward_kernel.resolve(_NUMPY)(xp, dH, Z, H, dH)
     if dH.dtype.itemsize < 4:  # half precision: accumulate in float32, as Backend.sum does
-        total = xp.sum(dH, axis=1, dtype=xp.float32)
+        total = dH.sum(axis=1, dtype=xp.float32)
         if db is None:
             return dH, total.astype(dH.dtype)
         xp.copyto(db, total, casting="unsafe")
         return dH, db
-    return dH, xp.sum(dH, axis=1, out=db)
+    return dH, dH.sum(axis=1, out=db)
 
 
 #: Rows up to which the GPU's activation backward and bias gradient run as one
@@ -514,7 +508,7 @@ class Pass:
         if not self.in_place:
             return None
         buf = self.ws.get(key)
-        if buf is None or tuple(buf.shape) != shape:
+        if buf is None or buf.shape != shape:
             if len(self.ws) > _MAX_WORKSPACES:
                 self.ws.clear()
             buf = self.ws[key] = self.be.empty(shape, dtype or self.dtype)

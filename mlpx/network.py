@@ -876,14 +876,17 @@ class Network:
         scaler = self.precision_.scaler
         fused = optimizer is not None and scaler is None and not reducer.collective
         if fused and pending is None and isinstance(X, MemberRows) and isinstance(Y, MemberRows) and \
-                self._compiled_step_applies(X.data, Y.data, w, X.index, loss, optimizer):
-            groups = X.groups if X.groups is not None else np.arange(K)
-            with self.parameter_lock.write():
-                value, sq, correct = self._compiled_step(active[None], X.data, Y.data, X.index[None], groups,
-                                                         w[None], dev[None], loss, count_correct, penalised,
-                                                         optimizer)
-            penalty = (0.5 * dev[1, :]) * sq[0] if penalised else 0.0
-            return StepResult(value[0], penalty, None if correct is None else correct[0], True, None)
+                self._step_plan is not None:
+            # Unit weights (None) as the compiled loop reads them.
+            w1 = np.ones(X.index.shape, Y.data.dtype) if w is None and type(X.index) is np.ndarray else w
+            if self._compiled_step_applies(X.data, Y.data, w1, X.index, loss, optimizer):
+                groups = X.groups if X.groups is not None else np.arange(K)
+                with self.parameter_lock.write():
+                    value, sq, correct = self._compiled_step(active[None], X.data, Y.data, X.index[None], groups,
+                                                             w1[None], dev[None], loss, count_correct, penalised,
+                                                             optimizer)
+                penalty = (0.5 * dev[1, :]) * sq[0] if penalised else 0.0
+                return StepResult(value[0], penalty, None if correct is None else correct[0], True, None)
 
         value: Any = None
         correct = sq = None
