@@ -202,7 +202,7 @@ def _grid(ctx: Context) -> dict[str, Any]:
                     continue
                 scores[name] = np.asarray(search.cv_results_["mean_test_score"], dtype=np.float64)
                 if name == "mlpx-stacked":
-                    stacked_all = bool(np.all(search.cv_results_["stacked"]))
+                    stacked_all = bool(np.all(search.stacking_report()["stacked"]))
     n_fits = len(n_train)
     records = []
     for name in searches:
