@@ -669,7 +669,7 @@ def _fake_cupy():
     return {"cupy": cp, "cupy._core": core, "cupy._core._routines_linalg": linalg, "cupyx": cupyx}, compute
 
 
-def test_gpu_code_paths_on_a_numpy_stand_in(monkeypatch):
+def test_gpu_code_paths_on_a_numpy_stand_in(monkeypatch, capsys):
     import sys
 
     import mlpx.backends as B
@@ -684,7 +684,11 @@ def test_gpu_code_paths_on_a_numpy_stand_in(monkeypatch):
     monkeypatch.setitem(sys.modules, "ml_dtypes", None)  # bfloat16 unsupported here: must be skipped, not crash
     monkeypatch.setattr(B, "_GPU_CACHE", {})
     cfg = make_config("tiny", sections=("gemm", "transfer"), gemm_gpu_dtypes=("float32", "tf32", "float16", "bfloat16"))
-    doc = run_suite(cfg, progress=False, write=False)
+    doc = run_suite(cfg, progress=True, write=False)
+    steps = [m.groups() for m in map(_STEP.match, capsys.readouterr().err.splitlines()) if m]
+    # with a GPU the counter still counts every step: GPU GEMMs, the crossover, the transfers
+    assert [int(n) for n, *_ in steps] == list(range(1, int(steps[0][1]) + 1))
+    assert {s for _, _, s, _ in steps} == {"gemm", "transfer"} and any("crossover" in d for *_, d in steps)
     assert doc["gpu_status"] == {"used": True, "reason": None}
     assert doc["machine"]["gpu"]["name"] == "Fake GPU"
     g = doc["sections"]["gemm"]
