@@ -122,7 +122,7 @@ class _Task:
     def __init__(self, cand: int, split: int, params: dict[str, Any], train: np.ndarray, test: np.ndarray,
                  ctx: Any = None) -> None:
         self.cand, self.split, self.params, self.train, self.test = cand, split, params, train, test
-        self.ctx = ctx  # its scikit-learn callback context (scikit-learn >= 1.9 and a search with callbacks)
+        self.ctx = ctx  # its "candidate-split-evaluation" callback context (scikit-learn >= 1.9)
         self.estimator: Any = None  # the (pipeline or bare) estimator scored
         self.member: Any = None  # the mlpx estimator fitted in a stack
         self.X_fold: Any = None  # the fold's training X, as the callbacks see it
@@ -136,7 +136,14 @@ class _Task:
         self.result: dict[str, Any] | None = None
 
     def report(self, hook: str, search: Any) -> None:
-        """Call the callbacks' ``on_fit_task_begin`` / ``_end`` hook, as ``_fit_and_score`` does."""
+        """Call the callbacks' ``on_fit_task_begin`` / ``_end`` hook, as ``_fit_and_score`` does.
+
+        Parameters
+        ----------
+        hook : {"begin", "end"}
+        search : GridSearchCV or RandomizedSearchCV
+            The search, passed to the hooks as the estimator (scikit-learn's ``caller``).
+        """
         if self.ctx is None:
             return
         w = self.fold_params.get("sample_weight")
@@ -295,12 +302,13 @@ class _StackedSearch:
         for task in tasks:
             self._prepare(task, base, X, y, fit_params, cache)
         ours = [t for t in tasks if t.reason is None]  # fitted here; the others by _fit_and_score
-        ended: set[int] = set()
+        begun: list[_Task] = []
         try:
             with contextlib.ExitStack() as propagation:
                 for t in ours:
                     if t.ctx is not None:
                         propagation.enter_context(t.ctx.propagate_callback_context(t.estimator))
+                    begun.append(t)
                     t.report("begin", self)
                 for t in ours:
                     self._preprocess(t, cache)
@@ -308,12 +316,11 @@ class _StackedSearch:
             with _one_blas_thread():  # held-out folds are small: BLAS threads only wait for each other
                 for t in ours:
                     t.result = self._scored(t, X, y, scorer, score_params)
-                    ended.add(id(t))
+                    begun.remove(t)
                     t.report("end", self)
         finally:  # every task begun ends, as _fit_and_score's do when a fit raises
-            for t in ours:
-                if id(t) not in ended:
-                    t.report("end", self)
+            for t in begun:
+                t.report("end", self)
         alone = [t for t in tasks if t.result is None]
         if alone:
             for t in alone:
