@@ -60,6 +60,7 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
+import sklearn
 from sklearn import model_selection as _sk
 from sklearn.base import _fit_context, clone, is_classifier
 from sklearn.metrics._scorer import _MultimetricScorer
@@ -71,6 +72,7 @@ from sklearn.model_selection._validation import (
     _warn_or_raise_about_fit_failures,
 )
 from sklearn.pipeline import Pipeline
+from sklearn.utils.fixes import parse_version
 from sklearn.utils.metaestimators import _safe_split
 from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import _check_method_params, _num_samples, check_is_fitted, indexable
@@ -89,6 +91,8 @@ log = logging.getLogger("mlpx")
 
 # scikit-learn >= 1.9 reports each fit of _fit_and_score to the search's callbacks.
 _FIT_AND_SCORE_CALLBACKS = "callback_ctx" in inspect.signature(_fit_and_score).parameters
+# The words of the installed scikit-learn's own error (its tests match them).
+_RETURN = "return" if parse_version(sklearn.__version__).release >= (1, 9) else "returned"
 CALLBACK_PIPELINE_REASON = ("the Pipeline reports its own steps to the search's callbacks, "
                             "which only Pipeline.fit does")
 
@@ -183,7 +187,8 @@ class _StackedSearch:
             root_ctx = self._init_callback_context(max_subtasks=1 + (self.refit is not False))
             root_ctx.call_on_fit_task_begin(estimator=self, X=X, y=y, metadata=cb_meta)
         self._checked_cv_orig = check_cv(self.cv, y, classifier=is_classifier(self.estimator))
-        self._check_input_parameters(X=X, y=y, split_params=routed.splitter.split)
+        if hasattr(self, "_check_input_parameters"):  # scikit-learn >= 1.9: a subclass's own input checks
+            self._check_input_parameters(X=X, y=y, split_params=routed.splitter.split)
         self.n_splits_ = self._checked_cv_orig.get_n_splits(X, y, **routed.splitter.split)
         base = clone(self.estimator)
         all_params: list[dict[str, Any]] = []
@@ -200,7 +205,7 @@ class _StackedSearch:
             n_splits = self.n_splits_
             splits = list(cv.split(X, y, **routed.splitter.split))
             if len(splits) != n_splits:
-                raise ValueError(f"cv.split and cv.get_n_splits return inconsistent results. "
+                raise ValueError(f"cv.split and cv.get_n_splits {_RETURN} inconsistent results. "
                                  f"Expected {n_splits} splits, got {len(splits)}")
             if self.verbose > 0:
                 print(f"Fitting {n_splits} folds for each of {len(candidate_params)} candidates, "
