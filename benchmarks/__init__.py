@@ -2,7 +2,7 @@
 
 Run it from the repository root::
 
-    python -m benchmarks                 # --quick: every section at small sizes (~3 min, 2 cores)
+    python -m benchmarks                 # --quick: every section at small sizes (~4.5 min, 2 cores)
     python -m benchmarks --full          # the real sizes (tens of minutes on a small CPU)
     python -m benchmarks --only gemm,train --backend cpu
     python -m benchmarks --compare old/results.json new/results.json

@@ -46,7 +46,8 @@ def parser() -> argparse.ArgumentParser:
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
-                      help="small sizes, every section (the search grid at its real size), about 3 minutes on 2 cores (default)")
+                      help="small sizes, every section (the search grid at its real size), about 4.5 minutes on 2 cores "
+                      "(default)")
     mode.add_argument("--full", dest="mode", action="store_const", const="full",
                       help="the real sizes (60,000 samples, GEMMs to 8192 on the GPU); tens of minutes on a small CPU")
     mode.add_argument("--tiny", dest="mode", action="store_const", const="tiny",
