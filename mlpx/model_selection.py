@@ -38,14 +38,19 @@ auto-propagated to a Pipeline (``ProgressBar``, for one) would report the
 Pipeline's own steps, which only ``Pipeline.fit`` reports: such a Pipeline is
 fitted one fold at a time.
 
-Example
--------
+Examples
+--------
+>>> from sklearn.datasets import load_digits
 >>> from mlpx import MLPClassifier
 >>> from mlpx.model_selection import GridSearchCV
->>> search = GridSearchCV(MLPClassifier(max_iter=50, batch_size=64, random_state=0),
-...                       {"alpha": [1e-4, 1e-3, 1e-2], "learning_rate_init": [1e-3, 3e-3, 1e-2, 3e-2]},
-...                       cv=5).fit(X, y)                                   # doctest: +SKIP
->>> search.best_params_, search.stacking_report()["stacked"]              # doctest: +SKIP
+>>> X, y = load_digits(return_X_y=True)
+>>> search = GridSearchCV(MLPClassifier(hidden_layer_sizes=(32,), max_iter=10, batch_size=64, random_state=0),
+...                       {"alpha": [1e-4, 1e-2], "learning_rate_init": [1e-3, 1e-2]},
+...                       cv=3).fit(X / 16.0, y)
+>>> sorted(search.best_params_)
+['alpha', 'learning_rate_init']
+>>> bool(search.stacking_report()["stacked"].all())    # all 4 × 3 fits trained as one stack
+True
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ import numbers
 import time
 import traceback
 from collections import defaultdict
-from typing import Any
+from typing import Any, Callable, TypeVar, cast
 
 import numpy as np
 import sklearn
@@ -155,12 +160,21 @@ class _Task:
                                                       metadata=None if w is None else {"sample_weight": w})
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _search_fit_context(method: _F) -> _F:
+    # scikit-learn's decorator, typed: its package has no annotations, which would
+    # make the decorated fit untyped.
+    return cast(_F, _fit_context(prefer_skip_nested_validation=False)(method))
+
+
 class _StackedSearch:
     """The ``fit`` shared by both searches: scikit-learn's, with the fits stacked."""
 
     max_stack: int | None
 
-    @_fit_context(prefer_skip_nested_validation=False)
+    @_search_fit_context
     def fit(self, X: Any, y: Any = None, **params: Any) -> Any:
         """Run fit with all sets of parameters (see scikit-learn's ``BaseSearchCV.fit``).
 
@@ -352,7 +366,8 @@ class _StackedSearch:
         if any(reasons) and self.verbose > 0:
             print(f"mlpx: {sum(1 for r in reasons if r)} candidate(s) fitted one fold at a time: "
                   f"{'; '.join(sorted(set(r for r in reasons if r)))}")
-        return [t.result for t in tasks], stacked, reasons
+        results = cast("list[dict[str, Any]]", [t.result for t in tasks])  # every task has run
+        return results, stacked, reasons
 
     def _fit_stacks(self, tasks: list[_Task]) -> None:
         """Train the tasks' members in stacks; a fit's error is kept (or raised with ``error_score="raise"``)."""
@@ -463,12 +478,31 @@ class _StackedSearch:
 
 
 class GridSearchCV(_StackedSearch, _sk.GridSearchCV):
-    """scikit-learn's ``GridSearchCV``, with the mlpx fits of the grid trained as stacks.
+    """Search a grid as scikit-learn's ``GridSearchCV`` does, training the mlpx fits as stacks.
 
     Parameters
     ----------
-    estimator, param_grid, scoring, n_jobs, refit, cv, verbose, pre_dispatch, error_score, return_train_score
-        As in scikit-learn; ``n_jobs`` parallelises only the fits that cannot stack.
+    estimator : MLPClassifier, MLPRegressor, Pipeline or estimator
+        The fits of an mlpx MLP (or a ``Pipeline`` ending in one) stack; any other
+        estimator is fitted one candidate at a time, as scikit-learn does.
+    param_grid : dict or list of dict
+        Parameter names to lists of values, as in scikit-learn.
+    scoring : str, callable, list, tuple, dict or None, default=None
+        The scorer(s), as in scikit-learn; None: the estimator's ``score``.
+    n_jobs : int or None, default=None
+        Workers for the fits that cannot stack (stacks run in this process).
+    refit : bool, str or callable, default=True
+        Refit the best candidate on the whole data, as in scikit-learn.
+    cv : int, cross-validation generator or iterable, default=None
+        The splits, as in scikit-learn (5-fold, stratified for classifiers).
+    verbose : int, default=0
+        The verbosity, as in scikit-learn.
+    pre_dispatch : int or str, default="2*n_jobs"
+        Jobs dispatched at once for the fits that cannot stack.
+    error_score : "raise" or float, default=np.nan
+        The score of a fit that raised, as in scikit-learn.
+    return_train_score : bool, default=False
+        Also score each fit on its training folds.
     max_stack : int, optional
         Most fits per stack (memory grows linearly with the members: one
         ``(n_params,)`` row each of weights, gradients and optimizer state, and
@@ -495,14 +529,34 @@ class GridSearchCV(_StackedSearch, _sk.GridSearchCV):
 
 
 class RandomizedSearchCV(_StackedSearch, _sk.RandomizedSearchCV):
-    """scikit-learn's ``RandomizedSearchCV``, with the mlpx fits trained as stacks.
+    """Search sampled settings as scikit-learn's ``RandomizedSearchCV`` does, training mlpx fits as stacks.
 
     Parameters
     ----------
-    estimator, param_distributions, n_iter, scoring, n_jobs, refit, cv, verbose, pre_dispatch, random_state
-        As in scikit-learn (the same candidates are drawn for the same ``random_state``).
-    error_score, return_train_score
-        As in scikit-learn.
+    estimator : MLPClassifier, MLPRegressor, Pipeline or estimator
+        As in :class:`GridSearchCV`.
+    param_distributions : dict or list of dict
+        Parameter names to distributions or lists, as in scikit-learn.
+    n_iter : int, default=10
+        Candidates drawn.
+    scoring : str, callable, list, tuple, dict or None, default=None
+        The scorer(s), as in scikit-learn; None: the estimator's ``score``.
+    n_jobs : int or None, default=None
+        Workers for the fits that cannot stack (stacks run in this process).
+    refit : bool, str or callable, default=True
+        Refit the best candidate on the whole data, as in scikit-learn.
+    cv : int, cross-validation generator or iterable, default=None
+        The splits, as in scikit-learn (5-fold, stratified for classifiers).
+    verbose : int, default=0
+        The verbosity, as in scikit-learn.
+    pre_dispatch : int or str, default="2*n_jobs"
+        Jobs dispatched at once for the fits that cannot stack.
+    random_state : int, RandomState instance or None, default=None
+        Draws the candidates: the same ones as scikit-learn's for the same value.
+    error_score : "raise" or float, default=np.nan
+        The score of a fit that raised, as in scikit-learn.
+    return_train_score : bool, default=False
+        Also score each fit on its training folds.
     max_stack : int, optional
         Most fits per stack (see :class:`GridSearchCV`).
 
