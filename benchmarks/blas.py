@@ -92,9 +92,8 @@ def blas_section(ctx: Context) -> dict[str, Any]:
     cfg = ctx.cfg
     args = dict(networks=list(cfg.gemm_step_networks), threads=cfg.threads, repeats=cfg.repeats,
                 warmup=cfg.warmup, min_time=cfg.min_time)
-    for net in cfg.gemm_step_networks:
-        for name in blas.installed_providers():
-            ctx.progress.step(f"gemm cpu blas {name} {net} step")
+    ctx.progress.step(f"cpu BLAS providers {', '.join(blas.installed_providers())} on the step products of "
+                      f"{', '.join(cfg.gemm_step_networks)} (child process)")
     code = "import json, sys; from benchmarks.blas import compare_providers; " \
            "print(json.dumps(compare_providers(**json.loads(sys.argv[1]))))"
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True)

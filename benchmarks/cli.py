@@ -8,8 +8,17 @@ Examples
     python -m benchmarks --full                # the real sizes
     python -m benchmarks --only gemm --only train --backend cpu
     python -m benchmarks --only train,scaling --out /tmp/bench
+    python -m benchmarks --update-reference    # rewrite benchmarks/results/<machine-tag>/ (committed)
     python -m benchmarks --compare old/results.json new/results.json
     python -m benchmarks --gpu-check           # first run on a GPU machine: GPU tests + GPU rows, <= 8 min
+
+A run writes into a new folder under ``benchmarks/runs/`` (git-ignored; see
+:mod:`benchmarks.run_folder`) and prints its path first and last. The summary
+ends with one line on the targets: ``all N targets met``, ``K of N targets not
+met`` or ``no targets measured in this run``. Exit status: 0 when the run
+completed, unmet targets included (the last line says so: an unmet target is a
+measurement, not a failure of the command); 1 when a GEMM failed its check
+against the float64 reference or the results failed the schema.
 """
 
 from __future__ import annotations
@@ -17,9 +26,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from benchmarks.schema import SECTIONS
+from benchmarks.targets import summary_lines
 
 __all__ = ["main", "parser"]
 
@@ -29,14 +40,18 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks",
         description="mlpx benchmark suite: BLAS vs cuBLAS GEMM, host<->device transfer, training "
         "throughput against scikit-learn and PyTorch, scaling curves, stacked grid search. Writes report.md, "
-        "results.json and PNG plots under benchmarks/results/<machine-tag>/.",
+        "results.json and PNG plots into a new folder under benchmarks/runs/ (git-ignored), and prints its path.",
+        epilog="The summary's last line says how many targets were not met. Exit status: 0 when the run "
+        "completed (unmet targets included), 1 when a GEMM check or the results schema failed.",
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
-                      help="small sizes, every section (the search grid at its real size), about 3 minutes on 2 cores (default)")
+                      help="small sizes, every section (the search grid at its real size), about 4.5 minutes on 2 cores "
+                      "(default)")
     mode.add_argument("--full", dest="mode", action="store_const", const="full",
                       help="the real sizes (60,000 samples, GEMMs to 8192 on the GPU); tens of minutes on a small CPU")
-    mode.add_argument("--tiny", dest="mode", action="store_const", const="tiny", help=argparse.SUPPRESS)
+    mode.add_argument("--tiny", dest="mode", action="store_const", const="tiny",
+                      help="a smoke run at toy sizes (seconds; its numbers mean nothing): for tests")
     p.set_defaults(mode="quick")
     p.add_argument("--only", action="append", metavar="SECTION",
                    help=f"run only these sections ({'|'.join(SECTIONS)}); repeat or comma-separate")
@@ -44,7 +59,11 @@ def parser() -> argparse.ArgumentParser:
                    help="devices to measure (default all: the GPU when one is present)")
     p.add_argument("--threads", type=int, default=None,
                    help="BLAS threads for the CPU runs (default: all usable cores)")
-    p.add_argument("--out", metavar="DIR", help="output directory (default benchmarks/results/<machine-tag>/)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--out", metavar="DIR", help="output directory (default: a new folder under benchmarks/runs/)")
+    out.add_argument("--update-reference", action="store_true",
+                     help="write into benchmarks/results/<machine-tag>/, the committed reference results of this "
+                     "machine (files under version control change)")
     p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
                    help="print the ratios B/A between two results files and exit")
     p.add_argument("--render", metavar="RESULTS.json",
@@ -76,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     if args.gpu_check:
-        if args.only or args.compare or args.render or args.threads is not None:
+        if args.only or args.compare or args.render or args.threads is not None or args.update_reference:
             p.error("--gpu-check takes only --out and --budget")
         from benchmarks.gpu_check import TOTAL_BUDGET_S, run_gpu_check
 
@@ -88,7 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--budget applies to --gpu-check only")
     if args.render:
         import json
-        from pathlib import Path
 
         from benchmarks.report import write_outputs
 
@@ -112,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides["threads"] = args.threads
     cfg = make_config(args.mode, **overrides)
     os.environ.setdefault("MPLBACKEND", "Agg")
-    doc = run_suite(cfg, out_dir=args.out, argv=argv, progress=not args.quiet, make_plots=not args.no_plots)
-    print(_summary(doc))
+    doc = run_suite(cfg, out_dir=args.out, argv=argv, progress=not args.quiet, make_plots=not args.no_plots,
+                    update_reference=args.update_reference, log=lambda line: print(line, flush=True))
+    print(_summary(doc), flush=True)
     failed = doc.get("validation_errors") or doc["sections"].get("gemm", {}).get("status") == "failed"
     return 1 if failed else 0
 
@@ -139,14 +158,13 @@ def _summary(doc: dict[str, Any]) -> str:
                 if skipped:
                     lines.append(f"      skipped: {', '.join(skipped)}")
         if name == "search" and s.get("status") == "ok":
-            g = s.get("grid", {})
-            for r in g.get("records", []):
+            for r in s.get("grid", {}).get("records", []):
                 if r.get("status") == "ok":
                     lines.append(f"    {r['name']}: {r['time_s']['median']:.3g} s")
-            for q in g.get("ratios", []):
-                lines.append(f"    {q['numerator']} / {q['denominator']} = {q['ratio']:.3f} (target <= {q['target']})")
     for e in doc.get("validation_errors", [])[:20]:
         lines.append(f"  SCHEMA: {e}")
     for k, v in doc.get("outputs", {}).items():
         lines.append(f"  {k}: {v}")
-    return "\n".join(lines)
+    if doc.get("outputs"):
+        lines.append(f"results in {Path(doc['outputs']['json']).parent}")
+    return "\n".join(lines + summary_lines(doc))

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.config import Config
+from benchmarks.progress import Progress
 
 __all__ = ["Context", "Progress", "skipped"]
 
@@ -17,55 +16,6 @@ NO_CUDA = "no CUDA device"
 def skipped(reason: str) -> dict[str, Any]:
     """A part of a section that did not run, with the reason (recorded in the JSON)."""
     return {"status": "skipped", "reason": reason, "records": []}
-
-
-class Progress:
-    """A progress bar over the run's measurements: tqdm when installed, plain lines otherwise.
-
-    Parameters
-    ----------
-    total : int
-        Expected number of steps (sections announce theirs up front).
-    enabled : bool
-        False silences it (tests).
-    """
-
-    def __init__(self, total: int, enabled: bool = True) -> None:
-        self.total, self.n, self.enabled = total, 0, enabled
-        self._bar = None
-        self._t0 = time.perf_counter()
-        if enabled and sys.stderr.isatty():  # a log file gets plain lines, not carriage returns
-            try:
-                from tqdm import tqdm
-
-                self._bar = tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr, leave=True)
-            except ImportError:
-                self._bar = None
-
-    def step(self, desc: str) -> None:
-        """Announce the measurement about to run (advances when the next one starts)."""
-        self.n += 1
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.set_description_str(desc[:60], refresh=False)
-            self._bar.update(1)
-        else:
-            t = time.perf_counter() - self._t0
-            print(f"[{self.n:3d}/{self.total}] {t:6.1f}s  {desc}", file=sys.stderr, flush=True)
-
-    def note(self, text: str) -> None:
-        """A line that stays visible (a skipped section, a failed check)."""
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 @dataclass

@@ -300,9 +300,7 @@ def count(ctx: Context) -> int:
     if ctx.use_cpu and ctx.use_gpu:
         n += 2 * len(ctx.cfg.crossover_batches)
     if ctx.use_cpu:
-        from mlpx.backends import blas
-
-        n += len(ctx.cfg.gemm_step_networks) * len(blas.installed_providers())
+        n += 1  # the CPU BLAS providers, one child process
     return n
 
 
@@ -324,7 +322,7 @@ def gemm_section(ctx: Context) -> dict[str, Any]:
     for device, rec in _jobs(ctx):
         t = "" if rec["threads"] is None else f" {rec['threads']}t"
         label = rec["network"] + " " + rec["op"] if rec["kind"] == "step" else "square"
-        ctx.progress.step(f"gemm {device} {rec['dtype']}{t} {label} {rec['m']}x{rec['n']}x{rec['k']}")
+        ctx.progress.step(f"{device} {rec['dtype']}{t} {label} {rec['m']}x{rec['n']}x{rec['k']}")
         shape = {k: rec[k] for k in ("m", "n", "k", "trans_a", "trans_b")}
         res = measure(ctx, device, shape, rec["dtype"], rec["threads"])
         rec = {"key": _key(device, rec), "device": device, **rec, "flops": 2.0 * rec["m"] * rec["n"] * rec["k"], **res}
@@ -373,7 +371,7 @@ def _crossover(ctx: Context) -> dict[str, Any]:
     for batch in cfg.crossover_batches:
         times = {}
         for device in ("cpu", "gpu"):
-            ctx.progress.step(f"crossover {device} batch {batch}")
+            ctx.progress.step(f"GPU/CPU crossover: {device} step products at batch {batch}")
             be = ctx.gpu if device == "gpu" else ctx.cpu
             sg = StepGemms(be, sizes, batch)
             times[device] = sg.time(ctx, cfg.threads if device == "cpu" else None)

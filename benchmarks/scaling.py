@@ -84,7 +84,7 @@ def scaling_section(ctx: Context) -> dict[str, Any]:
         peak = ctx.peaks.get((device, "float32", threads))
         records = []
         for curve, sizes, batch, x in points(ctx.cfg):
-            ctx.progress.step(f"scaling {device} {'-'.join(map(str, sizes))} batch {batch}")
+            ctx.progress.step(f"{device} {'-'.join(map(str, sizes))} batch {batch}")
             try:
                 with blas_threads(threads):
                     res = _point(ctx, device, sizes, batch)

@@ -61,8 +61,10 @@ def count(ctx: Context) -> int:
     cfg = ctx.cfg
     n = 0
     if cfg.search_grid and ctx.use_cpu:
-        n += 1 + len(GRID_IMPLS) * cfg.search_rounds
-    n += 2 * (1 + len(cfg.search_members))
+        n += 2 + len(GRID_IMPLS) * cfg.search_rounds  # data, warm-up, timed searches
+    n += (int(ctx.use_cpu) + int(ctx.use_gpu)) * (1 + len(cfg.search_members))
+    if ctx.use_cpu and cfg.search_memory_check:
+        n += 1
     return n
 
 
@@ -167,7 +169,7 @@ def _grid(ctx: Context) -> dict[str, Any]:
     from sklearn.model_selection import StratifiedKFold
 
     cfg = ctx.cfg
-    ctx.progress.step("search grid: data")
+    ctx.progress.step("grid data (digits)")
     X, y = _digits(cfg.search_samples)
     searches = _searches(cfg)
     n_train = [len(tr) for tr, _ in StratifiedKFold(cfg.search_folds).split(X, y)]
@@ -182,6 +184,7 @@ def _grid(ctx: Context) -> dict[str, Any]:
         # Untimed warm-up of each search on two rows of the grid for one epoch: numba's
         # loops load, joblib starts its workers (kept for the timed runs).
         small = X[: max(40, 4 * cfg.search_folds)], y[: max(40, 4 * cfg.search_folds)]
+        ctx.progress.step(f"grid warm-up of {', '.join(searches)} (untimed)")
         for name, make in searches.items():
             try:
                 make().set_params(estimator__max_iter=1, cv=2).fit(*small)
@@ -189,9 +192,10 @@ def _grid(ctx: Context) -> dict[str, Any]:
                 pass
         for r in range(cfg.search_rounds):
             for name, make in searches.items():
-                ctx.progress.step(f"search grid {name} (round {r + 1})")
                 if status[name] is not None:
+                    ctx.progress.step(f"grid {name} (round {r + 1}): not run, it failed")
                     continue
+                ctx.progress.step(f"grid {name} (round {r + 1}, {len(n_train)} fits)")
                 try:
                     search = make()
                     t0 = time.perf_counter()
@@ -202,7 +206,7 @@ def _grid(ctx: Context) -> dict[str, Any]:
                     continue
                 scores[name] = np.asarray(search.cv_results_["mean_test_score"], dtype=np.float64)
                 if name == "mlpx-stacked":
-                    stacked_all = bool(np.all(search.cv_results_["stacked"]))
+                    stacked_all = bool(np.all(search.stacking_report()["stacked"]))
     n_fits = len(n_train)
     records = []
     for name in searches:
@@ -315,11 +319,11 @@ def _members(ctx: Context, device: str) -> dict[str, Any]:
 
     with blas_threads(threads), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ctx.progress.step(f"search members {device}: one Sequential")
+        ctx.progress.step(f"members {device}: one Sequential")
         one = single()
         records = []
         for K in cfg.search_members:
-            ctx.progress.step(f"search members {device}: stack of {K}")
+            ctx.progress.step(f"members {device}: stack of {K}")
             t = stacked(K)
             records.append({
                 "key": f"search/members/{device}/{K}", "status": "ok", "device": device, "members": K,
@@ -382,6 +386,7 @@ def _memory(ctx: Context, parts: dict[str, Any]) -> dict[str, Any]:
     out["devices"]["gpu"] = {"capacity_bytes": cap, "source": source,
                              "members_that_fit": int((0.9 * cap - fixed) // per)}
     if ctx.use_cpu and ctx.cfg.search_memory_check:
+        ctx.progress.step("memory: one epoch of stacks of 4 and 16 members under tracemalloc")
         out["measured_cpu"] = _traced(ctx)
     return out
 

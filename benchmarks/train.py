@@ -354,10 +354,11 @@ def _epoch_flops(sizes: tuple[int, ...], n: int, batch: int) -> float:
 
 # ------------------------------------------------------------------ section
 def count(ctx: Context) -> int:
+    devices = int(ctx.use_cpu) + int(ctx.use_gpu)
     n = 0
     for wl in ctx.cfg.workloads:
-        impls = IMPLEMENTATIONS(wl, ctx.cfg)
-        n += 1 + len(impls) * (1 + wl.repeats) + 2 * 2 + 1  # data, warm-ups + runs, floors, memory
+        active = [i for i in IMPLEMENTATIONS(wl, ctx.cfg) if i.unavailable(ctx) is None]
+        n += 1 + len(active) * (1 + wl.repeats) + 2 * devices + 1  # data, warm-ups + runs, floors, memory
     return n
 
 
@@ -380,7 +381,7 @@ def train_section(ctx: Context) -> dict[str, Any]:
 
 def _workload(ctx: Context, wl: Workload) -> dict[str, Any]:
     cfg = ctx.cfg
-    ctx.progress.step(f"train {wl.name}: data")
+    ctx.progress.step(f"{wl.name} data")
     try:
         data = _load(wl)
     except ImportError as exc:
@@ -403,18 +404,18 @@ def _workload(ctx: Context, wl: Workload) -> dict[str, Any]:
     # Warm-up: one untimed short run each (imports, allocator, kernel compilation).
     n_warm = min(n, wl.batch)
     warm = (data[0][:n_warm], data[1][:n_warm], data[2][:64], data[3][:64])
-    for impl in impls:
-        ctx.progress.step(f"train {wl.name} warm-up {impl.name}")
-        if impl in active:
-            _guarded(ctx, results, impl, lambda impl=impl: _run(ctx, impl, warm, wl, 1, seed=0))
+    for impl in active:
+        ctx.progress.step(f"{wl.name} warm-up {impl.name}")
+        _guarded(ctx, results, impl, lambda impl=impl: _run(ctx, impl, warm, wl, 1, seed=0))
 
     times: dict[str, list[float]] = {i.name: [] for i in active}
     accs: dict[str, list[float]] = {i.name: [] for i in active}
     for r in range(wl.repeats):
-        for impl in impls:
-            ctx.progress.step(f"train {wl.name} {impl.name} run {r + 1}/{wl.repeats}")
-            if impl not in active or results[impl.name]["status"] != "ok":
+        for impl in active:
+            if results[impl.name]["status"] != "ok":
+                ctx.progress.step(f"{wl.name} {impl.name} run {r + 1}/{wl.repeats}: not run, it failed")
                 continue
+            ctx.progress.step(f"{wl.name} {impl.name} run {r + 1}/{wl.repeats}")
             res = _guarded(ctx, results, impl, lambda impl=impl: _run(ctx, impl, data, wl, wl.epochs, seed=1 + r))
             if res is not None:
                 times[impl.name].append(res[0] / wl.epochs)
@@ -502,18 +503,16 @@ def _peak(ctx: Context, device: str) -> tuple[float, str]:
 
 
 def _floor(ctx: Context, wl: Workload, n: int, device: str) -> dict[str, Any]:
-    ctx.progress.step(f"train {wl.name} GEMM floor {device}")
     if device == "gpu" and not ctx.use_gpu:
-        ctx.progress.step("")
         return {"status": "skipped", "reason": ctx.gpu_reason}
     if device == "cpu" and not ctx.use_cpu:
-        ctx.progress.step("")
         return {"status": "skipped", "reason": "--backend gpu"}
+    ctx.progress.step(f"{wl.name} GEMM floor {device}")
     rate, source = _peak(ctx, device)
     flops = _epoch_flops(wl.sizes, n, wl.batch)
     be = ctx.gpu if device == "gpu" else ctx.cpu
     threads = ctx.cfg.threads if device == "cpu" else None
-    ctx.progress.step(f"train {wl.name} GEMMs alone {device}")
+    ctx.progress.step(f"{wl.name} GEMMs alone {device}")
     total = 0.0
     per_step = {}
     for rows in sorted(set(_epoch_batches(n, wl.batch)), reverse=True):
@@ -643,7 +642,7 @@ def _memory(ctx: Context, wl: Workload, data: tuple[np.ndarray, ...]) -> dict[st
     Compared with the data, the parameters and one batch of activations, the sizes
     issue 5's memory target is stated in.
     """
-    ctx.progress.step(f"train {wl.name} memory")
+    ctx.progress.step(f"{wl.name} memory (one epoch under tracemalloc)")
     n = min(data[0].shape[0], 2 * wl.batch)
     X, y = data[0][:n], data[1][:n]
     gpu = _gpu_pool_peak(wl, X, y) if ctx.use_gpu else {"status": "skipped", "reason": ctx.gpu_reason}

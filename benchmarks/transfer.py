@@ -55,7 +55,7 @@ def transfer_section(ctx: Context) -> dict[str, Any]:
                 ("d2h", "pinned"): lambda: dev.get(out=pinned),
             }
             for (direction, memory), fn in copies.items():
-                ctx.progress.step(f"transfer {direction} {memory} {mib} MiB")
+                ctx.progress.step(f"{direction} {memory} {mib} MiB")
                 t = time_call(fn, repeats=cfg.repeats, min_time=cfg.min_time, warmup=cfg.warmup, sync=be.synchronize)
                 nbytes = n * 4
                 records.append({

@@ -3,7 +3,9 @@ Reading a benchmark report
 ==========================
 
 ``python -m benchmarks`` writes ``report.md`` (tables) and ``results.json`` (every
-number, schema in ``benchmarks/schema.py``) into ``benchmarks/results/<machine>/``.
+number, schema in ``benchmarks/schema.py``) into a new, git-ignored folder under
+``benchmarks/runs/``; ``--update-reference`` writes a machine's committed reference
+results, ``benchmarks/results/<machine>/``.
 This page reads the committed full run of the 2-core AMD EPYC machine and shows
 what to look at: the machine and its load first, then times per epoch *with* the
 test accuracy beside them, then the ratios the project has targets for.

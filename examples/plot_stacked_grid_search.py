@@ -49,6 +49,6 @@ for name, search in searches.items():
 # Every candidate trained in a stack, and the mean test scores equal
 # scikit-learn's to rounding.
 stacked = searches["mlpx stacked"]
-print("stacked:", stacked.cv_results_["stacked"])
+print("stacked:", stacked.stacking_report()["stacked"])
 print("largest score difference vs scikit-learn:",
       np.max(np.abs(scores["mlpx stacked"] - scores["scikit-learn, its MLPClassifier"])))

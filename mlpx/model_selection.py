@@ -23,11 +23,20 @@ A Pipeline's preprocessing is fitted per fold (and per setting of its own
 parameters, once), on the training fold, as ``Pipeline.fit`` does; its final
 estimator is the member. Fits that cannot stack run one by one through
 scikit-learn's own ``_fit_and_score`` (with ``n_jobs`` workers), and say why in
-the ``cv_results_`` columns ``stacked`` (True when every fold of the candidate
-trained in a stack) and ``not_stacked_reason``, and on the ``mlpx`` logger:
-``solver="lbfgs"`` (full-batch steps with a line search of its own), sparse ``X``,
-an estimator that is not an mlpx MLP, fit parameters other than
-``sample_weight``.
+:meth:`~GridSearchCV.stacking_report` and on the ``mlpx`` logger: ``solver="lbfgs"``
+(full-batch steps with a line search of its own), sparse ``X``, an estimator that
+is not an mlpx MLP, fit parameters other than ``sample_weight``, a Pipeline that
+reports its own steps to scikit-learn callbacks. ``cv_results_`` has exactly
+scikit-learn's keys.
+
+Callbacks (scikit-learn >= 1.9, :mod:`sklearn.callback`): ``set_callbacks`` works
+as on scikit-learn's searches, with the same task tree: the search's root task,
+its ``search`` task, one ``candidate-split-evaluation`` task per candidate and
+fold (each stacked member fit too: its task begins before the stack trains and
+ends once the member is scored) and ``refit-with-best-params``. Callbacks
+auto-propagated to a Pipeline (``ProgressBar``, for one) would report the
+Pipeline's own steps, which only ``Pipeline.fit`` reports: such a Pipeline is
+fitted one fold at a time.
 
 Examples
 --------
@@ -40,13 +49,14 @@ Examples
 ...                       cv=3).fit(X / 16.0, y)
 >>> sorted(search.best_params_)
 ['alpha', 'learning_rate_init']
->>> bool(search.cv_results_["stacked"].all())    # all 4 × 3 fits trained as one stack
+>>> bool(search.stacking_report()["stacked"].all())    # all 4 × 3 fits trained as one stack
 True
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import numbers
 import time
@@ -55,10 +65,11 @@ from collections import defaultdict
 from typing import Any, Callable, TypeVar, cast
 
 import numpy as np
+import sklearn
 from sklearn import model_selection as _sk
 from sklearn.base import _fit_context, clone, is_classifier
 from sklearn.metrics._scorer import _MultimetricScorer
-from sklearn.model_selection import ParameterGrid, ParameterSampler, check_cv
+from sklearn.model_selection import check_cv
 from sklearn.model_selection._validation import (
     _fit_and_score,
     _insert_error_scores,
@@ -66,16 +77,44 @@ from sklearn.model_selection._validation import (
     _warn_or_raise_about_fit_failures,
 )
 from sklearn.pipeline import Pipeline
+from sklearn.utils.fixes import parse_version
 from sklearn.utils.metaestimators import _safe_split
 from sklearn.utils.parallel import Parallel, delayed
-from sklearn.utils.validation import _check_method_params, _num_samples, indexable
+from sklearn.utils.validation import _check_method_params, _num_samples, check_is_fitted, indexable
 
 from mlpx.estimators._base import BaseMLP
 from mlpx.estimators._stacked import fit_stacked, stack_refusal
 
+try:  # scikit-learn >= 1.9
+    from sklearn.callback import AutoPropagatedCallback
+except ImportError:  # no callbacks to report to
+    AutoPropagatedCallback = None
+
 __all__ = ["GridSearchCV", "RandomizedSearchCV"]
 
 log = logging.getLogger("mlpx")
+
+# scikit-learn >= 1.9 reports each fit of _fit_and_score to the search's callbacks.
+_FIT_AND_SCORE_CALLBACKS = "callback_ctx" in inspect.signature(_fit_and_score).parameters
+# The words of the installed scikit-learn's own error (its tests match them).
+_RETURN = "return" if parse_version(sklearn.__version__).release >= (1, 9) else "returned"
+CALLBACK_PIPELINE_REASON = ("the Pipeline reports its own steps to the search's callbacks, "
+                            "which only Pipeline.fit does")
+
+
+def _reports_own_tasks(est: Any, search: Any) -> bool:
+    """Whether ``est.fit`` would report tasks of its own to scikit-learn callbacks.
+
+    True for an estimator with callback support (a Pipeline, in scikit-learn >= 1.9)
+    that has callbacks, or gets the search's auto-propagated ones: a stack runs no
+    ``est.fit`` to report them.
+    """
+    if not hasattr(est, "set_callbacks"):
+        return False
+    if getattr(est, "_skl_callbacks", None):
+        return True
+    return AutoPropagatedCallback is not None and any(
+        isinstance(cb, AutoPropagatedCallback) for cb in getattr(search, "_skl_callbacks", []))
 
 
 def _one_blas_thread() -> Any:
@@ -89,17 +128,36 @@ def _one_blas_thread() -> Any:
 class _Task:
     """One candidate on one fold: what to fit, on what, and its result."""
 
-    def __init__(self, cand: int, split: int, params: dict[str, Any], train: np.ndarray, test: np.ndarray) -> None:
+    def __init__(self, cand: int, split: int, params: dict[str, Any], train: np.ndarray, test: np.ndarray,
+                 ctx: Any = None) -> None:
         self.cand, self.split, self.params, self.train, self.test = cand, split, params, train, test
+        self.ctx = ctx  # its "candidate-split-evaluation" callback context (scikit-learn >= 1.9)
         self.estimator: Any = None  # the (pipeline or bare) estimator scored
         self.member: Any = None  # the mlpx estimator fitted in a stack
+        self.X_fold: Any = None  # the fold's training X, as the callbacks see it
         self.Xt: Any = None  # the member's training X (after preprocessing)
         self.y_train: Any = None
-        self.fit_params: dict[str, Any] = {}
+        self.fold_params: dict[str, Any] = {}  # the search's fit parameters, split to the fold
+        self.fit_params: dict[str, Any] = {}  # what the member's fit takes of them
         self.reason: str | None = None  # why not stacked
         self.error: str | None = None
         self.prep_time = 0.0
         self.result: dict[str, Any] | None = None
+
+    def report(self, hook: str, search: Any) -> None:
+        """Call the callbacks' ``on_fit_task_begin`` / ``_end`` hook, as ``_fit_and_score`` does.
+
+        Parameters
+        ----------
+        hook : {"begin", "end"}
+        search : GridSearchCV or RandomizedSearchCV
+            The search, passed to the hooks as the estimator (scikit-learn's ``caller``).
+        """
+        if self.ctx is None:
+            return
+        w = self.fold_params.get("sample_weight")
+        getattr(self.ctx, f"call_on_fit_task_{hook}")(estimator=search, X=self.X_fold, y=self.y_train,
+                                                      metadata=None if w is None else {"sample_weight": w})
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -136,28 +194,40 @@ class _StackedSearch:
         X, y = indexable(X, y)
         params = _check_method_params(X, params=params)
         routed = self._get_routed_params_for_fit(params)
+        sample_weight = params.get("sample_weight")
+        cb_meta = None if sample_weight is None else {"sample_weight": sample_weight}
+        root_ctx = None
+        if hasattr(self, "_init_callback_context"):  # scikit-learn >= 1.9
+            root_ctx = self._init_callback_context(max_subtasks=1 + (self.refit is not False))
+            root_ctx.call_on_fit_task_begin(estimator=self, X=X, y=y, metadata=cb_meta)
         self._checked_cv_orig = check_cv(self.cv, y, classifier=is_classifier(self.estimator))
-        self._check_input_parameters(X=X, y=y, split_params=routed.splitter.split)
+        if hasattr(self, "_check_input_parameters"):  # scikit-learn >= 1.9: a subclass's own input checks
+            self._check_input_parameters(X=X, y=y, split_params=routed.splitter.split)
         self.n_splits_ = self._checked_cv_orig.get_n_splits(X, y, **routed.splitter.split)
         base = clone(self.estimator)
         all_params: list[dict[str, Any]] = []
         all_out: list[dict[str, Any]] = []
         all_more: dict[str, list[Any]] = defaultdict(list)
+        stacking: dict[str, list[Any]] = {"stacked": [], "reason": []}
         results: dict[str, Any] = {}
 
-        def evaluate_candidates(candidate_params: Any, cv: Any = None, more_results: Any = None) -> dict[str, Any]:
+        def evaluate_candidates(candidate_params: Any, cv: Any = None, more_results: Any = None,
+                                callback_ctx: Any = None) -> dict[str, Any]:
             nonlocal results
             cv = cv or self._checked_cv_orig
             candidate_params = list(candidate_params)
             n_splits = self.n_splits_
             splits = list(cv.split(X, y, **routed.splitter.split))
             if len(splits) != n_splits:
-                raise ValueError(f"cv.split and cv.get_n_splits return inconsistent results. "
+                raise ValueError(f"cv.split and cv.get_n_splits {_RETURN} inconsistent results. "
                                  f"Expected {n_splits} splits, got {len(splits)}")
             if self.verbose > 0:
                 print(f"Fitting {n_splits} folds for each of {len(candidate_params)} candidates, "
                       f"totalling {n_splits * len(candidate_params)} fits")
-            out, more = self._evaluate(base, X, y, candidate_params, splits, scorers, routed)
+            n_tasks = len(candidate_params) * n_splits
+            contexts = [None] * n_tasks if callback_ctx is None else [
+                callback_ctx.subcontext(task_name="candidate-split-evaluation", task_id=i) for i in range(n_tasks)]
+            out, stacked, reasons = self._evaluate(base, X, y, candidate_params, splits, scorers, routed, contexts)
             if len(out) < 1:
                 raise ValueError("No fits were performed. Was the CV iterator empty? Were there no candidates?")
             _warn_or_raise_about_fit_failures(out, self.error_score)
@@ -165,12 +235,17 @@ class _StackedSearch:
                 _insert_error_scores(out, self.error_score)
             all_params.extend(candidate_params)
             all_out.extend(out)
-            for key, value in {**more, **(more_results or {})}.items():
+            stacking["stacked"].extend(stacked)
+            stacking["reason"].extend(reasons)
+            for key, value in (more_results or {}).items():
                 all_more[key].extend(value)
             results = self._format_results(all_params, n_splits, all_out, all_more)
             return results
 
-        self._run_search(evaluate_candidates)
+        if root_ctx is not None and "callback_ctx" in inspect.signature(self._run_search).parameters:
+            self._run_search(evaluate_candidates, callback_ctx=root_ctx)
+        else:  # scikit-learn < 1.9, or a subclass's own search
+            self._run_search(evaluate_candidates)
         first_test_score = all_out[0]["test_scores"]
         self.multimetric_ = isinstance(first_test_score, dict)
         if callable(self.scoring) and self.multimetric_:
@@ -183,47 +258,88 @@ class _StackedSearch:
             self.best_params_ = results["params"][self.best_index_]
         if self.refit:
             self.best_estimator_ = clone(base).set_params(**clone(self.best_params_, safe=False))
-            t0 = time.time()
-            if y is not None:
-                self.best_estimator_.fit(X, y, **routed.estimator.fit)
-            else:
-                self.best_estimator_.fit(X, **routed.estimator.fit)
-            self.refit_time_ = time.time() - t0
+            refit_ctx = None if root_ctx is None else root_ctx.subcontext(task_name="refit-with-best-params")
+            with contextlib.ExitStack() as propagation:
+                if refit_ctx is not None:
+                    propagation.enter_context(refit_ctx.propagate_callback_context(self.best_estimator_))
+                    refit_ctx.call_on_fit_task_begin(estimator=self, X=X, y=y, metadata=cb_meta)
+                t0 = time.time()
+                if y is not None:
+                    self.best_estimator_.fit(X, y, **routed.estimator.fit)
+                else:
+                    self.best_estimator_.fit(X, **routed.estimator.fit)
+                self.refit_time_ = time.time() - t0
             if hasattr(self.best_estimator_, "feature_names_in_"):
                 self.feature_names_in_ = self.best_estimator_.feature_names_in_
+            if refit_ctx is not None:
+                refit_ctx.call_on_fit_task_end(estimator=self, X=X, y=y, metadata=cb_meta)
         self.scorer_ = scorers._scorers if isinstance(scorers, _MultimetricScorer) else scorers
         self.cv_results_ = results
+        self._stacking = {"stacked": np.asarray(stacking["stacked"], dtype=bool),
+                          "reason": np.asarray(stacking["reason"], dtype=object)}
+        if root_ctx is not None:
+            root_ctx.call_on_fit_task_end(estimator=self, X=X, y=y, metadata=cb_meta)
         return self
+
+    def stacking_report(self) -> dict[str, np.ndarray]:
+        """How each candidate was fitted: in stacks, or one fold at a time, and why.
+
+        A method, not a fitted attribute: scikit-learn's own tests compare every
+        fitted attribute of a search with a plain ``BaseSearchCV``'s, so a drop-in
+        search adds none.
+
+        Returns
+        -------
+        dict of str -> ndarray of shape (n_candidates,)
+            ``"stacked"`` (bool: every fold of the candidate trained in a stack) and
+            ``"reason"`` (str, "" when stacked: why some fold was fitted by itself),
+            one entry per row of ``cv_results_``: ``pandas.DataFrame(report)`` lines
+            up with ``pandas.DataFrame(cv_results_)``.
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            Before ``fit``.
+        """
+        check_is_fitted(self, "_stacking")
+        return {k: v.copy() for k, v in self._stacking.items()}
 
     # ------------------------------------------------------------ evaluation
     def _evaluate(self, base: Any, X: Any, y: Any, candidates: list[dict[str, Any]], splits: list[Any],
-                  scorer: Any, routed: Any) -> tuple[list[dict[str, Any]], dict[str, list[Any]]]:
-        """Every candidate on every fold: ``_fit_and_score``'s results, in its order."""
+                  scorer: Any, routed: Any, contexts: list[Any]) -> tuple[list[dict[str, Any]], list[bool], list[str]]:
+        """Every candidate on every fold.
+
+        Returns ``_fit_and_score``'s results in its order (candidate-major), and per
+        candidate whether every fold trained in a stack and why not.
+        """
         fit_params = routed.estimator.fit
         score_params = routed.scorer.score
-        tasks = [_Task(c, s, p, np.asarray(tr), np.asarray(te))
-                 for c, p in enumerate(candidates) for s, (tr, te) in enumerate(splits)]
-        prep_cache: dict[Any, tuple[Any, Any]] = {}
+        pairs = [(c, p, s, tr, te) for c, p in enumerate(candidates) for s, (tr, te) in enumerate(splits)]
+        tasks = [_Task(c, s, p, np.asarray(tr), np.asarray(te), ctx)
+                 for (c, p, s, tr, te), ctx in zip(pairs, contexts)]
+        cache: dict[Any, Any] = {}
         for task in tasks:
-            self._prepare(task, base, X, y, fit_params, prep_cache)
-        stackable = [t for t in tasks if t.reason is None and t.error is None]
-        if stackable:
-            outcomes = fit_stacked([t.member for t in stackable], [t.Xt for t in stackable],
-                                   [t.y_train for t in stackable],
-                                   [t.fit_params.get("sample_weight") for t in stackable],
-                                   max_members=self.max_stack)
-            for task, o in zip(stackable, outcomes):
-                if o.error is not None:
-                    if self.error_score == "raise":
-                        raise o.error
-                    task.error = "".join(traceback.format_exception(o.error))
-                if not o.stacked:
-                    task.reason = o.reason
-                task.prep_time += o.fit_time
-        with _one_blas_thread():  # held-out folds are small: BLAS threads only wait for each other
-            for task in tasks:
-                if task.reason is None or task.error is not None:
-                    task.result = self._scored(task, X, y, scorer, score_params)
+            self._prepare(task, base, X, y, fit_params, cache)
+        ours = [t for t in tasks if t.reason is None]  # fitted here; the others by _fit_and_score
+        begun: list[_Task] = []
+        try:
+            with contextlib.ExitStack() as propagation:
+                for t in ours:
+                    if t.ctx is not None:
+                        propagation.enter_context(t.ctx.propagate_callback_context(t.estimator))
+                    begun.append(t)
+                    t.report("begin", self)
+                for t in ours:
+                    self._preprocess(t, cache)
+                self._fit_stacks([t for t in ours if t.error is None])
+            with _one_blas_thread():  # held-out folds are small: BLAS threads only wait for each other
+                for t in ours:
+                    t.result = self._scored(t, X, y, scorer, score_params)
+                    begun.remove(t)
+                    t.report("end", self)
+        finally:  # every task begun ends, as _fit_and_score's do when a fit raises
+            for t in begun:
+                t.report("end", self)
         alone = [t for t in tasks if t.result is None]
         if alone:
             for t in alone:
@@ -235,7 +351,8 @@ class _StackedSearch:
             outs = Parallel(n_jobs=self.n_jobs, pre_dispatch=self.pre_dispatch)(
                 delayed(_fit_and_score)(clone(base), X, y, train=t.train, test=t.test, parameters=t.params,
                                         split_progress=(t.split, len(splits)),
-                                        candidate_progress=(t.cand, len(candidates)), **kwargs)
+                                        candidate_progress=(t.cand, len(candidates)), **kwargs,
+                                        **({"caller": self, "callback_ctx": t.ctx} if _FIT_AND_SCORE_CALLBACKS else {}))
                 for t in alone)
             for t, res in zip(alone, outs):
                 t.result = res
@@ -250,22 +367,40 @@ class _StackedSearch:
             print(f"mlpx: {sum(1 for r in reasons if r)} candidate(s) fitted one fold at a time: "
                   f"{'; '.join(sorted(set(r for r in reasons if r)))}")
         results = cast("list[dict[str, Any]]", [t.result for t in tasks])  # every task has run
-        return results, {"stacked": stacked, "not_stacked_reason": reasons}
+        return results, stacked, reasons
+
+    def _fit_stacks(self, tasks: list[_Task]) -> None:
+        """Train the tasks' members in stacks; a fit's error is kept (or raised with ``error_score="raise"``)."""
+        if not tasks:
+            return
+        outcomes = fit_stacked([t.member for t in tasks], [t.Xt for t in tasks], [t.y_train for t in tasks],
+                               [t.fit_params.get("sample_weight") for t in tasks], max_members=self.max_stack)
+        for task, o in zip(tasks, outcomes):
+            if o.error is not None:
+                if self.error_score == "raise":
+                    raise o.error
+                task.error = "".join(traceback.format_exception(o.error))
+            if not o.stacked:  # fitted alone by fit_stacked: scored as it is
+                task.reason = o.reason
+            task.prep_time += o.fit_time
 
     def _prepare(self, task: _Task, base: Any, X: Any, y: Any, fit_params: dict[str, Any],
-                 cache: dict[Any, tuple[Any, Any]]) -> None:
-        """The task's estimator, its member and the member's training data (preprocessed)."""
+                 cache: dict[Any, Any]) -> None:
+        """The task's estimator, fold and member, or why it cannot stack (known before any fit)."""
         est = clone(base).set_params(**clone(task.params, safe=False))
         task.estimator = est
         fp = _check_method_params(X, params=fit_params, indices=task.train)
+        task.fold_params = fp
         # One training split per fold, shared by every candidate: the stack then
         # holds one copy of it and gathers each step's rows once for the fold's
         # members that draw the same minibatches (their MemberRows group).
         split_key = ("split", task.split)
         if split_key not in cache:
             cache[split_key] = _safe_split(est, X, y, task.train)
-        X_train, y_train = cache[split_key]
-        task.y_train = y_train
+        task.X_fold, task.y_train = cache[split_key]
+        if task.ctx is not None and _reports_own_tasks(est, self):
+            task.reason = CALLBACK_PIPELINE_REASON
+            return
         if isinstance(est, Pipeline):
             name, final = est.steps[-1]
             own = {k: v for k, v in fp.items() if k != f"{name}__sample_weight"}
@@ -275,34 +410,8 @@ class _StackedSearch:
             if f"{name}__sample_weight" in fp:
                 task.fit_params = {"sample_weight": fp[f"{name}__sample_weight"]}
             task.member = final
-            pre = {k: v for k, v in task.params.items() if not (k == name or k.startswith(name + "__"))}
-            key = (task.split, tuple(sorted((k, repr(v)) for k, v in pre.items())))
-            if not isinstance(final, BaseMLP):
-                task.reason = stack_refusal(final, X_train)
-                return
-            t0 = time.time()
-            try:
-                if key not in cache:
-                    Xt = X_train
-                    fitted = []
-                    for step_name, step in est.steps[:-1]:
-                        if step is None or step == "passthrough":
-                            fitted.append((step_name, step))
-                            continue
-                        Xt = step.fit_transform(Xt, y_train)
-                        fitted.append((step_name, step))
-                    cache[key] = (fitted, Xt)
-                fitted, Xt = cache[key]
-                est.steps[:-1] = [(n, s) for n, s in fitted]
-            except Exception:  # noqa: BLE001 - the pipeline's fit failed, as fit would
-                if self.error_score == "raise":
-                    raise
-                task.error = traceback.format_exc()
-                task.prep_time = time.time() - t0
-                return
-            task.prep_time = time.time() - t0
-            task.Xt = Xt
-            task.reason = stack_refusal(final, Xt)
+            # Sparse output of the preprocessing is found by fit_stacked, which fits that member alone.
+            task.reason = stack_refusal(final, None)
             return
         own = {k: v for k, v in fp.items() if k != "sample_weight"}
         if own:
@@ -310,8 +419,34 @@ class _StackedSearch:
             return
         task.fit_params = fp
         task.member = est
-        task.Xt = X_train
-        task.reason = stack_refusal(est, X_train)
+        task.Xt = task.X_fold
+        task.reason = stack_refusal(est, task.X_fold)
+
+    def _preprocess(self, task: _Task, cache: dict[Any, Any]) -> None:
+        """A Pipeline's steps before its member, fitted on the fold (once per fold and their parameters)."""
+        est = task.estimator
+        if not isinstance(est, Pipeline):
+            return
+        name = est.steps[-1][0]
+        pre = {k: v for k, v in task.params.items() if not (k == name or k.startswith(name + "__"))}
+        key = (task.split, tuple(sorted((k, repr(v)) for k, v in pre.items())))
+        t0 = time.time()
+        try:
+            if key not in cache:
+                Xt = task.X_fold
+                fitted = []
+                for step_name, step in est.steps[:-1]:
+                    if step is not None and step != "passthrough":
+                        Xt = step.fit_transform(Xt, task.y_train)
+                    fitted.append((step_name, step))
+                cache[key] = (fitted, Xt)
+            fitted, task.Xt = cache[key]
+            est.steps[:-1] = list(fitted)
+        except Exception:  # noqa: BLE001 - the pipeline's fit failed, as fit would
+            if self.error_score == "raise":
+                raise
+            task.error = traceback.format_exc()
+        task.prep_time = time.time() - t0
 
     def _scored(self, task: _Task, X: Any, y: Any, scorer: Any, score_params: dict[str, Any]) -> dict[str, Any]:
         """``_fit_and_score``'s result for a task fitted in a stack (or whose fit failed)."""
@@ -376,8 +511,8 @@ class GridSearchCV(_StackedSearch, _sk.GridSearchCV):
     Attributes
     ----------
     cv_results_ : dict
-        scikit-learn's, plus ``stacked`` (bool per candidate) and
-        ``not_stacked_reason`` (str per candidate, "" when stacked).
+        scikit-learn's, with exactly its keys (which fits trained in stacks:
+        :meth:`stacking_report`).
     best_estimator_, best_score_, best_params_, best_index_, scorer_, n_splits_, refit_time_, multimetric_
         As in scikit-learn.
     """
@@ -391,10 +526,6 @@ class GridSearchCV(_StackedSearch, _sk.GridSearchCV):
                          verbose=verbose, pre_dispatch=pre_dispatch, error_score=error_score,
                          return_train_score=return_train_score)
         self.max_stack = max_stack
-
-    def _run_search(self, evaluate_candidates: Any) -> None:
-        """Search all candidates in param_grid."""
-        evaluate_candidates(ParameterGrid(self.param_grid))
 
 
 class RandomizedSearchCV(_StackedSearch, _sk.RandomizedSearchCV):
@@ -431,8 +562,10 @@ class RandomizedSearchCV(_StackedSearch, _sk.RandomizedSearchCV):
 
     Attributes
     ----------
-    cv_results_, best_estimator_, best_score_, best_params_, best_index_, scorer_, n_splits_, refit_time_, multimetric_
+    cv_results_, best_estimator_, best_score_, best_params_, best_index_, scorer_, n_splits_
         As in :class:`GridSearchCV`.
+    refit_time_, multimetric_
+        As in scikit-learn.
     """
 
     _parameter_constraints: dict = {**_sk.RandomizedSearchCV._parameter_constraints,
@@ -446,7 +579,3 @@ class RandomizedSearchCV(_StackedSearch, _sk.RandomizedSearchCV):
                          refit=refit, cv=cv, verbose=verbose, pre_dispatch=pre_dispatch, random_state=random_state,
                          error_score=error_score, return_train_score=return_train_score)
         self.max_stack = max_stack
-
-    def _run_search(self, evaluate_candidates: Any) -> None:
-        """Search n_iter candidates from param_distributions."""
-        evaluate_candidates(ParameterSampler(self.param_distributions, self.n_iter, random_state=self.random_state))

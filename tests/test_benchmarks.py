@@ -1,17 +1,25 @@
 """The benchmark suite's quick path at tiny sizes: schema, numbers, skips, checks, --compare.
 
-One tiny run (``python -m benchmarks --tiny``, in process) is shared by the tests;
-nothing here asserts on a timing, only on the structure and on correctness.
+One tiny run (``python -m benchmarks --tiny``, in process) is shared by the tests,
+with what it printed; nothing here asserts on a timing, only on the structure and on
+correctness.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import math
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,9 +37,26 @@ HAS_CUDA = cuda_available()
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("bench")
-    rc = main(["--tiny", "--quiet", "--out", str(out)])
+    logs = _logs_of(out)
+    logs.mkdir()
+    stdout, stderr = io.StringIO(), io.StringIO()  # not terminals: the progress steps come as plain lines
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        rc = main(["--tiny", "--out", str(out)])
+    (logs / "stdout.txt").write_text(stdout.getvalue())
+    (logs / "stderr.txt").write_text(stderr.getvalue())
     doc = json.loads((out / "results-tiny.json").read_text())
     return rc, out, doc
+
+
+def _logs_of(out: Path) -> Path:
+    return out.with_name(out.name + "-logs")
+
+
+@pytest.fixture(scope="module")
+def tiny_logs(tiny_run):
+    """What the tiny run printed: (stdout lines, stderr lines)."""
+    logs = _logs_of(tiny_run[1])
+    return (logs / "stdout.txt").read_text().splitlines(), (logs / "stderr.txt").read_text().splitlines()
 
 
 def test_cli_writes_report_json_and_plots(tiny_run):
@@ -644,7 +669,7 @@ def _fake_cupy():
     return {"cupy": cp, "cupy._core": core, "cupy._core._routines_linalg": linalg, "cupyx": cupyx}, compute
 
 
-def test_gpu_code_paths_on_a_numpy_stand_in(monkeypatch):
+def test_gpu_code_paths_on_a_numpy_stand_in(monkeypatch, capsys):
     import sys
 
     import mlpx.backends as B
@@ -659,7 +684,11 @@ def test_gpu_code_paths_on_a_numpy_stand_in(monkeypatch):
     monkeypatch.setitem(sys.modules, "ml_dtypes", None)  # bfloat16 unsupported here: must be skipped, not crash
     monkeypatch.setattr(B, "_GPU_CACHE", {})
     cfg = make_config("tiny", sections=("gemm", "transfer"), gemm_gpu_dtypes=("float32", "tf32", "float16", "bfloat16"))
-    doc = run_suite(cfg, progress=False, write=False)
+    doc = run_suite(cfg, progress=True, write=False)
+    steps = [m.groups() for m in map(_STEP.match, capsys.readouterr().err.splitlines()) if m]
+    # with a GPU the counter still counts every step: GPU GEMMs, the crossover, the transfers
+    assert [int(n) for n, *_ in steps] == list(range(1, int(steps[0][1]) + 1))
+    assert {s for _, _, s, _ in steps} == {"gemm", "transfer"} and any("crossover" in d for *_, d in steps)
     assert doc["gpu_status"] == {"used": True, "reason": None}
     assert doc["machine"]["gpu"]["name"] == "Fake GPU"
     g = doc["sections"]["gemm"]
@@ -792,3 +821,173 @@ def test_installed_providers_agree_with_loading():
     from mlpx.backends import blas
 
     assert blas.installed_providers() == blas.available_providers()
+
+
+# ------------------------------------------------------- progress, summary, run folder
+_STEP = re.compile(r"^\[(\d+)/(\d+)\] (\w+): (.+?)  \(at \d+ s\)$")
+_BEAT = re.compile(r"^\[(\d+)/(\d+)\] (\w+): (.+): still running \(\d+ s\)$")
+
+
+def test_progress_counts_every_step_with_its_section_and_label(tiny_run, tiny_logs):
+    from benchmarks.schema import SECTIONS
+
+    _, err = tiny_logs
+    steps = [m.groups() for m in map(_STEP.match, err) if m]
+    assert steps, err[:20]
+    totals = {int(t) for _, t, _, _ in steps}
+    assert len(totals) == 1  # announced once, never changed
+    # every step announced once, in order, and the count reached exactly the total
+    assert [int(n) for n, _, _, _ in steps] == list(range(1, totals.pop() + 1))
+    assert {s for _, _, s, _ in steps} <= set(SECTIONS) and all(d.strip() for _, _, _, d in steps)
+    # the sections' steps come in section order, each section's in one block
+    order = [s for _, _, s, _ in steps]
+    assert order == sorted(order, key=SECTIONS.index)
+    others = [ln for ln in err if ln.startswith("[") and not (_STEP.match(ln) or _BEAT.match(ln))]
+    assert not others, others
+
+
+def test_summary_says_met_or_not_met_beside_each_target_and_counts_them(tiny_run, tiny_logs):
+    from benchmarks.targets import targets
+
+    rc, out, doc = tiny_run
+    lines, _ = tiny_logs
+    assert lines[0] == f"mlpx benchmarks (tiny): writing to {out}"  # the folder first ...
+    assert f"results in {out}" in lines  # ... and at the end
+    want = targets(doc)
+    assert want  # the tiny run has train and search targets
+    rows = [ln for ln in lines if re.match(r"^  (met|not met) +\w", ln)]
+    assert len(rows) == len(want)
+    for row, t in zip(rows, want):
+        assert row.split()[0:2 if not t.met else 1] == (["not", "met"] if not t.met else ["met"])
+        assert t.what in row and f"(target <= {t.bound})" in row
+    missed = sum(not t.met for t in want)
+    assert lines[-1] == (f"all {len(want)} targets met" if not missed else f"{missed} of {len(want)} targets not met")
+    assert rc == 0  # an unmet target is reported by the last line, not the exit status
+    assert f"Targets: {lines[-1]}." in (out / "report-tiny.md").read_text()
+
+
+def test_targets_read_from_a_document():
+    from benchmarks.targets import summary_lines, targets
+
+    doc = {"mode": "full", "sections": {
+        "train": {"status": "ok", "workloads": [{"name": "mlp512", "ratios": [
+            {"numerator": "a", "denominator": "b", "ratio": 0.5, "target": 0.9, "met": True},
+            {"numerator": "a", "denominator": "c", "ratio": 1.2}]}]},
+        "search": {"status": "ok", "grid": {"status": "ok", "ratios": [
+            {"numerator": "s", "denominator": "n", "ratio": 0.25, "target": 0.2, "met": False}]},
+            "members": {"parts": {"gpu": {"status": "ok", "target": {"ratio": 1.5, "bound": 2.0, "met": True,
+                                                                      "up_to_members": 64}}}}}}}
+    assert [(t.measured, t.bound, t.met) for t in targets(doc)] == [(0.5, 0.9, True), (0.25, 0.2, False),
+                                                                    (1.5, 2.0, True)]
+    lines = summary_lines(doc)
+    assert lines[0] == "targets:" and lines[-1] == "1 of 3 targets not met"
+    assert lines[2].startswith("  not met  search grid: s / n = 0.250")
+    assert summary_lines({"mode": "quick", "sections": {}}) == ["no targets measured in this run"]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_heartbeat_in_a_log_and_spinner_on_a_terminal():
+    from benchmarks.progress import SPINNER, Progress
+
+    log = io.StringIO()
+    p = Progress(2, stream=log, heartbeat_s=0.05)
+    p.section = "search"
+    p.step("grid sklearn-n_jobs2 (round 1)")
+    time.sleep(0.6)  # a long, silent step
+    p.step("members cpu: one Sequential")
+    p.close()
+    lines = log.getvalue().splitlines()
+    assert _STEP.match(lines[0]).groups()[:3] == ("1", "2", "search")
+    beats = [ln for ln in lines if _BEAT.match(ln)]
+    assert len(beats) >= 3 and all("grid sklearn-n_jobs2 (round 1): still running" in b for b in beats)
+    assert _STEP.match(lines[-1]).groups()[0] == "2" and "\r" not in log.getvalue()
+    assert not any(t.name == "benchmarks-progress" for t in threading.enumerate())  # stopped by close
+    with pytest.raises(ValueError):
+        Progress(1, stream=log).step("")
+    pytest.importorskip("tqdm")
+    term = _Terminal()
+    p = Progress(1, stream=term, spin_s=0.02)
+    p.step("a long step")
+    time.sleep(0.3)
+    p.close()
+    frames = set(re.findall(r"([|/\-\\]) \d+ s", term.getvalue()))
+    assert len(frames) >= 2 and frames <= set(SPINNER)  # the spinner turned while the step ran
+
+
+def test_settle_advances_the_count_past_steps_that_did_not_run():
+    from benchmarks.progress import Progress
+
+    p = Progress(5, enabled=False)
+    p.step("one")
+    p.settle(4)
+    p.settle(2)  # never backwards
+    assert p.n == 4
+    p.close()
+
+
+def test_new_run_folders_are_fresh_and_ignored_by_git(tmp_path):
+    import datetime as dt
+
+    from benchmarks.run_folder import RUNS_ROOT, new_run_folder
+
+    now = dt.datetime(2026, 1, 7, 14, 15, 2)
+    a, b = new_run_folder("quick", tmp_path, now), new_run_folder("quick", tmp_path, now)
+    assert a.name == "20260107-141502-quick" and b.name == "20260107-141502-quick-2"
+    assert a.is_dir() and not any(a.iterdir())
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") and (root / ".git").exists():
+        probe = RUNS_ROOT / "x" / "results.json"
+        res = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", str(probe)])
+        assert res.returncode == 0  # benchmarks/runs/ is outside version control
+
+
+def test_update_reference_conflicts_with_out(tmp_path):
+    from benchmarks import make_config, run_suite
+
+    with pytest.raises(SystemExit):
+        main(["--tiny", "--update-reference", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        main(["--gpu-check", "--update-reference"])
+    with pytest.raises(ValueError):
+        run_suite(make_config("tiny", sections=()), out_dir=tmp_path, update_reference=True, progress=False)
+
+
+def _git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.mark.slow
+def test_a_run_in_a_fresh_clone_leaves_its_git_status_clean(tmp_path):
+    """``python -m benchmarks`` (tiny) in a fresh clone of the committed code changes no tracked file.
+
+    The clone holds the committed state (HEAD), not uncommitted edits of this checkout.
+    """
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("needs git and a git checkout")
+    clone = tmp_path / "clone"
+    head = _git("rev-parse", "HEAD", cwd=root).strip()
+    _git("clone", "-q", "--no-hardlinks", str(root), str(clone), cwd=tmp_path)
+    if _git("rev-parse", "HEAD", cwd=clone).strip() != head:  # a detached HEAD in the source
+        _git("fetch", "-q", str(root), head, cwd=clone)
+        _git("checkout", "-q", "--detach", "FETCH_HEAD", cwd=clone)
+    env = {**__import__("os").environ, "MPLBACKEND": "Agg", "PYTHONPATH": str(clone)}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--tiny"], cwd=clone, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    run = Path(lines[0].split("writing to ", 1)[1])
+    assert run.parent == clone / "benchmarks" / "runs" and (run / "results-tiny.json").is_file()
+    assert f"results in {run}" in lines and re.match(r"^(all \d+ targets met|\d+ of \d+ targets not met)$", lines[-1])
+    assert _git("status", "--porcelain", cwd=clone) == ""
+    # --update-reference is the one way to change the committed results
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--tiny", "--only", "transfer", "--no-plots",
+                           "--update-reference"], cwd=clone, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    changed = [ln[3:] for ln in _git("status", "--porcelain", "--untracked-files=all", cwd=clone).splitlines()]
+    assert changed and all(re.fullmatch(r"benchmarks/results/[a-z0-9-]+/(results|report)-tiny\.(json|md)", c)
+                           for c in changed), changed

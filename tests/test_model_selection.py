@@ -145,7 +145,9 @@ def test_grid_scores_equal_scikit_learn(solver, kind, digits, regression):
     a = GridSearchCV(ours(**kw), grid, cv=3, return_train_score=True).fit(X, y, sample_weight=sw)
     b = skms.GridSearchCV(theirs(**kw), grid, cv=3, return_train_score=True).fit(X, y, sample_weight=sw)
     _compare(a, b, ("mean_test_score", "split2_test_score", "mean_train_score", "split1_train_score"))
-    assert a.cv_results_["stacked"].all() and (a.cv_results_["not_stacked_reason"] == "").all()
+    report = a.stacking_report()
+    assert report["stacked"].all() and (report["reason"] == "").all()
+    assert set(a.cv_results_) == set(b.cv_results_)
     assert a.best_params_ == b.best_params_ and a.best_index_ == b.best_index_
     assert a.best_score_ == pytest.approx(b.best_score_, abs=1e-12)
     assert a.n_splits_ == b.n_splits_ == 3 and a.multimetric_ is b.multimetric_ is False
@@ -208,12 +210,12 @@ def test_pipelines_fit_their_preprocessing_per_fold(digits):
     b = skms.GridSearchCV(make_pipeline(StandardScaler(), sknn.MLPClassifier(**kw)), grid, cv=3)
     b.fit(X, y, mlpclassifier__sample_weight=sw)
     _compare(a, b)
-    assert a.cv_results_["stacked"].all()
+    assert a.stacking_report()["stacked"].all()
     # fit parameters for other steps: fitted one by one (and the same scores)
     a2 = GridSearchCV(make_pipeline(StandardScaler(), mlpx.MLPClassifier(**kw)), {"mlpclassifier__alpha": [1e-4]},
                       cv=2).fit(X, y, standardscaler__sample_weight=sw)
-    assert not a2.cv_results_["stacked"].any() and "standardscaler__sample_weight" in \
-        a2.cv_results_["not_stacked_reason"][0]
+    report = a2.stacking_report()
+    assert not report["stacked"].any() and "standardscaler__sample_weight" in report["reason"][0]
 
 
 def test_lbfgs_and_foreign_estimators_are_searched_one_fit_at_a_time(digits):
@@ -224,12 +226,14 @@ def test_lbfgs_and_foreign_estimators_are_searched_one_fit_at_a_time(digits):
     b = skms.GridSearchCV(sknn.MLPClassifier(**kw), grid, cv=2).fit(X, y)
     _compare(a, b)
     lbfgs = np.array([p["solver"] == "lbfgs" for p in a.cv_results_["params"]])
-    assert (a.cv_results_["stacked"] == ~lbfgs).all()
-    assert all(r == LBFGS_REASON for r in a.cv_results_["not_stacked_reason"][lbfgs])
+    report = a.stacking_report()
+    assert (report["stacked"] == ~lbfgs).all() and (report["reason"][~lbfgs] == "").all()
+    assert all(r == LBFGS_REASON for r in report["reason"][lbfgs])
     c = GridSearchCV(LogisticRegression(max_iter=200), {"C": [0.1, 1.0]}, cv=2).fit(X, y)
     d = skms.GridSearchCV(LogisticRegression(max_iter=200), {"C": [0.1, 1.0]}, cv=2).fit(X, y)
     _compare(c, d)
-    assert not c.cv_results_["stacked"].any()
+    assert not c.stacking_report()["stacked"].any()
+    assert set(c.cv_results_) == set(d.cv_results_)
 
 
 @pytest.mark.filterwarnings("ignore:One or more of the test scores are non-finite")

@@ -616,7 +616,8 @@ def test_stacked_search_on_the_gpu_scores_as_on_the_cpu(strict_cupy) -> None:
             warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter
             searches.append(GridSearchCV(est, grid, cv=3).fit(X, y))
     cpu, gpu_search = searches
-    assert all(gpu_search.cv_results_["stacked"]), gpu_search.cv_results_["not_stacked_reason"]
+    report = gpu_search.stacking_report()
+    assert all(report["stacked"]), report["reason"]
     np.testing.assert_allclose(gpu_search.cv_results_["mean_test_score"], cpu.cv_results_["mean_test_score"])
     assert gpu_search.best_params_ == cpu.best_params_
     for got, want in zip(gpu_search.best_estimator_.coefs_, cpu.best_estimator_.coefs_):

@@ -65,7 +65,18 @@ class StackOutcome(NamedTuple):
 
 
 def stack_refusal(est: Any, X: Any) -> str | None:
-    """Why ``est.fit(X, ...)`` cannot train in a stack, or None."""
+    """Why ``est.fit(X, ...)`` cannot train in a stack, or None.
+
+    Parameters
+    ----------
+    est : estimator
+    X : array_like of shape (n_samples, n_features) or None
+        The training data; None asks about the estimator alone (data not known yet).
+
+    Returns
+    -------
+    str or None
+    """
     if not isinstance(est, BaseMLP):
         return f"{type(est).__name__} is not an mlpx MLPClassifier or MLPRegressor"
     if est.solver == "lbfgs":
