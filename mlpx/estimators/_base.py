@@ -51,7 +51,7 @@ from mlpx.metrics import PREDICT_CHUNK, holdout_scores, iter_chunks
 from mlpx.optimizers import SGD, Adam, Optimizer
 from mlpx.schedules import Adaptive, InverseScaling
 from mlpx.training import Holdout, train
-from mlpx.validation import check_dtype_range, check_int
+from mlpx.validation import check_dtype_range, check_int, refuse_datetimes
 
 __all__ = ["StackPlan"]
 
@@ -261,6 +261,7 @@ class BaseMLP(BaseEstimator):
     def _validate_X_predict(self, X: Any) -> Any:
         if is_device_array(X):
             return self._check_device_X(X, reset=False)
+        refuse_datetimes(X, "X")
         return validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
 
     def _check_device_X(self, X: Any, reset: bool) -> Any:
@@ -300,6 +301,7 @@ class BaseMLP(BaseEstimator):
             if y_numeric and y.dtype.kind == "O":
                 y = y.astype(np.float64)
             return X, y
+        refuse_datetimes(X, "X")
         return validate_data(
             self, X, y, accept_sparse=["csr", "csc"], multi_output=True, y_numeric=y_numeric,
             dtype=(np.float64, np.float32), reset=reset,
