@@ -605,8 +605,14 @@ def check_sample_weight(sample_weight: Any, n_samples: int, dtype: Any = None) -
         w = np.full(n_samples, float(w))
     if w.shape != (n_samples,):
         raise ValueError(f"sample_weight must have shape ({n_samples},), got {w.shape}")
-    if not np.isfinite(w).all() or (w < 0).any():
-        raise ValueError("sample_weight must be finite and non-negative")
+    if not np.isfinite(w).all():
+        raise ValueError("sample_weight must be finite and non-negative; it contains NaN or infinity")
+    negative = int(np.count_nonzero(w < 0))
+    if negative:
+        raise ValueError(
+            f"sample_weight must be finite and non-negative; {negative} weight(s) are negative "
+            f"(the smallest is {w.min():g})"
+        )
     if w.sum() <= 0:
         raise ValueError("sample_weight sums to zero: nothing to train on")
     if dtype is not None:

@@ -51,7 +51,7 @@ from mlpx.metrics import PREDICT_CHUNK, holdout_scores, iter_chunks
 from mlpx.optimizers import SGD, Adam, Optimizer
 from mlpx.schedules import Adaptive, InverseScaling
 from mlpx.training import Holdout, train
-from mlpx.validation import check_dtype_range, check_int, refuse_datetimes
+from mlpx.validation import check_dtype_range, check_int, check_sample_weight, host_values, refuse_datetimes
 
 __all__ = ["StackPlan"]
 
@@ -444,13 +444,22 @@ class BaseMLP(BaseEstimator):
 
     def _prepare(self, be: Backend, X: Any, y: np.ndarray, sample_weight: Any,
                  hidden_layer_sizes: list[int], first_pass: bool) -> tuple[Any, np.ndarray, Any, Runtime]:
-        """Check ``sample_weight``, build (or check) the network; the local part of ``_fit``."""
+        """Check ``sample_weight``, build (or check) the network; the local part of ``_fit``.
+
+        Weights must be finite, non-negative and sum to more than zero, as the
+        engine requires (:func:`mlpx.validation.check_sample_weight`). scikit-learn
+        1.9's MLP accepts negative weights and trains on them (a loss that is not
+        bounded below: NaN, or a loss of -1.9e18 with L-BFGS) and fails on weights
+        summing to zero with a ZeroDivisionError; here both are a ValueError before
+        the network is built or trained.
+        """
         if sample_weight is not None:
             host_X = X if not is_device_array(X) else np.empty((X.shape[0], 0), np.float64)
             sample_weight = _check_sample_weight(
-                to_host(sample_weight), host_X,
+                host_values(to_host(sample_weight), "sample_weight"), host_X,
                 dtype=None if not is_device_array(X) else np.float64,
             )
+            check_sample_weight(sample_weight, host_X.shape[0])
         if y.ndim == 1:
             y = y.reshape((-1, 1))
         self.n_outputs_ = y.shape[1]
@@ -473,7 +482,7 @@ class BaseMLP(BaseEstimator):
         if not is_classifier(self):
             check_dtype_range(np.asarray(y, dtype=np.float64), rt.dtype, "y")
         if sample_weight is not None:
-            check_dtype_range(np.asarray(sample_weight, dtype=np.float64), rt.dtype, "sample_weight")
+            check_sample_weight(sample_weight, X.shape[0], dtype=rt.dtype)  # its range, its underflow
         return X, y, sample_weight, rt
 
     def _initialize(self, be: Backend, X: Any, y: np.ndarray, layer_units: list[int]) -> None:
