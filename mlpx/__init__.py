@@ -20,6 +20,7 @@ from mlpx.activations import ACTIVATIONS
 from mlpx.backends import available_backends, get_backend
 from mlpx.callbacks import Callback, EarlyStopping, ProgressBar
 from mlpx.layers import GELU, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from mlpx.locking import ConcurrentTrainingError
 from mlpx.losses import LOSSES
 from mlpx.model import MLP, Sequential, load
 from mlpx.optimizers import SGD, Adam, AdamW, RMSprop
@@ -41,6 +42,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "Callback",
+    "ConcurrentTrainingError",
     "Constant",
     "Cosine",
     "Dense",

@@ -38,7 +38,7 @@ from mlpx.activations import Activation, get_activation
 from mlpx.backends import Backend, BackendError, get_backend, kernel
 from mlpx.distributed import LocalReducer, Reducer
 from mlpx.layers import ActivationLayer, Dense, Dropout, Layer, layer_from_config
-from mlpx.locking import ReadWriteLock
+from mlpx.locking import ReadWriteLock, exclusive_training
 from mlpx.losses import Loss, OutputLoss, l2_penalty, pair
 from mlpx.metrics import PREDICT_CHUNK, correct_count, holdout_scores, iter_chunks
 from mlpx.optimizers import Optimizer
@@ -649,6 +649,7 @@ class Sequential:
                 self._store_params(optimizer.step(self.params, self.grads))
             return not found_inf
 
+    @exclusive_training
     def train_step(
         self,
         X: Array | None,

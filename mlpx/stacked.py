@@ -58,7 +58,7 @@ from mlpx.callbacks import Callback, ProgressBar, check_callbacks
 from mlpx.data import Batch, to_host
 from mlpx.distributed import LocalReducer
 from mlpx.layers import ActivationLayer, Dense
-from mlpx.locking import ReadWriteLock
+from mlpx.locking import ReadWriteLock, exclusive_training
 from mlpx.losses import OutputLoss
 from mlpx.member_step import (LOSS_CODES, adam_row, bias_activation_rows, bias_gradient_rows, cross_entropy_rows,
                               member_step_plan, run_member_steps, sgd_row, squared_error_rows)
@@ -1792,6 +1792,7 @@ class Stack:
                                           None if correct is None else correct[j], True, None))
         return results
 
+    @exclusive_training
     def train_step(
         self,
         X: Any,
@@ -2088,6 +2089,7 @@ class Stack:
         return out[..., 0] if c == 1 else out
 
     # -------------------------------------------------------------------- fit
+    @exclusive_training
     def fit(
         self,
         X: Any,

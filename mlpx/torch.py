@@ -29,6 +29,16 @@ DLPack cannot export (some Array API namespaces) are copied. ``copy=True`` alway
 copies; ``device=`` puts the module elsewhere (a copy when it is not the model's
 device).
 
+Later training: a Sequential trains its parameter buffer in place, so the module
+follows every later ``fit`` (on the CPU and GPU backends). An mlpx estimator
+writes the result of every later ``fit`` and ``partial_fit`` into the same
+``coefs_``/``intercepts_`` arrays, so the module follows those too; a fit that
+changes the layer sizes or dtype cannot, and warns that the module keeps the old
+weights. scikit-learn's own estimators update ``coefs_`` in place in
+``partial_fit`` and warm-started fits only: a fresh ``fit`` there gives new arrays
+and the module keeps the old ones (convert again, or pass ``copy=True`` for a
+snapshot that no fit changes).
+
 :func:`layers_from_torch` reads such a module back into mlpx layers and weights
 (``mlpx.Sequential.from_torch`` builds the model from them).
 """
@@ -142,6 +152,9 @@ def to_torch(obj: Any, *, device: Any = None, copy: bool = False) -> nn.Sequenti
                 f"This {type(obj).__name__} instance is not fitted yet; call fit before to_torch."
             )
         modules = _from_estimator(obj, device, copy)
+        share = getattr(obj, "_share_weights", None)
+        if not copy and callable(share):
+            share()  # an mlpx estimator warns when a later fit cannot keep sharing
     else:
         raise TypeError(
             f"cannot convert {type(obj).__name__!r} to PyTorch: expected an mlpx Sequential, "

@@ -7,6 +7,7 @@ reads such modules back.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -153,6 +154,74 @@ def test_estimators(kind: str, library: str) -> None:
     # Zero-copy on the host coefs_ arrays unless copy=True.
     assert module[0].weight.data_ptr() == address(est.coefs_[0])
     assert to_torch(est, copy=True)[0].weight.data_ptr() != address(est.coefs_[0])
+
+
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_an_estimators_module_follows_its_later_fits(kind: str) -> None:
+    """The module shares coefs_/intercepts_; every later partial_fit, warm-started fit
+    and fresh fit writes into those arrays, so the module computes what the estimator
+    predicts now (it used to keep the first fit's weights without a word)."""
+    rng = np.random.default_rng(1)
+    X = data(90, 4, "float64")
+    if kind == "classifier":
+        est = mlpx.MLPClassifier(hidden_layer_sizes=(5,), max_iter=5, random_state=0)
+        y = rng.integers(0, 3, 90)
+        expected = est.predict_proba
+    else:
+        est = mlpx.MLPRegressor(hidden_layer_sizes=(5,), max_iter=5, random_state=0)
+        y = rng.normal(size=90)
+        expected = lambda Z: est.predict(Z)[:, None]  # noqa: E731
+    est.fit(X, y)
+    module = est.to_torch()
+    snapshot = est.to_torch(copy=True)
+    first = forward(snapshot, X)
+    steps = [
+        lambda: est.partial_fit(X, y),
+        lambda: est.set_params(warm_start=True).fit(X, y),
+        lambda: est.set_params(warm_start=False, random_state=3).fit(X, y),
+        lambda: est.set_params(alpha=0.1).fit(X[:40], y[:40]),
+    ]
+    previous = first
+    for step in steps:
+        step()
+        now = forward(module, X)
+        np.testing.assert_allclose(now, expected(X), **TOL["float64"])
+        assert not np.allclose(now, previous)  # the step did change the function
+        previous = now
+    np.testing.assert_array_equal(forward(snapshot, X), first)  # copy=True: a snapshot
+    # a change on the torch side reaches the estimator's predictions
+    with torch.no_grad():
+        module[0].bias.zero_()
+    np.testing.assert_array_equal(est.intercepts_[0], 0.0)
+    np.testing.assert_allclose(forward(module, X), expected(X), **TOL["float64"])
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_a_fit_that_cannot_write_into_a_shared_module_warns() -> None:
+    """New layer sizes (or dtype) need new arrays: the module keeps the old weights, and
+    the fit says so rather than leave it stale in silence."""
+    X = data(60, 4, "float64")
+    y = np.arange(60) % 2
+    est = mlpx.MLPClassifier(hidden_layer_sizes=(5,), max_iter=3, random_state=0).fit(X, y)
+
+    def run(module: nn.Module) -> np.ndarray:
+        return forward(module, X.astype(str(module[0].weight.dtype).removeprefix("torch.")))
+
+    module = est.to_torch()
+    old = run(module)
+    for change in ({"hidden_layer_sizes": (6,)}, {"dtype": "float32"}):
+        with pytest.warns(UserWarning, match="module keeps the previous weights"):
+            est.set_params(**change).fit(X, y)
+        np.testing.assert_array_equal(run(module), old)
+        module = est.to_torch()
+        old = run(module)
+    with pytest.warns(UserWarning, match="module keeps the previous weights"):
+        est.set_params(hidden_layer_sizes=(7,)).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*module keeps the previous weights")
+        est.to_torch(copy=True)
+        est.set_params(hidden_layer_sizes=(8,)).fit(X, y)  # only a copy was made since: no warning
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")

@@ -14,7 +14,7 @@ from sklearn.utils.validation import _check_sample_weight, check_consistent_leng
 
 from mlpx.data import take_host_rows, to_host
 from mlpx.distributed import Reducer, make_reducer
-from mlpx.estimators._base import BaseMLP, union_labels
+from mlpx.estimators._base import BaseMLP, one_trainer, serves_previous_fit, union_labels
 
 __all__ = ["MLPClassifier"]
 
@@ -136,6 +136,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         self.dtype = dtype
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @one_trainer
     def fit(self, X, y, sample_weight=None, comm=None):
         """Fit the model to data matrix X and target(s) y.
 
@@ -220,6 +221,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
             y_out = y_out.ravel()
         return self._label_binarizer.inverse_transform(y_out)
 
+    @serves_previous_fit
     def score(self, X, y, sample_weight=None):
         """Mean accuracy on ``(X, y)``, as scikit-learn's, computed on the device.
 
@@ -251,6 +253,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         part = self._score_holdout(take_host_rows(X, idx), self._encode(y[idx]), wk)
         return part["accuracy"] * part["weight"] / total
 
+    @serves_previous_fit
     def predict(self, X):
         """Predict class labels.
 
@@ -268,6 +271,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 
     @available_if(lambda est: est._check_solver())
     @_fit_context(prefer_skip_nested_validation=True)
+    @one_trainer
     def partial_fit(self, X, y, sample_weight=None, classes=None, comm=None):
         """Update the model with a single iteration over the given data.
 
@@ -306,6 +310,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                 self._label_binarizer.fit(classes)
         return self._fit(X, y, sample_weight=sample_weight, incremental=True, comm=reducer)
 
+    @serves_previous_fit
     def predict_proba(self, X):
         """Probability estimates.
 
@@ -322,6 +327,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
             return np.vstack([1 - y_pred, y_pred]).T
         return y_pred
 
+    @serves_previous_fit
     def predict_log_proba(self, X):
         """Log of :meth:`predict_proba`, shape (n_samples, n_classes)."""
         y_prob = self.predict_proba(X)

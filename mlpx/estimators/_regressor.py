@@ -13,7 +13,7 @@ from sklearn.utils.validation import _check_sample_weight, check_consistent_leng
 
 from mlpx.data import to_host
 from mlpx.distributed import Reducer
-from mlpx.estimators._base import BaseMLP
+from mlpx.estimators._base import BaseMLP, one_trainer, serves_previous_fit
 
 __all__ = ["MLPRegressor"]
 
@@ -98,6 +98,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         self.dtype = dtype
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @one_trainer
     def fit(self, X, y, sample_weight=None, comm=None):
         """Fit the model to data matrix X and target(s) y.
 
@@ -131,6 +132,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
     def _output_to_prediction(self, y_out: np.ndarray) -> np.ndarray:
         return y_out.ravel() if y_out.shape[1] == 1 else y_out
 
+    @serves_previous_fit
     def score(self, X, y, sample_weight=None):
         """R² of ``predict(X)`` against ``y``, as scikit-learn's, computed on the device.
 
@@ -157,6 +159,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
             raise ValueError("Input contains NaN: the model's predictions are not finite.")
         return r2
 
+    @serves_previous_fit
     def predict(self, X):
         """Predict using the multi-layer perceptron model.
 
@@ -169,6 +172,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
 
     @available_if(lambda est: est._check_solver())
     @_fit_context(prefer_skip_nested_validation=True)
+    @one_trainer
     def partial_fit(self, X, y, sample_weight=None, comm=None):
         """Update the model with a single iteration over the given data.
 
