@@ -232,10 +232,63 @@ def _activation_name(m: nn.Module) -> str | None:
     return None
 
 
-def _leaves(module: nn.Module) -> list[nn.Module]:
+# The classes whose computation mlpx reproduces. A module is converted as the first of
+# these it is an instance of, so it must compute exactly what that class computes.
+_SUPPORTED = (nn.Sequential, nn.Linear, nn.Dropout, nn.Identity, nn.ReLU, nn.LeakyReLU, nn.Sigmoid,
+              nn.Tanh, nn.GELU, nn.Softmax, Exp)
+# What a subclass may not redefine: how a call reaches forward, and forward itself.
+_CALL_PATH = ("forward", "__call__", "_call_impl", "__getattr__", "__getattribute__")
+
+
+def _leaves(module: nn.Module, path: str = "") -> list[tuple[str, nn.Module]]:
+    """``(path, module)`` of the modules a Sequential runs, in order, nested ones flattened;
+    each checked to compute what its class does (:func:`_check_plain`)."""
+    _check_plain(path, module)
     if isinstance(module, nn.Sequential):
-        return [leaf for child in module for leaf in _leaves(child)]
-    return [module]
+        return [leaf for name, child in module.named_children()
+                for leaf in _leaves(child, f"{path}.{name}" if path else name)]
+    return [(path, module)]
+
+
+def _where(path: str, m: nn.Module) -> str:
+    return f"the module at {path!r} ({type(m).__name__})" if path else f"the root module ({type(m).__name__})"
+
+
+def _check_plain(path: str, m: nn.Module) -> None:
+    """Refuse a module whose output is not what its supported class computes: a subclass
+    that redefines ``forward`` (or how a call reaches it), or one with forward hooks."""
+    base = next((cls for cls in _SUPPORTED if isinstance(m, cls)), None)
+    if base is None:
+        return  # not a supported class: refused by name where it is read
+    changed = [name for name in _CALL_PATH if getattr(type(m), name, None) is not getattr(base, name, None)]
+    if changed:
+        plain = "mlpx.torch.Exp" if base is Exp else f"nn.{base.__name__}"
+        raise ValueError(
+            f"cannot convert {_where(path, m)}: its class redefines {', '.join(changed)} of {plain}, "
+            f"so it may not compute what {plain} computes, which is what mlpx would compute; "
+            f"convert a module of the plain class"
+        )
+    hooks = [kind for kind, attr in (("forward hooks", "_forward_hooks"), ("forward pre-hooks", "_forward_pre_hooks"))
+             if getattr(m, attr, None)]
+    if hooks:
+        raise ValueError(
+            f"cannot convert {_where(path, m)}: it has {' and '.join(hooks)}, which may change "
+            f"what it computes; remove them (handle.remove()) before converting"
+        )
+
+
+def _check_no_global_hooks() -> None:
+    """Forward hooks registered for every module (``register_module_forward_hook``)."""
+    from torch.nn.modules import module as torch_module
+
+    found = [name for name in ("_global_forward_hooks", "_global_forward_pre_hooks")
+             if getattr(torch_module, name, None)]
+    if found:
+        raise ValueError(
+            "cannot convert: global forward hooks are registered for every module "
+            "(torch.nn.modules.module.register_module_forward_hook / _pre_hook), which may change "
+            "what the modules compute; remove them before converting"
+        )
 
 
 def layers_from_torch(module: nn.Module) -> tuple[list[Layer], list[np.ndarray], str]:
@@ -259,14 +312,19 @@ def layers_from_torch(module: nn.Module) -> tuple[list[Layer], list[np.ndarray],
     TypeError
         Not an ``nn.Sequential``, or parameters of mixed or non-float dtypes.
     ValueError
-        A module mlpx has no equivalent of (the message lists the supported ones).
+        A module mlpx has no equivalent of (the message lists the supported ones);
+        a subclass of a supported module that redefines ``forward`` (or
+        ``__call__``); a module with forward hooks or forward pre-hooks, or global
+        forward hooks. Each message names the module by its path in the tree
+        (``"3.1"``: child ``1`` of child ``3``), as ``named_modules`` does.
     """
     if not isinstance(module, nn.Sequential):
         raise TypeError(f"expected a torch.nn.Sequential, got {type(module).__name__}")
+    _check_no_global_hooks()
     specs: list[dict[str, Any]] = []
     weights: list[np.ndarray] = []
     dtypes: set[torch.dtype] = set()
-    for m in _leaves(module):
+    for path, m in _leaves(module):
         if isinstance(m, nn.Linear):
             W = m.weight.detach().cpu().numpy().T.copy()
             b = (m.bias.detach().cpu().numpy().copy() if m.bias is not None
@@ -282,7 +340,7 @@ def layers_from_torch(module: nn.Module) -> tuple[list[Layer], list[np.ndarray],
         else:
             name = _activation_name(m)
             if name is None:
-                raise ValueError(f"cannot convert {m!r} to mlpx; supported: {_MODULE_NAMES}")
+                raise ValueError(f"cannot convert {_where(path, m)}, {m!r}, to mlpx; supported: {_MODULE_NAMES}")
             if specs and specs[-1]["type"] == "Dense" and specs[-1]["activation"] == "identity":
                 specs[-1]["activation"] = name
             else:
