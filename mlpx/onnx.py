@@ -50,6 +50,17 @@ identity). GELU is written out as mlpx computes it, with the tanh approximation
 ``z/2 · (1 + tanh(√(2/π)(z + 0.044715 z³)))``, from primitive operators, so the
 graph runs at every supported opset and matches mlpx to rounding.
 
+Labels of a logistic output are exactly ``predict``'s, at the decision boundary
+too. ``predict`` says 1 where the probability it computes exceeds 0.5; in float32
+that happens from a logit of about 1.2e-7 on (below it the probability rounds to
+0.5), not from 0. ONNX Runtime's ``Sigmoid`` and ``Exp`` round differently from
+NumPy in the last bit (a third of the float32 logits near 0), so comparing its
+probability with 0.5 would still disagree there. The graph instead compares the
+logit with the smallest logit whose probability, as mlpx computes it on the CPU in
+the graph's dtype, exceeds 0.5 (found when exporting; the probability is monotone
+in the logit). The probabilities themselves are ONNX Runtime's, equal to
+``predict_proba`` to rounding.
+
 A model trained with ``precision="bf16"``/``"fp16"``/``"tf32"`` is exported with
 its float32 master weights, computing in float32: its ONNX outputs are more
 precise than its own ``predict``, not bit-identical to it.
@@ -57,6 +68,7 @@ precise than its own ``predict``, not bit-identical to it.
 
 from __future__ import annotations
 
+import functools
 import numbers
 import os
 import secrets
@@ -77,7 +89,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without onnx
         "pip install 'mlpx[onnx]'"
     ) from exc
 
-__all__ = ["DEFAULT_OPSET", "MIN_OPSET", "to_onnx"]
+__all__ = ["DEFAULT_OPSET", "MIN_OPSET", "logistic_threshold", "to_onnx"]
 
 DEFAULT_OPSET = 21
 """Default ``ai.onnx`` opset: what current skl2onnx targets; ONNX Runtime ≥ 1.18 runs it."""
@@ -416,6 +428,47 @@ def _build(net: _Net, zipmap: bool | str, opset: int) -> "onnx.ModelProto":
     return model
 
 
+@functools.lru_cache(maxsize=None)
+def logistic_threshold(dtype: str) -> float:
+    """The smallest logit of ``dtype`` whose logistic, as mlpx computes it on the CPU,
+    exceeds 0.5: ``predict`` labels a logistic output 1 from there on.
+
+    Parameters
+    ----------
+    dtype : {"float32", "float64"}
+
+    Returns
+    -------
+    float
+        A value of ``dtype`` (1.23e-7 in float32 and 1.56e-16 in float64 with
+        NumPy 2.4 on x86-64; the exact value depends on NumPy's ``exp``).
+    """
+    from mlpx.backends import get_backend
+
+    be, act = get_backend("cpu"), get_activation("logistic")
+    ints = np.int32 if dtype == "float32" else np.int64
+
+    def above(bits: np.ndarray) -> np.ndarray:
+        Z = bits.astype(ints).view(dtype).reshape(-1, 1)
+        return act.forward(be, Z, np.empty_like(Z))[:, 0] > 0.5
+
+    # Non-negative floats are ordered as their bit patterns: search those, from
+    # 0 (probability exactly 0.5) to 1 (clearly above), a grid of 4096 per round.
+    lo, hi = int(np.array(0.0, dtype).view(ints)), int(np.array(1.0, dtype).view(ints))
+    while hi - lo > 1:
+        step = max(1, (hi - lo) // 4096)  # Python ints: bit patterns beyond 2**53 stay exact
+        grid = np.array(list(range(lo, hi, step)) + [hi], dtype=np.int64)
+        first = int(np.argmax(above(grid)))  # grid[-1] (= hi) is always above
+        lo, hi = int(grid[first - 1]), int(grid[first])
+    return float(np.array(hi, ints).view(dtype))
+
+
+def _logistic_labels(g: _Graph, Z: str) -> str:
+    """int64 0/1 of each logit: ``predict``'s probability > 0.5 (:func:`logistic_threshold`)."""
+    at = g.const("threshold", logistic_threshold(g.dtype))
+    return g.op("Cast", [g.op("GreaterOrEqual", [Z, at])], to=TensorProto.INT64)
+
+
 def _sequential_classifier(g: _Graph, net: _Net, Z: str) -> list[Any]:
     """``label`` and ``probabilities`` exactly as Sequential.predict / predict_proba."""
     k = net.n_outputs
@@ -424,7 +477,7 @@ def _sequential_classifier(g: _Graph, net: _Net, Z: str) -> list[Any]:
         g.op("ArgMax", [Z], out="label", axis=1, keepdims=0)  # of the logits, as predict
         label_shape: list[Any] = [None]
     else:
-        positive = g.op("Cast", [g.op("Greater", [Z, g.const("zero", 0.0)])], to=TensorProto.INT64)
+        positive = _logistic_labels(g, Z)
         if k == 1:
             g.op("Reshape", [positive, g.const("flat", [-1], np.int64)], out="label")
             label_shape = [None]
@@ -447,11 +500,13 @@ def _estimator_classifier(g: _Graph, net: _Net, Z: str, zipmap: bool | str) -> l
     label_name = "label" if zipmap is False else "output_label"
     if multilabel:
         # LabelBinarizer.inverse_transform: p > 0.5 per column.
-        above = g.op("Greater", [P, g.const("threshold", 0.5)])
-        g.op("Cast", [above], out=label_name, to=TensorProto.INT64)
+        g.op("Identity", [_logistic_labels(g, Z)], out=label_name)
         label_shape: list[Any] = [None, n_classes]
     else:
-        idx = g.op("ArgMax", [P], axis=1, keepdims=0)
+        if net.output == "logistic":  # binary: the positive class where p > 0.5
+            idx = g.op("Reshape", [_logistic_labels(g, Z), g.const("flat", [-1], np.int64)])
+        else:
+            idx = g.op("ArgMax", [P], axis=1, keepdims=0)
         table = g.strings("classes", labels) if label_type == TensorProto.STRING else g.const(
             "classes", labels, np.int64)
         g.op("Gather", [table, idx], out=label_name, axis=0)

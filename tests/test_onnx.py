@@ -160,6 +160,61 @@ def test_mixed_precision_model_exports_master_weights() -> None:
     np.testing.assert_allclose(out["probabilities"], ref.predict_proba(X), **TOL["float32"])
 
 
+# ----------------------------------------------- logistic labels at the decision boundary
+def _boundary_logits(dtype: str, width: int) -> np.ndarray:
+    """Logits at and around the decision boundary: every value of ``dtype`` within 20000
+    steps of predict's threshold and of 0 (subnormals and -0.0 included), their
+    negatives, and a log grid from the smallest subnormal to 1e-3; shape (n, width)."""
+    from mlpx.onnx import logistic_threshold
+
+    ints = np.int32 if dtype == "float32" else np.int64
+    at = int(np.array(logistic_threshold(dtype), dtype).view(ints))
+    bits = np.concatenate([np.arange(at - 20000, at + 20000), np.arange(0, 20000)]).astype(ints)
+    tiny = float(np.finfo(dtype).smallest_subnormal)
+    grid = np.geomspace(tiny, 1e-3, 5000).astype(dtype)
+    z = np.concatenate([bits.view(dtype), grid, [0.0, -0.0]]).astype(dtype)
+    z = np.concatenate([z, -z])
+    return np.resize(z, (z.size // width) * width).reshape(-1, width)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [1, 3])
+def test_sequential_logistic_labels_equal_predict_at_the_boundary(k: int, dtype: str) -> None:
+    """The logits are the inputs (identity weights, zero bias): ONNX Runtime's labels must be
+    predict's on every one. Comparing the logit with 0 disagreed wherever 0 < z < ~1.2e-7
+    (float32), where predict's probability rounds to 0.5; comparing ONNX Runtime's own
+    sigmoid with 0.5 disagrees where its last bit differs from NumPy's."""
+    from mlpx.layers import Dense
+
+    model = mlpx.Sequential([Dense(k, k, activation="logistic")], dtype=dtype, seed=0)
+    model.set_weights([np.eye(k), np.zeros(k)])
+    Z = _boundary_logits(dtype, k)
+    out = run(model.to_onnx(), Z)
+    np.testing.assert_array_equal(out["label"], model.predict(Z))
+    from mlpx.onnx import logistic_threshold
+
+    near_zero = (Z > 0) & (Z < logistic_threshold(dtype))
+    assert near_zero.any() and not model.predict(Z).reshape(Z.shape)[near_zero].any()  # the case that broke
+    np.testing.assert_allclose(out["probabilities"], model.predict_proba(Z), **TOL[dtype])
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("target", ["binary", "multilabel"])
+def test_estimator_logistic_labels_equal_predict_at_the_boundary(target: str, dtype: str) -> None:
+    k = 1 if target == "binary" else 3
+    Z = _boundary_logits(dtype, k)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, (Z.shape[0], k)) if k > 1 else np.array(["no", "yes"])[rng.integers(0, 2, Z.shape[0])]
+    clf = mlpx.MLPClassifier((k,), activation="identity", max_iter=1, dtype=dtype, random_state=0)
+    clf.fit(Z[:200], y[:200])
+    clf.coefs_ = [np.eye(k, dtype=dtype), np.eye(k, dtype=dtype)]  # logits = inputs
+    clf.intercepts_ = [np.zeros(k, dtype=dtype), np.zeros(k, dtype=dtype)]
+    out = run(clf.to_onnx(zipmap=False), Z)
+    assert label_values(out["label"]) == label_values(clf.predict(Z))
+    np.testing.assert_allclose(out["probabilities"], clf.predict_proba(Z), **TOL[dtype])
+
+
 # ------------------------------------------------------------- estimators
 CLASSIFIER_TARGETS = {
     "binary-int": lambda r: r.integers(0, 2, 150) * 5 + 2,  # classes [2, 7]
