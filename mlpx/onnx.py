@@ -71,14 +71,13 @@ from __future__ import annotations
 import functools
 import numbers
 import os
-import secrets
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mlpx.activations import GELU_A, GELU_C, LEAKY_SLOPE, get_activation
+from mlpx.atomic_write import write_atomically
 
 try:
     import onnx
@@ -138,7 +137,9 @@ def to_onnx(
         An mlpx model or fitted estimator; scikit-learn's fitted ``MLPClassifier``
         and ``MLPRegressor`` are accepted too.
     path : str or path-like, optional
-        Also write the model there (atomically: a temporary file, then a rename).
+        Also write the model there, as ``save`` writes model files
+        (:func:`mlpx.atomic_write.write_atomically`): atomically, an existing file
+        keeps its permission bits, a symbolic link keeps pointing at the file written.
     zipmap : {True, False, "columns"}, optional
         Classifier estimators only: how probabilities are returned (see the module
         docstring). Default True for classifier estimators, as skl2onnx. A
@@ -174,7 +175,8 @@ def to_onnx(
     model = _build(net, zipmap, opset)
     onnx.checker.check_model(model, full_check=True)
     if path is not None:
-        _write_atomic(Path(path), model.SerializeToString())
+        data = model.SerializeToString()
+        write_atomically(path, lambda fh: fh.write(data))
     return model
 
 
@@ -544,24 +546,3 @@ def _mlpx_version() -> str:
         return version("mlpx")
     except Exception:  # pragma: no cover - uninstalled checkout
         return "unknown"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new file beside ``path``, then rename it over ``path``.
-
-    The temporary file is opened with ``open(..., "xb")`` (not ``mkstemp``, whose
-    files are private to the owner) so the result has the usual umask permissions:
-    a serving process running as another user can read it.
-    """
-    folder = path.parent if str(path.parent) else Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

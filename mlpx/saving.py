@@ -14,7 +14,8 @@ file cannot make ``load`` allocate gigabytes. Every defect raises
 :class:`ModelFileError` (a ``ValueError``) saying what is wrong.
 
 Writing (:func:`write_model_file`, used by ``Sequential.save`` and by checkpoints)
-is atomic: the data goes to a temporary file beside the target, named
+is atomic (:func:`mlpx.atomic_write.write_atomically`, which ONNX exports share):
+the data goes to a temporary file beside the target, named
 ``.<name>.mlpx-tmp-<pid>-<random>``, is flushed to disk and renamed over the target.
 An exception removes the temporary file; a temporary file left by a process that
 was killed is removed by the next save of the same path (on POSIX systems, where
@@ -33,13 +34,10 @@ data-parallel training). ``Sequential.save`` writes a model file and
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
-import secrets
-import stat
 import struct
 import zipfile
 import zlib
@@ -49,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from mlpx.activations import ACTIVATIONS
+from mlpx.atomic_write import write_atomically
 from mlpx.callbacks import Callback
 from mlpx.distributed import make_reducer
 from mlpx.initializers import INITIALIZERS
@@ -79,7 +78,6 @@ _MAX_CONFIG_BYTES = 1 << 26  # 16 Mi characters of JSON (UCS-4 in the .npy)
 # than that from the compressed bytes present is a lie, refused before allocating.
 _DEFLATE_RATIO = 1100
 _OPT_ENTRY = re.compile(r"opt_[A-Za-z_][A-Za-z0-9_]*")
-_TMP_MARK = ".mlpx-tmp-"
 
 _RECORD_KEYS = {"format", "version", "layers", "dtype", "seed"}
 _OPTIONAL_KEYS = {"precision", "train_state"}
@@ -134,90 +132,8 @@ def write_model_file(
     # Before any file is touched: a record that cannot be written as strict JSON
     # (NumPy scalars, NaN) is an error here, not a temporary file left behind.
     text = json.dumps(record, allow_nan=False)
-    target = Path(os.path.realpath(path))
-    folder = target.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(folder, target.name)
-    try:
-        old = os.stat(target)
-    except FileNotFoundError:
-        old = None
-    tmp = folder / f".{target.name}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(6)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if old is not None and stat.S_ISREG(old.st_mode):
-                _copy_mode(fh.fileno(), tmp, old)
-            np.savez(fh, config=np.array(text), **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_folder(folder)
+    write_atomically(path, lambda fh: np.savez(fh, config=np.array(text), **arrays))
     return path
-
-
-def _copy_mode(fd: int, tmp: Path, old: os.stat_result) -> None:
-    """Give the new file the old one's permission bits (and owner, where allowed)."""
-    new = os.fstat(fd)
-    if hasattr(os, "fchown") and (old.st_uid, old.st_gid) != (new.st_uid, new.st_gid):
-        with contextlib.suppress(PermissionError):
-            os.fchown(fd, old.st_uid, old.st_gid)
-    if hasattr(os, "fchmod"):
-        os.fchmod(fd, stat.S_IMODE(old.st_mode))
-    else:  # pragma: no cover - Windows
-        os.chmod(tmp, stat.S_IMODE(old.st_mode))
-
-
-def _remove_stale_temporaries(folder: Path, name: str) -> None:
-    """Delete ``.<name>.mlpx-tmp-<pid>-*`` files whose process no longer runs."""
-    if os.name != "posix":  # pragma: no cover - os.kill(pid, 0) terminates on Windows
-        return
-    prefix = f".{name}{_TMP_MARK}"
-    try:
-        entries = os.listdir(folder)
-    except OSError:
-        return
-    for entry in entries:
-        if not entry.startswith(prefix):
-            continue
-        pid_text, _, token = entry[len(prefix):].partition("-")
-        if not (pid_text.isdigit() and token) or int(pid_text) == os.getpid():
-            continue
-        if not _process_alive(int(pid_text)):
-            with contextlib.suppress(FileNotFoundError, PermissionError):
-                os.unlink(folder / entry)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    except (OverflowError, ValueError):
-        return False
-    return True
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable (POSIX; best effort)."""
-    if os.name != "posix":  # pragma: no cover
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------ reading

@@ -148,6 +148,50 @@ def test_written_file_and_metadata(tmp_path: Any) -> None:
     assert inp.name == "X" and [d.dim_value for d in inp.type.tensor_type.shape.dim] == [0, 4]
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits and links")
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("via", ["Sequential", "estimator"])
+def test_writing_keeps_a_files_mode_and_a_links_target_as_save_does(tmp_path: Any, via: str) -> None:
+    """to_onnx(path) writes through save's atomic writer: an existing file keeps its
+    permission bits (a fresh temporary file and a rename used to reset them to the
+    umask's), and a symbolic link stays a link to the file written (it used to be
+    replaced by a regular file)."""
+    import stat
+
+    if via == "Sequential":
+        exporter = mlpx.MLP([4, 5, 2], output="logistic", seed=0)
+    else:
+        exporter = mlpx.MLPRegressor(hidden_layer_sizes=(3,), max_iter=2, random_state=0).fit(data(20, 4, "float64"), np.arange(20.0))
+    store = tmp_path / "store"
+    store.mkdir()
+    real = store / "model.onnx"
+    exporter.to_onnx(real)
+    os.chmod(real, 0o640)
+    link = tmp_path / "serving.onnx"
+    link.symlink_to(os.path.relpath(real, tmp_path))
+    proto = exporter.to_onnx(link)
+    assert link.is_symlink() and os.readlink(link) == os.path.relpath(real, tmp_path)
+    assert stat.S_IMODE(os.stat(real).st_mode) == 0o640
+    assert sorted(os.listdir(tmp_path)) == ["serving.onnx", "store"] and os.listdir(store) == ["model.onnx"]
+    assert onnx.load(str(link)).SerializeToString() == proto.SerializeToString()
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Any, monkeypatch: Any) -> None:
+    model = mlpx.MLP([4, 5, 3], seed=0)
+    path = tmp_path / "m.onnx"
+    model.to_onnx(path)
+    before = path.read_bytes()
+
+    def boom(*args: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError, match="disk full"):
+        mlpx.MLP([4, 6, 3], seed=1).to_onnx(path)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["m.onnx"] and path.read_bytes() == before
+
+
 def test_mixed_precision_model_exports_master_weights() -> None:
     """A bf16 model (run on the CPU here) exports its float32 master weights."""
     pytest.importorskip("ml_dtypes")
