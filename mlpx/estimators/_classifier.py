@@ -36,7 +36,9 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         As in scikit-learn.
     backend : str or Backend, default="cpu"
         ``"cpu"``, ``"cpu:mkl"``, ``"cpu:blis"``, ``"gpu"``, ``"gpu:N"``, ``"auto"``
-        or a Backend instance; resolved at ``fit``.
+        or a Backend instance; resolved at ``fit``. A Backend instance pickles,
+        deep-copies and clones as its name (``backend.spec``), so searches and
+        process pools carry it.
     dtype : {"float32", "float64"} or None, default=None
         Compute dtype. None: float32 for float32 ``X``; otherwise float64 on the
         CPU, float32 on the GPU.
