@@ -360,13 +360,15 @@ def host_values(x: Any, name: str, what: str = "a numeric array") -> np.ndarray:
         Dates or durations (:func:`refuse_datetimes`), or data NumPy cannot hold
         as an array.
     """
-    refuse_datetimes(x, name)
+    refuse_datetimes(x, name)  # a frame's columns by name
     dtypes = _pandas_dtypes(x)
     if dtypes is None:
         try:
-            return np.asarray(x)
+            out = np.asarray(x)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"{name} must be {what}: {exc}") from None
+        refuse_datetimes(out, name)  # lists of np.datetime64 become such arrays
+        return out
     if all(isinstance(d, np.dtype) for _, d in dtypes):
         return np.asarray(x.to_numpy())  # plain NumPy columns: NaN is caught as a value later
     missing = int(np.asarray(x.isna()).sum())
@@ -438,7 +440,6 @@ def check_X(
             raise TypeError(f"{name} must be numeric (integer or real floating), got dtype {X.dtype}")
     else:
         X = host_values(X, name, "a numeric 2-D array")
-        refuse_datetimes(X, name)
         if X.dtype.kind not in "biuf":
             raise TypeError(f"{name} must be numeric, got dtype {X.dtype}")
     shape = tuple(X.shape)
@@ -507,7 +508,6 @@ def encode_targets(
     if _is_device_array(y):
         y = to_host(y)
     y = host_values(y, "y")
-    refuse_datetimes(y, "y")
     if y.dtype.kind not in "biuf":
         raise TypeError(
             f"y must be numeric, got dtype {y.dtype}; encode string labels as integers "
@@ -596,7 +596,6 @@ def check_sample_weight(sample_weight: Any, n_samples: int, dtype: Any = None) -
     if _is_device_array(sample_weight):
         sample_weight = to_host(sample_weight)
     values = host_values(sample_weight, "sample_weight")
-    refuse_datetimes(values, "sample_weight")
     try:
         w = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:
