@@ -285,11 +285,14 @@ def _cpu_specs() -> list:
     return specs
 
 
-@pytest.mark.parametrize("spec", _cpu_specs() + ["array_api_strict", "array-api:numpy", "array_api_strict[device1]"])
+@pytest.mark.parametrize("spec", _cpu_specs() + ["array_api_strict", "array-api:numpy", "array_api_strict[device1]",
+                                                 "array-api:torch"])
 def test_backends_pickle_and_copy_as_their_name(spec: str) -> None:
     import copy
     import pickle
 
+    if spec == "array-api:torch":
+        pytest.importorskip("torch")
     be = get_backend(spec)
     for twin in (pickle.loads(pickle.dumps(be)), copy.deepcopy(be), copy.copy(be)):
         assert type(twin) is type(be) and twin.spec == be.spec and twin.name == be.name
