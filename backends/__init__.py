@@ -80,6 +80,11 @@ def get_backend(spec: Any = "cpu") -> Backend:
         ``"array_api_strict"`` or ``"array-api:<module>"``, or a Backend instance
         (returned as is).
 
+    Returns
+    -------
+    Backend
+        The backend (``spec`` itself when it is a Backend).
+
     Raises
     ------
     BackendUnavailableError
@@ -142,7 +147,14 @@ for _cls in (NumpyBackend, CupyBackend, ArrayAPIBackend):
 
 
 def available_backends() -> list[str]:
-    """Names of the backends that can run on this machine, CPU first."""
+    """List the backends that can run on this machine, CPU first.
+
+    Returns
+    -------
+    list of str
+        Names for ``backend=``: ``"cpu"``, then ``"array_api_strict"`` where
+        array-api-strict is installed and ``"gpu"`` where CUDA works.
+    """
     names = ["cpu"]
     if cuda_available():
         names.append("gpu")

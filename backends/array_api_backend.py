@@ -12,7 +12,7 @@ pass. Where arrays can be written (PyTorch, array-api-strict, NumPy) the updated
 parameters are stored into the model's flat buffer, which the layers view; immutable
 namespaces (JAX) are detected when the backend is built (``mutable`` is False), and
 there the model cuts its layers' arrays from each new flat buffer (see
-:meth:`backends.base.Backend.assign` and :mod:`backends.kernel`).
+:meth:`backends.base.Backend.assign` and :func:`~mlpx.backends.kernel`).
 """
 
 from __future__ import annotations
@@ -129,6 +129,16 @@ class ArrayAPIBackend(Backend):
     def dtype(self, dtype: Any) -> Any:
         """The namespace's floating dtype for ``dtype``, as :meth:`Backend.dtype`.
 
+        Parameters
+        ----------
+        dtype : str or dtype
+            As :meth:`Backend.dtype`.
+
+        Returns
+        -------
+        dtype
+            The namespace's dtype object.
+
         Raises
         ------
         TypeError
@@ -160,6 +170,16 @@ class ArrayAPIBackend(Backend):
         threads spin on such products instead of speeding them up (the measurement
         is in benchmarks/README.md). ``MLPX_BLAS_THREADS=N`` forces N threads for
         every size. Without threadpoolctl nothing changes.
+
+        Parameters
+        ----------
+        gemm_flops : float
+            The flops of a typical product inside (2·m·n·k).
+
+        Returns
+        -------
+        contextlib.AbstractContextManager
+            Entered with ``with``; restores the previous limits on exit.
         """
         return small_product_threads(gemm_flops, None)
 

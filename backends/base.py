@@ -108,7 +108,7 @@ class Backend:
     def __init__(self, xp: Any, device: Any = None, name: str | None = None) -> None:
         self.xp = xp
         self.device = device
-        self.name = name or getattr(xp, "__name__", "array-api")
+        self.name: str = name or str(getattr(xp, "__name__", "array-api"))
         self._kernel_cache: dict[Kernel, Any] = {}
 
     # ------------------------------------------------------------------ info
@@ -140,6 +140,17 @@ class Backend:
         ``"float16"`` and ``"bfloat16"`` are accepted as *compute* dtypes of the
         mixed-precision modes (:mod:`mlpx.precision`), where the namespace has them.
 
+        Parameters
+        ----------
+        dtype : str or dtype
+            ``"float32"``, ``"float64"``, ``"float16"`` or ``"bfloat16"``, or a dtype
+            object of one of them.
+
+        Returns
+        -------
+        dtype
+            The namespace's dtype object.
+
         Raises
         ------
         TypeError
@@ -165,7 +176,13 @@ class Backend:
         raise TypeError(f"backend {self.name!r} has no {name} arrays (the Array API standard has none)")
 
     def describe(self) -> dict[str, str]:
-        """Backend name, array library and version, device: for logs and benchmarks."""
+        """Backend name, array library and version, device: for logs and benchmarks.
+
+        Returns
+        -------
+        dict of str to str
+            ``"backend"``, ``"library"``, ``"version"`` and ``"device"``.
+        """
         return {
             "backend": self.name,
             "library": getattr(self.xp, "__name__", str(self.xp)),
@@ -183,6 +200,16 @@ class Backend:
             NumPy array, list, or array of this backend.
         dtype : str or dtype, optional
             Target floating dtype; ``None`` keeps integer/float types as they are.
+
+        Returns
+        -------
+        array
+            ``x`` on this backend's device, the same shape.
+
+        Raises
+        ------
+        DeviceMismatchError
+            ``x`` is an array of another library or device.
         """
         xp = self.xp
         kw: dict[str, Any] = {}
@@ -197,21 +224,69 @@ class Backend:
         return xp.asarray(x, **kw)
 
     def to_numpy(self, x: Array) -> np.ndarray:
-        """Copy ``x`` to a host NumPy array (no copy if it already is one)."""
+        """Copy ``x`` to a host NumPy array (no copy if it already is one).
+
+        Parameters
+        ----------
+        x : array
+            An array of this backend, any shape.
+
+        Returns
+        -------
+        numpy.ndarray
+            The same shape and dtype.
+        """
         if isinstance(x, np.ndarray):
             return x
         return np.asarray(x)
 
     def zeros(self, shape: Shape, dtype: Any = "float32") -> Array:
-        """A zero-filled array of ``shape`` on this backend's device."""
+        """A zero-filled array of ``shape`` on this backend's device.
+
+        Parameters
+        ----------
+        shape : int or tuple of int
+            The array's shape.
+        dtype : str or dtype, default "float32"
+            As :meth:`dtype` accepts.
+
+        Returns
+        -------
+        array, shape ``shape``
+            On this backend's device.
+        """
         return self.xp.zeros(shape, dtype=self.dtype(dtype), **self._dev())
 
     def empty(self, shape: Shape, dtype: Any = "float32") -> Array:
-        """An uninitialised array of ``shape`` on this backend's device."""
+        """An uninitialised array of ``shape`` on this backend's device.
+
+        Parameters
+        ----------
+        shape : int or tuple of int
+            The array's shape.
+        dtype : str or dtype, default "float32"
+            As :meth:`dtype` accepts.
+
+        Returns
+        -------
+        array, shape ``shape``
+            On this backend's device.
+        """
         return self.xp.empty(shape, dtype=self.dtype(dtype), **self._dev())
 
     def arange(self, n: int) -> Array:
-        """Integer indices ``0 .. n-1`` on the device (for minibatch gathers)."""
+        """Integer indices ``0 .. n-1`` on the device (for minibatch gathers).
+
+        Parameters
+        ----------
+        n : int
+            The number of indices.
+
+        Returns
+        -------
+        array, shape (n,)
+            The namespace's default integer dtype.
+        """
         return self.xp.arange(n, **self._dev())
 
     def assign(self, out: Array, value: Array) -> Array:
@@ -222,6 +297,18 @@ class Backend:
         and leave ``out`` as it was. Callers rebind to what is returned. Used where
         the identity of a buffer matters (the model's flat parameters, a buffer
         another library shares).
+
+        Parameters
+        ----------
+        out : array
+            The buffer to hold the result.
+        value : array
+            The same shape as ``out``.
+
+        Returns
+        -------
+        array
+            ``out`` on mutable backends, ``value`` on immutable ones.
         """
         if value is out or not self.mutable:
             return value
@@ -234,11 +321,36 @@ class Backend:
         A different dtype of ``out`` converts (e.g. float32 master weights into their
         bfloat16 compute copy). Mutable backends return ``out``; immutable ones return
         ``src`` (converted), which nothing can change.
+
+        Parameters
+        ----------
+        src : array
+            Any shape.
+        out : array
+            The same shape as ``src``; its dtype is the result's.
+
+        Returns
+        -------
+        array
+            The copy, in ``out``'s dtype.
         """
         return self.assign(out, src if src.dtype == out.dtype else self.xp.astype(src, out.dtype))
 
     def astype(self, x: Array, dtype: Any) -> Array:
-        """``x`` in ``dtype`` on this backend: ``x`` itself when it already is."""
+        """Convert ``x`` to ``dtype`` on this backend (``x`` itself when it already is).
+
+        Parameters
+        ----------
+        x : array
+            Any shape.
+        dtype : str or dtype
+            As :meth:`dtype` accepts.
+
+        Returns
+        -------
+        array
+            The same shape as ``x``.
+        """
         want = self.dtype(dtype)
         return x if x.dtype == want else self.xp.astype(x, want)
 
@@ -256,7 +368,11 @@ class Backend:
         Parameters
         ----------
         a : array, shape (m, k), or (k, m) if ``trans_a``
+            The left operand.
         b : array, shape (k, n), or (n, k) if ``trans_b``
+            The right operand.
+        trans_a, trans_b : bool, default False
+            Whether to transpose ``a`` or ``b`` (without copying).
         out : array, shape (m, n), optional
             Where the NumPy and CuPy backends write the product; the generic
             implementation returns a new array and leaves it alone.
@@ -265,6 +381,11 @@ class Backend:
         -------
         array, shape (m, n)
             ``out`` on the NumPy and CuPy backends when it was given, else a new array.
+
+        Raises
+        ------
+        DeviceMismatchError
+            An operand is a host array on a device backend.
         """
         if type(a) is np.ndarray or type(b) is np.ndarray:
             self.check(a)  # a host array here is a placement error: say how to move it
@@ -291,7 +412,11 @@ class Backend:
         Parameters
         ----------
         a : array, shape (K, m, k) or (m, k) (transposed: (K, k, m) or (k, m))
+            The left operands.
         b : array, shape (K, k, n) or (k, n) (transposed: (K, n, k) or (n, k))
+            The right operands.
+        trans_a, trans_b : bool, default False
+            Whether to transpose the last two axes of ``a`` or ``b``.
         out : array, shape (K, m, n), optional
             Where the product may be written. The generic definition returns a new
             array and leaves ``out`` alone (so immutable namespaces work); NumPy and
@@ -300,6 +425,7 @@ class Backend:
         Returns
         -------
         array, shape (K, m, n)
+            Member k's product in ``[k]``.
         """
         # The generic product transposes the last two axes and broadcasts stacks
         # already: a batched product is the same call.
@@ -310,7 +436,20 @@ class Backend:
         """Sum of ``x`` over ``axis`` (all axes if ``None``).
 
         Half-precision input accumulates in float32 (backends override accordingly).
-        Returns ``out`` or a new array, as :meth:`gemm`.
+
+        Parameters
+        ----------
+        x : array
+            Any shape.
+        axis : int, optional
+            The axis to sum over; ``None`` sums everything.
+        out : array, optional
+            Where the NumPy and CuPy backends write the result (as :meth:`gemm`).
+
+        Returns
+        -------
+        array
+            ``x``'s shape without ``axis`` (0-d for ``axis=None``).
         """
         return self.xp.sum(x, axis=axis)
 
@@ -318,29 +457,77 @@ class Backend:
         """Read a 0-d (or size-1) device array back to a Python float.
 
         This synchronises with the device: call it once per epoch, not per step.
+
+        Parameters
+        ----------
+        x : array or float
+            A 0-d or size-1 array (a float is returned as it is).
+
+        Returns
+        -------
+        float
+            The value, read back to the host.
         """
         return float(self.to_numpy(x).reshape(-1)[0]) if not isinstance(x, float) else x
 
     # -------------------------------------------------------------- indexing
     def take_rows(self, x: Array, idx: Array, out: Array | None = None) -> Array:
-        """Rows ``x[idx]`` gathered on the device (minibatches from a permutation).
+        """Gather the rows ``x[idx]`` on the device (minibatches from a permutation).
 
-        Returns ``out`` or a new array, as :meth:`gemm`.
+        Parameters
+        ----------
+        x : array, shape (n, f)
+            The rows to gather from.
+        idx : array of int, shape (m,)
+            Row indices on this backend.
+        out : array, shape (m, f), optional
+            Where the NumPy and CuPy backends write the rows (as :meth:`gemm`).
+
+        Returns
+        -------
+        array, shape (m, f)
+            ``out`` when given on NumPy and CuPy, else a new array.
         """
         return self.xp.take(x, idx, axis=0)
 
     def split(self, x: Array, stops: Sequence[int]) -> list[Array]:
-        """Consecutive pieces of the 1-D ``x``: ``x[:stops[0]], x[stops[0]:stops[1]], ..., x[stops[-1]:]``.
+        """Cut the 1-D ``x`` into consecutive pieces at ``stops``.
 
-        Views where the namespace has views; the model cuts its flat parameters into
+        The pieces are ``x[:stops[0]], x[stops[0]:stops[1]], ..., x[stops[-1]:]``:
+        views where the namespace has views; the model cuts its flat parameters into
         the layers' arrays with it.
+
+        Parameters
+        ----------
+        x : array, shape (n,)
+            A flat buffer.
+        stops : sequence of int
+            Increasing offsets into ``x``.
+
+        Returns
+        -------
+        list of array
+            ``len(stops) + 1`` pieces.
         """
         bounds = [0, *stops, int(x.shape[0])]
         return [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     # ----------------------------------------------------------- elementwise
     def run(self, k: Kernel, *args: Any, **kwargs: Any) -> Any:
-        """Run kernel ``k`` with this backend's most specific variant."""
+        """Run kernel ``k`` with this backend's most specific variant.
+
+        Parameters
+        ----------
+        k : Kernel
+            Made with :func:`~mlpx.backends.kernel`.
+        *args, **kwargs
+            The kernel's arguments (after the namespace, which this passes first).
+
+        Returns
+        -------
+        object
+            What the kernel returns (use it: in-place variants return their ``out``).
+        """
         fn = self._kernel_cache.get(k)
         if fn is None:
             fn = self._kernel_cache[k] = k.resolve(self.kinds)
@@ -348,13 +535,29 @@ class Backend:
 
     # ---------------------------------------------------------------- device
     def activated(self) -> contextlib.AbstractContextManager[Any]:
-        """Context in which this backend's device is the current one (fit, predict)."""
+        """Context in which this backend's device is the current one (fit, predict).
+
+        Returns
+        -------
+        contextlib.AbstractContextManager
+            Entered with ``with``; restores the previous state on exit.
+        """
         return contextlib.nullcontext()
 
     def blas_threads(self, gemm_flops: float) -> contextlib.AbstractContextManager[Any]:
         """Context with a thread count suited to matrix products of ``gemm_flops`` each.
 
         The generic backend leaves threading to the array library.
+
+        Parameters
+        ----------
+        gemm_flops : float
+            The flops of a typical product that will run inside (2·m·n·k).
+
+        Returns
+        -------
+        contextlib.AbstractContextManager
+            Entered with ``with``; restores the previous state on exit.
         """
         return contextlib.nullcontext()
 
@@ -362,6 +565,11 @@ class Backend:
         """Context in which float32 products may use TF32 tensor cores (GPU backends).
 
         Elsewhere a no-op: there is no TF32 outside NVIDIA tensor cores.
+
+        Returns
+        -------
+        contextlib.AbstractContextManager
+            Entered with ``with``; restores the previous state on exit.
         """
         return contextlib.nullcontext()
 
@@ -369,7 +577,18 @@ class Backend:
         """Wait for queued device work to finish (no-op on synchronous backends)."""
 
     def check(self, x: Any) -> None:
-        """Raise :class:`DeviceMismatchError` if ``x`` belongs to another library/device."""
+        """Raise :class:`DeviceMismatchError` if ``x`` belongs to another library/device.
+
+        Parameters
+        ----------
+        x : object
+            An array, or a Python list, tuple or number (always accepted).
+
+        Raises
+        ------
+        DeviceMismatchError
+            ``x`` is an array of another library than NumPy or this backend's.
+        """
         if isinstance(x, (list, tuple, int, float)):
             return
         mod = type(x).__module__.split(".")[0]
@@ -395,6 +614,7 @@ class Backend:
         Parameters
         ----------
         shape : int or tuple of int
+            The buffer's shape.
         dtype : NumPy dtype or name
             Any NumPy dtype (float16, ml_dtypes' bfloat16, ...).
 
@@ -413,7 +633,20 @@ class Backend:
         :meth:`copy_stream`; ``None``: the current stream) and this returns before it
         ran: ``src`` must not change, nor ``out`` be read, until an event recorded on
         ``stream`` after it has completed. Here the copy is done when this returns.
-        Returns the device array (``out``, or a new array on an immutable backend).
+
+        Parameters
+        ----------
+        src : numpy.ndarray
+            Host data, ideally from :meth:`empty_pinned`.
+        out : array
+            The device buffer, the same shape and dtype.
+        stream : object, optional
+            A stream from :meth:`copy_stream`; ``None``: the current stream.
+
+        Returns
+        -------
+        array
+            ``out``, or a new array on an immutable backend.
         """
         return self.assign(out, self.asarray(src))
 
@@ -424,20 +657,41 @@ class Backend:
     def record_event(self, stream: Any = None) -> Any:
         """An event that completes when the work queued so far on ``stream`` has run.
 
-        ``stream=None`` is the current (compute) stream. ``None`` here: on a
-        synchronous backend all work queued so far has already run.
+        Parameters
+        ----------
+        stream : object, optional
+            ``None``: the current (compute) stream.
+
+        Returns
+        -------
+        object or None
+            The event; ``None`` here: on a synchronous backend all work queued so far
+            has already run.
         """
         return None
 
     def wait_event(self, event: Any, stream: Any = None) -> None:
-        """Make ``stream`` (``None``: the current one) wait for ``event`` on the device.
+        """Make ``stream`` wait for ``event`` on the device.
 
         Work queued on ``stream`` later starts only after ``event`` completed; the host
-        does not block. A no-op for ``event=None``.
+        does not block.
+
+        Parameters
+        ----------
+        event : object or None
+            From :meth:`record_event`; ``None`` is a no-op.
+        stream : object, optional
+            ``None``: the current stream.
         """
 
     def synchronize_event(self, event: Any) -> None:
-        """Block the host until ``event`` has completed (a no-op for ``None``)."""
+        """Block the host until ``event`` has completed (a no-op for ``None``).
+
+        Parameters
+        ----------
+        event : object or None
+            From :meth:`record_event`.
+        """
 
     def device_free_bytes(self) -> int | None:
         """Device memory available for new arrays, in bytes; ``None`` for host memory."""
@@ -451,7 +705,7 @@ def _dtype_name(dtype: Any) -> str:
     if isinstance(dtype, str):
         return dtype
     try:
-        return np.dtype(dtype).name
+        return str(np.dtype(dtype).name)
     except TypeError:
         pass
     text = str(dtype)

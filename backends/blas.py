@@ -43,14 +43,32 @@ from .base import BackendUnavailableError
 __all__ = ["BLAS_PROVIDERS", "NumpyCblas", "available_providers", "installed_providers", "load_provider",
            "numpy_cblas", "numpy_gemm", "provider_version"]
 
+#: The libraries the CPU backend can compute its products with (``backend="cpu:<name>"``).
 BLAS_PROVIDERS = ("numpy", "mkl", "blis")
 
 #: gemm(a, b, trans_a, trans_b, out) -> out, with out preallocated (m, n).
-GemmFn = Callable[[np.ndarray, np.ndarray, bool, bool, np.ndarray], np.ndarray]
+GemmFn = Callable[[np.ndarray, np.ndarray, bool, bool, np.ndarray | None], np.ndarray]
 
 
 def numpy_gemm(a: np.ndarray, b: np.ndarray, trans_a: bool, trans_b: bool, out: np.ndarray | None) -> np.ndarray:
-    """``op(a) @ op(b)`` by ``numpy.matmul``: transposed views reach BLAS as flags, not copies."""
+    """Compute ``op(a) @ op(b)`` by ``numpy.matmul``: transposed views reach BLAS as flags, not copies.
+
+    Parameters
+    ----------
+    a : ndarray, shape (m, k), or (k, m) if ``trans_a``
+        The left operand.
+    b : ndarray, shape (k, n), or (n, k) if ``trans_b``
+        The right operand.
+    trans_a, trans_b : bool
+        Whether to transpose ``a`` or ``b``.
+    out : ndarray, shape (m, n), or None
+        Where to write the product.
+
+    Returns
+    -------
+    ndarray, shape (m, n)
+        ``out`` when given, else a new array.
+    """
     return np.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
 
 
@@ -111,9 +129,9 @@ def _mkl_gemm() -> GemmFn:
     sgemm.restype = dgemm.restype = None
     row_major, no_trans, trans = 101, 111, 112  # CBLAS enum values
 
-    def gemm(a, b, trans_a, trans_b, out):
-        dims = _dims(a, b, trans_a, trans_b, out) if _blas_ready(a, b, out) else None
-        if dims is None:  # includes bad shapes: NumPy raises its usual error
+    def gemm(a: np.ndarray, b: np.ndarray, trans_a: bool, trans_b: bool, out: np.ndarray | None) -> np.ndarray:
+        dims = _dims(a, b, trans_a, trans_b, out) if out is not None and _blas_ready(a, b, out) else None
+        if dims is None or out is None:  # includes bad shapes: NumPy raises its usual error
             return numpy_gemm(a, b, trans_a, trans_b, out)
         m, n, k = dims
         fn = sgemm if a.dtype == np.float32 else dgemm
@@ -131,14 +149,15 @@ def _blis_gemm() -> GemmFn:
     except ImportError:
         raise BackendUnavailableError("the 'blis' CPU BLAS needs the blis package: pip install blis") from None
 
-    def gemm(a, b, trans_a, trans_b, out):
+    def gemm(a: np.ndarray, b: np.ndarray, trans_a: bool, trans_b: bool, out: np.ndarray | None) -> np.ndarray:
         # blis.py.gemm takes C-contiguous operands and transpose flags. Only float32:
         # its float64 branch (blis 1.3) sizes the product from the untransposed shapes,
         # and neither branch checks ``out``'s shape, so both are checked here.
-        if not (_blas_ready(a, b, out) and a.dtype == np.float32 and a.flags.c_contiguous
+        if not (out is not None and _blas_ready(a, b, out) and a.dtype == np.float32 and a.flags.c_contiguous
                 and b.flags.c_contiguous and _dims(a, b, trans_a, trans_b, out) is not None):
             return numpy_gemm(a, b, trans_a, trans_b, out)
-        return blis_py.gemm(a, b, out=out, trans1=trans_a, trans2=trans_b, alpha=1.0, beta=0.0)
+        product: np.ndarray = blis_py.gemm(a, b, out=out, trans1=trans_a, trans2=trans_b, alpha=1.0, beta=0.0)
+        return product
 
     return gemm
 
@@ -153,6 +172,16 @@ _LOADED: dict[str, GemmFn] = {}
 
 def load_provider(name: str) -> GemmFn:
     """The gemm function of provider ``name`` (loaded once per process).
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`BLAS_PROVIDERS`.
+
+    Returns
+    -------
+    callable
+        ``gemm(a, b, trans_a, trans_b, out) -> out``, as :func:`numpy_gemm`.
 
     Raises
     ------
@@ -170,7 +199,13 @@ def load_provider(name: str) -> GemmFn:
 
 
 def available_providers() -> list[str]:
-    """The providers that load on this machine, ``"numpy"`` first."""
+    """The providers that load on this machine, ``"numpy"`` first.
+
+    Returns
+    -------
+    list of str
+        Names from :data:`BLAS_PROVIDERS`.
+    """
     names = []
     for name in BLAS_PROVIDERS:
         try:
@@ -186,6 +221,11 @@ def installed_providers() -> list[str]:
 
     For callers that must not load a BLAS into their process (the benchmark suite);
     :func:`available_providers` is the authoritative answer.
+
+    Returns
+    -------
+    list of str
+        Names from :data:`BLAS_PROVIDERS`, ``"numpy"`` first.
     """
     import importlib.util
 
@@ -198,7 +238,7 @@ def installed_providers() -> list[str]:
 
 
 class NumpyCblas(NamedTuple):
-    """ctypes functions of the CBLAS that ``numpy.matmul`` itself calls.
+    """The ctypes functions of the CBLAS that ``numpy.matmul`` itself calls.
 
     For compiled loops (numba) that multiply matrices in the middle of a loop and
     must give ``numpy.matmul``'s bits: the same library, called as NumPy calls it
@@ -206,13 +246,15 @@ class NumpyCblas(NamedTuple):
     which every 64-bit ABI passes as it passes a pointer); ``ilp64`` tells whether
     the integer arguments are 64-bit.
 
-    Attributes
+    Parameters
     ----------
     gemm : dict
         ``{"float32": cblas_sgemm, "float64": cblas_dgemm}``:
         ``(order, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc)``.
     dot : dict
         ``{"float32": cblas_sdot, "float64": cblas_ddot}``: ``(n, x, incx, y, incy)``.
+    ilp64 : bool
+        Whether the integer arguments are 64-bit.
     path : str
         The library file.
     """
@@ -223,7 +265,7 @@ class NumpyCblas(NamedTuple):
     path: str
 
 
-_CBLAS: list[Any] = []
+_CBLAS: list[NumpyCblas | None] = []
 
 # CBLAS enum values (CBLAS_ORDER, CBLAS_TRANSPOSE).
 CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS = 101, 111, 112
@@ -237,6 +279,14 @@ def _numpy_blas_files() -> list[str]:
         for pattern in ("libscipy_openblas*", "libopenblas*"):
             found += sorted(glob.glob(os.path.join(folder, pattern)))
     return found
+
+
+def _address(fn: Any) -> int:
+    # A symbol the library exports has a non-null address.
+    address = ctypes.cast(fn, ctypes.c_void_p).value
+    if not address:
+        raise OSError("null CBLAS symbol")
+    return address
 
 
 def _cblas_from(path: str) -> NumpyCblas | None:
@@ -254,8 +304,8 @@ def _cblas_from(path: str) -> NumpyCblas | None:
         for t, real in (("s", ctypes.c_float), ("d", ctypes.c_double)):
             gemm = ctypes.CFUNCTYPE(None, e, e, e, i, i, i, real, p, i, p, i, real, p, i)
             dot = ctypes.CFUNCTYPE(real, i, p, i, p, i)
-            fns[t + "gemm"] = gemm(ctypes.cast(getattr(lib, names[t + "gemm"]), ctypes.c_void_p).value)
-            fns[t + "dot"] = dot(ctypes.cast(getattr(lib, names[t + "dot"]), ctypes.c_void_p).value)
+            fns[t + "gemm"] = gemm(_address(getattr(lib, names[t + "gemm"])))
+            fns[t + "dot"] = dot(_address(getattr(lib, names[t + "dot"])))
         found = NumpyCblas({"float32": fns["sgemm"], "float64": fns["dgemm"]},
                            {"float32": fns["sdot"], "float64": fns["ddot"]}, ilp64, path)
         return found if _same_as_numpy(found) else None
@@ -284,6 +334,11 @@ def numpy_cblas() -> NumpyCblas | None:
 
     None where NumPy links another BLAS (a conda or system build) or the library
     does not give ``numpy.matmul``'s results; callers then use ``numpy.matmul``.
+
+    Returns
+    -------
+    NumpyCblas or None
+        The library's functions, or None where they cannot be used.
     """
     if not _CBLAS:
         found = None
@@ -296,13 +351,24 @@ def numpy_cblas() -> NumpyCblas | None:
 
 
 def provider_version(name: str) -> str:
-    """The installed version of a provider's package ("" when unknown)."""
+    """The installed version of a provider's package ("" when unknown).
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`BLAS_PROVIDERS`.
+
+    Returns
+    -------
+    str
+        The version of the package that ships the library.
+    """
     if name == "numpy":
         try:  # the BLAS NumPy was built with, e.g. "numpy 2.4.6 (scipy-openblas 0.3.31.188.0)"
             dep = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
             return f"{np.__version__} ({dep['name']} {dep['version']})"
         except Exception:  # noqa: BLE001 - older NumPy: no dict mode
-            return np.__version__
+            return str(np.__version__)
     try:
         from importlib.metadata import version
 

@@ -181,7 +181,7 @@ def kernel_source(k: lazy_elementwise, dtype: str, layout: int = 0) -> str:
     infos.append(_kernel._ArgInfo(_ARG_INDEXER, Indexer, None, loop_ndims.pop(), True, True))
     code = _kernel._get_elementwise_kernel_code(tuple(infos), type_map, ek.params, ek.operation, ek.name, ek.preamble)
     header = "".join(f"#include <{h}>\n" for h in core._cupy_header_list)
-    return header + code
+    return header + str(code)
 
 
 @contextlib.contextmanager
@@ -228,7 +228,7 @@ def compile_kernel(k: lazy_elementwise, dtype: str, arch: str, layout: int = 0) 
             )
         except compiler.CompileException as exc:
             raise KernelCompileError(k.name, dtype, str(arch), exc.get_message(), source) from None
-    return binary
+    return bytes(binary)
 
 
 def compile_matrix(

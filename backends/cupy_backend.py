@@ -16,7 +16,7 @@ import contextlib
 import importlib.metadata
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import numpy as np
 
@@ -34,7 +34,7 @@ def _cupy_distribution() -> str:
     """The pip name of the installed CuPy wheel (``cupy-cuda12x``, ``cupy-cuda13x``, ...)."""
     try:
         for dist in importlib.metadata.distributions():
-            name = (dist.metadata.get("Name") or "").lower()
+            name = (cast(Any, dist.metadata).get("Name") or "").lower()
             if name == "cupy" or name.startswith("cupy-cuda") or name.startswith("cupy-rocm"):
                 return name
     except Exception:  # broken metadata must not hide the real message
@@ -48,7 +48,18 @@ def _version_tuple(version: str) -> tuple[int, int] | None:
 
 
 def import_cupy() -> Any:
-    """Import CuPy (>= :data:`MIN_CUPY`), turning its absence into a clear :class:`BackendUnavailableError`."""
+    """Import CuPy (>= :data:`MIN_CUPY`), turning its absence into a clear error.
+
+    Returns
+    -------
+    module
+        The ``cupy`` module.
+
+    Raises
+    ------
+    BackendUnavailableError
+        CuPy is missing or too old (the message names the fix).
+    """
     try:
         import cupy
     except ImportError as exc:  # not installed, or its CUDA libraries are missing
@@ -78,7 +89,7 @@ def _device_count(cupy: Any) -> int:
 class GpuStatus:
     """What :func:`gpu_status` found.
 
-    Attributes
+    Parameters
     ----------
     cupy_version : str or None
         Installed CuPy's version (None when it does not import).
@@ -92,6 +103,7 @@ class GpuStatus:
     runtime_version : int or None
         The CUDA runtime CuPy was built for.
     device_count : int
+        Visible CUDA devices.
     device_error : str or None
         Why no device is visible (the driver's error), when none is.
     devices : list of dict
@@ -121,6 +133,11 @@ def gpu_status(details: bool = False) -> GpuStatus:
     details : bool
         Also read the driver and runtime versions and each device's properties
         (for ``mlpx.doctor``; the usable/not-usable answer is the same).
+
+    Returns
+    -------
+    GpuStatus
+        What was found; ``usable`` says whether the GPU backend can run.
     """
     st = GpuStatus()
     try:
@@ -164,7 +181,13 @@ def gpu_status(details: bool = False) -> GpuStatus:
 
 
 def cuda_available() -> bool:
-    """True when CuPy (>= 14) imports and at least one CUDA device is visible."""
+    """Whether CuPy (>= 14) imports and at least one CUDA device is visible.
+
+    Returns
+    -------
+    bool
+        True when ``backend="gpu"`` can run here.
+    """
     return gpu_status().usable
 
 
@@ -243,7 +266,8 @@ class CupyBackend(Backend):
     def to_numpy(self, x: Array) -> np.ndarray:
         if isinstance(x, np.ndarray):
             return x
-        return self.xp.asnumpy(x)
+        host: np.ndarray = self.xp.asnumpy(x)
+        return host
 
     def zeros(self, shape: Any, dtype: Any = "float32") -> Array:
         with self.device:
@@ -270,11 +294,16 @@ class CupyBackend(Backend):
 
     @contextlib.contextmanager
     def tf32_matmul(self) -> Iterator[None]:
-        """float32 products on TF32 tensor cores inside the block (compute capability >= 8.0).
+        """Run float32 products on TF32 tensor cores inside the block (compute capability >= 8.0).
 
         CuPy picks cuBLAS's compute type per dtype; ``cupy._core.set_compute_type``
         switches it for the process (the ``CUPY_TF32=1`` environment variable only
         sets the initial default), so the previous setting is restored on exit.
+
+        Yields
+        ------
+        None
+            Inside the block, float32 products use TF32.
         """
         try:
             from cupy import _core
@@ -356,7 +385,8 @@ class CupyBackend(Backend):
         import cupyx
 
         with self.device:
-            return cupyx.empty_pinned(shape, dtype=dtype)
+            pinned: np.ndarray = cupyx.empty_pinned(shape, dtype=dtype)
+            return pinned
 
     def upload(self, src: np.ndarray, out: Array, stream: Any = None) -> Array:
         # cudaMemcpyAsync on `stream`: returns at once when `src` is page-locked.

@@ -60,6 +60,16 @@ class Kernel:
         A variant must take the same arguments as the generic definition and
         return the same results (the test suite checks each against it); it may
         write them into the buffers it was given, and then returns those buffers.
+
+        Parameters
+        ----------
+        kind : str
+            A backend kind (``"numpy"``; CuPy also takes the ``"numpy"`` variants).
+
+        Returns
+        -------
+        callable
+            The decorator; it returns the function it is given.
         """
 
         def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -69,7 +79,18 @@ class Kernel:
         return deco
 
     def resolve(self, kinds: tuple[str, ...]) -> Callable[..., Any]:
-        """The first registered variant among ``kinds``, else the generic one."""
+        """The first registered variant among ``kinds``, else the generic one.
+
+        Parameters
+        ----------
+        kinds : tuple of str
+            A backend's kinds, most specific first.
+
+        Returns
+        -------
+        callable
+            ``fn(xp, *args, **kwargs)``.
+        """
         for kind in kinds:
             fn = self.variants.get(kind)
             if fn is not None:

@@ -59,14 +59,45 @@ def _held_limit(threads: int, user_api: str | None) -> Iterator[None]:
                 _limit_held[0] = None
 
 
+#: One BLAS thread for every product (``mlpx.set_deterministic``): OpenBLAS and MKL
+#: sum a product's terms in an order that depends on their thread count, so the
+#: bits of a large product depend on the cores a machine has (or is allowed).
+_ONE_THREAD = [False]
+
+
+def set_one_thread(enabled: bool) -> bool:
+    """Run every product on one BLAS thread (True) or only the small ones (False).
+
+    Returns
+    -------
+    bool
+        The previous setting.
+    """
+    previous, _ONE_THREAD[0] = _ONE_THREAD[0], bool(enabled)
+    return previous
+
+
 def small_product_threads(gemm_flops: float, user_api: str | None) -> contextlib.AbstractContextManager[Any]:
     """One thread in the native pools of ``user_api`` (None: all) for small products.
 
     Below :data:`SMALL_GEMM_FLOPS` per product; ``MLPX_BLAS_THREADS=N`` forces N
-    threads for every size. Without threadpoolctl nothing changes. Safe from many
-    threads at once: the limit stays while any thread's context is open.
+    threads for every size, and :func:`set_one_thread` one thread for every size.
+    Without threadpoolctl nothing changes. Safe from many threads at once: the
+    limit stays while any thread's context is open.
+
+    Parameters
+    ----------
+    gemm_flops : float
+        The flops of a typical product inside (2·m·n·k).
+    user_api : str or None
+        The threadpoolctl pool kind (``"blas"``, ``"openmp"``); None: every pool.
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        Entered with ``with``; restores the previous limits on exit.
     """
-    forced = os.environ.get("MLPX_BLAS_THREADS")
+    forced = "1" if _ONE_THREAD[0] else os.environ.get("MLPX_BLAS_THREADS")
     if forced is None and gemm_flops >= SMALL_GEMM_FLOPS:
         return contextlib.nullcontext()
     try:
@@ -137,6 +168,16 @@ class NumpyBackend(Backend):
 
         Needs threadpoolctl (``pip install "mlpx[fast]"``); without it, BLAS keeps its
         own default. ``MLPX_BLAS_THREADS=N`` forces N threads for every size.
+
+        Parameters
+        ----------
+        gemm_flops : float
+            The flops of a typical product inside (2·m·n·k).
+
+        Returns
+        -------
+        contextlib.AbstractContextManager
+            Entered with ``with``; restores the previous limits on exit.
         """
         return small_product_threads(gemm_flops, "blas")
 

@@ -1,6 +1,14 @@
-"""Data-parallel training with MPI: each rank trains on its own shard of the data.
+"""
+Data-parallel training with MPI
+===============================
 
-Install and launch (one machine or a cluster; any MPI launcher works)::
+.. note::
+
+   Needs MPI (``pip install -e ".[mpi]"``) and is started by an MPI launcher: this
+   example is shown, not run, when the documentation is built.
+
+Each rank trains on its own shard of the data. Install and launch (one machine or a
+cluster; any MPI launcher works)::
 
     pip install "mlpx[mpi]"                       # mpi4py + the MPICH wheel
     mpirun -n 4 python examples/train_mpi.py --epochs 30

@@ -54,7 +54,7 @@ class Activation:
         True when ``backward`` needs only ``H`` (so ``forward`` may run in place).
     cuda_forward : str, optional
         CUDA expression of ``g`` in the variable ``x`` (type ``T``), used by the GPU's
-        fused bias + activation kernel (:func:`mlpx.layers.bias_activation`).
+        fused bias + activation kernel (``mlpx.layers.bias_activation``).
     """
 
     def __init__(
@@ -317,6 +317,7 @@ def _gelu_backward_cupy(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> A
 # benchmarks/README.md; ``python -m benchmarks.kernels`` measures them).
 
 
+#: Activation by name (``activation=`` and ``output=`` of the layers and ``MLP``).
 ACTIVATIONS: dict[str, Activation] = {
     "identity": Activation("identity", identity_forward, None, True, "x"),
     "relu": Activation("relu", relu_forward, relu_backward, True, "x > (T)0 ? x : (T)0"),

@@ -1,7 +1,17 @@
-"""Callbacks: hooks that the training loop calls once per epoch.
+"""Callbacks: hooks that the training loop calls at the start and end of training,
+after every epoch and, where a callback asks for them, around every minibatch step.
 
-A callback sees the model and the epoch's logs (a dict of floats: ``loss``,
-``accuracy``, ``val_loss``, ...). It may set ``model.stop_training = True``.
+A callback sees the model and the logs (a dict of floats: ``loss``, ``accuracy``,
+``val_loss``, ...; for a :class:`~mlpx.stacked.Stack` each value is an array of
+shape (K,), one per member). It may set ``model.stop_training = True`` to end
+``fit`` after the current epoch.
+
+Batch hooks (:meth:`Callback.on_batch_begin`, :meth:`Callback.on_batch_end`) cost
+nothing when no callback overrides them: the loop then makes no per-step call at
+all (:class:`BatchHooks`). When a model runs a whole epoch in one compiled call
+(``train_epoch``: a stack on the CPU), the epoch's steps have all run before any
+hook fires; the hooks then fire for each step in order, from the step results,
+before ``on_epoch_end``. Either way each step's hooks see that step's loss.
 """
 
 from __future__ import annotations
@@ -10,9 +20,11 @@ import math
 import sys
 from typing import Any, Iterable
 
+import numpy as np
+
 from mlpx.validation import check_bool, check_int, check_real
 
-__all__ = ["Callback", "EarlyStopping", "ProgressBar", "check_callbacks"]
+__all__ = ["BatchHooks", "Callback", "EarlyStopping", "ProgressBar", "check_callbacks", "check_mode", "monitor_sign"]
 
 
 class Callback:
@@ -27,13 +39,143 @@ class Callback:
     root_only = False
 
     def on_train_begin(self, model: Any, epochs: int) -> None:
-        pass
+        """Called once before the first epoch.
+
+        Parameters
+        ----------
+        model : Sequential or Stack
+            The model being trained.
+        epochs : int
+            The number of epochs ``fit`` was asked for.
+        """
+
+    def on_batch_begin(self, model: Any, step: int, logs: dict[str, Any]) -> None:
+        """Before minibatch step ``step`` (0-based within the epoch).
+
+        ``logs``: ``{"epoch": 0-based epoch, "size": rows of the step (all ranks)}``.
+        See the module docstring for when it fires on a compiled epoch.
+        """
+
+    def on_batch_end(self, model: Any, step: int, logs: dict[str, Any]) -> None:
+        """After minibatch step ``step``.
+
+        ``logs``: ``{"epoch", "size", "loss"}`` and ``"accuracy"`` for classifiers:
+        the step's loss (data term, plus the L2 term when ``l2`` is set; over all
+        ranks with ``comm``) and the fraction of its rows predicted right (not
+        logged with ``comm``). Reading them costs one device synchronisation per
+        step on a GPU.
+        """
 
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> None:
-        pass
+        """Called after every epoch; set ``model.stop_training = True`` to stop.
+
+        Parameters
+        ----------
+        model : Sequential or Stack
+            The model being trained.
+        epoch : int
+            The epoch that ended, from 0, counted over all ``fit`` calls.
+        logs : dict of str to float
+            ``"loss"``, ``"accuracy"`` (classifiers) and their ``"val_"`` forms with
+            validation data.
+        """
 
     def on_train_end(self, model: Any) -> None:
-        pass
+        """Called once when training ends, also after a stop or a divergence.
+
+        Parameters
+        ----------
+        model : Sequential or Stack
+            The model being trained.
+        """
+
+    def batch_hooks(self) -> tuple[bool, bool]:
+        """Whether the loop calls this callback's ``(on_batch_begin, on_batch_end)``.
+
+        By default, the hooks its class overrides. A callback whose batch hooks are
+        optional returns False for those it does not need, so that ``fit`` makes no
+        per-step call for it.
+        """
+        cls = type(self)
+        return (cls.on_batch_begin is not Callback.on_batch_begin,
+                cls.on_batch_end is not Callback.on_batch_end)
+
+
+class BatchHooks:
+    """The batch hooks of a ``fit``'s callbacks, as the training loop calls them.
+
+    Built with :meth:`of`, which returns None when no callback wants batch hooks,
+    so the loop pays one ``is None`` test per step and nothing else.
+
+    Parameters
+    ----------
+    begin, end : list of Callback
+        The callbacks whose ``on_batch_begin`` / ``on_batch_end`` are called.
+    distributed : bool
+        With several ranks, an exception in a hook is handed back to the loop
+        (which makes every rank raise it at the next collective) instead of
+        escaping on one rank.
+    """
+
+    def __init__(self, begin: list[Callback], end: list[Callback], distributed: bool) -> None:
+        self._begin, self._end, self._distributed = begin, end, distributed
+
+    @classmethod
+    def of(cls, callbacks: Iterable[Callback], distributed: bool = False) -> "BatchHooks | None":
+        """The hooks of ``callbacks``, or None when none of them wants batch hooks."""
+        begin, end = [], []
+        for cb in callbacks:
+            wants_begin, wants_end = cb.batch_hooks()
+            if wants_begin:
+                begin.append(cb)
+            if wants_end:
+                end.append(cb)
+        return cls(begin, end, distributed) if begin or end else None
+
+    def begin(self, model: Any, step: int, epoch: int, size: Any,
+              pending: BaseException | None) -> BaseException | None:
+        """Call ``on_batch_begin``; returns the failure to hand on (``pending`` or a new one)."""
+        if pending is not None or not self._begin:
+            return pending
+        logs = {"epoch": epoch, "size": _rows(size)}
+        return self._call(self._begin, "on_batch_begin", model, step, logs)
+
+    def end(self, model: Any, step: int, epoch: int, size: Any, loss: Any, correct: Any,
+            pending: BaseException | None) -> BaseException | None:
+        """Call ``on_batch_end`` with the step's results (device values are read here)."""
+        if pending is not None or not self._end:
+            return pending
+        rows = _rows(size)
+        logs: dict[str, Any] = {"epoch": epoch, "size": rows, "loss": _host(model.backend, loss)}
+        if correct is not None and not self._distributed:  # a rank counts its own rows only
+            hits = _host(model.backend, correct)
+            logs["accuracy"] = hits / max(rows, 1) if isinstance(rows, int) else hits / np.maximum(rows, 1)
+        return self._call(self._end, "on_batch_end", model, step, logs)
+
+    def _call(self, callbacks: list[Callback], hook: str, model: Any, step: int,
+              logs: dict[str, Any]) -> BaseException | None:
+        try:
+            for cb in callbacks:
+                getattr(cb, hook)(model, step, logs)
+        except BaseException as exc:
+            if not self._distributed:
+                raise
+            return exc
+        return None
+
+
+def _rows(size: Any) -> Any:
+    """A step's rows: an int, or one int per member (int64 array) for a stack."""
+    rows = np.rint(np.asarray(size, dtype=np.float64)).astype(np.int64)
+    return int(rows) if rows.ndim == 0 else rows
+
+
+def _host(be: Any, value: Any) -> Any:
+    """A step's device value as a Python float, or a float64 array for a stack."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    array = np.asarray(be.to_numpy(value), dtype=np.float64)
+    return float(array) if array.ndim == 0 else array
 
 
 def check_callbacks(callbacks: Iterable[Callback] | Callback | None) -> list[Callback]:
@@ -42,6 +184,7 @@ def check_callbacks(callbacks: Iterable[Callback] | Callback | None) -> list[Cal
     Parameters
     ----------
     callbacks : iterable of Callback, a single Callback, or None
+        What was passed to ``fit``.
 
     Returns
     -------
@@ -70,9 +213,27 @@ def check_callbacks(callbacks: Iterable[Callback] | Callback | None) -> list[Cal
             )
             raise TypeError(
                 f"callbacks[{i}] is {what}; every callback must be an instance of mlpx.Callback "
-                f"(subclass it and override on_train_begin / on_epoch_end / on_train_end)"
+                f"(subclass it and override on_train_begin / on_batch_begin / on_batch_end / "
+                f"on_epoch_end / on_train_end)"
             )
     return out
+
+
+def check_mode(mode: Any) -> str:
+    """A monitor's ``mode``: one of "auto", "min", "max" (``ValueError`` otherwise)."""
+    if not isinstance(mode, str) or mode not in ("auto", "min", "max"):
+        raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+    return mode
+
+
+def monitor_sign(key: str, mode: str) -> float:
+    """+1 where a lower ``key`` is better, -1 where a higher one is.
+
+    ``mode="auto"`` maximises keys containing "accuracy" or "r2" and minimises the rest.
+    """
+    if mode == "max" or (mode == "auto" and ("accuracy" in key or "r2" in key)):
+        return -1.0
+    return 1.0
 
 
 class EarlyStopping(Callback):
@@ -119,8 +280,7 @@ class EarlyStopping(Callback):
         mode: str = "auto",
         restore_best_weights: bool = True,
     ) -> None:
-        if not isinstance(mode, str) or mode not in ("auto", "min", "max"):
-            raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+        check_mode(mode)
         if not isinstance(monitor, str):
             raise TypeError(f"monitor must be the name of a logged value, got {monitor!r}")
         self.monitor = monitor
@@ -138,9 +298,7 @@ class EarlyStopping(Callback):
         self._key: str | None = None
 
     def _sign(self, key: str) -> float:
-        if self.mode == "max" or (self.mode == "auto" and ("accuracy" in key or "r2" in key)):
-            return -1.0
-        return 1.0
+        return monitor_sign(key, self.mode)
 
     def _monitored(self, logs: dict[str, float]) -> str:
         """The key of ``logs`` that ``monitor`` names (see the class docstring)."""
@@ -180,7 +338,13 @@ class EarlyStopping(Callback):
 
 
 class ProgressBar(Callback):
-    """Epoch progress on stderr: a tqdm bar when tqdm is installed, else one line an epoch."""
+    """Epoch progress on stderr: a tqdm bar when tqdm is installed, else one line an epoch.
+
+    Parameters
+    ----------
+    verbose : int, default 1
+        0 shows nothing; 1 or more shows the progress.
+    """
 
     root_only = True
 

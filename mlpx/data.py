@@ -140,7 +140,8 @@ def _host_dtype(name: str) -> np.dtype:
             import ml_dtypes
         except ImportError:
             raise TypeError("dtype bfloat16 needs the ml_dtypes package: pip install ml_dtypes") from None
-        return np.dtype(ml_dtypes.bfloat16)
+        bfloat16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+        return bfloat16
     return np.dtype(name)
 
 
@@ -177,14 +178,14 @@ def _check_perm(perm: Any, n: int) -> np.ndarray | None:
     """
     if perm is None:
         return None
-    perm = np.asarray(perm)
-    if perm.shape != (n,) or perm.dtype.kind not in "iu":
+    checked: np.ndarray = np.asarray(perm)
+    if checked.shape != (n,) or checked.dtype.kind not in "iu":
         raise ValueError(
-            f"perm must be integer indices of shape ({n},), got {perm.dtype} of shape {perm.shape}"
+            f"perm must be integer indices of shape ({n},), got {checked.dtype} of shape {checked.shape}"
         )
-    if n and (perm.min() < 0 or perm.max() >= n):
+    if n and (checked.min() < 0 or checked.max() >= n):
         raise ValueError(f"perm has indices outside 0..{n - 1}")
-    return perm
+    return checked
 
 
 def batch_denominator(w: np.ndarray | None, perm: np.ndarray | None, a: int, b: int) -> float:
@@ -378,7 +379,7 @@ class SparseBatches(_Source):
 
     def _batches(self, perm: np.ndarray | None) -> Iterator[Batch]:
         be = self.be
-        idx = None if perm is None else be.asarray(perm)
+        idx: Any = None if perm is None else be.asarray(perm)
         for a, b in self.bounds():
             if perm is None:
                 rows = self.X[a:b]

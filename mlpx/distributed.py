@@ -32,13 +32,12 @@ Every method is *collective*: all ranks call it, in the same order.
     buffer, so a step costs **one** all-reduce. A rank whose local step failed
     passes ``error=exc`` (its ``grads`` are ignored) and every rank raises: that
     rank its own exception, the others :class:`RankFailedError`. With device
-    buffers the flag is only read at the next :meth:`check_errors` (the epoch's
+    buffers the flag is only read at the next ``check_errors`` (the epoch's
     end), so a step never waits for the host.
 ``check_errors(error, where)``, ``agreed(where, fn, *args)``
     The same failure agreement for code outside a step (setup, epoch end): the
     second runs ``fn`` and agrees on whether it raised.
-``agree_any(flag) -> bool``, ``allreduce_sum(values) -> list[float]``,
-``allreduce_max(value) -> int``, ``allgather(obj) -> list``, ``bcast(obj) -> obj``
+``agree_any(flag) -> bool``, ``allreduce_sum(values) -> list[float]``, ``allreduce_max(value) -> int``, ``allgather(obj) -> list``, ``bcast(obj) -> obj``
     Small host collectives (stopping, metrics, sizes, labels, rank 0's decisions).
 
 Weighting: dividing by the global ``D`` before the all-reduce makes the combined
@@ -100,12 +99,23 @@ _MPI_HINT = 'data-parallel training needs mpi4py and an MPI library: pip install
 class RankFailedError(RuntimeError):
     """Another rank raised; this rank stops too instead of waiting for it forever.
 
-    Attributes
+    Parameters
     ----------
     rank : int
         The (lowest) rank that failed.
     where : str
         Where it failed ("setup", "epoch 3, step 7", ...).
+    message : str
+        That rank's exception, as ``"TypeName: text"``.
+    remote_traceback : str
+        That rank's formatted traceback.
+
+    Attributes
+    ----------
+    rank : int
+        The (lowest) rank that failed.
+    where : str
+        Where it failed.
     remote_traceback : str
         That rank's formatted traceback.
     """
@@ -124,7 +134,18 @@ def _import_mpi() -> Any:
 
 
 def mark_agreed(error: BaseException) -> BaseException:
-    """Flag an exception every rank has agreed on (no MPI_Abort needed for it)."""
+    """Flag an exception every rank has agreed on (no MPI_Abort needed for it).
+
+    Parameters
+    ----------
+    error : BaseException
+        The exception every rank raises.
+
+    Returns
+    -------
+    BaseException
+        ``error`` itself, flagged.
+    """
     try:
         error.mlpx_agreed = True  # type: ignore[attr-defined]
     except AttributeError:  # pragma: no cover - exceptions with __slots__
@@ -133,7 +154,18 @@ def mark_agreed(error: BaseException) -> BaseException:
 
 
 def is_agreed(error: BaseException) -> bool:
-    """Whether ``error`` was raised on every rank through the failure agreement."""
+    """Whether ``error`` was raised on every rank through the failure agreement.
+
+    Parameters
+    ----------
+    error : BaseException
+        An exception caught in training.
+
+    Returns
+    -------
+    bool
+        True when every rank raised it through the failure agreement.
+    """
     return bool(getattr(error, "mlpx_agreed", False)) or isinstance(error, RankFailedError)
 
 
@@ -152,7 +184,13 @@ def _fill_np(xp: Any, a: Array, value: float) -> Array:
 
 # ------------------------------------------------------------------ reducers
 class Reducer:
-    """The one-rank reducer contract (see the module docstring); the base of all."""
+    """The one-rank reducer contract (see the module docstring); the base of all.
+
+    Parameters
+    ----------
+    backend : str or Backend, default "cpu"
+        Where the model's buffers live.
+    """
 
     rank = 0
     size = 1
@@ -165,35 +203,109 @@ class Reducer:
         return f"<{type(self).__name__} rank {self.rank}/{self.size} on {self.backend.name}>"
 
     def agree_settings(self, fingerprint: dict[str, Any]) -> None:
-        """Raise on every rank unless every rank passes the same ``fingerprint``."""
+        """Raise on every rank unless every rank passes the same ``fingerprint``.
+
+        Values are compared as their canonical JSON text (``repr`` for what JSON
+        cannot hold), so ``1`` and ``1.0`` differ, as they may train differently.
+
+        Parameters
+        ----------
+        fingerprint : dict
+            Setting name -> value (architecture, dtype, optimizer, epochs, ...).
+
+        Raises
+        ------
+        ValueError
+            On every rank when the ranks disagree, naming each field and each rank's value.
+        """
 
     def broadcast_params(self, params: Array) -> None:
-        """Overwrite ``params`` (shape (n_params,)) with rank 0's."""
+        """Overwrite ``params`` with rank 0's.
+
+        Parameters
+        ----------
+        params : array, shape (n_params,)
+            The model's flat parameter buffer, overwritten in place.
+        """
 
     def params_in_sync(self, params: Array) -> bool:
-        """True when ``params`` is bitwise identical on every rank."""
+        """Whether ``params`` is bitwise identical on every rank.
+
+        Parameters
+        ----------
+        params : array, shape (n_params,)
+            The model's flat parameter buffer.
+
+        Returns
+        -------
+        bool
+            True when every rank holds the same bytes.
+        """
         return True
 
     def allreduce_gradients(
         self, grads: Array, loss: Any, error: BaseException | None = None, where: str = ""
     ) -> Any:
-        """Sum ``grads`` (in place) and ``loss`` over ranks; see the module docstring."""
+        """Sum ``grads`` (in place) and ``loss`` over ranks; see the module docstring.
+
+        Parameters
+        ----------
+        grads : array, shape (n_params,)
+            This rank's flat gradient, already divided by the step's global denominator;
+            summed over ranks in place.
+        loss : float or 0-d array
+            This rank's loss sum, on the same scale.
+        error : BaseException, optional
+            This rank's step failed with it; every rank raises.
+        where : str, default ""
+            Where in training this is, for the error message.
+
+        Returns
+        -------
+        float or 0-d array
+            The loss summed over ranks.
+        """
         if error is not None:
             raise mark_agreed(error)
         return loss
 
     def check_errors(self, error: BaseException | None, where: str = "") -> None:
-        """Raise on every rank if any rank passes an exception."""
+        """Raise on every rank if any rank passes an exception (a collective).
+
+        The rank that failed re-raises its own exception; the others raise
+        :class:`RankFailedError` with the lowest failing rank's message.
+
+        Parameters
+        ----------
+        error : BaseException or None
+            This rank's exception, if any.
+        where : str, default ""
+            Where in training this is, for the error message.
+        """
         if error is not None:
             raise mark_agreed(error)
 
     def agreed(self, where: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)``; if it raised on any rank, raise on every rank.
+        """Call ``fn(*args, **kwargs)``; if it raised on any rank, raise on every rank.
 
         The failing rank re-raises its own exception (even ``SystemExit`` or
         ``KeyboardInterrupt``), the others :class:`RankFailedError`, so no rank
         waits forever in the next collective for one that has stopped. On one
         rank it is a plain call.
+
+        Parameters
+        ----------
+        where : str
+            Where in training this is, for the error message.
+        fn : callable
+            The work to run on this rank.
+        *args, **kwargs
+            Passed to ``fn``.
+
+        Returns
+        -------
+        object
+            What ``fn`` returned.
         """
         if self.size == 1:
             return fn(*args, **kwargs)
@@ -207,22 +319,88 @@ class Reducer:
         return result
 
     def agree_any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on at least one rank (the same answer on every rank).
+
+        Parameters
+        ----------
+        flag : bool
+            This rank's vote.
+
+        Returns
+        -------
+        bool
+            True when any rank voted true.
+        """
         return bool(flag)
 
     def allreduce_sum(self, values: Sequence[float]) -> list[float]:
+        """Element-wise sum over ranks of a list of floats (the same length everywhere).
+
+        Parameters
+        ----------
+        values : sequence of float
+            This rank's values.
+
+        Returns
+        -------
+        list of float
+            The sums, one per value.
+        """
         return [float(v) for v in values]
 
     def allreduce_max(self, value: int) -> int:
+        """Maximum over ranks of an integer.
+
+        Parameters
+        ----------
+        value : int
+            This rank's value.
+
+        Returns
+        -------
+        int
+            The largest value of any rank.
+        """
         return int(value)
 
     def allgather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank.
+
+        Parameters
+        ----------
+        obj : object
+            Picklable.
+
+        Returns
+        -------
+        list
+            ``size`` items; item r is rank r's ``obj``.
+        """
         return [obj]
 
     def bcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank.
+
+        Parameters
+        ----------
+        obj : object
+            Picklable; only rank 0's is used.
+
+        Returns
+        -------
+        object
+            Rank 0's ``obj``.
+        """
         return obj
 
     def abort(self, error: BaseException) -> None:
-        """End every rank now (a ``BaseException`` escaped the agreement). No-op here."""
+        """End every rank now (a ``BaseException`` escaped the agreement). No-op here.
+
+        Parameters
+        ----------
+        error : BaseException
+            What escaped; reported on standard error before the MPI job ends.
+        """
 
 
 class LocalReducer(Reducer):
@@ -282,33 +460,28 @@ class GradientReducer(Reducer):
 
     # ------------------------------------------------- small host collectives
     def agree_any(self, flag: bool) -> bool:
-        """True on every rank when ``flag`` is true on at least one."""
         return bool(self.comm.allreduce(int(bool(flag)), op=self.MPI.MAX))
 
     def allreduce_sum(self, values: Sequence[float]) -> list[float]:
-        """Element-wise sum over ranks of a list of floats (same length everywhere)."""
         send = np.asarray(values, dtype=np.float64).reshape(-1)
         recv = np.empty_like(send)
         self.comm.Allreduce(send, recv, op=self.MPI.SUM)
         return [float(v) for v in recv]
 
     def allreduce_max(self, value: int) -> int:
-        """Maximum over ranks of an integer."""
         return int(self.comm.allreduce(int(value), op=self.MPI.MAX))
 
     def allgather(self, obj: Any) -> list[Any]:
-        return self.comm.allgather(obj)
+        gathered: list[Any] = self.comm.allgather(obj)
+        return gathered
 
     def bcast(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank."""
         return self.comm.bcast(obj, root=0)
 
     def check_errors(self, error: BaseException | None, where: str = "") -> None:
-        """Raise on every rank if any rank passes an exception (collective).
-
-        The rank that failed re-raises its own exception; the others raise
-        :class:`RankFailedError` with the lowest failing rank's message.
-        """
+        # Raise on every rank if any rank passes an exception (collective). The rank
+        # that failed re-raises its own exception; the others raise
+        # :class:`RankFailedError` with the lowest failing rank's message.
         if self.agree_any(error is not None):
             self._raise_agreed(error, where)
 
@@ -324,7 +497,8 @@ class GradientReducer(Reducer):
         raise RankFailedError(rank, where, message, tb)
 
     def abort(self, error: BaseException) -> None:
-        """``MPI_Abort``: the launcher ends every rank (nothing else reaches them now)."""
+        # ``MPI_Abort``: the launcher ends every rank (nothing else reaches them
+        # now).
         sys.stderr.write(
             f"[mlpx rank {self.rank}] {type(error).__name__} inside fit, outside the failure "
             "agreement: aborting the MPI job so that no rank waits forever\n"
@@ -334,11 +508,10 @@ class GradientReducer(Reducer):
 
     # ---------------------------------------------------------- settings
     def agree_settings(self, fingerprint: dict[str, Any]) -> None:
-        """Every rank's ``fingerprint`` must equal rank 0's; else ValueError everywhere.
-
-        Values are compared as their canonical JSON text (``repr`` for what JSON
-        cannot hold), so ``1`` and ``1.0`` differ, as they may train differently.
-        """
+        # Every rank's ``fingerprint`` must equal rank 0's; else ValueError
+        # everywhere. Values are compared as their canonical JSON text (``repr`` for
+        # what JSON cannot hold), so ``1`` and ``1.0`` differ, as they may train
+        # differently.
         mine = {k: _canonical(v) for k, v in fingerprint.items()}
         every = self.comm.allgather(mine)
         fields = sorted(set().union(*every))
@@ -356,12 +529,10 @@ class GradientReducer(Reducer):
 
     # ------------------------------------------------------- parameter sync
     def broadcast_params(self, params: Array) -> None:
-        """Overwrite the flat buffer ``params`` (shape (n_params,)) with rank 0's.
-
-        Each rank's local part (the copy to and from the host) runs inside the
-        failure agreement, so a rank that cannot take part never leaves the others
-        waiting in ``Bcast``; the buffers' sizes were agreed before (settings).
-        """
+        # Overwrite the flat buffer ``params`` (shape (n_params,)) with rank 0's.
+        # Each rank's local part (the copy to and from the host) runs inside the
+        # failure agreement, so a rank that cannot take part never leaves the others
+        # waiting in ``Bcast``; the buffers' sizes were agreed before (settings).
         be = self.backend
         host: np.ndarray | None = None
         error: BaseException | None = None
@@ -379,7 +550,7 @@ class GradientReducer(Reducer):
         self.check_errors(error, "broadcasting rank 0's parameters")
 
     def params_in_sync(self, params: Array) -> bool:
-        """True when ``params`` is bitwise identical on every rank (one small all-reduce)."""
+        # One small all-reduce of two checksums of the bytes.
         host = np.ascontiguousarray(self.backend.to_numpy(params))
         digest = np.frombuffer(host.tobytes(), dtype=np.uint8)
         # Two cheap position-weighted checksums; equal bytes give equal sums everywhere.
@@ -412,7 +583,7 @@ class GradientReducer(Reducer):
             This rank's loss, divided by the same denominator (0 without rows).
         error : exception, optional
             This rank's step failed: every rank raises (at once with host buffers,
-            at the next :meth:`check_errors` with device buffers).
+            at the next ``check_errors`` with device buffers).
         where : str
             Shown in the error other ranks raise.
 
@@ -536,6 +707,18 @@ def make_reducer(comm: Any, backend: str | Backend = "cpu") -> Reducer:
         ``MPI.COMM_WORLD``; "nccl" a NCCL communicator over it.
     backend : str or Backend
         Where the model's buffers live.
+
+    Returns
+    -------
+    Reducer
+        ``comm`` itself when it is a Reducer.
+
+    Raises
+    ------
+    ValueError
+        A string other than "mpi" or "nccl".
+    TypeError
+        Anything else that is not an mpi4py communicator.
     """
     if isinstance(comm, Reducer):
         return comm
@@ -576,6 +759,12 @@ def shard_indices(n: int, rank: int, size: int, block: int | None = None) -> np.
     Returns
     -------
     ndarray of int, shape (n_r,)
+        The rows of this rank's shard, increasing.
+
+    Raises
+    ------
+    ValueError
+        ``rank`` outside ``[0, size)``, or ``block`` not a positive integer.
     """
     if not 0 <= rank < size:
         raise ValueError(f"rank must be in [0, {size}), got {rank}")
@@ -592,7 +781,18 @@ def shard_indices(n: int, rank: int, size: int, block: int | None = None) -> np.
 
 
 def local_gpu_backend(comm: Any = None) -> str:
-    """``"gpu:<node-local rank % n_gpus>"``: the GPU this rank should use (collective)."""
+    """The GPU this rank should use: ``"gpu:<node-local rank % n_gpus>"`` (collective).
+
+    Parameters
+    ----------
+    comm : mpi4py communicator, optional
+        Default ``MPI.COMM_WORLD``.
+
+    Returns
+    -------
+    str
+        A backend name for ``backend=``.
+    """
     from mlpx.backends.cupy_backend import import_cupy
 
     cupy = import_cupy()
@@ -612,6 +812,11 @@ def abort_on_exception(comm: Any = None) -> None:
     Prints the traceback with the rank, then aborts, so the launcher ends every
     rank instead of the others waiting forever in a collective. The same as
     launching with ``python -m mpi4py script.py``.
+
+    Parameters
+    ----------
+    comm : mpi4py communicator, optional
+        Default ``MPI.COMM_WORLD``.
     """
     MPI = _import_mpi()
     comm = MPI.COMM_WORLD if comm is None else comm

@@ -37,11 +37,12 @@ _GPU_EXTRA = 'pip install "mlpx[gpu]"  (CUDA 13 driver: pip install "cupy-cuda13
 class Check:
     """One line of the report.
 
-    Attributes
+    Parameters
     ----------
     name : str
         What was probed ("CuPy", "NVRTC", ...).
     ok : bool
+        Whether it works.
     detail : str
         What was found (or why it is missing).
     fix : str or None
@@ -173,6 +174,7 @@ def run_checks() -> tuple[list[Check], list[str]]:
     Returns
     -------
     checks : list of Check
+        One per probe.
     backends : list of str
         :func:`mlpx.available_backends` (its GPU answer uses the same probe).
     """
@@ -193,7 +195,20 @@ def run_checks() -> tuple[list[Check], list[str]]:
 
 
 def render(checks: list[Check], backends: list[str]) -> str:
-    """The report as text (one line per check; a fix on its own line under a missing one)."""
+    """The report as text (one line per check; a fix on its own line under a missing one).
+
+    Parameters
+    ----------
+    checks : list of Check
+        From :func:`run_checks`.
+    backends : list of str
+        The usable backends.
+
+    Returns
+    -------
+    str
+        The report, ending with a newline.
+    """
     width = max(len(c.name) for c in checks)
     lines = [f"mlpx doctor: Python {platform.python_version()} on {platform.system()} {platform.machine()}"]
     for c in checks:
@@ -205,7 +220,13 @@ def render(checks: list[Check], backends: list[str]) -> str:
 
 
 def main() -> int:
-    """Print the report; always returns 0."""
+    """Print the report.
+
+    Returns
+    -------
+    int
+        The exit status: always 0 (a missing piece is reported, not an error).
+    """
     checks, backends = run_checks()
     print(render(checks, backends))
     return 0

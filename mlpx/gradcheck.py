@@ -46,7 +46,8 @@ def numerical_grad(f: Callable[[np.ndarray], float], x: np.ndarray, eps: float =
 
     Returns
     -------
-    ndarray, same shape as ``x``: ``(f(x + eps e_i) − f(x − eps e_i)) / 2 eps``.
+    ndarray, same shape as ``x``
+        Element i is ``(f(x + eps e_i) − f(x − eps e_i)) / 2 eps``.
     """
     if not isinstance(x, np.ndarray) or x.dtype != np.float64:
         raise TypeError("numerical_grad needs a float64 NumPy array (differences in float32 are noise)")
@@ -66,7 +67,23 @@ def numerical_grad(f: Callable[[np.ndarray], float], x: np.ndarray, eps: float =
 
 
 def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
-    """``‖a − n‖∞ / max(‖a‖∞, ‖n‖∞)`` (0 when both are exactly zero)."""
+    """Compute ``‖a − n‖∞ / max(‖a‖∞, ‖n‖∞)`` (0 when both are exactly zero).
+
+    Parameters
+    ----------
+    analytic, numeric : array_like
+        Two gradients of the same size.
+
+    Returns
+    -------
+    float
+        The largest absolute difference relative to the larger maximum.
+
+    Raises
+    ------
+    ValueError
+        The sizes differ.
+    """
     a = np.asarray(analytic, dtype=np.float64).ravel()
     n = np.asarray(numeric, dtype=np.float64).ravel()
     if a.shape != n.shape:
@@ -144,9 +161,11 @@ def check_gradients(
         A float32 model is checked through a float64 copy (same weights, backend).
         Dropout layers keep one fixed mask for the whole check.
     X : array_like, shape (n, n_features_in_)
+        The inputs.
     y : array_like
         Targets as :meth:`Sequential.fit` takes them.
     sample_weight : array_like, shape (n,), optional
+        Weights of the rows.
     l2 : float
         L2 penalty (included in the loss and its gradient).
     eps : float
@@ -189,7 +208,7 @@ def check_gradients(
             logits = twin.forward(Xdev, train=True)
             P = twin.output.forward(be, logits, out=be.empty(tuple(logits.shape), "float64"))
             value = be.to_float(lossfn.value(be, logits, P, Yd, wd, denom))
-        return value + 0.5 * l2 * float(np.dot(theta[:nw], theta[:nw])) / denom
+        return float(value + 0.5 * l2 * float(np.dot(theta[:nw], theta[:nw])) / denom)
 
     analytic: dict[str, np.ndarray] = {}
     numeric: dict[str, np.ndarray] = {}

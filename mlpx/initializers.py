@@ -29,11 +29,17 @@ def glorot_uniform(
     ----------
     rng : numpy.random.Generator or numpy.random.RandomState
         Anything with ``uniform(low, high, size)``.
+    n_in, n_out : int
+        The layer's input and output widths.
+    activation : str, default "relu"
+        The layer's activation (``"logistic"`` narrows the bound).
 
     Returns
     -------
     W : ndarray, shape (n_in, n_out), float64
+        The weights.
     b : ndarray, shape (n_out,), float64
+        The biases.
     """
     factor = 2.0 if activation == "logistic" else 6.0
     bound = np.sqrt(factor / (n_in + n_out))
@@ -48,16 +54,50 @@ def he_uniform(
     """He (Kaiming) uniform weights for ReLU-family layers; zero biases.
 
     ``W ~ U(-sqrt(6 / n_in), sqrt(6 / n_in))``, shape (n_in, n_out).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator or numpy.random.RandomState
+        Anything with ``uniform(low, high, size)``.
+    n_in, n_out : int
+        The layer's input and output widths.
+    activation : str, default "relu"
+        Accepted for the initialiser signature; not used.
+
+    Returns
+    -------
+    W : ndarray, shape (n_in, n_out), float64
+        The weights.
+    b : ndarray, shape (n_out,), float64
+        Zeros.
     """
     bound = np.sqrt(6.0 / n_in)
     return rng.uniform(-bound, bound, (n_in, n_out)), np.zeros(n_out)
 
 
+#: Initialiser by name, for ``init=`` of :class:`~mlpx.Dense` and :func:`~mlpx.MLP`.
 INITIALIZERS: dict[str, Init] = {"glorot": glorot_uniform, "he": he_uniform}
 
 
 def get_initializer(name: str | Init) -> Init:
-    """Look up an initialiser by name, or pass a callable through."""
+    """Look up an initialiser by name, or pass a callable through.
+
+    Parameters
+    ----------
+    name : str or callable
+        A key of :data:`INITIALIZERS` (``"glorot"``, ``"he"``), or an initialiser
+        with the signature of :func:`glorot_uniform`.
+
+    Returns
+    -------
+    callable
+        ``init(rng, n_in, n_out, activation) -> (W, b)``.
+
+    Raises
+    ------
+    ValueError
+        An unknown name (the message lists the valid ones).
+    """
     if callable(name):
         return name
     if not isinstance(name, str) or name not in INITIALIZERS:

@@ -414,6 +414,7 @@ class Dropout(Layer):
         return {"type": "Dropout", "p": self.p, "seed": self.seed}
 
 
+#: Layer class by the name model files record.
 LAYERS: dict[str, type[Layer]] = {
     "Dense": Dense,
     "ActivationLayer": ActivationLayer,
@@ -422,7 +423,7 @@ LAYERS: dict[str, type[Layer]] = {
 
 
 def layer_from_config(config: dict[str, Any]) -> Layer:
-    """Rebuild a layer from :meth:`Layer.get_config` output (used by ``mlpx.load``)."""
+    """Rebuild a layer from ``Layer.get_config()`` output (used by ``mlpx.load``)."""
     if not isinstance(config, dict):
         raise ValueError(f"a layer record must be a JSON object, got {config!r}")
     config = dict(config)

@@ -24,14 +24,14 @@ the chain rule: the loss is computed on the outputs ``Ŷ = g(Z)``, its derivativ
 ``dZ = ∂L/∂Ŷ ⊙ g'(Z)`` (:class:`OutputLoss`; e.g. a sigmoid output trained with
 squared error). The canonical pairs above keep their one-kernel shortcut.
 
-=====================  ============================  ==================================
-loss on outputs Ŷ      per-sample loss l_i           ∂l_i/∂ŷ_ij, outputs allowed
-=====================  ============================  ==================================
-squared_error          ½ Σ_j (ŷ_ij − y_ij)²          ŷ − y; any output
-cross_entropy          −Σ_j y_ij log ŷ_ij            −y/ŷ; softmax, logistic, exp
-binary_cross_entropy   −Σ_j y log ŷ + (1−y) log(1−ŷ)  (ŷ − y)/(ŷ(1 − ŷ)); logistic, softmax
-poisson                Σ_j ŷ − y log ŷ + y log y − y  1 − y/ŷ; exp, softmax, logistic
-=====================  ============================  ==================================
+=====================  ================================  ==================================
+loss on outputs Ŷ      per-sample loss l_i               ∂l_i/∂ŷ_ij, outputs allowed
+=====================  ================================  ==================================
+squared_error          ½ Σ_j (ŷ_ij − y_ij)²              ŷ − y; any output
+cross_entropy          −Σ_j y_ij log ŷ_ij                −y/ŷ; softmax, logistic, exp
+binary_cross_entropy   −Σ_j y log ŷ + (1−y) log(1−ŷ)     (ŷ − y)/(ŷ(1 − ŷ)); logistic, softmax
+poisson                Σ_j ŷ − y log ŷ + y log y − y     1 − y/ŷ; exp, softmax, logistic
+=====================  ================================  ==================================
 
 Where the output reaches a boundary of the domain (a probability that rounds to
 0), the logarithm's argument is clipped to the dtype's smallest normal number, so
@@ -395,6 +395,7 @@ class Loss:
         return f"Loss({self.name!r}, output={self.output!r})"
 
 
+#: Loss by name (``loss=`` of ``fit``), with the outputs each applies to.
 LOSSES: dict[str, Loss] = {
     "cross_entropy": Loss("cross_entropy", "softmax", cross_entropy, cross_entropy_on_outputs,
                           ("softmax", "logistic", "exp")),

@@ -59,7 +59,7 @@ def correct_count(xp: Any, Z: Array, Y: Array, output: str, threshold: float = 0
 
 
 @lazy_njit
-def arg_max(Z, i):  # pragma: no cover - compiled
+def arg_max(Z: np.ndarray, i: int) -> int:  # pragma: no cover - compiled
     """``numpy.argmax`` of row ``i`` of ``Z`` (n, k): the first maximum, or the first
     NaN (NumPy and CuPy count NaN as the largest), so a diverged model's count is
     the same on every backend."""
@@ -74,10 +74,10 @@ def arg_max(Z, i):  # pragma: no cover - compiled
 
 
 @lazy_njit
-def row_hit(Z, Y, i, softmax, threshold):  # pragma: no cover - compiled
+def row_hit(Z: np.ndarray, Y: np.ndarray, i: int, softmax: bool, threshold: float) -> bool:  # pragma: no cover
     """Is row ``i`` of ``Z`` (n, k) predicted right, as :func:`correct_count` decides?"""
     if softmax:
-        return arg_max(Z, i) == arg_max(Y, i)
+        return bool(arg_max(Z, i) == arg_max(Y, i))
     for j in range(Z.shape[1]):
         if (Z[i, j] > threshold) != (Y[i, j] > 0.5):
             return False
@@ -85,7 +85,7 @@ def row_hit(Z, Y, i, softmax, threshold):  # pragma: no cover - compiled
 
 
 @lazy_njit
-def _correct_count_loop(Z, Y, softmax, threshold):  # pragma: no cover - compiled
+def _correct_count_loop(Z: np.ndarray, Y: np.ndarray, softmax: bool, threshold: float) -> int:  # pragma: no cover
     hits = 0
     for i in range(Z.shape[0]):
         hits += row_hit(Z, Y, i, softmax, threshold)

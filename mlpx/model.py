@@ -43,7 +43,7 @@ from mlpx.losses import Loss, OutputLoss, l2_penalty, pair
 from mlpx.metrics import PREDICT_CHUNK, correct_count, holdout_scores, iter_chunks
 from mlpx.optimizers import Optimizer
 from mlpx.precision import all_finite, get_precision, scale_cast
-from mlpx.saving import MAX_PARAMS, ModelFileError, check_architecture, read_model_file, write_model_file
+from mlpx.saving import MAX_PARAMS, ModelFile, ModelFileError, check_architecture, write_model_file
 from mlpx.validation import check_int, check_real, check_sample_weight, check_seed, check_X, encode_targets
 
 __all__ = ["MLP", "Sequential", "StepResult", "load"]
@@ -346,6 +346,9 @@ class Sequential:
         for i, name, _shape, a, b in self._slots:
             host[a:b] = np.ravel(drawn[i][name])
         self.set_flat_params(host)
+        self._seed_dropout(seed)
+
+    def _seed_dropout(self, seed: Any) -> None:
         for k, layer in enumerate(self.layers):
             if isinstance(layer, Dropout):
                 layer.reseed(seed + 1 + k if isinstance(seed, (int, np.integer)) else None)
@@ -831,6 +834,7 @@ class Sequential:
         lr: float | None = None,
         comm: Any = None,
         stream_data: bool | None = None,
+        resume_from: Any = None,
     ) -> Any:
         """Train on ``(X, y)`` with minibatch gradient descent.
 
@@ -874,6 +878,15 @@ class Sequential:
             through pinned, double-buffered copies (:mod:`mlpx.data`). ``None``
             (default) streams only on a GPU whose free memory the data would more than
             half fill; ``False`` moves it to the device once.
+        resume_from : str or path, optional
+            A checkpoint (:class:`~mlpx.saving.ModelCheckpoint`) of this run to
+            continue: its weights, optimizer state, counters and generator states
+            are loaded first (:func:`mlpx.saving.resume`), then the remaining
+            epochs run, so the result is bit-identical to the uninterrupted run.
+            ``epochs`` is the run's total (as Keras' ``epochs`` with
+            ``initial_epoch``): a checkpoint after 3 epochs and ``epochs=10`` runs 7.
+            The checkpoint's optimizer is used (``optimizer`` must name its kind or
+            be an instance of its class); ``lr`` and ``validation_split`` are refused.
 
         Returns
         -------
@@ -893,7 +906,7 @@ class Sequential:
             self, X, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer, loss=loss,
             validation_data=validation_data, validation_split=validation_split, shuffle=shuffle,
             callbacks=callbacks, verbose=verbose, sample_weight=sample_weight, l2=l2, lr=lr,
-            comm=comm, stream_data=stream_data,
+            comm=comm, stream_data=stream_data, resume_from=resume_from,
         )
 
     def shuffle_generator(self, rank: int = 0) -> np.random.Generator:
@@ -986,16 +999,10 @@ class Sequential:
                 )
             if not np.isfinite(params).all():
                 raise ModelFileError("model record: params contain NaN or infinity")
-        try:
-            layers = [layer_from_config(c) for c in config["layers"]]
-            model = cls(layers, backend=backend, dtype=config["dtype"], seed=config.get("seed"),
-                        precision=config.get("precision"))
-        except (ModelFileError, BackendError):
-            raise
-        except ValueError as exc:  # InvalidParameterError included: the record is at fault
-            raise ModelFileError(f"model record: {exc}") from None
-        if params is not None:
-            model.set_flat_params(params)
+        if params is None:
+            return _from_record(cls, config, backend, initialize=True)
+        model = _from_record(cls, config, backend, initialize=False)
+        model.set_flat_params(params)
         return model
 
     def save(self, path: Any) -> Any:
@@ -1066,6 +1073,27 @@ def _unpickle(config: dict[str, Any], params: np.ndarray, backend: str, state: d
     return model
 
 
+def _from_record(cls: type[Sequential], config: dict[str, Any], backend: str | Backend,
+                 initialize: bool) -> Sequential:
+    """The network of a checked record; without ``initialize`` its weights are zeros
+    (the caller sets them: no initial draw that they would replace)."""
+    try:
+        layers = [layer_from_config(c) for c in config["layers"]]
+        model = cls([], backend=backend, dtype=config["dtype"], seed=config.get("seed"),
+                    precision=config.get("precision"))
+        model._given = layers
+        model._build()
+    except (ModelFileError, BackendError):
+        raise
+    except ValueError as exc:  # InvalidParameterError included: the record is at fault
+        raise ModelFileError(f"model record: {exc}") from None
+    if initialize:
+        model.initialize(model.seed)
+    else:
+        model._seed_dropout(model.seed)
+    return model
+
+
 def _split_output(layers: list[Layer]) -> tuple[list[Layer], Activation]:
     """Separate the output activation from the stack (the last layer yields logits).
 
@@ -1087,6 +1115,8 @@ def load(path: Any, backend: str | Backend = "cpu", *, max_params: int = MAX_PAR
     Parameters
     ----------
     path : str or path
+        ``path + ".npz"`` is found when ``path`` does not exist (``save(path)``
+        appends the suffix).
     backend : str or Backend, default "cpu"
     max_params : int, default :data:`mlpx.saving.MAX_PARAMS`
         Refuse files that describe more parameters than this.
@@ -1094,18 +1124,28 @@ def load(path: Any, backend: str | Backend = "cpu", *, max_params: int = MAX_PAR
     Raises
     ------
     ModelFileError
-        Anything wrong with the file (:func:`mlpx.saving.read_model_file`); nothing
-        is allocated for the network before its description has been checked
-        against the stored data.
+        Anything wrong with the file (:class:`mlpx.saving.ModelFile`), a device,
+        FIFO or directory included; nothing is allocated for the network before its
+        description has been checked against the stored data. The parameters are
+        streamed into the network's own buffer, so a load allocates the network
+        (parameters and gradients: twice the parameter bytes) and a constant
+        besides, whatever the file.
     OSError
-        The file cannot be opened (missing, a directory, no permission).
+        The file cannot be opened (missing, no permission).
     """
     be = get_backend(backend)
-    record, arrays = read_model_file(path, max_params=max_params)
-    try:
-        return Sequential.from_config(record, arrays["params"], be)
-    except ModelFileError as exc:
-        raise ModelFileError(f"{path}: {exc}") from None
+    with ModelFile(path, max_params=max_params) as f:
+        try:
+            model = _from_record(Sequential, f.record, be, initialize=False)
+        except ModelFileError as exc:
+            raise ModelFileError(f"{f.path}: {exc}") from None
+        # On NumPy the file's data goes straight into the parameter buffer.
+        direct = isinstance(model.params, np.ndarray) and model.params.dtype == f.dtype
+        with model.parameter_lock.write():
+            params = f.read_params(out=model.params if direct else None)
+        if not direct:
+            model.set_flat_params(params)
+    return model
 
 
 def MLP(
@@ -1131,25 +1171,38 @@ def MLP(
         Output activation: softmax (multiclass), logistic (binary / multilabel),
         identity (regression), exp (Poisson), or any hidden activation (pass a
         ``loss=`` to ``fit`` that suits it).
+    backend : str or Backend, default "cpu"
+        ``"cpu"``, ``"cpu:mkl"``, ``"cpu:blis"``, ``"gpu"``, ``"gpu:N"``, ``"auto"``,
+        ``"array_api_strict"``, ``"array-api:<module>"`` or a Backend instance.
+    dtype : {"float32", "float64"}, default "float32"
+        The dtype of parameters, gradients and optimizer state.
+    seed : int, optional
+        Seeds the initial weights (drawn on the host, so every backend starts from
+        the same ones). NumPy integers are accepted (and stored as Python ints).
     dropout : float in [0, 1), default 0
         Dropout rate after each hidden layer.
-    seed : int, optional
-        NumPy integers are accepted (and stored as Python ints).
+    init : {"glorot", "he"} or callable, default "glorot"
+        Weight initialiser (:mod:`mlpx.initializers`).
+    precision : {None, "float32", "tf32", "bf16", "fp16"}, optional
+        See :class:`Sequential` and :mod:`mlpx.precision`.
+
+    Returns
+    -------
+    Sequential
+        Dense layers ``sizes[k] -> sizes[k + 1]``, not yet trained.
 
     Raises
     ------
     InvalidParameterError
         (a ValueError and TypeError) A width that is not a positive integer: 8.7 is
         refused, not truncated, and so is 8.0, as scikit-learn does.
-    precision : {None, "float32", "tf32", "bf16", "fp16"}, optional
-        See :class:`Sequential` and :mod:`mlpx.precision`.
 
     Examples
     --------
     >>> import mlpx
     >>> model = mlpx.MLP([64, 128, 64, 32, 10], activation="relu", output="softmax", seed=0)
     >>> model.n_params
-    19754
+    18986
     """
     if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
         raise TypeError(f"sizes must be a sequence of layer widths, got {sizes!r}")

@@ -29,14 +29,19 @@ trained in a stack) and ``not_stacked_reason``, and on the ``mlpx`` logger:
 an estimator that is not an mlpx MLP, fit parameters other than
 ``sample_weight``.
 
-Example
--------
+Examples
+--------
+>>> from sklearn.datasets import load_digits
 >>> from mlpx import MLPClassifier
 >>> from mlpx.model_selection import GridSearchCV
->>> search = GridSearchCV(MLPClassifier(max_iter=50, batch_size=64, random_state=0),
-...                       {"alpha": [1e-4, 1e-3, 1e-2], "learning_rate_init": [1e-3, 3e-3, 1e-2, 3e-2]},
-...                       cv=5).fit(X, y)                                   # doctest: +SKIP
->>> search.best_params_, search.cv_results_["stacked"]                    # doctest: +SKIP
+>>> X, y = load_digits(return_X_y=True)
+>>> search = GridSearchCV(MLPClassifier(hidden_layer_sizes=(32,), max_iter=10, batch_size=64, random_state=0),
+...                       {"alpha": [1e-4, 1e-2], "learning_rate_init": [1e-3, 1e-2]},
+...                       cv=3).fit(X / 16.0, y)
+>>> sorted(search.best_params_)
+['alpha', 'learning_rate_init']
+>>> bool(search.cv_results_["stacked"].all())    # all 4 × 3 fits trained as one stack
+True
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ import numbers
 import time
 import traceback
 from collections import defaultdict
-from typing import Any
+from typing import Any, Callable, TypeVar, cast
 
 import numpy as np
 from sklearn import model_selection as _sk
@@ -97,12 +102,21 @@ class _Task:
         self.result: dict[str, Any] | None = None
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _search_fit_context(method: _F) -> _F:
+    # scikit-learn's decorator, typed: its package has no annotations, which would
+    # make the decorated fit untyped.
+    return cast(_F, _fit_context(prefer_skip_nested_validation=False)(method))
+
+
 class _StackedSearch:
     """The ``fit`` shared by both searches: scikit-learn's, with the fits stacked."""
 
     max_stack: int | None
 
-    @_fit_context(prefer_skip_nested_validation=False)
+    @_search_fit_context
     def fit(self, X: Any, y: Any = None, **params: Any) -> Any:
         """Run fit with all sets of parameters (see scikit-learn's ``BaseSearchCV.fit``).
 
@@ -235,7 +249,8 @@ class _StackedSearch:
         if any(reasons) and self.verbose > 0:
             print(f"mlpx: {sum(1 for r in reasons if r)} candidate(s) fitted one fold at a time: "
                   f"{'; '.join(sorted(set(r for r in reasons if r)))}")
-        return [t.result for t in tasks], {"stacked": stacked, "not_stacked_reason": reasons}
+        results = cast("list[dict[str, Any]]", [t.result for t in tasks])  # every task has run
+        return results, {"stacked": stacked, "not_stacked_reason": reasons}
 
     def _prepare(self, task: _Task, base: Any, X: Any, y: Any, fit_params: dict[str, Any],
                  cache: dict[Any, tuple[Any, Any]]) -> None:
@@ -328,12 +343,31 @@ class _StackedSearch:
 
 
 class GridSearchCV(_StackedSearch, _sk.GridSearchCV):
-    """scikit-learn's ``GridSearchCV``, with the mlpx fits of the grid trained as stacks.
+    """Search a grid as scikit-learn's ``GridSearchCV`` does, training the mlpx fits as stacks.
 
     Parameters
     ----------
-    estimator, param_grid, scoring, n_jobs, refit, cv, verbose, pre_dispatch, error_score, return_train_score
-        As in scikit-learn; ``n_jobs`` parallelises only the fits that cannot stack.
+    estimator : MLPClassifier, MLPRegressor, Pipeline or estimator
+        The fits of an mlpx MLP (or a ``Pipeline`` ending in one) stack; any other
+        estimator is fitted one candidate at a time, as scikit-learn does.
+    param_grid : dict or list of dict
+        Parameter names to lists of values, as in scikit-learn.
+    scoring : str, callable, list, tuple, dict or None, default=None
+        The scorer(s), as in scikit-learn; None: the estimator's ``score``.
+    n_jobs : int or None, default=None
+        Workers for the fits that cannot stack (stacks run in this process).
+    refit : bool, str or callable, default=True
+        Refit the best candidate on the whole data, as in scikit-learn.
+    cv : int, cross-validation generator or iterable, default=None
+        The splits, as in scikit-learn (5-fold, stratified for classifiers).
+    verbose : int, default=0
+        The verbosity, as in scikit-learn.
+    pre_dispatch : int or str, default="2*n_jobs"
+        Jobs dispatched at once for the fits that cannot stack.
+    error_score : "raise" or float, default=np.nan
+        The score of a fit that raised, as in scikit-learn.
+    return_train_score : bool, default=False
+        Also score each fit on its training folds.
     max_stack : int, optional
         Most fits per stack (memory grows linearly with the members: one
         ``(n_params,)`` row each of weights, gradients and optimizer state, and
@@ -364,14 +398,34 @@ class GridSearchCV(_StackedSearch, _sk.GridSearchCV):
 
 
 class RandomizedSearchCV(_StackedSearch, _sk.RandomizedSearchCV):
-    """scikit-learn's ``RandomizedSearchCV``, with the mlpx fits trained as stacks.
+    """Search sampled settings as scikit-learn's ``RandomizedSearchCV`` does, training mlpx fits as stacks.
 
     Parameters
     ----------
-    estimator, param_distributions, n_iter, scoring, n_jobs, refit, cv, verbose, pre_dispatch, random_state
-        As in scikit-learn (the same candidates are drawn for the same ``random_state``).
-    error_score, return_train_score
-        As in scikit-learn.
+    estimator : MLPClassifier, MLPRegressor, Pipeline or estimator
+        As in :class:`GridSearchCV`.
+    param_distributions : dict or list of dict
+        Parameter names to distributions or lists, as in scikit-learn.
+    n_iter : int, default=10
+        Candidates drawn.
+    scoring : str, callable, list, tuple, dict or None, default=None
+        The scorer(s), as in scikit-learn; None: the estimator's ``score``.
+    n_jobs : int or None, default=None
+        Workers for the fits that cannot stack (stacks run in this process).
+    refit : bool, str or callable, default=True
+        Refit the best candidate on the whole data, as in scikit-learn.
+    cv : int, cross-validation generator or iterable, default=None
+        The splits, as in scikit-learn (5-fold, stratified for classifiers).
+    verbose : int, default=0
+        The verbosity, as in scikit-learn.
+    pre_dispatch : int or str, default="2*n_jobs"
+        Jobs dispatched at once for the fits that cannot stack.
+    random_state : int, RandomState instance or None, default=None
+        Draws the candidates: the same ones as scikit-learn's for the same value.
+    error_score : "raise" or float, default=np.nan
+        The score of a fit that raised, as in scikit-learn.
+    return_train_score : bool, default=False
+        Also score each fit on its training folds.
     max_stack : int, optional
         Most fits per stack (see :class:`GridSearchCV`).
 

@@ -18,16 +18,16 @@ float32 sample computes in float32).
 Classifiers (``MLPClassifier``) have the outputs skl2onnx gives scikit-learn's
 ``MLPClassifier``, so serving code can switch between the two:
 
-=================  =========================================  =========================================
-``zipmap=``        label output                               probability output(s)
-=================  =========================================  =========================================
-True (default)     ``output_label``: int64 or string ``(N,)``  ``output_probability``: a sequence of
-                                                              maps ``{class: float}``, one per row
-False              ``label``: int64 or string ``(N,)``         ``probabilities``: ``(N, n_classes)``
-"columns"          ``output_label``                            one ``(N,)`` output per class, named
-                                                              ``i<label>`` (integer labels) or
-                                                              ``s<label>`` (strings)
-=================  =========================================  =========================================
+=================  ===========================================  =========================================
+``zipmap=``        label output                                 probability output(s)
+=================  ===========================================  =========================================
+True (default)     ``output_label``: int64 or string ``(N,)``   ``output_probability``: a sequence of
+                                                                maps ``{class: float}``, one per row
+False              ``label``: int64 or string ``(N,)``          ``probabilities``: ``(N, n_classes)``
+"columns"          ``output_label``                             one ``(N,)`` output per class, named
+                                                                ``i<label>`` (integer labels) or
+                                                                ``s<label>`` (strings)
+=================  ===========================================  =========================================
 
 Integer (and boolean, or integral float) class labels come out as int64, string
 labels as strings; ``predict_proba``'s columns are ``classes_`` in order (two
@@ -72,7 +72,7 @@ import functools
 import numbers
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -205,7 +205,7 @@ def _float_dtype(dtype: Any) -> str:
         name = repr(dtype)
     if name not in _PROTO:
         raise ValueError(f"ONNX export computes in float32 or float64, not {name}")
-    return name
+    return str(name)
 
 
 def _from_sequential(model: Any) -> _Net:
@@ -259,6 +259,7 @@ def _from_estimator(est: Any) -> _Net:
 
 
 def _check_classes(net: _Net) -> None:
+    assert net.classes is not None  # called for classifiers only
     n_classes, k = len(net.classes), net.n_outputs
     if n_classes < 2:
         raise ValueError("a classifier fitted on a single class cannot be exported to ONNX")
@@ -344,7 +345,7 @@ class _Graph:
     def strings(self, hint: str, values: list[str]) -> str:
         name = self.fresh(hint)
         self.initializers.append(
-            helper.make_tensor(name, TensorProto.STRING, [len(values)], [v.encode("utf-8") for v in values])
+            helper.make_tensor(name, TensorProto.STRING, [len(values)], cast(Any, [v.encode("utf-8") for v in values]))
         )
         return name
 
@@ -492,6 +493,7 @@ def _sequential_classifier(g: _Graph, net: _Net, Z: str) -> list[Any]:
 
 def _estimator_classifier(g: _Graph, net: _Net, Z: str, zipmap: bool | str) -> list[Any]:
     """scikit-learn's predict / predict_proba with skl2onnx's output interface."""
+    assert net.classes is not None  # estimator classifiers have classes
     labels, label_type = _class_labels(net.classes)
     n_classes = len(labels)
     multilabel = net.output == "logistic" and net.n_outputs > 1
@@ -509,7 +511,7 @@ def _estimator_classifier(g: _Graph, net: _Net, Z: str, zipmap: bool | str) -> l
             idx = g.op("Reshape", [_logistic_labels(g, Z), g.const("flat", [-1], np.int64)])
         else:
             idx = g.op("ArgMax", [P], axis=1, keepdims=0)
-        table = g.strings("classes", labels) if label_type == TensorProto.STRING else g.const(
+        table = g.strings("classes", cast("list[str]", labels)) if label_type == TensorProto.STRING else g.const(
             "classes", labels, np.int64)
         g.op("Gather", [table, idx], out=label_name, axis=0)
         label_shape = [None]

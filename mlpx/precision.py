@@ -54,12 +54,27 @@ PRECISIONS: dict[str, tuple[str, bool]] = {
 # ------------------------------------------------------------------ kernels
 @kernel
 def scale_cast(xp: Any, src: Array, factor: float, out: Array) -> Array:
-    """``src · factor``, computed in float32, in ``out``'s dtype (and in ``out`` on
-    NumPy and CuPy).
+    """Compute ``src · factor`` in float32 and store it in ``out``'s dtype.
 
     Converts between the master (float32) and compute (float16 / bfloat16) buffers
     in one pass, applying or removing the loss scale on the way. The product is
     formed in float32 so that unscaling a half-precision gradient cannot underflow.
+
+    Parameters
+    ----------
+    xp : namespace
+        The backend's array namespace (passed by ``Backend.run``).
+    src : array
+        Any shape and floating dtype.
+    factor : float
+        The scale (1.0 for a plain conversion).
+    out : array
+        ``src``'s shape; its dtype is the result's.
+
+    Returns
+    -------
+    array
+        ``out`` on NumPy and CuPy, a new array elsewhere.
     """
     return xp.astype(xp.astype(src, xp.float32) * factor, out.dtype)
 
@@ -74,7 +89,20 @@ def _scale_cast_np(xp: Any, src: Array, factor: float, out: Array) -> Array:
 
 @kernel
 def all_finite(xp: Any, a: Array) -> Array:
-    """0-d boolean: no NaN or infinity in ``a`` (the fp16 overflow check)."""
+    """Whether ``a`` holds no NaN or infinity (the fp16 overflow check).
+
+    Parameters
+    ----------
+    xp : namespace
+        The backend's array namespace (passed by ``Backend.run``).
+    a : array
+        Any shape.
+
+    Returns
+    -------
+    array
+        A 0-d boolean on the device (read it back once, where needed).
+    """
     return xp.all(xp.isfinite(a))
 
 
@@ -84,6 +112,16 @@ def check_range(X: Any, compute_dtype: str, name: str = "X") -> None:
     Parameters
     ----------
     X : ndarray, shape (n, n_features), host, already checked finite
+        The input.
+    compute_dtype : str
+        The dtype the model computes in; only ``"float16"`` limits the range here.
+    name : str, default "X"
+        The argument's name, for the message.
+
+    Raises
+    ------
+    ValueError
+        A value beyond float16's range (65504) for a float16 model.
     """
     if compute_dtype != "float16" or getattr(X, "size", 0) == 0:
         return
@@ -107,6 +145,7 @@ class LossScaler:
         row with finite gradients, and by ``backoff_factor`` after a step whose
         gradients overflowed (that step is skipped).
     growth_interval : int
+        Steps with finite gradients in a row before the scale grows.
 
     Attributes
     ----------
@@ -131,7 +170,13 @@ class LossScaler:
         self.skipped = 0
 
     def update(self, found_inf: bool) -> None:
-        """Adjust the scale after a step (``found_inf``: the gradients overflowed)."""
+        """Adjust the scale after a step.
+
+        Parameters
+        ----------
+        found_inf : bool
+            Whether the step's gradients overflowed (the step was skipped).
+        """
         if found_inf:
             self.scale = max(self.scale * self.backoff_factor, 2.0**-24)
             self.good_steps = 0
@@ -144,9 +189,23 @@ class LossScaler:
                 self.good_steps = 0
 
     def get_state(self) -> dict[str, float]:
+        """The scaler's state, for checkpoints.
+
+        Returns
+        -------
+        dict
+            ``"scale"``, ``"good_steps"`` and ``"skipped"``.
+        """
         return {"scale": self.scale, "good_steps": self.good_steps, "skipped": self.skipped}
 
     def set_state(self, state: dict[str, float]) -> None:
+        """Restore :meth:`get_state`.
+
+        Parameters
+        ----------
+        state : dict
+            From :meth:`get_state`.
+        """
         self.scale = float(state["scale"])
         self.good_steps = int(state["good_steps"])
         self.skipped = int(state["skipped"])
@@ -159,7 +218,7 @@ class LossScaler:
 class Precision:
     """A resolved precision mode.
 
-    Attributes
+    Parameters
     ----------
     name : str
         ``"float32"``, ``"tf32"``, ``"bf16"``, ``"fp16"`` or ``"float64"``.
@@ -200,6 +259,12 @@ def get_precision(spec: str | None, dtype: str, backend: Any) -> Precision:
     dtype : {"float32", "float64"}
         The model's (master) dtype.
     backend : Backend
+        The model's backend.
+
+    Returns
+    -------
+    Precision
+        The mode, with a fresh :class:`LossScaler` for ``"fp16"``.
 
     Raises
     ------

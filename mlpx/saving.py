@@ -5,12 +5,17 @@ and ``params`` (the flat parameter buffer as a host array); checkpoints add
 ``opt_<name>`` arrays of optimizer state. Nothing in it is pickled code, so loading
 an untrusted file runs nothing.
 
-Reading (:func:`read_model_file`, used by :func:`mlpx.load`) trusts nothing in the file: the
-archive, each entry's header, the JSON record and every layer record are checked,
-and the parameter count implied by the layers is compared with the stored array's
-header *before* any array is read or any layer is built. A file that is too short
-to hold what its headers claim is refused before allocation, so a crafted 1.5 KB
-file cannot make ``load`` allocate gigabytes. Every defect raises
+Reading (:class:`ModelFile`, used by :func:`read_model_file`, :func:`mlpx.load` and
+:func:`load_checkpoint`) trusts nothing in the file (:mod:`mlpx.archive`): only a
+regular file is opened (a device such as ``/dev/zero``, a FIFO or a directory is
+refused at once), its zip structure is checked before :mod:`zipfile` reads it, the
+JSON record and every layer record are checked, and every array's header is
+compared with the parameter count the layers imply *before* any array is read or
+any layer is built. Only the entries a reader needs are decompressed, in bounded
+chunks and never past the size the record declares; entries other than
+``config``, ``params`` and the state arrays of a checkpoint's optimizer are
+refused by name. So no file, however crafted, makes a load allocate more than the
+arrays its record declares plus a constant (a few MiB). Every defect raises
 :class:`ModelFileError` (a ``ValueError``) saying what is wrong.
 
 Writing (:func:`write_model_file`, used by ``Sequential.save`` and by checkpoints)
@@ -34,72 +39,62 @@ data-parallel training). ``Sequential.save`` writes a model file and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-import re
-import struct
-import zipfile
-import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import numpy as np
 
 from mlpx.activations import ACTIVATIONS
+from mlpx.archive import Archive, ModelFileError
 from mlpx.atomic_write import write_atomically
-from mlpx.callbacks import Callback
+from mlpx.callbacks import Callback, check_mode, monitor_sign
 from mlpx.distributed import make_reducer
+from mlpx.generators import check_generator_states, generator_states, restore_generator_states
 from mlpx.initializers import INITIALIZERS
+from mlpx.layers import Dropout
 from mlpx.optimizers import OPTIMIZERS, Optimizer
 from mlpx.precision import PRECISIONS
+from mlpx.validation import check_bool, check_int
 
 __all__ = [
     "FORMAT_VERSION",
     "MAX_PARAMS",
     "ModelCheckpoint",
+    "ModelFile",
     "ModelFileError",
     "check_architecture",
+    "checkpoint_contents",
     "load_checkpoint",
     "read_model_file",
+    "resume",
     "save_checkpoint",
     "write_model_file",
 ]
 
 FORMAT = "mlpx"
+#: Version of the model-file format this mlpx writes; newer files are refused.
 FORMAT_VERSION = 1
 
 #: Default cap on the parameters a file may describe (4 GiB of float32). Larger
 #: models load with ``load(path, max_params=...)``.
 MAX_PARAMS = 1 << 30
 _MAX_LAYERS = 100_000
-_MAX_CONFIG_BYTES = 1 << 26  # 16 Mi characters of JSON (UCS-4 in the .npy)
-# Deflate cannot expand data by more than about 1032:1; a header that claims more
-# than that from the compressed bytes present is a lie, refused before allocating.
-_DEFLATE_RATIO = 1100
-_OPT_ENTRY = re.compile(r"opt_[A-Za-z_][A-Za-z0-9_]*")
+# The JSON record: ample for 10,000 layers. Parsing JSON costs up to ~25 bytes of
+# Python objects per character, so this also bounds what the record can allocate.
+_MAX_CONFIG_CHARS = 1 << 20
 
 _RECORD_KEYS = {"format", "version", "layers", "dtype", "seed"}
-_OPTIONAL_KEYS = {"precision", "train_state"}
+_TRAIN_STATE_KEYS = {"epochs_done", "samples_seen", "loss", "loss_scaler", "optimizer", "generators"}
+_OPTIONAL_KEYS = {"precision", "train_state", "estimator"}
 _LAYER_KEYS = {
     "Dense": {"type", "n_in", "n_out", "activation", "init"},
     "ActivationLayer": {"type", "activation"},
     "Dropout": {"type", "p", "seed"},
 }
-
-
-class ModelFileError(ValueError):
-    """A model file or record that mlpx cannot read.
-
-    Raised for every defect of the file itself: not an ``.npz`` archive (or a
-    ``.npy`` given for one), damaged or truncated, a config that is not a JSON
-    object, missing or unknown keys, a bad layer record (unknown type or
-    activation, a width that is not a positive integer, widths that do not chain),
-    an unsupported dtype, parameters that are not a real float array of the
-    record's dtype and exact length or are not finite, a network above the
-    parameter cap, or a format version newer than this mlpx reads. The message
-    names the file and the defect.
-    """
 
 
 # ------------------------------------------------------------------ writing
@@ -108,7 +103,7 @@ def write_model_file(
 ) -> Path:
     """Atomically write an mlpx ``.npz``: ``config`` as JSON beside host ``arrays``.
 
-    Used by :func:`save` and by training checkpoints, which add optimizer state.
+    Used by ``Sequential.save`` and by training checkpoints, which add optimizer state.
 
     * Readers see the old file or the new one, never a partial one: the data is
       written to ``.<name>.mlpx-tmp-<pid>-<random>`` in the target's folder,
@@ -119,6 +114,15 @@ def write_model_file(
     * An existing target keeps its permission bits (and, where allowed, its owner
       and group); a new one gets the usual ``0o666 & ~umask``.
     * A symbolic link is written through: its target is replaced, the link stays.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file; ``.npz`` is appended when missing.
+    config : dict
+        JSON-serialisable record (architecture, dtype, training state).
+    arrays : dict of str to ndarray
+        Host arrays to store beside it (``"params"``, optimizer state).
 
     Returns
     -------
@@ -132,15 +136,119 @@ def write_model_file(
     # Before any file is touched: a record that cannot be written as strict JSON
     # (NumPy scalars, NaN) is an error here, not a temporary file left behind.
     text = json.dumps(record, allow_nan=False)
-    write_atomically(path, lambda fh: np.savez(fh, config=np.array(text), **arrays))
+    # (cast: NumPy's stub types the keyword arguments as allow_pickle's bool)
+    write_atomically(path, lambda fh: cast(Any, np.savez)(fh, config=np.array(text), **arrays))
     return path
 
 
 # ------------------------------------------------------------------ reading
+class ModelFile:
+    """An mlpx file opened for reading: its record checked, its arrays not read yet.
+
+    Opening checks the file (:class:`~mlpx.archive.Archive`: a regular file, a
+    sound zip structure), the entry names, the JSON record and the architecture it
+    describes; each array is then read by a method that checks its header against
+    the record before reading any data, and streams the data into its destination.
+    Use as a context manager.
+
+    Parameters
+    ----------
+    path : str or path
+        ``path + ".npz"`` is found when ``path`` does not exist (what ``save(path)`` wrote).
+    max_params : int, default :data:`MAX_PARAMS`
+
+    Attributes
+    ----------
+    record : dict
+        The checked record (``format``, ``version``, ``layers``, ``dtype``, ``seed``,
+        and ``precision`` / ``train_state`` / ``estimator`` where present).
+    n_params : int
+        Parameters the layers describe (the length of every array in the file).
+    dtype : numpy.dtype
+        The record's dtype (float32 or float64), native byte order.
+    optimizer_entries : tuple of str
+        The optimizer state arrays a checkpoint holds (``"m"``, ``"v"`` for Adam,
+        ``"velocity"`` for SGD); empty for a model file.
+    path : Path
+        The file opened.
+
+    Raises
+    ------
+    ModelFileError
+        Anything wrong with the file, found before any array is allocated. Entries
+        other than ``config``, ``params`` and the state arrays of the checkpoint's
+        optimizer are refused by name; a checkpoint lacking one of its optimizer's
+        state arrays is refused.
+    FileNotFoundError, PermissionError
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, max_params: int = MAX_PARAMS) -> None:
+        self._archive = Archive(path)
+        try:
+            self.path = self._archive.path
+            where = self._archive.where
+            names = self._archive.names
+            for key in ("config", "params"):
+                if key not in names:
+                    raise ModelFileError(f"{where} is not an mlpx model file (no {key!r} entry; entries: "
+                                         f"{[n + '.npy' for n in names]})")
+            text = self._archive.read_text("config", _MAX_CONFIG_CHARS)
+            self.record = _parse_record(text, where)
+            self.n_params = check_architecture(self.record, max_params=max_params, where=where)
+            self.dtype = np.dtype(self.record["dtype"])
+            saved = (self.record.get("train_state") or {}).get("optimizer")
+            self.optimizer_entries: tuple[str, ...] = (
+                () if saved is None else tuple(OPTIMIZERS[saved["optimizer"].lower()].state_names))
+            allowed = {"config", "params", *(f"opt_{n}" for n in self.optimizer_entries)}
+            for name in names:
+                if name not in allowed:
+                    raise ModelFileError(f"{where} is not an mlpx model file: unexpected entry {name + '.npy'!r}")
+            missing = [f"opt_{n}" for n in self.optimizer_entries if f"opt_{n}" not in names]
+            if missing:
+                raise ModelFileError(
+                    f"{where}: the checkpoint's {saved['optimizer']} state lacks {missing}; its optimizer "
+                    f"cannot resume (a missing state array is never taken as zeros)"
+                )
+            # Every array's header before any array is allocated (by the caller too).
+            for key in ("params", *(f"opt_{n}" for n in self.optimizer_entries)):
+                self._archive.check_array(key, (self.n_params,), self.dtype)
+        except BaseException:
+            self._archive.close()
+            raise
+
+    def __enter__(self) -> "ModelFile":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._archive.close()
+
+    def read_params(self, out: np.ndarray | None = None) -> np.ndarray:
+        """The parameters, shape (n_params,), finite, in :attr:`dtype` (into ``out`` if given)."""
+        return self._archive.read_array("params", (self.n_params,), self.dtype, out=out)
+
+    def read_optimizer_state(self) -> dict[str, np.ndarray]:
+        """The checkpoint's optimizer state arrays by name, each of shape (n_params,)."""
+        return {name: self._archive.read_array(f"opt_{name}", (self.n_params,), self.dtype)
+                for name in self.optimizer_entries}
+
+
 def read_model_file(
     path: str | os.PathLike[str], *, max_params: int = MAX_PARAMS
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Read and check an mlpx file without building a model.
+
+    Allocates the arrays the record declares and a constant besides (at most
+    :data:`~mlpx.archive.CHUNK_BYTES` of decompression buffer and the record):
+    see :class:`ModelFile`.
+
+    Parameters
+    ----------
+    path : str or path
+        ``path + ".npz"`` is found when ``path`` does not exist.
+    max_params : int, default :data:`MAX_PARAMS`
 
     Returns
     -------
@@ -148,125 +256,18 @@ def read_model_file(
         The checked JSON record (``format``, ``version``, ``layers``, ``dtype``,
         ``seed``, and ``precision`` / ``train_state`` where present).
     arrays : dict of str -> ndarray
-        ``"params"``, shape (n_params,), in the record's dtype, finite; and any
-        ``"opt_<name>"`` checkpoint arrays, same shape and dtype.
+        ``"params"``, shape (n_params,), in the record's dtype, finite; and a
+        checkpoint's ``"opt_<name>"`` optimizer state arrays, same shape and dtype.
 
     Raises
     ------
     ModelFileError
+    FileNotFoundError, PermissionError
     """
-    where = str(path)
-    with open(path, "rb") as fh:
-        head = fh.read(6)
-        if head.startswith(b"\x93NUMPY"):
-            raise ModelFileError(
-                f"{where} is a .npy file (one array), not an mlpx model file (.npz archive)"
-            )
-        fh.seek(0)
-        size = os.fstat(fh.fileno()).st_size
-        try:
-            with zipfile.ZipFile(fh) as zf:
-                return _read_archive(zf, size, where, max_params)
-        except ModelFileError:
-            raise
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, struct.error, EOFError, OSError,
-                NotImplementedError, RuntimeError, ValueError, UnicodeError, OverflowError) as exc:
-            raise ModelFileError(
-                f"{where} is not a readable mlpx model file (damaged, truncated or not an "
-                f".npz archive): {type(exc).__name__}: {exc}"
-            ) from None
-
-
-def _read_archive(
-    zf: zipfile.ZipFile, size: int, where: str, max_params: int
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    entries: dict[str, zipfile.ZipInfo] = {}
-    for info in zf.infolist():
-        if info.filename in entries:
-            raise ModelFileError(f"{where}: the entry {info.filename!r} appears twice")
-        entries[info.filename] = info
-    names = sorted(entries)
-    for key in ("config", "params"):
-        if f"{key}.npy" not in entries:
-            raise ModelFileError(f"{where} is not an mlpx model file (no {key!r} entry; entries: {names})")
-    for name in names:
-        key = name[:-4]
-        if not (name.endswith(".npy") and (key in ("config", "params") or _OPT_ENTRY.fullmatch(key))):
-            raise ModelFileError(f"{where} is not an mlpx model file: unexpected entry {name!r}")
-    entries = {name[:-4]: info for name, info in entries.items()}
-    text = _read_entry(zf, entries["config"], size, where, "config", shape=(), kind="U")
-    record = _parse_record(text, where)
-    n_params = check_architecture(record, max_params=max_params, where=where)
-    dtype = np.dtype(record["dtype"])
-    arrays = {}
-    for key, info in entries.items():
-        if key != "config":
-            arrays[key] = _read_entry(zf, info, size, where, key, shape=(n_params,), kind=dtype)
-            if not np.isfinite(arrays[key]).all():
-                raise ModelFileError(f"{where}: {key!r} contains NaN or infinity")
-    return record, arrays
-
-
-def _read_entry(
-    zf: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, where: str, key: str,
-    shape: tuple[int, ...], kind: Any,
-) -> Any:
-    """One ``.npy`` entry, its header checked before its data is read.
-
-    ``kind`` is ``"U"`` (the JSON text: returns a str) or the float dtype the
-    array must have (returns an array of ``shape``, native byte order).
-    """
-    if info.flag_bits & 0x1:
-        raise ModelFileError(f"{where}: entry {key!r} is encrypted")
-    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        raise ModelFileError(f"{where}: entry {key!r} uses an unsupported compression ({info.compress_type})")
-    if info.header_offset + info.compress_size > size:
-        raise ModelFileError(f"{where}: entry {key!r} extends past the end of the file (truncated)")
-    with zf.open(info) as fp:
-        version = np.lib.format.read_magic(fp)
-        if version == (1, 0):
-            stored_shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fp)
-        elif version == (2, 0):
-            stored_shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fp)
-        else:
-            raise ModelFileError(f"{where}: entry {key!r} has an unsupported .npy version {version}")
-        header = fp.tell()
-        if dtype.hasobject:
-            raise ModelFileError(f"{where}: entry {key!r} holds Python objects; mlpx files never do")
-        if isinstance(kind, str):
-            if dtype.kind != "U" or stored_shape != ():
-                raise ModelFileError(
-                    f"{where}: 'config' must be JSON text (a 0-d unicode array), got "
-                    f"dtype {dtype} shape {stored_shape}"
-                )
-            if dtype.itemsize > _MAX_CONFIG_BYTES:
-                raise ModelFileError(f"{where}: 'config' is implausibly large ({dtype.itemsize} bytes)")
-        else:
-            expected = np.dtype(kind)
-            if dtype.kind != "f" or dtype.newbyteorder("=") != expected.newbyteorder("="):
-                raise ModelFileError(
-                    f"{where}: {key!r} must be a {expected.name} array (the record's dtype), "
-                    f"got dtype {dtype}"
-                )
-            if stored_shape != shape:
-                raise ModelFileError(
-                    f"{where}: {key!r} has shape {stored_shape}, but the layers describe "
-                    f"{shape[0]} parameters"
-                )
-        need = math.prod(stored_shape) * dtype.itemsize
-        limit = info.compress_size * (1 if info.compress_type == zipfile.ZIP_STORED else _DEFLATE_RATIO)
-        if info.file_size != header + need or header + need > limit:
-            raise ModelFileError(
-                f"{where}: entry {key!r} claims {need} bytes of data, which the archive does "
-                f"not hold (truncated or inconsistent)"
-            )
-        data = fp.read(need + 1)  # reading to the end verifies the entry's CRC
-    if len(data) != need:
-        raise ModelFileError(f"{where}: entry {key!r} is truncated ({len(data)} of {need} bytes)")
-    if isinstance(kind, str):
-        codec = "utf-32-be" if dtype.byteorder == ">" else "utf-32-le"
-        return data.decode(codec).rstrip("\x00")
-    return np.frombuffer(data, dtype=dtype).astype(np.dtype(kind), copy=True).reshape(shape)
+    with ModelFile(path, max_params=max_params) as f:
+        arrays = {"params": f.read_params()}
+        arrays.update({f"opt_{k}": v for k, v in f.read_optimizer_state().items()})
+        return f.record, arrays
 
 
 def _parse_record(text: str, where: str) -> dict[str, Any]:
@@ -303,12 +304,17 @@ def _parse_record(text: str, where: str) -> dict[str, Any]:
     unknown = set(record) - _RECORD_KEYS - _OPTIONAL_KEYS
     if unknown:
         raise ModelFileError(f"{where}: the config has unknown keys {sorted(unknown)}")
+    if "estimator" in record and not isinstance(record["estimator"], dict):
+        raise ModelFileError(f"{where}: the estimator record must be a JSON object")
     if "train_state" in record:
-        _check_train_state(record["train_state"], where)
+        layers = record.get("layers")
+        n_dropout = (sum(isinstance(l, dict) and l.get("type") == "Dropout" for l in layers)
+                     if isinstance(layers, list) else None)
+        _check_train_state(record["train_state"], where, n_dropout)
     return record
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -324,6 +330,20 @@ def check_architecture(
     Works on the record alone, so nothing is allocated: the widths are checked to
     chain from layer to layer, and the parameter count they imply (Σ n_in·n_out +
     n_out over the Dense layers) against ``max_params``.
+
+    Parameters
+    ----------
+    config : dict
+        The record.
+    max_params : int, default MAX_PARAMS
+        The largest parameter count accepted.
+    where : str, default "model record"
+        What the record is, for the message.
+
+    Returns
+    -------
+    int
+        The number of parameters the layers imply.
 
     Raises
     ------
@@ -402,10 +422,18 @@ def _check_layer(layer: Any, i: int, max_params: int, where: str) -> None:
             raise ModelFileError(f"{where}: layer {i} (Dropout) seed must be null or >= 0, got {seed!r}")
 
 
-def _check_train_state(state: Any, where: str) -> None:
-    """A checkpoint's training state: known fields checked, others left to the reader."""
+def _check_train_state(state: Any, where: str, n_dropout: int | None = None) -> None:
+    """A checkpoint's training state, every field checked (``n_dropout``: the record's Dropout layers)."""
     if not isinstance(state, dict):
         raise ModelFileError(f"{where}: train_state must be a JSON object")
+    unknown = set(state) - _TRAIN_STATE_KEYS
+    if unknown:
+        raise ModelFileError(f"{where}: train_state has unknown keys {sorted(unknown)}")
+    loss = state.get("loss")
+    if loss is not None and not (isinstance(loss, str) and len(loss) <= 100):
+        raise ModelFileError(f"{where}: train_state.loss must be the name of a loss, got {loss!r}")
+    if "generators" in state:
+        check_generator_states(state["generators"], where, n_dropout)
     for key in ("epochs_done", "samples_seen"):
         if key in state and not (_is_int(state[key]) and state[key] >= 0):
             raise ModelFileError(f"{where}: train_state.{key} must be a non-negative integer")
@@ -424,17 +452,56 @@ def _check_train_state(state: Any, where: str) -> None:
             raise ModelFileError(f"{where}: bad train_state.optimizer record")
         try:  # settings only; allocates nothing
             Optimizer.from_state_dict({**opt, "state": {}})
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise ModelFileError(f"{where}: bad optimizer settings in train_state: {exc}") from None
 
 
 # ------------------------------------------------------------------ checkpoints
 def save_checkpoint(path: str | os.PathLike[str], model: Any, optimizer: Optimizer | None = None) -> Path:
-    """Write model, optimizer state and progress to ``path`` atomically.
+    """Write model, optimizer state, progress and generator states to ``path`` atomically.
 
     The file is an mlpx model file (``mlpx.load`` reads it) with the training state
-    added (``model.train_state()``; ``optimizer`` replaces the model's own), so
-    :func:`load_checkpoint` resumes training exactly.
+    added: ``model.train_state()`` (epoch and sample counters, the loss, the fp16
+    loss scale), the optimizer's settings, step count, rate and schedule with its
+    state arrays as ``opt_<name>`` entries (``optimizer`` replaces the model's
+    own), and the states of the shuffle and dropout generators
+    (:mod:`mlpx.generators`). :func:`load_checkpoint` puts all of it back, so a
+    resumed run ends bit-identical to an uninterrupted one.
+
+    Parameters
+    ----------
+    path : str or path
+        ``.npz`` is appended when missing.
+    model : Sequential
+    optimizer : Optimizer, optional
+
+    Returns
+    -------
+    Path
+        The path written.
+
+    Examples
+    --------
+    >>> import numpy as np, mlpx
+    >>> model = mlpx.MLP([4, 8, 3], seed=0)
+    >>> X, y = np.random.default_rng(0).normal(size=(64, 4)), np.arange(64) % 3
+    >>> _ = model.fit(X, y, epochs=2)
+    >>> path = mlpx.save_checkpoint(tmp / "run.npz", model)   # doctest: +SKIP
+    """
+    config, arrays = checkpoint_contents(model, optimizer)
+    return write_model_file(path, config, arrays)
+
+
+def checkpoint_contents(model: Any, optimizer: Optimizer | None = None
+                        ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """What :func:`save_checkpoint` writes: the record (with ``train_state``) and the arrays.
+
+    Returns
+    -------
+    config : dict
+        ``model.get_config()`` with ``"train_state"``.
+    arrays : dict of str -> ndarray
+        ``"params"`` and the optimizer's ``"opt_<name>"`` arrays, each of shape (n_params,).
     """
     state = model.train_state()
     opt = optimizer if optimizer is not None else model.optimizer_
@@ -442,62 +509,77 @@ def save_checkpoint(path: str | os.PathLike[str], model: Any, optimizer: Optimiz
     state.pop("optimizer", None)
     if opt is not None:
         saved = opt.state_dict()
-        for name, value in saved.pop("state").items():
-            arrays[f"opt_{name}"] = np.asarray(value)
+        values = saved.pop("state")
+        for name in type(opt).state_names:
+            # An optimizer that never ran has no buffers yet: its state is zeros.
+            value = values.get(name)
+            arrays[f"opt_{name}"] = (np.zeros(model.n_params, model.dtype) if value is None
+                                     else np.asarray(value))
         state["optimizer"] = saved
-    return write_model_file(path, {**model.get_config(), "train_state": state}, arrays)
+    state["generators"] = generator_states(model)
+    return {**model.get_config(), "train_state": state}, arrays
 
 
 def load_checkpoint(
-    path: str | os.PathLike[str], model: Any, optimizer: Optimizer | None = None, comm: Any = None
+    path: str | os.PathLike[str], model: Any, optimizer: Optimizer | str | None = None, comm: Any = None
 ) -> Optimizer | None:
     """Restore a checkpoint written by :func:`save_checkpoint` into ``model``.
 
-    With ``comm``, rank 0 reads the file and broadcasts it (other ranks need not
-    see the file system); every rank checks it against its own model, and a
-    mismatch (architecture, dtype, format, version) raises on every rank. Sets the
-    parameters, ``epochs_done_``, ``samples_seen_`` and the loss scale, and returns
-    the optimizer (``optimizer``, or a new one of the saved kind) bound to the model
-    with its saved state, ready to pass to ``fit(..., optimizer=...)``; None when
-    the checkpoint holds no optimizer.
+    Sets the parameters, ``epochs_done_``, ``samples_seen_``, the loss scale and the
+    shuffle and dropout generators, and returns the optimizer (``optimizer``, or a
+    new one of the saved kind) bound to the model with its saved state, ready to
+    pass to ``fit(..., optimizer=...)``; None when the checkpoint holds no
+    optimizer. ``fit(..., resume_from=path)`` does all of this and runs the
+    remaining epochs.
+
+    Everything is checked before the model is changed: a bad file, a checkpoint of
+    another architecture or dtype, or an ``optimizer`` of another class than the
+    saved one leaves ``model`` as it was.
+
+    Parameters
+    ----------
+    path : str or path
+        ``path + ".npz"`` is found when ``path`` does not exist.
+    model : Sequential
+        Built with the checkpoint's architecture and dtype.
+    optimizer : Optimizer or str, optional
+        Receives the saved state (it must be of the saved class, with the saved
+        settings: rate, schedule, momenta). A name ("adam",
+        "sgd", ...) only checks that the saved optimizer is of that kind; the
+        returned one is new.
+    comm : communicator, optional
+        Rank 0 reads the file and broadcasts it (other ranks need not see the file
+        system); every rank checks it against its own model, and a mismatch raises
+        on every rank. Only rank 0's shuffle generator was saved, and only rank 0
+        takes it back: the other ranks keep theirs.
+
+    Returns
+    -------
+    Optimizer or None
+
+    Raises
+    ------
+    ModelFileError
+        The file is damaged or crafted (see :class:`ModelFile`), or lacks part of
+        its optimizer's state.
+    ValueError
+        A checkpoint of another model (layers or dtype), or of another optimizer
+        class or settings than ``optimizer``.
     """
     reducer = make_reducer(comm, model.backend)
     data = None
     error: BaseException | None = None
     if reducer.is_root:
         try:
-            data = read_model_file(path)
+            data = _read_checkpoint(path, model)
         except Exception as exc:
             error = exc
     reducer.check_errors(error, f"reading checkpoint {path}")
-    record, arrays = reducer.bcast(data)
-
-    def restore() -> Optimizer | None:
-        mine = model.get_config()
-        for key in ("layers", "dtype"):
-            if record.get(key) != mine[key]:
-                raise ValueError(
-                    f"checkpoint {path} holds another model: its {key} {record.get(key)!r} differ "
-                    f"from this model's {mine[key]!r}"
-                )
-        state = dict(record.get("train_state", {}))
-        saved = state.pop("optimizer", None)
-        model.set_flat_params(arrays["params"])
-        model.load_train_state(state)
-        if saved is None:
-            return optimizer
-        saved = {**saved, "state": {k[4:]: v for k, v in arrays.items() if k.startswith("opt_")}}
-        opt = optimizer if optimizer is not None else Optimizer.from_state_dict(saved)
-        if optimizer is not None:
-            optimizer.load_state_dict(saved)
-        be = model.backend
-        with be.activated():
-            opt.bind(be, model.params, model.grads, model.n_weights, owner=model)
-        return opt
+    record, params, opt_state = reducer.bcast(data)
 
     error, result = None, None
     try:
-        result = restore()
+        result = _restore(path, record, params, opt_state, model, optimizer, reducer.is_root)
     except Exception as exc:
         if reducer.size == 1:
             raise
@@ -506,26 +588,264 @@ def load_checkpoint(
     return result
 
 
-class ModelCheckpoint(Callback):
-    """Save a resumable checkpoint every ``every`` epochs (rank 0 only in distributed fits).
+def _read_checkpoint(path: Any, model: Any) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray]]:
+    """The record and arrays of a checkpoint for ``model`` (another model's is refused unread)."""
+    with ModelFile(path) as f:
+        _check_same_model(path, f.record, model)
+        return f.record, f.read_params(), f.read_optimizer_state()
+
+
+def _check_same_model(path: Any, record: dict[str, Any], model: Any) -> None:
+    mine = model.get_config()
+    for key in ("layers", "dtype"):
+        if record.get(key) != mine[key]:
+            raise ValueError(
+                f"checkpoint {path} holds another model: its {key} {record.get(key)!r} differ "
+                f"from this model's {mine[key]!r}"
+            )
+
+
+def _restore(path: Any, record: dict[str, Any], params: np.ndarray, opt_state: dict[str, np.ndarray],
+             model: Any, optimizer: Optimizer | str | None, root: bool) -> Optimizer | None:
+    """Put a read checkpoint into ``model``: everything that can fail is checked first."""
+    _check_same_model(path, record, model)
+    state = dict(record.get("train_state", {}))
+    saved = state.pop("optimizer", None)
+    generators = state.pop("generators", None)
+    if generators is not None:
+        check_generator_states(generators, str(path), sum(isinstance(l, Dropout) for l in model.layers))
+    if state.get("loss") is not None:
+        try:
+            model.resolve_loss(state["loss"])
+        except ValueError:  # a loss this mlpx does not know by name: fit's loss= decides
+            del state["loss"]
+    if isinstance(optimizer, str):
+        kind = OPTIMIZERS.get(optimizer.lower())
+        if kind is None:
+            raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(sorted(OPTIMIZERS))}")
+        if saved is not None and saved["optimizer"] != kind.__name__:
+            raise ValueError(
+                f"checkpoint {path} was trained with {saved['optimizer']}, not {kind.__name__} "
+                f"(optimizer={optimizer!r}); pass optimizer={saved['optimizer'].lower()!r} to resume it"
+            )
+        optimizer = None
+    opt = optimizer
+    if saved is not None:
+        saved = {**saved, "state": opt_state}
+        if optimizer is None:
+            opt = Optimizer.from_state_dict(saved)
+        elif saved["optimizer"] != type(optimizer).__name__:
+            raise ValueError(
+                f"checkpoint {path} holds {saved['optimizer']} state, which cannot be loaded into "
+                f"{type(optimizer).__name__}"
+            )
+        elif json.loads(json.dumps(optimizer.get_config())) != saved["config"]:
+            # Its state would be continued under other settings: not the run it resumes.
+            raise ValueError(
+                f"checkpoint {path} was trained with {saved['optimizer']} settings {saved['config']}, "
+                f"the optimizer given has {optimizer.get_config()}; pass "
+                f"optimizer={saved['optimizer'].lower()!r} to resume with the saved settings"
+            )
+    model.set_flat_params(params)
+    model.load_train_state(state)
+    if generators is not None:
+        restore_generator_states(model, generators, shuffle=root)
+    if saved is None:
+        return optimizer
+    if optimizer is not None:
+        optimizer.load_state_dict(saved)
+    be = model.backend
+    with be.activated():
+        opt.bind(be, model.params, model.grads, model.n_weights, owner=model)
+    return opt
+
+
+def resume(path: str | os.PathLike[str], model: Any, optimizer: Optimizer | str, epochs: int, *,
+           lr: float | None = None, validation_split: float = 0.0,
+           comm: Any = None) -> tuple[Optimizer | str, int]:
+    """What ``fit(..., resume_from=path)`` does before it trains.
+
+    Loads the checkpoint into ``model`` (:func:`load_checkpoint`: weights, optimizer
+    state, counters, generator states) and tells how many of the ``epochs`` are
+    left: ``epochs`` counts from the start of the run, as Keras' ``epochs`` with
+    ``initial_epoch``.
 
     Parameters
     ----------
     path : str or path
-        Overwritten each time (atomically); read back with :func:`load_checkpoint`.
+    model : Sequential
+    optimizer : Optimizer or str
+        ``fit``'s argument: an instance receives the saved state; a name must name
+        the saved optimizer's kind.
+    epochs : int
+        The run's total.
+    lr : None
+        A rate would break the exact continuation: set it on an optimizer instance.
+    validation_split : float
+        Must be 0: the held-out rows are drawn from the shuffle generator when
+        ``fit`` starts, so a resumed fit would hold out other rows than the run it
+        continues. Pass ``validation_data`` instead.
+    comm : communicator, optional
+
+    Returns
+    -------
+    optimizer : Optimizer or str
+        The one to train with (the checkpoint's, or ``optimizer`` when it holds none).
+    epochs_left : int
+        ``epochs`` less the checkpoint's ``epochs_done``; 0 or less: nothing to run.
+
+    Raises
+    ------
+    ValueError
+        ``lr`` or ``validation_split`` given, a checkpoint of another model, or of
+        another optimizer than ``optimizer``.
+    ModelFileError
+    """
+    reducer = make_reducer(comm, model.backend)
+    # Agreed: a rank that refuses its arguments must not leave the others in the broadcast.
+    epochs = reducer.agreed("checking resume_from", _check_resume, epochs, lr, validation_split)
+    restored = load_checkpoint(path, model, optimizer, reducer)
+    return (restored if restored is not None else optimizer), epochs - int(model.epochs_done_)
+
+
+def _check_resume(epochs: Any, lr: Any, validation_split: Any) -> int:
+    epochs = check_int("epochs", epochs, low=1)
+    if lr is not None:
+        raise ValueError("lr= cannot be combined with resume_from (the checkpoint's optimizer carries its rate); "
+                         "to change the rate, pass an optimizer instance and set its lr after loading")
+    if validation_split:
+        raise ValueError("validation_split cannot be combined with resume_from: a resumed fit would hold out "
+                         "other rows than the run it continues; pass validation_data")
+    return epochs
+
+
+class ModelCheckpoint(Callback):
+    """Save resumable checkpoints during ``fit`` (rank 0 only in distributed fits).
+
+    Each file is a :func:`save_checkpoint` file: ``mlpx.load`` reads it as a model,
+    and ``fit(..., resume_from=path)`` (or :func:`load_checkpoint`) continues the
+    run bit-identically. Files are written atomically, at the end of an epoch,
+    after the epoch's counters are updated.
+
+    Parameters
+    ----------
+    path : str or path
+        The file, or a template formatted with ``epoch`` (1-based: the number of
+        epochs done, as Keras numbers them) and the epoch's logs, e.g.
+        ``"ckpt-{epoch:03d}.npz"`` or ``"best-{val_loss:.4f}.npz"``. A plain path
+        is overwritten each time.
     every : int, default 1
+        Consider saving every ``every`` epochs (the epochs whose number is a
+        multiple of it).
+    monitor : str, optional
+        A key of the epoch logs (``"loss"``, ``"val_loss"``, ``"val_accuracy"``...)
+        whose best value is tracked (:attr:`best`, :attr:`best_epoch`). A key that
+        the logs do not hold raises ``ValueError`` naming the keys they hold, at the
+        first epoch considered.
+    mode : {"auto", "min", "max"}, default "auto"
+        Whether a lower or a higher ``monitor`` is better; "auto" maximises keys
+        containing "accuracy" or "r2" and minimises the rest.
+    save_best_only : bool, default False
+        Write only when ``monitor`` improved on the best value written so far
+        (needs ``monitor``). A NaN never improves.
+    keep_last : int, optional
+        Keep only the last ``keep_last`` files this callback wrote (older ones are
+        deleted after the new one is in place); None keeps all. Useful with a
+        template path.
+
+    Attributes
+    ----------
+    writes : int
+        Files written so far.
+    best : float or None
+        Best ``monitor`` value seen at the epochs considered (None before any, or
+        without ``monitor``).
+    best_epoch : int or None
+        Its 0-based epoch.
+    last_path : Path or None
+        The last file written.
+    kept : list of Path
+        The files written and not deleted by ``keep_last``, oldest first.
+
+    Raises
+    ------
+    ValueError
+        Bad settings (``save_best_only`` without ``monitor``, an unknown ``mode``,
+        ``every`` or ``keep_last`` not a positive integer).
+
+    Examples
+    --------
+    Keep the three best models by validation loss and resume after a crash:
+
+    >>> import numpy as np, mlpx
+    >>> X = np.random.default_rng(0).normal(size=(200, 4)); y = (X[:, 0] > 0).astype(int)
+    >>> model = mlpx.MLP([4, 16, 2], seed=0)
+    >>> best = mlpx.ModelCheckpoint("ckpt-{epoch:03d}.npz", monitor="val_loss",
+    ...                             save_best_only=True, keep_last=3)
+    >>> model.fit(X, y, epochs=20, validation_split=0.2, callbacks=[best])  # doctest: +SKIP
+    >>> mlpx.load(best.last_path)                                          # doctest: +SKIP
     """
 
     root_only = True
 
-    def __init__(self, path: str | os.PathLike[str], every: int = 1) -> None:
-        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
-            raise ValueError(f"every must be a positive integer, got {every!r}")
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        every: int = 1,
+        monitor: str | None = None,
+        mode: str = "auto",
+        save_best_only: bool = False,
+        keep_last: int | None = None,
+    ) -> None:
         self.path = path
-        self.every = int(every)
+        self.every = check_int("every", every, low=1)
+        if monitor is not None and not isinstance(monitor, str):
+            raise TypeError(f"monitor must be the name of a logged value or None, got {monitor!r}")
+        self.monitor = monitor
+        self.mode = check_mode(mode)
+        self.save_best_only = check_bool("save_best_only", save_best_only)
+        if self.save_best_only and monitor is None:
+            raise ValueError("save_best_only=True needs monitor= (the logged value that decides what is best)")
+        self.keep_last = None if keep_last is None else check_int("keep_last", keep_last, low=1)
         self.writes = 0
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.last_path: Path | None = None
+        self.kept: list[Path] = []
 
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> None:
-        if (epoch + 1) % self.every == 0:
-            save_checkpoint(self.path, model)
-            self.writes += 1
+        if (epoch + 1) % self.every:
+            return
+        improved = True
+        if self.monitor is not None:
+            if self.monitor not in logs:
+                raise ValueError(
+                    f"ModelCheckpoint monitors {self.monitor!r}, which the logs do not hold; they hold "
+                    f"{sorted(logs)} (val_* keys need validation_data or validation_split)"
+                )
+            sign = monitor_sign(self.monitor, self.mode)
+            value = float(logs[self.monitor])
+            improved = not math.isnan(value) and (self.best is None or sign * value < sign * self.best)
+            if improved:
+                self.best, self.best_epoch = value, epoch
+        if self.save_best_only and not improved:
+            return
+        target = self._target(epoch, logs)
+        written = Path(os.path.abspath(save_checkpoint(target, model)))
+        self.writes += 1
+        self.last_path = written
+        self.kept = [p for p in self.kept if p != written] + [written]
+        if self.keep_last is not None:
+            while len(self.kept) > self.keep_last:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.kept.pop(0))
+
+    def _target(self, epoch: int, logs: dict[str, float]) -> str:
+        template = os.fspath(self.path)
+        try:
+            return template.format(epoch=epoch + 1, **{k: float(v) for k, v in logs.items() if np.ndim(v) == 0})
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"ModelCheckpoint path {template!r} cannot be formatted with epoch and the logs "
+                f"{sorted(logs)}: {type(exc).__name__}: {exc}"
+            ) from None

@@ -51,22 +51,51 @@ class Schedule:
         return lr0
 
     def on_plateau(self, lr: float) -> float | None:
-        """The rate to continue with after a plateau, or None to stop training."""
+        """The rate to continue with after a plateau, or None to stop training.
+
+        Parameters
+        ----------
+        lr : float
+            The current rate.
+
+        Returns
+        -------
+        float or None
+            The new rate; ``None`` stops training (the default: any plateau stops).
+        """
         return None
 
     def get_config(self) -> dict[str, Any]:
-        """Name and settings, from which :func:`get_schedule_from_state` rebuilds it."""
+        """Name and settings, from which :func:`get_schedule_from_state` rebuilds it.
+
+        Returns
+        -------
+        dict
+            JSON-serialisable: ``"name"`` and the constructor's arguments.
+        """
         return {"name": _NAMES.get(type(self), type(self).__name__), **self._settings()}
 
     def _settings(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
     def state_dict(self) -> dict[str, Any]:
-        """What changes during training (empty for the stateless schedules)."""
+        """What changes during training (empty for the stateless schedules).
+
+        Returns
+        -------
+        dict
+            JSON-serialisable; :meth:`load_state_dict` restores it.
+        """
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict`.
+
+        Parameters
+        ----------
+        state : dict
+            From :meth:`state_dict` of a schedule of the same kind.
+        """
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._settings().items())
@@ -83,7 +112,9 @@ class StepDecay(Schedule):
     Parameters
     ----------
     step_size : int >= 1
+        Epochs between two multiplications.
     gamma : float in (0, 1]
+        The factor.
     """
 
     def __init__(self, step_size: int = 10, gamma: float = 0.1) -> None:
@@ -107,7 +138,7 @@ class InverseScaling(Schedule):
         self.power_t = check_real("InverseScaling: power_t", power_t, 0.0)
 
     def __call__(self, lr0: float, epoch: int, samples_seen: int) -> float:
-        return lr0 / (samples_seen + 1) ** self.power_t
+        return float(lr0 / (samples_seen + 1) ** self.power_t)
 
 
 class Cosine(Schedule):
@@ -116,6 +147,7 @@ class Cosine(Schedule):
     Parameters
     ----------
     T_max : int >= 1
+        Epochs from ``lr0`` down to ``eta_min`` (the rate stays there after).
     eta_min : float >= 0
         Must not exceed the optimizer's ``lr0`` (checked when the schedule is used:
         annealing "down" to a larger rate would make it rise).
@@ -136,9 +168,21 @@ class Cosine(Schedule):
 
 
 class Adaptive(Schedule):
-    """scikit-learn's adaptive rate: keep the rate, divide it by 5 on each plateau.
+    """Keep the rate, divide it by ``factor`` on each plateau (scikit-learn's adaptive rate).
 
     Training stops on a plateau once the rate is at or below ``min_lr``.
+
+    Parameters
+    ----------
+    factor : float > 1, default 5.0
+        The divisor applied on each plateau (scikit-learn's is 5).
+    min_lr : float >= 0, default 1e-6
+        The rate at or below which a plateau stops training.
+
+    Raises
+    ------
+    ValueError
+        ``factor <= 1`` or ``min_lr < 0``.
     """
 
     adaptive = True
@@ -167,6 +211,7 @@ class Adaptive(Schedule):
         self._lr = None if lr is None else float(lr)
 
 
+#: Schedule class by name, for ``schedule=`` of the optimizers.
 SCHEDULES: dict[str, type[Schedule]] = {
     "constant": Constant,
     "step": StepDecay,
@@ -178,7 +223,18 @@ _NAMES = {kind: name for name, kind in SCHEDULES.items()}
 
 
 def get_schedule(spec: Any) -> Schedule:
-    """A schedule from a name, an instance, or None (constant)."""
+    """A schedule from a name, an instance, or None (constant).
+
+    Parameters
+    ----------
+    spec : str, Schedule or None
+        A key of :data:`SCHEDULES`, an instance (returned as is), or None.
+
+    Returns
+    -------
+    Schedule
+        A new schedule, or ``spec`` itself.
+    """
     if spec is None:
         return Constant()
     if isinstance(spec, Schedule):
@@ -189,7 +245,18 @@ def get_schedule(spec: Any) -> Schedule:
 
 
 def get_schedule_from_state(config: dict[str, Any] | None) -> Schedule:
-    """Rebuild a schedule from :meth:`Schedule.get_config` (None: constant)."""
+    """Rebuild a schedule from :meth:`Schedule.get_config` (None: constant).
+
+    Parameters
+    ----------
+    config : dict or None
+        From :meth:`Schedule.get_config`.
+
+    Returns
+    -------
+    Schedule
+        A new schedule with those settings.
+    """
     if config is None:
         return Constant()
     config = dict(config)

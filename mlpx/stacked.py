@@ -616,7 +616,7 @@ class StackedOptimizer:
     Each member keeps its own :class:`~mlpx.optimizers.Optimizer` (an ``SGD`` or
     ``Adam``): its rate, schedule, step count and settings. Those decide, on the
     host, each member's scalars for the step (the bias-corrected rate of Adam,
-    computed as :meth:`Adam.step` does); one kernel then updates every member.
+    computed as ``Adam.step`` does); one kernel then updates every member.
 
     Parameters
     ----------
@@ -1573,7 +1573,7 @@ class Stack:
     def compute_context(self, batch: int, split: bool = True) -> Iterator[None]:
         """Device, BLAS threads, TF32 and the member threads for passes over ``batch`` rows.
 
-        Small products (below :data:`~mlpx.backends.SMALL_GEMM_FLOPS`) run one
+        Small products (below :data:`~mlpx.backends.numpy_backend.SMALL_GEMM_FLOPS`) run one
         BLAS thread each, with the members split over ``threads`` threads; large
         products keep BLAS's own threads and the members run in one.
         """
@@ -1727,7 +1727,7 @@ class Stack:
         """Every step of an epoch: what :meth:`train_step` would give step by step, bit for bit.
 
         The members are independent within an epoch. Where the compiled step applies
-        (:attr:`compiled_step_reason` is empty), each member takes its steps one after
+        (``compiled_step_reason`` is empty), each member takes its steps one after
         another in one compiled call per thread, while its weights and optimizer state
         stay in the core's cache: one Python call per block of steps instead of one
         per step (the blocks bound how long a call holds the parameter lock and keeps

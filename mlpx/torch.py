@@ -45,7 +45,7 @@ snapshot that no fit changes).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -62,14 +62,32 @@ __all__ = ["Exp", "layers_from_torch", "to_torch"]
 
 
 class Exp(nn.Module):
-    """``exp(x)`` elementwise: mlpx's Poisson output activation as a module."""
+    """Apply ``exp(x)`` elementwise: mlpx's Poisson output activation as a module.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        Passed to ``torch.nn.Module`` (none are needed).
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply ``exp`` elementwise.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Any shape.
+
+        Returns
+        -------
+        torch.Tensor
+            ``exp(x)``, the same shape.
+        """
         return torch.exp(x)
 
 
 def _activation_module(name: str) -> nn.Module:
-    modules = {
+    modules: dict[str, Callable[[], nn.Module]] = {
         "identity": nn.Identity,
         "relu": nn.ReLU,
         "leaky_relu": lambda: nn.LeakyReLU(LEAKY_SLOPE),
@@ -91,7 +109,7 @@ def _tensor(arr: Any, to_numpy: Any, device: Any, copy: bool) -> torch.Tensor:
     try:
         if isinstance(arr, np.ndarray) and not arr.flags.writeable:
             raise BufferError("read-only array")
-        t = torch.from_dlpack(arr)
+        t = torch.utils.dlpack.from_dlpack(arr)
     except (BufferError, TypeError, RuntimeError, AttributeError, ValueError):
         t = torch.from_numpy(np.array(to_numpy(arr), copy=True))
     if copy or (device is not None and t.device != torch.device(device)):
@@ -299,13 +317,20 @@ def layers_from_torch(module: nn.Module) -> tuple[list[Layer], list[np.ndarray],
     become :class:`~mlpx.layers.ActivationLayer`. A ``Linear`` without bias gets a
     zero bias.
 
+    Parameters
+    ----------
+    module : torch.nn.Sequential
+        ``Linear`` layers and the activations mlpx has.
+
     Returns
     -------
     layers : list of Layer
+        The mlpx layers, ready for :class:`~mlpx.Sequential`.
     weights : list of ndarray
         Host copies ``[W0 (n_in, n_out), b0 (n_out,), W1, b1, ...]``, the order of
         :meth:`mlpx.Sequential.set_weights`.
     dtype : {"float32", "float64"}
+        The parameters' dtype.
 
     Raises
     ------

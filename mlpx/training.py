@@ -32,13 +32,14 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from mlpx.callbacks import Callback, ProgressBar, check_callbacks
+from mlpx.callbacks import BatchHooks, Callback, ProgressBar, check_callbacks
 from mlpx.data import Batch, make_batches, to_host
 from mlpx.distributed import Reducer, is_agreed, make_reducer, mark_agreed
 from mlpx.locking import exclusive_training
 from mlpx.losses import Loss
 from mlpx.metrics import PREDICT_CHUNK, Chunk, holdout_scores, iter_chunks
 from mlpx.optimizers import Optimizer, get_optimizer
+from mlpx.saving import resume
 from mlpx.validation import check_dtype_range, check_real, check_sample_weight, encode_targets
 
 __all__ = ["History", "Holdout", "TrainingDivergedError", "fit", "train"]
@@ -252,6 +253,7 @@ def _train(model: Any, source: Any, optimizer: Optimizer, loss: Any, reducer: Re
             reducer.broadcast_params(model.params)  # rank 0's weights everywhere
     epoch0 = model.epochs_done_
     reducer.agreed("on_train_begin", _each, callbacks, "on_train_begin", model, epochs)
+    hooks = BatchHooks.of(callbacks, distributed=reducer.size > 1)  # None: no per-step call
 
     for e in range(epochs):
         epoch = epoch0 + e
@@ -285,6 +287,8 @@ def _train(model: Any, source: Any, optimizer: Optimizer, loss: Any, reducer: Re
                     state.pending = exc
             if not learns[j]:
                 continue  # no rows (or only zero weights) on any rank: nothing to learn
+            if hooks is not None:
+                state.pending = hooks.begin(model, j, epoch, step_rows[j], state.pending)
             res = done[j] if done is not None else model.train_step(
                 None if batch is None else batch.X, None if batch is None else batch.Y,
                 None if batch is None else batch.w, denom=D[j] if members else float(D[j]), loss=loss,
@@ -299,6 +303,8 @@ def _train(model: Any, source: Any, optimizer: Optimizer, loss: Any, reducer: Re
             state.weight = state.weight + (weights[j] if members else float(weights[j]))
             if res.correct is not None:
                 state.hits = state.hits + res.correct
+            if hooks is not None:
+                state.pending = hooks.end(model, j, epoch, step_rows[j], term, res.correct, state.pending)
         close = getattr(batches, "close", None)
         if close is not None:
             close()  # an epoch left early (a failure) must release a streamed source
@@ -475,6 +481,7 @@ def fit(
     lr: float | None = None,
     comm: Any = None,
     stream_data: bool | None = None,
+    resume_from: Any = None,
 ) -> History:
     """Train ``model`` on ``(X, y)``: see :meth:`mlpx.model.Sequential.fit`.
 
@@ -491,6 +498,11 @@ def fit(
     reducer = make_reducer(comm, be)
     if reducer.backend.name != be.name:
         raise ValueError(f"the reducer works on {reducer.backend.name}, the model on {be.name}")
+    if resume_from is not None:
+        optimizer, epochs = resume(resume_from, model, optimizer, epochs, lr=lr,
+                                   validation_split=validation_split, comm=reducer)
+        if epochs < 1:
+            return History()  # the checkpoint has done every epoch asked for
     setup: _Setup = reducer.agreed(
         "setup", _prepare, model, reducer, X, y, epochs, batch_size, optimizer, loss,
         validation_data, validation_split, shuffle, callbacks, sample_weight, l2, lr, stream_data,

@@ -572,7 +572,8 @@ def _normalised_rows(Y: np.ndarray) -> np.ndarray:
         )
     if np.all(sums == 1.0):
         return Y
-    return Y / sums[:, None]
+    normalised: np.ndarray = Y / sums[:, None]
+    return normalised
 
 
 def check_sample_weight(sample_weight: Any, n_samples: int, dtype: Any = None) -> np.ndarray | None:

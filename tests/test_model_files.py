@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 import mlpx
+from _records import DELETE, paths, set_path
 from mlpx import ModelFileError
 from mlpx.saving import save_checkpoint
 from mlpx.saving import MAX_PARAMS, check_architecture, read_model_file
@@ -112,32 +113,19 @@ def _good(tmp_path):
     return record, params, tmp_path / "m.npz"
 
 
-def _set(record, path, value):
-    out = copy.deepcopy(record)
-    target = out
-    for key in path[:-1]:
-        target = target[key]
-    if value is _DELETE:
-        del target[path[-1]]
-    else:
-        target[path[-1]] = value
-    return out
-
-
-_DELETE = object()
 
 RECORD_CASES = [
     # (path into the record, new value, fragment of the message)
     (("format",), "keras", "not an mlpx model file"),
-    (("format",), _DELETE, "not an mlpx model file"),
+    (("format",), DELETE, "not an mlpx model file"),
     (("version",), 2, "newer mlpx"),
     (("version",), 0, "version"),
     (("version",), "1", "version"),
     (("version",), True, "version"),
-    (("version",), _DELETE, "version"),
-    (("layers",), _DELETE, "lacks"),
-    (("dtype",), _DELETE, "lacks"),
-    (("seed",), _DELETE, "lacks"),
+    (("version",), DELETE, "version"),
+    (("layers",), DELETE, "lacks"),
+    (("dtype",), DELETE, "lacks"),
+    (("seed",), DELETE, "lacks"),
     (("extra",), 1, "unknown keys"),
     (("dtype",), 32, "dtype"),
     (("dtype",), None, "dtype"),
@@ -156,9 +144,9 @@ RECORD_CASES = [
     (("layers", 0), "Dense", "layer 0"),
     (("layers", 0), None, "layer 0"),
     (("layers", 0, "type"), "Conv2D", "unknown type"),
-    (("layers", 0, "type"), _DELETE, "unknown type"),
+    (("layers", 0, "type"), DELETE, "unknown type"),
     (("layers", 0, "type"), ["Dense"], "unknown type"),
-    (("layers", 0, "n_in"), _DELETE, "exactly the fields"),
+    (("layers", 0, "n_in"), DELETE, "exactly the fields"),
     (("layers", 0, "bias"), True, "exactly the fields"),
     (("layers", 0, "n_in"), "3", "n_in"),
     (("layers", 0, "n_in"), 3.0, "n_in"),
@@ -180,7 +168,7 @@ RECORD_CASES = [
 @pytest.mark.parametrize("where, value, match", RECORD_CASES, ids=[f"{c[0]}={c[1]!r}" for c in RECORD_CASES])
 def test_bad_records_are_refused(tmp_path, where, value, match) -> None:
     record, params, path = _good(tmp_path)
-    _write(path, _set(record, where, value), params)
+    _write(path, set_path(record, where, value), params)
     with pytest.raises(ModelFileError, match=match):
         _load(path)
 
@@ -417,14 +405,6 @@ _PLAUSIBLE = {
 }
 
 
-def _paths(obj, prefix=()):
-    yield prefix
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _paths(v, prefix + (k,))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            yield from _paths(v, prefix + (i,))
 
 
 @st.composite
@@ -433,8 +413,7 @@ def _record_mutations(draw):
     record, params = BASE[k]
     record = copy.deepcopy(record)
     for _ in range(draw(st.integers(1, 3))):
-        paths = [p for p in _paths(record) if p]
-        where = draw(st.sampled_from(paths))
+        where = draw(st.sampled_from([p for p in paths(record) if p]))
         action = draw(st.sampled_from(["replace", "delete", "add", "tweak", "plausible", "plausible"]))
         parent = record
         for key in where[:-1]:

@@ -42,15 +42,16 @@ import functools
 import threading
 import warnings
 from numbers import Integral, Real
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple, TypeVar, cast
 
 import numpy as np
 import scipy.optimize
-from sklearn.base import BaseEstimator, is_classifier
+from sklearn.base import BaseEstimator, _fit_context, is_classifier
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import unique_labels
 from sklearn.utils.validation import _check_sample_weight, validate_data
 
@@ -58,6 +59,7 @@ from mlpx.backends import Backend, get_backend
 from mlpx.callbacks import Callback
 from mlpx.data import densify, is_device_array, is_sparse, make_batches, sparse_to_backend, take_host_rows, to_host
 from mlpx.distributed import Reducer, make_reducer
+from mlpx.estimators._persistence import save_estimator
 from mlpx.estimators._runtime import Runtime, glorot_draws
 from mlpx.locking import training_guard
 from mlpx.metrics import PREDICT_CHUNK, holdout_scores, iter_chunks
@@ -70,10 +72,108 @@ __all__ = ["StackPlan", "one_trainer", "serves_previous_fit"]
 
 Array = Any
 _STOCHASTIC_SOLVERS = ("sgd", "adam")
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def fit_context(method: _F) -> _F:
+    """scikit-learn's ``_fit_context`` (parameter validation before a fit), keeping the signature.
+
+    scikit-learn ships no type information, so its decorators would turn the methods
+    they wrap into ``Any`` for type checkers; this one keeps their annotations.
+
+    Parameters
+    ----------
+    method : callable
+        ``fit`` or ``partial_fit``.
+
+    Returns
+    -------
+    callable
+        ``method`` wrapped by ``_fit_context(prefer_skip_nested_validation=True)``.
+    """
+    return cast(_F, _fit_context(prefer_skip_nested_validation=True)(method))
+
+
+def if_stochastic(method: _F) -> _F:
+    """Make ``method`` exist only for the stochastic solvers (scikit-learn's ``available_if``).
+
+    Parameters
+    ----------
+    method : callable
+        ``partial_fit``.
+
+    Returns
+    -------
+    callable
+        The descriptor, typed as ``method``.
+    """
+    return cast(_F, available_if(lambda est: est._check_solver())(method))
+
+#: The parameters both estimators share, for their docstrings (numpydoc text,
+#: indented for a class docstring): ``%(shared_parameters)s`` in each class's.
+SHARED_PARAMETERS = """\
+    hidden_layer_sizes : array-like of int, default=(100,)
+        The ith element is the number of units in the ith hidden layer.
+    activation : {"identity", "logistic", "tanh", "relu"}, default="relu"
+        Activation of the hidden layers.
+    solver : {"lbfgs", "sgd", "adam"}, default="adam"
+        Weight optimization: SciPy's L-BFGS-B (full batch, on the host), stochastic
+        gradient descent, or Adam.
+    alpha : float, default=0.0001
+        Strength of the L2 penalty, divided by the number of samples.
+    batch_size : int or "auto", default="auto"
+        Minibatch size of the stochastic solvers; ``"auto"`` is ``min(200, n_samples)``.
+        With ``comm``, per rank.
+    learning_rate : {"constant", "invscaling", "adaptive"}, default="constant"
+        Learning-rate schedule of ``solver="sgd"``.
+    learning_rate_init : float, default=0.001
+        Initial step size of the stochastic solvers.
+    power_t : float, default=0.5
+        Exponent of the ``"invscaling"`` schedule.
+    max_iter : int, default=200
+        Epochs of the stochastic solvers; iterations of L-BFGS.
+    shuffle : bool, default=True
+        Shuffle the samples every epoch (stochastic solvers).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initial weights, the minibatch order and the early-stopping split,
+        drawn in scikit-learn's order.
+    tol : float, default=1e-4
+        Improvement of the loss (or validation score) below which an epoch counts as
+        no improvement.
+    verbose : bool, default=False
+        Print the loss every epoch.
+    warm_start : bool, default=False
+        Continue from the fitted weights on the next ``fit``.
+    momentum : float, default=0.9
+        Momentum of ``solver="sgd"``, in [0, 1].
+    nesterovs_momentum : bool, default=True
+        Nesterov's momentum for ``solver="sgd"``.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training data and stop when its score
+        stops improving; the best weights are kept.
+    validation_fraction : float, default=0.1
+        The share held out for early stopping, in [0, 1).
+    beta_1, beta_2 : float, default=0.9, 0.999
+        Adam's decay rates of the first and second moments, in [0, 1).
+    epsilon : float, default=1e-8
+        Adam's numerical-stability term.
+    n_iter_no_change : int, default=10
+        Epochs without an improvement of ``tol`` before stopping.
+    max_fun : int, default=15000
+        Largest number of loss evaluations of L-BFGS.
+    backend : str or Backend, default="cpu"
+        ``"cpu"``, ``"cpu:mkl"``, ``"cpu:blis"``, ``"gpu"``, ``"gpu:N"``, ``"auto"``
+        or a Backend instance; resolved at ``fit``. A Backend instance pickles,
+        deep-copies and clones as its name (``backend.spec``), so searches and
+        process pools carry it.
+    dtype : {"float32", "float64"} or None, default=None
+        Compute dtype. None: float32 for float32 ``X``; otherwise float64 on the
+        CPU, float32 on the GPU.
+"""
 _RUNTIME_LOCK = threading.Lock()
 
 
-def one_trainer(method: Any) -> Any:
+def one_trainer(method: _F) -> _F:
     """Decorate ``fit``/``partial_fit``: refused (ConcurrentTrainingError) while another
     thread fits the estimator; other threads' predictions meanwhile see the fitted
     state as it was when this call began (:meth:`BaseMLP._fitted_copy`)."""
@@ -89,10 +189,10 @@ def one_trainer(method: Any) -> Any:
         finally:
             guard.exit()
 
-    return guarded
+    return cast(_F, guarded)
 
 
-def serves_previous_fit(method: Any) -> Any:
+def serves_previous_fit(method: _F) -> _F:
     """Decorate a prediction method: while another thread fits the estimator, run it on
     the previous fitted state instead of the one being rebuilt."""
 
@@ -108,7 +208,7 @@ def serves_previous_fit(method: Any) -> Any:
             )
         return method(previous, *args, **kwargs)
 
-    return serving
+    return cast(_F, serving)
 
 
 def _writable_like(kept: list[Any], new: list[np.ndarray]) -> bool:
@@ -237,6 +337,15 @@ class _Policy(Callback):
 class BaseMLP(BaseEstimator):
     """Shared machinery of :class:`MLPClassifier` and :class:`MLPRegressor`."""
 
+    # Fitted attributes (set by fit), declared for type checkers.
+    out_activation_: str
+    t_: int
+    loss_curve_: list[float]
+    # None, or a list / a float, depending on early_stopping (as in scikit-learn):
+    validation_scores_: Any
+    best_validation_score_: Any
+    best_loss_: Any
+
     _parameter_constraints: dict = {
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
         "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
@@ -338,6 +447,29 @@ class BaseMLP(BaseEstimator):
     def _share_weights(self) -> None:
         """Note that ``coefs_``/``intercepts_`` are shared with a module (``to_torch``)."""
         self._weights_shared = True
+
+    def save(self, path: Any) -> Any:
+        """Write this fitted estimator to ``path`` (``.npz`` appended when missing).
+
+        The file is an mlpx model file (no pickle): the network, the optimizer's
+        state, the hyperparameters, the fitted attributes and the label encoding.
+        :func:`mlpx.load` returns the fitted estimator, whose ``predict``,
+        ``predict_proba``, ``score`` and ``partial_fit`` continue as this one's
+        would. The write is atomic. Returns the path written.
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+        ValueError
+            Class labels that are not numbers, booleans or strings.
+
+        Examples
+        --------
+        >>> clf = mlpx.MLPClassifier(max_iter=50).fit(X, y)        # doctest: +SKIP
+        >>> clf.save("clf.npz")                                      # doctest: +SKIP
+        >>> mlpx.load("clf.npz").predict(X)                          # doctest: +SKIP
+        """
+        return save_estimator(self, path)
 
     # ----------------------------------------------------- input checking
     def _validate_X_predict(self, X: Any) -> Any:
@@ -489,7 +621,7 @@ class BaseMLP(BaseEstimator):
         opt = self._optimizer(rt, False)
         train_idx, val_idx = self._split_indices(X, y)
         n_train = X.shape[0] if train_idx is None else train_idx.size
-        if self.early_stopping and val_idx.size < 2:
+        if self.early_stopping and (val_idx is None or val_idx.size < 2):
             raise ValueError(
                 "The validation set is too small. Increase 'validation_fraction' "
                 "or the size of your dataset."
@@ -680,7 +812,7 @@ class BaseMLP(BaseEstimator):
     def _split(self, rt: Runtime, X: Any, y: np.ndarray, sample_weight: Any) -> tuple[Any, ...]:
         """This rank's training rows and early-stopping holdout (:meth:`_split_indices`)."""
         train_idx, val_idx = self._split_indices(X, y)
-        if train_idx is None:
+        if train_idx is None or val_idx is None:
             return X, y, sample_weight, None
         Xv = take_host_rows(X, val_idx)
         holdout = self._holdout(rt, Xv, np.asarray(y[val_idx], dtype=np.float64),

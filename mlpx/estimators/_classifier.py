@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Literal, Sequence
 
 import numpy as np
-from sklearn.base import ClassifierMixin, _fit_context
+import numpy.typing as npt
+from sklearn.base import ClassifierMixin
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import column_or_1d
-from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
 from sklearn.utils.validation import _check_sample_weight, check_consistent_length, check_is_fitted
 
 from mlpx.data import take_host_rows, to_host
 from mlpx.distributed import Reducer, make_reducer
-from mlpx.estimators._base import BaseMLP, one_trainer, serves_previous_fit, union_labels
+from mlpx.estimators._base import (SHARED_PARAMETERS, BaseMLP, fit_context, if_stochastic, one_trainer,
+                                  serves_previous_fit, union_labels)
+from mlpx.typing import (ArrayLike, BackendLike, DTypeName, EstimatorActivation, LearningRateName,
+                         SolverName)
 
 __all__ = ["MLPClassifier"]
 
@@ -29,19 +33,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 
     Parameters
     ----------
-    hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate,
-    learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose,
-    warm_start, momentum, nesterovs_momentum, early_stopping, validation_fraction,
-    beta_1, beta_2, epsilon, n_iter_no_change, max_fun
-        As in scikit-learn.
-    backend : str or Backend, default="cpu"
-        ``"cpu"``, ``"cpu:mkl"``, ``"cpu:blis"``, ``"gpu"``, ``"gpu:N"``, ``"auto"``
-        or a Backend instance; resolved at ``fit``. A Backend instance pickles,
-        deep-copies and clones as its name (``backend.spec``), so searches and
-        process pools carry it.
-    dtype : {"float32", "float64"} or None, default=None
-        Compute dtype. None: float32 for float32 ``X``; otherwise float64 on the
-        CPU, float32 on the GPU.
+%(shared_parameters)s
 
     Attributes
     ----------
@@ -75,8 +67,8 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     >>> from mlpx import MLPClassifier
     >>> from sklearn.datasets import load_digits
     >>> X, y = load_digits(return_X_y=True)
-    >>> clf = MLPClassifier(max_iter=50, random_state=0).fit(X / 16, y)  # doctest: +SKIP
-    >>> clf.score(X / 16, y) > 0.95                                         # doctest: +SKIP
+    >>> clf = MLPClassifier(max_iter=30, random_state=0).fit(X / 16, y)
+    >>> clf.score(X / 16, y) > 0.95
     True
     """
 
@@ -84,33 +76,33 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 
     def __init__(
         self,
-        hidden_layer_sizes=(100,),
-        activation="relu",
+        hidden_layer_sizes: int | Sequence[int] = (100,),
+        activation: EstimatorActivation = "relu",
         *,
-        solver="adam",
-        alpha=0.0001,
-        batch_size="auto",
-        learning_rate="constant",
-        learning_rate_init=0.001,
-        power_t=0.5,
-        max_iter=200,
-        shuffle=True,
-        random_state=None,
-        tol=1e-4,
-        verbose=False,
-        warm_start=False,
-        momentum=0.9,
-        nesterovs_momentum=True,
-        early_stopping=False,
-        validation_fraction=0.1,
-        beta_1=0.9,
-        beta_2=0.999,
-        epsilon=1e-8,
-        n_iter_no_change=10,
-        max_fun=15000,
-        backend="cpu",
-        dtype=None,
-    ):
+        solver: SolverName = "adam",
+        alpha: float = 0.0001,
+        batch_size: int | Literal["auto"] = "auto",
+        learning_rate: LearningRateName = "constant",
+        learning_rate_init: float = 0.001,
+        power_t: float = 0.5,
+        max_iter: int = 200,
+        shuffle: bool = True,
+        random_state: int | np.random.RandomState | None = None,
+        tol: float = 1e-4,
+        verbose: bool | int = False,
+        warm_start: bool = False,
+        momentum: float = 0.9,
+        nesterovs_momentum: bool = True,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        n_iter_no_change: int | float = 10,
+        max_fun: int = 15000,
+        backend: BackendLike = "cpu",
+        dtype: DTypeName | npt.DTypeLike | None = None,
+    ) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -137,9 +129,10 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         self.backend = backend
         self.dtype = dtype
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context
     @one_trainer
-    def fit(self, X, y, sample_weight=None, comm=None):
+    def fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None,
+            comm: Any = None) -> MLPClassifier:
         """Fit the model to data matrix X and target(s) y.
 
         Parameters
@@ -150,6 +143,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Class labels (any hashable type), or a label indicator matrix.
         sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the samples (scaling their loss terms).
         comm : mpi4py communicator, "mpi", "nccl" or None, default=None
             Data-parallel training: every rank calls ``fit`` with its own shard
             and ends with the same weights (see :class:`MLPClassifier` Notes).
@@ -158,6 +152,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         Returns
         -------
         self
+            The fitted estimator.
         """
         return self._fit(X, y, sample_weight=sample_weight, incremental=False, comm=comm)
 
@@ -224,64 +219,79 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         return self._label_binarizer.inverse_transform(y_out)
 
     @serves_previous_fit
-    def score(self, X, y, sample_weight=None):
+    def score(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> float:
         """Mean accuracy on ``(X, y)``, as scikit-learn's, computed on the device.
 
         Labels are compared as ``predict`` gives them; a label the classifier has
         never seen counts as wrong. Thread-safe.
 
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Test samples (host data, or CuPy arrays on the GPU backend).
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            True targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the samples.
+
         Returns
         -------
         float
+            The (weighted) share of correctly predicted samples.
         """
         check_is_fitted(self)
-        X = self._validate_X_predict(X)
-        y = np.asarray(to_host(y.to_numpy() if hasattr(y, "to_numpy") else y))
-        check_consistent_length(X, y)
-        n = X.shape[0]
+        data = self._validate_X_predict(X)
+        labels = np.asarray(to_host(y.to_numpy() if hasattr(y, "to_numpy") else y))
+        check_consistent_length(data, labels)
+        n = data.shape[0]
         w = None if sample_weight is None else _check_sample_weight(
             to_host(sample_weight), np.empty((n, 0)), dtype=np.float64)
         total = float(n) if w is None else float(w.sum())
         if self._label_binarizer.y_type_.startswith("multilabel"):
-            return self._score_holdout(X, self._encode(y), w)["accuracy"]
-        y = column_or_1d(y) if y.ndim == 2 and y.shape[1] == 1 else y
-        known = np.isin(y, self.classes_)
+            return self._score_holdout(data, self._encode(labels), w)["accuracy"]
+        labels = column_or_1d(labels) if labels.ndim == 2 and labels.shape[1] == 1 else labels
+        known = np.isin(labels, self.classes_)
         if known.all():
-            return self._score_holdout(X, self._encode(y), w)["accuracy"]
+            return self._score_holdout(data, self._encode(labels), w)["accuracy"]
         if not known.any() or total <= 0:
             return 0.0
         idx = np.flatnonzero(known)
         wk = None if w is None else w[idx]
-        part = self._score_holdout(take_host_rows(X, idx), self._encode(y[idx]), wk)
+        part = self._score_holdout(take_host_rows(data, idx), self._encode(labels[idx]), wk)
         return part["accuracy"] * part["weight"] / total
 
     @serves_previous_fit
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """Predict class labels.
 
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Host data, or CuPy arrays on the GPU backend.
 
         Returns
         -------
-        y : ndarray, shape (n_samples,) or (n_samples, n_classes)
-            The predicted classes.
+        ndarray of shape (n_samples,) or (n_samples, n_classes)
+            The predicted classes (an indicator matrix for multilabel targets).
         """
         check_is_fitted(self)
         return self._output_to_prediction(self._forward_pass_fast(X))
 
-    @available_if(lambda est: est._check_solver())
-    @_fit_context(prefer_skip_nested_validation=True)
+    @if_stochastic
+    @fit_context
     @one_trainer
-    def partial_fit(self, X, y, sample_weight=None, classes=None, comm=None):
+    def partial_fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None,
+                    classes: ArrayLike | None = None, comm: Any = None) -> MLPClassifier:
         """Update the model with a single iteration over the given data.
 
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training samples.
         y : array-like of shape (n_samples,)
+            Class labels.
         sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the samples.
         classes : array of shape (n_classes,), default=None
             All classes across calls; required on the first call. With ``comm``
             the union of every rank's ``classes``.
@@ -291,6 +301,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         Returns
         -------
         self
+            The fitted estimator.
         """
         reducer = make_reducer(comm, self._get_backend())
 
@@ -313,8 +324,13 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         return self._fit(X, y, sample_weight=sample_weight, incremental=True, comm=reducer)
 
     @serves_previous_fit
-    def predict_proba(self, X):
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Probability estimates.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Host data, or CuPy arrays on the GPU backend.
 
         Returns
         -------
@@ -330,8 +346,19 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         return y_pred
 
     @serves_previous_fit
-    def predict_log_proba(self, X):
-        """Log of :meth:`predict_proba`, shape (n_samples, n_classes)."""
+    def predict_log_proba(self, X: ArrayLike) -> np.ndarray:
+        """Log of :meth:`predict_proba`.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Host data, or CuPy arrays on the GPU backend.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            ``log(predict_proba(X))`` (``-inf`` where a probability is 0).
+        """
         y_prob = self.predict_proba(X)
         with np.errstate(divide="ignore"):  # log(0) = -inf, as scikit-learn returns
             return np.log(y_prob, out=y_prob)
@@ -342,31 +369,78 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         return tags
 
     # ----------------------------------------------------------------- deploy
-    def to_onnx(self, path=None, **options):
-        """This classifier as an ``onnx.ModelProto`` (written to ``path`` if given), with
-        skl2onnx's outputs; see :func:`mlpx.onnx.to_onnx` (needs ``mlpx[onnx]``)."""
+    def to_onnx(self, path: str | os.PathLike[str] | None = None, **options: Any) -> Any:
+        """Export this classifier as an ONNX graph with skl2onnx's outputs (needs ``mlpx[onnx]``).
+
+        Parameters
+        ----------
+        path : str or path-like, optional
+            Where to write the ``.onnx`` file.
+        **options
+            Passed to :func:`mlpx.onnx.to_onnx` (``zipmap``, ``dtype``, ``target_opset``).
+
+        Returns
+        -------
+        onnx.ModelProto
+            The graph, also written to ``path`` when given.
+        """
         from mlpx.onnx import to_onnx
 
         return to_onnx(self, path, **options)
 
-    def to_torch(self, **options):
-        """This classifier as a ``torch.nn.Sequential``; see :func:`mlpx.torch.to_torch`."""
+    def to_torch(self, **options: Any) -> Any:
+        """Convert this classifier to a ``torch.nn.Sequential`` (see :func:`mlpx.torch.to_torch`).
+
+        Parameters
+        ----------
+        **options
+            Passed to :func:`mlpx.torch.to_torch` (``copy``, ``device``).
+
+        Returns
+        -------
+        torch.nn.Sequential
+            Sharing this estimator's weights unless ``copy=True``.
+        """
         from mlpx.torch import to_torch
 
         return to_torch(self, **options)
 
-    def to_sklearn(self):
-        """A fitted ``sklearn.neural_network.MLPClassifier`` equal to this one (same
-        hyperparameters, weights and fitted attributes); see
-        :func:`mlpx.estimators._convert.to_sklearn`."""
+    def to_sklearn(self) -> Any:
+        """Convert this classifier to scikit-learn's ``sklearn.neural_network.MLPClassifier``.
+
+        The hyperparameters, weights and fitted attributes are carried; the optimizer
+        state is not, so a ``partial_fit`` right after restarts the optimizer.
+
+        Returns
+        -------
+        sklearn.neural_network.MLPClassifier
+            Fitted, predicting as this one does (to 1e-12 in float64).
+        """
         from mlpx.estimators._convert import to_sklearn
 
         return to_sklearn(self)
 
     @classmethod
-    def from_sklearn(cls, est, backend="cpu"):
-        """A fitted mlpx MLPClassifier from a fitted scikit-learn one, on ``backend``
-        (the optimizer state is not carried: see :mod:`mlpx.estimators._convert`)."""
+    def from_sklearn(cls, est: Any, backend: BackendLike = "cpu") -> MLPClassifier:
+        """Build a fitted mlpx MLPClassifier from a fitted scikit-learn one.
+
+        The optimizer state is not carried.
+
+        Parameters
+        ----------
+        est : sklearn.neural_network.MLPClassifier
+            A fitted estimator.
+        backend : str or Backend, default="cpu"
+            Where the new estimator computes.
+
+        Returns
+        -------
+        MLPClassifier
+            Fitted, with ``est``'s hyperparameters, weights and fitted attributes.
+        """
         from mlpx.estimators._convert import from_sklearn
 
         return from_sklearn(cls, est, backend)
+
+
+MLPClassifier.__doc__ = (MLPClassifier.__doc__ or "").replace("%(shared_parameters)s\n", SHARED_PARAMETERS)
