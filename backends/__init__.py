@@ -29,7 +29,7 @@ from __future__ import annotations
 import copyreg
 import logging
 import re
-from typing import Any
+from typing import Any, Callable
 
 from .array_api_backend import ArrayAPIBackend
 from .base import Backend, BackendError, BackendUnavailableError, DeviceMismatchError
@@ -135,9 +135,12 @@ def get_backend(spec: Any = "cpu") -> Backend:
     raise ValueError(f"unknown backend {spec!r}; valid names: {', '.join(BACKEND_NAMES)}")
 
 
-def _pickle_as_spec(be: Backend) -> tuple[Any, tuple[str]]:
+def _pickle_as_spec(be: Backend) -> tuple[Callable[..., Backend], tuple[str]]:
     """Reduce a backend to ``get_backend(spec)``: a pickle holds the name, never the module."""
-    return get_backend, (be.spec,)
+    spec = be.spec
+    if spec is None:  # not one of the classes registered below, whose spec is a name
+        raise TypeError(f"{be!r} has no name get_backend resolves, so it cannot be pickled")
+    return get_backend, (spec,)
 
 
 # copyreg rather than a __reduce__ in base.py: the rebuild needs get_backend, which

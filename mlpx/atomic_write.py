@@ -29,7 +29,7 @@ __all__ = ["TMP_MARK", "write_atomically"]
 TMP_MARK = ".mlpx-tmp-"
 
 
-def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> None:
+def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
     """Write a file atomically through ``write(fh)`` (see the module docstring).
 
     Parameters
@@ -39,7 +39,8 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], N
         are created.
     write : callable
         Called once with the temporary file, opened for binary writing; it writes
-        the whole content (``fh.write(data)``, ``np.savez(fh, ...)``).
+        the whole content (``fh.write(data)``, ``np.savez(fh, ...)``). What it
+        returns is ignored.
 
     Raises
     ------

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar, cast
 
 __all__ = ["ConcurrentTrainingError", "ReadWriteLock", "TrainingGuard", "exclusive_training", "training_guard"]
 
@@ -209,10 +209,10 @@ _GUARDS = threading.Lock()
 def training_guard(obj: Any) -> TrainingGuard:
     """The :class:`TrainingGuard` of ``obj``, made on first use (kept in its ``__dict__``
     as ``_training_guard``; classes that pickle their ``__dict__`` leave it out)."""
-    guard = obj.__dict__.get("_training_guard")
+    guard: TrainingGuard | None = obj.__dict__.get("_training_guard")
     if guard is None:
         with _GUARDS:
-            guard = obj.__dict__.setdefault("_training_guard", TrainingGuard())
+            guard = cast(TrainingGuard, obj.__dict__.setdefault("_training_guard", TrainingGuard()))
     return guard
 
 
@@ -231,4 +231,4 @@ def exclusive_training(fn: F) -> F:
         finally:
             guard.exit()
 
-    return guarded  # type: ignore[return-value]
+    return cast(F, guarded)

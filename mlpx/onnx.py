@@ -433,8 +433,9 @@ def _build(net: _Net, zipmap: bool | str, opset: int) -> "onnx.ModelProto":
 
 @functools.lru_cache(maxsize=None)
 def logistic_threshold(dtype: str) -> float:
-    """The smallest logit of ``dtype`` whose logistic, as mlpx computes it on the CPU,
-    exceeds 0.5: ``predict`` labels a logistic output 1 from there on.
+    """The smallest logit of ``dtype`` that ``predict`` labels 1 (a logistic output, CPU).
+
+    From there on the logistic, as mlpx computes it on the CPU, exceeds 0.5.
 
     Parameters
     ----------
@@ -453,7 +454,7 @@ def logistic_threshold(dtype: str) -> float:
 
     def above(bits: np.ndarray) -> np.ndarray:
         Z = bits.astype(ints).view(dtype).reshape(-1, 1)
-        return act.forward(be, Z, np.empty_like(Z))[:, 0] > 0.5
+        return np.asarray(act.forward(be, Z, np.empty_like(Z))[:, 0] > 0.5)
 
     # Non-negative floats are ordered as their bit patterns: search those, from
     # 0 (probability exactly 0.5) to 1 (clearly above), a grid of 4096 per round.

@@ -378,7 +378,7 @@ def host_values(x: Any, name: str, what: str = "a numeric array") -> np.ndarray:
         )
     numeric = [d if isinstance(d, np.dtype) else getattr(d, "numpy_dtype", None) for _, d in dtypes]
     if all(isinstance(n, np.dtype) and n.kind in "biuf" for n in numeric):
-        return x.to_numpy(dtype=np.result_type(*numeric))
+        return np.asarray(x.to_numpy(dtype=np.result_type(*numeric)))
     return np.asarray(x.to_numpy())
 
 
