@@ -11,13 +11,25 @@ goes through that object::
 
 This package imports nothing from the rest of mlpx, and imports CuPy only when a GPU
 backend is built.
+
+Backends pickle (and deep-copy) as their :attr:`~Backend.spec`, the name
+:func:`get_backend` builds them from, so that an estimator holding a backend object
+clones, pickles and runs in process pools; unpickling calls ``get_backend(spec)``,
+which gives the shared instance for ``"cpu"`` and ``"gpu:N"``.
+
+``"array-api:<module>"`` imports only the namespaces listed in
+:data:`~backends.array_api_backend.KNOWN_NAMESPACES`: any other name is refused before
+it is imported, since importing a module runs its code (a backend name may come from
+a configuration file or a search grid). Pass another namespace as a module object,
+``ArrayAPIBackend(module)``; its name then resolves in this process too.
 """
 
 from __future__ import annotations
 
+import copyreg
 import logging
 import re
-from typing import Any
+from typing import Any, Callable
 
 from .array_api_backend import ArrayAPIBackend
 from .base import Backend, BackendError, BackendUnavailableError, DeviceMismatchError
@@ -121,6 +133,20 @@ def get_backend(spec: Any = "cpu") -> Backend:
     if name.startswith("array-api:"):
         return ArrayAPIBackend(spec.split(":", 1)[1])
     raise ValueError(f"unknown backend {spec!r}; valid names: {', '.join(BACKEND_NAMES)}")
+
+
+def _pickle_as_spec(be: Backend) -> tuple[Callable[..., Backend], tuple[str]]:
+    """Reduce a backend to ``get_backend(spec)``: a pickle holds the name, never the module."""
+    spec = be.spec
+    if spec is None:  # not one of the classes registered below, whose spec is a name
+        raise TypeError(f"{be!r} has no name get_backend resolves, so it cannot be pickled")
+    return get_backend, (spec,)
+
+
+# copyreg rather than a __reduce__ in base.py: the rebuild needs get_backend, which
+# sits above the backend classes. Exact types only: a subclass pickles as itself or not at all.
+for _cls in (NumpyBackend, CupyBackend, ArrayAPIBackend):
+    copyreg.pickle(_cls, _pickle_as_spec)
 
 
 def available_backends() -> list[str]:

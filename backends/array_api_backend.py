@@ -23,10 +23,33 @@ from typing import Any
 
 import numpy as np
 
-from .base import Array, Backend, BackendUnavailableError, DeviceMismatchError, _dtype_name
+from .base import Array, Backend, BackendError, BackendUnavailableError, DeviceMismatchError, _dtype_name
 from .numpy_backend import small_product_threads
 
-__all__ = ["ArrayAPIBackend"]
+__all__ = ["KNOWN_NAMESPACES", "ArrayAPIBackend"]
+
+#: Array API namespaces that :class:`ArrayAPIBackend` imports by name. Importing a
+#: module runs its code (``"this"`` prints a poem, a local ``evil.py`` does anything),
+#: so a name outside this list is refused before anything is imported, unless this
+#: process has already handed that namespace to :class:`ArrayAPIBackend` as a module
+#: object: importing a namespace yourself and passing it is the way to use others.
+KNOWN_NAMESPACES = frozenset({
+    "array_api_strict",
+    "numpy",
+    "cupy",
+    "torch",
+    "jax.numpy",
+    "dask.array",
+    "sparse",
+    "ndonnx",
+    "array_api_compat.numpy",
+    "array_api_compat.cupy",
+    "array_api_compat.torch",
+    "array_api_compat.dask.array",
+})
+# Names of namespaces given as module objects in this process: a pickle or a
+# Sequential.to() of such a backend may then name them again.
+_GIVEN: set[str] = set()
 
 
 class ArrayAPIBackend(Backend):
@@ -35,7 +58,11 @@ class ArrayAPIBackend(Backend):
     Parameters
     ----------
     namespace : module or str
-        The namespace or its import name, e.g. ``"array_api_strict"``.
+        The namespace, or its import name: one of :data:`KNOWN_NAMESPACES` (e.g.
+        ``"array_api_strict"``, ``"torch"``, ``"jax.numpy"``), or the name of a
+        namespace already passed here as a module object in this process. Any other
+        name is refused without importing it, since importing runs the module's
+        code; import such a namespace yourself and pass the module.
     device : object or str, optional
         A device of that namespace (``array_api_strict.Device("device1")``); a
         string is looked up among ``namespace.__array_namespace_info__().devices()``.
@@ -48,6 +75,15 @@ class ArrayAPIBackend(Backend):
         resolves back to this backend (pickles, ``Sequential.to``, model files).
     mutable : bool
         Whether the namespace's arrays accept item assignment (probed once here).
+
+    Raises
+    ------
+    BackendError
+        A name that is not a known Array API namespace (nothing is imported).
+    BackendUnavailableError
+        array-api-compat is missing, or a known namespace is not installed.
+    TypeError
+        A module (or other object) that is not an Array API namespace.
     """
 
     kinds: tuple[str, ...] = ()  # generic definitions only
@@ -59,14 +95,12 @@ class ArrayAPIBackend(Backend):
             raise BackendUnavailableError(
                 "the Array API backend needs array-api-compat: pip install \"mlpx[array-api]\""
             ) from exc
-        if isinstance(namespace, str):
-            try:
-                namespace = importlib.import_module(namespace)
-            except ImportError as exc:
-                raise BackendUnavailableError(
-                    f"Array API namespace {namespace!r} cannot be imported: {exc}"
-                ) from exc
-        xp = array_api_compat.array_namespace(namespace.asarray(0.0))
+        given = not isinstance(namespace, str)
+        if not given:
+            namespace = _import_known(namespace)
+        xp = _as_namespace(array_api_compat, namespace)
+        if given:
+            _GIVEN.add(namespace.__name__)
         if isinstance(device, str):
             devices = {str(d): d for d in xp.__array_namespace_info__().devices()}
             match = [d for k, d in devices.items() if device in k]
@@ -86,6 +120,11 @@ class ArrayAPIBackend(Backend):
         # wrapper's checks cost more than a small product (benchmarks/README.md).
         self._native_matmul = getattr(namespace, "matmul", None) if xp is not namespace else None
         self._split = _numpy_style_split(xp)
+
+    @property
+    def spec(self) -> str:
+        """:attr:`name`: ``get_backend`` resolves it to an equal backend."""
+        return self.name
 
     def dtype(self, dtype: Any) -> Any:
         """The namespace's floating dtype for ``dtype``, as :meth:`Backend.dtype`.
@@ -226,6 +265,33 @@ class ArrayAPIBackend(Backend):
         if self._split is not None:
             return list(self._split(x, list(stops)))
         return super().split(x, stops)
+
+
+def _import_known(name: str) -> Any:
+    """Import the namespace called ``name`` if it is a known one; refuse it unimported else."""
+    if name not in KNOWN_NAMESPACES and name not in _GIVEN:
+        raise BackendError(
+            f"{name!r} is not a known Array API namespace, so it is not imported (importing "
+            f"a module runs its code). Known: {', '.join(sorted(KNOWN_NAMESPACES))}. For "
+            f"another namespace, import it yourself and pass the module: "
+            f"mlpx.backends.ArrayAPIBackend(module)"
+        )
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise BackendUnavailableError(f"Array API namespace {name!r} cannot be imported: {exc}") from exc
+
+
+def _as_namespace(compat: Any, namespace: Any) -> Any:
+    """``namespace`` as array-api-compat presents it; TypeError if it is not an Array API one."""
+    label = getattr(namespace, "__name__", None) or type(namespace).__name__
+    if not isinstance(getattr(namespace, "__name__", None), str) or not callable(
+            getattr(namespace, "asarray", None)):
+        raise TypeError(f"{label!r} is not an Array API namespace (it has no asarray function)")
+    try:
+        return compat.array_namespace(namespace.asarray(0.0))
+    except TypeError as exc:
+        raise TypeError(f"{label!r} is not an Array API namespace: {exc}") from None
 
 
 def _numpy_style_split(xp: Any) -> Any:

@@ -115,6 +115,24 @@ class Backend:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
 
+    @property
+    def spec(self) -> str | None:
+        """The name :func:`mlpx.backends.get_backend` builds this backend from, or None.
+
+        Backends that ``get_backend`` builds pickle (and deep-copy) as this name, so
+        an estimator holding one clones, pickles and crosses process pools. None for
+        a backend built by hand over a namespace object.
+        """
+        return None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The backends get_backend builds are pickled by name (registered in the package);
+        # anything else holds a module, which no pickle can carry.
+        raise TypeError(
+            f"{self!r} cannot be pickled or copied: only the backends get_backend builds "
+            "(the CPU, GPU and Array API ones) pickle, as their name"
+        )
+
     def dtype(self, dtype: Any) -> Any:
         """The namespace's floating dtype for ``dtype``.
 

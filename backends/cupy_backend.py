@@ -228,6 +228,11 @@ class CupyBackend(Backend):
         self.device_id = device_id
 
     @property
+    def spec(self) -> str:
+        """``"gpu:N"``."""
+        return self.name
+
+    @property
     def compute_capability(self) -> int:
         """The device's compute capability as an int, e.g. 80 for an A100, 90 for an H100."""
         return int(self.device.compute_capability)

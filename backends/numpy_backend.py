@@ -137,6 +137,12 @@ class NumpyBackend(Backend):
             raise ValueError(f"unknown CPU BLAS {blas!r}{source}; choose one of {', '.join(BLAS_PROVIDERS)}")
         self._gemm = load_provider(blas)
         self.blas = blas.strip().lower()
+        self._spec = "cpu" if source else f"cpu:{self.blas}"
+
+    @property
+    def spec(self) -> str:
+        """``"cpu"`` (the provider ``MLPX_CPU_BLAS`` picks) or ``"cpu:<blas>"`` when named."""
+        return self._spec
 
     def run(self, k: Any, *args: Any, **kwargs: Any) -> Any:
         # numba compiles no half-precision loops: float16/bfloat16 operands (mixed

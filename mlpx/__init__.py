@@ -30,6 +30,7 @@ from mlpx.backends import available_backends, get_backend
 from mlpx.callbacks import Callback, EarlyStopping, ProgressBar
 from mlpx.determinism import deterministic, is_deterministic, set_deterministic
 from mlpx.layers import GELU, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from mlpx.locking import ConcurrentTrainingError
 from mlpx.loggers import CSVLogger, MLflowLogger, TensorBoardLogger
 from mlpx.losses import LOSSES
 from mlpx.loading import load
@@ -54,6 +55,7 @@ __all__ = [
     "AdamW",
     "CSVLogger",
     "Callback",
+    "ConcurrentTrainingError",
     "Constant",
     "Cosine",
     "Dense",

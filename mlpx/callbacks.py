@@ -242,7 +242,12 @@ class EarlyStopping(Callback):
     Parameters
     ----------
     monitor : str, default "val_loss"
-        A key of the epoch logs. Falls back to "loss" when there is no validation data.
+        A key of the epoch logs (``loss``, ``accuracy``, ``r2``, ``val_loss``,
+        ``val_accuracy``, ``val_r2``, ... as the fit logs them). A fit without
+        validation data logs no ``val_*`` key: ``val_<name>`` then watches
+        ``<name>`` (so the default watches ``loss``). Any other key that is not
+        in the logs raises ``ValueError`` at the end of the first epoch, naming
+        the keys there are: a misspelt key is never silently replaced.
     patience : int, default 5
         Epochs without improvement before stopping.
     min_delta : float >= 0, default 0
@@ -259,6 +264,12 @@ class EarlyStopping(Callback):
     best : float
     best_epoch : int
     stopped_epoch : int or None
+
+    Raises
+    ------
+    ValueError
+        From ``fit``, at the first epoch's end: ``monitor`` is not among the logged
+        keys (the message lists them).
     """
 
     def __init__(
@@ -289,10 +300,20 @@ class EarlyStopping(Callback):
     def _sign(self, key: str) -> float:
         return monitor_sign(key, self.mode)
 
-    def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> None:
-        key = self.monitor if self.monitor in logs else "loss"
+    def _monitored(self, logs: dict[str, float]) -> str:
+        """The key of ``logs`` that ``monitor`` names (see the class docstring)."""
+        key = self.monitor
+        if key not in logs and key.startswith("val_") and not any(k.startswith("val_") for k in logs):
+            key = key.removeprefix("val_")  # no validation data: its training counterpart
         if key not in logs:
-            raise KeyError(f"EarlyStopping monitors {self.monitor!r}, not among {sorted(logs)}")
+            raise ValueError(
+                f"EarlyStopping(monitor={self.monitor!r}): the fit logs no such value; "
+                f"available keys: {', '.join(sorted(logs))}"
+            )
+        return key
+
+    def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> None:
+        key = self._key if self._key is not None and self._key in logs else self._monitored(logs)
         self._key = key
         value = self._sign(key) * logs[key]
         if value < self.best - self.min_delta:

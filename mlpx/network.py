@@ -54,7 +54,7 @@ from mlpx.backends.numpy_backend import SMALL_GEMM_FLOPS
 from mlpx.data import MemberBatches, MemberRows
 from mlpx.distributed import LocalReducer, Reducer
 from mlpx.layers import ActivationLayer, Dense, Dropout, Layer, Pass
-from mlpx.locking import ReadWriteLock
+from mlpx.locking import ReadWriteLock, exclusive_training
 from mlpx.losses import Loss, OutputLoss, l2_penalty, pair
 from mlpx.member_step import member_step_plan, run_member_steps
 from mlpx.metrics import PREDICT_CHUNK, correct_count, holdout_scores, iter_chunks
@@ -764,6 +764,7 @@ class Network:
         Y = Y if isinstance(Y, MemberRows) else xp.reshape(Y, (1, b, int(Y.shape[1])))
         return X, Y, None if w is None else xp.reshape(w, (1, b))
 
+    @exclusive_training
     def step_members(
         self,
         X: Any,

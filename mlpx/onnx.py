@@ -50,6 +50,17 @@ identity). GELU is written out as mlpx computes it, with the tanh approximation
 ``z/2 · (1 + tanh(√(2/π)(z + 0.044715 z³)))``, from primitive operators, so the
 graph runs at every supported opset and matches mlpx to rounding.
 
+Labels of a logistic output are exactly ``predict``'s, at the decision boundary
+too. ``predict`` says 1 where the probability it computes exceeds 0.5; in float32
+that happens from a logit of about 1.2e-7 on (below it the probability rounds to
+0.5), not from 0. ONNX Runtime's ``Sigmoid`` and ``Exp`` round differently from
+NumPy in the last bit (a third of the float32 logits near 0), so comparing its
+probability with 0.5 would still disagree there. The graph instead compares the
+logit with the smallest logit whose probability, as mlpx computes it on the CPU in
+the graph's dtype, exceeds 0.5 (found when exporting; the probability is monotone
+in the logit). The probabilities themselves are ONNX Runtime's, equal to
+``predict_proba`` to rounding.
+
 A model trained with ``precision="bf16"``/``"fp16"``/``"tf32"`` is exported with
 its float32 master weights, computing in float32: its ONNX outputs are more
 precise than its own ``predict``, not bit-identical to it.
@@ -57,16 +68,16 @@ precise than its own ``predict``, not bit-identical to it.
 
 from __future__ import annotations
 
+import functools
 import numbers
 import os
-import secrets
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 
 from mlpx.activations import GELU_A, GELU_C, LEAKY_SLOPE, get_activation
+from mlpx.atomic_write import write_atomically
 
 try:
     import onnx
@@ -77,7 +88,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without onnx
         "pip install 'mlpx[onnx]'"
     ) from exc
 
-__all__ = ["DEFAULT_OPSET", "MIN_OPSET", "to_onnx"]
+__all__ = ["DEFAULT_OPSET", "MIN_OPSET", "logistic_threshold", "to_onnx"]
 
 DEFAULT_OPSET = 21
 """Default ``ai.onnx`` opset: what current skl2onnx targets; ONNX Runtime ≥ 1.18 runs it."""
@@ -126,7 +137,9 @@ def to_onnx(
         An mlpx model or fitted estimator; scikit-learn's fitted ``MLPClassifier``
         and ``MLPRegressor`` are accepted too.
     path : str or path-like, optional
-        Also write the model there (atomically: a temporary file, then a rename).
+        Also write the model there, as ``save`` writes model files
+        (:func:`mlpx.atomic_write.write_atomically`): atomically, an existing file
+        keeps its permission bits, a symbolic link keeps pointing at the file written.
     zipmap : {True, False, "columns"}, optional
         Classifier estimators only: how probabilities are returned (see the module
         docstring). Default True for classifier estimators, as skl2onnx. A
@@ -162,7 +175,8 @@ def to_onnx(
     model = _build(net, zipmap, opset)
     onnx.checker.check_model(model, full_check=True)
     if path is not None:
-        _write_atomic(Path(path), model.SerializeToString())
+        data = model.SerializeToString()
+        write_atomically(path, lambda fh: fh.write(data))
     return model
 
 
@@ -417,6 +431,48 @@ def _build(net: _Net, zipmap: bool | str, opset: int) -> "onnx.ModelProto":
     return model
 
 
+@functools.lru_cache(maxsize=None)
+def logistic_threshold(dtype: str) -> float:
+    """The smallest logit of ``dtype`` that ``predict`` labels 1 (a logistic output, CPU).
+
+    From there on the logistic, as mlpx computes it on the CPU, exceeds 0.5.
+
+    Parameters
+    ----------
+    dtype : {"float32", "float64"}
+
+    Returns
+    -------
+    float
+        A value of ``dtype`` (1.23e-7 in float32 and 1.56e-16 in float64 with
+        NumPy 2.4 on x86-64; the exact value depends on NumPy's ``exp``).
+    """
+    from mlpx.backends import get_backend
+
+    be, act = get_backend("cpu"), get_activation("logistic")
+    ints = np.int32 if dtype == "float32" else np.int64
+
+    def above(bits: np.ndarray) -> np.ndarray:
+        Z = bits.astype(ints).view(dtype).reshape(-1, 1)
+        return np.asarray(act.forward(be, Z, np.empty_like(Z))[:, 0] > 0.5)
+
+    # Non-negative floats are ordered as their bit patterns: search those, from
+    # 0 (probability exactly 0.5) to 1 (clearly above), a grid of 4096 per round.
+    lo, hi = int(np.array(0.0, dtype).view(ints)), int(np.array(1.0, dtype).view(ints))
+    while hi - lo > 1:
+        step = max(1, (hi - lo) // 4096)  # Python ints: bit patterns beyond 2**53 stay exact
+        grid = np.array(list(range(lo, hi, step)) + [hi], dtype=np.int64)
+        first = int(np.argmax(above(grid)))  # grid[-1] (= hi) is always above
+        lo, hi = int(grid[first - 1]), int(grid[first])
+    return float(np.array(hi, ints).view(dtype))
+
+
+def _logistic_labels(g: _Graph, Z: str) -> str:
+    """int64 0/1 of each logit: ``predict``'s probability > 0.5 (:func:`logistic_threshold`)."""
+    at = g.const("threshold", logistic_threshold(g.dtype))
+    return g.op("Cast", [g.op("GreaterOrEqual", [Z, at])], to=TensorProto.INT64)
+
+
 def _sequential_classifier(g: _Graph, net: _Net, Z: str) -> list[Any]:
     """``label`` and ``probabilities`` exactly as Sequential.predict / predict_proba."""
     k = net.n_outputs
@@ -425,7 +481,7 @@ def _sequential_classifier(g: _Graph, net: _Net, Z: str) -> list[Any]:
         g.op("ArgMax", [Z], out="label", axis=1, keepdims=0)  # of the logits, as predict
         label_shape: list[Any] = [None]
     else:
-        positive = g.op("Cast", [g.op("Greater", [Z, g.const("zero", 0.0)])], to=TensorProto.INT64)
+        positive = _logistic_labels(g, Z)
         if k == 1:
             g.op("Reshape", [positive, g.const("flat", [-1], np.int64)], out="label")
             label_shape = [None]
@@ -449,11 +505,13 @@ def _estimator_classifier(g: _Graph, net: _Net, Z: str, zipmap: bool | str) -> l
     label_name = "label" if zipmap is False else "output_label"
     if multilabel:
         # LabelBinarizer.inverse_transform: p > 0.5 per column.
-        above = g.op("Greater", [P, g.const("threshold", 0.5)])
-        g.op("Cast", [above], out=label_name, to=TensorProto.INT64)
+        g.op("Identity", [_logistic_labels(g, Z)], out=label_name)
         label_shape: list[Any] = [None, n_classes]
     else:
-        idx = g.op("ArgMax", [P], axis=1, keepdims=0)
+        if net.output == "logistic":  # binary: the positive class where p > 0.5
+            idx = g.op("Reshape", [_logistic_labels(g, Z), g.const("flat", [-1], np.int64)])
+        else:
+            idx = g.op("ArgMax", [P], axis=1, keepdims=0)
         table = g.strings("classes", cast("list[str]", labels)) if label_type == TensorProto.STRING else g.const(
             "classes", labels, np.int64)
         g.op("Gather", [table, idx], out=label_name, axis=0)
@@ -491,24 +549,3 @@ def _mlpx_version() -> str:
         return version("mlpx")
     except Exception:  # pragma: no cover - uninstalled checkout
         return "unknown"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new file beside ``path``, then rename it over ``path``.
-
-    The temporary file is opened with ``open(..., "xb")`` (not ``mkstemp``, whose
-    files are private to the owner) so the result has the usual umask permissions:
-    a serving process running as another user can read it.
-    """
-    folder = path.parent if str(path.parent) else Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

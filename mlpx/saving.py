@@ -19,7 +19,8 @@ arrays its record declares plus a constant (a few MiB). Every defect raises
 :class:`ModelFileError` (a ``ValueError``) saying what is wrong.
 
 Writing (:func:`write_model_file`, used by ``Sequential.save`` and by checkpoints)
-is atomic: the data goes to a temporary file beside the target, named
+is atomic (:func:`mlpx.atomic_write.write_atomically`, which ONNX exports share):
+the data goes to a temporary file beside the target, named
 ``.<name>.mlpx-tmp-<pid>-<random>``, is flushed to disk and renamed over the target.
 An exception removes the temporary file; a temporary file left by a process that
 was killed is removed by the next save of the same path (on POSIX systems, where
@@ -42,8 +43,6 @@ import contextlib
 import json
 import math
 import os
-import secrets
-import stat
 from pathlib import Path
 from typing import Any, TypeGuard, cast
 
@@ -51,6 +50,7 @@ import numpy as np
 
 from mlpx.activations import ACTIVATIONS
 from mlpx.archive import Archive, ModelFileError
+from mlpx.atomic_write import write_atomically
 from mlpx.callbacks import Callback, check_mode, monitor_sign
 from mlpx.distributed import make_reducer
 from mlpx.generators import check_generator_states, generator_states, restore_generator_states
@@ -86,7 +86,6 @@ _MAX_LAYERS = 100_000
 # The JSON record: ample for 10,000 layers. Parsing JSON costs up to ~25 bytes of
 # Python objects per character, so this also bounds what the record can allocate.
 _MAX_CONFIG_CHARS = 1 << 20
-_TMP_MARK = ".mlpx-tmp-"
 
 _RECORD_KEYS = {"format", "version", "layers", "dtype", "seed"}
 _TRAIN_STATE_KEYS = {"epochs_done", "samples_seen", "loss", "loss_scaler", "optimizer", "generators", "active",
@@ -140,91 +139,9 @@ def write_model_file(
     # Before any file is touched: a record that cannot be written as strict JSON
     # (NumPy scalars, NaN) is an error here, not a temporary file left behind.
     text = json.dumps(record, allow_nan=False)
-    target = Path(os.path.realpath(path))
-    folder = target.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(folder, target.name)
-    try:
-        old = os.stat(target)
-    except FileNotFoundError:
-        old = None
-    tmp = folder / f".{target.name}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(6)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if old is not None and stat.S_ISREG(old.st_mode):
-                _copy_mode(fh.fileno(), tmp, old)
-            # (cast: NumPy's stub types the keyword arguments as allow_pickle's bool)
-            cast(Any, np.savez)(fh, config=np.array(text), **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_folder(folder)
+    # (cast: NumPy's stub types the keyword arguments as allow_pickle's bool)
+    write_atomically(path, lambda fh: cast(Any, np.savez)(fh, config=np.array(text), **arrays))
     return path
-
-
-def _copy_mode(fd: int, tmp: Path, old: os.stat_result) -> None:
-    """Give the new file the old one's permission bits (and owner, where allowed)."""
-    new = os.fstat(fd)
-    if hasattr(os, "fchown") and (old.st_uid, old.st_gid) != (new.st_uid, new.st_gid):
-        with contextlib.suppress(PermissionError):
-            os.fchown(fd, old.st_uid, old.st_gid)
-    if hasattr(os, "fchmod"):
-        os.fchmod(fd, stat.S_IMODE(old.st_mode))
-    else:  # pragma: no cover - Windows
-        os.chmod(tmp, stat.S_IMODE(old.st_mode))
-
-
-def _remove_stale_temporaries(folder: Path, name: str) -> None:
-    """Delete ``.<name>.mlpx-tmp-<pid>-*`` files whose process no longer runs."""
-    if os.name != "posix":  # pragma: no cover - os.kill(pid, 0) terminates on Windows
-        return
-    prefix = f".{name}{_TMP_MARK}"
-    try:
-        entries = os.listdir(folder)
-    except OSError:
-        return
-    for entry in entries:
-        if not entry.startswith(prefix):
-            continue
-        pid_text, _, token = entry[len(prefix):].partition("-")
-        if not (pid_text.isdigit() and token) or int(pid_text) == os.getpid():
-            continue
-        if not _process_alive(int(pid_text)):
-            with contextlib.suppress(FileNotFoundError, PermissionError):
-                os.unlink(folder / entry)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    except (OverflowError, ValueError):
-        return False
-    return True
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable (POSIX; best effort)."""
-    if os.name != "posix":  # pragma: no cover
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------ reading

@@ -33,6 +33,7 @@ from mlpx.backends import Backend, get_backend
 from mlpx.callbacks import Callback, ProgressBar, check_callbacks
 from mlpx.data import MemberBatches, MemberHoldout, to_host
 from mlpx.distributed import make_reducer
+from mlpx.locking import exclusive_training
 from mlpx.model import Sequential
 from mlpx.network import Network
 from mlpx.optimizers import OPTIMIZERS, Optimizer
@@ -442,6 +443,7 @@ class Stack(Network):
         return out[..., 0] if c == 1 else out
 
     # -------------------------------------------------------------------- fit
+    @exclusive_training
     def fit(
         self,
         X: Any,

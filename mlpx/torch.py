@@ -29,6 +29,16 @@ DLPack cannot export (some Array API namespaces) are copied. ``copy=True`` alway
 copies; ``device=`` puts the module elsewhere (a copy when it is not the model's
 device).
 
+Later training: a Sequential trains its parameter buffer in place, so the module
+follows every later ``fit`` (on the CPU and GPU backends). An mlpx estimator
+writes the result of every later ``fit`` and ``partial_fit`` into the same
+``coefs_``/``intercepts_`` arrays, so the module follows those too; a fit that
+changes the layer sizes or dtype cannot, and warns that the module keeps the old
+weights. scikit-learn's own estimators update ``coefs_`` in place in
+``partial_fit`` and warm-started fits only: a fresh ``fit`` there gives new arrays
+and the module keeps the old ones (convert again, or pass ``copy=True`` for a
+snapshot that no fit changes).
+
 :func:`layers_from_torch` reads such a module back into mlpx layers and weights
 (``mlpx.Sequential.from_torch`` builds the model from them).
 """
@@ -160,6 +170,9 @@ def to_torch(obj: Any, *, device: Any = None, copy: bool = False) -> nn.Sequenti
                 f"This {type(obj).__name__} instance is not fitted yet; call fit before to_torch."
             )
         modules = _from_estimator(obj, device, copy)
+        share = getattr(obj, "_share_weights", None)
+        if not copy and callable(share):
+            share()  # an mlpx estimator warns when a later fit cannot keep sharing
     else:
         raise TypeError(
             f"cannot convert {type(obj).__name__!r} to PyTorch: expected an mlpx Sequential, "
@@ -237,10 +250,63 @@ def _activation_name(m: nn.Module) -> str | None:
     return None
 
 
-def _leaves(module: nn.Module) -> list[nn.Module]:
+# The classes whose computation mlpx reproduces. A module is converted as the first of
+# these it is an instance of, so it must compute exactly what that class computes.
+_SUPPORTED = (nn.Sequential, nn.Linear, nn.Dropout, nn.Identity, nn.ReLU, nn.LeakyReLU, nn.Sigmoid,
+              nn.Tanh, nn.GELU, nn.Softmax, Exp)
+# What a subclass may not redefine: how a call reaches forward, and forward itself.
+_CALL_PATH = ("forward", "__call__", "_call_impl", "__getattr__", "__getattribute__")
+
+
+def _leaves(module: nn.Module, path: str = "") -> list[tuple[str, nn.Module]]:
+    """``(path, module)`` of the modules a Sequential runs, in order, nested ones flattened;
+    each checked to compute what its class does (:func:`_check_plain`)."""
+    _check_plain(path, module)
     if isinstance(module, nn.Sequential):
-        return [leaf for child in module for leaf in _leaves(child)]
-    return [module]
+        return [leaf for name, child in module.named_children()
+                for leaf in _leaves(child, f"{path}.{name}" if path else name)]
+    return [(path, module)]
+
+
+def _where(path: str, m: nn.Module) -> str:
+    return f"the module at {path!r} ({type(m).__name__})" if path else f"the root module ({type(m).__name__})"
+
+
+def _check_plain(path: str, m: nn.Module) -> None:
+    """Refuse a module whose output is not what its supported class computes: a subclass
+    that redefines ``forward`` (or how a call reaches it), or one with forward hooks."""
+    base = next((cls for cls in _SUPPORTED if isinstance(m, cls)), None)
+    if base is None:
+        return  # not a supported class: refused by name where it is read
+    changed = [name for name in _CALL_PATH if getattr(type(m), name, None) is not getattr(base, name, None)]
+    if changed:
+        plain = "mlpx.torch.Exp" if base is Exp else f"nn.{base.__name__}"
+        raise ValueError(
+            f"cannot convert {_where(path, m)}: its class redefines {', '.join(changed)} of {plain}, "
+            f"so it may not compute what {plain} computes, which is what mlpx would compute; "
+            f"convert a module of the plain class"
+        )
+    hooks = [kind for kind, attr in (("forward hooks", "_forward_hooks"), ("forward pre-hooks", "_forward_pre_hooks"))
+             if getattr(m, attr, None)]
+    if hooks:
+        raise ValueError(
+            f"cannot convert {_where(path, m)}: it has {' and '.join(hooks)}, which may change "
+            f"what it computes; remove them (handle.remove()) before converting"
+        )
+
+
+def _check_no_global_hooks() -> None:
+    """Forward hooks registered for every module (``register_module_forward_hook``)."""
+    from torch.nn.modules import module as torch_module
+
+    found = [name for name in ("_global_forward_hooks", "_global_forward_pre_hooks")
+             if getattr(torch_module, name, None)]
+    if found:
+        raise ValueError(
+            "cannot convert: global forward hooks are registered for every module "
+            "(torch.nn.modules.module.register_module_forward_hook / _pre_hook), which may change "
+            "what the modules compute; remove them before converting"
+        )
 
 
 def layers_from_torch(module: nn.Module) -> tuple[list[Layer], list[np.ndarray], str]:
@@ -271,14 +337,19 @@ def layers_from_torch(module: nn.Module) -> tuple[list[Layer], list[np.ndarray],
     TypeError
         Not an ``nn.Sequential``, or parameters of mixed or non-float dtypes.
     ValueError
-        A module mlpx has no equivalent of (the message lists the supported ones).
+        A module mlpx has no equivalent of (the message lists the supported ones);
+        a subclass of a supported module that redefines ``forward`` (or
+        ``__call__``); a module with forward hooks or forward pre-hooks, or global
+        forward hooks. Each message names the module by its path in the tree
+        (``"3.1"``: child ``1`` of child ``3``), as ``named_modules`` does.
     """
     if not isinstance(module, nn.Sequential):
         raise TypeError(f"expected a torch.nn.Sequential, got {type(module).__name__}")
+    _check_no_global_hooks()
     specs: list[dict[str, Any]] = []
     weights: list[np.ndarray] = []
     dtypes: set[torch.dtype] = set()
-    for m in _leaves(module):
+    for path, m in _leaves(module):
         if isinstance(m, nn.Linear):
             W = m.weight.detach().cpu().numpy().T.copy()
             b = (m.bias.detach().cpu().numpy().copy() if m.bias is not None
@@ -294,7 +365,7 @@ def layers_from_torch(module: nn.Module) -> tuple[list[Layer], list[np.ndarray],
         else:
             name = _activation_name(m)
             if name is None:
-                raise ValueError(f"cannot convert {m!r} to mlpx; supported: {_MODULE_NAMES}")
+                raise ValueError(f"cannot convert {_where(path, m)}, {m!r}, to mlpx; supported: {_MODULE_NAMES}")
             if specs and specs[-1]["type"] == "Dense" and specs[-1]["activation"] == "identity":
                 specs[-1]["activation"] = name
             else:

@@ -35,6 +35,7 @@ import numpy as np
 from mlpx.callbacks import BatchHooks, Callback, ProgressBar, check_callbacks
 from mlpx.data import Batch, MemberBatches, is_sparse, make_batches, should_stream, to_host
 from mlpx.distributed import Reducer, is_agreed, make_reducer, mark_agreed
+from mlpx.locking import exclusive_training
 from mlpx.losses import Loss
 from mlpx.metrics import PREDICT_CHUNK, Chunk, holdout_scores, iter_chunks
 from mlpx.optimizers import Optimizer, get_optimizer
@@ -153,6 +154,7 @@ class _Epoch:
     pending: BaseException | None = None
 
 
+@exclusive_training
 def train(
     model: Any,
     source: Any,
@@ -461,6 +463,7 @@ class _Setup:
     callbacks: list[Callback]
 
 
+@exclusive_training
 def fit(
     model: Any,
     X: Any,

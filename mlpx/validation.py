@@ -40,7 +40,9 @@ __all__ = [
     "check_seed",
     "dtype_max",
     "encode_targets",
+    "host_values",
     "is_sparse",
+    "refuse_datetimes",
 ]
 
 
@@ -283,6 +285,103 @@ def _device_dtype_name(be: Any, x: Any) -> str | None:
 
 
 # ------------------------------------------------------------------ arrays
+_TIME_KINDS = {"M": "datetime64", "m": "timedelta64"}
+
+
+def refuse_datetimes(x: Any, name: str) -> None:
+    """Refuse dates and durations (NumPy ``datetime64``/``timedelta64``, pandas columns).
+
+    A timestamp as a feature is a count of nanoseconds since 1970, about 1e18: the
+    network would saturate on it, or a cast would quietly pick a unit. scikit-learn
+    refuses such frames too (with a dtype-promotion error).
+
+    Parameters
+    ----------
+    x : array_like, DataFrame or Series
+    name : str
+        The argument's name for the message.
+
+    Raises
+    ------
+    TypeError
+        Naming the argument and the columns (for a DataFrame) that hold them.
+    """
+    dtypes = _pandas_dtypes(x)
+    if dtypes is None:
+        kind = getattr(getattr(x, "dtype", None), "kind", None)
+        if kind in _TIME_KINDS:
+            raise TypeError(_time_message(name, _TIME_KINDS[kind], ""))
+        return
+    bad = [(col, _TIME_KINDS[d.kind]) for col, d in dtypes if getattr(d, "kind", None) in _TIME_KINDS]
+    if bad:
+        where = "" if getattr(x, "ndim", 2) == 1 else f" in column(s) {', '.join(repr(c) for c, _ in bad)}"
+        raise TypeError(_time_message(name, bad[0][1], where))
+
+
+def _time_message(name: str, what: str, where: str) -> str:
+    return (f"{name} holds {what} values{where}; mlpx trains on numbers, not dates or durations: "
+            f"convert them first (e.g. seconds since a reference time, or calendar features)")
+
+
+def _pandas_dtypes(x: Any) -> list[tuple[Any, Any]] | None:
+    """``[(column, dtype), ...]`` of a pandas DataFrame or Series; None for anything else."""
+    if not (hasattr(x, "to_numpy") and hasattr(x, "isna") and hasattr(x, "dtypes")):
+        return None
+    if getattr(x, "ndim", None) == 1:
+        return [(getattr(x, "name", None), x.dtype)]
+    return list(x.dtypes.items())
+
+
+def host_values(x: Any, name: str, what: str = "a numeric array") -> np.ndarray:
+    """Host data as a NumPy array, pandas nullable dtypes included.
+
+    Frames and series of ``Int64``, ``Float64``, ``boolean`` (and other masked or
+    Arrow numeric) columns become int64 / float64 / bool arrays, as scikit-learn
+    reads them; their missing values (``pd.NA``) are refused by name rather than
+    turned into an object array. Anything else goes through ``np.asarray``.
+
+    Parameters
+    ----------
+    x : array_like, DataFrame or Series
+    name : str
+        The argument's name for messages.
+    what : str
+        What the argument must be, for the message when NumPy cannot read it.
+
+    Returns
+    -------
+    ndarray
+
+    Raises
+    ------
+    ValueError
+        A pandas object with missing values.
+    TypeError
+        Dates or durations (:func:`refuse_datetimes`), or data NumPy cannot hold
+        as an array.
+    """
+    refuse_datetimes(x, name)  # a frame's columns by name
+    dtypes = _pandas_dtypes(x)
+    if dtypes is None:
+        try:
+            out = np.asarray(x)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name} must be {what}: {exc}") from None
+        refuse_datetimes(out, name)  # lists of np.datetime64 become such arrays
+        return out
+    if all(isinstance(d, np.dtype) for _, d in dtypes):
+        return np.asarray(x.to_numpy())  # plain NumPy columns: NaN is caught as a value later
+    missing = int(np.asarray(x.isna()).sum())
+    if missing:
+        raise ValueError(
+            f"{name} has {missing} missing value(s) (pd.NA or NaN); impute or drop them before training"
+        )
+    numeric = [d if isinstance(d, np.dtype) else getattr(d, "numpy_dtype", None) for _, d in dtypes]
+    if all(isinstance(n, np.dtype) and n.kind in "biuf" for n in numeric):
+        return np.asarray(x.to_numpy(dtype=np.result_type(*numeric)))
+    return np.asarray(x.to_numpy())
+
+
 def _is_device_array(x: Any) -> bool:
     """An array of a backend's own library: anything with ``__array_namespace__``, and
     CuPy's, which has none (CuPy 14) and refuses implicit conversion to NumPy."""
@@ -340,12 +439,7 @@ def check_X(
         if not _device_is_real(be, X):
             raise TypeError(f"{name} must be numeric (integer or real floating), got dtype {X.dtype}")
     else:
-        if hasattr(X, "to_numpy"):  # pandas DataFrame / Series
-            X = X.to_numpy()
-        try:
-            X = np.asarray(X)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"{name} must be a numeric 2-D array: {exc}") from None
+        X = host_values(X, name, "a numeric 2-D array")
         if X.dtype.kind not in "biuf":
             raise TypeError(f"{name} must be numeric, got dtype {X.dtype}")
     shape = tuple(X.shape)
@@ -413,12 +507,7 @@ def encode_targets(
     _refuse_sparse(y, "y")
     if _is_device_array(y):
         y = to_host(y)
-    if hasattr(y, "to_numpy"):
-        y = y.to_numpy()
-    try:
-        y = np.asarray(y)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"y must be a numeric array: {exc}") from None
+    y = host_values(y, "y")
     if y.dtype.kind not in "biuf":
         raise TypeError(
             f"y must be numeric, got dtype {y.dtype}; encode string labels as integers "
@@ -507,16 +596,23 @@ def check_sample_weight(sample_weight: Any, n_samples: int, dtype: Any = None) -
     _refuse_sparse(sample_weight, "sample_weight")
     if _is_device_array(sample_weight):
         sample_weight = to_host(sample_weight)
+    values = host_values(sample_weight, "sample_weight")
     try:
-        w = np.asarray(sample_weight, dtype=np.float64)
+        w = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"sample_weight must be numeric: {exc}") from None
     if w.ndim == 0:
         w = np.full(n_samples, float(w))
     if w.shape != (n_samples,):
         raise ValueError(f"sample_weight must have shape ({n_samples},), got {w.shape}")
-    if not np.isfinite(w).all() or (w < 0).any():
-        raise ValueError("sample_weight must be finite and non-negative")
+    if not np.isfinite(w).all():
+        raise ValueError("sample_weight must be finite and non-negative; it contains NaN or infinity")
+    negative = int(np.count_nonzero(w < 0))
+    if negative:
+        raise ValueError(
+            f"sample_weight must be finite and non-negative; {negative} weight(s) are negative "
+            f"(the smallest is {w.min():g})"
+        )
     if w.sum() <= 0:
         raise ValueError("sample_weight sums to zero: nothing to train on")
     if dtype is not None:

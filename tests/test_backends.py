@@ -225,8 +225,95 @@ def test_backend_of_wrong_type() -> None:
 
 
 def test_unknown_array_api_module() -> None:
-    with pytest.raises(BackendUnavailableError, match="cannot be imported"):
+    with pytest.raises(BackendError, match="not a known Array API namespace") as err:
         get_backend("array-api:no_such_module_xyz")
+    assert not isinstance(err.value, BackendUnavailableError)  # refused, not "missing"
+
+
+@pytest.mark.parametrize("name", ["os", "this", "antigravity", "subprocess", "numpy.linalg"])
+def test_array_api_names_outside_the_known_namespaces_are_not_imported(name: str, capsys) -> None:
+    """Importing runs a module's code ("this" prints, "antigravity" opens a browser):
+    a name that is not a known Array API namespace is refused before any import."""
+    before = set(sys.modules)
+    for spec in (f"array-api:{name}", f"array-api:{name}[cpu]"):
+        with pytest.raises(BackendError, match=rf"'{name}' is not a known Array API namespace.*ArrayAPIBackend\(module\)"):
+            get_backend(spec)
+        with pytest.raises(BackendError, match="not a known Array API namespace"):
+            ArrayAPIBackend(name)
+    assert set(sys.modules) - before == set()
+    assert capsys.readouterr().out == ""
+
+
+def test_a_module_that_is_not_an_array_api_namespace_is_refused() -> None:
+    import os
+
+    with pytest.raises(TypeError, match="'os' is not an Array API namespace"):
+        ArrayAPIBackend(os)
+    with pytest.raises(TypeError, match="not an Array API namespace"):
+        ArrayAPIBackend(types.SimpleNamespace(asarray=lambda x: x, __name__="fake"))
+
+
+def test_a_namespace_passed_as_a_module_resolves_by_name_afterwards(monkeypatch) -> None:
+    """The documented way to use a namespace mlpx does not list: pass the module.
+    Its name then resolves in this process (pickles, Sequential.to)."""
+    from mlpx.backends import array_api_backend as aab
+
+    monkeypatch.setattr(aab, "KNOWN_NAMESPACES", aab.KNOWN_NAMESPACES - {"array_api_strict"})
+    monkeypatch.setattr(aab, "_GIVEN", set())
+    with pytest.raises(BackendError, match="not a known"):
+        get_backend("array_api_strict")
+    be = ArrayAPIBackend(array_api_strict)
+    assert be.name == "array_api_strict"
+    again = get_backend(be.spec)
+    assert isinstance(again, ArrayAPIBackend) and again.xp is be.xp
+
+
+def test_known_array_api_namespaces_still_resolve() -> None:
+    for spec in ("array_api_strict", "array-api:array_api_strict", "array-api:numpy"):
+        assert isinstance(get_backend(spec), ArrayAPIBackend)
+
+
+# ------------------------------------------------------------- pickling
+def _cpu_specs() -> list:
+    specs = ["cpu", "cpu:numpy"]
+    for blas_name in ("mkl", "blis"):
+        try:
+            get_backend(f"cpu:{blas_name}")
+        except BackendUnavailableError:
+            continue
+        specs.append(f"cpu:{blas_name}")
+    return specs
+
+
+@pytest.mark.parametrize("spec", _cpu_specs() + ["array_api_strict", "array-api:numpy", "array_api_strict[device1]",
+                                                 "array-api:torch"])
+def test_backends_pickle_and_copy_as_their_name(spec: str) -> None:
+    import copy
+    import pickle
+
+    if spec == "array-api:torch":
+        pytest.importorskip("torch")
+    be = get_backend(spec)
+    for twin in (pickle.loads(pickle.dumps(be)), copy.deepcopy(be), copy.copy(be)):
+        assert type(twin) is type(be) and twin.spec == be.spec and twin.name == be.name
+        assert twin.xp is be.xp and str(twin.device) == str(be.device)
+        if isinstance(be, NumpyBackend):
+            assert twin is be  # the shared CPU backend, its BLAS included
+            assert twin.blas == be.blas
+    data = pickle.dumps(be)
+    assert b"get_backend" in data and be.spec.encode() in data  # the name, no namespace module
+
+
+def test_the_default_cpu_spec_follows_mlpx_cpu_blas() -> None:
+    assert get_backend("cpu").spec == "cpu"
+    assert get_backend("cpu:numpy").spec == "cpu:numpy"
+
+
+def test_a_hand_built_backend_refuses_to_pickle_clearly() -> None:
+    import pickle
+
+    with pytest.raises(TypeError, match="only the backends get_backend builds"):
+        pickle.dumps(Backend(np))
 
 
 @pytest.fixture

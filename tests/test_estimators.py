@@ -369,3 +369,64 @@ def test_changing_backend_after_fit_moves_model_and_optimizer_state(digits):
     ours.partial_fit(X, y)
     theirs.partial_fit(X, y)
     _same_params(ours, theirs, rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------- a Backend object as backend=
+def _backend_object_specs() -> list:
+    return ["cpu", "array_api_strict"]
+
+
+@pytest.mark.parametrize("spec", _backend_object_specs())
+def test_an_estimator_holding_a_backend_object_clones_pickles_and_deep_copies(spec: str) -> None:
+    """``backend=get_backend(...)`` is accepted, so it must survive what scikit-learn does
+    to parameters: clone (a deep copy), pickling, and get_params round trips."""
+    import copy
+
+    X, y = _xor_like(80)
+    be = get_backend(spec)
+    est = MLPClassifier(hidden_layer_sizes=(6,), max_iter=5, random_state=0, backend=be)
+    twin = clone(est)
+    assert twin.get_params()["backend"].spec == be.spec
+    if spec == "cpu":
+        assert twin.get_params()["backend"] is be  # the shared CPU backend
+    est.fit(X, y)
+    want = est.predict_proba(X)
+    for other in (pickle.loads(pickle.dumps(est)), copy.deepcopy(est), clone(est).fit(X, y)):
+        assert other.get_params()["backend"].spec == be.spec
+        np.testing.assert_array_equal(other.predict_proba(X), want)
+
+
+def _xor_like(n: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, 3))
+    return X, (X[:, 0] * X[:, 1] > 0).astype(int)
+
+
+@pytest.mark.parametrize("search", ["sklearn", "mlpx"])
+def test_grid_search_with_a_backend_object_equals_the_search_by_name(search: str) -> None:
+    """The same grid with ``backend=get_backend("cpu")`` and ``backend="cpu"``: the same
+    scores and choice (scikit-learn's GridSearchCV clones the estimator per fit;
+    mlpx's stacks the candidates)."""
+    import mlpx.model_selection as ms
+
+    X, y = _xor_like(90)
+    Search = GridSearchCV if search == "sklearn" else ms.GridSearchCV
+    grid = {"alpha": [1e-4, 1e-1], "learning_rate_init": [1e-3, 1e-2]}
+    results = []
+    for backend in (get_backend("cpu"), "cpu"):
+        est = MLPClassifier(hidden_layer_sizes=(8,), max_iter=8, random_state=0, backend=backend)
+        gs = Search(est, grid, cv=3).fit(X, y)
+        results.append((gs.cv_results_["mean_test_score"], gs.best_params_))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    assert results[0][1] == results[1][1]
+
+
+def test_grid_search_with_a_backend_object_in_worker_processes() -> None:
+    """n_jobs=2 pickles the estimator (and its backend) into joblib's worker processes."""
+    X, y = _xor_like(90)
+    grid = {"alpha": [1e-4, 1e-1]}
+    est = MLPClassifier(hidden_layer_sizes=(8,), max_iter=8, random_state=0, backend=get_backend("cpu"))
+    parallel = GridSearchCV(est, grid, cv=2, n_jobs=2).fit(X, y)
+    serial = GridSearchCV(clone(est).set_params(backend="cpu"), grid, cv=2).fit(X, y)
+    np.testing.assert_array_equal(parallel.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"])
+    assert parallel.best_estimator_.backend.spec == "cpu"

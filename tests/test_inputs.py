@@ -247,7 +247,9 @@ def test_check_X_against_an_independent_rule(shape, kind, bad, where, n_features
         X = X.astype(kind)
     be = get_backend("cpu")
     # the rule, in order
-    if X.dtype.kind not in "biuf":
+    if X.dtype.kind == "M":
+        expected = (TypeError, "X holds datetime64 values; mlpx trains on numbers")
+    elif X.dtype.kind not in "biuf":
         expected = (TypeError, "numeric")
     elif X.ndim != 2:
         expected = (ValueError, "2-D")
@@ -297,3 +299,110 @@ def test_the_engine_refuses_bad_values_anywhere_and_keeps_its_weights(backend, b
         with pytest.raises(ValueError, match=match):
             call()
     np.testing.assert_array_equal(model.get_flat_params(), before)
+
+
+# ------------------------------------- pandas nullable dtypes, dates and durations
+def _nullable_frames():
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(48, 3))
+    return pd, X, {
+        "Float64": pd.DataFrame(X).astype("Float64"),
+        "Int64": pd.DataFrame(np.round(X * 4)).astype("Int64"),
+        "boolean": pd.DataFrame(X > 0).astype("boolean"),
+        "mixed": pd.DataFrame({"a": pd.array(X[:, 0], dtype="Float64"), "b": np.round(X[:, 1] * 4).astype(int),
+                               "c": pd.array(X[:, 2] > 0, dtype="boolean")}),
+    }
+
+
+@pytest.mark.parametrize("kind", ["Float64", "Int64", "boolean", "mixed"])
+def test_the_engine_reads_pandas_nullable_frames_as_scikit_learn_does(kind: str) -> None:
+    """X, y and sample_weight as nullable frames and series train exactly as the NumPy
+    arrays scikit-learn's check_array makes of them."""
+    from sklearn.utils import check_array
+
+    pd, _, frames = _nullable_frames()
+    frame = frames[kind]
+    want_X = check_array(frame, dtype=None)
+    y = pd.Series((want_X[:, 0] > 0).astype(int)).astype("Int64")
+    w = pd.Series(np.arange(1, 49) % 3 + 1).astype("Float64")
+    got = check_X(frame, get_backend("cpu"))
+    np.testing.assert_array_equal(got, want_X)
+    assert got.dtype.kind in "biuf"
+    fitted = []
+    for X_in, y_in, w_in in ((frame, y, w), (want_X, y.to_numpy(dtype=int), w.to_numpy(dtype=float))):
+        model = mlpx.MLP([3, 5, 2], dtype="float64", seed=0)
+        model.fit(X_in, y_in, sample_weight=w_in, epochs=2, batch_size=16)
+        fitted.append(model.get_flat_params())
+    np.testing.assert_array_equal(fitted[0], fitted[1])
+    # a boolean series of targets, a single-column frame of weights
+    Y = encode_targets(pd.Series(y.to_numpy() > 0, dtype="boolean"), "logistic", 1, 48)
+    np.testing.assert_array_equal(Y[:, 0], y.to_numpy() > 0)
+    np.testing.assert_array_equal(check_sample_weight(w, 48), w.to_numpy(dtype=float))
+
+
+def test_missing_values_in_nullable_data_are_named() -> None:
+    pd, X, frames = _nullable_frames()
+    holed = frames["Float64"].copy()
+    holed.iloc[3, 1] = pd.NA
+    holed.iloc[7, 0] = pd.NA
+    with pytest.raises(ValueError, match=r"X has 2 missing value\(s\) \(pd.NA"):
+        check_X(holed, get_backend("cpu"))
+    model = mlpx.MLP([3, 4, 2], seed=0)
+    with pytest.raises(ValueError, match="missing value"):
+        model.fit(holed, np.zeros(48, dtype=int), epochs=1)
+    y = pd.Series(np.arange(48) % 2, dtype="Int64")
+    y[5] = pd.NA
+    with pytest.raises(ValueError, match=r"y has 1 missing value"):
+        model.fit(X, y, epochs=1)
+    w = pd.Series(np.ones(48), dtype="Float64")
+    w[0] = pd.NA
+    with pytest.raises(ValueError, match=r"sample_weight has 1 missing value"):
+        model.fit(X, np.arange(48) % 2, sample_weight=w, epochs=1)
+    with pytest.raises(ValueError, match="missing value"):
+        model.predict(holed)
+
+
+@pytest.mark.parametrize("what", ["frame datetime", "frame timedelta", "frame tz", "array datetime",
+                                  "array timedelta", "series datetime"])
+def test_dates_and_durations_are_refused_everywhere(what: str) -> None:
+    pd = pytest.importorskip("pandas")
+    from mlpx import MLPClassifier, MLPRegressor
+
+    n = 12
+    column = {
+        "datetime": pd.date_range("2024-01-01", periods=n),
+        "timedelta": pd.to_timedelta(np.arange(n), "s"),
+        "tz": pd.date_range("2024-01-01", periods=n, tz="UTC"),
+    }
+    source, kind = what.split()
+    if source == "frame":
+        X = pd.DataFrame({"x": np.arange(n, dtype=float), "when": column[kind]})
+        match = rf"X holds {'datetime' if kind == 'tz' else kind}64 values in column\(s\) 'when'"
+        if kind != "tz":  # scikit-learn refuses these frames too (DTypePromotionError)
+            from sklearn.utils import check_array
+
+            with pytest.raises(TypeError):
+                check_array(X)
+    elif source == "array":
+        X = np.arange(2 * n).astype("datetime64[s]" if kind == "datetime" else "timedelta64[s]").reshape(n, 2)
+        match = rf"X holds {kind}64 values"
+    else:
+        X = pd.Series(column[kind]).to_frame()
+        match = rf"X holds {kind}64 values"
+    y = np.arange(n) % 2
+    width = X.shape[1]
+    with pytest.raises(TypeError, match=match):
+        mlpx.MLP([width, 3, 2], seed=0).fit(X, y, epochs=1)
+    with pytest.raises(TypeError, match=match):
+        check_X(X, get_backend("cpu"))
+    for Est in (MLPClassifier, MLPRegressor):
+        with pytest.raises(TypeError, match=match):
+            Est(max_iter=1).fit(X, y)
+    fitted = MLPClassifier(max_iter=1).fit(np.zeros((n, width)), y)
+    with pytest.raises(TypeError, match=match):
+        fitted.predict(X)
+    with pytest.raises(TypeError, match=r"y holds datetime64"):
+        encode_targets(np.arange(n).astype("datetime64[D]"), "identity", 1, n)
+    with pytest.raises(TypeError, match=r"sample_weight holds timedelta64"):
+        check_sample_weight(np.arange(n).astype("timedelta64[s]"), n)

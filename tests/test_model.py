@@ -128,6 +128,31 @@ def test_early_stopping_modes() -> None:
         mlpx.EarlyStopping(mode="up")
 
 
+@pytest.mark.parametrize("validation", [False, True])
+@pytest.mark.parametrize("monitor", ["val_acc", "acc", "val_r2", "Loss"])
+def test_early_stopping_on_a_key_the_fit_never_logs_raises_at_the_first_epoch(validation, monitor) -> None:
+    """A misspelt or absent key used to watch "loss" in silence; it raises at the end of
+    the first epoch, naming the keys the fit does log."""
+    X, y = _blobs(n=40)
+    model = mlpx.MLP([4, 6, 3], seed=0)
+    extra = {"validation_data": (X, y)} if validation else {}
+    with pytest.raises(ValueError, match=rf"monitor='{monitor}'.*available keys: accuracy, loss") as err:
+        model.fit(X, y, epochs=5, callbacks=[mlpx.EarlyStopping(monitor=monitor)], **extra)
+    assert ("val_loss" in str(err.value)) == validation
+    assert model.epochs_done_ == 1  # the first epoch's end, not later
+
+
+def test_early_stopping_watches_every_logged_key() -> None:
+    X, y = _blobs(n=40)
+    T = X @ np.arange(4.0)
+    for model, target, keys in ((mlpx.MLP([4, 6, 3], seed=0), y, ("loss", "accuracy", "val_loss", "val_accuracy")),
+                                (mlpx.MLP([4, 6, 1], output="identity", seed=0), T, ("loss", "val_loss", "val_r2"))):
+        for key in keys:
+            es = mlpx.EarlyStopping(monitor=key, patience=10)
+            model.fit(X, target, epochs=2, validation_data=(X, target), callbacks=[es])
+            assert es._key == key
+
+
 def test_progress_bar_output(capsys: pytest.CaptureFixture) -> None:
     X, y = _blobs(n=30)
     model = mlpx.MLP([4, 5, 3], seed=0)

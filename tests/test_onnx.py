@@ -148,6 +148,50 @@ def test_written_file_and_metadata(tmp_path: Any) -> None:
     assert inp.name == "X" and [d.dim_value for d in inp.type.tensor_type.shape.dim] == [0, 4]
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits and links")
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("via", ["Sequential", "estimator"])
+def test_writing_keeps_a_files_mode_and_a_links_target_as_save_does(tmp_path: Any, via: str) -> None:
+    """to_onnx(path) writes through save's atomic writer: an existing file keeps its
+    permission bits (a fresh temporary file and a rename used to reset them to the
+    umask's), and a symbolic link stays a link to the file written (it used to be
+    replaced by a regular file)."""
+    import stat
+
+    if via == "Sequential":
+        exporter = mlpx.MLP([4, 5, 2], output="logistic", seed=0)
+    else:
+        exporter = mlpx.MLPRegressor(hidden_layer_sizes=(3,), max_iter=2, random_state=0).fit(data(20, 4, "float64"), np.arange(20.0))
+    store = tmp_path / "store"
+    store.mkdir()
+    real = store / "model.onnx"
+    exporter.to_onnx(real)
+    os.chmod(real, 0o640)
+    link = tmp_path / "serving.onnx"
+    link.symlink_to(os.path.relpath(real, tmp_path))
+    proto = exporter.to_onnx(link)
+    assert link.is_symlink() and os.readlink(link) == os.path.relpath(real, tmp_path)
+    assert stat.S_IMODE(os.stat(real).st_mode) == 0o640
+    assert sorted(os.listdir(tmp_path)) == ["serving.onnx", "store"] and os.listdir(store) == ["model.onnx"]
+    assert onnx.load(str(link)).SerializeToString() == proto.SerializeToString()
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Any, monkeypatch: Any) -> None:
+    model = mlpx.MLP([4, 5, 3], seed=0)
+    path = tmp_path / "m.onnx"
+    model.to_onnx(path)
+    before = path.read_bytes()
+
+    def boom(*args: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError, match="disk full"):
+        mlpx.MLP([4, 6, 3], seed=1).to_onnx(path)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["m.onnx"] and path.read_bytes() == before
+
+
 def test_mixed_precision_model_exports_master_weights() -> None:
     """A bf16 model (run on the CPU here) exports its float32 master weights."""
     pytest.importorskip("ml_dtypes")
@@ -158,6 +202,61 @@ def test_mixed_precision_model_exports_master_weights() -> None:
     ref.set_flat_params(model.get_flat_params())
     out = run(to_onnx(model), X)
     np.testing.assert_allclose(out["probabilities"], ref.predict_proba(X), **TOL["float32"])
+
+
+# ----------------------------------------------- logistic labels at the decision boundary
+def _boundary_logits(dtype: str, width: int) -> np.ndarray:
+    """Logits at and around the decision boundary: every value of ``dtype`` within 20000
+    steps of predict's threshold and of 0 (subnormals and -0.0 included), their
+    negatives, and a log grid from the smallest subnormal to 1e-3; shape (n, width)."""
+    from mlpx.onnx import logistic_threshold
+
+    ints = np.int32 if dtype == "float32" else np.int64
+    at = int(np.array(logistic_threshold(dtype), dtype).view(ints))
+    bits = np.concatenate([np.arange(at - 20000, at + 20000), np.arange(0, 20000)]).astype(ints)
+    tiny = float(np.finfo(dtype).smallest_subnormal)
+    grid = np.geomspace(tiny, 1e-3, 5000).astype(dtype)
+    z = np.concatenate([bits.view(dtype), grid, [0.0, -0.0]]).astype(dtype)
+    z = np.concatenate([z, -z])
+    return np.resize(z, (z.size // width) * width).reshape(-1, width)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [1, 3])
+def test_sequential_logistic_labels_equal_predict_at_the_boundary(k: int, dtype: str) -> None:
+    """The logits are the inputs (identity weights, zero bias): ONNX Runtime's labels must be
+    predict's on every one. Comparing the logit with 0 disagreed wherever 0 < z < ~1.2e-7
+    (float32), where predict's probability rounds to 0.5; comparing ONNX Runtime's own
+    sigmoid with 0.5 disagrees where its last bit differs from NumPy's."""
+    from mlpx.layers import Dense
+
+    model = mlpx.Sequential([Dense(k, k, activation="logistic")], dtype=dtype, seed=0)
+    model.set_weights([np.eye(k), np.zeros(k)])
+    Z = _boundary_logits(dtype, k)
+    out = run(model.to_onnx(), Z)
+    np.testing.assert_array_equal(out["label"], model.predict(Z))
+    from mlpx.onnx import logistic_threshold
+
+    near_zero = (Z > 0) & (Z < logistic_threshold(dtype))
+    assert near_zero.any() and not model.predict(Z).reshape(Z.shape)[near_zero].any()  # the case that broke
+    np.testing.assert_allclose(out["probabilities"], model.predict_proba(Z), **TOL[dtype])
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("target", ["binary", "multilabel"])
+def test_estimator_logistic_labels_equal_predict_at_the_boundary(target: str, dtype: str) -> None:
+    k = 1 if target == "binary" else 3
+    Z = _boundary_logits(dtype, k)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, (Z.shape[0], k)) if k > 1 else np.array(["no", "yes"])[rng.integers(0, 2, Z.shape[0])]
+    clf = mlpx.MLPClassifier((k,), activation="identity", max_iter=1, dtype=dtype, random_state=0)
+    clf.fit(Z[:200], y[:200])
+    clf.coefs_ = [np.eye(k, dtype=dtype), np.eye(k, dtype=dtype)]  # logits = inputs
+    clf.intercepts_ = [np.zeros(k, dtype=dtype), np.zeros(k, dtype=dtype)]
+    out = run(clf.to_onnx(zipmap=False), Z)
+    assert label_values(out["label"]) == label_values(clf.predict(Z))
+    np.testing.assert_allclose(out["probabilities"], clf.predict_proba(Z), **TOL[dtype])
 
 
 # ------------------------------------------------------------- estimators

@@ -253,6 +253,30 @@ def test_gpu_n_selection(strict_cupy) -> None:
         get_backend("gpu:2")
 
 
+def test_gpu_backends_pickle_as_their_device_and_estimators_clone_with_them(strict_cupy) -> None:
+    """A gpu:N backend object pickles as "gpu:N" (the module and device handles stay
+    behind), so an estimator holding one clones, pickles and predicts alike."""
+    import copy
+
+    from sklearn.base import clone
+
+    from mlpx import MLPClassifier
+
+    for spec in ("gpu", "gpu:1"):
+        be = get_backend(spec)
+        for twin in (pickle.loads(pickle.dumps(be)), copy.deepcopy(be)):
+            assert twin is be and twin.spec == be.name
+    X, y = _data()
+    est = MLPClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0, backend=get_backend("gpu:1"))
+    assert clone(est).get_params()["backend"] is get_backend("gpu:1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning of the short fit
+        est.fit(X, y)
+    again = pickle.loads(pickle.dumps(est))
+    assert again.backend is get_backend("gpu:1")
+    np.testing.assert_array_equal(again.predict_proba(X), est.predict_proba(X))
+
+
 @pytest.mark.parametrize("strict_cupy", [{"n_devices": 0}], indirect=True)
 def test_no_visible_device(strict_cupy) -> None:
     assert not mlpx.backends.cuda_available()

@@ -186,3 +186,251 @@ def test_read_write_lock_semantics() -> None:
     for th in threads:
         th.join(5)
     assert order[-2:] == ["reader done", "writer"]
+
+
+# ------------------------------------------------------ one trainer at a time
+class _Hold(mlpx.Callback):
+    """Holds the fit at its first epoch end until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def on_epoch_end(self, model, epoch, logs) -> None:
+        if epoch == 0:
+            self.arrive()
+
+    def arrive(self) -> None:
+        self.started.set()
+        assert self.release.wait(60)
+
+
+def _while_held(start_fit, during) -> None:
+    """Run ``start_fit(hold)`` in a thread; once it is held inside its fit, run
+    ``during()`` here, then let the fit finish (it must succeed)."""
+    hold = _Hold()
+    outcome: list = []
+    t = threading.Thread(target=lambda: outcome.append(start_fit(hold)))
+    t.start()
+    try:
+        assert hold.started.wait(60)
+        during()
+    finally:
+        hold.release.set()
+        t.join(60)
+    assert outcome == [None]
+
+
+def _refused(call, match: str) -> None:
+    with pytest.raises(mlpx.ConcurrentTrainingError, match=match):
+        call()
+
+
+def test_a_second_trainer_of_one_sequential_is_refused_at_once() -> None:
+    """fit, and train_step called directly, from a second thread raise while the first
+    thread's fit runs; the first ends exactly as if alone."""
+    X, y = _data(n=256)
+    model = mlpx.MLP([20, 16, 4], dtype="float64", seed=0)
+    loss = model.resolve_loss(None)
+    batch = (model.backend.asarray(X[:32]), model.backend.asarray(np.eye(4)[y[:32]]))
+
+    def fit(hold) -> None:
+        model.fit(X, y, epochs=3, batch_size=32, callbacks=[hold])
+
+    def attempts() -> None:
+        _refused(lambda: model.fit(X, y, epochs=1),
+                 r"Sequential.fit was called while another thread is training .*\(in Sequential.fit\)")
+        _refused(lambda: model.train_step(*batch, denom=32.0, loss=loss, optimizer=mlpx.SGD()),
+                 "Sequential.train_step was called")
+
+    _while_held(fit, attempts)
+    alone = mlpx.MLP([20, 16, 4], dtype="float64", seed=0)
+    alone.fit(X, y, epochs=3, batch_size=32)
+    np.testing.assert_array_equal(model.get_flat_params(), alone.get_flat_params())
+    model.fit(X, y, epochs=1)  # free again once the fit returned
+
+
+def test_train_step_called_directly_guards_itself() -> None:
+    """Two threads stepping one model by hand: the second is refused while the first is
+    inside its step (held in the optimizer's update)."""
+    X, y = _data(n=64)
+    model = mlpx.MLP([20, 8, 4], dtype="float64", seed=0)
+    be, loss = model.backend, model.resolve_loss(None)
+    Xd, Yd = be.asarray(X), be.asarray(np.eye(4)[y])
+    hold = _Hold()
+
+    class HeldSGD(mlpx.SGD):
+        def step(self, params, grads):
+            hold.arrive()
+            return super().step(params, grads)
+
+    opt = HeldSGD(lr=0.1)
+    opt.bind(be, model.params, model.grads, model.n_weights, owner=model)
+    t = threading.Thread(target=lambda: model.train_step(Xd, Yd, denom=64.0, loss=loss, optimizer=opt))
+    t.start()
+    try:
+        assert hold.started.wait(60)
+        _refused(lambda: model.train_step(Xd, Yd, denom=64.0, loss=loss, optimizer=opt),
+                 "Sequential.train_step was called")
+    finally:
+        hold.release.set()
+        t.join(60)
+    twin = mlpx.MLP([20, 8, 4], dtype="float64", seed=0)
+    ref = mlpx.SGD(lr=0.1)
+    ref.bind(be, twin.params, twin.grads, twin.n_weights, owner=twin)
+    twin.train_step(Xd, Yd, denom=64.0, loss=loss, optimizer=ref)
+    np.testing.assert_array_equal(model.get_flat_params(), twin.get_flat_params())  # one step, not two
+
+
+def test_a_second_trainer_of_one_stack_is_refused_at_once() -> None:
+    X, y = _data(n=128)
+    stack = mlpx.Stack(mlpx.MLP([20, 8, 4], dtype="float64", seed=0), seeds=[0, 1])
+    loss = stack.resolve_loss(None)
+
+    def fit(hold) -> None:
+        stack.fit(X, y, epochs=2, batch_size=32, callbacks=[hold])
+
+    def attempts() -> None:
+        _refused(lambda: stack.fit(X, y, epochs=1), "Stack.fit was called")
+        _refused(lambda: stack.train_step(None, None, denom=np.ones(2), loss=loss, optimizer=None),
+                 "Stack.train_step was called")
+
+    _while_held(fit, attempts)
+    alone = mlpx.Stack(mlpx.MLP([20, 8, 4], dtype="float64", seed=0), seeds=[0, 1])
+    alone.fit(X, y, epochs=2, batch_size=32)
+    for k in range(2):
+        np.testing.assert_array_equal(stack.get_member_params(k), alone.get_member_params(k))
+
+
+def _held(Est):
+    """``Est`` that holds a fit where it has rebuilt its labels and initial weights,
+    just before training."""
+
+    class Held(Est):
+        hold = None
+
+        def _fit_stochastic(self, *args, **kwargs):
+            if self.hold is not None:
+                self.hold.arrive()
+            return super()._fit_stochastic(*args, **kwargs)
+
+    return Held
+
+
+def test_estimator_fits_one_at_a_time_and_predictions_meanwhile_see_the_previous_fit() -> None:
+    """While one thread refits (new classes, new initial weights), other threads'
+    predict/predict_proba/score give the previous fit's answers, never an internal
+    LabelBinarizer's NotFittedError; a second fit or partial_fit is refused."""
+    pytest.importorskip("sklearn")
+    X, y = _data(n=200, k=3)
+    X2, y2 = _data(n=200, k=5, seed=1)
+    est = _held(mlpx.MLPClassifier)(hidden_layer_sizes=(8,), max_iter=3, random_state=0).fit(X, y)
+    before = (est.predict(X), est.predict_proba(X), est.predict_log_proba(X), est.score(X, y))
+
+    def refit(hold) -> None:
+        est.hold = hold
+        est.fit(X2, y2)
+        est.hold = None
+
+    def meanwhile() -> None:
+        during = (est.predict(X), est.predict_proba(X), est.predict_log_proba(X), est.score(X, y))
+        for a, b in zip(during, before):
+            np.testing.assert_array_equal(a, b)
+        _refused(lambda: est.fit(X, y), "MLPClassifier.fit was called|Held.fit was called")
+        _refused(lambda: est.partial_fit(X2, y2), "partial_fit was called")
+
+    _while_held(refit, meanwhile)
+    serial = mlpx.MLPClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0).fit(X2, y2)
+    np.testing.assert_array_equal(est.predict_proba(X2), serial.predict_proba(X2))
+
+
+def test_predicting_during_an_estimators_first_fit_says_so() -> None:
+    pytest.importorskip("sklearn")
+    from sklearn.exceptions import NotFittedError
+
+    X, y = _data(n=100)
+    est = _held(mlpx.MLPClassifier)(hidden_layer_sizes=(4,), max_iter=2, random_state=0)
+
+    def fit(hold) -> None:
+        est.hold = hold
+        est.fit(X, y)
+
+    def meanwhile() -> None:
+        with pytest.raises(NotFittedError, match="being fitted in another thread"):
+            est.predict(X)
+
+    _while_held(fit, meanwhile)
+
+
+def test_a_regressor_fits_one_at_a_time_too() -> None:
+    pytest.importorskip("sklearn")
+    X, _ = _data(n=100)
+    t = X @ np.linspace(-1, 1, X.shape[1])
+    est = _held(mlpx.MLPRegressor)(hidden_layer_sizes=(4,), max_iter=2, random_state=0).fit(X, t)
+    before = (est.predict(X), est.score(X, t))
+
+    def refit(hold) -> None:
+        est.hold = hold
+        est.fit(X, -t)
+
+    def meanwhile() -> None:
+        np.testing.assert_array_equal(est.predict(X), before[0])
+        assert est.score(X, t) == before[1]
+        _refused(lambda: est.partial_fit(X, t), "partial_fit was called")
+
+    _while_held(refit, meanwhile)
+
+
+def test_a_reader_in_flight_holds_back_a_starting_trainer() -> None:
+    """TrainingGuard.serving: a trainer that starts while a reader reads the object
+    itself waits for it, so the reader never sees the trainer's first changes."""
+    from mlpx.locking import TrainingGuard
+
+    guard = TrainingGuard()
+    entered = threading.Event()
+
+    def trainer() -> None:
+        guard.enter("fit", previous="old state")
+        entered.set()
+        guard.exit()
+
+    def other_reader(results: list) -> None:
+        with guard.serving() as seen:
+            results.append(seen)
+
+    with guard.serving() as seen:
+        assert seen == (False, None)
+        t = threading.Thread(target=trainer)
+        t.start()
+        while not guard.busy_elsewhere():  # the trainer has claimed the guard...
+            t.join(0.001)
+        assert not entered.is_set()  # ...and waits for this reader
+        results: list = []
+        other = threading.Thread(target=other_reader, args=(results,))
+        other.start()
+        other.join(60)
+        assert results == [(True, "old state")]  # a new reader reads the previous state
+    t.join(60)
+    assert entered.is_set() and not guard.busy_elsewhere()
+    # the training thread may re-enter; another thread may not
+    guard.enter("fit")
+    guard.enter("train_step")
+    errors: list = []
+
+    def intruder() -> None:
+        try:
+            guard.enter("fit")
+        except mlpx.ConcurrentTrainingError as exc:
+            errors.append(str(exc))
+            return
+        guard.exit()
+
+    worker = threading.Thread(target=intruder)
+    worker.start()
+    worker.join(60)
+    guard.exit()
+    guard.exit()
+    assert len(errors) == 1 and "(in fit)" in errors[0]
+    worker = threading.Thread(target=intruder)
+    worker.start()
+    worker.join(60)
+    assert len(errors) == 1 and not guard.busy_elsewhere()  # free again: the intruder entered and left

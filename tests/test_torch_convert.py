@@ -7,10 +7,14 @@ reads such modules back.
 
 from __future__ import annotations
 
+import re
+import warnings
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch", reason="needs PyTorch: pip install torch==2.13.0")
 from torch import nn  # noqa: E402
@@ -155,6 +159,74 @@ def test_estimators(kind: str, library: str) -> None:
     assert to_torch(est, copy=True)[0].weight.data_ptr() != address(est.coefs_[0])
 
 
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_an_estimators_module_follows_its_later_fits(kind: str) -> None:
+    """The module shares coefs_/intercepts_; every later partial_fit, warm-started fit
+    and fresh fit writes into those arrays, so the module computes what the estimator
+    predicts now (it used to keep the first fit's weights without a word)."""
+    rng = np.random.default_rng(1)
+    X = data(90, 4, "float64")
+    if kind == "classifier":
+        est = mlpx.MLPClassifier(hidden_layer_sizes=(5,), max_iter=5, random_state=0)
+        y = rng.integers(0, 3, 90)
+        expected = est.predict_proba
+    else:
+        est = mlpx.MLPRegressor(hidden_layer_sizes=(5,), max_iter=5, random_state=0)
+        y = rng.normal(size=90)
+        expected = lambda Z: est.predict(Z)[:, None]  # noqa: E731
+    est.fit(X, y)
+    module = est.to_torch()
+    snapshot = est.to_torch(copy=True)
+    first = forward(snapshot, X)
+    steps = [
+        lambda: est.partial_fit(X, y),
+        lambda: est.set_params(warm_start=True).fit(X, y),
+        lambda: est.set_params(warm_start=False, random_state=3).fit(X, y),
+        lambda: est.set_params(alpha=0.1).fit(X[:40], y[:40]),
+    ]
+    previous = first
+    for step in steps:
+        step()
+        now = forward(module, X)
+        np.testing.assert_allclose(now, expected(X), **TOL["float64"])
+        assert not np.allclose(now, previous)  # the step did change the function
+        previous = now
+    np.testing.assert_array_equal(forward(snapshot, X), first)  # copy=True: a snapshot
+    # a change on the torch side reaches the estimator's predictions
+    with torch.no_grad():
+        module[0].bias.zero_()
+    np.testing.assert_array_equal(est.intercepts_[0], 0.0)
+    np.testing.assert_allclose(forward(module, X), expected(X), **TOL["float64"])
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_a_fit_that_cannot_write_into_a_shared_module_warns() -> None:
+    """New layer sizes (or dtype) need new arrays: the module keeps the old weights, and
+    the fit says so rather than leave it stale in silence."""
+    X = data(60, 4, "float64")
+    y = np.arange(60) % 2
+    est = mlpx.MLPClassifier(hidden_layer_sizes=(5,), max_iter=3, random_state=0).fit(X, y)
+
+    def run(module: nn.Module) -> np.ndarray:
+        return forward(module, X.astype(str(module[0].weight.dtype).removeprefix("torch.")))
+
+    module = est.to_torch()
+    old = run(module)
+    for change in ({"hidden_layer_sizes": (6,)}, {"dtype": "float32"}):
+        with pytest.warns(UserWarning, match="module keeps the previous weights"):
+            est.set_params(**change).fit(X, y)
+        np.testing.assert_array_equal(run(module), old)
+        module = est.to_torch()
+        old = run(module)
+    with pytest.warns(UserWarning, match="module keeps the previous weights"):
+        est.set_params(hidden_layer_sizes=(7,)).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*module keeps the previous weights")
+        est.to_torch(copy=True)
+        est.set_params(hidden_layer_sizes=(8,)).fit(X, y)  # only a copy was made since: no warning
+
+
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_read_only_arrays_are_copied() -> None:
     X = data(50, 3, "float64")
@@ -219,6 +291,172 @@ def test_from_hand_built_torch_module() -> None:
 def test_from_torch_refuses_what_mlpx_cannot_compute(module: Any, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         mlpx.Sequential.from_torch(module())
+
+
+# ------------------------------------- modules that do not compute what their class does
+class TripledLinear(nn.Linear):
+    def forward(self, x):
+        return 3 * super().forward(x)
+
+
+class NamedLinear(nn.Linear):
+    """A subclass that adds a method but computes what nn.Linear computes."""
+
+    def describe(self) -> str:
+        return f"{self.in_features}->{self.out_features}"
+
+
+class LoudSequential(nn.Sequential):
+    def forward(self, x):
+        return super().forward(x) + 1
+
+
+class CalledReLU(nn.ReLU):
+    def __call__(self, *args, **kwargs):
+        return super().__call__(*args, **kwargs) * 2
+
+
+def _with_forward_hook(m: nn.Module) -> nn.Module:
+    m.register_forward_hook(lambda mod, args, out: out * 2)
+    return m
+
+
+def _with_pre_hook(m: nn.Module) -> nn.Module:
+    m.register_forward_pre_hook(lambda mod, args: (args[0] + 1,))
+    return m
+
+
+@pytest.mark.parametrize("build, path, match", [
+    (lambda: nn.Sequential(TripledLinear(4, 3), nn.Softmax(dim=1)), "'0' (TripledLinear)", "redefines forward of nn.Linear"),
+    (lambda: nn.Sequential(nn.Linear(4, 5), nn.Sequential(nn.ReLU(), TripledLinear(5, 3))),
+     "'1.1' (TripledLinear)", "redefines forward"),
+    (lambda: nn.Sequential(nn.Linear(4, 3), CalledReLU()), "'1' (CalledReLU)", "redefines __call__ of nn.ReLU"),
+    (lambda: nn.Sequential(nn.Linear(4, 3), LoudSequential(nn.Tanh())), "'1' (LoudSequential)", "redefines forward of nn.Sequential"),
+    (lambda: LoudSequential(nn.Linear(4, 3)), "root module (LoudSequential)", "redefines forward"),
+    (lambda: nn.Sequential(_with_forward_hook(nn.Linear(4, 3))), "'0' (Linear)", "forward hooks"),
+    (lambda: nn.Sequential(nn.Linear(4, 3), _with_pre_hook(nn.Sigmoid())), "'1' (Sigmoid)", "forward pre-hooks"),
+    (lambda: _with_forward_hook(nn.Sequential(nn.Linear(4, 3))), "root module (Sequential)", "forward hooks"),
+    (lambda: nn.Sequential(nn.Linear(4, 3), nn.ELU()), "'1' (ELU)", "supported: Linear"),
+])
+def test_from_torch_refuses_modules_that_compute_something_else(build, path: str, match: str) -> None:
+    """A Linear subclass that multiplies by 3 used to convert as a plain Linear."""
+    with pytest.raises(ValueError, match=match) as err:
+        mlpx.Sequential.from_torch(build())
+    assert path in str(err.value)
+
+
+def test_from_torch_refuses_global_forward_hooks() -> None:
+    from torch.nn.modules.module import register_module_forward_hook
+
+    handle = register_module_forward_hook(lambda mod, args, out: out)
+    try:
+        with pytest.raises(ValueError, match="global forward hooks"):
+            mlpx.Sequential.from_torch(nn.Sequential(nn.Linear(2, 2)))
+    finally:
+        handle.remove()
+    mlpx.Sequential.from_torch(nn.Sequential(nn.Linear(2, 2)))  # converts once it is gone
+
+
+def test_from_torch_accepts_what_computes_as_its_class() -> None:
+    """Subclasses that leave forward alone, a removed hook, and parametrized weights
+    (torch.nn.utils.parametrize: the class changes, forward does not)."""
+    from torch.nn.utils import parametrize
+
+    class Doubled(nn.Module):
+        def forward(self, W):
+            return 2 * W
+
+    torch.manual_seed(0)
+    lin = nn.Linear(5, 3)
+    parametrize.register_parametrization(lin, "weight", Doubled())
+    hooked = nn.Tanh()
+    hooked.register_forward_hook(lambda mod, args, out: out * 5).remove()
+    module = nn.Sequential(NamedLinear(4, 5), hooked, nn.Sequential(lin, nn.Softmax(dim=1))).double().eval()
+    model = mlpx.Sequential.from_torch(module)
+    X = data(30, 4, "float64")
+    np.testing.assert_allclose(model.predict_proba(X), forward(module, X), **TOL["float64"])
+
+
+# Modules from_torch reads, built fresh each time (hidden activations; exp only at the end).
+_ACTS = {
+    "relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.01), "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
+    "gelu": lambda: nn.GELU(approximate="tanh"), "softmax": lambda: nn.Softmax(dim=1),
+    "identity": nn.Identity, "dropout": lambda: nn.Dropout(0.25),
+}
+_OUTPUTS = {"softmax": lambda: nn.Softmax(dim=-1), "sigmoid": nn.Sigmoid, "exp": Exp, "none": None}
+_TREES = st.recursive(
+    st.sampled_from(["linear", "linear", "linear"] + list(_ACTS)),
+    lambda children: st.lists(children, min_size=1, max_size=3),
+    max_leaves=8,
+)
+_HOW = ["plain"] * 6 + ["subclass", "override", "hook", "prehook"]
+
+
+def _variant(cls: type, how: str) -> type:
+    if how == "subclass":
+        return type(f"Plain{cls.__name__}", (cls,), {"note": "computes as its class"})
+    if how == "override":
+        return type(f"Scaled{cls.__name__}", (cls,), {"forward": lambda self, x: 1.5 * cls.forward(self, x)})
+    return cls
+
+
+def _build(tree: Any, draw: Any, width: list, refused: dict) -> nn.Module:
+    """The tree as torch modules; records each module that does not compute as its class."""
+    how = draw(st.sampled_from(_HOW))
+    if isinstance(tree, list):
+        children = [_build(t, draw, width, refused) for t in tree]
+        m = _variant(nn.Sequential, how)(*children)
+    elif tree == "linear":
+        n_out = draw(st.integers(1, 5))
+        m = _variant(nn.Linear, how)(width[0], n_out, bias=draw(st.booleans()))
+        width[0] = n_out
+    else:
+        made = _ACTS[tree]()
+        m = _variant(type(made), how)(**({"dim": 1} if tree == "softmax" else {}))
+        if isinstance(made, (nn.LeakyReLU, nn.GELU, nn.Dropout)):
+            m.__dict__.update({k: v for k, v in made.__dict__.items() if not k.startswith("_")})
+    if how == "hook":
+        _with_forward_hook(m)
+    elif how == "prehook":
+        _with_pre_hook(m)
+    if how in ("override", "hook", "prehook"):
+        refused[id(m)] = how
+    return m
+
+
+@settings(max_examples=150, deadline=None)
+@given(tree=_TREES, output=st.sampled_from(list(_OUTPUTS)), n_in=st.integers(1, 4), seed=st.integers(0, 2**16),
+       data_=st.data())
+def test_from_torch_on_generated_module_trees(tree, output: str, n_in: int, seed: int, data_) -> None:
+    """Any tree of supported modules, nested Sequentials, subclasses with and without their
+    own forward and hooks: converted, it computes torch's own output (float64, to
+    rounding); refused, the message names the first module (in torch's named_modules
+    order) whose output is not its class's."""
+    torch.manual_seed(seed)
+    tree = tree if isinstance(tree, list) else [tree]
+    refused: dict = {}
+    width = [n_in]
+    root = _build(tree, data_.draw, width, refused)
+    if not isinstance(root, nn.Sequential):
+        root = nn.Sequential(root)
+    if _OUTPUTS[output] is not None:
+        root.append(_OUTPUTS[output]())
+    root = root.double().eval()
+    first = next(((name, m) for name, m in root.named_modules() if id(m) in refused), None)
+    event("refused" if first is not None else "converted")
+    if first is not None:
+        name, m = first
+        where = f"module at {name!r} ({type(m).__name__})" if name else f"root module ({type(m).__name__})"
+        with pytest.raises(ValueError, match=re.escape(where)):
+            mlpx.Sequential.from_torch(root)
+        return
+    if not any(isinstance(m, nn.Linear) for m in root.modules()):
+        with pytest.raises(ValueError, match="no Linear layer"):
+            mlpx.Sequential.from_torch(root)
+        return
+    model = mlpx.Sequential.from_torch(root)
+    X = np.random.default_rng(seed).normal(size=(16, n_in))
+    np.testing.assert_allclose(model.predict_proba(X), forward(root, X), rtol=1e-10, atol=1e-12)
 
 
 # ------------------------------------------------------------- GPU

@@ -20,6 +20,17 @@ parameters, defaults, fitted attributes and mathematics) on an mlpx network, plu
 * ``coefs_``/``intercepts_`` are host arrays, copied from the device at the end of
   every fit and to it whenever they changed, so assigning them (or the other fitted
   attributes, as scikit-learn's own tests do) takes effect.
+* Every fit ends by writing its weights into the existing ``coefs_`` /
+  ``intercepts_`` arrays when their shapes and dtype still fit (as scikit-learn's
+  ``partial_fit`` updates them in place), so a module from ``to_torch`` (which
+  shares them) computes the estimator's current function after any later ``fit``
+  or ``partial_fit``. A fit that changes the layer sizes or the dtype gives the
+  estimator new arrays; if they had been shared with ``to_torch``, it warns that
+  the module keeps the previous weights.
+* One trainer at a time: ``fit``/``partial_fit`` from a second thread while the
+  first runs raises :class:`~mlpx.locking.ConcurrentTrainingError`. Predictions,
+  ``score`` included, made in other threads meanwhile see the previous fit (a
+  copy taken when the fit began), or raise ``NotFittedError`` if there was none.
 * ``comm``: every rank passes its shard; the settings must agree on every rank;
   ``batch_size`` is per rank; the loss, the stopping rules, the validation score
   and ``classes_`` are global. See :mod:`mlpx.distributed`.
@@ -27,6 +38,7 @@ parameters, defaults, fitted attributes and mathematics) on an mlpx network, plu
 
 from __future__ import annotations
 
+import functools
 import threading
 import warnings
 from numbers import Integral, Real
@@ -35,7 +47,7 @@ from typing import Any, Callable, NamedTuple, TypeVar, cast
 import numpy as np
 import scipy.optimize
 from sklearn.base import BaseEstimator, _fit_context, is_classifier
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, Options, StrOptions
@@ -49,13 +61,14 @@ from mlpx.data import densify, is_device_array, is_sparse, make_batches, sparse_
 from mlpx.distributed import Reducer, make_reducer
 from mlpx.estimators._persistence import save_estimator
 from mlpx.estimators._runtime import Runtime, glorot_draws
+from mlpx.locking import training_guard
 from mlpx.metrics import PREDICT_CHUNK, holdout_scores, iter_chunks
 from mlpx.optimizers import SGD, Adam, Optimizer
 from mlpx.schedules import Adaptive, InverseScaling
 from mlpx.training import Holdout, train
-from mlpx.validation import check_dtype_range, check_int
+from mlpx.validation import check_dtype_range, check_int, check_sample_weight, host_values, refuse_datetimes
 
-__all__ = ["StackPlan"]
+__all__ = ["StackPlan", "one_trainer", "serves_previous_fit"]
 
 Array = Any
 _STOCHASTIC_SOLVERS = ("sgd", "adam")
@@ -150,12 +163,64 @@ SHARED_PARAMETERS = """\
         Largest number of loss evaluations of L-BFGS.
     backend : str or Backend, default="cpu"
         ``"cpu"``, ``"cpu:mkl"``, ``"cpu:blis"``, ``"gpu"``, ``"gpu:N"``, ``"auto"``
-        or a Backend instance; resolved at ``fit``.
+        or a Backend instance; resolved at ``fit``. A Backend instance pickles,
+        deep-copies and clones as its name (``backend.spec``), so searches and
+        process pools carry it.
     dtype : {"float32", "float64"} or None, default=None
         Compute dtype. None: float32 for float32 ``X``; otherwise float64 on the
         CPU, float32 on the GPU.
 """
 _RUNTIME_LOCK = threading.Lock()
+
+
+def one_trainer(method: _F) -> _F:
+    """Decorate ``fit``/``partial_fit``: refused (ConcurrentTrainingError) while another
+    thread fits the estimator; other threads' predictions meanwhile see the fitted
+    state as it was when this call began (:meth:`BaseMLP._fitted_copy`)."""
+
+    @functools.wraps(method)
+    def guarded(self: "BaseMLP", *args: Any, **kwargs: Any) -> Any:
+        guard = training_guard(self)
+        # No copy for a call that is about to be refused.
+        previous = None if guard.busy_elsewhere() else self._fitted_copy()
+        guard.enter(f"{type(self).__name__}.{method.__name__}", previous)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            guard.exit()
+
+    return cast(_F, guarded)
+
+
+def serves_previous_fit(method: _F) -> _F:
+    """Decorate a prediction method: while another thread fits the estimator, run it on
+    the previous fitted state instead of the one being rebuilt."""
+
+    @functools.wraps(method)
+    def serving(self: "BaseMLP", *args: Any, **kwargs: Any) -> Any:
+        with training_guard(self).serving() as (elsewhere, previous):
+            if not elsewhere:
+                return method(self, *args, **kwargs)
+        if previous is None:
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is being fitted in another thread and "
+                f"has no earlier fit to predict with; call {method.__name__} after fit returns."
+            )
+        return method(previous, *args, **kwargs)
+
+    return cast(_F, serving)
+
+
+def _writable_like(kept: list[Any], new: list[np.ndarray]) -> bool:
+    """Whether ``new`` can be written into the arrays ``kept`` in place, one to one."""
+    if len(kept) != len(new):
+        return False
+    for i, (a, b) in enumerate(zip(kept, new)):
+        if not (isinstance(a, np.ndarray) and a.flags.writeable and a.shape == b.shape and a.dtype == b.dtype):
+            return False
+        if any(np.may_share_memory(a, c) for c in kept[:i]):
+            return False
+    return True
 
 
 def union_labels(infos: list[tuple[bool, Any]]) -> np.ndarray | None:
@@ -362,7 +427,26 @@ class BaseMLP(BaseEstimator):
         rt = state.pop("_rt", None)
         if rt is not None:
             state["_rt_host"] = rt.state()
+        state.pop("_training_guard", None)  # a lock: each copy gets its own
+        state.pop("_weights_shared", None)  # a copy's arrays are shared with no module
         return state
+
+    def _fitted_copy(self) -> "BaseMLP | None":
+        """A private copy of the fitted state for predictions made during a fit (None if
+        unfitted): the same attributes, its own ``coefs_``/``intercepts_`` arrays (a fit
+        writes into the estimator's) and no network yet (built on its first prediction)."""
+        if not hasattr(self, "coefs_"):
+            return None
+        twin = object.__new__(type(self))
+        skip = ("_rt", "_rt_host", "_training_guard", "_weights_shared")
+        twin.__dict__.update({k: v for k, v in self.__dict__.items() if k not in skip})
+        twin.coefs_ = [np.array(c, copy=True) for c in self.coefs_]
+        twin.intercepts_ = [np.array(b, copy=True) for b in self.intercepts_]
+        return twin
+
+    def _share_weights(self) -> None:
+        """Note that ``coefs_``/``intercepts_`` are shared with a module (``to_torch``)."""
+        self._weights_shared = True
 
     def save(self, path: Any) -> Any:
         """Write this fitted estimator to ``path`` (``.npz`` appended when missing).
@@ -391,6 +475,7 @@ class BaseMLP(BaseEstimator):
     def _validate_X_predict(self, X: Any) -> Any:
         if is_device_array(X):
             return self._check_device_X(X, reset=False)
+        refuse_datetimes(X, "X")
         return validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
 
     def _check_device_X(self, X: Any, reset: bool) -> Any:
@@ -430,6 +515,7 @@ class BaseMLP(BaseEstimator):
             if y_numeric and y.dtype.kind == "O":
                 y = y.astype(np.float64)
             return X, y
+        refuse_datetimes(X, "X")
         return validate_data(
             self, X, y, accept_sparse=["csr", "csc"], multi_output=True, y_numeric=y_numeric,
             dtype=(np.float64, np.float32), reset=reset,
@@ -449,6 +535,8 @@ class BaseMLP(BaseEstimator):
              comm: Any = None) -> Any:
         hidden_layer_sizes = self._hidden_sizes()
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+        # The arrays the result is written into (see the module docstring).
+        kept = list(self.coefs_) + list(self.intercepts_) if hasattr(self, "coefs_") else None
 
         # BackendUnavailableError here (not at construction), before any fitted state is set
         be = self._get_backend()
@@ -483,11 +571,27 @@ class BaseMLP(BaseEstimator):
                 self._fit_lbfgs(rt, X, y, sample_weight, reducer)
             else:
                 self._fit_stochastic(rt, X, y, sample_weight, incremental, reducer)
-        self._pull_checked(rt)
+        self._pull_checked(rt, kept)
         return self
 
-    def _pull_checked(self, rt: Runtime) -> None:
-        self.coefs_, self.intercepts_ = rt.pull()
+    def _pull_checked(self, rt: Runtime, kept: list[Any] | None = None) -> None:
+        """Take the network's weights as ``coefs_``/``intercepts_``: written into the
+        arrays ``kept`` (the ones the fit began with) when they fit, else new arrays."""
+        coefs, intercepts = rt.pull()
+        new = coefs + intercepts
+        if kept is not None and _writable_like(kept, new):
+            for a, b in zip(kept, new):
+                a[...] = b
+            coefs, intercepts = kept[:len(coefs)], kept[len(coefs):]
+        elif kept is not None and getattr(self, "_weights_shared", False):
+            warnings.warn(
+                f"{type(self).__name__}: this fit changed the layer sizes or dtype, so its weights "
+                "could not be written into the coefs_/intercepts_ arrays a to_torch module shares; "
+                "that module keeps the previous weights (call to_torch again)",
+                UserWarning, stacklevel=4,
+            )
+            self._weights_shared = False
+        self.coefs_, self.intercepts_ = list(coefs), list(intercepts)
         if not all(np.isfinite(w).all() for w in self.coefs_ + self.intercepts_):
             raise ValueError(
                 "Solver produced non-finite parameter weights. The input data may"
@@ -572,13 +676,22 @@ class BaseMLP(BaseEstimator):
 
     def _prepare(self, be: Backend, X: Any, y: np.ndarray, sample_weight: Any,
                  hidden_layer_sizes: list[int], first_pass: bool) -> tuple[Any, np.ndarray, Any, Runtime]:
-        """Check ``sample_weight``, build (or check) the network; the local part of ``_fit``."""
+        """Check ``sample_weight``, build (or check) the network; the local part of ``_fit``.
+
+        Weights must be finite, non-negative and sum to more than zero, as the
+        engine requires (:func:`mlpx.validation.check_sample_weight`). scikit-learn
+        1.9's MLP accepts negative weights and trains on them (a loss that is not
+        bounded below: NaN, or a loss of -1.9e18 with L-BFGS) and fails on weights
+        summing to zero with a ZeroDivisionError; here both are a ValueError before
+        the network is built or trained.
+        """
         if sample_weight is not None:
             host_X = X if not is_device_array(X) else np.empty((X.shape[0], 0), np.float64)
             sample_weight = _check_sample_weight(
-                to_host(sample_weight), host_X,
+                host_values(to_host(sample_weight), "sample_weight"), host_X,
                 dtype=None if not is_device_array(X) else np.float64,
             )
+            check_sample_weight(sample_weight, host_X.shape[0])
         if y.ndim == 1:
             y = y.reshape((-1, 1))
         self.n_outputs_ = y.shape[1]
@@ -601,7 +714,7 @@ class BaseMLP(BaseEstimator):
         if not is_classifier(self):
             check_dtype_range(np.asarray(y, dtype=np.float64), rt.dtype, "y")
         if sample_weight is not None:
-            check_dtype_range(np.asarray(sample_weight, dtype=np.float64), rt.dtype, "sample_weight")
+            check_sample_weight(sample_weight, X.shape[0], dtype=rt.dtype)  # its range, its underflow
         return X, y, sample_weight, rt
 
     def _initialize(self, be: Backend, X: Any, y: np.ndarray, layer_units: list[int]) -> None:

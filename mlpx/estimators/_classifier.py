@@ -15,7 +15,8 @@ from sklearn.utils.validation import _check_sample_weight, check_consistent_leng
 
 from mlpx.data import take_host_rows, to_host
 from mlpx.distributed import Reducer, make_reducer
-from mlpx.estimators._base import SHARED_PARAMETERS, BaseMLP, fit_context, if_stochastic, union_labels
+from mlpx.estimators._base import (SHARED_PARAMETERS, BaseMLP, fit_context, if_stochastic, one_trainer,
+                                  serves_previous_fit, union_labels)
 from mlpx.typing import (ArrayLike, BackendLike, DTypeName, EstimatorActivation, LearningRateName,
                          SolverName)
 
@@ -129,6 +130,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         self.dtype = dtype
 
     @fit_context
+    @one_trainer
     def fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None,
             comm: Any = None) -> MLPClassifier:
         """Fit the model to data matrix X and target(s) y.
@@ -216,6 +218,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
             y_out = y_out.ravel()
         return self._label_binarizer.inverse_transform(y_out)
 
+    @serves_previous_fit
     def score(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> float:
         """Mean accuracy on ``(X, y)``, as scikit-learn's, computed on the device.
 
@@ -257,6 +260,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         part = self._score_holdout(take_host_rows(data, idx), self._encode(labels[idx]), wk)
         return part["accuracy"] * part["weight"] / total
 
+    @serves_previous_fit
     def predict(self, X: ArrayLike) -> np.ndarray:
         """Predict class labels.
 
@@ -275,6 +279,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 
     @if_stochastic
     @fit_context
+    @one_trainer
     def partial_fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None,
                     classes: ArrayLike | None = None, comm: Any = None) -> MLPClassifier:
         """Update the model with a single iteration over the given data.
@@ -318,6 +323,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                 self._label_binarizer.fit(classes)
         return self._fit(X, y, sample_weight=sample_weight, incremental=True, comm=reducer)
 
+    @serves_previous_fit
     def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Probability estimates.
 
@@ -339,6 +345,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
             return np.vstack([1 - y_pred, y_pred]).T
         return y_pred
 
+    @serves_previous_fit
     def predict_log_proba(self, X: ArrayLike) -> np.ndarray:
         """Log of :meth:`predict_proba`.
 

@@ -14,7 +14,8 @@ from sklearn.utils.validation import _check_sample_weight, check_consistent_leng
 
 from mlpx.data import to_host
 from mlpx.distributed import Reducer
-from mlpx.estimators._base import SHARED_PARAMETERS, BaseMLP, fit_context, if_stochastic
+from mlpx.estimators._base import (SHARED_PARAMETERS, BaseMLP, fit_context, if_stochastic, one_trainer,
+                                  serves_previous_fit)
 from mlpx.typing import (ArrayLike, BackendLike, DTypeName, EstimatorActivation, LearningRateName,
                          RegressionLoss, SolverName)
 
@@ -112,6 +113,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         self.dtype = dtype
 
     @fit_context
+    @one_trainer
     def fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None,
             comm: Any = None) -> MLPRegressor:
         """Fit the model to data matrix X and target(s) y.
@@ -150,6 +152,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
     def _output_to_prediction(self, y_out: np.ndarray) -> np.ndarray:
         return y_out.ravel() if y_out.shape[1] == 1 else y_out
 
+    @serves_previous_fit
     def score(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> float:
         """R² of ``predict(X)`` against ``y``, as scikit-learn's, computed on the device.
 
@@ -186,6 +189,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
             raise ValueError("Input contains NaN: the model's predictions are not finite.")
         return r2
 
+    @serves_previous_fit
     def predict(self, X: ArrayLike) -> np.ndarray:
         """Predict using the multi-layer perceptron model.
 
@@ -204,6 +208,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
 
     @if_stochastic
     @fit_context
+    @one_trainer
     def partial_fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None,
                     comm: Any = None) -> MLPRegressor:
         """Update the model with a single iteration over the given data.
