@@ -546,9 +546,12 @@ class Network:
             rngs = {i: gens[rows] for i, gens in self._dropout.items()}
         ctx = Pass(be, self.compute_dtype, ws, train, rngs)
         H = X
+        first_dense = isinstance(self.layers[0], Dense)
         if isinstance(H, MemberRows):
-            first_dense = isinstance(self.layers[0], Dense)
             H = (H.shared(be, rows, ws) if first_dense and self._in_place else None) or H.take(be, rows, ws, "X")
+        elif len(H.shape) == 2 and not first_dense:  # only a Dense broadcasts a shared input itself
+            k = len(range(self.n_members)[rows])
+            H = be.xp.broadcast_to(be.xp.reshape(H, (1, *H.shape)), (k, *H.shape))
         tape: list[Any] = []
         views = self._layer_views(flat, rows)
         for i, layer in enumerate(self.layers):
@@ -765,7 +768,7 @@ class Network:
         return X, Y, None if w is None else xp.reshape(w, (1, b))
 
     @exclusive_training
-    def step_members(
+    def train_step(
         self,
         X: Any,
         Y: Any,
@@ -864,7 +867,7 @@ class Network:
         vec = None if optimizer is None else optimizer.vectors(active, advance=False)
         return self._upload(self._head(D, l2v, active, vec))
 
-    train_step = step_members
+    step_members = train_step
 
     def _step(self, X: Any, Y: Any, w: Array | None, dev: Array, active: np.ndarray, loss: OutputLoss,
               optimizer: Optimizer | None, penalised: bool, count_correct: bool, reducer: Reducer | None = None,
