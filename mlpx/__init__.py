@@ -19,6 +19,7 @@ if _importlib_util.find_spec("mlpx.backends") is None:  # pragma: no cover - uni
 from mlpx.activations import ACTIVATIONS
 from mlpx.backends import available_backends, get_backend
 from mlpx.callbacks import Callback, EarlyStopping, ProgressBar
+from mlpx.chunked import BlockShuffle
 from mlpx.layers import GELU, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from mlpx.losses import LOSSES
 from mlpx.model import MLP, Sequential, load
@@ -40,6 +41,7 @@ __all__ = [
     "SGD",
     "Adam",
     "AdamW",
+    "BlockShuffle",
     "Callback",
     "Constant",
     "Cosine",

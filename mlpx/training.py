@@ -37,6 +37,7 @@ from mlpx.data import Batch, make_batches, to_host
 from mlpx.distributed import Reducer, is_agreed, make_reducer, mark_agreed
 from mlpx.losses import Loss
 from mlpx.metrics import PREDICT_CHUNK, Chunk, holdout_scores, iter_chunks
+from mlpx import streams
 from mlpx.optimizers import Optimizer, get_optimizer
 from mlpx.validation import check_dtype_range, check_real, check_sample_weight, encode_targets
 
@@ -457,7 +458,7 @@ class _Setup:
 def fit(
     model: Any,
     X: Any,
-    y: Any,
+    y: Any = None,
     epochs: int = 10,
     batch_size: int = 32,
     optimizer: str | Optimizer = "adam",
@@ -547,17 +548,22 @@ def _prepare(model: Any, reducer: Reducer, X: Any, y: Any, epochs: Any, batch_si
     lossfn = model.resolve_loss(loss)
     opt = get_optimizer(optimizer, **({} if lr is None else {"lr": lr}))
     rng = model.shuffle_generator(reducer.rank)
+    # Stores, lazy arrays and streams of batches (mlpx.streams); None for in-memory arrays.
+    holdout = streams.holdout(model, reducer, validation_data, lossfn.name)
+    fed = streams.training_source(model, reducer, X, y, sample_weight, batch_size, shuffle, validation_split,
+                                  stream_data, rng, lossfn.name)
+    if fed is not None:
+        return _Setup(fed[0], holdout, opt, lossfn, epochs, batch_size, l2, fed[1], callbacks)
     shard = _shard(model, X, y, sample_weight, "X", allow_empty=reducer.size > 1, loss=lossfn.name)
 
-    holdout = None
-    if validation_data is not None:
+    if holdout is None and validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
             raise ValueError("validation_data must be (X_val, y_val) or (X_val, y_val, w_val)")
         wv = validation_data[2] if len(validation_data) == 3 else None
         Xv, Yv, wv = _shard(model, validation_data[0], validation_data[1], wv, "X_val",
                             allow_empty=reducer.size > 1, loss=lossfn.name)
         holdout = _holdout(model, Xv, Yv, wv)
-    elif validation_split:
+    elif holdout is None and validation_split:
         Xh, Yh, wh = shard
         n = 0 if Xh is None else Xh.shape[0]
         n_val = int(round(n * float(validation_split)))
