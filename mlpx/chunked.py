@@ -518,9 +518,6 @@ class _ArrayReader:
             rows = slice(a, b) if self.perm is None else self.perm[a:b]
             np.copyto(w_out, feed.w_host[rows], casting="unsafe")
 
-    def finish(self) -> None:
-        """After the last ``fill``: nothing is left to read."""
-
     def close(self) -> None:
         self._reader.close()
         self._held.clear()

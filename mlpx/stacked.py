@@ -66,6 +66,7 @@ from mlpx.metrics import iter_chunks, r2_from_sums
 from mlpx.model import PREDICT_CHUNK, Sequential, StepResult
 from mlpx.optimizers import SGD, Adam, Optimizer, get_optimizer
 from mlpx.precision import LossScaler, Precision, scale_cast
+from mlpx import streams
 from mlpx.schedules import Schedule
 from mlpx.training import History, train
 from mlpx.validation import check_int, check_real, check_X, encode_targets
@@ -2091,7 +2092,7 @@ class Stack:
     def fit(
         self,
         X: Any,
-        y: Any,
+        y: Any = None,
         epochs: int = 10,
         batch_size: int = 32,
         optimizer: str | Sequence[Optimizer] | StackedOptimizer = "adam",
@@ -2119,9 +2120,12 @@ class Stack:
 
         Parameters
         ----------
-        X : array_like, shape (n, n_features_in_)
-        y : array_like
-            Targets as :meth:`Sequential.fit` takes them.
+        X : array_like, shape (n, n_features_in_), a store, or a stream of batches
+            The forms :meth:`Sequential.fit` takes: streamed data (a zarr, HDF5 or
+            Dask array, a re-iterable of batches) trains every member on the same
+            minibatches in the same order (no ``rows`` or per-member weights).
+        y : array_like, optional
+            Targets as :meth:`Sequential.fit` takes them (None for a stream).
         epochs : int
             Epochs of the stack (each member stops earlier if told to).
         batch_size : int
@@ -2172,26 +2176,31 @@ class Stack:
         epochs = check_int("epochs", epochs, low=1)
         batch_size = check_int("batch_size", batch_size, low=1)
         loss = self.resolve_loss(None)
-        Xh = check_X(X, be, self.n_features_in_, dtype=self.compute_dtype)
-        if not isinstance(Xh, np.ndarray):
-            Xh = be.to_numpy(Xh)
-        n = Xh.shape[0]
-        Y = encode_targets(y, self.output.name, self.n_outputs_, n, dtype=self.dtype, loss=loss.name)
-        member_rows = _member_rows(rows, K, n)
-        w_rows, w_shared = _member_weights(sample_weight, K, n)
-        if w_rows is not None:
-            # Per-member weights: each member gets its own copy of the data set's rows.
-            Xh = np.concatenate([Xh] * K)
-            Y = np.concatenate([Y] * K)
-            w_all = w_rows.reshape(-1)
-            member_rows = [r + k * n for k, r in enumerate(member_rows)]
-        else:
-            w_all = w_shared
+        # Stores and streams of batches (mlpx.streams): every member trains on every row.
+        fed = streams.stack_source(self, X, y, sample_weight, rows, batch_size, shuffle, validation_data, MemberRows,
+                                   loss.name)
+        if fed is None:
+            Xh = check_X(X, be, self.n_features_in_, dtype=self.compute_dtype)
+            if not isinstance(Xh, np.ndarray):
+                Xh = be.to_numpy(Xh)
+            n = Xh.shape[0]
+            Y = encode_targets(y, self.output.name, self.n_outputs_, n, dtype=self.dtype, loss=loss.name)
+            member_rows = _member_rows(rows, K, n)
+            w_rows, w_shared = _member_weights(sample_weight, K, n)
+            if w_rows is not None:
+                # Per-member weights: each member gets its own copy of the data set's rows.
+                Xh = np.concatenate([Xh] * K)
+                Y = np.concatenate([Y] * K)
+                w_all = w_rows.reshape(-1)
+                member_rows = [r + k * n for k, r in enumerate(member_rows)]
+            else:
+                w_all = w_shared
         opt = _stacked_optimizer(optimizer, K, lr=lr, momentum=momentum, nesterov=nesterov, beta_1=beta_1,
                                  beta_2=beta_2, epsilon=epsilon, schedule=schedule)
         l2v = np.array(_vector("l2", l2, K, low=0.0))
-        source = MemberBatches(be, Xh, Y, w_all, member_rows, batch_size, self.compute_dtype,
-                               target_dtype=self.dtype)
+        if fed is None:
+            source = MemberBatches(be, Xh, Y, w_all, member_rows, batch_size, self.compute_dtype,
+                                   target_dtype=self.dtype)
         holdout = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
@@ -2203,9 +2212,12 @@ class Stack:
             wv = None if len(validation_data) == 2 else _member_weights(validation_data[2], 1, Xv.shape[0])[1]
             holdout = MemberHoldout(be, Xv, Yv, wv, [np.arange(Xv.shape[0])] * K, self.compute_dtype, self.dtype)
         gens = [np.random.default_rng(None if s is None else [int(s), 1]) for s in self.seeds]
-        sizes = [r.size for r in source.rows]
-        order = self.member_order([(lambda g=g, m=m: g.permutation(m)) if shuffle else None
-                                   for g, m in zip(gens, sizes)])
+        if fed is None:
+            sizes = [r.size for r in source.rows]
+            order = self.member_order([(lambda g=g, m=m: g.permutation(m)) if shuffle else None
+                                       for g, m in zip(gens, sizes)])
+        else:
+            source, order, weighted = fed
         per_member = _member_callback_lists(member_callbacks, K)
         self.diverged_[:] = False
         for k, cbs_k in enumerate(per_member):
@@ -2220,7 +2232,8 @@ class Stack:
         with self.compute_context(batch_size), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             return train(self, source, optimizer=opt, loss=loss, reducer=LocalReducer(be), epochs=epochs,
                          l2=l2v, order=order, callbacks=cbs, holdout=holdout,
-                         count_correct=self.output.name in ("softmax", "logistic") and w_all is None,
+                         count_correct=self.output.name in ("softmax", "logistic") and (
+                             w_all is None if fed is None else not weighted),
                          raise_on_divergence=False)
 
     def member_order(self, orders: Sequence[Callable[[], Any] | None]) -> Callable[[], list[Any]]:

@@ -260,11 +260,9 @@ class _StreamReader:
                 w = w * (counted / total)  # the batch's weighted mean, over the counted sum
             np.copyto(w_out, w, casting="unsafe")
         self.j += 1
-
-    def finish(self) -> None:
-        """After the last batch: the stream must end where the count ended."""
-        if self._reader.get() is not Prefetcher.END:
-            raise ValueError(f"the stream gave more than the {self.feed.n_batches} batches of the first pass; "
+        # The loop asks for exactly the counted steps: the stream must end there too.
+        if self.j == feed.n_batches and self._reader.get() is not Prefetcher.END:
+            raise ValueError(f"the stream gave more than the {feed.n_batches} batches of the first pass; "
                              f"a stream must give the same batches every epoch")
 
     def close(self) -> None:
@@ -335,7 +333,6 @@ class FeedBatches(_Sizes):
                 reader.fill(a, b, X, Y, w)
                 yield Batch(be.asarray(X, dtype=self.dtype), be.asarray(Y, dtype=self.target_dtype),
                             None if w is None else be.asarray(w, dtype=self.target_dtype), a, b)
-            reader.finish()
         finally:
             reader.close()
 
@@ -367,7 +364,6 @@ class UploadedBatches(_Sizes, StreamedBatches):
         self._reader = self.feed.open(perm)
         try:
             yield from self._batches(perm)
-            self._reader.finish()
         finally:
             self._reader.close()
             self._reader = None
@@ -662,7 +658,8 @@ class MemberFeedBatches:
 
 
 def stack_source(stack: Any, X: Any, y: Any, sample_weight: Any, rows: Any, batch_size: int, shuffle: Any,
-                 rows_type: Callable[..., Any], loss: str | None) -> tuple[Any, Callable[[], Any] | None, bool] | None:
+                 validation_data: Any, rows_type: Callable[..., Any], loss: str | None
+                 ) -> tuple[Any, Callable[[], Any] | None, bool] | None:
     """A :class:`~mlpx.stacked.Stack`'s source for streamed input; None for arrays.
 
     All members train on the same minibatches in the same order: the stream's, or
@@ -676,8 +673,13 @@ def stack_source(stack: Any, X: Any, y: Any, sample_weight: Any, rows: Any, batc
     ------
     ValueError
         ``rows`` or per-member weights (a ``(K, n)`` ``sample_weight``), which need
-        the data in memory.
+        the data in memory; streamed ``validation_data`` (a stack scores held-out
+        arrays only).
     """
+    if is_batch_stream(validation_data) or (
+            isinstance(validation_data, (tuple, list)) and validation_data and is_lazy_array(validation_data[0])):
+        raise ValueError("a Stack scores validation_data held in memory: pass arrays (e.g. numpy.asarray of "
+                         "the store) or score the members afterwards with stack.member(k).evaluate(...)")
     if not is_stream(X) and not isinstance(shuffle, BlockShuffle):
         return None
     if rows is not None or (sample_weight is not None and np.ndim(sample_weight) == 2):
@@ -685,9 +687,7 @@ def stack_source(stack: Any, X: Any, y: Any, sample_weight: Any, rows: Any, batc
                          "member on every row")
     seed = stack.seeds[0] if len(stack.seeds) else None
     rng = np.random.default_rng(None if seed is None else [int(seed), 1])
-    fed = training_source(stack, LocalReducer(stack.backend), X, y, sample_weight, batch_size, shuffle, 0.0,
-                          None, rng, loss)
-    assert fed is not None
-    base, order = fed
+    base, order = training_source(stack, LocalReducer(stack.backend), X, y, sample_weight, batch_size, shuffle, 0.0,
+                                  None, rng, loss)
     return MemberFeedBatches(base, stack.active, rows_type), order, base.weighted
 

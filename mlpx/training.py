@@ -552,9 +552,7 @@ def _prepare(model: Any, reducer: Reducer, X: Any, y: Any, epochs: Any, batch_si
     holdout = streams.holdout(model, reducer, validation_data, lossfn.name)
     fed = streams.training_source(model, reducer, X, y, sample_weight, batch_size, shuffle, validation_split,
                                   stream_data, rng, lossfn.name)
-    if fed is not None:
-        return _Setup(fed[0], holdout, opt, lossfn, epochs, batch_size, l2, fed[1], callbacks)
-    shard = _shard(model, X, y, sample_weight, "X", allow_empty=reducer.size > 1, loss=lossfn.name)
+    shard = None if fed else _shard(model, X, y, sample_weight, "X", allow_empty=reducer.size > 1, loss=lossfn.name)
 
     if holdout is None and validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
@@ -579,6 +577,8 @@ def _prepare(model: Any, reducer: Reducer, X: Any, y: Any, epochs: Any, batch_si
             shard = (Xh[ti], Yh[ti], None if wh is None else wh[ti])
         else:
             holdout = Holdout()
+    if fed:
+        return _Setup(fed[0], holdout, opt, lossfn, epochs, batch_size, l2, fed[1], callbacks)
     Xh, Yh, wh = shard
     source = None
     if Xh is not None:
