@@ -246,8 +246,11 @@ def _read_slice(src: Any, s: int, e: int, out: np.ndarray) -> None:
         src.read_direct(out, np.s_[s:e])
         return
     if mod == "zarr" and out.dtype == src.dtype and out.flags.c_contiguous:
-        from zarr.core.buffer import default_buffer_prototype
-
+        try:
+            from zarr.core.buffer import default_buffer_prototype  # zarr 3: out= takes its buffer type
+        except ImportError:  # zarr 2 writes into a NumPy array
+            src.get_basic_selection(slice(s, e), out=out)
+            return
         src.get_basic_selection(slice(s, e), out=default_buffer_prototype().nd_buffer.from_numpy_array(out))
         return
     out[...] = src[s:e]

@@ -76,7 +76,7 @@ def run_streams(comm: Any, outdir: Path) -> dict[str, Any]:
     out["generator"] = fit(batches, None, None, (Xv[mine_v], yv[mine_v]))
     path = outdir / "X.zarr"
     if rank == 0:
-        z = zarr.create_array(store=str(path), shape=X.shape, dtype=X.dtype, chunks=(CHUNK, X.shape[1]))
+        z = zarr.open_array(str(path), mode="w", shape=X.shape, dtype=X.dtype, chunks=(CHUNK, X.shape[1]))
         z[...] = X
     comm.Barrier()
     out["zarr_block_shuffle"] = fit(zarr.open_array(str(path), mode="r"), y, w, None,

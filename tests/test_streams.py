@@ -72,8 +72,8 @@ def _loader(X: np.ndarray, y: np.ndarray, w: np.ndarray | None, batch: int = BAT
 
 def _store(kind: str, X: np.ndarray, tmp_path: Any, name: str = "X", chunk: int = 37) -> Any:
     if kind == "zarr":
-        z = zarr.create_array(store=str(tmp_path / f"{name}.zarr"), shape=X.shape, dtype=X.dtype,
-                              chunks=(chunk,) + X.shape[1:], overwrite=True)
+        z = zarr.open_array(str(tmp_path / f"{name}.zarr"), mode="w", shape=X.shape, dtype=X.dtype,
+                            chunks=(chunk,) + X.shape[1:])
         z[...] = X
         return z
     if kind in ("hdf5", "hdf5-contiguous"):
@@ -509,7 +509,7 @@ def test_a_store_trains_in_memory_bounded_by_its_windows(tmp_path) -> None:
     near the window buffers, not the data (tracemalloc sees NumPy's allocations)."""
     rng = np.random.default_rng(0)
     n, f = 2**15, 256
-    z = zarr.create_array(store=str(tmp_path / "big.zarr"), shape=(n, f), dtype="float32", chunks=(256, f))
+    z = zarr.open_array(str(tmp_path / "big.zarr"), mode="w", shape=(n, f), dtype="float32", chunks=(256, f))
     for a in range(0, n, 4096):
         z[a:a + 4096] = rng.normal(size=(4096, f)).astype(np.float32)
     y = rng.integers(0, 4, n)

@@ -37,8 +37,7 @@ def _data(n: int = 150, d: int = 6, k: int = 3, seed: int = 0) -> tuple[np.ndarr
 
 
 def _zarr(X: np.ndarray, path: Any, chunk: int = 16) -> Any:
-    z = zarr.create_array(store=str(path / "X.zarr"), shape=X.shape, dtype=X.dtype, chunks=(chunk, X.shape[1]),
-                          overwrite=True)
+    z = zarr.open_array(str(path / "X.zarr"), mode="w", shape=X.shape, dtype=X.dtype, chunks=(chunk, X.shape[1]))
     z[...] = X
     return z
 
