@@ -30,6 +30,26 @@ the stream per ``fit``. A weighted stream whose batches' weight sums change betw
 epochs (a shuffling loader) trains on each batch's weighted mean as the in-memory
 fit does (its weights are rescaled to the counted sum); the epoch's logged loss
 then weighs the batches by the counted sums.
+
+See the data guide (``docs/guide/data.rst``) for sharding under ``comm=``, the GPU
+path, validation data and the estimators (whose route for streams is ``partial_fit``).
+
+Examples
+--------
+>>> import numpy as np, torch, mlpx
+>>> rng = np.random.default_rng(0)
+>>> X, y = rng.normal(size=(600, 8)), rng.integers(0, 3, 600)
+>>> def batches():                       # a generator factory: a new pass per call
+...     for a in range(0, 600, 100):
+...         yield X[a:a + 100], y[a:a + 100]
+>>> model = mlpx.MLP([8, 16, 3], dtype="float64", seed=0)
+>>> history = model.fit(batches, epochs=2)
+>>> loader = torch.utils.data.DataLoader(
+...     torch.utils.data.TensorDataset(torch.from_numpy(X), torch.from_numpy(y)), batch_size=100)
+>>> sorted(model.evaluate(loader))
+['accuracy', 'loss']
+>>> model.predict(loader).shape
+(600,)
 """
 
 from __future__ import annotations

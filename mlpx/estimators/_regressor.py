@@ -172,7 +172,10 @@ class MLPRegressor(RegressorMixin, BaseMLP):
     def partial_fit(self, X, y, sample_weight=None, comm=None):
         """Update the model with a single iteration over the given data.
 
-        ``comm``: one epoch over every rank's shard together (see ``fit``).
+        ``comm``: one epoch over every rank's shard together (see ``fit``). This is
+        the estimators' route for data that does not fit in memory: one call per
+        batch (see :meth:`MLPClassifier.partial_fit` for an example; ``fit`` takes
+        arrays, as scikit-learn's does).
 
         Returns
         -------
