@@ -36,7 +36,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -287,8 +287,8 @@ def _importable(name: str) -> bool:
 
 
 # ----------------------------------------------------------------- report
-def markdown(s: dict[str, Any] | None) -> list[str]:
-    """The section's part of ``report.md``."""
+def markdown(s: dict[str, Any] | None, table: Callable[[list[str], list[list[Any]]], list[str]]) -> list[str]:
+    """The section's part of ``report.md`` (``table`` renders a Markdown table: the report's)."""
     L = ["## Streaming: training from data on disk", ""]
     if not s:
         return L + ["*not measured (results file older than schema 1.4)*", ""]
@@ -309,16 +309,11 @@ def markdown(s: dict[str, Any] | None) -> list[str]:
                      f"{r['ratio_to_memory']:.3f} [{r['round_range'][0]:.3f}–{r['round_range'][1]:.3f}]",
                      "yes" if ratio["met"] else "**no**", f"{r['peak_anon_bytes'] / 2**20:.0f} MiB "
                      f"(+{r['added_anon_bytes'] / 2**20:.0f})", "yes" if mem["met"] else "**no**"])
-    L += _table(["format", "storage", "epoch", "× in memory", "≤ 1.15", "peak anon (data path)", "≤ 0.5 GiB"], rows)
+    L += table(["format", "storage", "epoch", "× in memory", "≤ 1.15", "peak anon (data path)", "≤ 0.5 GiB"], rows)
     if not s.get("full_size"):
         L += ["The targets are stated for the 4 GiB data set of `--full`; this mode's rows are smaller.", ""]
     return L
 
-
-def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return out + [""]
 
 
 if __name__ == "__main__":

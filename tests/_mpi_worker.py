@@ -92,6 +92,25 @@ def launch(size: int, scenario: str, outdir: Path, timeout: float,
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def collect(size: int, scenario: str, timeout: float, script: Path | None = None) -> list[Any] | str:
+    """Launch ``scenario`` on ``size`` ranks and load each rank's ``<scenario>.rank<r>.pkl``;
+    the launcher's output when it failed."""
+    import tempfile
+
+    outdir = Path(tempfile.mkdtemp(prefix=f"mlpx-{scenario}{size}-"))
+    try:
+        proc = launch(size, scenario, outdir, timeout=timeout, script=script)
+        if proc.returncode != 0:
+            return f"mpiexec failed:\n{proc.stdout}\n{proc.stderr}"
+        results = []
+        for r in range(size):
+            with open(outdir / f"{scenario}.rank{r}.pkl", "rb") as fh:
+                results.append(pickle.load(fh))
+        return results
+    finally:
+        shutil.rmtree(outdir, ignore_errors=True)
+
+
 # ---------------------------------------------------------------- scenarios
 def run_batch(comm: Any, out: dict[str, Any]) -> None:
     """The exactness, uneven, early-stopping, checkpoint and set-up-failure checks."""

@@ -24,7 +24,7 @@ import mlpx
 from mlpx.backends import get_backend
 from mlpx.chunked import ArrayFeed, BlockShuffle, block_bounds, block_permutation
 from mlpx.prefetch import Prefetcher
-from mlpx.streams import FeedBatches, UploadedBatches, is_batch_stream, is_stream
+from mlpx.streams import FeedBatches, is_batch_stream, is_stream
 from mlpx.validation import check_X
 
 zarr = pytest.importorskip("zarr", reason='the store tests need zarr: pip install "mlpx[data]"')

@@ -9,9 +9,6 @@ which every rank passes exactly those rows. A stream of batches is the rank's ow
 from __future__ import annotations
 
 import functools
-import pickle
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +25,7 @@ needs_mpi = pytest.mark.skipif(not (W.has_mpi4py() and W.find_mpiexec()), reason
 
 @functools.lru_cache(maxsize=None)
 def _results(size: int) -> list[dict[str, Any]] | str:
-    outdir = Path(tempfile.mkdtemp(prefix=f"mlpx-streams-mpi{size}-"))
-    try:
-        proc = W.launch(size, "streams", outdir, timeout=240, script=Path(S.__file__))
-        if proc.returncode != 0:
-            return f"mpiexec failed:\n{proc.stdout}\n{proc.stderr}"
-        results = []
-        for r in range(size):
-            with open(outdir / f"streams.rank{r}.pkl", "rb") as fh:
-                results.append(pickle.load(fh))
-        return results
-    finally:
-        shutil.rmtree(outdir, ignore_errors=True)
+    return W.collect(size, "streams", timeout=240, script=Path(S.__file__))
 
 
 def results(size: int) -> list[dict[str, Any]]:
