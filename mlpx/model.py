@@ -798,7 +798,7 @@ class Sequential:
         dict
             ``{"loss": ..., "accuracy": ...}`` or ``{"loss": ..., "r2": ...}``.
         """
-        if streams.is_stream(X):
+        if y is None or streams.is_stream(X):
             return streams.evaluate(self, X, y, sample_weight, loss)
         be = self.backend
         X = self.check_input(X)

@@ -700,6 +700,8 @@ def stack_source(stack: Any, X: Any, y: Any, sample_weight: Any, rows: Any, batc
             isinstance(validation_data, (tuple, list)) and validation_data and is_lazy_array(validation_data[0])):
         raise ValueError("a Stack scores validation_data held in memory: pass arrays (e.g. numpy.asarray of "
                          "the store) or score the members afterwards with stack.member(k).evaluate(...)")
+    if y is None and not is_batch_stream(X):
+        raise TypeError("y is required with array X (only a stream of (X, y) batches carries its targets)")
     if not is_stream(X) and not isinstance(shuffle, BlockShuffle):
         return None
     if rows is not None or (sample_weight is not None and np.ndim(sample_weight) == 2):

@@ -205,6 +205,10 @@ def test_stack_refuses_what_needs_the_data_in_memory(digits, tmp_path) -> None:
     X, y, _ = digits
     z = _store("zarr", X, tmp_path)
     stack = mlpx.Stack(_model(), seeds=[0, 1])
+    with pytest.raises(TypeError, match="y is required"):
+        stack.fit(X)
+    with pytest.raises(TypeError, match="y is required"):
+        _model().evaluate(X)
     with pytest.raises(ValueError, match="per-member rows"):
         stack.fit(z, y, rows=[np.arange(10), np.arange(20)])
     with pytest.raises(ValueError, match="validation_data held in memory"):
@@ -231,6 +235,22 @@ def test_the_pinned_upload_path_gives_the_host_path_bits(digits, tmp_path, shuff
         model.fit(z, y, epochs=2, batch_size=BATCH, shuffle=shuffle, sample_weight=w, stream_data=stream_data)
         params.append(model.get_flat_params())
     np.testing.assert_array_equal(params[0], params[1])
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # half precision on the CPU is slow, and says so
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_from_a_store_gives_the_in_memory_bits(tmp_path, precision: str) -> None:
+    """X converts to the compute dtype as it is gathered (float32 store -> bfloat16 / float16)."""
+    if precision == "bf16":
+        pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(300, 8)).astype(np.float32), rng.integers(0, 3, 300)
+    runs = []
+    for data in (X, _store("zarr", X, tmp_path, chunk=50)):
+        model = mlpx.MLP([8, 16, 3], seed=0, precision=precision)
+        model.fit(data, y, epochs=2, batch_size=32, shuffle=False)
+        runs.append(model.get_flat_params())
+    np.testing.assert_array_equal(runs[0], runs[1])
 
 
 def test_memmap_keeps_the_exact_shuffle_and_its_bits(digits, tmp_path) -> None:
