@@ -237,7 +237,7 @@ def test_the_pinned_upload_path_gives_the_host_path_bits(digits, tmp_path, shuff
     np.testing.assert_array_equal(params[0], params[1])
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")  # half precision on the CPU is slow, and says so
+@pytest.mark.filterwarnings("ignore:precision=:RuntimeWarning")  # slow on the CPU, and it says so
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_from_a_store_gives_the_in_memory_bits(tmp_path, precision: str) -> None:
     """X converts to the compute dtype as it is gathered (float32 store -> bfloat16 / float16)."""
