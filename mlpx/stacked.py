@@ -49,6 +49,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from mlpx import streams
 from mlpx.activations import Activation
 from mlpx.backends import Backend, kernel
 from mlpx.backends.cuda import ACCUMULATOR_PREAMBLE, lazy_elementwise
@@ -66,7 +67,6 @@ from mlpx.metrics import iter_chunks, r2_from_sums
 from mlpx.model import PREDICT_CHUNK, Sequential, StepResult
 from mlpx.optimizers import SGD, Adam, Optimizer, get_optimizer
 from mlpx.precision import LossScaler, Precision, scale_cast
-from mlpx import streams
 from mlpx.schedules import Schedule
 from mlpx.training import History, train
 from mlpx.validation import check_int, check_real, check_X, encode_targets

@@ -32,12 +32,12 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from mlpx import streams
 from mlpx.callbacks import Callback, ProgressBar, check_callbacks
 from mlpx.data import Batch, make_batches, to_host
 from mlpx.distributed import Reducer, is_agreed, make_reducer, mark_agreed
 from mlpx.losses import Loss
 from mlpx.metrics import PREDICT_CHUNK, Chunk, holdout_scores, iter_chunks
-from mlpx import streams
 from mlpx.optimizers import Optimizer, get_optimizer
 from mlpx.validation import check_dtype_range, check_real, check_sample_weight, encode_targets
 
