@@ -342,7 +342,6 @@ class ArrayFeed:
         cut = np.linspace(0, bounds.size - 1, size + 1).round().astype(np.int64)
         self.starts = bounds[cut[rank]: cut[rank + 1]]
         self.sizes = bounds[cut[rank] + 1: cut[rank + 1] + 1] - self.starts
-        self.offsets = np.cumsum(self.sizes) - self.sizes
         self.n = int(self.sizes.sum())
         self.X, self.y, self.dtype, self.name = X, y, dtype, name
         self.encode = encode
@@ -360,6 +359,7 @@ class ArrayFeed:
             raise ValueError(f"sample_weight must have shape ({N},), got {w.shape}")
         if not (np.isfinite(w).all() and (w >= 0).all()):
             raise ValueError("sample_weight must be finite and non-negative")
+        # Weights are cast to the parameters' dtype: float32 under half-precision compute.
         check_dtype_range(w, self.dtype if self.dtype in ("float32", "float64") else "float32", "sample_weight")
         return np.concatenate([w[s: s + z] for s, z in zip(self.starts, self.sizes)]) if self.n else w[:0]
 
