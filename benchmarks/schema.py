@@ -83,7 +83,7 @@ Sections:
 
 - ``streaming`` (1.4): {status, reason, network, batch, dtype, rows, data_bytes, chunk_rows,
   rounds, reference_rows, sample_period_s, full_size (the data is the 4 GiB the targets are
-  stated for), records [{key, format ("zarr" | "zarr-raw" | "hdf5" | "memmap"), storage, status, rows,
+  stated for), scratch_dir (where the data was written, deleted afterwards), records [{key, format ("zarr" | "zarr-raw" | "hdf5" | "memmap"), storage, status, rows,
   data_bytes, time_s (stats of seconds per epoch from the store), s_per_epoch, rows_per_s,
   first_epoch_s, memory_reference_rows, memory_time_s (stats of in-memory epochs of the
   reference rows), ratio_to_memory (median per-round ratio of seconds per row), round_range,

@@ -248,6 +248,7 @@ def streaming_section(ctx: Any) -> dict[str, Any]:
             "reference_rows": min(n, cfg.streaming_reference_rows), "sample_period_s": 0.002,
             "full_size": data_bytes >= FULL_BYTES * 0.99}
     tmp = Path(tempfile.mkdtemp(prefix="mlpx-streaming-"))
+    head["scratch_dir"] = str(tmp)  # deleted at the end
     free = shutil.disk_usage(tmp).free
     if free < 2 * data_bytes:
         shutil.rmtree(tmp, ignore_errors=True)

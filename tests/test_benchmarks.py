@@ -545,7 +545,6 @@ def test_compare_reports_ratios(tiny_run, tmp_path, capsys):
 
 
 def test_streaming_section_measures_each_format_and_cleans_up(tiny_run):
-    import tempfile
     from pathlib import Path
 
     _, out, doc = tiny_run
@@ -557,7 +556,7 @@ def test_streaming_section_measures_each_format_and_cleans_up(tiny_run):
         assert r["peak_anon_bytes"] >= r["baseline_anon_bytes"] > 0 and r["ratio_to_memory"] > 0
         assert [t["met"] for t in r["targets"]] == [t["value"] <= t["bound"] for t in r["targets"]]
         assert not any(t["stated_for_this_size"] for t in r["targets"])  # tiny is not the 4 GiB of the targets
-    assert not list(Path(tempfile.gettempdir()).glob("mlpx-streaming-*"))  # the data was deleted
+    assert not Path(s["scratch_dir"]).exists()  # the data was deleted
     assert "## Streaming: training from data on disk" in (out / "report-tiny.md").read_text()
     bad = copy.deepcopy(doc)
     bad["sections"]["streaming"]["records"][0]["targets"][1]["met"] = not s["records"][0]["targets"][1]["met"]
