@@ -200,7 +200,7 @@ def make_config(mode: str = "quick", **overrides: Any) -> Config:
             streaming_rows=4 * 2**30 // (784 * 4),  # 4 GiB of float32 rows, the size
             streaming_reference_rows=2**18,
             streaming_rounds=1,
-            streaming_timeout_s=1800.0,
+            streaming_timeout_s=3600.0,
         )
     elif mode == "tiny":
         cfg = Config(
