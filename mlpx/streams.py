@@ -101,8 +101,11 @@ def is_stream(x: Any) -> bool:
 
 
 # ------------------------------------------------------------ stream batches
-def _fresh(stream: Any) -> Iterator[Any]:
+def _fresh(stream: Any, once: bool = False) -> Iterator[Any]:
+    """A new iterator over ``stream``; a one-shot iterator only where one pass is all (``once``)."""
     if hasattr(stream, "__next__"):
+        if once:
+            return stream
         raise TypeError(
             f"a {type(stream).__name__} can be read once only, and training reads its data once per "
             f"epoch (and once to count): pass a function that returns a new one, e.g. "
@@ -164,6 +167,8 @@ class BatchFeed:
         ``check(item, j) -> (X, Y, w)`` host arrays (:class:`_Check`).
     count : bool
         Make the counting pass now (training); without it only :meth:`items` works.
+    once : bool
+        Accept a one-shot iterator (a generator object): for a single pass.
 
     Attributes
     ----------
@@ -187,8 +192,9 @@ class BatchFeed:
 
     w_host = None
 
-    def __init__(self, stream: Any, check: Callable[[Any, int], tuple[Any, Any, Any]], count: bool) -> None:
-        self.stream, self.check = stream, check
+    def __init__(self, stream: Any, check: Callable[[Any, int], tuple[Any, Any, Any]], count: bool,
+                 once: bool = False) -> None:
+        self.stream, self.check, self.once = stream, check, once
         self.weighted = False
         self.rows = np.zeros(0, dtype=np.int64)
         self.sums = np.zeros(0)
@@ -207,7 +213,7 @@ class BatchFeed:
         self._starts = np.cumsum(self.rows) - self.rows
 
     def _reader(self) -> Prefetcher:
-        it = _fresh(self.stream)
+        it = _fresh(self.stream, self.once)
 
         def produce(p: Prefetcher) -> None:
             for j, item in enumerate(it):
@@ -427,7 +433,8 @@ def _stream_feed(model: Any, stream: Any, y: Any, w: Any, *, loss: str | None, c
     if y is not None or w is not None:
         raise TypeError("a stream of batches carries its own targets (and weights): pass y=None and no "
                         "sample_weight, and give each batch as (X, y) or (X, y, w)")
-    return BatchFeed(stream, _Check(model, loss, targets), count=count)
+    # Prediction reads the stream once; training and scoring may read it again.
+    return BatchFeed(stream, _Check(model, loss, targets), count=count, once=not targets)
 
 
 def _feed(model: Any, X: Any, y: Any, w: Any, *, loss: str | None, batch_size: int, count: bool,
@@ -599,7 +606,7 @@ def predict_raw(model: Any, X: Any, apply_output: bool, argmax: bool) -> np.ndar
     """Outputs (n, n_outputs), or class indices (n,), of streamed input, on the host.
 
     ``X`` is a zarr/HDF5/Dask array or a stream of batches (each X, or a tuple whose
-    first item is X).
+    first item is X; read once, so a generator object works too).
     """
     if is_batch_stream(X):
         feed: Any = _stream_feed(model, X, None, None, loss=None, count=False, targets=False)

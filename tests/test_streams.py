@@ -166,6 +166,8 @@ def test_predict_takes_a_stream_of_bare_feature_batches(digits) -> None:
     model.fit(X, y, epochs=1)
     np.testing.assert_array_equal(model.predict(lambda: (X[a:a + 50] for a in range(0, len(X), 50))),
                                   model.predict(X))
+    # one pass: a generator object will do
+    np.testing.assert_array_equal(model.predict(X[a:a + 50] for a in range(0, len(X), 50)), model.predict(X))
 
 
 def test_regression_from_a_store_equals_in_memory(tmp_path) -> None:
