@@ -87,6 +87,7 @@ Sections:
   data_bytes, time_s (stats of seconds per epoch from the store), s_per_epoch, rows_per_s,
   first_epoch_s, memory_reference_rows, memory_time_s (stats of in-memory epochs of the
   reference rows), ratio_to_memory (median per-round ratio of seconds per row), round_range,
+  cpu_ratio_to_memory (the same with the process's CPU time, all threads),
   peak_anon_bytes, baseline_anon_bytes, added_anon_bytes, accuracy, targets [{what, value,
   bound, met, stated_for_this_size}]}]}.
 
