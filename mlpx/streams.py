@@ -69,6 +69,7 @@ __all__ = [
     "BatchFeed",
     "BlockShuffle",
     "FeedBatches",
+    "MemberFeedBatches",
     "StreamHoldout",
     "UploadedBatches",
     "evaluate",
