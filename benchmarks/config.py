@@ -95,7 +95,7 @@ class Config:
     """
 
     mode: str
-    sections: tuple[str, ...] = ("gemm", "transfer", "train", "scaling", "search")
+    sections: tuple[str, ...] = ("gemm", "transfer", "train", "scaling", "search", "streaming")
     devices: tuple[str, ...] = ("cpu", "gpu")
     threads: int = field(default_factory=cpu_cores)
     repeats: int = 5
@@ -140,6 +140,12 @@ class Config:
     search_member_rows: int = 1437
     search_member_epochs: int = 1
     search_memory_check: bool = True
+    # --- streaming: training from zarr / HDF5 / memmap on disk (benchmarks/streaming.py)
+    streaming_formats: tuple[str, ...] = ("zarr", "zarr-raw", "hdf5", "memmap")
+    streaming_rows: int = 16384  # x 784 float32: 49 MiB; --full: 4 GiB
+    streaming_reference_rows: int = 16384  # the in-memory peer's rows
+    streaming_rounds: int = 2
+    streaming_timeout_s: float = 300.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -191,6 +197,10 @@ def make_config(mode: str = "quick", **overrides: Any) -> Config:
             scaling_min_time=0.5,
             search_rounds=2,
             search_member_epochs=2,
+            streaming_rows=4 * 2**30 // (784 * 4),  # 4 GiB of float32 rows, the issue's size
+            streaming_reference_rows=2**18,
+            streaming_rounds=1,
+            streaming_timeout_s=3600.0,
         )
     elif mode == "tiny":
         cfg = Config(
@@ -223,6 +233,10 @@ def make_config(mode: str = "quick", **overrides: Any) -> Config:
             search_members=(1, 3),
             search_member_rows=192,
             search_memory_check=False,
+            streaming_formats=("zarr", "memmap"),
+            streaming_rows=2048,
+            streaming_reference_rows=2048,
+            streaming_rounds=1,
         )
     else:
         raise ValueError(f"unknown mode {mode!r}; use quick, full or tiny")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.targets import summary_lines
+from benchmarks import streaming
 
 __all__ = ["markdown", "plots", "write_outputs"]
 
@@ -81,6 +82,7 @@ def markdown(doc: dict[str, Any], plot_files: dict[str, str], plot_note: str | N
     L += _train(secs["train"], plot_files)
     L += _scaling(secs["scaling"], plot_files)
     L += _search(secs.get("search"), plot_files)
+    L += streaming.markdown(secs.get("streaming"), _table)
     if plot_note:
         L += [f"*Plots: {plot_note}*", ""]
     if doc.get("validation_errors"):

@@ -8,7 +8,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks import gemm, scaling, search, train, transfer
+from benchmarks import gemm, scaling, search, streaming, train, transfer
 from benchmarks.config import Config
 from benchmarks.context import NO_CUDA, Context, Progress
 from benchmarks.machine import busy_probe, loadavg, machine_info, machine_tag
@@ -25,6 +25,7 @@ _RUNNERS: dict[str, tuple[Callable[[Context], int], Callable[[Context], dict[str
     "train": (train.count, train.train_section),
     "scaling": (scaling.count, scaling.scaling_section),
     "search": (search.count, search.search_section),
+    "streaming": (streaming.count, streaming.streaming_section),
 }
 
 

@@ -1,16 +1,17 @@
 """The results file (``results.json``): its schema, version and validator.
 
-Schema version 1.3 (1.0 plus, in 1.1, the GPU precision modes of the train section:
+Schema version 1.4 (1.0 plus, in 1.1, the GPU precision modes of the train section:
 the ``precision`` of mlpx implementations and each workload's ``precision_modes``;
 plus, in 1.2, ``gemm.blas``, the CPU BLAS providers compared on the step products;
-plus, in 1.3, the ``search`` section; older documents, which lack them, still validate). Times are seconds, rates GFLOP/s (1e9 FLOP/s) or GB/s (1e9 B/s).
+plus, in 1.3, the ``search`` section; plus, in 1.4, the ``streaming`` section; older
+documents, which lack them, still validate). Times are seconds, rates GFLOP/s (1e9 FLOP/s) or GB/s (1e9 B/s).
 A *stats* object summarises repeated timings of one thing::
 
     {"median", "min", "max", "q1", "q3": per-call seconds, "repeats": int, "number": calls per repeat}
 
 Top level::
 
-    schema_version  "1.3" (written; "1.0" to "1.2" documents are read and validated too)
+    schema_version  "1.4" (written; "1.0" to "1.3" documents are read and validated too)
     suite           "mlpx-benchmarks"
     mode            "quick" | "full" | "tiny"
     machine         cpu_model, cpu_cores, thread_pools (threadpoolctl), numpy_blas, versions
@@ -22,7 +23,7 @@ Top level::
     config          the mode's sizes (benchmarks.config.Config as a dict)
     started_at      ISO date;  wall_s  seconds for the whole run
     gpu_status      {"used": bool, "reason": null or why not ("no CUDA device", "--backend cpu")}
-    sections        {"gemm", "transfer", "train", "scaling", "search"}: each has "status"
+    sections        {"gemm", "transfer", "train", "scaling", "search", "streaming"}: each has "status"
                     ("ok" | "skipped" | "failed" | "error") and, unless ok, a "reason".
 
 Sections:
@@ -80,6 +81,16 @@ Sections:
   grid_bytes_per_member, devices {cpu, gpu: {capacity_bytes, source,
   members_that_fit}}, measured_cpu {peak_bytes, bytes_per_member, computed_over_measured}}.
 
+- ``streaming`` (1.4): {status, reason, network, batch, dtype, rows, data_bytes, chunk_rows,
+  rounds, reference_rows, sample_period_s, full_size (the data is the 4 GiB the targets are
+  stated for), scratch_dir (where the data was written, deleted afterwards), records [{key, format ("zarr" | "zarr-raw" | "hdf5" | "memmap"), storage, status, rows,
+  data_bytes, time_s (stats of seconds per epoch from the store), s_per_epoch, rows_per_s,
+  first_epoch_s, memory_reference_rows, memory_time_s (stats of in-memory epochs of the
+  reference rows), ratio_to_memory (median per-round ratio of seconds per row), round_range,
+  cpu_ratio_to_memory (the same with the process's CPU time, all threads),
+  peak_anon_bytes, baseline_anon_bytes, added_anon_bytes, accuracy, targets [{what, value,
+  bound, met, stated_for_this_size}]}]}.
+
 Every record that was measured has a unique ``key`` (``python -m benchmarks --compare``
 matches records of two files by it) and a ``time_s`` stats object. Every number in
 the file is finite and positive, except ``max_rel_error``, ``layer`` and the load averages (>= 0), accuracies (in
@@ -95,13 +106,13 @@ from benchmarks.config import GPU_PRECISIONS
 
 __all__ = ["SCHEMA_VERSION", "READABLE_VERSIONS", "SECTIONS", "iter_records", "validate"]
 
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 # Versions validate() accepts: 1.1 and 1.2 only add fields, so older files (committed
 # results) stay valid, and each version's requirements apply from that version on.
-READABLE_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
-SECTIONS = ("gemm", "transfer", "train", "scaling", "search")
+READABLE_VERSIONS = ("1.0", "1.1", "1.2", "1.3", "1.4")
+SECTIONS = ("gemm", "transfer", "train", "scaling", "search", "streaming")
 # The version each section first appeared in (older documents may lack it).
-_SINCE = {"search": "1.3"}
+_SINCE = {"search": "1.3", "streaming": "1.4"}
 STATUSES = ("ok", "skipped", "failed", "error")
 _STATS = ("median", "min", "max", "q1", "q3", "repeats", "number")
 _NONNEG = {"max_rel_error", "layer", "load_avg_start", "load_avg_end", "max_abs_score_difference"}  # can be 0
@@ -132,6 +143,8 @@ def iter_records(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
             yield "search", part["single"]
         for r in part.get("records", []):
             yield "search", r
+    for r in secs.get("streaming", {}).get("records", []):
+        yield "streaming", r
 
 
 def _numbers(obj: Any, path: str, problems: list[str], key: str = "") -> None:
@@ -265,6 +278,18 @@ def _search(s: dict[str, Any], problems: list[str]) -> None:
             problems.append(f"sections.search.members.parts.{dev}: no single-model step time")
 
 
+def _streaming(s: dict[str, Any], problems: list[str]) -> None:
+    """The 1.4 streaming section: every measured format's targets agree with their numbers."""
+    for r in s.get("records", []):
+        if r.get("status") != "ok":
+            if not r.get("reason"):
+                problems.append(f"streaming {r.get('format')}: {r.get('status')} without a reason")
+            continue
+        for t in r.get("targets", []):
+            if t.get("met") != (t.get("value", math.inf) <= t.get("bound", -math.inf)):
+                problems.append(f"streaming {r['format']} {t.get('what')}: met disagrees with value and bound")
+
+
 def validate(doc: Any) -> list[str]:
     """Problems found in a results document (an empty list: it is valid).
 
@@ -308,6 +333,8 @@ def validate(doc: Any) -> list[str]:
                 _part(part, f"sections.{name}.parts.{dev}", p)
         if name == "search":
             _search(s, p)
+        if name == "streaming":
+            _streaming(s, p)
         if name == "gemm":
             for dev, part in s["parts"].items():
                 for i, r in enumerate(part.get("records", [])):

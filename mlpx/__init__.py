@@ -28,6 +28,7 @@ if _importlib_util.find_spec("mlpx.backends") is None:  # pragma: no cover - uni
 from mlpx.activations import ACTIVATIONS
 from mlpx.backends import available_backends, get_backend
 from mlpx.callbacks import Callback, EarlyStopping, ProgressBar
+from mlpx.chunked import BlockShuffle
 from mlpx.determinism import deterministic, is_deterministic, set_deterministic
 from mlpx.layers import GELU, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from mlpx.locking import ConcurrentTrainingError
@@ -53,6 +54,7 @@ __all__ = [
     "SGD",
     "Adam",
     "AdamW",
+    "BlockShuffle",
     "CSVLogger",
     "Callback",
     "ConcurrentTrainingError",

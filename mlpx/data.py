@@ -53,6 +53,8 @@ __all__ = [
     "StreamedBatches",
     "batch_denominator",
     "densify",
+    "dtype_name",
+    "host_dtype",
     "is_device_array",
     "is_sparse",
     "make_batches",
@@ -125,7 +127,7 @@ def take_host_rows(X: Any, idx: np.ndarray) -> Any:
 
 
 # ---------------------------------------------------------------- checks
-def _dtype_name(dtype: Any) -> str:
+def dtype_name(dtype: Any) -> str:
     """"float32", "float64", "float16" or "bfloat16" for a name or any library's dtype."""
     if isinstance(dtype, str):
         name = dtype
@@ -139,7 +141,7 @@ def _dtype_name(dtype: Any) -> str:
     return name
 
 
-def _host_dtype(name: str) -> np.dtype:
+def host_dtype(name: str) -> np.dtype:
     """The NumPy dtype the host gather converts into."""
     if name == "bfloat16":
         try:
@@ -229,8 +231,8 @@ def resident_nbytes(X: Any, Y: Any, w: Any, dtype: str, target_dtype: str | None
     Y : array, shape (n, k)
     w : array, shape (n,), or None
     """
-    x_size = _host_dtype(_dtype_name(dtype)).itemsize
-    y_size = _host_dtype(_dtype_name(target_dtype or dtype)).itemsize
+    x_size = host_dtype(dtype_name(dtype)).itemsize
+    y_size = host_dtype(dtype_name(target_dtype or dtype)).itemsize
     n, f = (int(d) for d in X.shape)
     k = int(Y.shape[1])
     return n * (f * x_size + (k + (w is not None)) * y_size)
@@ -267,8 +269,8 @@ class _Source:
         self.n = _check_rows(X, Y, w)
         self.batch_size = max(1, min(_check_batch_size(batch_size), self.n))
         self.be = be
-        self.dtype = _dtype_name(dtype)
-        self.target_dtype = _dtype_name(target_dtype or dtype)
+        self.dtype = dtype_name(dtype)
+        self.target_dtype = dtype_name(target_dtype or dtype)
         self.w_host = None if w is None else np.asarray(to_host(w), dtype=np.float64)
         self.Y = be.asarray(Y, dtype=self.target_dtype)
         self.w = None if w is None else be.asarray(w, dtype=self.target_dtype)
@@ -411,7 +413,7 @@ def sparse_to_backend(be: Any, X: Any, dtype: str) -> Any:
             return X.tocsr().astype(dtype)
     import scipy.sparse as sp
 
-    return sp.csr_matrix(to_host(X)).astype(_host_dtype(_dtype_name(dtype)))
+    return sp.csr_matrix(to_host(X)).astype(host_dtype(dtype_name(dtype)))
 
 
 def densify(be: Any, Xs: Any, dtype: str) -> Array:
@@ -422,12 +424,18 @@ def densify(be: Any, Xs: Any, dtype: str) -> Array:
 
 # ---------------------------------------------------------- streamed data
 class _Channel:
-    """One array's path: host source -> 2 staging buffers -> 2 device buffers."""
+    """One array's path: host source -> 2 staging buffers -> 2 device buffers.
 
-    def __init__(self, be: Any, src: np.ndarray, rows: int, name: str) -> None:
+    ``src`` is the host array gathered from; None for a channel whose staging
+    buffers are filled by a subclass of :class:`StreamedBatches` (then ``tail`` and
+    ``src_dtype`` give the rows' shape and dtype).
+    """
+
+    def __init__(self, be: Any, src: np.ndarray | None, rows: int, name: str,
+                 tail: tuple[int, ...] = (), src_dtype: Any = None) -> None:
         self.src = src
-        shape = (rows,) + src.shape[1:]
-        host = _host_dtype(name)
+        shape = (rows,) + (tuple(src.shape[1:]) if src is not None else tuple(tail))
+        host = host_dtype(name)
         try:
             self.device = [be.empty(shape, name) for _ in range(2)]
         except (TypeError, ValueError) as exc:  # e.g. CuPy < 14 has no bfloat16 arrays
@@ -435,7 +443,8 @@ class _Channel:
         self.staging = [be.empty_pinned(shape, host) for _ in range(2)]
         # np.take's out= refuses widening casts (and buffers internally for the others),
         # so rows in another dtype are gathered into `raw` and converted in one copyto.
-        self.raw = None if src.dtype == host else np.empty(shape, src.dtype)
+        src_dtype = src.dtype if src is not None else np.dtype(src_dtype or host)
+        self.raw = None if src_dtype == host else np.empty(shape, src_dtype)
 
     def gather(self, slot: int, perm: np.ndarray | None, a: int, b: int) -> None:
         """Rows ``perm[a:b]`` (``a:b`` without perm) of the source into ``staging[slot]``."""
@@ -496,25 +505,33 @@ class StreamedBatches(_Source):
     def __init__(
         self, be: Any, X: Any, Y: Any, w: Any, batch_size: int, dtype: str, *, target_dtype: str | None = None
     ) -> None:
-        if not be.mutable:
-            raise ValueError(
-                f"streaming minibatches (stream_data=True) uploads into preallocated device "
-                f"buffers, and backend {be.name!r} has immutable arrays; keep the training "
-                f"set resident (stream_data=None or False)"
-            )
+        self._check_mutable(be)
         X, Y = self._host(be, X), self._host(be, Y)
         w = None if w is None else self._host(be, w)
         self.n = _check_rows(X, Y, w)
         self.batch_size = max(1, min(_check_batch_size(batch_size), self.n))
-        self.be = be
-        self.dtype = _dtype_name(dtype)
-        self.target_dtype = _dtype_name(target_dtype or dtype)
-        rows = self.batch_size
-        self._channels = [_Channel(be, X, rows, self.dtype), _Channel(be, Y, rows, self.target_dtype)]
-        if w is not None:
-            self._channels.append(_Channel(be, w, rows, self.target_dtype))
-        self._has_w = w is not None
         self.w_host = None if w is None else np.asarray(w, dtype=np.float64)
+        self._open(be, dtype, target_dtype, [X, Y] + ([] if w is None else [w]))
+
+    def _open(self, be: Any, dtype: str, target_dtype: str | None, sources: list[Any]) -> None:
+        """Buffers, streams and events for ``batch_size`` rows of X, Y (and w).
+
+        ``sources`` are the host arrays gathered from, or ``(tail, dtype)`` pairs
+        for a subclass that fills the staging buffers itself (by overriding
+        :meth:`_gather`; :mod:`mlpx.streams` does).
+        """
+        self._check_mutable(be)
+        self.be = be
+        self.dtype = dtype_name(dtype)
+        self.target_dtype = dtype_name(target_dtype or dtype)
+        rows = self.batch_size
+        names = [self.dtype] + [self.target_dtype] * (len(sources) - 1)
+        self._channels = [
+            _Channel(be, src, rows, name) if isinstance(src, np.ndarray)
+            else _Channel(be, None, rows, name, tail=src[0], src_dtype=src[1])
+            for src, name in zip(sources, names)
+        ]
+        self._has_w = len(sources) == 3
         self._copy_stream = be.copy_stream()
         # Per slot: the event after its last upload (rules 1 and 3) and the event after
         # the compute stream's last use of its device buffer (rule 2). They outlive an
@@ -525,6 +542,15 @@ class StreamedBatches(_Source):
         self._uploaded: list[Any] = [None, None]
         self._released: list[Any] = [be.record_event(), be.record_event()]
         self._running = False
+
+    @staticmethod
+    def _check_mutable(be: Any) -> None:
+        if not be.mutable:
+            raise ValueError(
+                f"streaming minibatches (stream_data=True) uploads into preallocated device "
+                f"buffers, and backend {be.name!r} has immutable arrays; keep the training "
+                f"set resident (stream_data=None or False)"
+            )
 
     @staticmethod
     def _host(be: Any, x: Any) -> np.ndarray:
@@ -570,7 +596,7 @@ class StreamedBatches(_Source):
             )
         self._running = True
         be = self.be
-        bounds = _bounds(self.n, self.batch_size)
+        bounds = self.bounds()
         handed_out: int | None = None  # slot yielded whose release is not recorded yet
         try:
             if bounds:

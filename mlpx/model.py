@@ -468,12 +468,14 @@ class Sequential(Network):
         return step.loss + step.penalty
 
     # -------------------------------------------------------------- scoring
-    def evaluate(self, X: Any, y: Any, sample_weight: Any = None,
+    def evaluate(self, X: Any, y: Any = None, sample_weight: Any = None,
                  loss: str | Loss | None = None) -> dict[str, float]:
         """Mean loss and a metric on ``(X, y)``: accuracy (softmax / logistic) or R².
 
         Thread-safe. The loss is ``loss``, else the loss of the last ``fit``, else
-        the output's canonical loss; accuracy uses ``predict``'s labels.
+        the output's canonical loss; accuracy uses ``predict``'s labels. ``X`` takes
+        the forms of :meth:`fit` (a store read in chunks, or a stream of batches with
+        ``y=None``).
 
         Returns
         -------
@@ -486,7 +488,7 @@ class Sequential(Network):
     def fit(
         self,
         X: Any,
-        y: Any,
+        y: Any = None,
         epochs: int = 10,
         batch_size: int = 32,
         optimizer: str | Optimizer = "adam",
@@ -507,11 +509,16 @@ class Sequential(Network):
 
         Parameters
         ----------
-        X : array_like, shape (n_samples, n_features)
-            Host data, or an array already on the backend.
-        y : array_like
+        X : array_like, shape (n_samples, n_features), a store, or a stream of batches
+            Host data, or an array already on the backend; a zarr array, an
+            ``h5py.Dataset`` or a Dask array (read in chunks, in the background); or
+            a re-iterable of ``(X, y)`` / ``(X, y, w)`` batches (a generator factory,
+            a ``torch.utils.data.DataLoader``) with ``y=None``. See
+            :mod:`mlpx.streams` and the data guide.
+        y : array_like, optional
             Class labels (n,) or one-hot / probability rows (n, k) for softmax; 0/1
-            (n,) or (n, k) for logistic; values (n,) or (n, k) otherwise.
+            (n,) or (n, k) for logistic; values (n,) or (n, k) otherwise. In memory or
+            in a store like X; None when X is a stream of batches.
         epochs : int
         batch_size : int
             Clipped to n_samples (per rank with ``comm``).
@@ -521,12 +528,16 @@ class Sequential(Network):
         loss : str or Loss, optional
             Defaults to the output's canonical loss; any loss whose domain the output
             covers works (chain rule, :mod:`mlpx.losses`).
-        validation_data : (X_val, y_val) or (X_val, y_val, w_val), optional
+        validation_data : (X_val, y_val) or (X_val, y_val, w_val), or a stream, optional
+            Arrays, or the forms X takes.
         validation_split : float in [0, 1)
             Hold out this fraction (a seeded random subset) when ``validation_data``
-            is not given.
-        shuffle : bool
-            Reshuffle the training samples every epoch.
+            is not given (in-memory X only).
+        shuffle : bool or BlockShuffle
+            Reshuffle the training samples every epoch: exactly for NumPy arrays;
+            by :class:`~mlpx.chunked.BlockShuffle` (permuted chunk-aligned blocks,
+            rows shuffled within windows) for stores, or for any array given a
+            ``BlockShuffle``. A stream of batches keeps its own order.
         callbacks : sequence of Callback
             e.g. :class:`~mlpx.callbacks.EarlyStopping`,
             :class:`~mlpx.saving.ModelCheckpoint`.

@@ -48,6 +48,7 @@ from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from mlpx import streams
 from mlpx.activations import Activation, get_activation
 from mlpx.backends import Backend, BackendError, get_backend, kernel
 from mlpx.backends.numpy_backend import SMALL_GEMM_FLOPS
@@ -656,6 +657,8 @@ class Network:
         -------
         ndarray, shape (K, n, n_outputs_), or (K, n) of int64 with ``argmax``
         """
+        if streams.is_stream(X):
+            return streams.member_outputs(self, X, raw, argmax)
         X = self.check_input(X)
         be, xp = self.backend, self.backend.xp
         n, K = X.shape[0], self.n_members
@@ -668,14 +671,16 @@ class Network:
                 out[:, a:b] = be.to_numpy(xp.argmax(Z, axis=-1) if argmax else (Z if raw else P))
         return out
 
-    def evaluate_members(self, X: Any, y: Any, sample_weight: Any = None, loss: Any = None) -> dict[str, np.ndarray]:
+    def evaluate_members(self, X: Any, y: Any = None, sample_weight: Any = None,
+                         loss: Any = None) -> dict[str, np.ndarray]:
         """Every member's mean loss and metric on ``(X, y)`` (thread-safe, one set of weights).
 
         Parameters
         ----------
-        X : array_like, shape (n, n_features_in_)
-        y : array_like
-            Targets as ``fit`` takes them.
+        X : array_like, shape (n, n_features_in_), a store, or a stream of batches
+            The forms ``fit`` takes (:mod:`mlpx.streams`).
+        y : array_like, optional
+            Targets as ``fit`` takes them (None for a stream of ``(X, y)`` batches).
         sample_weight : array_like, shape (n,), optional
         loss : str or Loss, optional
             Default: the loss of the last ``fit``, else the output's canonical loss.
@@ -685,6 +690,8 @@ class Network:
         dict of str -> ndarray, shape (K,)
             ``"loss"`` and ``"accuracy"`` (softmax / logistic) or ``"r2"``.
         """
+        if y is None or streams.is_stream(X):
+            return streams.evaluate(self, X, y, sample_weight, loss)
         be = self.backend
         X = self.check_input(X)
         lossfn = self.resolve_loss(loss if loss is not None else self.loss_)

@@ -29,16 +29,18 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from mlpx import streams
 from mlpx.backends import Backend, get_backend
 from mlpx.callbacks import Callback, ProgressBar, check_callbacks
-from mlpx.data import MemberBatches, MemberHoldout, to_host
+from mlpx.data import MemberBatches, MemberHoldout, MemberRows, is_sparse, make_batches, to_host
 from mlpx.distributed import make_reducer
 from mlpx.locking import exclusive_training
 from mlpx.model import Sequential
 from mlpx.network import Network
 from mlpx.optimizers import OPTIMIZERS, Optimizer
 from mlpx.saving import MAX_PARAMS, ModelFile, ModelFileError, member_count, write_model_file
-from mlpx.training import History, TrainingDivergedError, train
+from mlpx.streams import MemberFeedBatches
+from mlpx.training import History, TrainingDivergedError, _shard, train
 from mlpx.validation import check_int, check_real, check_X, encode_targets
 
 __all__ = ["MemberCallbacks", "MemberView", "Stack", "StopAfter", "load"]
@@ -447,7 +449,7 @@ class Stack(Network):
     def fit(
         self,
         X: Any,
-        y: Any,
+        y: Any = None,
         epochs: int = 10,
         batch_size: int = 32,
         optimizer: str | Sequence[Optimizer] | Optimizer = "adam",
@@ -473,6 +475,7 @@ class Stack(Network):
         member_callbacks: Sequence[Callback] | Sequence[Sequence[Callback]] | None = None,
         verbose: int = 0,
         comm: Any = None,
+        stream_data: bool | None = None,
     ) -> History:
         """Train every member, each with its own settings, data and stopping.
 
@@ -480,9 +483,15 @@ class Stack(Network):
 
         Parameters
         ----------
-        X : array_like, shape (n, n_features_in_)
-        y : array_like
-            Targets as :meth:`Sequential.fit <mlpx.model.Sequential.fit>` takes them.
+        X : array_like or sparse matrix, shape (n, n_features_in_), a store, or a stream of batches
+            The forms :meth:`Sequential.fit <mlpx.model.Sequential.fit>` takes. A
+            store or stream (a zarr, HDF5 or Dask array, a re-iterable of batches),
+            sparse ``X`` and ``stream_data=True`` train every member on the same
+            minibatches in the same order (the first member's shuffle), without
+            ``rows``, per-member weights or ``validation_split``.
+        y : array_like, optional
+            Targets as :meth:`Sequential.fit <mlpx.model.Sequential.fit>` takes them
+            (None for a stream of ``(X, y)`` batches).
         epochs : int
             Epochs of the stack (each member stops earlier if told to).
         batch_size : int
@@ -531,6 +540,10 @@ class Stack(Network):
             holds every member and passes its own shard of the data (``rows``
             index the rank's shard); the gradients of all members are all-reduced
             once per step; logs and member stopping are global.
+        stream_data : bool, optional
+            As :meth:`Sequential.fit <mlpx.model.Sequential.fit>`: True uploads the
+            minibatches from the host as the steps run instead of keeping the data
+            set on the device (default: when it would not fit).
 
         Returns
         -------
@@ -551,7 +564,7 @@ class Stack(Network):
             "setup", self._prepare, reducer, X, y, epochs, batch_size, optimizer, loss, rows, sample_weight,
             validation_data, validation_split, shuffle, max_epochs, callbacks, member_callbacks, verbose,
             dict(lr=lr, momentum=momentum, nesterov=nesterov, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, rho=rho,
-                 weight_decay=weight_decay, schedule=schedule), l2)
+                 weight_decay=weight_decay, schedule=schedule), l2, stream_data)
         source, holdout, opt, lossfn, l2v, order, cbs, weighted = setup
         reducer.agree_settings({
             "architecture": self.get_config()["layers"], "members": self.n_members, "dtype": self.dtype,
@@ -559,6 +572,7 @@ class Stack(Network):
             "optimizer": [type(opt).__name__, opt.get_config()], "epochs": int(epochs),
             "batch_size": int(batch_size), "l2": l2v.tolist(), "shuffle": bool(shuffle),
             "validation": [validation_data is not None, float(validation_split)], "epochs_done": self.epochs_done_,
+            "shared_rows": isinstance(source, MemberFeedBatches),
         })
         if reducer.size > 1 and reducer.allreduce_max(0 if source is None else source.n) == 0:
             raise ValueError("no rank holds any training rows")
@@ -573,7 +587,7 @@ class Stack(Network):
     def _prepare(self, reducer: Any, X: Any, y: Any, epochs: Any, batch_size: Any, optimizer: Any, loss: Any,
                  rows: Any, sample_weight: Any, validation_data: Any, validation_split: Any, shuffle: bool,
                  max_epochs: Any, callbacks: Any, member_callbacks: Any, verbose: int, settings: dict[str, Any],
-                 l2: Any) -> tuple[Any, ...]:
+                 l2: Any, stream_data: bool | None) -> tuple[Any, ...]:
         """This rank's checked arguments: source, holdout, optimizer, loss, l2, order, callbacks."""
         K, be = self.n_members, self.backend
         check_int("epochs", epochs, low=1)
@@ -583,6 +597,22 @@ class Stack(Network):
         opt = _member_optimizer(optimizer, K, **settings)
         l2v = np.array(_vector("l2", l2, K, low=0.0))
         gens = self.shuffle_generators(reducer.rank)
+        per_member = _member_callback_lists(member_callbacks, K)
+        if max_epochs is not None:
+            for cbs, e in zip(per_member, _vector("max_epochs", max_epochs, K, integer=True)):
+                cbs.append(StopAfter(int(e)))
+        cbs = [MemberCallbacks(per_member)] + check_callbacks(callbacks)
+        if verbose and reducer.is_root:
+            cbs.append(_StackProgress(verbose))
+        # Stores, streams of batches, sparse X and streamed uploads: every member the same rows.
+        fed = streams.stack_source(self, reducer, X, y, sample_weight, rows, batch_size, shuffle, validation_data,
+                                   split, stream_data, gens[0], MemberRows, lossfn.name)
+        if fed is None and (is_sparse(X) or stream_data):
+            fed = self._shared_source(reducer, X, y, sample_weight, rows, batch_size, shuffle, split, stream_data,
+                                      gens[0], lossfn)
+        if fed is not None:
+            holdout = self._holdout(validation_data, lossfn) if validation_data is not None else None
+            return fed[0], holdout, opt, lossfn, l2v, fed[1], cbs, fed[2]
         Xh = check_X(X, be, self.n_features_in_, dtype=self.compute_dtype)
         if not isinstance(Xh, np.ndarray):
             Xh = be.to_numpy(Xh)
@@ -600,14 +630,7 @@ class Stack(Network):
             w_all = w_shared
         holdout = None
         if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-                raise ValueError("validation_data must be (X_val, y_val) or (X_val, y_val, w_val)")
-            Xv = check_X(validation_data[0], be, self.n_features_in_, name="X_val", dtype=self.compute_dtype)
-            Xv = Xv if isinstance(Xv, np.ndarray) else be.to_numpy(Xv)
-            Yv = encode_targets(validation_data[1], self.output.name, self.n_outputs_, Xv.shape[0], dtype=self.dtype,
-                                loss=lossfn.name)
-            wv = None if len(validation_data) == 2 else _member_weights(validation_data[2], 1, Xv.shape[0])[1]
-            holdout = MemberHoldout(be, Xv, Yv, wv, [np.arange(Xv.shape[0])] * K, self.compute_dtype, self.dtype)
+            holdout = self._holdout(validation_data, lossfn)
         elif split:
             # Each member holds out a random fraction of its rows, drawn as its own
             # network's fit draws it (its shuffle generator, before the epochs).
@@ -627,14 +650,39 @@ class Stack(Network):
         sizes = [r.size for r in source.rows]
         order = self.member_order([(lambda g=g, m=m: g.permutation(m)) if shuffle else None
                                    for g, m in zip(gens, sizes)])
-        per_member = _member_callback_lists(member_callbacks, K)
-        if max_epochs is not None:
-            for cbs, e in zip(per_member, _vector("max_epochs", max_epochs, K, integer=True)):
-                cbs.append(StopAfter(int(e)))
-        cbs = [MemberCallbacks(per_member)] + check_callbacks(callbacks)
-        if verbose and reducer.is_root:
-            cbs.append(_StackProgress(verbose))
         return source, holdout, opt, lossfn, l2v, order, cbs, w_all is not None
+
+    def _holdout(self, validation_data: Any, lossfn: OutputLoss) -> MemberHoldout:
+        """Every member's held-out set: ``validation_data`` in memory."""
+        be, K = self.backend, self.n_members
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ValueError("validation_data must be (X_val, y_val) or (X_val, y_val, w_val)")
+        Xv = check_X(validation_data[0], be, self.n_features_in_, name="X_val", dtype=self.compute_dtype)
+        Xv = Xv if isinstance(Xv, np.ndarray) else be.to_numpy(Xv)
+        Yv = encode_targets(validation_data[1], self.output.name, self.n_outputs_, Xv.shape[0], dtype=self.dtype,
+                            loss=lossfn.name)
+        wv = None if len(validation_data) == 2 else _member_weights(validation_data[2], 1, Xv.shape[0])[1]
+        return MemberHoldout(be, Xv, Yv, wv, [np.arange(Xv.shape[0])] * K, self.compute_dtype, self.dtype)
+
+    def _shared_source(self, reducer: Any, X: Any, y: Any, sample_weight: Any, rows: Any, batch_size: int,
+                       shuffle: bool, split: float, stream_data: bool | None, rng: np.random.Generator,
+                       lossfn: OutputLoss) -> tuple[Any, Any, bool]:
+        """Sparse ``X``, or minibatches uploaded from the host (``stream_data``): one
+        source of minibatches that every member takes, in the order ``rng`` shuffles."""
+        what = "sparse X" if is_sparse(X) else "stream_data=True"
+        if rows is not None or (sample_weight is not None and np.ndim(sample_weight) == 2):
+            raise ValueError(f"per-member rows and weights gather each member's rows of a data set on the device; "
+                             f"with {what} every member trains on every row")
+        if split:
+            raise ValueError(f"validation_split holds out each member's own rows; with {what} pass validation_data")
+        Xh, Yh, wh = _shard(self, X, y, sample_weight, "X", allow_empty=reducer.size > 1, loss=lossfn.name)
+        if Xh is None:
+            return None, None, False
+        base = make_batches(self.backend, Xh, Yh, wh, batch_size, self.compute_dtype, stream_data or None,
+                            target_dtype=self.dtype)
+        n = base.n
+        order = (lambda: rng.permutation(n)) if shuffle else None
+        return MemberFeedBatches(base, self.active, MemberRows), order, wh is not None
 
     def shuffle_generators(self, rank: int = 0) -> list[np.random.Generator]:
         """Each member's generator of ``fit``'s minibatch order on ``rank``, kept across fits.
@@ -696,7 +744,7 @@ class Stack(Network):
     def __deepcopy__(self, memo: dict[int, Any]) -> "Stack":
         return _unpickle(self.get_config(), self.get_params_host(), self.backend, self.threads, self.train_state())
 
-    def evaluate(self, X: Any, y: Any, sample_weight: Any = None, loss: Any = None) -> dict[str, np.ndarray]:
+    def evaluate(self, X: Any, y: Any = None, sample_weight: Any = None, loss: Any = None) -> dict[str, np.ndarray]:
         """Each member's mean loss and metric on ``(X, y)``: accuracy or R², shape (K,) each.
 
         Thread-safe; as :meth:`Sequential.evaluate <mlpx.model.Sequential.evaluate>`
@@ -704,8 +752,10 @@ class Stack(Network):
 
         Parameters
         ----------
-        X : array_like, shape (n, n_features_in_)
-        y : array_like
+        X : array_like, shape (n, n_features_in_), a store, or a stream of batches
+            The forms :meth:`fit` takes.
+        y : array_like, optional
+            None for a stream of ``(X, y)`` batches.
         sample_weight : array_like, shape (n,), optional
         loss : str or Loss, optional
             Default: the loss of the last ``fit``, else the output's canonical loss.

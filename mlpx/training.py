@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from mlpx import streams
 from mlpx.callbacks import BatchHooks, Callback, ProgressBar, check_callbacks
 from mlpx.data import Batch, MemberBatches, is_sparse, make_batches, should_stream, to_host
 from mlpx.distributed import Reducer, is_agreed, make_reducer, mark_agreed
@@ -467,7 +468,7 @@ class _Setup:
 def fit(
     model: Any,
     X: Any,
-    y: Any,
+    y: Any = None,
     epochs: int = 10,
     batch_size: int = 32,
     optimizer: str | Optimizer = "adam",
@@ -563,17 +564,20 @@ def _prepare(model: Any, reducer: Reducer, X: Any, y: Any, epochs: Any, batch_si
     lossfn = model.resolve_loss(loss)
     opt = get_optimizer(optimizer, **({} if lr is None else {"lr": lr}))
     rng = model.shuffle_generator(reducer.rank)
-    shard = _shard(model, X, y, sample_weight, "X", allow_empty=reducer.size > 1, loss=lossfn.name)
+    # Stores, lazy arrays and streams of batches (mlpx.streams); None for in-memory arrays.
+    holdout = streams.holdout(model, reducer, validation_data, lossfn.name)
+    fed = streams.training_source(model, reducer, X, y, sample_weight, batch_size, shuffle, validation_split,
+                                  stream_data, rng, lossfn.name)
+    shard = None if fed else _shard(model, X, y, sample_weight, "X", allow_empty=reducer.size > 1, loss=lossfn.name)
 
-    holdout = None
-    if validation_data is not None:
+    if holdout is None and validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
             raise ValueError("validation_data must be (X_val, y_val) or (X_val, y_val, w_val)")
         wv = validation_data[2] if len(validation_data) == 3 else None
         Xv, Yv, wv = _shard(model, validation_data[0], validation_data[1], wv, "X_val",
                             allow_empty=reducer.size > 1, loss=lossfn.name)
         holdout = _holdout(model, Xv, Yv, wv)
-    elif validation_split:
+    elif holdout is None and validation_split:
         Xh, Yh, wh = shard
         n = 0 if Xh is None else Xh.shape[0]
         n_val = int(round(n * float(validation_split)))
@@ -589,6 +593,8 @@ def _prepare(model: Any, reducer: Reducer, X: Any, y: Any, epochs: Any, batch_si
             shard = (Xh[ti], Yh[ti], None if wh is None else wh[ti])
         else:
             holdout = Holdout()
+    if fed:
+        return _Setup(fed[0], holdout, opt, lossfn, epochs, batch_size, l2, fed[1], callbacks)
     Xh, Yh, wh = shard
     source = None
     if Xh is not None:

@@ -76,8 +76,10 @@ def find_mpiexec() -> str | None:
     return shutil.which("mpiexec") or shutil.which("mpirun")
 
 
-def launch(size: int, scenario: str, outdir: Path, timeout: float) -> subprocess.CompletedProcess[str]:
-    """``mpiexec -n size python _mpi_worker.py scenario outdir``, killed after ``timeout`` seconds."""
+def launch(size: int, scenario: str, outdir: Path, timeout: float,
+           script: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``mpiexec -n size python _mpi_worker.py scenario outdir`` (or another ``script``), killed
+    after ``timeout`` seconds."""
     env = dict(os.environ)
     # One thread per rank: the ranks already share the cores.
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
@@ -85,9 +87,28 @@ def launch(size: int, scenario: str, outdir: Path, timeout: float) -> subprocess
     # Harmless for MPICH; lets Open MPI run as root and with more ranks than cores.
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_rmaps_base_oversubscribe="1", PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe")
-    cmd = [find_mpiexec() or "mpiexec", "-n", str(size), sys.executable, str(Path(__file__).resolve()),
+    cmd = [find_mpiexec() or "mpiexec", "-n", str(size), sys.executable, str(Path(script or __file__).resolve()),
            scenario, str(outdir)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def collect(size: int, scenario: str, timeout: float, script: Path | None = None) -> list[Any] | str:
+    """Launch ``scenario`` on ``size`` ranks and load each rank's ``<scenario>.rank<r>.pkl``;
+    the launcher's output when it failed."""
+    import tempfile
+
+    outdir = Path(tempfile.mkdtemp(prefix=f"mlpx-{scenario}{size}-"))
+    try:
+        proc = launch(size, scenario, outdir, timeout=timeout, script=script)
+        if proc.returncode != 0:
+            return f"mpiexec failed:\n{proc.stdout}\n{proc.stderr}"
+        results = []
+        for r in range(size):
+            with open(outdir / f"{scenario}.rank{r}.pkl", "rb") as fh:
+                results.append(pickle.load(fh))
+        return results
+    finally:
+        shutil.rmtree(outdir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- scenarios

@@ -459,7 +459,7 @@ def test_schema_accepts_precision_modes_and_checks_them(tiny_run):
     assert validate(old) == []
     old["schema_version"] = "0.9"
     assert any("schema_version" in e for e in validate(old))
-    assert SCHEMA_VERSION == "1.3"
+    assert SCHEMA_VERSION == "1.4"
 
 
 def test_report_shows_precision_modes(tiny_run):
@@ -562,11 +562,30 @@ def test_compare_reports_ratios(tiny_run, tmp_path, capsys):
     b.write_text(json.dumps(slower))
     res = compare(doc, slower)
     assert res["rows"] and all(r["ratio"] == pytest.approx(2.0) for r in res["rows"])
-    assert set(res["geomean"]) == {"gemm", "train", "scaling", "search"}
+    assert set(res["geomean"]) == {"gemm", "train", "scaling", "search", "streaming"}
     assert main(["--compare", str(out / "results-tiny.json"), str(b)]) == 0
     text = capsys.readouterr().out
     assert "| 2.000 |" in text and "Geometric mean" in text
     assert "2.000" in compare_files(out / "results-tiny.json", b)
+
+
+def test_streaming_section_measures_each_format_and_cleans_up(tiny_run):
+    from pathlib import Path
+
+    _, out, doc = tiny_run
+    s = doc["sections"]["streaming"]
+    assert s["status"] == "ok", s.get("reason")
+    assert [r["format"] for r in s["records"]] == ["zarr", "memmap"]
+    for r in s["records"]:
+        assert r["status"] == "ok", r.get("reason")
+        assert r["peak_anon_bytes"] >= r["baseline_anon_bytes"] > 0 and r["ratio_to_memory"] > 0
+        assert [t["met"] for t in r["targets"]] == [t["value"] <= t["bound"] for t in r["targets"]]
+        assert not any(t["stated_for_this_size"] for t in r["targets"])  # tiny is not the 4 GiB of the targets
+    assert not Path(s["scratch_dir"]).exists()  # the data was deleted
+    assert "## Streaming: training from data on disk" in (out / "report-tiny.md").read_text()
+    bad = copy.deepcopy(doc)
+    bad["sections"]["streaming"]["records"][0]["targets"][1]["met"] = not s["records"][0]["targets"][1]["met"]
+    assert any("met disagrees" in e for e in validate(bad))
 
 
 def test_cli_rejects_unknown_section():

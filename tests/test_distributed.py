@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import functools
 import pickle
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +37,9 @@ def batch_results(size: int) -> list[dict[str, Any]]:
 @functools.lru_cache(maxsize=None)
 def _batch_results(size: int) -> list[dict[str, Any]]:
     """Run the worker's scenario batch once per rank count; per-rank result dicts."""
-    outdir = Path(tempfile.mkdtemp(prefix=f"mlpx-mpi{size}-"))
-    proc = _launch(size, "batch", outdir, timeout=180)
-    if proc.returncode != 0:  # cached too: one failed launch, not one per test
-        return [{"failed": f"mpiexec failed:\n{proc.stdout}\n{proc.stderr}"}]
-    results = []
-    for r in range(size):
-        with open(outdir / f"batch.rank{r}.pkl", "rb") as fh:
-            results.append(pickle.load(fh))
-    shutil.rmtree(outdir, ignore_errors=True)
+    results = W.collect(size, "batch", timeout=180)
+    if isinstance(results, str):  # cached too: one failed launch, not one per test
+        return [{"failed": results}]
     return results
 
 
@@ -266,16 +258,8 @@ def test_crash_outside_fit_aborts_the_job(tmp_path: Path) -> None:
 # ------------------------------------------------ settings agreed on every rank
 @functools.lru_cache(maxsize=None)
 def _agreement(size: int) -> tuple[dict[str, Any], ...] | str:
-    outdir = Path(tempfile.mkdtemp(prefix=f"mlpx-agree{size}-"))
-    proc = _launch(size, "agreement", outdir, timeout=240)
-    if proc.returncode != 0:
-        return f"mpiexec failed:\n{proc.stdout}\n{proc.stderr}"
-    out = []
-    for r in range(size):
-        with open(outdir / f"agreement.rank{r}.pkl", "rb") as fh:
-            out.append(pickle.load(fh))
-    shutil.rmtree(outdir, ignore_errors=True)
-    return tuple(out)
+    out = W.collect(size, "agreement", timeout=240)
+    return out if isinstance(out, str) else tuple(out)
 
 
 @needs_mpi

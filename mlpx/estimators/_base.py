@@ -65,6 +65,7 @@ from mlpx.locking import training_guard
 from mlpx.metrics import PREDICT_CHUNK, holdout_scores, iter_chunks
 from mlpx.optimizers import SGD, Adam, Optimizer
 from mlpx.schedules import Adaptive, InverseScaling
+from mlpx.streams import is_batch_stream
 from mlpx.training import Holdout, train
 from mlpx.validation import check_dtype_range, check_int, check_sample_weight, host_values, refuse_datetimes
 
@@ -473,6 +474,7 @@ class BaseMLP(BaseEstimator):
 
     # ----------------------------------------------------- input checking
     def _validate_X_predict(self, X: Any) -> Any:
+        self._refuse_stream(X)
         if is_device_array(X):
             return self._check_device_X(X, reset=False)
         refuse_datetimes(X, "X")
@@ -502,7 +504,16 @@ class BaseMLP(BaseEstimator):
             )
         return X
 
+    def _refuse_stream(self, X: Any) -> None:
+        if is_batch_stream(X):
+            raise TypeError(
+                f"{type(self).__name__} takes arrays (scikit-learn's contract), not a stream of batches: "
+                f"call partial_fit(X_batch, y_batch) for each batch, or train an mlpx.Sequential, whose fit "
+                f"reads streams (see mlpx.streams)"
+            )
+
     def _validate_Xy(self, X: Any, y: Any, reset: bool, y_numeric: bool) -> tuple[Any, Any]:
+        self._refuse_stream(X)
         y = to_host(y)  # targets are small; label encoding happens on the host
         if is_device_array(X):
             X = self._check_device_X(X, reset=reset)

@@ -284,6 +284,12 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                     classes: ArrayLike | None = None, comm: Any = None) -> MLPClassifier:
         """Update the model with a single iteration over the given data.
 
+        The estimators take arrays, as scikit-learn's do; this is their route for
+        data that does not fit in memory: one call per batch of a stream or of a
+        store's rows (``fit`` refuses a stream of batches with a ``TypeError``;
+        :meth:`mlpx.Sequential.fit` reads streams directly, see :mod:`mlpx.streams`).
+        Calls on the same batches give scikit-learn's ``partial_fit`` results.
+
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
@@ -302,6 +308,21 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         -------
         self
             The fitted estimator.
+
+        Examples
+        --------
+        >>> import numpy as np, mlpx
+        >>> rng = np.random.default_rng(0)
+        >>> def batches():  # e.g. a DataLoader, or the chunks of a zarr array
+        ...     for _ in range(5):
+        ...         X = rng.normal(size=(64, 4))
+        ...         yield X, (X[:, 0] > 0).astype(int)
+        >>> clf = mlpx.MLPClassifier(hidden_layer_sizes=(8,), random_state=0)
+        >>> for epoch in range(3):
+        ...     for X_batch, y_batch in batches():
+        ...         clf = clf.partial_fit(X_batch, y_batch, classes=[0, 1])
+        >>> clf.predict(X_batch).shape
+        (64,)
         """
         reducer = make_reducer(comm, self._get_backend())
 

@@ -213,6 +213,10 @@ class MLPRegressor(RegressorMixin, BaseMLP):
                     comm: Any = None) -> MLPRegressor:
         """Update the model with a single iteration over the given data.
 
+        This is the estimators' route for data that does not fit in memory: one
+        call per batch (see :meth:`MLPClassifier.partial_fit` for an example; ``fit``
+        takes arrays, as scikit-learn's does).
+
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
