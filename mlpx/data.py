@@ -758,7 +758,7 @@ class MemberBatches:
         tdt = target_dtype or dtype
         self.X = be.asarray(X, dtype=dtype)
         self.Y = be.asarray(Y, dtype=tdt)
-        self.dtype, self.target_dtype = _dtype_name(dtype), _dtype_name(tdt)
+        self.dtype, self.target_dtype = dtype_name(dtype), dtype_name(tdt)
         self._cache: tuple[Any, np.ndarray, np.ndarray] | None = None
         self._gid: np.ndarray | None = None
         self._real_memo: tuple[Any, np.ndarray, int] | None = None
@@ -876,7 +876,8 @@ class MemberBatches:
         m = b if widths is None else int(widths[j])
         sel = index[j, :, :m]
         given = self._cache[0] if self._cache is not None else None
-        span = (j * b, j * b + m) if self._contiguous and given is None else None
+        # In order and without padding rows (a last step of one row is two wide): a slice.
+        span = (j * b, j * b + m) if self._contiguous and given is None and j * b + m <= self.n else None
         unit = self.w_host is None and self._fewest(given) - j * b >= m  # no padding row in the step
         return Batch(MemberRows(self.X, sel, self.groups, span), MemberRows(self.Y, sel, span=span),
                      None if unit else w[j, :, :m], j * b, j * b + m)
