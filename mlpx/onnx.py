@@ -61,6 +61,14 @@ the graph's dtype, exceeds 0.5 (found when exporting; the probability is monoton
 in the logit). The probabilities themselves are ONNX Runtime's, equal to
 ``predict_proba`` to rounding.
 
+A :class:`~mlpx.stacked.Stack` is exported member by member (``member=k``: the
+graph of ``stack.member(k)``) or as its averaged ensemble (``member=None``): every
+live member's subgraph, their outputs averaged (``Sum``, then ``Div``), and the labels taken
+from the average, exactly as :meth:`Stack.predict <mlpx.stacked.Stack.predict>`
+(the arg-max of the mean probabilities; mean probability > 0.5 for a logistic
+output) and :meth:`Stack.predict_proba <mlpx.stacked.Stack.predict_proba>`.
+Members that diverged are left out, as ``predict`` leaves them out.
+
 A model trained with ``precision="bf16"``/``"fp16"``/``"tf32"`` is exported with
 its float32 master weights, computing in float32: its ONNX outputs are more
 precise than its own ``predict``, not bit-identical to it.
@@ -128,12 +136,13 @@ def to_onnx(
     zipmap: bool | str | None = None,
     dtype: str | None = None,
     target_opset: int = DEFAULT_OPSET,
+    member: int | None = None,
 ) -> "onnx.ModelProto":
     """Export a trained network as an ONNX model.
 
     Parameters
     ----------
-    obj : Sequential, MLPClassifier or MLPRegressor
+    obj : Sequential, Stack, MLPClassifier or MLPRegressor
         An mlpx model or fitted estimator; scikit-learn's fitted ``MLPClassifier``
         and ``MLPRegressor`` are accepted too.
     path : str or path-like, optional
@@ -149,6 +158,9 @@ def to_onnx(
         Weights are rounded to it.
     target_opset : int, default DEFAULT_OPSET
         The ``ai.onnx`` opset, from :data:`MIN_OPSET` to the installed onnx's latest.
+    member : int, optional
+        A :class:`~mlpx.stacked.Stack` only: export this member alone; None (the
+        default) exports the averaged ensemble of the live members.
 
     Returns
     -------
@@ -165,14 +177,22 @@ def to_onnx(
         types) or a classifier with a single class.
     sklearn.exceptions.NotFittedError
         An estimator that is not fitted (a ValueError too).
+    TrainingDivergedError
+        A stack's ensemble whose members all diverged.
     """
-    net = _network(obj)
-    if dtype is not None and _float_dtype(dtype) != net.dtype:
-        net.dtype = _float_dtype(dtype)
-        net.description += f", exported in {net.dtype}"
+    stack = hasattr(obj, "n_members") and hasattr(obj, "member")
+    if member is not None and not stack:
+        raise TypeError(f"member= selects a member of a Stack; {type(obj).__name__} has none")
+    if stack and member is not None:
+        obj = obj.member(member)
+    nets = _members(obj) if stack and member is None else [_network(obj)]
+    for net in nets:
+        if dtype is not None and _float_dtype(dtype) != net.dtype:
+            net.dtype = _float_dtype(dtype)
+            net.description += f", exported in {net.dtype}"
     opset = _check_opset(target_opset)
-    zipmap = _check_zipmap(zipmap, net)
-    model = _build(net, zipmap, opset)
+    zipmap = _check_zipmap(zipmap, nets[0])
+    model = _build(nets[0], zipmap, opset) if len(nets) == 1 and not stack else _build_ensemble(nets, opset)
     onnx.checker.check_model(model, full_check=True)
     if path is not None:
         data = model.SerializeToString()
@@ -196,6 +216,19 @@ def _network(obj: Any) -> _Net:
         f"cannot export {type(obj).__name__!r} to ONNX: expected an mlpx Sequential, or a "
         "fitted MLPClassifier / MLPRegressor (mlpx's or scikit-learn's)"
     )
+
+
+def _members(stack: Any) -> list[_Net]:
+    """The live members of a stack (those that did not diverge), as networks."""
+    live = [k for k in range(stack.n_members) if not stack.diverged_[k]]
+    if not live:
+        from mlpx.training import TrainingDivergedError
+
+        raise TrainingDivergedError(max(0, stack.epochs_done_ - 1), float("nan"), what="every member of the stack")
+    nets = [_from_sequential(stack.member(k)) for k in live]
+    nets[0].description = (f"mlpx Stack: mean of {len(live)} of {stack.n_members} members "
+                           f"({nets[0].description.removeprefix('mlpx Sequential ')})")
+    return nets
 
 
 def _float_dtype(dtype: Any) -> str:
@@ -427,6 +460,43 @@ def _build(net: _Net, zipmap: bool | str, opset: int) -> "onnx.ModelProto":
     model = helper.make_model(graph, opset_imports=opsets, producer_name="mlpx",
                               producer_version=_mlpx_version(), doc_string=net.description)
     # The oldest IR that holds these opsets, so older runtimes load the file too.
+    model.ir_version = helper.find_min_ir_version_for(opsets)
+    return model
+
+
+def _build_ensemble(nets: list[_Net], opset: int) -> "onnx.ModelProto":
+    """The mean of the members' outputs, and labels from the mean (Stack.predict)."""
+    net = nets[0]
+    g = _Graph(net.dtype)
+    k = net.n_outputs
+    inputs = [_tensor_info("X", g.proto, [None, net.n_features])]
+    outs = [_activation(g, m.output, _logits(g, m, "X")) for m in nets]
+    classifier = net.output in _CLASSIFIER_OUTPUTS
+    # Sum, then divide (numpy.mean's order): ONNX Runtime has no float64 Mean.
+    total = g.op("Sum", outs) if len(outs) > 1 else outs[0]
+    mean = g.op("Div", [total, g.const("members", float(len(outs)))], out=None if classifier else "variable")
+    if not classifier:
+        outputs = [_tensor_info("variable", g.proto, [None, k])]
+    else:
+        g.op("Identity", [mean], out="probabilities")
+        if net.output == "softmax":
+            g.op("ArgMax", [mean], out="label", axis=1, keepdims=0)
+            label_shape: list[Any] = [None]
+        else:
+            positive = g.op("Cast", [g.op("Greater", [mean, g.const("half", 0.5)])], to=TensorProto.INT64)
+            if k == 1:
+                g.op("Reshape", [positive, g.const("flat", [-1], np.int64)], out="label")
+                label_shape = [None]
+            else:
+                g.op("Identity", [positive], out="label")
+                label_shape = [None, k]
+        outputs = [_tensor_info("label", TensorProto.INT64, label_shape),
+                   _tensor_info("probabilities", g.proto, [None, k])]
+    graph = helper.make_graph(g.nodes, "mlpx", inputs, outputs, initializer=g.initializers,
+                              doc_string=net.description)
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="mlpx",
+                              producer_version=_mlpx_version(), doc_string=net.description)
     model.ir_version = helper.find_min_ir_version_for(opsets)
     return model
 

@@ -41,7 +41,7 @@ from mlpx.optimizers import OPTIMIZERS, Optimizer
 from mlpx.saving import MAX_PARAMS, ModelFile, ModelFileError, member_count, write_model_file
 from mlpx.streams import MemberFeedBatches
 from mlpx.training import History, TrainingDivergedError, _shard, train
-from mlpx.validation import check_int, check_real, check_X, encode_targets
+from mlpx.validation import check_int, check_real, check_sample_weight, check_sparse_X, check_X, encode_targets
 
 __all__ = ["MemberCallbacks", "MemberView", "Stack", "StopAfter", "load"]
 
@@ -362,6 +362,18 @@ class Stack(Network):
         model.epochs_done_ = int(self.epochs_done_)
         return model
 
+    def to_onnx(self, path: Any = None, member: int | None = None, **options: Any) -> Any:
+        """The averaged ensemble (what :meth:`predict` and :meth:`predict_proba`
+        compute), or member ``member`` alone, as an ``onnx.ModelProto``; also written
+        to ``path`` if given.
+
+        See :func:`mlpx.onnx.to_onnx` (options ``dtype``, ``target_opset``; needs
+        ``mlpx[onnx]``).
+        """
+        from mlpx.onnx import to_onnx
+
+        return to_onnx(self, path, member=member, **options)
+
     def members(self) -> list[Sequential]:
         """Every member as a :class:`~mlpx.model.Sequential`."""
         return [self.member(k) for k in range(self.n_members)]
@@ -675,9 +687,15 @@ class Stack(Network):
                              f"with {what} every member trains on every row")
         if split:
             raise ValueError(f"validation_split holds out each member's own rows; with {what} pass validation_data")
-        Xh, Yh, wh = _shard(self, X, y, sample_weight, "X", allow_empty=reducer.size > 1, loss=lossfn.name)
-        if Xh is None:
-            return None, None, False
+        if is_sparse(X):
+            Xh = check_sparse_X(X, self.n_features_in_, dtype=self.compute_dtype)
+            n = Xh.shape[0]
+            Yh = encode_targets(y, self.output.name, self.n_outputs_, n, dtype=self.dtype, loss=lossfn.name)
+            wh = check_sample_weight(sample_weight, n, dtype=self.dtype)
+        else:
+            Xh, Yh, wh = _shard(self, X, y, sample_weight, "X", allow_empty=reducer.size > 1, loss=lossfn.name)
+            if Xh is None:
+                return None, None, False
         base = make_batches(self.backend, Xh, Yh, wh, batch_size, self.compute_dtype, stream_data or None,
                             target_dtype=self.dtype)
         n = base.n

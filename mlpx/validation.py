@@ -37,6 +37,7 @@ __all__ = [
     "check_int",
     "check_real",
     "check_sample_weight",
+    "check_sparse_X",
     "check_seed",
     "dtype_max",
     "encode_targets",
@@ -458,6 +459,44 @@ def check_X(
         raise ValueError(f"{name} has {shape[1]} features, but the model expects {n_features}")
     if dtype is not None:
         check_dtype_range(X, dtype, name, be)
+    return X
+
+
+def check_sparse_X(X: Any, n_features: int, name: str = "X", dtype: Any = None) -> Any:
+    """Validate a SciPy sparse feature matrix (CSR or CSC) for a model of ``n_features``.
+
+    Parameters
+    ----------
+    X : scipy.sparse matrix or array, shape (n_samples, n_features)
+    n_features : int
+    name : str
+    dtype : str, optional
+        The model's compute dtype: stored values the cast would turn into infinity
+        are refused.
+
+    Returns
+    -------
+    The matrix, in CSR form.
+
+    Raises
+    ------
+    ValueError
+        Empty, the wrong width, or NaN/inf or out-of-range stored values.
+    TypeError
+        Non-numeric values.
+    """
+    X = X.tocsr()
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be numeric, got dtype {X.dtype}")
+    shape = tuple(X.shape)
+    if shape[0] == 0 or shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {shape}")
+    if shape[1] != n_features:
+        raise ValueError(f"{name} has {shape[1]} features, but the model expects {n_features}")
+    if X.dtype.kind == "f" and not bool(np.isfinite(X.data).all()):
+        raise ValueError(f"{name} contains NaN or infinity; clean or impute it before training")
+    if dtype is not None:
+        check_dtype_range(X.data, dtype, name)
     return X
 
 

@@ -371,3 +371,34 @@ def test_labels_onnx_cannot_hold_are_refused() -> None:
     clf.classes_ = np.array([1, "a"], dtype=object)
     with pytest.raises(ValueError, match="cannot be ONNX labels"):
         clf.to_onnx()
+
+
+# ------------------------------------------------------------------ Stack
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("output,k", [("softmax", 3), ("logistic", 1), ("logistic", 3), ("identity", 2)])
+def test_stack_exports_its_averaged_ensemble_and_each_member(output: str, k: int, dtype: str) -> None:
+    """The ensemble graph gives predict_proba's mean of the live members and predict's
+    labels from it; member=k gives that member's own network graph."""
+    stack = mlpx.Stack(mlpx.MLP([6, 9, k], activation="tanh", output=output, dtype=dtype, seed=0), seeds=[0, 1, 2])
+    for j in range(3):  # spread the members apart
+        stack.set_member_params(j, stack.get_member_params(j) * (1.0 + j))
+    stack.diverged_[1] = True  # predict leaves a diverged member out; so does the export
+    X = data(300, 6, dtype)
+    out = run(stack.to_onnx(), X)
+    if output == "identity":
+        np.testing.assert_allclose(out["variable"], stack.predict_proba(X), **TOL[dtype])
+    else:
+        P = stack.predict_proba(X)
+        np.testing.assert_allclose(out["probabilities"], P, **TOL[dtype])
+        clear = (np.abs(P - 0.5) > 1e-4).all(axis=-1) if output == "logistic" else \
+            np.diff(np.sort(P, axis=1)[:, -2:], axis=1)[:, 0] > 1e-4  # ties of the mean: rounding decides
+        np.testing.assert_array_equal(out["label"][clear], stack.predict(X)[clear])
+        assert clear.mean() > 0.95
+    one = run(stack.to_onnx(member=2), X)
+    key = "variable" if output == "identity" else "probabilities"
+    np.testing.assert_allclose(one[key], stack.member(2).predict_proba(X), **TOL[dtype])
+    stack.diverged_[:] = True
+    with pytest.raises(mlpx.TrainingDivergedError):
+        stack.to_onnx()
+    with pytest.raises(TypeError, match="member"):
+        to_onnx(stack.member(0), member=0)

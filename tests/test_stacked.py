@@ -568,3 +568,56 @@ def test_a_stack_resumes_from_its_checkpoint_bit_for_bit(digits, tmp_path, shuff
     assert resumed.epochs_done_ == 2
     resumed.fit(X, y, epochs=1, batch_size=64, optimizer=opt, shuffle=shuffle)
     np.testing.assert_array_equal(resumed.get_params_host(), straight.get_params_host())
+
+
+# ------------------------------------------------ data beyond an array
+def test_sparse_x_and_streamed_uploads_train_every_member_on_the_shared_minibatches(digits):
+    """Sparse X and ``stream_data=True`` give every member the same minibatches: in
+    order, a member equals its network fitted alone on the dense array; shuffled, they
+    share the first member's order, so member 0 equals its own network's shuffled fit."""
+    sp = pytest.importorskip("scipy.sparse")
+    X, y = digits
+    template = mlpx.MLP([64, 16, 10], dtype="float64", seed=0)
+    lrs = [1e-3, 5e-3]
+    for form in ("sparse", "streamed"):
+        stack = Stack(template, seeds=[0, 3])
+        data = sp.csr_matrix(X) if form == "sparse" else X
+        hist = stack.fit(data, y, epochs=2, batch_size=32, lr=lrs, shuffle=False,
+                         stream_data=True if form == "streamed" else None)
+        for k, (seed, lr) in enumerate(zip([0, 3], lrs)):
+            alone, h = _single([64, 16, 10], seed, X, y, epochs=2, batch_size=32, shuffle=False,
+                               optimizer=mlpx.Adam(lr=lr))
+            _same(stack.get_member_params(k), alone.get_flat_params())
+            np.testing.assert_allclose(np.asarray(hist.history["loss"])[:, k], h.history["loss"], rtol=1e-12)
+    stack = Stack(template, seeds=[4, 7])
+    stack.fit(sp.csr_matrix(X), y, epochs=2, batch_size=32, shuffle=True)
+    alone, _ = _single([64, 16, 10], 4, X, y, epochs=2, batch_size=32, shuffle=True)
+    _same(stack.get_member_params(0), alone.get_flat_params())
+    with pytest.raises(ValueError, match="every member trains on every row"):
+        stack.fit(sp.csr_matrix(X), y, rows=[np.arange(100), np.arange(200)])
+    with pytest.raises(ValueError, match="validation_split"):
+        stack.fit(X, y, stream_data=True, validation_split=0.2)
+
+
+def test_stack_predicts_and_scores_stores_and_streams_as_arrays(digits, tmp_path):
+    zarr = pytest.importorskip("zarr")
+    X, y = digits
+    stack = Stack(mlpx.MLP([64, 16, 10], dtype="float64", seed=0), seeds=[0, 1, 2])
+    stack.fit(X, y, epochs=2, batch_size=64)
+    z = zarr.open_array(str(tmp_path / "X.zarr"), mode="w", shape=X.shape, dtype=X.dtype, chunks=(77, 64))
+    z[...] = X
+
+    def batches():
+        for a in range(0, len(y), 50):
+            yield X[a:a + 50], y[a:a + 50]
+
+    want_p, want_y = stack.predict_proba(X), stack.predict(X)
+    np.testing.assert_array_equal(stack.predict_proba(z), want_p)
+    np.testing.assert_array_equal(stack.predict(z), want_y)
+    np.testing.assert_array_equal(stack.predict(batches()), want_y)
+    want = stack.evaluate(X, y)
+    for got in (stack.evaluate(z, y), stack.evaluate(batches)):
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-12)
+    for k in range(3):  # a member scores the stream as its own network does
+        assert stack.member(k).evaluate(batches)["loss"] == pytest.approx(want["loss"][k], rel=1e-12)
