@@ -20,7 +20,7 @@ import numpy as np
 from mlpx.activations import get_activation
 from mlpx.layers import bias_activation, dense_backward
 from mlpx.losses import cross_entropy
-from mlpx.optimizers import adam_update, rmsprop_update, sgd_update
+from mlpx.updates import adam_update, rmsprop_update, sgd_update
 
 __all__ = ["cases", "main"]
 

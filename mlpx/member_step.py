@@ -40,7 +40,7 @@ from mlpx.backends.jit import fetch_add, lazy_njit, numba_enabled
 from mlpx.layers import bias_activation_rows, bias_gradient_rows
 from mlpx.losses import LOSS_CODES, loss_rows
 from mlpx.metrics import hit_rows
-from mlpx.optimizers import adam_row, rmsprop_row, sgd_row
+from mlpx.updates import adam_row, rmsprop_row, sgd_row
 
 __all__ = ["MemberStepPlan", "RULE_CODES", "member_step_plan", "run_member_steps"]
 

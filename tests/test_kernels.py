@@ -34,11 +34,11 @@ import mlpx.layers as layers
 import mlpx.losses as losses
 import mlpx.metrics as metrics
 import mlpx.network as network
-import mlpx.optimizers as optimizers
+import mlpx.updates as updates
 import mlpx.precision as precision
 from mlpx.backends import Kernel
 
-MODULES = (activations, losses, optimizers, layers, metrics, precision, network, distributed)
+MODULES = (activations, losses, updates, layers, metrics, precision, network, distributed)
 
 
 def all_kernels() -> dict[str, Kernel]:

@@ -218,7 +218,7 @@ def test_stand_in_wins_only_inside_the_fixture() -> None:
 
     before = sys.modules.get("cupy")
     gpu_cache, bias_kernels = dict(_GPU_CACHE), dict(mlpx.layers._BIAS_ACT_CUDA)
-    kernels = {id(k): k._kernel for k in (mlpx.optimizers._adam_cuda, mlpx.activations._gelu_backward_cuda)}
+    kernels = {id(k): k._kernel for k in (mlpx.updates._adam_cuda, mlpx.activations._gelu_backward_cuda)}
     with installed() as sc:
         import cupy
         import cupyx.scipy.sparse
@@ -227,12 +227,12 @@ def test_stand_in_wins_only_inside_the_fixture() -> None:
         assert not _GPU_CACHE  # a GPU backend is built on the stand-in
         model = mlpx.MLP([3, 4, 2], activation="gelu", backend="gpu", seed=0)
         model.fit(np.ones((4, 3)), [0, 1, 0, 1], epochs=1)  # builds Adam's and GELU's kernels
-        assert type(mlpx.optimizers._adam_cuda._kernel).__name__ == "ElementwiseKernel"
+        assert type(mlpx.updates._adam_cuda._kernel).__name__ == "ElementwiseKernel"
         assert model.backend is _GPU_CACHE[0]
     assert sys.modules.get("cupy") is before
     # mlpx's caches of CuPy objects are as they were: nothing built on the stand-in is left
     assert dict(_GPU_CACHE) == gpu_cache and dict(mlpx.layers._BIAS_ACT_CUDA) == bias_kernels
-    for k in (mlpx.optimizers._adam_cuda, mlpx.activations._gelu_backward_cuda):
+    for k in (mlpx.updates._adam_cuda, mlpx.activations._gelu_backward_cuda):
         assert k._kernel is kernels[id(k)]
     if before is None:
         with pytest.raises(ImportError):

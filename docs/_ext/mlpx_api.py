@@ -35,7 +35,8 @@ ROOTS = ("mlpx", "mlpx.backends")
 INTERNAL: dict[str, str] = {
     "mlpx.data": "the training loop's minibatch sources; users pass arrays to fit",
     "mlpx.metrics": "the held-out scorer behind evaluate, score and early stopping",
-    "mlpx.member_step": "the compiled per-member CPU step a Stack runs",
+    "mlpx.member_step": "the compiled CPU step every network runs (a Stack's members, or one network)",
+    "mlpx.updates": "the optimizers' update kernels over the members' parameter buffer",
     "mlpx.validation": "input checks run by fit and predict (InvalidParameterError is public, in mlpx)",
     "mlpx.locking": "the readers-writer lock guarding a model's parameters",
     "mlpx.backends.cuda": "CUDA source snippets and the elementwise-kernel registry of the GPU backend",
