@@ -177,8 +177,9 @@ def to_onnx(
         types) or a classifier with a single class.
     sklearn.exceptions.NotFittedError
         An estimator that is not fitted (a ValueError too).
-    TrainingDivergedError
-        A stack's ensemble whose members all diverged.
+        A stack's ensemble whose members all diverged is a ValueError too
+        (:meth:`Stack.to_onnx <mlpx.stacked.Stack.to_onnx>` raises
+        :class:`~mlpx.training.TrainingDivergedError`, as its ``predict`` does).
     """
     stack = hasattr(obj, "n_members") and hasattr(obj, "member")
     if member is not None and not stack:
@@ -222,9 +223,8 @@ def _members(stack: Any) -> list[_Net]:
     """The live members of a stack (those that did not diverge), as networks."""
     live = [k for k in range(stack.n_members) if not stack.diverged_[k]]
     if not live:
-        from mlpx.training import TrainingDivergedError
-
-        raise TrainingDivergedError(max(0, stack.epochs_done_ - 1), float("nan"), what="every member of the stack")
+        raise ValueError("every member of the stack diverged: there is no ensemble to export "
+                         "(export a member with member=k)")
     nets = [_from_sequential(stack.member(k)) for k in live]
     nets[0].description = (f"mlpx Stack: mean of {len(live)} of {stack.n_members} members "
                            f"({nets[0].description.removeprefix('mlpx Sequential ')})")

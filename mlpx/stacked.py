@@ -40,7 +40,7 @@ from mlpx.network import Network
 from mlpx.optimizers import OPTIMIZERS, Optimizer
 from mlpx.saving import MAX_PARAMS, ModelFile, ModelFileError, member_count, write_model_file
 from mlpx.streams import MemberFeedBatches
-from mlpx.training import History, TrainingDivergedError, _shard, train
+from mlpx.training import History, TrainingDivergedError, host_shard, train
 from mlpx.validation import check_int, check_real, check_sample_weight, check_sparse_X, check_X, encode_targets
 
 __all__ = ["MemberCallbacks", "MemberView", "Stack", "StopAfter", "load"]
@@ -372,6 +372,9 @@ class Stack(Network):
         """
         from mlpx.onnx import to_onnx
 
+        if member is None and self.diverged_.all():
+            raise TrainingDivergedError(max(0, self.epochs_done_ - 1), self.optimizer_.lr if self.optimizer_
+                                        else math.nan, what="every member of the stack")
         return to_onnx(self, path, member=member, **options)
 
     def members(self) -> list[Sequential]:
@@ -693,7 +696,7 @@ class Stack(Network):
             Yh = encode_targets(y, self.output.name, self.n_outputs_, n, dtype=self.dtype, loss=lossfn.name)
             wh = check_sample_weight(sample_weight, n, dtype=self.dtype)
         else:
-            Xh, Yh, wh = _shard(self, X, y, sample_weight, "X", allow_empty=reducer.size > 1, loss=lossfn.name)
+            Xh, Yh, wh = host_shard(self, X, y, sample_weight, "X", allow_empty=reducer.size > 1, loss=lossfn.name)
             if Xh is None:
                 return None, None, False
         base = make_batches(self.backend, Xh, Yh, wh, batch_size, self.compute_dtype, stream_data or None,

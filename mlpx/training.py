@@ -568,13 +568,13 @@ def _prepare(model: Any, reducer: Reducer, X: Any, y: Any, epochs: Any, batch_si
     holdout = streams.holdout(model, reducer, validation_data, lossfn.name)
     fed = streams.training_source(model, reducer, X, y, sample_weight, batch_size, shuffle, validation_split,
                                   stream_data, rng, lossfn.name)
-    shard = None if fed else _shard(model, X, y, sample_weight, "X", allow_empty=reducer.size > 1, loss=lossfn.name)
+    shard = None if fed else host_shard(model, X, y, sample_weight, "X", allow_empty=reducer.size > 1, loss=lossfn.name)
 
     if holdout is None and validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
             raise ValueError("validation_data must be (X_val, y_val) or (X_val, y_val, w_val)")
         wv = validation_data[2] if len(validation_data) == 3 else None
-        Xv, Yv, wv = _shard(model, validation_data[0], validation_data[1], wv, "X_val",
+        Xv, Yv, wv = host_shard(model, validation_data[0], validation_data[1], wv, "X_val",
                             allow_empty=reducer.size > 1, loss=lossfn.name)
         holdout = _holdout(model, Xv, Yv, wv)
     elif holdout is None and validation_split:
@@ -612,8 +612,8 @@ def _prepare(model: Any, reducer: Reducer, X: Any, y: Any, epochs: Any, batch_si
     return _Setup(source, holdout, opt, lossfn, epochs, batch_size, l2, order, callbacks)
 
 
-def _shard(model: Any, X: Any, y: Any, sample_weight: Any, name: str, allow_empty: bool,
-           loss: str) -> tuple[Any, np.ndarray | None, np.ndarray | None]:
+def host_shard(model: Any, X: Any, y: Any, sample_weight: Any, name: str, allow_empty: bool,
+               loss: str) -> tuple[Any, np.ndarray | None, np.ndarray | None]:
     """Host ``(X, Y, w)`` of this rank's data (X may stay on the device); Nones if empty."""
     shape = getattr(X, "shape", None)
     if allow_empty and shape is not None and len(shape) == 2 and shape[0] == 0:

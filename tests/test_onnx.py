@@ -400,5 +400,7 @@ def test_stack_exports_its_averaged_ensemble_and_each_member(output: str, k: int
     stack.diverged_[:] = True
     with pytest.raises(mlpx.TrainingDivergedError):
         stack.to_onnx()
+    with pytest.raises(ValueError, match="every member of the stack diverged"):
+        to_onnx(stack)
     with pytest.raises(TypeError, match="member"):
         to_onnx(stack.member(0), member=0)
