@@ -121,6 +121,55 @@ def test_prediction_during_fit_sees_one_set_of_weights() -> None:
     assert distinct  # predictions were made at different moments of training
 
 
+def test_stack_prediction_during_fit_sees_one_set_of_weights_and_leaves_the_fit_running() -> None:
+    """A stack trains its members on a thread pool; a prediction from another thread
+    during the fit sees every member's weights from between two updates (never a mix),
+    and never touches the fit's pool (the fit finishes: nothing shut it down)."""
+    X, y = _data(n=2048, d=32)
+    template = mlpx.MLP([32, 128, 128, 4], dtype="float64", seed=0)
+    stack = mlpx.Stack(template, seeds=[0, 1, 2, 3], threads=2)
+    checks: list[tuple[np.ndarray, np.ndarray]] = []
+    stop = threading.Event()
+
+    def predictor() -> None:
+        while not stop.is_set():
+            with stack.parameter_lock.read():  # re-entrant: predict_proba reads too
+                flat = stack.get_params_host()
+                got = stack.predict_proba(X[:256], combine=None)
+            checks.append((flat, got))
+
+    t = threading.Thread(target=predictor)
+    t.start()
+    try:
+        hist = stack.fit(X, y, epochs=3, batch_size=32, optimizer="sgd", lr=0.05)
+    finally:
+        stop.set()
+        t.join()
+    assert hist.epochs == 3 and len(checks) >= 3
+    twin = mlpx.Stack(template, seeds=[0, 1, 2, 3])
+    for flat, got in checks:
+        twin.assign_params(flat)
+        np.testing.assert_array_equal(got, twin.predict_proba(X[:256], combine=None))
+    assert any(not np.array_equal(flat, checks[0][0]) for flat, _ in checks)  # fit moved on meanwhile
+
+
+def test_stack_refuses_non_finite_member_weights_and_predicts_nothing_from_diverged_members() -> None:
+    X, _ = _data(n=16)
+    stack = mlpx.Stack(mlpx.MLP([20, 8, 4], dtype="float64", seed=0), seeds=[0, 1])
+    before = stack.get_params_host()
+    for bad in (np.nan, np.inf):
+        w = stack.get_member_params(0)
+        w[3] = bad
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            stack.set_member_params(0, w)
+    np.testing.assert_array_equal(stack.get_params_host(), before)
+    stack.diverged_[:] = True
+    for call in (stack.predict, stack.predict_proba):
+        with pytest.raises(mlpx.TrainingDivergedError):
+            call(X)
+    assert stack.predict_proba(X, combine=None).shape == (2, 16, 4)  # each member's own outputs stay readable
+
+
 def test_estimator_prediction_while_another_thread_assigns_coefs() -> None:
     """Assigning ``coefs_`` is picked up by the next prediction; concurrent predictions
     keep returning one of the two models' outputs, never a mix."""
