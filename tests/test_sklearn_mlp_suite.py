@@ -1,0 +1,92 @@
+"""scikit-learn's own MLP tests, run against mlpx's estimators.
+
+The installed scikit-learn's ``sklearn/neural_network/tests/test_mlp.py`` (read from
+the installed package, never vendored) is copied twice into a temporary folder: as it
+is (the control) and with only its import of ``MLPClassifier`` and ``MLPRegressor``
+swapped to ``mlpx``'s. Both run in pytest subprocesses side by side, with
+scikit-learn's ``sklearn/conftest.py`` as a plugin (its seed fixtures). The swapped
+file must fail only where the control fails, and in the three tests that read
+scikit-learn's private attributes (:data:`PRIVATE`), which mlpx's estimators do not
+have.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+SUITE = "sklearn.neural_network.tests.test_mlp"
+SKLEARN_IMPORT = "from sklearn.neural_network import MLPClassifier, MLPRegressor\n"
+MLPX_IMPORT = "from mlpx import MLPClassifier, MLPRegressor\n"
+
+#: Tests of the file that read scikit-learn's private internals: the L-BFGS loss
+#: function ``_loss_grad_lbfgs`` and the optimizer object ``_optimizer``.
+PRIVATE = {"test_gradient": "_loss_grad_lbfgs", "test_learning_rate_warmstart": "_optimizer",
+           "test_adaptive_learning_rate": "_optimizer"}
+
+
+def _installed_suite() -> Path:
+    try:
+        spec = importlib.util.find_spec(SUITE)
+    except ModuleNotFoundError:
+        spec = None
+    if spec is None or spec.origin is None:
+        pytest.skip("the installed scikit-learn ships without its tests")
+    return Path(spec.origin)
+
+
+def _failed(junit: Path) -> set[str]:
+    """Names of the failed or erroring tests (parametrised ids dropped) in JUnit XML."""
+    out = set()
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        if {child.tag for child in case} & {"failure", "error"}:
+            out.add(str(case.get("name")).split("[")[0])
+    return out
+
+
+def _count(junit: Path) -> int:
+    return sum(1 for _ in ET.parse(junit).getroot().iter("testcase"))
+
+
+def test_the_swap_changes_one_line():
+    source = _installed_suite().read_text()
+    assert source.count(SKLEARN_IMPORT) == 1, "test_mlp.py's import of the estimators changed: look at the swap"
+
+
+@pytest.mark.slow
+def test_scikit_learns_mlp_tests_pass_on_mlpx_estimators_but_for_private_attributes(tmp_path):
+    import sklearn
+
+    source = _installed_suite().read_text()
+    runs = {"control": source, "swapped": source.replace(SKLEARN_IMPORT, MLPX_IMPORT)}
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # no ini file of an enclosing folder applies
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "SKLEARN_"))}
+    procs = {}
+    for name, text in runs.items():
+        d = tmp_path / name
+        d.mkdir()
+        (d / "test_mlp.py").write_text(text)
+        cmd = [sys.executable, "-m", "pytest", "test_mlp.py", "-q", "-p", "no:cacheprovider", "-p",
+               "sklearn.conftest", "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(d),
+               "--junitxml", str(d / "junit.xml")]
+        procs[name] = subprocess.Popen(cmd, cwd=d, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       text=True)
+    logs = {name: p.communicate(timeout=900)[0] for name, p in procs.items()}
+    for name, p in procs.items():
+        assert p.returncode in (0, 1), f"{name} run did not complete (exit {p.returncode}):\n{logs[name][-3000:]}"
+    control, swapped = (_failed(tmp_path / name / "junit.xml") for name in runs)
+    n = _count(tmp_path / "swapped" / "junit.xml")
+    assert n == _count(tmp_path / "control" / "junit.xml") and n > 50
+    print(f"scikit-learn {sklearn.__version__} test_mlp.py: {n} tests, control failed {sorted(control)}, "
+          f"swapped failed {sorted(swapped)}")
+    assert swapped - control <= set(PRIVATE), (
+        f"failing only with mlpx's estimators: {sorted(swapped - control - set(PRIVATE))}\n{logs['swapped'][-4000:]}")
+    for test, attribute in PRIVATE.items():  # they fail for the private attribute, not for a result
+        if test in swapped - control:
+            assert attribute in logs["swapped"], test
