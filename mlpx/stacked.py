@@ -587,7 +587,7 @@ class Stack(Network):
             "optimizer": [type(opt).__name__, opt.get_config()], "epochs": int(epochs),
             "batch_size": int(batch_size), "l2": l2v.tolist(), "shuffle": bool(shuffle),
             "validation": [validation_data is not None, float(validation_split)], "epochs_done": self.epochs_done_,
-            "shared_rows": isinstance(source, MemberFeedBatches),
+            "shared_rows": bool(streams.is_stream(X) or is_sparse(X) or stream_data),
         })
         if reducer.size > 1 and reducer.allreduce_max(0 if source is None else source.n) == 0:
             raise ValueError("no rank holds any training rows")
