@@ -12,14 +12,13 @@ have.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from _sklearn_suite import installed_suite, outcomes
 
 SUITE = "sklearn.neural_network.tests.test_mlp"
 SKLEARN_IMPORT = "from sklearn.neural_network import MLPClassifier, MLPRegressor\n"
@@ -31,31 +30,13 @@ PRIVATE = {"test_gradient": "_loss_grad_lbfgs", "test_learning_rate_warmstart": 
            "test_adaptive_learning_rate": "_optimizer"}
 
 
-def _installed_suite() -> Path:
-    try:
-        spec = importlib.util.find_spec(SUITE)
-    except ModuleNotFoundError:
-        spec = None
-    if spec is None or spec.origin is None:
-        pytest.skip("the installed scikit-learn ships without its tests")
-    return Path(spec.origin)
-
-
 def _failed(junit: Path) -> set[str]:
-    """Names of the failed or erroring tests (parametrised ids dropped) in JUnit XML."""
-    out = set()
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        if {child.tag for child in case} & {"failure", "error"}:
-            out.add(str(case.get("name")).split("[")[0])
-    return out
-
-
-def _count(junit: Path) -> int:
-    return sum(1 for _ in ET.parse(junit).getroot().iter("testcase"))
+    """Names of the failed or erroring tests (parametrised ids dropped)."""
+    return {name.split("[")[0] for name, state in outcomes(junit).items() if state == "failed"}
 
 
 def test_the_swap_changes_one_line():
-    source = _installed_suite().read_text()
+    source = installed_suite(SUITE).read_text()
     assert source.count(SKLEARN_IMPORT) == 1, "test_mlp.py's import of the estimators changed: look at the swap"
 
 
@@ -63,7 +44,7 @@ def test_the_swap_changes_one_line():
 def test_scikit_learns_mlp_tests_pass_on_mlpx_estimators_but_for_private_attributes(tmp_path):
     import sklearn
 
-    source = _installed_suite().read_text()
+    source = installed_suite(SUITE).read_text()
     runs = {"control": source, "swapped": source.replace(SKLEARN_IMPORT, MLPX_IMPORT)}
     (tmp_path / "pytest.ini").write_text("[pytest]\n")  # no ini file of an enclosing folder applies
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "SKLEARN_"))}

@@ -14,16 +14,15 @@ really imported, so a swap that did not take cannot pass.
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import json
 import os
 import re
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from _sklearn_suite import installed_suite, outcomes
 
 SUITE = "sklearn.model_selection.tests.test_search"
 SWAPPED = ("GridSearchCV", "RandomizedSearchCV")
@@ -75,28 +74,8 @@ def swap_imports(source: str) -> str:
     return source[: m.start()] + block + MLPX_IMPORT + source[m.end() :]
 
 
-def _installed_suite() -> Path:
-    try:
-        spec = importlib.util.find_spec(SUITE)
-    except ModuleNotFoundError:
-        spec = None
-    if spec is None or spec.origin is None:
-        pytest.skip("the installed scikit-learn ships without its tests")
-    return Path(spec.origin)
-
-
-def _outcomes(junit: Path) -> dict[str, str]:
-    """Test name -> "passed" / "failed" / "skipped" from pytest's JUnit XML."""
-    out = {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        kids = {child.tag for child in case}
-        state = "failed" if kids & {"failure", "error"} else "skipped" if "skipped" in kids else "passed"
-        out[case.get("name")] = state
-    return out
-
-
 def test_swap_imports_changes_only_the_two_imports():
-    source = _installed_suite().read_text()
+    source = installed_suite(SUITE).read_text()
     swapped = swap_imports(source)
     diff = [d for d in difflib.ndiff(source.splitlines(), swapped.splitlines()) if d[:1] in "+-"]
     assert sorted(diff) == sorted([f"-     {n}," for n in SWAPPED] + ["+ " + MLPX_IMPORT.strip()])
@@ -108,7 +87,7 @@ def test_swap_imports_changes_only_the_two_imports():
 def test_scikit_learns_search_tests_pass_on_mlpx_searches_wherever_they_pass_on_scikit_learns(tmp_path):
     import sklearn
 
-    source = _installed_suite().read_text()
+    source = installed_suite(SUITE).read_text()
     runs = {"control": source, "swapped": swap_imports(source)}
     (tmp_path / "pytest.ini").write_text("[pytest]\n")  # no ini file of an enclosing folder applies
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "SKLEARN_"))}
@@ -129,7 +108,7 @@ def test_scikit_learns_search_tests_pass_on_mlpx_searches_wherever_they_pass_on_
     imported = {name: json.loads((tmp_path / name / "imported.json").read_text()) for name in runs}
     assert list(imported["control"].values()) == [["sklearn.model_selection._search"] * 2]
     assert list(imported["swapped"].values()) == [["mlpx.model_selection"] * 2]
-    control, swapped = (_outcomes(tmp_path / name / "junit.xml") for name in runs)
+    control, swapped = (outcomes(tmp_path / name / "junit.xml") for name in runs)
     assert control.keys() == swapped.keys() and len(control) > 100
     failed = {name: sorted(t for t, s in res.items() if s == "failed") for name, res in (("control", control),
                                                                                           ("swapped", swapped))}
