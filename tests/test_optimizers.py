@@ -263,3 +263,16 @@ def test_settings_with_an_optimizer_instance_are_rejected_not_dropped():
     with pytest.raises(ValueError, match="optimizer instance"):
         model.fit(X, [0, 1, 0, 1], optimizer=mlpx.Adam(lr=0.1), lr=0.5)
     np.testing.assert_array_equal(model.get_flat_params(), before)
+
+
+@pytest.mark.parametrize("name", ["lr0", "learning_rate", "momentun", "beta1"])
+def test_assigning_a_setting_the_optimizer_does_not_have_raises(name):
+    """A misspelt or removed setting (``lr0``, renamed ``lr``) is an error, never silently stored."""
+    for opt in (SGD(lr=0.1), Adam(), AdamW(), RMSprop()):
+        with pytest.raises(AttributeError, match=f"has no setting '{name}'"):
+            setattr(opt, name, 0.5)
+        assert name not in vars(opt)
+    opt = Adam()
+    opt.lr = 0.25  # the rate in force, and the settings, remain assignable
+    opt.beta_1 = [0.8, 0.9]
+    assert opt.lr == 0.25 and list(opt.beta_1) == [0.8, 0.9]
