@@ -32,7 +32,8 @@ import numpy as np
 from mlpx.activations import Activation
 from mlpx.backends import Backend, kernel
 from mlpx.backends.numpy_backend import SMALL_GEMM_FLOPS
-from mlpx.data import MemberBatches, MemberRows
+from mlpx.data import numpy_dtype
+from mlpx.member_batches import MemberBatches, MemberRows
 from mlpx.distributed import LocalReducer, Reducer
 from mlpx.layers import Dense, Layer, Pass
 from mlpx.locking import ReadWriteLock, exclusive_training
@@ -89,14 +90,6 @@ def _zero(xp: Any, a: Array) -> Array:
 def _zero_np(xp: Any, a: Array) -> Array:
     a.fill(0)
     return a
-
-
-def host_dtype(dtype: Any) -> np.dtype:
-    """A NumPy dtype for any backend's dtype object (array-api-strict's print as 'float64')."""
-    try:
-        return np.dtype(dtype)
-    except TypeError:
-        return np.dtype(str(dtype).rsplit(".", 1)[-1])
 
 
 class MemberScalers:
@@ -250,7 +243,7 @@ class NetworkStep:
 
     def _forward(self, X: Any, rows: slice, ws: dict, train: bool) -> tuple[Array, list[Any]]:
         """Logits (k, n, c) of the members ``rows``, in the compute dtype, for X: (k, n, f)
-        per member, (n, f) shared, or :class:`~mlpx.data.MemberRows`."""
+        per member, (n, f) shared, or :class:`~mlpx.member_batches.MemberRows`."""
         be = self.backend
         flat = self._flat_c if self.precision_.mixed else self.flat
         rngs = {}
@@ -325,7 +318,7 @@ class NetworkStep:
         """Host scalars (a step's or an epoch's) on the device without stalling it (a
         ring of pinned buffers on the GPU)."""
         be = self.backend
-        dt = host_dtype(self.flat.dtype)
+        dt = numpy_dtype(self.flat.dtype)
         if not be.is_gpu:
             return host.astype(dt) if self._in_place else be.asarray(host.astype(dt), dtype=self.dtype)
         ring = self._uploads.get(host.shape)  # one ring per shape (fp16 uploads two per step)
@@ -412,7 +405,7 @@ class NetworkStep:
         ----------
         X, Y : arrays on the backend, shapes (K, b, n_features_in_) and (K, b, n_outputs_)
             Each member's minibatch (a single network may pass (b, ·) arrays), or
-            :class:`~mlpx.data.MemberRows` (each member's rows of a data set on the
+            :class:`~mlpx.member_batches.MemberRows` (each member's rows of a data set on the
             device, gathered as the step computes); ``X=None`` when this rank has no
             rows this step (it still joins the all-reduce).
         w : array, shape (K, b) (or (b,)), optional
@@ -722,7 +715,7 @@ class NetworkStep:
         Parameters
         ----------
         source : MemberBatches
-        perm : the epoch's order (:meth:`MemberBatches.epoch <mlpx.data.MemberBatches.epoch>`)
+        perm : the epoch's order (:meth:`MemberBatches.epoch <mlpx.member_batches.MemberBatches.epoch>`)
         denoms : ndarray, shape (n_steps, K)
             Each member's normaliser per step (``source.denominators(perm)``).
         loss, optimizer, l2, count_correct

@@ -34,7 +34,8 @@ import numpy as np
 
 from mlpx import streams
 from mlpx.callbacks import BatchHooks, Callback, ProgressBar, check_callbacks
-from mlpx.data import Batch, MemberBatches, is_sparse, make_batches, should_stream, to_host
+from mlpx.data import Batch, is_sparse, make_batches, should_stream, to_host
+from mlpx.member_batches import MemberBatches
 from mlpx.distributed import Reducer, is_agreed, make_reducer, mark_agreed
 from mlpx.locking import exclusive_training
 from mlpx.losses import Loss
