@@ -7,7 +7,7 @@ update) is a Python call, and in a stack each phase goes over all of a thread's
 members before the next starts, so each member's weights, activations and optimizer
 state leave the caches between phases. Here one compiled call (numba, without the
 GIL) runs members one after another, each member's steps (one, or a block of an
-epoch's: :meth:`~mlpx.network.Network.train_epoch`) from gather to update while its
+epoch's: :meth:`~mlpx.network_step.NetworkStep.train_epoch`) from gather to update while its
 data are in the core's cache, with the products on the BLAS ``numpy.matmul`` calls
 (:func:`mlpx.backends.blas.numpy_cblas`), called as ``numpy.matmul`` calls it.
 

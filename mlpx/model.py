@@ -25,7 +25,8 @@ from mlpx.activations import get_activation
 from mlpx.backends import Backend, BackendError, get_backend
 from mlpx.layers import Dense, Dropout, Layer, layer_from_config
 from mlpx.losses import Loss, OutputLoss, l2_penalty
-from mlpx.network import Network, StepResult
+from mlpx.network import Network
+from mlpx.network_step import StepResult
 from mlpx.optimizers import Optimizer
 from mlpx.precision import all_finite
 from mlpx.saving import MAX_PARAMS, ModelFile, ModelFileError, check_architecture, write_model_file
@@ -322,7 +323,7 @@ class Sequential(Network):
         """One minibatch step: forward, backward, all-reduce, L2 penalty, update.
 
         Every training loop of mlpx runs on this step (the network's,
-        :meth:`Network.step_members <mlpx.network.Network.step_members>`, of which
+        :meth:`NetworkStep.step_members <mlpx.network_step.NetworkStep.step_members>`, of which
         this is the one-network face): ``fit`` (one process or many) and the
         scikit-learn estimators' SGD and Adam solvers.
 

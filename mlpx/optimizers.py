@@ -38,6 +38,7 @@ import numpy as np
 
 from mlpx.backends import Backend
 from mlpx.backends.jit import numba_enabled
+from mlpx.data import numpy_dtype
 from mlpx.schedules import Constant, Schedule, get_schedule, get_schedule_from_state
 from mlpx.updates import adam_update, rmsprop_update, sgd_update
 from mlpx.validation import check_bool, check_real
@@ -474,7 +475,7 @@ class Optimizer:
             self.grads = grads
         be, xp = self.be, self.be.xp
         vec = self.vectors(np.ones(self._K, dtype=bool))
-        dev = be.asarray(vec.astype(_host_dtype(self.dtype)), dtype=self.dtype)
+        dev = be.asarray(vec.astype(numpy_dtype(self.dtype)), dtype=self.dtype)
         flat = len(self._shape) == 1
         p2 = xp.reshape(self.params, (1, -1)) if flat else self.params
         g2 = xp.reshape(self.grads, (1, -1)) if flat else self.grads
@@ -734,13 +735,6 @@ class Optimizer:
             args += f", schedule={self.schedule!r}"
         return f"{type(self).__name__}({args})"
 
-
-def _host_dtype(dtype: Any) -> np.dtype:
-    """A NumPy dtype for any backend's dtype object (array-api-strict's print as 'float64')."""
-    try:
-        return np.dtype(dtype)
-    except TypeError:
-        return np.dtype(str(dtype).rsplit(".", 1)[-1])
 
 
 def _unit(low_open: bool = False, high_open: bool = False) -> Any:

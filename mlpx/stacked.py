@@ -10,7 +10,7 @@ layer, loss and optimizer; what is here is about members:
 * each member's seed (its starting weights, dropout masks and minibatch order);
 * each member's rows of one data set (cross-validation folds, early-stopping
   splits, bootstrap samples) and sample weights: its minibatches come from
-  :class:`~mlpx.data.MemberBatches`; members with fewer rows, or fewer rows left
+  :class:`~mlpx.member_batches.MemberBatches`; members with fewer rows, or fewer rows left
   in an epoch, fill their places with rows of weight zero, which add nothing to
   the loss or the gradient, and a member without rows in a step takes no
   optimizer step. So each member trains exactly as it would alone, to rounding;
@@ -32,7 +32,8 @@ import numpy as np
 from mlpx import streams
 from mlpx.backends import Backend, get_backend
 from mlpx.callbacks import Callback, ProgressBar, check_callbacks
-from mlpx.data import MemberBatches, MemberHoldout, MemberRows, is_sparse, make_batches, to_host
+from mlpx.data import is_sparse, make_batches, to_host
+from mlpx.member_batches import MemberBatches, MemberHoldout, MemberRows
 from mlpx.distributed import make_reducer
 from mlpx.locking import exclusive_training
 from mlpx.model import Sequential

@@ -635,7 +635,7 @@ class MemberFeedBatches:
     """A streamed source for a :class:`~mlpx.stacked.Stack`: every member, the same rows.
 
     Each minibatch of ``base`` becomes the stack's form of a step: rows that every
-    member gathers (``rows_type``, :class:`~mlpx.stacked.MemberRows`, all members in
+    member gathers (``rows_type``, :class:`~mlpx.member_batches.MemberRows`, all members in
     one group so the rows are gathered once), weights of shape (K, rows), and
     per-member rows and denominators of shape (n_steps, K), zero for members the
     stack has frozen (``active``).

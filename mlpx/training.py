@@ -34,7 +34,8 @@ import numpy as np
 
 from mlpx import streams
 from mlpx.callbacks import BatchHooks, Callback, ProgressBar, check_callbacks
-from mlpx.data import Batch, MemberBatches, is_sparse, make_batches, should_stream, to_host
+from mlpx.data import Batch, is_sparse, make_batches, should_stream, to_host
+from mlpx.member_batches import MemberBatches
 from mlpx.distributed import Reducer, is_agreed, make_reducer, mark_agreed
 from mlpx.locking import exclusive_training
 from mlpx.losses import Loss
@@ -185,8 +186,8 @@ def train(
         loss, the epoch's logs, the samples seen and the penalty are per-member
         vectors; the model presents the logs to callbacks and the history
         (``model.present``: floats for a single network). The model may run a
-        process's whole epoch in one call (:meth:`~mlpx.network.Network.train_epoch`),
-        which returns every step's :class:`~mlpx.network.StepResult`, or None to go
+        process's whole epoch in one call (:meth:`~mlpx.network_step.NetworkStep.train_epoch`),
+        which returns every step's :class:`~mlpx.network_step.StepResult`, or None to go
         step by step.
     source : batch source or None
         This rank's minibatches (:mod:`mlpx.data`); None for a rank without rows. Its

@@ -17,7 +17,7 @@ import sys
 import pytest
 
 import mlpx  # noqa: F401 - registers every kernel of the engine
-from mlpx import activations, layers, losses, network, optimizers
+from mlpx import activations, layers, losses, network_step, optimizers
 from mlpx.backends import Kernel
 from mlpx.backends.cuda import FLOAT_DTYPES, lazy_elementwise, registered_kernels
 from mlpx.backends.cuda_compile import (
@@ -53,7 +53,7 @@ def _lazy_kernels_used_by(fn: object) -> list[lazy_elementwise]:
 def test_every_cupy_variant_uses_registered_kernels_only() -> None:
     registered = {id(k) for k in KERNELS}
     variants = 0
-    for mod in (activations, layers, losses, optimizers, network):
+    for mod in (activations, layers, losses, optimizers, network_step):
         for obj in vars(mod).values():
             if isinstance(obj, Kernel) and "cupy" in obj.variants:
                 used = _lazy_kernels_used_by(obj.variants["cupy"])

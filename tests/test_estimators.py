@@ -206,6 +206,7 @@ def test_pandas_dataframe_feature_names(digits):
 @pytest.mark.parametrize("solver", ["adam", "lbfgs"])
 def test_sparse_input_matches_sklearn(digits, fmt, solver, monkeypatch):
     # Small chunks so the L-BFGS gradient is accumulated over several sparse chunks.
+    monkeypatch.setattr(mlpx.estimators._lbfgs, "PREDICT_CHUNK", 70)
     monkeypatch.setattr(mlpx.estimators._base, "PREDICT_CHUNK", 70)
     X, y = digits
     Xs = sp.csr_matrix(X[:300]) if fmt == "csr" else sp.csc_matrix(X[:300])

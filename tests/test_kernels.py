@@ -33,12 +33,12 @@ import mlpx.distributed as distributed
 import mlpx.layers as layers
 import mlpx.losses as losses
 import mlpx.metrics as metrics
-import mlpx.network as network
+import mlpx.network_step as network_step
 import mlpx.updates as updates
 import mlpx.precision as precision
 from mlpx.backends import Kernel
 
-MODULES = (activations, losses, updates, layers, metrics, precision, network, distributed)
+MODULES = (activations, losses, updates, layers, metrics, precision, network_step, distributed)
 
 
 def all_kernels() -> dict[str, Kernel]:

@@ -21,7 +21,7 @@ import mlpx
 import mlpx.backends.blas as blas
 from mlpx.backends import get_backend
 from mlpx.member_step import member_step_plan
-import mlpx.network as network  # noqa: I001
+import mlpx.network_step as network_step  # noqa: I001
 from mlpx.optimizers import Optimizer
 from mlpx.stacked import Stack
 
@@ -128,14 +128,14 @@ def test_the_compiled_step_equals_the_phase_by_phase_step(hidden, activation, ta
     d._step_plan = None
     blocks = data.draw(st.sampled_from([None, 1, 3]))
     epochs = []
-    whole = network.Network.train_epoch
+    whole = network_step.NetworkStep.train_epoch
 
     def spy(self, *args, **kwargs):
         epochs.append((self, whole(self, *args, **kwargs)))
         return epochs[-1][1]
 
     compiled_by = set()
-    step = network.Network._compiled_step
+    step = network_step.NetworkStep._compiled_step
 
     def spy_step(self, *args, **kwargs):
         compiled_by.add(self)
@@ -143,10 +143,10 @@ def test_the_compiled_step_equals_the_phase_by_phase_step(hidden, activation, ta
 
     singles = []
     with monkeypatch.context() as mp:
-        mp.setattr(network.Network, "train_epoch", spy)
-        mp.setattr(network.Network, "_compiled_step", spy_step)
+        mp.setattr(network_step.NetworkStep, "train_epoch", spy)
+        mp.setattr(network_step.NetworkStep, "_compiled_step", spy_step)
         if blocks is not None:  # an epoch in blocks of about this many steps (a bounded time per call)
-            mp.setattr(network, "_BLOCK_FLOPS", blocks * 3.0 * template.gemm_flops(batch) * K)
+            mp.setattr(network_step, "_BLOCK_FLOPS", blocks * 3.0 * template.gemm_flops(batch) * K)
         # A member may diverge (SGD at a high rate): NumPy's products warn, the
         # compiled loop does not; all freeze the member with the same numbers.
         with np.errstate(all="ignore"), warnings.catch_warnings():

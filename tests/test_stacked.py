@@ -21,7 +21,7 @@ import mlpx
 from mlpx.backends import get_backend
 from mlpx.distributed import LocalReducer
 from mlpx.optimizers import Optimizer
-from mlpx.data import MemberBatches
+from mlpx.member_batches import MemberBatches
 from mlpx.losses import l2_penalty as member_l2
 from mlpx.stacked import Stack
 from mlpx.training import TrainingDivergedError, train

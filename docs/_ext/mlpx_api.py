@@ -34,6 +34,7 @@ ROOTS = ("mlpx", "mlpx.backends")
 #: keeps docstrings for the developers; the design page describes them.
 INTERNAL: dict[str, str] = {
     "mlpx.data": "the training loop's minibatch sources; users pass arrays to fit",
+    "mlpx.member_batches": "each member's minibatches and held-out rows of one data set on the device",
     "mlpx.metrics": "the held-out scorer behind evaluate, score and early stopping",
     "mlpx.member_step": "the compiled CPU step every network runs (a Stack's members, or one network)",
     "mlpx.updates": "the optimizers' update kernels over the members' parameter buffer",

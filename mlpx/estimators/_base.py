@@ -15,7 +15,7 @@ parameters, defaults, fitted attributes and mathematics) on an mlpx network, plu
   squared error averaged over outputs), ``tol``/``n_iter_no_change``, early
   stopping on the validation score, its warnings. The optimizer owns its rate
   policy (``invscaling``, ``adaptive``: :mod:`mlpx.schedules`).
-* L-BFGS keeps SciPy's driver; each evaluation is the model's forward/backward
+* L-BFGS keeps SciPy's driver (``_lbfgs``); each evaluation is the model's forward/backward
   pass, the reducer's all-reduce and the L2 term.
 * ``coefs_``/``intercepts_`` are host arrays, copied from the device at the end of
   every fit and to it whenever they changed, so assigning them (or the other fitted
@@ -41,16 +41,13 @@ from __future__ import annotations
 import functools
 import threading
 import warnings
-from numbers import Integral, Real
 from typing import Any, Callable, NamedTuple, TypeVar, cast
 
 import numpy as np
-import scipy.optimize
 from sklearn.base import BaseEstimator, _fit_context, is_classifier
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import unique_labels
 from sklearn.utils.validation import _check_sample_weight, validate_data
@@ -59,6 +56,8 @@ from mlpx.backends import Backend, get_backend
 from mlpx.callbacks import Callback
 from mlpx.data import densify, is_device_array, is_sparse, make_batches, sparse_to_backend, take_host_rows, to_host
 from mlpx.distributed import Reducer, make_reducer
+from mlpx.estimators._lbfgs import fit_lbfgs
+from mlpx.estimators._parameters import PARAMETER_CONSTRAINTS
 from mlpx.estimators._persistence import save_estimator
 from mlpx.estimators._runtime import Runtime, glorot_draws
 from mlpx.locking import training_guard
@@ -110,67 +109,6 @@ def if_stochastic(method: _F) -> _F:
     """
     return cast(_F, available_if(lambda est: est._check_solver())(method))
 
-#: The parameters both estimators share, for their docstrings (numpydoc text,
-#: indented for a class docstring): ``%(shared_parameters)s`` in each class's.
-SHARED_PARAMETERS = """\
-    hidden_layer_sizes : array-like of int, default=(100,)
-        The ith element is the number of units in the ith hidden layer.
-    activation : {"identity", "logistic", "tanh", "relu"}, default="relu"
-        Activation of the hidden layers.
-    solver : {"lbfgs", "sgd", "adam"}, default="adam"
-        Weight optimization: SciPy's L-BFGS-B (full batch, on the host), stochastic
-        gradient descent, or Adam.
-    alpha : float, default=0.0001
-        Strength of the L2 penalty, divided by the number of samples.
-    batch_size : int or "auto", default="auto"
-        Minibatch size of the stochastic solvers; ``"auto"`` is ``min(200, n_samples)``.
-        With ``comm``, per rank.
-    learning_rate : {"constant", "invscaling", "adaptive"}, default="constant"
-        Learning-rate schedule of ``solver="sgd"``.
-    learning_rate_init : float, default=0.001
-        Initial step size of the stochastic solvers.
-    power_t : float, default=0.5
-        Exponent of the ``"invscaling"`` schedule.
-    max_iter : int, default=200
-        Epochs of the stochastic solvers; iterations of L-BFGS.
-    shuffle : bool, default=True
-        Shuffle the samples every epoch (stochastic solvers).
-    random_state : int, RandomState instance or None, default=None
-        Seeds the initial weights, the minibatch order and the early-stopping split,
-        drawn in scikit-learn's order.
-    tol : float, default=1e-4
-        Improvement of the loss (or validation score) below which an epoch counts as
-        no improvement.
-    verbose : bool, default=False
-        Print the loss every epoch.
-    warm_start : bool, default=False
-        Continue from the fitted weights on the next ``fit``.
-    momentum : float, default=0.9
-        Momentum of ``solver="sgd"``, in [0, 1].
-    nesterovs_momentum : bool, default=True
-        Nesterov's momentum for ``solver="sgd"``.
-    early_stopping : bool, default=False
-        Hold out ``validation_fraction`` of the training data and stop when its score
-        stops improving; the best weights are kept.
-    validation_fraction : float, default=0.1
-        The share held out for early stopping, in [0, 1).
-    beta_1, beta_2 : float, default=0.9, 0.999
-        Adam's decay rates of the first and second moments, in [0, 1).
-    epsilon : float, default=1e-8
-        Adam's numerical-stability term.
-    n_iter_no_change : int, default=10
-        Epochs without an improvement of ``tol`` before stopping.
-    max_fun : int, default=15000
-        Largest number of loss evaluations of L-BFGS.
-    backend : str or Backend, default="cpu"
-        ``"cpu"``, ``"cpu:mkl"``, ``"cpu:blis"``, ``"gpu"``, ``"gpu:N"``, ``"auto"``
-        or a Backend instance; resolved at ``fit``. A Backend instance pickles,
-        deep-copies and clones as its name (``backend.spec``), so searches and
-        process pools carry it.
-    dtype : {"float32", "float64"} or None, default=None
-        Compute dtype. None: float32 for float32 ``X``; otherwise float64 on the
-        CPU, float32 on the GPU.
-"""
 _RUNTIME_LOCK = threading.Lock()
 
 
@@ -347,33 +285,7 @@ class BaseMLP(BaseEstimator):
     best_validation_score_: Any
     best_loss_: Any
 
-    _parameter_constraints: dict = {
-        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
-        "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
-        "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
-        "alpha": [Interval(Real, 0, None, closed="left")],
-        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
-        "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
-        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
-        "power_t": [Interval(Real, 0, None, closed="left")],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "shuffle": ["boolean"],
-        "random_state": ["random_state"],
-        "tol": [Interval(Real, 0, None, closed="left")],
-        "verbose": ["verbose"],
-        "warm_start": ["boolean"],
-        "momentum": [Interval(Real, 0, 1, closed="both")],
-        "nesterovs_momentum": ["boolean"],
-        "early_stopping": ["boolean"],
-        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
-        "beta_1": [Interval(Real, 0, 1, closed="left")],
-        "beta_2": [Interval(Real, 0, 1, closed="left")],
-        "epsilon": [Interval(Real, 0, None, closed="neither")],
-        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), Options(Real, {np.inf})],
-        "max_fun": [Interval(Integral, 1, None, closed="left")],
-        "backend": [str, Backend],
-        "dtype": [StrOptions({"float32", "float64"}), type, np.dtype, None],
-    }
+    _parameter_constraints: dict = PARAMETER_CONSTRAINTS
 
     # ------------------------------------------------------------ plumbing
     def _get_backend(self) -> Backend:
@@ -579,7 +491,11 @@ class BaseMLP(BaseEstimator):
             if first_pass:
                 rt.keep_best()
             if self.solver not in _STOCHASTIC_SOLVERS:
-                self._fit_lbfgs(rt, X, y, sample_weight, reducer)
+                self.n_iter_, self.loss_ = fit_lbfgs(
+                    rt, X, y, sample_weight, reducer, alpha=float(self.alpha),
+                    loss_scale=1.0 / self.n_outputs_ if self.out_activation_ == "identity" else 1.0,
+                    max_fun=self.max_fun, max_iter=self.max_iter, tol=self.tol,
+                    verbose=self.verbose is True or self.verbose >= 1)
             else:
                 self._fit_stochastic(rt, X, y, sample_weight, incremental, reducer)
         self._pull_checked(rt, kept)
@@ -904,85 +820,6 @@ class BaseMLP(BaseEstimator):
             return current[0]
 
         return order
-
-    def _fit_lbfgs(self, rt: Runtime, X: Any, y: np.ndarray, sample_weight: Any, reducer: Reducer) -> None:
-        """SciPy's L-BFGS-B on the full-batch loss.
-
-        Each evaluation runs every chunk of this rank's rows (one for dense X,
-        ``PREDICT_CHUNK`` rows each for sparse X) through the model's
-        forward/backward pass, one all-reduce combines the ranks, and the L2 term is
-        added with the global denominator: every rank hands SciPy identical numbers.
-        """
-        be, model = rt.be, rt.model
-        sparse = is_sparse(X)
-
-        def local_source() -> Any:
-            n = X.shape[0]
-            return make_batches(be, X, np.asarray(y, dtype=np.float64), sample_weight,
-                                PREDICT_CHUNK if sparse else n, rt.dtype, stream=False)
-
-        source = reducer.agreed("moving the shard", local_source)
-        local_denom = float(source.n) if sample_weight is None else float(np.sum(sample_weight))
-        denom = reducer.allreduce_sum([local_denom])[0] if reducer.size > 1 else local_denom
-        scale = 1.0 / self.n_outputs_ if self.out_activation_ == "identity" else 1.0
-        acc = be.empty(model.n_params, rt.dtype) if source.n_batches > 1 else None
-        alpha = float(self.alpha)
-
-        def local_loss_grad() -> Any:
-            nonlocal acc
-            total: Any = None
-            for k, batch in enumerate(source.epoch(None)):
-                value = model.forward_backward(batch.X, batch.Y, batch.w, loss=rt.loss, denom=denom)
-                if acc is not None:
-                    if k == 0:
-                        acc = be.copy(model.grads, acc)
-                    else:
-                        acc += model.grads  # in place where arrays are writable, else rebound
-                total = value if total is None else total + value
-            if acc is not None:
-                model.grads = be.copy(acc, model.grads)
-            return total
-
-        def loss_grad(packed: np.ndarray) -> tuple[float, np.ndarray]:
-            # SciPy works on the host: parameters in, loss and gradient out.
-            rt.set_flat(packed)
-            value, error = 0.0, None
-            try:
-                value = local_loss_grad()
-            except BaseException as exc:  # raised on every rank by the all-reduce
-                if reducer.size == 1:
-                    raise
-                error = exc
-            total = reducer.allreduce_gradients(model.grads, value, error=error, where="L-BFGS evaluation")
-            if scale != 1.0:
-                total = total * scale
-            if alpha:
-                total = total + model.add_l2_penalty(alpha, denom)
-            grad = np.array(be.to_numpy(model.grads), dtype=np.float64, copy=True)
-            return (total if isinstance(total, float) else be.to_float(total)), grad
-
-        iprint = 1 if (self.verbose is True or self.verbose >= 1) else -1
-        if not reducer.is_root:
-            iprint = -1  # only rank 0 prints
-        try:
-            from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
-
-            extra = _get_additional_lbfgs_options_dict("iprint", iprint)
-        except ImportError:  # pragma: no cover - older/newer scikit-learn
-            extra = {}
-        x0 = model.get_flat_params().astype(np.float64)
-        opt_res = scipy.optimize.minimize(
-            loss_grad, x0, method="L-BFGS-B", jac=True,
-            options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol, **extra},
-        )
-        try:
-            from sklearn.utils.optimize import _check_optimize_result
-
-            self.n_iter_ = _check_optimize_result("lbfgs", opt_res, self.max_iter)
-        except ImportError:  # pragma: no cover
-            self.n_iter_ = int(opt_res.nit)
-        self.loss_ = float(opt_res.fun)
-        rt.set_flat(opt_res.x)
 
     # ---------------------------------------------------------- prediction
     def _forward_pass_fast(self, X: Any, check_input: bool = True) -> np.ndarray:

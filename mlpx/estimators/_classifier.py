@@ -15,8 +15,9 @@ from sklearn.utils.validation import _check_sample_weight, check_consistent_leng
 
 from mlpx.data import take_host_rows, to_host
 from mlpx.distributed import Reducer, make_reducer
-from mlpx.estimators._base import (SHARED_PARAMETERS, BaseMLP, fit_context, if_stochastic, one_trainer,
+from mlpx.estimators._base import (BaseMLP, fit_context, if_stochastic, one_trainer,
                                   serves_previous_fit, union_labels)
+from mlpx.estimators._parameters import SHARED_PARAMETERS
 from mlpx.typing import (ArrayLike, BackendLike, DTypeName, EstimatorActivation, LearningRateName,
                          SolverName)
 

@@ -29,7 +29,7 @@ from mlpx.data import is_sparse
 from mlpx.distributed import LocalReducer
 from mlpx.estimators._base import BaseMLP, StackPlan
 from mlpx.optimizers import Optimizer
-from mlpx.data import MemberBatches, MemberHoldout
+from mlpx.member_batches import MemberBatches, MemberHoldout
 from mlpx.stacked import MemberCallbacks, Stack, StopAfter
 from mlpx.training import train
 
