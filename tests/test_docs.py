@@ -3,8 +3,7 @@
 * Every public name (``mlpx.__all__`` and the ``__all__`` of every public module,
   as ``docs/_ext/mlpx_api.py`` defines them) is in the generated API reference.
 * numpydoc's validation passes on every public docstring, with the checks chosen in
-  ``mlpx_api.NUMPYDOC_CHECKS``; the temporary allow-list of the core modules under
-  redesign (``mlpx_api.NUMPYDOC_ALLOW``) may hold those modules only.
+  ``mlpx_api.NUMPYDOC_CHECKS``, with no exceptions.
 * Every docstring example runs as a doctest. Examples that need a GPU carry
   ``# doctest: +GPU`` and are skipped without one.
 
@@ -32,8 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "docs" / "_ext"))
 import mlpx_api  # noqa: E402
 
-#: The modules being redesigned; only their names may sit on the allow-list.
-CORE = ("model", "stacked", "optimizers", "layers", "losses", "member_step", "activations", "training")
 GPU = doctest.register_optionflag("GPU")
 
 TARGETS = mlpx_api.validation_targets()
@@ -43,39 +40,10 @@ def _errors(name: str) -> list[tuple[str, str]]:
     return mlpx_api.validation_errors(name)
 
 
-@pytest.mark.parametrize("name", [t for t in TARGETS if not mlpx_api.allowed(t)])
+@pytest.mark.parametrize("name", TARGETS)
 def test_public_docstring_passes_numpydoc_validation(name: str) -> None:
     errors = _errors(name)
     assert not errors, "\n".join(f"{name}: {code} {msg}" for code, msg in errors)
-
-
-def test_allow_list_holds_only_the_core_modules() -> None:
-    allowed = [t for t in TARGETS if mlpx_api.allowed(t)]
-    assert allowed, "the allow-list matches nothing: remove it"
-    for name in allowed:
-        obj = _resolve(name)
-        module = getattr(obj, "__module__", None)
-        if not isinstance(obj, type) and not inspect.isroutine(obj) or module is None:
-            module = _defining_module(name)  # kernels and constants: where they are exported
-        assert module.split(".")[-1] in CORE, f"{name} ({module}) is not a core module under redesign"
-
-
-def _resolve(name: str) -> object:
-    parts = name.split(".")
-    for cut in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
-            continue
-        for attr in parts[cut:]:
-            obj = getattr(obj, attr)
-        return obj
-    raise ImportError(name)
-
-
-def _defining_module(name: str) -> str:
-    owner = _resolve(name.rsplit(".", 1)[0])
-    return owner.__module__ if inspect.isclass(owner) else owner.__name__  # type: ignore[attr-defined]
 
 
 def test_validation_catches_a_parameter_documented_under_raises() -> None:
