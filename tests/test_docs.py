@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import doctest
 import importlib
-import inspect
 import re
 import sys
 from pathlib import Path
