@@ -529,7 +529,7 @@ class Pass:
 
     __slots__ = ("be", "dtype", "ws", "train", "rngs", "in_place")
 
-    def __init__(self, be: Backend, dtype: str, ws: dict[Hashable, Array], train: bool,
+    def __init__(self, be: Backend, dtype: str, ws: dict[Any, Array], train: bool,
                  rngs: dict[int, list[np.random.Generator]] | None = None) -> None:
         self.be, self.dtype, self.ws, self.train = be, dtype, ws, train
         self.rngs = rngs or {}
