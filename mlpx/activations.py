@@ -27,7 +27,7 @@ Compiled loops (numba: :func:`mlpx.layers.bias_activation` and
 :func:`mlpx.layers.dense_backward`'s variants, and the whole-step loop of
 :mod:`mlpx.member_step`) compute each activation with the scalar pieces written
 beside it below (``*_value`` and ``*_grad``), picked by its
-:attr:`Activation.code` once per block of rows, so both give the same bits. Their
+``Activation.code`` once per block of rows, so both give the same bits. Their
 ``exp`` and ``tanh`` are :mod:`mlpx.backends.jit_math`'s, which LLVM vectorises.
 GELU uses the tanh approximation (as PyTorch's ``approximate="tanh"``) because the
 Array API standard has no ``erf``.
@@ -450,13 +450,13 @@ def activation_rows(code: int, X: np.ndarray, Y: np.ndarray) -> None:  # pragma:
 
     One loop per activation, chosen once: a loop whose body branched on the code
     would not be vectorised (nor one that reads and writes one array under two
-    names, hence the separate arrays; :func:`mlpx.layers.bias_activation_rows`
+    names, hence the separate arrays; ``mlpx.layers.bias_activation_rows``
     runs the activations in place).
 
     Parameters
     ----------
     code : int
-        The activation's :attr:`Activation.code`; an unknown one copies ``X``.
+        The activation's ``Activation.code``; an unknown one copies ``X``.
     X : ndarray, shape (n, u)
         The pre-activations, float32 or float64 (not changed).
     Y : ndarray, shape (n, u)

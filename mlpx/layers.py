@@ -21,7 +21,7 @@ The layer protocol (what :class:`~mlpx.network.Network` relies on):
 ``init_params(rng) -> dict[name, ndarray]``
     One member's host (NumPy, float64) starting values, drawn from ``rng``.
 ``forward(ctx, i, H, params) -> (H, saved)``
-    ``params`` maps names to the members' views, shape (k, *shape); ``saved`` is
+    ``params`` maps names to the members' views, shape ``(k, *shape)``; ``saved`` is
     what ``backward`` needs (None outside training).
 ``backward(ctx, i, dH, saved, params, grads, need_dX) -> (dX, grads)``
     From dL/dH: dL/dX (None unless ``need_dX``) and the parameter gradients,
@@ -139,7 +139,7 @@ def _bias_activation_np(xp: Any, Z: Array, b: Array, act: Activation, out: Array
 @lazy_njit
 def bias_activation_rows(Z: np.ndarray, b: np.ndarray, H: np.ndarray, tmp: np.ndarray, code: int,
                          in_place: bool) -> None:  # pragma: no cover - compiled
-    """``Z + b`` and the activation numbered ``code`` (:attr:`Activation.code`) over
+    """``Z + b`` and the activation numbered ``code`` (``Activation.code``) over
     one member's rows: Z (n, u), b (u,).
 
     With ``in_place``, ``g(Z + b)`` overwrites ``Z`` (``H`` is not used; ``tmp``, of at
@@ -218,7 +218,7 @@ def bias_activation_inference(xp: Any, Z: Array, b: Array, act: Activation, out:
     step's own (:mod:`mlpx.backends.jit_math`), so that both training paths give the
     same bits. Predictions keep NumPy's own functions on the CPU, the numbers
     scikit-learn's ``predict`` computes from the same weights: the compiled loop runs
-    only where its bits are NumPy's (:data:`_EXACT_IN_LOOPS`), and a process that
+    only where its bits are NumPy's (``_EXACT_IN_LOOPS``), and a process that
     only predicts compiles nothing else.
 
     Parameters
@@ -624,7 +624,7 @@ class Layer:
         H : array, shape (k, n, n_in)
             The members' inputs.
         params : dict of str -> array
-            The members' parameters by name, views of shape (k, *shape).
+            The members' parameters by name, views of shape ``(k, *shape)``.
 
         Returns
         -------
@@ -651,7 +651,7 @@ class Layer:
         saved : object
             What :meth:`forward` returned for the backward pass.
         params : dict of str -> array
-            The members' parameters by name, views of shape (k, *shape).
+            The members' parameters by name, views of shape ``(k, *shape)``.
         grads : dict of str -> array, or None
             Where the parameters' gradients may go (views of the flat gradient
             buffer, written in place where the backend writes in place).
@@ -701,7 +701,7 @@ class Dense(Layer):
     -----
     A member's ``W`` has shape (n_in, n_out) (samples are rows, so the forward pass
     is ``X @ W``, as in scikit-learn's ``coefs_``) and ``b`` shape (n_out,); the
-    network's views of them (:meth:`mlpx.network.Network.parameters`) are views into
+    network's views of them (:meth:`mlpx.Sequential.parameters`) are views into
     its flat parameter buffer.
     """
 

@@ -562,7 +562,7 @@ class OutputLoss:
     Parameters
     ----------
     loss : Loss
-        The loss (its :attr:`Loss.outputs` must allow ``activation``).
+        The loss (its ``outputs`` must allow ``activation``).
     activation : Activation
         The model's output activation.
 
