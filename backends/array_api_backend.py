@@ -123,7 +123,7 @@ class ArrayAPIBackend(Backend):
 
     @property
     def spec(self) -> str:
-        """:attr:`name`: ``get_backend`` resolves it to an equal backend."""
+        """The backend's ``name``: ``get_backend`` resolves it to an equal backend."""
         return self.name
 
     def dtype(self, dtype: Any) -> Any:

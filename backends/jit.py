@@ -18,7 +18,7 @@ the CPU never pays for it.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, overload
 
 __all__ = ["fetch_add", "lazy_njit", "numba_enabled"]
 
@@ -40,6 +40,16 @@ def numba_enabled() -> bool:
             else:
                 _ENABLED = True
     return _ENABLED
+
+
+# The compiled function is Any to the type checker: numba types its arguments when it
+# compiles, and a loop's scalars are NumPy scalars of its arrays' dtype.
+@overload
+def lazy_njit(fn: None = None, *, inline: bool = False) -> Callable[[Callable[..., Any]], Any]: ...
+
+
+@overload
+def lazy_njit(fn: Callable[..., Any], *, inline: bool = False) -> Any: ...
 
 
 def lazy_njit(fn: Callable[..., Any] | None = None, *, inline: bool = False) -> Any:
@@ -87,6 +97,8 @@ def lazy_njit(fn: Callable[..., Any] | None = None, *, inline: bool = False) -> 
     call.__name__ = fn.__name__
     call.__doc__ = fn.__doc__
     call.py_func = fn  # type: ignore[attr-defined]
+    # inspect.signature (and so the API reference) shows fn's parameters, not *args.
+    call.__wrapped__ = fn  # type: ignore[attr-defined]
     call.dispatcher = dispatcher  # type: ignore[attr-defined]
     return call
 

@@ -25,7 +25,7 @@ numba before a loop compiles.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
 import numpy as np
 
@@ -33,12 +33,18 @@ from .jit import lazy_njit
 
 __all__ = ["exp", "tanh", "typed"]
 
+#: The signature a compiled loop calls an intrinsic with.
+_Signature = TypeVar("_Signature", bound=Callable[..., Any])
+#: A float scalar of either precision (what the loops' arrays hold).
+_Float = TypeVar("_Float", np.float32, np.float64)
 
-class _LazyNumba:
+
+class _LazyNumba(Generic[_Signature]):
     """A numba intrinsic built on first use.
 
     :func:`~mlpx.backends.jit.lazy_njit` swaps a global that has ``dispatcher``
-    for what it returns when the loop naming it compiles.
+    for what it returns when the loop naming it compiles. The type parameter is the
+    signature compiled loops call it with (the type checker's view of the call).
     """
 
     def __init__(self, build: Callable[[], Any]) -> None:
@@ -50,13 +56,17 @@ class _LazyNumba:
             self._built.append(self._build())
         return self._built[0]
 
-    def __call__(self, *args: Any) -> Any:
-        raise TypeError("only compiled loops call this function")
+    if TYPE_CHECKING:
+        # What the loops that name the intrinsic see once it is compiled.
+        __call__: _Signature
+    else:
+        def __call__(self, *args: Any) -> Any:
+            raise TypeError("only compiled loops call this function")
 
 
 def _bits_as_float(width: int) -> Callable[[], Any]:
     def build() -> Any:
-        from llvmlite import ir
+        from llvmlite import ir  # type: ignore[import-untyped]  # numba's code generator ships no types
         from numba import types
         from numba.extending import intrinsic
 
@@ -81,8 +91,8 @@ def _bits_as_float(width: int) -> Callable[[], Any]:
 
 
 #: The float whose IEEE bits are the integer's low 64 (32) bits.
-_as_float64 = _LazyNumba(_bits_as_float(64))
-_as_float32 = _LazyNumba(_bits_as_float(32))
+_as_float64: _LazyNumba[Callable[[np.int64], np.float64]] = _LazyNumba(_bits_as_float(64))
+_as_float32: _LazyNumba[Callable[[np.int64], np.float32]] = _LazyNumba(_bits_as_float(32))
 
 
 # ------------------------------------------------------------------ float64
@@ -95,7 +105,7 @@ _TQ0, _TQ1, _TQ2 = 1.12811678491632931402e2, 2.23548839060100448583e3, 4.8440630
 
 
 @lazy_njit(inline=True)
-def exp64(x):  # pragma: no cover - compiled
+def exp64(x: np.float64) -> np.float64:  # pragma: no cover - compiled
     """``e**x`` in float64 (Cephes ``exp``): ``2**t · e**r`` with ``|r| ≤ ln2 / 2``."""
     xc = min(max(x, -746.0), 710.0)  # beyond: 0 and inf, through the scaling below
     t = np.floor(_LOG2E * xc + 0.5)
@@ -112,7 +122,7 @@ def exp64(x):  # pragma: no cover - compiled
 
 
 @lazy_njit(inline=True)
-def tanh64(x):  # pragma: no cover - compiled
+def tanh64(x: np.float64) -> np.float64:  # pragma: no cover - compiled
     """``tanh x`` in float64 (Cephes ``tanh``): a rational function below 0.625,
     ``1 − 2 / (e**2|x| + 1)`` above."""
     a = abs(x)
@@ -137,7 +147,7 @@ _TF0, _TF1, _TF2, _TF3, _TF4 = _TF
 
 
 @lazy_njit(inline=True)
-def exp32(x):  # pragma: no cover - compiled
+def exp32(x: np.float32) -> np.float32:  # pragma: no cover - compiled
     """``e**x`` in float32 (Cephes ``expf``)."""
     xc = min(max(x, _XMIN_F), _XMAX_F)
     t = np.floor(_LOG2E_F * xc + _HALF_F)
@@ -151,7 +161,7 @@ def exp32(x):  # pragma: no cover - compiled
 
 
 @lazy_njit(inline=True)
-def tanh32(x):  # pragma: no cover - compiled
+def tanh32(x: np.float32) -> np.float32:  # pragma: no cover - compiled
     """``tanh x`` in float32 (Cephes ``tanhf``)."""
     a = abs(x)
     s = x * x
@@ -196,22 +206,45 @@ def _build_is_float32() -> Any:
 
 #: ``typed(x, c)``: ``c`` converted to the type of the float ``x`` (so that a formula
 #: computes in its argument's precision: a Python float would make it float64).
-typed = _LazyNumba(_build_typed)
+typed: _LazyNumba[Callable[[_Float, float], _Float]] = _LazyNumba(_build_typed)
 #: ``_is_float32(x)``: a constant, so LLVM keeps one branch of an ``if`` on it.
-_is_float32 = _LazyNumba(_build_is_float32)
+_is_float32: _LazyNumba[Callable[[np.floating[Any]], bool]] = _LazyNumba(_build_is_float32)
 
 
 @lazy_njit(inline=True)
-def exp(x):  # pragma: no cover - compiled
-    """``e**x`` in the precision of ``x`` (float32 or float64)."""
+def exp(x: _Float) -> _Float:  # pragma: no cover - compiled
+    """``e**x`` in the precision of ``x`` (float32 or float64).
+
+    Parameters
+    ----------
+    x : numpy.float32 or numpy.float64
+        The exponent, a scalar of a compiled loop's array.
+
+    Returns
+    -------
+    numpy.float32 or numpy.float64
+        ``e**x``, in the type of ``x``: inf beyond the largest finite result, 0 (through
+        the subnormals) below the smallest, NaN for NaN.
+    """
     if _is_float32(x):
         return typed(x, exp32(x))
     return typed(x, exp64(x))
 
 
 @lazy_njit(inline=True)
-def tanh(x):  # pragma: no cover - compiled
-    """``tanh x`` in the precision of ``x`` (float32 or float64)."""
+def tanh(x: _Float) -> _Float:  # pragma: no cover - compiled
+    """``tanh x`` in the precision of ``x`` (float32 or float64).
+
+    Parameters
+    ----------
+    x : numpy.float32 or numpy.float64
+        The argument, a scalar of a compiled loop's array.
+
+    Returns
+    -------
+    numpy.float32 or numpy.float64
+        ``tanh x``, in the type of ``x``: ±1 where it saturates, NaN for NaN.
+    """
     if _is_float32(x):
         return typed(x, tanh32(x))
     return typed(x, tanh64(x))

@@ -30,9 +30,12 @@ This module knows nothing of layers or models: kernels are array math.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 __all__ = ["Kernel", "kernel"]
+
+#: A variant's function: registering it returns it unchanged, with its signature.
+_Variant = TypeVar("_Variant", bound=Callable[..., Any])
 
 
 class Kernel:
@@ -54,7 +57,7 @@ class Kernel:
         self.variants: dict[str, Callable[..., Any]] = {}
         self.__doc__ = fn.__doc__
 
-    def register(self, kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(self, kind: str) -> Callable[[_Variant], _Variant]:
         """Decorator: register ``fn`` as the variant used by backends of ``kind``.
 
         A variant must take the same arguments as the generic definition and
@@ -72,7 +75,7 @@ class Kernel:
             The decorator; it returns the function it is given.
         """
 
-        def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def deco(fn: _Variant) -> _Variant:
             self.variants[kind] = fn
             return fn
 

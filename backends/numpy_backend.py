@@ -81,7 +81,7 @@ def small_product_threads(gemm_flops: float, user_api: str | None) -> contextlib
     """One thread in the native pools of ``user_api`` (None: all) for small products.
 
     Below :data:`SMALL_GEMM_FLOPS` per product; ``MLPX_BLAS_THREADS=N`` forces N
-    threads for every size, and :func:`set_one_thread` one thread for every size.
+    threads for every size, and ``set_one_thread(True)`` one thread for every size.
     Without threadpoolctl nothing changes. Safe from many threads at once: the
     limit stays while any thread's context is open.
 

@@ -27,7 +27,7 @@ Compiled loops (numba: :func:`mlpx.layers.bias_activation` and
 :func:`mlpx.layers.dense_backward`'s variants, and the whole-step loop of
 :mod:`mlpx.member_step`) compute each activation with the scalar pieces written
 beside it below (``*_value`` and ``*_grad``), picked by its
-:attr:`Activation.code` once per block of rows, so both give the same bits. Their
+``Activation.code`` once per block of rows, so both give the same bits. Their
 ``exp`` and ``tanh`` are :mod:`mlpx.backends.jit_math`'s, which LLVM vectorises.
 GELU uses the tanh approximation (as PyTorch's ``approximate="tanh"``) because the
 Array API standard has no ``erf``.
@@ -36,9 +36,11 @@ Array API standard has no ``erf``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar
 
-from mlpx.backends import Kernel, kernel
+import numpy as np
+
+from mlpx.backends import Backend, Kernel, kernel
 from mlpx.backends.cuda import ACCUMULATOR_PREAMBLE, lazy_elementwise
 from mlpx.backends.jit import lazy_njit
 from mlpx.backends.jit_math import exp, tanh, typed
@@ -46,6 +48,8 @@ from mlpx.backends.jit_math import exp, tanh, typed
 __all__ = ["ACTIVATIONS", "Activation", "activation_rows", "get_activation"]
 
 Array = Any
+#: A scalar of a compiled loop's array (the loops compute in their arrays' precision).
+_Float = TypeVar("_Float", np.float32, np.float64)
 
 # The activations' numbers in compiled loops (Activation.code, activation_row).
 IDENTITY, RELU, LEAKY_RELU, LOGISTIC, TANH, GELU, SOFTMAX, EXP = range(8)
@@ -57,6 +61,7 @@ class Activation:
     Parameters
     ----------
     name : str
+        The name :func:`get_activation` finds it under (``"relu"``).
     forward : Kernel
         ``forward(xp, Z, out) -> H``: ``H = g(Z)``, in ``out`` on NumPy and CuPy
         (``out`` may be ``Z``).
@@ -102,15 +107,48 @@ class Activation:
         self.cuda_preamble = cuda_preamble
         self.code = code
 
-    def forward(self, be: Any, Z: Array, out: Array) -> Array:
-        """``g(Z)``, shape (n, units): ``out`` (which may be ``Z``), or a new array on
-        backends that compute functionally; use the returned array."""
+    def forward(self, be: Backend, Z: Array, out: Array) -> Array:
+        """The activation ``H = g(Z)``, by the backend's fastest variant.
+
+        Parameters
+        ----------
+        be : Backend
+            The backend that runs the kernel.
+        Z : array, shape (n, u)
+            The pre-activations (softmax works along the last axis).
+        out : array, shape (n, u)
+            Where NumPy and CuPy write ``H``; it may be ``Z``.
+
+        Returns
+        -------
+        H : array, shape (n, u)
+            ``out`` where the backend wrote it, else a new array (backends that
+            compute functionally): use the returned array.
+        """
         return be.run(self.forward_kernel, Z, out)
 
-    def backward(self, be: Any, dH: Array, Z: Array | None, H: Array, out: Array) -> Array:
-        """``dH ⊙ g'(Z)``, shape (n, units): ``out`` (which may be ``dH``) or a new array.
+    def backward(self, be: Backend, dH: Array, Z: Array | None, H: Array, out: Array) -> Array:
+        """The gradient ``dZ = dH ⊙ g'(Z)``, without forming a Jacobian.
 
-        ``Z`` may be ``None`` (or already overwritten) when ``from_output`` is True.
+        Parameters
+        ----------
+        be : Backend
+            The backend that runs the kernel.
+        dH : array, shape (n, u)
+            The loss's gradient with respect to the outputs ``H``.
+        Z : array, shape (n, u), or None
+            The pre-activations; may be None (or already overwritten) when
+            ``from_output`` is True.
+        H : array, shape (n, u)
+            The outputs ``g(Z)``.
+        out : array, shape (n, u)
+            Where NumPy and CuPy write ``dZ``; it may be ``dH``.
+
+        Returns
+        -------
+        dZ : array, shape (n, u)
+            ``out`` (or ``dH`` itself for identity) where the backend wrote it, else a
+            new array: use the returned array.
         """
         if self.backward_kernel is None:
             return dH if out is dH else be.copy(dH, out)
@@ -129,7 +167,7 @@ def identity_forward(xp: Any, Z: Array, out: Array) -> Array:
 # The scalar pieces of the compiled loops (see activation_row): g(x), and dh ⊙ g'
 # from the output h (or the input z), in the arguments' precision.
 @lazy_njit(inline=True)
-def identity_value(x):  # pragma: no cover - compiled
+def identity_value(x: _Float) -> _Float:  # pragma: no cover - compiled
     return x
 
 
@@ -155,12 +193,12 @@ def _relu_backward_np(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Arr
 
 
 @lazy_njit(inline=True)
-def relu_value(x):  # pragma: no cover - compiled
+def relu_value(x: _Float) -> _Float:  # pragma: no cover - compiled
     return x if x > 0 or x != x else typed(x, 0.0)  # as maximum(x, 0): NaN stays NaN
 
 
 @lazy_njit(inline=True)
-def relu_grad(dh, h):  # pragma: no cover - compiled
+def relu_grad(dh: _Float, h: _Float) -> _Float:  # pragma: no cover - compiled
     return dh if h > 0 else dh * 0
 
 
@@ -187,12 +225,12 @@ def leaky_relu_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> A
 
 
 @lazy_njit(inline=True)
-def leaky_relu_value(x):  # pragma: no cover - compiled
+def leaky_relu_value(x: _Float) -> _Float:  # pragma: no cover - compiled
     return x if x > 0 else x * typed(x, LEAKY_SLOPE)
 
 
 @lazy_njit(inline=True)
-def leaky_relu_grad(dh, h):  # pragma: no cover - compiled
+def leaky_relu_grad(dh: _Float, h: _Float) -> _Float:  # pragma: no cover - compiled
     return dh if h > 0 else dh * typed(dh, LEAKY_SLOPE)
 
 
@@ -225,15 +263,17 @@ def _logistic_backward_np(xp: Any, dH: Array, Z: Array, H: Array, out: Array) ->
 
 
 @lazy_njit(inline=True)
-def logistic_value(x):  # pragma: no cover - compiled
-    e = exp(-abs(x))
+def logistic_value(x: _Float) -> _Float:  # pragma: no cover - compiled
+    e: _Float = exp(-abs(x))
     one = typed(x, 1.0)
-    return (one if x >= 0 else e) / (one + e)
+    h: _Float = (one if x >= 0 else e) / (one + e)  # typed: NumPy's float32 stubs give Any
+    return h
 
 
 @lazy_njit(inline=True)
-def logistic_grad(dh, h):  # pragma: no cover - compiled
-    return dh * h * (typed(h, 1.0) - h)
+def logistic_grad(dh: _Float, h: _Float) -> _Float:  # pragma: no cover - compiled
+    dz: _Float = dh * h * (typed(h, 1.0) - h)
+    return dz
 
 
 # --------------------------------------------------------------------- tanh
@@ -260,13 +300,15 @@ def _tanh_backward_np(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Arr
 
 
 @lazy_njit(inline=True)
-def tanh_value(x):  # pragma: no cover - compiled
-    return tanh(x)
+def tanh_value(x: _Float) -> _Float:  # pragma: no cover - compiled
+    h: _Float = tanh(x)  # typed: a compiled function is Any to the type checker
+    return h
 
 
 @lazy_njit(inline=True)
-def tanh_grad(dh, h):  # pragma: no cover - compiled
-    return dh * (typed(h, 1.0) - h * h)
+def tanh_grad(dh: _Float, h: _Float) -> _Float:  # pragma: no cover - compiled
+    dz: _Float = dh * (typed(h, 1.0) - h * h)
+    return dz
 
 
 # --------------------------------------------------------------------- gelu
@@ -275,7 +317,8 @@ GELU_A = 0.044715
 
 
 def _is_half(xp: Any, dtype: Any) -> bool:
-    return xp.finfo(dtype).bits < 32
+    half: bool = xp.finfo(dtype).bits < 32
+    return half
 
 
 # GELU's cubic term overflows half precision: z³ beyond |z| ≈ 40 (float16's max is
@@ -307,19 +350,21 @@ def gelu_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
 
 
 @lazy_njit(inline=True)
-def gelu_value(x):  # pragma: no cover - compiled
+def gelu_value(x: _Float) -> _Float:  # pragma: no cover - compiled
     # As _gelu, operation by operation.
-    t = tanh(typed(x, GELU_C) * (x + typed(x, GELU_A) * x * x * x))
-    return typed(x, 0.5) * x * (typed(x, 1.0) + t)
+    t: _Float = tanh(typed(x, GELU_C) * (x + typed(x, GELU_A) * x * x * x))
+    h: _Float = typed(x, 0.5) * x * (typed(x, 1.0) + t)
+    return h
 
 
 @lazy_njit(inline=True)
-def gelu_grad(dh, z):  # pragma: no cover - compiled
+def gelu_grad(dh: _Float, z: _Float) -> _Float:  # pragma: no cover - compiled
     # As _gelu_grad, operation by operation.
     z2 = z * z
     one, half, c = typed(z, 1.0), typed(z, 0.5), typed(z, GELU_C)
-    t = tanh(c * z * (one + typed(z, GELU_A) * z2))
-    return dh * (half * (one + t) + half * z * (one - t * t) * c * (one + typed(z, 3.0 * GELU_A) * z2))
+    t: _Float = tanh(c * z * (one + typed(z, GELU_A) * z2))
+    dz: _Float = dh * (half * (one + t) + half * z * (one - t * t) * c * (one + typed(z, 3.0 * GELU_A) * z2))
+    return dz
 
 
 # ------------------------------------------------------------------ softmax
@@ -345,7 +390,7 @@ def softmax_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Arra
 
 
 @lazy_njit
-def softmax_row(x, y):  # pragma: no cover - compiled
+def softmax_row(x: np.ndarray, y: np.ndarray) -> None:  # pragma: no cover - compiled
     """``y = softmax(x)`` over one row (u,); ``x`` and ``y`` are different arrays."""
     u = x.shape[0]
     m = x[0]
@@ -361,7 +406,7 @@ def softmax_row(x, y):  # pragma: no cover - compiled
 
 
 @lazy_njit
-def softmax_grad_row(dh, h):  # pragma: no cover - compiled
+def softmax_grad_row(dh: np.ndarray, h: np.ndarray) -> None:  # pragma: no cover - compiled
     """``dh ← h ⊙ (dh − Σ_j dh_j h_j)`` over one row (u,)."""
     s = dh[0] * 0
     for j in range(dh.shape[0]):
@@ -387,25 +432,36 @@ def exp_backward(xp: Any, dH: Array, Z: Array, H: Array, out: Array) -> Array:
 
 
 @lazy_njit(inline=True)
-def exp_value(x):  # pragma: no cover - compiled
-    return exp(x)
+def exp_value(x: _Float) -> _Float:  # pragma: no cover - compiled
+    h: _Float = exp(x)  # typed: a compiled function is Any to the type checker
+    return h
 
 
 @lazy_njit(inline=True)
-def exp_grad(dh, h):  # pragma: no cover - compiled
-    return dh * h
+def exp_grad(dh: _Float, h: _Float) -> _Float:  # pragma: no cover - compiled
+    dz: _Float = dh * h  # typed: NumPy's float32 stubs give Any
+    return dz
 
 
 # ------------------------------------------------------- compiled rows
 @lazy_njit
-def activation_rows(code, X, Y):  # pragma: no cover - compiled
-    """``Y = g(X)`` over (n, u) rows for the activation numbered ``code``
-    (:attr:`Activation.code`); ``X`` and ``Y`` are different arrays.
+def activation_rows(code: int, X: np.ndarray, Y: np.ndarray) -> None:  # pragma: no cover - compiled
+    """``Y = g(X)`` over rows, for the activation numbered ``code`` (compiled loops).
 
     One loop per activation, chosen once: a loop whose body branched on the code
     would not be vectorised (nor one that reads and writes one array under two
-    names, hence the separate arrays; :func:`mlpx.layers.bias_activation_rows`
-    runs the activations in place)."""
+    names, hence the separate arrays; ``mlpx.layers.bias_activation_rows``
+    runs the activations in place).
+
+    Parameters
+    ----------
+    code : int
+        The activation's ``Activation.code``; an unknown one copies ``X``.
+    X : ndarray, shape (n, u)
+        The pre-activations, float32 or float64 (not changed).
+    Y : ndarray, shape (n, u)
+        Receives ``g(X)``: another array than ``X``, of its dtype.
+    """
     n, u = X.shape
     if code == RELU:
         for i in range(n):
@@ -584,6 +640,17 @@ _ALIASES = {"sigmoid": "logistic", "linear": "identity", "none": "identity"}
 
 def get_activation(name: str | Activation | None) -> Activation:
     """Look up an activation by name (``None`` means identity).
+
+    Parameters
+    ----------
+    name : str, Activation or None
+        A name of :data:`ACTIVATIONS` or an alias (``"sigmoid"``, ``"linear"``,
+        ``"none"``), in any case; an :class:`Activation` is passed through.
+
+    Returns
+    -------
+    Activation
+        The activation (shared: the same object for every layer that names it).
 
     Raises
     ------

@@ -31,7 +31,7 @@ from __future__ import annotations
 import queue
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, cast, overload
 
 import numpy as np
 
@@ -143,8 +143,16 @@ def _rows_of(offsets: np.ndarray, sizes: np.ndarray, blocks: np.ndarray) -> np.n
     return np.repeat(shift, s) + np.arange(total)
 
 
+@overload
+def block_permutation(sizes: Any, window: int, rng: np.random.Generator) -> tuple[np.ndarray, list[_Window]]: ...
+
+
+@overload
+def block_permutation(sizes: Any, window: int, rng: None) -> tuple[None, list[_Window]]: ...
+
+
 def block_permutation(sizes: Any, window: int, rng: np.random.Generator | None
-                      ) -> tuple[np.ndarray, list[_Window]]:
+                      ) -> tuple[np.ndarray | None, list[_Window]]:
     """One epoch's order of :class:`BlockShuffle`, and how to read it window by window.
 
     Parameters
@@ -182,7 +190,8 @@ def block_permutation(sizes: Any, window: int, rng: np.random.Generator | None
 
 # ------------------------------------------------------------------- blocks
 def _row_bytes(X: Any) -> int:
-    return max(1, int(np.prod(X.shape[1:], dtype=np.int64)) * np.dtype(X.dtype).itemsize)
+    itemsize: int = np.dtype(X.dtype).itemsize  # typed: np.dtype of an Any is Any to the type checker
+    return max(1, int(np.prod(X.shape[1:], dtype=np.int64)) * itemsize)
 
 
 def block_bounds(X: Any, block_rows: int | None = None) -> np.ndarray:
@@ -203,7 +212,7 @@ def block_bounds(X: Any, block_rows: int | None = None) -> np.ndarray:
         ``0 = b[0] < b[1] < ... < b[-1] = n``.
     """
     n = int(X.shape[0])
-    chunks = getattr(X, "chunks", None)
+    chunks: Any = getattr(X, "chunks", None)  # the library's own: Dask's tuple of tuples, or None
     if _is_dask(X):
         edges = np.concatenate([[0], np.cumsum(chunks[0])]).astype(np.int64)
         if block_rows is None:
@@ -225,9 +234,10 @@ def _read(sources: list[Any], starts: np.ndarray, stops: np.ndarray, outs: list[
     lazy = [(k, int(s), int(e), off) for k, src in enumerate(sources) if _is_dask(src)
             for s, e, off in zip(starts, stops, np.cumsum(stops - starts) - (stops - starts))]
     if lazy:
-        import dask
+        from dask.base import compute
 
-        got = dask.compute(*[sources[k][s:e] for k, s, e, _ in lazy])
+        # dask's compute carries no annotations.
+        got = compute(*[sources[k][s:e] for k, s, e, _ in lazy])  # type: ignore[no-untyped-call]
         for (k, s, e, off), part in zip(lazy, got):
             outs[k][off: off + e - s] = part
     for k, src in enumerate(sources):
@@ -449,7 +459,7 @@ class _ArrayReader:
         self.feed, self.perm = feed, perm
         feed._reading = True
         rows = max((w.p1 - w.p0 for w in windows), default=1)
-        self._free: queue.Queue = queue.Queue()
+        self._free: queue.Queue[_Buffers] = queue.Queue()
         for buf in feed.buffers(rows):
             self._free.put(buf)
         self._held: deque[_Loaded] = deque()
@@ -493,8 +503,8 @@ class _ArrayReader:
                 continue
             idx = slice(lo - w.p0, hi - w.p0) if w.local is None else w.local[lo - w.p0: hi - w.p0]
             self._take(loaded.X, idx, X_out[lo - a: hi - a], "X")
-            if y_out is not None:
-                self._take(loaded.y, idx, y_out[lo - a: hi - a], "y")
+            if y_out is not None:  # a feed with targets, whose windows hold them
+                self._take(cast(np.ndarray, loaded.y), idx, y_out[lo - a: hi - a], "y")
 
     def fill(self, a: int, b: int, X_out: np.ndarray, Y_out: np.ndarray | None, w_out: np.ndarray | None) -> None:
         """Positions ``a:b`` as a minibatch: X converted, Y encoded, w (host buffers).
@@ -515,11 +525,13 @@ class _ArrayReader:
             if y_raw is None:
                 y_raw = self._raw[key] = np.empty((b - a,) + feed.y.shape[1:], feed.y.dtype)
         self.rows(a, b, X_out, y_raw)
+        # Targets and weights are asked for only of a feed that has them (and encode).
         if Y_out is not None:
-            np.copyto(Y_out, feed.encode(y_raw), casting="unsafe")
+            encode = cast(Callable[[np.ndarray], np.ndarray], feed.encode)
+            np.copyto(Y_out, encode(cast(np.ndarray, y_raw)), casting="unsafe")
         if w_out is not None:
             rows = slice(a, b) if self.perm is None else self.perm[a:b]
-            np.copyto(w_out, feed.w_host[rows], casting="unsafe")
+            np.copyto(w_out, cast(np.ndarray, feed.w_host)[rows], casting="unsafe")
 
     def close(self) -> None:
         self._reader.close()

@@ -37,7 +37,7 @@ synchronous copies and no events, which is what lets the CPU tests check it.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple, cast
 
 import numpy as np
 
@@ -154,9 +154,10 @@ def host_dtype(name: str) -> np.dtype:
 def numpy_dtype(dtype: Any) -> np.dtype:
     """A NumPy dtype for any backend's dtype object (array-api-strict's print as 'float64')."""
     try:
-        return np.dtype(dtype)
+        found: np.dtype = np.dtype(dtype)  # typed: np.dtype of an Any is Any to the type checker
     except TypeError:
-        return np.dtype(str(dtype).rsplit(".", 1)[-1])
+        found = np.dtype(str(dtype).rsplit(".", 1)[-1])
+    return found
 
 
 def check_batch_size(batch_size: Any) -> int:
@@ -462,13 +463,14 @@ class _Channel:
     def gather(self, slot: int, perm: np.ndarray | None, a: int, b: int) -> None:
         """Rows ``perm[a:b]`` (``a:b`` without perm) of the source into ``staging[slot]``."""
         out = self.staging[slot][: b - a]
+        src = cast(np.ndarray, self.src)  # sources without one override StreamedBatches._gather
         if perm is None:
-            np.copyto(out, self.src[a:b], casting="unsafe")  # the dtype conversion is intended
+            np.copyto(out, src[a:b], casting="unsafe")  # the dtype conversion is intended
         elif self.raw is None:
-            np.take(self.src, perm[a:b], axis=0, out=out, mode="clip")  # indices checked per epoch
+            np.take(src, perm[a:b], axis=0, out=out, mode="clip")  # indices checked per epoch
         else:
             raw = self.raw[: b - a]
-            np.take(self.src, perm[a:b], axis=0, out=raw, mode="clip")
+            np.take(src, perm[a:b], axis=0, out=raw, mode="clip")
             np.copyto(out, raw, casting="unsafe")
 
 

@@ -21,7 +21,7 @@ The layer protocol (what :class:`~mlpx.network.Network` relies on):
 ``init_params(rng) -> dict[name, ndarray]``
     One member's host (NumPy, float64) starting values, drawn from ``rng``.
 ``forward(ctx, i, H, params) -> (H, saved)``
-    ``params`` maps names to the members' views, shape (k, *shape); ``saved`` is
+    ``params`` maps names to the members' views, shape ``(k, *shape)``; ``saved`` is
     what ``backward`` needs (None outside training).
 ``backward(ctx, i, dH, saved, params, grads, need_dX) -> (dX, grads)``
     From dL/dH: dL/dX (None unless ``need_dX``) and the parameter gradients,
@@ -36,7 +36,8 @@ dropout generators. ``i`` is the layer's index (its workspaces' key).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Hashable
+from typing import Any, cast
 
 import numpy as np
 
@@ -106,8 +107,11 @@ def bias_activation(xp: Any, Z: Array, b: Array, act: Activation, out: Array) ->
     Parameters
     ----------
     Z : array, shape (K, n, u)
+        The members' products ``X W``; the fast variants write ``Zb`` into it.
     b : array, shape (K, u)
+        The members' biases.
     act : Activation
+        The activation ``g``.
     out : array, shape (K, n, u)
         Where ``H`` may go (it may be ``Z``: activations whose derivative is read
         off their output need no ``Zb`` afterwards).
@@ -133,8 +137,9 @@ def _bias_activation_np(xp: Any, Z: Array, b: Array, act: Activation, out: Array
 
 
 @lazy_njit
-def bias_activation_rows(Z, b, H, tmp, code, in_place):  # pragma: no cover - compiled
-    """``Z + b`` and the activation numbered ``code`` (:attr:`Activation.code`) over
+def bias_activation_rows(Z: np.ndarray, b: np.ndarray, H: np.ndarray, tmp: np.ndarray, code: int,
+                         in_place: bool) -> None:  # pragma: no cover - compiled
+    """``Z + b`` and the activation numbered ``code`` (``Activation.code``) over
     one member's rows: Z (n, u), b (u,).
 
     With ``in_place``, ``g(Z + b)`` overwrites ``Z`` (``H`` is not used; ``tmp``, of at
@@ -185,7 +190,8 @@ def bias_activation_rows(Z, b, H, tmp, code, in_place):  # pragma: no cover - co
 
 
 @lazy_njit
-def _bias_activation_loop(Z, b, H, code, in_place):  # pragma: no cover - compiled
+def _bias_activation_loop(Z: np.ndarray, b: np.ndarray, H: np.ndarray, code: int,
+                          in_place: bool) -> None:  # pragma: no cover - compiled
     tmp = np.empty(Z.shape[2], dtype=Z.dtype)
     for k in range(Z.shape[0]):
         bias_activation_rows(Z[k], b[k], H[k], tmp, code, in_place)
@@ -206,16 +212,33 @@ _EXACT_IN_LOOPS = frozenset({"identity", "relu", "leaky_relu"})
 
 @kernel
 def bias_activation_inference(xp: Any, Z: Array, b: Array, act: Activation, out: Array) -> tuple[Array, Array]:
-    """:func:`bias_activation` for inference (the same arguments and results).
+    """:func:`bias_activation` for inference: ``Zb = Z + b`` and ``H = g(Zb)``.
 
     Training runs the compiled loops, whose ``exp`` and ``tanh`` are the compiled
     step's own (:mod:`mlpx.backends.jit_math`), so that both training paths give the
     same bits. Predictions keep NumPy's own functions on the CPU, the numbers
     scikit-learn's ``predict`` computes from the same weights: the compiled loop runs
-    only where its bits are NumPy's (:data:`_EXACT_IN_LOOPS`), and a process that
+    only where its bits are NumPy's (``_EXACT_IN_LOOPS``), and a process that
     only predicts compiles nothing else.
+
+    Parameters
+    ----------
+    Z : array, shape (K, n, u)
+        The members' products ``X W``; the fast variants write ``Zb`` into it.
+    b : array, shape (K, u)
+        The members' biases.
+    act : Activation
+        The activation ``g``.
+    out : array, shape (K, n, u)
+        Where ``H`` may go (it may be ``Z``).
+
+    Returns
+    -------
+    Zb, H : arrays, shape (K, n, u)
+        As :func:`bias_activation` returns them.
     """
-    return bias_activation.generic(xp, Z, b, act, out)
+    result: tuple[Array, Array] = bias_activation.generic(xp, Z, b, act, out)
+    return result
 
 
 @bias_activation_inference.register("numba")
@@ -286,18 +309,24 @@ def dense_backward(xp: Any, dH: Array, Z: Array | None, H: Array, act: Activatio
     Parameters
     ----------
     dH : array, shape (K, n, u)
-        May be overwritten by ``dZ`` (the fast variants do).
+        The loss's gradient with respect to the layer's outputs; may be overwritten
+        by ``dZ`` (the fast variants do).
     Z : array, shape (K, n, u), or None
         ``Z + b`` (needed by activations whose derivative is not read off ``H``).
     H : array, shape (K, n, u)
+        The layer's outputs ``g(Z + b)``.
     act : Activation
+        The activation ``g``.
     db : array, shape (K, u), or None
         Where the bias gradient may go (the flat gradient buffer's view).
 
     Returns
     -------
     dZ : array, shape (K, n, u)
+        The gradient with respect to ``Z + b`` (``dH`` itself where a fast variant
+        wrote it).
     db : array, shape (K, u)
+        Its sum over the rows (``db`` itself where a fast variant wrote it).
     """
     K, n, u = dH.shape
     if act.backward_kernel is None:
@@ -369,7 +398,8 @@ _BACKWARD_BIAS_CUDA: dict[str, Any] = {
 
 
 @lazy_njit
-def bias_gradient_rows(dH, Z, H, db, acc, code):  # pragma: no cover - compiled
+def bias_gradient_rows(dH: np.ndarray, Z: np.ndarray, H: np.ndarray, db: np.ndarray, acc: np.ndarray,
+                       code: int) -> None:  # pragma: no cover - compiled
     """``dZ = dH ⊙ g'`` of the activation numbered ``code``, in place, and the bias
     gradient ``db = Σ_rows dZ`` over one member's rows, in one pass: dH, Z, H (n, u)
     (``Z`` is the activation's input, read by GELU only: it may be ``H`` for the
@@ -428,7 +458,8 @@ def bias_gradient_rows(dH, Z, H, db, acc, code):  # pragma: no cover - compiled
 
 
 @lazy_njit
-def _dense_backward_loop(dH, Z, H, db, code):  # pragma: no cover - compiled
+def _dense_backward_loop(dH: np.ndarray, Z: np.ndarray, H: np.ndarray, db: np.ndarray,
+                         code: int) -> None:  # pragma: no cover - compiled
     acc = np.empty(dH.shape[2], dtype=dH.dtype)
     for k in range(dH.shape[0]):
         bias_gradient_rows(dH[k], Z[k], H[k], db[k], acc, code)
@@ -485,26 +516,43 @@ class Pass:
     Parameters
     ----------
     be : Backend
+        The backend the pass runs on.
     dtype : str
         The compute dtype.
     ws : dict
         Workspaces of this group of members (and this thread), reused across steps.
     train : bool
         Keep what the backward pass needs; dropout drops.
-    rngs : dict, optional
-        Layer index -> the members' dropout generators (a list, one per member).
+    rngs : dict of int -> list of numpy.random.Generator, optional
+        Layer index -> the members' dropout generators (one per member).
     """
 
     __slots__ = ("be", "dtype", "ws", "train", "rngs", "in_place")
 
-    def __init__(self, be: Backend, dtype: str, ws: dict, train: bool, rngs: dict | None = None) -> None:
+    def __init__(self, be: Backend, dtype: str, ws: dict[Any, Array], train: bool,
+                 rngs: dict[int, list[np.random.Generator]] | None = None) -> None:
         self.be, self.dtype, self.ws, self.train = be, dtype, ws, train
         self.rngs = rngs or {}
         self.in_place = "numpy" in be.kinds  # NumPy and CuPy write results into buffers
 
-    def buffer(self, key: Any, shape: tuple[int, ...], dtype: str | None = None) -> Array | None:
-        """A workspace of ``shape``, kept under ``key``; None where results are new arrays
-        (the generic path computes functionally)."""
+    def buffer(self, key: Hashable, shape: tuple[int, ...], dtype: str | None = None) -> Array | None:
+        """A workspace of ``shape`` kept under ``key``, or None on functional backends.
+
+        Parameters
+        ----------
+        key : hashable
+            The workspace's name in this pass (``("Z", i)`` for layer ``i``).
+        shape : tuple of int
+            Its shape; a workspace of another shape under ``key`` is replaced.
+        dtype : str, optional
+            Its dtype; default the pass's compute dtype.
+
+        Returns
+        -------
+        array or None
+            The workspace (its contents are left over from earlier steps), or None
+            where results are new arrays (the generic path computes functionally).
+        """
         if not self.in_place:
             return None
         buf = self.ws.get(key)
@@ -523,29 +571,110 @@ class Layer:
     n_out: int
 
     def build(self, n_in: int) -> int:
-        """Fix the input width; return the output width."""
+        """Fix the input width and give the output width.
+
+        Parameters
+        ----------
+        n_in : int
+            The width of the layer's input (the previous layer's ``n_out``).
+
+        Returns
+        -------
+        int
+            The width of the layer's output.
+        """
         self.n_in = self.n_out = int(n_in)
         return self.n_out
 
     def param_shapes(self) -> list[tuple[str, tuple[int, ...], str]]:
-        """One member's parameters: ``(name, shape, "weight" or "bias")``."""
+        """One member's parameters, in the order of the flat buffer.
+
+        Returns
+        -------
+        list of (str, tuple of int, str)
+            ``(name, shape, kind)`` per parameter; ``kind`` is ``"weight"``
+            (L2-penalised) or ``"bias"``. Empty for a layer without parameters.
+        """
         return []
 
-    def init_params(self, rng: Any) -> dict[str, np.ndarray]:
-        """One member's starting values (host, float64)."""
+    def init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """One member's starting values.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+            The member's generator, which the values are drawn from.
+
+        Returns
+        -------
+        dict of str -> ndarray
+            Each parameter of :meth:`param_shapes` by name, on the host in float64.
+        """
         return {}
 
     def forward(self, ctx: Pass, i: int, H: Array, params: dict[str, Array]) -> tuple[Array, Any]:
-        """``H`` (k, n, n_in) -> (k, n, n_out), and what :meth:`backward` needs."""
+        """The layer's output for K members, and what :meth:`backward` needs.
+
+        Parameters
+        ----------
+        ctx : Pass
+            The pass's backend, dtype, workspaces and dropout generators.
+        i : int
+            The layer's index in the network (its workspaces' key).
+        H : array, shape (k, n, n_in)
+            The members' inputs.
+        params : dict of str -> array
+            The members' parameters by name, views of shape ``(k, *shape)``.
+
+        Returns
+        -------
+        H : array, shape (k, n, n_out)
+            The members' outputs.
+        saved : object
+            What :meth:`backward` needs; None outside training.
+        """
         return H, None
 
     def backward(self, ctx: Pass, i: int, dH: Array, saved: Any, params: dict[str, Array],
                  grads: dict[str, Array] | None, need_dX: bool) -> tuple[Array | None, dict[str, Array]]:
-        """dL/dX (k, n, n_in) from dL/dH, and the parameter gradients."""
+        """The gradients with respect to the layer's input and its parameters.
+
+        Parameters
+        ----------
+        ctx : Pass
+            The pass's backend, dtype and workspaces.
+        i : int
+            The layer's index in the network (its workspaces' key).
+        dH : array, shape (k, n, n_out)
+            The loss's gradient with respect to the layer's output; may be
+            overwritten.
+        saved : object
+            What :meth:`forward` returned for the backward pass.
+        params : dict of str -> array
+            The members' parameters by name, views of shape ``(k, *shape)``.
+        grads : dict of str -> array, or None
+            Where the parameters' gradients may go (views of the flat gradient
+            buffer, written in place where the backend writes in place).
+        need_dX : bool
+            Whether to compute the input's gradient (not for the first layer).
+
+        Returns
+        -------
+        dX : array, shape (k, n, n_in), or None
+            The gradient with respect to the input; None unless ``need_dX``.
+        grads : dict of str -> array
+            The parameters' gradients by name (``grads``' views, or new arrays).
+        """
         return (dH if need_dX else None), {}
 
     def get_config(self) -> dict[str, Any]:
-        """The layer as a JSON record (:func:`layer_from_config` rebuilds it)."""
+        """The layer as a JSON record (:func:`layer_from_config` rebuilds it).
+
+        Returns
+        -------
+        dict
+            ``{"type": class name, ...}`` and the constructor's arguments.
+        """
         return {"type": type(self).__name__}
 
     def __repr__(self) -> str:
@@ -572,7 +701,7 @@ class Dense(Layer):
     -----
     A member's ``W`` has shape (n_in, n_out) (samples are rows, so the forward pass
     is ``X @ W``, as in scikit-learn's ``coefs_``) and ``b`` shape (n_out,); the
-    network's views of them (:meth:`mlpx.network.Network.parameters`) are views into
+    network's views of them (:meth:`mlpx.Sequential.parameters`) are views into
     its flat parameter buffer.
     """
 
@@ -596,13 +725,34 @@ class Dense(Layer):
     def param_shapes(self) -> list[tuple[str, tuple[int, ...], str]]:
         return [("W", (self.n_in, self.n_out), "weight"), ("b", (self.n_out,), "bias")]
 
-    def init_params(self, rng: Any) -> dict[str, np.ndarray]:
+    def init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         W, b = get_initializer(self.init)(rng, self.n_in, self.n_out, self.activation.name)
         return {"W": W, "b": b}
 
     def forward(self, ctx: Pass, i: int, H: Array, params: dict[str, Array]) -> tuple[Array, Any]:
-        """``g(H W + b)``: H (k, n, n_in), a shared (n, n_in), or runs of members sharing
-        rows (``runs`` and ``X``: one gathered block per run) -> (k, n, n_out)."""
+        """The layer's output ``g(H W + b)`` for K members, and what :meth:`backward` needs.
+
+        Parameters
+        ----------
+        ctx : Pass
+            The pass's backend, dtype and workspaces.
+        i : int
+            The layer's index in the network (its workspaces' key).
+        H : array, shape (k, n, n_in) or (n, n_in), or SharedRows
+            The members' inputs: their own rows, rows shared by all of them, or runs
+            of members sharing rows (``runs`` and ``X``: one gathered block per run).
+        params : dict of str -> array
+            ``W`` (k, n_in, n_out) and ``b`` (k, n_out), views of the members'
+            parameters.
+
+        Returns
+        -------
+        H : array, shape (k, n, n_out)
+            The members' outputs.
+        saved : tuple or None
+            The input, ``Z + b`` (None when ``g'`` is read off the output) and the
+            output, in training; None outside it.
+        """
         be, act = ctx.be, self.activation
         W, b = params["W"], params["b"]
         k = int(W.shape[0])
@@ -611,8 +761,10 @@ class Dense(Layer):
         shape = (k, n, self.n_out)
         Z = ctx.buffer(("Z", i), shape)
         if runs is not None:  # one gathered block per run of members with the same rows
+            # Runs come only on in-place backends (mlpx.network_step), whose buffer() is one.
+            Zw = cast(Array, Z)
             for (lo, hi), Xg in zip(runs, H.X):
-                be.bmm(Xg, W[lo:hi], out=Z[lo:hi])
+                be.bmm(Xg, W[lo:hi], out=Zw[lo:hi])
         else:
             Z = be.bmm(H, W, out=Z)  # a shared 2-D input broadcasts over the members
         keep_Z = not act.from_output
@@ -623,8 +775,34 @@ class Dense(Layer):
 
     def backward(self, ctx: Pass, i: int, dH: Array, saved: Any, params: dict[str, Array],
                  grads: dict[str, Array] | None, need_dX: bool) -> tuple[Array | None, dict[str, Array]]:
-        """``dZ = dH ⊙ g'(Z)`` (overwriting ``dH``), ``dW = Xᵀ dZ``, ``db = Σ_rows dZ``,
-        ``dX = dZ Wᵀ``."""
+        """The gradients ``dZ = dH ⊙ g'(Z)``, ``dW = Xᵀ dZ``, ``db = Σ_rows dZ``, ``dX = dZ Wᵀ``.
+
+        Parameters
+        ----------
+        ctx : Pass
+            The pass's backend, dtype and workspaces.
+        i : int
+            The layer's index in the network (its workspaces' key).
+        dH : array, shape (k, n, n_out)
+            The loss's gradient with respect to the layer's output; overwritten by
+            ``dZ`` where the backend writes in place.
+        saved : tuple
+            What :meth:`forward` returned in training.
+        params : dict of str -> array
+            ``W`` (k, n_in, n_out) and ``b`` (k, n_out).
+        grads : dict of str -> array, or None
+            ``W`` and ``b``: where the gradients may go (views of the flat gradient
+            buffer); None: new arrays.
+        need_dX : bool
+            Whether to compute ``dX`` (not for the first layer).
+
+        Returns
+        -------
+        dX : array, shape (k, n, n_in), or None
+            The gradient with respect to the input; None unless ``need_dX``.
+        grads : dict of str -> array
+            ``dW`` (k, n_in, n_out) and ``db`` (k, n_out).
+        """
         be = ctx.be
         H_in, Zb, A = saved
         gW = None if grads is None else grads["W"]
@@ -632,6 +810,8 @@ class Dense(Layer):
         dZ, db = be.run(dense_backward, dH, Zb, A, self.activation, gb)
         runs = getattr(H_in, "runs", None)
         if runs is not None:
+            # Runs come only on in-place backends, which pass the gradient buffer's views.
+            gW = cast(Array, gW)
             for (lo, hi), Xg in zip(runs, H_in.X):
                 be.bmm(Xg, dZ[lo:hi], trans_a=True, out=gW[lo:hi])
             dW = gW
@@ -684,7 +864,9 @@ class ActivationLayer(Layer):
         xp = ctx.be.xp
         H_in, A = saved
         k, n, u = (int(d) for d in dH.shape)
-        flat = (lambda a: xp.reshape(a, (k * n, u)))  # noqa: E731
+        def flat(a: Array) -> Array:
+            return xp.reshape(a, (k * n, u))
+
         dX = self.activation.backward(ctx.be, flat(dH), flat(H_in), flat(A), out=flat(dH))
         return xp.reshape(dX, (k, n, u)), {}
 
@@ -715,8 +897,10 @@ class LeakyReLU(ActivationLayer):
 
 
 class Dropout(Layer):
-    """Inverted dropout: in training, zero each input with probability ``p`` and
-    scale the rest by ``1 / (1 - p)``; identity at inference.
+    """Inverted dropout: in training, each input is zeroed with probability ``p``.
+
+    The inputs kept are scaled by ``1 / (1 - p)``; at inference the layer passes its
+    input through.
 
     Each member draws its masks on the host from its own seeded generator (the
     network's, :meth:`mlpx.network.Network.dropout_generators`) and they move to the
@@ -738,7 +922,21 @@ class Dropout(Layer):
         self.seed = check_seed(seed, "Dropout: seed")
 
     def generator(self, member_seed: int | None, index: int) -> np.random.Generator:
-        """A member's mask generator: this layer's seed, else the member's seed + 1 + ``index``."""
+        """A member's mask generator: this layer's seed, else the member's seed + 1 + ``index``.
+
+        Parameters
+        ----------
+        member_seed : int or None
+            The member's seed (None: a generator seeded from the operating system,
+            unless the layer has its own seed).
+        index : int
+            The layer's index in the network.
+
+        Returns
+        -------
+        numpy.random.Generator
+            A new generator, which the member's masks are drawn from.
+        """
         if self.seed is not None:
             return np.random.default_rng(self.seed)
         return np.random.default_rng(None if member_seed is None else member_seed + 1 + index)
@@ -774,7 +972,24 @@ LAYERS: dict[str, type[Layer]] = {
 
 
 def layer_from_config(config: dict[str, Any]) -> Layer:
-    """Rebuild a layer from ``Layer.get_config()`` output (used by ``mlpx.load``)."""
+    """Rebuild a layer from ``Layer.get_config()`` output (used by ``mlpx.load``).
+
+    Parameters
+    ----------
+    config : dict
+        A record of :meth:`Layer.get_config`: ``"type"`` (a name of :data:`LAYERS`)
+        and the constructor's arguments.
+
+    Returns
+    -------
+    Layer
+        A new layer of that type and configuration.
+
+    Raises
+    ------
+    ValueError
+        The record is not a dict, or names an unknown layer type.
+    """
     if not isinstance(config, dict):
         raise ValueError(f"a layer record must be a JSON object, got {config!r}")
     config = dict(config)

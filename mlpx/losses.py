@@ -44,17 +44,24 @@ the loss stays finite.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import numpy as np
 
-from mlpx.backends import BackendError, kernel
+from mlpx.backends import Backend, BackendError, Kernel, kernel
 from mlpx.backends.cuda import ACCUMULATOR_PREAMBLE, lazy_elementwise
 from mlpx.backends.jit import lazy_njit
+
+if TYPE_CHECKING:
+    from mlpx.activations import Activation
 
 __all__ = ["LOSSES", "OUTPUT_LOSS", "Loss", "OutputLoss", "get_loss", "l2_penalty", "pair"]
 
 Array = Any
+#: Per-row losses (..., n) and the unscaled delta (..., n, c) of ``(xp, Z, Y)``.
+_Rows = Callable[[Any, Array, Array], "tuple[Array, Array]"]
+#: A loss kernel's definition: ``(xp, Z, Y, w, inv_d, dZ) -> (loss, delta)``.
+_LossFn = Callable[[Any, Array, Array, "Array | None", Array, "Array | None"], "tuple[Array, Array | None]"]
 
 
 # --------------------------------------------------------- per-row pieces
@@ -128,7 +135,7 @@ def _scaled(xp: Any, per_row: Array, delta: Array | None, w: Array | None,
     return total, delta * xp.reshape(inv_d, (K, 1, 1))
 
 
-def _generic(rows: Any, name: str) -> Any:
+def _generic(rows: _Rows, name: str) -> _LossFn:
     def fn(xp: Any, Z: Array, Y: Array, w: Array | None, inv_d: Array,
            dZ: Array | None) -> tuple[Array, Array | None]:
         per_row, delta = rows(xp, Z, Y)
@@ -204,14 +211,15 @@ def _squared_error_np(xp: Any, Z: Array, Y: Array, w: Array | None, inv_d: Array
 # numba: one pass per row instead of about ten NumPy calls. The row functions are the
 # compiled training step's too (mlpx.member_step), so both paths give the same bits.
 @lazy_njit
-def cross_entropy_rows(Z, Y, w, inv_d, dZ, ex, has_dz):  # pragma: no cover - compiled
+def cross_entropy_rows(Z: np.ndarray, Y: np.ndarray, w: np.ndarray, inv_d: np.floating[Any], dZ: np.ndarray,
+                       ex: np.ndarray, has_dz: bool) -> np.floating[Any]:  # pragma: no cover - compiled
     """Softmax cross-entropy of logits Z (n, c) against Y (n, c), rows weighted by w (n,).
 
     Returns ``Σ_i w_i l_i``; with ``has_dz``, ``dZ`` (n, c) receives
     ``(softmax(Z) − Y)·w/d`` (``inv_d`` = 1/d). ``ex`` (≥ c) is scratch.
     """
     n, c = Z.shape
-    total = Z[0, 0] * 0
+    total: np.floating[Any] = Z[0, 0] * 0
     for i in range(n):
         m = Z[i, 0]
         for j in range(1, c):
@@ -235,11 +243,12 @@ def cross_entropy_rows(Z, Y, w, inv_d, dZ, ex, has_dz):  # pragma: no cover - co
 
 
 @lazy_njit
-def binary_cross_entropy_rows(Z, Y, w, inv_d, dZ, has_dz):  # pragma: no cover - compiled
+def binary_cross_entropy_rows(Z: np.ndarray, Y: np.ndarray, w: np.ndarray, inv_d: np.floating[Any], dZ: np.ndarray,
+                              has_dz: bool) -> np.floating[Any]:  # pragma: no cover - compiled
     """Binary cross-entropy of logits Z (n, c) against Y: ``Σ_i w_i l_i``; with
     ``has_dz``, ``dZ`` receives ``(σ(Z) − Y)·w/d``."""
     n, c = Z.shape
-    total = Z[0, 0] * 0
+    total: np.floating[Any] = Z[0, 0] * 0
     for i in range(n):
         wi = w[i]
         a = Z[0, 0] * 0
@@ -256,11 +265,12 @@ def binary_cross_entropy_rows(Z, Y, w, inv_d, dZ, has_dz):  # pragma: no cover -
 
 
 @lazy_njit
-def squared_error_rows(Z, Y, w, inv_d, dZ, has_dz):  # pragma: no cover - compiled
+def squared_error_rows(Z: np.ndarray, Y: np.ndarray, w: np.ndarray, inv_d: np.floating[Any], dZ: np.ndarray,
+                       has_dz: bool) -> np.floating[Any]:  # pragma: no cover - compiled
     """Half the squared error of Z (n, c) against Y, rows weighted by w (n,): returns
     ``Σ_i w_i l_i``; with ``has_dz``, ``dZ`` receives ``(Z − Y)·w/d``."""
     n, c = Z.shape
-    total = Z[0, 0] * 0
+    total: np.floating[Any] = Z[0, 0] * 0
     for i in range(n):
         wi = w[i]
         a = Z[0, 0] * 0
@@ -274,11 +284,12 @@ def squared_error_rows(Z, Y, w, inv_d, dZ, has_dz):  # pragma: no cover - compil
 
 
 @lazy_njit
-def poisson_rows(Z, Y, w, inv_d, dZ, has_dz):  # pragma: no cover - compiled
+def poisson_rows(Z: np.ndarray, Y: np.ndarray, w: np.ndarray, inv_d: np.floating[Any], dZ: np.ndarray,
+                 has_dz: bool) -> np.floating[Any]:  # pragma: no cover - compiled
     """Poisson deviance of log-rates Z (n, c) against counts Y: ``Σ_i w_i l_i``; with
     ``has_dz``, ``dZ`` receives ``(exp(Z) − Y)·w/d``."""
     n, c = Z.shape
-    total = Z[0, 0] * 0
+    total: np.floating[Any] = Z[0, 0] * 0
     for i in range(n):
         wi = w[i]
         a = Z[0, 0] * 0
@@ -297,26 +308,31 @@ LOSS_CODES = {"cross_entropy": 0, "binary_cross_entropy": 1, "squared_error": 2,
 
 
 @lazy_njit
-def loss_rows(code, Z, Y, w, inv_d, dZ, ex, has_dz):  # pragma: no cover - compiled
+def loss_rows(code: int, Z: np.ndarray, Y: np.ndarray, w: np.ndarray, inv_d: np.floating[Any], dZ: np.ndarray,
+              ex: np.ndarray, has_dz: bool) -> np.floating[Any]:  # pragma: no cover - compiled
     """The loss of :data:`LOSS_CODES` ``code`` over rows Z, Y (n, c): ``Σ_i w_i l_i``."""
+    # total is annotated: a compiled function is Any to the type checker.
     if code == 0:
-        return cross_entropy_rows(Z, Y, w, inv_d, dZ, ex, has_dz)
-    if code == 1:
-        return binary_cross_entropy_rows(Z, Y, w, inv_d, dZ, has_dz)
-    if code == 2:
-        return squared_error_rows(Z, Y, w, inv_d, dZ, has_dz)
-    return poisson_rows(Z, Y, w, inv_d, dZ, has_dz)
+        total: np.floating[Any] = cross_entropy_rows(Z, Y, w, inv_d, dZ, ex, has_dz)
+    elif code == 1:
+        total = binary_cross_entropy_rows(Z, Y, w, inv_d, dZ, has_dz)
+    elif code == 2:
+        total = squared_error_rows(Z, Y, w, inv_d, dZ, has_dz)
+    else:
+        total = poisson_rows(Z, Y, w, inv_d, dZ, has_dz)
+    return total
 
 
 @lazy_njit
-def _loss_loop(code, Z, Y, w, inv_d, dZ, has_dz, loss):  # pragma: no cover - compiled
+def _loss_loop(code: int, Z: np.ndarray, Y: np.ndarray, w: np.ndarray, inv_d: np.ndarray, dZ: np.ndarray,
+               has_dz: bool, loss: np.ndarray) -> None:  # pragma: no cover - compiled
     ex = np.empty(Z.shape[2], dtype=Z.dtype)
     for k in range(Z.shape[0]):
         total = loss_rows(code, Z[k], Y[k], w[k], inv_d[k], dZ[k], ex, has_dz)
         loss[k] = total * inv_d[k] if inv_d[k] > 0 else 0
 
 
-def _numba_variant(name: str, fallback: Any) -> Any:
+def _numba_variant(name: str, fallback: _LossFn) -> _LossFn:
     code = LOSS_CODES[name]
 
     def fn(xp: Any, Z: Array, Y: Array, w: Array | None, inv_d: Array,
@@ -407,8 +423,9 @@ def l2_penalty(xp: Any, W: Array, dW: Array, coef: Array) -> tuple[Array, Array]
     Returns
     -------
     dW : array, shape (K, n_weights)
-        ``dW`` itself on NumPy (updated in place).
+        The penalised gradient: ``dW`` itself on NumPy (updated in place).
     sq : array, shape (K,)
+        ``Σ W²`` of each member's weights.
     """
     return dW + W * xp.reshape(coef, (-1, 1)), xp.sum(W * W, axis=1)
 
@@ -427,24 +444,26 @@ class Loss:
     Parameters
     ----------
     name : str
+        The name :func:`get_loss` finds it under (``"cross_entropy"``).
     output : str
         Name of the output activation this loss is the canonical link of.
     fn : Kernel
         ``fn(xp, Z, Y, w, inv_d, dZ) -> (loss, delta)`` over K members (see the module
         docstring): the delta goes into ``dZ`` on NumPy and CuPy.
-    on_outputs : Kernel
-        The same loss on the outputs: ``fn(xp, P, Y, w, inv_d, dP) -> (loss, ∂L/∂Ŷ)``.
+    on_outputs : Kernel, optional
+        The same loss on the outputs: ``fn(xp, P, Y, w, inv_d, dP) -> (loss, ∂L/∂Ŷ)``;
+        required for any output but ``output``.
     outputs : tuple of str
         The output activations whose values lie in the loss's domain ("*": all).
     """
 
-    def __init__(self, name: str, output: str, fn: Any, on_outputs: Any = None,
+    def __init__(self, name: str, output: str, fn: Kernel, on_outputs: Kernel | None = None,
                  outputs: tuple[str, ...] = ()) -> None:
         self.name, self.output, self.kernel = name, output, fn
         self.on_outputs = on_outputs
         self.outputs = outputs  # output activations whose values lie in the domain
 
-    def __call__(self, be: Any, Z: Array, Y: Array, dZ: Array | None = None,
+    def __call__(self, be: Backend, Z: Array, Y: Array, dZ: Array | None = None,
                  sample_weight: Array | None = None, denom: float | None = None) -> Array:
         """Loss of logits ``Z`` against targets ``Y`` (both shape (n, k)).
 
@@ -454,7 +473,8 @@ class Loss:
 
         Returns
         -------
-        0-d array on the backend (read it with ``be.to_float`` once per epoch).
+        array, shape ()
+            The loss on the backend (read it with ``be.to_float`` once per epoch).
         """
         if dZ is not None and not be.mutable:
             raise BackendError(
@@ -466,7 +486,7 @@ class Loss:
             be.assign(dZ, delta)
         return value
 
-    def value_and_delta(self, be: Any, Z: Array, Y: Array, dZ: Array | None = None,
+    def value_and_delta(self, be: Backend, Z: Array, Y: Array, dZ: Array | None = None,
                         sample_weight: Array | None = None,
                         denom: float | None = None) -> tuple[Array, Array | None]:
         """Loss of one network's logits ``Z`` against targets ``Y`` (both shape (n, k)), and its delta.
@@ -474,6 +494,7 @@ class Loss:
         Parameters
         ----------
         be : Backend
+            The backend the arrays are on.
         Z : array, shape (n, k)
             Logits (pre-activation output of the last layer).
         Y : array, shape (n, k)
@@ -483,12 +504,14 @@ class Loss:
             Where the NumPy and CuPy variants put the delta ``w_i (Ŷ − Y) / d`` (may
             be ``Z`` itself); None: no delta.
         sample_weight : array, shape (n,), optional
+            The rows' weights ``w_i`` (default: 1 each).
         denom : float, optional
             ``d``; defaults to n (or Σ w when weights are given).
 
         Returns
         -------
-        loss : 0-d array on the backend
+        loss : array, shape ()
+            ``Σ_i w_i l_i / d``, on the backend.
         delta : array, shape (n, k), or None
             ``dZ`` itself where a NumPy or CuPy variant wrote it, else a new array;
             None without ``dZ``.
@@ -498,7 +521,9 @@ class Loss:
         if denom is None:
             denom = float(n) if sample_weight is None else be.to_float(be.sum(sample_weight))
         inv_d = be.asarray(np.array([1.0 / denom]), dtype=Z.dtype)
-        one = (lambda a: None if a is None else xp.reshape(a, (1, n, k)))  # noqa: E731
+        def one(a: Array | None) -> Array | None:
+            return None if a is None else xp.reshape(a, (1, n, k))
+
         w = None if sample_weight is None else xp.reshape(sample_weight, (1, n))
         value, delta = be.run(self.kernel, one(Z), one(Y), w, inv_d, one(dZ))
         return value[0], None if delta is None else xp.reshape(delta, (n, k))
@@ -537,50 +562,116 @@ class OutputLoss:
     Parameters
     ----------
     loss : Loss
+        The loss (its ``outputs`` must allow ``activation``).
     activation : Activation
         The model's output activation.
 
     Attributes
     ----------
     canonical : bool
+        Whether ``activation`` is the loss's canonical link (one kernel for both).
     name : str
+        The loss's name.
     """
 
-    def __init__(self, loss: Loss, activation: Any) -> None:
+    def __init__(self, loss: Loss, activation: Activation) -> None:
         self.loss, self.activation = loss, activation
         self.name = loss.name
         self.canonical = loss.output == activation.name
 
-    def delta(self, be: Any, Z: Array, Y: Array, dZ: Array, w: Array | None, inv_d: Array,
+    def delta(self, be: Backend, Z: Array, Y: Array, dZ: Array, w: Array | None, inv_d: Array,
               P: Array | None = None) -> tuple[Array, Array]:
-        """Each member's loss (K,) of logits ``Z`` (K, n, k), and its delta dL/dZ (K, n, k).
+        """Each member's loss of its logits ``Z``, and the delta dL/dZ.
 
-        The delta is ``dZ`` itself where a NumPy or CuPy variant wrote it, else a new
-        array. ``P`` (K, n, k) is a workspace for the outputs of a non-canonical pair;
-        ``dZ`` must not be ``Z`` then (``g'`` may read ``Z``).
+        Parameters
+        ----------
+        be : Backend
+            The backend the arrays are on.
+        Z : array, shape (K, n, k)
+            The members' logits.
+        Y : array, shape (K, n, k)
+            Their targets.
+        dZ : array, shape (K, n, k)
+            Where NumPy and CuPy write the delta; it may be ``Z`` only for the
+            canonical pair (``g'`` may read ``Z``).
+        w : array, shape (K, n), or None
+            The rows' weights (0 for padding rows); None: 1 each.
+        inv_d : array, shape (K,)
+            Each member's ``1/d`` (0 for a member without rows in the step).
+        P : array, shape (K, n, k), optional
+            A workspace for the outputs ``g(Z)`` of a non-canonical pair.
+
+        Returns
+        -------
+        loss : array, shape (K,)
+            ``Σ_i w_i l_i / d`` of each member.
+        dZ : array, shape (K, n, k)
+            The delta: ``dZ`` itself where a NumPy or CuPy variant wrote it, else a
+            new array.
         """
         if self.canonical:
-            return be.run(self.loss.kernel, Z, Y, w, inv_d, dZ)
+            out: tuple[Array, Array] = be.run(self.loss.kernel, Z, Y, w, inv_d, dZ)
+            return out
         act, xp = self.activation, be.xp
         K, n, k = (int(d) for d in Z.shape)
-        flat = (lambda a: xp.reshape(a, (K * n, k)))  # noqa: E731
+
+        def flat(a: Array) -> Array:
+            return xp.reshape(a, (K * n, k))
+
         P = xp.reshape(act.forward(be, flat(Z), out=flat(P) if P is not None else xp.zeros((K * n, k),
                                    dtype=Z.dtype)), (K, n, k))
-        value, dP = be.run(self.loss.on_outputs, P, Y, w, inv_d, dZ)
+        # Not canonical: pair() allowed this output, which a Loss without on_outputs
+        # (outputs=()) never allows.
+        value, dP = be.run(cast(Kernel, self.loss.on_outputs), P, Y, w, inv_d, dZ)
         return value, xp.reshape(act.backward(be, flat(dP), flat(Z), flat(P), out=flat(dP)), (K, n, k))
 
-    def value(self, be: Any, Z: Array, P: Array, Y: Array, w: Array | None, inv_d: Array) -> Array:
-        """Each member's loss (K,) from logits ``Z`` and outputs ``P = g(Z)`` (K, n, k), no delta."""
+    def value(self, be: Backend, Z: Array, P: Array, Y: Array, w: Array | None, inv_d: Array) -> Array:
+        """Each member's loss from its logits ``Z`` and outputs ``P = g(Z)``, without a delta.
+
+        Parameters
+        ----------
+        be : Backend
+            The backend the arrays are on.
+        Z : array, shape (K, n, k)
+            The members' logits (read by the canonical pair).
+        P : array, shape (K, n, k)
+            Their outputs ``g(Z)`` (read by any other pair).
+        Y : array, shape (K, n, k)
+            Their targets.
+        w : array, shape (K, n), or None
+            The rows' weights (0 for padding rows); None: 1 each.
+        inv_d : array, shape (K,)
+            Each member's ``1/d`` (0 for a member without rows).
+
+        Returns
+        -------
+        array, shape (K,)
+            ``Σ_i w_i l_i / d`` of each member.
+        """
         if self.canonical:
             return be.run(self.loss.kernel, Z, Y, w, inv_d, None)[0]
-        return be.run(self.loss.on_outputs, P, Y, w, inv_d, None)[0]
+        return be.run(cast(Kernel, self.loss.on_outputs), P, Y, w, inv_d, None)[0]  # as in delta()
+
 
     def __repr__(self) -> str:
         return f"OutputLoss({self.name!r} on {self.activation.name!r})"
 
 
-def pair(loss: str | Loss | None, activation: Any) -> OutputLoss:
+def pair(loss: str | Loss | None, activation: Activation) -> OutputLoss:
     """Bind ``loss`` (default: the activation's canonical loss) to an output activation.
+
+    Parameters
+    ----------
+    loss : str, Loss or None
+        A name or alias of :data:`LOSSES`, a :class:`Loss`, or None for the one paired
+        with ``activation`` by default (:data:`OUTPUT_LOSS`).
+    activation : Activation
+        The model's output activation.
+
+    Returns
+    -------
+    OutputLoss
+        The loss bound to the activation.
 
     Raises
     ------
@@ -607,7 +698,24 @@ def pair(loss: str | Loss | None, activation: Any) -> OutputLoss:
 
 
 def get_loss(name: str | Loss) -> Loss:
-    """Look up a loss by name (or pass a :class:`Loss` through)."""
+    """Look up a loss by name (or pass a :class:`Loss` through).
+
+    Parameters
+    ----------
+    name : str or Loss
+        A name of :data:`LOSSES` or an alias (``"log_loss"``, ``"mse"``...), in any
+        case; a :class:`Loss` is passed through.
+
+    Returns
+    -------
+    Loss
+        The loss (shared: the same object for every model that names it).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name; the message lists the valid ones.
+    """
     if isinstance(name, Loss):
         return name
     key = _ALIASES.get(str(name).lower(), str(name).lower())

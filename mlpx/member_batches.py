@@ -100,10 +100,10 @@ class MemberBatches:
             return [None] * K
         if K == 1 and not isinstance(perm, (list, tuple)):
             return [perm]
-        perm = list(perm)
-        if len(perm) != K:
-            raise ValueError(f"the order has {len(perm)} entries for {K} members")
-        return perm
+        orders = list(perm)
+        if len(orders) != K:
+            raise ValueError(f"the order has {len(orders)} entries for {K} members")
+        return orders
 
     def _layout(self, perm: Any) -> tuple[np.ndarray, np.ndarray]:
         """Row index (K, S·b) and weight (K, S·b) of every place of the epoch (host)."""
@@ -151,11 +151,13 @@ class MemberBatches:
         to other BLAS routines than NumPy's matrix product, and the compiled step
         (:mod:`mlpx.member_step`) must give the bits of the phase-by-phase one.
         """
-        return self._sizes(perm)[0].copy()
+        widths: np.ndarray = self._sizes(perm)[0].copy()  # typed: NumPy's stubs give Any here
+        return widths
 
     def step_rows(self, perm: Any) -> np.ndarray:
         """Rows of every step per member, shape (n_batches, K)."""
-        return self._sizes(perm)[1].copy()
+        rows: np.ndarray = self._sizes(perm)[1].copy()  # typed: NumPy's stubs give Any here
+        return rows
 
     def _sizes(self, perm: Any) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`widths` and :meth:`step_rows`, kept for the members' row counts (the
@@ -179,7 +181,8 @@ class MemberBatches:
         if self.w_host is None:
             return self.step_rows(perm)
         _, wts = self._layout(perm)
-        return wts.reshape(K, S, b).sum(axis=2).T
+        sums: np.ndarray = wts.reshape(K, S, b).sum(axis=2).T
+        return sums
 
     def epoch(self, perm: Any) -> Iterator[Batch]:
         """One pass: ``Batch(X, Y, w (K, width), a, b)`` per step.
@@ -258,7 +261,7 @@ class MemberRows:
         K, b = index.shape
         self.shape = (int(K), int(b), int(data.shape[1]))
 
-    def shared(self, be: Any, rows: slice, ws: dict | None = None) -> "SharedRows | None":
+    def shared(self, be: Any, rows: slice, ws: dict[Any, Array] | None = None) -> "SharedRows | None":
         """Runs of consecutive members ``rows`` with the same rows, one gathered (b, f)
         block each; None when no two neighbours share (then :meth:`take`)."""
         if self.groups is None or self.span is not None or self.shape[0] == 1:
@@ -280,7 +283,7 @@ class MemberRows:
             blocks.append(be.take_rows(self.data, self.index[base + lo, :], out=out))
         return SharedRows(bounds, blocks, (g.size, self.shape[1], self.shape[2]))
 
-    def take(self, be: Any, rows: slice, ws: dict | None = None, tag: str = "X") -> Array:
+    def take(self, be: Any, rows: slice, ws: dict[Any, Array] | None = None, tag: str = "X") -> Array:
         """The rows of the members ``rows``: an array of shape (k, b, f)."""
         f = self.shape[2]
         if self.span is not None:
@@ -312,10 +315,10 @@ class SharedRows(NamedTuple):
 
 
 def _check_member_perm(p: Any, n: int, k: int) -> np.ndarray:
-    p = np.asarray(p)
-    if p.shape != (n,) or p.dtype.kind not in "iu":
-        raise ValueError(f"member {k}'s order must be integer indices of shape ({n},), got {p.dtype} {p.shape}")
-    return p
+    order = np.asarray(p)
+    if order.shape != (n,) or order.dtype.kind not in "iu":
+        raise ValueError(f"member {k}'s order must be integer indices of shape ({n},), got {order.dtype} {order.shape}")
+    return order
 
 
 class MemberHoldout:

@@ -29,7 +29,7 @@ phase-by-phase path draws them.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -117,7 +117,7 @@ def member_step_plan(be: Backend, dense: Sequence[tuple[tuple[int, int, tuple[in
 def run_member_steps(plan: MemberStepPlan, queue: np.ndarray, counter: np.ndarray, X: np.ndarray, Y: np.ndarray,
                      index: np.ndarray, widths: np.ndarray, groups: np.ndarray, w: np.ndarray, dev: np.ndarray,
                      params: np.ndarray, grads: np.ndarray, state: Sequence[np.ndarray], rule: str, n_weights: int,
-                     loss: str, penalised: bool, ws: dict[str, np.ndarray], out: dict[str, np.ndarray],
+                     loss: str, penalised: bool, ws: dict[str, Any], out: dict[str, np.ndarray],
                      count_correct: bool, output: str) -> None:
     """S training steps of the members in ``queue``: gather, forward, loss, backward, L2, update.
 
@@ -158,8 +158,9 @@ def run_member_steps(plan: MemberStepPlan, queue: np.ndarray, counter: np.ndarra
         A key of :data:`LOSS_CODES`.
     penalised : bool
         Whether ``Σ W²`` is needed (the penalty's loss term).
-    ws : dict
-        The calling thread's own workspaces (allocated here on first use).
+    ws : dict of str -> ndarray
+        The calling thread's own workspaces (allocated here on first use), and under
+        ``"key"`` the batch width and dtype they were allocated for.
     out : dict
         ``"loss"``, ``"sq"``, ``"hits"``: arrays of shape (S, K); the members
         stepped here are written.
@@ -206,9 +207,13 @@ def _steps() -> Any:
 
 
 @lazy_njit
-def _member_steps(gemm, dot, queue, counter, X, Y, index, widths, groups, w, dev, params, grads, s1, s2, layers, loss_code,
-                  opt_code, nw, penalised, count_correct, softmax, consts, Xg, Yg, acts, starts, dA, dB, acc,
-                  loss, sq, hits):  # pragma: no cover - compiled
+def _member_steps(gemm: Callable[..., None], dot: Callable[..., float], queue: np.ndarray, counter: np.ndarray,
+                  X: np.ndarray, Y: np.ndarray, index: np.ndarray, widths: np.ndarray, groups: np.ndarray,
+                  w: np.ndarray, dev: np.ndarray, params: np.ndarray, grads: np.ndarray, s1: np.ndarray,
+                  s2: np.ndarray, layers: np.ndarray, loss_code: int, opt_code: int, nw: int, penalised: bool,
+                  count_correct: bool, softmax: bool, consts: np.ndarray, Xg: np.ndarray, Yg: np.ndarray,
+                  acts: np.ndarray, starts: np.ndarray, dA: np.ndarray, dB: np.ndarray, acc: np.ndarray,
+                  loss: np.ndarray, sq: np.ndarray, hits: np.ndarray) -> None:  # pragma: no cover - compiled
     S = index.shape[0]
     f0 = X.shape[1]
     c = Y.shape[1]

@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import math
 import operator
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 
@@ -41,7 +41,8 @@ from mlpx.backends.jit import numba_enabled
 from mlpx.data import numpy_dtype
 from mlpx.schedules import Constant, Schedule, get_schedule, get_schedule_from_state
 from mlpx.updates import adam_update, rmsprop_update, sgd_update
-from mlpx.validation import check_bool, check_real
+from mlpx.validation import (SettingCheck, check_flag, check_positive, check_real, check_setting, per_member,
+                             unit_interval)
 
 __all__ = ["OPTIMIZERS", "SGD", "Adam", "AdamW", "Optimizer", "RMSprop", "get_optimizer"]
 
@@ -49,24 +50,6 @@ Array = Any
 
 
 # --------------------------------------------------------------- optimizers
-def _setting(name: str, value: Any, check: Any) -> float | np.ndarray:
-    """A setting: one checked scalar (every member) or a 1-D array of checked values."""
-    if isinstance(value, (str, bytes)) or np.ndim(value) == 0:
-        return check(name, value)
-    values = list(np.asarray(value).tolist()) if isinstance(value, np.ndarray) else list(value)
-    if not values:
-        raise ValueError(f"{name} is an empty sequence; give one value or one per member")
-    return np.array([check(f"{name}[{k}]", v) for k, v in enumerate(values)], dtype=np.float64)
-
-
-def _per_member(value: float | np.ndarray, K: int, name: str) -> np.ndarray:
-    if np.ndim(value) == 0:
-        return np.full(K, float(value))
-    if len(value) != K:
-        raise ValueError(f"{name} has {len(value)} values for {K} members")
-    return np.asarray(value, dtype=np.float64)
-
-
 def _out(values: np.ndarray, single: bool, integer: bool = False) -> Any:
     """A per-member array as the caller sees it: a Python number for a single network."""
     if single:
@@ -76,6 +59,13 @@ def _out(values: np.ndarray, single: bool, integer: bool = False) -> Any:
 
 class Optimizer:
     """Base class: a rule that updates the K members of a model's parameters.
+
+    Every numeric setting (``lr``, ``momentum``, ``beta_1``, ``beta_2``, ``rho`` in
+    [0, 1); ``epsilon`` > 0; ``weight_decay`` >= 0) takes Python or NumPy numbers and
+    must be finite; anything else raises
+    :class:`~mlpx.validation.InvalidParameterError` (a ValueError and a TypeError).
+    Assigning an attribute the optimizer does not have raises AttributeError (a
+    misspelt or removed setting is never silently ignored).
 
     Parameters
     ----------
@@ -89,13 +79,6 @@ class Optimizer:
     **settings
         The rule's own settings (``momentum``, ``beta_1``...): a number, or a
         sequence with one value per member.
-
-    Every numeric setting (``lr``, ``momentum``, ``beta_1``, ``beta_2``, ``rho`` in
-    [0, 1); ``epsilon`` > 0; ``weight_decay`` >= 0) takes Python or NumPy numbers and
-    must be finite; anything else raises
-    :class:`~mlpx.validation.InvalidParameterError` (a ValueError and a TypeError).
-    Assigning an attribute the optimizer does not have raises AttributeError (a
-    misspelt or removed setting is never silently ignored).
 
     Attributes
     ----------
@@ -117,8 +100,12 @@ class Optimizer:
     #: Names of the per-parameter state buffers.
     state_names: tuple[str, ...] = ()
     #: The rule's settings besides ``lr``, with their checks.
-    _checks: dict[str, Any] = {}
+    _checks: dict[str, SettingCheck] = {}
     _kernel: Any = None
+    # Set in __init__ (by _members), and by bind (the bound buffers).
+    _K: int
+    params: Array
+    _shape: tuple[int, ...]
     #: What :meth:`bind` attaches (assignable: an immutable backend's new arrays).
     _bound_names = frozenset({"be", "params", "grads", "n_weights", "dtype", "state"})
 
@@ -126,16 +113,15 @@ class Optimizer:
         object.__setattr__(self, "_ready", False)
         self._settings: dict[str, float | np.ndarray] = {}
         for name, check in self._checks.items():
-            self._settings[name] = _setting(name, settings.pop(name), check)
+            self._settings[name] = check_setting(name, settings.pop(name), check)
         if settings:
             raise TypeError(f"{type(self).__name__} got unexpected settings {sorted(settings)}")
         self._schedule_spec = schedule
-        self._K: int | None = None
         self._bound: tuple[Any, ...] | None = None
         self._owner: Any = None
         self._pending: dict[str, Any] | None = None
         self._static: np.ndarray | None = None
-        self._rows: Any = None
+        self._rows: tuple[list[Array], list[Array]] | None = None
         self._tmp: dict[tuple[Any, Any], Array] = {}
         self.state: dict[str, Array] = {}
         self._members(self._given_members())
@@ -144,7 +130,7 @@ class Optimizer:
 
     # ------------------------------------------------------------ settings
     def _given_members(self) -> int:
-        sizes = {len(v) for v in self._settings.values() if np.ndim(v)}
+        sizes = {len(cast(np.ndarray, v)) for v in self._settings.values() if np.ndim(v)}
         if isinstance(self._schedule_spec, (list, tuple)):
             sizes.add(len(self._schedule_spec))
         if len(sizes) > 1:
@@ -169,8 +155,7 @@ class Optimizer:
 
     @property
     def n_members(self) -> int | None:
-        """K: the members this optimizer steps (None before :meth:`bind` unless a
-        per-member setting fixed it)."""
+        """K, the members this optimizer steps: None before :meth:`bind` unless a per-member setting fixed it."""
         return self._K if (self._bound is not None or self._vector_given()) else None
 
     def _vector_given(self) -> bool:
@@ -191,9 +176,9 @@ class Optimizer:
             object.__setattr__(self, name, value)
             return
         if name in self._checks:
-            self._settings[name] = _setting(name, value, self._checks[name])
+            self._settings[name] = check_setting(name, value, self._checks[name])
             if np.ndim(self._settings[name]) and self._bound is not None:
-                _per_member(self._settings[name], self._K, name)
+                per_member(self._settings[name], self._K, name)
             self._static = None
             return
         cls = type(self)
@@ -218,14 +203,14 @@ class Optimizer:
     def lr(self, value: Any) -> None:
         # Python floats from here on: NumPy scalars (np.float32(1e-3), as GridSearchCV
         # grids give) would reach the kernels, which strict namespaces refuse.
-        given = _setting("lr (learning rate)", value, lambda n, v: check_real(n, v, 0.0, low_open=True))
+        given = check_setting("lr (learning rate)", value, lambda n, v: check_real(n, v, 0.0, low_open=True))
         K = self._K
-        if np.ndim(given) and len(given) != K:
+        if np.ndim(given) and len(vector := cast(np.ndarray, given)) != K:
             if self._bound is not None or K != 1:
-                raise ValueError(f"lr has {len(given)} values for {K} members")
-            self._members(len(given))
+                raise ValueError(f"lr has {len(vector)} values for {K} members")
+            self._members(len(vector))
             K = self._K
-        lr0 = _per_member(given, K, "lr")
+        lr0 = per_member(given, K, "lr")
         for sched, lr in zip(self._schedules, lr0):
             sched(float(lr), 0, 0)  # a schedule that cannot start from this rate fails now
         self._lr0_given = given
@@ -266,6 +251,7 @@ class Optimizer:
         Parameters
         ----------
         be : Backend
+            The backend the buffers are on (the state is allocated there).
         params, grads : arrays, shape (K, n_params), or (n_params,) for one network
             The model's parameter and gradient buffers.
         n_weights : int
@@ -295,7 +281,7 @@ class Optimizer:
             self._members(K)
             self._lr0, self._lr = np.full(K, lr0), np.full(K, lr)
         for name, value in self._settings.items():
-            _per_member(value, K, name)
+            per_member(value, K, name)
         self.be, self.params, self.grads, self.n_weights = be, params, grads, int(n_weights)
         self._shape = shape
         self._owner = owner
@@ -348,7 +334,10 @@ class Optimizer:
         Parameters
         ----------
         active : array_like of bool, shape (K,) or (S, K)
+            The members that step (in each of S steps); the others keep their
+            parameters, state and count.
         advance : bool
+            Whether to add the steps to the members' counts now.
 
         Returns
         -------
@@ -378,7 +367,13 @@ class Optimizer:
         return vec if np.ndim(active) == 2 else vec[0]
 
     def advance(self, steps: Any) -> None:
-        """Add ``steps`` (shape (K,): bools or counts) to the members' step counts."""
+        """Add ``steps`` to the members' step counts.
+
+        Parameters
+        ----------
+        steps : array_like of bool or int, shape (K,)
+            Whether each member stepped, or how many steps it took.
+        """
         np.add(self._t, steps, out=self._t, casting="unsafe")
 
     # ------------------------------------------------------------- update
@@ -432,8 +427,14 @@ class Optimizer:
         return buf
 
     def state_rows(self) -> list[Array]:
-        """Every state buffer (``state_names`` order) as (K, n_params): views of the
-        state of a network bound with 1-D buffers (kept while the buffers are)."""
+        """Every state buffer, in ``state_names`` order, as rows of the K members.
+
+        Returns
+        -------
+        list of arrays, shape (K, n_params)
+            The state buffers themselves, or views of those of a network bound with
+            1-D buffers (kept while the buffers are).
+        """
         cached = self._rows
         if cached is not None and all(map(operator.is_, cached[0], map(self.state.__getitem__, self.state_names))):
             return cached[1]
@@ -509,8 +510,14 @@ class Optimizer:
         message : str
             Printed first when ``verbose``.
         verbose : bool
+            Print what the policy decided.
         member : int, optional
             The member that stopped improving (required when K > 1).
+
+        Returns
+        -------
+        bool
+            True to stop training the member; False when its rate was lowered.
         """
         if member is None:
             if self._K != 1:
@@ -572,6 +579,11 @@ class Optimizer:
         Before :meth:`bind` the buffers are kept and copied in when the optimizer
         is bound.
 
+        Parameters
+        ----------
+        state : dict
+            A record of :meth:`state_dict`, of this optimizer class.
+
         Raises
         ------
         ValueError
@@ -620,7 +632,19 @@ class Optimizer:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> "Optimizer":
-        """A new optimizer of the saved class and settings, holding the saved state."""
+        """A new optimizer of the saved class and settings, holding the saved state.
+
+        Parameters
+        ----------
+        state : dict
+            A record of :meth:`state_dict`.
+
+        Returns
+        -------
+        Optimizer
+            An optimizer of the class the record names (whatever class this is
+            called on).
+        """
         kind = OPTIMIZERS.get(str(state.get("optimizer", "")).lower())
         if kind is None:
             raise ValueError(f"unknown optimizer {state.get('optimizer')!r} in saved state")
@@ -641,6 +665,17 @@ class Optimizer:
 
         Each member takes its optimizer's settings, rate, step count, schedule and
         (bound or saved) state, as ``torch.func.stack_module_state`` stacks modules.
+
+        Parameters
+        ----------
+        optimizers : sequence of Optimizer
+            K optimizers of single networks, all of one class.
+
+        Returns
+        -------
+        Optimizer
+            A new optimizer of that class for K members, member k from
+            ``optimizers[k]``; its state is copied in when it is bound.
 
         Raises
         ------
@@ -679,13 +714,31 @@ class Optimizer:
         return out
 
     def member(self, k: int) -> "Optimizer":
-        """Member ``k`` as a single-network optimizer: its settings, rate, count,
-        schedule and state (host copies, loaded into the model it is bound to next)."""
+        """Member ``k`` as a single-network optimizer.
+
+        Parameters
+        ----------
+        k : int
+            The member (negative counts from the end).
+
+        Returns
+        -------
+        Optimizer
+            A new optimizer of this class with the member's settings, rate, count,
+            schedule and state (host copies, loaded into the model it is bound to
+            next).
+
+        Raises
+        ------
+        IndexError
+            ``k`` is out of range.
+        """
         K = self._K
         if not -K <= int(k) < K:
             raise IndexError(f"member {k} out of range for {K} members")
         k = int(k) % K
-        config = {name: self._plain(name, v if np.ndim(v) == 0 else v[k]) for name, v in self._settings.items()}
+        config = {name: self._plain(name, v if np.ndim(v) == 0 else cast(np.ndarray, v)[k])
+                  for name, v in self._settings.items()}
         out = type(self)(lr=float(self._lr0[k]), schedule=copy.deepcopy(self._schedules[k]), **config)
         out._lr = np.array([self._lr[k]])
         out._t = np.array([self._t[k]], dtype=np.int64)
@@ -704,8 +757,14 @@ class Optimizer:
         return float(value)
 
     def get_config(self) -> dict[str, Any]:
-        """The settings as plain data (numbers, or lists of K), from which the
-        optimizer is rebuilt."""
+        """The settings as plain data, from which the optimizer is rebuilt.
+
+        Returns
+        -------
+        dict
+            ``lr`` (the base rate), ``schedule`` (its config, or a list of K) and the
+            rule's settings: numbers, or lists of K.
+        """
         def plain(v: Any) -> Any:
             return v.tolist() if isinstance(v, np.ndarray) else v
 
@@ -736,34 +795,23 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
 
-
-def _unit(low_open: bool = False, high_open: bool = False) -> Any:
-    return lambda name, v: check_real(name, v, 0.0, 1.0, low_open=low_open, high_open=high_open)
-
-
-def _positive(name: str, v: Any) -> float:
-    # ε > 0: with ε = 0 a parameter whose gradients have all been zero divides 0 by 0.
-    return check_real(name, v, 0.0, low_open=True)
-
-
-def _flag(name: str, v: Any) -> float:
-    return float(check_bool(name, v))
-
-
 class SGD(Optimizer):
     """Stochastic gradient descent with (Nesterov) momentum, as scikit-learn's.
 
     Parameters
     ----------
     lr : float or sequence, default 0.01
+        Initial learning rate ``η`` (> 0): one for every member or one per member.
     momentum : float or sequence in [0, 1], default 0.9
-        ``momentum`` may be 1, as scikit-learn allows.
+        ``μ``; it may be 1, as scikit-learn allows.
     nesterov : bool or sequence of bool, default False
+        Nesterov's momentum (the step looks ahead along the velocity).
     schedule : str, Schedule or sequence, optional
+        The rate policy (:mod:`mlpx.schedules`); default constant.
     """
 
     state_names = ("velocity",)
-    _checks = {"momentum": _unit(), "nesterov": _flag}
+    _checks = {"momentum": unit_interval(), "nesterov": check_flag}
     _kernel = sgd_update
 
     def __init__(self, lr: Any = 0.01, momentum: Any = 0.9, nesterov: Any = False, schedule: Any = None) -> None:
@@ -787,8 +835,8 @@ class SGD(Optimizer):
 
     def _static_rows(self) -> np.ndarray:
         K = self._K
-        return np.stack([_per_member(self._settings["momentum"], K, "momentum"),
-                         _per_member(self._settings["nesterov"], K, "nesterov")])
+        return np.stack([per_member(self._settings["momentum"], K, "momentum"),
+                         per_member(self._settings["nesterov"], K, "nesterov")])
 
     def _rule_rows(self, lr: np.ndarray, t: np.ndarray, on: np.ndarray) -> np.ndarray:
         return lr[None, :]
@@ -800,13 +848,22 @@ class Adam(Optimizer):
     Parameters
     ----------
     lr : float or sequence, default 1e-3
-    beta_1, beta_2 : float or sequence in [0, 1), defaults 0.9, 0.999
+        Initial learning rate ``η`` (> 0): one for every member or one per member.
+    beta_1 : float or sequence in [0, 1), default 0.9
+        Decay rate ``β₁`` of the gradients' running mean.
+    beta_2 : float or sequence in [0, 1), default 0.999
+        Decay rate ``β₂`` of the squared gradients' running mean.
     epsilon : float or sequence > 0, default 1e-8
+        ``ε``, added to ``√v`` (keeps the step finite where ``v`` is 0).
     schedule : str, Schedule or sequence, optional
+        The rate policy (:mod:`mlpx.schedules`); default constant.
+    **settings
+        A subclass's own settings (AdamW's ``weight_decay``).
     """
 
     state_names = ("m", "v")
-    _checks = {"beta_1": _unit(high_open=True), "beta_2": _unit(high_open=True), "epsilon": _positive}
+    _checks = {"beta_1": unit_interval(high_open=True), "beta_2": unit_interval(high_open=True),
+               "epsilon": check_positive}
     _kernel = adam_update
 
     def __init__(self, lr: Any = 1e-3, beta_1: Any = 0.9, beta_2: Any = 0.999, epsilon: Any = 1e-8,
@@ -815,9 +872,9 @@ class Adam(Optimizer):
 
     def _static_rows(self) -> np.ndarray:
         K = self._K
-        b1 = _per_member(self._settings["beta_1"], K, "beta_1")
-        b2 = _per_member(self._settings["beta_2"], K, "beta_2")
-        eps = _per_member(self._settings["epsilon"], K, "epsilon")
+        b1 = per_member(self._settings["beta_1"], K, "beta_1")
+        b2 = per_member(self._settings["beta_2"], K, "beta_2")
+        eps = per_member(self._settings["epsilon"], K, "epsilon")
         pairs: dict[tuple[float, float], int] = {}
         self._beta_group = [pairs.setdefault((float(a), float(b)), len(pairs)) for a, b in zip(b1, b2)]
         self._beta_pairs = list(pairs)
@@ -853,7 +910,9 @@ class AdamW(Adam):
     Parameters
     ----------
     lr : float or sequence, default 1e-3
+        Initial learning rate ``η`` (> 0): one for every member or one per member.
     weight_decay : float or sequence >= 0, default 0.01
+        ``λ``: each step multiplies the weights by ``1 − η λ``.
     **kwargs
         Adam's settings (``beta_1``, ``beta_2``, ``epsilon``, ``schedule``).
     """
@@ -864,7 +923,8 @@ class AdamW(Adam):
         super().__init__(lr, weight_decay=weight_decay, **kwargs)
 
     def _decay(self, lr: np.ndarray, on: np.ndarray) -> np.ndarray:
-        return 1.0 - lr * _per_member(self._settings["weight_decay"], self._K, "weight_decay")[on]
+        factor: np.ndarray = 1.0 - lr * per_member(self._settings["weight_decay"], self._K, "weight_decay")[on]
+        return factor
 
 
 class RMSprop(Optimizer):
@@ -873,13 +933,17 @@ class RMSprop(Optimizer):
     Parameters
     ----------
     lr : float or sequence, default 1e-3
+        Initial learning rate ``η`` (> 0): one for every member or one per member.
     rho : float or sequence in [0, 1), default 0.9
+        Decay rate ``ρ`` of the squared gradients' running mean.
     epsilon : float or sequence > 0, default 1e-8
+        ``ε``, added to ``√s`` (keeps the step finite where ``s`` is 0).
     schedule : str, Schedule or sequence, optional
+        The rate policy (:mod:`mlpx.schedules`); default constant.
     """
 
     state_names = ("s",)
-    _checks = {"rho": _unit(high_open=True), "epsilon": _positive}
+    _checks = {"rho": unit_interval(high_open=True), "epsilon": check_positive}
     _kernel = rmsprop_update
 
     def __init__(self, lr: Any = 1e-3, rho: Any = 0.9, epsilon: Any = 1e-8, schedule: Any = None) -> None:
@@ -887,8 +951,8 @@ class RMSprop(Optimizer):
 
     def _static_rows(self) -> np.ndarray:
         K = self._K
-        rho = _per_member(self._settings["rho"], K, "rho")
-        return np.stack([rho, 1.0 - rho, _per_member(self._settings["epsilon"], K, "epsilon")])
+        rho = per_member(self._settings["rho"], K, "rho")
+        return np.stack([rho, 1.0 - rho, per_member(self._settings["epsilon"], K, "epsilon")])
 
     def _rule_rows(self, lr: np.ndarray, t: np.ndarray, on: np.ndarray) -> np.ndarray:
         return lr[None, :]
@@ -899,11 +963,26 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": Ada
 
 
 def get_optimizer(spec: str | Optimizer, **kwargs: Any) -> Optimizer:
-    """An optimizer from a name (with keyword settings, scalars or per-member
-    sequences) or an instance.
+    """An optimizer from a name and settings, or an instance passed through.
 
-    Settings given with an instance are an error, not silently dropped: configure
-    the instance itself (``Adam(lr=0.01)``).
+    Parameters
+    ----------
+    spec : str or Optimizer
+        A name of :data:`OPTIMIZERS`, in any case, or an instance.
+    **kwargs
+        The settings of a named optimizer (scalars, or per-member sequences).
+        Settings given with an instance are an error, not silently dropped:
+        configure the instance itself (``Adam(lr=0.01)``).
+
+    Returns
+    -------
+    Optimizer
+        A new optimizer, or ``spec`` itself.
+
+    Raises
+    ------
+    ValueError
+        An unknown name, or settings given with an instance.
     """
     if isinstance(spec, Optimizer):
         if kwargs:

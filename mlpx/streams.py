@@ -54,7 +54,7 @@ Examples
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, cast
 
 import numpy as np
 
@@ -106,7 +106,7 @@ def _fresh(stream: Any, once: bool = False) -> Iterator[Any]:
     """A new iterator over ``stream``; a one-shot iterator only where one pass is all (``once``)."""
     if hasattr(stream, "__next__"):
         if once:
-            return stream
+            return cast(Iterator[Any], stream)  # it has __next__
         raise TypeError(
             f"a {type(stream).__name__} can be read once only, and training reads its data once per "
             f"epoch (and once to count): pass a function that returns a new one, e.g. "
@@ -245,7 +245,8 @@ class BatchFeed:
 
     def denominators(self, perm: Any) -> np.ndarray:
         """Each batch's loss normaliser (its rows, or its weight sum, counted)."""
-        return self.sums.copy()
+        sums: np.ndarray = self.sums.copy()  # typed: NumPy's stubs give Any here
+        return sums
 
     def open(self, perm: Any) -> "_StreamReader":
         """Read one epoch (``perm`` must be None: a stream has its own order)."""
@@ -300,7 +301,7 @@ class _StreamReader:
 class _Sizes:
     """A device source's sizes, from its feed."""
 
-    feed: Any
+    feed: ArrayFeed | BatchFeed
 
     @property
     def n_batches(self) -> int:
@@ -336,8 +337,8 @@ class FeedBatches(_Sizes):
         Whether minibatches carry weights.
     """
 
-    def __init__(self, be: Any, feed: Any, dtype: str, target_dtype: str, n_features: int, n_outputs: int,
-                 weighted: bool) -> None:
+    def __init__(self, be: Any, feed: ArrayFeed | BatchFeed, dtype: str, target_dtype: str, n_features: int,
+                 n_outputs: int, weighted: bool) -> None:
         self.be, self.feed = be, feed
         self.n, self.batch_size, self.w_host = feed.n, feed.batch_size, feed.w_host
         self.dtype, self.target_dtype, self.weighted = dtype, target_dtype, weighted
@@ -373,8 +374,8 @@ class UploadedBatches(_Sizes, StreamedBatches):
     ordering rules there). Parameters as :class:`FeedBatches`.
     """
 
-    def __init__(self, be: Any, feed: Any, dtype: str, target_dtype: str, n_features: int, n_outputs: int,
-                 weighted: bool) -> None:
+    def __init__(self, be: Any, feed: ArrayFeed | BatchFeed, dtype: str, target_dtype: str, n_features: int,
+                 n_outputs: int, weighted: bool) -> None:
         self.feed, self.weighted = feed, weighted
         self.n, self.batch_size, self.w_host = feed.n, feed.batch_size, feed.w_host
         sources: list[Any] = [((n_features,), host_dtype(dtype)), ((n_outputs,), host_dtype(target_dtype))]
@@ -400,7 +401,8 @@ class UploadedBatches(_Sizes, StreamedBatches):
         self._reader.fill(a, b, outs[0], outs[1], outs[2] if self._has_w else None)
 
 
-def _on_backend(model: Any, feed: Any, stream_data: bool | None, weighted: bool) -> Any:
+def _on_backend(model: Any, feed: ArrayFeed | BatchFeed, stream_data: bool | None,
+                weighted: bool) -> FeedBatches | UploadedBatches:
     """The device source of a training feed: uploaded on a GPU (or when asked), else handed over."""
     cls = UploadedBatches if model.backend.is_gpu or stream_data else FeedBatches
     return cls(model.backend, feed, model.compute_dtype, model.dtype, model.n_features_in_, model.n_outputs_,
@@ -424,8 +426,9 @@ def _array_feed(model: Any, X: Any, y: Any, w: Any, *, loss: str | None, batch_s
     feed = ArrayFeed(X, y, w, batch_size=batch_size, dtype=model.compute_dtype, encode=encode, shuffle=shuffle,
                      shard=shard, name=name)
     if isinstance(feed.y, np.ndarray):  # targets in memory: checked whole now, not batch by batch later
+        check = cast(Callable[[np.ndarray], np.ndarray], encode)  # feed.y is y, so not None
         for a, b in iter_chunks(feed.y.shape[0], 1 << 16):
-            encode(feed.y[a:b])
+            check(feed.y[a:b])
     return feed
 
 
@@ -537,12 +540,12 @@ def _chunks(model: Any, feed: Any, targets: bool) -> Iterator[_HostChunk]:
     try:
         for a, b in feed.bounds():
             m = b - a
-            parts = [None if p is None else p[:m] for p in (X, Y, w)]
+            part = _HostChunk(X[:m], None if Y is None else Y[:m], None if w is None else w[:m])
             if targets:
-                reader.fill(a, b, *parts)
+                reader.fill(a, b, *part)
             else:
-                reader.rows(a, b, parts[0])
-            yield _HostChunk(*parts)
+                reader.rows(a, b, part.X)
+            yield part
     finally:
         reader.close()
 
@@ -657,7 +660,8 @@ class MemberFeedBatches:
 
     @property
     def n_batches(self) -> int:
-        return self.base.n_batches
+        n: int = self.base.n_batches
+        return n
 
     def _members(self, per_step: np.ndarray) -> np.ndarray:
         return per_step[:, None] * self.active[None, :].astype(np.float64)
@@ -721,8 +725,9 @@ def stack_source(stack: Any, reducer: Any, X: Any, y: Any, sample_weight: Any, r
     if rows is not None or (sample_weight is not None and np.ndim(sample_weight) == 2):
         raise ValueError("per-member rows and weights need the data in memory; a streamed data set trains every "
                          "member on every row")
-    base, order = training_source(stack, reducer, X, y, sample_weight, batch_size, shuffle, validation_split,
-                                  stream_data, rng, loss)
+    # Streamed input (an array X returned above): training_source gives a source and an order.
+    base, order = cast("tuple[Any, Callable[[], Any] | None]", training_source(
+        stack, reducer, X, y, sample_weight, batch_size, shuffle, validation_split, stream_data, rng, loss))
     if base is None:  # a rank without rows
         return None, None, False
     return MemberFeedBatches(base, stack.active, rows_type), order, base.weighted

@@ -28,6 +28,8 @@ from mlpx.backends.jit import lazy_njit
 __all__ = ["adam_row", "adam_update", "rmsprop_row", "rmsprop_update", "sgd_row", "sgd_update"]
 
 Array = Any
+#: A scalar of the buffers' dtype, as a compiled loop reads it from ``vec`` or ``coef``.
+_Scalar = np.floating[Any]
 
 
 def _row_sq(xp: Any, W: Array) -> Array:
@@ -259,7 +261,8 @@ def _rmsprop_update_np(xp: Any, p: Array, g: Array, s: Array, vec: Array, coef: 
 # (mlpx.member_step) calls the same row functions. Without fastmath the loops still
 # vectorise: sqrt and division are IEEE operations LLVM maps onto SIMD instructions.
 @lazy_njit
-def sgd_row(p, g, vel, k, nw, penal, cf, lr, mu, nesterov):  # pragma: no cover - compiled
+def sgd_row(p: np.ndarray, g: np.ndarray, vel: np.ndarray, k: int, nw: int, penal: bool, cf: _Scalar, lr: _Scalar,
+            mu: _Scalar, nesterov: bool) -> None:  # pragma: no cover - compiled
     """SGD with (Nesterov) momentum on row ``k``, after the L2 term ``cf · W`` on the
     first ``nw`` entries (with ``penal``)."""
     for i in range(p.shape[1]):
@@ -275,7 +278,9 @@ def sgd_row(p, g, vel, k, nw, penal, cf, lr, mu, nesterov):  # pragma: no cover 
 
 
 @lazy_njit
-def adam_row(p, g, m, v, k, nw, penal, cf, neg_lr, b1, c1, b2, c2, eps, decay):  # pragma: no cover - compiled
+def adam_row(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, k: int, nw: int, penal: bool, cf: _Scalar,
+             neg_lr: _Scalar, b1: _Scalar, c1: _Scalar, b2: _Scalar, c2: _Scalar, eps: _Scalar,
+             decay: _Scalar) -> None:  # pragma: no cover - compiled
     """Adam's update of row ``k`` after the L2 term ``cf · W`` (with ``penal``) and the
     decay of the first ``nw`` (weight) entries; weights and biases in separate loops
     so that each vectorises."""
@@ -300,7 +305,8 @@ def adam_row(p, g, m, v, k, nw, penal, cf, neg_lr, b1, c1, b2, c2, eps, decay): 
 
 
 @lazy_njit
-def rmsprop_row(p, g, s, k, nw, penal, cf, lr, rho, c_rho, eps):  # pragma: no cover - compiled
+def rmsprop_row(p: np.ndarray, g: np.ndarray, s: np.ndarray, k: int, nw: int, penal: bool, cf: _Scalar, lr: _Scalar,
+                rho: _Scalar, c_rho: _Scalar, eps: _Scalar) -> None:  # pragma: no cover - compiled
     """RMSprop on row ``k``, after the L2 term ``cf · W`` on the first ``nw`` entries
     (with ``penal``)."""
     for i in range(p.shape[1]):
@@ -311,14 +317,16 @@ def rmsprop_row(p, g, s, k, nw, penal, cf, lr, rho, c_rho, eps):  # pragma: no c
 
 
 @lazy_njit
-def _sgd_loop(p, g, vel, vec, coef, nw, penal):  # pragma: no cover - compiled
+def _sgd_loop(p: np.ndarray, g: np.ndarray, vel: np.ndarray, vec: np.ndarray, coef: np.ndarray, nw: int,
+              penal: bool) -> None:  # pragma: no cover - compiled
     for k in range(p.shape[0]):
         if vec[3, k] > 0:
             sgd_row(p, g, vel, k, nw, penal, coef[k], vec[0, k], vec[1, k], vec[2, k] > 0)
 
 
 @lazy_njit
-def _adam_loop(p, g, m, v, vec, coef, nw, penal):  # pragma: no cover - compiled
+def _adam_loop(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, vec: np.ndarray, coef: np.ndarray,
+               nw: int, penal: bool) -> None:  # pragma: no cover - compiled
     for k in range(p.shape[0]):
         if vec[7, k] > 0:
             adam_row(p, g, m, v, k, nw, penal, coef[k], vec[0, k], vec[1, k], vec[2, k], vec[3, k], vec[4, k],
@@ -326,7 +334,8 @@ def _adam_loop(p, g, m, v, vec, coef, nw, penal):  # pragma: no cover - compiled
 
 
 @lazy_njit
-def _rmsprop_loop(p, g, s, vec, coef, nw, penal):  # pragma: no cover - compiled
+def _rmsprop_loop(p: np.ndarray, g: np.ndarray, s: np.ndarray, vec: np.ndarray, coef: np.ndarray, nw: int,
+                  penal: bool) -> None:  # pragma: no cover - compiled
     for k in range(p.shape[0]):
         if vec[4, k] > 0:
             rmsprop_row(p, g, s, k, nw, penal, coef[k], vec[0, k], vec[1, k], vec[2, k], vec[3, k])

@@ -16,13 +16,15 @@ Two families live here:
   that a width is never truncated. A bad parameter raises
   :class:`InvalidParameterError`, which is both a ``ValueError`` and a ``TypeError``
   (as scikit-learn's error of the same name), whether its type or its value is wrong.
+  The optimizers' settings, one value or one per member, go through
+  :func:`check_setting` and :func:`per_member`.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, Callable, cast
 
 import numpy as np
 
@@ -31,19 +33,25 @@ from mlpx.losses import OUTPUT_LOSS
 
 __all__ = [
     "InvalidParameterError",
+    "SettingCheck",
     "check_X",
     "check_bool",
     "check_dtype_range",
+    "check_flag",
     "check_int",
+    "check_positive",
     "check_real",
     "check_sample_weight",
+    "check_setting",
     "check_sparse_X",
     "check_seed",
     "dtype_max",
     "encode_targets",
     "host_values",
     "is_sparse",
+    "per_member",
     "refuse_datetimes",
+    "unit_interval",
 ]
 
 
@@ -184,6 +192,48 @@ def check_seed(seed: Any, name: str = "seed") -> int | None:
     if seed is None:
         return None
     return check_int(name, seed, low=0)
+
+
+# ------------------------------------------------------- per-member settings
+#: A setting's check: ``check(name, value)`` is the value as a Python float, or raises.
+SettingCheck = Callable[[str, Any], float]
+
+
+def check_setting(name: str, value: Any, check: SettingCheck) -> float | np.ndarray:
+    """A setting: one checked scalar (every member) or a 1-D array of checked values."""
+    if isinstance(value, (str, bytes)) or np.ndim(value) == 0:
+        return check(name, value)
+    values = list(np.asarray(value).tolist()) if isinstance(value, np.ndarray) else list(value)
+    if not values:
+        raise ValueError(f"{name} is an empty sequence; give one value or one per member")
+    return np.array([check(f"{name}[{k}]", v) for k, v in enumerate(values)], dtype=np.float64)
+
+
+def per_member(value: float | np.ndarray, K: int, name: str) -> np.ndarray:
+    """A setting of :func:`check_setting` as K values, one per member (a ValueError if it has others)."""
+    if np.ndim(value) == 0:
+        return np.full(K, float(value))
+    values = cast(np.ndarray, value)  # not a scalar: check_setting's 1-D array
+    if len(values) != K:
+        raise ValueError(f"{name} has {len(values)} values for {K} members")
+    return np.asarray(values, dtype=np.float64)
+
+
+def unit_interval(low_open: bool = False, high_open: bool = False) -> SettingCheck:
+    """The check of a setting in [0, 1], either end open as asked."""
+    return lambda name, v: check_real(name, v, 0.0, 1.0, low_open=low_open, high_open=high_open)
+
+
+def check_positive(name: str, v: Any) -> float:
+    """A setting > 0 as a Python float."""
+    # An optimizer's ε > 0: with ε = 0 a parameter whose gradients have all been zero
+    # divides 0 by 0.
+    return check_real(name, v, 0.0, low_open=True)
+
+
+def check_flag(name: str, v: Any) -> float:
+    """A flag setting as 0.0 or 1.0 (a row of an optimizer's floats), from a bool."""
+    return float(check_bool(name, v))
 
 
 # --------------------------------------------------------------- dtype range
