@@ -207,8 +207,9 @@ class ModelFile:
             self.shape = (self.n_params,) if self.n_members is None else (self.n_members, self.n_params)
             self.dtype = np.dtype(self.record["dtype"])
             saved = (self.record.get("train_state") or {}).get("optimizer")
+            kind = None if saved is None else str(saved["optimizer"])  # (checked with the record)
             self.optimizer_entries: tuple[str, ...] = (
-                () if saved is None else tuple(OPTIMIZERS[saved["optimizer"].lower()].state_names))
+                () if kind is None else tuple(OPTIMIZERS[kind.lower()].state_names))
             allowed = {"config", "params", *(f"opt_{n}" for n in self.optimizer_entries)}
             for name in names:
                 if name not in allowed:
@@ -216,7 +217,7 @@ class ModelFile:
             missing = [f"opt_{n}" for n in self.optimizer_entries if f"opt_{n}" not in names]
             if missing:
                 raise ModelFileError(
-                    f"{where}: the checkpoint's {saved['optimizer']} state lacks {missing}; its optimizer "
+                    f"{where}: the checkpoint's {kind} state lacks {missing}; its optimizer "
                     f"cannot resume (a missing state array is never taken as zeros)"
                 )
             # Every array's header before any array is allocated (by the caller too).
@@ -471,7 +472,10 @@ def _check_train_state(state: Any, where: str, n_dropout: int | None = None, n_m
         raise ModelFileError(f"{where}: train_state.loss must be the name of a loss, got {loss!r}")
     if "generators" in state:
         check_generator_states(state["generators"], where, n_dropout, n_members)
-    count = (lambda v: _is_int(v) and v >= 0)  # noqa: E731
+
+    def count(v: Any) -> bool:
+        return _is_int(v) and v >= 0
+
     if "epochs_done" in state and not count(state["epochs_done"]):
         raise ModelFileError(f"{where}: train_state.epochs_done must be a non-negative integer")
     if "samples_seen" in state and not _each(state["samples_seen"], count, n_members):
@@ -684,7 +688,7 @@ def _restore(path: Any, record: dict[str, Any], params: np.ndarray, opt_state: d
                 f"(optimizer={optimizer!r}); pass optimizer={saved['optimizer'].lower()!r} to resume it"
             )
         optimizer = None
-    opt = optimizer
+    opt: Optimizer | None = None  # the optimizer that resumes (None: the checkpoint holds none)
     if saved is not None:
         saved = {**saved, "state": opt_state}
         if optimizer is None:
@@ -701,11 +705,13 @@ def _restore(path: Any, record: dict[str, Any], params: np.ndarray, opt_state: d
                 f"the optimizer given has {optimizer.get_config()}; pass "
                 f"optimizer={saved['optimizer'].lower()!r} to resume with the saved settings"
             )
+        else:
+            opt = optimizer
     model.set_params_host(np.asarray(params).reshape(model.n_members, -1))
     model.load_train_state(state)
     if generators is not None:
         restore_generator_states(model, generators, shuffle=root)
-    if saved is None:
+    if opt is None:
         return optimizer
     if optimizer is not None:
         optimizer.load_state_dict(saved)
@@ -764,14 +770,14 @@ def resume(path: str | os.PathLike[str], model: Any, optimizer: Optimizer | str,
 
 
 def _check_resume(epochs: Any, lr: Any, validation_split: Any) -> int:
-    epochs = check_int("epochs", epochs, low=1)
+    n_epochs = check_int("epochs", epochs, low=1)
     if lr is not None:
         raise ValueError("lr= cannot be combined with resume_from (the checkpoint's optimizer carries its rate); "
                          "to change the rate, pass an optimizer instance and set its lr after loading")
     if validation_split:
         raise ValueError("validation_split cannot be combined with resume_from: a resumed fit would hold out "
                          "other rows than the run it continues; pass validation_data")
-    return epochs
+    return n_epochs
 
 
 class ModelCheckpoint(Callback):

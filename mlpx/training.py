@@ -34,7 +34,8 @@ import numpy as np
 
 from mlpx import streams
 from mlpx.callbacks import BatchHooks, Callback, ProgressBar, check_callbacks
-from mlpx.data import Batch, is_sparse, make_batches, should_stream, to_host
+from mlpx.data import (Batch, ResidentBatches, SparseBatches, StreamedBatches, is_sparse, make_batches,
+                       should_stream, to_host)
 from mlpx.member_batches import MemberBatches
 from mlpx.distributed import Reducer, is_agreed, make_reducer, mark_agreed
 from mlpx.locking import exclusive_training
@@ -389,13 +390,16 @@ def _host(be: Any, value: Any, K: int) -> np.ndarray:
     """A loop sum as a float64 host vector of the K members."""
     if isinstance(value, float):
         return np.full(K, value)
-    return np.asarray(be.to_numpy(value), dtype=np.float64).reshape(K)
+    host: np.ndarray = np.asarray(be.to_numpy(value), dtype=np.float64).reshape(K)
+    return host
 
 
 def _ratio(total: Any, weight: Any) -> np.ndarray:
-    weight = np.asarray(weight, dtype=np.float64)
-    total = np.broadcast_to(np.asarray(total, dtype=np.float64), weight.shape)
-    return np.divide(total, weight, out=np.full(weight.shape, math.nan), where=weight > 0)
+    w = np.asarray(weight, dtype=np.float64)
+    t = np.broadcast_to(np.asarray(total, dtype=np.float64), w.shape)
+    out = np.full(w.shape, math.nan)
+    np.divide(t, w, out=out, where=w > 0)
+    return out
 
 
 def _epoch_end(model: Any, reducer: Reducer, state: _Epoch, where: str, n_global: np.ndarray,
@@ -420,7 +424,8 @@ def _epoch_end(model: Any, reducer: Reducer, state: _Epoch, where: str, n_global
         logs["val_loss"] = scores["loss"]
         logs.update({f"val_{k}": v for k, v in scores.items() if k in ("accuracy", "r2")})
     # Rank 0's numbers decide for everyone: no rank can stop (or log) alone.
-    return reducer.bcast(logs)
+    agreed: dict[str, np.ndarray] = reducer.bcast(logs)
+    return agreed
 
 
 def _snapshot(model: Any, optimizer: Optimizer) -> dict[str, Any]:
@@ -455,7 +460,7 @@ class _Setup:
     """One rank's checked inputs for ``fit``."""
 
     source: Any
-    holdout: Holdout | None
+    holdout: Holdout | streams.StreamHoldout | None
     optimizer: Optimizer
     loss: Any
     epochs: int
@@ -566,10 +571,11 @@ def _prepare(model: Any, reducer: Reducer, X: Any, y: Any, epochs: Any, batch_si
     opt = get_optimizer(optimizer, **({} if lr is None else {"lr": lr}))
     rng = model.shuffle_generator(reducer.rank)
     # Stores, lazy arrays and streams of batches (mlpx.streams); None for in-memory arrays.
-    holdout = streams.holdout(model, reducer, validation_data, lossfn.name)
+    holdout: Holdout | streams.StreamHoldout | None = streams.holdout(model, reducer, validation_data, lossfn.name)
     fed = streams.training_source(model, reducer, X, y, sample_weight, batch_size, shuffle, validation_split,
                                   stream_data, rng, lossfn.name)
-    shard = None if fed else host_shard(model, X, y, sample_weight, "X", allow_empty=reducer.size > 1, loss=lossfn.name)
+    shard = (None, None, None) if fed else host_shard(model, X, y, sample_weight, "X", allow_empty=reducer.size > 1,
+                                                        loss=lossfn.name)
 
     if holdout is None and validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
@@ -586,7 +592,7 @@ def _prepare(model: Any, reducer: Reducer, X: Any, y: Any, epochs: Any, batch_si
             raise ValueError(f"validation_split={validation_split} leaves no training or validation samples")
         if n_val >= n and n:
             raise ValueError(f"validation_split={validation_split} leaves no training samples on rank {reducer.rank}")
-        if n_val:
+        if n_val and Yh is not None:  # (n_val > 0: this rank has rows, so targets too)
             idx = rng.permutation(n)
             vi, ti = idx[:n_val], idx[n_val:]
             Xh = Xh if isinstance(Xh, np.ndarray) else be.to_numpy(Xh)
@@ -597,7 +603,7 @@ def _prepare(model: Any, reducer: Reducer, X: Any, y: Any, epochs: Any, batch_si
     if fed:
         return _Setup(fed[0], holdout, opt, lossfn, epochs, batch_size, l2, fed[1], callbacks)
     Xh, Yh, wh = shard
-    source = None
+    source: ResidentBatches | SparseBatches | StreamedBatches | MemberBatches | None = None
     if Xh is not None:
         if is_sparse(Xh) or stream_data or (stream_data is None and should_stream(
                 be, Xh, Yh, wh, model.compute_dtype, model.dtype)):
