@@ -159,6 +159,7 @@ class ModelFile:
     path : str or path
         ``path + ".npz"`` is found when ``path`` does not exist (what ``save(path)`` wrote).
     max_params : int, default :data:`MAX_PARAMS`
+        Refuse files that describe more parameters than this (over all members).
 
     Attributes
     ----------
@@ -234,14 +235,33 @@ class ModelFile:
         self.close()
 
     def close(self) -> None:
+        """Close the file (the context manager's exit does it)."""
         self._archive.close()
 
     def read_params(self, out: np.ndarray | None = None) -> np.ndarray:
-        """The parameters, shape :attr:`shape`, finite, in :attr:`dtype` (into ``out`` if given)."""
+        """Read the parameters, checked to be finite.
+
+        Parameters
+        ----------
+        out : ndarray, optional
+            Of shape :attr:`shape` and dtype :attr:`dtype`: the data is streamed into it.
+
+        Returns
+        -------
+        ndarray, shape :attr:`shape`
+            ``out``, or a new array, in :attr:`dtype`.
+        """
         return self._archive.read_array("params", self.shape, self.dtype, out=out)
 
     def read_optimizer_state(self) -> dict[str, np.ndarray]:
-        """The checkpoint's optimizer state arrays by name, each of shape :attr:`shape`."""
+        """Read the checkpoint's optimizer state arrays.
+
+        Returns
+        -------
+        dict of str -> ndarray
+            By name (:attr:`optimizer_entries`), each of shape :attr:`shape`; empty
+            for a model file.
+        """
         return {name: self._archive.read_array(f"opt_{name}", self.shape, self.dtype)
                 for name in self.optimizer_entries}
 
@@ -260,6 +280,7 @@ def read_model_file(
     path : str or path
         ``path + ".npz"`` is found when ``path`` does not exist.
     max_params : int, default :data:`MAX_PARAMS`
+        Refuse files that describe more parameters than this.
 
     Returns
     -------
@@ -426,6 +447,37 @@ def check_architecture(
     return n_params
 
 
+def check_params(params: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """Parameters given with a record (``from_config``), checked.
+
+    Parameters
+    ----------
+    params : array_like
+        Host parameters.
+    shape : tuple of int
+        The shape the record implies: (n_params,), or (K, n_params) for a stack.
+    where : str
+        What the record is, for the message.
+
+    Returns
+    -------
+    ndarray
+        ``params`` as a float array of ``shape``.
+
+    Raises
+    ------
+    ModelFileError
+        Another shape, a dtype that is not floating point, or NaN or infinity.
+    """
+    host = np.asarray(params)
+    if host.dtype.kind != "f" or host.shape != shape:
+        raise ModelFileError(f"{where}: params must be a float array of shape {shape}, got "
+                             f"dtype {host.dtype} shape {host.shape}")
+    if not np.isfinite(host).all():
+        raise ModelFileError(f"{where}: params contain NaN or infinity")
+    return host
+
+
 def _check_layer(layer: Any, i: int, max_params: int, where: str) -> None:
     if not isinstance(layer, dict):
         raise ModelFileError(f"{where}: layer {i} must be a JSON object, got {layer!r}")
@@ -523,8 +575,10 @@ def save_checkpoint(path: str | os.PathLike[str], model: Any, optimizer: Optimiz
     ----------
     path : str or path
         ``.npz`` is appended when missing.
-    model : Sequential
+    model : Sequential or Stack
+        The model to save, with its training state.
     optimizer : Optimizer, optional
+        The optimizer whose state to save (default: the model's ``optimizer_``).
 
     Returns
     -------
@@ -546,6 +600,13 @@ def save_checkpoint(path: str | os.PathLike[str], model: Any, optimizer: Optimiz
 def checkpoint_contents(model: Any, optimizer: Optimizer | None = None
                         ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """What :func:`save_checkpoint` writes: the record (with ``train_state``) and the arrays.
+
+    Parameters
+    ----------
+    model : Sequential or Stack
+        The model to save.
+    optimizer : Optimizer, optional
+        The optimizer whose state to save (default: the model's ``optimizer_``).
 
     Returns
     -------
@@ -610,6 +671,8 @@ def load_checkpoint(
     Returns
     -------
     Optimizer or None
+        The optimizer to continue with, bound and with its state; None when the
+        checkpoint holds no optimizer (``optimizer`` is returned when given).
 
     Raises
     ------
@@ -734,7 +797,9 @@ def resume(path: str | os.PathLike[str], model: Any, optimizer: Optimizer | str,
     Parameters
     ----------
     path : str or path
+        The checkpoint (``path + ".npz"`` is found when ``path`` does not exist).
     model : Sequential
+        Built with the checkpoint's architecture and dtype; it receives the state.
     optimizer : Optimizer or str
         ``fit``'s argument: an instance receives the saved state; a name must name
         the saved optimizer's kind.
@@ -747,6 +812,7 @@ def resume(path: str | os.PathLike[str], model: Any, optimizer: Optimizer | str,
         ``fit`` starts, so a resumed fit would hold out other rows than the run it
         continues. Pass ``validation_data`` instead.
     comm : communicator, optional
+        As for :func:`load_checkpoint`: rank 0 reads, every rank checks.
 
     Returns
     -------
