@@ -224,6 +224,7 @@ class MLflowLogger(Callback):
         leave its status alone; None creates a run at ``on_train_begin`` and marks
         it FINISHED at ``on_train_end``.
     run_name : str, optional
+        The name of the run created (MLflow's default: a generated one).
     params : dict, optional
         Extra parameters to log with the model's (``n_params``, ``dtype``,
         ``layers``, ``optimizer`` and its settings).

@@ -61,6 +61,7 @@ class TrainingDivergedError(RuntimeError):
     Parameters
     ----------
     epoch : int
+        The (0-based) epoch in which the loss stopped being finite.
     lr : float or array_like
         The rate(s) in force.
     what : str
@@ -103,6 +104,13 @@ class History:
         self.epochs = 0
 
     def append(self, logs: dict[str, float]) -> None:
+        """Record one epoch's logs.
+
+        Parameters
+        ----------
+        logs : dict of str -> float
+            The epoch's values (a stack's one array per key), each appended to its list.
+        """
         for k, v in logs.items():
             self.history.setdefault(k, []).append(v)
         self.epochs += 1
@@ -119,10 +127,14 @@ class History:
 class Holdout:
     """A held-out set on the device that every member is scored on after every epoch.
 
-    Attributes
+    Parameters
     ----------
-    X, Y : arrays on the backend, shapes (n, f) and (n, k), or None on a rank without rows
-    w : array, shape (n,), or None
+    X : array, shape (n, f), optional
+        The rows on the backend (None on a rank without rows).
+    Y : array, shape (n, k), optional
+        Their encoded targets.
+    w : array, shape (n,), optional
+        Their sample weights.
     dense : callable, optional
         Turns a chunk of X into dense device rows (sparse X).
     """
@@ -133,6 +145,13 @@ class Holdout:
     dense: Callable[[Any], Any] | None = None
 
     def chunks(self) -> Iterable[Chunk]:
+        """The set in chunks of at most ``PREDICT_CHUNK`` rows.
+
+        Yields
+        ------
+        (X, Y, w, None)
+            One chunk's rows on the device (dense), targets and weights (or None).
+        """
         if self.X is None:
             return
         n = self.X.shape[0]
@@ -142,7 +161,22 @@ class Holdout:
                    None if self.w is None else self.w[a:b], None)
 
     def scores(self, model: Any, reducer: Reducer, loss: Any) -> dict[str, Any]:
-        """:func:`~mlpx.metrics.holdout_scores` of ``model`` on this set (collective)."""
+        """The scores of ``model`` on this set (:func:`~mlpx.metrics.holdout_scores`; collective).
+
+        Parameters
+        ----------
+        model : Network
+            The model being trained.
+        reducer : Reducer
+            Sums the ranks' parts.
+        loss : OutputLoss
+            The loss to report.
+
+        Returns
+        -------
+        dict of str -> ndarray, shape (K,)
+            ``"loss"`` and ``"accuracy"`` or ``"r2"`` per member.
+        """
         return holdout_scores(model, self.chunks, reducer, loss)
 
 
@@ -194,11 +228,13 @@ def train(
         This rank's minibatches (:mod:`mlpx.data`); None for a rank without rows. Its
         ``step_rows`` and ``denominators`` give one column per member.
     optimizer : Optimizer
+        Steps every member (bound to the model here).
     loss : OutputLoss
         From ``model.resolve_loss``.
     reducer : Reducer
         :class:`~mlpx.distributed.LocalReducer` for one process.
     epochs : int
+        Epochs to run (callbacks may stop earlier).
     broadcast : bool
         Start from rank 0's weights (False: the caller has broadcast them).
     l2 : float or array of shape (K,)
@@ -209,6 +245,8 @@ def train(
         Run on every rank, except those marked ``root_only`` (rank 0 only).
     holdout : Holdout, optional
         Scored after every epoch: ``val_loss`` and ``val_accuracy`` / ``val_r2``.
+    history : History, optional
+        The history to append to (default: a new one).
     count_correct : bool
         Log the training ``accuracy`` (softmax / logistic outputs).
     loss_weights : {"denom", "rows"}
@@ -228,6 +266,7 @@ def train(
     Returns
     -------
     History
+        ``history`` with the epochs run appended (also ``model.history``).
     """
     if divergence not in ("raise", "freeze", "continue"):
         raise ValueError(f"divergence must be 'raise', 'freeze' or 'continue', got {divergence!r}")
@@ -501,6 +540,56 @@ def fit(
     same settings (architecture, dtype, precision, loss, optimizer and its
     settings, epochs, batch size, l2, shuffle, validation, callbacks): a mismatch
     raises ``ValueError`` on every rank.
+
+    Parameters
+    ----------
+    model : Sequential
+        The network to train (stacks train with :meth:`mlpx.stacked.Stack.fit`).
+    X : array_like, shape (n_samples, n_features), a store, or a stream of batches
+        This rank's training rows, in the forms ``Sequential.fit`` takes.
+    y : array_like, optional
+        Their targets (None for a stream of ``(X, y)`` batches).
+    epochs : int
+        Epochs to run (with ``resume_from``: the run's total).
+    batch_size : int
+        Rows per minibatch, per rank.
+    optimizer : str or Optimizer, default "adam"
+        A name, or an instance whose state carries over between calls.
+    loss : str or Loss, optional
+        Defaults to the output's canonical loss.
+    validation_data : tuple or stream, optional
+        ``(X_val, y_val)`` or ``(X_val, y_val, w_val)``, or the forms X takes.
+    validation_split : float in [0, 1)
+        Without ``validation_data``: hold out this fraction of this rank's rows.
+    shuffle : bool or BlockShuffle
+        Reshuffle the rows every epoch.
+    callbacks : sequence of Callback
+        Hooks run during training.
+    verbose : int
+        0 silent; 1 a progress bar (rank 0).
+    sample_weight : array_like, shape (n_samples,), optional
+        Row weights of the loss.
+    l2 : float
+        L2 penalty, scaled as scikit-learn's ``alpha``.
+    lr : float, optional
+        Learning rate when ``optimizer`` is a name.
+    comm : mpi4py communicator, "mpi" or "nccl", optional
+        Train data-parallel across ranks (:mod:`mlpx.distributed`).
+    stream_data : bool, optional
+        Stream the minibatches from host memory (None: only where the data would
+        fill more than half of a GPU's free memory).
+    resume_from : str or path, optional
+        A checkpoint of this run to continue (:func:`mlpx.saving.resume`).
+
+    Returns
+    -------
+    History
+        The logs of the epochs run.
+
+    Raises
+    ------
+    TrainingDivergedError
+        The loss became non-finite; the state from the start of that epoch is kept.
     """
     be = model.backend
     reducer = make_reducer(comm, be)
