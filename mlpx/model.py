@@ -360,7 +360,7 @@ class Sequential(Network):
 
         Parameters
         ----------
-        X : array_like, shape (n, n_features_in_), or a stream of batches
+        X : array_like, shape (n, n_features_in_), a store, or a stream of batches
             The forms :meth:`fit` takes (read in chunks).
 
         Returns
@@ -376,7 +376,7 @@ class Sequential(Network):
 
         Parameters
         ----------
-        X : array_like, shape (n, n_features_in_), or a stream of batches
+        X : array_like, shape (n, n_features_in_), a store, or a stream of batches
             The forms :meth:`fit` takes (read in chunks).
 
         Returns

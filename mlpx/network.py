@@ -420,7 +420,7 @@ class Network(NetworkStep):
         Returns
         -------
         array, shape (n, n_features_in_)
-            ``X`` as a checked array (host data stays on the host).
+            ``X`` checked: a host array, or the backend array it was given as.
         """
         self._require_built()
         return check_X(X, self.backend, self.n_features_in_, name=name, dtype=self.compute_dtype)
@@ -489,7 +489,7 @@ class Network(NetworkStep):
 
         Parameters
         ----------
-        X : array_like, shape (n, n_features_in_), or a stream of batches
+        X : array_like, shape (n, n_features_in_), a store, or a stream of batches
             The rows to predict, in the forms ``predict`` takes (:mod:`mlpx.streams`).
         raw : bool
             The logits instead of the outputs.
@@ -561,9 +561,9 @@ class Network(NetworkStep):
         Returns
         -------
         dict
-            JSON-ready: ``epochs_done``, ``samples_seen`` and, where they apply,
-            ``optimizer``, ``loss`` and ``loss_scaler``; a stack's counters and its
-            ``active`` and ``diverged`` flags per member.
+            ``epochs_done``, ``samples_seen`` and, where they apply, ``optimizer`` (its
+            ``state_dict()``, arrays included), ``loss`` and ``loss_scaler``; a stack's
+            counters and its ``active`` and ``diverged`` flags per member.
         """
         seen = self.samples_seen_
         state: dict[str, Any] = {"epochs_done": int(self.epochs_done_),
@@ -583,7 +583,8 @@ class Network(NetworkStep):
     def load_train_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`train_state` returned.
 
-        The optimizer is rebuilt from its state and bound to the parameters.
+        The optimizer is rebuilt from its state (and bound to the parameters once
+        the network is built).
 
         Parameters
         ----------

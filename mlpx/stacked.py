@@ -507,7 +507,7 @@ class Stack(Network):
 
         Parameters
         ----------
-        X : array_like, shape (n, n_features_in_), or a stream of batches
+        X : array_like, shape (n, n_features_in_), a store, or a stream of batches
             The rows to predict, in the forms :meth:`fit` takes.
         combine : {"mean", None}
             Average the members that did not diverge, or keep each member's.
@@ -529,7 +529,7 @@ class Stack(Network):
 
         Parameters
         ----------
-        X : array_like, shape (n, n_features_in_), or a stream of batches
+        X : array_like, shape (n, n_features_in_), a store, or a stream of batches
             The rows to predict, in the forms :meth:`fit` takes.
         combine : {"mean", None}
             Predict from the mean outputs of the members that did not diverge, or
