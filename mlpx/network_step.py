@@ -53,7 +53,7 @@ _BLOCK_FLOPS = 2e8
 
 
 class StepResult(NamedTuple):
-    """What one :meth:`NetworkStep.step_members` produced (each field also an attribute).
+    """What one :meth:`~mlpx.network_step.NetworkStep.step_members` produced (each field also an attribute).
 
     Parameters
     ----------

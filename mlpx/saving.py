@@ -8,7 +8,7 @@ an untrusted file runs nothing.
 Reading (:class:`ModelFile`, used by :func:`read_model_file`, :func:`mlpx.load` and
 :func:`load_checkpoint`) trusts nothing in the file (:mod:`mlpx.archive`): only a
 regular file is opened (a device such as ``/dev/zero``, a FIFO or a directory is
-refused at once), its zip structure is checked before :mod:`zipfile` reads it, the
+refused at once), its zip structure is checked before ``zipfile`` reads it, the
 JSON record and every layer record are checked, and every array's header is
 compared with the parameter count the layers imply *before* any array is read or
 any layer is built. Only the entries a reader needs are decompressed, in bounded
@@ -244,12 +244,12 @@ class ModelFile:
         Parameters
         ----------
         out : ndarray, optional
-            Of shape :attr:`shape` and dtype :attr:`dtype`: the data is streamed into it.
+            Of the file's ``shape`` and ``dtype``: the data is streamed into it.
 
         Returns
         -------
-        ndarray, shape :attr:`shape`
-            ``out``, or a new array, in :attr:`dtype`.
+        ndarray
+            ``out``, or a new array, of the file's ``shape`` and ``dtype``.
         """
         return self._archive.read_array("params", self.shape, self.dtype, out=out)
 
@@ -259,8 +259,8 @@ class ModelFile:
         Returns
         -------
         dict of str -> ndarray
-            By name (:attr:`optimizer_entries`), each of shape :attr:`shape`; empty
-            for a model file.
+            By name (``optimizer_entries``), each of the file's ``shape``; empty for
+            a model file.
         """
         return {name: self._archive.read_array(f"opt_{name}", self.shape, self.dtype)
                 for name in self.optimizer_entries}
@@ -866,7 +866,7 @@ class ModelCheckpoint(Callback):
         multiple of it).
     monitor : str, optional
         A key of the epoch logs (``"loss"``, ``"val_loss"``, ``"val_accuracy"``...)
-        whose best value is tracked (:attr:`best`, :attr:`best_epoch`). A key that
+        whose best value is tracked (``best``, ``best_epoch``). A key that
         the logs do not hold raises ``ValueError`` naming the keys they hold, at the
         first epoch considered.
     mode : {"auto", "min", "max"}, default "auto"
