@@ -21,23 +21,18 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from mlpx import training
-from mlpx._mlp import MLP
 from mlpx.backends import Backend, BackendError, get_backend
 from mlpx.distributed import Reducer
 from mlpx.layers import Dense, Layer, layer_from_config
-from mlpx.losses import Loss, OutputLoss, l2_penalty
-from mlpx.network import Network
+from mlpx.losses import Loss, OutputLoss
+from mlpx.network import Network, mlp_layers
 from mlpx.network_step import StepResult
 from mlpx.optimizers import Optimizer
 from mlpx.precision import all_finite
 from mlpx.saving import MAX_PARAMS, ModelFile, ModelFileError, check_architecture, check_params, write_model_file
-from mlpx.validation import check_real, check_sample_weight, check_seed, encode_targets
+from mlpx.validation import check_seed
 
 __all__ = ["MLP", "Sequential", "StepResult", "load"]
-
-# MLP is defined in the private mlpx._mlp, which the doctest run does not search:
-# its examples run as this module's.
-__test__ = {"MLP": MLP}
 
 Array = Any
 
@@ -125,11 +120,6 @@ class Sequential(Network):
             self.initialize(seed)
 
     # ------------------------------------------------------------------ build
-    @staticmethod
-    def _check_layer(layer: Any) -> None:
-        if not isinstance(layer, Layer):
-            raise TypeError(f"not a layer: {layer!r}")
-
     def add(self, layer: Layer) -> "Sequential":
         """Append a layer, as the classic ``Network.add``.
 
@@ -229,14 +219,6 @@ class Sequential(Network):
         self._require_built()
         return {f"{i}.{name}": (a, b, shape) for i, name, shape, a, b in self._layer_order()}
 
-    def _named(self, flat: Array) -> dict[str, Array]:
-        self._require_built()
-        reshape = self.backend.xp.reshape
-        return {f"{i}.{name}": reshape(flat[a:b], shape) for i, name, shape, a, b in self._layer_order()}
-
-    def _layer_order(self) -> list[tuple[int, str, tuple[int, ...], int, int]]:
-        return sorted(self._slots, key=lambda s: (s[0], s[1] != "W"))
-
     def get_weights(self) -> list[np.ndarray]:
         """Host copies of the parameters in layer order.
 
@@ -256,18 +238,7 @@ class Sequential(Network):
         weights : iterable of array_like
             One array per parameter, in the order and shapes of :meth:`get_weights`.
         """
-        self._require_built()
-        weights = list(weights)
-        order = self._layer_order()
-        if len(weights) != len(order):
-            raise ValueError(f"expected {len(order)} arrays, got {len(weights)}")
-        flat = np.empty(self.n_params)
-        for w, (i, name, shape, a, b) in zip(weights, order):
-            w = np.asarray(w)
-            if w.shape != shape:
-                raise ValueError(f"layer {i} {name}: expected shape {shape}, got {w.shape}")
-            flat[a:b] = w.ravel()
-        self.set_flat_params(flat)
+        self.set_flat_params(self._pack(weights))
 
     def get_flat_params(self) -> np.ndarray:
         """A host copy of the flat parameter buffer.
@@ -450,12 +421,9 @@ class Sequential(Network):
 
         Parameters
         ----------
-        X : array, shape (n, n_features_in_)
-            The batch on the backend, in the compute dtype.
-        Y : array, shape (n, n_outputs_)
-            Its encoded targets, in the master dtype.
-        w : array, shape (n,), optional
-            Its sample weights.
+        X, Y, w : arrays, shapes (n, n_features_in_), (n, n_outputs_) and (n,)
+            The batch on the backend (X in the compute dtype), its encoded targets and
+            its sample weights (``w`` optional).
         loss : OutputLoss
             From :meth:`resolve_loss`.
         denom : float
@@ -487,12 +455,8 @@ class Sequential(Network):
         0-d array
             ``½ l2 Σ‖W‖² / d`` on the backend.
         """
-        be, xp, nw = self.backend, self.backend.xp, self.n_weights
-        coef = be.asarray(np.array([float(l2) / denom]), dtype=self.dtype)
-        dW, sq = be.run(l2_penalty, self.flat[:, :nw], self.flat_grads[:, :nw], coef)
-        if not self._in_place:
-            self.flat_grads = xp.concat([dW, self.flat_grads[:, nw:]], axis=1)
-        return (0.5 * float(l2) / denom) * sq[0]
+        coef = self.backend.asarray(np.array([float(l2) / denom]), dtype=self.dtype)
+        return (0.5 * float(l2) / denom) * self._add_l2(coef)[0]
 
     def apply_update(self, optimizer: Optimizer) -> bool:
         """Apply ``optimizer`` to the master weights with the gradients in ``grads``.
@@ -553,32 +517,7 @@ class Sequential(Network):
         grads : dict of name -> ndarray
             Host copies, named as in :meth:`parameters`.
         """
-        be = self.backend
-        l2 = check_real("l2", l2, 0.0)
-        X = self.check_input(X)
-        lossfn = self.resolve_loss(loss)
-        Y = encode_targets(y, self.output.name, self.n_outputs_, X.shape[0], dtype=self.dtype, loss=lossfn.name)
-        w = check_sample_weight(sample_weight, X.shape[0], dtype=self.dtype)
-        with self.compute_context(X.shape[0]):
-            Xd = be.asarray(X, dtype=self.compute_dtype)
-            Yd = be.asarray(Y, dtype=self.dtype)
-            wd = None if w is None else be.asarray(w, dtype=self.dtype)
-            denom = float(X.shape[0]) if w is None else float(w.sum())
-            scaler = self.precision_.scaler
-            with np.errstate(over="ignore", invalid="ignore"):
-                value = self._loss_and_grads_once(Xd, Yd, wd, lossfn, denom, l2)
-                # fp16: lower the loss scale until the scaled gradients fit float16
-                # (here a caller wants the gradients, so retrying beats skipping).
-                while scaler is not None and scaler.scale > 1.0 and not bool(be.run(all_finite, self.flat_grads)):
-                    scaler.update(found_inf=True)
-                    value = self._loss_and_grads_once(Xd, Yd, wd, lossfn, denom, l2)
-            grads = {k: np.array(be.to_numpy(v), copy=True) for k, v in self.gradients().items()}
-            return be.to_float(value), grads
-
-    def _loss_and_grads_once(self, X: Array, Y: Array, w: Array | None, loss: OutputLoss,
-                             denom: float, l2: float) -> Any:
-        step = self.train_step(X, Y, w, denom=denom, loss=loss, optimizer=None, l2=l2)
-        return step.loss + step.penalty
+        return training.loss_and_grads(self, X, y, sample_weight, loss, l2)
 
     # -------------------------------------------------------------- scoring
     def evaluate(self, X: Any, y: Any = None, sample_weight: Any = None,
@@ -988,3 +927,64 @@ def load(path: Any, backend: str | Backend = "cpu", *, max_params: int = MAX_PAR
         if not direct:
             model.set_flat_params(params)
     return model
+
+
+def MLP(
+    sizes: Sequence[int],
+    activation: str = "relu",
+    output: str = "softmax",
+    backend: str | Backend = "cpu",
+    dtype: str = "float32",
+    seed: int | None = None,
+    dropout: float = 0.0,
+    init: str = "glorot",
+    precision: str | None = None,
+) -> Sequential:
+    """A multi-layer perceptron from its layer widths.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        ``[n_features, hidden_1, ..., n_outputs]``, e.g. ``[64, 128, 64, 32, 10]``.
+    activation : str, default "relu"
+        Hidden activation (identity, relu, leaky_relu, logistic/sigmoid, tanh, gelu).
+    output : str, default "softmax"
+        Output activation: softmax (multiclass), logistic (binary / multilabel),
+        identity (regression), exp (Poisson), or any hidden activation (pass a
+        ``loss=`` to ``fit`` that suits it).
+    backend : str or Backend, default "cpu"
+        ``"cpu"``, ``"cpu:mkl"``, ``"cpu:blis"``, ``"gpu"``, ``"gpu:N"``, ``"auto"``,
+        ``"array_api_strict"``, ``"array-api:<module>"`` or a Backend instance.
+    dtype : {"float32", "float64"}, default "float32"
+        The dtype of parameters, gradients and optimizer state.
+    seed : int, optional
+        Seeds the initial weights (drawn on the host, so every backend starts from
+        the same ones). NumPy integers are accepted (and stored as Python ints).
+    dropout : float in [0, 1), default 0
+        Dropout rate after each hidden layer.
+    init : {"glorot", "he"} or callable, default "glorot"
+        Weight initialiser (:mod:`mlpx.initializers`).
+    precision : {None, "float32", "tf32", "bf16", "fp16"}, optional
+        See :class:`Sequential` and :mod:`mlpx.precision`.
+
+    Returns
+    -------
+    Sequential
+        Dense layers ``sizes[k] -> sizes[k + 1]``, not yet trained.
+
+    Raises
+    ------
+    InvalidParameterError
+        (a ValueError and TypeError) A width that is not a positive integer: 8.7 is
+        refused, not truncated, and so is 8.0, as scikit-learn does.
+
+    Examples
+    --------
+    >>> import mlpx
+    >>> model = mlpx.MLP([64, 128, 64, 32, 10], activation="relu", output="softmax", seed=0)
+    >>> model.n_params
+    18986
+    """
+    layers = mlp_layers(sizes, activation, output, dropout, init)
+    return Sequential(layers, backend=backend, dtype=dtype, seed=seed, precision=precision)
+

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Iterator, Sequence, cast
+from typing import Any, Iterable, Iterator, Sequence, cast
 
 import numpy as np
 
@@ -44,7 +44,7 @@ from mlpx.metrics import PREDICT_CHUNK, holdout_scores, iter_chunks
 from mlpx.network_step import MemberScalers, NetworkStep
 from mlpx.optimizers import Optimizer
 from mlpx.precision import LossScaler, Precision, get_precision
-from mlpx.validation import check_sample_weight, check_X, encode_targets
+from mlpx.validation import check_int, check_real, check_sample_weight, check_X, encode_targets
 
 __all__ = ["Network"]
 
@@ -89,6 +89,33 @@ def split_output(layers: Sequence[Layer]) -> tuple[list[Layer], Activation]:
         bare = Dense(last.n_in, last.n_out, activation="identity", init=last.init)
         return list(layers[:-1]) + [bare], last.activation
     return list(layers), get_activation("identity")
+
+
+def mlp_layers(sizes: Sequence[int], activation: str, output: str, dropout: float, init: Any) -> list[Layer]:
+    """The layers of :func:`mlpx.model.MLP`: Dense ``sizes[k] -> sizes[k + 1]``, each hidden one
+    followed by a Dropout when ``dropout`` is set; the last Dense has the ``output`` activation.
+
+    Raises
+    ------
+    InvalidParameterError
+        A width that is not a positive integer, or ``dropout`` outside [0, 1).
+    TypeError, ValueError
+        ``sizes`` not a sequence of at least two widths, or an unknown activation.
+    """
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+        raise TypeError(f"sizes must be a sequence of layer widths, got {sizes!r}")
+    widths = [check_int(f"sizes[{k}]", s, low=1) for k, s in enumerate(sizes)]
+    if len(widths) < 2:
+        raise ValueError("sizes needs at least [n_features, n_outputs]")
+    rate = check_real("dropout", dropout, 0.0, 1.0, high_open=True)
+    get_activation(activation)  # an unknown name fails even when there is no hidden layer
+    layers: list[Layer] = []
+    for k, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        is_last = k == len(widths) - 2
+        layers.append(Dense(a, b, activation=output if is_last else activation, init=init))
+        if rate and not is_last:
+            layers.append(Dropout(rate))
+    return layers
 
 
 class Network(NetworkStep):
@@ -264,6 +291,36 @@ class Network(NetworkStep):
         if self.precision_.name != self.dtype:
             cfg["precision"] = self.precision_.name
         return cfg
+
+    def _layer_order(self) -> list[tuple[int, str, tuple[int, ...], int, int]]:
+        """Every parameter's slot ``(layer, name, shape, start, stop)``, in layer order, W before b."""
+        return sorted(self._slots, key=lambda s: (s[0], s[1] != "W"))
+
+    def _named(self, flat: Array) -> dict[str, Array]:
+        """One member's flat buffer (n_params,) as views named ``"<layer>.<name>"``, each in its shape."""
+        self._require_built()
+        reshape = self.backend.xp.reshape
+        return {f"{i}.{name}": reshape(flat[a:b], shape) for i, name, shape, a, b in self._layer_order()}
+
+    def _pack(self, weights: Iterable[Any]) -> np.ndarray:
+        """One member's host arrays in :meth:`_layer_order` as its flat buffer (n_params,), checked."""
+        self._require_built()
+        weights = list(weights)
+        order = self._layer_order()
+        if len(weights) != len(order):
+            raise ValueError(f"expected {len(order)} arrays, got {len(weights)}")
+        flat = np.empty(self.n_params)
+        for w, (i, name, shape, a, b) in zip(weights, order):
+            w = np.asarray(w)
+            if w.shape != shape:
+                raise ValueError(f"layer {i} {name}: expected shape {shape}, got {w.shape}")
+            flat[a:b] = w.ravel()
+        return flat
+
+    @staticmethod
+    def _check_layer(layer: Any) -> None:
+        if not isinstance(layer, Layer):
+            raise TypeError(f"not a layer: {layer!r}")
 
     def _draw(self, rng: Any) -> np.ndarray:
         """One member's starting parameters, shape (n_params,) (host, float64), drawn

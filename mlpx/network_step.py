@@ -533,10 +533,7 @@ class NetworkStep:
                 with self.parameter_lock.write():
                     if optimizer is None:
                         if penalised:  # the L2 term into the gradients (no update carries it)
-                            nw = self.n_weights
-                            dW, sq = be.run(l2_penalty, self.flat[:, :nw], self.flat_grads[:, :nw], dev[1, :])
-                            if not self._in_place:
-                                self.flat_grads = xp.concat([dW, self.flat_grads[:, nw:]], axis=1)
+                            sq = self._add_l2(dev[1, :])
                     elif not fused:
                         steps = active
                         if scaler is not None:
@@ -560,6 +557,15 @@ class NetworkStep:
         if penalised and sq is not None:  # none from a member without rows (its Σ W² may be inf)
             penalty = xp.where(dev[0, :] > 0, (0.5 * dev[1, :]) * sq, xp.zeros_like(sq))
         return StepResult(value, penalty, correct, applied, late)
+
+    def _add_l2(self, coef: Array) -> Array:
+        """Add ``coef · W`` to the weight gradients (``coef``: each member's ``l2/d``, (K,) on
+        the device); returns each member's Σ W², shape (K,)."""
+        be, xp, nw = self.backend, self.backend.xp, self.n_weights
+        dW, sq = be.run(l2_penalty, self.flat[:, :nw], self.flat_grads[:, :nw], coef)
+        if not self._in_place:
+            self.flat_grads = xp.concat([dW, self.flat_grads[:, nw:]], axis=1)
+        return sq
 
     def _phases(self, X: Any, Y: Any, w: Array | None, dev: Array, loss: OutputLoss, count_correct: bool,
                 penalised: bool, optimizer: Optimizer | None) -> tuple[Array, Array | None, Array | None]:

@@ -42,6 +42,7 @@ from mlpx.locking import exclusive_training
 from mlpx.losses import Loss
 from mlpx.metrics import PREDICT_CHUNK, Chunk, holdout_scores, iter_chunks
 from mlpx.optimizers import Optimizer, get_optimizer
+from mlpx.precision import all_finite
 from mlpx.saving import resume
 from mlpx.validation import check_dtype_range, check_real, check_sample_weight, encode_targets
 
@@ -485,6 +486,38 @@ def _restore(model: Any, optimizer: Optimizer, snapshot: dict[str, Any] | None) 
     optimizer.load_state_dict(snapshot["optimizer"])
     if snapshot["scaler"] is not None:
         model.precision_.scaler.set_state(snapshot["scaler"])
+
+
+def loss_and_grads(model: Any, X: Any, y: Any, sample_weight: Any, loss: Any,
+                   l2: float) -> tuple[float, dict[str, np.ndarray]]:
+    """:meth:`Sequential.loss_and_grads <mlpx.model.Sequential.loss_and_grads>`: one batch's
+    loss (the L2 term included) and host copies of every parameter's gradient."""
+    be = model.backend
+    l2 = check_real("l2", l2, 0.0)
+    X = model.check_input(X)
+    lossfn = model.resolve_loss(loss)
+    Y = encode_targets(y, model.output.name, model.n_outputs_, X.shape[0], dtype=model.dtype, loss=lossfn.name)
+    w = check_sample_weight(sample_weight, X.shape[0], dtype=model.dtype)
+    with model.compute_context(X.shape[0]):
+        Xd = be.asarray(X, dtype=model.compute_dtype)
+        Yd = be.asarray(Y, dtype=model.dtype)
+        wd = None if w is None else be.asarray(w, dtype=model.dtype)
+        denom = float(X.shape[0]) if w is None else float(w.sum())
+        scaler = model.precision_.scaler
+
+        def once() -> Any:
+            step = model.train_step(Xd, Yd, wd, denom=denom, loss=lossfn, optimizer=None, l2=l2)
+            return step.loss + step.penalty
+
+        with np.errstate(over="ignore", invalid="ignore"):
+            value = once()
+            # fp16: lower the loss scale until the scaled gradients fit float16
+            # (here a caller wants the gradients, so retrying beats skipping).
+            while scaler is not None and scaler.scale > 1.0 and not bool(be.run(all_finite, model.flat_grads)):
+                scaler.update(found_inf=True)
+                value = once()
+        grads = {k: np.array(be.to_numpy(v), copy=True) for k, v in model.gradients().items()}
+        return be.to_float(value), grads
 
 
 # ------------------------------------------------------------------- fit
