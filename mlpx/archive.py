@@ -254,7 +254,8 @@ class Archive:
             if len(data) != need:
                 raise ModelFileError(f"{self.where}: entry {key!r} is truncated ({len(data)} of {need} bytes)")
         codec = "utf-32-be" if dtype.byteorder == ">" else "utf-32-le"
-        return data.decode(codec).rstrip("\x00")
+        text: str = data.decode(codec).rstrip("\x00")
+        return text
 
     def check_array(self, key: str, shape: tuple[int, ...], dtype: Any) -> None:
         """Check entry ``key``'s header and sizes against ``shape`` and ``dtype``; read no data."""

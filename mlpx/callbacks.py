@@ -50,20 +50,37 @@ class Callback:
         """
 
     def on_batch_begin(self, model: Any, step: int, logs: dict[str, Any]) -> None:
-        """Before minibatch step ``step`` (0-based within the epoch).
+        """Called before minibatch step ``step``.
 
-        ``logs``: ``{"epoch": 0-based epoch, "size": rows of the step (all ranks)}``.
         See the module docstring for when it fires on a compiled epoch.
+
+        Parameters
+        ----------
+        model : Sequential or Stack
+            The model being trained.
+        step : int
+            The step, from 0 within the epoch.
+        logs : dict
+            ``{"epoch": the epoch from 0, "size": the step's rows over all ranks}``
+            (a stack's sizes one per member).
         """
 
     def on_batch_end(self, model: Any, step: int, logs: dict[str, Any]) -> None:
-        """After minibatch step ``step``.
+        """Called after minibatch step ``step``.
 
-        ``logs``: ``{"epoch", "size", "loss"}`` and ``"accuracy"`` for classifiers:
-        the step's loss (data term, plus the L2 term when ``l2`` is set; over all
-        ranks with ``comm``) and the fraction of its rows predicted right (not
-        logged with ``comm``). Reading them costs one device synchronisation per
-        step on a GPU.
+        Reading the logs costs one device synchronisation per step on a GPU.
+
+        Parameters
+        ----------
+        model : Sequential or Stack
+            The model being trained.
+        step : int
+            The step, from 0 within the epoch.
+        logs : dict
+            ``"epoch"`` and ``"size"`` as for :meth:`on_batch_begin`, ``"loss"``
+            (the step's data term, plus the L2 term when ``l2`` is set; over all
+            ranks with ``comm``) and, for classifiers, ``"accuracy"`` (the fraction
+            of its rows predicted right; not logged with ``comm``).
         """
 
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> None:
@@ -90,11 +107,16 @@ class Callback:
         """
 
     def batch_hooks(self) -> tuple[bool, bool]:
-        """Whether the loop calls this callback's ``(on_batch_begin, on_batch_end)``.
+        """Whether the loop calls this callback's batch hooks.
 
         By default, the hooks its class overrides. A callback whose batch hooks are
         optional returns False for those it does not need, so that ``fit`` makes no
         per-step call for it.
+
+        Returns
+        -------
+        (bool, bool)
+            Whether to call ``on_batch_begin`` and whether to call ``on_batch_end``.
         """
         cls = type(self)
         return (cls.on_batch_begin is not Callback.on_batch_begin,
@@ -122,7 +144,20 @@ class BatchHooks:
 
     @classmethod
     def of(cls, callbacks: Iterable[Callback], distributed: bool = False) -> "BatchHooks | None":
-        """The hooks of ``callbacks``, or None when none of them wants batch hooks."""
+        """The batch hooks of ``callbacks``.
+
+        Parameters
+        ----------
+        callbacks : iterable of Callback
+            A ``fit``'s callbacks (:meth:`Callback.batch_hooks` says which hooks each wants).
+        distributed : bool, default False
+            Whether several ranks train (see the class).
+
+        Returns
+        -------
+        BatchHooks or None
+            None when no callback wants batch hooks.
+        """
         begin, end = [], []
         for cb in callbacks:
             wants_begin, wants_end = cb.batch_hooks()
@@ -134,7 +169,27 @@ class BatchHooks:
 
     def begin(self, model: Any, step: int, epoch: int, size: Any,
               pending: BaseException | None) -> BaseException | None:
-        """Call ``on_batch_begin``; returns the failure to hand on (``pending`` or a new one)."""
+        """Call the callbacks' ``on_batch_begin``.
+
+        Parameters
+        ----------
+        model : Network
+            The model being trained.
+        step : int
+            The step, from 0 within the epoch.
+        epoch : int
+            The epoch, from 0 over all ``fit`` calls.
+        size : array_like, shape (K,)
+            The step's rows of each member over all ranks.
+        pending : BaseException or None
+            A failure not yet reported; while there is one, no hook is called.
+
+        Returns
+        -------
+        BaseException or None
+            The failure to hand on: ``pending``, or one a hook raised (distributed
+            training; otherwise it propagates).
+        """
         if pending is not None or not self._begin:
             return pending
         logs = {"epoch": epoch, "size": _rows(model, size)}
@@ -142,7 +197,30 @@ class BatchHooks:
 
     def end(self, model: Any, step: int, epoch: int, size: Any, loss: Any, correct: Any,
             pending: BaseException | None) -> BaseException | None:
-        """Call ``on_batch_end`` with the step's results (device values are read here)."""
+        """Call the callbacks' ``on_batch_end`` with the step's results (device values are read here).
+
+        Parameters
+        ----------
+        model : Network
+            The model being trained.
+        step : int
+            The step, from 0 within the epoch.
+        epoch : int
+            The epoch, from 0 over all ``fit`` calls.
+        size : array_like, shape (K,)
+            The step's rows of each member over all ranks.
+        loss : array, shape (K,)
+            The step's loss per member, on the device.
+        correct : array, shape (K,), or None
+            Rows predicted right per member (None: not counted).
+        pending : BaseException or None
+            A failure not yet reported; while there is one, no hook is called.
+
+        Returns
+        -------
+        BaseException or None
+            The failure to hand on, as :meth:`begin` returns it.
+        """
         if pending is not None or not self._end:
             return pending
         rows = _rows(model, size)
@@ -220,16 +298,42 @@ def check_callbacks(callbacks: Iterable[Callback] | Callback | None) -> list[Cal
 
 
 def check_mode(mode: Any) -> str:
-    """A monitor's ``mode``: one of "auto", "min", "max" (``ValueError`` otherwise)."""
+    """A monitor's ``mode``, checked.
+
+    Parameters
+    ----------
+    mode : str
+        One of "auto", "min", "max".
+
+    Returns
+    -------
+    str
+        ``mode``.
+
+    Raises
+    ------
+    ValueError
+        Any other value.
+    """
     if not isinstance(mode, str) or mode not in ("auto", "min", "max"):
         raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
     return mode
 
 
 def monitor_sign(key: str, mode: str) -> float:
-    """+1 where a lower ``key`` is better, -1 where a higher one is.
+    """Which way a monitored value improves.
 
-    ``mode="auto"`` maximises keys containing "accuracy" or "r2" and minimises the rest.
+    Parameters
+    ----------
+    key : str
+        The logged value's name (``"val_loss"``, ``"val_accuracy"``...).
+    mode : {"auto", "min", "max"}
+        "auto" maximises keys containing "accuracy" or "r2" and minimises the rest.
+
+    Returns
+    -------
+    float
+        +1.0 where a lower value is better, -1.0 where a higher one is.
     """
     if mode == "max" or (mode == "auto" and ("accuracy" in key or "r2" in key)):
         return -1.0

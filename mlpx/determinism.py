@@ -67,6 +67,7 @@ def set_deterministic(enabled: bool = True) -> None:
     Parameters
     ----------
     enabled : bool, default True
+        Turn determinism on, or undo it.
 
     Raises
     ------
@@ -101,13 +102,29 @@ def set_deterministic(enabled: bool = True) -> None:
 
 
 def is_deterministic() -> bool:
-    """Whether :func:`set_deterministic` is on."""
+    """Whether :func:`set_deterministic` is on.
+
+    Returns
+    -------
+    bool
+        True between ``set_deterministic(True)`` and ``set_deterministic(False)``.
+    """
     return bool(_state["on"])
 
 
 @contextlib.contextmanager
 def deterministic(enabled: bool = True) -> Iterator[None]:
     """:func:`set_deterministic` for a ``with`` block; the previous setting comes back after it.
+
+    Parameters
+    ----------
+    enabled : bool, default True
+        The setting inside the block.
+
+    Yields
+    ------
+    None
+        Control to the block, with the setting in force.
 
     Examples
     --------

@@ -18,7 +18,7 @@ states in each place: ``"shuffle"`` (or null) and every Dropout layer's entry.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -37,7 +37,8 @@ def _members(model: Any) -> bool:
 def _shuffle_generators(model: Any) -> list[np.random.Generator] | None:
     """The generators of ``fit``'s order: one (a network) or one per member (a stack)."""
     if _members(model):
-        return model.shuffle_rngs_
+        gens: list[np.random.Generator] | None = model.shuffle_rngs_
+        return gens
     return None if model.shuffle_rng_ is None else [model.shuffle_rng_]
 
 
@@ -60,7 +61,11 @@ def generator_states(model: Any) -> dict[str, Any]:
         ``{"shuffle": state or None (no fit has shuffled yet), "dropout": [state, ...]}``;
         for a stack every state is a list of the members' states.
     """
-    pick = (lambda states: states) if _members(model) else (lambda states: states[0])  # noqa: E731
+    stack = _members(model)
+
+    def pick(states: list[dict[str, Any]]) -> Any:  # a stack keeps every member's state, a network its one
+        return states if stack else states[0]
+
     shuffle = _shuffle_generators(model)
     return {
         "shuffle": None if shuffle is None else pick([_plain(g.bit_generator.state) for g in shuffle]),
@@ -68,7 +73,7 @@ def generator_states(model: Any) -> dict[str, Any]:
     }
 
 
-def _plain(state: dict[str, Any]) -> dict[str, Any]:
+def _plain(state: Mapping[str, Any]) -> dict[str, Any]:
     """NumPy's state dict with Python ints only (JSON writes no NumPy integers)."""
     return {
         "bit_generator": str(state["bit_generator"]),

@@ -133,14 +133,15 @@ def _input_grad(model: Any, X: np.ndarray, Y: np.ndarray, w: Any, lossfn: Any, d
         Yd = be.asarray(Y[None], dtype=model.dtype)
         wd = None if w is None else be.asarray(np.asarray(w)[None], dtype=model.dtype)
         inv_d = be.asarray(np.array([1.0 / denom]), dtype=model.dtype)
-        ws: dict = {}
+        ws: dict[Any, Any] = {}
         Z, tape = model._forward(Xd, slice(None), ws, train=True)
         _, dZ = lossfn.delta(be, Z, Yd, xp.zeros((1, n, c), dtype=Z.dtype), wd, inv_d,
                              xp.zeros((1, n, c), dtype=Z.dtype))
         dX = model._backward(dZ, tape, slice(None), ws, be.zeros(tuple(model.flat.shape), model.dtype),
                              to_input=True)
         # The L2 term does not depend on X.
-        return np.array(be.to_numpy(dX), dtype=np.float64, copy=True)[0]
+        host: np.ndarray = np.array(be.to_numpy(dX), dtype=np.float64, copy=True)[0]
+        return host
 
 
 def check_gradients(
@@ -209,7 +210,10 @@ def check_gradients(
             xp = be.xp
             logits = twin.forward(Xdev, train=True)
             P = twin.output.forward(be, logits, out=be.empty(tuple(logits.shape), "float64"))
-            one = (lambda a: None if a is None else xp.reshape(a, (1,) + tuple(a.shape)))  # noqa: E731
+
+            def one(a: Any) -> Any:  # one member's array in member form, (1, ...)
+                return None if a is None else xp.reshape(a, (1,) + tuple(a.shape))
+
             inv_d = be.asarray(np.array([1.0 / denom]), dtype="float64")
             value = be.to_float(lossfn.value(be, one(logits), one(P), one(Yd), one(wd), inv_d)[0])
         return float(value + 0.5 * l2 * float(np.dot(theta[:nw], theta[:nw])) / denom)

@@ -38,6 +38,7 @@ def load(path: Any, backend: str | Backend = "cpu", *, max_params: int = MAX_PAR
     Returns
     -------
     Sequential, Stack, MLPClassifier or MLPRegressor
+        What was saved, with its weights (an estimator fitted).
 
     Raises
     ------

@@ -116,13 +116,14 @@ class CSVLogger(Callback):
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> None:
         row = {"epoch": str(epoch), **{k: repr(v) for k, v in _scalars(logs, "{key}[{k}]")}}
         new = self._fields is None
-        if new:
+        if self._fields is None:
             self._fields = list(row)
-        missing = set(row) - set(self._fields)
+        fields = self._fields
+        missing = set(row) - set(fields)
         if missing:
-            raise ValueError(f"CSVLogger: {self.path} has the columns {self._fields}, not {sorted(missing)}")
+            raise ValueError(f"CSVLogger: {self.path} has the columns {fields}, not {sorted(missing)}")
         with open(self.path, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, self._fields, delimiter=self.separator, restval="")
+            writer = csv.DictWriter(fh, fields, delimiter=self.separator, restval="")
             if new:
                 writer.writeheader()
             writer.writerow(row)
@@ -188,7 +189,7 @@ class TensorBoardLogger(Callback):
 
     def on_batch_end(self, model: Any, step: int, logs: dict[str, Any]) -> None:
         self._batches += 1
-        if self._batches % self.batch_every == 0:
+        if self.batch_every is not None and self._batches % self.batch_every == 0:
             for key in ("loss", "accuracy"):
                 if key in logs:
                     for name, value in _scalars({f"batch_{key}": logs[key]}):
@@ -223,6 +224,7 @@ class MLflowLogger(Callback):
         leave its status alone; None creates a run at ``on_train_begin`` and marks
         it FINISHED at ``on_train_end``.
     run_name : str, optional
+        The name of the run created (MLflow's default: a generated one).
     params : dict, optional
         Extra parameters to log with the model's (``n_params``, ``dtype``,
         ``layers``, ``optimizer`` and its settings).
@@ -305,7 +307,7 @@ class MLflowLogger(Callback):
 
     def on_batch_end(self, model: Any, step: int, logs: dict[str, Any]) -> None:
         self._batches += 1
-        if self._batches % self.batch_every == 0:
+        if self.batch_every is not None and self._batches % self.batch_every == 0:
             self._log(_scalars({f"batch_{k}": logs[k] for k in ("loss", "accuracy") if k in logs}),
                       self._batches)
 

@@ -125,7 +125,8 @@ def hit_rows(Z: np.ndarray, Y: np.ndarray, w: np.ndarray, softmax: bool) -> int:
 
 
 @lazy_njit
-def _correct_count_loop(Z, Y, w, softmax, out):  # pragma: no cover - compiled
+def _correct_count_loop(Z: np.ndarray, Y: np.ndarray, w: np.ndarray, softmax: bool,
+                        out: np.ndarray) -> None:  # pragma: no cover - compiled
     for k in range(Z.shape[0]):
         out[k] = hit_rows(Z[k], Y[k], w[k], softmax)
 

@@ -21,16 +21,16 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from mlpx import training
-from mlpx.activations import get_activation
 from mlpx.backends import Backend, BackendError, get_backend
-from mlpx.layers import Dense, Dropout, Layer, layer_from_config
-from mlpx.losses import Loss, OutputLoss, l2_penalty
-from mlpx.network import Network
+from mlpx.distributed import Reducer
+from mlpx.layers import Dense, Layer, layer_from_config
+from mlpx.losses import Loss, OutputLoss
+from mlpx.network import Network, mlp_layers
 from mlpx.network_step import StepResult
 from mlpx.optimizers import Optimizer
 from mlpx.precision import all_finite
-from mlpx.saving import MAX_PARAMS, ModelFile, ModelFileError, check_architecture, write_model_file
-from mlpx.validation import check_int, check_real, check_sample_weight, check_seed, encode_targets
+from mlpx.saving import MAX_PARAMS, ModelFile, ModelFileError, check_architecture, check_params, write_model_file
+from mlpx.validation import check_seed
 
 __all__ = ["MLP", "Sequential", "StepResult", "load"]
 
@@ -120,17 +120,22 @@ class Sequential(Network):
             self.initialize(seed)
 
     # ------------------------------------------------------------------ build
-    @staticmethod
-    def _check_layer(layer: Any) -> None:
-        if not isinstance(layer, Layer):
-            raise TypeError(f"not a layer: {layer!r}")
-
     def add(self, layer: Layer) -> "Sequential":
-        """Append a layer, as the classic ``Network.add``; returns the model.
+        """Append a layer, as the classic ``Network.add``.
 
         The network is rebuilt and re-initialised from ``seed`` (layers before the
         new one get the same starting weights as before). A model that has been
         trained refuses: build the whole stack first.
+
+        Parameters
+        ----------
+        layer : Layer
+            The layer to append (a :class:`~mlpx.layers.Dense` fixes its input width).
+
+        Returns
+        -------
+        Sequential
+            This model, so that calls chain.
         """
         self._check_layer(layer)
         if self.history is not None or self.epochs_done_:
@@ -185,53 +190,74 @@ class Sequential(Network):
     def parameters(self) -> dict[str, Array]:
         """Parameter views on the backend, named ``"<layer>.<name>"`` (e.g. ``"0.W"``).
 
-        Views of the master buffer ``params`` (in ``dtype``, whatever the precision).
+        Returns
+        -------
+        dict of str -> array
+            Views of the master buffer ``params`` (in ``dtype``, whatever the
+            precision), each in its layer's shape.
         """
         return self._named(self.params)
 
     def gradients(self) -> dict[str, Array]:
-        """Gradient views on the backend, same names as :meth:`parameters`."""
+        """Gradient views on the backend.
+
+        Returns
+        -------
+        dict of str -> array
+            Views of ``grads``, named and shaped as in :meth:`parameters`.
+        """
         return self._named(self.grads)
 
     def layout(self) -> dict[str, tuple[int, int, tuple[int, ...]]]:
-        """Where each parameter lives in the flat buffer: name -> (start, stop, shape)."""
+        """Where each parameter lives in the flat buffer.
+
+        Returns
+        -------
+        dict of str -> (int, int, tuple of int)
+            Name (as in :meth:`parameters`) -> ``(start, stop, shape)`` in ``params``.
+        """
         self._require_built()
         return {f"{i}.{name}": (a, b, shape) for i, name, shape, a, b in self._layer_order()}
 
-    def _named(self, flat: Array) -> dict[str, Array]:
-        self._require_built()
-        reshape = self.backend.xp.reshape
-        return {f"{i}.{name}": reshape(flat[a:b], shape) for i, name, shape, a, b in self._layer_order()}
-
-    def _layer_order(self) -> list[tuple[int, str, tuple[int, ...], int, int]]:
-        return sorted(self._slots, key=lambda s: (s[0], s[1] != "W"))
-
     def get_weights(self) -> list[np.ndarray]:
-        """Host copies of the parameters in layer order: ``[W0, b0, W1, b1, ...]``."""
+        """Host copies of the parameters in layer order.
+
+        Returns
+        -------
+        list of ndarray
+            ``[W0, b0, W1, b1, ...]``, each in its layer's shape.
+        """
         flat = self.get_flat_params()
         return [flat[a:b].reshape(shape).copy() for _i, _n, shape, a, b in self._layer_order()]
 
     def set_weights(self, weights: Iterable[Any]) -> None:
-        """Set all parameters from host arrays in the order of :meth:`get_weights`."""
-        self._require_built()
-        weights = list(weights)
-        order = self._layer_order()
-        if len(weights) != len(order):
-            raise ValueError(f"expected {len(order)} arrays, got {len(weights)}")
-        flat = np.empty(self.n_params)
-        for w, (i, name, shape, a, b) in zip(weights, order):
-            w = np.asarray(w)
-            if w.shape != shape:
-                raise ValueError(f"layer {i} {name}: expected shape {shape}, got {w.shape}")
-            flat[a:b] = w.ravel()
-        self.set_flat_params(flat)
+        """Set all parameters from host arrays.
+
+        Parameters
+        ----------
+        weights : iterable of array_like
+            One array per parameter, in the order and shapes of :meth:`get_weights`.
+        """
+        self.set_flat_params(self._pack(weights))
 
     def get_flat_params(self) -> np.ndarray:
-        """A host copy of the flat parameter buffer, shape (n_params,)."""
-        return self.get_params_host()[0]
+        """A host copy of the flat parameter buffer.
+
+        Returns
+        -------
+        ndarray, shape (n_params,)
+            Every weight, then every bias (the layout of :meth:`layout`).
+        """
+        flat: np.ndarray = self.get_params_host()[0]
+        return flat
 
     def set_flat_params(self, flat: Any) -> None:
         """Overwrite the flat parameter buffer from a host array (one transfer).
+
+        Parameters
+        ----------
+        flat : array_like, shape (n_params,)
+            Finite numbers in the layout of :meth:`layout`.
 
         Raises
         ------
@@ -245,19 +271,25 @@ class Sequential(Network):
         self.set_params_host(flat[None, :])
 
     def assign_params(self, src: Array) -> None:
-        """Copy a device buffer (shape (n_params,) or (1, n_params), on this backend)
-        into ``params``."""
+        """Copy a device buffer into ``params`` (under the write lock).
+
+        Parameters
+        ----------
+        src : array, shape (n_params,) or (1, n_params)
+            On this model's backend, in its dtype.
+        """
         xp = self.backend.xp
         with self.parameter_lock.write():
             self._store(self.backend.copy(xp.reshape(src, (1, -1)), self.flat))
 
     # ---------------------------------------------------------------- forward
-    def forward(self, X: Array, train: bool = False, workspace: dict | None = None) -> Array:
+    def forward(self, X: Array, train: bool = False, workspace: dict[Any, Any] | None = None) -> Array:
         """Logits of the last layer for a batch already on the backend.
 
         Parameters
         ----------
-        X : array, shape (n, n_features_in_), on the backend, in the compute dtype.
+        X : array, shape (n, n_features_in_)
+            The batch, on the backend, in the compute dtype.
         train : bool
             Compute as training does (dropout drops).
         workspace : dict, optional
@@ -266,8 +298,9 @@ class Sequential(Network):
 
         Returns
         -------
-        array, shape (n, n_outputs_): a workspace overwritten by the next call.
-        In mixed precision, the logits are in ``compute_dtype``.
+        Z : array, shape (n, n_outputs_)
+            A workspace, overwritten by the next call; in mixed precision, in
+            ``compute_dtype``.
         """
         self._require_built()
         if self.precision_.mixed:
@@ -280,7 +313,8 @@ class Sequential(Network):
 
         Parameters
         ----------
-        X : array, shape (n, n_features_in_), on the backend, in the compute dtype.
+        X : array, shape (n, n_features_in_)
+            The batch, on the backend, in the compute dtype.
 
         Returns
         -------
@@ -295,31 +329,48 @@ class Sequential(Network):
 
         Thread-safe; see the module docstring.
 
+        Parameters
+        ----------
+        X : array_like, shape (n, n_features_in_), a store, or a stream of batches
+            The forms :meth:`fit` takes (read in chunks).
+
         Returns
         -------
-        ndarray, shape (n, n_outputs_), host.
+        ndarray, shape (n, n_outputs_)
+            On the host.
         """
-        return self.member_outputs(X)[0]
+        P: np.ndarray = self.member_outputs(X)[0]
+        return P
 
     def predict(self, X: Any) -> np.ndarray:
         """Predictions on the host (thread-safe).
 
-        softmax: class indices, shape (n,); logistic: 0/1 labels, shape (n,) for one
-        output or (n, k); other outputs: values, shape (n,) for one output or (n, k).
+        Parameters
+        ----------
+        X : array_like, shape (n, n_features_in_), a store, or a stream of batches
+            The forms :meth:`fit` takes (read in chunks).
+
+        Returns
+        -------
+        ndarray, shape (n,) or (n, k)
+            Class indices (n,) for a softmax output, 0/1 labels for a logistic one,
+            values otherwise (shape (n,) for one output, else (n, k)).
         """
         out = self.output.name
         if out == "softmax":
-            return self.member_outputs(X, argmax=True)[0]
+            indices: np.ndarray = self.member_outputs(X, argmax=True)[0]
+            return indices
+        P: np.ndarray = self.member_outputs(X)[0]
         if out == "logistic":
-            labels = (self.member_outputs(X)[0] > 0.5).astype(np.int64)
+            labels = (P > 0.5).astype(np.int64)
             return labels[:, 0] if labels.shape[1] == 1 else labels
-        P = self.member_outputs(X)[0]
         return P[:, 0] if P.shape[1] == 1 else P
 
     # ---------------------------------------------------------- training step
     def train_step(self, X: Array | None, Y: Array | None, w: Array | None = None, *, denom: float,
-                   loss: OutputLoss, optimizer: Optimizer | None, l2: float = 0.0, reducer: Any = None,
-                   count_correct: bool = False, pending: BaseException | None = None, where: str = "") -> StepResult:
+                   loss: OutputLoss, optimizer: Optimizer | None, l2: float = 0.0, reducer: Reducer | None = None,
+                   count_correct: bool = False, pending: BaseException | None = None, where: str = "",
+                   head: Array | None = None) -> StepResult:
         """One minibatch step: forward, backward, all-reduce, L2 penalty, update.
 
         Every training loop of mlpx runs on this step (the network's,
@@ -349,6 +400,8 @@ class Sequential(Network):
             make every rank raise.
         where : str
             Named in the error other ranks raise.
+        head : array, shape (3 + r, 1), optional
+            This step's row of :meth:`~mlpx.network_step.NetworkStep.epoch_heads` (already on the device).
 
         Returns
         -------
@@ -356,8 +409,10 @@ class Sequential(Network):
             ``loss``, ``penalty`` and ``correct`` as 0-d arrays (or 0.0 / None).
         """
         res = self.step_members(X, Y, w, denom=denom, loss=loss, optimizer=optimizer, l2=l2, reducer=reducer,
-                                count_correct=count_correct, pending=pending, where=where)
-        one = (lambda v: v if v is None or isinstance(v, float) else v[0])  # noqa: E731
+                                count_correct=count_correct, pending=pending, where=where, head=head)
+        def one(v: Any) -> Any:  # a member vector's only entry (0.0 and None stay as they are)
+            return v if v is None or isinstance(v, float) else v[0]
+
         return StepResult(one(res.loss), one(res.penalty), one(res.correct), res.applied, res.error)
 
     def forward_backward(self, X: Array, Y: Array, w: Array | None = None, *, loss: OutputLoss,
@@ -366,9 +421,9 @@ class Sequential(Network):
 
         Parameters
         ----------
-        X : array, shape (n, n_features_in_), on the backend (compute dtype)
-        Y : array, shape (n, n_outputs_), encoded targets (master dtype)
-        w : array, shape (n,), optional sample weights
+        X, Y, w : arrays, shapes (n, n_features_in_), (n, n_outputs_) and (n,)
+            The batch on the backend (X in the compute dtype), its encoded targets and
+            its sample weights (``w`` optional).
         loss : OutputLoss
             From :meth:`resolve_loss`.
         denom : float
@@ -383,25 +438,43 @@ class Sequential(Network):
         return self.train_step(X, Y, w, denom=denom, loss=loss, optimizer=None).loss
 
     def add_l2_penalty(self, l2: float, denom: float) -> Array:
-        """Add ``l2 W / d`` to the weight gradients; return the loss term ``½ l2 Σ‖W‖² / d``.
+        """Add ``l2 W / d`` to the weight gradients and return the loss term it is the gradient of.
 
         Kept apart from the data term so a data-parallel step all-reduces the data
         gradients first and adds the penalty once, with the global ``d``.
+
+        Parameters
+        ----------
+        l2 : float
+            The penalty's strength (scikit-learn's ``alpha`` scaling).
+        denom : float
+            The step's normaliser ``d`` (rows, or Σ w, of every rank's batch).
+
+        Returns
+        -------
+        0-d array
+            ``½ l2 Σ‖W‖² / d`` on the backend.
         """
-        be, xp, nw = self.backend, self.backend.xp, self.n_weights
-        coef = be.asarray(np.array([float(l2) / denom]), dtype=self.dtype)
-        dW, sq = be.run(l2_penalty, self.flat[:, :nw], self.flat_grads[:, :nw], coef)
-        if not self._in_place:
-            self.flat_grads = xp.concat([dW, self.flat_grads[:, nw:]], axis=1)
-        return (0.5 * float(l2) / denom) * sq[0]
+        coef = self.backend.asarray(np.array([float(l2) / denom]), dtype=self.dtype)
+        return (0.5 * float(l2) / denom) * self._add_l2(coef)[0]
 
     def apply_update(self, optimizer: Optimizer) -> bool:
-        """Apply ``optimizer`` to the master weights; False if the step was skipped.
+        """Apply ``optimizer`` to the master weights with the gradients in ``grads``.
 
         With fp16 loss scaling, a step whose gradients overflowed is skipped and the
         scale lowered (one flag read back from the device per step, as in
         ``torch.amp.GradScaler``); every other mode always applies the step. Holds
         the parameter lock for writing.
+
+        Parameters
+        ----------
+        optimizer : Optimizer
+            Bound to this model.
+
+        Returns
+        -------
+        bool
+            False if the step was skipped.
         """
         scaler = self.precision_.scaler
         with self.parameter_lock.write():
@@ -427,9 +500,11 @@ class Sequential(Network):
         Parameters
         ----------
         X : array_like, shape (n, n_features_in_)
+            The batch, on the host or the backend.
         y : array_like
             Targets as :meth:`fit` takes them.
         sample_weight : array_like, shape (n,), optional
+            Row weights of the loss.
         loss : str or Loss, optional
             Defaults to the loss paired with the output activation.
         l2 : float
@@ -438,35 +513,11 @@ class Sequential(Network):
         Returns
         -------
         loss : float
+            The batch's loss, the L2 term included.
         grads : dict of name -> ndarray
             Host copies, named as in :meth:`parameters`.
         """
-        be = self.backend
-        l2 = check_real("l2", l2, 0.0)
-        X = self.check_input(X)
-        lossfn = self.resolve_loss(loss)
-        Y = encode_targets(y, self.output.name, self.n_outputs_, X.shape[0], dtype=self.dtype, loss=lossfn.name)
-        w = check_sample_weight(sample_weight, X.shape[0], dtype=self.dtype)
-        with self.compute_context(X.shape[0]):
-            Xd = be.asarray(X, dtype=self.compute_dtype)
-            Yd = be.asarray(Y, dtype=self.dtype)
-            wd = None if w is None else be.asarray(w, dtype=self.dtype)
-            denom = float(X.shape[0]) if w is None else float(w.sum())
-            scaler = self.precision_.scaler
-            with np.errstate(over="ignore", invalid="ignore"):
-                value = self._loss_and_grads_once(Xd, Yd, wd, lossfn, denom, l2)
-                # fp16: lower the loss scale until the scaled gradients fit float16
-                # (here a caller wants the gradients, so retrying beats skipping).
-                while scaler is not None and scaler.scale > 1.0 and not bool(be.run(all_finite, self.flat_grads)):
-                    scaler.update(found_inf=True)
-                    value = self._loss_and_grads_once(Xd, Yd, wd, lossfn, denom, l2)
-            grads = {k: np.array(be.to_numpy(v), copy=True) for k, v in self.gradients().items()}
-            return be.to_float(value), grads
-
-    def _loss_and_grads_once(self, X: Array, Y: Array, w: Array | None, loss: OutputLoss,
-                             denom: float, l2: float) -> Any:
-        step = self.train_step(X, Y, w, denom=denom, loss=loss, optimizer=None, l2=l2)
-        return step.loss + step.penalty
+        return training.loss_and_grads(self, X, y, sample_weight, loss, l2)
 
     # -------------------------------------------------------------- scoring
     def evaluate(self, X: Any, y: Any = None, sample_weight: Any = None,
@@ -477,6 +528,17 @@ class Sequential(Network):
         the output's canonical loss; accuracy uses ``predict``'s labels. ``X`` takes
         the forms of :meth:`fit` (a store read in chunks, or a stream of batches with
         ``y=None``).
+
+        Parameters
+        ----------
+        X : array_like, shape (n, n_features_in_), a store, or a stream of batches
+            The rows to score.
+        y : array_like, optional
+            Their targets (None for a stream of ``(X, y)`` batches).
+        sample_weight : array_like, shape (n,), optional
+            Row weights of the means.
+        loss : str or Loss, optional
+            The loss to report (default: the last ``fit``'s, else the canonical one).
 
         Returns
         -------
@@ -505,7 +567,7 @@ class Sequential(Network):
         comm: Any = None,
         stream_data: bool | None = None,
         resume_from: Any = None,
-    ) -> Any:
+    ) -> training.History:
         """Train on ``(X, y)`` with minibatch gradient descent.
 
         Parameters
@@ -521,6 +583,7 @@ class Sequential(Network):
             (n,) or (n, k) for logistic; values (n,) or (n, k) otherwise. In memory or
             in a store like X; None when X is a stream of batches.
         epochs : int
+            Epochs to run (with ``resume_from``: the run's total).
         batch_size : int
             Clipped to n_samples (per rank with ``comm``).
         optimizer : str or Optimizer, default "adam"
@@ -540,11 +603,12 @@ class Sequential(Network):
             rows shuffled within windows) for stores, or for any array given a
             ``BlockShuffle``. A stream of batches keeps its own order.
         callbacks : sequence of Callback
-            e.g. :class:`~mlpx.callbacks.EarlyStopping`,
-            :class:`~mlpx.saving.ModelCheckpoint`.
+            Hooks run during training, e.g. :class:`~mlpx.callbacks.EarlyStopping`
+            or :class:`~mlpx.saving.ModelCheckpoint`.
         verbose : int
             0 silent; 1 a progress bar (tqdm if installed) with the epoch's logs.
         sample_weight : array_like, shape (n_samples,), optional
+            Row weights of the loss (and of the logged metrics).
         l2 : float
             L2 penalty, scaled as scikit-learn's ``alpha``: ``½ l2 Σ‖W‖² / n``.
         lr : float, optional
@@ -593,6 +657,16 @@ class Sequential(Network):
 
         Seeded from ``seed``; rank 0's is the single-process one, so a one-rank
         data-parallel fit shuffles exactly as a plain fit.
+
+        Parameters
+        ----------
+        rank : int, default 0
+            This process's rank in data-parallel training.
+
+        Returns
+        -------
+        numpy.random.Generator
+            Also kept as ``shuffle_rng_``.
         """
         if self.shuffle_rng_ is None or self._shuffle_rank != rank:
             seed = None if self.seed is None else [int(self.seed), 1] + ([rank] if rank else [])
@@ -601,18 +675,49 @@ class Sequential(Network):
         return self.shuffle_rng_
 
     def present(self, logs: dict[str, Any]) -> dict[str, Any]:
-        """The loop's per-member logs as a single network shows them: floats."""
+        """The loop's per-member logs as a single network shows them.
+
+        Parameters
+        ----------
+        logs : dict of str -> array, shape (1,)
+            Each logged value of the one member.
+
+        Returns
+        -------
+        dict of str -> float
+            The values as floats.
+        """
         return {k: float(np.asarray(v, dtype=np.float64).reshape(-1)[0]) for k, v in logs.items()}
 
     # ------------------------------------------------------------- save/load
     def get_config(self) -> dict[str, Any]:
-        """Architecture record (JSON-serialisable) that :func:`mlpx.load` rebuilds from."""
+        """The model's record, from which :func:`mlpx.load` rebuilds it.
+
+        Returns
+        -------
+        dict
+            JSON-ready: :meth:`~mlpx.network.Network.architecture` and ``seed``.
+        """
         return {**self.architecture(), "seed": None if self.seed is None else int(self.seed)}
 
     @classmethod
     def from_config(cls, config: dict[str, Any], params: np.ndarray | None = None,
                     backend: str | Backend = "cpu") -> "Sequential":
-        """Rebuild a model from :meth:`get_config` (and flat host parameters, shape (n_params,)).
+        """Rebuild a model from :meth:`get_config`.
+
+        Parameters
+        ----------
+        config : dict
+            A :meth:`get_config` record (checked before anything is allocated).
+        params : ndarray, shape (n_params,), optional
+            Flat host parameters; None draws starting weights from the record's seed.
+        backend : str or Backend, default "cpu"
+            Where the model computes.
+
+        Returns
+        -------
+        Sequential
+            The model, with ``params`` or freshly drawn weights.
 
         Raises
         ------
@@ -620,32 +725,45 @@ class Sequential(Network):
             A bad record (checked before anything is allocated), or parameters of
             the wrong length or dtype, or not finite.
         """
-        n_params = check_architecture(config, max_params=max(MAX_PARAMS, int(np.size(params))))
-        if params is not None:
-            params = np.asarray(params)
-            if params.dtype.kind != "f" or params.shape != (n_params,):
-                raise ModelFileError(
-                    f"model record: params must be a float array of shape ({n_params},), got "
-                    f"dtype {params.dtype} shape {params.shape}"
-                )
-            if not np.isfinite(params).all():
-                raise ModelFileError("model record: params contain NaN or infinity")
+        n_params = check_architecture(config, max_params=max(MAX_PARAMS, 0 if params is None else int(np.size(params))))
         if params is None:
             return _from_record(cls, config, backend, initialize=True)
+        host = check_params(params, (n_params,), "model record")
         model = _from_record(cls, config, backend, initialize=False)
-        model.set_flat_params(params)
+        model.set_flat_params(host)
         return model
 
     def save(self, path: Any) -> Any:
         """Write the model to ``path`` (``.npz``: architecture JSON + host parameters).
 
         The write is atomic (temporary file, then rename): a crash never leaves a
-        half-written model behind. Returns the path written.
+        half-written model behind.
+
+        Parameters
+        ----------
+        path : str or path
+            The file; ``.npz`` is appended when missing.
+
+        Returns
+        -------
+        Path
+            The path written.
         """
         return write_model_file(path, self.get_config(), {"params": self.get_flat_params()})
 
     def to(self, backend: str | Backend) -> "Sequential":
-        """A copy of this model on another backend: parameters, counters and optimizer state."""
+        """A copy of this model on another backend: parameters, counters and optimizer state.
+
+        Parameters
+        ----------
+        backend : str or Backend
+            Where the copy computes (e.g. ``"gpu"``).
+
+        Returns
+        -------
+        Sequential
+            The copy.
+        """
         model = Sequential.from_config(self.get_config(), self.get_flat_params(), backend)
         model.load_train_state(self.train_state())
         return model
@@ -654,7 +772,13 @@ class Sequential(Network):
         return (_unpickle, (self.get_config(), self.get_flat_params(), self.backend.name, self.train_state()))
 
     def summary(self) -> str:
-        """A short text table of layers, shapes and parameter counts."""
+        """A short text table of layers, shapes and parameter counts.
+
+        Returns
+        -------
+        str
+            One line per layer, after a heading line.
+        """
         self._require_built()
         rows = [f"Sequential on {self.backend.name} ({self.dtype}), {self.n_params} parameters"]
         for i, layer in enumerate(self.layers):
@@ -671,25 +795,59 @@ class Sequential(Network):
 
     # ----------------------------------------------------------------- deploy
     def to_onnx(self, path: Any = None, **options: Any) -> Any:
-        """This network as an ``onnx.ModelProto``, also written to ``path`` if given.
+        """This network as an ONNX model (:func:`mlpx.onnx.to_onnx`; needs ``mlpx[onnx]``).
 
-        See :func:`mlpx.onnx.to_onnx` (options ``dtype``, ``target_opset``; needs
-        ``mlpx[onnx]``).
+        Parameters
+        ----------
+        path : str or path, optional
+            Also write the model to this file.
+        **options
+            ``dtype`` and ``target_opset``, as :func:`mlpx.onnx.to_onnx` takes them.
+
+        Returns
+        -------
+        onnx.ModelProto
+            The exported graph.
         """
         from mlpx.onnx import to_onnx
 
         return to_onnx(self, path, **options)
 
     def to_torch(self, **options: Any) -> Any:
-        """This network as a ``torch.nn.Sequential`` (:func:`mlpx.torch.to_torch`:
-        ``device``, ``copy``); shares the parameter memory unless ``copy=True``."""
+        """This network as a ``torch.nn.Sequential`` (:func:`mlpx.torch.to_torch`).
+
+        Parameters
+        ----------
+        **options
+            ``device`` and ``copy``, as :func:`mlpx.torch.to_torch` takes them.
+
+        Returns
+        -------
+        torch.nn.Sequential
+            Sharing the parameter memory unless ``copy=True``.
+        """
         from mlpx.torch import to_torch
 
         return to_torch(self, **options)
 
     @classmethod
     def from_torch(cls, module: Any, backend: str | Backend = "cpu", seed: int | None = None) -> "Sequential":
-        """A Sequential from a ``torch.nn.Sequential`` (:func:`mlpx.torch.layers_from_torch`)."""
+        """A Sequential from a ``torch.nn.Sequential`` (:func:`mlpx.torch.layers_from_torch`).
+
+        Parameters
+        ----------
+        module : torch.nn.Sequential
+            Linear and activation modules; their weights are copied.
+        backend : str or Backend, default "cpu"
+            Where the model computes.
+        seed : int, optional
+            Seeds its dropout masks and minibatch order.
+
+        Returns
+        -------
+        Sequential
+            With the module's layers, weights and dtype.
+        """
         from mlpx.torch import layers_from_torch
 
         layers, weights, dtype = layers_from_torch(module)
@@ -734,8 +892,15 @@ def load(path: Any, backend: str | Backend = "cpu", *, max_params: int = MAX_PAR
         ``path + ".npz"`` is found when ``path`` does not exist (``save(path)``
         appends the suffix).
     backend : str or Backend, default "cpu"
+        Where the model computes.
     max_params : int, default :data:`mlpx.saving.MAX_PARAMS`
         Refuse files that describe more parameters than this.
+
+    Returns
+    -------
+    Sequential
+        With the saved weights (a checkpoint's training state is not restored:
+        see :func:`mlpx.saving.load_checkpoint`).
 
     Raises
     ------
@@ -820,18 +985,6 @@ def MLP(
     >>> model.n_params
     18986
     """
-    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
-        raise TypeError(f"sizes must be a sequence of layer widths, got {sizes!r}")
-    sizes = [check_int(f"sizes[{k}]", s, low=1) for k, s in enumerate(sizes)]
-    if len(sizes) < 2:
-        raise ValueError("sizes needs at least [n_features, n_outputs]")
-    dropout = check_real("dropout", dropout, 0.0, 1.0, high_open=True)
-    get_activation(activation)  # an unknown name fails even when there is no hidden layer
-    layers: list[Layer] = []
-    for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        is_last = k == len(sizes) - 2
-        layers.append(Dense(a, b, activation=output if is_last else activation, init=init))
-        if dropout and not is_last:
-            layers.append(Dropout(dropout))
+    layers = mlp_layers(sizes, activation, output, dropout, init)
     return Sequential(layers, backend=backend, dtype=dtype, seed=seed, precision=precision)
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence, cast
 
 import numpy as np
 
@@ -44,7 +44,7 @@ from mlpx.metrics import PREDICT_CHUNK, holdout_scores, iter_chunks
 from mlpx.network_step import MemberScalers, NetworkStep
 from mlpx.optimizers import Optimizer
 from mlpx.precision import LossScaler, Precision, get_precision
-from mlpx.validation import check_sample_weight, check_X, encode_targets
+from mlpx.validation import check_int, check_real, check_sample_weight, check_X, encode_targets
 
 __all__ = ["Network"]
 
@@ -59,11 +59,12 @@ def check_dtype(dtype: Any) -> str:
     TypeError
         Any other dtype.
     """
+    name: str | None = None
     try:
         name = np.dtype(dtype).name if dtype is not None else None
     except TypeError:
-        name = None
-    if name not in ("float32", "float64"):
+        pass
+    if name is None or name not in ("float32", "float64"):
         raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     return name
 
@@ -90,6 +91,33 @@ def split_output(layers: Sequence[Layer]) -> tuple[list[Layer], Activation]:
     return list(layers), get_activation("identity")
 
 
+def mlp_layers(sizes: Sequence[int], activation: str, output: str, dropout: float, init: Any) -> list[Layer]:
+    """The layers of :func:`mlpx.model.MLP`: Dense ``sizes[k] -> sizes[k + 1]``, each hidden one
+    followed by a Dropout when ``dropout`` is set; the last Dense has the ``output`` activation.
+
+    Raises
+    ------
+    InvalidParameterError
+        A width that is not a positive integer, or ``dropout`` outside [0, 1).
+    TypeError, ValueError
+        ``sizes`` not a sequence of at least two widths, or an unknown activation.
+    """
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+        raise TypeError(f"sizes must be a sequence of layer widths, got {sizes!r}")
+    widths = [check_int(f"sizes[{k}]", s, low=1) for k, s in enumerate(sizes)]
+    if len(widths) < 2:
+        raise ValueError("sizes needs at least [n_features, n_outputs]")
+    rate = check_real("dropout", dropout, 0.0, 1.0, high_open=True)
+    get_activation(activation)  # an unknown name fails even when there is no hidden layer
+    layers: list[Layer] = []
+    for k, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        is_last = k == len(widths) - 2
+        layers.append(Dense(a, b, activation=output if is_last else activation, init=init))
+        if rate and not is_last:
+            layers.append(Dropout(rate))
+    return layers
+
+
 class Network(NetworkStep):
     """K networks of one architecture in one parameter buffer, trained as one.
 
@@ -107,7 +135,9 @@ class Network(NetworkStep):
         One per member: seeds its starting weights, its dropout masks and (in
         ``fit``) its minibatch order. K is their number.
     backend : str or Backend
+        Where the members compute (see :func:`mlpx.backends.get_backend`).
     dtype : {"float32", "float64"}
+        Dtype of the parameters, gradients and optimizer state.
     precision : {None, "float32", "tf32", "bf16", "fp16"} or Precision, optional
         See :mod:`mlpx.precision` (a resolved mode is taken as it is).
     threads : int, optional
@@ -152,7 +182,9 @@ class Network(NetworkStep):
         self.seeds = list(seeds)
         K = self.n_members = len(self.seeds)
         p = precision if isinstance(precision, Precision) else get_precision(precision, self.dtype, be)
-        scaler = None if p.scaler is None else (LossScaler() if K == 1 else MemberScalers(K))
+        # A stack's members each have their own loss scale: MemberScalers stands in for
+        # the one LossScaler that Precision's field is typed for (the step tells them apart).
+        scaler = None if p.scaler is None else (LossScaler() if K == 1 else cast(LossScaler, MemberScalers(K)))
         self.precision_ = Precision(p.name, p.compute_dtype, p.master_dtype, tf32=p.tf32, scaler=scaler)
         self.compute_dtype = self.precision_.compute_dtype
         self.parameter_lock = ReadWriteLock()
@@ -237,8 +269,14 @@ class Network(NetworkStep):
         self._view_cache: dict[Any, Any] = {}
 
     def architecture(self) -> dict[str, Any]:
-        """The members' architecture as a JSON record: ``layers`` (the output activation
-        included), ``dtype`` and, when not plain, ``precision``."""
+        """The members' architecture as a JSON record.
+
+        Returns
+        -------
+        dict
+            ``layers`` (the output activation included), ``dtype`` and, when not
+            plain, ``precision``.
+        """
         self._require_built()
         layers = [l.get_config() for l in self.layers]
         last = layers[-1] if layers else {}
@@ -254,6 +292,36 @@ class Network(NetworkStep):
             cfg["precision"] = self.precision_.name
         return cfg
 
+    def _layer_order(self) -> list[tuple[int, str, tuple[int, ...], int, int]]:
+        """Every parameter's slot ``(layer, name, shape, start, stop)``, in layer order, W before b."""
+        return sorted(self._slots, key=lambda s: (s[0], s[1] != "W"))
+
+    def _named(self, flat: Array) -> dict[str, Array]:
+        """One member's flat buffer (n_params,) as views named ``"<layer>.<name>"``, each in its shape."""
+        self._require_built()
+        reshape = self.backend.xp.reshape
+        return {f"{i}.{name}": reshape(flat[a:b], shape) for i, name, shape, a, b in self._layer_order()}
+
+    def _pack(self, weights: Iterable[Any]) -> np.ndarray:
+        """One member's host arrays in :meth:`_layer_order` as its flat buffer (n_params,), checked."""
+        self._require_built()
+        weights = list(weights)
+        order = self._layer_order()
+        if len(weights) != len(order):
+            raise ValueError(f"expected {len(order)} arrays, got {len(weights)}")
+        flat = np.empty(self.n_params)
+        for w, (i, name, shape, a, b) in zip(weights, order):
+            w = np.asarray(w)
+            if w.shape != shape:
+                raise ValueError(f"layer {i} {name}: expected shape {shape}, got {w.shape}")
+            flat[a:b] = w.ravel()
+        return flat
+
+    @staticmethod
+    def _check_layer(layer: Any) -> None:
+        if not isinstance(layer, Layer):
+            raise TypeError(f"not a layer: {layer!r}")
+
     def _draw(self, rng: Any) -> np.ndarray:
         """One member's starting parameters, shape (n_params,) (host, float64), drawn
         layer by layer, W before b."""
@@ -265,18 +333,29 @@ class Network(NetworkStep):
 
     def _seed_dropout(self, seeds: Sequence[Any]) -> None:
         """Each member's mask generator of every Dropout layer, from the members' seeds."""
-        self._dropout = {i: [layer.generator(s if isinstance(s, (int, np.integer)) else None, i) for s in seeds]
+        self._dropout = {i: [layer.generator(int(s) if isinstance(s, (int, np.integer)) else None, i) for s in seeds]
                          for i, layer in enumerate(self.layers) if isinstance(layer, Dropout)}
         self._dropout_rank = 0
 
     def dropout_generators(self) -> dict[int, list[np.random.Generator]]:
-        """Layer index -> each member's dropout mask generator (their states resume runs)."""
+        """Each Dropout layer's mask generators, one per member (their states resume runs).
+
+        Returns
+        -------
+        dict of int -> list of numpy.random.Generator
+            Layer index -> the K members' generators, in member order.
+        """
         return self._dropout
 
     def decorrelate_dropout(self, rank: int) -> None:
         """Give this rank its own dropout masks (the same seed drops the same units).
 
         Rank 0 keeps its generators, so a one-rank run matches a plain fit.
+
+        Parameters
+        ----------
+        rank : int
+            This process's rank in data-parallel training.
         """
         if rank == 0 or self._dropout_rank == rank:
             return
@@ -285,15 +364,35 @@ class Network(NetworkStep):
         self._dropout_rank = rank
 
     # ------------------------------------------------------------ parameters
+    @property
+    def params(self) -> Array:
+        """Every member's parameters on the backend, shape (K, n_params) (the buffer ``flat``)."""
+        return self.flat
+
+    @property
+    def grads(self) -> Array:
+        """Every member's gradients on the backend, shape (K, n_params) (the buffer ``flat_grads``)."""
+        return self.flat_grads
 
     def get_params_host(self) -> np.ndarray:
-        """Host copy of every member's parameters, shape (K, n_params)."""
+        """A host copy of every member's parameters.
+
+        Returns
+        -------
+        ndarray, shape (K, n_params)
+            A new array in the network's dtype.
+        """
         self._require_built()
         with self.parameter_lock.read():
             return np.array(self.backend.to_numpy(self.flat), copy=True)
 
     def set_params_host(self, host: Any) -> None:
-        """Overwrite every member's parameters from a host array (K, n_params) (one transfer).
+        """Overwrite every member's parameters from a host array (one transfer).
+
+        Parameters
+        ----------
+        host : array_like, shape (K, n_params)
+            Finite numbers, cast to the network's dtype.
 
         Raises
         ------
@@ -313,13 +412,32 @@ class Network(NetworkStep):
             self._store(be.copy(src, self.flat))
 
     def assign_flat(self, src: Array) -> None:
-        """Copy a device buffer of shape (K, n_params) into the parameters."""
+        """Copy a device buffer into the parameters (under the write lock).
+
+        Parameters
+        ----------
+        src : array, shape (K, n_params)
+            On this network's backend, in its dtype.
+        """
         with self.parameter_lock.write():
             self._store(self.backend.copy(src, self.flat))
 
     def present(self, logs: dict[str, Any]) -> dict[str, Any]:
-        """An epoch's logs (each an array of the K members' values) as callbacks and
-        the history see them: as they are here (a single network shows floats)."""
+        """An epoch's logs as callbacks and the history see them.
+
+        Here they stay as they are; a single network shows floats
+        (:meth:`mlpx.model.Sequential.present`).
+
+        Parameters
+        ----------
+        logs : dict of str -> array, shape (K,)
+            Each logged value, one per member.
+
+        Returns
+        -------
+        dict of str -> array, shape (K,)
+            ``logs`` itself.
+        """
         return logs
 
     def _member_params_write(self, k: int, src: Any) -> None:
@@ -344,16 +462,42 @@ class Network(NetworkStep):
     # ----------------------------------------------------------- computing
 
     def check_input(self, X: Any, name: str = "X") -> Any:
-        """:func:`~mlpx.validation.check_X` against this network: its width, and the range
-        of its compute dtype (a value the cast would turn into infinity is refused)."""
+        """Check ``X`` against this network: its width and its compute dtype's range.
+
+        Runs :func:`~mlpx.validation.check_X`: a value that the cast to the compute
+        dtype would turn into infinity is refused.
+
+        Parameters
+        ----------
+        X : array_like, shape (n, n_features_in_)
+            Host data, or an array on the backend.
+        name : str, default "X"
+            The argument's name in error messages.
+
+        Returns
+        -------
+        array, shape (n, n_features_in_)
+            ``X`` checked: a host array, or the backend array it was given as.
+        """
         self._require_built()
         return check_X(X, self.backend, self.n_features_in_, name=name, dtype=self.compute_dtype)
 
     def resolve_loss(self, loss: str | Loss | OutputLoss | None) -> OutputLoss:
-        """``loss`` bound to this network's output activation (None: its canonical loss).
+        """``loss`` bound to this network's output activation.
 
         Any loss works on any output whose values lie in its domain (chain rule);
         see :func:`mlpx.losses.pair`.
+
+        Parameters
+        ----------
+        loss : str, Loss, OutputLoss or None
+            A loss by name or instance; None takes the output's canonical loss. An
+            OutputLoss must be bound to this network's output already.
+
+        Returns
+        -------
+        OutputLoss
+            The loss paired with the output activation.
         """
         if isinstance(loss, OutputLoss):
             if loss.activation.name != self.output.name:
@@ -367,8 +511,9 @@ class Network(NetworkStep):
 
         Parameters
         ----------
-        X : array, shape (n, n_features_in_) shared, or (K, n, n_features_in_) per
-            member, on the backend in the compute dtype.
+        X : array, shape (n, n_features_in_) or (K, n, n_features_in_)
+            Rows shared by every member, or each member's own, on the backend in
+            the compute dtype.
 
         Returns
         -------
@@ -401,7 +546,8 @@ class Network(NetworkStep):
 
         Parameters
         ----------
-        X : array_like, shape (n, n_features_in_)
+        X : array_like, shape (n, n_features_in_), a store, or a stream of batches
+            The rows to predict, in the forms ``predict`` takes (:mod:`mlpx.streams`).
         raw : bool
             The logits instead of the outputs.
         argmax : bool
@@ -410,6 +556,7 @@ class Network(NetworkStep):
         Returns
         -------
         ndarray, shape (K, n, n_outputs_), or (K, n) of int64 with ``argmax``
+            Member ``k``'s outputs (or logits, or arg-max indices) in row ``k``.
         """
         if streams.is_stream(X):
             return streams.member_outputs(self, X, raw, argmax)
@@ -436,6 +583,7 @@ class Network(NetworkStep):
         y : array_like, optional
             Targets as ``fit`` takes them (None for a stream of ``(X, y)`` batches).
         sample_weight : array_like, shape (n,), optional
+            Row weights of the means (default: every row weighs 1).
         loss : str or Loss, optional
             Default: the loss of the last ``fit``, else the output's canonical loss.
 
@@ -465,8 +613,15 @@ class Network(NetworkStep):
 
     # ------------------------------------------------------------------ state
     def train_state(self) -> dict[str, Any]:
-        """Progress as data: counters, the optimizer's and the loss scalers' state
-        (a stack's counters and flags per member)."""
+        """Progress as data: the counters, the optimizer's state and the loss scalers'.
+
+        Returns
+        -------
+        dict
+            ``epochs_done``, ``samples_seen`` and, where they apply, ``optimizer`` (its
+            ``state_dict()``, arrays included), ``loss`` and ``loss_scaler``; a stack's
+            counters and its ``active`` and ``diverged`` flags per member.
+        """
         seen = self.samples_seen_
         state: dict[str, Any] = {"epochs_done": int(self.epochs_done_),
                                  "samples_seen": seen.tolist() if isinstance(seen, np.ndarray) else int(seen)}
@@ -483,7 +638,16 @@ class Network(NetworkStep):
         return state
 
     def load_train_state(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`train_state` (the optimizer is rebuilt, bound at the next fit)."""
+        """Restore what :meth:`train_state` returned.
+
+        The optimizer is rebuilt from its state (and bound to the parameters once
+        the network is built).
+
+        Parameters
+        ----------
+        state : dict
+            A :meth:`train_state` record (keys it lacks keep their defaults).
+        """
         self.epochs_done_ = int(state.get("epochs_done", 0))
         self.samples_seen_ = state.get("samples_seen", 0)
         for key, flags in (("active", self.active), ("diverged", self.diverged_)):
@@ -500,11 +664,23 @@ class Network(NetworkStep):
             scaler.set_state(state["loss_scaler"])
 
     def freeze(self, k: int) -> None:
-        """Stop member ``k``: from the next epoch it gets no rows and no updates."""
+        """Stop member ``k``: from the next epoch it gets no rows and no updates.
+
+        Parameters
+        ----------
+        k : int
+            The member's index.
+        """
         self.active[int(k)] = False
 
     def finite_members(self) -> np.ndarray:
-        """Which members' parameters are all finite, shape (K,) (one device read)."""
+        """Which members' parameters are all finite (one device read).
+
+        Returns
+        -------
+        ndarray of bool, shape (K,)
+            True for a member without NaN or infinity.
+        """
         be, xp = self.backend, self.backend.xp
         with self.parameter_lock.read():
             return np.asarray(be.to_numpy(xp.all(xp.isfinite(self.flat), axis=1)), dtype=bool).reshape(-1)

@@ -53,9 +53,9 @@ _BLOCK_FLOPS = 2e8
 
 
 class StepResult(NamedTuple):
-    """What one :meth:`NetworkStep.step_members` produced.
+    """What one :meth:`~mlpx.network_step.NetworkStep.step_members` produced (each field also an attribute).
 
-    Attributes
+    Parameters
     ----------
     loss : array, shape (K,)
         Each member's data term ``Σ w_i l_i / d`` summed over ranks (on the device:
@@ -241,7 +241,7 @@ class NetworkStep:
         """Flops (2·n·n_in·n_out) of one member's largest matrix product for n rows."""
         return max((2.0 * n * l.n_in * l.n_out for l in self.layers if isinstance(l, Dense)), default=0.0)
 
-    def _forward(self, X: Any, rows: slice, ws: dict, train: bool) -> tuple[Array, list[Any]]:
+    def _forward(self, X: Any, rows: slice, ws: dict[Any, Any], train: bool) -> tuple[Array, list[Any]]:
         """Logits (k, n, c) of the members ``rows``, in the compute dtype, for X: (k, n, f)
         per member, (n, f) shared, or :class:`~mlpx.member_batches.MemberRows`."""
         be = self.backend
@@ -264,7 +264,7 @@ class NetworkStep:
             tape.append(saved)
         return H, tape
 
-    def _backward(self, dZ: Array, tape: list[Any], rows: slice, ws: dict, grads: Array,
+    def _backward(self, dZ: Array, tape: list[Any], rows: slice, ws: dict[Any, Any], grads: Array,
                   to_input: bool = False) -> Array | None:
         """Gradients of the members ``rows`` into ``grads`` (returns None), or (an
         immutable backend's new arrays) a new (k, n_params) array; with ``to_input``,
@@ -297,13 +297,13 @@ class NetworkStep:
                 pieces.setdefault(a, into[i][name] if into is not None else None)
         return xp.concat([xp.reshape(pieces[a], (int(pieces[a].shape[0]), -1)) for a in sorted(pieces)], axis=1)
 
-    def _thread_workspace(self) -> dict:
+    def _thread_workspace(self) -> dict[Any, Any]:
         ws = getattr(self._tls, "ws", None)
         if ws is None:
             ws = self._tls.ws = {}
         return ws
 
-    def _ws_buffer(self, ws: dict, key: Any, shape: tuple[int, ...], dtype: str) -> Array | None:
+    def _ws_buffer(self, ws: dict[Any, Any], key: Any, shape: tuple[int, ...], dtype: str) -> Array | None:
         if not self._in_place:
             return None
         buf = ws.get(key)
@@ -367,7 +367,9 @@ class NetworkStep:
 
     def _scalers(self) -> list[LossScaler]:
         scaler = self.precision_.scaler
-        return scaler.members if isinstance(scaler, MemberScalers) else [scaler]
+        if isinstance(scaler, MemberScalers):
+            return scaler.members
+        return [] if scaler is None else [scaler]
 
     def _as_members(self, X: Any, Y: Any, w: Any) -> tuple[Any, Any, Any]:
         """A batch in member form: a single network's (b, f), (b, c), (b,) become (1, b, ·)."""
@@ -449,7 +451,8 @@ class NetworkStep:
                 optimizer.advance(active)  # the counts follow the steps taken
             return result
         with_opt = optimizer is not None and self.precision_.scaler is None
-        dev = self._upload(self._head(d, l2v, active, optimizer.vectors(active) if with_opt else None))
+        vec = optimizer.vectors(active) if optimizer is not None and with_opt else None
+        dev = self._upload(self._head(d, l2v, active, vec))
         return self._step(X, Y, w, dev, active, loss, optimizer, bool(l2v.any()), count_correct, reducer,
                           pending, where, staged=with_opt)
 
@@ -491,21 +494,22 @@ class NetworkStep:
         K = self.n_members
         scaler = self.precision_.scaler
         fused = optimizer is not None and scaler is None and not reducer.collective
-        if fused and pending is None and isinstance(X, MemberRows) and isinstance(Y, MemberRows) and \
-                self._step_plan is not None:
+        if fused and optimizer is not None and pending is None and isinstance(X, MemberRows) and \
+                isinstance(Y, MemberRows) and self._step_plan is not None:
             # Unit weights (None) as the compiled loop reads them.
             w1 = np.ones(X.index.shape, Y.data.dtype) if w is None and type(X.index) is np.ndarray else w
-            if self._compiled_step_applies(X.data, Y.data, w1, X.index, loss, optimizer):
+            if w1 is not None and self._compiled_step_applies(X.data, Y.data, w1, X.index, loss, optimizer):
                 groups = X.groups if X.groups is not None else np.arange(K)
                 with self.parameter_lock.write():
-                    value, sq, correct = self._compiled_step(active[None], X.data, Y.data, X.index[None], groups,
-                                                             w1[None], dev[None], loss, count_correct, penalised,
-                                                             optimizer)
-                penalty = (0.5 * dev[1, :]) * sq[0] if penalised else 0.0
-                return StepResult(value[0], penalty, None if correct is None else correct[0], True, None)
+                    losses, sqs, hits = self._compiled_step(active[None], X.data, Y.data, X.index[None], groups,
+                                                            w1[None], dev[None], loss, count_correct, penalised,
+                                                            optimizer)
+                return StepResult(losses[0], (0.5 * dev[1, :]) * sqs[0] if penalised else 0.0,
+                                  None if hits is None else hits[0], True, None)
 
-        value: Any = None
-        correct = sq = None
+        value: Array | None = None
+        correct: Array | None = None
+        sq: Array | None = None
         error = pending
         if X is not None and error is None:
             try:
@@ -529,10 +533,7 @@ class NetworkStep:
                 with self.parameter_lock.write():
                     if optimizer is None:
                         if penalised:  # the L2 term into the gradients (no update carries it)
-                            nw = self.n_weights
-                            dW, sq = be.run(l2_penalty, self.flat[:, :nw], self.flat_grads[:, :nw], dev[1, :])
-                            if not self._in_place:
-                                self.flat_grads = xp.concat([dW, self.flat_grads[:, nw:]], axis=1)
+                            sq = self._add_l2(dev[1, :])
                     elif not fused:
                         steps = active
                         if scaler is not None:
@@ -556,6 +557,15 @@ class NetworkStep:
         if penalised and sq is not None:  # none from a member without rows (its Σ W² may be inf)
             penalty = xp.where(dev[0, :] > 0, (0.5 * dev[1, :]) * sq, xp.zeros_like(sq))
         return StepResult(value, penalty, correct, applied, late)
+
+    def _add_l2(self, coef: Array) -> Array:
+        """Add ``coef · W`` to the weight gradients (``coef``: each member's ``l2/d``, (K,) on
+        the device); returns each member's Σ W², shape (K,)."""
+        be, xp, nw = self.backend, self.backend.xp, self.n_weights
+        dW, sq = be.run(l2_penalty, self.flat[:, :nw], self.flat_grads[:, :nw], coef)
+        if not self._in_place:
+            self.flat_grads = xp.concat([dW, self.flat_grads[:, nw:]], axis=1)
+        return sq
 
     def _phases(self, X: Any, Y: Any, w: Array | None, dev: Array, loss: OutputLoss, count_correct: bool,
                 penalised: bool, optimizer: Optimizer | None) -> tuple[Array, Array | None, Array | None]:
@@ -630,7 +640,7 @@ class NetworkStep:
         return value, sq if penalised else None, correct, new if whole else None
 
     def _compiled_step_applies(self, X: Any, Y: Any, w: Any, index: Any, loss: OutputLoss,
-                               optimizer: Any) -> bool:
+                               optimizer: Optimizer | None) -> bool:
         """Whether steps over the data set ``X``, ``Y`` (rows ``index`` (…, K, b), weights
         ``w``) can run as one compiled call per thread (:mod:`mlpx.member_step`)."""
         if self._step_plan is None or index is None or w is None or optimizer is None:
@@ -741,7 +751,7 @@ class NetworkStep:
         results: list[StepResult | None] = []
         if not self._compiled_step_applies(source.X, source.Y, w, index, loss, optimizer):
             # The steps the loop would take: those where some member has rows.
-            learns = (D > 0).any(axis=1)
+            learns = np.any(D > 0, axis=1)
             heads = self._upload(self._head(D, l2v, active, optimizer.vectors(active, advance=False)))
             for j in range(S):
                 if not learns[j]:

@@ -70,7 +70,7 @@ class Prefetcher:
                  name: str = "mlpx-prefetch") -> None:
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._done = False
         self._thread = threading.Thread(target=self._run, args=(produce,), name=name, daemon=True)
@@ -87,7 +87,7 @@ class Prefetcher:
             except queue.Full:
                 continue
 
-    def take(self, source: queue.Queue) -> Any:
+    def take(self, source: queue.Queue[Any]) -> Any:
         """The next item of ``source``, waiting for one (producer side; stops on close)."""
         while True:
             if self._stop.is_set():

@@ -8,7 +8,7 @@ an untrusted file runs nothing.
 Reading (:class:`ModelFile`, used by :func:`read_model_file`, :func:`mlpx.load` and
 :func:`load_checkpoint`) trusts nothing in the file (:mod:`mlpx.archive`): only a
 regular file is opened (a device such as ``/dev/zero``, a FIFO or a directory is
-refused at once), its zip structure is checked before :mod:`zipfile` reads it, the
+refused at once), its zip structure is checked before ``zipfile`` reads it, the
 JSON record and every layer record are checked, and every array's header is
 compared with the parameter count the layers imply *before* any array is read or
 any layer is built. Only the entries a reader needs are decompressed, in bounded
@@ -159,6 +159,7 @@ class ModelFile:
     path : str or path
         ``path + ".npz"`` is found when ``path`` does not exist (what ``save(path)`` wrote).
     max_params : int, default :data:`MAX_PARAMS`
+        Refuse files that describe more parameters than this (over all members).
 
     Attributes
     ----------
@@ -207,8 +208,9 @@ class ModelFile:
             self.shape = (self.n_params,) if self.n_members is None else (self.n_members, self.n_params)
             self.dtype = np.dtype(self.record["dtype"])
             saved = (self.record.get("train_state") or {}).get("optimizer")
+            kind = None if saved is None else str(saved["optimizer"])  # (checked with the record)
             self.optimizer_entries: tuple[str, ...] = (
-                () if saved is None else tuple(OPTIMIZERS[saved["optimizer"].lower()].state_names))
+                () if kind is None else tuple(OPTIMIZERS[kind.lower()].state_names))
             allowed = {"config", "params", *(f"opt_{n}" for n in self.optimizer_entries)}
             for name in names:
                 if name not in allowed:
@@ -216,7 +218,7 @@ class ModelFile:
             missing = [f"opt_{n}" for n in self.optimizer_entries if f"opt_{n}" not in names]
             if missing:
                 raise ModelFileError(
-                    f"{where}: the checkpoint's {saved['optimizer']} state lacks {missing}; its optimizer "
+                    f"{where}: the checkpoint's {kind} state lacks {missing}; its optimizer "
                     f"cannot resume (a missing state array is never taken as zeros)"
                 )
             # Every array's header before any array is allocated (by the caller too).
@@ -233,14 +235,33 @@ class ModelFile:
         self.close()
 
     def close(self) -> None:
+        """Close the file (the context manager's exit does it)."""
         self._archive.close()
 
     def read_params(self, out: np.ndarray | None = None) -> np.ndarray:
-        """The parameters, shape :attr:`shape`, finite, in :attr:`dtype` (into ``out`` if given)."""
+        """Read the parameters, checked to be finite.
+
+        Parameters
+        ----------
+        out : ndarray, optional
+            Of the file's ``shape`` and ``dtype``: the data is streamed into it.
+
+        Returns
+        -------
+        ndarray
+            ``out``, or a new array, of the file's ``shape`` and ``dtype``.
+        """
         return self._archive.read_array("params", self.shape, self.dtype, out=out)
 
     def read_optimizer_state(self) -> dict[str, np.ndarray]:
-        """The checkpoint's optimizer state arrays by name, each of shape :attr:`shape`."""
+        """Read the checkpoint's optimizer state arrays.
+
+        Returns
+        -------
+        dict of str -> ndarray
+            By name (``optimizer_entries``), each of the file's ``shape``; empty for
+            a model file.
+        """
         return {name: self._archive.read_array(f"opt_{name}", self.shape, self.dtype)
                 for name in self.optimizer_entries}
 
@@ -259,6 +280,7 @@ def read_model_file(
     path : str or path
         ``path + ".npz"`` is found when ``path`` does not exist.
     max_params : int, default :data:`MAX_PARAMS`
+        Refuse files that describe more parameters than this.
 
     Returns
     -------
@@ -425,6 +447,37 @@ def check_architecture(
     return n_params
 
 
+def check_params(params: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """Parameters given with a record (``from_config``), checked.
+
+    Parameters
+    ----------
+    params : array_like
+        Host parameters.
+    shape : tuple of int
+        The shape the record implies: (n_params,), or (K, n_params) for a stack.
+    where : str
+        What the record is, for the message.
+
+    Returns
+    -------
+    ndarray
+        ``params`` as a float array of ``shape``.
+
+    Raises
+    ------
+    ModelFileError
+        Another shape, a dtype that is not floating point, or NaN or infinity.
+    """
+    host = np.asarray(params)
+    if host.dtype.kind != "f" or host.shape != shape:
+        raise ModelFileError(f"{where}: params must be a float array of shape {shape}, got "
+                             f"dtype {host.dtype} shape {host.shape}")
+    if not np.isfinite(host).all():
+        raise ModelFileError(f"{where}: params contain NaN or infinity")
+    return host
+
+
 def _check_layer(layer: Any, i: int, max_params: int, where: str) -> None:
     if not isinstance(layer, dict):
         raise ModelFileError(f"{where}: layer {i} must be a JSON object, got {layer!r}")
@@ -471,7 +524,10 @@ def _check_train_state(state: Any, where: str, n_dropout: int | None = None, n_m
         raise ModelFileError(f"{where}: train_state.loss must be the name of a loss, got {loss!r}")
     if "generators" in state:
         check_generator_states(state["generators"], where, n_dropout, n_members)
-    count = (lambda v: _is_int(v) and v >= 0)  # noqa: E731
+
+    def count(v: Any) -> bool:
+        return _is_int(v) and v >= 0
+
     if "epochs_done" in state and not count(state["epochs_done"]):
         raise ModelFileError(f"{where}: train_state.epochs_done must be a non-negative integer")
     if "samples_seen" in state and not _each(state["samples_seen"], count, n_members):
@@ -519,8 +575,10 @@ def save_checkpoint(path: str | os.PathLike[str], model: Any, optimizer: Optimiz
     ----------
     path : str or path
         ``.npz`` is appended when missing.
-    model : Sequential
+    model : Sequential or Stack
+        The model to save, with its training state.
     optimizer : Optimizer, optional
+        The optimizer whose state to save (default: the model's ``optimizer_``).
 
     Returns
     -------
@@ -542,6 +600,13 @@ def save_checkpoint(path: str | os.PathLike[str], model: Any, optimizer: Optimiz
 def checkpoint_contents(model: Any, optimizer: Optimizer | None = None
                         ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """What :func:`save_checkpoint` writes: the record (with ``train_state``) and the arrays.
+
+    Parameters
+    ----------
+    model : Sequential or Stack
+        The model to save.
+    optimizer : Optimizer, optional
+        The optimizer whose state to save (default: the model's ``optimizer_``).
 
     Returns
     -------
@@ -606,6 +671,8 @@ def load_checkpoint(
     Returns
     -------
     Optimizer or None
+        The optimizer to continue with, bound and with its state; None when the
+        checkpoint holds no optimizer (``optimizer`` is returned when given).
 
     Raises
     ------
@@ -684,7 +751,7 @@ def _restore(path: Any, record: dict[str, Any], params: np.ndarray, opt_state: d
                 f"(optimizer={optimizer!r}); pass optimizer={saved['optimizer'].lower()!r} to resume it"
             )
         optimizer = None
-    opt = optimizer
+    opt: Optimizer | None = None  # the optimizer that resumes (None: the checkpoint holds none)
     if saved is not None:
         saved = {**saved, "state": opt_state}
         if optimizer is None:
@@ -701,11 +768,13 @@ def _restore(path: Any, record: dict[str, Any], params: np.ndarray, opt_state: d
                 f"the optimizer given has {optimizer.get_config()}; pass "
                 f"optimizer={saved['optimizer'].lower()!r} to resume with the saved settings"
             )
+        else:
+            opt = optimizer
     model.set_params_host(np.asarray(params).reshape(model.n_members, -1))
     model.load_train_state(state)
     if generators is not None:
         restore_generator_states(model, generators, shuffle=root)
-    if saved is None:
+    if opt is None:
         return optimizer
     if optimizer is not None:
         optimizer.load_state_dict(saved)
@@ -728,7 +797,9 @@ def resume(path: str | os.PathLike[str], model: Any, optimizer: Optimizer | str,
     Parameters
     ----------
     path : str or path
+        The checkpoint (``path + ".npz"`` is found when ``path`` does not exist).
     model : Sequential
+        Built with the checkpoint's architecture and dtype; it receives the state.
     optimizer : Optimizer or str
         ``fit``'s argument: an instance receives the saved state; a name must name
         the saved optimizer's kind.
@@ -741,6 +812,7 @@ def resume(path: str | os.PathLike[str], model: Any, optimizer: Optimizer | str,
         ``fit`` starts, so a resumed fit would hold out other rows than the run it
         continues. Pass ``validation_data`` instead.
     comm : communicator, optional
+        As for :func:`load_checkpoint`: rank 0 reads, every rank checks.
 
     Returns
     -------
@@ -764,14 +836,14 @@ def resume(path: str | os.PathLike[str], model: Any, optimizer: Optimizer | str,
 
 
 def _check_resume(epochs: Any, lr: Any, validation_split: Any) -> int:
-    epochs = check_int("epochs", epochs, low=1)
+    n_epochs = check_int("epochs", epochs, low=1)
     if lr is not None:
         raise ValueError("lr= cannot be combined with resume_from (the checkpoint's optimizer carries its rate); "
                          "to change the rate, pass an optimizer instance and set its lr after loading")
     if validation_split:
         raise ValueError("validation_split cannot be combined with resume_from: a resumed fit would hold out "
                          "other rows than the run it continues; pass validation_data")
-    return epochs
+    return n_epochs
 
 
 class ModelCheckpoint(Callback):
@@ -794,7 +866,7 @@ class ModelCheckpoint(Callback):
         multiple of it).
     monitor : str, optional
         A key of the epoch logs (``"loss"``, ``"val_loss"``, ``"val_accuracy"``...)
-        whose best value is tracked (:attr:`best`, :attr:`best_epoch`). A key that
+        whose best value is tracked (``best``, ``best_epoch``). A key that
         the logs do not hold raises ``ValueError`` naming the keys they hold, at the
         first epoch considered.
     mode : {"auto", "min", "max"}, default "auto"

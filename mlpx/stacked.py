@@ -30,16 +30,19 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mlpx import streams
+from mlpx._member_settings import (member_callback_lists, member_optimizer, member_vector, rows_per_member,
+                                   shuffler, weights_per_member)
 from mlpx.backends import Backend, get_backend
 from mlpx.callbacks import Callback, ProgressBar, check_callbacks
 from mlpx.data import is_sparse, make_batches, to_host
 from mlpx.member_batches import MemberBatches, MemberHoldout, MemberRows
 from mlpx.distributed import make_reducer
 from mlpx.locking import exclusive_training
+from mlpx.losses import OutputLoss
 from mlpx.model import Sequential
 from mlpx.network import Network
-from mlpx.optimizers import OPTIMIZERS, Optimizer
-from mlpx.saving import MAX_PARAMS, ModelFile, ModelFileError, member_count, write_model_file
+from mlpx.optimizers import Optimizer
+from mlpx.saving import MAX_PARAMS, ModelFile, ModelFileError, check_params, member_count, write_model_file
 from mlpx.streams import MemberFeedBatches
 from mlpx.training import History, TrainingDivergedError, host_shard, train
 from mlpx.validation import check_int, check_real, check_sample_weight, check_sparse_X, check_X, encode_targets
@@ -63,12 +66,15 @@ def load(path: Any, backend: str | Backend = "cpu", *, max_params: int = MAX_PAR
     path : str or path
         ``path + ".npz"`` is found when ``path`` does not exist.
     backend : str or Backend, default "cpu"
+        Where the stack computes.
     max_params : int, default :data:`mlpx.saving.MAX_PARAMS`
         Refuse files that describe more parameters than this (over all members).
 
     Returns
     -------
     Stack
+        With the saved members' weights, counters and flags (a checkpoint's optimizer
+        resumes through :func:`mlpx.saving.load_checkpoint`).
 
     Raises
     ------
@@ -98,6 +104,13 @@ class MemberView:
     ``params`` is the member's row of the stack's buffer, ``assign_params`` writes
     it, ``samples_seen_`` is the member's own count, and setting
     ``stop_training`` freezes the member (:class:`MemberCallbacks`).
+
+    Parameters
+    ----------
+    stack : Stack
+        The stack the member belongs to.
+    k : int
+        The member's index.
     """
 
     def __init__(self, stack: "Stack", k: int) -> None:
@@ -109,26 +122,41 @@ class MemberView:
 
     @property
     def params(self) -> Array:
+        """The member's parameters, shape (n_params,): a view of its row of the stack's buffer."""
         return self.stack.params[self.k, :]
 
     def assign_params(self, src: Array) -> None:
+        """Overwrite the member's parameters (:meth:`Stack.set_member_params`).
+
+        Parameters
+        ----------
+        src : array, shape (n_params,)
+            On the host or the stack's backend.
+        """
         self.stack.set_member_params(self.k, src)
 
     @property
     def samples_seen_(self) -> int:
+        """Samples the member has trained on."""
         return int(self.stack.samples_seen_[self.k])
 
     @property
     def epochs_done_(self) -> int:
+        """Epochs the stack has run."""
         return int(self.stack.epochs_done_)
 
     @property
-    def history(self) -> Any:
-        return self.stack.history
+    def history(self) -> History | None:
+        """The stack's history (each value one per member)."""
+        history: History | None = self.stack.history
+        return history
 
 
 class MemberCallbacks(Callback):
     """Run each member's own callbacks on its own logs; freeze members that stop.
+
+    After every epoch the stack's ``stop_training`` is set once every member has
+    stopped (a callback of the stack itself may also stop them all).
 
     Parameters
     ----------
@@ -136,9 +164,6 @@ class MemberCallbacks(Callback):
         Member ``k``'s callbacks (e.g. an :class:`~mlpx.callbacks.EarlyStopping`,
         or the scikit-learn estimators' stopping policy), called with a
         :class:`MemberView` and the epoch's logs of that member (floats).
-
-    After every epoch the stack's ``stop_training`` is set once every member has
-    stopped (a callback of the stack itself may also stop them all).
     """
 
     def __init__(self, callbacks: Sequence[Sequence[Callback]]) -> None:
@@ -190,6 +215,7 @@ class StopAfter(Callback):
     Parameters
     ----------
     epochs : int >= 1
+        The member's number of epochs.
     """
 
     def __init__(self, epochs: int) -> None:
@@ -303,16 +329,6 @@ class Stack(Network):
 
     # --------------------------------------------------------------- members
     @property
-    def params(self) -> Array:
-        """Every member's parameters, shape (K, n_params)."""
-        return self.flat
-
-    @property
-    def grads(self) -> Array:
-        """Every member's gradients, shape (K, n_params)."""
-        return self.flat_grads
-
-    @property
     def samples_seen_(self) -> np.ndarray:
         """Samples each member has trained on, shape (K,)."""
         return self.member_samples_
@@ -324,6 +340,18 @@ class Stack(Network):
     @classmethod
     def from_models(cls, models: Sequence[Sequential], *, threads: int | None = None) -> "Stack":
         """A stack whose members are copies of ``models`` (weights and seeds).
+
+        Parameters
+        ----------
+        models : sequence of Sequential
+            Built networks of one architecture, dtype, precision and backend.
+        threads : int, optional
+            As for :class:`Stack`.
+
+        Returns
+        -------
+        Stack
+            Member ``k`` a copy of ``models[k]``, its sample count included.
 
         Raises
         ------
@@ -354,7 +382,20 @@ class Stack(Network):
         return stack
 
     def member(self, k: int, backend: Any = None) -> Sequential:
-        """Member ``k`` as an ordinary :class:`~mlpx.model.Sequential` (a copy of its weights)."""
+        """Member ``k`` as an ordinary :class:`~mlpx.model.Sequential`.
+
+        Parameters
+        ----------
+        k : int
+            The member's index (negative counts from the end).
+        backend : str or Backend, optional
+            Where the model computes (default: the stack's backend).
+
+        Returns
+        -------
+        Sequential
+            A copy of the member's weights, with its seed and counters.
+        """
         k = self._index(k)
         cfg = dict(self.template.get_config())
         cfg["seed"] = self.seeds[k]
@@ -364,12 +405,24 @@ class Stack(Network):
         return model
 
     def to_onnx(self, path: Any = None, member: int | None = None, **options: Any) -> Any:
-        """The averaged ensemble (what :meth:`predict` and :meth:`predict_proba`
-        compute), or member ``member`` alone, as an ``onnx.ModelProto``; also written
-        to ``path`` if given.
+        """The averaged ensemble, or one member, as an ONNX model (:func:`mlpx.onnx.to_onnx`).
 
-        See :func:`mlpx.onnx.to_onnx` (options ``dtype``, ``target_opset``; needs
-        ``mlpx[onnx]``).
+        The ensemble computes what :meth:`predict` and :meth:`predict_proba` do.
+        Needs ``mlpx[onnx]``.
+
+        Parameters
+        ----------
+        path : str or path, optional
+            Also write the model to this file.
+        member : int, optional
+            Export this member alone instead of the ensemble.
+        **options
+            ``dtype`` and ``target_opset``, as :func:`mlpx.onnx.to_onnx` takes them.
+
+        Returns
+        -------
+        onnx.ModelProto
+            The exported graph.
         """
         from mlpx.onnx import to_onnx
 
@@ -379,7 +432,13 @@ class Stack(Network):
         return to_onnx(self, path, member=member, **options)
 
     def members(self) -> list[Sequential]:
-        """Every member as a :class:`~mlpx.model.Sequential`."""
+        """Every member as a :class:`~mlpx.model.Sequential`.
+
+        Returns
+        -------
+        list of Sequential
+            :meth:`member` of each index, in order.
+        """
         return [self.member(k) for k in range(self.n_members)]
 
     def _index(self, k: int) -> int:
@@ -389,13 +448,31 @@ class Stack(Network):
         return k % self.n_members
 
     def get_member_params(self, k: int) -> np.ndarray:
-        """Host copy of member ``k``'s flat parameters, shape (n_params,)."""
+        """A host copy of member ``k``'s flat parameters.
+
+        Parameters
+        ----------
+        k : int
+            The member's index (negative counts from the end).
+
+        Returns
+        -------
+        ndarray, shape (n_params,)
+            In the layout of the template's ``params``.
+        """
         k = self._index(k)
         with self.parameter_lock.read():
             return np.array(self.backend.to_numpy(self.flat[k, :]), copy=True)
 
     def set_member_params(self, k: int, src: Any) -> None:
-        """Overwrite member ``k``'s parameters from a host or device vector (n_params,).
+        """Overwrite member ``k``'s parameters from a host or device vector.
+
+        Parameters
+        ----------
+        k : int
+            The member's index (negative counts from the end).
+        src : array_like, shape (n_params,)
+            Finite numbers, on the host or the stack's backend.
 
         Raises
         ------
@@ -405,11 +482,23 @@ class Stack(Network):
         self._member_params_write(self._index(k), src)
 
     def assign_params(self, src: Array) -> None:
-        """Copy a device buffer of shape (K, n_params) into ``params``."""
+        """Copy a device buffer into ``params`` (:meth:`~mlpx.network.Network.assign_flat`).
+
+        Parameters
+        ----------
+        src : array, shape (K, n_params)
+            On the stack's backend, in its dtype.
+        """
         self.assign_flat(src)
 
     def freeze(self, k: int) -> None:
-        """Stop member ``k``: from the next epoch it gets no rows and no updates."""
+        """Stop member ``k``: from the next epoch it gets no rows and no updates.
+
+        Parameters
+        ----------
+        k : int
+            The member's index (negative counts from the end).
+        """
         self.active[self._index(k)] = False
 
     # ---------------------------------------------------------------- predict
@@ -418,8 +507,15 @@ class Stack(Network):
 
         Parameters
         ----------
-        X : array_like, shape (n, n_features_in_)
+        X : array_like, shape (n, n_features_in_), a store, or a stream of batches
+            The rows to predict, in the forms :meth:`fit` takes.
         combine : {"mean", None}
+            Average the members that did not diverge, or keep each member's.
+
+        Returns
+        -------
+        ndarray, shape (n, n_outputs_) or (K, n, n_outputs_)
+            On the host.
 
         Raises
         ------
@@ -431,9 +527,20 @@ class Stack(Network):
     def predict(self, X: Any, combine: str | None = "mean") -> np.ndarray:
         """Predictions from the members' averaged outputs, or each member's (``combine=None``).
 
-        softmax: class indices (the arg-max of the mean probabilities, a soft
-        vote); logistic: labels ``> 0.5``; other outputs: values (one output:
-        shape (n,), or (K, n) per member).
+        Parameters
+        ----------
+        X : array_like, shape (n, n_features_in_), a store, or a stream of batches
+            The rows to predict, in the forms :meth:`fit` takes.
+        combine : {"mean", None}
+            Predict from the mean outputs of the members that did not diverge, or
+            each member on its own.
+
+        Returns
+        -------
+        ndarray, shape (n,) or (n, k), or (K, n) or (K, n, k) with ``combine=None``
+            Class indices for a softmax output (the arg-max of the mean
+            probabilities: a soft vote), labels ``> 0.5`` for a logistic one, values
+            otherwise (one output: no last axis).
 
         Raises
         ------
@@ -454,7 +561,8 @@ class Stack(Network):
             return out
         name, c = self.output.name, self.n_outputs_
         if name == "softmax":
-            return np.argmax(out, axis=-1)
+            indices: np.ndarray = np.argmax(out, axis=-1)
+            return indices
         if name == "logistic":
             lab = (out > 0.5).astype(np.int64)
             return lab[..., 0] if c == 1 else lab
@@ -511,22 +619,25 @@ class Stack(Network):
         epochs : int
             Epochs of the stack (each member stops earlier if told to).
         batch_size : int
+            Rows of each member's minibatches.
         optimizer : {"adam", "sgd", "adamw", "rmsprop"}, sequence of K optimizers, or Optimizer
             A name (configured by the settings below), one single-network optimizer
             per member (:meth:`Optimizer.stack <mlpx.optimizers.Optimizer.stack>`),
             or an optimizer whose settings are scalars or vectors of K.
-        lr, l2, momentum, beta_1, beta_2, epsilon, rho, weight_decay : float or sequence, per member
-            The learning rate, the L2 penalty (``alpha``'s scaling) and the
-            optimizer's own settings (defaults: the optimizer's).
+        lr, l2, momentum : float or sequence, per member
+            The learning rate, the L2 penalty (``alpha``'s scaling) and SGD's
+            momentum (defaults: the optimizer's).
         nesterov : bool or sequence of bool, per member
             SGD only.
+        beta_1, beta_2, epsilon, rho, weight_decay : float or sequence, per member
+            The other optimizers' own settings (defaults: the optimizer's).
         schedule : str, Schedule or sequence, per member
             The rate policy (e.g. ``"invscaling"``, ``mlpx.InverseScaling(0.25)``);
             each member gets its own copy.
         loss : str or Loss, optional
             Any loss on the output, as :meth:`Sequential.fit <mlpx.model.Sequential.fit>`
             takes it (default: the output's canonical loss).
-        rows : sequence of K integer arrays, optional
+        rows : sequence of K arrays of int, optional
             Member ``k`` trains on rows ``rows[k]`` only (cross-validation folds,
             bootstrap samples); default: every member on every row.
         sample_weight : array_like, shape (n,) or (K, n), optional
@@ -536,14 +647,14 @@ class Stack(Network):
         validation_data : (X_val, y_val) or (X_val, y_val, w_val), optional
             Scored for every member after each epoch (``val_loss``,
             ``val_accuracy`` / ``val_r2``).
-        validation_split : float in [0, 1)
-            Without ``validation_data``: each member holds out this fraction of its
-            rows, drawn by its shuffle generator as its own network's ``fit`` draws it.
         shuffle : bool
             Each member reshuffles its rows every epoch with its own generator
             (the one ``Sequential(seed=seeds[k]).fit`` shuffles with).
         max_epochs : int or sequence, per member, optional
             Freeze a member after this many epochs.
+        validation_split : float in [0, 1)
+            Without ``validation_data``: each member holds out this fraction of its
+            rows, drawn by its shuffle generator as its own network's ``fit`` draws it.
         callbacks : sequence of Callback
             Callbacks of the stack: they see vector logs (one value per member).
         member_callbacks : sequence of Callback, or K sequences
@@ -551,6 +662,7 @@ class Stack(Network):
             e.g. ``[mlpx.EarlyStopping(patience=5)]``: they see the member's logs
             as floats, and stopping freezes that member only.
         verbose : int
+            0 silent; 1 a progress bar with each log's median over the active members.
         comm : mpi4py communicator, "mpi" or "nccl", optional
             Train data-parallel across ranks (:mod:`mlpx.distributed`): every rank
             holds every member and passes its own shard of the data (``rows``
@@ -610,12 +722,12 @@ class Stack(Network):
         batch_size = check_int("batch_size", batch_size, low=1)
         split = check_real("validation_split", validation_split, 0.0, 1.0, high_open=True)
         lossfn = self.resolve_loss(loss)
-        opt = _member_optimizer(optimizer, K, **settings)
-        l2v = np.array(_vector("l2", l2, K, low=0.0))
+        opt = member_optimizer(optimizer, K, **settings)
+        l2v = np.array(member_vector("l2", l2, K, low=0.0))
         gens = self.shuffle_generators(reducer.rank)
-        per_member = _member_callback_lists(member_callbacks, K)
+        per_member = member_callback_lists(member_callbacks, K)
         if max_epochs is not None:
-            for cbs, e in zip(per_member, _vector("max_epochs", max_epochs, K, integer=True)):
+            for cbs, e in zip(per_member, member_vector("max_epochs", max_epochs, K, integer=True)):
                 cbs.append(StopAfter(int(e)))
         cbs = [MemberCallbacks(per_member)] + check_callbacks(callbacks)
         if verbose and reducer.is_root:
@@ -634,8 +746,9 @@ class Stack(Network):
             Xh = be.to_numpy(Xh)
         n = Xh.shape[0]
         Y = encode_targets(y, self.output.name, self.n_outputs_, n, dtype=self.dtype, loss=lossfn.name)
-        member_rows = _member_rows(rows, K, n)
-        w_rows, w_shared = _member_weights(sample_weight, K, n)
+        member_rows = rows_per_member(rows, K, n)
+        w_rows, w_shared = weights_per_member(sample_weight, K, n)
+        w_all: np.ndarray | None
         if w_rows is not None:
             # Per-member weights: each member gets its own copy of the data set's rows.
             Xh = np.concatenate([Xh] * K)
@@ -664,8 +777,7 @@ class Stack(Network):
         source = MemberBatches(be, Xh, Y, w_all, member_rows, batch_size, self.compute_dtype,
                                target_dtype=self.dtype)
         sizes = [r.size for r in source.rows]
-        order = self.member_order([(lambda g=g, m=m: g.permutation(m)) if shuffle else None
-                                   for g, m in zip(gens, sizes)])
+        order = self.member_order([shuffler(g, m) if shuffle else None for g, m in zip(gens, sizes)])
         return source, holdout, opt, lossfn, l2v, order, cbs, w_all is not None
 
     def _holdout(self, validation_data: Any, lossfn: OutputLoss) -> MemberHoldout:
@@ -677,7 +789,7 @@ class Stack(Network):
         Xv = Xv if isinstance(Xv, np.ndarray) else be.to_numpy(Xv)
         Yv = encode_targets(validation_data[1], self.output.name, self.n_outputs_, Xv.shape[0], dtype=self.dtype,
                             loss=lossfn.name)
-        wv = None if len(validation_data) == 2 else _member_weights(validation_data[2], 1, Xv.shape[0])[1]
+        wv = None if len(validation_data) == 2 else weights_per_member(validation_data[2], 1, Xv.shape[0])[1]
         return MemberHoldout(be, Xv, Yv, wv, [np.arange(Xv.shape[0])] * K, self.compute_dtype, self.dtype)
 
     def _shared_source(self, reducer: Any, X: Any, y: Any, sample_weight: Any, rows: Any, batch_size: int,
@@ -686,6 +798,7 @@ class Stack(Network):
         """Sparse ``X``, or minibatches uploaded from the host (``stream_data``): one
         source of minibatches that every member takes, in the order ``rng`` shuffles."""
         what = "sparse X" if is_sparse(X) else "stream_data=True"
+        Yh: np.ndarray | None
         if rows is not None or (sample_weight is not None and np.ndim(sample_weight) == 2):
             raise ValueError(f"per-member rows and weights gather each member's rows of a data set on the device; "
                              f"with {what} every member trains on every row")
@@ -711,6 +824,16 @@ class Stack(Network):
 
         Member ``k``'s is the one ``Sequential(seed=seeds[k]).shuffle_generator(rank)``
         is, so a member shuffles as its own network does.
+
+        Parameters
+        ----------
+        rank : int, default 0
+            This process's rank in data-parallel training.
+
+        Returns
+        -------
+        list of numpy.random.Generator
+            One per member; also kept as ``shuffle_rngs_``.
         """
         if self.shuffle_rngs_ is None or self._shuffle_rank != rank:
             self.shuffle_rngs_ = [np.random.default_rng(None if s is None else [int(s), 1] + ([rank] if rank else []))
@@ -719,14 +842,35 @@ class Stack(Network):
         return self.shuffle_rngs_
 
     def get_config(self) -> dict[str, Any]:
-        """The stack's record (JSON-serialisable): the members' architecture and seeds,
-        from which :func:`mlpx.load` rebuilds it."""
+        """The stack's record, from which :func:`mlpx.load` rebuilds it.
+
+        Returns
+        -------
+        dict
+            JSON-ready: the members' architecture and their seeds (``members``).
+        """
         return {**self.architecture(), "seed": None, "members": {"seeds": list(self.seeds)}}
 
     @classmethod
     def from_config(cls, config: dict[str, Any], params: Any = None, backend: str | Backend = "cpu",
                     threads: int | None = None) -> "Stack":
-        """Rebuild a stack from :meth:`get_config` (and host parameters, shape (K, n_params)).
+        """Rebuild a stack from :meth:`get_config`.
+
+        Parameters
+        ----------
+        config : dict
+            A :meth:`get_config` record.
+        params : array_like, shape (K, n_params), optional
+            Host parameters; None draws each member's starting weights from its seed.
+        backend : str or Backend, default "cpu"
+            Where the stack computes.
+        threads : int, optional
+            As for :class:`Stack`.
+
+        Returns
+        -------
+        Stack
+            The stack, with ``params`` or freshly drawn weights.
 
         Raises
         ------
@@ -738,19 +882,19 @@ class Stack(Network):
             raise ModelFileError("stack record: no 'members' entry (a single network's record: use mlpx.load)")
         template = Sequential.from_config({k: v for k, v in config.items() if k != "members"}, None, backend)
         if params is not None:
-            params = np.asarray(params)
-            if params.dtype.kind != "f" or params.shape != (K, template.n_params):
-                raise ModelFileError(f"stack record: params must be a float array of shape ({K}, "
-                                     f"{template.n_params}), got dtype {params.dtype} shape {params.shape}")
-            if not np.isfinite(params).all():
-                raise ModelFileError("stack record: params contain NaN or infinity")
+            params = check_params(params, (K, template.n_params), "stack record")
         return cls(template, seeds=config["members"]["seeds"], params=params, threads=threads)
 
     def save(self, path: Any) -> Any:
-        """Write every member to one file (``.npz``: the record and a (K, n_params)
-        parameter array), atomically; :func:`mlpx.load` returns the stack.
+        """Write every member to one file, atomically; :func:`mlpx.load` returns the stack.
 
+        The ``.npz`` holds the record and a (K, n_params) parameter array.
         ``member(k).save(path)`` writes member ``k`` as an ordinary model file.
+
+        Parameters
+        ----------
+        path : str or path
+            The file; ``.npz`` is appended when missing.
 
         Returns
         -------
@@ -779,6 +923,7 @@ class Stack(Network):
         y : array_like, optional
             None for a stream of ``(X, y)`` batches.
         sample_weight : array_like, shape (n,), optional
+            Row weights of the means.
         loss : str or Loss, optional
             Default: the loss of the last ``fit``, else the output's canonical loss.
 
@@ -796,6 +941,12 @@ class Stack(Network):
         ----------
         orders : sequence of K callables or None
             Member ``k``'s permutation for the next epoch (None: its rows in order).
+
+        Returns
+        -------
+        callable
+            Returns a list of K orders: each active member's permutation (or None),
+            an empty array for a frozen member.
         """
         orders = list(orders)
         if len(orders) != self.n_members:
@@ -810,101 +961,3 @@ class Stack(Network):
     def __repr__(self) -> str:
         return (f"<Stack of {self.n_members} x {self.n_features_in_}->{self.n_outputs_} on {self.backend.name}, "
                 f"{self.dtype}, {int(self.active.sum())} active>")
-
-
-def _vector(name: str, value: Any, K: int, low: float | None = None, integer: bool = False) -> list[Any]:
-    """A per-member setting: one value for all, or a sequence of exactly K."""
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or np.ndim(value) == 0:
-        values = [value] * K
-    else:
-        values = list(np.asarray(value).tolist()) if isinstance(value, np.ndarray) else list(value)
-        if len(values) != K:
-            raise ValueError(f"{name} has {len(values)} values for a stack of {K} members")
-    if integer:
-        return [check_int(f"{name}[{k}]", v, low=1) for k, v in enumerate(values)]
-    return [check_real(f"{name}[{k}]", v, low) for k, v in enumerate(values)]
-
-
-def _member_optimizer(spec: Any, K: int, **settings: Any) -> Optimizer:
-    """The stack's optimizer: a name with per-member settings, K single-network
-    optimizers (stacked), or an optimizer of K members."""
-    given = {k: v for k, v in settings.items() if v is not None and not (k == "nesterov" and v is False)}
-    if isinstance(spec, Optimizer):
-        if given:
-            raise ValueError(f"settings {sorted(given)} were given with an optimizer instance {spec!r}; "
-                             f"set them on the instance instead")
-        opt = spec
-    elif not isinstance(spec, str):
-        opts = list(spec)
-        if len(opts) != K:
-            raise ValueError(f"{len(opts)} optimizers for a stack of {K} members")
-        opt = Optimizer.stack(opts)
-    else:
-        name = spec.lower()
-        if name not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {spec!r}; valid: {', '.join(OPTIMIZERS)}")
-        kind = OPTIMIZERS[name]
-        unused = sorted(set(given) - {"lr", "schedule", *kind._checks})
-        if unused:
-            raise ValueError(f"{unused} do not apply to {name!r}")
-        for key, value in given.items():
-            n = len(value) if isinstance(value, (list, tuple, np.ndarray)) else None
-            if n is not None and n != K:
-                raise ValueError(f"{key} has {n} values for a stack of {K} members")
-        opt = kind(**given)
-    if opt.n_members not in (None, K):
-        raise ValueError(f"the optimizer has {opt.n_members} members, the stack {K}")
-    return opt
-
-
-def _member_rows(rows: Any, K: int, n: int) -> list[np.ndarray]:
-    if rows is None:
-        return [np.arange(n)] * K
-    if isinstance(rows, np.ndarray) and rows.ndim == 1:
-        raise ValueError("rows must be a sequence of K index arrays, one per member")
-    rows = list(rows)
-    if len(rows) != K:
-        raise ValueError(f"rows has {len(rows)} index arrays for a stack of {K} members")
-    out = []
-    for k, r in enumerate(rows):
-        r = np.asarray(r)
-        if r.dtype == bool:
-            if r.shape != (n,):
-                raise ValueError(f"rows[{k}] as a mask must have shape ({n},), got {r.shape}")
-            r = np.flatnonzero(r)
-        if r.ndim != 1 or r.dtype.kind not in "iu" or r.size == 0:
-            raise ValueError(f"rows[{k}] must be a non-empty 1-D array of row indices (or a boolean mask)")
-        if r.min() < 0 or r.max() >= n:
-            raise ValueError(f"rows[{k}] has indices outside 0..{n - 1}")
-        out.append(r.astype(np.int64))
-    return out
-
-
-def _member_weights(w: Any, K: int, n: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(per-member weights (K, n) or None, shared weights (n,) or None), checked."""
-    if w is None:
-        return None, None
-    a = np.asarray(to_host(w), dtype=np.float64)
-    if a.shape not in ((n,), (K, n)):
-        raise ValueError(f"sample_weight must have shape ({n},) or ({K}, {n}), got {a.shape}")
-    if not np.isfinite(a).all() or (a < 0).any():
-        raise ValueError("sample_weight must be finite and non-negative")
-    if a.ndim == 1:
-        if a.sum() <= 0:
-            raise ValueError("sample_weight sums to zero: nothing to train on")
-        return None, a
-    bad = np.flatnonzero(a.sum(axis=1) <= 0)
-    if bad.size:
-        raise ValueError(f"the sample weights of members {bad.tolist()} sum to zero: nothing to train on")
-    return a, None
-
-
-def _member_callback_lists(spec: Any, K: int) -> list[list[Callback]]:
-    if spec is None:
-        return [[] for _ in range(K)]
-    spec = list(spec)
-    if spec and all(isinstance(c, Callback) for c in spec):
-        return [[copy.deepcopy(c) for c in spec] for _ in range(K)]
-    if len(spec) != K:
-        raise ValueError(f"member_callbacks has {len(spec)} lists for a stack of {K} members")
-    return [check_callbacks(c) for c in spec]

@@ -34,13 +34,15 @@ import numpy as np
 
 from mlpx import streams
 from mlpx.callbacks import BatchHooks, Callback, ProgressBar, check_callbacks
-from mlpx.data import Batch, is_sparse, make_batches, should_stream, to_host
+from mlpx.data import (Batch, ResidentBatches, SparseBatches, StreamedBatches, is_sparse, make_batches,
+                       should_stream, to_host)
 from mlpx.member_batches import MemberBatches
 from mlpx.distributed import Reducer, is_agreed, make_reducer, mark_agreed
 from mlpx.locking import exclusive_training
 from mlpx.losses import Loss
 from mlpx.metrics import PREDICT_CHUNK, Chunk, holdout_scores, iter_chunks
 from mlpx.optimizers import Optimizer, get_optimizer
+from mlpx.precision import all_finite
 from mlpx.saving import resume
 from mlpx.validation import check_dtype_range, check_real, check_sample_weight, encode_targets
 
@@ -60,6 +62,7 @@ class TrainingDivergedError(RuntimeError):
     Parameters
     ----------
     epoch : int
+        The (0-based) epoch in which the loss stopped being finite.
     lr : float or array_like
         The rate(s) in force.
     what : str
@@ -102,6 +105,13 @@ class History:
         self.epochs = 0
 
     def append(self, logs: dict[str, float]) -> None:
+        """Record one epoch's logs.
+
+        Parameters
+        ----------
+        logs : dict of str -> float
+            The epoch's values (a stack's one array per key), each appended to its list.
+        """
         for k, v in logs.items():
             self.history.setdefault(k, []).append(v)
         self.epochs += 1
@@ -118,10 +128,14 @@ class History:
 class Holdout:
     """A held-out set on the device that every member is scored on after every epoch.
 
-    Attributes
+    Parameters
     ----------
-    X, Y : arrays on the backend, shapes (n, f) and (n, k), or None on a rank without rows
-    w : array, shape (n,), or None
+    X : array, shape (n, f), optional
+        The rows on the backend (None on a rank without rows).
+    Y : array, shape (n, k), optional
+        Their encoded targets.
+    w : array, shape (n,), optional
+        Their sample weights.
     dense : callable, optional
         Turns a chunk of X into dense device rows (sparse X).
     """
@@ -132,6 +146,13 @@ class Holdout:
     dense: Callable[[Any], Any] | None = None
 
     def chunks(self) -> Iterable[Chunk]:
+        """The set in chunks of at most ``PREDICT_CHUNK`` rows.
+
+        Yields
+        ------
+        (X, Y, w, None)
+            One chunk's rows on the device (dense), targets and weights (or None).
+        """
         if self.X is None:
             return
         n = self.X.shape[0]
@@ -141,7 +162,22 @@ class Holdout:
                    None if self.w is None else self.w[a:b], None)
 
     def scores(self, model: Any, reducer: Reducer, loss: Any) -> dict[str, Any]:
-        """:func:`~mlpx.metrics.holdout_scores` of ``model`` on this set (collective)."""
+        """The scores of ``model`` on this set (:func:`~mlpx.metrics.holdout_scores`; collective).
+
+        Parameters
+        ----------
+        model : Network
+            The model being trained.
+        reducer : Reducer
+            Sums the ranks' parts.
+        loss : OutputLoss
+            The loss to report.
+
+        Returns
+        -------
+        dict of str -> ndarray, shape (K,)
+            ``"loss"`` and ``"accuracy"`` or ``"r2"`` per member.
+        """
         return holdout_scores(model, self.chunks, reducer, loss)
 
 
@@ -193,11 +229,13 @@ def train(
         This rank's minibatches (:mod:`mlpx.data`); None for a rank without rows. Its
         ``step_rows`` and ``denominators`` give one column per member.
     optimizer : Optimizer
+        Steps every member (bound to the model here).
     loss : OutputLoss
         From ``model.resolve_loss``.
     reducer : Reducer
         :class:`~mlpx.distributed.LocalReducer` for one process.
     epochs : int
+        Epochs to run (callbacks may stop earlier).
     broadcast : bool
         Start from rank 0's weights (False: the caller has broadcast them).
     l2 : float or array of shape (K,)
@@ -208,6 +246,8 @@ def train(
         Run on every rank, except those marked ``root_only`` (rank 0 only).
     holdout : Holdout, optional
         Scored after every epoch: ``val_loss`` and ``val_accuracy`` / ``val_r2``.
+    history : History, optional
+        The history to append to (default: a new one).
     count_correct : bool
         Log the training ``accuracy`` (softmax / logistic outputs).
     loss_weights : {"denom", "rows"}
@@ -227,6 +267,7 @@ def train(
     Returns
     -------
     History
+        ``history`` with the epochs run appended (also ``model.history``).
     """
     if divergence not in ("raise", "freeze", "continue"):
         raise ValueError(f"divergence must be 'raise', 'freeze' or 'continue', got {divergence!r}")
@@ -389,13 +430,16 @@ def _host(be: Any, value: Any, K: int) -> np.ndarray:
     """A loop sum as a float64 host vector of the K members."""
     if isinstance(value, float):
         return np.full(K, value)
-    return np.asarray(be.to_numpy(value), dtype=np.float64).reshape(K)
+    host: np.ndarray = np.asarray(be.to_numpy(value), dtype=np.float64).reshape(K)
+    return host
 
 
 def _ratio(total: Any, weight: Any) -> np.ndarray:
-    weight = np.asarray(weight, dtype=np.float64)
-    total = np.broadcast_to(np.asarray(total, dtype=np.float64), weight.shape)
-    return np.divide(total, weight, out=np.full(weight.shape, math.nan), where=weight > 0)
+    w = np.asarray(weight, dtype=np.float64)
+    t = np.broadcast_to(np.asarray(total, dtype=np.float64), w.shape)
+    out = np.full(w.shape, math.nan)
+    np.divide(t, w, out=out, where=w > 0)
+    return out
 
 
 def _epoch_end(model: Any, reducer: Reducer, state: _Epoch, where: str, n_global: np.ndarray,
@@ -420,7 +464,8 @@ def _epoch_end(model: Any, reducer: Reducer, state: _Epoch, where: str, n_global
         logs["val_loss"] = scores["loss"]
         logs.update({f"val_{k}": v for k, v in scores.items() if k in ("accuracy", "r2")})
     # Rank 0's numbers decide for everyone: no rank can stop (or log) alone.
-    return reducer.bcast(logs)
+    agreed: dict[str, np.ndarray] = reducer.bcast(logs)
+    return agreed
 
 
 def _snapshot(model: Any, optimizer: Optimizer) -> dict[str, Any]:
@@ -443,6 +488,38 @@ def _restore(model: Any, optimizer: Optimizer, snapshot: dict[str, Any] | None) 
         model.precision_.scaler.set_state(snapshot["scaler"])
 
 
+def loss_and_grads(model: Any, X: Any, y: Any, sample_weight: Any, loss: Any,
+                   l2: float) -> tuple[float, dict[str, np.ndarray]]:
+    """:meth:`Sequential.loss_and_grads <mlpx.model.Sequential.loss_and_grads>`: one batch's
+    loss (the L2 term included) and host copies of every parameter's gradient."""
+    be = model.backend
+    l2 = check_real("l2", l2, 0.0)
+    X = model.check_input(X)
+    lossfn = model.resolve_loss(loss)
+    Y = encode_targets(y, model.output.name, model.n_outputs_, X.shape[0], dtype=model.dtype, loss=lossfn.name)
+    w = check_sample_weight(sample_weight, X.shape[0], dtype=model.dtype)
+    with model.compute_context(X.shape[0]):
+        Xd = be.asarray(X, dtype=model.compute_dtype)
+        Yd = be.asarray(Y, dtype=model.dtype)
+        wd = None if w is None else be.asarray(w, dtype=model.dtype)
+        denom = float(X.shape[0]) if w is None else float(w.sum())
+        scaler = model.precision_.scaler
+
+        def once() -> Any:
+            step = model.train_step(Xd, Yd, wd, denom=denom, loss=lossfn, optimizer=None, l2=l2)
+            return step.loss + step.penalty
+
+        with np.errstate(over="ignore", invalid="ignore"):
+            value = once()
+            # fp16: lower the loss scale until the scaled gradients fit float16
+            # (here a caller wants the gradients, so retrying beats skipping).
+            while scaler is not None and scaler.scale > 1.0 and not bool(be.run(all_finite, model.flat_grads)):
+                scaler.update(found_inf=True)
+                value = once()
+        grads = {k: np.array(be.to_numpy(v), copy=True) for k, v in model.gradients().items()}
+        return be.to_float(value), grads
+
+
 # ------------------------------------------------------------------- fit
 def _check_positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -455,7 +532,7 @@ class _Setup:
     """One rank's checked inputs for ``fit``."""
 
     source: Any
-    holdout: Holdout | None
+    holdout: Holdout | streams.StreamHoldout | None
     optimizer: Optimizer
     loss: Any
     epochs: int
@@ -496,6 +573,56 @@ def fit(
     same settings (architecture, dtype, precision, loss, optimizer and its
     settings, epochs, batch size, l2, shuffle, validation, callbacks): a mismatch
     raises ``ValueError`` on every rank.
+
+    Parameters
+    ----------
+    model : Sequential
+        The network to train (stacks train with :meth:`mlpx.stacked.Stack.fit`).
+    X : array_like, shape (n_samples, n_features), a store, or a stream of batches
+        This rank's training rows, in the forms ``Sequential.fit`` takes.
+    y : array_like, optional
+        Their targets (None for a stream of ``(X, y)`` batches).
+    epochs : int
+        Epochs to run (with ``resume_from``: the run's total).
+    batch_size : int
+        Rows per minibatch, per rank.
+    optimizer : str or Optimizer, default "adam"
+        A name, or an instance whose state carries over between calls.
+    loss : str or Loss, optional
+        Defaults to the output's canonical loss.
+    validation_data : tuple or stream, optional
+        ``(X_val, y_val)`` or ``(X_val, y_val, w_val)``, or the forms X takes.
+    validation_split : float in [0, 1)
+        Without ``validation_data``: hold out this fraction of this rank's rows.
+    shuffle : bool or BlockShuffle
+        Reshuffle the rows every epoch.
+    callbacks : sequence of Callback
+        Hooks run during training.
+    verbose : int
+        0 silent; 1 a progress bar (rank 0).
+    sample_weight : array_like, shape (n_samples,), optional
+        Row weights of the loss.
+    l2 : float
+        L2 penalty, scaled as scikit-learn's ``alpha``.
+    lr : float, optional
+        Learning rate when ``optimizer`` is a name.
+    comm : mpi4py communicator, "mpi" or "nccl", optional
+        Train data-parallel across ranks (:mod:`mlpx.distributed`).
+    stream_data : bool, optional
+        Stream the minibatches from host memory (None: only where the data would
+        fill more than half of a GPU's free memory).
+    resume_from : str or path, optional
+        A checkpoint of this run to continue (:func:`mlpx.saving.resume`).
+
+    Returns
+    -------
+    History
+        The logs of the epochs run.
+
+    Raises
+    ------
+    TrainingDivergedError
+        The loss became non-finite; the state from the start of that epoch is kept.
     """
     be = model.backend
     reducer = make_reducer(comm, be)
@@ -566,10 +693,11 @@ def _prepare(model: Any, reducer: Reducer, X: Any, y: Any, epochs: Any, batch_si
     opt = get_optimizer(optimizer, **({} if lr is None else {"lr": lr}))
     rng = model.shuffle_generator(reducer.rank)
     # Stores, lazy arrays and streams of batches (mlpx.streams); None for in-memory arrays.
-    holdout = streams.holdout(model, reducer, validation_data, lossfn.name)
+    holdout: Holdout | streams.StreamHoldout | None = streams.holdout(model, reducer, validation_data, lossfn.name)
     fed = streams.training_source(model, reducer, X, y, sample_weight, batch_size, shuffle, validation_split,
                                   stream_data, rng, lossfn.name)
-    shard = None if fed else host_shard(model, X, y, sample_weight, "X", allow_empty=reducer.size > 1, loss=lossfn.name)
+    shard = (None, None, None) if fed else host_shard(model, X, y, sample_weight, "X", allow_empty=reducer.size > 1,
+                                                        loss=lossfn.name)
 
     if holdout is None and validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
@@ -586,7 +714,7 @@ def _prepare(model: Any, reducer: Reducer, X: Any, y: Any, epochs: Any, batch_si
             raise ValueError(f"validation_split={validation_split} leaves no training or validation samples")
         if n_val >= n and n:
             raise ValueError(f"validation_split={validation_split} leaves no training samples on rank {reducer.rank}")
-        if n_val:
+        if n_val and Yh is not None:  # (n_val > 0: this rank has rows, so targets too)
             idx = rng.permutation(n)
             vi, ti = idx[:n_val], idx[n_val:]
             Xh = Xh if isinstance(Xh, np.ndarray) else be.to_numpy(Xh)
@@ -597,7 +725,7 @@ def _prepare(model: Any, reducer: Reducer, X: Any, y: Any, epochs: Any, batch_si
     if fed:
         return _Setup(fed[0], holdout, opt, lossfn, epochs, batch_size, l2, fed[1], callbacks)
     Xh, Yh, wh = shard
-    source = None
+    source: ResidentBatches | SparseBatches | StreamedBatches | MemberBatches | None = None
     if Xh is not None:
         if is_sparse(Xh) or stream_data or (stream_data is None and should_stream(
                 be, Xh, Yh, wh, model.compute_dtype, model.dtype)):

@@ -25,6 +25,7 @@ def load_estimator(path: Any, backend: Any = "cpu", *, max_params: int = MAX_PAR
     backend : str or Backend, default "cpu"
         The loaded estimator's ``backend`` parameter (where it predicts and trains).
     max_params : int, default :data:`mlpx.saving.MAX_PARAMS`
+        Refuse files that describe more parameters than this.
 
     Returns
     -------

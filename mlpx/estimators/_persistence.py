@@ -115,7 +115,7 @@ def _labels_in(record: Any, where: str) -> np.ndarray:
         or (dtype.kind == "f" and all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in values))
         or (dtype.kind in "UO" and all(isinstance(v, str) for v in values))
     )
-    if not ok or dtype.itemsize > 4096:
+    if not ok or dtype is None or dtype.itemsize > 4096:
         raise ModelFileError(f"{where}: estimator classes_ of dtype {record['dtype']!r} with values {values[:5]!r}...")
     try:
         if dtype.kind == "f":

@@ -195,10 +195,8 @@ def _train_group(g: int, plans: list[tuple[StackPlan, float]], Xs: list[Any], th
     order = sorted(range(len(plans)), key=lambda k: keys[k])
     if not _sorted and order != list(range(len(plans))):
         out = _train_group(g, [plans[k] for k in order], [Xs[k] for k in order], threads, _sorted=True)
-        back = [None] * len(plans)
-        for pos, k in enumerate(order):
-            back[k] = out[pos]
-        return back  # type: ignore[return-value]
+        position = {k: pos for pos, k in enumerate(order)}
+        return [out[position[k]] for k in range(len(plans))]
     t0 = time.perf_counter()
     K = len(plans)
     try:
@@ -232,11 +230,11 @@ def _train_group(g: int, plans: list[tuple[StackPlan, float]], Xs: list[Any], th
         optimizer = Optimizer.stack([plan.optimizer for plan, _ in plans])
         member_cbs = [[plan.est._stack_policy(plan, _Keeper(stack, best, k), optimizer, k), StopAfter(plan.epochs)]
                       for k, (plan, _) in enumerate(plans)]
-        order = stack.member_order([plan.order for plan, _ in plans])
+        epoch_order = stack.member_order([plan.order for plan, _ in plans])
         with stack.compute_context(first.batch_size), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             train(stack, source, optimizer=optimizer, loss=stack.resolve_loss(None), reducer=LocalReducer(be),
                   epochs=max(plan.epochs for plan, _ in plans), broadcast=False,
-                  l2=np.array([float(plan.est.alpha) for plan, _ in plans]), order=order,
+                  l2=np.array([float(plan.est.alpha) for plan, _ in plans]), order=epoch_order,
                   callbacks=[MemberCallbacks(member_cbs)], holdout=holdout, loss_weights="rows",
                   loss_scale=first.loss_scale, divergence="freeze")
         params = stack.get_params_host()
@@ -264,4 +262,4 @@ def _same(a: StackPlan, b: StackPlan) -> bool:
         return False
     if (a.w is None) != (b.w is None):
         return False
-    return a.w is None or np.array_equal(a.w, b.w)
+    return a.w is None or (b.w is not None and np.array_equal(a.w, b.w))
