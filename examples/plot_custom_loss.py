@@ -25,15 +25,19 @@ DELTA = 0.1
 
 
 @kernel
-def huber(xp, P, Y, dP, w, denom):
-    """Huber loss of outputs ``P`` against ``Y`` (both (n, k)) and its derivative ∂L/∂P."""
+def huber(xp, P, Y, w, inv_d, dP):
+    """Huber loss of K members' outputs ``P`` against ``Y`` (both (K, n, k)) and ∂L/∂P.
+
+    ``w`` (K, n) holds the rows' weights (None: 1 each) and ``inv_d`` (K,) each
+    member's ``1/d``; a single network is K = 1.
+    """
     R = P - Y
     small = xp.abs(R) <= DELTA
     per_element = xp.where(small, 0.5 * R * R, DELTA * (xp.abs(R) - 0.5 * DELTA))
-    per_row = xp.sum(per_element, axis=1)
-    weights = 1.0 if w is None else w[:, None]
-    total = xp.sum(per_row if w is None else w * per_row) / denom
-    grad = None if dP is None else weights * xp.where(small, R, DELTA * xp.sign(R)) / denom
+    per_row = xp.sum(per_element, axis=2)  # (K, n)
+    scale = inv_d[:, None] if w is None else w * inv_d[:, None]  # (K, n): w_i / d
+    total = xp.sum(scale * per_row, axis=1)  # (K,)
+    grad = None if dP is None else scale[:, :, None] * xp.where(small, R, DELTA * xp.sign(R))
     return total, grad
 
 

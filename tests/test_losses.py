@@ -191,3 +191,41 @@ def test_sample_weight_equals_repeating_rows(backend) -> None:
     assert a == pytest.approx(b, rel=1e-12)
     for k in ga:
         np.testing.assert_allclose(ga[k], gb[k], rtol=1e-10, atol=1e-14)
+
+
+def _huber(delta: float):
+    from mlpx.backends import kernel
+
+    @kernel
+    def huber(xp, P, Y, w, inv_d, dP):
+        R = P - Y
+        small = xp.abs(R) <= delta
+        per_row = xp.sum(xp.where(small, 0.5 * R * R, delta * (xp.abs(R) - 0.5 * delta)), axis=2)
+        scale = inv_d[:, None] if w is None else w * inv_d[:, None]
+        grad = None if dP is None else scale[:, :, None] * xp.where(small, R, delta * xp.sign(R))
+        return xp.sum(scale * per_row, axis=1), grad
+
+    return huber
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_loss_of_ones_own_on_a_non_canonical_output(weighted: bool) -> None:
+    # A user's loss kernel over K members (the documented contract), on a tanh output:
+    # its gradient against float64 finite differences, and its value by hand.
+    from mlpx.gradcheck import check_gradients
+    from mlpx.losses import Loss
+
+    delta = 0.1
+    huber = Loss("huber", "identity", _huber(delta), _huber(delta), ("*",))
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-2, 2, (24, 3))
+    y = rng.uniform(-0.9, 0.9, (24, 2))
+    w = rng.uniform(0.5, 2.0, 24) if weighted else None
+    m = mlpx.MLP([3, 8, 2], activation="tanh", output="tanh", dtype="float64", seed=1)
+    report = check_gradients(m, X, y, loss=huber, sample_weight=w)
+    assert report["max_rel_error"] < 1e-6
+    R = m.predict(X) - y
+    per_row = np.where(np.abs(R) <= delta, 0.5 * R * R, delta * (np.abs(R) - 0.5 * delta)).sum(axis=1)
+    want = per_row.mean() if w is None else (w * per_row).sum() / w.sum()
+    got, _ = m.loss_and_grads(X, y, sample_weight=w, loss=huber)
+    assert got == pytest.approx(want, rel=1e-12)
