@@ -181,7 +181,9 @@ class _StackedSearch:
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Training data, split by the cross-validation folds.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs), optional
+            Targets (None for unsupervised estimators).
         **params : dict of str -> object
             Fit parameters (``sample_weight``, split by the folds; ``groups`` for
             the splitter), routed as scikit-learn routes them.
@@ -189,6 +191,7 @@ class _StackedSearch:
         Returns
         -------
         self
+            The fitted search (``best_estimator_`` refitted when ``refit``).
         """
         scorers, refit_metric = self._get_scorers()
         X, y = indexable(X, y)

@@ -202,7 +202,18 @@ class NetworkStep:
             self.flat = flat
 
     def compute_context(self, batch: int) -> contextlib.ExitStack:
-        """Device, BLAS threads and GEMM precision for passes over ``batch`` rows."""
+        """Device, BLAS threads and GEMM precision for passes over ``batch`` rows.
+
+        Parameters
+        ----------
+        batch : int
+            Rows of each member's pass (sets the BLAS thread count).
+
+        Returns
+        -------
+        contextlib.ExitStack
+            Entered with ``with``; leaving it restores the previous settings.
+        """
         be = self.backend
         stack = contextlib.ExitStack()
         stack.enter_context(be.activated())
@@ -213,11 +224,21 @@ class NetworkStep:
 
     @contextlib.contextmanager
     def training_context(self, batch: int) -> Iterator[None]:
-        """:meth:`compute_context` and, for small products, the members split over
-        threads (one BLAS thread each) for the training of the calling thread.
+        """:meth:`compute_context`, and the members split over threads for small products.
 
-        The threads belong to this call: predictions in other threads meanwhile
-        never see or stop them.
+        For small products each thread trains its share of the members on one BLAS
+        thread, for the training of the calling thread. The threads belong to this
+        call: predictions in other threads meanwhile never see or stop them.
+
+        Parameters
+        ----------
+        batch : int
+            Rows of each member's minibatch.
+
+        Yields
+        ------
+        None
+            Training runs inside the ``with`` block.
         """
         flops = self.gemm_flops(batch)
         split = self.threads > 1 and flops < SMALL_GEMM_FLOPS and self.n_members > 1
@@ -238,7 +259,18 @@ class NetworkStep:
         return getattr(self._train, "state", _NO_POOL)
 
     def gemm_flops(self, n: int) -> float:
-        """Flops (2·n·n_in·n_out) of one member's largest matrix product for n rows."""
+        """Flops (2·n·n_in·n_out) of one member's largest matrix product for n rows.
+
+        Parameters
+        ----------
+        n : int
+            Rows of the product.
+
+        Returns
+        -------
+        float
+            The flops, which choose the BLAS thread count.
+        """
         return max((2.0 * n * l.n_in * l.n_out for l in self.layers if isinstance(l, Dense)), default=0.0)
 
     def _forward(self, X: Any, rows: slice, ws: dict[Any, Any], train: bool) -> tuple[Array, list[Any]]:
@@ -437,6 +469,7 @@ class NetworkStep:
         Returns
         -------
         StepResult
+            Each member's loss, squared-norm and correct-count sums of the step.
         """
         K = self.n_members
         d = np.broadcast_to(np.asarray(denom, dtype=np.float64), (K,))
@@ -457,7 +490,7 @@ class NetworkStep:
                           pending, where, staged=with_opt)
 
     def epoch_heads(self, denoms: np.ndarray, l2: Any, optimizer: Optimizer | None) -> Array | None:
-        """Every step's scalars of an epoch (:meth:`_head`) on the device, in one transfer.
+        """Every step's scalars of an epoch (as ``_head`` forms them) on the device, in one transfer.
 
         The loop hands step ``j`` its row (``step_members(..., head=heads[j])``), so no
         step uploads or waits for the device. None with fp16 loss scaling, whose
@@ -466,12 +499,17 @@ class NetworkStep:
         Parameters
         ----------
         denoms : ndarray, shape (n_steps, K)
+            Each member's normaliser per step.
         l2 : float or array of shape (K,)
+            The L2 penalty of each member.
         optimizer : Optimizer or None
+            Bound to this network; its rates and per-step factors join the row.
 
         Returns
         -------
         array, shape (n_steps, 3 + r, K), or None
+            One row per step (``r`` the optimizer's per-step factors), or None
+            with fp16 loss scaling.
         """
         if self.precision_.scaler is not None:
             return None
@@ -713,7 +751,7 @@ class NetworkStep:
         """Every step of an epoch: what :meth:`step_members` would give step by step, bit for bit.
 
         The members are independent within an epoch. Where the compiled step applies
-        (:attr:`compiled_step_reason` is empty), each member takes its steps one after
+        (the attribute ``compiled_step_reason`` is empty), each member takes its steps one after
         another in one compiled call per thread, while its weights and optimizer state
         stay in the core's cache: one Python call per block of steps instead of one
         per step (the blocks bound how long a call holds the parameter lock and keeps
@@ -725,10 +763,18 @@ class NetworkStep:
         Parameters
         ----------
         source : MemberBatches
-        perm : the epoch's order (:meth:`MemberBatches.epoch <mlpx.member_batches.MemberBatches.epoch>`)
+            The members' minibatches of a data set on the device.
+        perm : object
+            The epoch's order (:meth:`MemberBatches.epoch <mlpx.member_batches.MemberBatches.epoch>`).
         denoms : ndarray, shape (n_steps, K)
             Each member's normaliser per step (``source.denominators(perm)``).
-        loss, optimizer, l2, count_correct
+        loss : OutputLoss
+            As for :meth:`step_members`.
+        optimizer : Optimizer or None
+            As for :meth:`step_members`.
+        l2 : float or array_like of shape (K,)
+            As for :meth:`step_members`.
+        count_correct : bool
             As for :meth:`step_members`.
 
         Returns

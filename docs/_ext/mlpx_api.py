@@ -12,7 +12,8 @@ extension) and for the tests that check the documentation (``tests/test_docs.py`
 * the pages under ``docs/api/`` are written from those lists at every build, so a
   name added to an ``__all__`` appears in the reference without editing a file.
 
-The numpydoc validation settings (:data:`NUMPYDOC_CHECKS`) live here too, so that the build and the test apply the same rules.
+The numpydoc validation settings (:data:`NUMPYDOC_CHECKS`) live here too, so that the
+build and the test apply the same rules.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ INTERNAL: dict[str, str] = {
     "mlpx.validation": "input checks run by fit and predict (InvalidParameterError is public, in mlpx)",
     "mlpx.locking": "the readers-writer lock guarding a model's parameters",
     "mlpx.network_step": "the passes and the training step over the member axis (Network's base; documented there)",
-    "mlpx.streams": "the training loop's sources for streams of batches (users pass them to fit; BlockShuffle is public, in mlpx)",
-    "mlpx.chunked": "the chunked reader of lazy and on-disk arrays (users pass the arrays to fit; BlockShuffle is public, in mlpx)",
+    "mlpx.streams": ("the training loop's sources for streams of batches (users pass them to fit; "
+                     "BlockShuffle is public, in mlpx)"),
+    "mlpx.chunked": ("the chunked reader of lazy and on-disk arrays (users pass the arrays to fit; "
+                     "BlockShuffle is public, in mlpx)"),
     "mlpx.prefetch": "the background reader that fetches the next batches while a step computes",
     "mlpx.archive": "the bounded zip reader behind mlpx.load (ModelFileError is public, in mlpx)",
     "mlpx.generators": "the random generators' state records that checkpoints carry",
@@ -193,23 +196,93 @@ def _inherits_doc(cls: type, name: str, value: Any) -> bool:
     return any(getattr(vars(base).get(name), "__doc__", None) for base in cls.__mro__[1:])
 
 
-def members(cls: type) -> list[str]:
-    """The public methods and properties a class defines itself (not inherited).
+def _documented_classes() -> frozenset[int]:
+    global _DOCUMENTED
+    if _DOCUMENTED is None:
+        _DOCUMENTED = frozenset(id(e.obj) for e in entries()[0] if inspect.isclass(e.obj))
+    return _DOCUMENTED
 
-    An override without a docstring of its own is left out: it is documented, and
-    validated, by the base class it overrides.
+
+_DOCUMENTED: frozenset[int] | None = None
+
+
+def folded_bases(cls: type) -> list[type]:
+    """The bases whose public members a class's page documents as the class's own.
+
+    They are the mlpx classes the reference does not document itself (a private
+    class, or one of an internal module: ``NetworkStep`` under ``Network``, the
+    searches' ``_StackedSearch``), unless a documented base in between documents
+    them (``Sequential`` leaves ``NetworkStep``'s methods to ``Network``).
+
+    Parameters
+    ----------
+    cls : type
+
+    Returns
+    -------
+    list of type
+        In method resolution order.
     """
+    documented = _documented_classes()
+    later = cls.__mro__[1:]
+
+    def mlpx_class(b: type) -> bool:
+        return str(getattr(b, "__module__", "")).split(".")[0] == "mlpx"
+
+    return [b for b in later if mlpx_class(b) and id(b) not in documented
+            and not any(id(c) in documented and issubclass(c, b) for c in later)]
+
+
+def inherited_exclusions(cls: type) -> str:
+    """The ``:inherited-members:`` argument of a class's page: every class in its MRO
+    whose members are documented elsewhere (documented mlpx bases, other libraries,
+    ``object``), so the page shows its own and its :func:`folded_bases`' members.
+
+    Parameters
+    ----------
+    cls : type
+
+    Returns
+    -------
+    str
+        Comma-separated class names.
+    """
+    keep = {cls, *folded_bases(cls)}
+    return ", ".join(dict.fromkeys(b.__name__ for b in cls.__mro__ if b not in keep))
+
+
+def members(cls: type) -> list[str]:
+    """The public methods and properties a class's page documents.
+
+    Those the class defines, or one of its :func:`folded_bases` does. An override
+    without a docstring of its own is left out: it is documented, and validated, by
+    the base class it overrides.
+
+    Parameters
+    ----------
+    cls : type
+
+    Returns
+    -------
+    list of str
+        Sorted member names.
+    """
+    own = [cls, *folded_bases(cls)]
     out = []
-    for name, value in vars(cls).items():
+    for name in dict.fromkeys(n for b in own for n in vars(b)):
         if name.startswith("_"):
             continue
+        definer = next(b for b in cls.__mro__ if name in vars(b))
+        if definer not in own:
+            continue
+        value = vars(definer)[name]
         func = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
         if not (inspect.isfunction(func) or isinstance(func, property)):
             func = getattr(cls, name, None)  # descriptors such as scikit-learn's available_if
         foreign = not str(getattr(func, "__module__", None) or "mlpx").startswith("mlpx")
         if foreign:  # scikit-learn's generated set_*_request methods: documented there
             continue
-        if (inspect.isfunction(func) or isinstance(func, property)) and not _inherits_doc(cls, name, func):
+        if (inspect.isfunction(func) or isinstance(func, property)) and not _inherits_doc(definer, name, func):
             out.append(name)
     return sorted(out)
 
@@ -445,6 +518,12 @@ def _skip_foreign(app: Any, what: str, name: str, obj: Any, skip: bool, options:
     return None
 
 
+def _class_context(app: Any, config: Any) -> None:
+    # The class template reads each documented class's :func:`inherited_exclusions`.
+    classes = {e.name: inherited_exclusions(e.obj) for e in entries()[0] if inspect.isclass(e.obj)}
+    config.autosummary_context = {**config.autosummary_context, "inherited_exclusions": classes}
+
+
 def setup(app: Any) -> dict[str, Any]:
     """Sphinx entry point: write the API pages before the sources are read.
 
@@ -459,6 +538,7 @@ def setup(app: Any) -> dict[str, Any]:
     """
     app.setup_extension("sphinx.ext.autodoc")
     write_pages(Path(app.srcdir) / "api")
+    app.connect("config-inited", _class_context)
     app.connect("missing-reference", _missing_reference)
     app.connect("autodoc-process-docstring", _escape_fitted, priority=600)
     app.connect("autodoc-skip-member", _skip_foreign)

@@ -39,8 +39,10 @@ parameters, defaults, fitted attributes and mathematics) on an mlpx network, plu
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import warnings
+from pathlib import Path
 from typing import Any, Callable, NamedTuple, TypeVar, cast
 
 import numpy as np
@@ -361,18 +363,29 @@ class BaseMLP(BaseEstimator):
         """Note that ``coefs_``/``intercepts_`` are shared with a module (``to_torch``)."""
         self._weights_shared = True
 
-    def save(self, path: Any) -> Any:
+    def save(self, path: str | os.PathLike[str]) -> Path:
         """Write this fitted estimator to ``path`` (``.npz`` appended when missing).
 
         The file is an mlpx model file (no pickle): the network, the optimizer's
         state, the hyperparameters, the fitted attributes and the label encoding.
         :func:`mlpx.load` returns the fitted estimator, whose ``predict``,
         ``predict_proba``, ``score`` and ``partial_fit`` continue as this one's
-        would. The write is atomic. Returns the path written.
+        would. The write is atomic.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write; ``.npz`` is appended when the name has no suffix.
+
+        Returns
+        -------
+        pathlib.Path
+            The path written.
 
         Raises
         ------
         sklearn.exceptions.NotFittedError
+            Before ``fit``.
         ValueError
             Class labels that are not numbers, booleans or strings.
 
