@@ -47,9 +47,11 @@ __all__ = ["NetworkStep", "StepResult"]
 
 Array = Any
 
-#: Work of one compiled call of :meth:`NetworkStep.train_epoch` (about 10 ms on a CPU core): it
-#: bounds how long a prediction from another thread waits for the parameter lock.
-_BLOCK_FLOPS = 2e8
+#: Work of one compiled call of :meth:`NetworkStep.train_epoch` (0.1 to 0.2 s on a CPU core): it
+#: bounds how long a prediction from another thread waits for the parameter lock, and it must
+#: hold many steps of each member, whose weights and moments stay in the core's cache only
+#: within one call (benchmarks/README.md).
+_BLOCK_FLOPS = 1e10
 
 
 class StepResult(NamedTuple):

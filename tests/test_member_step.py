@@ -332,6 +332,32 @@ def test_the_stacked_search_runs_the_compiled_step(digits, monkeypatch):
     assert seen and all(r == "" for r in seen)
 
 
+def test_the_stacked_search_splits_its_members_over_the_stack_s_threads(digits, monkeypatch):
+    # The estimators' stacked fits train inside the stack's training context: its
+    # members are shared by the calling thread and the stack's other threads.
+    import threading
+
+    import mlpx.member_step
+    import mlpx.network
+    import mlpx.network_step
+
+    X, y = digits
+    names = set()
+    run = mlpx.member_step.run_member_steps
+
+    def spy(*args, **kwargs):
+        names.add(threading.current_thread().name.split("_")[0])
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(mlpx.network, "_default_threads", lambda: 2)
+    monkeypatch.setattr(mlpx.network_step, "run_member_steps", spy)
+    from mlpx.model_selection import GridSearchCV
+
+    GridSearchCV(mlpx.MLPClassifier(hidden_layer_sizes=(16,), max_iter=3, random_state=0),
+                 {"alpha": [1e-4, 1e-3, 1e-2, 1e-1]}, cv=2).fit(X, y)
+    assert names == {"MainThread", "mlpx-members"}, names
+
+
 def test_numpy_cblas_gives_numpy_matmul_bits():
     cb = blas.numpy_cblas()
     rng = np.random.default_rng(0)

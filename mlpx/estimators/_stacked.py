@@ -231,7 +231,7 @@ def _train_group(g: int, plans: list[tuple[StackPlan, float]], Xs: list[Any], th
         member_cbs = [[plan.est._stack_policy(plan, _Keeper(stack, best, k), optimizer, k), StopAfter(plan.epochs)]
                       for k, (plan, _) in enumerate(plans)]
         epoch_order = stack.member_order([plan.order for plan, _ in plans])
-        with stack.compute_context(first.batch_size), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        with stack.training_context(first.batch_size), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             train(stack, source, optimizer=optimizer, loss=stack.resolve_loss(None), reducer=LocalReducer(be),
                   epochs=max(plan.epochs for plan, _ in plans), broadcast=False,
                   l2=np.array([float(plan.est.alpha) for plan, _ in plans]), order=epoch_order,
