@@ -358,6 +358,26 @@ def test_the_stacked_search_splits_its_members_over_the_stack_s_threads(digits, 
     assert names == {"MainThread", "mlpx-members"}, names
 
 
+def test_an_estimator_s_single_network_runs_the_compiled_epoch(digits, monkeypatch):
+    # MLPClassifier trains its one network on the network's own batch source, so
+    # the compiled epoch serves it as it serves Sequential.fit and the stacks.
+    import mlpx.network_step
+
+    X, y = digits
+    calls = []
+    run = mlpx.network_step.run_member_steps
+
+    def spy(*args, **kwargs):
+        calls.append(args[1].size)  # the members in the queue
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(mlpx.network_step, "run_member_steps", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter
+        mlpx.MLPClassifier(hidden_layer_sizes=(16,), max_iter=3, random_state=0).fit(X, y)
+    assert calls and set(calls) == {1}
+
+
 def test_numpy_cblas_gives_numpy_matmul_bits():
     cb = blas.numpy_cblas()
     rng = np.random.default_rng(0)

@@ -63,6 +63,7 @@ from mlpx.estimators._parameters import PARAMETER_CONSTRAINTS
 from mlpx.estimators._persistence import save_estimator
 from mlpx.estimators._runtime import Runtime, glorot_draws
 from mlpx.locking import training_guard
+from mlpx.member_batches import MemberBatches
 from mlpx.metrics import PREDICT_CHUNK, holdout_scores, iter_chunks
 from mlpx.optimizers import SGD, Adam, Optimizer
 from mlpx.schedules import Adaptive, InverseScaling
@@ -810,8 +811,11 @@ class BaseMLP(BaseEstimator):
     def _source(self, rt: Runtime, X: Any, y: np.ndarray, sample_weight: Any) -> tuple[Any, Any]:
         """This rank's batch source on the device and its minibatch order (scikit-learn's)."""
         n = X.shape[0]
-        source = make_batches(rt.be, X, np.asarray(y, dtype=np.float64), sample_weight,
-                              self._batch_size(n), rt.dtype, stream=False)
+        Y = np.asarray(y, dtype=np.float64)
+        if is_sparse(X):
+            source: Any = make_batches(rt.be, X, Y, sample_weight, self._batch_size(n), rt.dtype, stream=False)
+        else:  # the network's own source (one member over every row): its compiled epoch applies
+            source = MemberBatches(rt.be, X, Y, sample_weight, [np.arange(n)], self._batch_size(n), rt.dtype)
         return source, self._order(n)
 
     def _order(self, n: int) -> Any:
