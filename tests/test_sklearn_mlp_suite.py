@@ -12,13 +12,10 @@ have.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from _sklearn_suite import installed_suite, outcomes
+from _sklearn_suite import installed_suite, outcomes, run_side_by_side
 
 SUITE = "sklearn.neural_network.tests.test_mlp"
 SKLEARN_IMPORT = "from sklearn.neural_network import MLPClassifier, MLPRegressor\n"
@@ -46,21 +43,7 @@ def test_scikit_learns_mlp_tests_pass_on_mlpx_estimators_but_for_private_attribu
 
     source = installed_suite(SUITE).read_text()
     runs = {"control": source, "swapped": source.replace(SKLEARN_IMPORT, MLPX_IMPORT)}
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # no ini file of an enclosing folder applies
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "SKLEARN_"))}
-    procs = {}
-    for name, text in runs.items():
-        d = tmp_path / name
-        d.mkdir()
-        (d / "test_mlp.py").write_text(text)
-        cmd = [sys.executable, "-m", "pytest", "test_mlp.py", "-q", "-p", "no:cacheprovider", "-p",
-               "sklearn.conftest", "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(d),
-               "--junitxml", str(d / "junit.xml")]
-        procs[name] = subprocess.Popen(cmd, cwd=d, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True)
-    logs = {name: p.communicate(timeout=900)[0] for name, p in procs.items()}
-    for name, p in procs.items():
-        assert p.returncode in (0, 1), f"{name} run did not complete (exit {p.returncode}):\n{logs[name][-3000:]}"
+    logs = run_side_by_side(tmp_path, "test_mlp.py", runs)
     control, swapped = (_failed(tmp_path / name / "junit.xml") for name in runs)
     n = len(outcomes(tmp_path / "swapped" / "junit.xml"))
     assert n == len(outcomes(tmp_path / "control" / "junit.xml")) and n > 50

@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from _sklearn_suite import installed_suite, outcomes
+from _sklearn_suite import installed_suite, outcomes, run_side_by_side
 
 SUITE = "sklearn.model_selection.tests.test_search"
 SWAPPED = ("GridSearchCV", "RandomizedSearchCV")
@@ -89,22 +86,7 @@ def test_scikit_learns_search_tests_pass_on_mlpx_searches_wherever_they_pass_on_
 
     source = installed_suite(SUITE).read_text()
     runs = {"control": source, "swapped": swap_imports(source)}
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # no ini file of an enclosing folder applies
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "SKLEARN_"))}
-    procs = {}
-    for name, text in runs.items():
-        d = tmp_path / name
-        d.mkdir()
-        (d / "test_search.py").write_text(text)
-        (d / "conftest.py").write_text(_RECORDER)
-        cmd = [sys.executable, "-m", "pytest", "test_search.py", "-q", "-p", "no:cacheprovider",
-               "-p", "sklearn.conftest", "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(d),
-               "--junitxml", str(d / "junit.xml")]
-        procs[name] = subprocess.Popen(cmd, cwd=d, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True)
-    logs = {name: p.communicate(timeout=900)[0] for name, p in procs.items()}
-    for name, p in procs.items():
-        assert p.returncode in (0, 1), f"{name} run did not complete (exit {p.returncode}):\n{logs[name][-3000:]}"
+    logs = run_side_by_side(tmp_path, "test_search.py", runs, {"conftest.py": _RECORDER})
     imported = {name: json.loads((tmp_path / name / "imported.json").read_text()) for name in runs}
     assert list(imported["control"].values()) == [["sklearn.model_selection._search"] * 2]
     assert list(imported["swapped"].values()) == [["mlpx.model_selection"] * 2]
